@@ -1,0 +1,459 @@
+//! The TOML schema shared by `beamflow-agent` and `beamflow-collector`.
+//!
+//! One file may hold every section; each program reads the sections it needs. Defaults live
+//! in one place (the `Default` impls below), unknown keys and bad values are errors that name
+//! the key and the line, and relative paths resolve against the config file's own folder so
+//! that a systemd unit and a person in another working directory see the same paths.
+
+mod units;
+mod workflow;
+
+pub use units::{ByteSize, Dur};
+pub use workflow::{Step, Workflow};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The shipped `examples/local.toml`: local transport, local scheduler, everything under the
+/// config's own folder. The demo writes it; tests check that it loads.
+pub const EMBEDDED_LOCAL: &str = include_str!("../../examples/local.toml");
+
+/// Why a config could not be used. Every variant says which file and, where one exists,
+/// which key on which line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("failed to read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML was malformed, had an unknown key, or a value of the wrong kind.
+    #[error("{path}:{line}: {key}{message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// "key `x`: " when a key could be named, else empty.
+        key: String,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+}
+
+/// Everything a config file can say. Both programs load the whole file so that a mistake in
+/// any section is reported early, whichever program reads it first.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The beamline daemon.
+    #[serde(default)]
+    pub agent: AgentSection,
+    /// Folders the agent watches for stacks.
+    #[serde(default)]
+    pub watch: Vec<WatchSection>,
+    /// How the agent reaches the collector.
+    #[serde(default)]
+    pub link: LinkSection,
+    /// Where the collector stores what it receives.
+    #[serde(default)]
+    pub collector: CollectorSection,
+    /// The collector's long-running service.
+    #[serde(default)]
+    pub service: ServiceSection,
+    /// Named workflows; `aligntk` and `qa` exist even when not written here.
+    #[serde(default)]
+    pub workflows: BTreeMap<String, Workflow>,
+    /// The file this was loaded from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[agent]`: the beamline daemon's own settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Folder for the journal (`agent.db`).
+    pub state_dir: PathBuf,
+    /// Slow periodic rescan of every watch root, a safety net for missed events.
+    pub rescan: Dur,
+    /// First delay before retrying a failed transfer or submission.
+    pub retry_initial: Dur,
+    /// Longest delay between retries (backoff doubles up to this).
+    pub retry_max: Dur,
+    /// Log lines: `plain` (journald-friendly) or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            state_dir: PathBuf::from("state"),
+            rescan: Dur::secs(300),
+            retry_initial: Dur::secs(1),
+            retry_max: Dur::secs(300),
+            log_format: LogFormat::Plain,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One plain line per event, no colours: what journald wants.
+    Plain,
+    /// One JSON object per line for log shippers.
+    Json,
+}
+
+/// `[[watch]]`: one watch root and the rules that decide when a stack in it is finished.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSection {
+    /// The folder to watch; each folder below it holding images is a stack.
+    pub path: PathBuf,
+    /// Which files are images (a glob on the file name).
+    #[serde(default = "default_pattern")]
+    pub pattern: String,
+    /// A stack needs at least this many images.
+    #[serde(default = "default_min_images")]
+    pub min_images: std::num::NonZeroU32,
+    /// A file whose appearance says "this stack is complete".
+    #[serde(default)]
+    pub marker: Option<String>,
+    /// The stack is complete once it holds this many images.
+    #[serde(default)]
+    pub expect: Option<std::num::NonZeroU32>,
+    /// The stack is complete once nothing in it changed for this long.
+    #[serde(default = "default_settle")]
+    pub settle: Dur,
+    /// A stack still changing after this long raises a visible warning.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: Dur,
+    /// What files arriving after submission do.
+    #[serde(default)]
+    pub on_change: OnChange,
+    /// `inotify` (local disks) or `poll` (NFS/GPFS/Lustre written from other hosts).
+    #[serde(default)]
+    pub mode: WatchMode,
+    /// How often `poll` mode rescans.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: Dur,
+    /// The collector workflow to run on finished stacks.
+    #[serde(default = "default_workflow")]
+    pub workflow: String,
+    /// Folder under the collector's data root that this root's stacks go into.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+fn default_pattern() -> String {
+    "*.tif".into()
+}
+fn default_min_images() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(2).expect("2 is not zero")
+}
+fn default_settle() -> Dur {
+    Dur::secs(30)
+}
+fn default_max_wait() -> Dur {
+    Dur::secs(2 * 3600)
+}
+fn default_poll_interval() -> Dur {
+    Dur::secs(10)
+}
+fn default_workflow() -> String {
+    "aligntk".into()
+}
+
+/// Policy for files that arrive after a stack was submitted.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnChange {
+    /// Send the changes and submit a new version of the stack.
+    #[default]
+    Resubmit,
+    /// Keep the submitted version; log the change and do nothing.
+    Ignore,
+}
+
+/// How a watch root notices changes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// Kernel events; misses writes made by other NFS/Lustre/GPFS clients.
+    #[default]
+    Inotify,
+    /// Periodic scans; sees every writer.
+    Poll,
+}
+
+/// `[link]`: how the agent reaches `beamflow-collector serve`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkSection {
+    /// `local`: the collector runs as a child process on this host.
+    pub transport: Transport,
+    /// The command that starts the far end. Empty means `beamflow-collector serve --stdio
+    /// --config <this file>`, with the collector found beside the agent's binary or on PATH.
+    pub command: Vec<String>,
+    /// Size of data frames on the wire (memory per transfer stays near this).
+    pub chunk_size: ByteSize,
+    /// How long the far end may take to answer the handshake.
+    pub handshake_timeout: Dur,
+}
+
+impl Default for LinkSection {
+    fn default() -> Self {
+        LinkSection {
+            transport: Transport::Local,
+            command: Vec::new(),
+            chunk_size: ByteSize(1 << 20),
+            handshake_timeout: Dur::secs(30),
+        }
+    }
+}
+
+/// Which transport carries the protocol.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A child process on this host speaking over its pipes.
+    #[default]
+    Local,
+}
+
+/// `[collector]`: where received files go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorSection {
+    /// Received stacks land under this folder; nothing from the wire escapes it.
+    pub data_root: PathBuf,
+    /// Folder for the database (`collector.db`) and `server-info`.
+    pub state_dir: PathBuf,
+    /// fsync files and folders before acknowledging (off only for throwaway tests).
+    pub fsync: bool,
+}
+
+impl Default for CollectorSection {
+    fn default() -> Self {
+        CollectorSection {
+            data_root: PathBuf::from("remote"),
+            state_dir: PathBuf::from("state"),
+            fsync: true,
+        }
+    }
+}
+
+/// `[service]`: the collector's daemon.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSection {
+    /// Address of the HTTP API; port 0 picks a free port (written to `server-info`).
+    pub listen: SocketAddr,
+    /// Each stack version gets a work folder under this one.
+    pub work_root: PathBuf,
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        ServiceSection {
+            listen: "127.0.0.1:0".parse().expect("valid literal address"),
+            work_root: PathBuf::from("work"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses, validates and resolves a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut cfg = Config::parse(&text, path)?;
+        cfg.resolve(&base);
+        cfg.source = Some(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()));
+        Ok(cfg)
+    }
+
+    /// Parses and validates text; `path` only names the file in errors. Paths stay as written.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let line = line_of(text, offset);
+            let message = e.message().trim().to_string();
+            let key = if message.contains("unknown field") || message.contains("missing field") {
+                String::new()
+            } else {
+                key_on_line(text, line)
+                    .map(|k| format!("key `{k}`: "))
+                    .unwrap_or_default()
+            };
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                key,
+                message,
+            }
+        })?;
+        for (name, wf) in cfg.workflows.iter() {
+            wf.validate(name).map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, &key).unwrap_or(1),
+                key: format!("key `workflows.{name}.{key}`: "),
+                message,
+            })?;
+        }
+        for (i, w) in cfg.watch.iter().enumerate() {
+            if glob::Pattern::new(&w.pattern).is_err() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, "pattern").unwrap_or(1),
+                    key: format!("key `watch[{i}].pattern`: "),
+                    message: format!("\"{}\" is not a valid glob; write e.g. \"*.tif\"", w.pattern),
+                });
+            }
+        }
+        for (name, wf) in workflow::builtin() {
+            cfg.workflows.entry(name).or_insert(wf);
+        }
+        Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.agent.state_dir);
+        for w in &mut self.watch {
+            fix(&mut w.path);
+        }
+        fix(&mut self.collector.data_root);
+        fix(&mut self.collector.state_dir);
+        fix(&mut self.service.work_root);
+        for wf in self.workflows.values_mut() {
+            if let Some(bin) = wf.bin.as_mut() {
+                fix(bin);
+            }
+        }
+    }
+
+    /// The effective config as TOML, for `config check`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let (k, _) = l.split_once('=')?;
+    let k = k.trim();
+    (!k.is_empty() && !k.starts_with('[')).then(|| k.to_string())
+}
+
+/// Finds the first line that assigns the last segment of a dotted key; good enough to point a
+/// person at the right place for errors found after parsing.
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let last = dotted.rsplit('.').next()?;
+    let last = last.split('[').next()?;
+    text.lines().position(|l| {
+        let t = l.trim_start();
+        t.starts_with(last) && t[last.len()..].trim_start().starts_with('=')
+    })
+    .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new("t.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_loads() {
+        let cfg = Config::parse(EMBEDDED_LOCAL, Path::new("local.toml")).unwrap();
+        assert_eq!(cfg.watch.len(), 1);
+        assert_eq!(cfg.link.transport, Transport::Local);
+        assert!(cfg.workflows.contains_key("aligntk"));
+    }
+
+    #[test]
+    fn shipped_examples_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = err("[agent]\nstate_dir = \"s\"\nretry_maxx = \"5s\"\n");
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+        assert!(e.contains("retry_maxx"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_line() {
+        let e = err("[[watch]]\npath = \"in\"\nsettle = \"thirty\"\n");
+        assert!(e.starts_with("t.toml:3: key `settle`"), "{e}");
+        assert!(e.contains("30s"), "{e}");
+    }
+
+    #[test]
+    fn zero_min_images_is_refused() {
+        let e = err("[[watch]]\npath = \"in\"\nmin_images = 0\n");
+        assert!(e.starts_with("t.toml:3: key `min_images`"), "{e}");
+    }
+
+    #[test]
+    fn bad_glob_is_refused() {
+        let e = err("[[watch]]\npath = \"in\"\npattern = \"[*.tif\"\n");
+        assert!(e.contains("watch[0].pattern") && e.contains(":3:"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.toml");
+        std::fs::write(&f, "[[watch]]\npath = \"incoming\"\n[collector]\ndata_root = \"/abs\"\n")
+            .unwrap();
+        let cfg = Config::load(&f).unwrap();
+        let base = d.path().canonicalize().unwrap();
+        assert_eq!(cfg.watch[0].path, base.join("incoming"));
+        assert_eq!(cfg.collector.data_root, PathBuf::from("/abs"));
+        assert_eq!(cfg.agent.state_dir, base.join("state"));
+    }
+
+    #[test]
+    fn missing_file_names_it() {
+        let e = Config::load(Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+}

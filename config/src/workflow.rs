@@ -1,0 +1,169 @@
+//! Workflows: named lists of steps that the collector turns into a job DAG for each stack.
+//!
+//! The built-in `aligntk` workflow reproduces the original beamline app definitions
+//! (find_rst → register → align) with the fixes the field notes call for: align's map and
+//! output folders are relative, and `-fixed` is the first image rather than a hard-coded name.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+/// `[workflows.NAME]`: the steps of one workflow.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    /// Folder holding the workflow's executables, substituted for `{bin}` in commands.
+    #[serde(default)]
+    pub bin: Option<PathBuf>,
+    /// The steps; `after` names their parents.
+    pub steps: Vec<Step>,
+}
+
+/// `[[workflows.NAME.steps]]`: one job of the DAG and the resources it needs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Unique within the workflow; the job's name.
+    pub name: String,
+    /// Command line template; `{bin}`, `{first}`, `{images}` … are filled in per stack.
+    pub command: String,
+    /// Steps that must finish first.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Nodes the job needs.
+    #[serde(default = "one")]
+    pub nodes: u32,
+    /// MPI ranks on each node.
+    #[serde(default = "one")]
+    pub ranks_per_node: u32,
+    /// Threads per rank (OMP_NUM_THREADS).
+    #[serde(default = "one")]
+    pub threads_per_rank: u32,
+    /// CPU binding passed to the site's launcher (`none`, `depth`, `core` …).
+    #[serde(default = "default_affinity")]
+    pub cpu_affinity: String,
+    /// Extra environment for the job.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_affinity() -> String {
+    "none".into()
+}
+
+impl Workflow {
+    /// Checks names, parents and cycles; on error returns (key, message).
+    pub(crate) fn validate(&self, wf: &str) -> Result<(), (String, String)> {
+        if self.steps.is_empty() {
+            return Err(("steps".into(), format!("workflow `{wf}` has no steps; add at least one [[workflows.{wf}.steps]]")));
+        }
+        let mut seen = HashSet::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            if !seen.insert(s.name.as_str()) {
+                return Err((format!("steps[{i}].name"), format!("step name `{}` is used twice; step names must be unique", s.name)));
+            }
+            for (field, v) in [("nodes", s.nodes), ("ranks_per_node", s.ranks_per_node), ("threads_per_rank", s.threads_per_rank)] {
+                if v == 0 {
+                    return Err((format!("steps[{i}].{field}"), format!("step `{}`: {field} must be at least 1", s.name)));
+                }
+            }
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            for a in &s.after {
+                if !seen.contains(a.as_str()) {
+                    return Err((format!("steps[{i}].after"), format!("step `{}` runs after `{a}`, which is not a step of this workflow", s.name)));
+                }
+            }
+        }
+        if let Some(step) = self.cycle() {
+            return Err(("steps".into(), format!("steps form a cycle through `{step}`; a workflow must be a DAG")));
+        }
+        Ok(())
+    }
+
+    /// Steps in an order where parents come first (the order jobs are created in).
+    pub fn topo_order(&self) -> Vec<&Step> {
+        let mut done: HashSet<&str> = HashSet::new();
+        let mut out = Vec::new();
+        while out.len() < self.steps.len() {
+            let before = out.len();
+            for s in &self.steps {
+                if !done.contains(s.name.as_str()) && s.after.iter().all(|a| done.contains(a.as_str())) {
+                    done.insert(&s.name);
+                    out.push(s);
+                }
+            }
+            if out.len() == before {
+                break; // a cycle; validate() refuses these before anyone gets here
+            }
+        }
+        out
+    }
+
+    fn cycle(&self) -> Option<String> {
+        let ordered: HashSet<&str> = self.topo_order().iter().map(|s| s.name.as_str()).collect();
+        self.steps.iter().find(|s| !ordered.contains(s.name.as_str())).map(|s| s.name.clone())
+    }
+}
+
+fn step(name: &str, after: &[&str], command: &str) -> Step {
+    Step {
+        name: name.into(),
+        command: command.into(),
+        after: after.iter().map(|s| s.to_string()).collect(),
+        nodes: 1,
+        ranks_per_node: 1,
+        threads_per_rank: 1,
+        cpu_affinity: default_affinity(),
+        env: BTreeMap::new(),
+    }
+}
+
+/// Workflows every config has unless it defines one of the same name.
+pub(crate) fn builtin() -> Vec<(String, Workflow)> {
+    let aligntk = Workflow {
+        bin: None,
+        steps: vec![
+            step(
+                "find_rst",
+                &[],
+                "{bin}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary.out",
+            ),
+            step(
+                "register",
+                &["find_rst"],
+                "{bin}/register -pairs pairs.lst -images images/ -output maps/ -initial_map cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary maps/summary.out -min_overlap 10.0",
+            ),
+            step(
+                "align",
+                &["register"],
+                "{bin}/align -images images/ -image_list images.lst -maps maps/ -map_list pairs.lst -output amaps/ -schedule schedule.lst -incremental -output_grid grids/ -grid_size {grid_size} -fixed {first}",
+            ),
+        ],
+    };
+    vec![("aligntk".into(), aligntk)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_aligntk_is_a_chain() {
+        let (_, wf) = builtin().remove(0);
+        wf.validate("aligntk").unwrap();
+        let names: Vec<_> = wf.topo_order().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(names, ["find_rst", "register", "align"]);
+    }
+
+    #[test]
+    fn cycles_and_unknown_parents_are_refused() {
+        let mut wf = Workflow { bin: None, steps: vec![step("a", &["b"], "x"), step("b", &["a"], "y")] };
+        assert!(wf.validate("w").unwrap_err().1.contains("cycle"));
+        wf.steps[0].after = vec!["zzz".into()];
+        assert!(wf.validate("w").unwrap_err().1.contains("zzz"));
+    }
+}
