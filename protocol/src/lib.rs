@@ -1,1 +1,117 @@
+//! The wire protocol between `beamflow-agent` and `beamflow-collector serve`.
+//!
+//! It changes rarely and carefully, so it lives in its own crate. A connection starts with
+//! the collector writing [`MAGIC`]; whatever a remote shell printed before it (an rc file's
+//! greeting, say) is reported as such rather than misread as a frame. Then the agent sends
+//! [`Frame::Hello`], the collector answers [`Frame::Welcome`], and frames flow both ways.
 
+mod frame;
+mod io;
+mod path;
+
+pub use frame::{ErrorCode, FileEntry, Frame, Hash, Have, MAX_FRAME};
+pub use io::{
+    read_frame, read_frame_sync, read_magic, read_magic_sync, write_frame, write_frame_sync,
+};
+pub use path::normalize_rel_path;
+
+/// Bytes the collector writes before anything else. Text printed by a shell cannot look
+/// like this: it starts with a NUL.
+pub const MAGIC: &[u8; 8] = b"\0BMFLOW\n";
+
+/// The protocol version this build speaks. Peers with another version are refused with a
+/// message naming both.
+pub const VERSION: u16 = 1;
+
+/// Why a byte stream could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The underlying pipe or socket failed.
+    #[error("link i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the stream in the middle of a frame.
+    #[error("the far end closed the link in the middle of a frame")]
+    Truncated,
+    /// A frame's contents were not valid.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A frame claimed more bytes than any frame may have.
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME}-byte limit; the stream is corrupt or the peer is not beamflow")]
+    TooLarge(usize),
+    /// Something other than the magic arrived first.
+    #[error("the far end printed text before the protocol started: {text:?}. A login script (e.g. ~/.bashrc) is writing to stdout in non-interactive shells; make it quiet, for example by starting it with `[[ $- == *i* ]] || return`")]
+    Garbage {
+        /// What was printed (at most a few KiB, lossily decoded).
+        text: String,
+    },
+    /// The far end closed before the magic; it probably failed to start.
+    #[error("the far end closed the link before the handshake{}", if text.is_empty() { String::new() } else { format!(" after printing {text:?}") })]
+    ClosedBeforeHandshake {
+        /// Whatever it printed.
+        text: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            Frame::Hello { version: 1, client: "agent".into() },
+            Frame::Welcome { version: 1, server: "collector".into() },
+            Frame::Offer { id: 7, path: "a/b c/S_ä.tif".into(), size: 123, hash: [9; 32] },
+            Frame::HaveReply { id: 7, have: Have::Nothing },
+            Frame::HaveReply { id: 7, have: Have::Same },
+            Frame::HaveReply { id: 7, have: Have::Prefix { len: 5, hash: [1; 32] } },
+            Frame::Data { id: 7, offset: 99, bytes: vec![1, 2, 3] },
+            Frame::Done { id: 7 },
+            Frame::Abort { id: 7, reason: "changed".into() },
+            Frame::Ack { id: 7 },
+            Frame::Nack { id: 7, code: ErrorCode::PathRefused, reason: "no".into() },
+            Frame::Submit {
+                stack: "s".into(),
+                version: 2,
+                workflow: "aligntk".into(),
+                files: vec![FileEntry { path: "s/a.tif".into(), size: 1, hash: [3; 32] }],
+            },
+            Frame::Accepted { stack: "s".into(), version: 2, remote_id: 4, created: true, jobs: 3 },
+            Frame::Error { code: ErrorCode::Other(77), message: "x".into() },
+            Frame::Bye,
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in all_frames() {
+            let bytes = f.encode();
+            let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+            assert_eq!(len, bytes.len() - 4);
+            assert_eq!(Frame::decode(&bytes[4..]).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn truncated_frames_are_errors() {
+        for f in all_frames() {
+            let bytes = f.encode();
+            for cut in 4..bytes.len() {
+                assert!(Frame::decode(&bytes[4..cut]).is_err(), "{f:?} cut at {cut}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Frame::decode(&body);
+        }
+
+        #[test]
+        fn stream_reading_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut r = &body[..];
+            while let Ok(Some(_)) = read_frame_sync(&mut r) {}
+        }
+    }
+}
