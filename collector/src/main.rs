@@ -1,1 +1,121 @@
-fn main() {}
+//! `beamflow-collector`: parses arguments and calls the library.
+
+use anyhow::{Context, Result};
+use beamflow_collector::{api::Client, cli, receive, service};
+use beamflow_config::{Config, LogFormat};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "beamflow-collector", version, about = "HPC side of beamflow: receive stacks, own the job DAG database")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The far end of a link: speak the protocol on stdin/stdout (started by the agent).
+    Serve {
+        /// Use stdin/stdout (the only mode).
+        #[arg(long)]
+        stdio: bool,
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+    },
+    /// The long-running daemon: owns the database, serves the API.
+    Service {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+    },
+    /// List jobs.
+    Ls {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Only jobs of this stack (path under the data root).
+        #[arg(long)]
+        stack: Option<String>,
+        /// Only jobs in this state (e.g. READY).
+        #[arg(long)]
+        state: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a config file and print the effective settings.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Load FILE, report errors with key and line, or print the effective config.
+    Check { file: PathBuf },
+}
+
+fn load(path: &Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Plain => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("beamflow-collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Serve { stdio, config } => {
+            anyhow::ensure!(stdio, "serve needs --stdio (the protocol runs over stdin/stdout)");
+            let cfg = load(&config)?;
+            init_logs(cfg.agent.log_format);
+            receive::serve(&cfg, std::io::stdin().lock(), std::io::stdout().lock()).context("serve session failed")?;
+        }
+        Cmd::Service { config } => {
+            let cfg = load(&config)?;
+            init_logs(cfg.agent.log_format);
+            let rt = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+            rt.block_on(service::run(cfg, shutdown_signal()))?;
+        }
+        Cmd::Ls { config, stack, state, json } => {
+            let cfg = load(&config)?;
+            let client = Client::from_state_dir(&cfg.collector.state_dir)?;
+            let jobs = cli::ls(&client, stack.as_deref(), state.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                print!("{}", cli::jobs_table(&jobs));
+            }
+        }
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+            let cfg = load(&file)?;
+            print!("{}", cfg.to_toml());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

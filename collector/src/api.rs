@@ -1,0 +1,194 @@
+//! The service's HTTP API types and the client that `serve` and the CLI use to reach it.
+//!
+//! The service writes `server-info` (its URL and a random token, mode 0600) into the state
+//! folder; every request carries that token. Nobody but the service touches the database.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Name of the file, in the collector's state folder, that tells clients where the service is.
+pub const SERVER_INFO: &str = "server-info";
+
+/// Contents of `server-info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// Bearer token every request must carry.
+    pub token: String,
+    /// The service's process id, for operators.
+    pub pid: u32,
+}
+
+/// One file of a submission.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubmitFile {
+    /// Relative to the data root.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// BLAKE3, hex.
+    pub blake3: String,
+}
+
+/// `POST /v1/stacks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// Stack path relative to the data root.
+    pub stack: String,
+    /// Version.
+    pub version: u32,
+    /// Workflow name.
+    pub workflow: String,
+    /// Files of this version.
+    pub files: Vec<SubmitFile>,
+}
+
+/// Answer to a submission.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// The stack version's id.
+    pub remote_id: u64,
+    /// False when this exact version existed already.
+    pub created: bool,
+    /// Jobs in its DAG.
+    pub jobs: u32,
+}
+
+/// Error body of every failed request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+/// Why talking to the service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No `server-info`: the service has not been started (or was stopped cleanly).
+    #[error("the collector service is not running: {path} does not exist; start it with `beamflow-collector service --config <file>`")]
+    NotRunning {
+        /// Where server-info was expected.
+        path: PathBuf,
+    },
+    /// `server-info` exists but nobody answers (a killed service leaves it behind).
+    #[error("the collector service is not answering at {url} ({source}); is `beamflow-collector service` running? Its server-info is {path}")]
+    NotAnswering {
+        /// The URL tried.
+        url: String,
+        /// Where the URL came from.
+        path: PathBuf,
+        /// The transport error.
+        source: Box<ureq::Error>,
+    },
+    /// `server-info` is unreadable.
+    #[error("cannot read {path}: {message}")]
+    BadInfo {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The service answered with an error.
+    #[error("the collector service refused the request ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Its explanation.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Whether retrying later may help (the service may come back); refusals are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Refused { status, .. } => *status >= 500,
+            _ => true,
+        }
+    }
+}
+
+/// A small blocking client of the service API.
+pub struct Client {
+    info: ServerInfo,
+    info_path: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// Reads `server-info` from the collector's state folder.
+    pub fn from_state_dir(state_dir: &Path) -> Result<Client, ClientError> {
+        let path = state_dir.join(SERVER_INFO);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ClientError::NotRunning { path }),
+            Err(e) => return Err(ClientError::BadInfo { path, message: e.to_string() }),
+        };
+        let info: ServerInfo =
+            serde_json::from_str(&text).map_err(|e| ClientError::BadInfo { path: path.clone(), message: e.to_string() })?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Ok(Client { info, info_path: path, agent })
+    }
+
+    fn finish<T: for<'de> Deserialize<'de>>(
+        &self,
+        res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let mut res = res.map_err(|e| ClientError::NotAnswering {
+            url: self.info.url.clone(),
+            path: self.info_path.clone(),
+            source: Box::new(e),
+        })?;
+        let status = res.status().as_u16();
+        if (200..300).contains(&status) {
+            return res.body_mut().read_json::<T>().map_err(|e| ClientError::Refused {
+                status,
+                message: format!("unreadable answer: {e}"),
+            });
+        }
+        let message = res
+            .body_mut()
+            .read_json::<ErrorBody>()
+            .map(|b| b.error)
+            .unwrap_or_else(|_| "no explanation given".into());
+        Err(ClientError::Refused { status, message })
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.info.token)
+    }
+
+    /// Submits a stack version (idempotent).
+    pub fn submit(&self, req: &SubmitRequest) -> Result<SubmitResponse, ClientError> {
+        let res = self
+            .agent
+            .post(format!("{}/v1/stacks", self.info.url))
+            .header("Authorization", self.auth())
+            .send_json(req);
+        self.finish(res)
+    }
+
+    /// Lists jobs, optionally filtered.
+    pub fn jobs(&self, stack: Option<&str>, state: Option<&str>) -> Result<Vec<crate::db::JobRow>, ClientError> {
+        let mut req = self.agent.get(format!("{}/v1/jobs", self.info.url)).header("Authorization", self.auth());
+        if let Some(s) = stack {
+            req = req.query("stack", s);
+        }
+        if let Some(s) = state {
+            req = req.query("state", s);
+        }
+        self.finish(req.call())
+    }
+
+    /// Lists stack versions.
+    pub fn stacks(&self) -> Result<Vec<crate::db::StackRow>, ClientError> {
+        let res = self.agent.get(format!("{}/v1/stacks", self.info.url)).header("Authorization", self.auth()).call();
+        self.finish(res)
+    }
+}

@@ -1,0 +1,281 @@
+//! The collector's SQLite database: stacks, jobs, their parents and every state change.
+//!
+//! Only `service` opens it (SQLite must not be shared across hosts over Lustre/GPFS, and a
+//! single owner avoids that). Every change is one `BEGIN IMMEDIATE` transaction, so a kill -9
+//! at any instant leaves either the whole submission or none of it.
+
+use crate::dag::PlannedJob;
+use crate::state::JobState;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Failures of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite said no.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The same stack version was submitted before with other files.
+    #[error("stack {stack} version {version} was already submitted with different files; a changed stack must come as a new version")]
+    Conflict {
+        /// Stack.
+        stack: String,
+        /// Version.
+        version: u32,
+    },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stacks (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    workflow TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    work_dir TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    files TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (name, version)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    stack_id INTEGER NOT NULL REFERENCES stacks(id),
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    command TEXT NOT NULL,
+    work_dir TEXT NOT NULL,
+    nodes INTEGER NOT NULL,
+    ranks_per_node INTEGER NOT NULL,
+    threads_per_rank INTEGER NOT NULL,
+    cpu_affinity TEXT NOT NULL,
+    env TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (stack_id, name)
+);
+CREATE TABLE IF NOT EXISTS job_parents (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    parent_id INTEGER NOT NULL REFERENCES jobs(id),
+    PRIMARY KEY (job_id, parent_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    at TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+";
+
+/// A stack version as the service knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackRow {
+    /// The service's id.
+    pub id: u64,
+    /// Path relative to the data root.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Workflow name.
+    pub workflow: String,
+    /// Work folder.
+    pub work_dir: String,
+    /// Files in it.
+    pub files: u64,
+    /// When it was submitted (RFC 3339).
+    pub created_at: String,
+}
+
+/// A job as shown by `ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRow {
+    /// The service's id.
+    pub id: u64,
+    /// Stack path.
+    pub stack: String,
+    /// Stack version.
+    pub version: u32,
+    /// Step name.
+    pub name: String,
+    /// State name (Balsam's).
+    pub state: String,
+    /// Ids of the jobs it waits for.
+    pub parents: Vec<u64>,
+    /// Nodes.
+    pub nodes: u32,
+    /// Ranks per node.
+    pub ranks_per_node: u32,
+    /// Threads per rank.
+    pub threads_per_rank: u32,
+    /// CPU binding.
+    pub cpu_affinity: String,
+    /// Command line.
+    pub command: String,
+}
+
+/// A new submission, as `serve` forwards it.
+#[derive(Debug, Clone)]
+pub struct NewStack<'a> {
+    /// Path relative to the data root.
+    pub name: &'a str,
+    /// Version.
+    pub version: u32,
+    /// Workflow.
+    pub workflow: &'a str,
+    /// Absolute folder of the received files.
+    pub dir: &'a str,
+    /// Absolute work folder.
+    pub work_dir: &'a str,
+    /// BLAKE3 over the sorted (path, hash) list: equal means the same stack version.
+    pub digest: &'a str,
+    /// JSON list of files.
+    pub files_json: &'a str,
+}
+
+/// The database handle owned by the service.
+pub struct Db {
+    conn: Connection,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+impl Db {
+    /// Opens (creating if needed) the database file.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Db { conn })
+    }
+
+    /// Records a stack version and its jobs in one transaction. Returns (stack id, created,
+    /// job count); an identical earlier submission returns its id with `created == false`.
+    pub fn submit(&mut self, s: &NewStack<'_>, jobs: &[PlannedJob]) -> Result<(u64, bool, u32), DbError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT id, digest FROM stacks WHERE name = ?1 AND version = ?2",
+                params![s.name, s.version],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((id, digest)) = existing {
+            if digest != s.digest {
+                return Err(DbError::Conflict { stack: s.name.into(), version: s.version });
+            }
+            let n: i64 = tx.query_row("SELECT COUNT(*) FROM jobs WHERE stack_id = ?1", [id], |r| r.get(0))?;
+            return Ok((id as u64, false, n as u32));
+        }
+        let at = now();
+        tx.execute(
+            "INSERT INTO stacks (name, version, workflow, dir, work_dir, digest, files, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![s.name, s.version, s.workflow, s.dir, s.work_dir, s.digest, s.files_json, at],
+        )?;
+        let stack_id = tx.last_insert_rowid();
+        let mut ids = std::collections::HashMap::new();
+        for j in jobs {
+            let state = if j.parents.is_empty() { JobState::Ready } else { JobState::AwaitingParents };
+            tx.execute(
+                "INSERT INTO jobs (stack_id, name, state, command, work_dir, nodes, ranks_per_node,
+                 threads_per_rank, cpu_affinity, env) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    stack_id,
+                    j.name,
+                    state.as_str(),
+                    j.command,
+                    s.work_dir,
+                    j.nodes,
+                    j.ranks_per_node,
+                    j.threads_per_rank,
+                    j.cpu_affinity,
+                    serde_json::to_string(&j.env).unwrap_or_else(|_| "{}".into()),
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            ids.insert(j.name.clone(), id);
+            for p in &j.parents {
+                let pid = ids[p]; // planned jobs come parents-first
+                tx.execute("INSERT INTO job_parents (job_id, parent_id) VALUES (?1, ?2)", params![id, pid])?;
+            }
+            let reason = format!("stack {} v{} submitted", s.name, s.version);
+            tx.execute(
+                "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, NULL, ?3, ?4)",
+                params![id, at, JobState::Created.as_str(), reason],
+            )?;
+            let why = if j.parents.is_empty() { "no parents".to_string() } else { format!("waits for {}", j.parents.join(", ")) };
+            tx.execute(
+                "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, at, JobState::Created.as_str(), state.as_str(), why],
+            )?;
+        }
+        tx.commit()?;
+        Ok((stack_id as u64, true, jobs.len() as u32))
+    }
+
+    /// Jobs, optionally filtered by stack name and state.
+    pub fn jobs(&self, stack: Option<&str>, state: Option<&str>) -> Result<Vec<JobRow>, DbError> {
+        let mut st = self.conn.prepare(
+            "SELECT j.id, s.name, s.version, j.name, j.state, j.nodes, j.ranks_per_node,
+                    j.threads_per_rank, j.cpu_affinity, j.command
+             FROM jobs j JOIN stacks s ON s.id = j.stack_id
+             WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR j.state = ?2)
+             ORDER BY j.id",
+        )?;
+        let mut rows: Vec<JobRow> = st
+            .query_map(params![stack, state], |r| {
+                Ok(JobRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    stack: r.get(1)?,
+                    version: r.get(2)?,
+                    name: r.get(3)?,
+                    state: r.get(4)?,
+                    parents: Vec::new(),
+                    nodes: r.get(5)?,
+                    ranks_per_node: r.get(6)?,
+                    threads_per_rank: r.get(7)?,
+                    cpu_affinity: r.get(8)?,
+                    command: r.get(9)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut pst = self.conn.prepare("SELECT parent_id FROM job_parents WHERE job_id = ?1 ORDER BY parent_id")?;
+        for row in &mut rows {
+            row.parents = pst
+                .query_map([row.id as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(rows)
+    }
+
+    /// Every stack version.
+    pub fn stacks(&self) -> Result<Vec<StackRow>, DbError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, name, version, workflow, work_dir, files, created_at FROM stacks ORDER BY id",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                let files: String = r.get(5)?;
+                let n = serde_json::from_str::<Vec<serde_json::Value>>(&files).map(|v| v.len()).unwrap_or(0);
+                Ok(StackRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    version: r.get(2)?,
+                    workflow: r.get(3)?,
+                    work_dir: r.get(4)?,
+                    files: n as u64,
+                    created_at: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+}

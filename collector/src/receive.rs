@@ -1,0 +1,524 @@
+//! `beamflow-collector serve --stdio`: the far end of a link.
+//!
+//! It answers offers with what the data root already holds, writes incoming bytes to a
+//! temporary name beside the destination, checks the BLAKE3 of the result, and only then
+//! renames it into place. Durability is batched: finished files wait until the agent pauses
+//! (nothing more buffered on stdin), then all of them are fsynced, renamed, their folders
+//! fsynced, and only then acknowledged. Thousands of small files therefore share a few
+//! fsyncs instead of serialising on the disk, and no file is acknowledged before it is durable.
+
+use crate::api::{Client, SubmitFile, SubmitRequest};
+use beamflow_config::Config;
+use beamflow_protocol::{
+    normalize_rel_path, read_frame_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Hash, Have, ProtocolError,
+    MAGIC, VERSION,
+};
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Why a `serve` session ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The byte stream broke or carried something that is not the protocol.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The agent speaks another protocol version.
+    #[error("the agent speaks protocol version {theirs}, this collector speaks {VERSION}; install matching versions on both hosts")]
+    Version {
+        /// The agent's version.
+        theirs: u16,
+    },
+    /// The data root is unusable.
+    #[error("the data root {path} is not usable: {source}")]
+    DataRoot {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Files finished in one batch before they are made durable and acknowledged.
+const MAX_PENDING: usize = 512;
+
+struct Incoming {
+    path: String,
+    dest: PathBuf,
+    part: PathBuf,
+    size: u64,
+    hash: Hash,
+    file: Option<File>,
+    next: u64,
+    hasher: blake3::Hasher,
+    /// State of the hasher after the partial copy we offered as a prefix, if any.
+    prefix: Option<(u64, blake3::Hasher)>,
+}
+
+struct Finished {
+    id: u64,
+    path: String,
+    hash: Hash,
+    file: File,
+    part: PathBuf,
+    dest: PathBuf,
+}
+
+/// One connection's worth of receiving state.
+struct Receiver {
+    data_root: PathBuf,
+    canon_root: PathBuf,
+    fsync: bool,
+    incoming: HashMap<u64, Incoming>,
+    pending: Vec<Finished>,
+    /// Files known good in this connection: path → hash. Submissions may only name these.
+    verified: HashMap<String, Hash>,
+}
+
+fn hash_file(path: &Path, limit: Option<u64>) -> std::io::Result<(u64, blake3::Hasher)> {
+    let f = File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let n = match limit {
+        Some(l) => std::io::copy(&mut f.take(l), &mut h)?,
+        None => std::io::copy(&mut BufReader::with_capacity(1 << 20, f), &mut h)?,
+    };
+    Ok((n, h))
+}
+
+impl Receiver {
+    fn new(cfg: &Config) -> Result<Receiver, ServeError> {
+        let data_root = cfg.collector.data_root.clone();
+        let err = |source| ServeError::DataRoot { path: data_root.clone(), source };
+        std::fs::create_dir_all(&data_root).map_err(err)?;
+        let canon_root = data_root.canonicalize().map_err(err)?;
+        Ok(Receiver {
+            data_root,
+            canon_root,
+            fsync: cfg.collector.fsync,
+            incoming: HashMap::new(),
+            pending: Vec::new(),
+            verified: HashMap::new(),
+        })
+    }
+
+    /// Resolves a wire path to a destination that is certainly inside the data root, even if
+    /// someone left a symlink in it.
+    fn destination(&self, path: &str) -> Result<(String, PathBuf), String> {
+        let rel = normalize_rel_path(path)?;
+        let dest = self.data_root.join(&rel);
+        let parent = dest.parent().ok_or("path has no parent folder")?;
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        let canon = parent.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", parent.display()))?;
+        if !canon.starts_with(&self.canon_root) {
+            return Err(format!("path {rel:?} leads out of the data root through a symlink"));
+        }
+        if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!("{rel:?} is a symlink in the data root; refusing to write through it"));
+        }
+        Ok((rel, dest))
+    }
+
+    fn offer(&mut self, id: u64, path: String, size: u64, hash: Hash) -> Frame {
+        let (rel, dest) = match self.destination(&path) {
+            Ok(x) => x,
+            Err(reason) => {
+                tracing::warn!(path = %path, %reason, "offer refused");
+                return Frame::Nack { id, code: ErrorCode::PathRefused, reason };
+            }
+        };
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let part = dest.with_file_name(format!(".{name}.beamflow-part"));
+        if let Ok(m) = std::fs::metadata(&dest) {
+            if m.is_file() && m.len() == size {
+                if let Ok((_, h)) = hash_file(&dest, None) {
+                    if *h.finalize().as_bytes() == hash {
+                        self.verified.insert(rel, hash);
+                        return Frame::HaveReply { id, have: Have::Same };
+                    }
+                }
+            }
+        }
+        let mut have = Have::Nothing;
+        let mut prefix = None;
+        if let Ok(m) = std::fs::metadata(&part) {
+            if m.is_file() && m.len() > 0 && m.len() <= size {
+                if let Ok((n, h)) = hash_file(&part, Some(m.len())) {
+                    have = Have::Prefix { len: n, hash: *h.finalize().as_bytes() };
+                    prefix = Some((n, h));
+                }
+            }
+        }
+        self.incoming.insert(
+            id,
+            Incoming { path: rel, dest, part, size, hash, file: None, next: 0, hasher: blake3::Hasher::new(), prefix },
+        );
+        Frame::HaveReply { id, have }
+    }
+
+    fn data(&mut self, id: u64, offset: u64, bytes: &[u8]) -> Result<(), Frame> {
+        let inc = self.incoming.get_mut(&id).ok_or_else(|| Frame::Error {
+            code: ErrorCode::Protocol,
+            message: format!("data for file {id}, which was never offered"),
+        })?;
+        let nack = |code, reason: String| Frame::Nack { id, code, reason };
+        if inc.file.is_none() {
+            // the first data frame says where the agent resumes: 0, or the prefix we offered
+            match inc.prefix.take() {
+                Some((len, h)) if len == offset => {
+                    inc.hasher = h;
+                }
+                _ if offset == 0 => {}
+                _ => return Err(nack(ErrorCode::Protocol, format!("{}: resume at {offset} was not offered", inc.path))),
+            }
+            let f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&inc.part)
+                .and_then(|f| f.set_len(offset).map(|_| f))
+                .map_err(|e| nack(ErrorCode::Io, format!("cannot write {}: {e}", inc.part.display())))?;
+            inc.file = Some(f);
+            inc.next = offset;
+        }
+        if offset != inc.next || offset + bytes.len() as u64 > inc.size {
+            return Err(nack(
+                ErrorCode::Protocol,
+                format!("{}: bytes at {offset}..{} do not follow {} within {}", inc.path, offset + bytes.len() as u64, inc.next, inc.size),
+            ));
+        }
+        let f = inc.file.as_ref().expect("opened above");
+        f.write_all_at(bytes, offset)
+            .map_err(|e| nack(ErrorCode::Io, format!("cannot write {}: {e}", inc.part.display())))?;
+        inc.hasher.update(bytes);
+        inc.next += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn done(&mut self, id: u64) -> Option<Frame> {
+        let Some(mut inc) = self.incoming.remove(&id) else {
+            return Some(Frame::Error { code: ErrorCode::Protocol, message: format!("end of file {id}, which was never offered") });
+        };
+        if inc.file.is_none() {
+            // a zero-byte file, or a prefix that already was the whole file
+            let start = match inc.prefix.take() {
+                Some((len, h)) if len == inc.size => {
+                    inc.hasher = h;
+                    len
+                }
+                _ => 0,
+            };
+            match OpenOptions::new().create(true).write(true).truncate(false).open(&inc.part).and_then(|f| f.set_len(start).map(|_| f)) {
+                Ok(f) => inc.file = Some(f),
+                Err(e) => return Some(Frame::Nack { id, code: ErrorCode::Io, reason: format!("cannot write {}: {e}", inc.part.display()) }),
+            }
+            inc.next = start;
+        }
+        let got = *inc.hasher.finalize().as_bytes();
+        if inc.next != inc.size || got != inc.hash {
+            let _ = std::fs::remove_file(&inc.part);
+            let reason = format!(
+                "{}: received {} of {} bytes with BLAKE3 {}, offered {}; send it again",
+                inc.path,
+                inc.next,
+                inc.size,
+                hex::encode(&got[..8]),
+                hex::encode(&inc.hash[..8])
+            );
+            tracing::warn!(%reason, "verification failed");
+            return Some(Frame::Nack { id, code: ErrorCode::HashMismatch, reason });
+        }
+        self.pending.push(Finished {
+            id,
+            path: inc.path,
+            hash: inc.hash,
+            file: inc.file.take().expect("set above"),
+            part: inc.part,
+            dest: inc.dest,
+        });
+        None
+    }
+
+    /// Makes every finished file durable and returns the acknowledgements to send.
+    fn commit(&mut self) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let mut dirs = HashSet::new();
+        let mut renamed = Vec::new();
+        for f in self.pending.drain(..) {
+            let r = (if self.fsync { f.file.sync_all() } else { Ok(()) }).and_then(|_| std::fs::rename(&f.part, &f.dest));
+            match r {
+                Ok(()) => {
+                    if let Some(d) = f.dest.parent() {
+                        dirs.insert(d.to_path_buf());
+                    }
+                    renamed.push(f);
+                }
+                Err(e) => out.push(Frame::Nack { id: f.id, code: ErrorCode::Io, reason: format!("cannot store {}: {e}", f.path) }),
+            }
+        }
+        let mut failed_dirs = HashMap::new();
+        if self.fsync {
+            for d in dirs {
+                if let Err(e) = File::open(&d).and_then(|f| f.sync_all()) {
+                    failed_dirs.insert(d, e.to_string());
+                }
+            }
+        }
+        for f in renamed {
+            match f.dest.parent().and_then(|d| failed_dirs.get(d)) {
+                Some(e) => out.push(Frame::Nack { id: f.id, code: ErrorCode::Io, reason: format!("cannot sync folder of {}: {e}", f.path) }),
+                None => {
+                    tracing::debug!(path = %f.path, "stored");
+                    self.verified.insert(f.path, f.hash);
+                    out.push(Frame::Ack { id: f.id });
+                }
+            }
+        }
+        out
+    }
+
+    fn abort(&mut self, id: u64, reason: &str) {
+        if let Some(inc) = self.incoming.remove(&id) {
+            tracing::info!(path = %inc.path, %reason, "transfer abandoned by the agent");
+            let _ = std::fs::remove_file(&inc.part);
+        }
+    }
+
+    fn submit(&self, cfg: &Config, stack: String, version: u32, workflow: String, files: Vec<FileEntry>) -> Frame {
+        let refused = |message: String| Frame::Error { code: ErrorCode::SubmitRefused, message };
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let rel = match normalize_rel_path(&f.path) {
+                Ok(r) => r,
+                Err(e) => return refused(e),
+            };
+            if self.verified.get(&rel) != Some(&f.hash) {
+                return refused(format!("{rel} was not received and verified in this session; offer it before submitting"));
+            }
+            out.push(SubmitFile { path: rel, size: f.size, blake3: hex::encode(f.hash) });
+        }
+        let req = SubmitRequest { stack: stack.clone(), version, workflow, files: out };
+        match Client::from_state_dir(&cfg.collector.state_dir).and_then(|c| c.submit(&req)) {
+            Ok(r) => Frame::Accepted { stack, version, remote_id: r.remote_id, created: r.created, jobs: r.jobs },
+            Err(e) if e.is_transient() => Frame::Error { code: ErrorCode::ServiceUnavailable, message: e.to_string() },
+            Err(e) => refused(e.to_string()),
+        }
+    }
+}
+
+/// Runs one session over `input`/`output` until the agent says goodbye or goes away.
+pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(), ServeError> {
+    let mut rd = BufReader::with_capacity(4 << 20, input);
+    let mut wr = BufWriter::with_capacity(1 << 16, output);
+    wr.write_all(MAGIC).map_err(ProtocolError::Io)?;
+    wr.flush().map_err(ProtocolError::Io)?;
+    match read_frame_sync(&mut rd)? {
+        Some(Frame::Hello { version, client }) if version == VERSION => {
+            tracing::info!(%client, "agent connected");
+        }
+        Some(Frame::Hello { version, .. }) => {
+            let e = ServeError::Version { theirs: version };
+            write_frame_sync(&mut wr, &Frame::Error { code: ErrorCode::Protocol, message: e.to_string() })?;
+            wr.flush().map_err(ProtocolError::Io)?;
+            return Err(e);
+        }
+        Some(other) => return Err(ProtocolError::Malformed(format!("expected Hello, got {other:?}")).into()),
+        None => return Ok(()),
+    }
+    let mut rx = match Receiver::new(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            write_frame_sync(&mut wr, &Frame::Error { code: ErrorCode::Io, message: e.to_string() })?;
+            wr.flush().map_err(ProtocolError::Io)?;
+            return Err(e);
+        }
+    };
+    let server = format!("beamflow-collector {} data_root={}", env!("CARGO_PKG_VERSION"), rx.data_root.display());
+    write_frame_sync(&mut wr, &Frame::Welcome { version: VERSION, server })?;
+    wr.flush().map_err(ProtocolError::Io)?;
+    loop {
+        // the agent paused: a natural batch boundary for durability and for flushing answers
+        if rd.buffer().is_empty() || rx.pending.len() >= MAX_PENDING {
+            for f in rx.commit() {
+                write_frame_sync(&mut wr, &f)?;
+            }
+            wr.flush().map_err(ProtocolError::Io)?;
+        }
+        let frame = match read_frame_sync(&mut rd)? {
+            Some(f) => f,
+            None => {
+                tracing::info!("agent closed the link");
+                return Ok(());
+            }
+        };
+        match frame {
+            Frame::Offer { id, path, size, hash } => {
+                let reply = rx.offer(id, path, size, hash);
+                write_frame_sync(&mut wr, &reply)?;
+            }
+            Frame::Data { id, offset, bytes } => {
+                if let Err(f) = rx.data(id, offset, &bytes) {
+                    if let Frame::Nack { .. } = f {
+                        rx.incoming.remove(&id);
+                    }
+                    let fatal = matches!(f, Frame::Error { .. });
+                    write_frame_sync(&mut wr, &f)?;
+                    if fatal {
+                        wr.flush().map_err(ProtocolError::Io)?;
+                        return Err(ProtocolError::Malformed("data for an unknown file".into()).into());
+                    }
+                }
+            }
+            Frame::Done { id } => {
+                if let Some(f) = rx.done(id) {
+                    write_frame_sync(&mut wr, &f)?;
+                }
+            }
+            Frame::Abort { id, reason } => rx.abort(id, &reason),
+            Frame::Submit { stack, version, workflow, files } => {
+                for f in rx.commit() {
+                    write_frame_sync(&mut wr, &f)?;
+                }
+                let reply = rx.submit(cfg, stack, version, workflow, files);
+                write_frame_sync(&mut wr, &reply)?;
+            }
+            Frame::Bye => {
+                for f in rx.commit() {
+                    write_frame_sync(&mut wr, &f)?;
+                }
+                wr.flush().map_err(ProtocolError::Io)?;
+                return Ok(());
+            }
+            other => {
+                let message = format!("unexpected frame from the agent: {other:?}");
+                write_frame_sync(&mut wr, &Frame::Error { code: ErrorCode::Protocol, message: message.clone() })?;
+                wr.flush().map_err(ProtocolError::Io)?;
+                return Err(ProtocolError::Malformed(message).into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> Config {
+        let mut c = Config::parse("", Path::new("t")).unwrap();
+        c.collector.data_root = dir.join("root");
+        c.collector.state_dir = dir.join("state");
+        c
+    }
+
+    fn session(cfg: &Config, frames: &[Frame]) -> Vec<Frame> {
+        let mut input = Frame::Hello { version: VERSION, client: "t".into() }.encode();
+        for f in frames {
+            input.extend(f.encode());
+        }
+        let mut out = Vec::new();
+        let _ = serve(cfg, &input[..], &mut out);
+        assert_eq!(&out[..8], MAGIC);
+        let mut r = &out[8..];
+        let mut got = Vec::new();
+        while let Ok(Some(f)) = read_frame_sync(&mut r) {
+            got.push(f);
+        }
+        got.remove(0); // Welcome
+        got
+    }
+
+    #[test]
+    fn paths_outside_the_root_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path());
+        for p in ["../evil", "/etc/passwd", "a/../../b"] {
+            let got = session(&c, &[Frame::Offer { id: 1, path: p.into(), size: 1, hash: [0; 32] }]);
+            assert!(matches!(&got[0], Frame::Nack { code: ErrorCode::PathRefused, .. }), "{p}: {got:?}");
+        }
+        // a symlink planted inside the root does not lead out either
+        std::fs::create_dir_all(d.path().join("root")).unwrap();
+        std::os::unix::fs::symlink("/tmp", d.path().join("root/link")).unwrap();
+        let got = session(&c, &[Frame::Offer { id: 1, path: "link/x".into(), size: 1, hash: [0; 32] }]);
+        assert!(matches!(&got[0], Frame::Nack { code: ErrorCode::PathRefused, .. }), "{got:?}");
+    }
+
+    #[test]
+    fn a_file_is_stored_verified_and_then_known() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path());
+        let body = b"hello tiff".to_vec();
+        let hash = *blake3::hash(&body).as_bytes();
+        let got = session(
+            &c,
+            &[
+                Frame::Offer { id: 1, path: "s/a.tif".into(), size: body.len() as u64, hash },
+                Frame::Data { id: 1, offset: 0, bytes: body.clone() },
+                Frame::Done { id: 1 },
+                Frame::Bye,
+            ],
+        );
+        assert_eq!(got, vec![Frame::HaveReply { id: 1, have: Have::Nothing }, Frame::Ack { id: 1 }]);
+        assert_eq!(std::fs::read(d.path().join("root/s/a.tif")).unwrap(), body);
+        let got = session(&c, &[Frame::Offer { id: 9, path: "s/a.tif".into(), size: body.len() as u64, hash }]);
+        assert_eq!(got, vec![Frame::HaveReply { id: 9, have: Have::Same }]);
+    }
+
+    #[test]
+    fn wrong_bytes_are_refused_and_not_stored() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path());
+        let got = session(
+            &c,
+            &[
+                Frame::Offer { id: 1, path: "s/a.tif".into(), size: 3, hash: [7; 32] },
+                Frame::Data { id: 1, offset: 0, bytes: b"abc".to_vec() },
+                Frame::Done { id: 1 },
+                Frame::Bye,
+            ],
+        );
+        assert!(matches!(&got[1], Frame::Nack { code: ErrorCode::HashMismatch, .. }), "{got:?}");
+        assert!(!d.path().join("root/s/a.tif").exists());
+        assert!(!d.path().join("root/s/.a.tif.beamflow-part").exists());
+    }
+
+    #[test]
+    fn a_partial_file_is_offered_as_a_prefix_and_resumed() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path());
+        let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let hash = *blake3::hash(&body).as_bytes();
+        std::fs::create_dir_all(d.path().join("root/s")).unwrap();
+        std::fs::write(d.path().join("root/s/.a.tif.beamflow-part"), &body[..4000]).unwrap();
+        let got = session(&c, &[Frame::Offer { id: 1, path: "s/a.tif".into(), size: 10_000, hash }]);
+        assert_eq!(got[0], Frame::HaveReply { id: 1, have: Have::Prefix { len: 4000, hash: *blake3::hash(&body[..4000]).as_bytes() } });
+        let got = session(
+            &c,
+            &[
+                Frame::Offer { id: 1, path: "s/a.tif".into(), size: 10_000, hash },
+                Frame::Data { id: 1, offset: 4000, bytes: body[4000..].to_vec() },
+                Frame::Done { id: 1 },
+                Frame::Bye,
+            ],
+        );
+        assert_eq!(got[1], Frame::Ack { id: 1 });
+        assert_eq!(std::fs::read(d.path().join("root/s/a.tif")).unwrap(), body);
+    }
+
+    #[test]
+    fn submitting_unverified_files_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path());
+        let got = session(
+            &c,
+            &[Frame::Submit {
+                stack: "s".into(),
+                version: 1,
+                workflow: "aligntk".into(),
+                files: vec![FileEntry { path: "s/a.tif".into(), size: 1, hash: [0; 32] }],
+            }],
+        );
+        assert!(matches!(&got[0], Frame::Error { code: ErrorCode::SubmitRefused, message } if message.contains("not received")), "{got:?}");
+    }
+}
