@@ -1,1 +1,150 @@
-fn main() {}
+//! `beamflow-agent`: parses arguments and calls the library.
+
+use anyhow::{Context, Result};
+use beamflow_agent::{daemon, demo, journal::Journal, push, status};
+use beamflow_config::{Config, LogFormat};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "beamflow-agent", version, about = "Beamline side of beamflow: watch image folders, send finished stacks, register their DAG")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The daemon: watch, detect finished stacks, transfer, submit.
+    Run {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+    },
+    /// Send one folder now and wait until its DAG is accepted.
+    Push {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// The folder holding the images.
+        dir: PathBuf,
+        /// Attempts before giving up on transient failures (collector down, link broken).
+        #[arg(long, default_value_t = 4)]
+        attempts: u32,
+    },
+    /// Show every stack the agent knows, with state, files, bytes and reason.
+    Status {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the whole path locally on a synthetic stack (no SSH, no batch system).
+    Demo {
+        /// Folder to run in (default: a fresh temporary folder, kept for inspection).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Sections to write.
+        #[arg(long, default_value_t = 16)]
+        sections: u32,
+        /// Pixels per side of each 16-bit section.
+        #[arg(long, default_value_t = 512)]
+        side: u32,
+        /// Quiet period that finishes the stack.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+    },
+    /// Check a config file and print the effective settings.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Load FILE, report errors with key and line, or print the effective config.
+    Check { file: PathBuf },
+}
+
+fn init_logs(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| default.into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Plain => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("beamflow-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start the async runtime")
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            init_logs(cfg.agent.log_format, "info");
+            runtime()?.block_on(daemon::run(cfg, shutdown_signal(), || {}))?;
+        }
+        Cmd::Push { config, dir, attempts } => {
+            let cfg = Config::load(&config)?;
+            init_logs(cfg.agent.log_format, "warn");
+            let p = runtime()?.block_on(push::push(&cfg, &dir, attempts))?;
+            println!(
+                "{} v{}: {} files, {} ({} sent, {} already there), {:.2} s; DAG {} with {} jobs{}",
+                p.stack,
+                p.version,
+                p.files,
+                status::human_bytes(p.bytes),
+                status::human_bytes(p.wire_bytes),
+                p.same,
+                p.secs,
+                p.remote_id,
+                p.jobs,
+                if p.created { "" } else { " (registered before; nothing new created)" }
+            );
+        }
+        Cmd::Status { config, json } => {
+            let cfg = Config::load(&config)?;
+            let journal = Journal::open(&cfg.agent.state_dir)?;
+            let stacks = journal.stacks()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stacks)?);
+            } else {
+                print!("{}", status::table(&stacks));
+            }
+        }
+        Cmd::Demo { dir, sections, side, settle } => {
+            init_logs(LogFormat::Plain, "warn");
+            let opts = demo::DemoOptions { dir, sections, side, settle, ..Default::default() };
+            let report = runtime()?.block_on(demo::run(opts))?;
+            print!("{}", demo::render(&report, settle));
+        }
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+            let cfg = Config::load(&file)?;
+            print!("{}", cfg.to_toml());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

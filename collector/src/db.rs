@@ -7,7 +7,7 @@
 use crate::dag::PlannedJob;
 use crate::state::JobState;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::{Deserialize, Serialize};
+pub use beamflow_protocol::api::{JobRow, StackRow};
 use std::path::Path;
 
 /// Failures of the database layer.
@@ -69,52 +69,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 ";
-
-/// A stack version as the service knows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StackRow {
-    /// The service's id.
-    pub id: u64,
-    /// Path relative to the data root.
-    pub name: String,
-    /// Version.
-    pub version: u32,
-    /// Workflow name.
-    pub workflow: String,
-    /// Work folder.
-    pub work_dir: String,
-    /// Files in it.
-    pub files: u64,
-    /// When it was submitted (RFC 3339).
-    pub created_at: String,
-}
-
-/// A job as shown by `ls`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobRow {
-    /// The service's id.
-    pub id: u64,
-    /// Stack path.
-    pub stack: String,
-    /// Stack version.
-    pub version: u32,
-    /// Step name.
-    pub name: String,
-    /// State name (Balsam's).
-    pub state: String,
-    /// Ids of the jobs it waits for.
-    pub parents: Vec<u64>,
-    /// Nodes.
-    pub nodes: u32,
-    /// Ranks per node.
-    pub ranks_per_node: u32,
-    /// Threads per rank.
-    pub threads_per_rank: u32,
-    /// CPU binding.
-    pub cpu_affinity: String,
-    /// Command line.
-    pub command: String,
-}
 
 /// A new submission, as `serve` forwards it.
 #[derive(Debug, Clone)]

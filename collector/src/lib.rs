@@ -4,7 +4,7 @@
 //! `service` owns the SQLite database and the HTTP API ([`service`], [`db`], [`dag`]);
 //! the operator's commands ([`cli`]) read through that API, never the database file.
 
-pub mod api;
+pub use beamflow_protocol::api;
 pub mod cli;
 pub mod dag;
 pub mod db;

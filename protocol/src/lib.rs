@@ -5,6 +5,7 @@
 //! greeting, say) is reported as such rather than misread as a frame. Then the agent sends
 //! [`Frame::Hello`], the collector answers [`Frame::Welcome`], and frames flow both ways.
 
+pub mod api;
 mod frame;
 mod io;
 mod path;

@@ -1,4 +1,6 @@
-//! The service's HTTP API types and the client that `serve` and the CLI use to reach it.
+//! The collector service's HTTP API: its types and the small blocking client that `serve`,
+//! the CLIs and the agent's demo use. Kept here, beside the frames, because both programs
+//! depend on it and it changes as carefully.
 //!
 //! The service writes `server-info` (its URL and a random token, mode 0600) into the state
 //! folder; every request carries that token. Nobody but the service touches the database.
@@ -54,6 +56,52 @@ pub struct SubmitResponse {
     pub created: bool,
     /// Jobs in its DAG.
     pub jobs: u32,
+}
+
+/// A stack version as the service knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackRow {
+    /// The service's id.
+    pub id: u64,
+    /// Path relative to the data root.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Workflow name.
+    pub workflow: String,
+    /// Work folder.
+    pub work_dir: String,
+    /// Files in it.
+    pub files: u64,
+    /// When it was submitted (RFC 3339).
+    pub created_at: String,
+}
+
+/// A job as shown by `ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRow {
+    /// The service's id.
+    pub id: u64,
+    /// Stack path.
+    pub stack: String,
+    /// Stack version.
+    pub version: u32,
+    /// Step name.
+    pub name: String,
+    /// State name (Balsam's).
+    pub state: String,
+    /// Ids of the jobs it waits for.
+    pub parents: Vec<u64>,
+    /// Nodes.
+    pub nodes: u32,
+    /// Ranks per node.
+    pub ranks_per_node: u32,
+    /// Threads per rank.
+    pub threads_per_rank: u32,
+    /// CPU binding.
+    pub cpu_affinity: String,
+    /// Command line.
+    pub command: String,
 }
 
 /// Error body of every failed request.
@@ -175,7 +223,7 @@ impl Client {
     }
 
     /// Lists jobs, optionally filtered.
-    pub fn jobs(&self, stack: Option<&str>, state: Option<&str>) -> Result<Vec<crate::db::JobRow>, ClientError> {
+    pub fn jobs(&self, stack: Option<&str>, state: Option<&str>) -> Result<Vec<JobRow>, ClientError> {
         let mut req = self.agent.get(format!("{}/v1/jobs", self.info.url)).header("Authorization", self.auth());
         if let Some(s) = stack {
             req = req.query("stack", s);
@@ -187,7 +235,7 @@ impl Client {
     }
 
     /// Lists stack versions.
-    pub fn stacks(&self) -> Result<Vec<crate::db::StackRow>, ClientError> {
+    pub fn stacks(&self) -> Result<Vec<StackRow>, ClientError> {
         let res = self.agent.get(format!("{}/v1/stacks", self.info.url)).header("Authorization", self.auth()).call();
         self.finish(res)
     }

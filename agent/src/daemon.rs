@@ -1,0 +1,449 @@
+//! `beamflow-agent run`: one loop owns the state.
+//!
+//! Filesystem events, rescans, timer ticks and transfer completions all arrive as messages to
+//! one `select!` loop, which alone writes the journal. On start it rescans every watch root and
+//! reconciles with the journal before it trusts any event: stacks that were being sent are
+//! sent again (the collector answers "same" for what it holds), submitted stacks are not
+//! submitted twice, and stacks that changed after submission become a new version.
+
+use crate::journal::{FileRecord, Journal, StackState};
+use crate::scan::{scan_dir, stack_dirs, DirScan};
+use crate::stack::{decide, Observed, Rules, Verdict};
+use crate::tiff_check;
+use crate::transfer::{self, Action, Job, Report};
+use crate::watch::{self, Msg};
+use anyhow::{Context, Result};
+use beamflow_config::{Config, OnChange, WatchMode, WatchSection};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// One watch root, resolved.
+pub(crate) struct Root {
+    pub(crate) canon: PathBuf,
+    pub(crate) pattern: glob::Pattern,
+    pub(crate) rules: Rules,
+    pub(crate) section: WatchSection,
+}
+
+impl Root {
+    pub(crate) fn new(w: &WatchSection) -> Result<Root> {
+        let canon = w.path.canonicalize().with_context(|| {
+            format!("watch root {} does not exist or cannot be read; create it or fix [[watch]] path", w.path.display())
+        })?;
+        Ok(Root {
+            canon,
+            pattern: glob::Pattern::new(&w.pattern).context("watch pattern")?,
+            rules: Rules {
+                min_images: w.min_images.get(),
+                marker: w.marker.clone(),
+                expect: w.expect.map(|n| n.get()),
+                settle: w.settle.0,
+                max_wait: w.max_wait.0,
+            },
+            section: w.clone(),
+        })
+    }
+
+    /// The stack's path under the collector's data root.
+    pub(crate) fn remote_name(&self, dir: &Path) -> String {
+        let rel = dir.strip_prefix(&self.canon).unwrap_or(dir);
+        let rel = if rel.as_os_str().is_empty() {
+            PathBuf::from(self.canon.file_name().unwrap_or_default())
+        } else {
+            rel.to_path_buf()
+        };
+        let prefix = self.section.prefix.trim_matches('/');
+        let rel = rel.to_string_lossy().into_owned();
+        if prefix.is_empty() {
+            rel
+        } else {
+            format!("{prefix}/{rel}")
+        }
+    }
+
+    pub(crate) fn scan(&self, dir: &Path) -> std::io::Result<DirScan> {
+        scan_dir(&self.canon, dir, &self.pattern, self.rules.marker.as_deref())
+    }
+}
+
+struct Tracked {
+    root: usize,
+    scan: DirScan,
+    last_change: Instant,
+    first_seen: Instant,
+    /// Structural check results by file name, valid while (size, mtime) match.
+    checks: HashMap<String, (u64, i64, Option<String>)>,
+    warned: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    ignored: bool,
+    /// Held because the collector refused it: stays held until its files change.
+    refused: bool,
+}
+
+/// Checks every image of a scan (reusing results for unchanged files); returns the faults.
+pub(crate) fn check_images(dir: &Path, scan: &DirScan, cache: &mut HashMap<String, (u64, i64, Option<String>)>) -> Vec<(String, String)> {
+    let mut faults = Vec::new();
+    for f in &scan.images {
+        let fault = match cache.get(&f.name) {
+            Some((s, m, r)) if *s == f.size && *m == f.mtime_ns => r.clone(),
+            _ => {
+                let r = tiff_check::check(&dir.join(&f.name)).err().map(|e| e.to_string());
+                cache.insert(f.name.clone(), (f.size, f.mtime_ns, r.clone()));
+                r
+            }
+        };
+        if let Some(e) = fault {
+            faults.push((f.name.clone(), e));
+        }
+    }
+    faults.extend(scan.skipped.iter().cloned());
+    faults
+}
+
+/// Hashes the images of a scan, reusing the journal's hashes for files whose size and mtime
+/// are unchanged.
+pub(crate) fn hash_files(dir: &Path, scan: &DirScan, known: &[FileRecord]) -> std::io::Result<Vec<FileRecord>> {
+    let known: HashMap<&str, &FileRecord> = known.iter().map(|f| (f.name.as_str(), f)).collect();
+    let mut out = Vec::with_capacity(scan.images.len());
+    for f in &scan.images {
+        if let Some(k) = known.get(f.name.as_str()).filter(|k| k.size == f.size && k.mtime_ns == f.mtime_ns) {
+            out.push((*k).clone());
+            continue;
+        }
+        let mut h = blake3::Hasher::new();
+        let file = std::fs::File::open(dir.join(&f.name))?;
+        let n = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut h)?;
+        out.push(FileRecord { name: f.name.clone(), size: n, mtime_ns: f.mtime_ns, blake3: *h.finalize().as_bytes(), sent: false });
+    }
+    Ok(out)
+}
+
+fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
+    scan.images.len() == files.len()
+        && scan.images.iter().zip(files).all(|(a, b)| a.name == b.name && a.size == b.size && a.mtime_ns == b.mtime_ns)
+}
+
+/// The daemon's state: owned by its loop alone.
+pub struct Daemon {
+    cfg: Arc<Config>,
+    journal: Journal,
+    roots: Vec<Root>,
+    stacks: HashMap<PathBuf, Tracked>,
+    dirty: HashSet<PathBuf>,
+    walk: HashSet<PathBuf>,
+    active: Option<PathBuf>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+/// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
+/// done (systemd's READY=1 belongs there).
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, ready: impl FnOnce()) -> Result<()> {
+    let journal = Journal::open(&cfg.agent.state_dir)?;
+    anyhow::ensure!(!cfg.watch.is_empty(), "no [[watch]] section in the config: nothing to watch; add one with a path");
+    let roots = cfg.watch.iter().map(Root::new).collect::<Result<Vec<_>>>()?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut d = Daemon {
+        cfg: Arc::new(cfg),
+        journal,
+        roots,
+        stacks: HashMap::new(),
+        dirty: HashSet::new(),
+        walk: HashSet::new(),
+        active: None,
+        tx: tx.clone(),
+    };
+    // watchers first, so nothing written during the reconcile scan is missed
+    let inotify: Vec<PathBuf> = d.roots.iter().filter(|r| r.section.mode == WatchMode::Inotify).map(|r| r.canon.clone()).collect();
+    let (_watcher, fallback) = watch::start(&inotify, tx.clone());
+    let polled: Vec<usize> = d
+        .roots
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.section.mode == WatchMode::Poll || fallback.contains(&r.canon))
+        .map(|(i, _)| i)
+        .collect();
+    d.full_rescan();
+    d.step().await?;
+    tracing::info!(roots = d.roots.len(), stacks = d.stacks.len(), "watching");
+    ready();
+
+    let poll_every = polled.iter().map(|&i| d.roots[i].section.poll_interval.0).min().unwrap_or(Duration::from_secs(3600));
+    let mut poll = tokio::time::interval(poll_every);
+    let mut rescan = tokio::time::interval(d.cfg.agent.rescan.0);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    for t in [&mut poll, &mut rescan, &mut tick] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(msg) = rx.recv() => d.handle(msg).await?,
+            _ = poll.tick(), if !polled.is_empty() => {
+                for &i in &polled {
+                    let root = d.roots[i].canon.clone();
+                    d.walk_root(&root);
+                }
+            }
+            _ = rescan.tick() => d.full_rescan(),
+            _ = tick.tick() => d.step().await?,
+        }
+    }
+    tracing::info!("agent stopping; transfers in flight resume at the next start");
+    Ok(())
+}
+
+impl Daemon {
+    fn root_of(&self, p: &Path) -> Option<usize> {
+        self.roots.iter().position(|r| p.starts_with(&r.canon))
+    }
+
+    fn walk_root(&mut self, dir: &Path) {
+        let Some(i) = self.root_of(dir) else { return };
+        for s in stack_dirs(dir, &self.roots[i].pattern) {
+            self.dirty.insert(s);
+        }
+        // tracked stacks below that vanished are dirty too, so they get dropped
+        let gone: Vec<PathBuf> = self.stacks.keys().filter(|k| k.starts_with(dir)).cloned().collect();
+        self.dirty.extend(gone);
+    }
+
+    fn full_rescan(&mut self) {
+        let roots: Vec<PathBuf> = self.roots.iter().map(|r| r.canon.clone()).collect();
+        for r in roots {
+            self.walk_root(&r);
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg) -> Result<()> {
+        match msg {
+            Msg::Fs(path) => {
+                if path.is_dir() {
+                    // a folder moved in with files inside reports only itself: walk it
+                    self.walk.insert(path.clone());
+                }
+                if let Some(parent) = path.parent() {
+                    self.dirty.insert(parent.to_path_buf());
+                }
+            }
+            Msg::Rescan => {
+                tracing::warn!("filesystem event queue overflowed; rescanning every watch root");
+                self.full_rescan();
+            }
+            Msg::Done(dir, report) => self.finished(dir, *report)?,
+        }
+        Ok(())
+    }
+
+    /// Rescans dirty folders, decides about every stack, starts a transfer if the link is free.
+    async fn step(&mut self) -> Result<()> {
+        for w in std::mem::take(&mut self.walk) {
+            self.walk_root(&w);
+        }
+        let now = Instant::now();
+        for dir in std::mem::take(&mut self.dirty) {
+            let Some(ri) = self.root_of(&dir) else { continue };
+            match self.roots[ri].scan(&dir) {
+                Ok(scan) if !scan.images.is_empty() || !scan.skipped.is_empty() => match self.stacks.get_mut(&dir) {
+                    Some(t) if t.scan == scan => {}
+                    Some(t) => {
+                        t.scan = scan;
+                        t.last_change = now;
+                        t.ignored = false;
+                        t.refused = false;
+                    }
+                    None => {
+                        let t = Tracked {
+                            root: ri,
+                            scan,
+                            last_change: now,
+                            first_seen: now,
+                            checks: HashMap::new(),
+                            warned: false,
+                            retry_at: None,
+                            backoff: self.cfg.agent.retry_initial.0,
+                            ignored: false,
+                            refused: false,
+                        };
+                        self.stacks.insert(dir.clone(), t);
+                    }
+                },
+                _ => {
+                    if self.stacks.remove(&dir).is_some() {
+                        tracing::info!(stack = %dir.display(), "folder no longer holds images; forgetting it");
+                    }
+                }
+            }
+        }
+        let dirs: Vec<PathBuf> = self.stacks.keys().cloned().collect();
+        for dir in dirs {
+            self.consider(&dir, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn consider(&mut self, dir: &Path, now: Instant) -> Result<()> {
+        let dir_s = dir.display().to_string();
+        let (ri, name) = {
+            let t = &self.stacks[dir];
+            (t.root, self.roots[t.root].remote_name(dir))
+        };
+        let workflow = self.roots[ri].section.workflow.clone();
+        let rec = match self.journal.stack(&dir_s)? {
+            Some(r) => r,
+            None => self.journal.ensure_stack(&dir_s, &name, &workflow)?,
+        };
+        let t = self.stacks.get_mut(dir).expect("tracked");
+        match rec.state {
+            StackState::Submitted => {
+                let files = self.journal.files(rec.id)?;
+                if same_files(&t.scan, &files) {
+                    return Ok(());
+                }
+                match self.roots[ri].section.on_change {
+                    OnChange::Resubmit => {
+                        let v = self.journal.next_version(rec.id)?;
+                        t.last_change = now;
+                        tracing::info!(stack = %name, version = v, "files changed after submission; this becomes a new version");
+                    }
+                    OnChange::Ignore => {
+                        if !t.ignored {
+                            t.ignored = true;
+                            tracing::info!(stack = %name, "files changed after submission; ignored (on_change = \"ignore\")");
+                        }
+                    }
+                }
+                Ok(())
+            }
+            StackState::Queued | StackState::Sending | StackState::Sent => {
+                if self.active.as_deref() == Some(dir) || self.active.is_some() || t.retry_at.is_some_and(|r| r > now) {
+                    return Ok(());
+                }
+                let files = self.journal.files(rec.id)?;
+                if !same_files(&t.scan, &files) {
+                    self.journal.set_state(rec.id, StackState::Waiting, "files changed before they were sent; settling again")?;
+                    return Ok(());
+                }
+                let job = Job { dir: dir.to_path_buf(), name: rec.name.clone(), version: rec.version, workflow: rec.workflow.clone(), files };
+                self.journal.set_state(rec.id, StackState::Sending, "")?;
+                tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), "sending");
+                self.active = Some(dir.to_path_buf());
+                let (cfg, tx, d) = (self.cfg.clone(), self.tx.clone(), dir.to_path_buf());
+                tokio::spawn(async move {
+                    let report = transfer::send(&cfg, &job).await;
+                    let _ = tx.send(Msg::Done(d, Box::new(report)));
+                });
+                Ok(())
+            }
+            StackState::Held if t.refused => Ok(()),
+            StackState::Waiting | StackState::Held => {
+                let rules = &self.roots[ri].rules;
+                let mut obs = Observed {
+                    images: t.scan.images.len() as u32,
+                    marker: t.scan.marker,
+                    quiet_for: now - t.last_change,
+                    seen_for: now - t.first_seen,
+                    invalid: Vec::new(),
+                };
+                let mut verdict = decide(rules, &obs);
+                if matches!(verdict, Verdict::Finished(_)) {
+                    obs.invalid = check_images(dir, &t.scan, &mut t.checks);
+                    verdict = decide(rules, &obs);
+                }
+                match verdict {
+                    Verdict::Waiting { why, overdue } => {
+                        if overdue && !t.warned {
+                            t.warned = true;
+                            tracing::warn!(stack = %name, "stack is still changing after max_wait ({})", humantime::format_duration(rules.max_wait));
+                        }
+                        self.journal.set_state(rec.id, StackState::Waiting, &why)?;
+                    }
+                    Verdict::Held(reason) => {
+                        if rec.state != StackState::Held || rec.reason != reason {
+                            tracing::warn!(stack = %name, %reason, "stack held");
+                        }
+                        self.journal.set_state(rec.id, StackState::Held, &reason)?;
+                    }
+                    Verdict::Finished(trigger) => {
+                        let known = self.journal.files(rec.id)?;
+                        let (d, scan) = (dir.to_path_buf(), t.scan.clone());
+                        let hashed = tokio::task::spawn_blocking(move || hash_files(&d, &scan, &known)).await?;
+                        match hashed {
+                            Ok(files) => {
+                                tracing::info!(stack = %name, version = rec.version, files = files.len(), ?trigger, "stack finished");
+                                self.journal.queue(rec.id, &files)?;
+                            }
+                            Err(e) => {
+                                // a file vanished or became unreadable between scan and hash
+                                t.last_change = now;
+                                self.journal.set_state(rec.id, StackState::Waiting, &format!("cannot read an image yet: {e}"))?;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finished(&mut self, dir: PathBuf, report: Report) -> Result<()> {
+        self.active = None;
+        let Some(rec) = self.journal.stack(&dir.display().to_string())? else { return Ok(()) };
+        self.journal.mark_sent(rec.id, &report.acked, report.wire_bytes, report.elapsed.as_secs_f64())?;
+        let retry_initial = self.cfg.agent.retry_initial.0;
+        let retry_max = self.cfg.agent.retry_max.0;
+        let t = self.stacks.get_mut(&dir);
+        match report.result {
+            Ok(acc) => {
+                let reason = format!("DAG of {} jobs{}", acc.jobs, if acc.created { "" } else { " (registered before)" });
+                tracing::info!(
+                    stack = %rec.name, version = rec.version, remote_id = acc.remote_id, jobs = acc.jobs,
+                    bytes = report.wire_bytes, same = report.same, secs = report.elapsed.as_secs_f64(), "submitted"
+                );
+                self.journal.mark_submitted(rec.id, acc.remote_id as i64, &reason)?;
+                if let Some(t) = t {
+                    t.retry_at = None;
+                    t.backoff = retry_initial;
+                }
+            }
+            Err(e) => match e.action() {
+                Action::Retry => {
+                    let wait = t.as_ref().map(|t| t.backoff).unwrap_or(retry_initial);
+                    let all_sent = self.journal.files(rec.id)?.iter().all(|f| f.sent);
+                    let state = if all_sent { StackState::Sent } else { StackState::Queued };
+                    let reason = format!("{e}; retrying in {}", humantime::format_duration(wait));
+                    tracing::warn!(stack = %rec.name, "{reason}");
+                    self.journal.set_state(rec.id, state, &reason)?;
+                    if let Some(t) = t {
+                        t.retry_at = Some(Instant::now() + wait);
+                        t.backoff = (wait * 2).min(retry_max);
+                    }
+                }
+                Action::Rewait => {
+                    tracing::info!(stack = %rec.name, "{e}");
+                    self.journal.set_state(rec.id, StackState::Waiting, &e.to_string())?;
+                    if let Some(t) = t {
+                        t.last_change = Instant::now();
+                        t.checks.clear();
+                    }
+                    self.dirty.insert(dir);
+                }
+                Action::Hold => {
+                    tracing::error!(stack = %rec.name, "{e}");
+                    self.journal.set_state(rec.id, StackState::Held, &e.to_string())?;
+                    if let Some(t) = t {
+                        t.refused = true;
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,323 @@
+//! The agent's journal: every stack and every file it has decided something about.
+//!
+//! SQLite in WAL mode; each change is one transaction, so a kill -9 at any instant leaves the
+//! journal at a state the agent can resume from: a stack recorded as sending is sent again
+//! (the collector answers "same" for what it already holds), a stack recorded as submitted is
+//! not submitted twice. The daemon's loop is its only writer; `status` reads alongside.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::path::Path;
+
+/// Failures of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// SQLite said no.
+    #[error("journal error: {0}; if the file is damaged, move it aside and restart (the agent rescans and resends what the collector lacks)")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The folder could not be made.
+    #[error("cannot create the journal folder {0}: {1}")]
+    Dir(String, std::io::Error),
+}
+
+/// Where a stack is in the agent's hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StackState {
+    /// Images are arriving; not finished yet.
+    Waiting,
+    /// Quiet but not sendable (broken image, too few images); the reason says why.
+    Held,
+    /// Finished and hashed; waiting for its turn on the link.
+    Queued,
+    /// Files are moving (or were, when the agent stopped).
+    Sending,
+    /// Every file is verified on the far side; the submission has not been accepted yet.
+    Sent,
+    /// The collector accepted the DAG.
+    Submitted,
+}
+
+impl StackState {
+    /// Name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StackState::Waiting => "waiting",
+            StackState::Held => "held",
+            StackState::Queued => "queued",
+            StackState::Sending => "sending",
+            StackState::Sent => "sent",
+            StackState::Submitted => "submitted",
+        }
+    }
+    fn parse(s: &str) -> StackState {
+        match s {
+            "held" => StackState::Held,
+            "queued" => StackState::Queued,
+            "sending" => StackState::Sending,
+            "sent" => StackState::Sent,
+            "submitted" => StackState::Submitted,
+            _ => StackState::Waiting,
+        }
+    }
+}
+
+/// One stack as journaled.
+#[derive(Debug, Clone, Serialize)]
+pub struct StackRecord {
+    /// Journal id.
+    pub id: i64,
+    /// Absolute folder on this host.
+    pub dir: String,
+    /// Path under the collector's data root.
+    pub name: String,
+    /// Workflow to run.
+    pub workflow: String,
+    /// Version (files arriving after submission make the next one).
+    pub version: u32,
+    /// State.
+    pub state: StackState,
+    /// Why it is in that state (for people).
+    pub reason: String,
+    /// The collector's id once submitted.
+    pub remote_id: Option<i64>,
+    /// Files in the current version.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes that travelled for this version.
+    pub bytes_sent: u64,
+    /// Seconds spent sending this version.
+    pub send_secs: f64,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+}
+
+/// One file of a stack's current version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// File name in the stack folder.
+    pub name: String,
+    /// Bytes when hashed.
+    pub size: u64,
+    /// mtime (ns) when hashed.
+    pub mtime_ns: i64,
+    /// BLAKE3 of those bytes.
+    pub blake3: [u8; 32],
+    /// The collector acknowledged these bytes.
+    pub sent: bool,
+}
+
+/// The journal handle.
+pub struct Journal {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stacks (
+    id INTEGER PRIMARY KEY,
+    dir TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    remote_id INTEGER,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    send_secs REAL NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    stack_id INTEGER NOT NULL REFERENCES stacks(id),
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    blake3 BLOB NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (stack_id, name)
+);
+";
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl Journal {
+    /// Opens (creating if needed) `agent.db` in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| JournalError::Dir(state_dir.display().to_string(), e))?;
+        let conn = Connection::open(state_dir.join("agent.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Journal { conn })
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StackRecord> {
+        Ok(StackRecord {
+            id: r.get(0)?,
+            dir: r.get(1)?,
+            name: r.get(2)?,
+            workflow: r.get(3)?,
+            version: r.get(4)?,
+            state: StackState::parse(&r.get::<_, String>(5)?),
+            reason: r.get(6)?,
+            remote_id: r.get(7)?,
+            bytes_sent: r.get::<_, i64>(8)? as u64,
+            updated_at: r.get(9)?,
+            files: r.get::<_, i64>(10)? as u64,
+            bytes: r.get::<_, i64>(11)? as u64,
+            send_secs: r.get(12)?,
+        })
+    }
+
+    const SELECT: &'static str = "SELECT s.id, s.dir, s.name, s.workflow, s.version, s.state, s.reason, s.remote_id,
+        s.bytes_sent, s.updated_at,
+        (SELECT COUNT(*) FROM files f WHERE f.stack_id = s.id),
+        (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.stack_id = s.id), s.send_secs
+        FROM stacks s";
+
+    /// Every stack, oldest first.
+    pub fn stacks(&self) -> Result<Vec<StackRecord>, JournalError> {
+        let mut st = self.conn.prepare(&format!("{} ORDER BY s.id", Self::SELECT))?;
+        let rows = st.query_map([], Self::row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The stack journaled for `dir`, if any.
+    pub fn stack(&self, dir: &str) -> Result<Option<StackRecord>, JournalError> {
+        Ok(self.conn.query_row(&format!("{} WHERE s.dir = ?1", Self::SELECT), [dir], Self::row).optional()?)
+    }
+
+    /// Records a newly seen stack folder (or returns the existing record).
+    pub fn ensure_stack(&mut self, dir: &str, name: &str, workflow: &str) -> Result<StackRecord, JournalError> {
+        self.conn.execute(
+            "INSERT INTO stacks (dir, name, workflow, state, updated_at) VALUES (?1, ?2, ?3, 'waiting', ?4)
+             ON CONFLICT(dir) DO NOTHING",
+            params![dir, name, workflow, now()],
+        )?;
+        Ok(self.stack(dir)?.expect("just inserted"))
+    }
+
+    /// Moves a stack to `state` with a reason for people. Unchanged state and reason write nothing.
+    pub fn set_state(&mut self, id: i64, state: StackState, reason: &str) -> Result<(), JournalError> {
+        self.conn.execute(
+            "UPDATE stacks SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1 AND (state != ?2 OR reason != ?3)",
+            params![id, state.as_str(), reason, now()],
+        )?;
+        Ok(())
+    }
+
+    /// The files of a stack's current version.
+    pub fn files(&self, id: i64) -> Result<Vec<FileRecord>, JournalError> {
+        let mut st = self.conn.prepare("SELECT name, size, mtime_ns, blake3, sent FROM files WHERE stack_id = ?1 ORDER BY name")?;
+        let rows = st
+            .query_map([id], |r| {
+                let h: Vec<u8> = r.get(3)?;
+                Ok(FileRecord {
+                    name: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    mtime_ns: r.get(2)?,
+                    blake3: h.try_into().unwrap_or([0; 32]),
+                    sent: r.get::<_, i64>(4)? != 0,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Fixes the file list of the current version (with hashes) and queues the stack, in one
+    /// transaction. Files whose bytes are unchanged keep their "sent" mark.
+    pub fn queue(&mut self, id: i64, files: &[FileRecord]) -> Result<(), JournalError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let old: std::collections::HashMap<String, Vec<u8>> = {
+            let mut st = tx.prepare("SELECT name, blake3 FROM files WHERE stack_id = ?1 AND sent = 1")?;
+            let rows = st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            rows
+        };
+        tx.execute("DELETE FROM files WHERE stack_id = ?1", [id])?;
+        for f in files {
+            let sent = old.get(&f.name).is_some_and(|h| h[..] == f.blake3[..]);
+            tx.execute(
+                "INSERT INTO files (stack_id, name, size, mtime_ns, blake3, sent) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, f.name, f.size as i64, f.mtime_ns, &f.blake3[..], sent as i64],
+            )?;
+        }
+        tx.execute(
+            "UPDATE stacks SET state = 'queued', reason = '', updated_at = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records files the collector acknowledged and the bytes that travelled.
+    pub fn mark_sent(&mut self, id: i64, names: &[String], bytes: u64, secs: f64) -> Result<(), JournalError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for n in names {
+            tx.execute("UPDATE files SET sent = 1 WHERE stack_id = ?1 AND name = ?2", params![id, n])?;
+        }
+        tx.execute(
+            "UPDATE stacks SET bytes_sent = bytes_sent + ?2, send_secs = send_secs + ?3 WHERE id = ?1",
+            params![id, bytes as i64, secs],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The collector accepted this version's DAG.
+    pub fn mark_submitted(&mut self, id: i64, remote_id: i64, reason: &str) -> Result<(), JournalError> {
+        self.conn.execute(
+            "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, remote_id, reason, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Starts the next version of a submitted stack whose files changed.
+    pub fn next_version(&mut self, id: i64) -> Result<u32, JournalError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE stacks SET version = version + 1, state = 'waiting', reason = 'files changed after submission',
+             remote_id = NULL, bytes_sent = 0, send_secs = 0, updated_at = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        let v: u32 = tx.query_row("SELECT version FROM stacks WHERE id = ?1", [id], |r| r.get(0))?;
+        tx.commit()?;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, h: u8) -> FileRecord {
+        FileRecord { name: name.into(), size: 10, mtime_ns: 1, blake3: [h; 32], sent: false }
+    }
+
+    #[test]
+    fn lifecycle_survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(d.path()).unwrap();
+            let s = j.ensure_stack("/in/s1", "s1", "aligntk").unwrap();
+            assert_eq!((s.state, s.version), (StackState::Waiting, 1));
+            j.queue(s.id, &[rec("a.tif", 1), rec("b.tif", 2)]).unwrap();
+            j.mark_sent(s.id, &["a.tif".into()], 10, 0.5).unwrap();
+        }
+        let mut j = Journal::open(d.path()).unwrap();
+        let s = j.stack("/in/s1").unwrap().unwrap();
+        assert_eq!((s.state, s.files, s.bytes, s.bytes_sent), (StackState::Queued, 2, 20, 10));
+        let files = j.files(s.id).unwrap();
+        assert!(files[0].sent && !files[1].sent);
+        // requeue with a changed b and the same a: a stays sent
+        j.queue(s.id, &[rec("a.tif", 1), rec("b.tif", 3)]).unwrap();
+        assert!(j.files(s.id).unwrap()[0].sent);
+        j.mark_submitted(s.id, 7, "").unwrap();
+        assert_eq!(j.next_version(s.id).unwrap(), 2);
+        let s = j.stack("/in/s1").unwrap().unwrap();
+        assert_eq!((s.state, s.remote_id), (StackState::Waiting, None));
+    }
+}

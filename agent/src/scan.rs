@@ -1,0 +1,147 @@
+//! Looking at folders: which ones are stacks, which files in them are images.
+//!
+//! Used at start (reconcile before trusting events), for every folder an event names, after
+//! an event-queue overflow, on the slow rescan timer, and in poll mode. Symlinks are followed
+//! only while they stay inside the watch root; one that leads out is reported and skipped.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+use walkdir::WalkDir;
+
+/// One image as seen on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSeen {
+    /// File name within the stack folder.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+/// What one folder holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirScan {
+    /// Images, sorted by name.
+    pub images: Vec<FileSeen>,
+    /// The marker file is present.
+    pub marker: bool,
+    /// Files that match but cannot be used: (name, why).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Names that writers use while a file is incomplete: never images.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".part") || name.ends_with(".tmp")
+}
+
+/// Lists one folder. `canon_root` is the canonical watch root (for the symlink rule).
+pub fn scan_dir(canon_root: &Path, dir: &Path, pattern: &glob::Pattern, marker: Option<&str>) -> std::io::Result<DirScan> {
+    let mut out = DirScan::default();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let raw = entry.file_name();
+        let Some(name) = raw.to_str() else {
+            let shown = raw.to_string_lossy();
+            if pattern.matches(&shown) {
+                out.skipped.push((shown.into_owned(), "file name is not valid UTF-8; rename it".into()));
+            }
+            continue;
+        };
+        if marker == Some(name) {
+            out.marker = true;
+            continue;
+        }
+        if is_temp_name(name) || !pattern.matches(name) {
+            continue;
+        }
+        let path = entry.path();
+        let lmeta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(_) => continue, // vanished between listing and looking: the next scan sees the truth
+        };
+        if lmeta.file_type().is_symlink() {
+            match path.canonicalize() {
+                Ok(t) if t.starts_with(canon_root) => {}
+                Ok(t) => {
+                    out.skipped.push((name.into(), format!("symlink leads out of the watch root (to {}); not followed", t.display())));
+                    continue;
+                }
+                Err(e) => {
+                    out.skipped.push((name.into(), format!("broken symlink: {e}")));
+                    continue;
+                }
+            }
+        }
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        out.images.push(FileSeen { name: name.into(), size: meta.len(), mtime_ns });
+    }
+    out.images.sort_by(|a, b| a.name.cmp(&b.name));
+    out.skipped.sort();
+    Ok(out)
+}
+
+/// Every folder under `root` (itself included) that holds at least one matching file.
+/// Symlinked folders are not descended into.
+pub fn stack_dirs(root: &Path, pattern: &glob::Pattern) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in WalkDir::new(root).follow_links(false).into_iter().filter_map(Result::ok) {
+        if !e.file_type().is_dir() {
+            continue;
+        }
+        if e.depth() > 0 && e.file_name().to_str().is_some_and(is_temp_name) {
+            continue;
+        }
+        let has = std::fs::read_dir(e.path())
+            .map(|rd| {
+                rd.filter_map(Result::ok).any(|f| {
+                    f.file_name().to_str().is_some_and(|n| !is_temp_name(n) && pattern.matches(n))
+                })
+            })
+            .unwrap_or(false);
+        if has {
+            out.push(e.into_path());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_temp_names_and_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let s = root.join("stack one");
+        std::fs::create_dir_all(&s).unwrap();
+        std::fs::write(s.join("S_0001.tif"), b"x").unwrap();
+        std::fs::write(s.join("Séction ä.tif"), b"y").unwrap();
+        std::fs::write(s.join(".hidden.tif"), b"z").unwrap();
+        std::fs::write(s.join("S_0002.tif.part"), b"z").unwrap();
+        std::fs::write(s.join("notes.txt"), b"z").unwrap();
+        std::fs::write(s.join("DONE"), b"").unwrap();
+        std::fs::write(d.path().join("outside.tif"), b"secret").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside.tif"), s.join("S_0003.tif")).unwrap();
+        std::os::unix::fs::symlink(s.join("S_0001.tif"), s.join("S_0004.tif")).unwrap();
+        let pat = glob::Pattern::new("*.tif").unwrap();
+        let canon = root.canonicalize().unwrap();
+        let scan = scan_dir(&canon, &s, &pat, Some("DONE")).unwrap();
+        let names: Vec<_> = scan.images.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["S_0001.tif", "S_0004.tif", "Séction ä.tif"]);
+        assert!(scan.marker);
+        assert_eq!(scan.skipped.len(), 1);
+        assert!(scan.skipped[0].1.contains("leads out of the watch root"), "{:?}", scan.skipped);
+        assert_eq!(stack_dirs(&root, &pat), vec![s]);
+    }
+}

@@ -1,0 +1,143 @@
+//! Synthetic microscope sections: 16-bit grayscale TIFFs with smooth structure plus noise.
+//!
+//! The demo, the tests and the benchmarks need realistic images without shipping any: random
+//! bytes would flatter nobody's compression and blank frames would look like failures. Files
+//! are streamed row by row, pixel data first and the directory last, the way detectors write
+//! them, so a copy cut short anywhere is visibly truncated.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// The shape of one synthetic section.
+#[derive(Debug, Clone, Copy)]
+pub struct Section {
+    /// Pixels per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// Varies the texture between sections (and so their bytes).
+    pub seed: u64,
+    /// BigTIFF instead of classic TIFF.
+    pub big: bool,
+    /// Rows per strip (strips are what the structural check verifies).
+    pub rows_per_strip: u32,
+}
+
+impl Section {
+    /// A classic TIFF of about `bytes` bytes (square, 16-bit).
+    pub fn of_size(bytes: u64, seed: u64) -> Section {
+        let side = ((bytes / 2) as f64).sqrt().max(8.0) as u32;
+        Section { width: side, height: side, seed, big: false, rows_per_strip: 64 }
+    }
+    /// Bytes of pixel data.
+    pub fn pixel_bytes(&self) -> u64 {
+        self.width as u64 * self.height as u64 * 2
+    }
+}
+
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Writes one section to `path` (created or truncated).
+pub fn write_tiff(path: &Path, s: &Section) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let (w32, h32) = (s.width.max(1), s.height.max(1));
+    let rps = s.rows_per_strip.clamp(1, h32);
+    let strips = h32.div_ceil(rps) as u64;
+    let row_bytes = w32 as u64 * 2;
+    let header = if s.big { 16u64 } else { 8 };
+    let data_end = header + row_bytes * h32 as u64;
+    let ifd_at = data_end + (data_end & 1);
+    // header
+    if s.big {
+        w.write_all(b"II\x2b\0\x08\0\0\0")?;
+        w.write_all(&ifd_at.to_le_bytes())?;
+    } else {
+        w.write_all(b"II*\0")?;
+        w.write_all(&(ifd_at as u32).to_le_bytes())?;
+    }
+    // pixels: smooth structure (two waves and slow gradients) plus per-pixel noise
+    let mut rng = XorShift(s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let phase = (s.seed % 97) as f32 * 0.13;
+    let mut row = vec![0u8; row_bytes as usize];
+    for y in 0..h32 {
+        let fy = y as f32;
+        for x in 0..w32 {
+            let fx = x as f32;
+            let structure = 12000.0
+                + 6000.0 * ((fx / 37.0 + phase).sin() * (fy / 53.0 - phase).cos())
+                + 3000.0 * ((fx + fy) / 211.0).sin()
+                + 2000.0 * (fx / w32 as f32);
+            let noise = (rng.next() % 1024) as f32 - 512.0;
+            let v = (structure + noise).clamp(0.0, 65535.0) as u16;
+            row[x as usize * 2..x as usize * 2 + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        w.write_all(&row)?;
+    }
+    if data_end & 1 == 1 {
+        w.write_all(&[0])?;
+    }
+    // directory
+    let word: u64 = if s.big { 8 } else { 4 };
+    let entry: u64 = if s.big { 20 } else { 12 };
+    let n_entries = 9u64;
+    let count_size = if s.big { 8 } else { 2 };
+    let arrays_at = ifd_at + count_size + n_entries * entry + word;
+    let (long_type, long_size) = if s.big { (16u16, 8u64) } else { (4u16, 4u64) };
+    let offsets_at = arrays_at;
+    let counts_at = arrays_at + strips * long_size;
+    let put_word = |w: &mut BufWriter<File>, v: u64| -> std::io::Result<()> {
+        if s.big {
+            w.write_all(&v.to_le_bytes())
+        } else {
+            w.write_all(&(v as u32).to_le_bytes())
+        }
+    };
+    if s.big {
+        w.write_all(&n_entries.to_le_bytes())?;
+    } else {
+        w.write_all(&(n_entries as u16).to_le_bytes())?;
+    }
+    let ent = |w: &mut BufWriter<File>, tag: u16, typ: u16, count: u64, value: u64, inline_short: bool| -> std::io::Result<()> {
+        w.write_all(&tag.to_le_bytes())?;
+        w.write_all(&typ.to_le_bytes())?;
+        put_word(w, count)?;
+        if inline_short {
+            let mut v = (value as u16).to_le_bytes().to_vec();
+            v.resize(word as usize, 0);
+            w.write_all(&v)
+        } else {
+            put_word(w, value)
+        }
+    };
+    let one_strip = strips == 1;
+    ent(&mut w, 256, 4, 1, w32 as u64, false)?;
+    ent(&mut w, 257, 4, 1, h32 as u64, false)?;
+    ent(&mut w, 258, 3, 1, 16, true)?;
+    ent(&mut w, 259, 3, 1, 1, true)?;
+    ent(&mut w, 262, 3, 1, 1, true)?;
+    ent(&mut w, 273, long_type, strips, if one_strip { header } else { offsets_at }, false)?;
+    ent(&mut w, 277, 3, 1, 1, true)?;
+    ent(&mut w, 278, 4, 1, rps as u64, false)?;
+    ent(&mut w, 279, long_type, strips, if one_strip { row_bytes * h32 as u64 } else { counts_at }, false)?;
+    put_word(&mut w, 0)?;
+    if !one_strip {
+        for i in 0..strips {
+            put_word(&mut w, header + i * rps as u64 * row_bytes)?;
+        }
+        for i in 0..strips {
+            let rows = (h32 as u64 - i * rps as u64).min(rps as u64);
+            put_word(&mut w, rows * row_bytes)?;
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
