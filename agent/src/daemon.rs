@@ -33,7 +33,10 @@ pub(crate) struct Root {
 impl Root {
     pub(crate) fn new(w: &WatchSection) -> Result<Root> {
         let canon = w.path.canonicalize().with_context(|| {
-            format!("watch root {} does not exist or cannot be read; create it or fix [[watch]] path", w.path.display())
+            format!(
+                "watch root {} does not exist or cannot be read; create it or fix [[watch]] path",
+                w.path.display()
+            )
         })?;
         Ok(Root {
             canon,
@@ -67,7 +70,12 @@ impl Root {
     }
 
     pub(crate) fn scan(&self, dir: &Path) -> std::io::Result<DirScan> {
-        scan_dir(&self.canon, dir, &self.pattern, self.rules.marker.as_deref())
+        scan_dir(
+            &self.canon,
+            dir,
+            &self.pattern,
+            self.rules.marker.as_deref(),
+        )
     }
 }
 
@@ -87,13 +95,19 @@ struct Tracked {
 }
 
 /// Checks every image of a scan (reusing results for unchanged files); returns the faults.
-pub(crate) fn check_images(dir: &Path, scan: &DirScan, cache: &mut HashMap<String, (u64, i64, Option<String>)>) -> Vec<(String, String)> {
+pub(crate) fn check_images(
+    dir: &Path,
+    scan: &DirScan,
+    cache: &mut HashMap<String, (u64, i64, Option<String>)>,
+) -> Vec<(String, String)> {
     let mut faults = Vec::new();
     for f in &scan.images {
         let fault = match cache.get(&f.name) {
             Some((s, m, r)) if *s == f.size && *m == f.mtime_ns => r.clone(),
             _ => {
-                let r = tiff_check::check(&dir.join(&f.name)).err().map(|e| e.to_string());
+                let r = tiff_check::check(&dir.join(&f.name))
+                    .err()
+                    .map(|e| e.to_string());
                 cache.insert(f.name.clone(), (f.size, f.mtime_ns, r.clone()));
                 r
             }
@@ -108,25 +122,45 @@ pub(crate) fn check_images(dir: &Path, scan: &DirScan, cache: &mut HashMap<Strin
 
 /// Hashes the images of a scan, reusing the journal's hashes for files whose size and mtime
 /// are unchanged.
-pub(crate) fn hash_files(dir: &Path, scan: &DirScan, known: &[FileRecord]) -> std::io::Result<Vec<FileRecord>> {
+pub(crate) fn hash_files(
+    dir: &Path,
+    scan: &DirScan,
+    known: &[FileRecord],
+) -> std::io::Result<Vec<FileRecord>> {
     let known: HashMap<&str, &FileRecord> = known.iter().map(|f| (f.name.as_str(), f)).collect();
     let mut out = Vec::with_capacity(scan.images.len());
     for f in &scan.images {
-        if let Some(k) = known.get(f.name.as_str()).filter(|k| k.size == f.size && k.mtime_ns == f.mtime_ns) {
+        if let Some(k) = known
+            .get(f.name.as_str())
+            .filter(|k| k.size == f.size && k.mtime_ns == f.mtime_ns)
+        {
             out.push((*k).clone());
             continue;
         }
         let mut h = blake3::Hasher::new();
         let file = std::fs::File::open(dir.join(&f.name))?;
-        let n = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut h)?;
-        out.push(FileRecord { name: f.name.clone(), size: n, mtime_ns: f.mtime_ns, blake3: *h.finalize().as_bytes(), sent: false });
+        let n = std::io::copy(
+            &mut std::io::BufReader::with_capacity(1 << 20, file),
+            &mut h,
+        )?;
+        out.push(FileRecord {
+            name: f.name.clone(),
+            size: n,
+            mtime_ns: f.mtime_ns,
+            blake3: *h.finalize().as_bytes(),
+            sent: false,
+        });
     }
     Ok(out)
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
     scan.images.len() == files.len()
-        && scan.images.iter().zip(files).all(|(a, b)| a.name == b.name && a.size == b.size && a.mtime_ns == b.mtime_ns)
+        && scan
+            .images
+            .iter()
+            .zip(files)
+            .all(|(a, b)| a.name == b.name && a.size == b.size && a.mtime_ns == b.mtime_ns)
 }
 
 /// The daemon's state: owned by its loop alone.
@@ -143,10 +177,21 @@ pub struct Daemon {
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
 /// done (systemd's READY=1 belongs there).
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, ready: impl FnOnce()) -> Result<()> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<()> {
     let journal = Journal::open(&cfg.agent.state_dir)?;
-    anyhow::ensure!(!cfg.watch.is_empty(), "no [[watch]] section in the config: nothing to watch; add one with a path");
-    let roots = cfg.watch.iter().map(Root::new).collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        !cfg.watch.is_empty(),
+        "no [[watch]] section in the config: nothing to watch; add one with a path"
+    );
+    let roots = cfg
+        .watch
+        .iter()
+        .map(Root::new)
+        .collect::<Result<Vec<_>>>()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut d = Daemon {
         cfg: Arc::new(cfg),
@@ -159,7 +204,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, ready: impl Fn
         tx: tx.clone(),
     };
     // watchers first, so nothing written during the reconcile scan is missed
-    let inotify: Vec<PathBuf> = d.roots.iter().filter(|r| r.section.mode == WatchMode::Inotify).map(|r| r.canon.clone()).collect();
+    let inotify: Vec<PathBuf> = d
+        .roots
+        .iter()
+        .filter(|r| r.section.mode == WatchMode::Inotify)
+        .map(|r| r.canon.clone())
+        .collect();
     let (_watcher, fallback) = watch::start(&inotify, tx.clone());
     let polled: Vec<usize> = d
         .roots
@@ -173,7 +223,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, ready: impl Fn
     tracing::info!(roots = d.roots.len(), stacks = d.stacks.len(), "watching");
     ready();
 
-    let poll_every = polled.iter().map(|&i| d.roots[i].section.poll_interval.0).min().unwrap_or(Duration::from_secs(3600));
+    let poll_every = polled
+        .iter()
+        .map(|&i| d.roots[i].section.poll_interval.0)
+        .min()
+        .unwrap_or(Duration::from_secs(3600));
     let mut poll = tokio::time::interval(poll_every);
     let mut rescan = tokio::time::interval(d.cfg.agent.rescan.0);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -211,7 +265,12 @@ impl Daemon {
             self.dirty.insert(s);
         }
         // tracked stacks below that vanished are dirty too, so they get dropped
-        let gone: Vec<PathBuf> = self.stacks.keys().filter(|k| k.starts_with(dir)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .stacks
+            .keys()
+            .filter(|k| k.starts_with(dir))
+            .cloned()
+            .collect();
         self.dirty.extend(gone);
     }
 
@@ -249,32 +308,36 @@ impl Daemon {
         }
         let now = Instant::now();
         for dir in std::mem::take(&mut self.dirty) {
-            let Some(ri) = self.root_of(&dir) else { continue };
+            let Some(ri) = self.root_of(&dir) else {
+                continue;
+            };
             match self.roots[ri].scan(&dir) {
-                Ok(scan) if !scan.images.is_empty() || !scan.skipped.is_empty() => match self.stacks.get_mut(&dir) {
-                    Some(t) if t.scan == scan => {}
-                    Some(t) => {
-                        t.scan = scan;
-                        t.last_change = now;
-                        t.ignored = false;
-                        t.refused = false;
+                Ok(scan) if !scan.images.is_empty() || !scan.skipped.is_empty() => {
+                    match self.stacks.get_mut(&dir) {
+                        Some(t) if t.scan == scan => {}
+                        Some(t) => {
+                            t.scan = scan;
+                            t.last_change = now;
+                            t.ignored = false;
+                            t.refused = false;
+                        }
+                        None => {
+                            let t = Tracked {
+                                root: ri,
+                                scan,
+                                last_change: now,
+                                first_seen: now,
+                                checks: HashMap::new(),
+                                warned: false,
+                                retry_at: None,
+                                backoff: self.cfg.agent.retry_initial.0,
+                                ignored: false,
+                                refused: false,
+                            };
+                            self.stacks.insert(dir.clone(), t);
+                        }
                     }
-                    None => {
-                        let t = Tracked {
-                            root: ri,
-                            scan,
-                            last_change: now,
-                            first_seen: now,
-                            checks: HashMap::new(),
-                            warned: false,
-                            retry_at: None,
-                            backoff: self.cfg.agent.retry_initial.0,
-                            ignored: false,
-                            refused: false,
-                        };
-                        self.stacks.insert(dir.clone(), t);
-                    }
-                },
+                }
                 _ => {
                     if self.stacks.remove(&dir).is_some() {
                         tracing::info!(stack = %dir.display(), "folder no longer holds images; forgetting it");
@@ -304,8 +367,23 @@ impl Daemon {
         match rec.state {
             StackState::Submitted => {
                 let files = self.journal.files(rec.id)?;
-                if same_files(&t.scan, &files) {
+                if same_files(&t.scan, &files) || t.ignored {
                     return Ok(());
+                }
+                // touched or rewritten with the same bytes: not a new version
+                let (d, scan, known) = (dir.to_path_buf(), t.scan.clone(), files.clone());
+                if let Ok(Ok(now_files)) =
+                    tokio::task::spawn_blocking(move || hash_files(&d, &scan, &known)).await
+                {
+                    let same_bytes = now_files.len() == files.len()
+                        && now_files
+                            .iter()
+                            .zip(&files)
+                            .all(|(a, b)| a.name == b.name && a.blake3 == b.blake3);
+                    if same_bytes {
+                        self.journal.refresh_meta(rec.id, &now_files)?;
+                        return Ok(());
+                    }
                 }
                 match self.roots[ri].section.on_change {
                     OnChange::Resubmit => {
@@ -323,15 +401,28 @@ impl Daemon {
                 Ok(())
             }
             StackState::Queued | StackState::Sending | StackState::Sent => {
-                if self.active.as_deref() == Some(dir) || self.active.is_some() || t.retry_at.is_some_and(|r| r > now) {
+                if self.active.as_deref() == Some(dir)
+                    || self.active.is_some()
+                    || t.retry_at.is_some_and(|r| r > now)
+                {
                     return Ok(());
                 }
                 let files = self.journal.files(rec.id)?;
                 if !same_files(&t.scan, &files) {
-                    self.journal.set_state(rec.id, StackState::Waiting, "files changed before they were sent; settling again")?;
+                    self.journal.set_state(
+                        rec.id,
+                        StackState::Waiting,
+                        "files changed before they were sent; settling again",
+                    )?;
                     return Ok(());
                 }
-                let job = Job { dir: dir.to_path_buf(), name: rec.name.clone(), version: rec.version, workflow: rec.workflow.clone(), files };
+                let job = Job {
+                    dir: dir.to_path_buf(),
+                    name: rec.name.clone(),
+                    version: rec.version,
+                    workflow: rec.workflow.clone(),
+                    files,
+                };
                 self.journal.set_state(rec.id, StackState::Sending, "")?;
                 tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), "sending");
                 self.active = Some(dir.to_path_buf());
@@ -374,7 +465,9 @@ impl Daemon {
                     Verdict::Finished(trigger) => {
                         let known = self.journal.files(rec.id)?;
                         let (d, scan) = (dir.to_path_buf(), t.scan.clone());
-                        let hashed = tokio::task::spawn_blocking(move || hash_files(&d, &scan, &known)).await?;
+                        let hashed =
+                            tokio::task::spawn_blocking(move || hash_files(&d, &scan, &known))
+                                .await?;
                         match hashed {
                             Ok(files) => {
                                 tracing::info!(stack = %name, version = rec.version, files = files.len(), ?trigger, "stack finished");
@@ -383,7 +476,11 @@ impl Daemon {
                             Err(e) => {
                                 // a file vanished or became unreadable between scan and hash
                                 t.last_change = now;
-                                self.journal.set_state(rec.id, StackState::Waiting, &format!("cannot read an image yet: {e}"))?;
+                                self.journal.set_state(
+                                    rec.id,
+                                    StackState::Waiting,
+                                    &format!("cannot read an image yet: {e}"),
+                                )?;
                             }
                         }
                     }
@@ -395,19 +492,35 @@ impl Daemon {
 
     fn finished(&mut self, dir: PathBuf, report: Report) -> Result<()> {
         self.active = None;
-        let Some(rec) = self.journal.stack(&dir.display().to_string())? else { return Ok(()) };
-        self.journal.mark_sent(rec.id, &report.acked, report.wire_bytes, report.elapsed.as_secs_f64())?;
+        let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
+            return Ok(());
+        };
+        self.journal.mark_sent(
+            rec.id,
+            &report.acked,
+            report.wire_bytes,
+            report.elapsed.as_secs_f64(),
+        )?;
         let retry_initial = self.cfg.agent.retry_initial.0;
         let retry_max = self.cfg.agent.retry_max.0;
         let t = self.stacks.get_mut(&dir);
         match report.result {
             Ok(acc) => {
-                let reason = format!("DAG of {} jobs{}", acc.jobs, if acc.created { "" } else { " (registered before)" });
+                let reason = format!(
+                    "DAG of {} jobs{}",
+                    acc.jobs,
+                    if acc.created {
+                        ""
+                    } else {
+                        " (registered before)"
+                    }
+                );
                 tracing::info!(
                     stack = %rec.name, version = rec.version, remote_id = acc.remote_id, jobs = acc.jobs,
                     bytes = report.wire_bytes, same = report.same, secs = report.elapsed.as_secs_f64(), "submitted"
                 );
-                self.journal.mark_submitted(rec.id, acc.remote_id as i64, &reason)?;
+                self.journal
+                    .mark_submitted(rec.id, acc.remote_id as i64, &reason)?;
                 if let Some(t) = t {
                     t.retry_at = None;
                     t.backoff = retry_initial;
@@ -417,7 +530,11 @@ impl Daemon {
                 Action::Retry => {
                     let wait = t.as_ref().map(|t| t.backoff).unwrap_or(retry_initial);
                     let all_sent = self.journal.files(rec.id)?.iter().all(|f| f.sent);
-                    let state = if all_sent { StackState::Sent } else { StackState::Queued };
+                    let state = if all_sent {
+                        StackState::Sent
+                    } else {
+                        StackState::Queued
+                    };
                     let reason = format!("{e}; retrying in {}", humantime::format_duration(wait));
                     tracing::warn!(stack = %rec.name, "{reason}");
                     self.journal.set_state(rec.id, state, &reason)?;
@@ -428,7 +545,8 @@ impl Daemon {
                 }
                 Action::Rewait => {
                     tracing::info!(stack = %rec.name, "{e}");
-                    self.journal.set_state(rec.id, StackState::Waiting, &e.to_string())?;
+                    self.journal
+                        .set_state(rec.id, StackState::Waiting, &e.to_string())?;
                     if let Some(t) = t {
                         t.last_change = Instant::now();
                         t.checks.clear();
@@ -437,7 +555,8 @@ impl Daemon {
                 }
                 Action::Hold => {
                     tracing::error!(stack = %rec.name, "{e}");
-                    self.journal.set_state(rec.id, StackState::Held, &e.to_string())?;
+                    self.journal
+                        .set_state(rec.id, StackState::Held, &e.to_string())?;
                     if let Some(t) = t {
                         t.refused = true;
                     }

@@ -9,8 +9,8 @@ use crate::link::collector_exe;
 use crate::status::human_bytes;
 use crate::synth::{write_tiff, Section};
 use anyhow::{bail, Context, Result};
-use beamflow_protocol::api::Client;
 use beamflow_config::{Config, EMBEDDED_LOCAL};
+use beamflow_protocol::api::Client;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,7 +32,13 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { dir: None, sections: 16, side: 512, interval: Duration::from_millis(150), settle: Duration::from_secs(3) }
+        DemoOptions {
+            dir: None,
+            sections: 16,
+            side: 512,
+            interval: Duration::from_millis(150),
+            settle: Duration::from_secs(3),
+        }
     }
 }
 
@@ -73,7 +79,10 @@ impl Drop for Service {
 }
 
 fn demo_config(settle: Duration) -> String {
-    EMBEDDED_LOCAL.replace("settle = \"30s\"", &format!("settle = \"{}\"", humantime::format_duration(settle)))
+    EMBEDDED_LOCAL.replace(
+        "settle = \"30s\"",
+        &format!("settle = \"{}\"", humantime::format_duration(settle)),
+    )
 }
 
 /// Runs the demo and returns its numbers.
@@ -83,7 +92,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
             d.canonicalize()?
         }
-        None => tempfile::Builder::new().prefix("beamflow-demo-").tempdir()?.keep(),
+        None => tempfile::Builder::new()
+            .prefix("beamflow-demo-")
+            .tempdir()?
+            .keep(),
     };
     let cfg_path = dir.join("beamflow.toml");
     std::fs::write(&cfg_path, demo_config(opts.settle))?;
@@ -99,25 +111,53 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .with_context(|| format!("cannot start {}; build it with `cargo build --release --bins`", exe.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {}; build it with `cargo build --release --bins`",
+                exe.display()
+            )
+        })?;
     let mut service = Service(child);
-    wait_for(Duration::from_secs(20), || cfg.collector.state_dir.join("server-info").exists())
-        .await
-        .with_context(|| format!("the collector service did not start; see {}", dir.join("collector-service.log").display()))?;
+    wait_for(Duration::from_secs(20), || {
+        cfg.collector.state_dir.join("server-info").exists()
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the collector service did not start; see {}",
+            dir.join("collector-service.log").display()
+        )
+    })?;
     if let Ok(Some(status)) = service.0.try_wait() {
-        bail!("the collector service exited ({status}); see {}", dir.join("collector-service.log").display());
+        bail!(
+            "the collector service exited ({status}); see {}",
+            dir.join("collector-service.log").display()
+        );
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_cfg = cfg.clone();
     let agent = tokio::spawn(async move {
-        crate::daemon::run(agent_cfg, async { let _ = stop_rx.await; }, || {}).await
+        crate::daemon::run(
+            agent_cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            || {},
+        )
+        .await
     });
 
     let stack = dir.join("incoming").join("stack_0001");
     std::fs::create_dir_all(&stack)?;
     for i in 0..opts.sections {
-        let s = Section { width: opts.side, height: opts.side, seed: i as u64 + 1, big: false, rows_per_strip: 16 };
+        let s = Section {
+            width: opts.side,
+            height: opts.side,
+            seed: i as u64 + 1,
+            big: false,
+            rows_per_strip: 16,
+        };
         let p = stack.join(format!("S_{i:04}.tif"));
         tokio::task::spawn_blocking(move || write_tiff(&p, &s)).await??;
         tokio::time::sleep(opts.interval).await;
@@ -145,7 +185,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         bail!(
             "the stack was not accepted within {:?}; its state: {}",
             deadline,
-            now.map(|r| format!("{} ({})", r.state.as_str(), r.reason)).unwrap_or_else(|| "never seen".into())
+            now.map(|r| format!("{} ({})", r.state.as_str(), r.reason))
+                .unwrap_or_else(|| "never seen".into())
         );
     };
     let client = Client::from_state_dir(&cfg.collector.state_dir)?;
@@ -155,7 +196,14 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         .map(|j| (j.name, j.state, j.parents))
         .collect();
     drop(service);
-    Ok(DemoReport { dir, files: rec.files, bytes: rec.bytes, send_secs: rec.send_secs, latency, jobs })
+    Ok(DemoReport {
+        dir,
+        files: rec.files,
+        bytes: rec.bytes,
+        send_secs: rec.send_secs,
+        latency,
+        jobs,
+    })
 }
 
 async fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
@@ -171,12 +219,22 @@ async fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
 
 /// The report as people read it.
 pub fn render(r: &DemoReport, settle: Duration) -> String {
-    let mbs = if r.send_secs > 0.0 { r.bytes as f64 / 1e6 / r.send_secs } else { 0.0 };
+    let mbs = if r.send_secs > 0.0 {
+        r.bytes as f64 / 1e6 / r.send_secs
+    } else {
+        0.0
+    };
     let cfg = r.dir.join("beamflow.toml");
     let mut out = String::new();
-    out.push_str("beamflow demo: a synthetic stack went from the detector folder to a registered DAG\n\n");
+    out.push_str(
+        "beamflow demo: a synthetic stack went from the detector folder to a registered DAG\n\n",
+    );
     out.push_str(&format!("  files                 {}\n", r.files));
-    out.push_str(&format!("  bytes                 {} ({})\n", r.bytes, human_bytes(r.bytes)));
+    out.push_str(&format!(
+        "  bytes                 {} ({})\n",
+        r.bytes,
+        human_bytes(r.bytes)
+    ));
     out.push_str(&format!("  transfer              {:.3} s, {:.1} MB/s (verified with BLAKE3, durable before acknowledged)\n", r.send_secs, mbs));
     out.push_str(&format!(
         "  last image -> DAG     {:.2} s (of which {} is the settle period that decides the stack is finished)\n\n",
@@ -185,7 +243,18 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
     ));
     out.push_str("  jobs registered:\n");
     for (name, state, parents) in &r.jobs {
-        let p = if parents.is_empty() { String::new() } else { format!(" (after job {})", parents.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")) };
+        let p = if parents.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (after job {})",
+                parents
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         out.push_str(&format!("    {name:<10} {state}{p}\n"));
     }
     out.push_str(&format!(
@@ -194,7 +263,10 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         r.dir.display(),
         r.dir.display()
     ));
-    out.push_str(&format!("  beamflow-agent status --config {}\n", cfg.display()));
+    out.push_str(&format!(
+        "  beamflow-agent status --config {}\n",
+        cfg.display()
+    ));
     out.push_str(&format!("  beamflow-collector ls --config {}   (while `beamflow-collector service --config {}` runs)\n", cfg.display(), cfg.display()));
     out
 }

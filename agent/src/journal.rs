@@ -145,7 +145,8 @@ fn now() -> String {
 impl Journal {
     /// Opens (creating if needed) `agent.db` in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| JournalError::Dir(state_dir.display().to_string(), e))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| JournalError::Dir(state_dir.display().to_string(), e))?;
         let conn = Connection::open(state_dir.join("agent.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -172,7 +173,8 @@ impl Journal {
         })
     }
 
-    const SELECT: &'static str = "SELECT s.id, s.dir, s.name, s.workflow, s.version, s.state, s.reason, s.remote_id,
+    const SELECT: &'static str =
+        "SELECT s.id, s.dir, s.name, s.workflow, s.version, s.state, s.reason, s.remote_id,
         s.bytes_sent, s.updated_at,
         (SELECT COUNT(*) FROM files f WHERE f.stack_id = s.id),
         (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.stack_id = s.id), s.send_secs
@@ -180,18 +182,32 @@ impl Journal {
 
     /// Every stack, oldest first.
     pub fn stacks(&self) -> Result<Vec<StackRecord>, JournalError> {
-        let mut st = self.conn.prepare(&format!("{} ORDER BY s.id", Self::SELECT))?;
+        let mut st = self
+            .conn
+            .prepare(&format!("{} ORDER BY s.id", Self::SELECT))?;
         let rows = st.query_map([], Self::row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
     /// The stack journaled for `dir`, if any.
     pub fn stack(&self, dir: &str) -> Result<Option<StackRecord>, JournalError> {
-        Ok(self.conn.query_row(&format!("{} WHERE s.dir = ?1", Self::SELECT), [dir], Self::row).optional()?)
+        Ok(self
+            .conn
+            .query_row(
+                &format!("{} WHERE s.dir = ?1", Self::SELECT),
+                [dir],
+                Self::row,
+            )
+            .optional()?)
     }
 
     /// Records a newly seen stack folder (or returns the existing record).
-    pub fn ensure_stack(&mut self, dir: &str, name: &str, workflow: &str) -> Result<StackRecord, JournalError> {
+    pub fn ensure_stack(
+        &mut self,
+        dir: &str,
+        name: &str,
+        workflow: &str,
+    ) -> Result<StackRecord, JournalError> {
         self.conn.execute(
             "INSERT INTO stacks (dir, name, workflow, state, updated_at) VALUES (?1, ?2, ?3, 'waiting', ?4)
              ON CONFLICT(dir) DO NOTHING",
@@ -201,7 +217,12 @@ impl Journal {
     }
 
     /// Moves a stack to `state` with a reason for people. Unchanged state and reason write nothing.
-    pub fn set_state(&mut self, id: i64, state: StackState, reason: &str) -> Result<(), JournalError> {
+    pub fn set_state(
+        &mut self,
+        id: i64,
+        state: StackState,
+        reason: &str,
+    ) -> Result<(), JournalError> {
         self.conn.execute(
             "UPDATE stacks SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1 AND (state != ?2 OR reason != ?3)",
             params![id, state.as_str(), reason, now()],
@@ -230,10 +251,15 @@ impl Journal {
     /// Fixes the file list of the current version (with hashes) and queues the stack, in one
     /// transaction. Files whose bytes are unchanged keep their "sent" mark.
     pub fn queue(&mut self, id: i64, files: &[FileRecord]) -> Result<(), JournalError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let old: std::collections::HashMap<String, Vec<u8>> = {
-            let mut st = tx.prepare("SELECT name, blake3 FROM files WHERE stack_id = ?1 AND sent = 1")?;
-            let rows = st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            let mut st =
+                tx.prepare("SELECT name, blake3 FROM files WHERE stack_id = ?1 AND sent = 1")?;
+            let rows = st
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
             rows
         };
         tx.execute("DELETE FROM files WHERE stack_id = ?1", [id])?;
@@ -253,10 +279,21 @@ impl Journal {
     }
 
     /// Records files the collector acknowledged and the bytes that travelled.
-    pub fn mark_sent(&mut self, id: i64, names: &[String], bytes: u64, secs: f64) -> Result<(), JournalError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn mark_sent(
+        &mut self,
+        id: i64,
+        names: &[String],
+        bytes: u64,
+        secs: f64,
+    ) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for n in names {
-            tx.execute("UPDATE files SET sent = 1 WHERE stack_id = ?1 AND name = ?2", params![id, n])?;
+            tx.execute(
+                "UPDATE files SET sent = 1 WHERE stack_id = ?1 AND name = ?2",
+                params![id, n],
+            )?;
         }
         tx.execute(
             "UPDATE stacks SET bytes_sent = bytes_sent + ?2, send_secs = send_secs + ?3 WHERE id = ?1",
@@ -266,8 +303,28 @@ impl Journal {
         Ok(())
     }
 
+    /// Records new sizes/mtimes for files whose bytes did not change (touched, rewritten).
+    pub fn refresh_meta(&mut self, id: i64, files: &[FileRecord]) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for f in files {
+            tx.execute(
+                "UPDATE files SET size = ?3, mtime_ns = ?4 WHERE stack_id = ?1 AND name = ?2 AND blake3 = ?5",
+                params![id, f.name, f.size as i64, f.mtime_ns, &f.blake3[..]],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The collector accepted this version's DAG.
-    pub fn mark_submitted(&mut self, id: i64, remote_id: i64, reason: &str) -> Result<(), JournalError> {
+    pub fn mark_submitted(
+        &mut self,
+        id: i64,
+        remote_id: i64,
+        reason: &str,
+    ) -> Result<(), JournalError> {
         self.conn.execute(
             "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, remote_id, reason, now()],
@@ -277,13 +334,17 @@ impl Journal {
 
     /// Starts the next version of a submitted stack whose files changed.
     pub fn next_version(&mut self, id: i64) -> Result<u32, JournalError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "UPDATE stacks SET version = version + 1, state = 'waiting', reason = 'files changed after submission',
              remote_id = NULL, bytes_sent = 0, send_secs = 0, updated_at = ?2 WHERE id = ?1",
             params![id, now()],
         )?;
-        let v: u32 = tx.query_row("SELECT version FROM stacks WHERE id = ?1", [id], |r| r.get(0))?;
+        let v: u32 = tx.query_row("SELECT version FROM stacks WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
         tx.commit()?;
         Ok(v)
     }
@@ -294,7 +355,13 @@ mod tests {
     use super::*;
 
     fn rec(name: &str, h: u8) -> FileRecord {
-        FileRecord { name: name.into(), size: 10, mtime_ns: 1, blake3: [h; 32], sent: false }
+        FileRecord {
+            name: name.into(),
+            size: 10,
+            mtime_ns: 1,
+            blake3: [h; 32],
+            sent: false,
+        }
     }
 
     #[test]
@@ -309,7 +376,10 @@ mod tests {
         }
         let mut j = Journal::open(d.path()).unwrap();
         let s = j.stack("/in/s1").unwrap().unwrap();
-        assert_eq!((s.state, s.files, s.bytes, s.bytes_sent), (StackState::Queued, 2, 20, 10));
+        assert_eq!(
+            (s.state, s.files, s.bytes, s.bytes_sent),
+            (StackState::Queued, 2, 20, 10)
+        );
         let files = j.files(s.id).unwrap();
         assert!(files[0].sent && !files[1].sent);
         // requeue with a changed b and the same a: a stays sent

@@ -57,7 +57,10 @@ pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
 impl StderrTail {
     /// The kept lines, joined.
     pub fn text(&self) -> String {
-        self.0.lock().map(|q| q.iter().cloned().collect::<Vec<_>>().join(" | ")).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|q| q.iter().cloned().collect::<Vec<_>>().join(" | "))
+            .unwrap_or_default()
     }
 }
 
@@ -80,8 +83,17 @@ pub fn far_command(cfg: &Config) -> Vec<String> {
         return cfg.link.command.clone();
     }
     let exe = collector_exe();
-    let config = cfg.source.clone().unwrap_or_else(|| PathBuf::from("beamflow.toml"));
-    vec![exe.display().to_string(), "serve".into(), "--stdio".into(), "--config".into(), config.display().to_string()]
+    let config = cfg
+        .source
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("beamflow.toml"));
+    vec![
+        exe.display().to_string(),
+        "serve".into(),
+        "--stdio".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
 }
 
 /// `beamflow-collector` beside this binary if it is there (a build tree or one install
@@ -111,7 +123,10 @@ impl Link {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| LinkError::Spawn { command: command.clone(), source })?;
+            .map_err(|source| LinkError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
         let stderr = StderrTail::default();
         if let Some(err) = child.stderr.take() {
             let tail = stderr.clone();
@@ -130,16 +145,27 @@ impl Link {
         }
         let reader = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
         let writer = BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped"));
-        let mut link = Link { reader, writer, stderr, server: String::new(), child };
+        let mut link = Link {
+            reader,
+            writer,
+            stderr,
+            server: String::new(),
+            child,
+        };
         let timeout = cfg.link.handshake_timeout.0;
         match tokio::time::timeout(timeout, link.handshake()).await {
             Ok(Ok(())) => Ok(link),
             Ok(Err(e)) => {
                 // give the far end a moment to finish writing why it failed
-                let _ = tokio::time::timeout(std::time::Duration::from_millis(300), link.child.wait()).await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(300), link.child.wait())
+                        .await;
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 Err(match e {
-                    LinkError::Handshake { source, .. } => LinkError::Handshake { source, stderr: link.stderr.text() },
+                    LinkError::Handshake { source, .. } => LinkError::Handshake {
+                        source,
+                        stderr: link.stderr.text(),
+                    },
                     e => e,
                 })
             }
@@ -148,10 +174,25 @@ impl Link {
     }
 
     async fn handshake(&mut self) -> Result<(), LinkError> {
-        let hs = |source| LinkError::Handshake { source, stderr: String::new() };
+        let hs = |source| LinkError::Handshake {
+            source,
+            stderr: String::new(),
+        };
         read_magic(&mut self.reader).await.map_err(hs)?;
-        let client = format!("beamflow-agent {} pid {}", env!("CARGO_PKG_VERSION"), std::process::id());
-        write_frame(&mut self.writer, &Frame::Hello { version: VERSION, client }).await.map_err(hs)?;
+        let client = format!(
+            "beamflow-agent {} pid {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        );
+        write_frame(
+            &mut self.writer,
+            &Frame::Hello {
+                version: VERSION,
+                client,
+            },
+        )
+        .await
+        .map_err(hs)?;
         self.writer.flush().await.map_err(|e| hs(e.into()))?;
         match read_frame(&mut self.reader).await.map_err(hs)? {
             Some(Frame::Welcome { server, .. }) => {
@@ -160,8 +201,12 @@ impl Link {
                 Ok(())
             }
             Some(Frame::Error { message, .. }) => Err(LinkError::Refused(message)),
-            Some(other) => Err(hs(ProtocolError::Malformed(format!("expected Welcome, got {other:?}")))),
-            None => Err(hs(ProtocolError::ClosedBeforeHandshake { text: String::new() })),
+            Some(other) => Err(hs(ProtocolError::Malformed(format!(
+                "expected Welcome, got {other:?}"
+            )))),
+            None => Err(hs(ProtocolError::ClosedBeforeHandshake {
+                text: String::new(),
+            })),
         }
     }
 
@@ -175,7 +220,14 @@ impl Link {
 
     /// Splits into halves for concurrent reading and writing; the child lives in the guard.
     pub fn split(self) -> (BufReader<ChildStdout>, BufWriter<ChildStdin>, LinkGuard) {
-        (self.reader, self.writer, LinkGuard { child: self.child, stderr: self.stderr })
+        (
+            self.reader,
+            self.writer,
+            LinkGuard {
+                child: self.child,
+                stderr: self.stderr,
+            },
+        )
     }
 }
 

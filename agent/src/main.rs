@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "beamflow-agent", version, about = "Beamline side of beamflow: watch image folders, send finished stacks, register their DAG")]
+#[command(
+    name = "beamflow-agent",
+    version,
+    about = "Beamline side of beamflow: watch image folders, send finished stacks, register their DAG"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -69,8 +73,12 @@ enum ConfigCmd {
 }
 
 fn init_logs(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| default.into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG")
+        .unwrap_or_else(|_| default.into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Plain => b.init(),
@@ -88,7 +96,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -98,7 +109,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             init_logs(cfg.agent.log_format, "info");
             runtime()?.block_on(daemon::run(cfg, shutdown_signal(), || {}))?;
         }
-        Cmd::Push { config, dir, attempts } => {
+        Cmd::Push {
+            config,
+            dir,
+            attempts,
+        } => {
             let cfg = Config::load(&config)?;
             init_logs(cfg.agent.log_format, "warn");
             let p = runtime()?.block_on(push::push(&cfg, &dir, attempts))?;
@@ -113,7 +128,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 p.secs,
                 p.remote_id,
                 p.jobs,
-                if p.created { "" } else { " (registered before; nothing new created)" }
+                if p.created {
+                    ""
+                } else {
+                    " (registered before; nothing new created)"
+                }
             );
         }
         Cmd::Status { config, json } => {
@@ -126,13 +145,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", status::table(&stacks));
             }
         }
-        Cmd::Demo { dir, sections, side, settle } => {
+        Cmd::Demo {
+            dir,
+            sections,
+            side,
+            settle,
+        } => {
             init_logs(LogFormat::Plain, "warn");
-            let opts = demo::DemoOptions { dir, sections, side, settle, ..Default::default() };
+            let opts = demo::DemoOptions {
+                dir,
+                sections,
+                side,
+                settle,
+                ..Default::default()
+            };
             let report = runtime()?.block_on(demo::run(opts))?;
             print!("{}", demo::render(&report, settle));
         }
-        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => {
             let cfg = Config::load(&file)?;
             print!("{}", cfg.to_toml());
         }

@@ -37,21 +37,40 @@ pub struct Pushed {
 
 /// Sends `dir` and submits it, retrying transient failures `attempts` times.
 pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
-    let dir = dir.canonicalize().with_context(|| format!("{} does not exist or cannot be read", dir.display()))?;
-    anyhow::ensure!(dir.is_dir(), "{} is not a folder; push takes the folder that holds the images", dir.display());
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{} does not exist or cannot be read", dir.display()))?;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} is not a folder; push takes the folder that holds the images",
+        dir.display()
+    );
     // a folder under a watch root uses that root's rules and prefix; any other folder uses the
     // first root's rules and is named by its own folder name
-    let root = match cfg.watch.iter().find(|w| w.path.canonicalize().is_ok_and(|c| dir.starts_with(c))) {
+    let root = match cfg
+        .watch
+        .iter()
+        .find(|w| w.path.canonicalize().is_ok_and(|c| dir.starts_with(c)))
+    {
         Some(w) => Root::new(w)?,
         None => {
             let base = cfg.watch.first().cloned().unwrap_or_else(default_watch);
             let parent = dir.parent().unwrap_or(&dir).to_path_buf();
-            Root::new(&WatchSection { path: parent, ..base })?
+            Root::new(&WatchSection {
+                path: parent,
+                ..base
+            })?
         }
     };
-    let scan = root.scan(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let scan = root
+        .scan(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?;
     if scan.images.is_empty() {
-        bail!("{} holds no files matching \"{}\"", dir.display(), root.section.pattern);
+        bail!(
+            "{} holds no files matching \"{}\"",
+            dir.display(),
+            root.section.pattern
+        );
     }
     if (scan.images.len() as u32) < root.rules.min_images {
         bail!(
@@ -64,32 +83,59 @@ pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
     let faults = check_images(&dir, &scan, &mut HashMap::new());
     if !faults.is_empty() {
         let list: Vec<String> = faults.iter().map(|(f, e)| format!("  {f}: {e}")).collect();
-        bail!("not sending {}: {} file(s) are not whole TIFFs:\n{}", dir.display(), faults.len(), list.join("\n"));
+        bail!(
+            "not sending {}: {} file(s) are not whole TIFFs:\n{}",
+            dir.display(),
+            faults.len(),
+            list.join("\n")
+        );
     }
     let mut journal = Journal::open(&cfg.agent.state_dir)?;
     let dir_s = dir.display().to_string();
     let name = root.remote_name(&dir);
     let mut rec = journal.ensure_stack(&dir_s, &name, &root.section.workflow)?;
     let known = journal.files(rec.id)?;
-    let files = hash_files(&dir, &scan, &known).with_context(|| format!("cannot read the images in {}", dir.display()))?;
+    let files = hash_files(&dir, &scan, &known)
+        .with_context(|| format!("cannot read the images in {}", dir.display()))?;
     if rec.state == StackState::Submitted {
-        let same = known.len() == files.len() && known.iter().zip(&files).all(|(a, b)| a.name == b.name && a.blake3 == b.blake3);
+        let same = known.len() == files.len()
+            && known
+                .iter()
+                .zip(&files)
+                .all(|(a, b)| a.name == b.name && a.blake3 == b.blake3);
         if !same {
             journal.next_version(rec.id)?;
-            rec = journal.stack(&dir_s)?.context("stack vanished from the journal")?;
+            rec = journal
+                .stack(&dir_s)?
+                .context("stack vanished from the journal")?;
         }
     }
     journal.queue(rec.id, &files)?;
-    let job = Job { dir: dir.clone(), name: name.clone(), version: rec.version, workflow: rec.workflow.clone(), files: files.clone() };
+    let job = Job {
+        dir: dir.clone(),
+        name: name.clone(),
+        version: rec.version,
+        workflow: rec.workflow.clone(),
+        files: files.clone(),
+    };
     let bytes = files.iter().map(|f| f.size).sum();
     let mut wait = cfg.agent.retry_initial.0;
     for attempt in 1..=attempts.max(1) {
         journal.set_state(rec.id, StackState::Sending, "")?;
         let report = transfer::send(cfg, &job).await;
-        journal.mark_sent(rec.id, &report.acked, report.wire_bytes, report.elapsed.as_secs_f64())?;
+        journal.mark_sent(
+            rec.id,
+            &report.acked,
+            report.wire_bytes,
+            report.elapsed.as_secs_f64(),
+        )?;
         match report.result {
             Ok(acc) => {
-                journal.mark_submitted(rec.id, acc.remote_id as i64, &format!("DAG of {} jobs", acc.jobs))?;
+                journal.mark_submitted(
+                    rec.id,
+                    acc.remote_id as i64,
+                    &format!("DAG of {} jobs", acc.jobs),
+                )?;
                 return Ok(Pushed {
                     stack: name,
                     version: rec.version,
@@ -104,12 +150,20 @@ pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
                 });
             }
             Err(e) => {
-                let state = if e.action() == Action::Hold { StackState::Held } else { StackState::Queued };
+                let state = if e.action() == Action::Hold {
+                    StackState::Held
+                } else {
+                    StackState::Queued
+                };
                 journal.set_state(rec.id, state, &e.to_string())?;
                 if e.action() != Action::Retry || attempt == attempts.max(1) {
-                    return Err(anyhow::Error::new(e).context(format!("push of {name} failed after {attempt} attempt(s)")));
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("push of {name} failed after {attempt} attempt(s)")));
                 }
-                tracing::warn!("attempt {attempt} failed: {e}; retrying in {}", humantime::format_duration(wait));
+                tracing::warn!(
+                    "attempt {attempt} failed: {e}; retrying in {}",
+                    humantime::format_duration(wait)
+                );
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(60));
             }
@@ -119,6 +173,7 @@ pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
 }
 
 fn default_watch() -> WatchSection {
-    let cfg = Config::parse("[[watch]]\npath = \".\"\n", Path::new("(defaults)")).expect("built-in defaults parse");
+    let cfg = Config::parse("[[watch]]\npath = \".\"\n", Path::new("(defaults)"))
+        .expect("built-in defaults parse");
     cfg.watch[0].clone()
 }

@@ -36,7 +36,12 @@ pub fn is_temp_name(name: &str) -> bool {
 }
 
 /// Lists one folder. `canon_root` is the canonical watch root (for the symlink rule).
-pub fn scan_dir(canon_root: &Path, dir: &Path, pattern: &glob::Pattern, marker: Option<&str>) -> std::io::Result<DirScan> {
+pub fn scan_dir(
+    canon_root: &Path,
+    dir: &Path,
+    pattern: &glob::Pattern,
+    marker: Option<&str>,
+) -> std::io::Result<DirScan> {
     let mut out = DirScan::default();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -44,7 +49,10 @@ pub fn scan_dir(canon_root: &Path, dir: &Path, pattern: &glob::Pattern, marker: 
         let Some(name) = raw.to_str() else {
             let shown = raw.to_string_lossy();
             if pattern.matches(&shown) {
-                out.skipped.push((shown.into_owned(), "file name is not valid UTF-8; rename it".into()));
+                out.skipped.push((
+                    shown.into_owned(),
+                    "file name is not valid UTF-8; rename it".into(),
+                ));
             }
             continue;
         };
@@ -64,16 +72,25 @@ pub fn scan_dir(canon_root: &Path, dir: &Path, pattern: &glob::Pattern, marker: 
             match path.canonicalize() {
                 Ok(t) if t.starts_with(canon_root) => {}
                 Ok(t) => {
-                    out.skipped.push((name.into(), format!("symlink leads out of the watch root (to {}); not followed", t.display())));
+                    out.skipped.push((
+                        name.into(),
+                        format!(
+                            "symlink leads out of the watch root (to {}); not followed",
+                            t.display()
+                        ),
+                    ));
                     continue;
                 }
                 Err(e) => {
-                    out.skipped.push((name.into(), format!("broken symlink: {e}")));
+                    out.skipped
+                        .push((name.into(), format!("broken symlink: {e}")));
                     continue;
                 }
             }
         }
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
@@ -83,7 +100,11 @@ pub fn scan_dir(canon_root: &Path, dir: &Path, pattern: &glob::Pattern, marker: 
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        out.images.push(FileSeen { name: name.into(), size: meta.len(), mtime_ns });
+        out.images.push(FileSeen {
+            name: name.into(),
+            size: meta.len(),
+            mtime_ns,
+        });
     }
     out.images.sort_by(|a, b| a.name.cmp(&b.name));
     out.skipped.sort();
@@ -94,7 +115,11 @@ pub fn scan_dir(canon_root: &Path, dir: &Path, pattern: &glob::Pattern, marker: 
 /// Symlinked folders are not descended into.
 pub fn stack_dirs(root: &Path, pattern: &glob::Pattern) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for e in WalkDir::new(root).follow_links(false).into_iter().filter_map(Result::ok) {
+    for e in WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
         if !e.file_type().is_dir() {
             continue;
         }
@@ -104,7 +129,9 @@ pub fn stack_dirs(root: &Path, pattern: &glob::Pattern) -> Vec<PathBuf> {
         let has = std::fs::read_dir(e.path())
             .map(|rd| {
                 rd.filter_map(Result::ok).any(|f| {
-                    f.file_name().to_str().is_some_and(|n| !is_temp_name(n) && pattern.matches(n))
+                    f.file_name()
+                        .to_str()
+                        .is_some_and(|n| !is_temp_name(n) && pattern.matches(n))
                 })
             })
             .unwrap_or(false);
@@ -141,7 +168,11 @@ mod tests {
         assert_eq!(names, ["S_0001.tif", "S_0004.tif", "Séction ä.tif"]);
         assert!(scan.marker);
         assert_eq!(scan.skipped.len(), 1);
-        assert!(scan.skipped[0].1.contains("leads out of the watch root"), "{:?}", scan.skipped);
+        assert!(
+            scan.skipped[0].1.contains("leads out of the watch root"),
+            "{:?}",
+            scan.skipped
+        );
         assert_eq!(stack_dirs(&root, &pat), vec![s]);
     }
 }

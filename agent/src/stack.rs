@@ -66,7 +66,11 @@ pub enum Verdict {
 }
 
 fn list_faults(invalid: &[(String, String)]) -> String {
-    let mut parts: Vec<String> = invalid.iter().take(5).map(|(f, e)| format!("{f}: {e}")).collect();
+    let mut parts: Vec<String> = invalid
+        .iter()
+        .take(5)
+        .map(|(f, e)| format!("{f}: {e}"))
+        .collect();
     if invalid.len() > 5 {
         parts.push(format!("and {} more", invalid.len() - 5));
     }
@@ -97,16 +101,30 @@ pub fn decide(r: &Rules, o: &Observed) -> Verdict {
                 r.min_images
             ));
         }
-        return Verdict::Waiting { why: format!("{} of at least {} images", o.images, r.min_images), overdue };
+        return Verdict::Waiting {
+            why: format!("{} of at least {} images", o.images, r.min_images),
+            overdue,
+        };
     }
     let Some(t) = trigger else {
         // no counters in the text: it is journaled, and should change only when the state does
-        let mut why = format!("{} images; finished after {} without changes", o.images, humantime::format_duration(r.settle));
+        let mut why = format!(
+            "{} images; finished after {} without changes",
+            o.images,
+            humantime::format_duration(r.settle)
+        );
         if let Some(n) = r.expect {
-            why = format!("{} of {n} images; finished at {n} or after {} without changes", o.images, humantime::format_duration(r.settle));
+            why = format!(
+                "{} of {n} images; finished at {n} or after {} without changes",
+                o.images,
+                humantime::format_duration(r.settle)
+            );
         }
         if overdue {
-            why = format!("still changing after {} (max_wait); {why}", humantime::format_duration(r.max_wait));
+            why = format!(
+                "still changing after {} (max_wait); {why}",
+                humantime::format_duration(r.max_wait)
+            );
         }
         return Verdict::Waiting { why, overdue };
     };
@@ -116,7 +134,10 @@ pub fn decide(r: &Rules, o: &Observed) -> Verdict {
     if settled {
         Verdict::Held(list_faults(&o.invalid))
     } else {
-        Verdict::Waiting { why: format!("not yet whole: {}", list_faults(&o.invalid)), overdue }
+        Verdict::Waiting {
+            why: format!("not yet whole: {}", list_faults(&o.invalid)),
+            overdue,
+        }
     }
 }
 
@@ -126,17 +147,34 @@ mod tests {
     use proptest::prelude::*;
 
     fn rules() -> Rules {
-        Rules { min_images: 2, marker: None, expect: None, settle: Duration::from_secs(30), max_wait: Duration::from_secs(3600) }
+        Rules {
+            min_images: 2,
+            marker: None,
+            expect: None,
+            settle: Duration::from_secs(30),
+            max_wait: Duration::from_secs(3600),
+        }
     }
 
     fn obs(images: u32, quiet: u64) -> Observed {
-        Observed { images, quiet_for: Duration::from_secs(quiet), seen_for: Duration::from_secs(quiet), ..Default::default() }
+        Observed {
+            images,
+            quiet_for: Duration::from_secs(quiet),
+            seen_for: Duration::from_secs(quiet),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn settle_finishes_a_quiet_stack() {
-        assert!(matches!(decide(&rules(), &obs(3, 10)), Verdict::Waiting { .. }));
-        assert_eq!(decide(&rules(), &obs(3, 30)), Verdict::Finished(Trigger::Settled));
+        assert!(matches!(
+            decide(&rules(), &obs(3, 10)),
+            Verdict::Waiting { .. }
+        ));
+        assert_eq!(
+            decide(&rules(), &obs(3, 30)),
+            Verdict::Finished(Trigger::Settled)
+        );
     }
 
     #[test]
@@ -155,7 +193,10 @@ mod tests {
     #[test]
     fn a_one_image_stack_is_held_with_the_reason() {
         match decide(&rules(), &obs(1, 31)) {
-            Verdict::Held(m) => assert!(m.contains("only 1 image") && m.contains("min_images"), "{m}"),
+            Verdict::Held(m) => assert!(
+                m.contains("only 1 image") && m.contains("min_images"),
+                "{m}"
+            ),
             v => panic!("{v:?}"),
         }
     }
@@ -163,7 +204,10 @@ mod tests {
     #[test]
     fn broken_files_hold_the_stack_by_name() {
         let mut o = obs(4, 40);
-        o.invalid = vec![("S_0004.tif".into(), "truncated: strip 12 ends at byte 9 437 184, file has 5 000 000".into())];
+        o.invalid = vec![(
+            "S_0004.tif".into(),
+            "truncated: strip 12 ends at byte 9 437 184, file has 5 000 000".into(),
+        )];
         match decide(&rules(), &o) {
             Verdict::Held(m) => assert!(m.starts_with("S_0004.tif: truncated: strip 12"), "{m}"),
             v => panic!("{v:?}"),

@@ -24,8 +24,15 @@ pub fn table(stacks: &[StackRecord]) -> String {
     if stacks.is_empty() {
         return "no stacks seen yet\n".into();
     }
-    let mut rows: Vec<[String; 7]> =
-        vec![["STACK".into(), "VER".into(), "STATE".into(), "FILES".into(), "BYTES".into(), "REMOTE".into(), "REASON".into()]];
+    let mut rows: Vec<[String; 7]> = vec![[
+        "STACK".into(),
+        "VER".into(),
+        "STATE".into(),
+        "FILES".into(),
+        "BYTES".into(),
+        "REMOTE".into(),
+        "REASON".into(),
+    ]];
     for s in stacks {
         rows.push([
             s.name.clone(),
@@ -33,8 +40,14 @@ pub fn table(stacks: &[StackRecord]) -> String {
             s.state.as_str().to_string(),
             s.files.to_string(),
             human_bytes(s.bytes),
-            s.remote_id.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-            if s.reason.is_empty() { "-".into() } else { s.reason.clone() },
+            s.remote_id
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
+            if s.reason.is_empty() {
+                "-".into()
+            } else {
+                s.reason.clone()
+            },
         ]);
     }
     let mut w = [0usize; 7];

@@ -28,7 +28,13 @@ impl Section {
     /// A classic TIFF of about `bytes` bytes (square, 16-bit).
     pub fn of_size(bytes: u64, seed: u64) -> Section {
         let side = ((bytes / 2) as f64).sqrt().max(8.0) as u32;
-        Section { width: side, height: side, seed, big: false, rows_per_strip: 64 }
+        Section {
+            width: side,
+            height: side,
+            seed,
+            big: false,
+            rows_per_strip: 64,
+        }
     }
     /// Bytes of pixel data.
     pub fn pixel_bytes(&self) -> u64 {
@@ -106,7 +112,13 @@ pub fn write_tiff(path: &Path, s: &Section) -> std::io::Result<()> {
     } else {
         w.write_all(&(n_entries as u16).to_le_bytes())?;
     }
-    let ent = |w: &mut BufWriter<File>, tag: u16, typ: u16, count: u64, value: u64, inline_short: bool| -> std::io::Result<()> {
+    let ent = |w: &mut BufWriter<File>,
+               tag: u16,
+               typ: u16,
+               count: u64,
+               value: u64,
+               inline_short: bool|
+     -> std::io::Result<()> {
         w.write_all(&tag.to_le_bytes())?;
         w.write_all(&typ.to_le_bytes())?;
         put_word(w, count)?;
@@ -124,10 +136,28 @@ pub fn write_tiff(path: &Path, s: &Section) -> std::io::Result<()> {
     ent(&mut w, 258, 3, 1, 16, true)?;
     ent(&mut w, 259, 3, 1, 1, true)?;
     ent(&mut w, 262, 3, 1, 1, true)?;
-    ent(&mut w, 273, long_type, strips, if one_strip { header } else { offsets_at }, false)?;
+    ent(
+        &mut w,
+        273,
+        long_type,
+        strips,
+        if one_strip { header } else { offsets_at },
+        false,
+    )?;
     ent(&mut w, 277, 3, 1, 1, true)?;
     ent(&mut w, 278, 4, 1, rps as u64, false)?;
-    ent(&mut w, 279, long_type, strips, if one_strip { row_bytes * h32 as u64 } else { counts_at }, false)?;
+    ent(
+        &mut w,
+        279,
+        long_type,
+        strips,
+        if one_strip {
+            row_bytes * h32 as u64
+        } else {
+            counts_at
+        },
+        false,
+    )?;
     put_word(&mut w, 0)?;
     if !one_strip {
         for i in 0..strips {

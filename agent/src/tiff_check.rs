@@ -88,15 +88,27 @@ impl R {
     }
     fn u16(&mut self) -> std::io::Result<u16> {
         let b = self.bytes::<2>()?;
-        Ok(if self.le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+        Ok(if self.le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
     }
     fn u32(&mut self) -> std::io::Result<u32> {
         let b = self.bytes::<4>()?;
-        Ok(if self.le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+        Ok(if self.le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
     }
     fn u64(&mut self) -> std::io::Result<u64> {
         let b = self.bytes::<8>()?;
-        Ok(if self.le { u64::from_le_bytes(b) } else { u64::from_be_bytes(b) })
+        Ok(if self.le {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        })
     }
     /// An offset-sized word: 4 bytes classic, 8 BigTIFF.
     fn word(&mut self) -> std::io::Result<u64> {
@@ -131,7 +143,10 @@ fn io(e: std::io::Error) -> TiffFault {
 
 fn read_values(r: &mut R, e: &Entry, what: &str, page: u32) -> Result<Vec<u64>, TiffFault> {
     if e.count > MAX_EXTENTS {
-        return Err(TiffFault::Corrupt(format!("page {page}: {} {what} entries is implausible", e.count)));
+        return Err(TiffFault::Corrupt(format!(
+            "page {page}: {} {what} entries is implausible",
+            e.count
+        )));
     }
     r.at(e.at).map_err(io)?;
     let mut out = Vec::with_capacity(e.count as usize);
@@ -140,7 +155,11 @@ fn read_values(r: &mut R, e: &Entry, what: &str, page: u32) -> Result<Vec<u64>, 
             3 => r.u16().map_err(io)? as u64,
             4 | 13 => r.u32().map_err(io)? as u64,
             16 | 18 => r.u64().map_err(io)?,
-            t => return Err(TiffFault::Corrupt(format!("page {page}: {what} has value type {t}, expected an integer type"))),
+            t => {
+                return Err(TiffFault::Corrupt(format!(
+                    "page {page}: {what} has value type {t}, expected an integer type"
+                )))
+            }
         });
     }
     Ok(out)
@@ -153,9 +172,15 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
     if len == 0 {
         return Err(TiffFault::Empty);
     }
-    let mut r = R { inner: BufReader::with_capacity(64 << 10, f), le: true, big: false };
+    let mut r = R {
+        inner: BufReader::with_capacity(64 << 10, f),
+        le: true,
+        big: false,
+    };
     if len < 8 {
-        return Err(TiffFault::NotTiff(format!("only {len} bytes, a TIFF header needs 8")));
+        return Err(TiffFault::NotTiff(format!(
+            "only {len} bytes, a TIFF header needs 8"
+        )));
     }
     let head = r.bytes::<4>().map_err(io)?;
     r.le = match &head[..2] {
@@ -168,36 +193,63 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
             )))
         }
     };
-    let magic = if r.le { u16::from_le_bytes([head[2], head[3]]) } else { u16::from_be_bytes([head[2], head[3]]) };
+    let magic = if r.le {
+        u16::from_le_bytes([head[2], head[3]])
+    } else {
+        u16::from_be_bytes([head[2], head[3]])
+    };
     let mut next = match magic {
         42 => r.u32().map_err(io)? as u64,
         43 => {
             r.big = true;
             if len < 16 {
-                return Err(TiffFault::Truncated(format!("BigTIFF header needs 16 bytes, file has {len}")));
+                return Err(TiffFault::Truncated(format!(
+                    "BigTIFF header needs 16 bytes, file has {len}"
+                )));
             }
             let (size, zero) = (r.u16().map_err(io)?, r.u16().map_err(io)?);
             if size != 8 || zero != 0 {
-                return Err(TiffFault::NotTiff(format!("BigTIFF offset size {size} (expected 8)")));
+                return Err(TiffFault::NotTiff(format!(
+                    "BigTIFF offset size {size} (expected 8)"
+                )));
             }
             r.u64().map_err(io)?
         }
-        m => return Err(TiffFault::NotTiff(format!("version {m} in the header, expected 42 (TIFF) or 43 (BigTIFF)"))),
+        m => {
+            return Err(TiffFault::NotTiff(format!(
+                "version {m} in the header, expected 42 (TIFF) or 43 (BigTIFF)"
+            )))
+        }
     };
     if next == 0 {
-        return Err(TiffFault::Corrupt("the header points to no image (first IFD offset 0)".into()));
+        return Err(TiffFault::Corrupt(
+            "the header points to no image (first IFD offset 0)".into(),
+        ));
     }
     let mut seen = HashSet::new();
-    let mut info = TiffInfo { pages: 0, width: 0, height: 0, bits: 0, big: r.big };
+    let mut info = TiffInfo {
+        pages: 0,
+        width: 0,
+        height: 0,
+        bits: 0,
+        big: r.big,
+    };
     while next != 0 {
         let page = info.pages;
         if !seen.insert(next) {
-            return Err(TiffFault::Corrupt(format!("the IFD chain loops back to byte {}", grouped(next))));
+            return Err(TiffFault::Corrupt(format!(
+                "the IFD chain loops back to byte {}",
+                grouped(next)
+            )));
         }
         if page >= MAX_PAGES {
             return Err(TiffFault::Corrupt(format!("more than {MAX_PAGES} pages")));
         }
-        let (count_size, entry_size, word) = if r.big { (8u64, 20u64, 8u64) } else { (2, 12, 4) };
+        let (count_size, entry_size, word) = if r.big {
+            (8u64, 20u64, 8u64)
+        } else {
+            (2, 12, 4)
+        };
         if next + count_size > len {
             return Err(TiffFault::Truncated(format!(
                 "page {page}'s directory starts at byte {}, file has {} bytes",
@@ -206,7 +258,11 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
             )));
         }
         r.at(next).map_err(io)?;
-        let n = if r.big { r.u64().map_err(io)? } else { r.u16().map_err(io)? as u64 };
+        let n = if r.big {
+            r.u64().map_err(io)?
+        } else {
+            r.u16().map_err(io)? as u64
+        };
         let end = next + count_size + n * entry_size + word;
         if n > 100_000 || end > len {
             return Err(TiffFault::Truncated(format!(
@@ -225,7 +281,11 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
             let value_at = pos + 4 + word;
             let Some(size) = type_size(typ) else { continue };
             let bytes = size.saturating_mul(count);
-            let at = if bytes <= word { value_at } else { r.word().map_err(io)? };
+            let at = if bytes <= word {
+                value_at
+            } else {
+                r.word().map_err(io)?
+            };
             if at.saturating_add(bytes) > len {
                 return Err(TiffFault::Truncated(format!(
                     "page {page}: values of tag {tag} end at byte {}, file has {} bytes",
@@ -238,14 +298,30 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
         r.at(next + count_size + n * entry_size).map_err(io)?;
         next = r.word().map_err(io)?;
 
-        let first = |tags: &std::collections::HashMap<u16, Entry>, r: &mut R, t: u16| -> Result<Option<u64>, TiffFault> {
+        let first = |tags: &std::collections::HashMap<u16, Entry>,
+                     r: &mut R,
+                     t: u16|
+         -> Result<Option<u64>, TiffFault> {
             match tags.get(&t) {
-                Some(e) if e.count > 0 => Ok(read_values(r, &Entry { typ: e.typ, count: 1, at: e.at }, "value", page)?.first().copied()),
+                Some(e) if e.count > 0 => Ok(read_values(
+                    r,
+                    &Entry {
+                        typ: e.typ,
+                        count: 1,
+                        at: e.at,
+                    },
+                    "value",
+                    page,
+                )?
+                .first()
+                .copied()),
                 _ => Ok(None),
             }
         };
-        let width = first(&tags, &mut r, 256)?.ok_or_else(|| TiffFault::Corrupt(format!("page {page} has no ImageWidth")))?;
-        let height = first(&tags, &mut r, 257)?.ok_or_else(|| TiffFault::Corrupt(format!("page {page} has no ImageLength")))?;
+        let width = first(&tags, &mut r, 256)?
+            .ok_or_else(|| TiffFault::Corrupt(format!("page {page} has no ImageWidth")))?;
+        let height = first(&tags, &mut r, 257)?
+            .ok_or_else(|| TiffFault::Corrupt(format!("page {page} has no ImageLength")))?;
         if page == 0 {
             info.width = width;
             info.height = height;
@@ -256,12 +332,18 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
         } else if tags.contains_key(&324) {
             (324, 325, "tile")
         } else {
-            return Err(TiffFault::Corrupt(format!("page {page} has neither strips nor tiles")));
+            return Err(TiffFault::Corrupt(format!(
+                "page {page} has neither strips nor tiles"
+            )));
         };
         let offsets = read_values(&mut r, &tags[&off_tag], "offsets", page)?;
         let counts = match tags.get(&cnt_tag) {
             Some(e) => read_values(&mut r, e, "byte counts", page)?,
-            None => return Err(TiffFault::Corrupt(format!("page {page} has {unit} offsets but no {unit} byte counts"))),
+            None => {
+                return Err(TiffFault::Corrupt(format!(
+                    "page {page} has {unit} offsets but no {unit} byte counts"
+                )))
+            }
         };
         if offsets.len() != counts.len() {
             return Err(TiffFault::Corrupt(format!(
@@ -273,7 +355,11 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
         for (i, (o, c)) in offsets.iter().zip(&counts).enumerate() {
             let end = o.saturating_add(*c);
             if end > len {
-                let pg = if page == 0 { String::new() } else { format!("page {page} ") };
+                let pg = if page == 0 {
+                    String::new()
+                } else {
+                    format!("page {page} ")
+                };
                 return Err(TiffFault::Truncated(format!(
                     "{pg}{unit} {i} ends at byte {}, file has {}",
                     grouped(end),
@@ -293,7 +379,17 @@ mod tests {
 
     fn section(dir: &Path, name: &str, big: bool) -> std::path::PathBuf {
         let p = dir.join(name);
-        write_tiff(&p, &Section { width: 64, height: 48, seed: 3, big, rows_per_strip: 8 }).unwrap();
+        write_tiff(
+            &p,
+            &Section {
+                width: 64,
+                height: 48,
+                seed: 3,
+                big,
+                rows_per_strip: 8,
+            },
+        )
+        .unwrap();
         p
     }
 
@@ -303,7 +399,10 @@ mod tests {
         for big in [false, true] {
             let p = section(d.path(), "a.tif", big);
             let info = check(&p).unwrap();
-            assert_eq!((info.width, info.height, info.bits, info.pages, info.big), (64, 48, 16, 1, big));
+            assert_eq!(
+                (info.width, info.height, info.bits, info.pages, info.big),
+                (64, 48, 16, 1, big)
+            );
         }
     }
 
@@ -332,7 +431,12 @@ mod tests {
         let mut b = Vec::new();
         b.extend_from_slice(b"II*\0");
         b.extend_from_slice(&8u32.to_le_bytes());
-        let entries: [(u16, u16, u32, u32); 4] = [(256, 4, 1, 50), (257, 4, 1, 50), (273, 4, 1, 1000), (279, 4, 1, 5000)];
+        let entries: [(u16, u16, u32, u32); 4] = [
+            (256, 4, 1, 50),
+            (257, 4, 1, 50),
+            (273, 4, 1, 1000),
+            (279, 4, 1, 5000),
+        ];
         b.extend_from_slice(&(entries.len() as u16).to_le_bytes());
         for (t, ty, c, v) in entries {
             b.extend_from_slice(&t.to_le_bytes());
@@ -361,7 +465,10 @@ mod tests {
         b.extend_from_slice(&8u32.to_le_bytes());
         std::fs::write(&p, &b).unwrap();
         let e = check(&p).unwrap_err().to_string();
-        assert!(e.contains("neither strips") || e.contains("no ImageWidth") || e.contains("loops"), "{e}");
+        assert!(
+            e.contains("neither strips") || e.contains("no ImageWidth") || e.contains("loops"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -379,7 +486,11 @@ mod tests {
         let q = d.path().join("cut.tif");
         for cut in (0..full.len()).step_by(97) {
             std::fs::write(&q, &full[..cut]).unwrap();
-            assert!(check(&q).is_err(), "a copy cut at {cut} of {} passed", full.len());
+            assert!(
+                check(&q).is_err(),
+                "a copy cut at {cut} of {} passed",
+                full.len()
+            );
         }
     }
 }

@@ -9,7 +9,9 @@
 use crate::journal::FileRecord;
 use crate::link::{Link, LinkError};
 use beamflow_config::Config;
-use beamflow_protocol::{read_frame, write_frame, ErrorCode, FileEntry, Frame, Have, ProtocolError};
+use beamflow_protocol::{
+    read_frame, write_frame, ErrorCode, FileEntry, Frame, Have, ProtocolError,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -52,7 +54,9 @@ pub enum TransferError {
     #[error("the link to the collector broke: {0}")]
     Broken(String),
     /// A file changed or vanished while it was being sent.
-    #[error("{file} changed while it was being sent ({why}); waiting for the stack to settle again")]
+    #[error(
+        "{file} changed while it was being sent ({why}); waiting for the stack to settle again"
+    )]
     Changed {
         /// File name.
         file: String,
@@ -88,7 +92,9 @@ impl TransferError {
     pub fn action(&self) -> Action {
         match self {
             TransferError::Link(LinkError::Refused(_)) => Action::Hold,
-            TransferError::Link(_) | TransferError::Broken(_) | TransferError::FileFailed { .. } => Action::Retry,
+            TransferError::Link(_)
+            | TransferError::Broken(_)
+            | TransferError::FileFailed { .. } => Action::Retry,
             TransferError::ServiceUnavailable(_) => Action::Retry,
             TransferError::Changed { .. } => Action::Rewait,
             TransferError::Refused { .. } | TransferError::SubmitRefused(_) => Action::Hold,
@@ -147,7 +153,9 @@ impl Session {
         match self.rx.recv().await {
             Some(Ok(f)) => Ok(f),
             Some(Err(e)) => Err(broken(e)),
-            None => Err(TransferError::Broken("the collector closed the link".into())),
+            None => Err(TransferError::Broken(
+                "the collector closed the link".into(),
+            )),
         }
     }
 
@@ -161,7 +169,11 @@ impl Session {
                 self.acked.insert(id, true);
             }
             Frame::Nack { id, code, reason } => {
-                let file = self.names.get(id as usize).cloned().unwrap_or_else(|| format!("#{id}"));
+                let file = self
+                    .names
+                    .get(id as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{id}"));
                 self.acked.insert(id, false);
                 self.have.entry(id).or_insert(Have::Same);
                 let e = if code.is_transient() {
@@ -183,7 +195,13 @@ impl Session {
 /// Sends `job` over a fresh link and submits it.
 pub async fn send(cfg: &Config, job: &Job) -> Report {
     let start = Instant::now();
-    let mut report = Report { acked: Vec::new(), same: 0, wire_bytes: 0, elapsed: Duration::ZERO, result: Err(TransferError::Broken(String::new())) };
+    let mut report = Report {
+        acked: Vec::new(),
+        same: 0,
+        wire_bytes: 0,
+        elapsed: Duration::ZERO,
+        result: Err(TransferError::Broken(String::new())),
+    };
     report.result = run(cfg, job, &mut report).await;
     report.elapsed = start.elapsed();
     report
@@ -209,12 +227,22 @@ async fn run(cfg: &Config, job: &Job, report: &mut Report) -> Result<Accepted, T
             }
         }
     });
-    let mut s = Session { rx, have: HashMap::new(), acked: HashMap::new(), failed: None, names: job.files.iter().map(|f| f.name.clone()).collect() };
+    let mut s = Session {
+        rx,
+        have: HashMap::new(),
+        acked: HashMap::new(),
+        failed: None,
+        names: job.files.iter().map(|f| f.name.clone()).collect(),
+    };
     let result = exchange(cfg, job, &mut wr, &mut s, report).await;
     let result = match result {
         Err(TransferError::Broken(m)) => {
             let tail = guard.stderr.text();
-            Err(TransferError::Broken(if tail.is_empty() { m } else { format!("{m}; the collector said: {tail}") }))
+            Err(TransferError::Broken(if tail.is_empty() {
+                m
+            } else {
+                format!("{m}; the collector said: {tail}")
+            }))
         }
         other => other,
     };
@@ -241,7 +269,12 @@ async fn exchange(
     let chunk = cfg.link.chunk_size.0.clamp(4096, 8 << 20) as usize;
     let path_of = |f: &FileRecord| format!("{}/{}", job.name, f.name);
     for (i, f) in job.files.iter().enumerate() {
-        let offer = Frame::Offer { id: i as u64, path: path_of(f), size: f.size, hash: f.blake3 };
+        let offer = Frame::Offer {
+            id: i as u64,
+            path: path_of(f),
+            size: f.size,
+            hash: f.blake3,
+        };
         write_frame(wr, &offer).await.map_err(broken)?;
     }
     wr.flush().await.map_err(|e| broken(e.into()))?;
@@ -268,7 +301,10 @@ async fn exchange(
             Have::Nothing => (0, blake3::Hasher::new()),
             Have::Prefix { len, hash } => {
                 let p = path.clone();
-                let mine = tokio::task::spawn_blocking(move || hash_prefix(&p, len)).await.ok().and_then(Result::ok);
+                let mine = tokio::task::spawn_blocking(move || hash_prefix(&p, len))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
                 match mine {
                     Some((n, h)) if n == len && *h.finalize().as_bytes() == hash => (len, h),
                     _ => (0, blake3::Hasher::new()),
@@ -295,15 +331,45 @@ async fn exchange(
     if let Some(e) = s.failed.take() {
         return Err(e);
     }
-    let files = job.files.iter().map(|f| FileEntry { path: path_of(f), size: f.size, hash: f.blake3 }).collect();
-    let submit = Frame::Submit { stack: job.name.clone(), version: job.version, workflow: job.workflow.clone(), files };
+    let files = job
+        .files
+        .iter()
+        .map(|f| FileEntry {
+            path: path_of(f),
+            size: f.size,
+            hash: f.blake3,
+        })
+        .collect();
+    let submit = Frame::Submit {
+        stack: job.name.clone(),
+        version: job.version,
+        workflow: job.workflow.clone(),
+        files,
+    };
     write_frame(wr, &submit).await.map_err(broken)?;
     wr.flush().await.map_err(|e| broken(e.into()))?;
     loop {
         match s.next().await? {
-            Frame::Accepted { remote_id, created, jobs, .. } => return Ok(Accepted { remote_id, created, jobs }),
-            Frame::Error { code: ErrorCode::ServiceUnavailable, message } => return Err(TransferError::ServiceUnavailable(message)),
-            Frame::Error { code: ErrorCode::SubmitRefused, message } => return Err(TransferError::SubmitRefused(message)),
+            Frame::Accepted {
+                remote_id,
+                created,
+                jobs,
+                ..
+            } => {
+                return Ok(Accepted {
+                    remote_id,
+                    created,
+                    jobs,
+                })
+            }
+            Frame::Error {
+                code: ErrorCode::ServiceUnavailable,
+                message,
+            } => return Err(TransferError::ServiceUnavailable(message)),
+            Frame::Error {
+                code: ErrorCode::SubmitRefused,
+                message,
+            } => return Err(TransferError::SubmitRefused(message)),
             Frame::Error { message, .. } => return Err(TransferError::Broken(message)),
             other => {
                 if let Some(other) = s.absorb(other) {
@@ -332,17 +398,27 @@ async fn send_file(
     buf: &mut Vec<u8>,
     report: &mut Report,
 ) -> Result<(), TransferError> {
-    let changed = |why: String| TransferError::Changed { file: f.name.clone(), why };
-    let abort = |why: &str| Frame::Abort { id, reason: why.to_string() };
+    let changed = |why: String| TransferError::Changed {
+        file: f.name.clone(),
+        why,
+    };
+    let abort = |why: &str| Frame::Abort {
+        id,
+        reason: why.to_string(),
+    };
     let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(e) => {
-            write_frame(wr, &abort("cannot open")).await.map_err(broken)?;
+            write_frame(wr, &abort("cannot open"))
+                .await
+                .map_err(broken)?;
             return Err(changed(format!("cannot open it: {e}")));
         }
     };
     if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| changed(e.to_string()))?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| changed(e.to_string()))?;
     }
     let mut offset = start;
     loop {
@@ -350,7 +426,9 @@ async fn send_file(
         let n = match file.read(&mut buf[..want.max(1)]).await {
             Ok(n) => n,
             Err(e) => {
-                write_frame(wr, &abort("read error")).await.map_err(broken)?;
+                write_frame(wr, &abort("read error"))
+                    .await
+                    .map_err(broken)?;
                 return Err(changed(format!("read failed: {e}")));
             }
         };
@@ -359,17 +437,28 @@ async fn send_file(
         }
         if offset + n as u64 > f.size {
             write_frame(wr, &abort("file grew")).await.map_err(broken)?;
-            return Err(changed(format!("it grew past the {} bytes recorded", f.size)));
+            return Err(changed(format!(
+                "it grew past the {} bytes recorded",
+                f.size
+            )));
         }
         hasher.update(&buf[..n]);
-        let frame = Frame::Data { id, offset, bytes: buf[..n].to_vec() };
+        let frame = Frame::Data {
+            id,
+            offset,
+            bytes: buf[..n].to_vec(),
+        };
         write_frame(wr, &frame).await.map_err(broken)?;
         offset += n as u64;
         report.wire_bytes += n as u64;
     }
     if offset != f.size || *hasher.finalize().as_bytes() != f.blake3 {
-        write_frame(wr, &abort("content changed")).await.map_err(broken)?;
-        return Err(changed(format!("{offset} bytes now, BLAKE3 differs from the one recorded")));
+        write_frame(wr, &abort("content changed"))
+            .await
+            .map_err(broken)?;
+        return Err(changed(format!(
+            "{offset} bytes now, BLAKE3 differs from the one recorded"
+        )));
     }
     write_frame(wr, &Frame::Done { id }).await.map_err(broken)?;
     Ok(())

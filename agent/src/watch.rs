@@ -23,36 +23,45 @@ pub enum Msg {
 
 /// Watches `roots` recursively. Returns the watcher (dropping it stops events) and the roots
 /// that could not be watched and must be polled instead.
-pub fn start(roots: &[PathBuf], tx: UnboundedSender<Msg>) -> (Option<RecommendedWatcher>, Vec<PathBuf>) {
+pub fn start(
+    roots: &[PathBuf],
+    tx: UnboundedSender<Msg>,
+) -> (Option<RecommendedWatcher>, Vec<PathBuf>) {
     if roots.is_empty() {
         return (None, Vec::new());
     }
     let cb_tx = tx.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(ev) => {
-            if ev.need_rescan() {
+    let watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) => {
+                if ev.need_rescan() {
+                    let _ = cb_tx.send(Msg::Rescan);
+                }
+                for p in ev.paths {
+                    let _ = cb_tx.send(Msg::Fs(p));
+                }
+            }
+            Err(e) => {
+                tracing::warn!("filesystem watch error: {e}; rescanning");
                 let _ = cb_tx.send(Msg::Rescan);
             }
-            for p in ev.paths {
-                let _ = cb_tx.send(Msg::Fs(p));
-            }
-        }
-        Err(e) => {
-            tracing::warn!("filesystem watch error: {e}; rescanning");
-            let _ = cb_tx.send(Msg::Rescan);
-        }
-    });
+        });
     let mut watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
-            tracing::error!("cannot start inotify ({e}); polling every watch root instead. {}", limit_hint());
+            tracing::error!(
+                "cannot start inotify ({e}); polling every watch root instead. {}",
+                limit_hint()
+            );
             return (None, roots.to_vec());
         }
     };
     let mut fallback = Vec::new();
     for r in roots {
         if let Err(e) = watcher.watch(r, RecursiveMode::Recursive) {
-            let hint = if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) || e.to_string().contains("No space left") {
+            let hint = if matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+                || e.to_string().contains("No space left")
+            {
                 limit_hint()
             } else {
                 String::new()

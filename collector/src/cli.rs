@@ -6,14 +6,32 @@ use std::fmt::Write;
 
 /// Renders jobs as an aligned table.
 pub fn jobs_table(jobs: &[JobRow]) -> String {
-    let mut rows = vec![["ID".to_string(), "STACK".into(), "VER".into(), "NAME".into(), "STATE".into(), "PARENTS".into()]];
+    let mut rows = vec![[
+        "ID".to_string(),
+        "STACK".into(),
+        "VER".into(),
+        "NAME".into(),
+        "STATE".into(),
+        "PARENTS".into(),
+    ]];
     for j in jobs {
         let parents = if j.parents.is_empty() {
             "-".to_string()
         } else {
-            j.parents.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+            j.parents
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         };
-        rows.push([j.id.to_string(), j.stack.clone(), j.version.to_string(), j.name.clone(), j.state.clone(), parents]);
+        rows.push([
+            j.id.to_string(),
+            j.stack.clone(),
+            j.version.to_string(),
+            j.name.clone(),
+            j.state.clone(),
+            parents,
+        ]);
     }
     table(&rows)
 }
@@ -43,7 +61,11 @@ pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
 }
 
 /// `ls`: fetches jobs from the service.
-pub fn ls(client: &Client, stack: Option<&str>, state: Option<&str>) -> Result<Vec<JobRow>, crate::api::ClientError> {
+pub fn ls(
+    client: &Client,
+    stack: Option<&str>,
+    state: Option<&str>,
+) -> Result<Vec<JobRow>, crate::api::ClientError> {
     client.jobs(stack, state)
 }
 

@@ -90,12 +90,27 @@ mod tests {
         let cfg = Config::parse("", Path::new("x")).unwrap();
         let wf = &cfg.workflows["aligntk"];
         let images = vec!["S_0007.tif".to_string(), "S_0008.tif".to_string()];
-        let jobs = plan(wf, &StackFacts { stack: "s", images_dir: "/d/s", images: &images });
+        let jobs = plan(
+            wf,
+            &StackFacts {
+                stack: "s",
+                images_dir: "/d/s",
+                images: &images,
+            },
+        );
         assert_eq!(jobs.len(), 3);
         assert_eq!(jobs[1].parents, ["find_rst"]);
         assert_eq!(jobs[2].parents, ["register"]);
-        assert!(jobs[2].command.contains("-fixed S_0007"), "{}", jobs[2].command);
-        assert!(jobs[0].command.starts_with("find_rst "), "{}", jobs[0].command);
+        assert!(
+            jobs[2].command.contains("-fixed S_0007"),
+            "{}",
+            jobs[2].command
+        );
+        assert!(
+            jobs[0].command.starts_with("find_rst "),
+            "{}",
+            jobs[0].command
+        );
         assert!(jobs[2].command.contains("-maps maps/ "));
     }
 }

@@ -6,8 +6,8 @@
 
 use crate::dag::PlannedJob;
 use crate::state::JobState;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 pub use beamflow_protocol::api::{JobRow, StackRow};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 /// Failures of the database layer.
@@ -112,8 +112,14 @@ impl Db {
 
     /// Records a stack version and its jobs in one transaction. Returns (stack id, created,
     /// job count); an identical earlier submission returns its id with `created == false`.
-    pub fn submit(&mut self, s: &NewStack<'_>, jobs: &[PlannedJob]) -> Result<(u64, bool, u32), DbError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn submit(
+        &mut self,
+        s: &NewStack<'_>,
+        jobs: &[PlannedJob],
+    ) -> Result<(u64, bool, u32), DbError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<(i64, String)> = tx
             .query_row(
                 "SELECT id, digest FROM stacks WHERE name = ?1 AND version = ?2",
@@ -123,21 +129,40 @@ impl Db {
             .optional()?;
         if let Some((id, digest)) = existing {
             if digest != s.digest {
-                return Err(DbError::Conflict { stack: s.name.into(), version: s.version });
+                return Err(DbError::Conflict {
+                    stack: s.name.into(),
+                    version: s.version,
+                });
             }
-            let n: i64 = tx.query_row("SELECT COUNT(*) FROM jobs WHERE stack_id = ?1", [id], |r| r.get(0))?;
+            let n: i64 =
+                tx.query_row("SELECT COUNT(*) FROM jobs WHERE stack_id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
             return Ok((id as u64, false, n as u32));
         }
         let at = now();
         tx.execute(
             "INSERT INTO stacks (name, version, workflow, dir, work_dir, digest, files, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![s.name, s.version, s.workflow, s.dir, s.work_dir, s.digest, s.files_json, at],
+            params![
+                s.name,
+                s.version,
+                s.workflow,
+                s.dir,
+                s.work_dir,
+                s.digest,
+                s.files_json,
+                at
+            ],
         )?;
         let stack_id = tx.last_insert_rowid();
         let mut ids = std::collections::HashMap::new();
         for j in jobs {
-            let state = if j.parents.is_empty() { JobState::Ready } else { JobState::AwaitingParents };
+            let state = if j.parents.is_empty() {
+                JobState::Ready
+            } else {
+                JobState::AwaitingParents
+            };
             tx.execute(
                 "INSERT INTO jobs (stack_id, name, state, command, work_dir, nodes, ranks_per_node,
                  threads_per_rank, cpu_affinity, env) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -158,14 +183,21 @@ impl Db {
             ids.insert(j.name.clone(), id);
             for p in &j.parents {
                 let pid = ids[p]; // planned jobs come parents-first
-                tx.execute("INSERT INTO job_parents (job_id, parent_id) VALUES (?1, ?2)", params![id, pid])?;
+                tx.execute(
+                    "INSERT INTO job_parents (job_id, parent_id) VALUES (?1, ?2)",
+                    params![id, pid],
+                )?;
             }
             let reason = format!("stack {} v{} submitted", s.name, s.version);
             tx.execute(
                 "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, NULL, ?3, ?4)",
                 params![id, at, JobState::Created.as_str(), reason],
             )?;
-            let why = if j.parents.is_empty() { "no parents".to_string() } else { format!("waits for {}", j.parents.join(", ")) };
+            let why = if j.parents.is_empty() {
+                "no parents".to_string()
+            } else {
+                format!("waits for {}", j.parents.join(", "))
+            };
             tx.execute(
                 "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, at, JobState::Created.as_str(), state.as_str(), why],
@@ -201,7 +233,9 @@ impl Db {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        let mut pst = self.conn.prepare("SELECT parent_id FROM job_parents WHERE job_id = ?1 ORDER BY parent_id")?;
+        let mut pst = self
+            .conn
+            .prepare("SELECT parent_id FROM job_parents WHERE job_id = ?1 ORDER BY parent_id")?;
         for row in &mut rows {
             row.parents = pst
                 .query_map([row.id as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
@@ -218,7 +252,9 @@ impl Db {
         let rows = st
             .query_map([], |r| {
                 let files: String = r.get(5)?;
-                let n = serde_json::from_str::<Vec<serde_json::Value>>(&files).map(|v| v.len()).unwrap_or(0);
+                let n = serde_json::from_str::<Vec<serde_json::Value>>(&files)
+                    .map(|v| v.len())
+                    .unwrap_or(0);
                 Ok(StackRow {
                     id: r.get::<_, i64>(0)? as u64,
                     name: r.get(1)?,

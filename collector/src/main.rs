@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "beamflow-collector", version, about = "HPC side of beamflow: receive stacks, own the job DAG database")]
+#[command(
+    name = "beamflow-collector",
+    version,
+    about = "HPC side of beamflow: receive stacks, own the job DAG database"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -61,8 +65,12 @@ fn load(path: &Path) -> Result<Config> {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG").unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Plain => b.init(),
@@ -82,10 +90,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Serve { stdio, config } => {
-            anyhow::ensure!(stdio, "serve needs --stdio (the protocol runs over stdin/stdout)");
+            anyhow::ensure!(
+                stdio,
+                "serve needs --stdio (the protocol runs over stdin/stdout)"
+            );
             let cfg = load(&config)?;
             init_logs(cfg.agent.log_format);
-            receive::serve(&cfg, std::io::stdin().lock(), std::io::stdout().lock()).context("serve session failed")?;
+            receive::serve(&cfg, std::io::stdin().lock(), std::io::stdout().lock())
+                .context("serve session failed")?;
         }
         Cmd::Service { config } => {
             let cfg = load(&config)?;
@@ -93,7 +105,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let rt = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
             rt.block_on(service::run(cfg, shutdown_signal()))?;
         }
-        Cmd::Ls { config, stack, state, json } => {
+        Cmd::Ls {
+            config,
+            stack,
+            state,
+            json,
+        } => {
             let cfg = load(&config)?;
             let client = Client::from_state_dir(&cfg.collector.state_dir)?;
             let jobs = cli::ls(&client, stack.as_deref(), state.as_deref())?;
@@ -103,7 +120,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", cli::jobs_table(&jobs));
             }
         }
-        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => {
             let cfg = load(&file)?;
             print!("{}", cfg.to_toml());
         }

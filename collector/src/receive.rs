@@ -10,8 +10,8 @@
 use crate::api::{Client, SubmitFile, SubmitRequest};
 use beamflow_config::Config;
 use beamflow_protocol::{
-    normalize_rel_path, read_frame_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Hash, Have, ProtocolError,
-    MAGIC, VERSION,
+    normalize_rel_path, read_frame_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Hash, Have,
+    ProtocolError, MAGIC, VERSION,
 };
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -91,7 +91,10 @@ fn hash_file(path: &Path, limit: Option<u64>) -> std::io::Result<(u64, blake3::H
 impl Receiver {
     fn new(cfg: &Config) -> Result<Receiver, ServeError> {
         let data_root = cfg.collector.data_root.clone();
-        let err = |source| ServeError::DataRoot { path: data_root.clone(), source };
+        let err = |source| ServeError::DataRoot {
+            path: data_root.clone(),
+            source,
+        };
         std::fs::create_dir_all(&data_root).map_err(err)?;
         let canon_root = data_root.canonicalize().map_err(err)?;
         Ok(Receiver {
@@ -110,13 +113,20 @@ impl Receiver {
         let rel = normalize_rel_path(path)?;
         let dest = self.data_root.join(&rel);
         let parent = dest.parent().ok_or("path has no parent folder")?;
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        let canon = parent.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        let canon = parent
+            .canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", parent.display()))?;
         if !canon.starts_with(&self.canon_root) {
-            return Err(format!("path {rel:?} leads out of the data root through a symlink"));
+            return Err(format!(
+                "path {rel:?} leads out of the data root through a symlink"
+            ));
         }
         if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(format!("{rel:?} is a symlink in the data root; refusing to write through it"));
+            return Err(format!(
+                "{rel:?} is a symlink in the data root; refusing to write through it"
+            ));
         }
         Ok((rel, dest))
     }
@@ -126,17 +136,27 @@ impl Receiver {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(path = %path, %reason, "offer refused");
-                return Frame::Nack { id, code: ErrorCode::PathRefused, reason };
+                return Frame::Nack {
+                    id,
+                    code: ErrorCode::PathRefused,
+                    reason,
+                };
             }
         };
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let part = dest.with_file_name(format!(".{name}.beamflow-part"));
         if let Ok(m) = std::fs::metadata(&dest) {
             if m.is_file() && m.len() == size {
                 if let Ok((_, h)) = hash_file(&dest, None) {
                     if *h.finalize().as_bytes() == hash {
                         self.verified.insert(rel, hash);
-                        return Frame::HaveReply { id, have: Have::Same };
+                        return Frame::HaveReply {
+                            id,
+                            have: Have::Same,
+                        };
                     }
                 }
             }
@@ -146,14 +166,27 @@ impl Receiver {
         if let Ok(m) = std::fs::metadata(&part) {
             if m.is_file() && m.len() > 0 && m.len() <= size {
                 if let Ok((n, h)) = hash_file(&part, Some(m.len())) {
-                    have = Have::Prefix { len: n, hash: *h.finalize().as_bytes() };
+                    have = Have::Prefix {
+                        len: n,
+                        hash: *h.finalize().as_bytes(),
+                    };
                     prefix = Some((n, h));
                 }
             }
         }
         self.incoming.insert(
             id,
-            Incoming { path: rel, dest, part, size, hash, file: None, next: 0, hasher: blake3::Hasher::new(), prefix },
+            Incoming {
+                path: rel,
+                dest,
+                part,
+                size,
+                hash,
+                file: None,
+                next: 0,
+                hasher: blake3::Hasher::new(),
+                prefix,
+            },
         );
         Frame::HaveReply { id, have }
     }
@@ -171,7 +204,12 @@ impl Receiver {
                     inc.hasher = h;
                 }
                 _ if offset == 0 => {}
-                _ => return Err(nack(ErrorCode::Protocol, format!("{}: resume at {offset} was not offered", inc.path))),
+                _ => {
+                    return Err(nack(
+                        ErrorCode::Protocol,
+                        format!("{}: resume at {offset} was not offered", inc.path),
+                    ))
+                }
             }
             let f = OpenOptions::new()
                 .create(true)
@@ -179,19 +217,34 @@ impl Receiver {
                 .truncate(false)
                 .open(&inc.part)
                 .and_then(|f| f.set_len(offset).map(|_| f))
-                .map_err(|e| nack(ErrorCode::Io, format!("cannot write {}: {e}", inc.part.display())))?;
+                .map_err(|e| {
+                    nack(
+                        ErrorCode::Io,
+                        format!("cannot write {}: {e}", inc.part.display()),
+                    )
+                })?;
             inc.file = Some(f);
             inc.next = offset;
         }
         if offset != inc.next || offset + bytes.len() as u64 > inc.size {
             return Err(nack(
                 ErrorCode::Protocol,
-                format!("{}: bytes at {offset}..{} do not follow {} within {}", inc.path, offset + bytes.len() as u64, inc.next, inc.size),
+                format!(
+                    "{}: bytes at {offset}..{} do not follow {} within {}",
+                    inc.path,
+                    offset + bytes.len() as u64,
+                    inc.next,
+                    inc.size
+                ),
             ));
         }
         let f = inc.file.as_ref().expect("opened above");
-        f.write_all_at(bytes, offset)
-            .map_err(|e| nack(ErrorCode::Io, format!("cannot write {}: {e}", inc.part.display())))?;
+        f.write_all_at(bytes, offset).map_err(|e| {
+            nack(
+                ErrorCode::Io,
+                format!("cannot write {}: {e}", inc.part.display()),
+            )
+        })?;
         inc.hasher.update(bytes);
         inc.next += bytes.len() as u64;
         Ok(())
@@ -199,7 +252,10 @@ impl Receiver {
 
     fn done(&mut self, id: u64) -> Option<Frame> {
         let Some(mut inc) = self.incoming.remove(&id) else {
-            return Some(Frame::Error { code: ErrorCode::Protocol, message: format!("end of file {id}, which was never offered") });
+            return Some(Frame::Error {
+                code: ErrorCode::Protocol,
+                message: format!("end of file {id}, which was never offered"),
+            });
         };
         if inc.file.is_none() {
             // a zero-byte file, or a prefix that already was the whole file
@@ -210,9 +266,21 @@ impl Receiver {
                 }
                 _ => 0,
             };
-            match OpenOptions::new().create(true).write(true).truncate(false).open(&inc.part).and_then(|f| f.set_len(start).map(|_| f)) {
+            match OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&inc.part)
+                .and_then(|f| f.set_len(start).map(|_| f))
+            {
                 Ok(f) => inc.file = Some(f),
-                Err(e) => return Some(Frame::Nack { id, code: ErrorCode::Io, reason: format!("cannot write {}: {e}", inc.part.display()) }),
+                Err(e) => {
+                    return Some(Frame::Nack {
+                        id,
+                        code: ErrorCode::Io,
+                        reason: format!("cannot write {}: {e}", inc.part.display()),
+                    })
+                }
             }
             inc.next = start;
         }
@@ -228,7 +296,11 @@ impl Receiver {
                 hex::encode(&inc.hash[..8])
             );
             tracing::warn!(%reason, "verification failed");
-            return Some(Frame::Nack { id, code: ErrorCode::HashMismatch, reason });
+            return Some(Frame::Nack {
+                id,
+                code: ErrorCode::HashMismatch,
+                reason,
+            });
         }
         self.pending.push(Finished {
             id,
@@ -247,7 +319,12 @@ impl Receiver {
         let mut dirs = HashSet::new();
         let mut renamed = Vec::new();
         for f in self.pending.drain(..) {
-            let r = (if self.fsync { f.file.sync_all() } else { Ok(()) }).and_then(|_| std::fs::rename(&f.part, &f.dest));
+            let r = (if self.fsync {
+                f.file.sync_all()
+            } else {
+                Ok(())
+            })
+            .and_then(|_| std::fs::rename(&f.part, &f.dest));
             match r {
                 Ok(()) => {
                     if let Some(d) = f.dest.parent() {
@@ -255,7 +332,11 @@ impl Receiver {
                     }
                     renamed.push(f);
                 }
-                Err(e) => out.push(Frame::Nack { id: f.id, code: ErrorCode::Io, reason: format!("cannot store {}: {e}", f.path) }),
+                Err(e) => out.push(Frame::Nack {
+                    id: f.id,
+                    code: ErrorCode::Io,
+                    reason: format!("cannot store {}: {e}", f.path),
+                }),
             }
         }
         let mut failed_dirs = HashMap::new();
@@ -268,7 +349,11 @@ impl Receiver {
         }
         for f in renamed {
             match f.dest.parent().and_then(|d| failed_dirs.get(d)) {
-                Some(e) => out.push(Frame::Nack { id: f.id, code: ErrorCode::Io, reason: format!("cannot sync folder of {}: {e}", f.path) }),
+                Some(e) => out.push(Frame::Nack {
+                    id: f.id,
+                    code: ErrorCode::Io,
+                    reason: format!("cannot sync folder of {}: {e}", f.path),
+                }),
                 None => {
                     tracing::debug!(path = %f.path, "stored");
                     self.verified.insert(f.path, f.hash);
@@ -286,8 +371,18 @@ impl Receiver {
         }
     }
 
-    fn submit(&self, cfg: &Config, stack: String, version: u32, workflow: String, files: Vec<FileEntry>) -> Frame {
-        let refused = |message: String| Frame::Error { code: ErrorCode::SubmitRefused, message };
+    fn submit(
+        &self,
+        cfg: &Config,
+        stack: String,
+        version: u32,
+        workflow: String,
+        files: Vec<FileEntry>,
+    ) -> Frame {
+        let refused = |message: String| Frame::Error {
+            code: ErrorCode::SubmitRefused,
+            message,
+        };
         let mut out = Vec::with_capacity(files.len());
         for f in files {
             let rel = match normalize_rel_path(&f.path) {
@@ -297,12 +392,30 @@ impl Receiver {
             if self.verified.get(&rel) != Some(&f.hash) {
                 return refused(format!("{rel} was not received and verified in this session; offer it before submitting"));
             }
-            out.push(SubmitFile { path: rel, size: f.size, blake3: hex::encode(f.hash) });
+            out.push(SubmitFile {
+                path: rel,
+                size: f.size,
+                blake3: hex::encode(f.hash),
+            });
         }
-        let req = SubmitRequest { stack: stack.clone(), version, workflow, files: out };
+        let req = SubmitRequest {
+            stack: stack.clone(),
+            version,
+            workflow,
+            files: out,
+        };
         match Client::from_state_dir(&cfg.collector.state_dir).and_then(|c| c.submit(&req)) {
-            Ok(r) => Frame::Accepted { stack, version, remote_id: r.remote_id, created: r.created, jobs: r.jobs },
-            Err(e) if e.is_transient() => Frame::Error { code: ErrorCode::ServiceUnavailable, message: e.to_string() },
+            Ok(r) => Frame::Accepted {
+                stack,
+                version,
+                remote_id: r.remote_id,
+                created: r.created,
+                jobs: r.jobs,
+            },
+            Err(e) if e.is_transient() => Frame::Error {
+                code: ErrorCode::ServiceUnavailable,
+                message: e.to_string(),
+            },
             Err(e) => refused(e.to_string()),
         }
     }
@@ -320,23 +433,47 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
         }
         Some(Frame::Hello { version, .. }) => {
             let e = ServeError::Version { theirs: version };
-            write_frame_sync(&mut wr, &Frame::Error { code: ErrorCode::Protocol, message: e.to_string() })?;
+            write_frame_sync(
+                &mut wr,
+                &Frame::Error {
+                    code: ErrorCode::Protocol,
+                    message: e.to_string(),
+                },
+            )?;
             wr.flush().map_err(ProtocolError::Io)?;
             return Err(e);
         }
-        Some(other) => return Err(ProtocolError::Malformed(format!("expected Hello, got {other:?}")).into()),
+        Some(other) => {
+            return Err(ProtocolError::Malformed(format!("expected Hello, got {other:?}")).into())
+        }
         None => return Ok(()),
     }
     let mut rx = match Receiver::new(cfg) {
         Ok(r) => r,
         Err(e) => {
-            write_frame_sync(&mut wr, &Frame::Error { code: ErrorCode::Io, message: e.to_string() })?;
+            write_frame_sync(
+                &mut wr,
+                &Frame::Error {
+                    code: ErrorCode::Io,
+                    message: e.to_string(),
+                },
+            )?;
             wr.flush().map_err(ProtocolError::Io)?;
             return Err(e);
         }
     };
-    let server = format!("beamflow-collector {} data_root={}", env!("CARGO_PKG_VERSION"), rx.data_root.display());
-    write_frame_sync(&mut wr, &Frame::Welcome { version: VERSION, server })?;
+    let server = format!(
+        "beamflow-collector {} data_root={}",
+        env!("CARGO_PKG_VERSION"),
+        rx.data_root.display()
+    );
+    write_frame_sync(
+        &mut wr,
+        &Frame::Welcome {
+            version: VERSION,
+            server,
+        },
+    )?;
     wr.flush().map_err(ProtocolError::Io)?;
     loop {
         // the agent paused: a natural batch boundary for durability and for flushing answers
@@ -354,7 +491,12 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
             }
         };
         match frame {
-            Frame::Offer { id, path, size, hash } => {
+            Frame::Offer {
+                id,
+                path,
+                size,
+                hash,
+            } => {
                 let reply = rx.offer(id, path, size, hash);
                 write_frame_sync(&mut wr, &reply)?;
             }
@@ -367,7 +509,9 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
                     write_frame_sync(&mut wr, &f)?;
                     if fatal {
                         wr.flush().map_err(ProtocolError::Io)?;
-                        return Err(ProtocolError::Malformed("data for an unknown file".into()).into());
+                        return Err(
+                            ProtocolError::Malformed("data for an unknown file".into()).into()
+                        );
                     }
                 }
             }
@@ -377,7 +521,12 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
                 }
             }
             Frame::Abort { id, reason } => rx.abort(id, &reason),
-            Frame::Submit { stack, version, workflow, files } => {
+            Frame::Submit {
+                stack,
+                version,
+                workflow,
+                files,
+            } => {
                 for f in rx.commit() {
                     write_frame_sync(&mut wr, &f)?;
                 }
@@ -393,7 +542,13 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
             }
             other => {
                 let message = format!("unexpected frame from the agent: {other:?}");
-                write_frame_sync(&mut wr, &Frame::Error { code: ErrorCode::Protocol, message: message.clone() })?;
+                write_frame_sync(
+                    &mut wr,
+                    &Frame::Error {
+                        code: ErrorCode::Protocol,
+                        message: message.clone(),
+                    },
+                )?;
                 wr.flush().map_err(ProtocolError::Io)?;
                 return Err(ProtocolError::Malformed(message).into());
             }
@@ -413,7 +568,11 @@ mod tests {
     }
 
     fn session(cfg: &Config, frames: &[Frame]) -> Vec<Frame> {
-        let mut input = Frame::Hello { version: VERSION, client: "t".into() }.encode();
+        let mut input = Frame::Hello {
+            version: VERSION,
+            client: "t".into(),
+        }
+        .encode();
         for f in frames {
             input.extend(f.encode());
         }
@@ -434,14 +593,48 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = cfg(d.path());
         for p in ["../evil", "/etc/passwd", "a/../../b"] {
-            let got = session(&c, &[Frame::Offer { id: 1, path: p.into(), size: 1, hash: [0; 32] }]);
-            assert!(matches!(&got[0], Frame::Nack { code: ErrorCode::PathRefused, .. }), "{p}: {got:?}");
+            let got = session(
+                &c,
+                &[Frame::Offer {
+                    id: 1,
+                    path: p.into(),
+                    size: 1,
+                    hash: [0; 32],
+                }],
+            );
+            assert!(
+                matches!(
+                    &got[0],
+                    Frame::Nack {
+                        code: ErrorCode::PathRefused,
+                        ..
+                    }
+                ),
+                "{p}: {got:?}"
+            );
         }
         // a symlink planted inside the root does not lead out either
         std::fs::create_dir_all(d.path().join("root")).unwrap();
         std::os::unix::fs::symlink("/tmp", d.path().join("root/link")).unwrap();
-        let got = session(&c, &[Frame::Offer { id: 1, path: "link/x".into(), size: 1, hash: [0; 32] }]);
-        assert!(matches!(&got[0], Frame::Nack { code: ErrorCode::PathRefused, .. }), "{got:?}");
+        let got = session(
+            &c,
+            &[Frame::Offer {
+                id: 1,
+                path: "link/x".into(),
+                size: 1,
+                hash: [0; 32],
+            }],
+        );
+        assert!(
+            matches!(
+                &got[0],
+                Frame::Nack {
+                    code: ErrorCode::PathRefused,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -453,16 +646,48 @@ mod tests {
         let got = session(
             &c,
             &[
-                Frame::Offer { id: 1, path: "s/a.tif".into(), size: body.len() as u64, hash },
-                Frame::Data { id: 1, offset: 0, bytes: body.clone() },
+                Frame::Offer {
+                    id: 1,
+                    path: "s/a.tif".into(),
+                    size: body.len() as u64,
+                    hash,
+                },
+                Frame::Data {
+                    id: 1,
+                    offset: 0,
+                    bytes: body.clone(),
+                },
                 Frame::Done { id: 1 },
                 Frame::Bye,
             ],
         );
-        assert_eq!(got, vec![Frame::HaveReply { id: 1, have: Have::Nothing }, Frame::Ack { id: 1 }]);
+        assert_eq!(
+            got,
+            vec![
+                Frame::HaveReply {
+                    id: 1,
+                    have: Have::Nothing
+                },
+                Frame::Ack { id: 1 }
+            ]
+        );
         assert_eq!(std::fs::read(d.path().join("root/s/a.tif")).unwrap(), body);
-        let got = session(&c, &[Frame::Offer { id: 9, path: "s/a.tif".into(), size: body.len() as u64, hash }]);
-        assert_eq!(got, vec![Frame::HaveReply { id: 9, have: Have::Same }]);
+        let got = session(
+            &c,
+            &[Frame::Offer {
+                id: 9,
+                path: "s/a.tif".into(),
+                size: body.len() as u64,
+                hash,
+            }],
+        );
+        assert_eq!(
+            got,
+            vec![Frame::HaveReply {
+                id: 9,
+                have: Have::Same
+            }]
+        );
     }
 
     #[test]
@@ -472,13 +697,31 @@ mod tests {
         let got = session(
             &c,
             &[
-                Frame::Offer { id: 1, path: "s/a.tif".into(), size: 3, hash: [7; 32] },
-                Frame::Data { id: 1, offset: 0, bytes: b"abc".to_vec() },
+                Frame::Offer {
+                    id: 1,
+                    path: "s/a.tif".into(),
+                    size: 3,
+                    hash: [7; 32],
+                },
+                Frame::Data {
+                    id: 1,
+                    offset: 0,
+                    bytes: b"abc".to_vec(),
+                },
                 Frame::Done { id: 1 },
                 Frame::Bye,
             ],
         );
-        assert!(matches!(&got[1], Frame::Nack { code: ErrorCode::HashMismatch, .. }), "{got:?}");
+        assert!(
+            matches!(
+                &got[1],
+                Frame::Nack {
+                    code: ErrorCode::HashMismatch,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
         assert!(!d.path().join("root/s/a.tif").exists());
         assert!(!d.path().join("root/s/.a.tif.beamflow-part").exists());
     }
@@ -491,13 +734,39 @@ mod tests {
         let hash = *blake3::hash(&body).as_bytes();
         std::fs::create_dir_all(d.path().join("root/s")).unwrap();
         std::fs::write(d.path().join("root/s/.a.tif.beamflow-part"), &body[..4000]).unwrap();
-        let got = session(&c, &[Frame::Offer { id: 1, path: "s/a.tif".into(), size: 10_000, hash }]);
-        assert_eq!(got[0], Frame::HaveReply { id: 1, have: Have::Prefix { len: 4000, hash: *blake3::hash(&body[..4000]).as_bytes() } });
+        let got = session(
+            &c,
+            &[Frame::Offer {
+                id: 1,
+                path: "s/a.tif".into(),
+                size: 10_000,
+                hash,
+            }],
+        );
+        assert_eq!(
+            got[0],
+            Frame::HaveReply {
+                id: 1,
+                have: Have::Prefix {
+                    len: 4000,
+                    hash: *blake3::hash(&body[..4000]).as_bytes()
+                }
+            }
+        );
         let got = session(
             &c,
             &[
-                Frame::Offer { id: 1, path: "s/a.tif".into(), size: 10_000, hash },
-                Frame::Data { id: 1, offset: 4000, bytes: body[4000..].to_vec() },
+                Frame::Offer {
+                    id: 1,
+                    path: "s/a.tif".into(),
+                    size: 10_000,
+                    hash,
+                },
+                Frame::Data {
+                    id: 1,
+                    offset: 4000,
+                    bytes: body[4000..].to_vec(),
+                },
                 Frame::Done { id: 1 },
                 Frame::Bye,
             ],
@@ -516,9 +785,16 @@ mod tests {
                 stack: "s".into(),
                 version: 1,
                 workflow: "aligntk".into(),
-                files: vec![FileEntry { path: "s/a.tif".into(), size: 1, hash: [0; 32] }],
+                files: vec![FileEntry {
+                    path: "s/a.tif".into(),
+                    size: 1,
+                    hash: [0; 32],
+                }],
             }],
         );
-        assert!(matches!(&got[0], Frame::Error { code: ErrorCode::SubmitRefused, message } if message.contains("not received")), "{got:?}");
+        assert!(
+            matches!(&got[0], Frame::Error { code: ErrorCode::SubmitRefused, message } if message.contains("not received")),
+            "{got:?}"
+        );
     }
 }

@@ -70,11 +70,20 @@ fn fail(status: StatusCode, msg: impl Into<String>) -> (StatusCode, Json<ErrorBo
 }
 
 fn check_token(headers: &HeaderMap, token: &str) -> Result<(), (StatusCode, Json<ErrorBody>)> {
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if given.strip_prefix("Bearer ").is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if given
+        .strip_prefix("Bearer ")
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    {
         Ok(())
     } else {
-        Err(fail(StatusCode::UNAUTHORIZED, "missing or wrong token; clients read it from the collector's server-info"))
+        Err(fail(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token; clients read it from the collector's server-info",
+        ))
     }
 }
 
@@ -92,15 +101,27 @@ fn random_token() -> std::io::Result<String> {
 fn write_server_info(dir: &Path, info: &ServerInfo) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(format!(".{SERVER_INFO}.tmp"));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(serde_json::to_string_pretty(info).unwrap_or_default().as_bytes())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(
+        serde_json::to_string_pretty(info)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(SERVER_INFO))
 }
 
 /// Runs the service until `shutdown` completes. The database, the lock and `server-info`
 /// live in `[collector] state_dir`.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServiceError> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
     let state_dir = cfg.collector.state_dir.clone();
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -108,28 +129,49 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     };
     std::fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;
     let lock_path = state_dir.join("service.lock");
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
     if lock.try_lock().is_err() {
         return Err(ServiceError::AlreadyRunning { path: lock_path });
     }
     let db_path = state_dir.join("collector.db");
-    let db = Db::open(&db_path).map_err(|source| ServiceError::Db { path: db_path.clone(), source })?;
+    let db = Db::open(&db_path).map_err(|source| ServiceError::Db {
+        path: db_path.clone(),
+        source,
+    })?;
     let token = random_token().map_err(io(Path::new("/dev/urandom")))?;
     let listener = tokio::net::TcpListener::bind(cfg.service.listen)
         .await
-        .map_err(|source| ServiceError::Bind { addr: cfg.service.listen, source })?;
+        .map_err(|source| ServiceError::Bind {
+            addr: cfg.service.listen,
+            source,
+        })?;
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
-    let info = ServerInfo { url: format!("http://{addr}"), token: token.clone(), pid: std::process::id() };
+    let info = ServerInfo {
+        url: format!("http://{addr}"),
+        token: token.clone(),
+        pid: std::process::id(),
+    };
     write_server_info(&state_dir, &info).map_err(io(&state_dir.join(SERVER_INFO)))?;
     tracing::info!(url = %info.url, db = %db_path.display(), "collector service listening");
 
-    let state = AppState { db: Arc::new(Mutex::new(db)), token: Arc::new(token), cfg: Arc::new(cfg) };
+    let state = AppState {
+        db: Arc::new(Mutex::new(db)),
+        token: Arc::new(token),
+        cfg: Arc::new(cfg),
+    };
     let app = Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/stacks", post(submit).get(list_stacks))
         .route("/v1/jobs", get(list_jobs))
         .with_state(state);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     let _ = std::fs::remove_file(state_dir.join(SERVER_INFO));
     drop(lock);
     tracing::info!("collector service stopped");
@@ -150,11 +192,20 @@ fn digest(files: &[crate::api::SubmitFile]) -> String {
     h.finalize().to_hex().to_string()
 }
 
-async fn submit(State(st): State<AppState>, headers: HeaderMap, Json(req): Json<SubmitRequest>) -> ApiResult<SubmitResponse> {
+async fn submit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<SubmitRequest>,
+) -> ApiResult<SubmitResponse> {
     check_token(&headers, &st.token)?;
     tokio::task::spawn_blocking(move || submit_blocking(&st, req))
         .await
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, format!("submission task failed: {e}")))?
+        .map_err(|e| {
+            fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("submission task failed: {e}"),
+            )
+        })?
 }
 
 fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitResponse> {
@@ -162,7 +213,11 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
     let stack = normalize_rel_path(&req.stack).map_err(bad)?;
     let wf = st.cfg.workflows.get(&req.workflow).ok_or_else(|| {
         let known: Vec<_> = st.cfg.workflows.keys().cloned().collect();
-        bad(format!("unknown workflow `{}`; this collector has: {}", req.workflow, known.join(", ")))
+        bad(format!(
+            "unknown workflow `{}`; this collector has: {}",
+            req.workflow,
+            known.join(", ")
+        ))
     })?;
     if req.files.is_empty() {
         return Err(bad(format!("stack {stack} has no files")));
@@ -171,21 +226,44 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
     let mut images = Vec::new();
     for f in &req.files {
         let p = normalize_rel_path(&f.path).map_err(bad)?;
-        let name = p.strip_prefix(&format!("{stack}/")).filter(|n| !n.contains('/')).ok_or_else(|| {
-            bad(format!("file {p} is not directly inside stack {stack}"))
-        })?;
+        let name = p
+            .strip_prefix(&format!("{stack}/"))
+            .filter(|n| !n.contains('/'))
+            .ok_or_else(|| bad(format!("file {p} is not directly inside stack {stack}")))?;
         match std::fs::metadata(data_root.join(&p)) {
             Ok(m) if m.len() == f.size => {}
-            Ok(m) => return Err(bad(format!("file {p} holds {} bytes, the submission says {}; send it again", m.len(), f.size))),
-            Err(e) => return Err(bad(format!("file {p} is not in the data root ({e}); send it before submitting"))),
+            Ok(m) => {
+                return Err(bad(format!(
+                    "file {p} holds {} bytes, the submission says {}; send it again",
+                    m.len(),
+                    f.size
+                )))
+            }
+            Err(e) => {
+                return Err(bad(format!(
+                    "file {p} is not in the data root ({e}); send it before submitting"
+                )))
+            }
         }
         images.push(name.to_string());
     }
     images.sort();
     let dir = data_root.join(&stack);
-    let work_dir = st.cfg.service.work_root.join(&stack).join(format!("v{}", req.version));
+    let work_dir = st
+        .cfg
+        .service
+        .work_root
+        .join(&stack)
+        .join(format!("v{}", req.version));
     let (dir_s, work_s) = (dir.display().to_string(), work_dir.display().to_string());
-    let jobs = plan(wf, &StackFacts { stack: &stack, images_dir: &dir_s, images: &images });
+    let jobs = plan(
+        wf,
+        &StackFacts {
+            stack: &stack,
+            images_dir: &dir_s,
+            images: &images,
+        },
+    );
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());
     let dg = digest(&req.files);
     let new = NewStack {
@@ -197,7 +275,12 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         digest: &dg,
         files_json: &files_json,
     };
-    let mut db = st.db.lock().map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned; restart the service"))?;
+    let mut db = st.db.lock().map_err(|_| {
+        fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "database lock poisoned; restart the service",
+        )
+    })?;
     match db.submit(&new, &jobs) {
         Ok((remote_id, created, n)) => {
             if created {
@@ -205,7 +288,11 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
             } else {
                 tracing::info!(stack = %stack, version = req.version, remote_id, "stack was registered before; nothing new created");
             }
-            Ok(Json(SubmitResponse { remote_id, created, jobs: n }))
+            Ok(Json(SubmitResponse {
+                remote_id,
+                created,
+                jobs: n,
+            }))
         }
         Err(e @ DbError::Conflict { .. }) => Err(fail(StatusCode::CONFLICT, e.to_string())),
         Err(e) => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
@@ -218,16 +305,31 @@ struct JobFilter {
     state: Option<String>,
 }
 
-async fn list_jobs(State(st): State<AppState>, headers: HeaderMap, Query(f): Query<JobFilter>) -> ApiResult<Vec<crate::db::JobRow>> {
+async fn list_jobs(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<JobFilter>,
+) -> ApiResult<Vec<crate::db::JobRow>> {
     check_token(&headers, &st.token)?;
-    let db = st.db.lock().map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned"))?;
+    let db = st
+        .db
+        .lock()
+        .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned"))?;
     db.jobs(f.stack.as_deref(), f.state.as_deref())
         .map(Json)
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-async fn list_stacks(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Vec<crate::db::StackRow>> {
+async fn list_stacks(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<crate::db::StackRow>> {
     check_token(&headers, &st.token)?;
-    let db = st.db.lock().map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned"))?;
-    db.stacks().map(Json).map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    let db = st
+        .db
+        .lock()
+        .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned"))?;
+    db.stacks()
+        .map(Json)
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }

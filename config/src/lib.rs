@@ -310,12 +310,13 @@ impl Config {
             }
         })?;
         for (name, wf) in cfg.workflows.iter() {
-            wf.validate(name).map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, &key).unwrap_or(1),
-                key: format!("key `workflows.{name}.{key}`: "),
-                message,
-            })?;
+            wf.validate(name)
+                .map_err(|(key, message)| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, &key).unwrap_or(1),
+                    key: format!("key `workflows.{name}.{key}`: "),
+                    message,
+                })?;
         }
         for (i, w) in cfg.watch.iter().enumerate() {
             if glob::Pattern::new(&w.pattern).is_err() {
@@ -323,7 +324,10 @@ impl Config {
                     path: path.to_path_buf(),
                     line: find_key_line(text, "pattern").unwrap_or(1),
                     key: format!("key `watch[{i}].pattern`: "),
-                    message: format!("\"{}\" is not a valid glob; write e.g. \"*.tif\"", w.pattern),
+                    message: format!(
+                        "\"{}\" is not a valid glob; write e.g. \"*.tif\"",
+                        w.pattern
+                    ),
                 });
             }
         }
@@ -338,6 +342,11 @@ impl Config {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+            // drop `.` components so logs and status show the path people expect
+            *p = p
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
         };
         fix(&mut self.agent.state_dir);
         for w in &mut self.watch {
@@ -375,11 +384,12 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
 fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
     let last = dotted.rsplit('.').next()?;
     let last = last.split('[').next()?;
-    text.lines().position(|l| {
-        let t = l.trim_start();
-        t.starts_with(last) && t[last.len()..].trim_start().starts_with('=')
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.starts_with(last) && t[last.len()..].trim_start().starts_with('=')
+        })
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -387,7 +397,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::parse(text, Path::new("t.toml")).unwrap_err().to_string()
+        Config::parse(text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -442,8 +454,11 @@ mod tests {
     fn relative_paths_resolve_against_the_file() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("c.toml");
-        std::fs::write(&f, "[[watch]]\npath = \"incoming\"\n[collector]\ndata_root = \"/abs\"\n")
-            .unwrap();
+        std::fs::write(
+            &f,
+            "[[watch]]\npath = \"./incoming\"\n[collector]\ndata_root = \"/abs\"\n",
+        )
+        .unwrap();
         let cfg = Config::load(&f).unwrap();
         let base = d.path().canonicalize().unwrap();
         assert_eq!(cfg.watch[0].path, base.join("incoming"));
@@ -453,7 +468,9 @@ mod tests {
 
     #[test]
     fn missing_file_names_it() {
-        let e = Config::load(Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+        let e = Config::load(Path::new("/nonexistent/x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
     }
 }

@@ -57,9 +57,9 @@ impl ByteSize {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid size \"{text}\": expected e.g. \"64 KiB\", \"1 MiB\", \"2G\""))?;
+        let n: f64 = num.parse().map_err(|_| {
+            format!("invalid size \"{text}\": expected e.g. \"64 KiB\", \"1 MiB\", \"2G\"")
+        })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kib" => 1 << 10,
@@ -132,7 +132,9 @@ mod tests {
         assert_eq!(ByteSize::parse("4M").unwrap().0, 4 << 20);
         assert_eq!(ByteSize::parse("2GB").unwrap().0, 2_000_000_000);
         assert_eq!(ByteSize::parse("512").unwrap().0, 512);
-        assert!(ByteSize::parse("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(ByteSize::parse("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(ByteSize::parse("lots").is_err());
         assert_eq!(ByteSize(1 << 20).to_string(), "1 MiB");
     }

@@ -58,28 +58,53 @@ impl Workflow {
     /// Checks names, parents and cycles; on error returns (key, message).
     pub(crate) fn validate(&self, wf: &str) -> Result<(), (String, String)> {
         if self.steps.is_empty() {
-            return Err(("steps".into(), format!("workflow `{wf}` has no steps; add at least one [[workflows.{wf}.steps]]")));
+            return Err((
+                "steps".into(),
+                format!("workflow `{wf}` has no steps; add at least one [[workflows.{wf}.steps]]"),
+            ));
         }
         let mut seen = HashSet::new();
         for (i, s) in self.steps.iter().enumerate() {
             if !seen.insert(s.name.as_str()) {
-                return Err((format!("steps[{i}].name"), format!("step name `{}` is used twice; step names must be unique", s.name)));
+                return Err((
+                    format!("steps[{i}].name"),
+                    format!(
+                        "step name `{}` is used twice; step names must be unique",
+                        s.name
+                    ),
+                ));
             }
-            for (field, v) in [("nodes", s.nodes), ("ranks_per_node", s.ranks_per_node), ("threads_per_rank", s.threads_per_rank)] {
+            for (field, v) in [
+                ("nodes", s.nodes),
+                ("ranks_per_node", s.ranks_per_node),
+                ("threads_per_rank", s.threads_per_rank),
+            ] {
                 if v == 0 {
-                    return Err((format!("steps[{i}].{field}"), format!("step `{}`: {field} must be at least 1", s.name)));
+                    return Err((
+                        format!("steps[{i}].{field}"),
+                        format!("step `{}`: {field} must be at least 1", s.name),
+                    ));
                 }
             }
         }
         for (i, s) in self.steps.iter().enumerate() {
             for a in &s.after {
                 if !seen.contains(a.as_str()) {
-                    return Err((format!("steps[{i}].after"), format!("step `{}` runs after `{a}`, which is not a step of this workflow", s.name)));
+                    return Err((
+                        format!("steps[{i}].after"),
+                        format!(
+                            "step `{}` runs after `{a}`, which is not a step of this workflow",
+                            s.name
+                        ),
+                    ));
                 }
             }
         }
         if let Some(step) = self.cycle() {
-            return Err(("steps".into(), format!("steps form a cycle through `{step}`; a workflow must be a DAG")));
+            return Err((
+                "steps".into(),
+                format!("steps form a cycle through `{step}`; a workflow must be a DAG"),
+            ));
         }
         Ok(())
     }
@@ -91,7 +116,9 @@ impl Workflow {
         while out.len() < self.steps.len() {
             let before = out.len();
             for s in &self.steps {
-                if !done.contains(s.name.as_str()) && s.after.iter().all(|a| done.contains(a.as_str())) {
+                if !done.contains(s.name.as_str())
+                    && s.after.iter().all(|a| done.contains(a.as_str()))
+                {
                     done.insert(&s.name);
                     out.push(s);
                 }
@@ -105,7 +132,10 @@ impl Workflow {
 
     fn cycle(&self) -> Option<String> {
         let ordered: HashSet<&str> = self.topo_order().iter().map(|s| s.name.as_str()).collect();
-        self.steps.iter().find(|s| !ordered.contains(s.name.as_str())).map(|s| s.name.clone())
+        self.steps
+            .iter()
+            .find(|s| !ordered.contains(s.name.as_str()))
+            .map(|s| s.name.clone())
     }
 }
 
@@ -161,7 +191,10 @@ mod tests {
 
     #[test]
     fn cycles_and_unknown_parents_are_refused() {
-        let mut wf = Workflow { bin: None, steps: vec![step("a", &["b"], "x"), step("b", &["a"], "y")] };
+        let mut wf = Workflow {
+            bin: None,
+            steps: vec![step("a", &["b"], "x"), step("b", &["a"], "y")],
+        };
         assert!(wf.validate("w").unwrap_err().1.contains("cycle"));
         wf.steps[0].after = vec!["zzz".into()];
         assert!(wf.validate("w").unwrap_err().1.contains("zzz"));

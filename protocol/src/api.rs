@@ -171,17 +171,30 @@ impl Client {
         let path = state_dir.join(SERVER_INFO);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ClientError::NotRunning { path }),
-            Err(e) => return Err(ClientError::BadInfo { path, message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClientError::NotRunning { path })
+            }
+            Err(e) => {
+                return Err(ClientError::BadInfo {
+                    path,
+                    message: e.to_string(),
+                })
+            }
         };
-        let info: ServerInfo =
-            serde_json::from_str(&text).map_err(|e| ClientError::BadInfo { path: path.clone(), message: e.to_string() })?;
+        let info: ServerInfo = serde_json::from_str(&text).map_err(|e| ClientError::BadInfo {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        Ok(Client { info, info_path: path, agent })
+        Ok(Client {
+            info,
+            info_path: path,
+            agent,
+        })
     }
 
     fn finish<T: for<'de> Deserialize<'de>>(
@@ -195,10 +208,13 @@ impl Client {
         })?;
         let status = res.status().as_u16();
         if (200..300).contains(&status) {
-            return res.body_mut().read_json::<T>().map_err(|e| ClientError::Refused {
-                status,
-                message: format!("unreadable answer: {e}"),
-            });
+            return res
+                .body_mut()
+                .read_json::<T>()
+                .map_err(|e| ClientError::Refused {
+                    status,
+                    message: format!("unreadable answer: {e}"),
+                });
         }
         let message = res
             .body_mut()
@@ -223,8 +239,15 @@ impl Client {
     }
 
     /// Lists jobs, optionally filtered.
-    pub fn jobs(&self, stack: Option<&str>, state: Option<&str>) -> Result<Vec<JobRow>, ClientError> {
-        let mut req = self.agent.get(format!("{}/v1/jobs", self.info.url)).header("Authorization", self.auth());
+    pub fn jobs(
+        &self,
+        stack: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<JobRow>, ClientError> {
+        let mut req = self
+            .agent
+            .get(format!("{}/v1/jobs", self.info.url))
+            .header("Authorization", self.auth());
         if let Some(s) = stack {
             req = req.query("stack", s);
         }
@@ -236,7 +259,11 @@ impl Client {
 
     /// Lists stack versions.
     pub fn stacks(&self) -> Result<Vec<StackRow>, ClientError> {
-        let res = self.agent.get(format!("{}/v1/stacks", self.info.url)).header("Authorization", self.auth()).call();
+        let res = self
+            .agent
+            .get(format!("{}/v1/stacks", self.info.url))
+            .header("Authorization", self.auth())
+            .call();
         self.finish(res)
     }
 }

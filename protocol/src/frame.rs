@@ -77,7 +77,10 @@ impl ErrorCode {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            ErrorCode::HashMismatch | ErrorCode::ServiceUnavailable | ErrorCode::Io | ErrorCode::Protocol
+            ErrorCode::HashMismatch
+                | ErrorCode::ServiceUnavailable
+                | ErrorCode::Io
+                | ErrorCode::Protocol
         )
     }
 }
@@ -230,7 +233,12 @@ impl Frame {
                 w.u16(*version);
                 w.str(s);
             }
-            Frame::Offer { id, path, size, hash } => {
+            Frame::Offer {
+                id,
+                path,
+                size,
+                hash,
+            } => {
                 w.u64(*id);
                 w.str(path);
                 w.u64(*size);
@@ -263,7 +271,12 @@ impl Frame {
                 w.u16(code.to_u16());
                 w.str(reason);
             }
-            Frame::Submit { stack, version, workflow, files } => {
+            Frame::Submit {
+                stack,
+                version,
+                workflow,
+                files,
+            } => {
                 w.str(stack);
                 w.u32(*version);
                 w.str(workflow);
@@ -274,7 +287,13 @@ impl Frame {
                     w.hash(&f.hash);
                 }
             }
-            Frame::Accepted { stack, version, remote_id, created, jobs } => {
+            Frame::Accepted {
+                stack,
+                version,
+                remote_id,
+                created,
+                jobs,
+            } => {
                 w.str(stack);
                 w.u32(*version);
                 w.u64(*remote_id);
@@ -297,24 +316,53 @@ impl Frame {
         let mut r = Reader(body);
         let kind = r.u8()?;
         let f = match kind {
-            1 => Frame::Hello { version: r.u16()?, client: r.str()? },
-            2 => Frame::Welcome { version: r.u16()?, server: r.str()? },
-            3 => Frame::Offer { id: r.u64()?, path: r.str()?, size: r.u64()?, hash: r.hash()? },
+            1 => Frame::Hello {
+                version: r.u16()?,
+                client: r.str()?,
+            },
+            2 => Frame::Welcome {
+                version: r.u16()?,
+                server: r.str()?,
+            },
+            3 => Frame::Offer {
+                id: r.u64()?,
+                path: r.str()?,
+                size: r.u64()?,
+                hash: r.hash()?,
+            },
             4 => {
                 let id = r.u64()?;
                 let have = match r.u8()? {
                     0 => Have::Nothing,
                     1 => Have::Same,
-                    2 => Have::Prefix { len: r.u64()?, hash: r.hash()? },
-                    n => return Err(ProtocolError::Malformed(format!("unknown 'have' variant {n}"))),
+                    2 => Have::Prefix {
+                        len: r.u64()?,
+                        hash: r.hash()?,
+                    },
+                    n => {
+                        return Err(ProtocolError::Malformed(format!(
+                            "unknown 'have' variant {n}"
+                        )))
+                    }
                 };
                 Frame::HaveReply { id, have }
             }
-            5 => Frame::Data { id: r.u64()?, offset: r.u64()?, bytes: r.bytes()? },
+            5 => Frame::Data {
+                id: r.u64()?,
+                offset: r.u64()?,
+                bytes: r.bytes()?,
+            },
             6 => Frame::Done { id: r.u64()? },
-            7 => Frame::Abort { id: r.u64()?, reason: r.str()? },
+            7 => Frame::Abort {
+                id: r.u64()?,
+                reason: r.str()?,
+            },
             8 => Frame::Ack { id: r.u64()? },
-            9 => Frame::Nack { id: r.u64()?, code: ErrorCode::from_u16(r.u16()?), reason: r.str()? },
+            9 => Frame::Nack {
+                id: r.u64()?,
+                code: ErrorCode::from_u16(r.u16()?),
+                reason: r.str()?,
+            },
             10 => {
                 let stack = r.str()?;
                 let version = r.u32()?;
@@ -322,13 +370,25 @@ impl Frame {
                 let n = r.u32()? as usize;
                 // each entry takes at least 4 + 8 + 32 bytes: refuse counts the body cannot hold
                 if n > r.0.len() / 44 {
-                    return Err(ProtocolError::Malformed(format!("submission claims {n} files in {} bytes", r.0.len())));
+                    return Err(ProtocolError::Malformed(format!(
+                        "submission claims {n} files in {} bytes",
+                        r.0.len()
+                    )));
                 }
                 let mut files = Vec::with_capacity(n);
                 for _ in 0..n {
-                    files.push(FileEntry { path: r.str()?, size: r.u64()?, hash: r.hash()? });
+                    files.push(FileEntry {
+                        path: r.str()?,
+                        size: r.u64()?,
+                        hash: r.hash()?,
+                    });
                 }
-                Frame::Submit { stack, version, workflow, files }
+                Frame::Submit {
+                    stack,
+                    version,
+                    workflow,
+                    files,
+                }
             }
             11 => Frame::Accepted {
                 stack: r.str()?,
@@ -337,12 +397,18 @@ impl Frame {
                 created: r.u8()? != 0,
                 jobs: r.u32()?,
             },
-            12 => Frame::Error { code: ErrorCode::from_u16(r.u16()?), message: r.str()? },
+            12 => Frame::Error {
+                code: ErrorCode::from_u16(r.u16()?),
+                message: r.str()?,
+            },
             13 => Frame::Bye,
             n => return Err(ProtocolError::Malformed(format!("unknown frame kind {n}"))),
         };
         if !r.0.is_empty() {
-            return Err(ProtocolError::Malformed(format!("{} stray bytes after frame kind {kind}", r.0.len())));
+            return Err(ProtocolError::Malformed(format!(
+                "{} stray bytes after frame kind {kind}",
+                r.0.len()
+            )));
         }
         Ok(f)
     }
@@ -380,7 +446,10 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
         if self.0.len() < n {
-            return Err(ProtocolError::Malformed(format!("frame ends early: wanted {n} more bytes, {} left", self.0.len())));
+            return Err(ProtocolError::Malformed(format!(
+                "frame ends early: wanted {n} more bytes, {} left",
+                self.0.len()
+            )));
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
@@ -390,20 +459,27 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, ProtocolError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("took 2")))
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("took 2"),
+        ))
     }
     fn u32(&mut self) -> Result<u32, ProtocolError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("took 4")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("took 4"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, ProtocolError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("took 8")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("took 8"),
+        ))
     }
     fn bytes(&mut self) -> Result<Vec<u8>, ProtocolError> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }
     fn str(&mut self) -> Result<String, ProtocolError> {
-        String::from_utf8(self.bytes()?).map_err(|_| ProtocolError::Malformed("a string is not UTF-8".into()))
+        String::from_utf8(self.bytes()?)
+            .map_err(|_| ProtocolError::Malformed("a string is not UTF-8".into()))
     }
     fn hash(&mut self) -> Result<Hash, ProtocolError> {
         Ok(self.take(32)?.try_into().expect("took 32"))

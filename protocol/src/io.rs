@@ -14,17 +14,23 @@ fn check_magic(buf: &[u8]) -> Option<Result<(), ProtocolError>> {
         return Some(if before.is_empty() {
             Ok(())
         } else {
-            Err(ProtocolError::Garbage { text: String::from_utf8_lossy(before).into_owned() })
+            Err(ProtocolError::Garbage {
+                text: String::from_utf8_lossy(before).into_owned(),
+            })
         });
     }
     if buf.len() >= MAGIC_SEARCH_LIMIT {
-        return Some(Err(ProtocolError::Garbage { text: String::from_utf8_lossy(&buf[..4096]).into_owned() }));
+        return Some(Err(ProtocolError::Garbage {
+            text: String::from_utf8_lossy(&buf[..4096]).into_owned(),
+        }));
     }
     None
 }
 
 fn closed(buf: &[u8]) -> ProtocolError {
-    ProtocolError::ClosedBeforeHandshake { text: String::from_utf8_lossy(buf).trim().to_string() }
+    ProtocolError::ClosedBeforeHandshake {
+        text: String::from_utf8_lossy(buf).trim().to_string(),
+    }
 }
 
 /// Waits for the collector's magic. Text before it becomes [`ProtocolError::Garbage`].
@@ -75,7 +81,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     while got < 4 {
         let n = r.read(&mut head[got..]).await?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(ProtocolError::Truncated) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(ProtocolError::Truncated)
+            };
         }
         got += n;
     }
@@ -91,7 +101,11 @@ pub fn read_frame_sync<R: Read>(r: &mut R) -> Result<Option<Frame>, ProtocolErro
     while got < 4 {
         let n = r.read(&mut head[got..])?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(ProtocolError::Truncated) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(ProtocolError::Truncated)
+            };
         }
         got += n;
     }
@@ -137,14 +151,19 @@ mod tests {
             Err(ProtocolError::Garbage { text }) => assert_eq!(text, "Welcome to Theta!\n"),
             other => panic!("{other:?}"),
         }
-        let e = read_magic_sync(&mut &b"bash: beamflow-collector: command not found\n"[..]).unwrap_err();
+        let e = read_magic_sync(&mut &b"bash: beamflow-collector: command not found\n"[..])
+            .unwrap_err();
         assert!(e.to_string().contains("command not found"), "{e}");
     }
 
     #[tokio::test]
     async fn async_stream_round_trip() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let f = Frame::Data { id: 1, offset: 2, bytes: vec![7; 1000] };
+        let f = Frame::Data {
+            id: 1,
+            offset: 2,
+            bytes: vec![7; 1000],
+        };
         write_frame(&mut a, &f).await.unwrap();
         drop(a);
         assert_eq!(read_frame(&mut b).await.unwrap(), Some(f));

@@ -60,25 +60,72 @@ mod tests {
 
     fn all_frames() -> Vec<Frame> {
         vec![
-            Frame::Hello { version: 1, client: "agent".into() },
-            Frame::Welcome { version: 1, server: "collector".into() },
-            Frame::Offer { id: 7, path: "a/b c/S_ä.tif".into(), size: 123, hash: [9; 32] },
-            Frame::HaveReply { id: 7, have: Have::Nothing },
-            Frame::HaveReply { id: 7, have: Have::Same },
-            Frame::HaveReply { id: 7, have: Have::Prefix { len: 5, hash: [1; 32] } },
-            Frame::Data { id: 7, offset: 99, bytes: vec![1, 2, 3] },
+            Frame::Hello {
+                version: 1,
+                client: "agent".into(),
+            },
+            Frame::Welcome {
+                version: 1,
+                server: "collector".into(),
+            },
+            Frame::Offer {
+                id: 7,
+                path: "a/b c/S_ä.tif".into(),
+                size: 123,
+                hash: [9; 32],
+            },
+            Frame::HaveReply {
+                id: 7,
+                have: Have::Nothing,
+            },
+            Frame::HaveReply {
+                id: 7,
+                have: Have::Same,
+            },
+            Frame::HaveReply {
+                id: 7,
+                have: Have::Prefix {
+                    len: 5,
+                    hash: [1; 32],
+                },
+            },
+            Frame::Data {
+                id: 7,
+                offset: 99,
+                bytes: vec![1, 2, 3],
+            },
             Frame::Done { id: 7 },
-            Frame::Abort { id: 7, reason: "changed".into() },
+            Frame::Abort {
+                id: 7,
+                reason: "changed".into(),
+            },
             Frame::Ack { id: 7 },
-            Frame::Nack { id: 7, code: ErrorCode::PathRefused, reason: "no".into() },
+            Frame::Nack {
+                id: 7,
+                code: ErrorCode::PathRefused,
+                reason: "no".into(),
+            },
             Frame::Submit {
                 stack: "s".into(),
                 version: 2,
                 workflow: "aligntk".into(),
-                files: vec![FileEntry { path: "s/a.tif".into(), size: 1, hash: [3; 32] }],
+                files: vec![FileEntry {
+                    path: "s/a.tif".into(),
+                    size: 1,
+                    hash: [3; 32],
+                }],
             },
-            Frame::Accepted { stack: "s".into(), version: 2, remote_id: 4, created: true, jobs: 3 },
-            Frame::Error { code: ErrorCode::Other(77), message: "x".into() },
+            Frame::Accepted {
+                stack: "s".into(),
+                version: 2,
+                remote_id: 4,
+                created: true,
+                jobs: 3,
+            },
+            Frame::Error {
+                code: ErrorCode::Other(77),
+                message: "x".into(),
+            },
             Frame::Bye,
         ]
     }

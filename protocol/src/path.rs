@@ -10,13 +10,19 @@ pub fn normalize_rel_path(p: &str) -> Result<String, String> {
         return Err(format!("path {p:?} contains a NUL byte"));
     }
     if p.starts_with('/') || p.starts_with('\\') {
-        return Err(format!("path {p:?} is absolute; only paths relative to the data root are accepted"));
+        return Err(format!(
+            "path {p:?} is absolute; only paths relative to the data root are accepted"
+        ));
     }
     let mut parts = Vec::new();
     for c in p.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err(format!("path {p:?} contains `..`; paths may not leave the data root")),
+            ".." => {
+                return Err(format!(
+                    "path {p:?} contains `..`; paths may not leave the data root"
+                ))
+            }
             c => parts.push(c),
         }
     }
@@ -33,7 +39,10 @@ mod tests {
     #[test]
     fn confines_paths() {
         assert_eq!(normalize_rel_path("a/./b//c.tif").unwrap(), "a/b/c.tif");
-        assert_eq!(normalize_rel_path("stack 1/S_ä.tif").unwrap(), "stack 1/S_ä.tif");
+        assert_eq!(
+            normalize_rel_path("stack 1/S_ä.tif").unwrap(),
+            "stack 1/S_ä.tif"
+        );
         assert!(normalize_rel_path("/etc/passwd").is_err());
         assert!(normalize_rel_path("a/../../x").is_err());
         assert!(normalize_rel_path("..").is_err());

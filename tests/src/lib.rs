@@ -1,1 +1,307 @@
+//! A small builder for end-to-end tests: a temporary site with a config, the real
+//! `beamflow-collector service` and `beamflow-agent run` processes, and helpers to wait for
+//! what a person would look at (`status --json`, `ls --json`).
+//!
+//! The binaries are the ones `cargo build --bins` put beside this test executable; the test
+//! command in the README builds them first.
 
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use beamflow_agent::synth::{write_tiff, Section};
+
+/// Path of a workspace binary, built by `cargo build --bins`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} is missing: run `cargo build --workspace --bins` before the tests (the README's test command does)", p.display());
+    p
+}
+
+/// A running child that is killed (SIGKILL) when dropped.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// What it is, for messages.
+    pub what: String,
+}
+
+impl Proc {
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    /// Sends SIGKILL and reaps it: a real crash.
+    pub fn kill9(&mut self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A throwaway site: config, watch root, data root, state.
+pub struct Site {
+    /// Keeps the folder alive.
+    pub tmp: tempfile::TempDir,
+    /// The site folder.
+    pub dir: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl Site {
+    /// A site with the embedded default config, except `settle` and any `extra` TOML lines
+    /// appended to the `[[watch]]` section.
+    pub fn new(settle: &str, extra_watch: &str) -> Site {
+        let tmp = tempfile::Builder::new()
+            .prefix("beamflow-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tmp.path().canonicalize().expect("canon");
+        let text = beamflow_config::EMBEDDED_LOCAL
+            .replace(
+                "settle = \"30s\"",
+                &format!("settle = \"{settle}\"\n{extra_watch}"),
+            )
+            .replace("retry_initial = \"1s\"", "retry_initial = \"300ms\"")
+            .replace("retry_max = \"5m\"", "retry_max = \"2s\"");
+        let config = dir.join("beamflow.toml");
+        std::fs::write(&config, text).expect("write config");
+        std::fs::create_dir_all(dir.join("incoming")).expect("incoming");
+        Site { tmp, dir, config }
+    }
+
+    /// The watch root.
+    pub fn incoming(&self) -> PathBuf {
+        self.dir.join("incoming")
+    }
+
+    /// The collector's data root.
+    pub fn remote(&self) -> PathBuf {
+        self.dir.join("remote")
+    }
+
+    fn spawn(&self, exe: &str, args: &[&str], log: &str) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(log))
+            .expect("log");
+        let child = Command::new(bin(exe))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("BEAMFLOW_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        Proc {
+            child,
+            what: format!("{exe} {}", args.join(" ")),
+        }
+    }
+
+    /// Starts `beamflow-collector service` and waits for its server-info.
+    pub fn start_service(&self) -> Proc {
+        let info = self.dir.join("state/server-info");
+        let _ = std::fs::remove_file(&info); // a killed service leaves it behind
+        let p = self.spawn("beamflow-collector", &["service"], "service.log");
+        wait_until(Duration::from_secs(20), "service server-info", || {
+            info.exists()
+        });
+        p
+    }
+
+    /// Starts `beamflow-agent run`.
+    pub fn start_agent(&self) -> Proc {
+        self.spawn("beamflow-agent", &["run"], "agent.log")
+    }
+
+    /// Runs a command to completion.
+    pub fn run(&self, exe: &str, args: &[&str]) -> Output {
+        Command::new(bin(exe))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run")
+    }
+
+    /// `beamflow-agent status --json`.
+    pub fn status(&self) -> Vec<Value> {
+        let out = self.run("beamflow-agent", &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("status json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The status entry of one stack, by its remote name.
+    pub fn stack(&self, name: &str) -> Option<Value> {
+        self.status().into_iter().find(|s| s["name"] == name)
+    }
+
+    /// Waits until the stack reaches `state`, panicking with the agent's log tail if not.
+    pub fn wait_state(&self, name: &str, state: &str, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.stack(name) {
+                if s["state"] == state {
+                    return s;
+                }
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "stack {name} did not reach {state} within {limit:?}; status: {:?}\n--- agent.log tail ---\n{}",
+                    self.stack(name),
+                    self.log_tail("agent.log")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Last lines of a log in the site folder.
+    pub fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `beamflow-collector ls --json`.
+    pub fn jobs(&self) -> Vec<Value> {
+        let out = self.run("beamflow-collector", &["ls", "--json"]);
+        assert!(
+            out.status.success(),
+            "ls failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("ls json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Writes `n` sections of `side`² pixels into `incoming/<stack>` as `S_0000.tif` …
+    pub fn write_stack(&self, stack: &str, n: u32, side: u32) -> PathBuf {
+        let d = self.incoming().join(stack);
+        std::fs::create_dir_all(&d).expect("stack dir");
+        for i in 0..n {
+            let s = Section {
+                width: side,
+                height: side,
+                seed: i as u64 + 7,
+                big: i % 2 == 1,
+                rows_per_strip: 16,
+            };
+            write_tiff(&d.join(format!("S_{i:04}.tif")), &s).expect("write section");
+        }
+        d
+    }
+}
+
+/// Polls `ok` until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts two folders hold the same regular files with the same bytes (hidden names aside).
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let list = |d: &Path| -> Vec<(String, String)> {
+        let mut v: Vec<_> = walkdir::WalkDir::new(d)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.')
+            })
+            .map(|e| {
+                let rel = e.path().strip_prefix(d).unwrap().display().to_string();
+                (
+                    rel,
+                    blake3::hash(&std::fs::read(e.path()).unwrap())
+                        .to_hex()
+                        .to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        list(a),
+        list(b),
+        "{} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
+/// Pids of the direct children of `pid` whose command line contains `needle`.
+pub fn children_matching(pid: i32, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // the parent pid is the 2nd field after the ")" that ends the command name
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<i32>().ok());
+        if ppid != Some(pid) {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd)
+            .replace('\0', " ")
+            .contains(needle)
+        {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,0 +1,336 @@
+//! End to end over the local transport: real `beamflow-agent run`, real
+//! `beamflow-collector service` and `serve` processes, real files.
+
+use beamflow_e2e::*;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn jobs_of(site: &Site, stack: &str) -> Vec<serde_json::Value> {
+    site.jobs()
+        .into_iter()
+        .filter(|j| j["stack"] == stack)
+        .collect()
+}
+
+/// The DAG of the built-in workflow: find_rst → register → align, each depending on the last.
+fn assert_one_aligntk_dag(site: &Site, stack: &str) {
+    let jobs = jobs_of(site, stack);
+    let names: Vec<_> = jobs
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["find_rst", "register", "align"],
+        "jobs of {stack}: {jobs:#?}"
+    );
+    assert_eq!(jobs[0]["parents"], serde_json::json!([]));
+    assert_eq!(jobs[1]["parents"], serde_json::json!([jobs[0]["id"]]));
+    assert_eq!(jobs[2]["parents"], serde_json::json!([jobs[1]["id"]]));
+    assert_eq!(jobs[0]["state"], "READY");
+    assert_eq!(jobs[1]["state"], "AWAITING_PARENTS");
+}
+
+#[test]
+fn a_finished_stack_is_copied_verified_and_registered_once() {
+    let site = Site::new("1s", "");
+    let _service = site.start_service();
+    let mut agent = site.start_agent();
+    let stack = site.write_stack("run 1/stäck α", 6, 96);
+    site.wait_state("run 1/stäck α", "submitted", LONG);
+    assert_same_tree(&stack, &site.remote().join("run 1/stäck α"));
+    assert_one_aligntk_dag(&site, "run 1/stäck α");
+
+    // a restarted agent reconciles and submits nothing new
+    agent.term();
+    let _agent = site.start_agent();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(site.stack("run 1/stäck α").unwrap()["state"], "submitted");
+    assert_eq!(
+        site.jobs().len(),
+        3,
+        "a restart must not create another DAG"
+    );
+}
+
+#[test]
+fn files_arriving_after_submission_make_a_new_version() {
+    let site = Site::new("1s", "");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let dir = site.write_stack("s", 3, 64);
+    site.wait_state("s", "submitted", LONG);
+    // rewriting a file with the same bytes is not a change
+    let same = std::fs::read(dir.join("S_0000.tif")).unwrap();
+    std::fs::write(dir.join("S_0000.tif"), &same).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(site.stack("s").unwrap()["version"], 1);
+    // a new section is
+    write_tiff(
+        &dir.join("S_0099.tif"),
+        &Section {
+            width: 64,
+            height: 64,
+            seed: 99,
+            big: false,
+            rows_per_strip: 8,
+        },
+    )
+    .unwrap();
+    wait_until(LONG, "version 2 submitted", || {
+        site.stack("s")
+            .is_some_and(|s| s["version"] == 2 && s["state"] == "submitted")
+    });
+    assert_same_tree(&dir, &site.remote().join("s"));
+    let jobs = jobs_of(&site, "s");
+    assert_eq!(jobs.len(), 6, "two versions, one DAG each: {jobs:#?}");
+    assert_eq!(jobs.iter().filter(|j| j["version"] == 2).count(), 3);
+}
+
+#[test]
+fn bad_stacks_are_held_with_the_file_and_the_fault() {
+    let site = Site::new("1s", "");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let inc = site.incoming();
+
+    // truncated section
+    let d = site.write_stack("truncated", 3, 64);
+    let f = d.join("S_0001.tif");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    // a PNG named .tif
+    let d = site.write_stack("not-a-tiff", 2, 64);
+    std::fs::write(d.join("S_0002.tif"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+    // a zero-byte section
+    let d = site.write_stack("zero", 2, 64);
+    std::fs::write(d.join("S_0005.tif"), b"").unwrap();
+    // one image only
+    site.write_stack("lonely", 1, 64);
+    // a symlink out of the watch root
+    let d = site.write_stack("escape", 2, 64);
+    let outside = site.dir.join("secret.tif");
+    write_tiff(
+        &outside,
+        &Section {
+            width: 8,
+            height: 8,
+            seed: 1,
+            big: false,
+            rows_per_strip: 8,
+        },
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, d.join("S_0009.tif")).unwrap();
+
+    let held = |name: &str| {
+        site.wait_state(name, "held", LONG)["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let r = held("truncated");
+    assert!(
+        r.starts_with("S_0001.tif: truncated:") && r.contains("file has"),
+        "{r}"
+    );
+    let r = held("not-a-tiff");
+    assert!(r.contains("S_0002.tif: not a TIFF file"), "{r}");
+    let r = held("zero");
+    assert!(r.contains("S_0005.tif: zero-byte file"), "{r}");
+    let r = held("lonely");
+    assert!(
+        r.contains("only 1 image") && r.contains("min_images"),
+        "{r}"
+    );
+    let r = held("escape");
+    assert!(
+        r.contains("S_0009.tif: symlink leads out of the watch root"),
+        "{r}"
+    );
+    for s in ["truncated", "not-a-tiff", "zero", "lonely", "escape"] {
+        assert!(
+            !site.remote().join(s).exists(),
+            "held stack {s} must not be sent"
+        );
+    }
+    assert!(site.jobs().is_empty());
+    assert!(!site.remote().join("escape/S_0009.tif").exists());
+    let _ = inc;
+
+    // repairing the file releases the stack
+    write_tiff(
+        &site.incoming().join("truncated/S_0001.tif"),
+        &Section {
+            width: 64,
+            height: 64,
+            seed: 8,
+            big: true,
+            rows_per_strip: 16,
+        },
+    )
+    .unwrap();
+    site.wait_state("truncated", "submitted", LONG);
+    assert_same_tree(
+        &site.incoming().join("truncated"),
+        &site.remote().join("truncated"),
+    );
+}
+
+#[test]
+fn a_stopped_collector_service_delays_but_loses_nothing() {
+    let site = Site::new("1s", "");
+    let _agent = site.start_agent();
+    let dir = site.write_stack("waits", 3, 64);
+    let s = site.wait_state("waits", "sent", LONG);
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("collector service is not running") && reason.contains("retrying"),
+        "{reason}"
+    );
+    // everything already crossed; only the submission waits
+    assert_same_tree(&dir, &site.remote().join("waits"));
+    let _service = site.start_service();
+    site.wait_state("waits", "submitted", LONG);
+    assert_one_aligntk_dag(&site, "waits");
+}
+
+#[test]
+fn push_sends_one_folder_and_is_idempotent() {
+    let site = Site::new("30s", "");
+    let _service = site.start_service();
+    let dir = site.write_stack("pushed", 4, 64);
+    let out = site.run("beamflow-agent", &["push", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("pushed v1: 4 files") && text.contains("3 jobs"),
+        "{text}"
+    );
+    let out = site.run("beamflow-agent", &["push", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("0 B sent, 4 already there") && text.contains("registered before"),
+        "{text}"
+    );
+    assert_one_aligntk_dag(&site, "pushed");
+    assert_eq!(site.jobs().len(), 3);
+
+    // a broken folder is refused by name, nothing is sent
+    let bad = site.write_stack("broken", 2, 64);
+    std::fs::write(bad.join("S_0001.tif"), b"II*\0\xff\xff\xff\x7f").unwrap();
+    let out = site.run("beamflow-agent", &["push", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("S_0001.tif: truncated"),
+        "{err}"
+    );
+    assert!(!site.remote().join("broken").exists());
+}
+
+#[test]
+fn push_with_no_service_says_what_to_do() {
+    let site = Site::new("30s", "");
+    let dir = site.write_stack("nobody", 2, 32);
+    let out = site.run(
+        "beamflow-agent",
+        &["push", "--attempts", "1", dir.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("collector service is not running")
+            && err.contains("beamflow-collector service --config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_key_and_line() {
+    let site = Site::new("1s", "");
+    let bad = site.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[agent]\nstate_dir = \"s\"\n\n[[watch]]\npath = \"in\"\nsettle = \"soon\"\n",
+    )
+    .unwrap();
+    for exe in ["beamflow-agent", "beamflow-collector"] {
+        let out = std::process::Command::new(bin(exe))
+            .args(["config", "check"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("bad.toml:6: key `settle`: invalid duration \"soon\""),
+            "{exe}: {err}"
+        );
+    }
+    std::fs::write(&bad, "[link]\ntransport = \"local\"\nchunk = 5\n").unwrap();
+    let out = std::process::Command::new(bin("beamflow-agent"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:3:") && err.contains("unknown field `chunk`"),
+        "{err}"
+    );
+    // the shipped default prints its effective settings
+    let out = std::process::Command::new(bin("beamflow-agent"))
+        .args(["config", "check"])
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("data_root"));
+}
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("beamflow-agent"))
+        .args([
+            "demo",
+            "--sections",
+            "4",
+            "--side",
+            "64",
+            "--settle",
+            "1s",
+            "--dir",
+        ])
+        .arg(tmp.path().join("demo"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "files                 4",
+        "find_rst   READY",
+        "register   AWAITING_PARENTS",
+        "align      AWAITING_PARENTS",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_same_tree(
+        &tmp.path().join("demo/incoming"),
+        &tmp.path().join("demo/remote"),
+    );
+}
