@@ -305,3 +305,40 @@ pub fn children_matching(pid: i32, needle: &str) -> Vec<i32> {
     }
     out
 }
+
+impl Site {
+    /// Writes `n` sections quickly: one synthetic section, copied with a few bytes changed
+    /// per copy so that every file differs. For tests that need volume, not variety.
+    pub fn write_big_stack(&self, stack: &str, n: u32, side: u32) -> PathBuf {
+        use std::os::unix::fs::FileExt;
+        let d = self.incoming().join(stack);
+        std::fs::create_dir_all(&d).expect("stack dir");
+        let first = d.join(".template");
+        write_tiff(
+            &first,
+            &Section {
+                width: side,
+                height: side,
+                seed: 5,
+                big: false,
+                rows_per_strip: 64,
+            },
+        )
+        .expect("section");
+        for i in 0..n {
+            // copy under a hidden name and rename: the stack sees only whole files
+            let tmp = d.join(format!(".S_{i:04}.tif.tmp"));
+            std::fs::copy(&first, &tmp).expect("copy");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .expect("open");
+            f.write_all_at(&(i as u64).to_le_bytes(), 64)
+                .expect("patch");
+            drop(f);
+            std::fs::rename(&tmp, d.join(format!("S_{i:04}.tif"))).expect("rename");
+        }
+        std::fs::remove_file(&first).expect("template");
+        d
+    }
+}
