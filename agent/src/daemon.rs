@@ -427,8 +427,8 @@ impl Daemon {
                 tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), "sending");
                 self.active = Some(dir.to_path_buf());
                 let (cfg, tx, d) = (self.cfg.clone(), self.tx.clone(), dir.to_path_buf());
-                tokio::spawn(async move {
-                    let report = transfer::send(&cfg, &job).await;
+                tokio::task::spawn_blocking(move || {
+                    let report = transfer::send(&cfg, &job);
                     let _ = tx.send(Msg::Done(d, Box::new(report)));
                 });
                 Ok(())

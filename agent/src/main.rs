@@ -107,7 +107,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?;
             init_logs(cfg.agent.log_format, "info");
-            runtime()?.block_on(daemon::run(cfg, shutdown_signal(), || {}))?;
+            let rt = runtime()?;
+            let result = rt.block_on(daemon::run(cfg, shutdown_signal(), || {}));
+            // a transfer thread still running is abandoned: its link dies with us and the
+            // journal resumes it at the next start
+            rt.shutdown_timeout(Duration::from_secs(2));
+            result?;
         }
         Cmd::Push {
             config,

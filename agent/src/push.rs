@@ -122,7 +122,8 @@ pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
     let mut wait = cfg.agent.retry_initial.0;
     for attempt in 1..=attempts.max(1) {
         journal.set_state(rec.id, StackState::Sending, "")?;
-        let report = transfer::send(cfg, &job).await;
+        let (c, j) = (cfg.clone(), job.clone());
+        let report = tokio::task::spawn_blocking(move || transfer::send(&c, &j)).await?;
         journal.mark_sent(
             rec.id,
             &report.acked,

@@ -1,7 +1,7 @@
 //! Moving one stack version to the collector and asking for its DAG.
 //!
 //! Offers for every file go out at once (no round trip per file); answers come back on a
-//! reader task while data flows. Each file is read in bounded chunks and hashed as it is
+//! reader thread while data flows. Each file is read in bounded chunks and hashed as it is
 //! sent: if its bytes no longer match the BLAKE3 the journal recorded, the file changed under
 //! us, the collector is told to drop it, and the stack goes back to waiting. Nothing counts
 //! as sent until the collector acknowledges it verified and durable.
@@ -10,13 +10,13 @@ use crate::journal::FileRecord;
 use crate::link::{Link, LinkError};
 use beamflow_config::Config;
 use beamflow_protocol::{
-    read_frame, write_frame, ErrorCode, FileEntry, Frame, Have, ProtocolError,
+    write_data_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Have, ProtocolError,
 };
 use std::collections::HashMap;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 /// One stack version to send.
 #[derive(Debug, Clone)]
@@ -132,28 +132,32 @@ fn broken(e: ProtocolError) -> TransferError {
     TransferError::Broken(e.to_string())
 }
 
+fn broken_io(e: std::io::Error) -> TransferError {
+    TransferError::Broken(e.to_string())
+}
+
 /// Hashes the first `len` bytes of a file, returning the hasher to continue with.
 fn hash_prefix(path: &Path, len: u64) -> std::io::Result<(u64, blake3::Hasher)> {
     let f = std::fs::File::open(path)?;
     let mut h = blake3::Hasher::new();
-    let n = std::io::copy(&mut std::io::Read::take(f, len), &mut h)?;
+    let n = std::io::copy(&mut f.take(len), &mut h)?;
     Ok((n, h))
 }
 
-struct Session {
-    rx: mpsc::UnboundedReceiver<Result<Frame, ProtocolError>>,
+struct Session<'a> {
+    frames: &'a mpsc::Receiver<Result<Frame, ProtocolError>>,
     have: HashMap<u64, Have>,
     acked: HashMap<u64, bool>,
     failed: Option<TransferError>,
     names: Vec<String>,
 }
 
-impl Session {
-    async fn next(&mut self) -> Result<Frame, TransferError> {
-        match self.rx.recv().await {
-            Some(Ok(f)) => Ok(f),
-            Some(Err(e)) => Err(broken(e)),
-            None => Err(TransferError::Broken(
+impl Session<'_> {
+    fn next(&mut self) -> Result<Frame, TransferError> {
+        match self.frames.recv() {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(e)) => Err(broken(e)),
+            Err(_) => Err(TransferError::Broken(
                 "the collector closed the link".into(),
             )),
         }
@@ -190,10 +194,20 @@ impl Session {
         }
         None
     }
+
+    /// Takes in whatever answers are already here, without waiting.
+    fn drain(&mut self) -> Result<(), TransferError> {
+        while let Ok(fr) = self.frames.try_recv() {
+            if let Some(other) = self.absorb(fr.map_err(broken)?) {
+                return Err(unexpected(other));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Sends `job` over a fresh link and submits it.
-pub async fn send(cfg: &Config, job: &Job) -> Report {
+/// Sends `job` over a fresh link and submits it. Blocking: run it on a blocking thread.
+pub fn send(cfg: &Config, job: &Job) -> Report {
     let start = Instant::now();
     let mut report = Report {
         acked: Vec::new(),
@@ -202,42 +216,30 @@ pub async fn send(cfg: &Config, job: &Job) -> Report {
         elapsed: Duration::ZERO,
         result: Err(TransferError::Broken(String::new())),
     };
-    report.result = run(cfg, job, &mut report).await;
+    report.result = run(cfg, job, &mut report);
     report.elapsed = start.elapsed();
     report
 }
 
-async fn run(cfg: &Config, job: &Job, report: &mut Report) -> Result<Accepted, TransferError> {
-    let link = Link::open(cfg).await?;
-    let (mut rd, mut wr, guard) = link.split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let reader = tokio::spawn(async move {
-        loop {
-            match read_frame(&mut rd).await {
-                Ok(Some(f)) => {
-                    if tx.send(Ok(f)).is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    break;
-                }
-            }
-        }
-    });
+fn run(cfg: &Config, job: &Job, report: &mut Report) -> Result<Accepted, TransferError> {
+    let mut link = Link::open(cfg)?;
     let mut s = Session {
-        rx,
+        frames: &link.frames,
         have: HashMap::new(),
         acked: HashMap::new(),
         failed: None,
         names: job.files.iter().map(|f| f.name.clone()).collect(),
     };
-    let result = exchange(cfg, job, &mut wr, &mut s, report).await;
+    let result = exchange(cfg, job, &mut link.writer, &mut s, report);
+    for (id, ok) in &s.acked {
+        if *ok {
+            report.acked.push(job.files[*id as usize].name.clone());
+        }
+    }
     let result = match result {
         Err(TransferError::Broken(m)) => {
-            let tail = guard.stderr.text();
+            std::thread::sleep(Duration::from_millis(50)); // let the far end's last words arrive
+            let tail = link.stderr.text();
             Err(TransferError::Broken(if tail.is_empty() {
                 m
             } else {
@@ -246,24 +248,15 @@ async fn run(cfg: &Config, job: &Job, report: &mut Report) -> Result<Accepted, T
         }
         other => other,
     };
-    for (id, ok) in &s.acked {
-        if *ok {
-            report.acked.push(job.files[*id as usize].name.clone());
-        }
-    }
-    let _ = write_frame(&mut wr, &Frame::Bye).await;
-    let _ = wr.flush().await;
-    drop(wr);
-    guard.finish().await;
-    reader.abort();
+    link.close();
     result
 }
 
-async fn exchange(
+fn exchange(
     cfg: &Config,
     job: &Job,
-    wr: &mut (impl AsyncWriteExt + Unpin),
-    s: &mut Session,
+    wr: &mut impl Write,
+    s: &mut Session<'_>,
     report: &mut Report,
 ) -> Result<Accepted, TransferError> {
     let chunk = cfg.link.chunk_size.0.clamp(4096, 8 << 20) as usize;
@@ -275,15 +268,15 @@ async fn exchange(
             size: f.size,
             hash: f.blake3,
         };
-        write_frame(wr, &offer).await.map_err(broken)?;
+        write_frame_sync(wr, &offer).map_err(broken)?;
     }
-    wr.flush().await.map_err(|e| broken(e.into()))?;
+    wr.flush().map_err(broken_io)?;
     let mut sent_ids = Vec::new();
     let mut buf = vec![0u8; chunk];
     for (i, f) in job.files.iter().enumerate() {
         let id = i as u64;
         while !s.have.contains_key(&id) {
-            let fr = s.next().await?;
+            let fr = s.next()?;
             if let Some(other) = s.absorb(fr) {
                 return Err(unexpected(other));
             }
@@ -299,31 +292,18 @@ async fn exchange(
                 continue;
             }
             Have::Nothing => (0, blake3::Hasher::new()),
-            Have::Prefix { len, hash } => {
-                let p = path.clone();
-                let mine = tokio::task::spawn_blocking(move || hash_prefix(&p, len))
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-                match mine {
-                    Some((n, h)) if n == len && *h.finalize().as_bytes() == hash => (len, h),
-                    _ => (0, blake3::Hasher::new()),
-                }
-            }
+            Have::Prefix { len, hash } => match hash_prefix(&path, len) {
+                Ok((n, h)) if n == len && *h.finalize().as_bytes() == hash => (len, h),
+                _ => (0, blake3::Hasher::new()),
+            },
         };
-        send_file(wr, id, f, &path, start, hasher, &mut buf, report).await?;
+        send_file(wr, id, f, &path, start, hasher, &mut buf, report)?;
         sent_ids.push(id);
-        // take in whatever answers are already here, without waiting
-        while let Ok(fr) = s.rx.try_recv() {
-            let fr = fr.map_err(broken)?;
-            if let Some(other) = s.absorb(fr) {
-                return Err(unexpected(other));
-            }
-        }
+        s.drain()?;
     }
-    wr.flush().await.map_err(|e| broken(e.into()))?;
+    wr.flush().map_err(broken_io)?;
     while sent_ids.iter().any(|id| !s.acked.contains_key(id)) {
-        let fr = s.next().await?;
+        let fr = s.next()?;
         if let Some(other) = s.absorb(fr) {
             return Err(unexpected(other));
         }
@@ -346,10 +326,10 @@ async fn exchange(
         workflow: job.workflow.clone(),
         files,
     };
-    write_frame(wr, &submit).await.map_err(broken)?;
-    wr.flush().await.map_err(|e| broken(e.into()))?;
+    write_frame_sync(wr, &submit).map_err(broken)?;
+    wr.flush().map_err(broken_io)?;
     loop {
-        match s.next().await? {
+        match s.next()? {
             Frame::Accepted {
                 remote_id,
                 created,
@@ -388,47 +368,48 @@ fn unexpected(f: Frame) -> TransferError {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn send_file(
-    wr: &mut (impl AsyncWriteExt + Unpin),
+fn send_file<W: Write>(
+    wr: &mut W,
     id: u64,
     f: &FileRecord,
     path: &Path,
     start: u64,
     mut hasher: blake3::Hasher,
-    buf: &mut Vec<u8>,
+    buf: &mut [u8],
     report: &mut Report,
 ) -> Result<(), TransferError> {
     let changed = |why: String| TransferError::Changed {
         file: f.name.clone(),
         why,
     };
-    let abort = |why: &str| Frame::Abort {
-        id,
-        reason: why.to_string(),
+    let abort = |wr: &mut W, why: &str| -> Result<(), TransferError> {
+        write_frame_sync(
+            wr,
+            &Frame::Abort {
+                id,
+                reason: why.to_string(),
+            },
+        )
+        .map_err(broken)
     };
-    let mut file = match tokio::fs::File::open(path).await {
+    let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) => {
-            write_frame(wr, &abort("cannot open"))
-                .await
-                .map_err(broken)?;
+            abort(wr, "cannot open")?;
             return Err(changed(format!("cannot open it: {e}")));
         }
     };
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start))
-            .await
             .map_err(|e| changed(e.to_string()))?;
     }
     let mut offset = start;
     loop {
-        let want = buf.len().min((f.size.saturating_sub(offset)) as usize + 1);
-        let n = match file.read(&mut buf[..want.max(1)]).await {
+        let n = match file.read(buf) {
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                write_frame(wr, &abort("read error"))
-                    .await
-                    .map_err(broken)?;
+                abort(wr, "read error")?;
                 return Err(changed(format!("read failed: {e}")));
             }
         };
@@ -436,32 +417,23 @@ async fn send_file(
             break;
         }
         if offset + n as u64 > f.size {
-            write_frame(wr, &abort("file grew")).await.map_err(broken)?;
+            abort(wr, "file grew")?;
             return Err(changed(format!(
                 "it grew past the {} bytes recorded",
                 f.size
             )));
         }
         hasher.update(&buf[..n]);
-        let frame = Frame::Data {
-            id,
-            offset,
-            bytes: buf[..n].to_vec(),
-        };
-        write_frame(wr, &frame).await.map_err(broken)?;
+        write_data_sync(wr, id, offset, &buf[..n]).map_err(broken)?;
         offset += n as u64;
         report.wire_bytes += n as u64;
     }
     if offset != f.size || *hasher.finalize().as_bytes() != f.blake3 {
-        write_frame(wr, &abort("content changed"))
-            .await
-            .map_err(broken)?;
+        abort(wr, "content changed")?;
         return Err(changed(format!(
             "{offset} bytes now, BLAKE3 differs from the one recorded"
         )));
     }
-    write_frame(wr, &Frame::Done { id }).await.map_err(broken)?;
+    write_frame_sync(wr, &Frame::Done { id }).map_err(broken)?;
     Ok(())
 }
-
-use tokio::io::AsyncSeekExt;

@@ -311,6 +311,29 @@ impl Frame {
         w.0
     }
 
+    /// Like [`Frame::decode`], but takes the body by value so that a data frame's bytes are
+    /// moved rather than copied (bulk data passes through here).
+    pub fn decode_owned(mut body: Vec<u8>) -> Result<Frame, ProtocolError> {
+        const HEAD: usize = 1 + 8 + 8 + 4;
+        if body.first() == Some(&5) && body.len() >= HEAD {
+            let mut r = Reader(&body[1..HEAD]);
+            let (id, offset, len) = (r.u64()?, r.u64()?, r.u32()? as usize);
+            if body.len() - HEAD != len {
+                return Err(ProtocolError::Malformed(format!(
+                    "data frame says {len} bytes but carries {}",
+                    body.len() - HEAD
+                )));
+            }
+            body.drain(..HEAD);
+            return Ok(Frame::Data {
+                id,
+                offset,
+                bytes: body,
+            });
+        }
+        Frame::decode(&body)
+    }
+
     /// Decodes the part after the length prefix (kind byte and payload).
     pub fn decode(body: &[u8]) -> Result<Frame, ProtocolError> {
         let mut r = Reader(body);
@@ -412,6 +435,18 @@ impl Frame {
         }
         Ok(f)
     }
+}
+
+/// The length prefix and header of a data frame carrying `len` bytes, so that senders can
+/// write the bytes straight from their read buffer instead of copying them into a frame.
+pub fn data_header(id: u64, offset: u64, len: usize) -> [u8; 25] {
+    let mut h = [0u8; 25];
+    h[..4].copy_from_slice(&((1 + 8 + 8 + 4 + len) as u32).to_be_bytes());
+    h[4] = 5;
+    h[5..13].copy_from_slice(&id.to_be_bytes());
+    h[13..21].copy_from_slice(&offset.to_be_bytes());
+    h[21..25].copy_from_slice(&(len as u32).to_be_bytes());
+    h
 }
 
 struct Writer(Vec<u8>);

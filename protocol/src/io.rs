@@ -111,7 +111,19 @@ pub fn read_frame_sync<R: Read>(r: &mut R) -> Result<Option<Frame>, ProtocolErro
     }
     let mut body = vec![0u8; frame_len(head)?];
     r.read_exact(&mut body).map_err(eof_is_truncation)?;
-    Frame::decode(&body).map(Some)
+    Frame::decode_owned(body).map(Some)
+}
+
+/// Writes a data frame without copying `bytes` into a frame first.
+pub fn write_data_sync<W: Write>(
+    w: &mut W,
+    id: u64,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), ProtocolError> {
+    w.write_all(&crate::frame::data_header(id, offset, bytes.len()))?;
+    w.write_all(bytes)?;
+    Ok(())
 }
 
 fn eof_is_truncation(e: std::io::Error) -> ProtocolError {

@@ -12,7 +12,8 @@ mod path;
 
 pub use frame::{ErrorCode, FileEntry, Frame, Hash, Have, MAX_FRAME};
 pub use io::{
-    read_frame, read_frame_sync, read_magic, read_magic_sync, write_frame, write_frame_sync,
+    read_frame, read_frame_sync, read_magic, read_magic_sync, write_data_sync, write_frame,
+    write_frame_sync,
 };
 pub use path::normalize_rel_path;
 
@@ -138,6 +139,34 @@ mod tests {
             assert_eq!(len, bytes.len() - 4);
             assert_eq!(Frame::decode(&bytes[4..]).unwrap(), f);
         }
+    }
+
+    #[test]
+    fn data_written_without_copy_reads_back() {
+        let mut out = Vec::new();
+        write_data_sync(&mut out, 3, 9, b"abcdef").unwrap();
+        assert_eq!(
+            out,
+            Frame::Data {
+                id: 3,
+                offset: 9,
+                bytes: b"abcdef".to_vec()
+            }
+            .encode()
+        );
+        let f = read_frame_sync(&mut &out[..]).unwrap().unwrap();
+        assert_eq!(
+            f,
+            Frame::Data {
+                id: 3,
+                offset: 9,
+                bytes: b"abcdef".to_vec()
+            }
+        );
+        // a data frame whose inner length disagrees with the frame length is refused
+        let mut bad = out.clone();
+        bad[24] = 7;
+        assert!(read_frame_sync(&mut &bad[..]).is_err());
     }
 
     #[test]

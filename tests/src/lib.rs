@@ -15,9 +15,16 @@ pub use beamflow_agent::synth::{write_tiff, Section};
 /// Path of a workspace binary, built by `cargo build --bins`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
+    // tests live in target/<profile>/deps/, tools beside the binaries in target/<profile>/
+    let beside = exe.with_file_name(name);
+    let p = if beside.is_file() {
+        beside
+    } else {
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join(name)
+    };
     assert!(p.is_file(), "{} is missing: run `cargo build --workspace --bins` before the tests (the README's test command does)", p.display());
     p
 }

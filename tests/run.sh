@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of beamflow: unit tests beside the code and the end-to-end tests in tests/
+# that drive the real binaries. Installs what the tests need on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real parts the tests start or compare against. Missing ones are installed when we can; under
+# CI a part that cannot be installed fails the run rather than skipping tests.
+need_pkgs=()
+command -v cc >/dev/null || need_pkgs+=(gcc)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+  else
+    echo "tests/run.sh: missing packages ${need_pkgs[*]}; install them (apt-get install ${need_pkgs[*]})" >&2
+    exit 1
+  fi
+fi
+
+cargo build --workspace --bins --locked
+cargo test --workspace --locked -- --test-threads="${BEAMFLOW_TEST_THREADS:-4}"
