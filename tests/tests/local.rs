@@ -334,3 +334,53 @@ fn the_demo_runs_end_to_end() {
         &tmp.path().join("demo/remote"),
     );
 }
+
+#[test]
+fn the_service_api_needs_the_token_from_a_private_server_info() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new("1s", "");
+    let _service = site.start_service();
+    let info_path = site.dir.join("state/server-info");
+    let mode = std::fs::metadata(&info_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "server-info holds the API token and must be private"
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    let addr = info["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let get = |auth: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let no = get("");
+    assert!(no.starts_with("HTTP/1.1 401"), "{no}");
+    assert!(
+        no.contains("server-info"),
+        "the refusal says where the token is: {no}"
+    );
+    assert!(get("Authorization: Bearer wrong\r\n").starts_with("HTTP/1.1 401"));
+    let token = info["token"].as_str().unwrap();
+    let yes = get(&format!("Authorization: Bearer {token}\r\n"));
+    assert!(yes.starts_with("HTTP/1.1 200"), "{yes}");
+    // a second service on the same state folder is refused, not run alongside
+    let out = site.run("beamflow-collector", &["service"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already owns"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
