@@ -57,6 +57,10 @@ pub struct DemoReport {
     pub latency: Duration,
     /// Jobs the collector lists for the stack: (name, state, parents).
     pub jobs: Vec<(String, String, Vec<u64>)>,
+    /// From the DAG accepted to every job finished.
+    pub run_time: Duration,
+    /// The workflow that ran.
+    pub workflow: String,
 }
 
 struct Service(Child);
@@ -78,11 +82,26 @@ impl Drop for Service {
     }
 }
 
-fn demo_config(settle: Duration) -> String {
-    EMBEDDED_LOCAL.replace(
-        "settle = \"30s\"",
-        &format!("settle = \"{}\"", humantime::format_duration(settle)),
-    )
+/// AlignTK's folder when its binaries are there: `ALIGNTK_BIN`, else wherever PATH finds find_rst.
+pub fn aligntk_bin() -> Option<PathBuf> {
+    let has_all = |d: &Path| ["find_rst", "register", "align"].iter().all(|b| d.join(b).is_file());
+    if let Some(d) = std::env::var_os("ALIGNTK_BIN").map(PathBuf::from) {
+        return has_all(&d).then_some(d);
+    }
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).find(|d| has_all(d)))
+}
+
+fn demo_config(settle: Duration, aligntk: Option<&Path>) -> String {
+    let mut text = EMBEDDED_LOCAL
+        .replace("settle = \"30s\"", &format!("settle = \"{}\"", humantime::format_duration(settle)))
+        .replace("poll_interval = \"2s\"", "poll_interval = \"300ms\"")
+        .replace("idle_exit = \"30s\"", "idle_exit = \"3s\"")
+        .replace("poll = \"1s\"", "poll = \"200ms\"");
+    match aligntk {
+        Some(bin) => text.push_str(&format!("\n[workflows.aligntk]\nbin = \"{}\"\n", bin.display())),
+        None => text = text.replace("workflow = \"aligntk\"", "workflow = \"qa\""),
+    }
+    text
 }
 
 /// Runs the demo and returns its numbers.
@@ -98,7 +117,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             .keep(),
     };
     let cfg_path = dir.join("beamflow.toml");
-    std::fs::write(&cfg_path, demo_config(opts.settle))?;
+    let aligntk = aligntk_bin();
+    std::fs::write(&cfg_path, demo_config(opts.settle, aligntk.as_deref()))?;
     std::fs::create_dir_all(dir.join("incoming"))?;
     let cfg = Config::load(&cfg_path)?;
 
@@ -190,20 +210,27 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         );
     };
     let client = Client::from_state_dir(&cfg.collector.state_dir)?;
-    let jobs = client
-        .jobs(Some(&rec.name), None)?
-        .into_iter()
-        .map(|j| (j.name, j.state, j.parents))
-        .collect();
+    let accepted = Instant::now();
+    let jobs = loop {
+        let jobs = client.jobs(Some(&rec.name), None)?;
+        let done = !jobs.is_empty() && jobs.iter().all(|j| j.state == "JOB_FINISHED");
+        let failed: Vec<String> = jobs.iter().filter(|j| j.state == "FAILED").map(|j| format!("{}: {}", j.name, j.reason)).collect();
+        if !failed.is_empty() {
+            bail!("a job failed: {}; see {}", failed.join("; "), dir.join("work").display());
+        }
+        if done {
+            break jobs;
+        }
+        if accepted.elapsed() > Duration::from_secs(300) {
+            let states: Vec<String> = jobs.iter().map(|j| format!("{} {}", j.name, j.state)).collect();
+            bail!("the jobs did not finish within 5 minutes: {}", states.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let run_time = accepted.elapsed();
+    let jobs = jobs.into_iter().map(|j| (j.name, j.state, j.parents)).collect();
     drop(service);
-    Ok(DemoReport {
-        dir,
-        files: rec.files,
-        bytes: rec.bytes,
-        send_secs: rec.send_secs,
-        latency,
-        jobs,
-    })
+    Ok(DemoReport { dir, files: rec.files, bytes: rec.bytes, send_secs: rec.send_secs, latency, jobs, run_time, workflow: rec.workflow })
 }
 
 async fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
@@ -241,7 +268,13 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         r.latency.as_secs_f64(),
         humantime::format_duration(settle)
     ));
-    out.push_str("  jobs registered:\n");
+    out.push_str(&format!("  DAG accepted -> done   {:.2} s (workflow `{}`, run by a local launcher)\n\n", r.run_time.as_secs_f64(), r.workflow));
+    if r.workflow == "qa" {
+        out.push_str("  AlignTK was not found, so the `qa` workflow ran (the quality check that starts every\n");
+        out.push_str("  AlignTK workflow). Put find_rst, register and align on PATH or set ALIGNTK_BIN to run\n");
+        out.push_str("  qa -> find_rst -> register -> align instead.\n\n");
+    }
+    out.push_str("  jobs:\n");
     for (name, state, parents) in &r.jobs {
         let p = if parents.is_empty() {
             String::new()
@@ -258,10 +291,8 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         out.push_str(&format!("    {name:<10} {state}{p}\n"));
     }
     out.push_str(&format!(
-        "\nWhere to look:\n  {}/incoming   the watched folder\n  {}/remote     what the collector received\n  {}/state      journal (agent.db) and database (collector.db)\n",
-        r.dir.display(),
-        r.dir.display(),
-        r.dir.display()
+        "\nWhere to look:\n  {d}/incoming   the watched folder\n  {d}/remote     what the collector received\n  {d}/work       one work folder per stack version (qa.json, job output)\n  {d}/state      journal (agent.db) and database (collector.db)\n",
+        d = r.dir.display()
     ));
     out.push_str(&format!(
         "  beamflow-agent status --config {}\n",
@@ -271,5 +302,3 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
     out
 }
 
-#[allow(dead_code)]
-fn _assert_path(_: &Path) {}

@@ -26,6 +26,8 @@ pub struct PlannedJob {
     pub cpu_affinity: String,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// Summary file to check after a zero exit.
+    pub check_summary: Option<String>,
 }
 
 /// What the placeholders are filled with.
@@ -37,6 +39,8 @@ pub struct StackFacts<'a> {
     pub images_dir: &'a str,
     /// Image file names, sorted.
     pub images: &'a [String],
+    /// This program, for built-in steps (`{collector} qa …`).
+    pub collector: &'a str,
 }
 
 fn stem(name: &str) -> &str {
@@ -62,6 +66,7 @@ pub fn plan(wf: &Workflow, facts: &StackFacts<'_>) -> Vec<PlannedJob> {
                 ("{first}", first),
                 ("{last}", last),
                 ("{count}", &facts.images.len().to_string()),
+                ("{collector}", facts.collector),
             ] {
                 cmd = cmd.replace(k, v);
             }
@@ -74,6 +79,7 @@ pub fn plan(wf: &Workflow, facts: &StackFacts<'_>) -> Vec<PlannedJob> {
                 threads_per_rank: s.threads_per_rank,
                 cpu_affinity: s.cpu_affinity.clone(),
                 env: s.env.clone(),
+                check_summary: s.check_summary.clone(),
             }
         })
         .collect()
@@ -90,27 +96,15 @@ mod tests {
         let cfg = Config::parse("", Path::new("x")).unwrap();
         let wf = &cfg.workflows["aligntk"];
         let images = vec!["S_0007.tif".to_string(), "S_0008.tif".to_string()];
-        let jobs = plan(
-            wf,
-            &StackFacts {
-                stack: "s",
-                images_dir: "/d/s",
-                images: &images,
-            },
-        );
-        assert_eq!(jobs.len(), 3);
-        assert_eq!(jobs[1].parents, ["find_rst"]);
-        assert_eq!(jobs[2].parents, ["register"]);
-        assert!(
-            jobs[2].command.contains("-fixed S_0007"),
-            "{}",
-            jobs[2].command
-        );
-        assert!(
-            jobs[0].command.starts_with("find_rst "),
-            "{}",
-            jobs[0].command
-        );
-        assert!(jobs[2].command.contains("-maps maps/ "));
+        let facts = StackFacts { stack: "s", images_dir: "/d/s", images: &images, collector: "/bin/bc" };
+        let jobs = plan(wf, &facts);
+        assert_eq!(jobs.len(), 4);
+        assert_eq!(jobs[0].command, "/bin/bc qa images --out qa.json");
+        assert_eq!(jobs[2].parents, ["find_rst"]);
+        assert_eq!(jobs[3].parents, ["register"]);
+        assert!(jobs[3].command.contains("-fixed S_0007"), "{}", jobs[3].command);
+        assert!(jobs[1].command.starts_with("find_rst "), "{}", jobs[1].command);
+        assert!(jobs[3].command.contains("-maps maps/ "));
+        assert_eq!(jobs[2].check_summary.as_deref(), Some("maps/summary.out"));
     }
 }

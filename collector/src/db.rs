@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS stacks (
     digest TEXT NOT NULL,
     files TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    prepared INTEGER NOT NULL DEFAULT 0,
     UNIQUE (name, version)
 );
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,7 +52,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     threads_per_rank INTEGER NOT NULL,
     cpu_affinity TEXT NOT NULL,
     env TEXT NOT NULL,
+    check_summary TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
+    launcher_id INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
     UNIQUE (stack_id, name)
 );
 CREATE TABLE IF NOT EXISTS job_parents (
@@ -68,6 +72,19 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS events_by_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS launchers (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    scheduler TEXT NOT NULL,
+    batch_id TEXT NOT NULL DEFAULT '',
+    nodes INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    submitted_at TEXT NOT NULL,
+    heartbeat_at REAL,
+    ended_at TEXT
+);
 ";
 
 /// A new submission, as `serve` forwards it.
@@ -91,10 +108,10 @@ pub struct NewStack<'a> {
 
 /// The database handle owned by the service.
 pub struct Db {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
@@ -165,7 +182,8 @@ impl Db {
             };
             tx.execute(
                 "INSERT INTO jobs (stack_id, name, state, command, work_dir, nodes, ranks_per_node,
-                 threads_per_rank, cpu_affinity, env) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 threads_per_rank, cpu_affinity, env, check_summary, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     stack_id,
                     j.name,
@@ -177,6 +195,8 @@ impl Db {
                     j.threads_per_rank,
                     j.cpu_affinity,
                     serde_json::to_string(&j.env).unwrap_or_else(|_| "{}".into()),
+                    j.check_summary,
+                    if j.parents.is_empty() { "no parents".to_string() } else { format!("waits for {}", j.parents.join(", ")) },
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -209,15 +229,24 @@ impl Db {
 
     /// Jobs, optionally filtered by stack name and state.
     pub fn jobs(&self, stack: Option<&str>, state: Option<&str>) -> Result<Vec<JobRow>, DbError> {
+        self.jobs_where(stack, state, None)
+    }
+
+    /// One job.
+    pub fn job(&self, id: u64) -> Result<Option<JobRow>, DbError> {
+        Ok(self.jobs_where(None, None, Some(id))?.pop())
+    }
+
+    fn jobs_where(&self, stack: Option<&str>, state: Option<&str>, id: Option<u64>) -> Result<Vec<JobRow>, DbError> {
         let mut st = self.conn.prepare(
             "SELECT j.id, s.name, s.version, j.name, j.state, j.nodes, j.ranks_per_node,
-                    j.threads_per_rank, j.cpu_affinity, j.command
+                    j.threads_per_rank, j.cpu_affinity, j.command, j.attempts, j.reason, j.launcher_id
              FROM jobs j JOIN stacks s ON s.id = j.stack_id
-             WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR j.state = ?2)
+             WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR j.state = ?2) AND (?3 IS NULL OR j.id = ?3)
              ORDER BY j.id",
         )?;
         let mut rows: Vec<JobRow> = st
-            .query_map(params![stack, state], |r| {
+            .query_map(params![stack, state, id.map(|v| v as i64)], |r| {
                 Ok(JobRow {
                     id: r.get::<_, i64>(0)? as u64,
                     stack: r.get(1)?,
@@ -230,6 +259,9 @@ impl Db {
                     threads_per_rank: r.get(7)?,
                     cpu_affinity: r.get(8)?,
                     command: r.get(9)?,
+                    attempts: r.get(10)?,
+                    reason: r.get(11)?,
+                    launcher: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
                 })
             })?
             .collect::<Result<_, _>>()?;

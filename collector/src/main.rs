@@ -1,7 +1,7 @@
 //! `beamflow-collector`: parses arguments and calls the library.
 
 use anyhow::{Context, Result};
-use beamflow_collector::{api::Client, cli, receive, service};
+use beamflow_collector::{api::Client, cli, launcher, qa, receive, service};
 use beamflow_config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -47,6 +47,57 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stacks with their jobs per state, launchers, and what needs a person.
+    Status {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every state change of one job, with times and reasons.
+    History {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Job id (from `ls`).
+        job: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a FAILED, USER_KILLED, RUN_ERROR or RUN_TIMEOUT job back in line.
+    Retry {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Job id.
+        job: u64,
+    },
+    /// Stop a job for good (a running one is ended by its launcher).
+    Kill {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Job id.
+        job: u64,
+    },
+    /// Run jobs inside a batch allocation (started by the service's batch script).
+    Launcher {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Queue whose settings apply.
+        #[arg(long)]
+        queue: String,
+        /// The launcher id the service gave this allocation.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Quality check of a stack: readable, same size and depth, no blank or saturated frame.
+    Qa {
+        /// Folder of images.
+        dir: PathBuf,
+        /// Where to write the report.
+        #[arg(long, default_value = "qa.json")]
+        out: PathBuf,
+    },
     /// Check a config file and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -62,6 +113,11 @@ enum ConfigCmd {
 
 fn load(path: &Path) -> Result<Config> {
     Ok(Config::load(path)?)
+}
+
+fn client(config: &Path) -> Result<Client> {
+    let cfg = load(config)?;
+    Ok(Client::from_state_dir(&cfg.collector.state_dir)?)
 }
 
 fn init_logs(format: LogFormat) {
@@ -119,6 +175,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", cli::jobs_table(&jobs));
             }
+        }
+        Cmd::Status { config, json } => {
+            let st = client(&config)?.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", cli::status_text(&st));
+            }
+        }
+        Cmd::History { config, job, json } => {
+            let ev = client(&config)?.history(job)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ev)?);
+            } else {
+                print!("{}", cli::history_text(&ev));
+            }
+        }
+        Cmd::Retry { config, job } => {
+            let j = client(&config)?.retry(job)?;
+            println!("job {} ({} of {}) is {}", j.id, j.name, j.stack, j.state);
+        }
+        Cmd::Kill { config, job } => {
+            let j = client(&config)?.kill(job)?;
+            println!("job {} ({} of {}) is {}", j.id, j.name, j.stack, j.state);
+        }
+        Cmd::Launcher { config, queue, id } => {
+            let cfg = load(&config)?;
+            init_logs(cfg.agent.log_format);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+                signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handlers")?;
+            }
+            launcher::run(&cfg, &queue, id, stop)?;
+        }
+        Cmd::Qa { dir, out } => {
+            let report = qa::check_dir(&dir).map_err(anyhow::Error::msg)?;
+            std::fs::write(&out, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", out.display()))?;
+            if !report.bad.is_empty() {
+                for (f, why) in &report.bad {
+                    eprintln!("{f}: {why}");
+                }
+                anyhow::bail!(
+                    "{} of {} sections failed the quality check (details in {})",
+                    report.bad.len(),
+                    report.bad.len() + report.sections.len(),
+                    out.display()
+                );
+            }
+            println!("{} sections passed the quality check ({})", report.sections.len(), out.display());
         }
         Cmd::Config {
             cmd: ConfigCmd::Check { file },

@@ -1,10 +1,14 @@
 //! `beamflow-collector service`: the long-running daemon that owns the database and serves
 //! the HTTP API that `serve`, the CLI (and later launchers) use.
 
-use crate::api::{ErrorBody, ServerInfo, SubmitRequest, SubmitResponse, SERVER_INFO};
+use crate::api::{
+    AcquireRequest, AcquireResponse, ErrorBody, EventRow, JobRow, LauncherStart, ReportRequest, ServerInfo, StatusResponse,
+    SubmitRequest, SubmitResponse, SERVER_INFO,
+};
 use crate::dag::{plan, StackFacts};
 use crate::db::{Db, DbError, NewStack};
-use axum::extract::{Query, State};
+use crate::engine::Engine;
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -61,6 +65,7 @@ struct AppState {
     db: Arc<Mutex<Db>>,
     token: Arc<String>,
     cfg: Arc<Config>,
+    engine: Arc<Engine>,
 }
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
@@ -159,23 +164,52 @@ pub async fn run(
     write_server_info(&state_dir, &info).map_err(io(&state_dir.join(SERVER_INFO)))?;
     tracing::info!(url = %info.url, db = %db_path.display(), "collector service listening");
 
-    let state = AppState {
-        db: Arc::new(Mutex::new(db)),
-        token: Arc::new(token),
-        cfg: Arc::new(cfg),
+    let db = Arc::new(Mutex::new(db));
+    if let Ok(mut d) = db.lock() {
+        // launchers that kept running while the service was down get a full heartbeat period
+        let _ = d.refresh_heartbeats();
+    }
+    let cfg = Arc::new(cfg);
+    let engine = Arc::new(Engine::new(cfg.clone(), db.clone()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (engine, stop, every) = (engine.clone(), stop.clone(), cfg.service.poll_interval.0);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                engine.tick();
+                let until = std::time::Instant::now() + every;
+                while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        })
     };
+    let state = AppState { db, token: Arc::new(token), cfg, engine };
     let app = Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/stacks", post(submit).get(list_stacks))
         .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/jobs/{id}/retry", post(job_retry))
+        .route("/v1/jobs/{id}/kill", post(job_kill))
+        .route("/v1/jobs/{id}/report", post(job_report))
+        .route("/v1/launchers/{id}/start", post(launcher_start))
+        .route("/v1/launchers/{id}/acquire", post(launcher_acquire))
+        .route("/v1/launchers/{id}/end", post(launcher_end))
+        .route("/v1/status", get(status))
         .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = ticker.join();
     let _ = std::fs::remove_file(state_dir.join(SERVER_INFO));
     drop(lock);
     tracing::info!("collector service stopped");
     result.map_err(ServiceError::Serve)
+}
+
+/// This program's path, for built-in steps that run `beamflow-collector qa` in a launcher.
+pub(crate) fn collector_exe() -> String {
+    std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "beamflow-collector".into())
 }
 
 /// Digest that identifies a stack version's content: equal digests are the same submission.
@@ -262,6 +296,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
             stack: &stack,
             images_dir: &dir_s,
             images: &images,
+            collector: &collector_exe(),
         },
     );
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());
@@ -332,4 +367,118 @@ async fn list_stacks(
     db.stacks()
         .map(Json)
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn locked(st: &AppState) -> Result<std::sync::MutexGuard<'_, Db>, (StatusCode, Json<ErrorBody>)> {
+    st.db.lock().map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned; restart the service"))
+}
+
+fn internal(e: DbError) -> (StatusCode, Json<ErrorBody>) {
+    fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn job_events(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> ApiResult<Vec<EventRow>> {
+    check_token(&headers, &st.token)?;
+    let db = locked(&st)?;
+    if db.job(id).map_err(internal)?.is_none() {
+        return Err(fail(StatusCode::NOT_FOUND, format!("no job {id}; `beamflow-collector ls` lists them")));
+    }
+    db.events(id).map(Json).map_err(internal)
+}
+
+fn job_action(st: &AppState, id: u64, retry: bool) -> ApiResult<JobRow> {
+    let mut db = locked(st)?;
+    let Some(job) = db.job(id).map_err(internal)? else {
+        return Err(fail(StatusCode::NOT_FOUND, format!("no job {id}; `beamflow-collector ls` lists them")));
+    };
+    let ok = if retry { db.retry(id) } else { db.kill(id) }.map_err(internal)?;
+    if !ok {
+        let what = if retry { "retried (only FAILED, USER_KILLED, RUN_ERROR or RUN_TIMEOUT jobs can be)" } else { "killed (it already ended)" };
+        return Err(fail(StatusCode::CONFLICT, format!("job {id} is {} and cannot be {what}", job.state)));
+    }
+    db.job(id).map_err(internal)?.map(Json).ok_or_else(|| fail(StatusCode::NOT_FOUND, "job vanished"))
+}
+
+async fn job_retry(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> ApiResult<JobRow> {
+    check_token(&headers, &st.token)?;
+    job_action(&st, id, true)
+}
+
+async fn job_kill(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> ApiResult<JobRow> {
+    check_token(&headers, &st.token)?;
+    job_action(&st, id, false)
+}
+
+async fn job_report(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+    Json(r): Json<ReportRequest>,
+) -> ApiResult<serde_json::Value> {
+    check_token(&headers, &st.token)?;
+    let applied = locked(&st)?.report(id, &r).map_err(internal)?;
+    Ok(Json(serde_json::json!({ "applied": applied })))
+}
+
+async fn launcher_start(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+    Json(r): Json<LauncherStart>,
+) -> ApiResult<serde_json::Value> {
+    check_token(&headers, &st.token)?;
+    if !locked(&st)?.launcher_started(id, r.nodes.len(), &r.host).map_err(internal)? {
+        return Err(fail(StatusCode::GONE, format!("launcher {id} is unknown or already ended; exit")));
+    }
+    tracing::info!(launcher = id, host = %r.host, nodes = r.nodes.len(), "launcher started");
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+async fn launcher_acquire(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+    Json(r): Json<AcquireRequest>,
+) -> ApiResult<AcquireResponse> {
+    check_token(&headers, &st.token)?;
+    locked(&st)?.acquire(id, r.free_nodes, r.max_jobs, &r.running).map(Json).map_err(internal)
+}
+
+async fn launcher_end(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+    Json(r): Json<serde_json::Value>,
+) -> ApiResult<serde_json::Value> {
+    check_token(&headers, &st.token)?;
+    let reason = r.get("reason").and_then(|v| v.as_str()).unwrap_or("ended").to_string();
+    locked(&st)?.end_launcher(id, "FINISHED", &format!("exited: {reason}")).map_err(internal)?;
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<StatusResponse> {
+    check_token(&headers, &st.token)?;
+    let db = locked(&st)?;
+    let stacks = db.stack_status().map_err(internal)?;
+    let all = db.launchers(&[], None).map_err(internal)?;
+    // the live ones and the last few that ended
+    let ended = all.iter().filter(|l| l.state == "FINISHED" || l.state == "LOST").count();
+    let mut skip = ended.saturating_sub(5);
+    let launchers = all
+        .into_iter()
+        .filter(|l| {
+            if skip > 0 && (l.state == "FINISHED" || l.state == "LOST") {
+                skip -= 1;
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    let mut notes = st.engine.notes.lock().map(|n| n.clone()).unwrap_or_default();
+    let failed = db.jobs(None, Some("FAILED")).map_err(internal)?;
+    for j in failed.iter().take(10) {
+        notes.push(format!("job {} ({} of {}) is FAILED: {}; `beamflow-collector retry {}` after fixing it", j.id, j.name, j.stack, j.reason, j.id));
+    }
+    Ok(Json(StatusResponse { stacks, launchers, notes }))
 }

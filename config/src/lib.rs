@@ -67,9 +67,12 @@ pub struct Config {
     /// The collector's long-running service.
     #[serde(default)]
     pub service: ServiceSection,
-    /// Named workflows; `aligntk` and `qa` exist even when not written here.
+    /// Named workflows; `aligntk`, `aligntk-apply` and `qa` exist even when not written here.
     #[serde(default)]
     pub workflows: BTreeMap<String, Workflow>,
+    /// Batch queues the service keeps launchers in; `default` (local) exists if none is written.
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueSection>,
     /// The file this was loaded from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -260,6 +263,12 @@ pub struct ServiceSection {
     pub listen: SocketAddr,
     /// Each stack version gets a work folder under this one.
     pub work_root: PathBuf,
+    /// How often the service advances jobs, polls schedulers and applies the queue policy.
+    pub poll_interval: Dur,
+    /// A launcher silent for this long is declared lost and its jobs time out.
+    pub heartbeat_timeout: Dur,
+    /// Runs a job gets before a run error holds it as FAILED.
+    pub max_attempts: u32,
 }
 
 impl Default for ServiceSection {
@@ -267,8 +276,83 @@ impl Default for ServiceSection {
         ServiceSection {
             listen: "127.0.0.1:0".parse().expect("valid literal address"),
             work_root: PathBuf::from("work"),
+            poll_interval: Dur::secs(2),
+            heartbeat_timeout: Dur::secs(60),
+            max_attempts: 3,
         }
     }
+}
+
+/// `[queues.NAME]`: one batch queue and the policy for keeping launchers in it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSection {
+    /// `local` (a child process), `slurm`, `pbs` (Polaris, Aurora) or `cobalt` (Theta).
+    pub scheduler: SchedulerKind,
+    /// Whether the service may submit launchers here at all.
+    pub submit: bool,
+    /// Launchers queued or running here at once, at most.
+    pub max_queued: u32,
+    /// Smallest allocation to ask for.
+    pub min_nodes: u32,
+    /// Largest allocation to ask for.
+    pub max_nodes: u32,
+    /// Wall time of each launcher's allocation.
+    pub walltime: Dur,
+    /// Project (account) to charge.
+    pub project: String,
+    /// The scheduler's queue or partition name; empty for its default.
+    pub queue: String,
+    /// How a job is started inside the allocation; empty for the scheduler's usual
+    /// (`srun`, `mpiexec`, `aprun`, or directly). Placeholders: `{command}`, `{nodes}`,
+    /// `{ranks}`, `{ranks_per_node}`, `{threads}`, `{affinity}`, `{hostfile}`.
+    pub launch: String,
+    /// Local scheduler only: job slots the launcher offers (0 = one per CPU).
+    pub slots: u32,
+    /// A launcher with nothing to do for this long exits.
+    pub idle_exit: Dur,
+    /// How often a launcher asks for work and reports that it is alive.
+    pub poll: Dur,
+    /// Stop launching this long before the wall time; running jobs are ended then too.
+    pub walltime_margin: Dur,
+    /// Extra arguments for the submit command.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        QueueSection {
+            scheduler: SchedulerKind::Local,
+            submit: true,
+            max_queued: 1,
+            min_nodes: 1,
+            max_nodes: 1,
+            walltime: Dur::secs(3600),
+            project: String::new(),
+            queue: String::new(),
+            launch: String::new(),
+            slots: 0,
+            idle_exit: Dur::secs(30),
+            poll: Dur::secs(1),
+            walltime_margin: Dur::secs(60),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Which batch system a queue belongs to.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Launchers are child processes of the service on this host.
+    #[default]
+    Local,
+    /// `sbatch` / `squeue` / `scancel`.
+    Slurm,
+    /// PBS Pro: `qsub -l select=` / `qstat -f -F json` / `qdel`.
+    Pbs,
+    /// Cobalt: `qsub -n -t --mode script` / `qstat` / `qdel`.
+    Cobalt,
 }
 
 impl Config {
@@ -309,6 +393,15 @@ impl Config {
                 message,
             }
         })?;
+        for (name, wf) in workflow::builtin() {
+            match cfg.workflows.get_mut(&name) {
+                Some(mine) if mine.steps.is_empty() => mine.steps = wf.steps,
+                Some(_) => {}
+                None => {
+                    cfg.workflows.insert(name, wf);
+                }
+            }
+        }
         for (name, wf) in cfg.workflows.iter() {
             wf.validate(name)
                 .map_err(|(key, message)| ConfigError::Invalid {
@@ -331,8 +424,30 @@ impl Config {
                 });
             }
         }
-        for (name, wf) in workflow::builtin() {
-            cfg.workflows.entry(name).or_insert(wf);
+        for (name, q) in cfg.queues.iter() {
+            let bad = |key: &str, message: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, key).unwrap_or(1),
+                key: format!("key `queues.{name}.{key}`: "),
+                message,
+            };
+            if q.min_nodes == 0 || q.min_nodes > q.max_nodes {
+                return Err(bad("min_nodes", format!("min_nodes ({}) must be at least 1 and at most max_nodes ({})", q.min_nodes, q.max_nodes)));
+            }
+            if q.walltime <= q.walltime_margin {
+                return Err(bad("walltime", format!("walltime ({}) must be longer than walltime_margin ({})", q.walltime, q.walltime_margin)));
+            }
+        }
+        if cfg.service.max_attempts == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "max_attempts").unwrap_or(1),
+                key: "key `service.max_attempts`: ".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if cfg.queues.is_empty() {
+            cfg.queues.insert("default".into(), QueueSection::default());
         }
         Ok(cfg)
     }

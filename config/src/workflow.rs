@@ -15,8 +15,19 @@ pub struct Workflow {
     /// Folder holding the workflow's executables, substituted for `{bin}` in commands.
     #[serde(default)]
     pub bin: Option<PathBuf>,
-    /// The steps; `after` names their parents.
+    /// The steps; `after` names their parents. A workflow named like a built-in one may leave
+    /// them out to change only `bin` or `schedule`.
+    #[serde(default)]
     pub steps: Vec<Step>,
+    /// Contents of `schedule.lst` written into each work folder for align: one line per step,
+    /// `level kIntra kInter [kAbsolute [min_iter [threshold [damping [clampX clampY]]]]]`.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+}
+
+/// align's schedule: levels 10 down to 6, the last matching register's `-output_level 6`.
+pub fn default_schedule() -> String {
+    "10 0.1 1.0 0.01\n9 0.1 1.0 0.01\n8 0.1 1.0 0.01\n7 0.1 1.0 0.01\n6 0.1 1.0 0.01\n6 0.05 1.0 0.01\n6 0.01 1.0 0.01\n".into()
 }
 
 /// `[[workflows.NAME.steps]]`: one job of the DAG and the resources it needs.
@@ -45,6 +56,10 @@ pub struct Step {
     /// Extra environment for the job.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A summary file (relative to the work folder) to check after a zero exit: AlignTK exits
+    /// 0 on a blank section, and only a `nan` quality or a `-1000000` correlation there shows it.
+    #[serde(default)]
+    pub check_summary: Option<String>,
 }
 
 fn one() -> u32 {
@@ -149,32 +164,41 @@ fn step(name: &str, after: &[&str], command: &str) -> Step {
         threads_per_rank: 1,
         cpu_affinity: default_affinity(),
         env: BTreeMap::new(),
+        check_summary: None,
     }
 }
 
 /// Workflows every config has unless it defines one of the same name.
 pub(crate) fn builtin() -> Vec<(String, Workflow)> {
-    let aligntk = Workflow {
-        bin: None,
-        steps: vec![
-            step(
-                "find_rst",
-                &[],
-                "{bin}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary.out",
-            ),
-            step(
-                "register",
-                &["find_rst"],
-                "{bin}/register -pairs pairs.lst -images images/ -output maps/ -initial_map cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary maps/summary.out -min_overlap 10.0",
-            ),
-            step(
-                "align",
-                &["register"],
-                "{bin}/align -images images/ -image_list images.lst -maps maps/ -map_list pairs.lst -output amaps/ -schedule schedule.lst -incremental -output_grid grids/ -grid_size {grid_size} -fixed {first}",
-            ),
-        ],
-    };
-    vec![("aligntk".into(), aligntk)]
+    let qa = step("qa", &[], "{collector} qa images --out qa.json");
+    let mut find_rst = step(
+        "find_rst",
+        &["qa"],
+        "{bin}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary.out",
+    );
+    find_rst.check_summary = Some("cmaps/summary.out".into());
+    let mut register = step(
+        "register",
+        &["find_rst"],
+        "{bin}/register -pairs pairs.lst -images images/ -output maps/ -initial_map cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary maps/summary.out -min_overlap 10.0",
+    );
+    register.check_summary = Some("maps/summary.out".into());
+    let align = step(
+        "align",
+        &["register"],
+        "{bin}/align -images images/ -image_list images.lst -maps maps/ -map_list pairs.lst -output amaps/ -schedule schedule.lst -incremental -output_grid grids/ -grid_size {grid_size} -fixed {first}",
+    );
+    let apply_map = step(
+        "apply_map",
+        &["align"],
+        "{bin}/apply_map -image_list images.lst -images images/ -maps amaps/ -output aligned/ -memory 1000",
+    );
+    let wf = |steps: Vec<Step>| Workflow { bin: None, steps, schedule: default_schedule() };
+    vec![
+        ("qa".into(), wf(vec![qa.clone()])),
+        ("aligntk".into(), wf(vec![qa.clone(), find_rst.clone(), register.clone(), align.clone()])),
+        ("aligntk-apply".into(), wf(vec![qa, find_rst, register, align, apply_map])),
+    ]
 }
 
 #[cfg(test)]
@@ -183,10 +207,13 @@ mod tests {
 
     #[test]
     fn builtin_aligntk_is_a_chain() {
-        let (_, wf) = builtin().remove(0);
-        wf.validate("aligntk").unwrap();
+        for (name, wf) in builtin() {
+            wf.validate(&name).unwrap();
+        }
+        let (_, wf) = builtin().into_iter().find(|(n, _)| n == "aligntk").unwrap();
         let names: Vec<_> = wf.topo_order().iter().map(|s| s.name.clone()).collect();
-        assert_eq!(names, ["find_rst", "register", "align"]);
+        assert_eq!(names, ["qa", "find_rst", "register", "align"]);
+        assert!(wf.steps[3].command.contains("-maps maps/ ") && wf.steps[3].command.contains("-fixed {first}"));
     }
 
     #[test]
@@ -194,6 +221,7 @@ mod tests {
         let mut wf = Workflow {
             bin: None,
             steps: vec![step("a", &["b"], "x"), step("b", &["a"], "y")],
+            schedule: String::new(),
         };
         assert!(wf.validate("w").unwrap_err().1.contains("cycle"));
         wf.steps[0].after = vec!["zzz".into()];

@@ -102,6 +102,159 @@ pub struct JobRow {
     pub cpu_affinity: String,
     /// Command line.
     pub command: String,
+    /// Runs so far.
+    pub attempts: u32,
+    /// Why it is in its state (the last event's reason).
+    pub reason: String,
+    /// The launcher running it, if any.
+    pub launcher: Option<u64>,
+}
+
+/// A job handed to a launcher: everything needed to run it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LaunchedJob {
+    /// The service's id.
+    pub id: u64,
+    /// Step name (names the output files).
+    pub name: String,
+    /// Stack path, for logs.
+    pub stack: String,
+    /// Command line, placeholders filled.
+    pub command: String,
+    /// Folder to run in.
+    pub work_dir: String,
+    /// Nodes.
+    pub nodes: u32,
+    /// Ranks per node.
+    pub ranks_per_node: u32,
+    /// Threads per rank.
+    pub threads_per_rank: u32,
+    /// CPU binding.
+    pub cpu_affinity: String,
+    /// Extra environment.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Which attempt this is (1-based).
+    pub attempt: u32,
+}
+
+/// `POST /v1/launchers/{id}/start`: a launcher came up inside its allocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LauncherStart {
+    /// Host the launcher runs on.
+    pub host: String,
+    /// Nodes of its allocation.
+    pub nodes: Vec<String>,
+    /// Scheduler's id of the allocation, if the environment tells it.
+    pub batch_id: Option<String>,
+}
+
+/// `POST /v1/launchers/{id}/acquire`: a heartbeat that may ask for work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    /// Idle nodes (0: only a heartbeat).
+    pub free_nodes: u32,
+    /// Most jobs to take.
+    pub max_jobs: u32,
+    /// Jobs the launcher is running now (so that the service can spot strays).
+    pub running: Vec<u64>,
+}
+
+/// Answer to an acquire.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AcquireResponse {
+    /// Jobs to start now; they are RUNNING for this launcher already.
+    pub jobs: Vec<LaunchedJob>,
+    /// Running jobs a person killed: end them.
+    pub kill: Vec<u64>,
+    /// The service declared this launcher lost or ended: stop everything and exit.
+    pub stop: bool,
+}
+
+/// How a run ended, as the launcher saw it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exited 0.
+    Done,
+    /// Exited non-zero or was killed by a signal.
+    Error,
+    /// Ended because the allocation ran out (or was cancelled).
+    Timeout,
+    /// Could not be started: missing or not executable. Not worth retrying.
+    Missing,
+}
+
+/// `POST /v1/jobs/{id}/report`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportRequest {
+    /// The reporting launcher.
+    pub launcher: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// For people: signal, stderr tail, the missing path …
+    pub message: String,
+}
+
+/// A launcher as the service tracks it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LauncherRow {
+    /// The service's id.
+    pub id: u64,
+    /// Queue name.
+    pub queue: String,
+    /// Scheduler kind.
+    pub scheduler: String,
+    /// The scheduler's job id.
+    pub batch_id: String,
+    /// Nodes asked for.
+    pub nodes: u32,
+    /// QUEUED, RUNNING, FINISHED or LOST.
+    pub state: String,
+    /// Jobs it runs now.
+    pub running_jobs: u32,
+    /// When it was submitted (RFC 3339).
+    pub submitted_at: String,
+    /// Why it is in its state.
+    pub reason: String,
+}
+
+/// One stack's jobs, counted by state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackStatus {
+    /// Stack path.
+    pub stack: String,
+    /// Version.
+    pub version: u32,
+    /// Workflow.
+    pub workflow: String,
+    /// Jobs per state name.
+    pub counts: std::collections::BTreeMap<String, u32>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// Every stack version.
+    pub stacks: Vec<StackStatus>,
+    /// Launchers not yet forgotten (queued, running, and the last ended ones).
+    pub launchers: Vec<LauncherRow>,
+    /// Things a person should know: why work waits, what is held.
+    pub notes: Vec<String>,
+}
+
+/// One state change of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRow {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Previous state (none when created).
+    pub from: Option<String>,
+    /// New state.
+    pub to: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// Error body of every failed request.
@@ -255,6 +408,56 @@ impl Client {
             req = req.query("state", s);
         }
         self.finish(req.call())
+    }
+
+    fn post<B: Serialize, T: for<'de> Deserialize<'de>>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let res = self.agent.post(format!("{}{path}", self.info.url)).header("Authorization", self.auth()).send_json(body);
+        self.finish(res)
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, ClientError> {
+        let res = self.agent.get(format!("{}{path}", self.info.url)).header("Authorization", self.auth()).call();
+        self.finish(res)
+    }
+
+    /// The service's overview.
+    pub fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.get("/v1/status")
+    }
+
+    /// A job's events.
+    pub fn history(&self, job: u64) -> Result<Vec<EventRow>, ClientError> {
+        self.get(&format!("/v1/jobs/{job}/events"))
+    }
+
+    /// Puts a failed or killed job back in line.
+    pub fn retry(&self, job: u64) -> Result<JobRow, ClientError> {
+        self.post(&format!("/v1/jobs/{job}/retry"), &serde_json::json!({}))
+    }
+
+    /// Stops a job for good.
+    pub fn kill(&self, job: u64) -> Result<JobRow, ClientError> {
+        self.post(&format!("/v1/jobs/{job}/kill"), &serde_json::json!({}))
+    }
+
+    /// A launcher announces itself.
+    pub fn launcher_start(&self, id: u64, req: &LauncherStart) -> Result<serde_json::Value, ClientError> {
+        self.post(&format!("/v1/launchers/{id}/start"), req)
+    }
+
+    /// Heartbeat and request for work.
+    pub fn acquire(&self, id: u64, req: &AcquireRequest) -> Result<AcquireResponse, ClientError> {
+        self.post(&format!("/v1/launchers/{id}/acquire"), req)
+    }
+
+    /// How a job's run ended.
+    pub fn report(&self, job: u64, req: &ReportRequest) -> Result<serde_json::Value, ClientError> {
+        self.post(&format!("/v1/jobs/{job}/report"), req)
+    }
+
+    /// A launcher is exiting.
+    pub fn launcher_end(&self, id: u64, reason: &str) -> Result<serde_json::Value, ClientError> {
+        self.post(&format!("/v1/launchers/{id}/end"), &serde_json::json!({ "reason": reason }))
     }
 
     /// Lists stack versions.

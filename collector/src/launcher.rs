@@ -1,0 +1,412 @@
+//! `beamflow-collector launcher`: runs inside a batch allocation and packs jobs onto its idle
+//! nodes, as Balsam's launcher did.
+//!
+//! It talks only to the service API (never to the database file), asks for jobs that fit its
+//! idle nodes, starts each with the site's launch template in the job's work folder, reports
+//! every ending, and heartbeats with every request. It stops launching and ends running jobs
+//! before the wall time runs out (they time out and run again elsewhere), ends them too when
+//! the scheduler cancels it (SIGTERM), and exits after `idle_exit` with nothing to do. Each job
+//! runs in its own process group with core dumps off, so ending it ends everything it started
+//! and an aborting AlignTK leaves no 24 MB `core` behind.
+
+use crate::scheduler::default_launch;
+use beamflow_config::{Config, QueueSection, SchedulerKind};
+use beamflow_protocol::api::{AcquireRequest, Client, LaunchedJob, LauncherStart, Outcome, ReportRequest};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a launcher could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LauncherError {
+    /// The queue is not in the config.
+    #[error("queue `{0}` is not defined in the config ([queues.{0}])")]
+    UnknownQueue(String),
+    /// The service never answered.
+    #[error("the collector service did not answer for {0:?}: {1}")]
+    NoService(Duration, String),
+}
+
+struct Running {
+    job: LaunchedJob,
+    child: Child,
+    nodes: Vec<String>,
+    err_path: PathBuf,
+}
+
+/// Expands a Slurm hostlist (`nid[001-003,007],login1`) into host names.
+pub fn expand_hostlist(list: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let (mut depth, mut cur) = (0, String::new());
+    for c in list.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    parts.push(cur);
+    let mut out = Vec::new();
+    for p in parts.into_iter().filter(|p| !p.is_empty()) {
+        let (Some(open), Some(close)) = (p.find('['), p.find(']')) else {
+            out.push(p);
+            continue;
+        };
+        let (prefix, ranges, suffix) = (&p[..open], &p[open + 1..close], &p[close + 1..]);
+        for r in ranges.split(',') {
+            match r.split_once('-') {
+                Some((a, b)) => {
+                    let (Ok(x), Ok(y)) = (a.parse::<u64>(), b.parse::<u64>()) else { continue };
+                    for i in x..=y {
+                        out.push(format!("{prefix}{i:0w$}{suffix}", w = a.len()));
+                    }
+                }
+                None => out.push(format!("{prefix}{r}{suffix}")),
+            }
+        }
+    }
+    out
+}
+
+/// The nodes of this allocation, from the scheduler's environment.
+pub fn detect_nodes(q: &QueueSection) -> Vec<String> {
+    if q.scheduler == SchedulerKind::Local {
+        return (0..crate::engine::local_slots(q)).map(|i| format!("local-{i}")).collect();
+    }
+    if let Ok(list) = std::env::var("SLURM_JOB_NODELIST") {
+        let v = expand_hostlist(&list);
+        if !v.is_empty() {
+            return v;
+        }
+    }
+    if let Ok(file) = std::env::var("PBS_NODEFILE") {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            let mut v: Vec<String> = Vec::new();
+            for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if !v.iter().any(|x| x == l) {
+                    v.push(l.to_string());
+                }
+            }
+            if !v.is_empty() {
+                return v;
+            }
+        }
+    }
+    if let Some(n) = std::env::var("COBALT_JOBSIZE").ok().and_then(|s| s.parse::<u32>().ok()) {
+        let part = std::env::var("COBALT_PARTNAME").unwrap_or_else(|_| "cobalt".into());
+        return (0..n).map(|i| format!("{part}-{i}")).collect();
+    }
+    vec![hostname()]
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// Fills a launch template for one job.
+pub fn launch_line(template: &str, job: &LaunchedJob, hostfile: &Path) -> String {
+    let ranks = job.nodes * job.ranks_per_node;
+    template
+        .replace("{nodes}", &job.nodes.to_string())
+        .replace("{ranks_per_node}", &job.ranks_per_node.to_string())
+        .replace("{ranks}", &ranks.to_string())
+        .replace("{threads}", &job.threads_per_rank.to_string())
+        .replace("{affinity}", &job.cpu_affinity)
+        .replace("{hostfile}", &hostfile.display().to_string())
+        .replace("{command}", &job.command)
+}
+
+/// Why a command cannot run at all, checked before starting it: a missing or
+/// non-executable program is a configuration error, not worth a retry storm.
+pub fn missing_program(command: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let prog = command.split_whitespace().next()?;
+    let exec = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if prog.contains('/') {
+        let p = Path::new(prog);
+        if !p.exists() {
+            return Some(format!("{prog} does not exist; check the workflow's bin folder"));
+        }
+        if !exec(p) {
+            return Some(format!("{prog} is not executable; chmod +x it or fix the workflow's bin folder"));
+        }
+        return None;
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    if path.split(':').any(|d| exec(&Path::new(d).join(prog))) || matches!(prog, "cd" | "exec" | "env" | "true") {
+        None
+    } else {
+        Some(format!("{prog} is not on PATH; set the workflow's bin folder"))
+    }
+}
+
+fn tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut s = String::new();
+    let _ = f.take(max).read_to_string(&mut s);
+    s.trim().lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn end_group(child: &mut Child) {
+    let pg = child.id() as i32;
+    unsafe {
+        libc::kill(-pg, libc::SIGTERM);
+    }
+    for _ in 0..50 {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe {
+        libc::kill(-pg, libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+struct Launcher {
+    id: u64,
+    client: Client,
+    template: String,
+    free: Vec<String>,
+    running: HashMap<u64, Running>,
+    reports: Vec<(u64, ReportRequest)>,
+}
+
+impl Launcher {
+    fn report(&mut self, job: u64, outcome: Outcome, exit_code: Option<i32>, message: String) {
+        tracing::info!(job, ?outcome, exit_code, "{message}");
+        self.reports.push((job, ReportRequest { launcher: self.id, outcome, exit_code, message }));
+    }
+
+    fn flush_reports(&mut self) {
+        let mut keep = Vec::new();
+        for (job, r) in std::mem::take(&mut self.reports) {
+            match self.client.report(job, &r) {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => keep.push((job, r)),
+                Err(e) => tracing::warn!(job, "report refused: {e}"),
+            }
+        }
+        self.reports = keep;
+    }
+
+    fn start(&mut self, job: LaunchedJob) {
+        let n = job.nodes as usize;
+        let nodes: Vec<String> = self.free.drain(..n.min(self.free.len())).collect();
+        let work = PathBuf::from(&job.work_dir);
+        if let Some(why) = missing_program(&job.command) {
+            self.free.extend(nodes);
+            self.report(job.id, Outcome::Missing, None, why);
+            return;
+        }
+        let hostfile = work.join(format!(".beamflow-hosts-{}", job.id));
+        let _ = std::fs::write(&hostfile, nodes.join("\n") + "\n");
+        let line = launch_line(&self.template, &job, &hostfile);
+        let out_path = work.join(format!("{}.out", job.name));
+        let err_path = work.join(format!("{}.err", job.name));
+        let files = std::fs::File::create(&out_path).and_then(|o| std::fs::File::create(&err_path).map(|e| (o, e)));
+        let (out, err) = match files {
+            Ok(f) => f,
+            Err(e) => {
+                self.free.extend(nodes);
+                self.report(job.id, Outcome::Error, None, format!("cannot write its output in {}: {e}", work.display()));
+                return;
+            }
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(&line).current_dir(&work).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.envs(&job.env).env("OMP_NUM_THREADS", job.threads_per_rank.to_string()).env("BEAMFLOW_JOB_ID", job.id.to_string());
+        cmd.process_group(0);
+        unsafe {
+            cmd.pre_exec(|| {
+                let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit(libc::RLIMIT_CORE, &zero);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                tracing::info!(job = job.id, stack = %job.stack, step = %job.name, attempt = job.attempt, "started: {line}");
+                self.running.insert(job.id, Running { job, child, nodes, err_path });
+            }
+            Err(e) => {
+                self.free.extend(nodes);
+                self.report(job.id, Outcome::Error, None, format!("cannot start `{line}`: {e}"));
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let done: Vec<u64> = self.running.iter_mut().filter_map(|(id, r)| matches!(r.child.try_wait(), Ok(Some(_))).then_some(*id)).collect();
+        for id in done {
+            let mut r = self.running.remove(&id).expect("listed");
+            let status = r.child.wait().ok();
+            self.free.append(&mut r.nodes);
+            let code = status.and_then(|s| s.code());
+            let stderr = tail(&r.err_path, 2048);
+            match code {
+                Some(0) => self.report(id, Outcome::Done, Some(0), format!("{} finished", r.job.name)),
+                Some(c @ (126 | 127)) => self.report(id, Outcome::Missing, Some(c), format!("could not run the command: {stderr}")),
+                Some(c) => self.report(id, Outcome::Error, Some(c), if stderr.is_empty() { "no stderr".into() } else { format!("stderr: {stderr}") }),
+                None => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let sig = status.and_then(|s| s.signal()).unwrap_or(0);
+                    self.report(id, Outcome::Error, None, format!("killed by signal {sig}; stderr: {stderr}"));
+                }
+            }
+        }
+    }
+
+    fn end_all(&mut self, why: &str) {
+        for (id, mut r) in std::mem::take(&mut self.running) {
+            end_group(&mut r.child);
+            self.free.append(&mut r.nodes);
+            self.report(id, Outcome::Timeout, None, why.to_string());
+        }
+    }
+}
+
+/// Runs a launcher until its allocation ends, it is idle long enough, or `stop` is set.
+pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<(), LauncherError> {
+    let q = cfg.queues.get(queue).ok_or_else(|| LauncherError::UnknownQueue(queue.into()))?;
+    let started = Instant::now();
+    let walltime = std::env::var("BEAMFLOW_WALLTIME_SECS").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs).unwrap_or(q.walltime.0);
+    let deadline = started + walltime.saturating_sub(q.walltime_margin.0);
+    let nodes = detect_nodes(q);
+    let template = if q.launch.is_empty() { default_launch(q.scheduler).to_string() } else { q.launch.clone() };
+    let wait = cfg.service.heartbeat_timeout.0;
+    let client = loop {
+        match Client::from_state_dir(&cfg.collector.state_dir) {
+            Ok(c) => match c.launcher_start(id, &LauncherStart { host: hostname(), nodes: nodes.clone(), batch_id: batch_id() }) {
+                Ok(_) => break c,
+                Err(e) if started.elapsed() > wait => return Err(LauncherError::NoService(wait, e.to_string())),
+                Err(e) => tracing::warn!("service not answering yet: {e}"),
+            },
+            Err(e) if started.elapsed() > wait => return Err(LauncherError::NoService(wait, e.to_string())),
+            Err(e) => tracing::warn!("service not reachable yet: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    tracing::info!(launcher = id, queue, nodes = nodes.len(), walltime = ?walltime, "launcher up");
+    let mut l = Launcher { id, client, template, free: nodes, running: HashMap::new(), reports: Vec::new() };
+    let mut idle_since = Instant::now();
+    let reason = loop {
+        l.reap();
+        if stop.load(Ordering::SeqCst) {
+            l.end_all("the launcher was stopped (its allocation was cancelled)");
+            break "stopped by a signal".to_string();
+        }
+        if Instant::now() >= deadline {
+            l.end_all("the allocation's wall time was about to run out");
+            break "wall time".to_string();
+        }
+        let req = AcquireRequest {
+            free_nodes: l.free.len() as u32,
+            max_jobs: l.free.len() as u32,
+            running: l.running.keys().copied().collect(),
+        };
+        match l.client.acquire(id, &req) {
+            Ok(resp) => {
+                if resp.stop {
+                    l.end_all("the service declared this launcher ended");
+                    break "told to stop by the service".to_string();
+                }
+                for k in resp.kill {
+                    if let Some(mut r) = l.running.remove(&k) {
+                        tracing::info!(job = k, "ending a job the service no longer wants");
+                        end_group(&mut r.child);
+                        l.free.append(&mut r.nodes);
+                    }
+                }
+                for job in resp.jobs {
+                    l.start(job);
+                }
+            }
+            Err(e) => tracing::warn!("service not answering: {e}; jobs keep running"),
+        }
+        l.flush_reports();
+        if !l.running.is_empty() {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= q.idle_exit.0 {
+            break format!("idle for {}", q.idle_exit);
+        }
+        std::thread::sleep(q.poll.0);
+    };
+    l.reap();
+    for _ in 0..30 {
+        l.flush_reports();
+        if l.reports.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let _ = l.client.launcher_end(id, &reason);
+    tracing::info!(launcher = id, "launcher exiting: {reason}");
+    Ok(())
+}
+
+fn batch_id() -> Option<String> {
+    ["SLURM_JOB_ID", "PBS_JOBID", "COBALT_JOBID"].iter().find_map(|k| std::env::var(k).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostlists_expand() {
+        assert_eq!(expand_hostlist("nid[001-003,007],login1"), ["nid001", "nid002", "nid003", "nid007", "login1"]);
+        assert_eq!(expand_hostlist("x3001c0s7b0n0"), ["x3001c0s7b0n0"]);
+        assert_eq!(expand_hostlist("a[8-10]"), ["a8", "a9", "a10"]);
+    }
+
+    #[test]
+    fn templates_fill_every_placeholder() {
+        let job = LaunchedJob {
+            id: 1,
+            name: "register".into(),
+            stack: "s".into(),
+            command: "register -pairs pairs.lst".into(),
+            work_dir: "/w".into(),
+            nodes: 2,
+            ranks_per_node: 4,
+            threads_per_rank: 8,
+            cpu_affinity: "depth".into(),
+            env: Default::default(),
+            attempt: 1,
+        };
+        let t = default_launch(SchedulerKind::Cobalt);
+        assert_eq!(launch_line(t, &job, Path::new("/h")), "aprun -n 8 -N 4 -d 8 -cc depth register -pairs pairs.lst");
+        let t = default_launch(SchedulerKind::Pbs);
+        assert_eq!(
+            launch_line(t, &job, Path::new("/h")),
+            "mpiexec -n 8 --ppn 4 --depth 8 --cpu-bind depth --hostfile /h register -pairs pairs.lst"
+        );
+        assert_eq!(launch_line(default_launch(SchedulerKind::Slurm), &job, Path::new("/h")), "srun -N 2 -n 8 --cpus-per-task 8 register -pairs pairs.lst");
+    }
+
+    #[test]
+    fn missing_programs_are_named() {
+        assert!(missing_program("/nonexistent/find_rst -x").unwrap().contains("/nonexistent/find_rst does not exist"));
+        let d = tempfile::tempdir().unwrap();
+        let plain = d.path().join("find_rst");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        let e = missing_program(&format!("{} -pairs x", plain.display())).unwrap();
+        assert!(e.contains("is not executable"), "{e}");
+        assert!(missing_program("sh -c true").is_none());
+        assert!(missing_program("no-such-program-here").unwrap().contains("not on PATH"));
+    }
+}

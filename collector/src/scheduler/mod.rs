@@ -1,0 +1,148 @@
+//! Batch schedulers behind one small trait: submit a launcher script, ask about batch jobs,
+//! delete one. A job id the scheduler no longer knows means finished-or-lost, never an error.
+
+mod cobalt;
+mod local;
+mod pbs;
+mod slurm;
+
+pub use cobalt::Cobalt;
+pub use local::Local;
+pub use pbs::Pbs;
+pub use slurm::Slurm;
+
+use beamflow_config::SchedulerKind;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// What to ask the scheduler for.
+#[derive(Debug, Clone)]
+pub struct BatchSpec {
+    /// Job name shown by the scheduler.
+    pub name: String,
+    /// Nodes.
+    pub nodes: u32,
+    /// Wall time.
+    pub walltime: Duration,
+    /// Project (account), empty for none.
+    pub project: String,
+    /// Queue or partition, empty for the default.
+    pub queue: String,
+    /// Extra submit arguments from config.
+    pub extra_args: Vec<String>,
+    /// Where the batch job's own output goes.
+    pub log: PathBuf,
+}
+
+/// A batch job's state, across schedulers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Waiting in the queue.
+    Queued,
+    /// Allocated and running.
+    Running,
+    /// Ending.
+    Exiting,
+    /// Held by the user, an admin or a dependency.
+    Held,
+    /// Ended (completed, cancelled, failed, timed out).
+    Finished,
+}
+
+/// Why a scheduler command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    /// The command could not be run at all.
+    #[error("cannot run `{command}`: {source}; is the scheduler's client installed and on PATH?")]
+    Spawn {
+        /// The command.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command.
+        command: String,
+        /// Exit status.
+        status: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// Its output was not understood.
+    #[error("cannot understand the output of `{command}`: {message}")]
+    Parse {
+        /// The command.
+        command: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The three things the service asks of a batch system.
+pub trait Scheduler: Send + Sync {
+    /// Submits `script` and returns the scheduler's job id.
+    fn submit(&self, script: &Path, spec: &BatchSpec) -> Result<String, SchedError>;
+    /// States of the given jobs; ids missing from the answer are finished or lost.
+    fn status(&self, ids: &[String]) -> Result<HashMap<String, BatchState>, SchedError>;
+    /// Cancels a job (finished ones are not an error).
+    fn delete(&self, id: &str) -> Result<(), SchedError>;
+    /// How jobs start inside an allocation of this scheduler.
+    fn default_launch(&self) -> &'static str;
+}
+
+/// The scheduler of a queue.
+pub fn for_kind(kind: SchedulerKind) -> Box<dyn Scheduler> {
+    match kind {
+        SchedulerKind::Local => Box::new(Local::default()),
+        SchedulerKind::Slurm => Box::new(Slurm),
+        SchedulerKind::Pbs => Box::new(Pbs),
+        SchedulerKind::Cobalt => Box::new(Cobalt),
+    }
+}
+
+/// The usual launch template of a scheduler kind (for launchers, which have no scheduler object).
+pub fn default_launch(kind: SchedulerKind) -> &'static str {
+    match kind {
+        SchedulerKind::Local => local::LAUNCH,
+        SchedulerKind::Slurm => slurm::LAUNCH,
+        SchedulerKind::Pbs => pbs::LAUNCH,
+        SchedulerKind::Cobalt => cobalt::LAUNCH,
+    }
+}
+
+/// `HH:MM:SS`, rounded up to whole minutes as schedulers count them.
+pub fn hms(d: Duration) -> String {
+    let mins = d.as_secs().div_ceil(60).max(1);
+    format!("{:02}:{:02}:00", mins / 60, mins % 60)
+}
+
+/// Runs a scheduler command and returns its stdout.
+pub(crate) fn run(cmd: &mut Command) -> Result<String, SchedError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|source| SchedError::Spawn { command: command.clone(), source })?;
+    if !out.status.success() {
+        return Err(SchedError::Failed {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walltime_rounds_up_to_minutes() {
+        assert_eq!(hms(Duration::from_secs(3600)), "01:00:00");
+        assert_eq!(hms(Duration::from_secs(61)), "00:02:00");
+        assert_eq!(hms(Duration::from_secs(5)), "00:01:00");
+    }
+}
