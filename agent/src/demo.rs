@@ -84,7 +84,11 @@ impl Drop for Service {
 
 /// AlignTK's folder when its binaries are there: `ALIGNTK_BIN`, else wherever PATH finds find_rst.
 pub fn aligntk_bin() -> Option<PathBuf> {
-    let has_all = |d: &Path| ["find_rst", "register", "align"].iter().all(|b| d.join(b).is_file());
+    let has_all = |d: &Path| {
+        ["find_rst", "register", "align"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    };
     if let Some(d) = std::env::var_os("ALIGNTK_BIN").map(PathBuf::from) {
         return has_all(&d).then_some(d);
     }
@@ -93,12 +97,18 @@ pub fn aligntk_bin() -> Option<PathBuf> {
 
 fn demo_config(settle: Duration, aligntk: Option<&Path>) -> String {
     let mut text = EMBEDDED_LOCAL
-        .replace("settle = \"30s\"", &format!("settle = \"{}\"", humantime::format_duration(settle)))
+        .replace(
+            "settle = \"30s\"",
+            &format!("settle = \"{}\"", humantime::format_duration(settle)),
+        )
         .replace("poll_interval = \"2s\"", "poll_interval = \"300ms\"")
         .replace("idle_exit = \"30s\"", "idle_exit = \"3s\"")
         .replace("poll = \"1s\"", "poll = \"200ms\"");
     match aligntk {
-        Some(bin) => text.push_str(&format!("\n[workflows.aligntk]\nbin = \"{}\"\n", bin.display())),
+        Some(bin) => text.push_str(&format!(
+            "\n[workflows.aligntk]\nbin = \"{}\"\n",
+            bin.display()
+        )),
         None => text = text.replace("workflow = \"aligntk\"", "workflow = \"qa\""),
     }
     text
@@ -214,23 +224,49 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let jobs = loop {
         let jobs = client.jobs(Some(&rec.name), None)?;
         let done = !jobs.is_empty() && jobs.iter().all(|j| j.state == "JOB_FINISHED");
-        let failed: Vec<String> = jobs.iter().filter(|j| j.state == "FAILED").map(|j| format!("{}: {}", j.name, j.reason)).collect();
+        let failed: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.state == "FAILED")
+            .map(|j| format!("{}: {}", j.name, j.reason))
+            .collect();
         if !failed.is_empty() {
-            bail!("a job failed: {}; see {}", failed.join("; "), dir.join("work").display());
+            bail!(
+                "a job failed: {}; see {}",
+                failed.join("; "),
+                dir.join("work").display()
+            );
         }
         if done {
             break jobs;
         }
         if accepted.elapsed() > Duration::from_secs(300) {
-            let states: Vec<String> = jobs.iter().map(|j| format!("{} {}", j.name, j.state)).collect();
-            bail!("the jobs did not finish within 5 minutes: {}", states.join(", "));
+            let states: Vec<String> = jobs
+                .iter()
+                .map(|j| format!("{} {}", j.name, j.state))
+                .collect();
+            bail!(
+                "the jobs did not finish within 5 minutes: {}",
+                states.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let run_time = accepted.elapsed();
-    let jobs = jobs.into_iter().map(|j| (j.name, j.state, j.parents)).collect();
+    let jobs = jobs
+        .into_iter()
+        .map(|j| (j.name, j.state, j.parents))
+        .collect();
     drop(service);
-    Ok(DemoReport { dir, files: rec.files, bytes: rec.bytes, send_secs: rec.send_secs, latency, jobs, run_time, workflow: rec.workflow })
+    Ok(DemoReport {
+        dir,
+        files: rec.files,
+        bytes: rec.bytes,
+        send_secs: rec.send_secs,
+        latency,
+        jobs,
+        run_time,
+        workflow: rec.workflow,
+    })
 }
 
 async fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
@@ -268,7 +304,11 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         r.latency.as_secs_f64(),
         humantime::format_duration(settle)
     ));
-    out.push_str(&format!("  DAG accepted -> done   {:.2} s (workflow `{}`, run by a local launcher)\n\n", r.run_time.as_secs_f64(), r.workflow));
+    out.push_str(&format!(
+        "  DAG accepted -> done   {:.2} s (workflow `{}`, run by a local launcher)\n\n",
+        r.run_time.as_secs_f64(),
+        r.workflow
+    ));
     if r.workflow == "qa" {
         out.push_str("  AlignTK was not found, so the `qa` workflow ran (the quality check that starts every\n");
         out.push_str("  AlignTK workflow). Put find_rst, register and align on PATH or set ALIGNTK_BIN to run\n");
@@ -301,4 +341,3 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
     out.push_str(&format!("  beamflow-collector ls --config {}   (while `beamflow-collector service --config {}` runs)\n", cfg.display(), cfg.display()));
     out
 }
-

@@ -273,6 +273,7 @@ fn exchange(
     wr.flush().map_err(broken_io)?;
     let mut sent_ids = Vec::new();
     let mut buf = vec![0u8; chunk];
+    let mut pace = Pace::new(cfg.link.max_rate.0);
     for (i, f) in job.files.iter().enumerate() {
         let id = i as u64;
         while !s.have.contains_key(&id) {
@@ -297,7 +298,7 @@ fn exchange(
                 _ => (0, blake3::Hasher::new()),
             },
         };
-        send_file(wr, id, f, &path, start, hasher, &mut buf, report)?;
+        send_file(wr, id, f, &path, start, hasher, &mut buf, report, &mut pace)?;
         sent_ids.push(id);
         s.drain()?;
     }
@@ -360,6 +361,34 @@ fn exchange(
     }
 }
 
+/// Keeps the average rate at or under a cap by sleeping between chunks.
+struct Pace {
+    rate: u64,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate,
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn sent(&mut self, n: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.bytes += n;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 fn unexpected(f: Frame) -> TransferError {
     match f {
         Frame::Error { message, .. } => TransferError::Broken(message),
@@ -377,6 +406,7 @@ fn send_file<W: Write>(
     mut hasher: blake3::Hasher,
     buf: &mut [u8],
     report: &mut Report,
+    pace: &mut Pace,
 ) -> Result<(), TransferError> {
     let changed = |why: String| TransferError::Changed {
         file: f.name.clone(),
@@ -427,6 +457,7 @@ fn send_file<W: Write>(
         write_data_sync(wr, id, offset, &buf[..n]).map_err(broken)?;
         offset += n as u64;
         report.wire_bytes += n as u64;
+        pace.sent(n as u64);
     }
     if offset != f.size || *hasher.finalize().as_bytes() != f.blake3 {
         abort(wr, "content changed")?;

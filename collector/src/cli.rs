@@ -66,26 +66,53 @@ pub fn status_text(s: &beamflow_protocol::api::StatusResponse) -> String {
     if s.stacks.is_empty() {
         out.push_str("no stacks registered yet\n");
     } else {
-        let mut rows = vec![["STACK".to_string(), "VER".into(), "WORKFLOW".into(), "JOBS".into()]];
+        let mut rows = vec![[
+            "STACK".to_string(),
+            "VER".into(),
+            "WORKFLOW".into(),
+            "JOBS".into(),
+        ]];
         for st in &s.stacks {
             let counts: Vec<String> = st.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            rows.push([st.stack.clone(), st.version.to_string(), st.workflow.clone(), counts.join(", ")]);
+            rows.push([
+                st.stack.clone(),
+                st.version.to_string(),
+                st.workflow.clone(),
+                counts.join(", "),
+            ]);
         }
         out.push_str(&table(&rows));
     }
     if !s.launchers.is_empty() {
         out.push('\n');
-        let mut rows = vec![["LAUNCHER".to_string(), "QUEUE".into(), "SCHEDULER".into(), "BATCH".into(), "NODES".into(), "STATE".into(), "JOBS".into(), "REASON".into()]];
+        let mut rows = vec![[
+            "LAUNCHER".to_string(),
+            "QUEUE".into(),
+            "SCHEDULER".into(),
+            "BATCH".into(),
+            "NODES".into(),
+            "STATE".into(),
+            "JOBS".into(),
+            "REASON".into(),
+        ]];
         for l in &s.launchers {
             rows.push([
                 l.id.to_string(),
                 l.queue.clone(),
                 l.scheduler.clone(),
-                if l.batch_id.is_empty() { "-".into() } else { l.batch_id.clone() },
+                if l.batch_id.is_empty() {
+                    "-".into()
+                } else {
+                    l.batch_id.clone()
+                },
                 l.nodes.to_string(),
                 l.state.clone(),
                 l.running_jobs.to_string(),
-                if l.reason.is_empty() { "-".into() } else { l.reason.clone() },
+                if l.reason.is_empty() {
+                    "-".into()
+                } else {
+                    l.reason.clone()
+                },
             ]);
         }
         out.push_str(&table(&rows));
@@ -98,9 +125,19 @@ pub fn status_text(s: &beamflow_protocol::api::StatusResponse) -> String {
 
 /// A job's events as a table.
 pub fn history_text(events: &[beamflow_protocol::api::EventRow]) -> String {
-    let mut rows = vec![["TIME".to_string(), "FROM".into(), "TO".into(), "REASON".into()]];
+    let mut rows = vec![[
+        "TIME".to_string(),
+        "FROM".into(),
+        "TO".into(),
+        "REASON".into(),
+    ]];
     for e in events {
-        rows.push([e.at.clone(), e.from.clone().unwrap_or_else(|| "-".into()), e.to.clone(), e.reason.clone()]);
+        rows.push([
+            e.at.clone(),
+            e.from.clone().unwrap_or_else(|| "-".into()),
+            e.to.clone(),
+            e.reason.clone(),
+        ]);
     }
     table(&rows)
 }

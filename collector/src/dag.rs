@@ -96,14 +96,27 @@ mod tests {
         let cfg = Config::parse("", Path::new("x")).unwrap();
         let wf = &cfg.workflows["aligntk"];
         let images = vec!["S_0007.tif".to_string(), "S_0008.tif".to_string()];
-        let facts = StackFacts { stack: "s", images_dir: "/d/s", images: &images, collector: "/bin/bc" };
+        let facts = StackFacts {
+            stack: "s",
+            images_dir: "/d/s",
+            images: &images,
+            collector: "/bin/bc",
+        };
         let jobs = plan(wf, &facts);
         assert_eq!(jobs.len(), 4);
         assert_eq!(jobs[0].command, "/bin/bc qa images --out qa.json");
         assert_eq!(jobs[2].parents, ["find_rst"]);
         assert_eq!(jobs[3].parents, ["register"]);
-        assert!(jobs[3].command.contains("-fixed S_0007"), "{}", jobs[3].command);
-        assert!(jobs[1].command.starts_with("find_rst "), "{}", jobs[1].command);
+        assert!(
+            jobs[3].command.contains("-fixed S_0007"),
+            "{}",
+            jobs[3].command
+        );
+        assert!(
+            jobs[1].command.starts_with("find_rst "),
+            "{}",
+            jobs[1].command
+        );
         assert!(jobs[3].command.contains("-maps maps/ "));
         assert_eq!(jobs[2].check_summary.as_deref(), Some("maps/summary.out"));
     }

@@ -196,7 +196,11 @@ impl Db {
                     j.cpu_affinity,
                     serde_json::to_string(&j.env).unwrap_or_else(|_| "{}".into()),
                     j.check_summary,
-                    if j.parents.is_empty() { "no parents".to_string() } else { format!("waits for {}", j.parents.join(", ")) },
+                    if j.parents.is_empty() {
+                        "no parents".to_string()
+                    } else {
+                        format!("waits for {}", j.parents.join(", "))
+                    },
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -237,7 +241,12 @@ impl Db {
         Ok(self.jobs_where(None, None, Some(id))?.pop())
     }
 
-    fn jobs_where(&self, stack: Option<&str>, state: Option<&str>, id: Option<u64>) -> Result<Vec<JobRow>, DbError> {
+    fn jobs_where(
+        &self,
+        stack: Option<&str>,
+        state: Option<&str>,
+        id: Option<u64>,
+    ) -> Result<Vec<JobRow>, DbError> {
         let mut st = self.conn.prepare(
             "SELECT j.id, s.name, s.version, j.name, j.state, j.nodes, j.ranks_per_node,
                     j.threads_per_rank, j.cpu_affinity, j.command, j.attempts, j.reason, j.launcher_id

@@ -39,19 +39,33 @@ pub fn local_slots(q: &QueueSection) -> u32 {
     if q.slots > 0 {
         q.slots
     } else {
-        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
     }
 }
 
 impl Engine {
     /// An engine for the service's config and database.
     pub fn new(cfg: Arc<Config>, db: Arc<Mutex<Db>>) -> Engine {
-        let schedulers = cfg.queues.iter().map(|(n, q)| (n.clone(), scheduler::for_kind(q.scheduler))).collect();
-        Engine { cfg, db, schedulers, notes: Mutex::new(Vec::new()), collector: crate::service::collector_exe() }
+        let schedulers = cfg
+            .queues
+            .iter()
+            .map(|(n, q)| (n.clone(), scheduler::for_kind(q.scheduler)))
+            .collect();
+        Engine {
+            cfg,
+            db,
+            schedulers,
+            notes: Mutex::new(Vec::new()),
+            collector: crate::service::collector_exe(),
+        }
     }
 
     fn db(&self) -> Result<std::sync::MutexGuard<'_, Db>> {
-        self.db.lock().map_err(|_| "database lock poisoned; restart the service".to_string())
+        self.db
+            .lock()
+            .map_err(|_| "database lock poisoned; restart the service".to_string())
     }
 
     /// One round of everything. Errors of one part are logged and do not stop the others.
@@ -76,20 +90,34 @@ impl Engine {
         let e = |x: crate::db::DbError| x.to_string();
         self.db()?.promote_ready().map_err(e)?;
         let ready = self.db()?.pending(JobState::Ready).map_err(e)?;
-        let mut prepared: HashMap<u64, std::result::Result<crate::prepare::Prepared, String>> = HashMap::new();
+        let mut prepared: HashMap<u64, std::result::Result<crate::prepare::Prepared, String>> =
+            HashMap::new();
         for j in ready {
-            let p = prepared.entry(j.stack_id).or_insert_with(|| self.prepare(&j)).clone();
+            let p = prepared
+                .entry(j.stack_id)
+                .or_insert_with(|| self.prepare(&j))
+                .clone();
             match p {
                 Ok(p) => {
                     if !j.prepared {
                         self.db()?.mark_prepared(j.stack_id).map_err(e)?;
                     }
-                    let cmd = j.command.replace("{grid_size}", &p.grid_size).replace("{collector}", &self.collector);
+                    let cmd = j
+                        .command
+                        .replace("{grid_size}", &p.grid_size)
+                        .replace("{collector}", &self.collector);
                     self.db()?.preprocessed(j.id, &cmd).map_err(e)?;
                 }
                 Err(why) => {
                     tracing::error!(job = j.id, stack = %j.stack, "cannot prepare the work folder: {why}");
-                    self.db()?.transition(j.id, &[JobState::Ready], JobState::Failed, &format!("cannot prepare the work folder: {why}")).map_err(e)?;
+                    self.db()?
+                        .transition(
+                            j.id,
+                            &[JobState::Ready],
+                            JobState::Failed,
+                            &format!("cannot prepare the work folder: {why}"),
+                        )
+                        .map_err(e)?;
                 }
             }
         }
@@ -103,13 +131,33 @@ impl Engine {
             let mut db = self.db()?;
             match check {
                 Ok(()) => {
-                    db.transitions(j.id, &[(JobState::RunDone, JobState::Postprocessed, "outputs checked"), (JobState::Postprocessed, JobState::JobFinished, "done")])
-                        .map_err(e)?;
+                    db.transitions(
+                        j.id,
+                        &[
+                            (
+                                JobState::RunDone,
+                                JobState::Postprocessed,
+                                "outputs checked",
+                            ),
+                            (JobState::Postprocessed, JobState::JobFinished, "done"),
+                        ],
+                    )
+                    .map_err(e)?;
                 }
                 Err(why) => {
                     tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "{why}");
-                    db.transitions(j.id, &[(JobState::RunDone, JobState::RunError, &why), (JobState::RunError, JobState::Failed, "held for a person: the data, not the run, is at fault")])
-                        .map_err(e)?;
+                    db.transitions(
+                        j.id,
+                        &[
+                            (JobState::RunDone, JobState::RunError, &why),
+                            (
+                                JobState::RunError,
+                                JobState::Failed,
+                                "held for a person: the data, not the run, is at fault",
+                            ),
+                        ],
+                    )
+                    .map_err(e)?;
                 }
             }
         }
@@ -118,28 +166,59 @@ impl Engine {
         for j in errored {
             let mut db = self.db()?;
             if j.attempts < max {
-                db.transition(j.id, &[JobState::RunError], JobState::RestartReady, &format!("attempt {} of {max} failed; retrying", j.attempts)).map_err(e)?;
+                db.transition(
+                    j.id,
+                    &[JobState::RunError],
+                    JobState::RestartReady,
+                    &format!("attempt {} of {max} failed; retrying", j.attempts),
+                )
+                .map_err(e)?;
             } else {
-                let last = db.job(j.id).map_err(e)?.map(|r| r.reason).unwrap_or_default();
+                let last = db
+                    .job(j.id)
+                    .map_err(e)?
+                    .map(|r| r.reason)
+                    .unwrap_or_default();
                 tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "out of attempts: {last}");
-                db.transition(j.id, &[JobState::RunError], JobState::Failed, &format!("out of attempts ({max}); last: {last}")).map_err(e)?;
+                db.transition(
+                    j.id,
+                    &[JobState::RunError],
+                    JobState::Failed,
+                    &format!("out of attempts ({max}); last: {last}"),
+                )
+                .map_err(e)?;
             }
         }
         let timed_out = self.db()?.pending(JobState::RunTimeout).map_err(e)?;
         for j in timed_out {
-            self.db()?.transition(j.id, &[JobState::RunTimeout], JobState::RestartReady, "timed out; will run again").map_err(e)?;
+            self.db()?
+                .transition(
+                    j.id,
+                    &[JobState::RunTimeout],
+                    JobState::RestartReady,
+                    "timed out; will run again",
+                )
+                .map_err(e)?;
         }
         Ok(())
     }
 
     fn prepare(&self, j: &Pending) -> std::result::Result<crate::prepare::Prepared, String> {
-        let schedule = self.cfg.workflows.get(&j.workflow).map(|w| w.schedule.clone()).unwrap_or_default();
+        let schedule = self
+            .cfg
+            .workflows
+            .get(&j.workflow)
+            .map(|w| w.schedule.clone())
+            .unwrap_or_default();
         prepare(Path::new(&j.work_dir), Path::new(&j.stack_dir), &schedule)
     }
 
     fn watch_launchers(&self) -> Result<()> {
         let e = |x: crate::db::DbError| x.to_string();
-        let active = self.db()?.launchers(&["QUEUED", "RUNNING"], None).map_err(e)?;
+        let active = self
+            .db()?
+            .launchers(&["QUEUED", "RUNNING"], None)
+            .map_err(e)?;
         let mut by_queue: HashMap<&str, Vec<&beamflow_protocol::api::LauncherRow>> = HashMap::new();
         for l in &active {
             by_queue.entry(l.queue.as_str()).or_default().push(l);
@@ -147,16 +226,33 @@ impl Engine {
         for (queue, ls) in by_queue {
             let Some(s) = self.schedulers.get(queue) else {
                 for l in ls {
-                    self.db()?.end_launcher(l.id, "LOST", &format!("queue {queue} is no longer configured")).map_err(e)?;
+                    self.db()?
+                        .end_launcher(
+                            l.id,
+                            "LOST",
+                            &format!("queue {queue} is no longer configured"),
+                        )
+                        .map_err(e)?;
                 }
                 continue;
             };
-            let ids: Vec<String> = ls.iter().filter(|l| !l.batch_id.is_empty()).map(|l| l.batch_id.clone()).collect();
+            let ids: Vec<String> = ls
+                .iter()
+                .filter(|l| !l.batch_id.is_empty())
+                .map(|l| l.batch_id.clone())
+                .collect();
             let states = s.status(&ids).map_err(|x| x.to_string())?;
             for l in ls {
                 match states.get(&l.batch_id) {
                     None | Some(BatchState::Finished) => {
-                        let n = self.db()?.end_launcher(l.id, "FINISHED", &format!("batch job {} ended", l.batch_id)).map_err(e)?;
+                        let n = self
+                            .db()?
+                            .end_launcher(
+                                l.id,
+                                "FINISHED",
+                                &format!("batch job {} ended", l.batch_id),
+                            )
+                            .map_err(e)?;
                         if n > 0 {
                             tracing::warn!(launcher = l.id, batch = %l.batch_id, jobs = n, "batch job ended with jobs still running; they time out");
                         }
@@ -166,11 +262,19 @@ impl Engine {
             }
         }
         let timeout = self.cfg.service.heartbeat_timeout;
-        let silent = self.db()?.silent_launchers(timeout.0.as_secs_f64()).map_err(e)?;
+        let silent = self
+            .db()?
+            .silent_launchers(timeout.0.as_secs_f64())
+            .map_err(e)?;
         for id in silent {
             let reason = format!("no heartbeat for {timeout}");
             tracing::warn!(launcher = id, "{reason}; declaring it lost");
-            let row = self.db()?.launchers(&[], None).map_err(e)?.into_iter().find(|l| l.id == id);
+            let row = self
+                .db()?
+                .launchers(&[], None)
+                .map_err(e)?
+                .into_iter()
+                .find(|l| l.id == id);
             self.db()?.end_launcher(id, "LOST", &reason).map_err(e)?;
             if let Some(l) = row {
                 if let Some(s) = self.schedulers.get(&l.queue) {
@@ -188,11 +292,19 @@ impl Engine {
             return Ok(());
         }
         let wanted: u32 = runnable.iter().sum();
-        let active = self.db()?.launchers(&["QUEUED", "RUNNING"], None).map_err(e)?;
+        let active = self
+            .db()?
+            .launchers(&["QUEUED", "RUNNING"], None)
+            .map_err(e)?;
         let idle: i64 = active
             .iter()
             .map(|l| {
-                let cap = self.cfg.queues.get(&l.queue).map(|q| capacity(q, l.nodes)).unwrap_or(l.nodes);
+                let cap = self
+                    .cfg
+                    .queues
+                    .get(&l.queue)
+                    .map(|q| capacity(q, l.nodes))
+                    .unwrap_or(l.nodes);
                 cap as i64 - l.running_jobs as i64
             })
             .sum();
@@ -206,12 +318,18 @@ impl Engine {
                 break;
             }
             if !q.submit {
-                notes.push(format!("queue {name}: submit = false; set it to true to run the {} waiting job(s)", runnable.len()));
+                notes.push(format!(
+                    "queue {name}: submit = false; set it to true to run the {} waiting job(s)",
+                    runnable.len()
+                ));
                 continue;
             }
             let mine = active.iter().filter(|l| &l.queue == name).count() as u32;
             if mine >= q.max_queued {
-                notes.push(format!("queue {name}: {mine} launcher(s) queued or running, max_queued = {}", q.max_queued));
+                notes.push(format!(
+                    "queue {name}: {mine} launcher(s) queued or running, max_queued = {}",
+                    q.max_queued
+                ));
                 continue;
             }
             let biggest = runnable.iter().copied().max().unwrap_or(1);
@@ -229,7 +347,10 @@ impl Engine {
             }
         }
         if !submitted_any && active.is_empty() && self.cfg.queues.values().all(|q| !q.submit) {
-            notes.push(format!("{} job(s) wait: submit = false on every queue", runnable.len()));
+            notes.push(format!(
+                "{} job(s) wait: submit = false on every queue",
+                runnable.len()
+            ));
         }
         Ok(())
     }
@@ -237,9 +358,14 @@ impl Engine {
     fn submit(&self, name: &str, q: &QueueSection, nodes: u32) -> Result<(u64, String)> {
         let scheduler = self.schedulers.get(name).ok_or("no scheduler")?;
         let kind = format!("{:?}", q.scheduler).to_lowercase();
-        let id = self.db()?.add_launcher(name, &kind, nodes).map_err(|e| e.to_string())?;
+        let id = self
+            .db()?
+            .add_launcher(name, &kind, nodes)
+            .map_err(|e| e.to_string())?;
         let dir = self.cfg.collector.state_dir.join("launchers");
-        let script = self.script(&dir, id, name, q).map_err(|e| format!("cannot write the launcher script: {e}"))?;
+        let script = self
+            .script(&dir, id, name, q)
+            .map_err(|e| format!("cannot write the launcher script: {e}"))?;
         let spec = BatchSpec {
             name: format!("beamflow-{id}"),
             nodes,
@@ -251,19 +377,34 @@ impl Engine {
         };
         match scheduler.submit(&script, &spec) {
             Ok(batch) => {
-                self.db()?.set_batch_id(id, &batch).map_err(|e| e.to_string())?;
+                self.db()?
+                    .set_batch_id(id, &batch)
+                    .map_err(|e| e.to_string())?;
                 Ok((id, batch))
             }
             Err(err) => {
-                let _ = self.db()?.end_launcher(id, "FINISHED", &format!("submit failed: {err}"));
+                let _ = self
+                    .db()?
+                    .end_launcher(id, "FINISHED", &format!("submit failed: {err}"));
                 Err(err.to_string())
             }
         }
     }
 
-    fn script(&self, dir: &Path, id: u64, queue: &str, q: &QueueSection) -> std::io::Result<PathBuf> {
+    fn script(
+        &self,
+        dir: &Path,
+        id: u64,
+        queue: &str,
+        q: &QueueSection,
+    ) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
-        let cfg = self.cfg.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let cfg = self
+            .cfg
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
         let text = format!(
             "#!/bin/sh\n# beamflow launcher {id} for queue {queue}, written by the collector service\nexport BEAMFLOW_WALLTIME_SECS={}\nexec {} launcher --config {} --queue {} --id {id}\n",

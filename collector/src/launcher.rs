@@ -11,7 +11,9 @@
 
 use crate::scheduler::default_launch;
 use beamflow_config::{Config, QueueSection, SchedulerKind};
-use beamflow_protocol::api::{AcquireRequest, Client, LaunchedJob, LauncherStart, Outcome, ReportRequest};
+use beamflow_protocol::api::{
+    AcquireRequest, Client, LaunchedJob, LauncherStart, Outcome, ReportRequest,
+};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -66,7 +68,9 @@ pub fn expand_hostlist(list: &str) -> Vec<String> {
         for r in ranges.split(',') {
             match r.split_once('-') {
                 Some((a, b)) => {
-                    let (Ok(x), Ok(y)) = (a.parse::<u64>(), b.parse::<u64>()) else { continue };
+                    let (Ok(x), Ok(y)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+                        continue;
+                    };
                     for i in x..=y {
                         out.push(format!("{prefix}{i:0w$}{suffix}", w = a.len()));
                     }
@@ -81,7 +85,9 @@ pub fn expand_hostlist(list: &str) -> Vec<String> {
 /// The nodes of this allocation, from the scheduler's environment.
 pub fn detect_nodes(q: &QueueSection) -> Vec<String> {
     if q.scheduler == SchedulerKind::Local {
-        return (0..crate::engine::local_slots(q)).map(|i| format!("local-{i}")).collect();
+        return (0..crate::engine::local_slots(q))
+            .map(|i| format!("local-{i}"))
+            .collect();
     }
     if let Ok(list) = std::env::var("SLURM_JOB_NODELIST") {
         let v = expand_hostlist(&list);
@@ -102,7 +108,10 @@ pub fn detect_nodes(q: &QueueSection) -> Vec<String> {
             }
         }
     }
-    if let Some(n) = std::env::var("COBALT_JOBSIZE").ok().and_then(|s| s.parse::<u32>().ok()) {
+    if let Some(n) = std::env::var("COBALT_JOBSIZE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+    {
         let part = std::env::var("COBALT_PARTNAME").unwrap_or_else(|_| "cobalt".into());
         return (0..n).map(|i| format!("{part}-{i}")).collect();
     }
@@ -110,7 +119,9 @@ pub fn detect_nodes(q: &QueueSection) -> Vec<String> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Fills a launch template for one job.
@@ -131,32 +142,52 @@ pub fn launch_line(template: &str, job: &LaunchedJob, hostfile: &Path) -> String
 pub fn missing_program(command: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let prog = command.split_whitespace().next()?;
-    let exec = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     if prog.contains('/') {
         let p = Path::new(prog);
         if !p.exists() {
-            return Some(format!("{prog} does not exist; check the workflow's bin folder"));
+            return Some(format!(
+                "{prog} does not exist; check the workflow's bin folder"
+            ));
         }
         if !exec(p) {
-            return Some(format!("{prog} is not executable; chmod +x it or fix the workflow's bin folder"));
+            return Some(format!(
+                "{prog} is not executable; chmod +x it or fix the workflow's bin folder"
+            ));
         }
         return None;
     }
     let path = std::env::var("PATH").unwrap_or_default();
-    if path.split(':').any(|d| exec(&Path::new(d).join(prog))) || matches!(prog, "cd" | "exec" | "env" | "true") {
+    if path.split(':').any(|d| exec(&Path::new(d).join(prog)))
+        || matches!(prog, "cd" | "exec" | "env" | "true")
+    {
         None
     } else {
-        Some(format!("{prog} is not on PATH; set the workflow's bin folder"))
+        Some(format!(
+            "{prog} is not on PATH; set the workflow's bin folder"
+        ))
     }
 }
 
 fn tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut s = String::new();
     let _ = f.take(max).read_to_string(&mut s);
-    s.trim().lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
+    s.trim()
+        .lines()
+        .rev()
+        .take(10)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn end_group(child: &mut Child) {
@@ -188,7 +219,15 @@ struct Launcher {
 impl Launcher {
     fn report(&mut self, job: u64, outcome: Outcome, exit_code: Option<i32>, message: String) {
         tracing::info!(job, ?outcome, exit_code, "{message}");
-        self.reports.push((job, ReportRequest { launcher: self.id, outcome, exit_code, message }));
+        self.reports.push((
+            job,
+            ReportRequest {
+                launcher: self.id,
+                outcome,
+                exit_code,
+                message,
+            },
+        ));
     }
 
     fn flush_reports(&mut self) {
@@ -217,22 +256,38 @@ impl Launcher {
         let line = launch_line(&self.template, &job, &hostfile);
         let out_path = work.join(format!("{}.out", job.name));
         let err_path = work.join(format!("{}.err", job.name));
-        let files = std::fs::File::create(&out_path).and_then(|o| std::fs::File::create(&err_path).map(|e| (o, e)));
+        let files = std::fs::File::create(&out_path)
+            .and_then(|o| std::fs::File::create(&err_path).map(|e| (o, e)));
         let (out, err) = match files {
             Ok(f) => f,
             Err(e) => {
                 self.free.extend(nodes);
-                self.report(job.id, Outcome::Error, None, format!("cannot write its output in {}: {e}", work.display()));
+                self.report(
+                    job.id,
+                    Outcome::Error,
+                    None,
+                    format!("cannot write its output in {}: {e}", work.display()),
+                );
                 return;
             }
         };
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(&line).current_dir(&work).stdin(Stdio::null()).stdout(out).stderr(err);
-        cmd.envs(&job.env).env("OMP_NUM_THREADS", job.threads_per_rank.to_string()).env("BEAMFLOW_JOB_ID", job.id.to_string());
+        cmd.arg("-c")
+            .arg(&line)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        cmd.envs(&job.env)
+            .env("OMP_NUM_THREADS", job.threads_per_rank.to_string())
+            .env("BEAMFLOW_JOB_ID", job.id.to_string());
         cmd.process_group(0);
         unsafe {
             cmd.pre_exec(|| {
-                let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let zero = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 libc::setrlimit(libc::RLIMIT_CORE, &zero);
                 Ok(())
             });
@@ -240,17 +295,34 @@ impl Launcher {
         match cmd.spawn() {
             Ok(child) => {
                 tracing::info!(job = job.id, stack = %job.stack, step = %job.name, attempt = job.attempt, "started: {line}");
-                self.running.insert(job.id, Running { job, child, nodes, err_path });
+                self.running.insert(
+                    job.id,
+                    Running {
+                        job,
+                        child,
+                        nodes,
+                        err_path,
+                    },
+                );
             }
             Err(e) => {
                 self.free.extend(nodes);
-                self.report(job.id, Outcome::Error, None, format!("cannot start `{line}`: {e}"));
+                self.report(
+                    job.id,
+                    Outcome::Error,
+                    None,
+                    format!("cannot start `{line}`: {e}"),
+                );
             }
         }
     }
 
     fn reap(&mut self) {
-        let done: Vec<u64> = self.running.iter_mut().filter_map(|(id, r)| matches!(r.child.try_wait(), Ok(Some(_))).then_some(*id)).collect();
+        let done: Vec<u64> = self
+            .running
+            .iter_mut()
+            .filter_map(|(id, r)| matches!(r.child.try_wait(), Ok(Some(_))).then_some(*id))
+            .collect();
         for id in done {
             let mut r = self.running.remove(&id).expect("listed");
             let status = r.child.wait().ok();
@@ -258,13 +330,37 @@ impl Launcher {
             let code = status.and_then(|s| s.code());
             let stderr = tail(&r.err_path, 2048);
             match code {
-                Some(0) => self.report(id, Outcome::Done, Some(0), format!("{} finished", r.job.name)),
-                Some(c @ (126 | 127)) => self.report(id, Outcome::Missing, Some(c), format!("could not run the command: {stderr}")),
-                Some(c) => self.report(id, Outcome::Error, Some(c), if stderr.is_empty() { "no stderr".into() } else { format!("stderr: {stderr}") }),
+                Some(0) => self.report(
+                    id,
+                    Outcome::Done,
+                    Some(0),
+                    format!("{} finished", r.job.name),
+                ),
+                Some(c @ (126 | 127)) => self.report(
+                    id,
+                    Outcome::Missing,
+                    Some(c),
+                    format!("could not run the command: {stderr}"),
+                ),
+                Some(c) => self.report(
+                    id,
+                    Outcome::Error,
+                    Some(c),
+                    if stderr.is_empty() {
+                        "no stderr".into()
+                    } else {
+                        format!("stderr: {stderr}")
+                    },
+                ),
                 None => {
                     use std::os::unix::process::ExitStatusExt;
                     let sig = status.and_then(|s| s.signal()).unwrap_or(0);
-                    self.report(id, Outcome::Error, None, format!("killed by signal {sig}; stderr: {stderr}"));
+                    self.report(
+                        id,
+                        Outcome::Error,
+                        None,
+                        format!("killed by signal {sig}; stderr: {stderr}"),
+                    );
                 }
             }
         }
@@ -281,27 +377,56 @@ impl Launcher {
 
 /// Runs a launcher until its allocation ends, it is idle long enough, or `stop` is set.
 pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<(), LauncherError> {
-    let q = cfg.queues.get(queue).ok_or_else(|| LauncherError::UnknownQueue(queue.into()))?;
+    let q = cfg
+        .queues
+        .get(queue)
+        .ok_or_else(|| LauncherError::UnknownQueue(queue.into()))?;
     let started = Instant::now();
-    let walltime = std::env::var("BEAMFLOW_WALLTIME_SECS").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs).unwrap_or(q.walltime.0);
+    let walltime = std::env::var("BEAMFLOW_WALLTIME_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(q.walltime.0);
     let deadline = started + walltime.saturating_sub(q.walltime_margin.0);
     let nodes = detect_nodes(q);
-    let template = if q.launch.is_empty() { default_launch(q.scheduler).to_string() } else { q.launch.clone() };
+    let template = if q.launch.is_empty() {
+        default_launch(q.scheduler).to_string()
+    } else {
+        q.launch.clone()
+    };
     let wait = cfg.service.heartbeat_timeout.0;
     let client = loop {
         match Client::from_state_dir(&cfg.collector.state_dir) {
-            Ok(c) => match c.launcher_start(id, &LauncherStart { host: hostname(), nodes: nodes.clone(), batch_id: batch_id() }) {
+            Ok(c) => match c.launcher_start(
+                id,
+                &LauncherStart {
+                    host: hostname(),
+                    nodes: nodes.clone(),
+                    batch_id: batch_id(),
+                },
+            ) {
                 Ok(_) => break c,
-                Err(e) if started.elapsed() > wait => return Err(LauncherError::NoService(wait, e.to_string())),
+                Err(e) if started.elapsed() > wait => {
+                    return Err(LauncherError::NoService(wait, e.to_string()))
+                }
                 Err(e) => tracing::warn!("service not answering yet: {e}"),
             },
-            Err(e) if started.elapsed() > wait => return Err(LauncherError::NoService(wait, e.to_string())),
+            Err(e) if started.elapsed() > wait => {
+                return Err(LauncherError::NoService(wait, e.to_string()))
+            }
             Err(e) => tracing::warn!("service not reachable yet: {e}"),
         }
         std::thread::sleep(Duration::from_secs(1));
     };
     tracing::info!(launcher = id, queue, nodes = nodes.len(), walltime = ?walltime, "launcher up");
-    let mut l = Launcher { id, client, template, free: nodes, running: HashMap::new(), reports: Vec::new() };
+    let mut l = Launcher {
+        id,
+        client,
+        template,
+        free: nodes,
+        running: HashMap::new(),
+        reports: Vec::new(),
+    };
     let mut idle_since = Instant::now();
     let reason = loop {
         l.reap();
@@ -359,7 +484,9 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
 }
 
 fn batch_id() -> Option<String> {
-    ["SLURM_JOB_ID", "PBS_JOBID", "COBALT_JOBID"].iter().find_map(|k| std::env::var(k).ok())
+    ["SLURM_JOB_ID", "PBS_JOBID", "COBALT_JOBID"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok())
 }
 
 #[cfg(test)]
@@ -368,7 +495,10 @@ mod tests {
 
     #[test]
     fn hostlists_expand() {
-        assert_eq!(expand_hostlist("nid[001-003,007],login1"), ["nid001", "nid002", "nid003", "nid007", "login1"]);
+        assert_eq!(
+            expand_hostlist("nid[001-003,007],login1"),
+            ["nid001", "nid002", "nid003", "nid007", "login1"]
+        );
         assert_eq!(expand_hostlist("x3001c0s7b0n0"), ["x3001c0s7b0n0"]);
         assert_eq!(expand_hostlist("a[8-10]"), ["a8", "a9", "a10"]);
     }
@@ -389,24 +519,34 @@ mod tests {
             attempt: 1,
         };
         let t = default_launch(SchedulerKind::Cobalt);
-        assert_eq!(launch_line(t, &job, Path::new("/h")), "aprun -n 8 -N 4 -d 8 -cc depth register -pairs pairs.lst");
+        assert_eq!(
+            launch_line(t, &job, Path::new("/h")),
+            "aprun -n 8 -N 4 -d 8 -cc depth register -pairs pairs.lst"
+        );
         let t = default_launch(SchedulerKind::Pbs);
         assert_eq!(
             launch_line(t, &job, Path::new("/h")),
             "mpiexec -n 8 --ppn 4 --depth 8 --cpu-bind depth --hostfile /h register -pairs pairs.lst"
         );
-        assert_eq!(launch_line(default_launch(SchedulerKind::Slurm), &job, Path::new("/h")), "srun -N 2 -n 8 --cpus-per-task 8 register -pairs pairs.lst");
+        assert_eq!(
+            launch_line(default_launch(SchedulerKind::Slurm), &job, Path::new("/h")),
+            "srun -N 2 -n 8 --cpus-per-task 8 register -pairs pairs.lst"
+        );
     }
 
     #[test]
     fn missing_programs_are_named() {
-        assert!(missing_program("/nonexistent/find_rst -x").unwrap().contains("/nonexistent/find_rst does not exist"));
+        assert!(missing_program("/nonexistent/find_rst -x")
+            .unwrap()
+            .contains("/nonexistent/find_rst does not exist"));
         let d = tempfile::tempdir().unwrap();
         let plain = d.path().join("find_rst");
         std::fs::write(&plain, "#!/bin/sh\n").unwrap();
         let e = missing_program(&format!("{} -pairs x", plain.display())).unwrap();
         assert!(e.contains("is not executable"), "{e}");
         assert!(missing_program("sh -c true").is_none());
-        assert!(missing_program("no-such-program-here").unwrap().contains("not on PATH"));
+        assert!(missing_program("no-such-program-here")
+            .unwrap()
+            .contains("not on PATH"));
     }
 }

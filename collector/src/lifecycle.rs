@@ -13,17 +13,33 @@ use std::collections::BTreeMap;
 
 /// Seconds since the epoch, for heartbeats.
 pub(crate) fn epoch() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Moves a job from one of `from` to `to` with an event; false if it was in another state.
-pub(crate) fn change(tx: &Transaction<'_>, id: u64, from: &[JobState], to: JobState, reason: &str) -> Result<bool, DbError> {
-    let cur: Option<String> = tx.query_row("SELECT state FROM jobs WHERE id = ?1", [id as i64], |r| r.get(0)).optional()?;
+pub(crate) fn change(
+    tx: &Transaction<'_>,
+    id: u64,
+    from: &[JobState],
+    to: JobState,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let cur: Option<String> = tx
+        .query_row("SELECT state FROM jobs WHERE id = ?1", [id as i64], |r| {
+            r.get(0)
+        })
+        .optional()?;
     let Some(cur) = cur else { return Ok(false) };
     if !from.iter().any(|s| s.as_str() == cur) {
         return Ok(false);
     }
-    tx.execute("UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1", params![id as i64, to.as_str(), reason])?;
+    tx.execute(
+        "UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1",
+        params![id as i64, to.as_str(), reason],
+    )?;
     tx.execute(
         "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id as i64, now(), cur, to.as_str(), reason],
@@ -60,7 +76,9 @@ pub struct Pending {
 
 impl Db {
     fn tx(&mut self) -> Result<Transaction<'_>, DbError> {
-        Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
     /// Jobs in `state` with what the service needs to act on them.
@@ -90,7 +108,13 @@ impl Db {
     }
 
     /// One transition, in its own transaction.
-    pub fn transition(&mut self, id: u64, from: &[JobState], to: JobState, reason: &str) -> Result<bool, DbError> {
+    pub fn transition(
+        &mut self,
+        id: u64,
+        from: &[JobState],
+        to: JobState,
+        reason: &str,
+    ) -> Result<bool, DbError> {
         let tx = self.tx()?;
         let ok = change(&tx, id, from, to, reason)?;
         tx.commit()?;
@@ -98,7 +122,11 @@ impl Db {
     }
 
     /// A chain of transitions applied together (RUN_DONE → RUN_ERROR → FAILED, say).
-    pub fn transitions(&mut self, id: u64, steps: &[(JobState, JobState, &str)]) -> Result<bool, DbError> {
+    pub fn transitions(
+        &mut self,
+        id: u64,
+        steps: &[(JobState, JobState, &str)],
+    ) -> Result<bool, DbError> {
         let tx = self.tx()?;
         for (from, to, why) in steps {
             if !change(&tx, id, &[*from], *to, why)? {
@@ -122,7 +150,13 @@ impl Db {
             v
         };
         for id in &ids {
-            change(&tx, *id as u64, &[JobState::AwaitingParents], JobState::Ready, "parents finished")?;
+            change(
+                &tx,
+                *id as u64,
+                &[JobState::AwaitingParents],
+                JobState::Ready,
+                "parents finished",
+            )?;
         }
         tx.commit()?;
         Ok(ids.len())
@@ -130,28 +164,47 @@ impl Db {
 
     /// The work folder of a stack is ready.
     pub fn mark_prepared(&mut self, stack_id: u64) -> Result<(), DbError> {
-        self.conn.execute("UPDATE stacks SET prepared = 1 WHERE id = ?1", [stack_id as i64])?;
+        self.conn.execute(
+            "UPDATE stacks SET prepared = 1 WHERE id = ?1",
+            [stack_id as i64],
+        )?;
         Ok(())
     }
 
     /// READY → PREPROCESSED with the final command line.
     pub fn preprocessed(&mut self, id: u64, command: &str) -> Result<bool, DbError> {
         let tx = self.tx()?;
-        tx.execute("UPDATE jobs SET command = ?2 WHERE id = ?1 AND state = 'READY'", params![id as i64, command])?;
-        let ok = change(&tx, id, &[JobState::Ready], JobState::Preprocessed, "work folder prepared")?;
+        tx.execute(
+            "UPDATE jobs SET command = ?2 WHERE id = ?1 AND state = 'READY'",
+            params![id as i64, command],
+        )?;
+        let ok = change(
+            &tx,
+            id,
+            &[JobState::Ready],
+            JobState::Preprocessed,
+            "work folder prepared",
+        )?;
         tx.commit()?;
         Ok(ok)
     }
 
     /// Nodes wanted by every runnable job, in order.
     pub fn runnable_nodes(&self) -> Result<Vec<u32>, DbError> {
-        let mut st = self.conn.prepare("SELECT nodes FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY') ORDER BY id")?;
+        let mut st = self.conn.prepare(
+            "SELECT nodes FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY') ORDER BY id",
+        )?;
         let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         Ok(v)
     }
 
     /// Records a launcher the service is about to submit.
-    pub fn add_launcher(&mut self, queue: &str, scheduler: &str, nodes: u32) -> Result<u64, DbError> {
+    pub fn add_launcher(
+        &mut self,
+        queue: &str,
+        scheduler: &str,
+        nodes: u32,
+    ) -> Result<u64, DbError> {
         self.conn.execute(
             "INSERT INTO launchers (queue, scheduler, nodes, state, submitted_at, heartbeat_at) VALUES (?1, ?2, ?3, 'QUEUED', ?4, ?5)",
             params![queue, scheduler, nodes, now(), epoch()],
@@ -161,12 +214,19 @@ impl Db {
 
     /// The scheduler accepted the launcher's batch job.
     pub fn set_batch_id(&mut self, id: u64, batch_id: &str) -> Result<(), DbError> {
-        self.conn.execute("UPDATE launchers SET batch_id = ?2 WHERE id = ?1", params![id as i64, batch_id])?;
+        self.conn.execute(
+            "UPDATE launchers SET batch_id = ?2 WHERE id = ?1",
+            params![id as i64, batch_id],
+        )?;
         Ok(())
     }
 
     /// Launchers in the given states, optionally of one queue.
-    pub fn launchers(&self, states: &[&str], queue: Option<&str>) -> Result<Vec<LauncherRow>, DbError> {
+    pub fn launchers(
+        &self,
+        states: &[&str],
+        queue: Option<&str>,
+    ) -> Result<Vec<LauncherRow>, DbError> {
         let mut st = self.conn.prepare(
             "SELECT l.id, l.queue, l.scheduler, l.batch_id, l.nodes, l.state, l.submitted_at, l.reason,
                     (SELECT COUNT(*) FROM jobs j WHERE j.launcher_id = l.id AND j.state = 'RUNNING')
@@ -187,7 +247,10 @@ impl Db {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        Ok(rows.into_iter().filter(|l| states.is_empty() || states.contains(&l.state.as_str())).collect())
+        Ok(rows
+            .into_iter()
+            .filter(|l| states.is_empty() || states.contains(&l.state.as_str()))
+            .collect())
     }
 
     /// A launcher came up.
@@ -207,12 +270,21 @@ impl Db {
             params![id as i64, state, reason, now()],
         )?;
         let jobs: Vec<i64> = {
-            let mut st = tx.prepare("SELECT id FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'")?;
-            let v = st.query_map([id as i64], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut st =
+                tx.prepare("SELECT id FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'")?;
+            let v = st
+                .query_map([id as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
             v
         };
         for j in &jobs {
-            change(&tx, *j as u64, &[JobState::Running], JobState::RunTimeout, &format!("launcher {id} ended: {reason}"))?;
+            change(
+                &tx,
+                *j as u64,
+                &[JobState::Running],
+                JobState::RunTimeout,
+                &format!("launcher {id} ended: {reason}"),
+            )?;
         }
         tx.commit()?;
         Ok(jobs.len())
@@ -221,32 +293,61 @@ impl Db {
     /// Gives every running launcher a fresh heartbeat: used when the service starts, so that
     /// launchers that kept running while it was down are not declared lost at once.
     pub fn refresh_heartbeats(&mut self) -> Result<(), DbError> {
-        self.conn.execute("UPDATE launchers SET heartbeat_at = ?1 WHERE state IN ('QUEUED', 'RUNNING')", [epoch()])?;
+        self.conn.execute(
+            "UPDATE launchers SET heartbeat_at = ?1 WHERE state IN ('QUEUED', 'RUNNING')",
+            [epoch()],
+        )?;
         Ok(())
     }
 
     /// Running launchers silent for longer than `secs`.
     pub fn silent_launchers(&self, secs: f64) -> Result<Vec<u64>, DbError> {
-        let mut st = self.conn.prepare("SELECT id FROM launchers WHERE state = 'RUNNING' AND heartbeat_at < ?1")?;
-        let v = st.query_map([epoch() - secs], |r| r.get::<_, i64>(0).map(|v| v as u64))?.collect::<Result<_, _>>()?;
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM launchers WHERE state = 'RUNNING' AND heartbeat_at < ?1")?;
+        let v = st
+            .query_map([epoch() - secs], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+            .collect::<Result<_, _>>()?;
         Ok(v)
     }
 
     /// Heartbeat plus work: hands runnable jobs that fit `free_nodes` to the launcher, all
     /// in one transaction, so no job goes to two launchers.
-    pub fn acquire(&mut self, launcher: u64, free_nodes: u32, max_jobs: u32, running: &[u64]) -> Result<AcquireResponse, DbError> {
+    pub fn acquire(
+        &mut self,
+        launcher: u64,
+        free_nodes: u32,
+        max_jobs: u32,
+        running: &[u64],
+    ) -> Result<AcquireResponse, DbError> {
         let tx = self.tx()?;
-        let state: Option<String> =
-            tx.query_row("SELECT state FROM launchers WHERE id = ?1", [launcher as i64], |r| r.get(0)).optional()?;
+        let state: Option<String> = tx
+            .query_row(
+                "SELECT state FROM launchers WHERE id = ?1",
+                [launcher as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
         if state.as_deref() != Some("RUNNING") {
             tx.commit()?;
-            return Ok(AcquireResponse { stop: true, kill: running.to_vec(), ..Default::default() });
+            return Ok(AcquireResponse {
+                stop: true,
+                kill: running.to_vec(),
+                ..Default::default()
+            });
         }
-        tx.execute("UPDATE launchers SET heartbeat_at = ?2 WHERE id = ?1", params![launcher as i64, epoch()])?;
+        tx.execute(
+            "UPDATE launchers SET heartbeat_at = ?2 WHERE id = ?1",
+            params![launcher as i64, epoch()],
+        )?;
         let mut kill = Vec::new();
         for j in running {
             let mine: Option<i64> = tx
-                .query_row("SELECT 1 FROM jobs WHERE id = ?1 AND state = 'RUNNING' AND launcher_id = ?2", params![*j as i64, launcher as i64], |r| r.get(0))
+                .query_row(
+                    "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'RUNNING' AND launcher_id = ?2",
+                    params![*j as i64, launcher as i64],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if mine.is_none() {
                 kill.push(*j);
@@ -257,7 +358,9 @@ impl Db {
         if free > 0 && max_jobs > 0 {
             let candidates: Vec<(i64, u32)> = {
                 let mut st = tx.prepare("SELECT id, nodes FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY') ORDER BY id LIMIT 1000")?;
-                let v = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                let v = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
                 v
             };
             for (id, nodes) in candidates {
@@ -268,10 +371,19 @@ impl Db {
                     continue;
                 }
                 let why = format!("started by launcher {launcher}");
-                if !change(&tx, id as u64, &[JobState::Preprocessed, JobState::RestartReady], JobState::Running, &why)? {
+                if !change(
+                    &tx,
+                    id as u64,
+                    &[JobState::Preprocessed, JobState::RestartReady],
+                    JobState::Running,
+                    &why,
+                )? {
                     continue;
                 }
-                tx.execute("UPDATE jobs SET launcher_id = ?2, attempts = attempts + 1 WHERE id = ?1", params![id, launcher as i64])?;
+                tx.execute(
+                    "UPDATE jobs SET launcher_id = ?2, attempts = attempts + 1 WHERE id = ?1",
+                    params![id, launcher as i64],
+                )?;
                 free -= nodes;
                 jobs.push(tx.query_row(
                     "SELECT j.id, j.name, s.name, j.command, j.work_dir, j.nodes, j.ranks_per_node, j.threads_per_rank,
@@ -297,26 +409,61 @@ impl Db {
             }
         }
         tx.commit()?;
-        Ok(AcquireResponse { jobs, kill, stop: false })
+        Ok(AcquireResponse {
+            jobs,
+            kill,
+            stop: false,
+        })
     }
 
     /// A launcher's account of how a run ended. Reports for jobs it no longer owns are
     /// ignored (the job was killed, or timed out when the launcher was thought lost).
     pub fn report(&mut self, job: u64, r: &ReportRequest) -> Result<bool, DbError> {
         let tx = self.tx()?;
-        let owner: Option<Option<i64>> =
-            tx.query_row("SELECT launcher_id FROM jobs WHERE id = ?1 AND state = 'RUNNING'", [job as i64], |r| r.get(0)).optional()?;
+        let owner: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT launcher_id FROM jobs WHERE id = ?1 AND state = 'RUNNING'",
+                [job as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
         if owner != Some(Some(r.launcher as i64)) {
             return Ok(false);
         }
-        let code = r.exit_code.map(|c| format!("exit {c}")).unwrap_or_else(|| "no exit code".into());
+        let code = r
+            .exit_code
+            .map(|c| format!("exit {c}"))
+            .unwrap_or_else(|| "no exit code".into());
         let ok = match r.outcome {
             Outcome::Done => change(&tx, job, &[JobState::Running], JobState::RunDone, &code)?,
-            Outcome::Error => change(&tx, job, &[JobState::Running], JobState::RunError, &format!("{code}: {}", r.message))?,
-            Outcome::Timeout => change(&tx, job, &[JobState::Running], JobState::RunTimeout, &r.message)?,
+            Outcome::Error => change(
+                &tx,
+                job,
+                &[JobState::Running],
+                JobState::RunError,
+                &format!("{code}: {}", r.message),
+            )?,
+            Outcome::Timeout => change(
+                &tx,
+                job,
+                &[JobState::Running],
+                JobState::RunTimeout,
+                &r.message,
+            )?,
             Outcome::Missing => {
-                change(&tx, job, &[JobState::Running], JobState::RunError, &r.message)?
-                    && change(&tx, job, &[JobState::RunError], JobState::Failed, &format!("not retried: {}", r.message))?
+                change(
+                    &tx,
+                    job,
+                    &[JobState::Running],
+                    JobState::RunError,
+                    &r.message,
+                )? && change(
+                    &tx,
+                    job,
+                    &[JobState::RunError],
+                    JobState::Failed,
+                    &format!("not retried: {}", r.message),
+                )?
             }
         };
         tx.commit()?;
@@ -329,7 +476,12 @@ impl Db {
         let ok = change(
             &tx,
             job,
-            &[JobState::Failed, JobState::UserKilled, JobState::RunError, JobState::RunTimeout],
+            &[
+                JobState::Failed,
+                JobState::UserKilled,
+                JobState::RunError,
+                JobState::RunTimeout,
+            ],
             JobState::RestartReady,
             "retry requested by a person",
         )?;
@@ -359,9 +511,18 @@ impl Db {
 
     /// A job's events, oldest first.
     pub fn events(&self, job: u64) -> Result<Vec<EventRow>, DbError> {
-        let mut st = self.conn.prepare("SELECT at, from_state, to_state, reason FROM events WHERE job_id = ?1 ORDER BY id")?;
+        let mut st = self.conn.prepare(
+            "SELECT at, from_state, to_state, reason FROM events WHERE job_id = ?1 ORDER BY id",
+        )?;
         let v = st
-            .query_map([job as i64], |r| Ok(EventRow { at: r.get(0)?, from: r.get(1)?, to: r.get(2)?, reason: r.get(3)? }))?
+            .query_map([job as i64], |r| {
+                Ok(EventRow {
+                    at: r.get(0)?,
+                    from: r.get(1)?,
+                    to: r.get(2)?,
+                    reason: r.get(3)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
         Ok(v)
     }
@@ -373,14 +534,27 @@ impl Db {
              GROUP BY s.id, j.state ORDER BY s.id",
         )?;
         let mut out: Vec<StackStatus> = Vec::new();
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, u32>(4)?)))?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+            ))
+        })?;
         for row in rows {
             let (stack, version, workflow, state, n) = row?;
             match out.last_mut() {
                 Some(s) if s.stack == stack && s.version == version => {
                     s.counts.insert(state, n);
                 }
-                _ => out.push(StackStatus { stack, version, workflow, counts: BTreeMap::from([(state, n)]) }),
+                _ => out.push(StackStatus {
+                    stack,
+                    version,
+                    workflow,
+                    counts: BTreeMap::from([(state, n)]),
+                }),
             }
         }
         Ok(out)

@@ -204,14 +204,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = load(&config)?;
             init_logs(cfg.agent.log_format);
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
-                signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handlers")?;
+            for sig in [
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGHUP,
+            ] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("cannot install signal handlers")?;
             }
             launcher::run(&cfg, &queue, id, stop)?;
         }
         Cmd::Qa { dir, out } => {
             let report = qa::check_dir(&dir).map_err(anyhow::Error::msg)?;
-            std::fs::write(&out, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", out.display()))?;
+            std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             if !report.bad.is_empty() {
                 for (f, why) in &report.bad {
                     eprintln!("{f}: {why}");
@@ -223,7 +229,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     out.display()
                 );
             }
-            println!("{} sections passed the quality check ({})", report.sections.len(), out.display());
+            println!(
+                "{} sections passed the quality check ({})",
+                report.sections.len(),
+                out.display()
+            );
         }
         Cmd::Config {
             cmd: ConfigCmd::Check { file },

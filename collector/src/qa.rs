@@ -52,12 +52,17 @@ fn open(path: &Path) -> Result<Decoder<BufReader<File>>, String> {
 
 /// Width and height of a TIFF's first page.
 pub fn dimensions(path: &Path) -> Result<(u32, u32), String> {
-    open(path)?.dimensions().map_err(|e| format!("no dimensions: {e}"))
+    open(path)?
+        .dimensions()
+        .map_err(|e| format!("no dimensions: {e}"))
 }
 
 /// Reads one section strip by strip and measures it.
 pub fn measure(path: &Path) -> Result<Section, String> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut d = open(path)?;
     let (width, height) = d.dimensions().map_err(|e| e.to_string())?;
     let bits = match d.colortype().map_err(|e| e.to_string())? {
@@ -69,8 +74,13 @@ pub fn measure(path: &Path) -> Result<Section, String> {
         ChunkType::Tile => d.tile_count(),
     }
     .map_err(|e| e.to_string())?;
-    let top = if bits >= 32 { f64::MAX } else { ((1u64 << bits) - 1) as f64 };
-    let (mut n, mut sum, mut sq, mut min, mut max, mut at_top) = (0f64, 0f64, 0f64, f64::MAX, f64::MIN, 0f64);
+    let top = if bits >= 32 {
+        f64::MAX
+    } else {
+        ((1u64 << bits) - 1) as f64
+    };
+    let (mut n, mut sum, mut sq, mut min, mut max, mut at_top) =
+        (0f64, 0f64, 0f64, f64::MAX, f64::MIN, 0f64);
     let mut add = |v: f64| {
         n += 1.0;
         sum += v;
@@ -82,7 +92,10 @@ pub fn measure(path: &Path) -> Result<Section, String> {
         }
     };
     for c in 0..chunks {
-        match d.read_chunk(c).map_err(|e| format!("strip/tile {c} unreadable: {e}"))? {
+        match d
+            .read_chunk(c)
+            .map_err(|e| format!("strip/tile {c} unreadable: {e}"))?
+        {
             DecodingResult::U8(v) => v.iter().for_each(|&x| add(x as f64)),
             DecodingResult::U16(v) => v.iter().for_each(|&x| add(x as f64)),
             DecodingResult::U32(v) => v.iter().for_each(|&x| add(x as f64)),
@@ -95,16 +108,30 @@ pub fn measure(path: &Path) -> Result<Section, String> {
     }
     let mean = sum / n;
     let std = (sq / n - mean * mean).max(0.0).sqrt();
-    Ok(Section { name, width, height, bits, min, max, mean, std, saturated: at_top / n })
+    Ok(Section {
+        name,
+        width,
+        height,
+        bits,
+        min,
+        max,
+        mean,
+        std,
+        saturated: at_top / n,
+    })
 }
 
 /// Checks every image in `dir` (sorted by name).
 pub fn check_dir(dir: &Path) -> Result<Report, String> {
-    let names = crate::prepare::image_names(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let names = crate::prepare::image_names(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     if names.is_empty() {
         return Err(format!("{} holds no .tif images", dir.display()));
     }
-    let mut report = Report { sections: Vec::new(), bad: Vec::new() };
+    let mut report = Report {
+        sections: Vec::new(),
+        bad: Vec::new(),
+    };
     let mut shape: Option<(u32, u32, u8, String)> = None;
     for name in names {
         match measure(&dir.join(&name)) {
@@ -115,14 +142,20 @@ pub fn check_dir(dir: &Path) -> Result<Report, String> {
                     None => shape = Some((s.width, s.height, s.bits, name.clone())),
                     Some((w, h, b, first)) => {
                         if (s.width, s.height, s.bits) != (*w, *h, *b) {
-                            why.push(format!("{}x{} {}-bit, but {first} is {w}x{h} {b}-bit", s.width, s.height, s.bits));
+                            why.push(format!(
+                                "{}x{} {}-bit, but {first} is {w}x{h} {b}-bit",
+                                s.width, s.height, s.bits
+                            ));
                         }
                     }
                 }
                 if s.max == s.min {
                     why.push(format!("blank: every pixel is {}", s.min));
                 } else if s.saturated >= 0.5 {
-                    why.push(format!("saturated: {:.0}% of pixels at the maximum", s.saturated * 100.0));
+                    why.push(format!(
+                        "saturated: {:.0}% of pixels at the maximum",
+                        s.saturated * 100.0
+                    ));
                 }
                 if why.is_empty() {
                     report.sections.push(s);
@@ -141,17 +174,31 @@ mod tests {
 
     fn tiff16(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u16) {
         let mut e = tiff::encoder::TiffEncoder::new(File::create(path).unwrap()).unwrap();
-        let data: Vec<u16> = (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).map(|(x, y)| f(x, y)).collect();
-        e.write_image::<tiff::encoder::colortype::Gray16>(w, h, &data).unwrap();
+        let data: Vec<u16> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| f(x, y))
+            .collect();
+        e.write_image::<tiff::encoder::colortype::Gray16>(w, h, &data)
+            .unwrap();
     }
 
     #[test]
     fn blank_saturated_odd_sized_and_broken_sections_are_named() {
         let d = tempfile::tempdir().unwrap();
-        tiff16(&d.path().join("S_0000.tif"), 32, 32, |x, y| (x * 100 + y) as u16);
-        tiff16(&d.path().join("S_0001.tif"), 32, 32, |x, y| (x + y * 7) as u16);
+        tiff16(&d.path().join("S_0000.tif"), 32, 32, |x, y| {
+            (x * 100 + y) as u16
+        });
+        tiff16(&d.path().join("S_0001.tif"), 32, 32, |x, y| {
+            (x + y * 7) as u16
+        });
         tiff16(&d.path().join("S_0002.tif"), 32, 32, |_, _| 1200);
-        tiff16(&d.path().join("S_0003.tif"), 32, 32, |x, _| if x < 20 { 65535 } else { 3 });
+        tiff16(&d.path().join("S_0003.tif"), 32, 32, |x, _| {
+            if x < 20 {
+                65535
+            } else {
+                3
+            }
+        });
         tiff16(&d.path().join("S_0004.tif"), 16, 32, |x, y| (x + y) as u16);
         std::fs::write(d.path().join("S_0005.tif"), b"not a tiff").unwrap();
         let r = check_dir(d.path()).unwrap();
@@ -159,7 +206,10 @@ mod tests {
         let bad: std::collections::HashMap<_, _> = r.bad.into_iter().collect();
         assert!(bad["S_0002.tif"].contains("blank"), "{bad:?}");
         assert!(bad["S_0003.tif"].contains("saturated"), "{bad:?}");
-        assert!(bad["S_0004.tif"].contains("16x32 16-bit, but S_0000.tif is 32x32"), "{bad:?}");
+        assert!(
+            bad["S_0004.tif"].contains("16x32 16-bit, but S_0000.tif is 32x32"),
+            "{bad:?}"
+        );
         assert!(bad["S_0005.tif"].contains("not a readable TIFF"), "{bad:?}");
     }
 }

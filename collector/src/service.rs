@@ -2,8 +2,8 @@
 //! the HTTP API that `serve`, the CLI (and later launchers) use.
 
 use crate::api::{
-    AcquireRequest, AcquireResponse, ErrorBody, EventRow, JobRow, LauncherStart, ReportRequest, ServerInfo, StatusResponse,
-    SubmitRequest, SubmitResponse, SERVER_INFO,
+    AcquireRequest, AcquireResponse, ErrorBody, EventRow, JobRow, LauncherStart, ReportRequest,
+    ServerInfo, StatusResponse, SubmitRequest, SubmitResponse, SERVER_INFO,
 };
 use crate::dag::{plan, StackFacts};
 use crate::db::{Db, DbError, NewStack};
@@ -178,13 +178,20 @@ pub async fn run(
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 engine.tick();
                 let until = std::time::Instant::now() + every;
-                while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                while std::time::Instant::now() < until
+                    && !stop.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
             }
         })
     };
-    let state = AppState { db, token: Arc::new(token), cfg, engine };
+    let state = AppState {
+        db,
+        token: Arc::new(token),
+        cfg,
+        engine,
+    };
     let app = Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/stacks", post(submit).get(list_stacks))
@@ -198,7 +205,9 @@ pub async fn run(
         .route("/v1/launchers/{id}/end", post(launcher_end))
         .route("/v1/status", get(status))
         .with_state(state);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = ticker.join();
     let _ = std::fs::remove_file(state_dir.join(SERVER_INFO));
@@ -209,7 +218,9 @@ pub async fn run(
 
 /// This program's path, for built-in steps that run `beamflow-collector qa` in a launcher.
 pub(crate) fn collector_exe() -> String {
-    std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "beamflow-collector".into())
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "beamflow-collector".into())
 }
 
 /// Digest that identifies a stack version's content: equal digests are the same submission.
@@ -370,18 +381,30 @@ async fn list_stacks(
 }
 
 fn locked(st: &AppState) -> Result<std::sync::MutexGuard<'_, Db>, (StatusCode, Json<ErrorBody>)> {
-    st.db.lock().map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned; restart the service"))
+    st.db.lock().map_err(|_| {
+        fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "database lock poisoned; restart the service",
+        )
+    })
 }
 
 fn internal(e: DbError) -> (StatusCode, Json<ErrorBody>) {
     fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-async fn job_events(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> ApiResult<Vec<EventRow>> {
+async fn job_events(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+) -> ApiResult<Vec<EventRow>> {
     check_token(&headers, &st.token)?;
     let db = locked(&st)?;
     if db.job(id).map_err(internal)?.is_none() {
-        return Err(fail(StatusCode::NOT_FOUND, format!("no job {id}; `beamflow-collector ls` lists them")));
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            format!("no job {id}; `beamflow-collector ls` lists them"),
+        ));
     }
     db.events(id).map(Json).map_err(internal)
 }
@@ -389,22 +412,43 @@ async fn job_events(State(st): State<AppState>, headers: HeaderMap, UrlPath(id):
 fn job_action(st: &AppState, id: u64, retry: bool) -> ApiResult<JobRow> {
     let mut db = locked(st)?;
     let Some(job) = db.job(id).map_err(internal)? else {
-        return Err(fail(StatusCode::NOT_FOUND, format!("no job {id}; `beamflow-collector ls` lists them")));
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            format!("no job {id}; `beamflow-collector ls` lists them"),
+        ));
     };
     let ok = if retry { db.retry(id) } else { db.kill(id) }.map_err(internal)?;
     if !ok {
-        let what = if retry { "retried (only FAILED, USER_KILLED, RUN_ERROR or RUN_TIMEOUT jobs can be)" } else { "killed (it already ended)" };
-        return Err(fail(StatusCode::CONFLICT, format!("job {id} is {} and cannot be {what}", job.state)));
+        let what = if retry {
+            "retried (only FAILED, USER_KILLED, RUN_ERROR or RUN_TIMEOUT jobs can be)"
+        } else {
+            "killed (it already ended)"
+        };
+        return Err(fail(
+            StatusCode::CONFLICT,
+            format!("job {id} is {} and cannot be {what}", job.state),
+        ));
     }
-    db.job(id).map_err(internal)?.map(Json).ok_or_else(|| fail(StatusCode::NOT_FOUND, "job vanished"))
+    db.job(id)
+        .map_err(internal)?
+        .map(Json)
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "job vanished"))
 }
 
-async fn job_retry(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> ApiResult<JobRow> {
+async fn job_retry(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+) -> ApiResult<JobRow> {
     check_token(&headers, &st.token)?;
     job_action(&st, id, true)
 }
 
-async fn job_kill(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> ApiResult<JobRow> {
+async fn job_kill(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+) -> ApiResult<JobRow> {
     check_token(&headers, &st.token)?;
     job_action(&st, id, false)
 }
@@ -427,8 +471,14 @@ async fn launcher_start(
     Json(r): Json<LauncherStart>,
 ) -> ApiResult<serde_json::Value> {
     check_token(&headers, &st.token)?;
-    if !locked(&st)?.launcher_started(id, r.nodes.len(), &r.host).map_err(internal)? {
-        return Err(fail(StatusCode::GONE, format!("launcher {id} is unknown or already ended; exit")));
+    if !locked(&st)?
+        .launcher_started(id, r.nodes.len(), &r.host)
+        .map_err(internal)?
+    {
+        return Err(fail(
+            StatusCode::GONE,
+            format!("launcher {id} is unknown or already ended; exit"),
+        ));
     }
     tracing::info!(launcher = id, host = %r.host, nodes = r.nodes.len(), "launcher started");
     Ok(Json(serde_json::json!({ "ok": true })))
@@ -441,7 +491,10 @@ async fn launcher_acquire(
     Json(r): Json<AcquireRequest>,
 ) -> ApiResult<AcquireResponse> {
     check_token(&headers, &st.token)?;
-    locked(&st)?.acquire(id, r.free_nodes, r.max_jobs, &r.running).map(Json).map_err(internal)
+    locked(&st)?
+        .acquire(id, r.free_nodes, r.max_jobs, &r.running)
+        .map(Json)
+        .map_err(internal)
 }
 
 async fn launcher_end(
@@ -451,8 +504,14 @@ async fn launcher_end(
     Json(r): Json<serde_json::Value>,
 ) -> ApiResult<serde_json::Value> {
     check_token(&headers, &st.token)?;
-    let reason = r.get("reason").and_then(|v| v.as_str()).unwrap_or("ended").to_string();
-    locked(&st)?.end_launcher(id, "FINISHED", &format!("exited: {reason}")).map_err(internal)?;
+    let reason = r
+        .get("reason")
+        .and_then(|v| v.as_str())
+        .unwrap_or("ended")
+        .to_string();
+    locked(&st)?
+        .end_launcher(id, "FINISHED", &format!("exited: {reason}"))
+        .map_err(internal)?;
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 
@@ -462,7 +521,10 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
     let stacks = db.stack_status().map_err(internal)?;
     let all = db.launchers(&[], None).map_err(internal)?;
     // the live ones and the last few that ended
-    let ended = all.iter().filter(|l| l.state == "FINISHED" || l.state == "LOST").count();
+    let ended = all
+        .iter()
+        .filter(|l| l.state == "FINISHED" || l.state == "LOST")
+        .count();
     let mut skip = ended.saturating_sub(5);
     let launchers = all
         .into_iter()
@@ -475,10 +537,22 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
             }
         })
         .collect();
-    let mut notes = st.engine.notes.lock().map(|n| n.clone()).unwrap_or_default();
+    let mut notes = st
+        .engine
+        .notes
+        .lock()
+        .map(|n| n.clone())
+        .unwrap_or_default();
     let failed = db.jobs(None, Some("FAILED")).map_err(internal)?;
     for j in failed.iter().take(10) {
-        notes.push(format!("job {} ({} of {}) is FAILED: {}; `beamflow-collector retry {}` after fixing it", j.id, j.name, j.stack, j.reason, j.id));
+        notes.push(format!(
+            "job {} ({} of {}) is FAILED: {}; `beamflow-collector retry {}` after fixing it",
+            j.id, j.name, j.stack, j.reason, j.id
+        ));
     }
-    Ok(Json(StatusResponse { stacks, launchers, notes }))
+    Ok(Json(StatusResponse {
+        stacks,
+        launchers,
+        notes,
+    }))
 }

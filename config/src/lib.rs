@@ -209,6 +209,9 @@ pub struct LinkSection {
     pub command: Vec<String>,
     /// Size of data frames on the wire (memory per transfer stays near this).
     pub chunk_size: ByteSize,
+    /// Bandwidth cap in bytes per second (like rsync's --bwlimit), for links shared with
+    /// the beamline's other traffic; 0 means no cap.
+    pub max_rate: ByteSize,
     /// How long the far end may take to answer the handshake.
     pub handshake_timeout: Dur,
 }
@@ -219,6 +222,7 @@ impl Default for LinkSection {
             transport: Transport::Local,
             command: Vec::new(),
             chunk_size: ByteSize(1 << 20),
+            max_rate: ByteSize(0),
             handshake_timeout: Dur::secs(30),
         }
     }
@@ -432,10 +436,22 @@ impl Config {
                 message,
             };
             if q.min_nodes == 0 || q.min_nodes > q.max_nodes {
-                return Err(bad("min_nodes", format!("min_nodes ({}) must be at least 1 and at most max_nodes ({})", q.min_nodes, q.max_nodes)));
+                return Err(bad(
+                    "min_nodes",
+                    format!(
+                        "min_nodes ({}) must be at least 1 and at most max_nodes ({})",
+                        q.min_nodes, q.max_nodes
+                    ),
+                ));
             }
             if q.walltime <= q.walltime_margin {
-                return Err(bad("walltime", format!("walltime ({}) must be longer than walltime_margin ({})", q.walltime, q.walltime_margin)));
+                return Err(bad(
+                    "walltime",
+                    format!(
+                        "walltime ({}) must be longer than walltime_margin ({})",
+                        q.walltime, q.walltime_margin
+                    ),
+                ));
             }
         }
         if cfg.service.max_attempts == 0 {

@@ -193,11 +193,26 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         &["align"],
         "{bin}/apply_map -image_list images.lst -images images/ -maps amaps/ -output aligned/ -memory 1000",
     );
-    let wf = |steps: Vec<Step>| Workflow { bin: None, steps, schedule: default_schedule() };
+    let wf = |steps: Vec<Step>| Workflow {
+        bin: None,
+        steps,
+        schedule: default_schedule(),
+    };
     vec![
         ("qa".into(), wf(vec![qa.clone()])),
-        ("aligntk".into(), wf(vec![qa.clone(), find_rst.clone(), register.clone(), align.clone()])),
-        ("aligntk-apply".into(), wf(vec![qa, find_rst, register, align, apply_map])),
+        (
+            "aligntk".into(),
+            wf(vec![
+                qa.clone(),
+                find_rst.clone(),
+                register.clone(),
+                align.clone(),
+            ]),
+        ),
+        (
+            "aligntk-apply".into(),
+            wf(vec![qa, find_rst, register, align, apply_map]),
+        ),
     ]
 }
 
@@ -213,7 +228,10 @@ mod tests {
         let (_, wf) = builtin().into_iter().find(|(n, _)| n == "aligntk").unwrap();
         let names: Vec<_> = wf.topo_order().iter().map(|s| s.name.clone()).collect();
         assert_eq!(names, ["qa", "find_rst", "register", "align"]);
-        assert!(wf.steps[3].command.contains("-maps maps/ ") && wf.steps[3].command.contains("-fixed {first}"));
+        assert!(
+            wf.steps[3].command.contains("-maps maps/ ")
+                && wf.steps[3].command.contains("-fixed {first}")
+        );
     }
 
     #[test]

@@ -410,13 +410,25 @@ impl Client {
         self.finish(req.call())
     }
 
-    fn post<B: Serialize, T: for<'de> Deserialize<'de>>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        let res = self.agent.post(format!("{}{path}", self.info.url)).header("Authorization", self.auth()).send_json(body);
+    fn post<B: Serialize, T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let res = self
+            .agent
+            .post(format!("{}{path}", self.info.url))
+            .header("Authorization", self.auth())
+            .send_json(body);
         self.finish(res)
     }
 
     fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, ClientError> {
-        let res = self.agent.get(format!("{}{path}", self.info.url)).header("Authorization", self.auth()).call();
+        let res = self
+            .agent
+            .get(format!("{}{path}", self.info.url))
+            .header("Authorization", self.auth())
+            .call();
         self.finish(res)
     }
 
@@ -441,7 +453,11 @@ impl Client {
     }
 
     /// A launcher announces itself.
-    pub fn launcher_start(&self, id: u64, req: &LauncherStart) -> Result<serde_json::Value, ClientError> {
+    pub fn launcher_start(
+        &self,
+        id: u64,
+        req: &LauncherStart,
+    ) -> Result<serde_json::Value, ClientError> {
         self.post(&format!("/v1/launchers/{id}/start"), req)
     }
 
@@ -457,7 +473,10 @@ impl Client {
 
     /// A launcher is exiting.
     pub fn launcher_end(&self, id: u64, reason: &str) -> Result<serde_json::Value, ClientError> {
-        self.post(&format!("/v1/launchers/{id}/end"), &serde_json::json!({ "reason": reason }))
+        self.post(
+            &format!("/v1/launchers/{id}/end"),
+            &serde_json::json!({ "reason": reason }),
+        )
     }
 
     /// Lists stack versions.

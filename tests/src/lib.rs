@@ -92,11 +92,43 @@ impl Site {
                 &format!("settle = \"{settle}\"\n{extra_watch}"),
             )
             .replace("retry_initial = \"1s\"", "retry_initial = \"300ms\"")
-            .replace("retry_max = \"5m\"", "retry_max = \"2s\"");
+            .replace("retry_max = \"5m\"", "retry_max = \"2s\"")
+            .replace("poll_interval = \"2s\"", "poll_interval = \"200ms\"")
+            .replace("heartbeat_timeout = \"60s\"", "heartbeat_timeout = \"3s\"")
+            .replace("idle_exit = \"30s\"", "idle_exit = \"2s\"")
+            .replace("poll = \"1s\"", "poll = \"100ms\"");
         let config = dir.join("beamflow.toml");
         std::fs::write(&config, text).expect("write config");
         std::fs::create_dir_all(dir.join("incoming")).expect("incoming");
         Site { tmp, dir, config }
+    }
+
+    /// Replaces text in the config (to change one setting of the default).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        assert!(text.contains(from), "the config has no {from:?}");
+        std::fs::write(&self.config, text.replacen(from, to, 1)).expect("config");
+    }
+
+    /// Appends TOML to the config.
+    pub fn append_config(&self, more: &str) {
+        let mut text = std::fs::read_to_string(&self.config).expect("config");
+        text.push('\n');
+        text.push_str(more);
+        std::fs::write(&self.config, text).expect("config");
+    }
+
+    /// The folder of the AlignTK stand-ins (tests/aligntk).
+    pub fn standins() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("aligntk")
+    }
+
+    /// Points the built-in AlignTK workflows at the stand-ins.
+    pub fn use_standins(&self) {
+        self.append_config(&format!(
+            "[workflows.aligntk]\nbin = \"{}\"\n",
+            Self::standins().display()
+        ));
     }
 
     /// The watch root.
@@ -110,6 +142,22 @@ impl Site {
     }
 
     fn spawn(&self, exe: &str, args: &[&str], log: &str) -> Proc {
+        self.spawn_env(exe, args, log, &[])
+    }
+
+    /// Starts `beamflow-collector service` with extra environment (passed on to launchers
+    /// and jobs, e.g. the stand-ins' STANDIN_* controls).
+    pub fn start_service_env(&self, env: &[(&str, &str)]) -> Proc {
+        let info = self.dir.join("state/server-info");
+        let _ = std::fs::remove_file(&info);
+        let p = self.spawn_env("beamflow-collector", &["service"], "service.log", env);
+        wait_until(Duration::from_secs(20), "service server-info", || {
+            info.exists()
+        });
+        p
+    }
+
+    fn spawn_env(&self, exe: &str, args: &[&str], log: &str, env: &[(&str, &str)]) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -120,6 +168,7 @@ impl Site {
             .arg("--config")
             .arg(&self.config)
             .env("BEAMFLOW_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -19,10 +19,10 @@ fn one_dag(site: &Site, stack: &str) {
         .collect();
     assert_eq!(
         jobs.len(),
-        3,
-        "exactly one DAG of three jobs for {stack}: {jobs:#?}"
+        4,
+        "exactly one DAG of four jobs (qa, find_rst, register, align) for {stack}: {jobs:#?}"
     );
-    assert_eq!(site.jobs().len(), 3, "no other DAG");
+    assert_eq!(site.jobs().len(), 4, "no other DAG");
 }
 
 /// Files the collector shows under their real names must be whole and right, at any instant.
@@ -49,6 +49,7 @@ fn no_wrong_file(site: &Site, src: &std::path::Path, stack: &str) {
 #[test]
 fn agent_killed_at_several_points_finishes_with_every_file_and_one_dag() {
     let site = Site::new("1s", "");
+    site.edit_config("max_rate = 0", "max_rate = \"64 MiB\""); // ~2.5 s of transfer to kill into
     let _service = site.start_service();
     let src = site.write_big_stack("big", 20, 2048); // 20 × 8 MiB
     let mut agent = site.start_agent();
@@ -83,6 +84,7 @@ fn agent_killed_at_several_points_finishes_with_every_file_and_one_dag() {
 #[test]
 fn serve_killed_mid_file_is_restarted_and_the_stack_completes() {
     let site = Site::new("1s", "");
+    site.edit_config("max_rate = 0", "max_rate = \"64 MiB\"");
     let _service = site.start_service();
     let src = site.write_big_stack("s", 16, 2048);
     let agent = site.start_agent();
@@ -112,6 +114,7 @@ fn serve_killed_mid_file_is_restarted_and_the_stack_completes() {
 fn a_file_that_changes_while_it_is_sent_is_sent_again_never_recorded_wrong() {
     use std::os::unix::fs::FileExt;
     let site = Site::new("1s", "");
+    site.edit_config("max_rate = 0", "max_rate = \"64 MiB\"");
     let _service = site.start_service();
     let src = site.write_big_stack("c", 4, 4096); // 4 × 32 MiB; the last one changes
     let _agent = site.start_agent();

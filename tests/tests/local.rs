@@ -13,7 +13,7 @@ fn jobs_of(site: &Site, stack: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The DAG of the built-in workflow: find_rst → register → align, each depending on the last.
+/// The DAG of the built-in workflow: qa → find_rst → register → align, each depending on the last.
 fn assert_one_aligntk_dag(site: &Site, stack: &str) {
     let jobs = jobs_of(site, stack);
     let names: Vec<_> = jobs
@@ -22,14 +22,13 @@ fn assert_one_aligntk_dag(site: &Site, stack: &str) {
         .collect();
     assert_eq!(
         names,
-        ["find_rst", "register", "align"],
+        ["qa", "find_rst", "register", "align"],
         "jobs of {stack}: {jobs:#?}"
     );
     assert_eq!(jobs[0]["parents"], serde_json::json!([]));
-    assert_eq!(jobs[1]["parents"], serde_json::json!([jobs[0]["id"]]));
-    assert_eq!(jobs[2]["parents"], serde_json::json!([jobs[1]["id"]]));
-    assert_eq!(jobs[0]["state"], "READY");
-    assert_eq!(jobs[1]["state"], "AWAITING_PARENTS");
+    for i in 1..4 {
+        assert_eq!(jobs[i]["parents"], serde_json::json!([jobs[i - 1]["id"]]));
+    }
 }
 
 #[test]
@@ -49,7 +48,7 @@ fn a_finished_stack_is_copied_verified_and_registered_once() {
     assert_eq!(site.stack("run 1/stäck α").unwrap()["state"], "submitted");
     assert_eq!(
         site.jobs().len(),
-        3,
+        4,
         "a restart must not create another DAG"
     );
 }
@@ -84,8 +83,8 @@ fn files_arriving_after_submission_make_a_new_version() {
     });
     assert_same_tree(&dir, &site.remote().join("s"));
     let jobs = jobs_of(&site, "s");
-    assert_eq!(jobs.len(), 6, "two versions, one DAG each: {jobs:#?}");
-    assert_eq!(jobs.iter().filter(|j| j["version"] == 2).count(), 3);
+    assert_eq!(jobs.len(), 8, "two versions, one DAG each: {jobs:#?}");
+    assert_eq!(jobs.iter().filter(|j| j["version"] == 2).count(), 4);
 }
 
 #[test]
@@ -214,7 +213,7 @@ fn push_sends_one_folder_and_is_idempotent() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("pushed v1: 4 files") && text.contains("3 jobs"),
+        text.contains("pushed v1: 4 files") && text.contains("4 jobs"),
         "{text}"
     );
     let out = site.run("beamflow-agent", &["push", dir.to_str().unwrap()]);
@@ -224,7 +223,7 @@ fn push_sends_one_folder_and_is_idempotent() {
         "{text}"
     );
     assert_one_aligntk_dag(&site, "pushed");
-    assert_eq!(site.jobs().len(), 3);
+    assert_eq!(site.jobs().len(), 4);
 
     // a broken folder is refused by name, nothing is sent
     let bad = site.write_stack("broken", 2, 64);
@@ -323,9 +322,9 @@ fn the_demo_runs_end_to_end() {
     );
     for want in [
         "files                 4",
-        "find_rst   READY",
-        "register   AWAITING_PARENTS",
-        "align      AWAITING_PARENTS",
+        "workflow `qa`",
+        "qa         JOB_FINISHED",
+        "AlignTK was not found",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 /// `aprun` on Cray XC.
-pub(super) const LAUNCH: &str = "aprun -n {ranks} -N {ranks_per_node} -d {threads} -cc {affinity} {command}";
+pub(super) const LAUNCH: &str =
+    "aprun -n {ranks} -N {ranks_per_node} -d {threads} -cc {affinity} {command}";
 
 /// The Cobalt client commands.
 pub struct Cobalt;
@@ -26,11 +27,14 @@ pub(crate) fn state(s: &str) -> BatchState {
 /// Parses `qstat` tables: a header naming `JobID` and `State`, a rule of `=`, then rows.
 pub(crate) fn parse_qstat(text: &str) -> HashMap<String, BatchState> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let Some(header) = lines.next() else { return HashMap::new() };
+    let Some(header) = lines.next() else {
+        return HashMap::new();
+    };
     let cols: Vec<&str> = header.split_whitespace().collect();
-    let (Some(id_col), Some(state_col)) =
-        (cols.iter().position(|c| c.eq_ignore_ascii_case("JobID")), cols.iter().position(|c| c.eq_ignore_ascii_case("State")))
-    else {
+    let (Some(id_col), Some(state_col)) = (
+        cols.iter().position(|c| c.eq_ignore_ascii_case("JobID")),
+        cols.iter().position(|c| c.eq_ignore_ascii_case("State")),
+    ) else {
         return HashMap::new();
     };
     lines
@@ -46,8 +50,18 @@ impl Scheduler for Cobalt {
     fn submit(&self, script: &Path, spec: &BatchSpec) -> Result<String, SchedError> {
         let mins = spec.walltime.as_secs().div_ceil(60).max(1);
         let mut cmd = Command::new("qsub");
-        cmd.arg("-n").arg(spec.nodes.to_string()).arg("-t").arg(mins.to_string()).arg("--mode").arg("script");
-        cmd.arg("--jobname").arg(&spec.name).arg("-o").arg(&spec.log).arg("-e").arg(&spec.log);
+        cmd.arg("-n")
+            .arg(spec.nodes.to_string())
+            .arg("-t")
+            .arg(mins.to_string())
+            .arg("--mode")
+            .arg("script");
+        cmd.arg("--jobname")
+            .arg(&spec.name)
+            .arg("-o")
+            .arg(&spec.log)
+            .arg("-e")
+            .arg(&spec.log);
         if !spec.queue.is_empty() {
             cmd.arg("-q").arg(&spec.queue);
         }
@@ -62,14 +76,23 @@ impl Scheduler for Cobalt {
             .map(str::trim)
             .find(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()))
             .map(str::to_string)
-            .ok_or_else(|| SchedError::Parse { command: "qsub".into(), message: format!("no job id in {out:?}") })
+            .ok_or_else(|| SchedError::Parse {
+                command: "qsub".into(),
+                message: format!("no job id in {out:?}"),
+            })
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, BatchState>, SchedError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let out = Command::new("qstat").args(ids).output().map_err(|source| SchedError::Spawn { command: "qstat".into(), source })?;
+        let out = Command::new("qstat")
+            .args(ids)
+            .output()
+            .map_err(|source| SchedError::Spawn {
+                command: "qstat".into(),
+                source,
+            })?;
         Ok(parse_qstat(&String::from_utf8_lossy(&out.stdout)))
     }
 

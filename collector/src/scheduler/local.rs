@@ -21,15 +21,23 @@ fn alive(pid: &str) -> bool {
     // after a service restart the launcher is no longer our child: ask /proc
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next() != Some('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next() != Some('Z'))
+        })
         .unwrap_or(false)
 }
 
 impl Scheduler for Local {
     fn submit(&self, script: &Path, spec: &BatchSpec) -> Result<String, SchedError> {
-        let log = std::fs::File::create(&spec.log)
-            .map_err(|source| SchedError::Spawn { command: format!("create {}", spec.log.display()), source })?;
-        let err = log.try_clone().map_err(|source| SchedError::Spawn { command: "dup log".into(), source })?;
+        let log = std::fs::File::create(&spec.log).map_err(|source| SchedError::Spawn {
+            command: format!("create {}", spec.log.display()),
+            source,
+        })?;
+        let err = log.try_clone().map_err(|source| SchedError::Spawn {
+            command: "dup log".into(),
+            source,
+        })?;
         let child = Command::new("sh")
             .arg(script)
             .stdin(Stdio::null())
@@ -37,7 +45,10 @@ impl Scheduler for Local {
             .stderr(err)
             .process_group(0)
             .spawn()
-            .map_err(|source| SchedError::Spawn { command: format!("sh {}", script.display()), source })?;
+            .map_err(|source| SchedError::Spawn {
+                command: format!("sh {}", script.display()),
+                source,
+            })?;
         let id = child.id().to_string();
         if let Ok(mut m) = self.children.lock() {
             m.insert(id.clone(), child);
@@ -47,7 +58,10 @@ impl Scheduler for Local {
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, BatchState>, SchedError> {
         let mut out = HashMap::new();
-        let mut m = self.children.lock().map_err(|_| SchedError::Parse { command: "local".into(), message: "lock poisoned".into() })?;
+        let mut m = self.children.lock().map_err(|_| SchedError::Parse {
+            command: "local".into(),
+            message: "lock poisoned".into(),
+        })?;
         for id in ids {
             let running = match m.get_mut(id) {
                 Some(c) => match c.try_wait() {

@@ -124,7 +124,10 @@ pub fn hms(d: Duration) -> String {
 /// Runs a scheduler command and returns its stdout.
 pub(crate) fn run(cmd: &mut Command) -> Result<String, SchedError> {
     let command = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|source| SchedError::Spawn { command: command.clone(), source })?;
+    let out = cmd.output().map_err(|source| SchedError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(SchedError::Failed {
             command,

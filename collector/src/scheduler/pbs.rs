@@ -44,7 +44,10 @@ impl Scheduler for Pbs {
     fn submit(&self, script: &Path, spec: &BatchSpec) -> Result<String, SchedError> {
         let mut cmd = Command::new("qsub");
         cmd.arg("-N").arg(&spec.name);
-        cmd.arg("-l").arg(format!("select={}", spec.nodes)).arg("-l").arg(format!("walltime={}", hms(spec.walltime)));
+        cmd.arg("-l")
+            .arg(format!("select={}", spec.nodes))
+            .arg("-l")
+            .arg(format!("walltime={}", hms(spec.walltime)));
         cmd.arg("-o").arg(&spec.log).arg("-j").arg("oe");
         if !spec.project.is_empty() {
             cmd.arg("-A").arg(&spec.project);
@@ -59,7 +62,10 @@ impl Scheduler for Pbs {
             .map(str::trim)
             .find(|l| !l.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| SchedError::Parse { command: "qsub".into(), message: "no job id printed".into() })
+            .ok_or_else(|| SchedError::Parse {
+                command: "qsub".into(),
+                message: "no job id printed".into(),
+            })
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, BatchState>, SchedError> {
@@ -67,17 +73,29 @@ impl Scheduler for Pbs {
             return Ok(HashMap::new());
         }
         // -x includes finished jobs; unknown ids make qstat exit non-zero but still print the rest
-        let out = Command::new("qstat").args(["-f", "-F", "json", "-x"]).args(ids).output().map_err(|source| SchedError::Spawn {
-            command: "qstat -f -F json -x".into(),
-            source,
-        })?;
-        parse_qstat_json(&String::from_utf8_lossy(&out.stdout))
-            .map_err(|message| SchedError::Parse { command: "qstat -f -F json".into(), message })
+        let out = Command::new("qstat")
+            .args(["-f", "-F", "json", "-x"])
+            .args(ids)
+            .output()
+            .map_err(|source| SchedError::Spawn {
+                command: "qstat -f -F json -x".into(),
+                source,
+            })?;
+        parse_qstat_json(&String::from_utf8_lossy(&out.stdout)).map_err(|message| {
+            SchedError::Parse {
+                command: "qstat -f -F json".into(),
+                message,
+            }
+        })
     }
 
     fn delete(&self, id: &str) -> Result<(), SchedError> {
         match run(Command::new("qdel").arg(id)) {
-            Err(SchedError::Failed { stderr, .. }) if stderr.contains("Unknown Job Id") || stderr.contains("finished") => Ok(()),
+            Err(SchedError::Failed { stderr, .. })
+                if stderr.contains("Unknown Job Id") || stderr.contains("finished") =>
+            {
+                Ok(())
+            }
             r => r.map(|_| ()),
         }
     }

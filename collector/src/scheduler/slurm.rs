@@ -33,14 +33,29 @@ pub(crate) fn parse_squeue(text: &str) -> HashMap<String, BatchState> {
 
 /// Parses `sbatch --parsable` ("123" or "123;cluster").
 pub(crate) fn parse_sbatch(text: &str) -> Option<String> {
-    let id = text.lines().rev().find(|l| !l.trim().is_empty())?.trim().split(';').next()?.to_string();
-    id.chars().all(|c| c.is_ascii_digit() || c == '_').then_some(id)
+    let id = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())?
+        .trim()
+        .split(';')
+        .next()?
+        .to_string();
+    id.chars()
+        .all(|c| c.is_ascii_digit() || c == '_')
+        .then_some(id)
 }
 
 impl Scheduler for Slurm {
     fn submit(&self, script: &Path, spec: &BatchSpec) -> Result<String, SchedError> {
         let mut cmd = Command::new("sbatch");
-        cmd.arg("--parsable").arg("-J").arg(&spec.name).arg("-N").arg(spec.nodes.to_string()).arg("-t").arg(hms(spec.walltime));
+        cmd.arg("--parsable")
+            .arg("-J")
+            .arg(&spec.name)
+            .arg("-N")
+            .arg(spec.nodes.to_string())
+            .arg("-t")
+            .arg(hms(spec.walltime));
         cmd.arg("-o").arg(&spec.log);
         if !spec.queue.is_empty() {
             cmd.arg("-p").arg(&spec.queue);
@@ -50,7 +65,10 @@ impl Scheduler for Slurm {
         }
         cmd.args(&spec.extra_args).arg(script);
         let out = run(&mut cmd)?;
-        parse_sbatch(&out).ok_or_else(|| SchedError::Parse { command: "sbatch --parsable".into(), message: format!("no job id in {out:?}") })
+        parse_sbatch(&out).ok_or_else(|| SchedError::Parse {
+            command: "sbatch --parsable".into(),
+            message: format!("no job id in {out:?}"),
+        })
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, BatchState>, SchedError> {

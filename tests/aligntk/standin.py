@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Stand-ins for AlignTK 1.0.2's find_rst, register, align and apply_map.
+
+AlignTK cannot be installed here, so the end-to-end tests run these instead. They check the
+arguments and input files the way the real tools need them and reproduce the behaviour recorded
+in NOTES.md: every runtime error aborts (exit 134), `cmaps/` must exist before find_rst,
+align refuses absolute `-maps /maps/` and a malformed schedule.lst, and a blank section
+passes with exit 0, showing only as QUALITY nan in cmaps/summary.out and CORRELATION -1000000
+in maps/summary.out. Map files get the real text header.
+
+Test controls (environment): STANDIN_FAIL=<tool> aborts that tool; STANDIN_HANG=<tool> makes it
+sleep until killed; STANDIN_SLEEP=<tool>:<seconds> makes it slow; STANDIN_LOG=<file> appends
+one line per run (tool, pid, cwd) so tests can count runs.
+"""
+import os
+import struct
+import sys
+import time
+
+TOOL = os.path.basename(sys.argv[0])
+
+
+def die(msg):
+    sys.stderr.write(f"{TOOL}: {msg}\n")
+    sys.stderr.flush()
+    os.abort()  # AlignTK calls abort() on every runtime error: exit 134
+
+
+def args():
+    a, out, i = sys.argv[1:], {}, 0
+    while i < len(a):
+        if a[i].startswith("-"):
+            key = a[i][1:]
+            if i + 1 < len(a) and not a[i + 1].startswith("-") or (i + 1 < len(a) and a[i + 1][1:2].isdigit()):
+                out[key] = a[i + 1]
+                i += 2
+            else:
+                out[key] = True
+                i += 1
+        else:
+            die(f"unexpected argument {a[i]}")
+    return out
+
+
+def need(opts, *keys):
+    for k in keys:
+        if k not in opts:
+            sys.stderr.write(f"Usage: {TOOL} ... -{k} ... (missing -{k})\n")
+            sys.exit(1)
+
+
+def read_pairs(path):
+    if not os.path.isfile(path):
+        die(f"Could not open pair file {path}")
+    pairs = []
+    for line in open(path):
+        f = line.split()
+        if len(f) != 3:
+            die(f"malformed pair line: {line!r}")
+        pairs.append(f)
+    return pairs
+
+
+def tiff_pixels(path):
+    """Width, height and whether every 16-bit pixel has one value (a blank section)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        die(f"Could not read image {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] not in (b"II*\0", b"II+\0"):
+        die(f"Could not read image {path}: not a TIFF")
+    big = data[2] == 0x2B
+    ifd = struct.unpack_from("<Q" if big else "<I", data, 8 if big else 4)[0]
+    if ifd + 8 > len(data):
+        die(f"Could not read image {path}: truncated")
+    n = struct.unpack_from("<Q" if big else "<H", data, ifd)[0]
+    tags = {}
+    for k in range(n):
+        at = ifd + (8 if big else 2) + k * (20 if big else 12)
+        tag, typ = struct.unpack_from("<HH", data, at)
+        val = struct.unpack_from("<Q" if big else "<I", data, at + (12 if big else 8))[0]
+        tags[tag] = val if typ != 3 else val & 0xFFFF
+    w, h = tags.get(256, 0), tags.get(257, 0)
+    start = 16 if big else 8
+    px = data[start:start + w * h * 2]
+    if len(px) < w * h * 2:
+        die(f"Could not read image {path}: truncated")
+    blank = px.count(px[:2]) * 2 == len(px) if len(px) >= 2 else True
+    return w, h, blank
+
+
+def map_file(path, level, w, h, image, ref):
+    with open(path, "w") as f:
+        f.write(f"M1\n{level}\n{w} {h}\n0 0\n{image} {ref}\n")
+
+
+def controls():
+    log = os.environ.get("STANDIN_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{TOOL} {os.getpid()} {os.getcwd()}\n")
+    if os.environ.get("STANDIN_FAIL") == TOOL:
+        die("failing as told (STANDIN_FAIL)")
+    if os.environ.get("STANDIN_HANG") == TOOL:
+        while True:
+            time.sleep(1)
+    s = os.environ.get("STANDIN_SLEEP", "")
+    if s.startswith(TOOL + ":"):
+        time.sleep(float(s.split(":")[1]))
+
+
+def find_rst(o):
+    need(o, "pairs", "images", "output")
+    if not os.path.isdir("cmaps"):
+        die("Could not open output file cmaps/TEST.map")  # it test-writes there first
+    lines = []
+    for a, b, name in read_pairs(o["pairs"]):
+        w, h, blank_a = tiff_pixels(os.path.join(o["images"], a + ".tif"))
+        _, _, blank_b = tiff_pixels(os.path.join(o["images"], b + ".tif"))
+        map_file(os.path.join(o["output"], name + ".map"), 10, w, h, a, b)
+        lines.append(f"{name} QUALITY {'nan' if blank_a or blank_b else '0.93'}")
+    if "summary" in o:
+        with open(o["summary"], "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def register(o):
+    need(o, "pairs", "images", "output", "initial_map")
+    os.makedirs(o["output"], exist_ok=True)
+    lines = []
+    for a, b, name in read_pairs(o["pairs"]):
+        init = os.path.join(o["initial_map"], name + ".map")
+        if not os.path.isfile(init):
+            die(f"Could not read map {init}")
+        w, h, blank_a = tiff_pixels(os.path.join(o["images"], a + ".tif"))
+        _, _, blank_b = tiff_pixels(os.path.join(o["images"], b + ".tif"))
+        map_file(os.path.join(o["output"], name + ".map"), 6, w, h, a, b)
+        lines.append(f"{name} CORRELATION {'-1000000' if blank_a or blank_b else '0.87'}")
+    if "summary" in o:
+        with open(o["summary"], "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def align(o):
+    need(o, "images", "image_list", "maps", "map_list", "output", "schedule", "output_grid", "grid_size", "fixed")
+    if o["maps"].startswith("/"):
+        die(f"Could not read map {o['maps']}{open(o['map_list']).read().split()[2]}.map")
+    levels = []
+    if not os.path.isfile(o["schedule"]):
+        die("Could not open schedule file")
+    for line in open(o["schedule"]):
+        f = line.split()
+        if not f:
+            continue
+        if len(f) < 3 or not all(x.replace(".", "", 1).replace("-", "", 1).isdigit() for x in f):
+            die(f"malformed schedule line: {line!r}")
+        levels.append(int(f[0]))
+    if not levels or levels != sorted(levels, reverse=True):
+        die("schedule levels must never increase")
+    gw, _, gh = o["grid_size"].partition("x")
+    if not (gw.isdigit() and gh.isdigit()):
+        die(f"bad -grid_size {o['grid_size']}")
+    images = [l.strip() for l in open(o["image_list"]) if l.strip()]
+    if o["fixed"] not in images:
+        die(f"fixed image {o['fixed']} is not in {o['image_list']}")
+    for a, b, name in read_pairs(o["map_list"]):
+        if not os.path.isfile(os.path.join(o["maps"], name + ".map")):
+            die(f"Could not read map {o['maps']}{name}.map")
+    os.makedirs(o["output"], exist_ok=True)
+    os.makedirs(o["output_grid"], exist_ok=True)
+    for im in images:
+        w, h, _ = tiff_pixels(os.path.join(o["images"], im + ".tif"))
+        map_file(os.path.join(o["output"], im + ".map"), 6, w, h, im, o["fixed"])
+    with open(os.path.join(o["output_grid"], "grid.pnm"), "w") as f:
+        f.write(f"P5\n{gw} {gh}\n255\n")
+
+
+def apply_map(o):
+    need(o, "image_list", "images", "maps", "output")
+    os.makedirs(o["output"], exist_ok=True)
+    images = [l.strip() for l in open(o["image_list"]) if l.strip()]
+    size = None
+    for im in images:
+        if not os.path.isfile(os.path.join(o["maps"], im + ".map")):
+            die(f"Could not read map {o['maps']}{im}.map")
+        w, h, _ = tiff_pixels(os.path.join(o["images"], im + ".tif"))
+        size = size or (w, h)
+        with open(os.path.join(o["images"], im + ".tif"), "rb") as src, open(os.path.join(o["output"], im + ".tif"), "wb") as dst:
+            dst.write(src.read())
+    with open(os.path.join(o["output"], "size"), "w") as f:
+        f.write(f"{size[0]} {size[1]}\n")
+
+
+if __name__ == "__main__":
+    opts = args()
+    controls()
+    {"find_rst": find_rst, "register": register, "align": align, "apply_map": apply_map}[TOOL](opts)
