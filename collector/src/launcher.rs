@@ -210,6 +210,7 @@ fn end_group(child: &mut Child) {
 struct Launcher {
     id: u64,
     client: Client,
+    state_dir: PathBuf,
     template: String,
     free: Vec<String>,
     running: HashMap<u64, Running>,
@@ -235,7 +236,12 @@ impl Launcher {
         for (job, r) in std::mem::take(&mut self.reports) {
             match self.client.report(job, &r) {
                 Ok(_) => {}
-                Err(e) if e.is_transient() => keep.push((job, r)),
+                Err(e) if e.is_transient() => {
+                    if let Ok(c) = Client::from_state_dir(&self.state_dir) {
+                        self.client = c;
+                    }
+                    keep.push((job, r));
+                }
                 Err(e) => tracing::warn!(job, "report refused: {e}"),
             }
         }
@@ -422,6 +428,7 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
     let mut l = Launcher {
         id,
         client,
+        state_dir: cfg.collector.state_dir.clone(),
         template,
         free: nodes,
         running: HashMap::new(),
@@ -460,7 +467,13 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
                     l.start(job);
                 }
             }
-            Err(e) => tracing::warn!("service not answering: {e}; jobs keep running"),
+            Err(e) => {
+                tracing::warn!("service not answering: {e}; jobs keep running");
+                // a restarted service has a new address and token: read server-info again
+                if let Ok(c) = Client::from_state_dir(&l.state_dir) {
+                    l.client = c;
+                }
+            }
         }
         l.flush_reports();
         if !l.running.is_empty() {

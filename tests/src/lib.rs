@@ -69,8 +69,8 @@ impl Drop for Proc {
 
 /// A throwaway site: config, watch root, data root, state.
 pub struct Site {
-    /// Keeps the folder alive.
-    pub tmp: tempfile::TempDir,
+    /// Keeps the folder alive (kept after the test when BEAMFLOW_KEEP is set, for debugging).
+    pub tmp: Option<tempfile::TempDir>,
     /// The site folder.
     pub dir: PathBuf,
     /// The config file.
@@ -100,6 +100,12 @@ impl Site {
         let config = dir.join("beamflow.toml");
         std::fs::write(&config, text).expect("write config");
         std::fs::create_dir_all(dir.join("incoming")).expect("incoming");
+        let tmp = if std::env::var_os("BEAMFLOW_KEEP").is_some() {
+            eprintln!("keeping {}", tmp.keep().display());
+            None
+        } else {
+            Some(tmp)
+        };
         Site { tmp, dir, config }
     }
 
@@ -396,5 +402,100 @@ impl Site {
         }
         std::fs::remove_file(&first).expect("template");
         d
+    }
+}
+
+impl Site {
+    /// Waits until `ok` holds for the jobs of `stack` (from `ls --json`), or panics with them.
+    pub fn wait_jobs(
+        &self,
+        stack: &str,
+        limit: Duration,
+        what: &str,
+        ok: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let jobs: Vec<Value> = self
+                .jobs()
+                .into_iter()
+                .filter(|j| j["stack"] == stack)
+                .collect();
+            if !jobs.is_empty() && ok(&jobs) {
+                return jobs;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "jobs of {stack} never reached {what} within {limit:?}: {:#?}\n--- service.log ---\n{}",
+                    jobs.iter().map(|j| format!("{} {} {} {}", j["id"], j["name"], j["state"], j["reason"])).collect::<Vec<_>>(),
+                    self.log_tail("service.log")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every job of `stack` is JOB_FINISHED.
+    pub fn wait_finished(&self, stack: &str, limit: Duration) -> Vec<Value> {
+        self.wait_jobs(stack, limit, "JOB_FINISHED", |jobs| {
+            jobs.iter().all(|j| j["state"] == "JOB_FINISHED")
+        })
+    }
+
+    /// `beamflow-collector history JOB --json`.
+    pub fn history(&self, job: &Value) -> Vec<Value> {
+        let id = job["id"].to_string();
+        let out = self.run("beamflow-collector", &["history", &id, "--json"]);
+        assert!(
+            out.status.success(),
+            "history failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("history json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `beamflow-collector status --json`.
+    pub fn collector_status(&self) -> Value {
+        let out = self.run("beamflow-collector", &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    /// Pushes a folder and asserts that the DAG was accepted.
+    pub fn push(&self, dir: &Path) {
+        let out = self.run(
+            "beamflow-agent",
+            &["push", dir.to_str().expect("utf-8 path")],
+        );
+        assert!(
+            out.status.success(),
+            "push failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Makes one section blank (every pixel the same), keeping it a valid TIFF.
+    pub fn blank(&self, file: &Path, side: u32) {
+        use std::os::unix::fs::FileExt;
+        let head = if std::fs::read(file).expect("read")[2] == 0x2B {
+            16
+        } else {
+            8
+        }; // BigTIFF or classic
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .expect("open");
+        f.write_all_at(&vec![0x10u8; (side * side * 2) as usize], head)
+            .expect("blank");
     }
 }

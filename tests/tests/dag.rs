@@ -1,0 +1,349 @@
+//! The collector runs the DAG on the local scheduler: real service, real launcher processes,
+//! and stand-in AlignTK executables (tests/aligntk/standin.py, which reproduce the real
+//! tools' argument checks, outputs, exit codes and blank-section behaviour; AlignTK itself
+//! cannot be installed here).
+
+use beamflow_e2e::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn names(jobs: &[Value]) -> Vec<String> {
+    jobs.iter()
+        .map(|j| j["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    let _service = site.start_service();
+    let dir = site.write_stack("run1", 4, 64);
+    site.push(&dir);
+    let jobs = site.wait_finished("run1", LONG);
+    assert_eq!(names(&jobs), ["qa", "find_rst", "register", "align"]);
+    let work = site.dir.join("work/run1/v1");
+    for f in [
+        "images.lst",
+        "pairs.lst",
+        "schedule.lst",
+        "qa.json",
+        "cmaps/summary.out",
+        "maps/summary.out",
+        "amaps/S_0003.map",
+        "grids/grid.pnm",
+    ] {
+        assert!(work.join(f).exists(), "{f} missing in the work folder");
+    }
+    assert_eq!(
+        std::fs::read_to_string(work.join("images.lst")).unwrap(),
+        "S_0000\nS_0001\nS_0002\nS_0003\n"
+    );
+    assert!(std::fs::read_to_string(work.join("pairs.lst"))
+        .unwrap()
+        .starts_with("S_0000 S_0001 S_0000_S_0001\n"));
+    let align_cmd = jobs[3]["command"].as_str().unwrap();
+    assert!(
+        align_cmd.contains("-grid_size 64x64") && align_cmd.contains("-fixed S_0000"),
+        "{align_cmd}"
+    );
+    assert!(std::fs::read_link(work.join("images"))
+        .unwrap()
+        .ends_with("remote/run1"));
+    // every transition is an event with a reason
+    let h = site.history(&jobs[1]);
+    let path: Vec<&str> = h.iter().map(|e| e["to"].as_str().unwrap()).collect();
+    assert_eq!(
+        path,
+        [
+            "CREATED",
+            "AWAITING_PARENTS",
+            "READY",
+            "PREPROCESSED",
+            "RUNNING",
+            "RUN_DONE",
+            "POSTPROCESSED",
+            "JOB_FINISHED"
+        ]
+    );
+    let st = site.collector_status();
+    assert_eq!(st["stacks"][0]["counts"]["JOB_FINISHED"], 4);
+    let text =
+        String::from_utf8_lossy(&site.run("beamflow-collector", &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("run1") && text.contains("JOB_FINISHED 4"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_blank_section_that_aligntk_passes_with_exit_0_is_caught_and_held() {
+    let site = Site::new("1s", "");
+    // no qa step: find_rst must run on the blank section and exit 0 with a nan quality
+    site.append_config(&format!(
+        "[workflows.noqa]\nbin = \"{}\"\n[[workflows.noqa.steps]]\nname = \"find_rst\"\ncommand = \"{{bin}}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -summary cmaps/summary.out\"\ncheck_summary = \"cmaps/summary.out\"\n",
+        Site::standins().display()
+    ));
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"noqa\"");
+    let _service = site.start_service();
+    let dir = site.write_stack("blank", 3, 32);
+    site.blank(&dir.join("S_0002.tif"), 32);
+    site.push(&dir);
+    let jobs = site.wait_jobs("blank", LONG, "FAILED", |j| j[0]["state"] == "FAILED");
+    let reason = jobs[0]["reason"].as_str().unwrap();
+    assert_eq!(jobs[0]["attempts"], 1, "a data fault is not retried");
+    let h = site.history(&jobs[0]);
+    let err = h
+        .iter()
+        .find(|e| e["to"] == "RUN_ERROR")
+        .expect("a RUN_ERROR event");
+    let why = err["reason"].as_str().unwrap();
+    assert!(why.contains("pair S_0001_S_0002 has quality nan"), "{why}");
+    assert!(reason.contains("held for a person"), "{reason}");
+
+    // with the built-in qa step the same stack never reaches AlignTK
+    let site = Site::new("1s", "");
+    site.use_standins();
+    let log = site.dir.join("standin.log");
+    let _service = site.start_service_env(&[("STANDIN_LOG", log.to_str().unwrap())]);
+    let dir = site.write_stack("blank2", 3, 32);
+    site.blank(&dir.join("S_0001.tif"), 32);
+    site.push(&dir);
+    let jobs = site.wait_jobs("blank2", LONG, "qa FAILED", |j| j[0]["state"] == "FAILED");
+    let h = site.history(&jobs[0]);
+    let errs: Vec<&str> = h
+        .iter()
+        .filter(|e| e["to"] == "RUN_ERROR")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        errs.iter().all(|r| r.contains("S_0001.tif: blank")),
+        "{errs:?}"
+    );
+    assert_eq!(jobs[1]["state"], "AWAITING_PARENTS");
+    assert!(
+        !log.exists(),
+        "no AlignTK step may run on a stack that failed qa"
+    );
+}
+
+#[test]
+fn a_missing_command_fails_at_once_with_its_path() {
+    let site = Site::new("1s", "");
+    site.append_config("[workflows.aligntk]\nbin = \"/opt/nowhere/aligntk\"\n");
+    let _service = site.start_service();
+    let dir = site.write_stack("m", 2, 32);
+    site.push(&dir);
+    let jobs = site.wait_jobs("m", LONG, "find_rst FAILED", |j| j[1]["state"] == "FAILED");
+    assert_eq!(jobs[0]["state"], "JOB_FINISHED");
+    assert_eq!(
+        jobs[1]["attempts"], 1,
+        "no retry storm for a missing program"
+    );
+    let r = jobs[1]["reason"].as_str().unwrap();
+    assert!(
+        r.contains("/opt/nowhere/aligntk/find_rst does not exist"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_failing_step_is_retried_then_held_with_its_stderr() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    let _service = site.start_service_env(&[("STANDIN_FAIL", "register")]);
+    let dir = site.write_stack("f", 3, 32);
+    site.push(&dir);
+    let jobs = site.wait_jobs("f", LONG, "register FAILED", |j| j[2]["state"] == "FAILED");
+    assert_eq!(jobs[2]["attempts"], 3);
+    let h = site.history(&jobs[2]);
+    let errors: Vec<&str> = h
+        .iter()
+        .filter(|e| e["to"] == "RUN_ERROR")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 3, "{h:#?}");
+    assert!(
+        errors[0].starts_with("exit 134") && errors[0].contains("register: failing as told"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(h.iter().filter(|e| e["to"] == "RESTART_READY").count(), 2);
+    assert!(jobs[2]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("out of attempts (3)"));
+    // core dumps are off: an aborting register leaves no core file
+    let work = site.dir.join("work/f/v1");
+    assert!(!work.join("core").exists());
+    // a person fixes it and retries
+    let out = site.run("beamflow-collector", &["retry", &jobs[2]["id"].to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("RESTART_READY"));
+}
+
+#[test]
+fn with_submit_off_everywhere_work_waits_and_status_says_why() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    site.edit_config("submit = true", "submit = false");
+    let _service = site.start_service();
+    let dir = site.write_stack("w", 2, 32);
+    site.push(&dir);
+    site.wait_jobs("w", LONG, "qa PREPROCESSED", |j| {
+        j[0]["state"] == "PREPROCESSED"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let st = site.collector_status();
+    assert!(
+        st["launchers"].as_array().unwrap().is_empty(),
+        "no launcher may be submitted: {st}"
+    );
+    let notes = st["notes"].to_string();
+    assert!(notes.contains("submit = false"), "{notes}");
+    let text =
+        String::from_utf8_lossy(&site.run("beamflow-collector", &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("note: ") && text.contains("submit = false"),
+        "{text}"
+    );
+}
+
+#[test]
+fn two_stacks_share_one_allocation_and_max_queued_holds() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    site.edit_config("idle_exit = \"2s\"", "idle_exit = \"20s\"");
+    site.edit_config("slots = 0", "slots = 2");
+    let _service = site.start_service_env(&[("STANDIN_SLEEP", "register:1")]);
+    let a = site.write_stack("a", 3, 32);
+    let b = site.write_stack("b", 3, 32);
+    site.push(&a);
+    std::thread::sleep(Duration::from_millis(500));
+    site.push(&b);
+    let ja = site.wait_finished("a", LONG);
+    let jb = site.wait_finished("b", LONG);
+    let st = site.collector_status();
+    let launchers = st["launchers"].as_array().unwrap();
+    assert_eq!(
+        launchers.len(),
+        1,
+        "max_queued = 1: one launcher ran everything: {launchers:#?}"
+    );
+    let lid = launchers[0]["id"].as_u64().unwrap();
+    for j in ja.iter().chain(&jb) {
+        assert_eq!(j["launcher"].as_u64(), Some(lid), "{j}");
+    }
+}
+
+#[test]
+fn the_service_killed_while_jobs_run_reconciles_and_runs_nothing_twice() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    site.edit_config("heartbeat_timeout = \"3s\"", "heartbeat_timeout = \"10s\"");
+    let log = site.dir.join("standin.log");
+    let env = [
+        ("STANDIN_SLEEP", "register:4"),
+        ("STANDIN_LOG", log.to_str().unwrap()),
+    ];
+    let mut service = site.start_service_env(&env);
+    let dir = site.write_stack("k", 3, 32);
+    site.push(&dir);
+    site.wait_jobs("k", LONG, "register RUNNING", |j| {
+        j[2]["state"] == "RUNNING"
+    });
+    service.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    let _service = site.start_service_env(&env);
+    let jobs = site.wait_finished("k", LONG);
+    assert_eq!(
+        jobs[2]["attempts"],
+        1,
+        "register ran once: {:#?}\n--- launcher 1 ---\n{}",
+        site.history(&jobs[2]),
+        std::fs::read_to_string(site.dir.join("state/launchers/launcher-1.log"))
+            .unwrap_or_default()
+    );
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        runs.lines().filter(|l| l.starts_with("register ")).count(),
+        1,
+        "{runs}"
+    );
+}
+
+#[test]
+fn a_launcher_whose_heartbeats_stop_is_declared_lost_and_its_job_runs_again() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    let mut service = site.start_service_env(&[("STANDIN_SLEEP", "align:3")]);
+    let dir = site.write_stack("h", 3, 32);
+    site.push(&dir);
+    let jobs = site.wait_jobs("h", LONG, "align RUNNING", |j| j[3]["state"] == "RUNNING");
+    let first = jobs[3]["launcher"].as_u64().unwrap();
+    // freeze the launcher process (its batch job is still there, but it says nothing)
+    let launcher_pid = children_matching(service.pid(), "launcher")
+        .into_iter()
+        .chain(children_matching(service.pid(), "sh"))
+        .next()
+        .expect("the launcher process");
+    unsafe { libc::kill(-launcher_pid, libc::SIGSTOP) };
+    let jobs = site.wait_finished("h", LONG);
+    assert_ne!(
+        jobs[3]["launcher"].as_u64().unwrap(),
+        first,
+        "a new launcher ran it"
+    );
+    let h = site.history(&jobs[3]);
+    assert!(
+        h.iter()
+            .any(|e| e["to"] == "RUN_TIMEOUT"
+                && e["reason"].as_str().unwrap().contains("no heartbeat")),
+        "{h:#?}"
+    );
+    unsafe { libc::kill(-launcher_pid, libc::SIGCONT) };
+    let st = site.collector_status();
+    assert!(
+        st["launchers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == first && l["state"] == "LOST"),
+        "{st}"
+    );
+    service.term();
+}
+
+#[test]
+fn a_person_can_kill_a_running_job() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    let _service = site.start_service_env(&[("STANDIN_HANG", "find_rst")]);
+    let dir = site.write_stack("x", 2, 32);
+    site.push(&dir);
+    let jobs = site.wait_jobs("x", LONG, "find_rst RUNNING", |j| {
+        j[1]["state"] == "RUNNING"
+    });
+    let out = site.run("beamflow-collector", &["kill", &jobs[1]["id"].to_string()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("USER_KILLED"));
+    // the launcher ends the process group: nothing named find_rst keeps running
+    wait_until(
+        Duration::from_secs(15),
+        "the hanging find_rst to end",
+        || {
+            let out = std::process::Command::new("pgrep")
+                .args(["-f", &format!("find_rst.*{}", site.dir.display())])
+                .output()
+                .unwrap();
+            out.stdout.is_empty()
+        },
+    );
+    let out = site.run("beamflow-collector", &["retry", "99999"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no job 99999"));
+}
