@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 # CI a part that cannot be installed fails the run rather than skipping tests.
 need_pkgs=()
 command -v cc >/dev/null || need_pkgs+=(gcc)
+command -v python3 >/dev/null || need_pkgs+=(python3)          # the AlignTK stand-ins
+command -v pgrep >/dev/null || need_pkgs+=(procps)
+command -v slurmctld >/dev/null || need_pkgs+=(slurm-wlm)      # a real one-node Slurm
+command -v munged >/dev/null || need_pkgs+=(munge)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -17,6 +21,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+# the one-node Slurm the Slurm tests use (they start it themselves too; this fails early and clearly)
+bash tests/slurm/start.sh >/dev/null
 
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads="${BEAMFLOW_TEST_THREADS:-4}"

@@ -323,12 +323,26 @@ impl Launcher {
         }
     }
 
-    fn reap(&mut self) {
+    fn reap(&mut self, stop: &AtomicBool) {
         let done: Vec<u64> = self
             .running
             .iter_mut()
             .filter_map(|(id, r)| matches!(r.child.try_wait(), Ok(Some(_))).then_some(*id))
             .collect();
+        let failed = done.iter().any(|id| {
+            let r = self.running.get_mut(id).expect("listed");
+            r.child
+                .try_wait()
+                .ok()
+                .flatten()
+                .is_some_and(|s| !s.success())
+        });
+        if failed {
+            // a scheduler cancelling the allocation signals the jobs and us together: give our
+            // signal a moment, so that such a job counts as timed out, not as failed
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let cancelled = stop.load(Ordering::SeqCst);
         for id in done {
             let mut r = self.running.remove(&id).expect("listed");
             let status = r.child.wait().ok();
@@ -341,6 +355,12 @@ impl Launcher {
                     Outcome::Done,
                     Some(0),
                     format!("{} finished", r.job.name),
+                ),
+                _ if cancelled => self.report(
+                    id,
+                    Outcome::Timeout,
+                    code,
+                    "the allocation was cancelled while it ran".into(),
                 ),
                 Some(c @ (126 | 127)) => self.report(
                     id,
@@ -436,7 +456,7 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
     };
     let mut idle_since = Instant::now();
     let reason = loop {
-        l.reap();
+        l.reap(&stop);
         if stop.load(Ordering::SeqCst) {
             l.end_all("the launcher was stopped (its allocation was cancelled)");
             break "stopped by a signal".to_string();
@@ -483,7 +503,7 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         }
         std::thread::sleep(q.poll.0);
     };
-    l.reap();
+    l.reap(&stop);
     for _ in 0..30 {
         l.flush_reports();
         if l.reports.is_empty() {

@@ -1,0 +1,133 @@
+//! The DAG on a real one-node Slurm (munge, slurmctld, slurmd started by tests/slurm/start.sh):
+//! launchers are real batch jobs, jobs run through `srun`, and `scancel` is the real one.
+//! AlignTK is replaced by the stand-ins in tests/aligntk (it cannot be installed here).
+
+use beamflow_e2e::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Starts (or reuses) the test cluster and returns SLURM_CONF. Fails, never skips: the test
+/// command installs Slurm, so a missing one is a broken setup.
+fn slurm() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("slurm/start.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run tests/slurm/start.sh");
+    assert!(
+        out.status.success(),
+        "a one-node Slurm could not be started (tests/run.sh installs slurm-wlm and munge):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn slurm_site() -> (Site, String) {
+    let conf = slurm();
+    let site = Site::new("1s", "");
+    site.use_standins();
+    site.edit_config(
+        "scheduler = \"local\"",
+        "scheduler = \"slurm\"\nqueue = \"debug\"",
+    );
+    site.edit_config("idle_exit = \"2s\"", "idle_exit = \"5s\"");
+    site.edit_config("walltime = \"1h\"", "walltime = \"10m\"");
+    (site, conf)
+}
+
+fn squeue(conf: &str) -> String {
+    let out = Command::new("squeue")
+        .args(["-h", "-o", "%i %T %j"])
+        .env("SLURM_CONF", conf)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_full_dag_runs_to_job_finished_in_slurm_allocations() {
+    let (site, conf) = slurm_site();
+    let _service = site.start_service_env(&[("SLURM_CONF", &conf)]);
+    let dir = site.write_stack("slurm1", 3, 32);
+    site.push(&dir);
+    let jobs = site.wait_finished("slurm1", LONG);
+    assert_eq!(jobs.len(), 4);
+    let st = site.collector_status();
+    let l = &st["launchers"][0];
+    assert_eq!(l["scheduler"], "slurm");
+    let batch = l["batch_id"].as_str().unwrap();
+    assert!(
+        batch.chars().all(|c| c.is_ascii_digit()),
+        "a Slurm job id: {batch}"
+    );
+    // the jobs ran through srun inside that allocation
+    let log = std::fs::read_to_string(
+        site.dir
+            .join(format!("state/launchers/launcher-{}.log", l["id"])),
+    )
+    .unwrap();
+    assert!(
+        log.contains("started: srun -N 1 -n 1"),
+        "{}",
+        &log[..log.len().min(3000)]
+    );
+}
+
+#[test]
+fn a_launcher_cancelled_mid_job_times_out_and_the_job_finishes_in_a_new_allocation() {
+    let (site, conf) = slurm_site();
+    let _service =
+        site.start_service_env(&[("SLURM_CONF", &conf), ("STANDIN_SLEEP", "register:8")]);
+    let dir = site.write_stack("slurm2", 3, 32);
+    site.push(&dir);
+    let jobs = site.wait_jobs("slurm2", LONG, "register RUNNING", |j| {
+        j[2]["state"] == "RUNNING"
+    });
+    let first = jobs[2]["launcher"].as_u64().unwrap();
+    let st = site.collector_status();
+    let batch = st["launchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == first)
+        .unwrap()["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        squeue(&conf).contains(&format!("{batch} RUNNING")),
+        "{}",
+        squeue(&conf)
+    );
+    let out = Command::new("scancel")
+        .arg(&batch)
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs = site.wait_finished("slurm2", LONG);
+    let h = site.history(&jobs[2]);
+    let path: Vec<&str> = h.iter().map(|e| e["to"].as_str().unwrap()).collect();
+    assert!(
+        path.windows(2).any(|w| w == ["RUNNING", "RUN_TIMEOUT"]),
+        "{path:?}"
+    );
+    assert!(
+        path.windows(2)
+            .any(|w| w == ["RUN_TIMEOUT", "RESTART_READY"]),
+        "{path:?}"
+    );
+    assert_eq!(jobs[2]["attempts"], 2);
+    assert_ne!(
+        jobs[2]["launcher"].as_u64().unwrap(),
+        first,
+        "finished in a new allocation"
+    );
+}
