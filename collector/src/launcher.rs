@@ -455,8 +455,14 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         reports: Vec::new(),
     };
     let mut idle_since = Instant::now();
+    // ask again at once while work keeps coming or a slot just freed; otherwise every `poll`,
+    // which is also the heartbeat
+    let mut last_ask: Option<Instant> = None;
+    let mut eager = true;
     let reason = loop {
+        let before = l.running.len();
         l.reap(&stop);
+        eager |= l.running.len() < before;
         if stop.load(Ordering::SeqCst) {
             l.end_all("the launcher was stopped (its allocation was cancelled)");
             break "stopped by a signal".to_string();
@@ -465,33 +471,39 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
             l.end_all("the allocation's wall time was about to run out");
             break "wall time".to_string();
         }
-        let req = AcquireRequest {
-            free_nodes: l.free.len() as u32,
-            max_jobs: l.free.len() as u32,
-            running: l.running.keys().copied().collect(),
-        };
-        match l.client.acquire(id, &req) {
-            Ok(resp) => {
-                if resp.stop {
-                    l.end_all("the service declared this launcher ended");
-                    break "told to stop by the service".to_string();
-                }
-                for k in resp.kill {
-                    if let Some(mut r) = l.running.remove(&k) {
-                        tracing::info!(job = k, "ending a job the service no longer wants");
-                        end_group(&mut r.child);
-                        l.free.append(&mut r.nodes);
+        let due = last_ask.is_none_or(|t| t.elapsed() >= q.poll.0);
+        if due || (eager && !l.free.is_empty()) {
+            let req = AcquireRequest {
+                free_nodes: l.free.len() as u32,
+                max_jobs: l.free.len() as u32,
+                running: l.running.keys().copied().collect(),
+            };
+            last_ask = Some(Instant::now());
+            eager = false;
+            match l.client.acquire(id, &req) {
+                Ok(resp) => {
+                    if resp.stop {
+                        l.end_all("the service declared this launcher ended");
+                        break "told to stop by the service".to_string();
+                    }
+                    for k in resp.kill {
+                        if let Some(mut r) = l.running.remove(&k) {
+                            tracing::info!(job = k, "ending a job the service no longer wants");
+                            end_group(&mut r.child);
+                            l.free.append(&mut r.nodes);
+                        }
+                    }
+                    eager = !resp.jobs.is_empty();
+                    for job in resp.jobs {
+                        l.start(job);
                     }
                 }
-                for job in resp.jobs {
-                    l.start(job);
-                }
-            }
-            Err(e) => {
-                tracing::warn!("service not answering: {e}; jobs keep running");
-                // a restarted service has a new address and token: read server-info again
-                if let Ok(c) = Client::from_state_dir(&l.state_dir) {
-                    l.client = c;
+                Err(e) => {
+                    tracing::warn!("service not answering: {e}; jobs keep running");
+                    // a restarted service has a new address and token: read server-info again
+                    if let Ok(c) = Client::from_state_dir(&l.state_dir) {
+                        l.client = c;
+                    }
                 }
             }
         }
@@ -501,7 +513,12 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         } else if idle_since.elapsed() >= q.idle_exit.0 {
             break format!("idle for {}", q.idle_exit);
         }
-        std::thread::sleep(q.poll.0);
+        // short naps while jobs run, so that endings are noticed and reported promptly
+        std::thread::sleep(if l.running.is_empty() {
+            q.poll.0
+        } else {
+            q.poll.0.min(Duration::from_millis(10))
+        });
     };
     l.reap(&stop);
     for _ in 0..30 {

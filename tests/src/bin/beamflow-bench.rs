@@ -1,11 +1,14 @@
 //! `beamflow-bench local`: moves a synthetic stack through the local transport and prints a
 //! table beside `rsync -a` and `cp -r` of the same files, all measured in the same run.
+//! `beamflow-bench jobs`: pushes 1,000 trivial jobs through one local allocation and prints
+//! jobs per second and the median delay from READY to RUNNING.
 //!
 //! Every tool reads from a warm page cache and writes to the same filesystem. beamflow also
 //! hashes every file (BLAKE3), checks every TIFF's structure, fsyncs before acknowledging and
 //! registers the DAG; rsync and cp do none of that, so a row with fsync off is shown as well.
 
 use beamflow_e2e::{bin, write_tiff, Section, Site};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -35,8 +38,25 @@ fn opts() -> Opts {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("local") => {}
+        Some("jobs") => {
+            let (mut count, mut slots) = (1000, 2);
+            while let Some(a) = it.next() {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                match a.as_str() {
+                    "--count" => count = v.parse().unwrap_or(1000),
+                    "--slots" => slots = v.parse().unwrap_or(2),
+                    other => {
+                        eprintln!("beamflow-bench: unknown option {other}");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            jobs_bench(count, slots);
+            std::process::exit(0)
+        }
         _ => {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
+            eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
             std::process::exit(2)
         }
     }
@@ -176,4 +196,165 @@ fn main() {
     println!(
         "Every tool reads the source from a warm page cache and writes to the same filesystem."
     );
+}
+
+/// 1,000 trivial jobs (`true`) through one local launcher: each is a stack version of a
+/// one-step workflow submitted straight to the service API.
+fn jobs_bench(count: u32, slots: u32) {
+    use beamflow_protocol::api::{Client, SubmitFile, SubmitRequest};
+    let site = Site::new("30s", "");
+    site.edit_config("poll_interval = \"200ms\"", "poll_interval = \"50ms\"");
+    site.edit_config("slots = 0", &format!("slots = {slots}"));
+    site.edit_config("poll = \"100ms\"", "poll = \"50ms\"");
+    site.edit_config("idle_exit = \"2s\"", "idle_exit = \"10s\"");
+    site.edit_config("heartbeat_timeout = \"3s\"", "heartbeat_timeout = \"60s\"");
+    site.append_config(
+        "[workflows.trivial]\n[[workflows.trivial.steps]]\nname = \"t\"\ncommand = \"true\"\n",
+    );
+    let stack = site.remote().join("bench");
+    std::fs::create_dir_all(&stack).unwrap();
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let p = stack.join(format!("S_{i:04}.tif"));
+        write_tiff(
+            &p,
+            &Section {
+                width: 16,
+                height: 16,
+                seed: i,
+                big: false,
+                rows_per_strip: 16,
+            },
+        )
+        .unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        files.push(SubmitFile {
+            path: format!("bench/S_{i:04}.tif"),
+            size: bytes.len() as u64,
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+        });
+    }
+    let mut service = site.start_service();
+    let client = Client::from_state_dir(&site.dir.join("state")).unwrap();
+    eprintln!("submitting {count} one-job stack versions ...");
+    let start = Instant::now();
+    for v in 1..=count {
+        client
+            .submit(&SubmitRequest {
+                stack: "bench".into(),
+                version: v,
+                workflow: "trivial".into(),
+                files: files.clone(),
+            })
+            .unwrap();
+    }
+    let submitted = start.elapsed();
+    loop {
+        let done = client
+            .jobs(Some("bench"), Some("JOB_FINISHED"))
+            .unwrap()
+            .len() as u32;
+        if done == count {
+            break;
+        }
+        let failed = client.jobs(Some("bench"), Some("FAILED")).unwrap();
+        assert!(
+            failed.is_empty(),
+            "a trivial job failed: {}",
+            failed[0].reason
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let jobs = client.jobs(Some("bench"), None).unwrap();
+    let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
+    let (mut delays, mut first_ready, mut last_done) = (Vec::new(), None, None);
+    for j in &jobs {
+        let h = client.history(j.id).unwrap();
+        let ready = h
+            .iter()
+            .find(|e| e.to == "READY")
+            .map(|e| t(&e.at))
+            .unwrap();
+        let running = h
+            .iter()
+            .find(|e| e.to == "RUNNING")
+            .map(|e| t(&e.at))
+            .unwrap();
+        let done = h
+            .iter()
+            .find(|e| e.to == "JOB_FINISHED")
+            .map(|e| t(&e.at))
+            .unwrap();
+        delays.push(running.duration_since(ready).unwrap_or_default());
+        first_ready = Some(first_ready.map_or(ready, |f: std::time::SystemTime| f.min(ready)));
+        last_done = Some(last_done.map_or(done, |l: std::time::SystemTime| l.max(done)));
+    }
+    let span = last_done
+        .unwrap()
+        .duration_since(first_ready.unwrap())
+        .unwrap_or_default();
+    // one more job alone, to an idle launcher: the delay without any queue
+    let lone = client
+        .submit(&SubmitRequest {
+            stack: "bench".into(),
+            version: count + 1,
+            workflow: "trivial".into(),
+            files: files.clone(),
+        })
+        .unwrap();
+    let lone_delay = loop {
+        let j = client.jobs(Some("bench"), Some("JOB_FINISHED")).unwrap();
+        if let Some(j) = j.iter().find(|j| j.version == count + 1) {
+            let h = client.history(j.id).unwrap();
+            let ready = h
+                .iter()
+                .find(|e| e.to == "READY")
+                .map(|e| t(&e.at))
+                .unwrap();
+            let running = h
+                .iter()
+                .find(|e| e.to == "RUNNING")
+                .map(|e| t(&e.at))
+                .unwrap();
+            break running.duration_since(ready).unwrap_or_default();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = lone;
+    let launchers = client.status().unwrap().launchers.len();
+    delays.sort();
+    let median = delays[delays.len() / 2];
+    let p95 = delays[delays.len() * 95 / 100];
+    service.term();
+    println!("\n{count} trivial jobs (`true`), one local launcher with {slots} slots ({launchers} launcher(s) used):\n");
+    println!("{:<44} {:>12}", "measure", "value");
+    println!(
+        "{:<44} {:>12.1}",
+        "submissions/s (API, one at a time)",
+        count as f64 / submitted.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>12.1}",
+        "jobs/s (first READY to last JOB_FINISHED)",
+        count as f64 / span.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>12.3}",
+        "median READY -> RUNNING, s",
+        median.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>12.3}",
+        "95th percentile READY -> RUNNING, s",
+        p95.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>12.3}",
+        "READY -> RUNNING of one job, idle launcher, s",
+        lone_delay.as_secs_f64()
+    );
+    println!(
+        "\nAll 1,000 jobs are READY at once, so their READY -> RUNNING includes waiting for a free"
+    );
+    println!("slot; the last row is the pure scheduling delay (service poll 50 ms, launcher poll 50 ms).");
 }
