@@ -469,7 +469,11 @@ impl Config {
     }
 
     fn resolve(&mut self, base: &Path) {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
         let fix = |p: &mut PathBuf| {
+            if let (Ok(rest), Some(h)) = (p.strip_prefix("~"), home.as_ref()) {
+                *p = h.join(rest);
+            }
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -587,7 +591,7 @@ mod tests {
         let f = d.path().join("c.toml");
         std::fs::write(
             &f,
-            "[[watch]]\npath = \"./incoming\"\n[collector]\ndata_root = \"/abs\"\n",
+            "[[watch]]\npath = \"./incoming\"\n[collector]\ndata_root = \"/abs\"\nstate_dir = \"~/st\"\n",
         )
         .unwrap();
         let cfg = Config::load(&f).unwrap();
@@ -595,6 +599,8 @@ mod tests {
         assert_eq!(cfg.watch[0].path, base.join("incoming"));
         assert_eq!(cfg.collector.data_root, PathBuf::from("/abs"));
         assert_eq!(cfg.agent.state_dir, base.join("state"));
+        let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+        assert_eq!(cfg.collector.state_dir, home.join("st"));
     }
 
     #[test]
