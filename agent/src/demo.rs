@@ -290,7 +290,7 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
     let cfg = r.dir.join("beamflow.toml");
     let mut out = String::new();
     out.push_str(
-        "beamflow demo: a synthetic stack went from the detector folder to a registered DAG\n\n",
+        "beamflow demo: a synthetic stack went from the detector folder through a finished DAG\n\n",
     );
     out.push_str(&format!("  files                 {}\n", r.files));
     out.push_str(&format!(
