@@ -126,6 +126,11 @@ def find_rst(o):
 
 def register(o):
     need(o, "pairs", "images", "output", "initial_map")
+    # the real register raises its own core limit and leaves a ~24 MB core when it aborts;
+    # only a hard limit of 0 (set by the launcher) stops that
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
     os.makedirs(o["output"], exist_ok=True)
     lines = []
     for a, b, name in read_pairs(o["pairs"]):

@@ -70,6 +70,30 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
     );
     let st = site.collector_status();
     assert_eq!(st["stacks"][0]["counts"]["JOB_FINISHED"], 4);
+    // ls filters by state and stack
+    let out = site.run(
+        "beamflow-collector",
+        &["ls", "--json", "--stack", "run1", "--state", "JOB_FINISHED"],
+    );
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 4);
+    let out = site.run("beamflow-collector", &["ls", "--json", "--state", "READY"]);
+    assert_eq!(
+        serde_json::from_slice::<Vec<Value>>(&out.stdout)
+            .unwrap()
+            .len(),
+        0
+    );
+    let table = String::from_utf8_lossy(
+        &site
+            .run("beamflow-collector", &["ls", "--stack", "run1"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        table.starts_with("ID") && table.contains("align") && table.contains("JOB_FINISHED"),
+        "{table}"
+    );
     let text =
         String::from_utf8_lossy(&site.run("beamflow-collector", &["status"]).stdout).into_owned();
     assert!(

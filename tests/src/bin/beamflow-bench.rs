@@ -266,25 +266,20 @@ fn jobs_bench(count: u32, slots: u32) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let jobs = client.jobs(Some("bench"), None).unwrap();
-    let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
+    // when a job first entered `state`, from its events
+    let at = |h: &[beamflow_protocol::api::EventRow], state: &str| {
+        let e = h
+            .iter()
+            .find(|e| e.to == state)
+            .expect("the job passed through the state");
+        humantime::parse_rfc3339(&e.at).expect("RFC 3339 time")
+    };
     let (mut delays, mut first_ready, mut last_done) = (Vec::new(), None, None);
     for j in &jobs {
         let h = client.history(j.id).unwrap();
-        let ready = h
-            .iter()
-            .find(|e| e.to == "READY")
-            .map(|e| t(&e.at))
-            .unwrap();
-        let running = h
-            .iter()
-            .find(|e| e.to == "RUNNING")
-            .map(|e| t(&e.at))
-            .unwrap();
-        let done = h
-            .iter()
-            .find(|e| e.to == "JOB_FINISHED")
-            .map(|e| t(&e.at))
-            .unwrap();
+        let ready = at(&h, "READY");
+        let running = at(&h, "RUNNING");
+        let done = at(&h, "JOB_FINISHED");
         delays.push(running.duration_since(ready).unwrap_or_default());
         first_ready = Some(first_ready.map_or(ready, |f: std::time::SystemTime| f.min(ready)));
         last_done = Some(last_done.map_or(done, |l: std::time::SystemTime| l.max(done)));
@@ -306,16 +301,8 @@ fn jobs_bench(count: u32, slots: u32) {
         let j = client.jobs(Some("bench"), Some("JOB_FINISHED")).unwrap();
         if let Some(j) = j.iter().find(|j| j.version == count + 1) {
             let h = client.history(j.id).unwrap();
-            let ready = h
-                .iter()
-                .find(|e| e.to == "READY")
-                .map(|e| t(&e.at))
-                .unwrap();
-            let running = h
-                .iter()
-                .find(|e| e.to == "RUNNING")
-                .map(|e| t(&e.at))
-                .unwrap();
+            let ready = at(&h, "READY");
+            let running = at(&h, "RUNNING");
             break running.duration_since(ready).unwrap_or_default();
         }
         std::thread::sleep(Duration::from_millis(20));
