@@ -340,8 +340,6 @@ fn jobs_bench(count: u32, slots: u32) {
         "READY -> RUNNING of one job, idle launcher, s",
         lone_delay.as_secs_f64()
     );
-    println!(
-        "\nAll 1,000 jobs are READY at once, so their READY -> RUNNING includes waiting for a free"
-    );
+    println!("\nAll {count} jobs are READY at once, so their READY -> RUNNING includes waiting for a free");
     println!("slot; the last row is the pure scheduling delay (service poll 50 ms, launcher poll 50 ms).");
 }
