@@ -12,6 +12,8 @@ command -v python3 >/dev/null || need_pkgs+=(python3)          # the AlignTK sta
 command -v pgrep >/dev/null || need_pkgs+=(procps)
 command -v slurmctld >/dev/null || need_pkgs+=(slurm-wlm)      # a real one-node Slurm
 command -v munged >/dev/null || need_pkgs+=(munge)
+[ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)             # a real sshd on 127.0.0.1
+command -v ssh >/dev/null || need_pkgs+=(openssh-client)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

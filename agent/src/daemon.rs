@@ -173,6 +173,9 @@ pub struct Daemon {
     walk: HashSet<PathBuf>,
     active: Option<PathBuf>,
     tx: mpsc::UnboundedSender<Msg>,
+    /// The SSH master, for transport `ssh`.
+    master: Option<crate::ssh::Master>,
+    master_down: bool,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -193,6 +196,7 @@ pub async fn run(
         .map(Root::new)
         .collect::<Result<Vec<_>>>()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (cfg_transport, cfg_link) = (cfg.link.transport, cfg.link.clone());
     let mut d = Daemon {
         cfg: Arc::new(cfg),
         journal,
@@ -202,6 +206,9 @@ pub async fn run(
         walk: HashSet::new(),
         active: None,
         tx: tx.clone(),
+        master: (cfg_transport == beamflow_config::Transport::Ssh)
+            .then(|| crate::ssh::Master::new(&cfg_link)),
+        master_down: false,
     };
     // watchers first, so nothing written during the reconcile scan is missed
     let inotify: Vec<PathBuf> = d
@@ -231,7 +238,8 @@ pub async fn run(
     let mut poll = tokio::time::interval(poll_every);
     let mut rescan = tokio::time::interval(d.cfg.agent.rescan.0);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    for t in [&mut poll, &mut rescan, &mut tick] {
+    let mut watchdog = tokio::time::interval(d.cfg.link.keepalive.0.max(Duration::from_secs(1)));
+    for t in [&mut poll, &mut rescan, &mut tick, &mut watchdog] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     tokio::pin!(shutdown);
@@ -248,13 +256,33 @@ pub async fn run(
             }
             _ = rescan.tick() => d.full_rescan(),
             _ = tick.tick() => d.step().await?,
+            _ = watchdog.tick(), if d.master.is_some() => d.watchdog().await,
         }
     }
     tracing::info!("agent stopping; transfers in flight resume at the next start");
+    if let Some(m) = d.master.take() {
+        m.close().await;
+    }
     Ok(())
 }
 
 impl Daemon {
+    /// Polls the SSH master between transfers, so that its loss is logged when it happens
+    /// rather than when the next stack is ready.
+    async fn watchdog(&mut self) {
+        let Some(m) = self.master.as_ref() else {
+            return;
+        };
+        let alive = m.alive().await;
+        if !alive && !self.master_down {
+            tracing::warn!("the SSH master is gone; stacks wait until it is back");
+        }
+        if alive && self.master_down {
+            tracing::info!("the SSH master is back");
+        }
+        self.master_down = !alive;
+    }
+
     fn root_of(&self, p: &Path) -> Option<usize> {
         self.roots.iter().position(|r| p.starts_with(&r.canon))
     }
@@ -423,12 +451,30 @@ impl Daemon {
                     workflow: rec.workflow.clone(),
                     files,
                 };
+                let ctl = match self.master.as_mut() {
+                    None => None,
+                    Some(m) => match m.ensure().await {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            // keep watching and journaling; try again shortly
+                            let reason = e.to_string();
+                            if rec.reason != reason {
+                                tracing::warn!(stack = %rec.name, "{reason}");
+                            }
+                            self.journal
+                                .set_state(rec.id, StackState::Queued, &reason)?;
+                            let t = self.stacks.get_mut(dir).expect("tracked");
+                            t.retry_at = Some(now + Duration::from_secs(2));
+                            return Ok(());
+                        }
+                    },
+                };
                 self.journal.set_state(rec.id, StackState::Sending, "")?;
                 tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), "sending");
                 self.active = Some(dir.to_path_buf());
                 let (cfg, tx, d) = (self.cfg.clone(), self.tx.clone(), dir.to_path_buf());
                 tokio::task::spawn_blocking(move || {
-                    let report = transfer::send(&cfg, &job);
+                    let report = transfer::send(&cfg, &job, ctl.as_deref());
                     let _ = tx.send(Msg::Done(d, Box::new(report)));
                 });
                 Ok(())

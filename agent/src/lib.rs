@@ -11,6 +11,7 @@ pub mod journal;
 pub mod link;
 pub mod push;
 pub mod scan;
+pub mod ssh;
 pub mod stack;
 pub mod status;
 pub mod synth;

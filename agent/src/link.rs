@@ -12,7 +12,7 @@ use beamflow_protocol::{
 };
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -87,23 +87,42 @@ pub struct Link {
     child: Child,
 }
 
-/// The command that starts the far end.
-pub fn far_command(cfg: &Config) -> Vec<String> {
-    if !cfg.link.command.is_empty() {
-        return cfg.link.command.clone();
+/// The command that starts the far end: for `local` the collector itself, for `ssh` a channel
+/// over the master at `ctl` running the remote command.
+pub fn far_command(cfg: &Config, ctl: Option<&Path>) -> Vec<String> {
+    match (cfg.link.transport, ctl) {
+        (Transport::Ssh, Some(ctl)) => {
+            let remote = if cfg.link.command.is_empty() {
+                [
+                    "beamflow-collector",
+                    "serve",
+                    "--stdio",
+                    "--config",
+                    "~/.config/beamflow/beamflow.toml",
+                ]
+                .map(String::from)
+                .to_vec()
+            } else {
+                cfg.link.command.clone()
+            };
+            crate::ssh::channel_command(&cfg.link, ctl, &remote)
+        }
+        _ if !cfg.link.command.is_empty() => cfg.link.command.clone(),
+        _ => {
+            let exe = collector_exe();
+            let config = cfg
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("beamflow.toml"));
+            vec![
+                exe.display().to_string(),
+                "serve".into(),
+                "--stdio".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ]
+        }
     }
-    let exe = collector_exe();
-    let config = cfg
-        .source
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("beamflow.toml"));
-    vec![
-        exe.display().to_string(),
-        "serve".into(),
-        "--stdio".into(),
-        "--config".into(),
-        config.display().to_string(),
-    ]
 }
 
 /// `beamflow-collector` beside this binary if it is there (a build tree or one install
@@ -127,13 +146,16 @@ fn widen_pipe(fd: std::os::fd::RawFd) {
 }
 
 impl Link {
-    /// Starts the far end and performs the handshake.
-    pub fn open(cfg: &Config) -> Result<Link, LinkError> {
+    /// Starts the far end and performs the handshake. `ctl` is the SSH master's socket
+    /// (transport `ssh` only).
+    pub fn open(cfg: &Config, ctl: Option<&Path>) -> Result<Link, LinkError> {
         use std::os::fd::AsRawFd;
-        match cfg.link.transport {
-            Transport::Local => {}
+        if cfg.link.transport == Transport::Ssh && ctl.is_none() {
+            return Err(LinkError::Refused(
+                "no SSH master to open a channel on".into(),
+            ));
         }
-        let argv = far_command(cfg);
+        let argv = far_command(cfg, ctl);
         let command = argv.join(" ");
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])

@@ -36,6 +36,12 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         attempts: u32,
     },
+    /// Open the SSH master in this terminal (password, one-time password …) and leave it
+    /// running for the daemon (`[link] master = "adopt"`).
+    Login {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+    },
     /// Show every stack the agent knows, with state, files, bytes and reason.
     Status {
         #[arg(long, env = "BEAMFLOW_CONFIG")]
@@ -138,6 +144,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     " (registered before; nothing new created)"
                 }
+            );
+        }
+        Cmd::Login { config } => {
+            let cfg = Config::load(&config)?;
+            anyhow::ensure!(
+                cfg.link.transport == beamflow_config::Transport::Ssh,
+                "[link] transport is not \"ssh\" in {}; there is no master to open",
+                config.display()
+            );
+            let ctl = beamflow_agent::ssh::login(&cfg.link).map_err(anyhow::Error::msg)?;
+            println!(
+                "SSH master to {} is open at {}; beamflow-agent run uses it until it ends",
+                cfg.link.host,
+                ctl.display()
             );
         }
         Cmd::Status { config, json } => {

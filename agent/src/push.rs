@@ -3,9 +3,10 @@
 
 use crate::daemon::{check_images, hash_files, Root};
 use crate::journal::{Journal, StackState};
+use crate::ssh::Master;
 use crate::transfer::{self, Action, Job};
 use anyhow::{bail, Context, Result};
-use beamflow_config::{Config, WatchSection};
+use beamflow_config::{Config, Transport, WatchSection};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -120,10 +121,64 @@ pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
     };
     let bytes = files.iter().map(|f| f.size).sum();
     let mut wait = cfg.agent.retry_initial.0;
+    let mut master = (cfg.link.transport == Transport::Ssh).then(|| Master::new(&cfg.link));
+    let result = send_with_retries(
+        cfg,
+        &mut journal,
+        &rec,
+        &job,
+        &files,
+        bytes,
+        attempts,
+        &mut wait,
+        master.as_mut(),
+    )
+    .await;
+    if let Some(m) = master {
+        m.close().await;
+    }
+    result.map(|mut p| {
+        p.stack = name;
+        p
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_with_retries(
+    cfg: &Config,
+    journal: &mut Journal,
+    rec: &crate::journal::StackRecord,
+    job: &Job,
+    files: &[crate::journal::FileRecord],
+    bytes: u64,
+    attempts: u32,
+    wait: &mut Duration,
+    mut master: Option<&mut Master>,
+) -> Result<Pushed> {
+    let name = job.name.clone();
     for attempt in 1..=attempts.max(1) {
+        let ctl = match master.as_deref_mut() {
+            None => None,
+            Some(m) => match m.ensure().await {
+                Ok(p) => Some(p),
+                Err(e) if attempt == attempts.max(1) => {
+                    return Err(anyhow::Error::new(e).context(format!("push of {name} failed")))
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "attempt {attempt}: {e}; retrying in {}",
+                        humantime::format_duration(*wait)
+                    );
+                    tokio::time::sleep(*wait).await;
+                    *wait = (*wait * 2).min(Duration::from_secs(60));
+                    continue;
+                }
+            },
+        };
         journal.set_state(rec.id, StackState::Sending, "")?;
         let (c, j) = (cfg.clone(), job.clone());
-        let report = tokio::task::spawn_blocking(move || transfer::send(&c, &j)).await?;
+        let report =
+            tokio::task::spawn_blocking(move || transfer::send(&c, &j, ctl.as_deref())).await?;
         journal.mark_sent(
             rec.id,
             &report.acked,
@@ -163,10 +218,10 @@ pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
                 }
                 tracing::warn!(
                     "attempt {attempt} failed: {e}; retrying in {}",
-                    humantime::format_duration(wait)
+                    humantime::format_duration(*wait)
                 );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(60));
+                tokio::time::sleep(*wait).await;
+                *wait = (*wait * 2).min(Duration::from_secs(60));
             }
         }
     }

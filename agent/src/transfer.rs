@@ -206,8 +206,9 @@ impl Session<'_> {
     }
 }
 
-/// Sends `job` over a fresh link and submits it. Blocking: run it on a blocking thread.
-pub fn send(cfg: &Config, job: &Job) -> Report {
+/// Sends `job` over a fresh link (a channel of the SSH master at `ctl`, for transport `ssh`)
+/// and submits it. Blocking: run it on a blocking thread.
+pub fn send(cfg: &Config, job: &Job, ctl: Option<&Path>) -> Report {
     let start = Instant::now();
     let mut report = Report {
         acked: Vec::new(),
@@ -216,13 +217,18 @@ pub fn send(cfg: &Config, job: &Job) -> Report {
         elapsed: Duration::ZERO,
         result: Err(TransferError::Broken(String::new())),
     };
-    report.result = run(cfg, job, &mut report);
+    report.result = run(cfg, job, ctl, &mut report);
     report.elapsed = start.elapsed();
     report
 }
 
-fn run(cfg: &Config, job: &Job, report: &mut Report) -> Result<Accepted, TransferError> {
-    let mut link = Link::open(cfg)?;
+fn run(
+    cfg: &Config,
+    job: &Job,
+    ctl: Option<&Path>,
+    report: &mut Report,
+) -> Result<Accepted, TransferError> {
+    let mut link = Link::open(cfg, ctl)?;
     let mut s = Session {
         frames: &link.frames,
         have: HashMap::new(),

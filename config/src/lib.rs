@@ -214,6 +214,32 @@ pub struct LinkSection {
     pub max_rate: ByteSize,
     /// How long the far end may take to answer the handshake.
     pub handshake_timeout: Dur,
+    /// `ssh` transport: the host, an ssh_config alias or `user@host`.
+    pub host: String,
+    /// `ssh` transport: `own` (the agent opens its master) or `adopt` (use the master a person
+    /// opened with `beamflow-agent login`, for one-time-password sites).
+    pub master: MasterMode,
+    /// `ssh` transport: the master's control socket. Required for `adopt`; for `own` a socket
+    /// in a private folder under `/tmp` is used when empty. At most 108 bytes.
+    pub control_path: PathBuf,
+    /// `ssh` transport: an ssh_config file to use instead of `~/.ssh/config` (`ssh -F`).
+    pub ssh_config: Option<PathBuf>,
+    /// `ssh` transport: ServerAliveInterval of the master; three missed answers end it.
+    pub keepalive: Dur,
+    /// `ssh` transport, `own` master: how long it outlives its last use (a crashed agent
+    /// leaves nothing behind for longer).
+    pub persist: Dur,
+}
+
+/// Who opens the SSH master connection.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterMode {
+    /// The agent opens (and reopens) it; needs key or agent authentication.
+    #[default]
+    Own,
+    /// A person opens it with `beamflow-agent login`; the agent waits when it is gone.
+    Adopt,
 }
 
 impl Default for LinkSection {
@@ -224,6 +250,12 @@ impl Default for LinkSection {
             chunk_size: ByteSize(1 << 20),
             max_rate: ByteSize(0),
             handshake_timeout: Dur::secs(30),
+            host: String::new(),
+            master: MasterMode::Own,
+            control_path: PathBuf::new(),
+            ssh_config: None,
+            keepalive: Dur::secs(5),
+            persist: Dur::secs(600),
         }
     }
 }
@@ -235,6 +267,8 @@ pub enum Transport {
     /// A child process on this host speaking over its pipes.
     #[default]
     Local,
+    /// `beamflow-collector serve --stdio` on another host, over one shared SSH master.
+    Ssh,
 }
 
 /// `[collector]`: where received files go.
@@ -454,6 +488,39 @@ impl Config {
                 ));
             }
         }
+        if cfg.link.transport == Transport::Ssh {
+            let bad = |key: &str, message: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, key)
+                    .or_else(|| find_key_line(text, "transport"))
+                    .unwrap_or(1),
+                key: format!("key `link.{key}`: "),
+                message,
+            };
+            if cfg.link.host.trim().is_empty() {
+                return Err(bad(
+                    "host",
+                    "transport \"ssh\" needs a host (an ssh_config alias or user@host)".into(),
+                ));
+            }
+            if cfg.link.master == MasterMode::Adopt && cfg.link.control_path.as_os_str().is_empty()
+            {
+                return Err(bad(
+                    "control_path",
+                    "master = \"adopt\" needs the control socket that `beamflow-agent login` opens"
+                        .into(),
+                ));
+            }
+            if cfg.link.control_path.as_os_str().len() > 100 {
+                return Err(bad(
+                    "control_path",
+                    format!(
+                        "{} is too long for a unix socket (at most 100 bytes here)",
+                        cfg.link.control_path.display()
+                    ),
+                ));
+            }
+        }
         if cfg.service.max_attempts == 0 {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -490,6 +557,12 @@ impl Config {
         fix(&mut self.collector.data_root);
         fix(&mut self.collector.state_dir);
         fix(&mut self.service.work_root);
+        if !self.link.control_path.as_os_str().is_empty() {
+            fix(&mut self.link.control_path);
+        }
+        if let Some(p) = self.link.ssh_config.as_mut() {
+            fix(p);
+        }
         for wf in self.workflows.values_mut() {
             if let Some(bin) = wf.bin.as_mut() {
                 fix(bin);

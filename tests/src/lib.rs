@@ -5,6 +5,8 @@
 //! The binaries are the ones `cargo build --bins` put beside this test executable; the test
 //! command in the README builds them first.
 
+pub mod sshd;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,265 @@
+//! The SSH master: one authenticated connection that every channel shares.
+//!
+//! With `master = "own"` the agent opens it (openssh's `connect_mux`, host keys checked
+//! strictly, keepalives on, `ControlPersist` bounded so a crashed agent leaves nothing behind
+//! for long) and reopens it when it dies. With `master = "adopt"` a person opens it once with
+//! `beamflow-agent login` (password, one-time password, whatever the site asks) and the agent
+//! only adopts it (`resume_mux`); when it is gone the agent keeps watching and journaling, says
+//! "waiting for the SSH master — run `beamflow-agent login`", and resumes by itself once a
+//! master is back. Channels are `ssh -S <socket>` processes multiplexed over the master; they
+//! carry `ProxyCommand=false` so that a dead master can never turn into a fresh login.
+
+use beamflow_config::{LinkSection, MasterMode};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Why there is no usable master.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// Adopt mode and nobody has logged in (or the master died).
+    #[error(
+        "waiting for the SSH master — run `beamflow-agent login` (no live master at {path}: {why})"
+    )]
+    NoMaster {
+        /// The control socket.
+        path: PathBuf,
+        /// What the check said.
+        why: String,
+    },
+    /// Own mode and the connection failed.
+    #[error("cannot open the SSH master to {host}: {why}")]
+    Connect {
+        /// Host.
+        host: String,
+        /// What ssh said (host key refusals included).
+        why: String,
+    },
+}
+
+/// The master connection, opened or adopted on demand.
+pub struct Master {
+    link: LinkSection,
+    session: Option<Session>,
+}
+
+fn describe(e: &openssh::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    if s.contains("Host key verification failed")
+        || s.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    {
+        s.push_str(" — the host key does not match known_hosts; if the host really changed its key, update known_hosts (ssh-keygen -R HOST) and connect once by hand");
+    }
+    s
+}
+
+impl Master {
+    /// A master for `[link]` (not yet connected).
+    pub fn new(link: &LinkSection) -> Master {
+        Master {
+            link: link.clone(),
+            session: None,
+        }
+    }
+
+    /// The control socket of a live master, opening (own) or adopting (adopt) one if needed.
+    pub async fn ensure(&mut self) -> Result<PathBuf, SshError> {
+        if let Some(s) = &self.session {
+            if s.check().await.is_ok() {
+                return Ok(s.control_socket().to_path_buf());
+            }
+            tracing::warn!(host = %self.link.host, "the SSH master is gone");
+            if let Some(s) = self.session.take() {
+                let _ = s.detach(); // dropping would try to close what is already dead
+            }
+        }
+        let session = match self.link.master {
+            MasterMode::Adopt => {
+                let path = self.link.control_path.clone();
+                if !path.exists() {
+                    return Err(SshError::NoMaster {
+                        path,
+                        why: "no control socket".into(),
+                    });
+                }
+                let s = Session::resume_mux(path.clone().into_boxed_path(), None);
+                if let Err(e) = s.check().await {
+                    let _ = s.detach();
+                    return Err(SshError::NoMaster {
+                        path,
+                        why: describe(&e),
+                    });
+                }
+                s
+            }
+            MasterMode::Own => {
+                let mut b = SessionBuilder::default();
+                b.known_hosts_check(KnownHosts::Strict)
+                    .server_alive_interval(self.link.keepalive.0)
+                    .connect_timeout(Duration::from_secs(15))
+                    .control_persist(ControlPersist::IdleFor(
+                        std::num::NonZeroUsize::new(self.link.persist.0.as_secs().max(1) as usize)
+                            .expect("at least 1"),
+                    ))
+                    .control_directory(self.control_dir());
+                if let Some(f) = &self.link.ssh_config {
+                    b.config_file(f);
+                }
+                b.connect_mux(&self.link.host)
+                    .await
+                    .map_err(|e| SshError::Connect {
+                        host: self.link.host.clone(),
+                        why: describe(&e),
+                    })?
+            }
+        };
+        tracing::info!(host = %self.link.host, socket = %session.control_socket().display(), mode = ?self.link.master, "SSH master ready");
+        let path = session.control_socket().to_path_buf();
+        self.session = Some(session);
+        Ok(path)
+    }
+
+    fn control_dir(&self) -> PathBuf {
+        match self.link.control_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::env::temp_dir(),
+        }
+    }
+
+    /// Whether the master answers now (the watchdog's question).
+    pub async fn alive(&self) -> bool {
+        match &self.session {
+            Some(s) => s.check().await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ends an owned master; leaves an adopted one to its owner.
+    pub async fn close(mut self) {
+        if let Some(s) = self.session.take() {
+            match self.link.master {
+                MasterMode::Own => {
+                    let _ = s.close().await;
+                }
+                MasterMode::Adopt => {
+                    let _ = s.detach();
+                }
+            }
+        }
+    }
+}
+
+/// Quotes a word for the remote shell, leaving `~/` paths and plain words alone.
+pub fn shell_word(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_/.:=@%+,~-".contains(c));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+/// The `ssh` command line of one channel over the master at `ctl`.
+pub fn channel_command(link: &LinkSection, ctl: &Path, remote: &[String]) -> Vec<String> {
+    let mut argv = vec!["ssh".to_string()];
+    if let Some(f) = &link.ssh_config {
+        argv.push("-F".into());
+        argv.push(f.display().to_string());
+    }
+    for o in [
+        "ControlMaster=no",
+        "BatchMode=yes",
+        "ProxyCommand=false",
+        "StrictHostKeyChecking=yes",
+    ] {
+        argv.push("-o".into());
+        argv.push(o.into());
+    }
+    argv.push("-S".into());
+    argv.push(ctl.display().to_string());
+    argv.push("-T".into());
+    argv.push(link.host.clone());
+    argv.push("--".into());
+    argv.push(
+        remote
+            .iter()
+            .map(|w| shell_word(w))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    argv
+}
+
+/// `beamflow-agent login`: opens a master in the person's terminal and leaves it running.
+pub fn login(link: &LinkSection) -> Result<PathBuf, String> {
+    if link.control_path.as_os_str().is_empty() {
+        return Err("set [link] control_path (and master = \"adopt\") so that the agent can find the master".into());
+    }
+    let mut cmd = Command::new("ssh");
+    if let Some(f) = &link.ssh_config {
+        cmd.arg("-F").arg(f);
+    }
+    cmd.args([
+        "-M",
+        "-N",
+        "-f",
+        "-o",
+        "ControlPersist=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ])
+    .arg("-o")
+    .arg(format!(
+        "ServerAliveInterval={}",
+        link.keepalive.0.as_secs().max(1)
+    ))
+    .arg("-S")
+    .arg(&link.control_path)
+    .arg(&link.host);
+    let st = cmd.status().map_err(|e| format!("cannot run ssh: {e}"))?;
+    if !st.success() {
+        return Err(format!("ssh exited with {st}; the master is not open"));
+    }
+    let mut check = Command::new("ssh");
+    if let Some(f) = &link.ssh_config {
+        check.arg("-F").arg(f);
+    }
+    let ok = check
+        .arg("-S")
+        .arg(&link.control_path)
+        .args(["-O", "check"])
+        .arg(&link.host)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !ok.status.success() {
+        return Err(format!(
+            "the master did not answer: {}",
+            String::from_utf8_lossy(&ok.stderr).trim()
+        ));
+    }
+    Ok(link.control_path.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_words_are_quoted_only_when_needed() {
+        assert_eq!(
+            shell_word("~/.config/beamflow/beamflow.toml"),
+            "~/.config/beamflow/beamflow.toml"
+        );
+        assert_eq!(shell_word("/data/run 1"), "'/data/run 1'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+    }
+}

@@ -1,0 +1,138 @@
+//! The SSH transport against a real sshd on 127.0.0.1 (generated host and user keys, strict
+//! host key checking): an owned master, an adopted master, no master, a wrong host key, and a
+//! master that dies in the middle of a transfer.
+
+use beamflow_e2e::sshd::Sshd;
+use beamflow_e2e::*;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn ssh_site(sshd: &Sshd, master: &str, ctl: Option<&std::path::Path>) -> Site {
+    let site = Site::new("1s", "");
+    let link = sshd.link_toml(&site.config, master, ctl, "1s");
+    site.edit_config("transport = \"local\"", &link);
+    site
+}
+
+fn pushed_ok(site: &Site, dir: &std::path::Path) -> String {
+    let out = site.run(
+        "beamflow-agent",
+        &["push", "--attempts", "1", dir.to_str().unwrap()],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "push over ssh failed: {text}");
+    text
+}
+
+#[test]
+fn push_over_ssh_with_the_agents_own_master() {
+    let sshd = Sshd::start();
+    let site = ssh_site(&sshd, "own", None);
+    let _service = site.start_service();
+    let dir = site.write_stack("over ssh", 4, 64);
+    let text = pushed_ok(&site, &dir);
+    assert!(text.contains("DAG 1 with 4 jobs"), "{text}");
+    assert_same_tree(&dir, &site.remote().join("over ssh"));
+    assert_eq!(site.jobs().len(), 4);
+}
+
+#[test]
+fn push_over_an_adopted_master_leaves_it_running() {
+    let sshd = Sshd::start();
+    let ctl = sshd.dir.join("master.sock");
+    sshd.open_master(&ctl);
+    let site = ssh_site(&sshd, "adopt", Some(&ctl));
+    let _service = site.start_service();
+    let dir = site.write_stack("adopted", 3, 64);
+    pushed_ok(&site, &dir);
+    assert_same_tree(&dir, &site.remote().join("adopted"));
+    assert!(
+        sshd.master(&ctl, "check"),
+        "the person's master must outlive the agent's use of it"
+    );
+    sshd.master(&ctl, "exit");
+}
+
+#[test]
+fn without_a_master_the_agent_says_to_log_in_and_never_logs_in_by_itself() {
+    let sshd = Sshd::start();
+    let ctl = sshd.dir.join("absent.sock");
+    let site = ssh_site(&sshd, "adopt", Some(&ctl));
+    let _service = site.start_service();
+    let dir = site.write_stack("nomaster", 2, 32);
+    let out = site.run(
+        "beamflow-agent",
+        &["push", "--attempts", "1", dir.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("waiting for the SSH master — run `beamflow-agent login`"),
+        "{err}"
+    );
+    assert!(!site.remote().join("nomaster").exists());
+}
+
+#[test]
+fn a_host_key_mismatch_is_a_clear_refusal() {
+    let sshd = Sshd::start();
+    let other = sshd.dir.join("other_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ""])
+        .arg("-f")
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let wrong = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    std::fs::write(
+        sshd.dir.join("known_hosts"),
+        format!("[127.0.0.1]:{} {wrong}", sshd.port),
+    )
+    .unwrap();
+    let site = ssh_site(&sshd, "own", None);
+    let _service = site.start_service();
+    let dir = site.write_stack("mitm", 2, 32);
+    let out = site.run(
+        "beamflow-agent",
+        &["push", "--attempts", "1", dir.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("host key"), "{err}");
+    assert!(!site.remote().join("mitm").exists());
+}
+
+#[test]
+fn the_master_killed_mid_transfer_makes_the_agent_wait_then_finish_when_it_is_back() {
+    let sshd = Sshd::start();
+    let ctl = sshd.dir.join("m.sock");
+    sshd.open_master(&ctl);
+    let site = ssh_site(&sshd, "adopt", Some(&ctl));
+    site.edit_config("max_rate = 0", "max_rate = \"32 MiB\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let src = site.write_big_stack("m", 12, 2048); // 12 × 8 MiB at 32 MiB/s: ~3 s on the wire
+    site.wait_state("m", "sending", LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sshd.master(&ctl, "exit"), "could not stop the master");
+    wait_until(LONG, "the agent to say it waits for the master", || {
+        site.stack("m").is_some_and(|s| {
+            s["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("waiting for the SSH master")
+        })
+    });
+    assert_eq!(site.stack("m").unwrap()["state"], "queued");
+    sshd.open_master(&ctl);
+    site.wait_state("m", "submitted", LONG);
+    assert_same_tree(&src, &site.remote().join("m"));
+    assert_eq!(site.jobs().len(), 4, "one DAG");
+    sshd.master(&ctl, "exit");
+}
