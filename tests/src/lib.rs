@@ -501,3 +501,36 @@ impl Site {
             .expect("blank");
     }
 }
+
+/// Every descendant of `pid` (children, their children …).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        if let Some(pp) = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<i32>().ok())
+        {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(x) = frontier.pop() {
+        for (c, _) in parent_of.iter().filter(|(_, pp)| *pp == x) {
+            out.push(*c);
+            frontier.push(*c);
+        }
+    }
+    out
+}

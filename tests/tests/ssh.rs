@@ -136,3 +136,44 @@ fn the_master_killed_mid_transfer_makes_the_agent_wait_then_finish_when_it_is_ba
     assert_eq!(site.jobs().len(), 4, "one DAG");
     sshd.master(&ctl, "exit");
 }
+
+#[test]
+fn a_black_holed_link_is_noticed_within_the_keepalive_bound_and_the_transfer_completes() {
+    let sshd = Sshd::start();
+    let site = ssh_site(&sshd, "own", None); // keepalive 1 s: three missed answers end the master
+    site.edit_config("max_rate = 0", "max_rate = \"24 MiB\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let src = site.write_big_stack("bh", 12, 2048); // ~4 s on the wire
+    site.wait_state("bh", "sending", LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    // freeze every sshd session process: the TCP connection stays up, nothing answers
+    let frozen = descendants(sshd.proc.pid());
+    assert!(!frozen.is_empty(), "no sshd session to freeze");
+    for p in &frozen {
+        unsafe { libc::kill(*p, libc::SIGSTOP) };
+    }
+    let start = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "the agent to notice the dead link",
+        || {
+            std::fs::read_to_string(site.dir.join("agent.log"))
+                .unwrap_or_default()
+                .contains("link to the collector broke")
+        },
+    );
+    let noticed = start.elapsed();
+    for p in &frozen {
+        unsafe { libc::kill(*p, libc::SIGCONT) };
+    }
+    assert!(
+        noticed < Duration::from_secs(12),
+        "noticed after {noticed:?}; the keepalive bound is about 3 s"
+    );
+    // the agent opens a new master by itself and finishes
+    site.wait_state("bh", "submitted", LONG);
+    assert_same_tree(&src, &site.remote().join("bh"));
+    assert_eq!(site.jobs().len(), 4);
+    eprintln!("black hole noticed after {noticed:?}");
+}
