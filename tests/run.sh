@@ -14,6 +14,7 @@ command -v slurmctld >/dev/null || need_pkgs+=(slurm-wlm)      # a real one-node
 command -v munged >/dev/null || need_pkgs+=(munge)
 [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)             # a real sshd on 127.0.0.1
 command -v ssh >/dev/null || need_pkgs+=(openssh-client)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)        # verifies the unit files
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -239,6 +239,9 @@ pub async fn run(
     let mut rescan = tokio::time::interval(d.cfg.agent.rescan.0);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut watchdog = tokio::time::interval(d.cfg.link.keepalive.0.max(Duration::from_secs(1)));
+    // systemd's watchdog is fed from this loop, so a wedged loop gets the unit restarted
+    let sd_every = crate::notify::watchdog_interval();
+    let mut sd_watchdog = tokio::time::interval(sd_every.unwrap_or(Duration::from_secs(3600)));
     for t in [&mut poll, &mut rescan, &mut tick, &mut watchdog] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -257,9 +260,13 @@ pub async fn run(
             _ = rescan.tick() => d.full_rescan(),
             _ = tick.tick() => d.step().await?,
             _ = watchdog.tick(), if d.master.is_some() => d.watchdog().await,
+            _ = sd_watchdog.tick(), if sd_every.is_some() => {
+                crate::notify::notify("WATCHDOG=1");
+            }
         }
     }
     tracing::info!("agent stopping; transfers in flight resume at the next start");
+    crate::notify::notify("STOPPING=1");
     if let Some(m) = d.master.take() {
         m.close().await;
     }

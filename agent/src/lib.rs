@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod demo;
 pub mod journal;
 pub mod link;
+pub mod notify;
 pub mod push;
 pub mod scan;
 pub mod ssh;

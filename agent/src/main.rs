@@ -114,7 +114,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = Config::load(&config)?;
             init_logs(cfg.agent.log_format, "info");
             let rt = runtime()?;
-            let result = rt.block_on(daemon::run(cfg, shutdown_signal(), || {}));
+            let status = format!("STATUS=watching {} root(s)", cfg.watch.len());
+            let ready = move || {
+                beamflow_agent::notify::notify(&format!("READY=1\n{status}"));
+            };
+            let result = rt.block_on(daemon::run(cfg, shutdown_signal(), ready));
             // a transfer thread still running is abandoned: its link dies with us and the
             // journal resumes it at the next start
             rt.shutdown_timeout(Duration::from_secs(2));
