@@ -10,6 +10,7 @@ pub use beamflow_protocol::api;
 pub mod cli;
 pub mod dag;
 pub mod db;
+pub mod delta;
 pub mod engine;
 pub mod launcher;
 pub mod lifecycle;

@@ -80,6 +80,8 @@ struct Incoming {
     hasher: blake3::Hasher,
     /// State of the hasher after the partial copy we offered as a prefix, if any.
     prefix: Option<(u64, blake3::Hasher)>,
+    /// Where the delta is spooled, when we offered a signature (and the spool, once open).
+    delta: Option<(PathBuf, Option<File>)>,
 }
 
 struct Finished {
@@ -187,6 +189,7 @@ impl Receiver {
         }
         let mut have = Have::Nothing;
         let mut prefix = None;
+        let mut delta = None;
         if let Ok(m) = std::fs::metadata(&part) {
             if m.is_file() && m.len() > 0 && m.len() <= size {
                 if let Ok((n, h)) = hash_file(&part, Some(m.len())) {
@@ -196,6 +199,13 @@ impl Receiver {
                     };
                     prefix = Some((n, h));
                 }
+            }
+        }
+        if have == Have::Nothing && std::fs::metadata(&dest).is_ok_and(|m| m.is_file()) {
+            // another version of the file is here: offer its signature for a delta
+            if let Some(signature) = crate::delta::signature_for(&dest, size) {
+                have = Have::Delta { signature };
+                delta = Some((dest.with_file_name(format!(".{name}.beamflow-delta")), None));
             }
         }
         self.incoming.insert(
@@ -211,6 +221,7 @@ impl Receiver {
                 flushed: 0,
                 hasher: blake3::Hasher::new(),
                 prefix,
+                delta,
             },
         );
         Frame::HaveReply { id, have }
@@ -222,6 +233,10 @@ impl Receiver {
             message: format!("data for file {id}, which was never offered"),
         })?;
         let nack = |code, reason: String| Frame::Nack { id, code, reason };
+        if let Some((spool, _)) = inc.delta.take() {
+            // the agent declined the delta and sends the whole file
+            let _ = std::fs::remove_file(spool);
+        }
         if inc.file.is_none() {
             // the first data frame says where the agent resumes: 0, or the prefix we offered
             match inc.prefix.take() {
@@ -282,7 +297,45 @@ impl Receiver {
         Ok(())
     }
 
+    fn delta_bytes(&mut self, id: u64, bytes: &[u8]) -> Result<(), Frame> {
+        let Some(inc) = self.incoming.get_mut(&id) else {
+            return Err(Frame::Error {
+                code: ErrorCode::Protocol,
+                message: format!("delta for file {id}, which was never offered"),
+            });
+        };
+        let Some((spool, file)) = inc.delta.as_mut() else {
+            return Err(Frame::Nack {
+                id,
+                code: ErrorCode::Protocol,
+                reason: format!("{}: a delta was not offered", inc.path),
+            });
+        };
+        if file.is_none() {
+            *file = Some(File::create(&*spool).map_err(|e| Frame::Nack {
+                id,
+                code: ErrorCode::Io,
+                reason: format!("cannot spool the delta: {e}"),
+            })?);
+        }
+        file.as_mut()
+            .expect("opened above")
+            .write_all(bytes)
+            .map_err(|e| Frame::Nack {
+                id,
+                code: ErrorCode::Io,
+                reason: format!("cannot spool the delta: {e}"),
+            })
+    }
+
     fn done(&mut self, id: u64) -> Option<Frame> {
+        if self
+            .incoming
+            .get(&id)
+            .is_some_and(|i| i.delta.as_ref().is_some_and(|(_, f)| f.is_some()))
+        {
+            return self.done_delta(id);
+        }
         let Some(mut inc) = self.incoming.remove(&id) else {
             return Some(Frame::Error {
                 code: ErrorCode::Protocol,
@@ -345,6 +398,51 @@ impl Receiver {
         None
     }
 
+    fn done_delta(&mut self, id: u64) -> Option<Frame> {
+        let inc = self.incoming.remove(&id)?;
+        let (spool, file) = inc.delta.expect("checked by the caller");
+        drop(file);
+        let applied = crate::delta::apply(&inc.dest, &spool, &inc.part, inc.size);
+        let _ = std::fs::remove_file(&spool);
+        match applied {
+            Ok((file, got, n)) if n == inc.size && got == inc.hash => {
+                self.pending.push(Finished {
+                    id,
+                    path: inc.path,
+                    hash: inc.hash,
+                    file,
+                    part: inc.part,
+                    dest: inc.dest,
+                });
+                None
+            }
+            Ok((_, got, n)) => {
+                let _ = std::fs::remove_file(&inc.part);
+                let reason = format!(
+                    "{}: the delta rebuilt {n} of {} bytes with BLAKE3 {}, offered {}; send it again",
+                    inc.path,
+                    inc.size,
+                    hex::encode(&got[..8]),
+                    hex::encode(&inc.hash[..8])
+                );
+                tracing::warn!(%reason, "verification failed");
+                Some(Frame::Nack {
+                    id,
+                    code: ErrorCode::HashMismatch,
+                    reason,
+                })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&inc.part);
+                Some(Frame::Nack {
+                    id,
+                    code: ErrorCode::HashMismatch,
+                    reason: format!("{}: {e}", inc.path),
+                })
+            }
+        }
+    }
+
     /// Makes every finished file durable and returns the acknowledgements to send.
     fn commit(&mut self) -> Vec<Frame> {
         let mut out = Vec::new();
@@ -400,6 +498,9 @@ impl Receiver {
         if let Some(inc) = self.incoming.remove(&id) {
             tracing::info!(path = %inc.path, %reason, "transfer abandoned by the agent");
             let _ = std::fs::remove_file(&inc.part);
+            if let Some((spool, _)) = inc.delta {
+                let _ = std::fs::remove_file(spool);
+            }
         }
     }
 
@@ -543,6 +644,21 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
                         wr.flush().map_err(ProtocolError::Io)?;
                         return Err(
                             ProtocolError::Malformed("data for an unknown file".into()).into()
+                        );
+                    }
+                }
+            }
+            Frame::Delta { id, bytes } => {
+                if let Err(f) = rx.delta_bytes(id, &bytes) {
+                    if let Frame::Nack { .. } = f {
+                        rx.incoming.remove(&id);
+                    }
+                    let fatal = matches!(f, Frame::Error { .. });
+                    write_frame_sync(&mut wr, &f)?;
+                    if fatal {
+                        wr.flush().map_err(ProtocolError::Io)?;
+                        return Err(
+                            ProtocolError::Malformed("delta for an unknown file".into()).into()
                         );
                     }
                 }

@@ -28,6 +28,12 @@ pub enum Have {
         /// BLAKE3 of those bytes.
         hash: Hash,
     },
+    /// A different version of the file: its rsync signature (librsync format), so that the
+    /// sender can send a delta against it in [`Frame::Delta`] frames instead of the bytes.
+    Delta {
+        /// The serialized signature.
+        signature: Vec<u8>,
+    },
 }
 
 /// Machine-readable reason carried by [`Frame::Nack`] and [`Frame::Error`], so the agent
@@ -140,6 +146,13 @@ pub enum Frame {
         /// The bytes (at most one chunk).
         bytes: Vec<u8>,
     },
+    /// Agent → collector: a piece of an rsync delta against the signature the collector sent.
+    Delta {
+        /// The offer's id.
+        id: u64,
+        /// The next bytes of the delta.
+        bytes: Vec<u8>,
+    },
     /// Agent → collector: every byte of the file has been sent.
     Done {
         /// The offer's id.
@@ -217,6 +230,7 @@ impl Frame {
             Frame::Accepted { .. } => 11,
             Frame::Error { .. } => 12,
             Frame::Bye => 13,
+            Frame::Delta { .. } => 14,
         }
     }
 
@@ -254,6 +268,10 @@ impl Frame {
                         w.u64(*len);
                         w.hash(hash);
                     }
+                    Have::Delta { signature } => {
+                        w.u8(3);
+                        w.bytes(signature);
+                    }
                 }
             }
             Frame::Data { id, offset, bytes } => {
@@ -262,6 +280,10 @@ impl Frame {
                 w.bytes(bytes);
             }
             Frame::Done { id } | Frame::Ack { id } => w.u64(*id),
+            Frame::Delta { id, bytes } => {
+                w.u64(*id);
+                w.bytes(bytes);
+            }
             Frame::Abort { id, reason } => {
                 w.u64(*id);
                 w.str(reason);
@@ -362,6 +384,9 @@ impl Frame {
                         len: r.u64()?,
                         hash: r.hash()?,
                     },
+                    3 => Have::Delta {
+                        signature: r.bytes()?,
+                    },
                     n => {
                         return Err(ProtocolError::Malformed(format!(
                             "unknown 'have' variant {n}"
@@ -425,6 +450,10 @@ impl Frame {
                 message: r.str()?,
             },
             13 => Frame::Bye,
+            14 => Frame::Delta {
+                id: r.u64()?,
+                bytes: r.bytes()?,
+            },
             n => return Err(ProtocolError::Malformed(format!("unknown frame kind {n}"))),
         };
         if !r.0.is_empty() {

@@ -81,6 +81,16 @@ mod tests {
             },
             Frame::HaveReply {
                 id: 7,
+                have: Have::Delta {
+                    signature: vec![1, 2, 3],
+                },
+            },
+            Frame::Delta {
+                id: 7,
+                bytes: vec![9; 10],
+            },
+            Frame::HaveReply {
+                id: 7,
                 have: Have::Same,
             },
             Frame::HaveReply {

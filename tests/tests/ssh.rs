@@ -177,3 +177,47 @@ fn a_black_holed_link_is_noticed_within_the_keepalive_bound_and_the_transfer_com
     assert_eq!(site.jobs().len(), 4);
     eprintln!("black hole noticed after {noticed:?}");
 }
+
+#[test]
+fn a_changed_file_goes_as_a_delta_far_smaller_than_the_file() {
+    use std::os::unix::fs::FileExt;
+    let sshd = Sshd::start();
+    let site = ssh_site(&sshd, "own", None);
+    let _service = site.start_service();
+    let dir = site.write_big_stack("d", 2, 2896); // 2 × 16 MiB
+    pushed_ok(&site, &dir);
+    // change about 1% of one section, in ten places
+    let f = dir.join("S_0001.tif");
+    let len = std::fs::metadata(&f).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    for i in 0..10u64 {
+        file.write_all_at(&vec![0xAB; 16 << 10], 4096 + i * (len / 11))
+            .unwrap();
+    }
+    drop(file);
+    let text = pushed_ok(&site, &dir);
+    // "d v2: 2 files, 32.0 MiB (X sent, 1 already there) …"
+    let sent = text
+        .split('(')
+        .nth(1)
+        .and_then(|t| t.split(" sent").next())
+        .unwrap_or("");
+    let (num, unit) = sent.split_once(' ').unwrap_or(("", ""));
+    let bytes = num.parse::<f64>().unwrap_or(f64::MAX)
+        * match unit {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1048576.0,
+            _ => f64::MAX,
+        };
+    assert!(
+        text.contains("v2") && text.contains("1 already there"),
+        "{text}"
+    );
+    assert!(
+        bytes < len as f64 / 10.0,
+        "{sent} on the wire for a 1% change of a {len}-byte file: {text}"
+    );
+    assert_same_tree(&dir, &site.remote().join("d"));
+    eprintln!("delta: {sent} on the wire for a {len}-byte file with 1% changed");
+}
