@@ -218,17 +218,50 @@ pub fn send(cfg: &Config, job: &Job, ctl: Option<&Path>) -> Report {
         result: Err(TransferError::Broken(String::new())),
     };
     report.result = run(cfg, job, ctl, &mut report);
+    report.acked.sort();
+    report.acked.dedup();
     report.elapsed = start.elapsed();
     report
 }
 
-fn run(
+/// Spreads files over `k` groups of about equal bytes (largest first onto the lightest group).
+fn groups(files: &[FileRecord], k: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by(|a, b| files[*b].size.cmp(&files[*a].size));
+    let mut out = vec![(0u64, Vec::new()); k.max(1)];
+    for i in order {
+        let g = out
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("at least one group");
+        g.0 += files[i].size;
+        g.1.push(i);
+    }
+    out.into_iter()
+        .map(|(_, mut v)| {
+            v.sort();
+            v
+        })
+        .collect()
+}
+
+/// One channel: a link and what was learned on it.
+fn channel(
     cfg: &Config,
     job: &Job,
     ctl: Option<&Path>,
+    ids: &[usize],
+    submit: bool,
     report: &mut Report,
-) -> Result<Accepted, TransferError> {
-    let mut link = Link::open(cfg, ctl)?;
+    link: Option<Link>,
+) -> (Option<Link>, Result<Option<Accepted>, TransferError>) {
+    let mut link = match link {
+        Some(l) => l,
+        None => match Link::open(cfg, ctl) {
+            Ok(l) => l,
+            Err(e) => return (None, Err(e.into())),
+        },
+    };
     let mut s = Session {
         frames: &link.frames,
         have: HashMap::new(),
@@ -236,7 +269,17 @@ fn run(
         failed: None,
         names: job.files.iter().map(|f| f.name.clone()).collect(),
     };
-    let result = exchange(cfg, job, &mut link.writer, &mut s, report);
+    let rate = cfg.link.max_rate.0 / cfg.link.channels.max(1) as u64;
+    let result = exchange(
+        cfg,
+        job,
+        ids,
+        submit,
+        rate,
+        &mut link.writer,
+        &mut s,
+        report,
+    );
     for (id, ok) in &s.acked {
         if *ok {
             report.acked.push(job.files[*id as usize].name.clone());
@@ -254,20 +297,115 @@ fn run(
         }
         other => other,
     };
-    link.close();
+    (Some(link), result)
+}
+
+fn run(
+    cfg: &Config,
+    job: &Job,
+    ctl: Option<&Path>,
+    report: &mut Report,
+) -> Result<Accepted, TransferError> {
+    let k = (cfg.link.channels as usize).clamp(1, job.files.len().max(1));
+    let groups = groups(&job.files, k);
+    // every channel but the first runs on a thread of its own; the first submits at the end,
+    // after offering the others' files once more (the collector answers "same" from a stat)
+    let (first, rest) = groups.split_first().expect("at least one group");
+    let mut outcomes = Vec::new();
+    let (link0, r0) = std::thread::scope(|scope| {
+        let handles: Vec<_> = rest
+            .iter()
+            .map(|ids| {
+                scope.spawn(move || {
+                    let mut rep = Report {
+                        acked: Vec::new(),
+                        same: 0,
+                        wire_bytes: 0,
+                        elapsed: Duration::ZERO,
+                        result: Err(TransferError::Broken(String::new())),
+                    };
+                    let (link, r) = channel(cfg, job, ctl, ids, false, &mut rep, None);
+                    if let Some(l) = link {
+                        l.close();
+                    }
+                    (rep, r)
+                })
+            })
+            .collect();
+        let mine = channel(cfg, job, ctl, first, rest.is_empty(), report, None);
+        for h in handles {
+            outcomes.push(h.join().unwrap_or_else(|_| {
+                (
+                    Report {
+                        acked: Vec::new(),
+                        same: 0,
+                        wire_bytes: 0,
+                        elapsed: Duration::ZERO,
+                        result: Err(TransferError::Broken(String::new())),
+                    },
+                    Err(TransferError::Broken("a transfer thread panicked".into())),
+                )
+            }));
+        }
+        mine
+    });
+    let mut worst: Option<TransferError> = None;
+    for (rep, r) in outcomes {
+        report.same += rep.same;
+        report.wire_bytes += rep.wire_bytes;
+        report.acked.extend(rep.acked);
+        if let Err(e) = r {
+            // a refusal or a change decides what happens to the stack; a broken link only delays it
+            let rank = |e: &TransferError| match e.action() {
+                Action::Hold => 2,
+                Action::Rewait => 1,
+                Action::Retry => 0,
+            };
+            if worst.as_ref().is_none_or(|w| rank(&e) > rank(w)) {
+                worst = Some(e);
+            }
+        }
+    }
+    let result = match (r0, worst) {
+        (Err(e), None) => Err(e),
+        (Err(e), Some(w)) => Err(if w.action() == Action::Retry { e } else { w }),
+        (Ok(_), Some(w)) => Err(w),
+        (Ok(Some(acc)), None) => Ok(acc),
+        (Ok(None), None) => {
+            // everything crossed: submit on the first channel
+            let others: Vec<usize> = rest.iter().flatten().copied().collect();
+            let same_before = report.same;
+            let (link, r) = channel(cfg, job, ctl, &others, true, report, link0);
+            report.same = same_before; // the re-offers are bookkeeping, not files already there
+            if let Some(l) = link {
+                l.close();
+            }
+            return r.and_then(|a| {
+                a.ok_or_else(|| TransferError::Broken("no answer to the submission".into()))
+            });
+        }
+    };
+    if let Some(l) = link0 {
+        l.close();
+    }
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn exchange(
     cfg: &Config,
     job: &Job,
+    ids: &[usize],
+    submit: bool,
+    rate: u64,
     wr: &mut impl Write,
     s: &mut Session<'_>,
     report: &mut Report,
-) -> Result<Accepted, TransferError> {
+) -> Result<Option<Accepted>, TransferError> {
     let chunk = cfg.link.chunk_size.0.clamp(4096, 8 << 20) as usize;
     let path_of = |f: &FileRecord| format!("{}/{}", job.name, f.name);
-    for (i, f) in job.files.iter().enumerate() {
+    for &i in ids {
+        let f = &job.files[i];
         let offer = Frame::Offer {
             id: i as u64,
             path: path_of(f),
@@ -279,8 +417,9 @@ fn exchange(
     wr.flush().map_err(broken_io)?;
     let mut sent_ids = Vec::new();
     let mut buf = vec![0u8; chunk];
-    let mut pace = Pace::new(cfg.link.max_rate.0);
-    for (i, f) in job.files.iter().enumerate() {
+    let mut pace = Pace::new(rate);
+    for &i in ids {
+        let f = &job.files[i];
         let id = i as u64;
         while !s.have.contains_key(&id) {
             let fr = s.next()?;
@@ -326,6 +465,9 @@ fn exchange(
     if let Some(e) = s.failed.take() {
         return Err(e);
     }
+    if !submit {
+        return Ok(None);
+    }
     let files = job
         .files
         .iter()
@@ -351,11 +493,11 @@ fn exchange(
                 jobs,
                 ..
             } => {
-                return Ok(Accepted {
+                return Ok(Some(Accepted {
                     remote_id,
                     created,
                     jobs,
-                })
+                }))
             }
             Frame::Error {
                 code: ErrorCode::ServiceUnavailable,
@@ -583,4 +725,73 @@ fn send_file<W: Write>(
     }
     write_frame_sync(wr, &Frame::Done { id }).map_err(broken)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, size: u64) -> FileRecord {
+        FileRecord {
+            name: name.into(),
+            size,
+            mtime_ns: 0,
+            blake3: [0; 32],
+            sent: false,
+        }
+    }
+
+    #[test]
+    fn files_are_spread_by_bytes() {
+        let files = vec![
+            rec("a", 100),
+            rec("b", 10),
+            rec("c", 60),
+            rec("d", 50),
+            rec("e", 1),
+        ];
+        let g = groups(&files, 2);
+        assert_eq!(g.len(), 2);
+        let bytes: Vec<u64> = g
+            .iter()
+            .map(|ids| ids.iter().map(|&i| files[i].size).sum())
+            .collect();
+        assert!(
+            bytes.iter().max().unwrap() - bytes.iter().min().unwrap() <= 20,
+            "{g:?} {bytes:?}"
+        );
+        let mut all: Vec<usize> = g.concat();
+        all.sort();
+        assert_eq!(all, [0, 1, 2, 3, 4]);
+        assert_eq!(groups(&files, 1), vec![vec![0, 1, 2, 3, 4]]);
+    }
+
+    #[test]
+    fn failures_map_to_the_policy() {
+        assert_eq!(TransferError::Broken("x".into()).action(), Action::Retry);
+        assert_eq!(
+            TransferError::ServiceUnavailable("x".into()).action(),
+            Action::Retry
+        );
+        assert_eq!(
+            TransferError::Changed {
+                file: "f".into(),
+                why: "w".into()
+            }
+            .action(),
+            Action::Rewait
+        );
+        assert_eq!(
+            TransferError::Refused {
+                file: "f".into(),
+                reason: "r".into()
+            }
+            .action(),
+            Action::Hold
+        );
+        assert_eq!(
+            TransferError::SubmitRefused("x".into()).action(),
+            Action::Hold
+        );
+    }
 }

@@ -104,6 +104,59 @@ struct Receiver {
     verified: HashMap<String, Hash>,
 }
 
+/// Extended attribute that remembers a stored file's BLAKE3 with the size and mtime it had,
+/// so that "do you have this?" costs a stat, not a read, while the file is untouched.
+const HASH_XATTR: &str = "user.beamflow.blake3";
+
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+fn remember_hash(path: &Path, hash: &Hash) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return;
+    };
+    let value = format!("v1 {} {} {}", m.len(), mtime_ns(&m), hex::encode(hash));
+    let (Ok(p), Ok(n)) = (
+        std::ffi::CString::new(path.as_os_str().as_bytes()),
+        std::ffi::CString::new(HASH_XATTR),
+    ) else {
+        return;
+    };
+    // best effort: a filesystem without user xattrs just means hashing again next time
+    unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        );
+    }
+}
+
+fn cached_hash(path: &Path, m: &std::fs::Metadata) -> Option<Hash> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = std::ffi::CString::new(HASH_XATTR).ok()?;
+    let mut buf = [0u8; 128];
+    let got = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if got <= 0 {
+        return None;
+    }
+    let text = std::str::from_utf8(&buf[..got as usize]).ok()?;
+    let mut it = text.split(' ');
+    if it.next()? != "v1"
+        || it.next()?.parse::<u64>().ok()? != m.len()
+        || it.next()?.parse::<i128>().ok()? != mtime_ns(m)
+    {
+        return None;
+    }
+    hex::decode(it.next()?).ok()?.try_into().ok()
+}
+
 fn hash_file(path: &Path, limit: Option<u64>) -> std::io::Result<(u64, blake3::Hasher)> {
     let f = File::open(path)?;
     let mut h = blake3::Hasher::new();
@@ -176,8 +229,13 @@ impl Receiver {
         let part = dest.with_file_name(format!(".{name}.beamflow-part"));
         if let Ok(m) = std::fs::metadata(&dest) {
             if m.is_file() && m.len() == size {
-                if let Ok((_, h)) = hash_file(&dest, None) {
-                    if *h.finalize().as_bytes() == hash {
+                let known = cached_hash(&dest, &m).or_else(|| {
+                    hash_file(&dest, None)
+                        .ok()
+                        .map(|(_, h)| *h.finalize().as_bytes())
+                });
+                if let Some(h) = known {
+                    if h == hash {
                         self.verified.insert(rel, hash);
                         return Frame::HaveReply {
                             id,
@@ -486,6 +544,7 @@ impl Receiver {
                 }),
                 None => {
                     tracing::debug!(path = %f.path, "stored");
+                    remember_hash(&f.dest, &f.hash);
                     self.verified.insert(f.path, f.hash);
                     out.push(Frame::Ack { id: f.id });
                 }

@@ -212,6 +212,9 @@ pub struct LinkSection {
     /// Bandwidth cap in bytes per second (like rsync's --bwlimit), for links shared with
     /// the beamline's other traffic; 0 means no cap.
     pub max_rate: ByteSize,
+    /// Channels used at once for one stack (files are spread across them). Over SSH they share
+    /// the one master; sshd allows 10 sessions per connection by default (MaxSessions).
+    pub channels: u32,
     /// How long the far end may take to answer the handshake.
     pub handshake_timeout: Dur,
     /// `ssh` transport: the host, an ssh_config alias or `user@host`.
@@ -249,6 +252,7 @@ impl Default for LinkSection {
             command: Vec::new(),
             chunk_size: ByteSize(1 << 20),
             max_rate: ByteSize(0),
+            channels: 4,
             handshake_timeout: Dur::secs(30),
             host: String::new(),
             master: MasterMode::Own,
@@ -487,6 +491,17 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if cfg.link.channels == 0 || cfg.link.channels > 10 {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "channels").unwrap_or(1),
+                key: "key `link.channels`: ".into(),
+                message: format!(
+                    "{} channels: use 1 to 10 (sshd's MaxSessions is 10 by default)",
+                    cfg.link.channels
+                ),
+            });
         }
         if cfg.link.transport == Transport::Ssh {
             let bad = |key: &str, message: String| ConfigError::Invalid {
