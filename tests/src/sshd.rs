@@ -68,7 +68,7 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
                  StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PermitRootLogin prohibit-password\nMaxSessions 20\nLogLevel ERROR\n",
+                 PermitRootLogin prohibit-password\nMaxSessions 20\nLogLevel ERROR\nSubsystem sftp internal-sftp\n",
                 d = dir.display()
             ),
         )

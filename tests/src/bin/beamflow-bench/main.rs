@@ -2,10 +2,14 @@
 //! table beside `rsync -a` and `cp -r` of the same files, all measured in the same run.
 //! `beamflow-bench jobs`: pushes 1,000 trivial jobs through one local allocation and prints
 //! jobs per second and the median delay from READY to RUNNING.
+//! `beamflow-bench ssh`: over a real sshd on 127.0.0.1, beamflow beside `rsync -e ssh`, `scp` and
+//! the ceiling `cat FILES | ssh host 'cat > /dev/null'` (see ssh.rs).
 //!
 //! Every tool reads from a warm page cache and writes to the same filesystem. beamflow also
 //! hashes every file (BLAKE3), checks every TIFF's structure, fsyncs before acknowledging and
 //! registers the DAG; rsync and cp do none of that, so a row with fsync off is shown as well.
+
+mod ssh;
 
 use beamflow_e2e::{bin, write_tiff, Section, Site};
 
@@ -38,6 +42,25 @@ fn opts() -> Opts {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("local") => {}
+        Some("ssh") => {
+            let mut runs = 3;
+            let mut big = 10u64;
+            let mut small = 5000u32;
+            while let Some(a) = it.next() {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                match a.as_str() {
+                    "--runs" => runs = v.parse().unwrap_or(3),
+                    "--big-files" => big = v.parse().unwrap_or(10),
+                    "--small-files" => small = v.parse().unwrap_or(5000),
+                    other => {
+                        eprintln!("beamflow-bench: unknown option {other}");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            ssh::run(runs, big, small);
+            std::process::exit(0)
+        }
         Some("jobs") => {
             let (mut count, mut slots) = (1000, 2);
             while let Some(a) = it.next() {
@@ -57,6 +80,7 @@ fn opts() -> Opts {
         _ => {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
+            eprintln!("       beamflow-bench ssh [--runs 3] [--big-files 10] [--small-files 5000]");
             std::process::exit(2)
         }
     }

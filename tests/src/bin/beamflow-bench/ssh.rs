@@ -1,0 +1,328 @@
+//! beamflow over SSH beside rsync, scp and the ceiling, on the same loopback sshd and cipher
+//! (aes128-gcm@openssh.com), median of several runs, three data sets:
+//! (1) a new stack of 100 MiB 16-bit sections with microscope-like texture;
+//! (2) 5,000 files of 64 KiB; (3) one 512 MiB file with 1% of its blocks changed, whose older
+//! version the far side already holds.
+
+use beamflow_e2e::sshd::{Sshd, ALIAS};
+use beamflow_e2e::{bin, write_tiff, Section, Site};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Row {
+    tool: &'static str,
+    times: Vec<Duration>,
+    wire: u64,
+}
+
+fn sh(cmd: &str) -> (Duration, String) {
+    let start = Instant::now();
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    let t = start.elapsed();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (t, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display())
+}
+
+fn size_of(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn parse_sent(text: &str) -> u64 {
+    let sent = text
+        .split('(')
+        .nth(1)
+        .and_then(|t| t.split(" sent").next())
+        .unwrap_or("0 B");
+    let (num, unit) = sent.split_once(' ').unwrap_or(("0", "B"));
+    let mult = match unit {
+        "KiB" => 1024.0,
+        "MiB" => 1048576.0,
+        "GiB" => 1073741824.0,
+        _ => 1.0,
+    };
+    (num.parse::<f64>().unwrap_or(0.0) * mult) as u64
+}
+
+fn rsync_sent(text: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with("Total bytes sent:"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|v| v.trim().replace(',', "").parse().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// A site that pushes to the collector over this sshd; `prime` is pushed first, untimed.
+fn beamflow(sshd: &Sshd, src: &Path, prime: Option<&dyn Fn()>, fsync: bool) -> (Duration, u64) {
+    let site = Site::new("30s", "");
+    let link = sshd.link_toml(&site.config, "own", None, "5s");
+    site.edit_config("transport = \"local\"", &link);
+    if !fsync {
+        site.edit_config("[collector]\n", "[collector]\nfsync = false\n");
+    }
+    let mut service = site.start_service();
+    let push = || {
+        let start = Instant::now();
+        let out = Command::new(bin("beamflow-agent"))
+            .args(["push", "--config"])
+            .arg(&site.config)
+            .arg(src)
+            .output()
+            .unwrap();
+        let t = start.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "push failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (t, parse_sent(&text))
+    };
+    if let Some(change) = prime {
+        push();
+        change();
+    }
+    let r = push();
+    service.term();
+    r
+}
+
+fn table(title: &str, bytes: u64, rows: &[Row]) {
+    println!(
+        "\n{title}: {} bytes ({:.1} MiB)",
+        bytes,
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>16}",
+        "tool", "seconds", "MB/s", "bytes on wire"
+    );
+    for r in rows {
+        let mut t = r.times.clone();
+        t.sort();
+        let m = t[t.len() / 2];
+        println!(
+            "{:<34} {:>9.3} {:>9.1} {:>16}",
+            r.tool,
+            m.as_secs_f64(),
+            bytes as f64 / 1e6 / m.as_secs_f64(),
+            r.wire
+        );
+    }
+}
+
+/// Runs the three comparisons.
+pub fn run(runs: usize, big_files: u64, small_files: u32) {
+    for tool in ["rsync", "scp", "ssh"] {
+        assert!(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "{tool} is not installed"
+        );
+    }
+    let sshd = Sshd::start();
+    // one cipher for everyone
+    let mut cfg = std::fs::read_to_string(&sshd.ssh_config).unwrap();
+    cfg.push_str("  Ciphers aes128-gcm@openssh.com\n  Compression no\n");
+    std::fs::write(&sshd.ssh_config, cfg).unwrap();
+    let ssh = format!("ssh -F {}", q(&sshd.ssh_config));
+    let work = tempfile::Builder::new()
+        .prefix("beamflow-bench-ssh-")
+        .tempdir()
+        .unwrap();
+    let far = work.path().join("far");
+    std::fs::create_dir_all(&far).unwrap();
+
+    // (1) new stack of 100 MiB sections
+    let big = work.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    eprintln!("writing {big_files} sections of 100 MiB ...");
+    for i in 0..big_files {
+        write_tiff(
+            &big.join(format!("S_{i:04}.tif")),
+            &Section::of_size(100 << 20, i + 1),
+        )
+        .unwrap();
+    }
+    // (2) many small files
+    let small = work.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    eprintln!("writing {small_files} files of 64 KiB ...");
+    let one = work.path().join("one.tif");
+    write_tiff(
+        &one,
+        &Section {
+            width: 128,
+            height: 256,
+            seed: 3,
+            big: false,
+            rows_per_strip: 64,
+        },
+    )
+    .unwrap();
+    let template = std::fs::read(&one).unwrap();
+    for i in 0..small_files {
+        let mut b = template.clone();
+        b[100..104].copy_from_slice(&i.to_le_bytes());
+        std::fs::write(small.join(format!("S_{i:05}.tif")), b).unwrap();
+    }
+    // (3) one 512 MiB file, and its version with 1% of the blocks changed
+    let delta_old = work.path().join("delta-old");
+    let delta = work.path().join("delta");
+    std::fs::create_dir_all(&delta_old).unwrap();
+    std::fs::create_dir_all(&delta).unwrap();
+    eprintln!("writing a 512 MiB section and its 1%-changed version ...");
+    write_tiff(
+        &delta_old.join("S_0000.tif"),
+        &Section::of_size(512 << 20, 77),
+    )
+    .unwrap();
+    let change = |dir: &Path| {
+        std::fs::copy(delta_old.join("S_0000.tif"), dir.join("S_0000.tif")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("S_0000.tif"))
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        let blocks = len / (64 << 10);
+        let mut x: u64 = 12345;
+        for _ in 0..blocks / 100 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = 4096 + (x % (blocks - 1)) * (64 << 10);
+            f.write_all_at(&[0x5Au8; 64 << 10], at).unwrap();
+        }
+        // a later mtime, so that rsync's size-and-time quick check sees the change
+        f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
+    };
+    change(&delta);
+    // a second small file keeps the stack valid (min_images = 2)
+    std::fs::copy(one.as_path(), delta_old.join("S_0001.tif")).unwrap();
+    std::fs::copy(one.as_path(), delta.join("S_0001.tif")).unwrap();
+    let _ = sh(&format!(
+        "cat {}/* {}/* {}/* {}/* > /dev/null",
+        q(&big),
+        q(&small),
+        q(&delta),
+        q(&delta_old)
+    ));
+
+    let sets: Vec<(&str, PathBuf)> = vec![
+        ("(1) new stack of 100 MiB sections", big.clone()),
+        ("(2) 5,000 files of 64 KiB", small.clone()),
+        ("(3) 512 MiB file, 1% of blocks changed", delta.clone()),
+    ];
+    for (n, (title, src)) in sets.iter().enumerate() {
+        let bytes = size_of(src);
+        let is_delta = n == 2;
+        let mut rows = vec![
+            Row {
+                tool: "beamflow push (ssh, 4 channels)",
+                times: vec![],
+                wire: 0,
+            },
+            Row {
+                tool: "beamflow push (same, fsync off)",
+                times: vec![],
+                wire: 0,
+            },
+            Row {
+                tool: "rsync -a -e ssh",
+                times: vec![],
+                wire: 0,
+            },
+            Row {
+                tool: "scp -r",
+                times: vec![],
+                wire: 0,
+            },
+            Row {
+                tool: "ceiling: cat | ssh 'cat >/dev/null'",
+                times: vec![],
+                wire: 0,
+            },
+        ];
+        for run in 0..runs {
+            eprintln!("{title}: run {} of {runs} ...", run + 1);
+            // beamflow: for the delta set the far side first receives the old version
+            for (row, fsync) in [(0usize, true), (1usize, false)] {
+                let (t, wire) = if is_delta {
+                    let stage = work.path().join(format!("stage-{run}-{row}"));
+                    let _ = std::fs::remove_dir_all(&stage);
+                    std::fs::create_dir_all(&stage).unwrap();
+                    std::fs::copy(delta_old.join("S_0000.tif"), stage.join("S_0000.tif")).unwrap();
+                    std::fs::copy(one.as_path(), stage.join("S_0001.tif")).unwrap();
+                    let stage2 = stage.clone();
+                    let new = delta.join("S_0000.tif");
+                    let swap = move || {
+                        std::fs::copy(&new, stage2.join("S_0000.tif")).unwrap();
+                    };
+                    beamflow(&sshd, &stage, Some(&swap), fsync)
+                } else {
+                    beamflow(&sshd, src, None, fsync)
+                };
+                rows[row].times.push(t);
+                rows[row].wire = wire;
+            }
+            // rsync
+            let dst = far.join(format!("rsync-{n}-{run}"));
+            if is_delta {
+                let _ = sh(&format!(
+                    "rsync -a -e {} {}/ {ALIAS}:{}/",
+                    q(Path::new(&ssh)),
+                    q(&delta_old),
+                    q(&dst)
+                ));
+            }
+            let (t, out) = sh(&format!(
+                "rsync -a --stats -e {} {}/ {ALIAS}:{}/",
+                q(Path::new(&ssh)),
+                q(src),
+                q(&dst)
+            ));
+            rows[2].times.push(t);
+            rows[2].wire = rsync_sent(&out);
+            let _ = std::fs::remove_dir_all(&dst);
+            // scp
+            let dst = far.join(format!("scp-{n}-{run}"));
+            let (t, _) = sh(&format!(
+                "scp -F {} -r -q {} {ALIAS}:{}",
+                q(&sshd.ssh_config),
+                q(src),
+                q(&dst)
+            ));
+            rows[3].times.push(t);
+            rows[3].wire = bytes;
+            let _ = std::fs::remove_dir_all(&dst);
+            // ceiling
+            let (t, _) = sh(&format!(
+                "cat {}/* | {ssh} {ALIAS} 'cat > /dev/null'",
+                q(src)
+            ));
+            rows[4].times.push(t);
+            rows[4].wire = bytes;
+        }
+        table(title, bytes, &rows);
+    }
+    println!("\nbeamflow's time includes hashing every file (BLAKE3), checking every TIFF, verifying on the far");
+    println!("side, fsync before acknowledging, and registering the DAG; the far side is this machine (2 cores).");
+}
