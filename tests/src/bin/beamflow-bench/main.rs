@@ -46,19 +46,21 @@ fn opts() -> Opts {
             let mut runs = 3;
             let mut big = 10u64;
             let mut small = 5000u32;
+            let mut channels = 4u32;
             while let Some(a) = it.next() {
                 let v = it.next().map(String::as_str).unwrap_or("");
                 match a.as_str() {
                     "--runs" => runs = v.parse().unwrap_or(3),
                     "--big-files" => big = v.parse().unwrap_or(10),
                     "--small-files" => small = v.parse().unwrap_or(5000),
+                    "--channels" => channels = v.parse().unwrap_or(4),
                     other => {
                         eprintln!("beamflow-bench: unknown option {other}");
                         std::process::exit(2)
                     }
                 }
             }
-            ssh::run(runs, big, small);
+            ssh::run(runs, big, small, channels);
             std::process::exit(0)
         }
         Some("jobs") => {
@@ -80,7 +82,7 @@ fn opts() -> Opts {
         _ => {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
-            eprintln!("       beamflow-bench ssh [--runs 3] [--big-files 10] [--small-files 5000]");
+            eprintln!("       beamflow-bench ssh [--runs 3] [--big-files 10] [--small-files 5000] [--channels 4]");
             std::process::exit(2)
         }
     }

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Row {
-    tool: &'static str,
+    tool: String,
     times: Vec<Duration>,
     wire: u64,
 }
@@ -65,10 +65,11 @@ fn rsync_sent(text: &str) -> u64 {
 }
 
 /// A site that pushes to the collector over this sshd; `prime` is pushed first, untimed.
-fn beamflow(sshd: &Sshd, src: &Path, prime: Option<&dyn Fn()>, fsync: bool) -> (Duration, u64) {
+fn beamflow(sshd: &Sshd, src: &Path, prime: Option<&dyn Fn()>, fsync: bool, channels: u32) -> (Duration, u64) {
     let site = Site::new("30s", "");
     let link = sshd.link_toml(&site.config, "own", None, "5s");
     site.edit_config("transport = \"local\"", &link);
+    site.edit_config("channels = 4", &format!("channels = {channels}"));
     if !fsync {
         site.edit_config("[collector]\n", "[collector]\nfsync = false\n");
     }
@@ -124,7 +125,7 @@ fn table(title: &str, bytes: u64, rows: &[Row]) {
 }
 
 /// Runs the three comparisons.
-pub fn run(runs: usize, big_files: u64, small_files: u32) {
+pub fn run(runs: usize, big_files: u64, small_files: u32, channels: u32) {
     for tool in ["rsync", "scp", "ssh"] {
         assert!(
             Command::new("sh")
@@ -236,27 +237,27 @@ pub fn run(runs: usize, big_files: u64, small_files: u32) {
         let is_delta = n == 2;
         let mut rows = vec![
             Row {
-                tool: "beamflow push (ssh, 4 channels)",
+                tool: format!("beamflow push (ssh, {channels} channels)"),
                 times: vec![],
                 wire: 0,
             },
             Row {
-                tool: "beamflow push (same, fsync off)",
+                tool: "beamflow push (same, fsync off)".into(),
                 times: vec![],
                 wire: 0,
             },
             Row {
-                tool: "rsync -a -e ssh",
+                tool: "rsync -a -e ssh".into(),
                 times: vec![],
                 wire: 0,
             },
             Row {
-                tool: "scp -r",
+                tool: "scp -r".into(),
                 times: vec![],
                 wire: 0,
             },
             Row {
-                tool: "ceiling: cat | ssh 'cat >/dev/null'",
+                tool: "ceiling: cat | ssh 'cat >/dev/null'".into(),
                 times: vec![],
                 wire: 0,
             },
@@ -276,9 +277,9 @@ pub fn run(runs: usize, big_files: u64, small_files: u32) {
                     let swap = move || {
                         std::fs::copy(&new, stage2.join("S_0000.tif")).unwrap();
                     };
-                    beamflow(&sshd, &stage, Some(&swap), fsync)
+                    beamflow(&sshd, &stage, Some(&swap), fsync, channels)
                 } else {
-                    beamflow(&sshd, src, None, fsync)
+                    beamflow(&sshd, src, None, fsync, channels)
                 };
                 rows[row].times.push(t);
                 rows[row].wire = wire;
