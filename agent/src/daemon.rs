@@ -457,6 +457,7 @@ impl Daemon {
                     version: rec.version,
                     workflow: rec.workflow.clone(),
                     files,
+                    progress: None,
                 };
                 let ctl = match self.master.as_mut() {
                     None => None,

@@ -131,7 +131,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let cfg = Config::load(&config)?;
             init_logs(cfg.agent.log_format, "warn");
-            let p = runtime()?.block_on(push::push(&cfg, &dir, attempts))?;
+            let rt = runtime()?;
+            let progress = std::sync::Arc::new(beamflow_agent::transfer::Progress::default());
+            let p = rt.block_on(async {
+                let shown = tokio::spawn(show_progress(progress.clone()));
+                let r = push::push(&cfg, &dir, attempts, Some(progress.clone())).await;
+                shown.abort();
+                r
+            })?;
             println!(
                 "{} v{}: {} files, {} ({} sent, {} already there), {:.2} s; DAG {} with {} jobs{}",
                 p.stack,
@@ -199,6 +206,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows a push's progress: a bar (files, bytes, rate, ETA) on a terminal, a plain line every
+/// few seconds otherwise (logs, CI). Runs until the task is aborted.
+/// Shows a push's progress: a bar (files, bytes, rate, ETA) on a terminal, plain lines (the
+/// first once the stack is hashed, then every five seconds) otherwise. Runs until aborted.
+async fn show_progress(p: std::sync::Arc<beamflow_agent::transfer::Progress>) {
+    use std::io::IsTerminal;
+    use std::sync::atomic::Ordering::Relaxed;
+    let tty = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut last_line: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(if tty { 100 } else { 250 })).await;
+        let (total, files) = (p.total_bytes.load(Relaxed), p.total_files.load(Relaxed));
+        if files == 0 {
+            continue; // still scanning and hashing
+        }
+        let (done, done_files) = (p.bytes.load(Relaxed), p.files.load(Relaxed));
+        if tty {
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total);
+                let style = indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                b.set_style(style);
+                b
+            });
+            b.set_position(done.min(total));
+            b.set_message(format!("{done_files}/{files} files"));
+        } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            last_line = Some(std::time::Instant::now());
+            let rate = done as f64 / start.elapsed().as_secs_f64().max(0.001) / 1e6;
+            eprintln!(
+                "push: {done_files}/{files} files, {} of {}, {rate:.1} MB/s",
+                status::human_bytes(done),
+                status::human_bytes(total)
+            );
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -37,7 +37,12 @@ pub struct Pushed {
 }
 
 /// Sends `dir` and submits it, retrying transient failures `attempts` times.
-pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
+pub async fn push(
+    cfg: &Config,
+    dir: &Path,
+    attempts: u32,
+    progress: Option<std::sync::Arc<crate::transfer::Progress>>,
+) -> Result<Pushed> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("{} does not exist or cannot be read", dir.display()))?;
@@ -118,8 +123,14 @@ pub async fn push(cfg: &Config, dir: &Path, attempts: u32) -> Result<Pushed> {
         version: rec.version,
         workflow: rec.workflow.clone(),
         files: files.clone(),
+        progress: progress.clone(),
     };
     let bytes = files.iter().map(|f| f.size).sum();
+    if let Some(p) = &progress {
+        use std::sync::atomic::Ordering::Relaxed;
+        p.total_bytes.store(bytes, Relaxed);
+        p.total_files.store(files.len() as u64, Relaxed);
+    }
     let mut wait = cfg.agent.retry_initial.0;
     let mut master = (cfg.link.transport == Transport::Ssh).then(|| Master::new(&cfg.link));
     let result = send_with_retries(

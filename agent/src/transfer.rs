@@ -31,6 +31,32 @@ pub struct Job {
     pub workflow: String,
     /// Files with the hashes the journal recorded.
     pub files: Vec<FileRecord>,
+    /// Where to count progress, for people watching a `push`.
+    pub progress: Option<std::sync::Arc<Progress>>,
+}
+
+/// Progress of one stack's transfer, readable from another thread while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of files done or under way (a file already there, or sent as a delta, counts whole).
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Files done (acknowledged by the far side or already there).
+    pub files: std::sync::atomic::AtomicU64,
+    /// Bytes of the whole stack (set before the transfer starts).
+    pub total_bytes: std::sync::atomic::AtomicU64,
+    /// Files of the whole stack.
+    pub total_files: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn add(job: &Job, bytes: u64, files: u64) {
+        if let Some(p) = &job.progress {
+            p.bytes
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            p.files
+                .fetch_add(files, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// What to do about a failed attempt; the daemon's retry policy keys on this.
@@ -435,10 +461,14 @@ fn exchange(
             Have::Same => {
                 s.acked.insert(id, true);
                 report.same += 1;
+                if submit_pass_counts(submit, ids, job) {
+                    Progress::add(job, f.size, 1);
+                }
                 continue;
             }
             Have::Delta { signature } => {
                 if send_delta(wr, id, f, &path, signature, chunk, report, &mut pace)? {
+                    Progress::add(job, f.size, 1);
                     sent_ids.push(id);
                     s.drain()?;
                     continue;
@@ -451,7 +481,11 @@ fn exchange(
                 _ => (0, blake3::Hasher::new()),
             },
         };
-        send_file(wr, id, f, &path, start, hasher, &mut buf, report, &mut pace)?;
+        Progress::add(job, start, 0);
+        send_file(
+            wr, id, f, &path, start, hasher, &mut buf, report, &mut pace, job,
+        )?;
+        Progress::add(job, 0, 1);
         sent_ids.push(id);
         s.drain()?;
     }
@@ -515,6 +549,11 @@ fn exchange(
             }
         }
     }
+}
+
+/// The submitting pass re-offers files the other channels carried: they were counted there.
+fn submit_pass_counts(submit: bool, ids: &[usize], job: &Job) -> bool {
+    !submit || ids.len() == job.files.len()
 }
 
 /// Writes an rsync delta as Delta frames of at most one chunk each, counting and pacing them.
@@ -665,6 +704,7 @@ fn send_file<W: Write>(
     buf: &mut [u8],
     report: &mut Report,
     pace: &mut Pace,
+    job: &Job,
 ) -> Result<(), TransferError> {
     let changed = |why: String| TransferError::Changed {
         file: f.name.clone(),
@@ -715,6 +755,7 @@ fn send_file<W: Write>(
         write_data_sync(wr, id, offset, &buf[..n]).map_err(broken)?;
         offset += n as u64;
         report.wire_bytes += n as u64;
+        Progress::add(job, n as u64, 0);
         pace.sent(n as u64);
     }
     if offset != f.size || *hasher.finalize().as_bytes() != f.blake3 {

@@ -383,3 +383,21 @@ fn the_service_api_needs_the_token_from_a_private_server_info() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn push_reports_progress_in_plain_lines_when_not_on_a_terminal() {
+    let site = Site::new("30s", "");
+    site.edit_config("max_rate = 0", "max_rate = \"12 MiB\""); // ~2 s, long enough to be seen
+    let _service = site.start_service();
+    let dir = site.write_big_stack("slow", 3, 2048); // 3 × 8 MiB
+    let out = site.run("beamflow-agent", &["push", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("push: ")
+            && l.contains("/3 files")
+            && l.contains("24.0 MiB")
+            && l.contains("MB/s")),
+        "{err}"
+    );
+}

@@ -65,7 +65,13 @@ fn rsync_sent(text: &str) -> u64 {
 }
 
 /// A site that pushes to the collector over this sshd; `prime` is pushed first, untimed.
-fn beamflow(sshd: &Sshd, src: &Path, prime: Option<&dyn Fn()>, fsync: bool, channels: u32) -> (Duration, u64) {
+fn beamflow(
+    sshd: &Sshd,
+    src: &Path,
+    prime: Option<&dyn Fn()>,
+    fsync: bool,
+    channels: u32,
+) -> (Duration, u64) {
     let site = Site::new("30s", "");
     let link = sshd.link_toml(&site.config, "own", None, "5s");
     site.edit_config("transport = \"local\"", &link);
