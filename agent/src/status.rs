@@ -1,7 +1,6 @@
 //! `beamflow-agent status`: what the agent knows, for people (a table) and scripts (JSON).
 
 use crate::journal::StackRecord;
-use std::fmt::Write;
 
 /// Human-readable size ("1.5 GiB").
 pub fn human_bytes(b: u64) -> String {
@@ -24,15 +23,10 @@ pub fn table(stacks: &[StackRecord]) -> String {
     if stacks.is_empty() {
         return "no stacks seen yet\n".into();
     }
-    let mut rows: Vec<[String; 7]> = vec![[
-        "STACK".into(),
-        "VER".into(),
-        "STATE".into(),
-        "FILES".into(),
-        "BYTES".into(),
-        "REMOTE".into(),
-        "REASON".into(),
-    ]];
+    let mut rows: Vec<[String; 8]> = vec![[
+        "STACK", "VER", "STATE", "FILES", "BYTES", "SENT", "REMOTE", "REASON",
+    ]
+    .map(String::from)];
     for s in stacks {
         rows.push([
             s.name.clone(),
@@ -40,6 +34,7 @@ pub fn table(stacks: &[StackRecord]) -> String {
             s.state.as_str().to_string(),
             s.files.to_string(),
             human_bytes(s.bytes),
+            human_bytes(s.bytes_sent),
             s.remote_id
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -50,26 +45,7 @@ pub fn table(stacks: &[StackRecord]) -> String {
             },
         ]);
     }
-    let mut w = [0usize; 7];
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i == 6 {
-                line.push_str(c);
-            } else {
-                let _ = write!(line, "{c:<width$}  ", width = w[i]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    beamflow_protocol::table(&rows)
 }
 
 #[cfg(test)]

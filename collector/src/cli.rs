@@ -2,7 +2,7 @@
 
 use crate::api::Client;
 use crate::db::JobRow;
-use std::fmt::Write;
+pub use beamflow_protocol::table;
 
 /// Renders jobs as an aligned table.
 pub fn jobs_table(jobs: &[JobRow]) -> String {
@@ -34,30 +34,6 @@ pub fn jobs_table(jobs: &[JobRow]) -> String {
         ]);
     }
     table(&rows)
-}
-
-/// Left-aligned columns separated by two spaces.
-pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut width = [0usize; N];
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            width[i] = width[i].max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i + 1 == N {
-                line.push_str(c);
-            } else {
-                let _ = write!(line, "{c:<w$}  ", w = width[i]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// The `status` page: stacks with jobs per state, launchers, and what needs a person.
@@ -149,15 +125,4 @@ pub fn ls(
     state: Option<&str>,
 ) -> Result<Vec<JobRow>, crate::api::ClientError> {
     client.jobs(stack, state)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_aligns_columns() {
-        let t = table(&[["a".to_string(), "bbb".into()], ["cccc".into(), "d".into()]]);
-        assert_eq!(t, "a     bbb\ncccc  d\n");
-    }
 }

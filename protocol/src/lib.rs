@@ -9,6 +9,7 @@ pub mod api;
 mod frame;
 mod io;
 mod path;
+mod table;
 
 pub use frame::{ErrorCode, FileEntry, Frame, Hash, Have, MAX_FRAME};
 pub use io::{
@@ -16,6 +17,7 @@ pub use io::{
     write_frame_sync,
 };
 pub use path::normalize_rel_path;
+pub use table::table;
 
 /// Bytes the collector writes before anything else. Text printed by a shell cannot look
 /// like this: it starts with a NUL.
