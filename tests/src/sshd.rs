@@ -43,6 +43,12 @@ fn user() -> String {
 impl Sshd {
     /// Starts sshd; fails (never skips) when it cannot, because the test command installs it.
     pub fn start() -> Sshd {
+        Self::start_with("")
+    }
+
+    /// Starts sshd with extra sshd_config lines (a `ForceCommand` that prints a banner first,
+    /// for instance, the way a chatty login script does).
+    pub fn start_with(extra: &str) -> Sshd {
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.exists(),
@@ -68,7 +74,7 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
                  StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PermitRootLogin prohibit-password\nMaxSessions 20\nLogLevel ERROR\nSubsystem sftp internal-sftp\n",
+                 PermitRootLogin prohibit-password\nMaxSessions 20\nLogLevel ERROR\nSubsystem sftp internal-sftp\n{extra}",
                 d = dir.display()
             ),
         )
