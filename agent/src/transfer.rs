@@ -443,7 +443,7 @@ fn exchange(
     wr.flush().map_err(broken_io)?;
     let mut sent_ids = Vec::new();
     let mut buf = vec![0u8; chunk];
-    let mut pace = Pace::new(rate);
+    let mut pace = Pace::new(rate).with_compression(cfg.link.compress);
     for &i in ids {
         let f = &job.files[i];
         let id = i as u64;
@@ -658,11 +658,15 @@ fn send_delta<W: Write>(
     Ok(true)
 }
 
-/// Keeps the average rate at or under a cap by sleeping between chunks.
+/// Per-channel shaping of the data stream: keeps the average rate at or under a cap by
+/// sleeping between chunks, and compresses chunks while compressing pays.
 struct Pace {
     rate: u64,
     start: Instant,
     bytes: u64,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// Chunks in a row that did not compress well enough.
+    misses: u32,
 }
 
 impl Pace {
@@ -671,6 +675,35 @@ impl Pace {
             rate,
             start: Instant::now(),
             bytes: 0,
+            zstd: None,
+            misses: 0,
+        }
+    }
+
+    fn with_compression(mut self, on: bool) -> Pace {
+        self.zstd = if on {
+            zstd::bulk::Compressor::new(1).ok()
+        } else {
+            None
+        };
+        self
+    }
+
+    /// The chunk compressed, if that saves at least 10%; after 8 chunks in a row that did not,
+    /// compression stops for this channel (incompressible data costs CPU and gains nothing).
+    fn squeeze(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        let z = self.zstd.as_mut()?;
+        let out = z.compress(chunk).ok()?;
+        if out.len() * 10 <= chunk.len() * 9 {
+            self.misses = 0;
+            Some(out)
+        } else {
+            self.misses += 1;
+            if self.misses >= 8 {
+                tracing::debug!("data does not compress; sending it raw from now on");
+                self.zstd = None;
+            }
+            None
         }
     }
 
@@ -752,11 +785,32 @@ fn send_file<W: Write>(
             )));
         }
         hasher.update(&buf[..n]);
-        write_data_sync(wr, id, offset, &buf[..n]).map_err(broken)?;
+        // what crosses the link: the compressed size when compression paid
+        let wire = match pace.squeeze(&buf[..n]) {
+            Some(z) => {
+                let len = z.len() as u64;
+                let raw_len = n as u32;
+                write_frame_sync(
+                    wr,
+                    &Frame::DataZ {
+                        id,
+                        offset,
+                        raw_len,
+                        bytes: z,
+                    },
+                )
+                .map_err(broken)?;
+                len
+            }
+            None => {
+                write_data_sync(wr, id, offset, &buf[..n]).map_err(broken)?;
+                n as u64
+            }
+        };
         offset += n as u64;
-        report.wire_bytes += n as u64;
+        report.wire_bytes += wire;
         Progress::add(job, n as u64, 0);
-        pace.sent(n as u64);
+        pace.sent(wire);
     }
     if offset != f.size || *hasher.finalize().as_bytes() != f.blake3 {
         abort(wr, "content changed")?;

@@ -707,6 +707,50 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
                     }
                 }
             }
+            Frame::DataZ {
+                id,
+                offset,
+                raw_len,
+                bytes,
+            } => {
+                let raw = if raw_len as usize > beamflow_protocol::MAX_FRAME {
+                    Err(format!(
+                        "a compressed chunk claims {raw_len} bytes, more than a frame may hold"
+                    ))
+                } else {
+                    zstd::bulk::decompress(&bytes, raw_len as usize)
+                        .map_err(|e| format!("a compressed chunk does not decompress: {e}"))
+                };
+                let r = match raw {
+                    Ok(raw) if raw.len() == raw_len as usize => rx.data(id, offset, &raw),
+                    Ok(raw) => Err(Frame::Nack {
+                        id,
+                        code: ErrorCode::Protocol,
+                        reason: format!(
+                            "a compressed chunk gave {} bytes, not {raw_len}",
+                            raw.len()
+                        ),
+                    }),
+                    Err(reason) => Err(Frame::Nack {
+                        id,
+                        code: ErrorCode::Protocol,
+                        reason,
+                    }),
+                };
+                if let Err(f) = r {
+                    if let Frame::Nack { .. } = f {
+                        rx.incoming.remove(&id);
+                    }
+                    let fatal = matches!(f, Frame::Error { .. });
+                    write_frame_sync(&mut wr, &f)?;
+                    if fatal {
+                        wr.flush().map_err(ProtocolError::Io)?;
+                        return Err(
+                            ProtocolError::Malformed("data for an unknown file".into()).into()
+                        );
+                    }
+                }
+            }
             Frame::Delta { id, bytes } => {
                 if let Err(f) = rx.delta_bytes(id, &bytes) {
                     if let Frame::Nack { .. } = f {

@@ -215,6 +215,9 @@ pub struct LinkSection {
     /// Channels used at once for one stack (files are spread across them). Over SSH they share
     /// the one master; sshd allows 10 sessions per connection by default (MaxSessions).
     pub channels: u32,
+    /// zstd-compress data chunks; a chunk goes compressed only when that saves at least 10%,
+    /// and a file whose chunks keep not compressing is sent raw from then on.
+    pub compress: bool,
     /// How long the far end may take to answer the handshake.
     pub handshake_timeout: Dur,
     /// `ssh` transport: the host, an ssh_config alias or `user@host`.
@@ -253,6 +256,7 @@ impl Default for LinkSection {
             chunk_size: ByteSize(1 << 20),
             max_rate: ByteSize(0),
             channels: 4,
+            compress: false,
             handshake_timeout: Dur::secs(30),
             host: String::new(),
             master: MasterMode::Own,

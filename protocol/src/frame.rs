@@ -146,6 +146,18 @@ pub enum Frame {
         /// The bytes (at most one chunk).
         bytes: Vec<u8>,
     },
+    /// Agent → collector: bytes of a file at an offset, zstd-compressed (sent only when that
+    /// saves enough to pay for itself).
+    DataZ {
+        /// The offer's id.
+        id: u64,
+        /// Where these bytes go.
+        offset: u64,
+        /// Length once decompressed (at most one chunk).
+        raw_len: u32,
+        /// The compressed bytes.
+        bytes: Vec<u8>,
+    },
     /// Agent → collector: a piece of an rsync delta against the signature the collector sent.
     Delta {
         /// The offer's id.
@@ -231,6 +243,7 @@ impl Frame {
             Frame::Error { .. } => 12,
             Frame::Bye => 13,
             Frame::Delta { .. } => 14,
+            Frame::DataZ { .. } => 15,
         }
     }
 
@@ -282,6 +295,17 @@ impl Frame {
             Frame::Done { id } | Frame::Ack { id } => w.u64(*id),
             Frame::Delta { id, bytes } => {
                 w.u64(*id);
+                w.bytes(bytes);
+            }
+            Frame::DataZ {
+                id,
+                offset,
+                raw_len,
+                bytes,
+            } => {
+                w.u64(*id);
+                w.u64(*offset);
+                w.u32(*raw_len);
                 w.bytes(bytes);
             }
             Frame::Abort { id, reason } => {
@@ -452,6 +476,12 @@ impl Frame {
             13 => Frame::Bye,
             14 => Frame::Delta {
                 id: r.u64()?,
+                bytes: r.bytes()?,
+            },
+            15 => Frame::DataZ {
+                id: r.u64()?,
+                offset: r.u64()?,
+                raw_len: r.u32()?,
                 bytes: r.bytes()?,
             },
             n => return Err(ProtocolError::Malformed(format!("unknown frame kind {n}"))),

@@ -91,6 +91,12 @@ mod tests {
                 id: 7,
                 bytes: vec![9; 10],
             },
+            Frame::DataZ {
+                id: 7,
+                offset: 3,
+                raw_len: 100,
+                bytes: vec![1; 5],
+            },
             Frame::HaveReply {
                 id: 7,
                 have: Have::Same,

@@ -401,3 +401,85 @@ fn push_reports_progress_in_plain_lines_when_not_on_a_terminal() {
         "{err}"
     );
 }
+
+#[test]
+fn compression_is_used_where_it_pays_and_skipped_where_it_does_not() {
+    use std::os::unix::fs::FileExt;
+    let site = Site::new("30s", "");
+    site.edit_config("compress = false", "compress = true");
+    let _service = site.start_service();
+    // sections with a dark background around the specimen compress
+    let textured = site.write_stack("textured", 2, 1024);
+    for f in ["S_0000.tif", "S_0001.tif"] {
+        let head = if std::fs::read(textured.join(f)).unwrap()[2] == 0x2B {
+            16
+        } else {
+            8
+        };
+        let dark = vec![0u8; 1024 * 1024]; // the lower half of the rows
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(textured.join(f))
+            .unwrap()
+            .write_all_at(&dark, head + 1024 * 1024)
+            .unwrap();
+    }
+    let out = site.run("beamflow-agent", &["push", textured.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = site.stack("textured").unwrap();
+    let (bytes, sent) = (
+        st["bytes"].as_u64().unwrap(),
+        st["bytes_sent"].as_u64().unwrap(),
+    );
+    assert!(
+        sent < bytes * 9 / 10,
+        "compressible sections should shrink: {sent} of {bytes}"
+    );
+    assert_same_tree(&textured, &site.remote().join("textured"));
+    // noise does not: it goes raw, byte for byte
+    let noisy = site.write_stack("noisy", 2, 1024);
+    for f in ["S_0000.tif", "S_0001.tif"] {
+        let head = if std::fs::read(noisy.join(f)).unwrap()[2] == 0x2B {
+            16
+        } else {
+            8
+        };
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        let noise: Vec<u8> = (0..1024 * 1024 * 2)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(noisy.join(f))
+            .unwrap()
+            .write_all_at(&noise, head)
+            .unwrap();
+    }
+    let out = site.run("beamflow-agent", &["push", noisy.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = site.stack("noisy").unwrap();
+    let (bytes, sent) = (
+        st["bytes"].as_u64().unwrap(),
+        st["bytes_sent"].as_u64().unwrap(),
+    );
+    // noise goes raw (only the small directory at the end of each file may still shrink)
+    assert!(
+        sent > bytes * 99 / 100 && sent <= bytes,
+        "{sent} of {bytes}"
+    );
+    assert_same_tree(&noisy, &site.remote().join("noisy"));
+}

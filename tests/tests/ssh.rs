@@ -225,14 +225,22 @@ fn a_changed_file_goes_as_a_delta_far_smaller_than_the_file() {
 #[test]
 fn a_remote_login_script_that_prints_is_reported_with_its_text() {
     // every session first prints a banner, as a chatty ~/.bashrc does for non-interactive shells
-    let sshd = Sshd::start_with("ForceCommand echo 'Welcome to Polaris!'; eval \"$SSH_ORIGINAL_COMMAND\"\n");
+    let sshd = Sshd::start_with(
+        "ForceCommand echo 'Welcome to Polaris!'; eval \"$SSH_ORIGINAL_COMMAND\"\n",
+    );
     let site = ssh_site(&sshd, "own", None);
     let _service = site.start_service();
     let dir = site.write_stack("chatty", 2, 32);
-    let out = site.run("beamflow-agent", &["push", "--attempts", "1", dir.to_str().unwrap()]);
+    let out = site.run(
+        "beamflow-agent",
+        &["push", "--attempts", "1", dir.to_str().unwrap()],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("printed text before the protocol started: \"Welcome to Polaris!\\n\""), "{err}");
+    assert!(
+        err.contains("printed text before the protocol started: \"Welcome to Polaris!\\n\""),
+        "{err}"
+    );
     assert!(err.contains("non-interactive shells"), "{err}");
     assert!(!site.remote().join("chatty").exists());
 }
