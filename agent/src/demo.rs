@@ -194,7 +194,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     }
     let last_written = Instant::now();
 
-    let journal = Journal::open(&cfg.agent.state_dir)?;
+    let journal = Journal::open_read_only(&cfg.agent.state_dir)?;
     let stack_dir = stack.canonicalize()?.display().to_string();
     let deadline = opts.settle + Duration::from_secs(60);
     let mut rec = None;

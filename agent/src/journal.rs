@@ -148,10 +148,35 @@ impl Journal {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| JournalError::Dir(state_dir.display().to_string(), e))?;
         let conn = Connection::open(state_dir.join("agent.db"))?;
+        // the timeout first: the pragmas below wait for locks too
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        Ok(Journal { conn })
+    }
+
+    /// Opens the journal for reading only (`status`), without taking any write lock, so that
+    /// it never waits for or disturbs a running daemon.
+    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
+        let path = state_dir.join("agent.db");
+        if !path.exists() {
+            // nothing journaled yet: an empty journal answers the same
+            return Self::open(state_dir);
+        }
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('stacks', 'files')",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables < 2 {
+            // a daemon is creating it this very moment: nothing is journaled yet
+            let empty = Connection::open_in_memory()?;
+            empty.execute_batch(SCHEMA)?;
+            return Ok(Journal { conn: empty });
+        }
         Ok(Journal { conn })
     }
 
@@ -362,6 +387,31 @@ mod tests {
             blake3: [h; 32],
             sent: false,
         }
+    }
+
+    #[test]
+    fn status_reads_while_the_daemon_holds_a_write_lock() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(Journal::open_read_only(d.path())
+            .unwrap()
+            .stacks()
+            .unwrap()
+            .is_empty());
+        let mut j = Journal::open(d.path()).unwrap();
+        j.ensure_stack("/in/s", "s", "qa").unwrap();
+        let tx = j
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        tx.execute("UPDATE stacks SET reason = 'busy'", []).unwrap();
+        let start = std::time::Instant::now();
+        let r = Journal::open_read_only(d.path()).unwrap().stacks().unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "a reader must not wait for the writer"
+        );
+        tx.commit().unwrap();
     }
 
     #[test]

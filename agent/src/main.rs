@@ -173,7 +173,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Status { config, json } => {
             let cfg = Config::load(&config)?;
-            let journal = Journal::open(&cfg.agent.state_dir)?;
+            let journal = Journal::open_read_only(&cfg.agent.state_dir)?;
             let stacks = journal.stacks()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stacks)?);
