@@ -92,6 +92,9 @@ struct Tracked {
     ignored: bool,
     /// Held because the collector refused it: stays held until its files change.
     refused: bool,
+    /// Hash every file again at the next finish, not trusting journaled hashes (a file changed
+    /// in a way its size and mtime did not show).
+    rehash: bool,
 }
 
 /// Checks every image of a scan (reusing results for unchanged files); returns the faults.
@@ -368,6 +371,7 @@ impl Daemon {
                                 backoff: self.cfg.agent.retry_initial.0,
                                 ignored: false,
                                 refused: false,
+                                rehash: false,
                             };
                             self.stacks.insert(dir.clone(), t);
                         }
@@ -517,7 +521,12 @@ impl Daemon {
                         self.journal.set_state(rec.id, StackState::Held, &reason)?;
                     }
                     Verdict::Finished(trigger) => {
-                        let known = self.journal.files(rec.id)?;
+                        let known = if t.rehash {
+                            Vec::new()
+                        } else {
+                            self.journal.files(rec.id)?
+                        };
+                        t.rehash = false;
                         let (d, scan) = (dir.to_path_buf(), t.scan.clone());
                         let hashed =
                             tokio::task::spawn_blocking(move || hash_files(&d, &scan, &known))
@@ -604,6 +613,7 @@ impl Daemon {
                     if let Some(t) = t {
                         t.last_change = Instant::now();
                         t.checks.clear();
+                        t.rehash = true;
                     }
                     self.dirty.insert(dir);
                 }

@@ -150,9 +150,29 @@ impl Journal {
         let conn = Connection::open(state_dir.join("agent.db"))?;
         // the timeout first: the pragmas below wait for locks too
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        // switching to WAL needs the database to itself for a moment; SQLite answers "busy"
+        // at once (not after the timeout) while a reader holds it, so try a few times
+        let mut tries = 0;
+        loop {
+            let r = conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
+                .and_then(|_| conn.execute_batch(SCHEMA));
+            match r {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if tries < 100
+                        && matches!(
+                            e.code,
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        ) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Journal { conn })
     }
 
@@ -161,8 +181,10 @@ impl Journal {
     pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
         let path = state_dir.join("agent.db");
         if !path.exists() {
-            // nothing journaled yet: an empty journal answers the same
-            return Self::open(state_dir);
+            // nothing journaled yet: an empty journal answers the same, and creates nothing
+            let empty = Connection::open_in_memory()?;
+            empty.execute_batch(SCHEMA)?;
+            return Ok(Journal { conn: empty });
         }
         let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;

@@ -206,13 +206,20 @@ impl Session<'_> {
                     .unwrap_or_else(|| format!("#{id}"));
                 self.acked.insert(id, false);
                 self.have.entry(id).or_insert(Have::Same);
-                let e = if code.is_transient() {
-                    TransferError::FileFailed { file, reason }
-                } else {
-                    TransferError::Refused { file, reason }
+                let e = match code {
+                    // the bytes did not hash to what the journal recorded: the file changed in a
+                    // way its times did not show; hash it again before sending it again
+                    ErrorCode::HashMismatch => TransferError::Changed { file, why: reason },
+                    c if c.is_transient() => TransferError::FileFailed { file, reason },
+                    _ => TransferError::Refused { file, reason },
                 };
-                // keep the most serious failure: a refusal outranks a transient one
-                if !matches!(self.failed, Some(TransferError::Refused { .. })) {
+                // keep the most serious failure: a refusal outranks a change, a change a glitch
+                let rank = |e: &TransferError| match e.action() {
+                    Action::Hold => 2,
+                    Action::Rewait => 1,
+                    Action::Retry => 0,
+                };
+                if self.failed.as_ref().is_none_or(|f| rank(&e) > rank(f)) {
                     self.failed = Some(e);
                 }
             }
@@ -457,7 +464,7 @@ fn exchange(
             continue; // refused at offer time
         }
         let path = job.dir.join(&f.name);
-        let (start, hasher) = match s.have[&id].clone() {
+        let start = match s.have[&id].clone() {
             Have::Same => {
                 s.acked.insert(id, true);
                 report.same += 1;
@@ -473,18 +480,17 @@ fn exchange(
                     s.drain()?;
                     continue;
                 }
-                (0, blake3::Hasher::new()) // the signature is unusable: send the file whole
+                0 // the signature is unusable: send the file whole
             }
-            Have::Nothing => (0, blake3::Hasher::new()),
+            Have::Nothing => 0,
+            // resume only from a prefix whose bytes are ours
             Have::Prefix { len, hash } => match hash_prefix(&path, len) {
-                Ok((n, h)) if n == len && *h.finalize().as_bytes() == hash => (len, h),
-                _ => (0, blake3::Hasher::new()),
+                Ok((n, h)) if n == len && *h.finalize().as_bytes() == hash => len,
+                _ => 0,
             },
         };
         Progress::add(job, start, 0);
-        send_file(
-            wr, id, f, &path, start, hasher, &mut buf, report, &mut pace, job,
-        )?;
+        send_file(wr, id, f, &path, start, &mut buf, report, &mut pace, job)?;
         Progress::add(job, 0, 1);
         sent_ids.push(id);
         s.drain()?;
@@ -624,24 +630,25 @@ fn send_delta<W: Write>(
         why,
     };
     let file = std::fs::File::open(path).map_err(|e| changed(format!("cannot open it: {e}")))?;
-    // SAFETY: a read-only map of a finished section; its bytes are checked against the journal's
-    // BLAKE3 first, and the collector checks the rebuilt file again
-    let map =
-        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| changed(format!("cannot map it: {e}")))?;
-    if map.len() as u64 != f.size || *blake3::hash(&map).as_bytes() != f.blake3 {
+    let before = file
+        .metadata()
+        .map(|m| Stamp::of(&m))
+        .map_err(|e| changed(e.to_string()))?;
+    if before.len != f.size || before.mtime != f.mtime_ns {
         write_frame_sync(
             wr,
             &Frame::Abort {
                 id,
-                reason: "content changed".into(),
+                reason: "changed since hashed".into(),
             },
         )
         .map_err(broken)?;
-        return Err(changed(format!(
-            "{} bytes now, BLAKE3 differs from the one recorded",
-            map.len()
-        )));
+        return Err(changed("it changed after it was hashed".into()));
     }
+    // SAFETY: a read-only map of a finished section; that it stays put is checked below (size,
+    // times, inode) and the collector checks the rebuilt file against the journal's BLAKE3
+    let map =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| changed(format!("cannot map it: {e}")))?;
     let mut out = DeltaFrames {
         wr,
         id,
@@ -654,8 +661,51 @@ fn send_delta<W: Write>(
         TransferError::Broken(format!("cannot compute the delta of {}: {e}", f.name))
     })?;
     out.flush().map_err(broken_io)?;
+    if std::fs::metadata(path).map(|m| Stamp::of(&m)).ok() != Some(before) {
+        write_frame_sync(
+            wr,
+            &Frame::Abort {
+                id,
+                reason: "content changed".into(),
+            },
+        )
+        .map_err(broken)?;
+        return Err(changed(
+            "its size, time or inode moved while the delta was computed".into(),
+        ));
+    }
     write_frame_sync(wr, &Frame::Done { id }).map_err(broken)?;
     Ok(true)
+}
+
+/// What identifies a file's content without reading it: size, mtime, ctime, inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: i64,
+    ctime: i64,
+    ino: u64,
+    dev: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: m.len(),
+            // the same nanoseconds the scan journals
+            mtime: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+            ctime: m
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
 }
 
 /// Per-channel shaping of the data stream: keeps the average rate at or under a cap by
@@ -733,7 +783,6 @@ fn send_file<W: Write>(
     f: &FileRecord,
     path: &Path,
     start: u64,
-    mut hasher: blake3::Hasher,
     buf: &mut [u8],
     report: &mut Report,
     pace: &mut Pace,
@@ -760,6 +809,18 @@ fn send_file<W: Write>(
             return Err(changed(format!("cannot open it: {e}")));
         }
     };
+    // The journal hashed these bytes; the collector checks what arrives against that hash. Here
+    // it is enough to see that the file is the one hashed and stays put while it is read: its
+    // size and mtime as journaled, and no change of size, mtime, ctime or inode meanwhile
+    // (ctime moves on every write and no tool can set it back).
+    let before = file
+        .metadata()
+        .map(|m| Stamp::of(&m))
+        .map_err(|e| changed(e.to_string()))?;
+    if before.len != f.size || before.mtime != f.mtime_ns {
+        abort(wr, "changed since hashed")?;
+        return Err(changed("it changed after it was hashed".into()));
+    }
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start))
             .map_err(|e| changed(e.to_string()))?;
@@ -784,7 +845,6 @@ fn send_file<W: Write>(
                 f.size
             )));
         }
-        hasher.update(&buf[..n]);
         // what crosses the link: the compressed size when compression paid
         let wire = match pace.squeeze(&buf[..n]) {
             Some(z) => {
@@ -812,10 +872,11 @@ fn send_file<W: Write>(
         Progress::add(job, n as u64, 0);
         pace.sent(wire);
     }
-    if offset != f.size || *hasher.finalize().as_bytes() != f.blake3 {
+    let after = std::fs::metadata(path).map(|m| Stamp::of(&m)).ok();
+    if offset != f.size || after != Some(before) {
         abort(wr, "content changed")?;
         return Err(changed(format!(
-            "{offset} bytes now, BLAKE3 differs from the one recorded"
+            "{offset} bytes read, and its size, time or inode moved while it was read"
         )));
     }
     write_frame_sync(wr, &Frame::Done { id }).map_err(broken)?;
