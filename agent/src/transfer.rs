@@ -114,6 +114,16 @@ pub enum TransferError {
 }
 
 impl TransferError {
+    /// How much a failure weighs when several channels fail at once: a refusal holds the stack,
+    /// a change makes it settle again, a glitch only delays it.
+    fn severity(&self) -> u8 {
+        match self.action() {
+            Action::Hold => 2,
+            Action::Rewait => 1,
+            Action::Retry => 0,
+        }
+    }
+
     /// The policy: what each failure means for the stack.
     pub fn action(&self) -> Action {
         match self {
@@ -213,13 +223,12 @@ impl Session<'_> {
                     c if c.is_transient() => TransferError::FileFailed { file, reason },
                     _ => TransferError::Refused { file, reason },
                 };
-                // keep the most serious failure: a refusal outranks a change, a change a glitch
-                let rank = |e: &TransferError| match e.action() {
-                    Action::Hold => 2,
-                    Action::Rewait => 1,
-                    Action::Retry => 0,
-                };
-                if self.failed.as_ref().is_none_or(|f| rank(&e) > rank(f)) {
+                // keep the most serious failure
+                if self
+                    .failed
+                    .as_ref()
+                    .is_none_or(|f| e.severity() > f.severity())
+                {
                     self.failed = Some(e);
                 }
             }
@@ -239,17 +248,23 @@ impl Session<'_> {
     }
 }
 
+impl Report {
+    fn new() -> Report {
+        Report {
+            acked: Vec::new(),
+            same: 0,
+            wire_bytes: 0,
+            elapsed: Duration::ZERO,
+            result: Err(TransferError::Broken(String::new())),
+        }
+    }
+}
+
 /// Sends `job` over a fresh link (a channel of the SSH master at `ctl`, for transport `ssh`)
 /// and submits it. Blocking: run it on a blocking thread.
 pub fn send(cfg: &Config, job: &Job, ctl: Option<&Path>) -> Report {
     let start = Instant::now();
-    let mut report = Report {
-        acked: Vec::new(),
-        same: 0,
-        wire_bytes: 0,
-        elapsed: Duration::ZERO,
-        result: Err(TransferError::Broken(String::new())),
-    };
+    let mut report = Report::new();
     report.result = run(cfg, job, ctl, &mut report);
     report.acked.sort();
     report.acked.dedup();
@@ -344,19 +359,12 @@ fn run(
     // every channel but the first runs on a thread of its own; the first submits at the end,
     // after offering the others' files once more (the collector answers "same" from a stat)
     let (first, rest) = groups.split_first().expect("at least one group");
-    let mut outcomes = Vec::new();
-    let (link0, r0) = std::thread::scope(|scope| {
+    let (link0, r0, outcomes) = std::thread::scope(|scope| {
         let handles: Vec<_> = rest
             .iter()
             .map(|ids| {
                 scope.spawn(move || {
-                    let mut rep = Report {
-                        acked: Vec::new(),
-                        same: 0,
-                        wire_bytes: 0,
-                        elapsed: Duration::ZERO,
-                        result: Err(TransferError::Broken(String::new())),
-                    };
+                    let mut rep = Report::new();
                     let (link, r) = channel(cfg, job, ctl, ids, false, &mut rep, None);
                     if let Some(l) = link {
                         l.close();
@@ -365,63 +373,56 @@ fn run(
                 })
             })
             .collect();
-        let mine = channel(cfg, job, ctl, first, rest.is_empty(), report, None);
-        for h in handles {
-            outcomes.push(h.join().unwrap_or_else(|_| {
-                (
-                    Report {
-                        acked: Vec::new(),
-                        same: 0,
-                        wire_bytes: 0,
-                        elapsed: Duration::ZERO,
-                        result: Err(TransferError::Broken(String::new())),
-                    },
-                    Err(TransferError::Broken("a transfer thread panicked".into())),
-                )
-            }));
-        }
-        mine
+        let (link0, r0) = channel(cfg, job, ctl, first, rest.is_empty(), report, None);
+        let outcomes: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    (
+                        Report::new(),
+                        Err(TransferError::Broken("a transfer thread panicked".into())),
+                    )
+                })
+            })
+            .collect();
+        (link0, r0, outcomes)
     });
-    let mut worst: Option<TransferError> = None;
+    let mut errors = Vec::new();
+    let mut accepted = None;
+    match r0 {
+        Ok(a) => accepted = a,
+        Err(e) => errors.push(e),
+    }
     for (rep, r) in outcomes {
         report.same += rep.same;
         report.wire_bytes += rep.wire_bytes;
         report.acked.extend(rep.acked);
         if let Err(e) = r {
-            // a refusal or a change decides what happens to the stack; a broken link only delays it
-            let rank = |e: &TransferError| match e.action() {
-                Action::Hold => 2,
-                Action::Rewait => 1,
-                Action::Retry => 0,
-            };
-            if worst.as_ref().is_none_or(|w| rank(&e) > rank(w)) {
-                worst = Some(e);
-            }
+            errors.push(e);
         }
     }
-    let result = match (r0, worst) {
-        (Err(e), None) => Err(e),
-        (Err(e), Some(w)) => Err(if w.action() == Action::Retry { e } else { w }),
-        (Ok(_), Some(w)) => Err(w),
-        (Ok(Some(acc)), None) => Ok(acc),
-        (Ok(None), None) => {
+    // a refusal or a change decides what happens to the stack; a broken link only delays it
+    if let Some(worst) = errors.into_iter().max_by_key(TransferError::severity) {
+        if let Some(l) = link0 {
+            l.close();
+        }
+        return Err(worst);
+    }
+    let (link, r) = match accepted {
+        Some(acc) => (link0, Ok(Some(acc))),
+        None => {
             // everything crossed: submit on the first channel
             let others: Vec<usize> = rest.iter().flatten().copied().collect();
             let same_before = report.same;
-            let (link, r) = channel(cfg, job, ctl, &others, true, report, link0);
+            let out = channel(cfg, job, ctl, &others, true, report, link0);
             report.same = same_before; // the re-offers are bookkeeping, not files already there
-            if let Some(l) = link {
-                l.close();
-            }
-            return r.and_then(|a| {
-                a.ok_or_else(|| TransferError::Broken("no answer to the submission".into()))
-            });
+            out
         }
     };
-    if let Some(l) = link0 {
+    if let Some(l) = link {
         l.close();
     }
-    result
+    r.and_then(|a| a.ok_or_else(|| TransferError::Broken("no answer to the submission".into())))
 }
 
 #[allow(clippy::too_many_arguments)]
