@@ -24,11 +24,16 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown munge:munge /etc/munge/munge.key
 chmod 0400 /etc/munge/munge.key
-if ! pgrep -x munged >/dev/null; then
+# judge munged by whether it answers, not by whether a process of that name exists (one may be
+# shutting down, or have left a stale socket behind)
+if ! munge -n >/dev/null 2>&1; then
+  pkill -x munged 2>/dev/null || true
+  for _ in $(seq 50); do pgrep -x munged >/dev/null || break; sleep 0.1; done
+  rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
   runuser -u munge -- /usr/sbin/munged
 fi
-for _ in $(seq 50); do munge -n >/dev/null 2>&1 && break; sleep 0.1; done
-munge -n | unmunge >/dev/null
+for _ in $(seq 100); do munge -n >/dev/null 2>&1 && break; sleep 0.1; done
+munge -n | unmunge >/dev/null || { echo "tests/slurm/start.sh: munged does not answer; see /var/log/munge/munged.log" >&2; exit 1; }
 
 HOST=$(uname -n)
 cat > "$CONF" <<CONF
