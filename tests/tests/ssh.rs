@@ -244,3 +244,36 @@ fn a_remote_login_script_that_prints_is_reported_with_its_text() {
     assert!(err.contains("non-interactive shells"), "{err}");
     assert!(!site.remote().join("chatty").exists());
 }
+
+#[test]
+fn login_opens_a_master_that_the_agent_then_adopts() {
+    let sshd = Sshd::start();
+    let ctl = sshd.dir.join("login.sock");
+    let site = ssh_site(&sshd, "adopt", Some(&ctl));
+    let _service = site.start_service();
+    // key authentication here; at a one-time-password site ssh would ask in the terminal
+    let out = site.run("beamflow-agent", &["login"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("is open at") && text.contains("login.sock"),
+        "{text}"
+    );
+    assert!(sshd.master(&ctl, "check"));
+    let dir = site.write_stack("after-login", 2, 32);
+    pushed_ok(&site, &dir);
+    assert!(
+        sshd.master(&ctl, "check"),
+        "the login's master stays for the next stack"
+    );
+    sshd.master(&ctl, "exit");
+    // login without transport ssh is refused clearly
+    let local = Site::new("1s", "");
+    let out = local.run("beamflow-agent", &["login"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not \"ssh\""));
+}
