@@ -131,14 +131,12 @@ pub(crate) fn hash_files(
     known: &[FileRecord],
 ) -> std::io::Result<Vec<FileRecord>> {
     let known: HashMap<&str, &FileRecord> = known.iter().map(|f| (f.name.as_str(), f)).collect();
-    let mut out = Vec::with_capacity(scan.images.len());
-    for f in &scan.images {
+    let one = |f: &crate::scan::FileSeen| -> std::io::Result<FileRecord> {
         if let Some(k) = known
             .get(f.name.as_str())
             .filter(|k| k.size == f.size && k.mtime_ns == f.mtime_ns)
         {
-            out.push((*k).clone());
-            continue;
+            return Ok((*k).clone());
         }
         let mut h = blake3::Hasher::new();
         let file = std::fs::File::open(dir.join(&f.name))?;
@@ -146,15 +144,50 @@ pub(crate) fn hash_files(
             &mut std::io::BufReader::with_capacity(1 << 20, file),
             &mut h,
         )?;
-        out.push(FileRecord {
+        Ok(FileRecord {
             name: f.name.clone(),
             size: n,
             mtime_ns: f.mtime_ns,
             blake3: *h.finalize().as_bytes(),
             sent: false,
-        });
+        })
+    };
+    // files are hashed on as many threads as there are cores (at most 8), each taking every
+    // n-th file, and put back in scan order
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(scan.images.len().max(1));
+    let parts: Vec<std::io::Result<Vec<(usize, FileRecord)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let one = &one;
+                s.spawn(move || {
+                    scan.images
+                        .iter()
+                        .enumerate()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|(i, f)| one(f).map(|r| (i, r)))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a hashing thread panicked")))
+            })
+            .collect()
+    });
+    let mut out: Vec<(usize, FileRecord)> = Vec::with_capacity(scan.images.len());
+    for p in parts {
+        out.extend(p?);
     }
-    Ok(out)
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
@@ -628,5 +661,44 @@ impl Daemon {
             },
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_keeps_scan_order_and_reuses_unchanged_files() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..7u8 {
+            std::fs::write(
+                d.path().join(format!("S_{i}.tif")),
+                vec![i; 1000 + i as usize],
+            )
+            .unwrap();
+        }
+        let pat = glob::Pattern::new("*.tif").unwrap();
+        let scan = scan_dir(&d.path().canonicalize().unwrap(), d.path(), &pat, None).unwrap();
+        let fresh = hash_files(d.path(), &scan, &[]).unwrap();
+        let names: Vec<_> = fresh.iter().map(|f| f.name.clone()).collect();
+        assert_eq!(
+            names,
+            scan.images
+                .iter()
+                .map(|f| f.name.clone())
+                .collect::<Vec<_>>()
+        );
+        for f in &fresh {
+            let bytes = std::fs::read(d.path().join(&f.name)).unwrap();
+            assert_eq!(f.blake3, *blake3::hash(&bytes).as_bytes());
+        }
+        // a journaled hash is trusted while size and mtime are unchanged
+        let mut known = fresh.clone();
+        known[3].blake3 = [7; 32];
+        assert_eq!(
+            hash_files(d.path(), &scan, &known).unwrap()[3].blake3,
+            [7; 32]
+        );
     }
 }
