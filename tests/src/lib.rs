@@ -534,3 +534,26 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     }
     out
 }
+
+/// Processes (or, with negative ids, process groups) a test stopped with SIGSTOP; they are
+/// continued when this is dropped, whatever happens, a panic included, so that no frozen
+/// process outlives its test and holds up the next one.
+pub struct Frozen(pub Vec<i32>);
+
+impl Frozen {
+    /// Stops every process (or group) in `ids`.
+    pub fn stop(ids: Vec<i32>) -> Frozen {
+        for p in &ids {
+            unsafe { libc::kill(*p, libc::SIGSTOP) };
+        }
+        Frozen(ids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            unsafe { libc::kill(*p, libc::SIGCONT) };
+        }
+    }
+}

@@ -317,7 +317,7 @@ fn a_launcher_whose_heartbeats_stop_is_declared_lost_and_its_job_runs_again() {
         .chain(children_matching(service.pid(), "sh"))
         .next()
         .expect("the launcher process");
-    unsafe { libc::kill(-launcher_pid, libc::SIGSTOP) };
+    let frozen = Frozen::stop(vec![-launcher_pid]);
     let jobs = site.wait_finished("h", LONG);
     assert_ne!(
         jobs[3]["launcher"].as_u64().unwrap(),
@@ -331,7 +331,7 @@ fn a_launcher_whose_heartbeats_stop_is_declared_lost_and_its_job_runs_again() {
                 && e["reason"].as_str().unwrap().contains("no heartbeat")),
         "{h:#?}"
     );
-    unsafe { libc::kill(-launcher_pid, libc::SIGCONT) };
+    drop(frozen);
     let st = site.collector_status();
     assert!(
         st["launchers"]

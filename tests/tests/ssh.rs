@@ -147,10 +147,18 @@ fn a_black_holed_link_is_noticed_within_the_keepalive_bound_and_the_transfer_com
     let src = site.write_big_stack("bh", 12, 2048); // ~4 s on the wire
     site.wait_state("bh", "sending", LONG);
     std::thread::sleep(Duration::from_millis(500));
-    // freeze every sshd session process: the TCP connection stays up, nothing answers
-    let frozen = descendants(sshd.proc.pid());
-    assert!(!frozen.is_empty(), "no sshd session to freeze");
-    for p in &frozen {
+    // freeze the sshd session processes, and only those: a frozen login shell could hold a lock
+    // that every other login waits for. The TCP connection stays up; nothing answers.
+    let frozen = Frozen(
+        descendants(sshd.proc.pid())
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sshd")
+            })
+            .collect(),
+    );
+    assert!(!frozen.0.is_empty(), "no sshd session to freeze");
+    for p in &frozen.0 {
         unsafe { libc::kill(*p, libc::SIGSTOP) };
     }
     let start = std::time::Instant::now();
@@ -164,9 +172,7 @@ fn a_black_holed_link_is_noticed_within_the_keepalive_bound_and_the_transfer_com
         },
     );
     let noticed = start.elapsed();
-    for p in &frozen {
-        unsafe { libc::kill(*p, libc::SIGCONT) };
-    }
+    drop(frozen); // continued even if the wait above panics
     assert!(
         noticed < Duration::from_secs(12),
         "noticed after {noticed:?}; the keepalive bound is about 3 s"
