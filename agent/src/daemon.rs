@@ -519,7 +519,7 @@ impl Daemon {
                 self.active = Some(dir.to_path_buf());
                 let (cfg, tx, d) = (self.cfg.clone(), self.tx.clone(), dir.to_path_buf());
                 tokio::task::spawn_blocking(move || {
-                    let report = transfer::send(&cfg, &job, ctl.as_deref());
+                    let report = transfer::send(&cfg, &job, ctl.as_deref(), Vec::new());
                     let _ = tx.send(Msg::Done(d, Box::new(report)));
                 });
                 Ok(())

@@ -270,11 +270,15 @@ impl Link {
     pub fn close(mut self) {
         let _ = write_frame_sync(&mut self.writer, &Frame::Bye);
         let _ = self.writer.flush();
-        for _ in 0..200 {
+        // the far end commits what it holds before it exits: up to 10 s, looked at often
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let mut nap = Duration::from_millis(1);
+        while std::time::Instant::now() < until {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(50));
         }
     }
 }

@@ -68,6 +68,7 @@ pub async fn push(
             })?
         }
     };
+    let t0 = std::time::Instant::now();
     let scan = root
         .scan(&dir)
         .with_context(|| format!("cannot list {}", dir.display()))?;
@@ -86,23 +87,49 @@ pub async fn push(
             root.rules.min_images
         );
     }
-    let faults = check_images(&dir, &scan, &mut HashMap::new());
-    if !faults.is_empty() {
-        let list: Vec<String> = faults.iter().map(|(f, e)| format!("  {f}: {e}")).collect();
-        bail!(
-            "not sending {}: {} file(s) are not whole TIFFs:\n{}",
-            dir.display(),
-            faults.len(),
-            list.join("\n")
-        );
-    }
+    // the link comes up (master, then one far end per channel) while the images are checked
+    // and hashed here: on a login node a far end costs a login shell, often a slow one
+    let mut master = (cfg.link.transport == Transport::Ssh).then(|| Master::new(&cfg.link));
     let mut journal = Journal::open(&cfg.agent.state_dir)?;
     let dir_s = dir.display().to_string();
     let name = root.remote_name(&dir);
+    let known = match journal.stack(&dir_s)? {
+        Some(r) => journal.files(r.id)?,
+        None => Vec::new(),
+    };
+    let k = transfer::channels_for(cfg, scan.images.len());
+    let local = {
+        let (dir, scan, known) = (dir.clone(), scan.clone(), known.clone());
+        tokio::task::spawn_blocking(move || {
+            let faults = check_images(&dir, &scan, &mut HashMap::new());
+            if !faults.is_empty() {
+                return Ok(Err(faults));
+            }
+            hash_files(&dir, &scan, &known).map(Ok)
+        })
+    };
+    let early = warm_up(cfg, master.as_mut(), k).await;
+    let files = match local.await? {
+        Ok(Ok(files)) => files,
+        Ok(Err(faults)) => {
+            let list: Vec<String> = faults.iter().map(|(f, e)| format!("  {f}: {e}")).collect();
+            if let Some(m) = master {
+                m.close().await;
+            }
+            bail!(
+                "not sending {}: {} file(s) are not whole TIFFs:\n{}",
+                dir.display(),
+                faults.len(),
+                list.join("\n")
+            );
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot read the images in {}", dir.display())))
+        }
+    };
+    tracing::debug!(secs = t0.elapsed().as_secs_f64(), "checked and hashed");
     let mut rec = journal.ensure_stack(&dir_s, &name, &root.section.workflow)?;
-    let known = journal.files(rec.id)?;
-    let files = hash_files(&dir, &scan, &known)
-        .with_context(|| format!("cannot read the images in {}", dir.display()))?;
     if rec.state == StackState::Submitted {
         let same = known.len() == files.len()
             && known
@@ -132,7 +159,6 @@ pub async fn push(
         p.total_files.store(files.len() as u64, Relaxed);
     }
     let mut wait = cfg.agent.retry_initial.0;
-    let mut master = (cfg.link.transport == Transport::Ssh).then(|| Master::new(&cfg.link));
     let result = send_with_retries(
         cfg,
         &mut journal,
@@ -143,6 +169,7 @@ pub async fn push(
         attempts,
         &mut wait,
         master.as_mut(),
+        early,
     )
     .await;
     if let Some(m) = master {
@@ -165,7 +192,9 @@ async fn send_with_retries(
     attempts: u32,
     wait: &mut Duration,
     mut master: Option<&mut Master>,
+    early: Vec<crate::link::Link>,
 ) -> Result<Pushed> {
+    let mut early = Some(early);
     let name = job.name.clone();
     for attempt in 1..=attempts.max(1) {
         let ctl = match master.as_deref_mut() {
@@ -186,10 +215,12 @@ async fn send_with_retries(
                 }
             },
         };
+        tracing::debug!("link ready");
         journal.set_state(rec.id, StackState::Sending, "")?;
-        let (c, j) = (cfg.clone(), job.clone());
+        let (c, j, links) = (cfg.clone(), job.clone(), early.take().unwrap_or_default());
         let report =
-            tokio::task::spawn_blocking(move || transfer::send(&c, &j, ctl.as_deref())).await?;
+            tokio::task::spawn_blocking(move || transfer::send(&c, &j, ctl.as_deref(), links))
+                .await?;
         journal.mark_sent(
             rec.id,
             &report.acked,
@@ -237,6 +268,22 @@ async fn send_with_retries(
         }
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// Brings up the master and `k` far ends; whatever fails here is tried again, and reported,
+/// by the send itself.
+async fn warm_up(cfg: &Config, master: Option<&mut Master>, k: usize) -> Vec<crate::link::Link> {
+    let ctl = match master {
+        None => None,
+        Some(m) => match m.ensure().await {
+            Ok(p) => Some(p),
+            Err(_) => return Vec::new(),
+        },
+    };
+    let c = cfg.clone();
+    tokio::task::spawn_blocking(move || transfer::open_links(&c, ctl.as_deref(), k))
+        .await
+        .unwrap_or_default()
 }
 
 fn default_watch() -> WatchSection {

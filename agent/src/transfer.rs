@@ -260,12 +260,38 @@ impl Report {
     }
 }
 
-/// Sends `job` over a fresh link (a channel of the SSH master at `ctl`, for transport `ssh`)
-/// and submits it. Blocking: run it on a blocking thread.
-pub fn send(cfg: &Config, job: &Job, ctl: Option<&Path>) -> Report {
+/// How many channels a stack of `files` files moves over.
+pub fn channels_for(cfg: &Config, files: usize) -> usize {
+    (cfg.link.channels as usize).clamp(1, files.max(1))
+}
+
+/// Opens `k` links at once, each with its own far end, for a caller with other work to do
+/// meanwhile (starting a far end costs a remote login shell). A link that fails to open is
+/// left out: `send` opens it again and reports why.
+pub fn open_links(cfg: &Config, ctl: Option<&Path>, k: usize) -> Vec<Link> {
+    std::thread::scope(|s| {
+        let opening: Vec<_> = (0..k).map(|_| s.spawn(|| Link::open(cfg, ctl))).collect();
+        opening
+            .into_iter()
+            .filter_map(|h| match h.join() {
+                Ok(Ok(l)) => Some(l),
+                Ok(Err(e)) => {
+                    tracing::debug!("opening a link early failed: {e}");
+                    None
+                }
+                Err(_) => None,
+            })
+            .collect()
+    })
+}
+
+/// Sends `job` over links (channels of the SSH master at `ctl`, for transport `ssh`) and
+/// submits it: `links` already open are used first, the rest are opened here. Blocking: run
+/// it on a blocking thread.
+pub fn send(cfg: &Config, job: &Job, ctl: Option<&Path>, links: Vec<Link>) -> Report {
     let start = Instant::now();
     let mut report = Report::new();
-    report.result = run(cfg, job, ctl, &mut report);
+    report.result = run(cfg, job, ctl, links, &mut report);
     report.acked.sort();
     report.acked.dedup();
     report.elapsed = start.elapsed();
@@ -352,10 +378,13 @@ fn run(
     cfg: &Config,
     job: &Job,
     ctl: Option<&Path>,
+    links: Vec<Link>,
     report: &mut Report,
 ) -> Result<Accepted, TransferError> {
-    let k = (cfg.link.channels as usize).clamp(1, job.files.len().max(1));
+    let k = channels_for(cfg, job.files.len());
     let groups = groups(&job.files, k);
+    let mut links = links.into_iter();
+    let link0 = links.next();
     // every channel but the first runs on a thread of its own; the first submits at the end,
     // after offering the others' files once more (the collector answers "same" from a stat)
     let (first, rest) = groups.split_first().expect("at least one group");
@@ -363,9 +392,10 @@ fn run(
         let handles: Vec<_> = rest
             .iter()
             .map(|ids| {
+                let early = links.next();
                 scope.spawn(move || {
                     let mut rep = Report::new();
-                    let (link, r) = channel(cfg, job, ctl, ids, false, &mut rep, None);
+                    let (link, r) = channel(cfg, job, ctl, ids, false, &mut rep, early);
                     if let Some(l) = link {
                         l.close();
                     }
@@ -373,7 +403,7 @@ fn run(
                 })
             })
             .collect();
-        let (link0, r0) = channel(cfg, job, ctl, first, rest.is_empty(), report, None);
+        let (link0, r0) = channel(cfg, job, ctl, first, rest.is_empty(), report, link0);
         let outcomes: Vec<_> = handles
             .into_iter()
             .map(|h| {
@@ -574,6 +604,12 @@ struct DeltaFrames<'a, W: Write> {
 }
 
 impl<W: Write> DeltaFrames<'_, W> {
+    /// Ends the current part of the delta: the collector applies it now.
+    fn cut(&mut self) -> std::io::Result<()> {
+        self.emit()?;
+        write_frame_sync(self.wr, &Frame::DeltaCut { id: self.id }).map_err(std::io::Error::other)
+    }
+
     fn emit(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -623,6 +659,7 @@ fn send_delta<W: Write>(
     {
         return Ok(false);
     }
+    let sig_block = [signature[4], signature[5], signature[6], signature[7]];
     let Ok(sig) = fast_rsync::Signature::deserialize(signature) else {
         return Ok(false);
     };
@@ -658,10 +695,9 @@ fn send_delta<W: Write>(
         report,
         pace,
     };
-    fast_rsync::diff(&sig.index(), &map, &mut out).map_err(|e| {
-        TransferError::Broken(format!("cannot compute the delta of {}: {e}", f.name))
-    })?;
-    out.flush().map_err(broken_io)?;
+    let block = u32::from_be_bytes([sig_block[0], sig_block[1], sig_block[2], sig_block[3]]);
+    diff_in_parts(&sig.index(), &map, block as usize, &mut out)
+        .map_err(|e| TransferError::Broken(format!("cannot send the delta of {}: {e}", f.name)))?;
     if std::fs::metadata(path).map(|m| Stamp::of(&m)).ok() != Some(before) {
         write_frame_sync(
             wr,
@@ -677,6 +713,86 @@ fn send_delta<W: Write>(
     }
     write_frame_sync(wr, &Frame::Done { id }).map_err(broken)?;
     Ok(true)
+}
+
+/// Bytes of the new file per delta part: whole blocks of about this many bytes.
+const DELTA_PART: usize = 8 << 20;
+
+/// Computes the delta of `new` part by part on several threads and writes the parts in order,
+/// each followed by a cut. Parts start on block boundaries, so a file changed in place loses
+/// no match at a cut; at most a few parts wait in memory for their turn.
+fn diff_in_parts<W: Write>(
+    sig: &fast_rsync::IndexedSignature<'_>,
+    new: &[u8],
+    block: usize,
+    out: &mut DeltaFrames<'_, W>,
+) -> std::io::Result<()> {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let part = (DELTA_PART / block.max(1)).max(1) * block.max(1);
+    let parts: Vec<&[u8]> = new.chunks(part).collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+        .min(parts.len().max(1));
+    let next = AtomicUsize::new(0);
+    // parts written so far: a thread starts part i only when i < written + 2 × threads, which
+    // bounds what waits in memory whatever the threads' relative speed
+    let written = (std::sync::Mutex::new(0usize), std::sync::Condvar::new());
+    let ahead = 2 * threads;
+    let (tx, rx) = mpsc::sync_channel::<(usize, std::io::Result<Vec<u8>>)>(threads);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (tx, next, parts, written) = (tx.clone(), &next, &parts, &written);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(p) = parts.get(i) else { return };
+                {
+                    let (m, cv) = written;
+                    let mut w = m.lock().unwrap_or_else(|p| p.into_inner());
+                    while i >= *w + ahead {
+                        w = cv.wait(w).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                let mut d = Vec::new();
+                let r = fast_rsync::diff(sig, p, &mut d)
+                    .map(|_| d)
+                    .map_err(std::io::Error::other);
+                // the writer stopped (an error): nothing more to do
+                if tx.send((i, r)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let set_written = |n: usize| {
+            let (m, cv) = &written;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = n;
+            cv.notify_all();
+        };
+        let mut waiting = BTreeMap::new();
+        let mut due = 0;
+        let r = (|| {
+            for (i, r) in rx.iter() {
+                waiting.insert(i, r);
+                while let Some(r) = waiting.remove(&due) {
+                    out.write_all(&r?)?;
+                    out.cut()?;
+                    due += 1;
+                    set_written(due);
+                }
+            }
+            if due != parts.len() {
+                return Err(std::io::Error::other("a delta thread stopped early"));
+            }
+            Ok(())
+        })();
+        // on an error, let waiting threads run into the closed channel and end
+        set_written(usize::MAX / 2);
+        drop(rx);
+        r
+    })
 }
 
 /// What identifies a file's content without reading it: size, mtime, ctime, inode.

@@ -8,6 +8,7 @@
 
 pub use beamflow_protocol::api;
 pub mod cli;
+mod commit;
 pub mod dag;
 pub mod db;
 pub mod delta;

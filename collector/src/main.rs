@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use beamflow_collector::{api::Client, cli, launcher, qa, receive, service};
 use beamflow_config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -152,8 +153,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             let cfg = load(&config)?;
             init_logs(cfg.agent.log_format);
-            receive::serve(&cfg, std::io::stdin().lock(), std::io::stdout().lock())
-                .context("serve session failed")?;
+            // stdout as a plain file: frames are binary, and Stdout's line buffering would
+            // split them at every newline byte
+            let out = std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(std::fs::File::from)
+                .context("cannot use stdout")?;
+            receive::serve(&cfg, std::io::stdin().lock(), out).context("serve session failed")?;
         }
         Cmd::Service { config } => {
             let cfg = load(&config)?;

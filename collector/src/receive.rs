@@ -2,22 +2,24 @@
 //!
 //! It answers offers with what the data root already holds, writes incoming bytes to a
 //! temporary name beside the destination, checks the BLAKE3 of the result, and only then
-//! renames it into place. Durability is batched: finished files wait until the agent pauses
-//! (nothing more buffered on stdin), then all of them are fsynced, renamed, their folders
-//! fsynced, and only then acknowledged. Thousands of small files therefore share a few
-//! fsyncs instead of serialising on the disk, and no file is acknowledged before it is durable.
+//! renames it into place. Durability happens on a thread of its own (`commit`): finished files
+//! are fsynced, renamed and their folders fsynced in rounds while the next bytes arrive, and
+//! only then acknowledged. The link never waits for the disk, and no file is acknowledged
+//! before it is durable.
 
 use crate::api::{Client, SubmitFile, SubmitRequest};
+use crate::commit::{Committer, Finished, SharedWriter, Verified, HASH_XATTR};
 use beamflow_config::Config;
 use beamflow_protocol::{
     normalize_rel_path, read_frame_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Hash, Have,
     ProtocolError, MAGIC, VERSION,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Why a `serve` session ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +44,12 @@ pub enum ServeError {
     },
 }
 
-/// Files finished in one batch before they are made durable and acknowledged.
-const MAX_PENDING: usize = 512;
-
 /// Written bytes between two writeback kicks.
 const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Asks the kernel to start writing a range to disk without waiting (Linux); elsewhere the
 /// fsync before the acknowledgement does all the work.
-fn start_writeback(f: &File, offset: u64, len: u64) {
+pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -80,17 +79,8 @@ struct Incoming {
     hasher: blake3::Hasher,
     /// State of the hasher after the partial copy we offered as a prefix, if any.
     prefix: Option<(u64, blake3::Hasher)>,
-    /// Where the delta is spooled, when we offered a signature (and the spool, once open).
-    delta: Option<(PathBuf, Option<File>)>,
-}
-
-struct Finished {
-    id: u64,
-    path: String,
-    hash: Hash,
-    file: File,
-    part: PathBuf,
-    dest: PathBuf,
+    /// The delta coming in, when we offered a signature.
+    delta: Option<crate::delta::DeltaIn>,
 }
 
 /// One connection's worth of receiving state.
@@ -99,42 +89,17 @@ struct Receiver {
     canon_root: PathBuf,
     fsync: bool,
     incoming: HashMap<u64, Incoming>,
+    /// Finished files for the committer.
     pending: Vec<Finished>,
-    /// Files known good in this connection: path → hash. Submissions may only name these.
-    verified: HashMap<String, Hash>,
+    /// Files refused mid-stream: the agent does not wait for answers, so their remaining
+    /// frames are already on the way and are dropped until its Done or Abort.
+    refused: std::collections::HashSet<u64>,
+    verified: Verified,
 }
 
-/// Extended attribute that remembers a stored file's BLAKE3 with the size and mtime it had,
-/// so that "do you have this?" costs a stat, not a read, while the file is untouched.
-const HASH_XATTR: &str = "user.beamflow.blake3";
-
-fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+pub(crate) fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;
     m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
-}
-
-fn remember_hash(path: &Path, hash: &Hash) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(m) = std::fs::metadata(path) else {
-        return;
-    };
-    let value = format!("v1 {} {} {}", m.len(), mtime_ns(&m), hex::encode(hash));
-    let (Ok(p), Ok(n)) = (
-        std::ffi::CString::new(path.as_os_str().as_bytes()),
-        std::ffi::CString::new(HASH_XATTR),
-    ) else {
-        return;
-    };
-    // best effort: a filesystem without user xattrs just means hashing again next time
-    unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        );
-    }
 }
 
 fn cached_hash(path: &Path, m: &std::fs::Metadata) -> Option<Hash> {
@@ -182,7 +147,8 @@ impl Receiver {
             fsync: cfg.collector.fsync,
             incoming: HashMap::new(),
             pending: Vec::new(),
-            verified: HashMap::new(),
+            refused: std::collections::HashSet::new(),
+            verified: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -236,7 +202,7 @@ impl Receiver {
                 });
                 if let Some(h) = known {
                     if h == hash {
-                        self.verified.insert(rel, hash);
+                        self.known().insert(rel, hash);
                         return Frame::HaveReply {
                             id,
                             have: Have::Same,
@@ -261,9 +227,14 @@ impl Receiver {
         }
         if have == Have::Nothing && std::fs::metadata(&dest).is_ok_and(|m| m.is_file()) {
             // another version of the file is here: offer its signature for a delta
-            if let Some(signature) = crate::delta::signature_for(&dest, size) {
+            let t = std::time::Instant::now();
+            let sig = crate::delta::signature_for(&dest, size);
+            tracing::debug!(secs = t.elapsed().as_secs_f64(), path = %rel, "signature");
+            if let Some(signature) = sig {
                 have = Have::Delta { signature };
-                delta = Some((dest.with_file_name(format!(".{name}.beamflow-delta")), None));
+                delta = Some(crate::delta::DeltaIn::new(
+                    dest.with_file_name(format!(".{name}.beamflow-delta")),
+                ));
             }
         }
         self.incoming.insert(
@@ -291,9 +262,9 @@ impl Receiver {
             message: format!("data for file {id}, which was never offered"),
         })?;
         let nack = |code, reason: String| Frame::Nack { id, code, reason };
-        if let Some((spool, _)) = inc.delta.take() {
+        if let Some(d) = inc.delta.take() {
             // the agent declined the delta and sends the whole file
-            let _ = std::fs::remove_file(spool);
+            d.discard();
         }
         if inc.file.is_none() {
             // the first data frame says where the agent resumes: 0, or the prefix we offered
@@ -378,41 +349,52 @@ impl Receiver {
     }
 
     fn delta_bytes(&mut self, id: u64, bytes: &[u8]) -> Result<(), Frame> {
+        self.with_delta(id, |d, _| {
+            d.append(bytes)
+                .map_err(|e| format!("cannot spool the delta: {e}"))
+        })
+    }
+
+    /// A part of the delta is complete: apply it now.
+    fn delta_cut(&mut self, id: u64) -> Result<(), Frame> {
+        self.with_delta(id, |d, inc| {
+            d.cut(&inc.dest, &inc.part, inc.size)
+                .map_err(|e| format!("{}: {e}; send it again", inc.path))
+        })
+    }
+
+    fn with_delta(
+        &mut self,
+        id: u64,
+        op: impl FnOnce(&mut crate::delta::DeltaIn, &Incoming) -> Result<(), String>,
+    ) -> Result<(), Frame> {
         let Some(inc) = self.incoming.get_mut(&id) else {
             return Err(Frame::Error {
                 code: ErrorCode::Protocol,
                 message: format!("delta for file {id}, which was never offered"),
             });
         };
-        let Some((spool, file)) = inc.delta.as_mut() else {
+        let Some(mut d) = inc.delta.take() else {
             return Err(Frame::Nack {
                 id,
                 code: ErrorCode::Protocol,
                 reason: format!("{}: a delta was not offered", inc.path),
             });
         };
-        if file.is_none() {
-            *file = Some(File::create(&*spool).map_err(|e| Frame::Nack {
-                id,
-                code: ErrorCode::Io,
-                reason: format!("cannot spool the delta: {e}"),
-            })?);
-        }
-        file.as_mut()
-            .expect("opened above")
-            .write_all(bytes)
-            .map_err(|e| Frame::Nack {
-                id,
-                code: ErrorCode::Io,
-                reason: format!("cannot spool the delta: {e}"),
-            })
+        let r = op(&mut d, inc);
+        inc.delta = Some(d);
+        r.map_err(|reason| Frame::Nack {
+            id,
+            code: ErrorCode::Io,
+            reason,
+        })
     }
 
     fn done(&mut self, id: u64) -> Option<Frame> {
         if self
             .incoming
             .get(&id)
-            .is_some_and(|i| i.delta.as_ref().is_some_and(|(_, f)| f.is_some()))
+            .is_some_and(|i| i.delta.as_ref().is_some_and(|d| d.started()))
         {
             return self.done_delta(id);
         }
@@ -480,10 +462,10 @@ impl Receiver {
 
     fn done_delta(&mut self, id: u64) -> Option<Frame> {
         let inc = self.incoming.remove(&id)?;
-        let (spool, file) = inc.delta.expect("checked by the caller");
-        drop(file);
-        let applied = crate::delta::apply(&inc.dest, &spool, &inc.part, inc.size);
-        let _ = std::fs::remove_file(&spool);
+        let d = inc.delta.expect("checked by the caller");
+        let t = std::time::Instant::now();
+        let applied = d.finish(&inc.dest, &inc.part, inc.size);
+        tracing::debug!(secs = t.elapsed().as_secs_f64(), path = %inc.path, "delta applied");
         match applied {
             Ok((file, got, n)) if n == inc.size && got == inc.hash => {
                 self.pending.push(Finished {
@@ -523,66 +505,32 @@ impl Receiver {
         }
     }
 
-    /// Makes every finished file durable and returns the acknowledgements to send.
-    fn commit(&mut self) -> Vec<Frame> {
-        let mut out = Vec::new();
-        let mut dirs = HashSet::new();
-        let mut renamed = Vec::new();
-        for f in self.pending.drain(..) {
-            let r = (if self.fsync {
-                f.file.sync_all()
-            } else {
-                Ok(())
-            })
-            .and_then(|_| std::fs::rename(&f.part, &f.dest));
-            match r {
-                Ok(()) => {
-                    if let Some(d) = f.dest.parent() {
-                        dirs.insert(d.to_path_buf());
-                    }
-                    renamed.push(f);
-                }
-                Err(e) => out.push(Frame::Nack {
-                    id: f.id,
-                    code: ErrorCode::Io,
-                    reason: format!("cannot store {}: {e}", f.path),
-                }),
-            }
-        }
-        let mut failed_dirs = HashMap::new();
-        if self.fsync {
-            for d in dirs {
-                if let Err(e) = File::open(&d).and_then(|f| f.sync_all()) {
-                    failed_dirs.insert(d, e.to_string());
-                }
-            }
-        }
-        for f in renamed {
-            match f.dest.parent().and_then(|d| failed_dirs.get(d)) {
-                Some(e) => out.push(Frame::Nack {
-                    id: f.id,
-                    code: ErrorCode::Io,
-                    reason: format!("cannot sync folder of {}: {e}", f.path),
-                }),
-                None => {
-                    tracing::debug!(path = %f.path, "stored");
-                    remember_hash(&f.dest, &f.hash);
-                    self.verified.insert(f.path, f.hash);
-                    out.push(Frame::Ack { id: f.id });
-                }
-            }
-        }
-        out
-    }
-
     fn abort(&mut self, id: u64, reason: &str) {
         if let Some(inc) = self.incoming.remove(&id) {
             tracing::info!(path = %inc.path, %reason, "transfer abandoned by the agent");
             let _ = std::fs::remove_file(&inc.part);
-            if let Some((spool, _)) = inc.delta {
-                let _ = std::fs::remove_file(spool);
+            if let Some(d) = inc.delta {
+                d.discard();
             }
         }
+    }
+
+    /// The file a frame is about, if that file was refused mid-stream.
+    fn already_refused(&self, f: &Frame) -> Option<u64> {
+        let id = match f {
+            Frame::Data { id, .. }
+            | Frame::DataZ { id, .. }
+            | Frame::Delta { id, .. }
+            | Frame::DeltaCut { id }
+            | Frame::Done { id }
+            | Frame::Abort { id, .. } => *id,
+            _ => return None,
+        };
+        self.refused.contains(&id).then_some(id)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Hash>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn submit(
@@ -603,7 +551,7 @@ impl Receiver {
                 Ok(r) => r,
                 Err(e) => return refused(e),
             };
-            if self.verified.get(&rel) != Some(&f.hash) {
+            if self.known().get(&rel) != Some(&f.hash) {
                 return refused(format!("{rel} was not received and verified in this session; offer it before submitting"));
             }
             out.push(SubmitFile {
@@ -635,22 +583,36 @@ impl Receiver {
     }
 }
 
+/// Writes one frame on the writer shared with the committer.
+fn send<W: Write>(wr: &SharedWriter<W>, f: &Frame, flush: bool) -> Result<(), ProtocolError> {
+    let mut w = wr.lock().unwrap_or_else(|p| p.into_inner());
+    write_frame_sync(&mut *w, f)?;
+    if flush {
+        w.flush().map_err(ProtocolError::Io)?;
+    }
+    Ok(())
+}
+
 /// Answers a frame the receiver could not take: a Nack drops that file and the session goes
 /// on; an Error (data for a file never offered) ends the session.
 fn refuse<W: Write>(
     rx: &mut Receiver,
-    wr: &mut W,
+    wr: &SharedWriter<W>,
     id: u64,
     r: Result<(), Frame>,
 ) -> Result<(), ServeError> {
     let Err(f) = r else { return Ok(()) };
     if let Frame::Nack { .. } = f {
-        rx.incoming.remove(&id);
+        if let Some(inc) = rx.incoming.remove(&id) {
+            if let Some(d) = inc.delta {
+                d.discard();
+            }
+        }
+        rx.refused.insert(id);
     }
     let fatal = matches!(f, Frame::Error { .. });
-    write_frame_sync(wr, &f)?;
+    send(wr, &f, fatal)?;
     if fatal {
-        wr.flush().map_err(ProtocolError::Io)?;
         return Err(
             ProtocolError::Malformed("data for a file that was never offered".into()).into(),
         );
@@ -659,25 +621,29 @@ fn refuse<W: Write>(
 }
 
 /// Runs one session over `input`/`output` until the agent says goodbye or goes away.
-pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(), ServeError> {
+pub fn serve<R: Read, W: Write + Send>(
+    cfg: &Config,
+    input: R,
+    output: W,
+) -> Result<(), ServeError> {
     let mut rd = BufReader::with_capacity(4 << 20, input);
-    let mut wr = BufWriter::with_capacity(1 << 16, output);
-    wr.write_all(MAGIC).map_err(ProtocolError::Io)?;
-    wr.flush().map_err(ProtocolError::Io)?;
+    let wr: SharedWriter<_> = Arc::new(Mutex::new(BufWriter::with_capacity(1 << 16, output)));
+    {
+        let mut w = wr.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(MAGIC).map_err(ProtocolError::Io)?;
+        w.flush().map_err(ProtocolError::Io)?;
+    }
     match read_frame_sync(&mut rd)? {
         Some(Frame::Hello { version, client }) if version == VERSION => {
             tracing::info!(%client, "agent connected");
         }
         Some(Frame::Hello { version, .. }) => {
             let e = ServeError::Version { theirs: version };
-            write_frame_sync(
-                &mut wr,
-                &Frame::Error {
-                    code: ErrorCode::Protocol,
-                    message: e.to_string(),
-                },
-            )?;
-            wr.flush().map_err(ProtocolError::Io)?;
+            let f = Frame::Error {
+                code: ErrorCode::Protocol,
+                message: e.to_string(),
+            };
+            send(&wr, &f, true)?;
             return Err(e);
         }
         Some(other) => {
@@ -688,14 +654,11 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
     let mut rx = match Receiver::new(cfg) {
         Ok(r) => r,
         Err(e) => {
-            write_frame_sync(
-                &mut wr,
-                &Frame::Error {
-                    code: ErrorCode::Io,
-                    message: e.to_string(),
-                },
-            )?;
-            wr.flush().map_err(ProtocolError::Io)?;
+            let f = Frame::Error {
+                code: ErrorCode::Io,
+                message: e.to_string(),
+            };
+            send(&wr, &f, true)?;
             return Err(e);
         }
     };
@@ -704,29 +667,50 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
         env!("CARGO_PKG_VERSION"),
         rx.data_root.display()
     );
-    write_frame_sync(
-        &mut wr,
-        &Frame::Welcome {
-            version: VERSION,
-            server,
-        },
-    )?;
-    wr.flush().map_err(ProtocolError::Io)?;
+    let welcome = Frame::Welcome {
+        version: VERSION,
+        server,
+    };
+    send(&wr, &welcome, true)?;
+    std::thread::scope(|scope| {
+        let committer = Committer::start(scope, rx.fsync, wr.clone(), rx.verified.clone());
+        session(cfg, &mut rd, &wr, &mut rx, &committer)
+        // dropping the committer ends its thread; the scope waits for it
+    })
+}
+
+/// The frames after the handshake.
+fn session<R: Read, W: Write>(
+    cfg: &Config,
+    rd: &mut BufReader<R>,
+    wr: &SharedWriter<W>,
+    rx: &mut Receiver,
+    committer: &Committer,
+) -> Result<(), ServeError> {
     loop {
-        // the agent paused: a natural batch boundary for durability and for flushing answers
-        if rd.buffer().is_empty() || rx.pending.len() >= MAX_PENDING {
-            for f in rx.commit() {
-                write_frame_sync(&mut wr, &f)?;
-            }
-            wr.flush().map_err(ProtocolError::Io)?;
+        for f in rx.pending.drain(..) {
+            committer.push(f);
         }
-        let frame = match read_frame_sync(&mut rd)? {
+        // nothing more buffered: the answers so far go out before we wait for more input
+        if rd.buffer().is_empty() {
+            wr.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .flush()
+                .map_err(ProtocolError::Io)?;
+        }
+        let frame = match read_frame_sync(rd)? {
             Some(f) => f,
             None => {
                 tracing::info!("agent closed the link");
                 return Ok(());
             }
         };
+        if let Some(id) = rx.already_refused(&frame) {
+            if matches!(frame, Frame::Done { .. } | Frame::Abort { .. }) {
+                rx.refused.remove(&id);
+            }
+            continue;
+        }
         match frame {
             Frame::Offer {
                 id,
@@ -734,12 +718,13 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
                 size,
                 hash,
             } => {
+                rx.refused.remove(&id);
                 let reply = rx.offer(id, path, size, hash);
-                write_frame_sync(&mut wr, &reply)?;
+                send(wr, &reply, false)?;
             }
             Frame::Data { id, offset, bytes } => {
                 let r = rx.data(id, offset, &bytes);
-                refuse(&mut rx, &mut wr, id, r)?;
+                refuse(rx, wr, id, r)?;
             }
             Frame::DataZ {
                 id,
@@ -748,15 +733,19 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
                 bytes,
             } => {
                 let r = rx.data_z(id, offset, raw_len, &bytes);
-                refuse(&mut rx, &mut wr, id, r)?;
+                refuse(rx, wr, id, r)?;
             }
             Frame::Delta { id, bytes } => {
                 let r = rx.delta_bytes(id, &bytes);
-                refuse(&mut rx, &mut wr, id, r)?;
+                refuse(rx, wr, id, r)?;
+            }
+            Frame::DeltaCut { id } => {
+                let r = rx.delta_cut(id);
+                refuse(rx, wr, id, r)?;
             }
             Frame::Done { id } => {
                 if let Some(f) = rx.done(id) {
-                    write_frame_sync(&mut wr, &f)?;
+                    send(wr, &f, false)?;
                 }
             }
             Frame::Abort { id, reason } => rx.abort(id, &reason),
@@ -766,29 +755,31 @@ pub fn serve<R: Read, W: Write>(cfg: &Config, input: R, output: W) -> Result<(),
                 workflow,
                 files,
             } => {
-                for f in rx.commit() {
-                    write_frame_sync(&mut wr, &f)?;
+                for f in rx.pending.drain(..) {
+                    committer.push(f);
                 }
+                committer.settle();
                 let reply = rx.submit(cfg, stack, version, workflow, files);
-                write_frame_sync(&mut wr, &reply)?;
+                send(wr, &reply, false)?;
             }
             Frame::Bye => {
-                for f in rx.commit() {
-                    write_frame_sync(&mut wr, &f)?;
+                for f in rx.pending.drain(..) {
+                    committer.push(f);
                 }
-                wr.flush().map_err(ProtocolError::Io)?;
+                committer.settle();
+                wr.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .flush()
+                    .map_err(ProtocolError::Io)?;
                 return Ok(());
             }
             other => {
                 let message = format!("unexpected frame from the agent: {other:?}");
-                write_frame_sync(
-                    &mut wr,
-                    &Frame::Error {
-                        code: ErrorCode::Protocol,
-                        message: message.clone(),
-                    },
-                )?;
-                wr.flush().map_err(ProtocolError::Io)?;
+                let f = Frame::Error {
+                    code: ErrorCode::Protocol,
+                    message: message.clone(),
+                };
+                send(wr, &f, true)?;
                 return Err(ProtocolError::Malformed(message).into());
             }
         }

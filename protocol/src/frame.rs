@@ -165,6 +165,14 @@ pub enum Frame {
         /// The next bytes of the delta.
         bytes: Vec<u8>,
     },
+    /// Agent → collector: the delta bytes since the last cut form a whole rsync delta, the
+    /// next part of the file; apply it now. A large file's delta comes in parts so that the
+    /// agent computes them on several cores and the collector applies one while the next is
+    /// computed.
+    DeltaCut {
+        /// The offer's id.
+        id: u64,
+    },
     /// Agent → collector: every byte of the file has been sent.
     Done {
         /// The offer's id.
@@ -244,6 +252,7 @@ impl Frame {
             Frame::Bye => 13,
             Frame::Delta { .. } => 14,
             Frame::DataZ { .. } => 15,
+            Frame::DeltaCut { .. } => 16,
         }
     }
 
@@ -292,7 +301,7 @@ impl Frame {
                 w.u64(*offset);
                 w.bytes(bytes);
             }
-            Frame::Done { id } | Frame::Ack { id } => w.u64(*id),
+            Frame::Done { id } | Frame::Ack { id } | Frame::DeltaCut { id } => w.u64(*id),
             Frame::Delta { id, bytes } => {
                 w.u64(*id);
                 w.bytes(bytes);
@@ -478,6 +487,7 @@ impl Frame {
                 id: r.u64()?,
                 bytes: r.bytes()?,
             },
+            16 => Frame::DeltaCut { id: r.u64()? },
             15 => Frame::DataZ {
                 id: r.u64()?,
                 offset: r.u64()?,

@@ -25,7 +25,7 @@ pub const MAGIC: &[u8; 8] = b"\0BMFLOW\n";
 
 /// The protocol version this build speaks. Peers with another version are refused with a
 /// message naming both.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Why a byte stream could not be understood.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,7 @@ mod tests {
                 id: 7,
                 bytes: vec![9; 10],
             },
+            Frame::DeltaCut { id: 7 },
             Frame::DataZ {
                 id: 7,
                 offset: 3,

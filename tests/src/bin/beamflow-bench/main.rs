@@ -4,6 +4,8 @@
 //! jobs per second and the median delay from READY to RUNNING.
 //! `beamflow-bench ssh`: over a real sshd on 127.0.0.1, beamflow beside `rsync -e ssh`, `scp` and
 //! the ceiling `cat FILES | ssh host 'cat > /dev/null'` (see ssh.rs).
+//! `beamflow-bench sshd`: starts the same loopback sshd and a site whose agent pushes over it,
+//! prints the paths and waits for Ctrl-C, for profiling one push by hand.
 //!
 //! Every tool reads from a warm page cache and writes to the same filesystem. beamflow also
 //! hashes every file (BLAKE3), checks every TIFF's structure, fsyncs before acknowledging and
@@ -62,6 +64,9 @@ fn opts() -> Opts {
             }
             ssh::run(runs, big, small, channels);
             std::process::exit(0)
+        }
+        Some("sshd") => {
+            ssh::hold();
         }
         Some("jobs") => {
             let (mut count, mut slots) = (1000, 2);

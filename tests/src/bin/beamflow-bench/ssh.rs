@@ -64,6 +64,42 @@ fn rsync_sent(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts sshd (with the benchmark's cipher) and a site pushing over it, prints how to use
+/// them and waits to be killed.
+pub fn hold() -> ! {
+    let sshd = Sshd::start();
+    let mut cfg = std::fs::read_to_string(&sshd.ssh_config).unwrap();
+    cfg.push_str("  Ciphers aes128-gcm@openssh.com\n  Compression no\n");
+    std::fs::write(&sshd.ssh_config, cfg).unwrap();
+    let site = Site::new("30s", "");
+    let link = sshd.link_toml(&site.config, "own", None, "5s");
+    site.edit_config("transport = \"local\"", &link);
+    let _service = site.start_service();
+    let data = site.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let d = make_data(&data, 10, 5000);
+    println!(
+        "data:         {} {} {}",
+        d.big.display(),
+        d.small.display(),
+        d.delta.display()
+    );
+    println!("ssh config:   {}", sshd.ssh_config.display());
+    println!("site config:  {}", site.config.display());
+    println!(
+        "push:         {} push --config {} DIR",
+        bin("beamflow-agent").display(),
+        site.config.display()
+    );
+    println!(
+        "ceiling:      cat FILES | ssh -F {} {ALIAS} 'cat > /dev/null'",
+        sshd.ssh_config.display()
+    );
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 /// A site that pushes to the collector over this sshd; `prime` is pushed first, untimed.
 fn beamflow(
     sshd: &Sshd,
@@ -130,35 +166,18 @@ fn table(title: &str, bytes: u64, rows: &[Row]) {
     }
 }
 
-/// Runs the three comparisons.
-pub fn run(runs: usize, big_files: u64, small_files: u32, channels: u32) {
-    for tool in ["rsync", "scp", "ssh"] {
-        assert!(
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}"))
-                .output()
-                .unwrap()
-                .status
-                .success(),
-            "{tool} is not installed"
-        );
-    }
-    let sshd = Sshd::start();
-    // one cipher for everyone
-    let mut cfg = std::fs::read_to_string(&sshd.ssh_config).unwrap();
-    cfg.push_str("  Ciphers aes128-gcm@openssh.com\n  Compression no\n");
-    std::fs::write(&sshd.ssh_config, cfg).unwrap();
-    let ssh = format!("ssh -F {}", q(&sshd.ssh_config));
-    let work = tempfile::Builder::new()
-        .prefix("beamflow-bench-ssh-")
-        .tempdir()
-        .unwrap();
-    let far = work.path().join("far");
-    std::fs::create_dir_all(&far).unwrap();
+/// The three data sets, written under `work`.
+struct Data {
+    big: PathBuf,
+    small: PathBuf,
+    one: PathBuf,
+    delta_old: PathBuf,
+    delta: PathBuf,
+}
 
+fn make_data(work: &Path, big_files: u64, small_files: u32) -> Data {
     // (1) new stack of 100 MiB sections
-    let big = work.path().join("big");
+    let big = work.join("big");
     std::fs::create_dir_all(&big).unwrap();
     eprintln!("writing {big_files} sections of 100 MiB ...");
     for i in 0..big_files {
@@ -169,10 +188,10 @@ pub fn run(runs: usize, big_files: u64, small_files: u32, channels: u32) {
         .unwrap();
     }
     // (2) many small files
-    let small = work.path().join("small");
+    let small = work.join("small");
     std::fs::create_dir_all(&small).unwrap();
     eprintln!("writing {small_files} files of 64 KiB ...");
-    let one = work.path().join("one.tif");
+    let one = work.join("one.tif");
     write_tiff(
         &one,
         &Section {
@@ -191,8 +210,8 @@ pub fn run(runs: usize, big_files: u64, small_files: u32, channels: u32) {
         std::fs::write(small.join(format!("S_{i:05}.tif")), b).unwrap();
     }
     // (3) one 512 MiB file, and its version with 1% of the blocks changed
-    let delta_old = work.path().join("delta-old");
-    let delta = work.path().join("delta");
+    let delta_old = work.join("delta-old");
+    let delta = work.join("delta");
     std::fs::create_dir_all(&delta_old).unwrap();
     std::fs::create_dir_all(&delta).unwrap();
     eprintln!("writing a 512 MiB section and its 1%-changed version ...");
@@ -233,6 +252,49 @@ pub fn run(runs: usize, big_files: u64, small_files: u32, channels: u32) {
         q(&delta_old)
     ));
 
+    Data {
+        big,
+        small,
+        one,
+        delta_old,
+        delta,
+    }
+}
+
+/// Runs the three comparisons.
+pub fn run(runs: usize, big_files: u64, small_files: u32, channels: u32) {
+    for tool in ["rsync", "scp", "ssh"] {
+        assert!(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "{tool} is not installed"
+        );
+    }
+    let sshd = Sshd::start();
+    // one cipher for everyone
+    let mut cfg = std::fs::read_to_string(&sshd.ssh_config).unwrap();
+    cfg.push_str("  Ciphers aes128-gcm@openssh.com\n  Compression no\n");
+    std::fs::write(&sshd.ssh_config, cfg).unwrap();
+    let ssh = format!("ssh -F {}", q(&sshd.ssh_config));
+    let work = tempfile::Builder::new()
+        .prefix("beamflow-bench-ssh-")
+        .tempdir()
+        .unwrap();
+    let far = work.path().join("far");
+    std::fs::create_dir_all(&far).unwrap();
+
+    let Data {
+        big,
+        small,
+        one,
+        delta_old,
+        delta,
+    } = make_data(work.path(), big_files, small_files);
     let sets: Vec<(&str, PathBuf)> = vec![
         ("(1) new stack of 100 MiB sections", big.clone()),
         ("(2) 5,000 files of 64 KiB", small.clone()),

@@ -1,0 +1,198 @@
+//! Durability off the receiving thread.
+//!
+//! A file that arrived whole and verified still has to be fsynced, renamed into place and its
+//! folder fsynced before the agent may forget it. Doing that on the thread that reads the link
+//! stops the link for as long as the disk takes, and the agent's stream stalls behind it. The
+//! committer does it on a thread of its own: finished files queue up while it works, and each
+//! round takes all of them at once (group commit), so a burst of small files shares a round
+//! and a large file's flush overlaps the next file's bytes. Acknowledgements are written by
+//! the committer itself, after the round is on disk.
+
+use beamflow_protocol::{write_frame_sync, ErrorCode, Frame, Hash};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+/// Extended attribute that remembers a stored file's BLAKE3 with the size and mtime it had,
+/// so that "do you have this?" costs a stat, not a read, while the file is untouched.
+pub(crate) const HASH_XATTR: &str = "user.beamflow.blake3";
+
+/// A received file, verified, waiting to be made durable and put in place.
+pub(crate) struct Finished {
+    pub id: u64,
+    pub path: String,
+    pub hash: Hash,
+    pub file: File,
+    pub part: PathBuf,
+    pub dest: PathBuf,
+}
+
+/// What the receiving thread asks of the committer.
+enum Work {
+    File(Finished),
+    /// Answer on the sender once everything handed over before it is committed.
+    Barrier(mpsc::Sender<()>),
+}
+
+/// The writer both threads answer on; frames never interleave inside one another.
+pub(crate) type SharedWriter<W> = Arc<Mutex<W>>;
+
+/// Files known good in this session: path → hash. Submissions may only name these.
+pub(crate) type Verified = Arc<Mutex<HashMap<String, Hash>>>;
+
+/// The handle the receiving thread keeps.
+pub(crate) struct Committer {
+    tx: mpsc::Sender<Work>,
+}
+
+impl Committer {
+    /// Starts the committer on `scope`; it ends when the handle is dropped.
+    pub fn start<'scope, W: Write + Send + 'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        fsync: bool,
+        wr: SharedWriter<W>,
+        verified: Verified,
+    ) -> Committer {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("commit".into())
+            .spawn_scoped(scope, move || run(&rx, fsync, &wr, &verified))
+            .expect("the committer thread starts");
+        Committer { tx }
+    }
+
+    /// Queues a finished file.
+    pub fn push(&self, f: Finished) {
+        // the committer only ends when this handle is dropped
+        let _ = self.tx.send(Work::File(f));
+    }
+
+    /// Waits until every file pushed so far is committed and answered.
+    pub fn settle(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Work::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+fn run<W: Write>(
+    rx: &mpsc::Receiver<Work>,
+    fsync: bool,
+    wr: &SharedWriter<W>,
+    verified: &Verified,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut barriers = Vec::new();
+        let mut take = |w| match w {
+            Work::File(f) => batch.push(f),
+            Work::Barrier(b) => barriers.push(b),
+        };
+        take(first);
+        while let Ok(w) = rx.try_recv() {
+            take(w);
+        }
+        if !batch.is_empty() {
+            let frames = commit(batch, fsync, verified);
+            let mut w = wr.lock().unwrap_or_else(|p| p.into_inner());
+            let sent = frames
+                .iter()
+                .try_for_each(|f| write_frame_sync(&mut *w, f).map_err(|_| ()))
+                .and_then(|_| w.flush().map_err(|_| ()));
+            if sent.is_err() {
+                // the agent is gone; the receiving thread sees the end of its input
+                tracing::debug!("could not send acknowledgements: the link is closed");
+            }
+        }
+        for b in barriers {
+            let _ = b.send(());
+        }
+    }
+}
+
+/// Makes a round of finished files durable and returns the answers to send.
+fn commit(batch: Vec<Finished>, fsync: bool, verified: &Verified) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut dirs = HashSet::new();
+    let mut renamed = Vec::new();
+    if fsync {
+        // start every file's writeback first, so the disk works on all of them at once and
+        // each fsync below mostly waits for what is already under way
+        for f in &batch {
+            crate::receive::start_writeback(&f.file, 0, 0);
+        }
+    }
+    for f in batch {
+        // the hash rides on the inode, made durable by the same fsync
+        remember_hash(&f.file, &f.hash);
+        let r = (if fsync { f.file.sync_all() } else { Ok(()) })
+            .and_then(|_| std::fs::rename(&f.part, &f.dest));
+        match r {
+            Ok(()) => {
+                if let Some(d) = f.dest.parent() {
+                    dirs.insert(d.to_path_buf());
+                }
+                renamed.push(f);
+            }
+            Err(e) => out.push(Frame::Nack {
+                id: f.id,
+                code: ErrorCode::Io,
+                reason: format!("cannot store {}: {e}", f.path),
+            }),
+        }
+    }
+    let mut failed_dirs = HashMap::new();
+    if fsync {
+        for d in dirs {
+            if let Err(e) = File::open(&d).and_then(|f| f.sync_all()) {
+                failed_dirs.insert(d, e.to_string());
+            }
+        }
+    }
+    let mut known = verified.lock().unwrap_or_else(|p| p.into_inner());
+    for f in renamed {
+        match f.dest.parent().and_then(|d| failed_dirs.get(d)) {
+            Some(e) => out.push(Frame::Nack {
+                id: f.id,
+                code: ErrorCode::Io,
+                reason: format!("cannot sync folder of {}: {e}", f.path),
+            }),
+            None => {
+                tracing::debug!(path = %f.path, "stored");
+                known.insert(f.path, f.hash);
+                out.push(Frame::Ack { id: f.id });
+            }
+        }
+    }
+    out
+}
+
+/// The xattr value: the hash is trusted only while size and mtime are what they were.
+pub(crate) fn hash_note(len: u64, mtime_ns: i128, hash: &Hash) -> String {
+    format!("v1 {len} {mtime_ns} {}", hex::encode(hash))
+}
+
+fn remember_hash(file: &File, hash: &Hash) {
+    use std::os::fd::AsRawFd;
+    let Ok(m) = file.metadata() else {
+        return;
+    };
+    let value = hash_note(m.len(), crate::receive::mtime_ns(&m), hash);
+    let Ok(n) = std::ffi::CString::new(HASH_XATTR) else {
+        return;
+    };
+    // best effort: a filesystem without user xattrs just means hashing again next time
+    unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        );
+    }
+}
