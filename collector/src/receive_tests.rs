@@ -238,3 +238,58 @@ fn submitting_unverified_files_is_refused() {
         "{got:?}"
     );
 }
+
+#[test]
+fn a_file_refused_mid_stream_does_not_end_the_session() {
+    let d = tempfile::tempdir().unwrap();
+    let c = cfg(d.path());
+    let good = b"good bytes".to_vec();
+    let got = session(
+        &c,
+        &[
+            Frame::Offer {
+                id: 1,
+                path: "s/a.tif".into(),
+                size: 4,
+                hash: [7; 32],
+            },
+            Frame::Offer {
+                id: 2,
+                path: "s/b.tif".into(),
+                size: good.len() as u64,
+                hash: *blake3::hash(&good).as_bytes(),
+            },
+            // bytes past the offered size: refused, and the rest of the file is on its way
+            Frame::Data {
+                id: 1,
+                offset: 0,
+                bytes: b"too long".to_vec(),
+            },
+            Frame::Data {
+                id: 1,
+                offset: 8,
+                bytes: b"more".to_vec(),
+            },
+            Frame::Done { id: 1 },
+            Frame::Data {
+                id: 2,
+                offset: 0,
+                bytes: good.clone(),
+            },
+            Frame::Done { id: 2 },
+            Frame::Bye,
+        ],
+    );
+    let nacks = got
+        .iter()
+        .filter(|f| matches!(f, Frame::Nack { id: 1, .. }))
+        .count();
+    assert_eq!(nacks, 1, "{got:?}");
+    assert!(got.contains(&Frame::Ack { id: 2 }), "{got:?}");
+    assert!(
+        !got.iter().any(|f| matches!(f, Frame::Error { .. })),
+        "{got:?}"
+    );
+    assert_eq!(std::fs::read(d.path().join("root/s/b.tif")).unwrap(), good);
+    assert!(!d.path().join("root/s/a.tif").exists());
+}
