@@ -498,6 +498,11 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
                         l.start(job);
                     }
                 }
+                Err(_) if !l.state_dir.exists() => {
+                    // the collector was removed, not restarted: nobody will ever answer
+                    l.end_all("the collector's state folder was removed");
+                    break format!("state folder {} removed", l.state_dir.display());
+                }
                 Err(e) => {
                     tracing::warn!("service not answering: {e}; jobs keep running");
                     // a restarted service has a new address and token: read server-info again

@@ -502,6 +502,44 @@ impl Site {
     }
 }
 
+impl Drop for Site {
+    fn drop(&mut self) {
+        // launchers outlive a killed service by design, and their jobs with them; a test's
+        // must not outlive the test (nor keep a CPU busy for the tests after it)
+        let me = std::process::id() as i32;
+        for pid in processes_of(&self.dir) {
+            if pid != me {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Processes whose command line names `dir` or whose working folder lies under it.
+pub fn processes_of(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let in_dir = std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c.starts_with(dir));
+        if in_dir || cmdline.contains(&needle) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Every descendant of `pid` (children, their children …).
 pub fn descendants(pid: i32) -> Vec<i32> {
     let mut parent_of = Vec::new();

@@ -62,6 +62,8 @@ impl Scheduler for Local {
             command: "local".into(),
             message: "lock poisoned".into(),
         })?;
+        // reap every child that ended, asked about or not: nobody else waits for them
+        m.retain(|_, c| matches!(c.try_wait(), Ok(None)));
         for id in ids {
             let running = match m.get_mut(id) {
                 Some(c) => match c.try_wait() {
