@@ -8,6 +8,7 @@
 //! and a large file's flush overlaps the next file's bytes. Acknowledgements are written by
 //! the committer itself, after the round is on disk.
 
+use beamflow_config::SyncMode;
 use beamflow_protocol::{write_frame_sync, ErrorCode, Frame, Hash};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -53,13 +54,14 @@ impl Committer {
     pub fn start<'scope, W: Write + Send + 'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         fsync: bool,
+        sync: SyncMode,
         wr: SharedWriter<W>,
         verified: Verified,
     ) -> Committer {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("commit".into())
-            .spawn_scoped(scope, move || run(&rx, fsync, &wr, &verified))
+            .spawn_scoped(scope, move || run(&rx, fsync, sync, &wr, &verified))
             .expect("the committer thread starts");
         Committer { tx }
     }
@@ -82,6 +84,7 @@ impl Committer {
 fn run<W: Write>(
     rx: &mpsc::Receiver<Work>,
     fsync: bool,
+    sync: SyncMode,
     wr: &SharedWriter<W>,
     verified: &Verified,
 ) {
@@ -97,7 +100,7 @@ fn run<W: Write>(
             take(w);
         }
         if !batch.is_empty() {
-            let frames = commit(batch, fsync, verified);
+            let frames = commit(batch, fsync, sync, verified);
             let mut w = wr.lock().unwrap_or_else(|p| p.into_inner());
             let sent = frames
                 .iter()
@@ -115,7 +118,7 @@ fn run<W: Write>(
 }
 
 /// Makes a round of finished files durable and returns the answers to send.
-fn commit(batch: Vec<Finished>, fsync: bool, verified: &Verified) -> Vec<Frame> {
+fn commit(batch: Vec<Finished>, fsync: bool, sync: SyncMode, verified: &Verified) -> Vec<Frame> {
     let mut out = Vec::new();
     let mut dirs = HashSet::new();
     let mut renamed = Vec::new();
@@ -126,11 +129,29 @@ fn commit(batch: Vec<Finished>, fsync: bool, verified: &Verified) -> Vec<Frame> 
             crate::receive::start_writeback(&f.file, 0, 0);
         }
     }
+    // many small files: two filesystem syncs (bytes before renames, then the renames) cost
+    // less than an fsync of every file and folder
+    let whole = fsync && sync == SyncMode::Batch && batch.len() >= BATCH_SYNC_FILES;
+    let mut synced = Ok(());
+    if whole {
+        for f in &batch {
+            remember_hash(&f.file, &f.hash);
+        }
+        synced = sync_filesystem(&batch[0].file);
+    }
     for f in batch {
-        // the hash rides on the inode, made durable by the same fsync
-        remember_hash(&f.file, &f.hash);
-        let r = (if fsync { f.file.sync_all() } else { Ok(()) })
-            .and_then(|_| std::fs::rename(&f.part, &f.dest));
+        if !whole {
+            // the hash rides on the inode, made durable by the same fsync
+            remember_hash(&f.file, &f.hash);
+        }
+        let r = (if whole {
+            synced.as_ref().map(|_| ()).map_err(clone_err)
+        } else if fsync {
+            f.file.sync_all()
+        } else {
+            Ok(())
+        })
+        .and_then(|_| std::fs::rename(&f.part, &f.dest));
         match r {
             Ok(()) => {
                 if let Some(d) = f.dest.parent() {
@@ -146,7 +167,13 @@ fn commit(batch: Vec<Finished>, fsync: bool, verified: &Verified) -> Vec<Frame> 
         }
     }
     let mut failed_dirs = HashMap::new();
-    if fsync {
+    if whole {
+        if let Some(Err(e)) = renamed.first().map(|f| sync_filesystem(&f.file)) {
+            for d in &dirs {
+                failed_dirs.insert(d.clone(), e.to_string());
+            }
+        }
+    } else if fsync {
         for d in dirs {
             if let Err(e) = File::open(&d).and_then(|f| f.sync_all()) {
                 failed_dirs.insert(d, e.to_string());
@@ -169,6 +196,24 @@ fn commit(batch: Vec<Finished>, fsync: bool, verified: &Verified) -> Vec<Frame> 
         }
     }
     out
+}
+
+/// Rounds of at least this many files are synced filesystem-wide (`sync = "batch"`).
+const BATCH_SYNC_FILES: usize = 8;
+
+/// Flushes everything pending on the filesystem that holds `f`, and reports whether it all
+/// reached the disk (Linux reports write-back errors to syncfs since 5.8).
+fn sync_filesystem(f: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn clone_err(e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), e.to_string())
 }
 
 /// The xattr value: the hash is trusted only while size and mtime are what they were.

@@ -673,7 +673,13 @@ pub fn serve<R: Read, W: Write + Send>(
     };
     send(&wr, &welcome, true)?;
     std::thread::scope(|scope| {
-        let committer = Committer::start(scope, rx.fsync, wr.clone(), rx.verified.clone());
+        let committer = Committer::start(
+            scope,
+            rx.fsync,
+            cfg.collector.sync,
+            wr.clone(),
+            rx.verified.clone(),
+        );
         session(cfg, &mut rd, &wr, &mut rx, &committer)
         // dropping the committer ends its thread; the scope waits for it
     })

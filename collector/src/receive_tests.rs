@@ -293,3 +293,56 @@ fn a_file_refused_mid_stream_does_not_end_the_session() {
     assert_eq!(std::fs::read(d.path().join("root/s/b.tif")).unwrap(), good);
     assert!(!d.path().join("root/s/a.tif").exists());
 }
+
+#[test]
+fn a_round_of_many_files_is_stored_and_known_in_both_sync_modes() {
+    for mode in [
+        beamflow_config::SyncMode::Batch,
+        beamflow_config::SyncMode::File,
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path());
+        c.collector.sync = mode;
+        let files: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let offer = |i: usize, f: &Vec<u8>| Frame::Offer {
+            id: i as u64,
+            path: format!("s/{i}.tif"),
+            size: f.len() as u64,
+            hash: *blake3::hash(f).as_bytes(),
+        };
+        let mut frames: Vec<Frame> = files.iter().enumerate().map(|(i, f)| offer(i, f)).collect();
+        for (i, f) in files.iter().enumerate() {
+            frames.push(Frame::Data {
+                id: i as u64,
+                offset: 0,
+                bytes: f.clone(),
+            });
+            frames.push(Frame::Done { id: i as u64 });
+        }
+        frames.push(Frame::Bye);
+        let got = session(&c, &frames);
+        for (i, f) in files.iter().enumerate() {
+            assert!(
+                got.contains(&Frame::Ack { id: i as u64 }),
+                "{mode:?} {i}: {got:?}"
+            );
+            assert_eq!(
+                &std::fs::read(d.path().join(format!("root/s/{i}.tif"))).unwrap(),
+                f
+            );
+        }
+        // the next session finds them by their remembered hashes
+        let again: Vec<Frame> = files.iter().enumerate().map(|(i, f)| offer(i, f)).collect();
+        let got = session(&c, &again);
+        assert!(
+            got.iter().all(|f| matches!(
+                f,
+                Frame::HaveReply {
+                    have: Have::Same,
+                    ..
+                }
+            )),
+            "{mode:?}: {got:?}"
+        );
+    }
+}

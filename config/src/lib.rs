@@ -279,6 +279,19 @@ pub enum Transport {
     Ssh,
 }
 
+/// How the collector makes a round of received files durable.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// A round of 8 or more files: one filesystem sync for their bytes, the renames, one more
+    /// for the renames. Fewer, larger writes; it also flushes whatever else is pending on that
+    /// filesystem, which a busy shared one may not want.
+    #[default]
+    Batch,
+    /// One fsync per file and per folder, always.
+    File,
+}
+
 /// `[collector]`: where received files go.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -289,6 +302,8 @@ pub struct CollectorSection {
     pub state_dir: PathBuf,
     /// fsync files and folders before acknowledging (off only for throwaway tests).
     pub fsync: bool,
+    /// With `fsync`: `batch` (a filesystem sync per round of many files) or `file`.
+    pub sync: SyncMode,
 }
 
 impl Default for CollectorSection {
@@ -297,6 +312,7 @@ impl Default for CollectorSection {
             data_root: PathBuf::from("remote"),
             state_dir: PathBuf::from("state"),
             fsync: true,
+            sync: SyncMode::Batch,
         }
     }
 }
