@@ -10,10 +10,12 @@ use crate::journal::FileRecord;
 use crate::link::{Link, LinkError};
 use beamflow_config::Config;
 use beamflow_protocol::{
-    write_data_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Have, ProtocolError,
+    data_header, write_data_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Have,
+    ProtocolError,
 };
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -462,7 +464,7 @@ fn exchange(
     ids: &[usize],
     submit: bool,
     rate: u64,
-    wr: &mut impl Write,
+    wr: &mut impl Sink,
     s: &mut Session<'_>,
     report: &mut Report,
 ) -> Result<Option<Accepted>, TransferError> {
@@ -893,8 +895,57 @@ fn unexpected(f: Frame) -> TransferError {
     }
 }
 
+/// Moves exactly `n` bytes of `file` from `offset` into `pipe`; on failure, says how many
+/// bytes were moved before it.
+fn splice_exact(
+    file: &std::fs::File,
+    offset: u64,
+    pipe: std::os::fd::RawFd,
+    n: usize,
+) -> Result<(), (usize, std::io::Error)> {
+    use std::os::fd::AsRawFd;
+    let mut off = offset as libc::loff_t;
+    let mut left = n;
+    while left > 0 {
+        let r = unsafe {
+            libc::splice(
+                file.as_raw_fd(),
+                &mut off,
+                pipe,
+                std::ptr::null_mut(),
+                left,
+                libc::SPLICE_F_MORE,
+            )
+        };
+        match r {
+            0 => return Err((n - left, std::io::ErrorKind::UnexpectedEof.into())),
+            r if r > 0 => left -= r as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err((n - left, e));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The link's writer: a buffer over a pipe, into which file bytes can also be spliced.
+pub(crate) trait Sink: Write {
+    /// The pipe under the buffer (flush first), if there is one.
+    fn pipe(&mut self) -> Option<std::os::fd::RawFd>;
+}
+
+impl Sink for std::io::BufWriter<std::process::ChildStdin> {
+    fn pipe(&mut self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.get_ref().as_raw_fd())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-fn send_file<W: Write>(
+fn send_file<W: Sink>(
     wr: &mut W,
     id: u64,
     f: &FileRecord,
@@ -943,7 +994,59 @@ fn send_file<W: Write>(
             .map_err(|e| changed(e.to_string()))?;
     }
     let mut offset = start;
+    // raw bytes go from the page cache to the link's pipe without passing through here
+    if let (None, Some(pipe)) = (pace.zstd.as_ref(), wr.pipe()) {
+        while offset < f.size {
+            let n = (f.size - offset).min(buf.len() as u64) as usize;
+            wr.write_all(&data_header(id, offset, n))
+                .and_then(|_| wr.flush())
+                .map_err(broken_io)?;
+            // the header promised n bytes: a file that shrank now leaves a frame that cannot
+            // be finished, so the link goes (the collector keeps the verified prefix)
+            match splice_exact(&file, offset, pipe, n) {
+                Ok(()) => {}
+                Err((moved, e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // this filesystem does not splice: the rest of the frame the plain way
+                    let rest = &mut buf[..n - moved];
+                    file.read_exact_at(rest, offset + moved as u64)
+                        .map_err(|e| changed(format!("read failed: {e}; the link is reset")))?;
+                    wr.write_all(rest).map_err(broken_io)?;
+                }
+                Err((_, e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(changed(
+                        "it shrank while it was sent; the link is reset".into(),
+                    ));
+                }
+                // the pipe's far side went away: the link broke, not the file
+                Err((_, e)) if e.raw_os_error() == Some(libc::EPIPE) => {
+                    return Err(broken_io(e));
+                }
+                Err((_, e)) => {
+                    return Err(changed(format!("read failed: {e}; the link is reset")));
+                }
+            }
+            offset += n as u64;
+            report.wire_bytes += n as u64;
+            Progress::add(job, n as u64, 0);
+            pace.sent(n as u64);
+        }
+    }
     loop {
+        if offset >= f.size && offset > start {
+            // sent by splice above; a read finds out whether the file grew meanwhile
+            if file
+                .read_at(&mut buf[..1], offset)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
+                abort(wr, "file grew")?;
+                return Err(changed(format!(
+                    "it grew past the {} bytes recorded",
+                    f.size
+                )));
+            }
+            break;
+        }
         let n = match file.read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

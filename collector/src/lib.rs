@@ -12,6 +12,7 @@ mod commit;
 pub mod dag;
 pub mod db;
 pub mod delta;
+mod direct;
 pub mod engine;
 pub mod launcher;
 pub mod lifecycle;

@@ -17,7 +17,6 @@ use beamflow_protocol::{
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -73,6 +72,8 @@ struct Incoming {
     size: u64,
     hash: Hash,
     file: Option<File>,
+    /// `file` takes direct (O_DIRECT) writes.
+    direct: bool,
     next: u64,
     /// Bytes already handed to the kernel's writeback.
     flushed: u64,
@@ -89,6 +90,10 @@ struct Receiver {
     canon_root: PathBuf,
     fsync: bool,
     incoming: HashMap<u64, Incoming>,
+    /// Write large files around the page cache.
+    direct_io: bool,
+    /// Aligned buffer for direct writes.
+    stage: crate::direct::Stage,
     /// Finished files for the committer.
     pending: Vec<Finished>,
     /// Files refused mid-stream: the agent does not wait for answers, so their remaining
@@ -146,6 +151,8 @@ impl Receiver {
             canon_root,
             fsync: cfg.collector.fsync,
             incoming: HashMap::new(),
+            direct_io: cfg.collector.direct_io,
+            stage: crate::direct::Stage::default(),
             pending: Vec::new(),
             refused: std::collections::HashSet::new(),
             verified: Arc::new(Mutex::new(HashMap::new())),
@@ -246,6 +253,7 @@ impl Receiver {
                 size,
                 hash,
                 file: None,
+                direct: false,
                 next: 0,
                 flushed: 0,
                 hasher: blake3::Hasher::new(),
@@ -280,11 +288,20 @@ impl Receiver {
                     ))
                 }
             }
-            let f = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&inc.part)
+            // a large file is written around the page cache where the filesystem allows it
+            let direct = (self.direct_io && inc.size >= crate::direct::MIN_DIRECT)
+                .then(|| crate::direct::open(&inc.part))
+                .flatten();
+            inc.direct = direct.is_some();
+            let f = direct
+                .map(Ok)
+                .unwrap_or_else(|| {
+                    OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(false)
+                        .open(&inc.part)
+                })
                 .and_then(|f| f.set_len(offset).map(|_| f))
                 .map_err(|e| {
                     nack(
@@ -309,12 +326,14 @@ impl Receiver {
             ));
         }
         let f = inc.file.as_ref().expect("opened above");
-        f.write_all_at(bytes, offset).map_err(|e| {
-            nack(
-                ErrorCode::Io,
-                format!("cannot write {}: {e}", inc.part.display()),
-            )
-        })?;
+        crate::direct::write_at(f, &mut inc.direct, &mut self.stage, bytes, offset).map_err(
+            |e| {
+                nack(
+                    ErrorCode::Io,
+                    format!("cannot write {}: {e}", inc.part.display()),
+                )
+            },
+        )?;
         inc.hasher.update(bytes);
         inc.next += bytes.len() as u64;
         if self.fsync && inc.next - inc.flushed >= WRITEBACK_STEP {

@@ -304,6 +304,9 @@ pub struct CollectorSection {
     pub fsync: bool,
     /// With `fsync`: `batch` (a filesystem sync per round of many files) or `file`.
     pub sync: SyncMode,
+    /// Write files of 8 MiB or more with O_DIRECT, around the page cache, where the
+    /// filesystem takes it.
+    pub direct_io: bool,
 }
 
 impl Default for CollectorSection {
@@ -313,6 +316,7 @@ impl Default for CollectorSection {
             state_dir: PathBuf::from("state"),
             fsync: true,
             sync: SyncMode::Batch,
+            direct_io: true,
         }
     }
 }

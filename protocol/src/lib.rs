@@ -11,7 +11,7 @@ mod io;
 mod path;
 mod table;
 
-pub use frame::{ErrorCode, FileEntry, Frame, Hash, Have, MAX_FRAME};
+pub use frame::{data_header, ErrorCode, FileEntry, Frame, Hash, Have, MAX_FRAME};
 pub use io::{
     read_frame, read_frame_sync, read_magic, read_magic_sync, write_data_sync, write_frame,
     write_frame_sync,
