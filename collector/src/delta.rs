@@ -7,7 +7,7 @@
 
 use fast_rsync::{apply_limited, Signature, SignatureOptions};
 use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// Files smaller than this go whole: a delta would not pay for its round trip.
@@ -32,16 +32,56 @@ pub fn signature_for(path: &Path, offered: u64) -> Option<Vec<u8>> {
     // SAFETY: the collector owns the data root; nobody else is expected to truncate it while
     // this read-only map lives (a few hundred milliseconds)
     let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
-    let sig = Signature::calculate(
-        &map,
-        SignatureOptions {
-            block_size: block_size(len),
-            crypto_hash_size: 8,
-        },
-    );
-    let bytes = sig.into_serialized();
+    // a copy written around the page cache is read from the disk: ask for all of it at once
+    let _ = map.advise(memmap2::Advice::WillNeed);
+    let bytes = signature_of(&map, block_size(len));
     (bytes.len() <= MAX_SIGNATURE).then_some(bytes)
 }
+
+/// The serialized signature of `buf`, computed in parts on several threads. Parts are whole
+/// blocks, and a signature is a header followed by one entry per block, so the parts'
+/// entries laid end to end are the signature of the whole.
+fn signature_of(buf: &[u8], block: u32) -> Vec<u8> {
+    const HEADER: usize = 12;
+    let options = SignatureOptions {
+        block_size: block,
+        crypto_hash_size: 8,
+    };
+    let part = (SIGNATURE_PART / block as usize).max(1) * block as usize;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let parts: Vec<&[u8]> = buf.chunks(part).collect();
+    if parts.len() <= 1 || threads == 1 {
+        return Signature::calculate(buf, options).into_serialized();
+    }
+    let per = parts.len().div_ceil(threads);
+    let done: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .chunks(per)
+            .map(|mine| {
+                s.spawn(move || {
+                    mine.iter()
+                        .map(|p| Signature::calculate(p, options).into_serialized())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut out = Vec::with_capacity(buf.len() / block as usize * 12 + HEADER + 12);
+    for (i, sig) in done.into_iter().flatten().enumerate() {
+        out.extend_from_slice(if i == 0 { &sig } else { &sig[HEADER..] });
+    }
+    out
+}
+
+/// Bytes of the base per signature part: whole blocks of about this many bytes.
+const SIGNATURE_PART: usize = 16 << 20;
 
 struct HashWriter<W: Write> {
     inner: W,
@@ -71,13 +111,17 @@ pub struct DeltaIn {
     spooled: u64,
     /// Output bytes already handed to the kernel's writeback.
     written: u64,
-    out: Option<(memmap2::Mmap, HashWriter<BufWriter<File>>)>,
+    out: Option<(memmap2::Mmap, HashWriter<crate::direct::SeqWriter>)>,
+    /// Write the rebuilt file around the page cache.
+    direct: bool,
 }
 
 impl DeltaIn {
-    /// A delta to be spooled at `spool`.
-    pub fn new(spool: PathBuf) -> DeltaIn {
+    /// A delta to be spooled at `spool`; the rebuilt file is written directly (O_DIRECT)
+    /// when `direct`.
+    pub fn new(spool: PathBuf, direct: bool) -> DeltaIn {
         DeltaIn {
+            direct,
             spool,
             file: None,
             spooled: 0,
@@ -119,10 +163,10 @@ impl DeltaIn {
             // meets a missing page inside the kernel (a short copy that it then redoes).
             let bmap = unsafe { memmap2::MmapOptions::new().populate().map(&b) }
                 .map_err(|e| format!("cannot map the base copy: {e}"))?;
-            let out =
-                File::create(part).map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+            let out = crate::direct::SeqWriter::create(part, self.direct)
+                .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
             let w = HashWriter {
-                inner: BufWriter::with_capacity(1 << 20, out),
+                inner: out,
                 hasher: blake3::Hasher::new(),
                 n: 0,
             };
@@ -141,7 +185,7 @@ impl DeltaIn {
                 .map_err(|e| format!("the delta does not apply: {e}"))?;
             // what this part wrote starts for the disk now, not at the fsync
             w.flush().map_err(|e| e.to_string())?;
-            crate::receive::start_writeback(w.inner.get_ref(), self.written, w.n - self.written);
+            crate::receive::start_writeback(w.inner.file(), self.written, w.n - self.written);
             self.written = w.n;
         }
         spool.set_len(0).map_err(|e| e.to_string())?;
@@ -158,7 +202,7 @@ impl DeltaIn {
         let (_, mut w) = self.out.take().expect("cut sets it");
         w.flush().map_err(|e| e.to_string())?;
         let HashWriter { inner, hasher, n } = w;
-        let file = inner.into_inner().map_err(|e| e.to_string())?;
+        let file = inner.finish().map_err(|e| e.to_string())?;
         Ok((file, *hasher.finalize().as_bytes(), n))
     }
 
@@ -174,6 +218,23 @@ pub type Finished = (File, [u8; 32], u64);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_in_parts_is_the_signature_of_the_whole() {
+        let buf: Vec<u8> = (0..(40u32 << 20) + 777)
+            .map(|i| (i * 31 % 255) as u8)
+            .collect();
+        let block = block_size(buf.len() as u64);
+        let whole = Signature::calculate(
+            &buf,
+            SignatureOptions {
+                block_size: block,
+                crypto_hash_size: 8,
+            },
+        )
+        .into_serialized();
+        assert_eq!(signature_of(&buf, block), whole);
+    }
 
     #[test]
     fn a_delta_rebuilds_the_new_file_from_the_old() {
@@ -193,7 +254,7 @@ mod tests {
             delta.len()
         );
         let apply = |delta: &[u8], part: &str, size: u64| {
-            let mut din = DeltaIn::new(d.path().join(format!("{part}.spool")));
+            let mut din = DeltaIn::new(d.path().join(format!("{part}.spool")), false);
             din.append(delta).unwrap();
             din.finish(&d.path().join("old"), &d.path().join(part), size)
         };
@@ -209,7 +270,7 @@ mod tests {
         );
         // the same file in three parts, each a delta of its own stretch, cut between them
         let sig = sig.index();
-        let mut din = DeltaIn::new(d.path().join("p3.spool"));
+        let mut din = DeltaIn::new(d.path().join("p3.spool"), true);
         for stretch in new.chunks(120_000) {
             let mut part = Vec::new();
             fast_rsync::diff(&sig, stretch, &mut part).unwrap();

@@ -241,6 +241,7 @@ impl Receiver {
                 have = Have::Delta { signature };
                 delta = Some(crate::delta::DeltaIn::new(
                     dest.with_file_name(format!(".{name}.beamflow-delta")),
+                    self.direct_io && size >= crate::direct::MIN_DIRECT,
                 ));
             }
         }
