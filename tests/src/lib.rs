@@ -340,14 +340,7 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 /// Pids of the direct children of `pid` whose command line contains `needle`.
 pub fn children_matching(pid: i32, needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-    {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    for p in pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
             continue;
         };
@@ -506,12 +499,26 @@ impl Drop for Site {
     fn drop(&mut self) {
         // launchers outlive a killed service by design, and their jobs with them; a test's
         // must not outlive the test (nor keep a CPU busy for the tests after it)
-        let me = std::process::id() as i32;
-        for pid in processes_of(&self.dir) {
-            if pid != me {
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
+        kill_processes_of(&self.dir);
+    }
+}
+
+/// Every process id on this host.
+fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+}
+
+/// SIGKILLs every process of `dir` (see [`processes_of`]) but this one.
+pub fn kill_processes_of(dir: &Path) {
+    let me = std::process::id() as i32;
+    for pid in processes_of(dir) {
+        if pid != me {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
             }
         }
     }
@@ -521,14 +528,7 @@ impl Drop for Site {
 pub fn processes_of(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-    {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    for p in pids() {
         let cmdline = std::fs::read(format!("/proc/{p}/cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
             .unwrap_or_default();
@@ -543,14 +543,7 @@ pub fn processes_of(dir: &Path) -> Vec<i32> {
 /// Every descendant of `pid` (children, their children …).
 pub fn descendants(pid: i32) -> Vec<i32> {
     let mut parent_of = Vec::new();
-    for e in std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-    {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    for p in pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
             continue;
         };

@@ -22,6 +22,13 @@ pub struct Sshd {
     _tmp: tempfile::TempDir,
 }
 
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // masters opened with this sshd's ssh_config would linger for their ControlPersist
+        crate::kill_processes_of(&self.dir);
+    }
+}
+
 fn keygen(path: &Path) {
     let st = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", ""])
