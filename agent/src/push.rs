@@ -97,7 +97,7 @@ pub async fn push(
         Some(r) => journal.files(r.id)?,
         None => Vec::new(),
     };
-    let k = transfer::channels_for(cfg, scan.images.len());
+    let k = transfer::channels_for(cfg, scan.images.iter().map(|f| f.size));
     let local = {
         let (dir, scan, known) = (dir.clone(), scan.clone(), known.clone());
         tokio::task::spawn_blocking(move || {

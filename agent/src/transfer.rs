@@ -263,8 +263,23 @@ impl Report {
 }
 
 /// How many channels a stack of `files` files moves over.
-pub fn channels_for(cfg: &Config, files: usize) -> usize {
-    (cfg.link.channels as usize).clamp(1, files.max(1))
+/// The largest file goes over one channel whatever happens, so channels beyond total ÷ largest
+/// cannot shorten the transfer; each costs a far end (a login shell and a collector process).
+pub fn channels_for(cfg: &Config, sizes: impl Iterator<Item = u64>) -> usize {
+    let (mut n, mut total, mut largest) = (0usize, 0u64, 0u64);
+    for s in sizes {
+        n += 1;
+        total += s;
+        largest = largest.max(s);
+    }
+    let useful = if largest == 0 {
+        n
+    } else {
+        ((total as f64 / largest as f64).round() as usize).max(1)
+    };
+    (cfg.link.channels as usize)
+        .clamp(1, n.max(1))
+        .min(useful.max(1))
 }
 
 /// Opens `k` links at once, each with its own far end, for a caller with other work to do
@@ -383,7 +398,7 @@ fn run(
     links: Vec<Link>,
     report: &mut Report,
 ) -> Result<Accepted, TransferError> {
-    let k = channels_for(cfg, job.files.len());
+    let k = channels_for(cfg, job.files.iter().map(|f| f.size));
     let groups = groups(&job.files, k);
     let mut links = links.into_iter();
     let link0 = links.next();
@@ -1115,6 +1130,22 @@ mod tests {
             blake3: [0; 32],
             sent: false,
         }
+    }
+
+    #[test]
+    fn no_more_channels_than_can_help() {
+        let cfg = Config::parse("[link]\nchannels = 4\n", std::path::Path::new("t")).unwrap();
+        let k = |sizes: &[u64]| channels_for(&cfg, sizes.iter().copied());
+        assert_eq!(k(&[100; 10]), 4, "ten equal files use every channel");
+        assert_eq!(k(&[100, 100]), 2, "two files, two channels");
+        assert_eq!(
+            k(&[512 << 20, 64 << 10]),
+            1,
+            "one large file and a small one: one"
+        );
+        assert_eq!(k(&[300, 100, 100, 100]), 2, "the largest is half: two");
+        assert_eq!(k(&[0, 0, 0]), 3, "empty files spread like any");
+        assert_eq!(k(&[]), 1);
     }
 
     #[test]

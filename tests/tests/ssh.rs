@@ -1,9 +1,10 @@
 //! The SSH transport against a real sshd on 127.0.0.1 (generated host and user keys, strict
 //! host key checking): an owned master, an adopted master, no master, a wrong host key, and a
-//! master that dies in the middle of a transfer.
+//! master that dies in the middle of a transfer, parallel channels, a delta.
 
 use beamflow_e2e::sshd::Sshd;
 use beamflow_e2e::*;
+use std::process::Command;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -27,6 +28,41 @@ fn pushed_ok(site: &Site, dir: &std::path::Path) -> String {
     );
     assert!(out.status.success(), "push over ssh failed: {text}");
     text
+}
+
+/// The files of a stack travel over several channels of the one master, each with its own
+/// far end; a stack whose largest file is most of it does not open channels it cannot use.
+#[test]
+fn a_stack_is_spread_over_parallel_channels() {
+    let sshd = Sshd::start();
+    let site = ssh_site(&sshd, "own", None);
+    site.edit_config("channels = 4", "channels = 3");
+    let _service = site.start_service();
+    let sessions = |dir: &std::path::Path| {
+        let out = Command::new(beamflow_e2e::bin("beamflow-agent"))
+            .args(["push", "--attempts", "1", "--config"])
+            .arg(&site.config)
+            .arg(dir)
+            .env("BEAMFLOW_LOG", "debug")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "push failed: {text}");
+        // every far end logs its start; the agent relays its lines
+        text.matches("agent connected").count()
+    };
+    let even = site.write_stack("even", 6, 64);
+    assert_eq!(sessions(&even), 3, "six like sections: three channels");
+    assert_same_tree(&even, &site.remote().join("even"));
+    let lopsided = site.write_big_stack("lopsided", 1, 1024);
+    std::fs::copy(even.join("S_0000.tif"), lopsided.join("S_0001.tif")).unwrap();
+    assert_eq!(
+        sessions(&lopsided),
+        1,
+        "one large section and a small one: one channel"
+    );
+    assert_same_tree(&lopsided, &site.remote().join("lopsided"));
+    assert_eq!(site.jobs().len(), 8, "two DAGs");
 }
 
 #[test]
