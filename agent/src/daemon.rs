@@ -103,20 +103,20 @@ pub(crate) fn check_images(
     scan: &DirScan,
     cache: &mut HashMap<String, (u64, i64, Option<String>)>,
 ) -> Vec<(String, String)> {
+    let fresh = |f: &&crate::scan::FileSeen| !matches!(cache.get(&f.name), Some((s, m, _)) if *s == f.size && *m == f.mtime_ns);
+    let todo: Vec<&crate::scan::FileSeen> = scan.images.iter().filter(fresh).collect();
+    let checked = on_all_cores(&todo, |f| {
+        tiff_check::check(&dir.join(&f.name))
+            .err()
+            .map(|e| e.to_string())
+    });
+    for (f, r) in todo.iter().zip(checked) {
+        cache.insert(f.name.clone(), (f.size, f.mtime_ns, r));
+    }
     let mut faults = Vec::new();
     for f in &scan.images {
-        let fault = match cache.get(&f.name) {
-            Some((s, m, r)) if *s == f.size && *m == f.mtime_ns => r.clone(),
-            _ => {
-                let r = tiff_check::check(&dir.join(&f.name))
-                    .err()
-                    .map(|e| e.to_string());
-                cache.insert(f.name.clone(), (f.size, f.mtime_ns, r.clone()));
-                r
-            }
-        };
-        if let Some(e) = fault {
-            faults.push((f.name.clone(), e));
+        if let Some((_, _, Some(e))) = cache.get(&f.name) {
+            faults.push((f.name.clone(), e.clone()));
         }
     }
     faults.extend(scan.skipped.iter().cloned());
@@ -152,42 +152,41 @@ pub(crate) fn hash_files(
             sent: false,
         })
     };
-    // files are hashed on as many threads as there are cores (at most 8), each taking every
-    // n-th file, and put back in scan order
+    let images: Vec<&crate::scan::FileSeen> = scan.images.iter().collect();
+    on_all_cores(&images, |f| one(f)).into_iter().collect()
+}
+
+/// `work` applied to every item on as many threads as there are cores (at most 8), each
+/// taking every n-th item; the results come back in the items' order.
+fn on_all_cores<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8)
-        .min(scan.images.len().max(1));
-    let parts: Vec<std::io::Result<Vec<(usize, FileRecord)>>> = std::thread::scope(|s| {
+        .min(items.len().max(1));
+    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let one = &one;
+                let work = &work;
                 s.spawn(move || {
-                    scan.images
+                    items
                         .iter()
                         .enumerate()
                         .skip(t)
                         .step_by(threads)
-                        .map(|(i, f)| one(f).map(|r| (i, r)))
-                        .collect()
+                        .map(|(i, x)| (i, work(x)))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("a hashing thread panicked")))
-            })
+            // a panic here is a bug in `work`: let it surface as one
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
-    let mut out: Vec<(usize, FileRecord)> = Vec::with_capacity(scan.images.len());
-    for p in parts {
-        out.extend(p?);
-    }
     out.sort_by_key(|(i, _)| *i);
-    Ok(out.into_iter().map(|(_, r)| r).collect())
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {

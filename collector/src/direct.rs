@@ -37,13 +37,13 @@ impl Stage {
     }
 }
 
-/// Opens (creating, not truncating) `path` for direct writes; None where the filesystem
-/// does not take them.
-pub fn open(path: &Path) -> Option<File> {
+/// Opens (creating, truncating when `truncate`) `path` for direct writes; None where the
+/// filesystem does not take them.
+pub fn open(path: &Path, truncate: bool) -> Option<File> {
     OpenOptions::new()
         .create(true)
         .write(true)
-        .truncate(false)
+        .truncate(truncate)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()
@@ -89,11 +89,10 @@ const PIECE: usize = 1 << 20;
 impl SeqWriter {
     /// Creates (truncating) `path`, for direct writes when `direct` and the filesystem agree.
     pub fn create(path: &Path, direct: bool) -> std::io::Result<SeqWriter> {
-        let (file, direct) = match direct.then(|| open(path)).flatten() {
+        let (file, direct) = match direct.then(|| open(path, true)).flatten() {
             Some(f) => (f, true),
             None => (File::create(path)?, false),
         };
-        file.set_len(0)?;
         Ok(SeqWriter {
             file,
             direct,
@@ -176,7 +175,7 @@ mod tests {
         // not on /tmp: it may be a tmpfs, which refuses O_DIRECT
         let d = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let p = d.path().join("f");
-        let Some(f) = open(&p) else {
+        let Some(f) = open(&p, true) else {
             panic!("{} does not take O_DIRECT", d.path().display());
         };
         let mut direct = true;

@@ -291,19 +291,26 @@ impl Receiver {
             }
             // a large file is written around the page cache where the filesystem allows it
             let direct = (self.direct_io && inc.size >= crate::direct::MIN_DIRECT)
-                .then(|| crate::direct::open(&inc.part))
+                .then(|| crate::direct::open(&inc.part, offset == 0))
                 .flatten();
             inc.direct = direct.is_some();
+            // from the start: whatever an earlier session left goes (a new file costs no
+            // truncation); a resume keeps exactly the verified prefix
             let f = direct
                 .map(Ok)
                 .unwrap_or_else(|| {
                     OpenOptions::new()
                         .create(true)
                         .write(true)
-                        .truncate(false)
+                        .truncate(offset == 0)
                         .open(&inc.part)
                 })
-                .and_then(|f| f.set_len(offset).map(|_| f))
+                .and_then(|f| {
+                    if offset > 0 {
+                        f.set_len(offset)?;
+                    }
+                    Ok(f)
+                })
                 .map_err(|e| {
                     nack(
                         ErrorCode::Io,
