@@ -1,0 +1,213 @@
+//! One `serve` session: the handshake, then frames in until the agent says goodbye, with
+//! answers written on the writer shared with the committer.
+
+use super::*;
+
+/// Writes one frame on the writer shared with the committer.
+fn send<W: Write>(wr: &SharedWriter<W>, f: &Frame, flush: bool) -> Result<(), ProtocolError> {
+    let mut w = wr.lock().unwrap_or_else(|p| p.into_inner());
+    write_frame_sync(&mut *w, f)?;
+    if flush {
+        w.flush().map_err(ProtocolError::Io)?;
+    }
+    Ok(())
+}
+
+/// Answers a frame the receiver could not take: a Nack drops that file and the session goes
+/// on; an Error (data for a file never offered) ends the session.
+fn refuse<W: Write>(
+    rx: &mut Receiver,
+    wr: &SharedWriter<W>,
+    id: u64,
+    r: Result<(), Frame>,
+) -> Result<(), ServeError> {
+    let Err(f) = r else { return Ok(()) };
+    if let Frame::Nack { .. } = f {
+        if let Some(inc) = rx.incoming.remove(&id) {
+            if let Some(d) = inc.delta {
+                d.discard();
+            }
+        }
+        rx.refused.insert(id);
+    }
+    let fatal = matches!(f, Frame::Error { .. });
+    send(wr, &f, fatal)?;
+    if fatal {
+        return Err(
+            ProtocolError::Malformed("data for a file that was never offered".into()).into(),
+        );
+    }
+    Ok(())
+}
+
+/// Runs one session over `input`/`output` until the agent says goodbye or goes away.
+pub fn serve<R: Read, W: Write + Send>(
+    cfg: &Config,
+    input: R,
+    output: W,
+) -> Result<(), ServeError> {
+    let mut rd = BufReader::with_capacity(4 << 20, input);
+    let wr: SharedWriter<_> = Arc::new(Mutex::new(BufWriter::with_capacity(1 << 16, output)));
+    {
+        let mut w = wr.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(MAGIC).map_err(ProtocolError::Io)?;
+        w.flush().map_err(ProtocolError::Io)?;
+    }
+    match read_frame_sync(&mut rd)? {
+        Some(Frame::Hello { version, client }) if version == VERSION => {
+            tracing::info!(%client, "agent connected");
+        }
+        Some(Frame::Hello { version, .. }) => {
+            let e = ServeError::Version { theirs: version };
+            let f = Frame::Error {
+                code: ErrorCode::Protocol,
+                message: e.to_string(),
+            };
+            send(&wr, &f, true)?;
+            return Err(e);
+        }
+        Some(other) => {
+            return Err(ProtocolError::Malformed(format!("expected Hello, got {other:?}")).into())
+        }
+        None => return Ok(()),
+    }
+    let mut rx = match Receiver::new(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            let f = Frame::Error {
+                code: ErrorCode::Io,
+                message: e.to_string(),
+            };
+            send(&wr, &f, true)?;
+            return Err(e);
+        }
+    };
+    let server = format!(
+        "beamflow-collector {} data_root={}",
+        env!("CARGO_PKG_VERSION"),
+        rx.data_root.display()
+    );
+    let welcome = Frame::Welcome {
+        version: VERSION,
+        server,
+    };
+    send(&wr, &welcome, true)?;
+    std::thread::scope(|scope| {
+        let committer = Committer::start(
+            scope,
+            rx.fsync,
+            cfg.collector.sync,
+            wr.clone(),
+            rx.verified.clone(),
+        );
+        session(cfg, &mut rd, &wr, &mut rx, &committer)
+        // dropping the committer ends its thread; the scope waits for it
+    })
+}
+
+/// The frames after the handshake.
+fn session<R: Read, W: Write>(
+    cfg: &Config,
+    rd: &mut BufReader<R>,
+    wr: &SharedWriter<W>,
+    rx: &mut Receiver,
+    committer: &Committer,
+) -> Result<(), ServeError> {
+    loop {
+        for f in rx.pending.drain(..) {
+            committer.push(f);
+        }
+        // nothing more buffered: the answers so far go out before we wait for more input
+        if rd.buffer().is_empty() {
+            wr.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .flush()
+                .map_err(ProtocolError::Io)?;
+        }
+        let frame = match read_frame_sync(rd)? {
+            Some(f) => f,
+            None => {
+                tracing::info!("agent closed the link");
+                return Ok(());
+            }
+        };
+        if let Some(id) = rx.already_refused(&frame) {
+            if matches!(frame, Frame::Done { .. } | Frame::Abort { .. }) {
+                rx.refused.remove(&id);
+            }
+            continue;
+        }
+        match frame {
+            Frame::Offer {
+                id,
+                path,
+                size,
+                hash,
+            } => {
+                rx.refused.remove(&id);
+                let reply = rx.offer(id, path, size, hash);
+                send(wr, &reply, false)?;
+            }
+            Frame::Data { id, offset, bytes } => {
+                let r = rx.data(id, offset, &bytes);
+                refuse(rx, wr, id, r)?;
+            }
+            Frame::DataZ {
+                id,
+                offset,
+                raw_len,
+                bytes,
+            } => {
+                let r = rx.data_z(id, offset, raw_len, &bytes);
+                refuse(rx, wr, id, r)?;
+            }
+            Frame::Delta { id, bytes } => {
+                let r = rx.delta_bytes(id, &bytes);
+                refuse(rx, wr, id, r)?;
+            }
+            Frame::DeltaCut { id } => {
+                let r = rx.delta_cut(id);
+                refuse(rx, wr, id, r)?;
+            }
+            Frame::Done { id } => {
+                if let Some(f) = rx.done(id) {
+                    send(wr, &f, false)?;
+                }
+            }
+            Frame::Abort { id, reason } => rx.abort(id, &reason),
+            Frame::Submit {
+                stack,
+                version,
+                workflow,
+                files,
+            } => {
+                for f in rx.pending.drain(..) {
+                    committer.push(f);
+                }
+                committer.settle();
+                let reply = rx.submit(cfg, stack, version, workflow, files);
+                send(wr, &reply, false)?;
+            }
+            Frame::Bye => {
+                for f in rx.pending.drain(..) {
+                    committer.push(f);
+                }
+                committer.settle();
+                wr.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .flush()
+                    .map_err(ProtocolError::Io)?;
+                return Ok(());
+            }
+            other => {
+                let message = format!("unexpected frame from the agent: {other:?}");
+                let f = Frame::Error {
+                    code: ErrorCode::Protocol,
+                    message: message.clone(),
+                };
+                send(wr, &f, true)?;
+                return Err(ProtocolError::Malformed(message).into());
+            }
+        }
+    }
+}
