@@ -214,6 +214,9 @@ impl Engine {
     }
 
     fn watch_launchers(&self) -> Result<()> {
+        for s in self.schedulers.values() {
+            s.reap();
+        }
         let e = |x: crate::db::DbError| x.to_string();
         let active = self
             .db()?

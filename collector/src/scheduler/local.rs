@@ -62,8 +62,7 @@ impl Scheduler for Local {
             command: "local".into(),
             message: "lock poisoned".into(),
         })?;
-        // reap every child that ended, asked about or not: nobody else waits for them
-        m.retain(|_, c| matches!(c.try_wait(), Ok(None)));
+        reap_ended(&mut m);
         for id in ids {
             let running = match m.get_mut(id) {
                 Some(c) => match c.try_wait() {
@@ -82,6 +81,12 @@ impl Scheduler for Local {
         Ok(out)
     }
 
+    fn reap(&self) {
+        if let Ok(mut m) = self.children.lock() {
+            reap_ended(&mut m);
+        }
+    }
+
     fn delete(&self, id: &str) -> Result<(), SchedError> {
         if let Ok(pid) = id.parse::<i32>() {
             unsafe {
@@ -93,5 +98,46 @@ impl Scheduler for Local {
 
     fn default_launch(&self) -> &'static str {
         LAUNCH
+    }
+}
+
+/// Waits for every child that ended, asked about or not: nobody else does.
+fn reap_ended(m: &mut HashMap<String, Child>) {
+    m.retain(|_, c| matches!(c.try_wait(), Ok(None)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_launcher_that_ended_by_itself_is_reaped_unasked() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("l.sh");
+        std::fs::write(&script, "exit 0\n").unwrap();
+        let local = Local::default();
+        let spec = BatchSpec {
+            name: "t".into(),
+            nodes: 1,
+            walltime: std::time::Duration::from_secs(60),
+            project: String::new(),
+            queue: String::new(),
+            extra_args: Vec::new(),
+            log: d.path().join("l.log"),
+        };
+        let id = local.submit(&script, &spec).unwrap();
+        let stat = || std::fs::read_to_string(format!("/proc/{id}/stat")).ok();
+        // it ends at once and stays a zombie until someone waits for it
+        let start = std::time::Instant::now();
+        while !stat().is_some_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        }) {
+            assert!(start.elapsed().as_secs() < 10, "the launcher never ended");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        local.reap();
+        assert!(stat().is_none(), "still in the process table: {:?}", stat());
+        assert!(local.children.lock().unwrap().is_empty());
     }
 }

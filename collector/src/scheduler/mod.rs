@@ -93,6 +93,9 @@ pub trait Scheduler: Send + Sync {
     fn delete(&self, id: &str) -> Result<(), SchedError>;
     /// How jobs start inside an allocation of this scheduler.
     fn default_launch(&self) -> &'static str;
+    /// Collects batch jobs that ended on their own; only a scheduler whose jobs are this
+    /// service's children has any (they would otherwise stay zombies).
+    fn reap(&self) {}
 }
 
 /// The scheduler of a queue.
