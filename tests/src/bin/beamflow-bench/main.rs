@@ -67,6 +67,7 @@ fn opts() -> Opts {
         }
         Some("sshd") => {
             ssh::hold();
+            std::process::exit(0)
         }
         Some("jobs") => {
             let (mut count, mut slots) = (1000, 2);

@@ -66,7 +66,16 @@ fn rsync_sent(text: &str) -> u64 {
 
 /// Starts sshd (with the benchmark's cipher) and a site pushing over it, prints how to use
 /// them and waits to be killed.
-pub fn hold() -> ! {
+pub fn hold() {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    // Ctrl-C or kill: leave the loop so that the service, sshd and the folders go too
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
     let sshd = Sshd::start();
     let mut cfg = std::fs::read_to_string(&sshd.ssh_config).unwrap();
     cfg.push_str("  Ciphers aes128-gcm@openssh.com\n  Compression no\n");
@@ -95,9 +104,10 @@ pub fn hold() -> ! {
         "ceiling:      cat FILES | ssh -F {} {ALIAS} 'cat > /dev/null'",
         sshd.ssh_config.display()
     );
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    while !STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
     }
+    eprintln!("stopping: the service, sshd and the site folder go");
 }
 
 /// A site that pushes to the collector over this sshd; `prime` is pushed first, untimed.
