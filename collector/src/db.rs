@@ -188,7 +188,7 @@ impl Db {
                     stack_id,
                     j.name,
                     state.as_str(),
-                    j.command,
+                    crate::dag::encode(&j.argv),
                     s.work_dir,
                     j.nodes,
                     j.ranks_per_node,
@@ -267,7 +267,8 @@ impl Db {
                     ranks_per_node: r.get(6)?,
                     threads_per_rank: r.get(7)?,
                     cpu_affinity: r.get(8)?,
-                    command: r.get(9)?,
+                    command: String::new(),
+                    argv: crate::dag::decode(&r.get::<_, String>(9)?),
                     attempts: r.get(10)?,
                     reason: r.get(11)?,
                     launcher: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
@@ -278,6 +279,7 @@ impl Db {
             .conn
             .prepare("SELECT parent_id FROM job_parents WHERE job_id = ?1 ORDER BY parent_id")?;
         for row in &mut rows {
+            row.command = beamflow_config::argv::render(&row.argv);
             row.parents = pst
                 .query_map([row.id as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
                 .collect::<Result<_, _>>()?;

@@ -6,7 +6,7 @@
 
 use crate::db::Db;
 use crate::lifecycle::Pending;
-use crate::prepare::{check_summary, prepare};
+use crate::prepare::{check_summary, name_back, prepare};
 use crate::scheduler::{self, BatchSpec, BatchState, Scheduler};
 use crate::state::JobState;
 use beamflow_config::{Config, QueueSection, SchedulerKind};
@@ -102,11 +102,18 @@ impl Engine {
                     if !j.prepared {
                         self.db()?.mark_prepared(j.stack_id).map_err(e)?;
                     }
-                    let cmd = j
-                        .command
-                        .replace("{grid_size}", &p.grid_size)
-                        .replace("{collector}", &self.collector);
-                    self.db()?.preprocessed(j.id, &cmd).map_err(e)?;
+                    let names = p.aligntk_names();
+                    let argv = crate::dag::fill(
+                        &j.argv,
+                        &crate::dag::StackFacts {
+                            stack: &j.stack,
+                            images_dir: &j.stack_dir,
+                            aligntk_names: &names,
+                            collector: &self.collector,
+                            grid_size: &p.grid_size,
+                        },
+                    );
+                    self.db()?.preprocessed(j.id, &argv).map_err(e)?;
                 }
                 Err(why) => {
                     tracing::error!(job = j.id, stack = %j.stack, "cannot prepare the work folder: {why}");
@@ -124,10 +131,12 @@ impl Engine {
         // bind first: a guard in a `for` header would live through the loop body
         let done = self.db()?.pending(JobState::RunDone).map_err(e)?;
         for j in done {
+            let work = Path::new(&j.work_dir);
             let check = match &j.check_summary {
-                Some(rel) => check_summary(Path::new(&j.work_dir), rel),
+                Some(rel) => check_summary(work, rel),
                 None => Ok(()),
-            };
+            }
+            .and_then(|()| name_back(work));
             let mut db = self.db()?;
             match check {
                 Ok(()) => {
@@ -408,9 +417,10 @@ impl Engine {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let quote = beamflow_config::argv::quote;
         let text = format!(
-            "#!/bin/sh\n# beamflow launcher {id} for queue {queue}, written by the collector service\nexport BEAMFLOW_WALLTIME_SECS={}\nexec {} launcher --config {} --queue {} --id {id}\n",
+            "#!/bin/sh\n# beamflow launcher {id} for queue {}, written by the collector service\nexport BEAMFLOW_WALLTIME_SECS={}\nexec {} launcher --config {} --queue {} --id {id}\n",
+            quote(queue).replace('\n', " "),
             q.walltime.0.as_secs(),
             quote(&self.collector),
             quote(&cfg),

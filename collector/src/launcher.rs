@@ -10,7 +10,7 @@
 //! and an aborting AlignTK leaves no 24 MB `core` behind.
 
 use crate::scheduler::default_launch;
-use beamflow_config::{Config, QueueSection, SchedulerKind};
+use beamflow_config::{argv, Config, QueueSection, SchedulerKind};
 use beamflow_protocol::api::{
     AcquireRequest, Client, LaunchedJob, LauncherStart, Outcome, ReportRequest,
 };
@@ -29,6 +29,9 @@ pub enum LauncherError {
     /// The queue is not in the config.
     #[error("queue `{0}` is not defined in the config ([queues.{0}])")]
     UnknownQueue(String),
+    /// The queue's launch template cannot be used.
+    #[error("key `queues.{0}.launch`: {1}")]
+    BadLaunch(String, String),
     /// The service never answered.
     #[error("the collector service did not answer for {0:?}: {1}")]
     NoService(Duration, String),
@@ -124,27 +127,43 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// Fills a launch template for one job.
-pub fn launch_line(template: &str, job: &LaunchedJob, hostfile: &Path) -> String {
+/// Fills a launch template (split into words when the config loaded) for one job: the word
+/// `{command}` becomes the job's whole argument vector, other placeholders are filled inside
+/// their word. The result is run as it is, never through a shell.
+pub fn launch_argv(template: &[String], job: &LaunchedJob, hostfile: &Path) -> Vec<String> {
     let ranks = job.nodes * job.ranks_per_node;
-    template
-        .replace("{nodes}", &job.nodes.to_string())
-        .replace("{ranks_per_node}", &job.ranks_per_node.to_string())
-        .replace("{ranks}", &ranks.to_string())
-        .replace("{threads}", &job.threads_per_rank.to_string())
-        .replace("{affinity}", &job.cpu_affinity)
-        .replace("{hostfile}", &hostfile.display().to_string())
-        .replace("{command}", &job.command)
+    let lookup = |n: &str| -> Option<String> {
+        Some(match n {
+            "nodes" => job.nodes.to_string(),
+            "ranks_per_node" => job.ranks_per_node.to_string(),
+            "ranks" => ranks.to_string(),
+            "threads" => job.threads_per_rank.to_string(),
+            "affinity" => job.cpu_affinity.clone(),
+            "hostfile" => hostfile.display().to_string(),
+            _ => return None,
+        })
+    };
+    let mut out = Vec::with_capacity(template.len() + job.argv.len());
+    for (i, w) in template.iter().enumerate() {
+        if w == "{command}" {
+            out.extend(job.argv.iter().cloned());
+        } else {
+            out.push(argv::fill(w, &lookup, argv::is_shell_script(template, i)));
+        }
+    }
+    out
 }
 
-/// Why a command cannot run at all, checked before starting it: a missing or
+/// Why a program cannot run at all, checked before starting it: a missing or
 /// non-executable program is a configuration error, not worth a retry storm.
-pub fn missing_program(command: &str) -> Option<String> {
+pub fn missing_program(prog: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    let prog = command.split_whitespace().next()?;
     let exec = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
+    if prog.is_empty() {
+        return Some("the command is empty; check the workflow's steps".into());
+    }
     if prog.contains('/') {
         let p = Path::new(prog);
         if !p.exists() {
@@ -160,9 +179,7 @@ pub fn missing_program(command: &str) -> Option<String> {
         return None;
     }
     let path = std::env::var("PATH").unwrap_or_default();
-    if path.split(':').any(|d| exec(&Path::new(d).join(prog)))
-        || matches!(prog, "cd" | "exec" | "env" | "true")
-    {
+    if path.split(':').any(|d| exec(&Path::new(d).join(prog))) {
         None
     } else {
         Some(format!(
@@ -211,7 +228,7 @@ struct Launcher {
     id: u64,
     client: Client,
     state_dir: PathBuf,
-    template: String,
+    template: Vec<String>,
     free: Vec<String>,
     running: HashMap<u64, Running>,
     reports: Vec<(u64, ReportRequest)>,
@@ -252,14 +269,16 @@ impl Launcher {
         let n = job.nodes as usize;
         let nodes: Vec<String> = self.free.drain(..n.min(self.free.len())).collect();
         let work = PathBuf::from(&job.work_dir);
-        if let Some(why) = missing_program(&job.command) {
+        let program = job.argv.first().cloned().unwrap_or_default();
+        if let Some(why) = missing_program(&program) {
             self.free.extend(nodes);
             self.report(job.id, Outcome::Missing, None, why);
             return;
         }
         let hostfile = work.join(format!(".beamflow-hosts-{}", job.id));
         let _ = std::fs::write(&hostfile, nodes.join("\n") + "\n");
-        let line = launch_line(&self.template, &job, &hostfile);
+        let args = launch_argv(&self.template, &job, &hostfile);
+        let line = argv::render(&args);
         let out_path = work.join(format!("{}.out", job.name));
         let err_path = work.join(format!("{}.err", job.name));
         let files = std::fs::File::create(&out_path)
@@ -277,9 +296,18 @@ impl Launcher {
                 return;
             }
         };
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&line)
+        let Some((prog, rest)) = args.split_first() else {
+            self.free.extend(nodes);
+            self.report(
+                job.id,
+                Outcome::Missing,
+                None,
+                "the command is empty".into(),
+            );
+            return;
+        };
+        let mut cmd = Command::new(prog);
+        cmd.args(rest)
             .current_dir(&work)
             .stdin(Stdio::null())
             .stdout(out)
@@ -415,11 +443,14 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         .unwrap_or(q.walltime.0);
     let deadline = started + walltime.saturating_sub(q.walltime_margin.0);
     let nodes = detect_nodes(q);
-    let template = if q.launch.is_empty() {
-        default_launch(q.scheduler).to_string()
+    let written = if q.launch.is_empty() {
+        default_launch(q.scheduler)
     } else {
-        q.launch.clone()
+        q.launch.as_str()
     };
+    // the config refused a bad template when it loaded; this names it again should one slip by
+    let template = beamflow_config::launch_argv(written)
+        .map_err(|e| LauncherError::BadLaunch(queue.into(), e))?;
     let wait = cfg.service.heartbeat_timeout.0;
     let client = loop {
         match Client::from_state_dir(&cfg.collector.state_dir) {
@@ -558,13 +589,12 @@ mod tests {
         assert_eq!(expand_hostlist("a[8-10]"), ["a8", "a9", "a10"]);
     }
 
-    #[test]
-    fn templates_fill_every_placeholder() {
-        let job = LaunchedJob {
+    fn job(argv: &[&str]) -> LaunchedJob {
+        LaunchedJob {
             id: 1,
             name: "register".into(),
             stack: "s".into(),
-            command: "register -pairs pairs.lst".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
             work_dir: "/w".into(),
             nodes: 2,
             ranks_per_node: 4,
@@ -572,34 +602,43 @@ mod tests {
             cpu_affinity: "depth".into(),
             env: Default::default(),
             attempt: 1,
+        }
+    }
+
+    #[test]
+    fn templates_fill_every_placeholder_and_keep_the_job_s_arguments_whole() {
+        let job = job(&["register", "-fixed", "$(id>PWNED) x;y"]);
+        let line = |k| {
+            let t = beamflow_config::launch_argv(default_launch(k)).unwrap();
+            argv::render(&launch_argv(&t, &job, Path::new("/h")))
         };
-        let t = default_launch(SchedulerKind::Cobalt);
         assert_eq!(
-            launch_line(t, &job, Path::new("/h")),
-            "aprun -n 8 -N 4 -d 8 -cc depth register -pairs pairs.lst"
-        );
-        let t = default_launch(SchedulerKind::Pbs);
-        assert_eq!(
-            launch_line(t, &job, Path::new("/h")),
-            "mpiexec -n 8 --ppn 4 --depth 8 --cpu-bind depth --hostfile /h register -pairs pairs.lst"
+            line(SchedulerKind::Cobalt),
+            "aprun -n 8 -N 4 -d 8 -cc depth register -fixed '$(id>PWNED) x;y'"
         );
         assert_eq!(
-            launch_line(default_launch(SchedulerKind::Slurm), &job, Path::new("/h")),
-            "srun -N 2 -n 8 --cpus-per-task 8 register -pairs pairs.lst"
+            line(SchedulerKind::Pbs),
+            "mpiexec -n 8 --ppn 4 --depth 8 --cpu-bind depth --hostfile /h register -fixed '$(id>PWNED) x;y'"
         );
+        assert_eq!(
+            line(SchedulerKind::Slurm),
+            "srun -N 2 -n 8 --cpus-per-task 8 register -fixed '$(id>PWNED) x;y'"
+        );
+        let t = beamflow_config::launch_argv(default_launch(SchedulerKind::Local)).unwrap();
+        assert_eq!(launch_argv(&t, &job, Path::new("/h")), job.argv);
     }
 
     #[test]
     fn missing_programs_are_named() {
-        assert!(missing_program("/nonexistent/find_rst -x")
+        assert!(missing_program("/nonexistent/find_rst")
             .unwrap()
             .contains("/nonexistent/find_rst does not exist"));
         let d = tempfile::tempdir().unwrap();
         let plain = d.path().join("find_rst");
         std::fs::write(&plain, "#!/bin/sh\n").unwrap();
-        let e = missing_program(&format!("{} -pairs x", plain.display())).unwrap();
+        let e = missing_program(&plain.display().to_string()).unwrap();
         assert!(e.contains("is not executable"), "{e}");
-        assert!(missing_program("sh -c true").is_none());
+        assert!(missing_program("sh").is_none());
         assert!(missing_program("no-such-program-here")
             .unwrap()
             .contains("not on PATH"));

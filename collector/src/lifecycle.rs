@@ -66,8 +66,8 @@ pub struct Pending {
     pub workflow: String,
     /// Whether the work folder is ready.
     pub prepared: bool,
-    /// Command line.
-    pub command: String,
+    /// Argument vector (placeholders filled once it is PREPROCESSED).
+    pub argv: Vec<String>,
     /// Summary to check after a zero exit.
     pub check_summary: Option<String>,
     /// Runs so far.
@@ -98,7 +98,7 @@ impl Db {
                     stack_dir: r.get(5)?,
                     workflow: r.get(6)?,
                     prepared: r.get::<_, i64>(7)? != 0,
-                    command: r.get(8)?,
+                    argv: crate::dag::decode(&r.get::<_, String>(8)?),
                     check_summary: r.get(9)?,
                     attempts: r.get(10)?,
                 })
@@ -171,8 +171,9 @@ impl Db {
         Ok(())
     }
 
-    /// READY → PREPROCESSED with the final command line.
-    pub fn preprocessed(&mut self, id: u64, command: &str) -> Result<bool, DbError> {
+    /// READY → PREPROCESSED with the final argument vector.
+    pub fn preprocessed(&mut self, id: u64, argv: &[String]) -> Result<bool, DbError> {
+        let command = crate::dag::encode(argv);
         let tx = self.tx()?;
         tx.execute(
             "UPDATE jobs SET command = ?2 WHERE id = ?1 AND state = 'READY'",
@@ -395,7 +396,7 @@ impl Db {
                             id: r.get::<_, i64>(0)? as u64,
                             name: r.get(1)?,
                             stack: r.get(2)?,
-                            command: r.get(3)?,
+                            argv: crate::dag::decode(&r.get::<_, String>(3)?),
                             work_dir: r.get(4)?,
                             nodes: r.get(5)?,
                             ranks_per_node: r.get(6)?,

@@ -1,7 +1,7 @@
 //! `beamflow-collector`: parses arguments and calls the library.
 
 use anyhow::{Context, Result};
-use beamflow_collector::{api::Client, cli, launcher, qa, receive, service};
+use beamflow_collector::{api::Client, cli, launcher, prepare, qa, receive, service};
 use beamflow_config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
 use std::os::fd::AsFd;
@@ -98,6 +98,10 @@ enum Cmd {
         /// Where to write the report.
         #[arg(long, default_value = "qa.json")]
         out: PathBuf,
+        /// The work folder's `names.tsv`: report sections by their received names rather
+        /// than the names AlignTK reads them by.
+        #[arg(long)]
+        names: Option<PathBuf>,
     },
     /// Check a config file and print the effective settings.
     Config {
@@ -221,8 +225,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             launcher::run(&cfg, &queue, id, stop)?;
         }
-        Cmd::Qa { dir, out } => {
-            let report = qa::check_dir(&dir).map_err(anyhow::Error::msg)?;
+        Cmd::Qa { dir, out, names } => {
+            let names = match names {
+                Some(p) => prepare::read_names(&p)
+                    .with_context(|| format!("cannot read the names table {}", p.display()))?,
+                None => Vec::new(),
+            };
+            let report = qa::check_dir(&dir, &names).map_err(anyhow::Error::msg)?;
             std::fs::write(&out, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             if !report.bad.is_empty() {

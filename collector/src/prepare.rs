@@ -1,21 +1,46 @@
 //! The work folder of a stack version, as AlignTK expects it, and the check of its summaries.
 //!
-//! Preparation does what the original Python did before each run: link `images/` to the
-//! received stack, create `cmaps maps amaps grids aligned` (find_rst test-writes into
-//! `cmaps/` and aborts without it), write `images.lst`, `pairs.lst` and align's
-//! `schedule.lst`. AlignTK exits 0 on a blank or featureless section; only its summaries
-//! show it (a `nan` quality, a `-1000000` correlation), so a zero exit is checked there.
+//! Preparation does what the original Python did before each run: fill `images/`, create
+//! `cmaps maps amaps grids aligned` (find_rst test-writes into `cmaps/` and aborts without
+//! it), write `images.lst`, `pairs.lst` and align's `schedule.lst`. AlignTK splits its lists
+//! on whitespace, takes a leading `-` for an option and reads `<name>.tif`, while a beamline
+//! may name a section anything. So `images/` is a folder of links: a section whose stem
+//! AlignTK can take keeps it, any other gets a safe alias (`section0003`), and `names.tsv`
+//! maps every AlignTK name back to the received file. After a step, outputs named for an
+//! alias get a second name, the original's ([`name_back`]). The received originals are
+//! never touched. AlignTK exits 0 on a blank or featureless section; only its summaries show
+//! it (a `nan` quality, a `-1000000` correlation), so a zero exit is checked there.
 
+use std::collections::HashSet;
 use std::path::Path;
+
+/// One section as AlignTK sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// The received file's name, byte for byte.
+    pub original: String,
+    /// The stem AlignTK reads it by (`images/<aligntk>.tif`, lines of `images.lst`).
+    pub aligntk: String,
+}
 
 /// What preparing a work folder learned, for command placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
     /// `WIDTHxHEIGHT` of the first image (align's `-grid_size`).
     pub grid_size: String,
-    /// Number of images.
-    pub images: usize,
+    /// The sections in order.
+    pub sections: Vec<Section>,
 }
+
+impl Prepared {
+    /// The AlignTK names in order (what `{first}` and `{last}` are taken from).
+    pub fn aligntk_names(&self) -> Vec<String> {
+        self.sections.iter().map(|s| s.aligntk.clone()).collect()
+    }
+}
+
+/// The file mapping AlignTK names back to the received ones.
+pub const NAMES_FILE: &str = "names.tsv";
 
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -23,22 +48,118 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// Image file names (sorted) in a received stack folder.
+/// Whether a file name is a section image.
+pub fn is_image(n: &str) -> bool {
+    !n.starts_with('.') && (n.ends_with(".tif") || n.ends_with(".tiff") || n.ends_with(".TIF"))
+}
+
+/// Image file names (sorted byte-wise) in a received stack folder. Names that are not UTF-8
+/// never arrive: the link carries UTF-8 paths only.
 pub fn image_names(stack_dir: &Path) -> std::io::Result<Vec<String>> {
     let mut v: Vec<String> = std::fs::read_dir(stack_dir)?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| {
-            !n.starts_with('.')
-                && (n.ends_with(".tif") || n.ends_with(".tiff") || n.ends_with(".TIF"))
-        })
+        .filter(|n| is_image(n))
         .collect();
     v.sort();
     Ok(v)
 }
 
-fn stem(n: &str) -> &str {
+/// The name without its extension.
+pub fn stem(n: &str) -> &str {
     n.rsplit_once('.').map(|(s, _)| s).unwrap_or(n)
+}
+
+/// Whether AlignTK can take `stem` as it is: a word of plain characters that no list parser
+/// splits and no option parser takes for a flag.
+fn aligntk_can_take(stem: &str) -> bool {
+    !stem.is_empty()
+        && stem.len() <= 200
+        && !stem.starts_with(['-', '.'])
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.+".contains(c))
+}
+
+/// Names every section for AlignTK: its own stem where AlignTK can take it and no other
+/// section has it, otherwise an alias no other section uses.
+pub fn aligntk_names(originals: &[String]) -> Vec<Section> {
+    let stems: Vec<&str> = originals.iter().map(|n| stem(n)).collect();
+    let mut count = std::collections::HashMap::new();
+    for s in &stems {
+        *count.entry(*s).or_insert(0) += 1;
+    }
+    let keep = |s: &str| aligntk_can_take(s) && count[s] == 1;
+    let mut taken: HashSet<String> = stems
+        .iter()
+        .filter(|s| keep(s))
+        .map(|s| s.to_string())
+        .collect();
+    originals
+        .iter()
+        .zip(&stems)
+        .enumerate()
+        .map(|(i, (orig, st))| {
+            let aligntk = if keep(st) {
+                st.to_string()
+            } else {
+                let mut alias = format!("section{i:04}");
+                let mut n = 0;
+                while taken.contains(&alias) {
+                    n += 1;
+                    alias = format!("section{i:04}_{n}");
+                }
+                taken.insert(alias.clone());
+                alias
+            };
+            Section {
+                original: orig.clone(),
+                aligntk,
+            }
+        })
+        .collect()
+}
+
+/// A field of `names.tsv`: tabs, newlines and backslashes escaped so that any name fits one
+/// field.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(o) => out.push(o),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Reads `names.tsv`: the sections in order.
+pub fn read_names(path: &Path) -> std::io::Result<Vec<Section>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(a, o)| Section {
+            aligntk: unescape(a),
+            original: unescape(o),
+        })
+        .collect())
 }
 
 /// Prepares `work_dir` for the images in `stack_dir`. Safe to repeat.
@@ -46,18 +167,6 @@ pub fn prepare(work_dir: &Path, stack_dir: &Path, schedule: &str) -> Result<Prep
     let io =
         |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
     std::fs::create_dir_all(work_dir).map_err(|e| io("create", work_dir, e))?;
-    let link = work_dir.join("images");
-    match std::fs::read_link(&link) {
-        Ok(t) if t == stack_dir => {}
-        _ => {
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(stack_dir, &link).map_err(|e| io("link", &link, e))?;
-        }
-    }
-    for d in ["cmaps", "maps", "amaps", "grids", "aligned"] {
-        std::fs::create_dir_all(work_dir.join(d))
-            .map_err(|e| io("create", &work_dir.join(d), e))?;
-    }
     let names = image_names(stack_dir).map_err(|e| io("list", stack_dir, e))?;
     if names.len() < 2 {
         return Err(format!(
@@ -66,55 +175,148 @@ pub fn prepare(work_dir: &Path, stack_dir: &Path, schedule: &str) -> Result<Prep
             names.len()
         ));
     }
-    let stems: Vec<&str> = names.iter().map(|n| stem(n)).collect();
-    let mut images = stems.join("\n");
-    images.push('\n');
-    let pairs: String = stems
-        .windows(2)
-        .map(|w| format!("{} {} {}_{}\n", w[0], w[1], w[0], w[1]))
+    let sections = aligntk_names(&names);
+    let images = work_dir.join("images");
+    if std::fs::symlink_metadata(&images).is_ok_and(|m| !m.is_dir()) {
+        // a work folder prepared when images/ was one link to the whole stack
+        std::fs::remove_file(&images).map_err(|e| io("replace", &images, e))?;
+    }
+    std::fs::create_dir_all(&images).map_err(|e| io("create", &images, e))?;
+    let wanted: HashSet<String> = sections
+        .iter()
+        .map(|s| format!("{}.tif", s.aligntk))
         .collect();
-    write_atomic(&work_dir.join("images.lst"), &images)
-        .map_err(|e| io("write", &work_dir.join("images.lst"), e))?;
-    write_atomic(&work_dir.join("pairs.lst"), &pairs)
-        .map_err(|e| io("write", &work_dir.join("pairs.lst"), e))?;
-    write_atomic(&work_dir.join("schedule.lst"), schedule)
-        .map_err(|e| io("write", &work_dir.join("schedule.lst"), e))?;
-    let first = stack_dir.join(&names[0]);
-    let (w, h) = crate::qa::dimensions(&first).map_err(|e| format!("{}: {e}", names[0]))?;
+    for e in std::fs::read_dir(&images).map_err(|e| io("list", &images, e))? {
+        let e = e.map_err(|e| io("list", &images, e))?;
+        if !e.file_name().to_str().is_some_and(|n| wanted.contains(n)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    for s in &sections {
+        let link = images.join(format!("{}.tif", s.aligntk));
+        let target = stack_dir.join(&s.original);
+        match std::fs::read_link(&link) {
+            Ok(t) if t == target => {}
+            _ => {
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&target, &link).map_err(|e| io("link", &link, e))?;
+            }
+        }
+    }
+    for d in ["cmaps", "maps", "amaps", "grids", "aligned"] {
+        std::fs::create_dir_all(work_dir.join(d))
+            .map_err(|e| io("create", &work_dir.join(d), e))?;
+    }
+    let mut list = String::new();
+    let mut table = String::from("aligntk\toriginal\n");
+    for s in &sections {
+        list.push_str(&s.aligntk);
+        list.push('\n');
+        table.push_str(&format!(
+            "{}\t{}\n",
+            escape(&s.aligntk),
+            escape(&s.original)
+        ));
+    }
+    let pairs: String = sections
+        .windows(2)
+        .map(|w| format!("{0} {1} {0}_{1}\n", w[0].aligntk, w[1].aligntk))
+        .collect();
+    for (name, text) in [
+        ("images.lst", list.as_str()),
+        ("pairs.lst", pairs.as_str()),
+        ("schedule.lst", schedule),
+        (NAMES_FILE, table.as_str()),
+    ] {
+        write_atomic(&work_dir.join(name), text)
+            .map_err(|e| io("write", &work_dir.join(name), e))?;
+    }
+    let first = stack_dir.join(&sections[0].original);
+    let (w, h) =
+        crate::qa::dimensions(&first).map_err(|e| format!("{}: {e}", sections[0].original))?;
     Ok(Prepared {
         grid_size: format!("{w}x{h}"),
-        images: names.len(),
+        sections,
     })
 }
 
-/// Checks an AlignTK summary: every pair must have a real quality and correlation.
+/// Gives each output that carries an alias (`aligned/section0003.tif`, `amaps/section0003.map`)
+/// a second name, the received section's (`aligned/<original>`, `amaps/<original stem>.map`),
+/// as a hard link: no copy, and AlignTK's own name stays for the steps after. Safe to repeat.
+pub fn name_back(work_dir: &Path) -> Result<(), String> {
+    let Ok(sections) = read_names(&work_dir.join(NAMES_FILE)) else {
+        return Ok(()); // a workflow that prepared no names
+    };
+    for s in sections.iter().filter(|s| s.aligntk != stem(&s.original)) {
+        for (dir, from, to) in [
+            (
+                "aligned",
+                format!("{}.tif", s.aligntk),
+                s.original.to_string(),
+            ),
+            (
+                "amaps",
+                format!("{}.map", s.aligntk),
+                format!("{}.map", stem(&s.original)),
+            ),
+        ] {
+            let (from, to) = (work_dir.join(dir).join(from), work_dir.join(dir).join(to));
+            if !from.exists() {
+                continue;
+            }
+            let _ = std::fs::remove_file(&to);
+            std::fs::hard_link(&from, &to).map_err(|e| {
+                format!(
+                    "cannot name {} back as {}: {e}",
+                    from.display(),
+                    to.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks an AlignTK summary: every pair must have a real quality and correlation. Pairs are
+/// named by the received sections' names (through `names.tsv`), each bad pair once.
 pub fn check_summary(work_dir: &Path, rel: &str) -> Result<(), String> {
     let path = work_dir.join(rel);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         format!("{rel} is missing or unreadable ({e}); the step did not finish every pair")
     })?;
-    let mut bad = Vec::new();
+    let sections = read_names(&work_dir.join(NAMES_FILE)).unwrap_or_default();
+    let original = |t: &str| {
+        sections
+            .iter()
+            .find(|s| s.aligntk == t)
+            .map(|s| s.original.clone())
+    };
+    let mut bad: Vec<String> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let toks: Vec<&str> = line.split_whitespace().collect();
         let fault = toks.iter().find(|t| {
             let l = t.to_ascii_lowercase();
             l == "nan" || l == "-nan" || t.parse::<f64>().is_ok_and(|v| v == -1_000_000.0)
         });
-        if let Some(f) = fault {
-            let pair = toks
-                .iter()
+        let Some(f) = fault else { continue };
+        let named: Vec<String> = toks.iter().filter_map(|t| original(t)).collect();
+        let pair = if named.len() >= 2 {
+            format!("{} and {}", named[0], named[1])
+        } else {
+            toks.iter()
                 .find(|t| t.contains('_') && t.parse::<f64>().is_err())
                 .copied()
-                .unwrap_or(toks[0]);
-            bad.push(format!(
-                "pair {pair} has {} ({rel} line {})",
-                if f.to_ascii_lowercase().contains("nan") {
-                    "quality nan"
-                } else {
-                    "correlation -1000000"
-                },
-                i + 1
-            ));
+                .unwrap_or(toks[0])
+                .to_string()
+        };
+        let what = if f.to_ascii_lowercase().contains("nan") {
+            "quality nan"
+        } else {
+            "correlation -1000000"
+        };
+        let entry = format!("pair {pair} has {what}");
+        if !bad.iter().any(|b| b.starts_with(&entry)) {
+            bad.push(format!("{entry} ({rel} line {})", i + 1));
         }
     }
     if bad.is_empty() {
@@ -127,6 +329,82 @@ pub fn check_summary(work_dir: &Path, rel: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn names_aligntk_cannot_take_get_aliases_and_plain_ones_stay() {
+        let got = aligntk_names(&v(&[
+            "-x0.tif",
+            "S_0001.tif",
+            "a b.tif",
+            "dup.tif",
+            "dup.tiff",
+            "section0005.tif",
+            "$(id>PWNED).tif",
+        ]));
+        let names: Vec<&str> = got.iter().map(|s| s.aligntk.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "section0000",
+                "S_0001",
+                "section0002",
+                "section0003",
+                "section0004",
+                "section0005",
+                "section0006"
+            ]
+        );
+        let unique: HashSet<&&str> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        // an alias that a real name already holds moves aside
+        let got = aligntk_names(&v(&["a b.tif", "section0000.tif"]));
+        assert_eq!(got[0].aligntk, "section0000_1");
+        assert_eq!(got[1].aligntk, "section0000");
+    }
+
+    #[test]
+    fn prepared_folder_links_every_section_and_maps_names_back() {
+        let d = tempfile::tempdir().unwrap();
+        let stack = d.path().join("stack");
+        std::fs::create_dir_all(&stack).unwrap();
+        let hostile = ["-x0.tif", "a b.tif", "n\nl\tt\\.tif", "$(id>PWNED).tif"];
+        for n in hostile {
+            let f = std::fs::File::create(stack.join(n)).unwrap();
+            let mut enc = tiff::encoder::TiffEncoder::new(f).unwrap();
+            let px: Vec<u8> = (0..64u32).map(|i| (i * 3) as u8).collect();
+            enc.write_image::<tiff::encoder::colortype::Gray8>(8, 8, &px)
+                .unwrap();
+        }
+        let work = d.path().join("work");
+        let p = prepare(&work, &stack, "6 0.1 1.0 0.01\n").unwrap();
+        assert_eq!(p.sections.len(), 4);
+        let listed = std::fs::read_to_string(work.join("images.lst")).unwrap();
+        for line in listed.lines() {
+            assert!(aligntk_can_take(line), "{line:?}");
+            assert!(work.join("images").join(format!("{line}.tif")).exists());
+        }
+        let back = read_names(&work.join(NAMES_FILE)).unwrap();
+        assert_eq!(back, p.sections);
+        let mut originals: Vec<String> = back.iter().map(|s| s.original.clone()).collect();
+        originals.sort();
+        let mut want = v(&hostile);
+        want.sort();
+        assert_eq!(originals, want);
+        // again: nothing changes, nothing breaks
+        assert_eq!(prepare(&work, &stack, "6 0.1 1.0 0.01\n").unwrap(), p);
+        // outputs under an alias get the original name too
+        for s in &p.sections {
+            std::fs::write(work.join("aligned").join(format!("{}.tif", s.aligntk)), "x").unwrap();
+        }
+        name_back(&work).unwrap();
+        for n in hostile {
+            assert!(work.join("aligned").join(n).exists(), "{n:?}");
+        }
+    }
 
     #[test]
     fn summaries_with_nan_or_sentinel_name_the_pair() {

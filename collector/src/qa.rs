@@ -121,8 +121,20 @@ pub fn measure(path: &Path) -> Result<Section, String> {
     })
 }
 
-/// Checks every image in `dir` (sorted by name).
-pub fn check_dir(dir: &Path) -> Result<Report, String> {
+/// Checks every image in `dir` (sorted by name). Where `names` (a work folder's
+/// `names.tsv`) knows a file, the report names the section the beamline sent instead.
+pub fn check_dir(dir: &Path, names: &[crate::prepare::Section]) -> Result<Report, String> {
+    let received = |n: &str| {
+        names
+            .iter()
+            .find(|s| format!("{}.tif", s.aligntk) == n)
+            .map(|s| s.original.clone())
+            .unwrap_or_else(|| n.to_string())
+    };
+    check_files(dir, &received)
+}
+
+fn check_files(dir: &Path, received: &dyn Fn(&str) -> String) -> Result<Report, String> {
     let names = crate::prepare::image_names(dir)
         .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     if names.is_empty() {
@@ -133,10 +145,12 @@ pub fn check_dir(dir: &Path) -> Result<Report, String> {
         bad: Vec::new(),
     };
     let mut shape: Option<(u32, u32, u8, String)> = None;
-    for name in names {
-        match measure(&dir.join(&name)) {
+    for file in names {
+        let name = received(&file);
+        match measure(&dir.join(&file)) {
             Err(e) => report.bad.push((name, e)),
-            Ok(s) => {
+            Ok(mut s) => {
+                s.name = name.clone();
                 let mut why = Vec::new();
                 match &shape {
                     None => shape = Some((s.width, s.height, s.bits, name.clone())),
@@ -201,7 +215,7 @@ mod tests {
         });
         tiff16(&d.path().join("S_0004.tif"), 16, 32, |x, y| (x + y) as u16);
         std::fs::write(d.path().join("S_0005.tif"), b"not a tiff").unwrap();
-        let r = check_dir(d.path()).unwrap();
+        let r = check_dir(d.path(), &[]).unwrap();
         assert_eq!(r.sections.len(), 2);
         let bad: std::collections::HashMap<_, _> = r.bad.into_iter().collect();
         assert!(bad["S_0002.tif"].contains("blank"), "{bad:?}");

@@ -5,7 +5,7 @@ use crate::api::{
     AcquireRequest, AcquireResponse, ErrorBody, EventRow, JobRow, LauncherStart, ReportRequest,
     ServerInfo, StatusResponse, SubmitRequest, SubmitResponse, SERVER_INFO,
 };
-use crate::dag::{plan, StackFacts};
+use crate::dag::plan;
 use crate::db::{Db, DbError, NewStack};
 use crate::engine::Engine;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -301,15 +301,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         .join(&stack)
         .join(format!("v{}", req.version));
     let (dir_s, work_s) = (dir.display().to_string(), work_dir.display().to_string());
-    let jobs = plan(
-        wf,
-        &StackFacts {
-            stack: &stack,
-            images_dir: &dir_s,
-            images: &images,
-            collector: &collector_exe(),
-        },
-    );
+    let jobs = plan(wf);
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());
     let dg = digest(&req.files);
     let new = NewStack {

@@ -5,6 +5,7 @@
 //! the key and the line, and relative paths resolve against the config file's own folder so
 //! that a systemd unit and a person in another working directory see the same paths.
 
+pub mod argv;
 mod units;
 mod workflow;
 
@@ -371,7 +372,9 @@ pub struct QueueSection {
     pub queue: String,
     /// How a job is started inside the allocation; empty for the scheduler's usual
     /// (`srun`, `mpiexec`, `aprun`, or directly). Placeholders: `{command}`, `{nodes}`,
-    /// `{ranks}`, `{ranks_per_node}`, `{threads}`, `{affinity}`, `{hostfile}`.
+    /// `{ranks}`, `{ranks_per_node}`, `{threads}`, `{affinity}`, `{hostfile}`. Split into words
+    /// when the config loads; `{command}` must be a word of its own and becomes the job's
+    /// whole argument vector. No shell runs it.
     pub launch: String,
     /// Local scheduler only: job slots the launcher offers (0 = one per CPU).
     pub slots: u32,
@@ -383,6 +386,47 @@ pub struct QueueSection {
     pub walltime_margin: Dur,
     /// Extra arguments for the submit command.
     pub extra_args: Vec<String>,
+}
+
+/// The placeholders a launch template may use.
+pub const LAUNCH_PLACEHOLDERS: &[&str] = &[
+    "command",
+    "nodes",
+    "ranks",
+    "ranks_per_node",
+    "threads",
+    "affinity",
+    "hostfile",
+];
+
+/// Checks a launch template and splits it into words: `{command}` exactly once, as a word
+/// of its own, and only known placeholders.
+pub fn launch_argv(template: &str) -> Result<Vec<String>, String> {
+    let words = argv::split(template)?;
+    let whole = words.iter().filter(|w| *w == "{command}").count();
+    if whole != 1
+        || words
+            .iter()
+            .any(|w| w != "{command}" && w.contains("{command}"))
+    {
+        return Err(format!(
+            "the template must hold {{command}} exactly once, as a word of its own (it becomes the \
+             job's arguments), e.g. \"srun -n {{ranks}} {{command}}\"; got {template:?}"
+        ));
+    }
+    for p in words.iter().flat_map(|w| argv::placeholders(w)) {
+        if !LAUNCH_PLACEHOLDERS.contains(&p) {
+            return Err(format!(
+                "unknown placeholder {{{p}}}; known are {}",
+                LAUNCH_PLACEHOLDERS
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+    }
+    Ok(words)
 }
 
 impl Default for QueueSection {
@@ -468,7 +512,7 @@ impl Config {
                 }
             }
         }
-        for (name, wf) in cfg.workflows.iter() {
+        for (name, wf) in cfg.workflows.iter_mut() {
             wf.validate(name)
                 .map_err(|(key, message)| ConfigError::Invalid {
                     path: path.to_path_buf(),
@@ -505,6 +549,11 @@ impl Config {
                         q.min_nodes, q.max_nodes
                     ),
                 ));
+            }
+            if !q.launch.is_empty() {
+                if let Err(e) = launch_argv(&q.launch) {
+                    return Err(bad("launch", e));
+                }
             }
             if q.walltime <= q.walltime_margin {
                 return Err(bad(

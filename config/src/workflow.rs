@@ -36,8 +36,13 @@ pub fn default_schedule() -> String {
 pub struct Step {
     /// Unique within the workflow; the job's name.
     pub name: String,
-    /// Command line template; `{bin}`, `{first}`, `{images}` … are filled in per stack.
+    /// Command line template; `{bin}`, `{first}`, `{images}` … are filled in per stack. It is
+    /// split into words once, when the config loads (see [`crate::argv`]), and runs without a
+    /// shell.
     pub command: String,
+    /// `command` split into words (set when the config loads).
+    #[serde(skip)]
+    pub argv: Vec<String>,
     /// Steps that must finish first.
     #[serde(default)]
     pub after: Vec<String>,
@@ -62,6 +67,19 @@ pub struct Step {
     pub check_summary: Option<String>,
 }
 
+/// The placeholders a step's command may use: `{bin}` from the config, the rest filled in
+/// per stack version when its work folder is prepared.
+pub const STEP_PLACEHOLDERS: &[&str] = &[
+    "bin",
+    "stack",
+    "images",
+    "first",
+    "last",
+    "count",
+    "collector",
+    "grid_size",
+];
+
 fn one() -> u32 {
     1
 }
@@ -70,13 +88,38 @@ fn default_affinity() -> String {
 }
 
 impl Workflow {
-    /// Checks names, parents and cycles; on error returns (key, message).
-    pub(crate) fn validate(&self, wf: &str) -> Result<(), (String, String)> {
+    /// Checks names, parents, cycles and commands, and splits each command into its words;
+    /// on error returns (key, message).
+    pub(crate) fn validate(&mut self, wf: &str) -> Result<(), (String, String)> {
         if self.steps.is_empty() {
             return Err((
                 "steps".into(),
                 format!("workflow `{wf}` has no steps; add at least one [[workflows.{wf}.steps]]"),
             ));
+        }
+        for (i, s) in self.steps.iter_mut().enumerate() {
+            s.argv = crate::argv::split(&s.command).map_err(|e| {
+                (
+                    format!("steps[{i}].command"),
+                    format!("step `{}`: {e}", s.name),
+                )
+            })?;
+            for p in s.argv.iter().flat_map(|a| crate::argv::placeholders(a)) {
+                if !STEP_PLACEHOLDERS.contains(&p) {
+                    return Err((
+                        format!("steps[{i}].command"),
+                        format!(
+                            "step `{}`: unknown placeholder {{{p}}}; known are {}",
+                            s.name,
+                            STEP_PLACEHOLDERS
+                                .iter()
+                                .map(|p| format!("{{{p}}}"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
+                    ));
+                }
+            }
         }
         let mut seen = HashSet::new();
         for (i, s) in self.steps.iter().enumerate() {
@@ -158,6 +201,7 @@ fn step(name: &str, after: &[&str], command: &str) -> Step {
     Step {
         name: name.into(),
         command: command.into(),
+        argv: Vec::new(),
         after: after.iter().map(|s| s.to_string()).collect(),
         nodes: 1,
         ranks_per_node: 1,
@@ -170,7 +214,11 @@ fn step(name: &str, after: &[&str], command: &str) -> Step {
 
 /// Workflows every config has unless it defines one of the same name.
 pub(crate) fn builtin() -> Vec<(String, Workflow)> {
-    let qa = step("qa", &[], "{collector} qa images --out qa.json");
+    let qa = step(
+        "qa",
+        &[],
+        "{collector} qa images --names names.tsv --out qa.json",
+    );
     let mut find_rst = step(
         "find_rst",
         &["qa"],
@@ -222,7 +270,7 @@ mod tests {
 
     #[test]
     fn builtin_aligntk_is_a_chain() {
-        for (name, wf) in builtin() {
+        for (name, mut wf) in builtin() {
             wf.validate(&name).unwrap();
         }
         let (_, wf) = builtin().into_iter().find(|(n, _)| n == "aligntk").unwrap();

@@ -100,8 +100,10 @@ pub struct JobRow {
     pub threads_per_rank: u32,
     /// CPU binding.
     pub cpu_affinity: String,
-    /// Command line.
+    /// The argument vector as one line a person can paste into a shell (every value quoted).
     pub command: String,
+    /// The arguments the job runs with, exactly; no shell sees them.
+    pub argv: Vec<String>,
     /// Runs so far.
     pub attempts: u32,
     /// Why it is in its state (the last event's reason).
@@ -119,8 +121,8 @@ pub struct LaunchedJob {
     pub name: String,
     /// Stack path, for logs.
     pub stack: String,
-    /// Command line, placeholders filled.
-    pub command: String,
+    /// The job's arguments, placeholders filled; run as they are, never through a shell.
+    pub argv: Vec<String>,
     /// Folder to run in.
     pub work_dir: String,
     /// Nodes.
