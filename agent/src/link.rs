@@ -21,20 +21,18 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The far-end command could not be started.
-    #[error("cannot start the collector ({command}): {source}; install beamflow-collector beside beamflow-agent or set [link] command")]
+    #[error("cannot start the collector ({command}): {cause}; install beamflow-collector beside beamflow-agent or set [link] command")]
     Spawn {
         /// The command line.
         command: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The handshake failed.
-    #[error("handshake with the collector failed: {source}{}", tail_text(.stderr))]
+    #[error("handshake with the collector failed: {cause}{}", tail_text(.stderr))]
     Handshake {
         /// What went wrong.
-        #[source]
-        source: ProtocolError,
+        cause: ProtocolError,
         /// The far end's last stderr lines.
         stderr: String,
     },
@@ -165,7 +163,7 @@ impl Link {
             .spawn()
             .map_err(|source| LinkError::Spawn {
                 command: command.clone(),
-                source,
+                cause: source,
             })?;
         let stderr = StderrTail::default();
         if let Some(err) = child.stderr.take() {
@@ -210,8 +208,8 @@ impl Link {
                 std::thread::sleep(Duration::from_millis(50));
                 let tail = link.stderr.text();
                 Err(match e {
-                    LinkError::Handshake { source, .. } => LinkError::Handshake {
-                        source,
+                    LinkError::Handshake { cause: source, .. } => LinkError::Handshake {
+                        cause: source,
                         stderr: tail,
                     },
                     LinkError::Timeout { waited, .. } => LinkError::Timeout {
@@ -226,7 +224,7 @@ impl Link {
 
     fn handshake(&mut self, timeout: Duration) -> Result<(), LinkError> {
         let hs = |source| LinkError::Handshake {
-            source,
+            cause: source,
             stderr: String::new(),
         };
         let client = format!(

@@ -8,11 +8,8 @@
 
 pub use beamflow_protocol::api;
 pub mod cli;
-mod commit;
 pub mod dag;
 pub mod db;
-pub mod delta;
-mod direct;
 pub mod engine;
 pub mod launcher;
 pub mod lifecycle;

@@ -23,13 +23,12 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// A folder or file of the state dir could not be made.
-    #[error("failed to prepare {path}: {source}")]
+    #[error("failed to prepare {path}: {cause}")]
     State {
         /// Which.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Another service holds the lock.
     #[error("another collector service already owns {path}; stop it first (see its pid in server-info), or give this one its own state_dir")]
@@ -38,26 +37,24 @@ pub enum ServiceError {
         path: PathBuf,
     },
     /// The database could not be opened.
-    #[error("failed to open the database {path}: {source}")]
+    #[error("failed to open the database {path}: {cause}")]
     Db {
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: DbError,
+        cause: DbError,
     },
     /// The listen address could not be bound.
-    #[error("failed to listen on {addr}: {source}; pick another [service] listen address")]
+    #[error("failed to listen on {addr}: {cause}; pick another [service] listen address")]
     Bind {
         /// Address.
         addr: std::net::SocketAddr,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The HTTP server failed.
     #[error("the API server failed: {0}")]
-    Serve(#[source] std::io::Error),
+    Serve(std::io::Error),
 }
 
 #[derive(Clone)]
@@ -130,7 +127,10 @@ pub async fn run(
     let state_dir = cfg.collector.state_dir.clone();
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ServiceError::State { path, source }
+        move |source| ServiceError::State {
+            path,
+            cause: source,
+        }
     };
     std::fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;
     let lock_path = state_dir.join("service.lock");
@@ -146,14 +146,14 @@ pub async fn run(
     let db_path = state_dir.join("collector.db");
     let db = Db::open(&db_path).map_err(|source| ServiceError::Db {
         path: db_path.clone(),
-        source,
+        cause: source,
     })?;
     let token = random_token().map_err(io(Path::new("/dev/urandom")))?;
     let listener = tokio::net::TcpListener::bind(cfg.service.listen)
         .await
         .map_err(|source| ServiceError::Bind {
             addr: cfg.service.listen,
-            source,
+            cause: source,
         })?;
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
     let info = ServerInfo {

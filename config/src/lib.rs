@@ -26,13 +26,12 @@ pub const EMBEDDED_LOCAL: &str = include_str!("../../examples/local.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("failed to read config {path}: {source}")]
+    #[error("failed to read config {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TOML was malformed, had an unknown key, or a value of the wrong kind.
     #[error("{path}:{line}: {key}{message}")]
@@ -470,7 +469,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let base = path
             .canonicalize()

@@ -76,7 +76,7 @@ fn agent_killed_at_several_points_finishes_with_every_file_and_one_dag() {
     let leftovers: Vec<_> = std::fs::read_dir(site.remote().join("big"))
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".beamflow-part"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".beamflow-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -8,19 +8,28 @@
 //! before it is durable.
 
 use crate::api::{Client, SubmitFile, SubmitRequest};
-use crate::commit::{Committer, Finished, SharedWriter, Verified, HASH_XATTR};
 use beamflow_config::Config;
 use beamflow_protocol::{
     normalize_rel_path, read_frame_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Hash, Have,
     ProtocolError, MAGIC, VERSION,
 };
+use commit::{Committer, Finished, SharedWriter, Verified, HASH_XATTR};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+mod commit;
+mod confine;
+pub mod delta;
+mod direct;
 mod session;
+
+use commit::mtime_ns;
+use direct::{start_writeback, WRITEBACK_STEP};
+
+use confine::{ConfineError, Folder};
 
 pub use session::serve;
 
@@ -37,40 +46,19 @@ pub enum ServeError {
         theirs: u16,
     },
     /// The data root is unusable.
-    #[error("the data root {path} is not usable: {source}")]
+    #[error("the data root {path} is not usable: {cause}")]
     DataRoot {
         /// The folder.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-}
-
-/// Written bytes between two writeback kicks.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// Asks the kernel to start writing a range to disk without waiting (Linux); elsewhere the
-/// fsync before the acknowledgement does all the work.
-pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        unsafe {
-            libc::sync_file_range(
-                f.as_raw_fd(),
-                offset as i64,
-                len as i64,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (f, offset, len);
 }
 
 struct Incoming {
     path: String,
+    /// The open folder `dest` and `part` resolve through.
+    folder: Arc<Folder>,
     dest: PathBuf,
     part: PathBuf,
     size: u64,
@@ -85,19 +73,22 @@ struct Incoming {
     /// State of the hasher after the partial copy we offered as a prefix, if any.
     prefix: Option<(u64, blake3::Hasher)>,
     /// The delta coming in, when we offered a signature.
-    delta: Option<crate::delta::DeltaIn>,
+    delta: Option<delta::DeltaIn>,
 }
 
 /// One connection's worth of receiving state.
 struct Receiver {
     data_root: PathBuf,
-    canon_root: PathBuf,
+    /// The data root, opened: every folder is reached from here.
+    root: Folder,
+    /// Folders reached so far this session, by their path under the data root.
+    folders: HashMap<String, Arc<Folder>>,
     fsync: bool,
     incoming: HashMap<u64, Incoming>,
     /// Write large files around the page cache.
     direct_io: bool,
     /// Aligned buffer for direct writes.
-    stage: crate::direct::Stage,
+    stage: direct::Stage,
     /// Finished files for the committer.
     pending: Vec<Finished>,
     /// Files refused mid-stream: the agent does not wait for answers, so their remaining
@@ -106,9 +97,39 @@ struct Receiver {
     verified: Verified,
 }
 
-pub(crate) fn mtime_ns(m: &std::fs::Metadata) -> i128 {
-    use std::os::unix::fs::MetadataExt;
-    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+/// Where one offered file goes.
+struct Target {
+    /// Its path under the data root.
+    rel: String,
+    /// Its folder, open.
+    folder: Arc<Folder>,
+    /// The file, through the open folder.
+    dest: PathBuf,
+    /// Its temporary name while it arrives.
+    part: PathBuf,
+    /// Where a delta for it is spooled.
+    delta: PathBuf,
+}
+
+/// A hidden temporary name beside the destination that fits whatever the destination's
+/// length: a name of 250 bytes is legal, one of 266 is not, so the temporary name is a short
+/// hash of the real one rather than the real one with more around it.
+pub(crate) fn temp_name(name: &str, kind: &str) -> String {
+    let h = blake3::hash(name.as_bytes());
+    format!(".beamflow-{}.{kind}", hex::encode(&h.as_bytes()[..8]))
+}
+
+/// The code for a refusal caused by the filesystem: a fault that a retry may outlive (a
+/// read-only remount, a full disk, permissions an admin fixes) asks the agent to retry with
+/// backoff; one that no retry can fix (a name this filesystem cannot hold) holds the stack.
+pub(crate) fn io_refusal(e: &std::io::Error, reason: String) -> (ErrorCode, String) {
+    match e.raw_os_error() {
+        Some(libc::ENAMETOOLONG | libc::EILSEQ | libc::EINVAL | libc::ENOTDIR | libc::EISDIR) => (
+            ErrorCode::PathRefused,
+            format!("{reason}; the collector's filesystem cannot hold this name, rename it at the beamline"),
+        ),
+        _ => (ErrorCode::Io, reason),
+    }
 }
 
 fn cached_hash(path: &Path, m: &std::fs::Metadata) -> Option<Hash> {
@@ -146,17 +167,18 @@ impl Receiver {
         let data_root = cfg.collector.data_root.clone();
         let err = |source| ServeError::DataRoot {
             path: data_root.clone(),
-            source,
+            cause: source,
         };
         std::fs::create_dir_all(&data_root).map_err(err)?;
-        let canon_root = data_root.canonicalize().map_err(err)?;
+        let root = Folder::root(&data_root).map_err(err)?;
         Ok(Receiver {
             data_root,
-            canon_root,
+            root,
+            folders: HashMap::new(),
             fsync: cfg.collector.fsync,
             incoming: HashMap::new(),
             direct_io: cfg.collector.direct_io,
-            stage: crate::direct::Stage::default(),
+            stage: direct::Stage::default(),
             pending: Vec::new(),
             refused: std::collections::HashSet::new(),
             verified: Arc::new(Mutex::new(HashMap::new())),
@@ -164,46 +186,66 @@ impl Receiver {
     }
 
     /// Resolves a wire path to a destination that is certainly inside the data root, even if
-    /// someone left a symlink in it.
-    fn destination(&self, path: &str) -> Result<(String, PathBuf), String> {
-        let rel = normalize_rel_path(path)?;
-        let dest = self.data_root.join(&rel);
-        let parent = dest.parent().ok_or("path has no parent folder")?;
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        let canon = parent
-            .canonicalize()
-            .map_err(|e| format!("cannot resolve {}: {e}", parent.display()))?;
-        if !canon.starts_with(&self.canon_root) {
-            return Err(format!(
-                "path {rel:?} leads out of the data root through a symlink"
+    /// someone left a symlink in it: its folder is walked from the open data root and created
+    /// where missing, never through a symlink (see [`confine`]). Nothing is created before
+    /// the path is known to stay inside.
+    fn destination(&mut self, path: &str) -> Result<Target, (ErrorCode, String)> {
+        let rel = normalize_rel_path(path).map_err(|e| (ErrorCode::PathRefused, e))?;
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+        let folder = match self.folders.get(parent) {
+            Some(f) => f.clone(),
+            None => {
+                let f = match self.root.walk(parent, true) {
+                    Ok(f) => Arc::new(f),
+                    Err(e @ (ConfineError::NotAFolder(_) | ConfineError::Dots(_))) => {
+                        return Err((ErrorCode::PathRefused, format!("{rel:?}: {e}")))
+                    }
+                    Err(ConfineError::Io { path, cause }) => {
+                        return Err(io_refusal(
+                            &cause,
+                            format!(
+                                "cannot create folder {}: {cause}",
+                                self.data_root.join(path).display()
+                            ),
+                        ))
+                    }
+                };
+                if self.folders.len() > 4096 {
+                    self.folders.clear(); // bounded: a session over very many folders
+                }
+                self.folders.insert(parent.to_string(), f.clone());
+                f
+            }
+        };
+        if folder.is_symlink(name) {
+            return Err((
+                ErrorCode::PathRefused,
+                format!("{rel:?} is a symlink in the data root; refusing to write through it"),
             ));
         }
-        if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(format!(
-                "{rel:?} is a symlink in the data root; refusing to write through it"
-            ));
-        }
-        Ok((rel, dest))
+        Ok(Target {
+            dest: folder.entry(name),
+            part: folder.entry(&temp_name(name, "part")),
+            delta: folder.entry(&temp_name(name, "delta")),
+            folder,
+            rel,
+        })
     }
 
     fn offer(&mut self, id: u64, path: String, size: u64, hash: Hash) -> Frame {
-        let (rel, dest) = match self.destination(&path) {
+        let Target {
+            rel,
+            folder,
+            dest,
+            part,
+            delta: delta_tmp,
+        } = match self.destination(&path) {
             Ok(x) => x,
-            Err(reason) => {
+            Err((code, reason)) => {
                 tracing::warn!(path = %path, %reason, "offer refused");
-                return Frame::Nack {
-                    id,
-                    code: ErrorCode::PathRefused,
-                    reason,
-                };
+                return Frame::Nack { id, code, reason };
             }
         };
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let part = dest.with_file_name(format!(".{name}.beamflow-part"));
         if let Ok(m) = std::fs::metadata(&dest) {
             if m.is_file() && m.len() == size {
                 let known = cached_hash(&dest, &m).or_else(|| {
@@ -239,13 +281,13 @@ impl Receiver {
         if have == Have::Nothing && std::fs::metadata(&dest).is_ok_and(|m| m.is_file()) {
             // another version of the file is here: offer its signature for a delta
             let t = std::time::Instant::now();
-            let sig = crate::delta::signature_for(&dest, size);
+            let sig = delta::signature_for(&dest, size);
             tracing::debug!(secs = t.elapsed().as_secs_f64(), path = %rel, "signature");
             if let Some(signature) = sig {
                 have = Have::Delta { signature };
-                delta = Some(crate::delta::DeltaIn::new(
-                    dest.with_file_name(format!(".{name}.beamflow-delta")),
-                    self.direct_io && size >= crate::direct::MIN_DIRECT,
+                delta = Some(delta::DeltaIn::new(
+                    delta_tmp,
+                    self.direct_io && size >= direct::MIN_DIRECT,
                 ));
             }
         }
@@ -253,6 +295,7 @@ impl Receiver {
             id,
             Incoming {
                 path: rel,
+                folder,
                 dest,
                 part,
                 size,
@@ -294,8 +337,8 @@ impl Receiver {
                 }
             }
             // a large file is written around the page cache where the filesystem allows it
-            let direct = (self.direct_io && inc.size >= crate::direct::MIN_DIRECT)
-                .then(|| crate::direct::open(&inc.part, offset == 0))
+            let direct = (self.direct_io && inc.size >= direct::MIN_DIRECT)
+                .then(|| direct::open(&inc.part, offset == 0))
                 .flatten();
             inc.direct = direct.is_some();
             // from the start: whatever an earlier session left goes (a new file costs no
@@ -316,10 +359,8 @@ impl Receiver {
                     Ok(f)
                 })
                 .map_err(|e| {
-                    nack(
-                        ErrorCode::Io,
-                        format!("cannot write {}: {e}", inc.part.display()),
-                    )
+                    let (code, reason) = io_refusal(&e, format!("cannot write {}: {e}", inc.path));
+                    nack(code, reason)
                 })?;
             inc.file = Some(f);
             inc.next = offset;
@@ -338,14 +379,10 @@ impl Receiver {
             ));
         }
         let f = inc.file.as_ref().expect("opened above");
-        crate::direct::write_at(f, &mut inc.direct, &mut self.stage, bytes, offset).map_err(
-            |e| {
-                nack(
-                    ErrorCode::Io,
-                    format!("cannot write {}: {e}", inc.part.display()),
-                )
-            },
-        )?;
+        direct::write_at(f, &mut inc.direct, &mut self.stage, bytes, offset).map_err(|e| {
+            let (code, reason) = io_refusal(&e, format!("cannot write {}: {e}", inc.path));
+            nack(code, reason)
+        })?;
         inc.hasher.update(bytes);
         inc.next += bytes.len() as u64;
         if self.fsync && inc.next - inc.flushed >= WRITEBACK_STEP {
@@ -397,7 +434,7 @@ impl Receiver {
     fn with_delta(
         &mut self,
         id: u64,
-        op: impl FnOnce(&mut crate::delta::DeltaIn, &Incoming) -> Result<(), String>,
+        op: impl FnOnce(&mut delta::DeltaIn, &Incoming) -> Result<(), String>,
     ) -> Result<(), Frame> {
         let Some(inc) = self.incoming.get_mut(&id) else {
             return Err(Frame::Error {
@@ -453,11 +490,9 @@ impl Receiver {
             {
                 Ok(f) => inc.file = Some(f),
                 Err(e) => {
-                    return Some(Frame::Nack {
-                        id,
-                        code: ErrorCode::Io,
-                        reason: format!("cannot write {}: {e}", inc.part.display()),
-                    })
+                    let (code, reason) = io_refusal(&e, format!("cannot write {}: {e}", inc.path));
+                    let _ = std::fs::remove_file(&inc.part);
+                    return Some(Frame::Nack { id, code, reason });
                 }
             }
             inc.next = start;
@@ -487,6 +522,7 @@ impl Receiver {
             file: inc.file.take().expect("set above"),
             part: inc.part,
             dest: inc.dest,
+            folder: inc.folder,
         });
         None
     }
@@ -506,6 +542,7 @@ impl Receiver {
                     file,
                     part: inc.part,
                     dest: inc.dest,
+                    folder: inc.folder,
                 });
                 None
             }

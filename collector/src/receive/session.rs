@@ -24,6 +24,9 @@ fn refuse<W: Write>(
     let Err(f) = r else { return Ok(()) };
     if let Frame::Nack { .. } = f {
         if let Some(inc) = rx.incoming.remove(&id) {
+            // nothing of a refused file stays behind: its frames are dropped from here on
+            drop(inc.file);
+            let _ = std::fs::remove_file(&inc.part);
             if let Some(d) = inc.delta {
                 d.discard();
             }

@@ -164,7 +164,11 @@ fn wrong_bytes_are_refused_and_not_stored() {
         "{got:?}"
     );
     assert!(!d.path().join("root/s/a.tif").exists());
-    assert!(!d.path().join("root/s/.a.tif.beamflow-part").exists());
+    assert!(!d
+        .path()
+        .join("root/s")
+        .join(super::temp_name("a.tif", "part"))
+        .exists());
 }
 
 #[test]
@@ -174,7 +178,13 @@ fn a_partial_file_is_offered_as_a_prefix_and_resumed() {
     let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     let hash = *blake3::hash(&body).as_bytes();
     std::fs::create_dir_all(d.path().join("root/s")).unwrap();
-    std::fs::write(d.path().join("root/s/.a.tif.beamflow-part"), &body[..4000]).unwrap();
+    std::fs::write(
+        d.path()
+            .join("root/s")
+            .join(super::temp_name("a.tif", "part")),
+        &body[..4000],
+    )
+    .unwrap();
     let got = session(
         &c,
         &[Frame::Offer {

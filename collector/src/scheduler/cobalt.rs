@@ -91,7 +91,7 @@ impl Scheduler for Cobalt {
             .output()
             .map_err(|source| SchedError::Spawn {
                 command: "qstat".into(),
-                source,
+                cause: source,
             })?;
         Ok(parse_qstat(&String::from_utf8_lossy(&out.stdout)))
     }

@@ -32,11 +32,11 @@ impl Scheduler for Local {
     fn submit(&self, script: &Path, spec: &BatchSpec) -> Result<String, SchedError> {
         let log = std::fs::File::create(&spec.log).map_err(|source| SchedError::Spawn {
             command: format!("create {}", spec.log.display()),
-            source,
+            cause: source,
         })?;
         let err = log.try_clone().map_err(|source| SchedError::Spawn {
             command: "dup log".into(),
-            source,
+            cause: source,
         })?;
         let child = Command::new("sh")
             .arg(script)
@@ -47,7 +47,7 @@ impl Scheduler for Local {
             .spawn()
             .map_err(|source| SchedError::Spawn {
                 command: format!("sh {}", script.display()),
-                source,
+                cause: source,
             })?;
         let id = child.id().to_string();
         if let Ok(mut m) = self.children.lock() {

@@ -55,13 +55,12 @@ pub enum BatchState {
 #[derive(Debug, thiserror::Error)]
 pub enum SchedError {
     /// The command could not be run at all.
-    #[error("cannot run `{command}`: {source}; is the scheduler's client installed and on PATH?")]
+    #[error("cannot run `{command}`: {cause}; is the scheduler's client installed and on PATH?")]
     Spawn {
         /// The command.
         command: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The command ran and failed.
     #[error("`{command}` failed ({status}): {stderr}")]
@@ -129,7 +128,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, SchedError> {
     let command = format!("{cmd:?}").replace('"', "");
     let out = cmd.output().map_err(|source| SchedError::Spawn {
         command: command.clone(),
-        source,
+        cause: source,
     })?;
     if !out.status.success() {
         return Err(SchedError::Failed {

@@ -79,7 +79,7 @@ impl Scheduler for Pbs {
             .output()
             .map_err(|source| SchedError::Spawn {
                 command: "qstat -f -F json -x".into(),
-                source,
+                cause: source,
             })?;
         parse_qstat_json(&String::from_utf8_lossy(&out.stdout)).map_err(|message| {
             SchedError::Parse {

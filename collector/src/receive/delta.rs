@@ -111,7 +111,7 @@ pub struct DeltaIn {
     spooled: u64,
     /// Output bytes already handed to the kernel's writeback.
     written: u64,
-    out: Option<(memmap2::Mmap, HashWriter<crate::direct::SeqWriter>)>,
+    out: Option<(memmap2::Mmap, HashWriter<super::direct::SeqWriter>)>,
     /// Write the rebuilt file around the page cache.
     direct: bool,
 }
@@ -163,7 +163,7 @@ impl DeltaIn {
             // meets a missing page inside the kernel (a short copy that it then redoes).
             let bmap = unsafe { memmap2::MmapOptions::new().populate().map(&b) }
                 .map_err(|e| format!("cannot map the base copy: {e}"))?;
-            let out = crate::direct::SeqWriter::create(part, self.direct)
+            let out = super::direct::SeqWriter::create(part, self.direct)
                 .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
             let w = HashWriter {
                 inner: out,
@@ -185,7 +185,7 @@ impl DeltaIn {
                 .map_err(|e| format!("the delta does not apply: {e}"))?;
             // what this part wrote starts for the disk now, not at the fsync
             w.flush().map_err(|e| e.to_string())?;
-            crate::receive::start_writeback(w.inner.file(), self.written, w.n - self.written);
+            super::direct::start_writeback(w.inner.file(), self.written, w.n - self.written);
             self.written = w.n;
         }
         spool.set_len(0).map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@
 
 use beamflow_config::SyncMode;
 use beamflow_protocol::{write_frame_sync, ErrorCode, Frame, Hash};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +29,8 @@ pub(crate) struct Finished {
     pub file: File,
     pub part: PathBuf,
     pub dest: PathBuf,
+    /// The open folder `part` and `dest` resolve through; it must stay open until both are.
+    pub folder: Arc<super::confine::Folder>,
 }
 
 /// What the receiving thread asks of the committer.
@@ -120,13 +122,13 @@ fn run<W: Write>(
 /// Makes a round of finished files durable and returns the answers to send.
 fn commit(batch: Vec<Finished>, fsync: bool, sync: SyncMode, verified: &Verified) -> Vec<Frame> {
     let mut out = Vec::new();
-    let mut dirs = HashSet::new();
+    let mut dirs = HashMap::new();
     let mut renamed = Vec::new();
     if fsync {
         // start every file's writeback first, so the disk works on all of them at once and
         // each fsync below mostly waits for what is already under way
         for f in &batch {
-            crate::receive::start_writeback(&f.file, 0, 0);
+            super::direct::start_writeback(&f.file, 0, 0);
         }
     }
     // many small files: two filesystem syncs (bytes before renames, then the renames) cost
@@ -155,7 +157,7 @@ fn commit(batch: Vec<Finished>, fsync: bool, sync: SyncMode, verified: &Verified
         match r {
             Ok(()) => {
                 if let Some(d) = f.dest.parent() {
-                    dirs.insert(d.to_path_buf());
+                    dirs.insert(d.to_path_buf(), f.folder.clone());
                 }
                 renamed.push(f);
             }
@@ -169,13 +171,13 @@ fn commit(batch: Vec<Finished>, fsync: bool, sync: SyncMode, verified: &Verified
     let mut failed_dirs = HashMap::new();
     if whole {
         if let Some(Err(e)) = renamed.first().map(|f| sync_filesystem(&f.file)) {
-            for d in &dirs {
+            for d in dirs.keys() {
                 failed_dirs.insert(d.clone(), e.to_string());
             }
         }
     } else if fsync {
-        for d in dirs {
-            if let Err(e) = File::open(&d).and_then(|f| f.sync_all()) {
+        for (d, folder) in dirs {
+            if let Err(e) = folder.sync_all() {
                 failed_dirs.insert(d, e.to_string());
             }
         }
@@ -226,7 +228,7 @@ fn remember_hash(file: &File, hash: &Hash) {
     let Ok(m) = file.metadata() else {
         return;
     };
-    let value = hash_note(m.len(), crate::receive::mtime_ns(&m), hash);
+    let value = hash_note(m.len(), mtime_ns(&m), hash);
     let Ok(n) = std::ffi::CString::new(HASH_XATTR) else {
         return;
     };
@@ -240,4 +242,9 @@ fn remember_hash(file: &File, hash: &Hash) {
             0,
         );
     }
+}
+/// A file's mtime in nanoseconds, as the hash note records it.
+pub(crate) fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
 }
