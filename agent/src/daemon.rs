@@ -211,6 +211,9 @@ pub struct Daemon {
     /// The SSH master, for transport `ssh`.
     master: Option<crate::ssh::Master>,
     master_down: bool,
+    /// Vanished stacks whose partial copy could not be removed yet: when to try again, and
+    /// the wait after that.
+    discard_retry: HashMap<i64, (Instant, Duration)>,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -244,6 +247,7 @@ pub async fn run(
         master: (cfg_transport == beamflow_config::Transport::Ssh)
             .then(|| crate::ssh::Master::new(&cfg_link)),
         master_down: false,
+        discard_retry: HashMap::new(),
     };
     // watchers first, so nothing written during the reconcile scan is missed
     let inotify: Vec<PathBuf> = d
@@ -262,6 +266,13 @@ pub async fn run(
         .collect();
     d.full_rescan();
     d.step().await?;
+    // stacks journaled before a stop whose folders went away meanwhile
+    for rec in d.journal.stacks()? {
+        let dir = PathBuf::from(&rec.dir);
+        if !d.stacks.contains_key(&dir) && !dir.exists() {
+            d.vanished(&dir)?;
+        }
+    }
     tracing::info!(roots = d.roots.len(), stacks = d.stacks.len(), "watching");
     ready();
 
@@ -331,8 +342,12 @@ impl Daemon {
 
     fn walk_root(&mut self, dir: &Path) {
         let Some(i) = self.root_of(dir) else { return };
-        for s in stack_dirs(dir, &self.roots[i].pattern) {
+        let found = stack_dirs(dir, &self.roots[i].pattern);
+        for s in found.stacks {
             self.dirty.insert(s);
+        }
+        for link in found.symlinked {
+            self.symlinked(i, &link);
         }
         // tracked stacks below that vanished are dirty too, so they get dropped
         let gone: Vec<PathBuf> = self
@@ -342,6 +357,37 @@ impl Daemon {
             .cloned()
             .collect();
         self.dirty.extend(gone);
+    }
+
+    /// A symlink to a folder of images: held in the journal with the reason, so that status
+    /// shows it, rather than skipped without a word.
+    fn symlinked(&mut self, root: usize, link: &Path) {
+        let dir = link.display().to_string();
+        let target = std::fs::canonicalize(link)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|e| e.to_string());
+        let reason = format!(
+            "{dir} is a symlink to a folder ({target}); symlinked folders are not followed: move \
+             the images into the watch root, or watch the target with its own [[watch]] path"
+        );
+        let name = self.roots[root].remote_name(link);
+        let workflow = self.roots[root].section.workflow.clone();
+        let r = self
+            .journal
+            .stack(&dir)
+            .and_then(|rec| match rec {
+                Some(rec) => Ok(rec),
+                None => self.journal.ensure_stack(&dir, &name, &workflow),
+            })
+            .and_then(|rec| {
+                if rec.state != StackState::Held || rec.reason != reason {
+                    tracing::warn!(stack = %name, "{reason}");
+                }
+                self.journal.set_state(rec.id, StackState::Held, &reason)
+            });
+        if let Err(e) = r {
+            tracing::warn!(stack = %name, "cannot journal a symlinked folder: {e}");
+        }
     }
 
     fn full_rescan(&mut self) {
@@ -367,6 +413,130 @@ impl Daemon {
                 self.full_rescan();
             }
             Msg::Done(dir, report) => self.finished(dir, *report)?,
+            Msg::Discarded(id, outcome) => self.discarded(id, outcome)?,
+        }
+        Ok(())
+    }
+
+    /// A stack's folder is gone (renamed or removed). Unless it was submitted (its files then
+    /// belong to a DAG), it is marked gone, and what arrived of it at the collector is removed
+    /// so that no half copy lingers there; the folder under its new name is a stack of its own.
+    fn vanished(&mut self, dir: &Path) -> Result<()> {
+        if self.active.as_deref() == Some(dir) {
+            return Ok(()); // its transfer ends first; `finished` comes back here
+        }
+        let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
+            return Ok(());
+        };
+        if matches!(
+            rec.state,
+            StackState::Submitted | StackState::Gone | StackState::Discarding
+        ) {
+            return Ok(());
+        }
+        if self.journal.files(rec.id)?.is_empty() {
+            tracing::info!(stack = %rec.name, "folder gone before anything of it was sent");
+            self.journal.set_state(
+                rec.id,
+                StackState::Gone,
+                "the folder is gone (renamed or removed); nothing of it had been sent",
+            )?;
+        } else {
+            tracing::warn!(stack = %rec.name, "folder gone before the stack was submitted; removing its partial copy at the collector");
+            self.journal.set_state(
+                rec.id,
+                StackState::Discarding,
+                "the folder is gone (renamed or removed) before it was submitted; removing its partial copy at the collector",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Starts removing one vanished stack's partial copy, when the link is free.
+    async fn discard_next(&mut self, now: Instant) -> Result<()> {
+        if self.active.is_some() {
+            return Ok(());
+        }
+        let Some(rec) = self.journal.stacks()?.into_iter().find(|r| {
+            r.state == StackState::Discarding
+                && self
+                    .discard_retry
+                    .get(&r.id)
+                    .is_none_or(|(at, _)| *at <= now)
+        }) else {
+            return Ok(());
+        };
+        let ctl = match self.master.as_mut() {
+            None => None,
+            Some(m) => match m.ensure().await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.discarded(rec.id, transfer::Discard::Failed(e.to_string()))?;
+                    return Ok(());
+                }
+            },
+        };
+        let files: Vec<String> = self
+            .journal
+            .files(rec.id)?
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        self.active = Some(PathBuf::from(&rec.dir));
+        let (cfg, tx, id, name) = (self.cfg.clone(), self.tx.clone(), rec.id, rec.name);
+        tokio::task::spawn_blocking(move || {
+            let outcome = transfer::discard(&cfg, ctl.as_deref(), &name, &files);
+            let _ = tx.send(Msg::Discarded(id, outcome));
+        });
+        Ok(())
+    }
+
+    fn discarded(&mut self, id: i64, outcome: transfer::Discard) -> Result<()> {
+        self.active = None;
+        let still = self
+            .journal
+            .stacks()?
+            .into_iter()
+            .find(|r| r.id == id)
+            .filter(|r| r.state == StackState::Discarding);
+        let Some(rec) = still else {
+            return Ok(()); // the folder came back meanwhile
+        };
+        match outcome {
+            transfer::Discard::Removed(n) => {
+                self.discard_retry.remove(&id);
+                tracing::info!(stack = %rec.name, removed = n, "partial copy removed at the collector");
+                self.journal.set_state(
+                    id,
+                    StackState::Gone,
+                    &format!("the folder is gone (renamed or removed) before it was submitted; its partial copy at the collector ({n} files) was removed"),
+                )?;
+            }
+            transfer::Discard::Kept(why) => {
+                self.discard_retry.remove(&id);
+                self.journal.set_state(
+                    id,
+                    StackState::Gone,
+                    &format!("the folder is gone (renamed or removed); the collector keeps its files: {why}"),
+                )?;
+            }
+            transfer::Discard::Failed(why) => {
+                let (initial, max) = (self.cfg.agent.retry_initial.0, self.cfg.agent.retry_max.0);
+                let wait = self
+                    .discard_retry
+                    .get(&id)
+                    .map(|(_, w)| *w)
+                    .unwrap_or(initial);
+                self.discard_retry
+                    .insert(id, (Instant::now() + wait, (wait * 2).min(max)));
+                let reason = format!(
+                    "the folder is gone before it was submitted; removing its partial copy at the collector failed ({why}); retrying in {}",
+                    humantime::format_duration(wait)
+                );
+                tracing::warn!(stack = %rec.name, "{reason}");
+                self.journal
+                    .set_state(id, StackState::Discarding, &reason)?;
+            }
         }
         Ok(())
     }
@@ -412,6 +582,9 @@ impl Daemon {
                 _ => {
                     if self.stacks.remove(&dir).is_some() {
                         tracing::info!(stack = %dir.display(), "folder no longer holds images; forgetting it");
+                        if !dir.exists() {
+                            self.vanished(&dir)?;
+                        }
                     }
                 }
             }
@@ -420,7 +593,7 @@ impl Daemon {
         for dir in dirs {
             self.consider(&dir, now).await?;
         }
-        Ok(())
+        self.discard_next(now).await
     }
 
     async fn consider(&mut self, dir: &Path, now: Instant) -> Result<()> {
@@ -524,7 +697,8 @@ impl Daemon {
                 Ok(())
             }
             StackState::Held if t.refused => Ok(()),
-            StackState::Waiting | StackState::Held => {
+            // a folder back under a name that had vanished starts over
+            StackState::Waiting | StackState::Held | StackState::Discarding | StackState::Gone => {
                 let rules = &self.roots[ri].rules;
                 let mut obs = Observed {
                     images: t.scan.images.len() as u32,
@@ -587,6 +761,16 @@ impl Daemon {
 
     fn finished(&mut self, dir: PathBuf, report: Report) -> Result<()> {
         self.active = None;
+        self.finished_transfer(&dir, report)?;
+        if !self.stacks.contains_key(&dir) && !dir.exists() {
+            // renamed or removed while it was being sent
+            self.vanished(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn finished_transfer(&mut self, dir: &Path, report: Report) -> Result<()> {
+        let dir = dir.to_path_buf();
         let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
             return Ok(());
         };

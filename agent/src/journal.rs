@@ -36,6 +36,12 @@ pub enum StackState {
     Sent,
     /// The collector accepted the DAG.
     Submitted,
+    /// The folder disappeared (renamed or removed) before the stack was submitted; what
+    /// arrived of it at the collector is being removed.
+    Discarding,
+    /// The folder disappeared before the stack was submitted; nothing of it is left at the
+    /// collector. A folder that appears again under the same name starts over.
+    Gone,
 }
 
 impl StackState {
@@ -48,6 +54,8 @@ impl StackState {
             StackState::Sending => "sending",
             StackState::Sent => "sent",
             StackState::Submitted => "submitted",
+            StackState::Discarding => "discarding",
+            StackState::Gone => "gone",
         }
     }
     fn parse(s: &str) -> StackState {
@@ -57,6 +65,8 @@ impl StackState {
             "sending" => StackState::Sending,
             "sent" => StackState::Sent,
             "submitted" => StackState::Submitted,
+            "discarding" => StackState::Discarding,
+            "gone" => StackState::Gone,
             _ => StackState::Waiting,
         }
     }

@@ -2,11 +2,21 @@
 
 use anyhow::{Context, Result};
 use beamflow_agent::{daemon, demo, journal::Journal, push, status};
-use beamflow_config::{Config, LogFormat};
+use beamflow_config::{logs, Config, LogFormat};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// Prints a line to stdout; a reader that went away does not kill the program.
+macro_rules! sayln {
+    ($($t:tt)*) => { logs::out(&format!("{}\n", format_args!($($t)*))) };
+}
+
+/// Prints a line to stderr, ignoring a lost stderr.
+macro_rules! complain {
+    ($($t:tt)*) => { logs::err(&format!($($t)*)) };
+}
 
 #[derive(Parser)]
 #[command(
@@ -78,24 +88,11 @@ enum ConfigCmd {
     Check { file: PathBuf },
 }
 
-fn init_logs(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG")
-        .unwrap_or_else(|_| default.into());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Plain => b.init(),
-    }
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("beamflow-agent: {e:#}");
+            complain!("beamflow-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -112,7 +109,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?;
-            init_logs(cfg.agent.log_format, "info");
+            logs::init(cfg.agent.log_format, "info");
             let rt = runtime()?;
             let status = format!("STATUS=watching {} root(s)", cfg.watch.len());
             let ready = move || {
@@ -130,7 +127,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             attempts,
         } => {
             let cfg = Config::load(&config)?;
-            init_logs(cfg.agent.log_format, "warn");
+            logs::init(cfg.agent.log_format, "warn");
             let rt = runtime()?;
             let progress = std::sync::Arc::new(beamflow_agent::transfer::Progress::default());
             let p = rt.block_on(async {
@@ -139,7 +136,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 shown.abort();
                 r
             })?;
-            println!(
+            sayln!(
                 "{} v{}: {} files, {} ({} sent, {} already there), {:.2} s; DAG {} with {} jobs{}",
                 p.stack,
                 p.version,
@@ -165,7 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config.display()
             );
             let ctl = beamflow_agent::ssh::login(&cfg.link).map_err(anyhow::Error::msg)?;
-            println!(
+            sayln!(
                 "SSH master to {} is open at {}; beamflow-agent run uses it until it ends",
                 cfg.link.host,
                 ctl.display()
@@ -176,9 +173,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let journal = Journal::open_read_only(&cfg.agent.state_dir)?;
             let stacks = journal.stacks()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stacks)?);
+                sayln!("{}", serde_json::to_string_pretty(&stacks)?);
             } else {
-                print!("{}", status::table(&stacks));
+                logs::out(&status::table(&stacks));
             }
         }
         Cmd::Demo {
@@ -187,7 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             side,
             settle,
         } => {
-            init_logs(LogFormat::Plain, "warn");
+            logs::init(LogFormat::Plain, "warn");
             let opts = demo::DemoOptions {
                 dir,
                 sections,
@@ -196,13 +193,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ..Default::default()
             };
             let report = runtime()?.block_on(demo::run(opts))?;
-            print!("{}", demo::render(&report, settle));
+            logs::out(&demo::render(&report, settle));
         }
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => {
             let cfg = Config::load(&file)?;
-            print!("{}", cfg.to_toml());
+            logs::out(&cfg.to_toml());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -242,7 +239,7 @@ async fn show_progress(p: std::sync::Arc<beamflow_agent::transfer::Progress>) {
         } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             last_line = Some(std::time::Instant::now());
             let rate = done as f64 / start.elapsed().as_secs_f64().max(0.001) / 1e6;
-            eprintln!(
+            complain!(
                 "push: {done_files}/{files} files, {} of {}, {rate:.1} MB/s",
                 status::human_bytes(done),
                 status::human_bytes(total)

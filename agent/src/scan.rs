@@ -111,32 +111,54 @@ pub fn scan_dir(
     Ok(out)
 }
 
+/// What a walk of a watch root found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Folders that hold at least one matching file (the root itself included).
+    pub stacks: Vec<PathBuf>,
+    /// Symlinks to folders that hold matching files: not followed (one could lead anywhere,
+    /// or loop), and reported so that nobody waits for them in silence.
+    pub symlinked: Vec<PathBuf>,
+}
+
+fn holds_images(dir: &Path, pattern: &glob::Pattern) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok).any(|f| {
+                f.file_name()
+                    .to_str()
+                    .is_some_and(|n| !is_temp_name(n) && pattern.matches(n))
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// Every folder under `root` (itself included) that holds at least one matching file.
-/// Symlinked folders are not descended into.
-pub fn stack_dirs(root: &Path, pattern: &glob::Pattern) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+/// Symlinked folders are not descended into; those that hold images are listed apart.
+pub fn stack_dirs(root: &Path, pattern: &glob::Pattern) -> Found {
+    let mut out = Found::default();
     for e in WalkDir::new(root)
         .follow_links(false)
         .into_iter()
         .filter_map(Result::ok)
     {
+        if e.depth() > 0
+            && e.path_is_symlink()
+            && !e.file_name().to_str().is_some_and(is_temp_name)
+            && std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir())
+            && holds_images(e.path(), pattern)
+        {
+            out.symlinked.push(e.into_path());
+            continue;
+        }
         if !e.file_type().is_dir() {
             continue;
         }
         if e.depth() > 0 && e.file_name().to_str().is_some_and(is_temp_name) {
             continue;
         }
-        let has = std::fs::read_dir(e.path())
-            .map(|rd| {
-                rd.filter_map(Result::ok).any(|f| {
-                    f.file_name()
-                        .to_str()
-                        .is_some_and(|n| !is_temp_name(n) && pattern.matches(n))
-                })
-            })
-            .unwrap_or(false);
-        if has {
-            out.push(e.into_path());
+        if holds_images(e.path(), pattern) {
+            out.stacks.push(e.into_path());
         }
     }
     out
@@ -173,6 +195,9 @@ mod tests {
             "{:?}",
             scan.skipped
         );
-        assert_eq!(stack_dirs(&root, &pat), vec![s]);
+        std::os::unix::fs::symlink(&s, root.join("linked")).unwrap();
+        let found = stack_dirs(&root, &pat);
+        assert_eq!(found.stacks, vec![s]);
+        assert_eq!(found.symlinked, vec![root.join("linked")]);
     }
 }

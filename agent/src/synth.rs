@@ -52,13 +52,23 @@ impl XorShift {
     }
 }
 
-/// Writes one section to `path` (created or truncated).
+/// Writes one 16-bit section to `path` (created or truncated), as most detectors do.
 pub fn write_tiff(path: &Path, s: &Section) -> std::io::Result<()> {
+    write_tiff_bits(path, s, 16)
+}
+
+/// Writes one 8-bit section (the only depth AlignTK reads) with the same texture.
+pub fn write_tiff8(path: &Path, s: &Section) -> std::io::Result<()> {
+    write_tiff_bits(path, s, 8)
+}
+
+fn write_tiff_bits(path: &Path, s: &Section, bits: u16) -> std::io::Result<()> {
+    let bps = (bits / 8) as u64;
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let (w32, h32) = (s.width.max(1), s.height.max(1));
     let rps = s.rows_per_strip.clamp(1, h32);
     let strips = h32.div_ceil(rps) as u64;
-    let row_bytes = w32 as u64 * 2;
+    let row_bytes = w32 as u64 * bps;
     let header = if s.big { 16u64 } else { 8 };
     let data_end = header + row_bytes * h32 as u64;
     let ifd_at = data_end + (data_end & 1);
@@ -84,7 +94,11 @@ pub fn write_tiff(path: &Path, s: &Section) -> std::io::Result<()> {
                 + 2000.0 * (fx / w32 as f32);
             let noise = (rng.next() % 1024) as f32 - 512.0;
             let v = (structure + noise).clamp(0.0, 65535.0) as u16;
-            row[x as usize * 2..x as usize * 2 + 2].copy_from_slice(&v.to_le_bytes());
+            if bps == 2 {
+                row[x as usize * 2..x as usize * 2 + 2].copy_from_slice(&v.to_le_bytes());
+            } else {
+                row[x as usize] = (v >> 7).min(255) as u8;
+            }
         }
         w.write_all(&row)?;
     }
@@ -133,7 +147,7 @@ pub fn write_tiff(path: &Path, s: &Section) -> std::io::Result<()> {
     let one_strip = strips == 1;
     ent(&mut w, 256, 4, 1, w32 as u64, false)?;
     ent(&mut w, 257, 4, 1, h32 as u64, false)?;
-    ent(&mut w, 258, 3, 1, 16, true)?;
+    ent(&mut w, 258, 3, 1, bits as u64, true)?;
     ent(&mut w, 259, 3, 1, 1, true)?;
     ent(&mut w, 262, 3, 1, 1, true)?;
     ent(

@@ -19,6 +19,8 @@ pub enum Msg {
     Rescan,
     /// A transfer ended.
     Done(PathBuf, Box<Report>),
+    /// Removing a vanished stack's partial copy ended (journal id, outcome).
+    Discarded(i64, crate::transfer::Discard),
 }
 
 /// Watches `roots` recursively. Returns the watcher (dropping it stops events) and the roots

@@ -16,6 +16,9 @@ pub enum DbError {
     /// SQLite said no.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file itself could not be created or restricted.
+    #[error("cannot create {0} readable by its owner only: {1}; check the state folder's owner and permissions")]
+    File(String, std::io::Error),
     /// The same stack version was submitted before with other files.
     #[error("stack {stack} version {version} was already submitted with different files; a changed stack must come as a new version")]
     Conflict {
@@ -116,8 +119,21 @@ pub(crate) fn now() -> String {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database file.
+    /// Opens (creating if needed) the database file. It holds every stack's names and every
+    /// job's command, so it is readable by its owner only, like `server-info`; the WAL and
+    /// shared-memory files SQLite makes beside it take the same mode from the file.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| DbError::File(path.display().to_string(), e))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| DbError::File(path.display().to_string(), e))?;
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -2,11 +2,21 @@
 
 use anyhow::{Context, Result};
 use beamflow_collector::{api::Client, cli, launcher, prepare, qa, receive, service};
-use beamflow_config::{Config, LogFormat};
+use beamflow_config::{logs, Config};
 use clap::{Parser, Subcommand};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// Prints a line to stdout; a reader that went away does not kill the program.
+macro_rules! sayln {
+    ($($t:tt)*) => { logs::out(&format!("{}\n", format_args!($($t)*))) };
+}
+
+/// Prints a line to stderr, ignoring a lost stderr.
+macro_rules! complain {
+    ($($t:tt)*) => { logs::err(&format!($($t)*)) };
+}
 
 #[derive(Parser)]
 #[command(
@@ -125,24 +135,11 @@ fn client(config: &Path) -> Result<Client> {
     Ok(Client::from_state_dir(&cfg.collector.state_dir)?)
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BEAMFLOW_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Plain => b.init(),
-    }
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("beamflow-collector: {e:#}");
+            complain!("beamflow-collector: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -156,7 +153,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "serve needs --stdio (the protocol runs over stdin/stdout)"
             );
             let cfg = load(&config)?;
-            init_logs(cfg.agent.log_format);
+            logs::init(cfg.agent.log_format, "info");
             // stdout as a plain file: frames are binary, and Stdout's line buffering would
             // split them at every newline byte
             let out = std::io::stdout()
@@ -168,7 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Service { config } => {
             let cfg = load(&config)?;
-            init_logs(cfg.agent.log_format);
+            logs::init(cfg.agent.log_format, "info");
             let rt = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
             rt.block_on(service::run(cfg, shutdown_signal()))?;
         }
@@ -182,38 +179,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let client = Client::from_state_dir(&cfg.collector.state_dir)?;
             let jobs = cli::ls(&client, stack.as_deref(), state.as_deref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                sayln!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
-                print!("{}", cli::jobs_table(&jobs));
+                logs::out(&cli::jobs_table(&jobs));
             }
         }
         Cmd::Status { config, json } => {
             let st = client(&config)?.status()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                sayln!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                print!("{}", cli::status_text(&st));
+                logs::out(&cli::status_text(&st));
             }
         }
         Cmd::History { config, job, json } => {
             let ev = client(&config)?.history(job)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&ev)?);
+                sayln!("{}", serde_json::to_string_pretty(&ev)?);
             } else {
-                print!("{}", cli::history_text(&ev));
+                logs::out(&cli::history_text(&ev));
             }
         }
         Cmd::Retry { config, job } => {
             let j = client(&config)?.retry(job)?;
-            println!("job {} ({} of {}) is {}", j.id, j.name, j.stack, j.state);
+            sayln!("job {} ({} of {}) is {}", j.id, j.name, j.stack, j.state);
         }
         Cmd::Kill { config, job } => {
             let j = client(&config)?.kill(job)?;
-            println!("job {} ({} of {}) is {}", j.id, j.name, j.stack, j.state);
+            sayln!("job {} ({} of {}) is {}", j.id, j.name, j.stack, j.state);
         }
         Cmd::Launcher { config, queue, id } => {
             let cfg = load(&config)?;
-            init_logs(cfg.agent.log_format);
+            logs::init(cfg.agent.log_format, "info");
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for sig in [
                 signal_hook::consts::SIGTERM,
@@ -236,7 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", out.display()))?;
             if !report.bad.is_empty() {
                 for (f, why) in &report.bad {
-                    eprintln!("{f}: {why}");
+                    complain!("{f}: {why}");
                 }
                 anyhow::bail!(
                     "{} of {} sections failed the quality check (details in {})",
@@ -245,7 +242,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     out.display()
                 );
             }
-            println!(
+            sayln!(
                 "{} sections passed the quality check ({})",
                 report.sections.len(),
                 out.display()
@@ -255,7 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd: ConfigCmd::Check { file },
         } => {
             let cfg = load(&file)?;
-            print!("{}", cfg.to_toml());
+            logs::out(&cfg.to_toml());
         }
     }
     Ok(ExitCode::SUCCESS)

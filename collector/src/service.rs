@@ -501,8 +501,19 @@ async fn launcher_end(
         .and_then(|v| v.as_str())
         .unwrap_or("ended")
         .to_string();
-    locked(&st)?
-        .end_launcher(id, "FINISHED", &format!("exited: {reason}"))
+    let mut db = locked(&st)?;
+    if !db
+        .launchers(&[], None)
+        .map_err(internal)?
+        .iter()
+        .any(|l| l.id == id)
+    {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            format!("no launcher {id}; `beamflow-collector status` lists them"),
+        ));
+    }
+    db.end_launcher(id, "FINISHED", &format!("exited: {reason}"))
         .map_err(internal)?;
     Ok(Json(serde_json::json!({ "ok": true })))
 }

@@ -6,6 +6,7 @@
 //! that a systemd unit and a person in another working directory see the same paths.
 
 pub mod argv;
+pub mod logs;
 mod units;
 mod workflow;
 

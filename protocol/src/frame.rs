@@ -230,6 +230,21 @@ pub enum Frame {
         /// What went wrong and what to do.
         message: String,
     },
+    /// Agent → collector: this stack's folder disappeared at the beamline before it was ever
+    /// submitted; remove the files of it that arrived. Refused for a stack the service knows.
+    Discard {
+        /// Stack path relative to the data root.
+        stack: String,
+        /// The files of it sent so far, relative to the data root.
+        files: Vec<String>,
+    },
+    /// Collector → agent: the partial copy is gone.
+    Discarded {
+        /// Stack path.
+        stack: String,
+        /// Files removed (those already absent are not counted).
+        removed: u32,
+    },
     /// Agent → collector: nothing more; close cleanly.
     Bye,
 }
@@ -253,6 +268,8 @@ impl Frame {
             Frame::Delta { .. } => 14,
             Frame::DataZ { .. } => 15,
             Frame::DeltaCut { .. } => 16,
+            Frame::Discard { .. } => 17,
+            Frame::Discarded { .. } => 18,
         }
     }
 
@@ -358,6 +375,17 @@ impl Frame {
             Frame::Error { code, message } => {
                 w.u16(code.to_u16());
                 w.str(message);
+            }
+            Frame::Discard { stack, files } => {
+                w.str(stack);
+                w.u32(files.len() as u32);
+                for f in files {
+                    w.str(f);
+                }
+            }
+            Frame::Discarded { stack, removed } => {
+                w.str(stack);
+                w.u32(*removed);
             }
             Frame::Bye => {}
         }
@@ -493,6 +521,26 @@ impl Frame {
                 offset: r.u64()?,
                 raw_len: r.u32()?,
                 bytes: r.bytes()?,
+            },
+            17 => {
+                let stack = r.str()?;
+                let n = r.u32()? as usize;
+                // each name takes at least its 4-byte length
+                if n > r.0.len() / 4 {
+                    return Err(ProtocolError::Malformed(format!(
+                        "discard claims {n} files in {} bytes",
+                        r.0.len()
+                    )));
+                }
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    files.push(r.str()?);
+                }
+                Frame::Discard { stack, files }
+            }
+            18 => Frame::Discarded {
+                stack: r.str()?,
+                removed: r.u32()?,
             },
             n => return Err(ProtocolError::Malformed(format!("unknown frame kind {n}"))),
         };

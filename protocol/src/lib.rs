@@ -25,7 +25,7 @@ pub const MAGIC: &[u8; 8] = b"\0BMFLOW\n";
 
 /// The protocol version this build speaks. Peers with another version are refused with a
 /// message naming both.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// Why a byte stream could not be understood.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +145,14 @@ mod tests {
             Frame::Error {
                 code: ErrorCode::Other(77),
                 message: "x".into(),
+            },
+            Frame::Discard {
+                stack: "s".into(),
+                files: vec!["s/a.tif".into(), "s/$(id) b.tif".into()],
+            },
+            Frame::Discarded {
+                stack: "s".into(),
+                removed: 2,
             },
             Frame::Bye,
         ]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use beamflow_agent::synth::{write_tiff, Section};
+pub use beamflow_agent::synth::{write_tiff, write_tiff8, Section};
 
 /// Path of a workspace binary, built by `cargo build --bins`.
 pub fn bin(name: &str) -> PathBuf {

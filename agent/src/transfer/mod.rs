@@ -324,6 +324,54 @@ pub fn send(cfg: &Config, job: &Job, ctl: Option<&Path>, links: Vec<Link>) -> Re
     report
 }
 
+/// How asking the collector to drop a vanished stack's partial copy ended.
+#[derive(Debug)]
+pub enum Discard {
+    /// Removed; this many files were there.
+    Removed(u32),
+    /// The collector keeps the files (the stack has a DAG there): nothing to retry.
+    Kept(String),
+    /// The link or the service failed: try again later.
+    Failed(String),
+}
+
+/// Asks the collector to remove what arrived of stack `name` (its `files`, by name in the
+/// stack folder) after its folder vanished at the beamline before it was submitted.
+pub fn discard(cfg: &Config, ctl: Option<&Path>, name: &str, files: &[String]) -> Discard {
+    let mut link = match Link::open(cfg, ctl) {
+        Ok(l) => l,
+        Err(e) => return Discard::Failed(e.to_string()),
+    };
+    let frame = Frame::Discard {
+        stack: name.to_string(),
+        files: files.iter().map(|f| format!("{name}/{f}")).collect(),
+    };
+    let sent = write_frame_sync(&mut link.writer, &frame)
+        .map_err(|e| e.to_string())
+        .and_then(|_| link.writer.flush().map_err(|e| e.to_string()));
+    if let Err(e) = sent {
+        return Discard::Failed(format!("the link to the collector broke: {e}"));
+    }
+    let answer = match link
+        .frames
+        .recv_timeout(cfg.link.handshake_timeout.0.max(Duration::from_secs(30)))
+    {
+        Ok(Ok(Frame::Discarded { removed, .. })) => Discard::Removed(removed),
+        Ok(Ok(Frame::Error {
+            code: ErrorCode::SubmitRefused,
+            message,
+        })) => Discard::Kept(message),
+        Ok(Ok(Frame::Error { message, .. })) => Discard::Failed(message),
+        Ok(Ok(other)) => {
+            Discard::Failed(format!("unexpected answer from the collector: {other:?}"))
+        }
+        Ok(Err(e)) => Discard::Failed(format!("the link to the collector broke: {e}")),
+        Err(_) => Discard::Failed("the collector did not answer".into()),
+    };
+    link.close();
+    answer
+}
+
 /// Spreads files over `k` groups of about equal bytes (largest first onto the lightest group).
 fn groups(files: &[FileRecord], k: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..files.len()).collect();

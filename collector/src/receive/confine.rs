@@ -41,6 +41,12 @@ pub(crate) struct Folder {
     fd: OwnedFd,
 }
 
+impl AsRawFd for Folder {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Folder {
     /// Opens the data root itself (which the operator chose; it may be a symlink).
     pub fn root(path: &Path) -> std::io::Result<Folder> {

@@ -601,6 +601,75 @@ impl Receiver {
         self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Removes what arrived of a stack whose folder vanished at the beamline before it was
+    /// submitted. The service is asked first: a stack it knows (any version) has jobs that
+    /// may read these files, so they stay. Each path is reached through the confined walk,
+    /// like a write.
+    fn discard(&mut self, cfg: &Config, stack: String, files: Vec<String>) -> Frame {
+        let refused = |message: String| Frame::Error {
+            code: ErrorCode::SubmitRefused,
+            message,
+        };
+        let stack = match normalize_rel_path(&stack) {
+            Ok(s) => s,
+            Err(e) => return refused(e),
+        };
+        let known = Client::from_state_dir(&cfg.collector.state_dir).and_then(|c| c.stacks());
+        match known {
+            Ok(rows) if rows.iter().any(|r| r.name == stack) => {
+                return refused(format!(
+                    "stack {stack} has a DAG at the collector; its files stay where they are"
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Frame::Error {
+                    code: ErrorCode::ServiceUnavailable,
+                    message: format!("cannot ask the service whether {stack} is in use: {e}"),
+                }
+            }
+        }
+        let folder = match self.root.walk(&stack, false) {
+            Ok(f) => f,
+            Err(ConfineError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+                return Frame::Discarded { stack, removed: 0 }
+            }
+            Err(e) => return refused(format!("{stack:?}: {e}")),
+        };
+        let mut removed = 0;
+        for f in files {
+            let Some(name) = normalize_rel_path(&f)
+                .ok()
+                .and_then(|r| r.strip_prefix(&format!("{stack}/")).map(str::to_string))
+                .filter(|n| !n.contains('/'))
+            else {
+                return refused(format!("{f:?} is not a file directly inside {stack}"));
+            };
+            for n in [
+                name.clone(),
+                temp_name(&name, "part"),
+                temp_name(&name, "delta"),
+            ] {
+                if std::fs::remove_file(folder.entry(&n)).is_ok() && n == name {
+                    removed += 1;
+                }
+            }
+            self.known().remove(&format!("{stack}/{name}"));
+        }
+        let _ = folder.sync_all();
+        self.folders.remove(&stack);
+        // the folder itself goes if nothing else is in it
+        let (parent, leaf) = stack.rsplit_once('/').unwrap_or(("", stack.as_str()));
+        if let Ok(p) = self.root.walk(parent, false) {
+            if let Ok(c) = std::ffi::CString::new(leaf) {
+                use std::os::fd::AsRawFd;
+                unsafe { libc::unlinkat(p.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) };
+            }
+        }
+        tracing::info!(stack = %stack, removed, "partial copy of a vanished stack removed");
+        Frame::Discarded { stack, removed }
+    }
+
     fn submit(
         &self,
         cfg: &Config,

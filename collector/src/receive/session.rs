@@ -191,6 +191,14 @@ fn session<R: Read, W: Write>(
                 let reply = rx.submit(cfg, stack, version, workflow, files);
                 send(wr, &reply, false)?;
             }
+            Frame::Discard { stack, files } => {
+                for f in rx.pending.drain(..) {
+                    committer.push(f);
+                }
+                committer.settle();
+                let reply = rx.discard(cfg, stack, files);
+                send(wr, &reply, false)?;
+            }
             Frame::Bye => {
                 for f in rx.pending.drain(..) {
                     committer.push(f);
