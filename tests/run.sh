@@ -25,6 +25,15 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
+# the real AlignTK 1.0.2 the DAG tests run (built once from ../shared/aligntk, ~20 s)
+aligntk_build="../shared/aligntk/build.sh"
+if [ ! -f "$aligntk_build" ]; then
+  echo "tests/run.sh: $aligntk_build is missing; the shared folder must sit beside this checkout" >&2
+  exit 1
+fi
+ALIGNTK_BIN=$(bash "$aligntk_build")
+export ALIGNTK_BIN
+
 # the one-node Slurm the Slurm tests use (they start it themselves too; this fails early and clearly)
 bash tests/slurm/start.sh >/dev/null
 

@@ -407,12 +407,14 @@ impl Launcher {
                     },
                 ),
                 None => {
+                    // no shell in between any more: count a signal as shells do (abort() is
+                    // exit 134, as AlignTK's users know it)
                     use std::os::unix::process::ExitStatusExt;
                     let sig = status.and_then(|s| s.signal()).unwrap_or(0);
                     self.report(
                         id,
                         Outcome::Error,
-                        None,
+                        Some(128 + sig),
                         format!("killed by signal {sig}; stderr: {stderr}"),
                     );
                 }

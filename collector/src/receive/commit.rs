@@ -161,11 +161,16 @@ fn commit(batch: Vec<Finished>, fsync: bool, sync: SyncMode, verified: &Verified
                 }
                 renamed.push(f);
             }
-            Err(e) => out.push(Frame::Nack {
-                id: f.id,
-                code: ErrorCode::Io,
-                reason: format!("cannot store {}: {e}", f.path),
-            }),
+            Err(e) => {
+                // nothing of a refused file stays behind; a retry sends it again
+                let _ = std::fs::remove_file(&f.part);
+                let (code, reason) = super::io_refusal(&e, format!("cannot store {}: {e}", f.path));
+                out.push(Frame::Nack {
+                    id: f.id,
+                    code,
+                    reason,
+                })
+            }
         }
     }
     let mut failed_dirs = HashMap::new();

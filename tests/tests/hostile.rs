@@ -1,0 +1,396 @@
+//! Hostile names and faults, against the real binaries: names from the beamline never reach a
+//! shell, nothing is created outside the data root and the work folders, every legal name
+//! arrives, and faults that no retry can fix hold the stack with their reason while faults a
+//! retry may outlive are retried. The AlignTK runs use the real AlignTK 1.0.2 built from
+//! `../shared/aligntk` (the test command builds it; `ALIGNTK_BIN` names its folder).
+
+use beamflow_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// The folder of the real AlignTK binaries: `ALIGNTK_BIN`, else built now with
+/// `../shared/aligntk/build.sh`. Never skipped: without AlignTK this test fails.
+fn aligntk_bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("ALIGNTK_BIN") {
+        let b = PathBuf::from(b);
+        assert!(
+            b.join("find_rst").is_file(),
+            "ALIGNTK_BIN={} holds no find_rst",
+            b.display()
+        );
+        return b;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/aligntk/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed; the real AlignTK is needed for this test",
+        script.display()
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Every file and folder under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.path().strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn write8(dir: &Path, name: &str, seed: u64, side: u32) {
+    write_tiff8(
+        &dir.join(name),
+        &Section {
+            width: side,
+            height: side,
+            seed,
+            big: false,
+            rows_per_strip: 16,
+        },
+    )
+    .expect("write section");
+}
+
+/// Names that a shell, an option parser or AlignTK's whitespace-split lists would take apart.
+const HOSTILE: &[&str] = &[
+    "$(id>PWNED1) `id>PWNED2`.tif",
+    "-x0.tif",
+    "S_0002.tif",
+    "a;id>PWNED3|b&&c.tif",
+    "it's \"q\".tif",
+    "new\nline*.tif",
+];
+
+#[test]
+fn a_stack_of_hostile_names_runs_the_real_aligntk_to_job_finished_and_nothing_runs_in_a_shell() {
+    let bin = aligntk_bin();
+    let site = Site::new("1s", "");
+    site.append_config(&format!(
+        "[workflows.aligntk]\nbin = \"{}\"\n",
+        bin.display()
+    ));
+    let _service = site.start_service();
+    let stack = "run $(id>PWNED0);x";
+    let dir = site.incoming().join(stack);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, n) in HOSTILE.iter().enumerate() {
+        write8(&dir, n, 11 + i as u64, 256);
+    }
+    let _agent = site.start_agent();
+    site.wait_state(stack, "submitted", LONG);
+    let jobs = site.wait_finished(stack, LONG);
+    let names: Vec<&str> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["qa", "find_rst", "register", "align"]);
+    // the names arrive byte-identical, with the same bytes
+    assert_same_tree(&dir, &site.remote().join(stack));
+    let mut arrived: Vec<String> = std::fs::read_dir(site.remote().join(stack))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    arrived.sort();
+    let mut sent: Vec<String> = HOSTILE.iter().map(|s| s.to_string()).collect();
+    sent.sort();
+    assert_eq!(arrived, sent);
+    // nothing ran in a shell: no PWNED file anywhere (the site, the service's folder, here)
+    let cwd = std::env::current_dir().unwrap();
+    for root in [site.dir.as_path(), cwd.as_path(), Path::new("/tmp")] {
+        for e in walkdir::WalkDir::new(root)
+            .max_depth(if root == site.dir { 64 } else { 1 })
+            .into_iter()
+            .filter_map(Result::ok)
+        {
+            assert!(
+                !e.file_name().to_string_lossy().starts_with("PWNED"),
+                "{} exists: a name was run by a shell",
+                e.path().display()
+            );
+        }
+    }
+    // align got an AlignTK name, the maps are there, and the outputs carry the received names
+    let align = &jobs[3];
+    let argv: Vec<&str> = align["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let fixed = argv[argv.iter().position(|a| *a == "-fixed").unwrap() + 1];
+    assert_eq!(fixed, "section0000");
+    let work = site.dir.join("work").join(stack).join("v1");
+    let listed = std::fs::read_to_string(work.join("images.lst")).unwrap();
+    assert_eq!(listed.lines().count(), HOSTILE.len());
+    for n in HOSTILE {
+        let stem = n.trim_end_matches(".tif");
+        assert!(
+            work.join("amaps").join(format!("{stem}.map")).is_file(),
+            "amaps/{stem:?}.map missing: {:?}",
+            tree(&work.join("amaps"))
+        );
+    }
+    // everything the jobs wrote is inside the work folder; the site holds nothing else new
+    let mut top: Vec<String> = std::fs::read_dir(&site.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    for t in &top {
+        assert!(
+            [
+                "beamflow.toml",
+                "incoming",
+                "remote",
+                "state",
+                "work",
+                "agent.log",
+                "service.log"
+            ]
+            .contains(&t.as_str()),
+            "{t} was created in the site folder: {top:?}"
+        );
+    }
+    assert_eq!(
+        tree(&site.dir.join("work"))
+            .iter()
+            .filter(|p| !p.is_empty() && !p.starts_with(stack))
+            .count(),
+        0,
+        "work/ holds something beside the stack's folder: {:?}",
+        tree(&site.dir.join("work"))
+    );
+}
+
+#[test]
+fn a_symlink_in_the_data_root_never_gets_a_folder_created_behind_it() {
+    let site = Site::new("300ms", "");
+    let elsewhere = site.dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(site.remote()).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, site.remote().join("evil")).unwrap();
+    let _service = site.start_service();
+    let dir = site.incoming().join("evil/newsub/deeper");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..2 {
+        write8(&dir, &format!("x{i}.tif"), i, 32);
+    }
+    let _agent = site.start_agent();
+    let s = site.wait_state("evil/newsub/deeper", "held", LONG);
+    assert!(s["reason"].as_str().unwrap().contains("symlink"), "{s}");
+    assert_eq!(tree(&elsewhere), [""], "created behind the symlink");
+}
+
+#[test]
+fn a_250_byte_name_arrives_and_leaves_no_part_file() {
+    let site = Site::new("300ms", "");
+    let _service = site.start_service();
+    let dir = site.incoming().join("long");
+    std::fs::create_dir_all(&dir).unwrap();
+    let long = format!("{}.tif", "L".repeat(246));
+    assert_eq!(long.len(), 250);
+    for (i, n) in [long.as_str(), "a.tif", "b.tif"].iter().enumerate() {
+        write8(&dir, n, i as u64, 32);
+    }
+    let _agent = site.start_agent();
+    site.wait_state("long", "submitted", LONG);
+    assert_same_tree(&dir, &site.remote().join("long"));
+    assert!(tree(&site.remote().join("long"))
+        .iter()
+        .all(|n| !n.starts_with(".beamflow-")));
+}
+
+#[test]
+fn a_file_that_can_never_be_stored_holds_the_stack_and_leaves_nothing_behind() {
+    let site = Site::new("300ms", "");
+    let _service = site.start_service();
+    // the destination is a folder: no retry can put a file there
+    std::fs::create_dir_all(site.remote().join("s/a.tif")).unwrap();
+    let dir = site.incoming().join("s");
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in ["a.tif", "b.tif"] {
+        write8(&dir, n, 3, 32);
+    }
+    let _agent = site.start_agent();
+    let s = site.wait_state("s", "held", LONG);
+    let reason = s["reason"].as_str().unwrap();
+    assert!(reason.contains("a.tif"), "{reason}");
+    let leftovers: Vec<String> = tree(&site.remote().join("s"))
+        .into_iter()
+        .filter(|n| n.contains(".beamflow-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // held, not looping: no new attempt after the refusal
+    let attempts = |log: &str| log.matches("sending").count();
+    let before = attempts(&std::fs::read_to_string(site.dir.join("agent.log")).unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    let after = attempts(&std::fs::read_to_string(site.dir.join("agent.log")).unwrap());
+    assert_eq!(before, after, "the agent kept retrying a refusal");
+}
+
+/// A tmpfs of the test's own, mounted read-only and back, as an admin remounting the data
+/// root would. Unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "cannot mount a tmpfs at {} (the tests run as root)",
+            at.display()
+        );
+        Mount(at.to_path_buf())
+    }
+    fn remount(&self, how: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {how} failed");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_data_root_is_retried_with_backoff_and_the_cause_is_said_once() {
+    let site = Site::new("300ms", "");
+    let mount = Mount::tmpfs(&site.remote());
+    mount.remount("ro");
+    let _service = site.start_service();
+    let dir = site.incoming().join("ro");
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in ["a.tif", "b.tif"] {
+        write8(&dir, n, 5, 32);
+    }
+    let _agent = site.start_agent();
+    let mut seen = String::new();
+    wait_until(LONG, "a retry because of the read-only data root", || {
+        let Some(s) = site.stack("ro") else {
+            return false;
+        };
+        seen = s["reason"].as_str().unwrap_or_default().to_string();
+        seen.contains("Read-only file system") && seen.contains("retrying in")
+    });
+    assert_eq!(
+        seen.matches("Read-only file system").count(),
+        1,
+        "the cause is said more than once: {seen}"
+    );
+    mount.remount("rw");
+    site.wait_state("ro", "submitted", LONG);
+    assert_same_tree(&dir, &site.remote().join("ro"));
+}
+
+#[test]
+fn serve_survives_a_lost_stderr_and_exits_cleanly() {
+    use beamflow_protocol::{Frame, MAGIC, VERSION};
+    use std::io::{Read, Write};
+    let site = Site::new("1s", "");
+    for clean_end in [true, false] {
+        let mut child = Command::new(bin("beamflow-collector"))
+            .args(["serve", "--stdio", "--config"])
+            .arg(&site.config)
+            .env("BEAMFLOW_LOG", "debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stderr.take()); // as when the agent that started it is killed
+        let mut input = child.stdin.take().unwrap();
+        let mut hello = Frame::Hello {
+            version: VERSION,
+            client: "test".into(),
+        }
+        .encode();
+        if clean_end {
+            hello.extend(Frame::Bye.encode());
+        }
+        input.write_all(&hello).unwrap();
+        drop(input);
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        let status = child.wait().unwrap();
+        assert!(out.starts_with(MAGIC));
+        assert_eq!(status.code(), Some(0), "serve ended with {status}");
+    }
+}
+
+#[test]
+fn a_stack_folder_renamed_while_it_is_sent_is_gone_and_leaves_no_partial_copy() {
+    let site = Site::new("300ms", "");
+    site.edit_config("max_rate = 0", "max_rate = \"4 MiB\"");
+    let _service = site.start_service();
+    let dir = site.write_big_stack("before", 8, 1024);
+    let _agent = site.start_agent();
+    site.wait_state("before", "sending", LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::rename(&dir, site.incoming().join("after")).unwrap();
+    let s = site.wait_state("before", "gone", LONG);
+    assert!(s["reason"].as_str().unwrap().contains("removed"), "{s}");
+    assert!(
+        !site.remote().join("before").exists(),
+        "partial copy left: {:?}",
+        tree(&site.remote().join("before"))
+    );
+    site.wait_state("after", "submitted", LONG);
+    assert_same_tree(&site.incoming().join("after"), &site.remote().join("after"));
+}
+
+#[test]
+fn a_symlinked_folder_is_reported_not_skipped_in_silence() {
+    let site = Site::new("300ms", "");
+    let _service = site.start_service();
+    let real = site.dir.join("elsewhere/real");
+    std::fs::create_dir_all(&real).unwrap();
+    for n in ["a.tif", "b.tif"] {
+        write8(&real, n, 1, 32);
+    }
+    std::os::unix::fs::symlink(&real, site.incoming().join("linked")).unwrap();
+    let _agent = site.start_agent();
+    let s = site.wait_state("linked", "held", LONG);
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("symlink to a folder"),
+        "{s}"
+    );
+}
+
+#[test]
+fn the_service_answers_404_for_an_unknown_launcher_and_keeps_its_database_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new("1s", "");
+    let _service = site.start_service();
+    let client = beamflow_protocol::api::Client::from_state_dir(&site.dir.join("state")).unwrap();
+    let e = client.launcher_end(999, "test").unwrap_err().to_string();
+    assert!(e.contains("404") || e.contains("no launcher 999"), "{e}");
+    let mode = std::fs::metadata(site.dir.join("state/collector.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "collector.db is {:o}", mode & 0o777);
+}
