@@ -26,6 +26,13 @@ pub struct Engine {
 
 type Result<T> = std::result::Result<T, String>;
 
+/// This program's path, for built-in steps that run `beamflow-collector qa` in a launcher.
+pub(crate) fn collector_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "beamflow-collector".into())
+}
+
 /// Job slots a launcher of this queue offers.
 pub fn capacity(q: &QueueSection, nodes: u32) -> u32 {
     match q.scheduler {
@@ -58,7 +65,7 @@ impl Engine {
             db,
             schedulers,
             notes: Mutex::new(Vec::new()),
-            collector: crate::service::collector_exe(),
+            collector: collector_exe(),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod db;
 pub mod engine;
 pub mod launcher;
 pub mod lifecycle;
+pub mod names;
 pub mod prepare;
 pub mod qa;
 pub mod receive;

@@ -1,7 +1,7 @@
 //! `beamflow-collector`: parses arguments and calls the library.
 
 use anyhow::{Context, Result};
-use beamflow_collector::{api::Client, cli, launcher, prepare, qa, receive, service};
+use beamflow_collector::{api::Client, cli, launcher, names, qa, receive, service};
 use beamflow_config::{logs, Config};
 use clap::{Parser, Subcommand};
 use std::os::fd::AsFd;
@@ -224,7 +224,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Qa { dir, out, names } => {
             let names = match names {
-                Some(p) => prepare::read_names(&p)
+                Some(p) => names::read_names(&p)
                     .with_context(|| format!("cannot read the names table {}", p.display()))?,
                 None => Vec::new(),
             };

@@ -11,17 +11,11 @@
 //! never touched. AlignTK exits 0 on a blank or featureless section; only its summaries show
 //! it (a `nan` quality, a `-1000000` correlation), so a zero exit is checked there.
 
+use crate::names::{aligntk_names, image_names, read_names, stem, NAMES_FILE};
 use std::collections::HashSet;
 use std::path::Path;
 
-/// One section as AlignTK sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Section {
-    /// The received file's name, byte for byte.
-    pub original: String,
-    /// The stem AlignTK reads it by (`images/<aligntk>.tif`, lines of `images.lst`).
-    pub aligntk: String,
-}
+pub use crate::names::Section;
 
 /// What preparing a work folder learned, for command placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,127 +33,10 @@ impl Prepared {
     }
 }
 
-/// The file mapping AlignTK names back to the received ones.
-pub const NAMES_FILE: &str = "names.tsv";
-
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(tmp, path)
-}
-
-/// Whether a file name is a section image.
-pub fn is_image(n: &str) -> bool {
-    !n.starts_with('.') && (n.ends_with(".tif") || n.ends_with(".tiff") || n.ends_with(".TIF"))
-}
-
-/// Image file names (sorted byte-wise) in a received stack folder. Names that are not UTF-8
-/// never arrive: the link carries UTF-8 paths only.
-pub fn image_names(stack_dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut v: Vec<String> = std::fs::read_dir(stack_dir)?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| is_image(n))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-/// The name without its extension.
-pub fn stem(n: &str) -> &str {
-    n.rsplit_once('.').map(|(s, _)| s).unwrap_or(n)
-}
-
-/// Whether AlignTK can take `stem` as it is: a word of plain characters that no list parser
-/// splits and no option parser takes for a flag.
-fn aligntk_can_take(stem: &str) -> bool {
-    !stem.is_empty()
-        && stem.len() <= 200
-        && !stem.starts_with(['-', '.'])
-        && stem
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.+".contains(c))
-}
-
-/// Names every section for AlignTK: its own stem where AlignTK can take it and no other
-/// section has it, otherwise an alias no other section uses.
-pub fn aligntk_names(originals: &[String]) -> Vec<Section> {
-    let stems: Vec<&str> = originals.iter().map(|n| stem(n)).collect();
-    let mut count = std::collections::HashMap::new();
-    for s in &stems {
-        *count.entry(*s).or_insert(0) += 1;
-    }
-    let keep = |s: &str| aligntk_can_take(s) && count[s] == 1;
-    let mut taken: HashSet<String> = stems
-        .iter()
-        .filter(|s| keep(s))
-        .map(|s| s.to_string())
-        .collect();
-    originals
-        .iter()
-        .zip(&stems)
-        .enumerate()
-        .map(|(i, (orig, st))| {
-            let aligntk = if keep(st) {
-                st.to_string()
-            } else {
-                let mut alias = format!("section{i:04}");
-                let mut n = 0;
-                while taken.contains(&alias) {
-                    n += 1;
-                    alias = format!("section{i:04}_{n}");
-                }
-                taken.insert(alias.clone());
-                alias
-            };
-            Section {
-                original: orig.clone(),
-                aligntk,
-            }
-        })
-        .collect()
-}
-
-/// A field of `names.tsv`: tabs, newlines and backslashes escaped so that any name fits one
-/// field.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('\t', "\\t")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match it.next() {
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some(o) => out.push(o),
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
-/// Reads `names.tsv`: the sections in order.
-pub fn read_names(path: &Path) -> std::io::Result<Vec<Section>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(a, o)| Section {
-            aligntk: unescape(a),
-            original: unescape(o),
-        })
-        .collect())
 }
 
 /// Prepares `work_dir` for the images in `stack_dir`. Safe to repeat.
@@ -212,11 +89,7 @@ pub fn prepare(work_dir: &Path, stack_dir: &Path, schedule: &str) -> Result<Prep
     for s in &sections {
         list.push_str(&s.aligntk);
         list.push('\n');
-        table.push_str(&format!(
-            "{}\t{}\n",
-            escape(&s.aligntk),
-            escape(&s.original)
-        ));
+        table.push_str(&crate::names::table_row(s));
     }
     let pairs: String = sections
         .windows(2)
@@ -335,38 +208,6 @@ mod tests {
     }
 
     #[test]
-    fn names_aligntk_cannot_take_get_aliases_and_plain_ones_stay() {
-        let got = aligntk_names(&v(&[
-            "-x0.tif",
-            "S_0001.tif",
-            "a b.tif",
-            "dup.tif",
-            "dup.tiff",
-            "section0005.tif",
-            "$(id>PWNED).tif",
-        ]));
-        let names: Vec<&str> = got.iter().map(|s| s.aligntk.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "section0000",
-                "S_0001",
-                "section0002",
-                "section0003",
-                "section0004",
-                "section0005",
-                "section0006"
-            ]
-        );
-        let unique: HashSet<&&str> = names.iter().collect();
-        assert_eq!(unique.len(), names.len());
-        // an alias that a real name already holds moves aside
-        let got = aligntk_names(&v(&["a b.tif", "section0000.tif"]));
-        assert_eq!(got[0].aligntk, "section0000_1");
-        assert_eq!(got[1].aligntk, "section0000");
-    }
-
-    #[test]
     fn prepared_folder_links_every_section_and_maps_names_back() {
         let d = tempfile::tempdir().unwrap();
         let stack = d.path().join("stack");
@@ -384,7 +225,10 @@ mod tests {
         assert_eq!(p.sections.len(), 4);
         let listed = std::fs::read_to_string(work.join("images.lst")).unwrap();
         for line in listed.lines() {
-            assert!(aligntk_can_take(line), "{line:?}");
+            assert!(
+                !line.starts_with('-') && !line.contains(char::is_whitespace),
+                "{line:?}"
+            );
             assert!(work.join("images").join(format!("{line}.tif")).exists());
         }
         let back = read_names(&work.join(NAMES_FILE)).unwrap();

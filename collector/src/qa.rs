@@ -123,7 +123,7 @@ pub fn measure(path: &Path) -> Result<Section, String> {
 
 /// Checks every image in `dir` (sorted by name). Where `names` (a work folder's
 /// `names.tsv`) knows a file, the report names the section the beamline sent instead.
-pub fn check_dir(dir: &Path, names: &[crate::prepare::Section]) -> Result<Report, String> {
+pub fn check_dir(dir: &Path, names: &[crate::names::Section]) -> Result<Report, String> {
     let received = |n: &str| {
         names
             .iter()
@@ -135,7 +135,7 @@ pub fn check_dir(dir: &Path, names: &[crate::prepare::Section]) -> Result<Report
 }
 
 fn check_files(dir: &Path, received: &dyn Fn(&str) -> String) -> Result<Report, String> {
-    let names = crate::prepare::image_names(dir)
+    let names = crate::names::image_names(dir)
         .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     if names.is_empty() {
         return Err(format!("{} holds no .tif images", dir.display()));

@@ -216,13 +216,6 @@ pub async fn run(
     result.map_err(ServiceError::Serve)
 }
 
-/// This program's path, for built-in steps that run `beamflow-collector qa` in a launcher.
-pub(crate) fn collector_exe() -> String {
-    std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "beamflow-collector".into())
-}
-
 /// Digest that identifies a stack version's content: equal digests are the same submission.
 fn digest(files: &[crate::api::SubmitFile]) -> String {
     let mut sorted: Vec<_> = files.iter().collect();
