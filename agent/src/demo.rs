@@ -103,7 +103,8 @@ fn demo_config(settle: Duration, aligntk: Option<&Path>) -> String {
         )
         .replace("poll_interval = \"2s\"", "poll_interval = \"300ms\"")
         .replace("idle_exit = \"30s\"", "idle_exit = \"3s\"")
-        .replace("poll = \"1s\"", "poll = \"200ms\"");
+        .replace("poll = \"1s\"", "poll = \"200ms\"")
+        .replace("# name = \"alcfxray1\"", "name = \"demo\"");
     match aligntk {
         Some(bin) => text.push_str(&format!(
             "\n[workflows.aligntk]\nbin = \"{}\"\n",
@@ -331,7 +332,7 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         out.push_str(&format!("    {name:<10} {state}{p}\n"));
     }
     out.push_str(&format!(
-        "\nWhere to look:\n  {d}/incoming   the watched folder\n  {d}/remote     what the collector received\n  {d}/work       one work folder per stack version (qa.json, job output)\n  {d}/state      journal (agent.db) and database (collector.db)\n",
+        "\nWhere to look:\n  {d}/incoming   the watched folder\n  {d}/remote     what the collector received (under the beamline's name, demo)\n  {d}/work       one work folder per stack version (qa.json, job output)\n  {d}/state      journal (agent.db) and database (collector.db)\n",
         d = r.dir.display()
     ));
     out.push_str(&format!(

@@ -39,6 +39,9 @@ pub enum LinkError {
     /// The collector refused the handshake.
     #[error("the collector refused the link: {0}")]
     Refused(String),
+    /// The collector could not take the link this time (its disk, its data root).
+    #[error("the collector cannot take the link now: {0}")]
+    Unavailable(String),
     /// No answer within the handshake timeout.
     #[error("the collector did not answer within {waited:?}; is the far end hanging?{}", tail_text(.stderr))]
     Timeout {
@@ -195,7 +198,7 @@ impl Link {
             server: String::new(),
             child,
         };
-        match link.handshake(cfg.link.handshake_timeout.0) {
+        match link.handshake(cfg.link.handshake_timeout.0, &cfg.agent.beamline()) {
             Ok(()) => Ok(link),
             Err(e) => {
                 // give the far end a moment to finish writing why it failed
@@ -222,7 +225,7 @@ impl Link {
         }
     }
 
-    fn handshake(&mut self, timeout: Duration) -> Result<(), LinkError> {
+    fn handshake(&mut self, timeout: Duration, beamline: &str) -> Result<(), LinkError> {
         let hs = |source| LinkError::Handshake {
             cause: source,
             stderr: String::new(),
@@ -237,6 +240,7 @@ impl Link {
             &Frame::Hello {
                 version: VERSION,
                 client,
+                beamline: beamline.to_string(),
             },
         )
         .map_err(hs)?;
@@ -246,6 +250,9 @@ impl Link {
                 tracing::debug!(%server, "link open");
                 self.server = server;
                 Ok(())
+            }
+            Ok(Ok(Frame::Error { code, message })) if code.is_transient() => {
+                Err(LinkError::Unavailable(message))
             }
             Ok(Ok(Frame::Error { message, .. })) => Err(LinkError::Refused(message)),
             Ok(Ok(other)) => Err(hs(ProtocolError::Malformed(format!(

@@ -8,6 +8,7 @@ pub use beamflow_protocol::table;
 pub fn jobs_table(jobs: &[JobRow]) -> String {
     let mut rows = vec![[
         "ID".to_string(),
+        "BEAMLINE".into(),
         "STACK".into(),
         "VER".into(),
         "NAME".into(),
@@ -26,6 +27,7 @@ pub fn jobs_table(jobs: &[JobRow]) -> String {
         };
         rows.push([
             j.id.to_string(),
+            j.beamline.clone(),
             j.stack.clone(),
             j.version.to_string(),
             j.name.clone(),
@@ -43,7 +45,8 @@ pub fn status_text(s: &beamflow_protocol::api::StatusResponse) -> String {
         out.push_str("no stacks registered yet\n");
     } else {
         let mut rows = vec![[
-            "STACK".to_string(),
+            "BEAMLINE".to_string(),
+            "STACK".into(),
             "VER".into(),
             "WORKFLOW".into(),
             "JOBS".into(),
@@ -51,6 +54,7 @@ pub fn status_text(s: &beamflow_protocol::api::StatusResponse) -> String {
         for st in &s.stacks {
             let counts: Vec<String> = st.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
             rows.push([
+                st.beamline.clone(),
                 st.stack.clone(),
                 st.version.to_string(),
                 st.workflow.clone(),

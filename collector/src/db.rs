@@ -16,6 +16,9 @@ pub enum DbError {
     /// SQLite said no.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// An older database could not be brought up to date.
+    #[error("cannot bring the database up to date: {0}")]
+    Migration(String),
     /// The database file itself could not be created or restricted.
     #[error("cannot create {0} readable by its owner only: {1}; check the state folder's owner and permissions")]
     File(String, std::io::Error),
@@ -32,6 +35,7 @@ pub enum DbError {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS stacks (
     id INTEGER PRIMARY KEY,
+    beamline TEXT NOT NULL,
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
     workflow TEXT NOT NULL,
@@ -41,7 +45,7 @@ CREATE TABLE IF NOT EXISTS stacks (
     files TEXT NOT NULL,
     created_at TEXT NOT NULL,
     prepared INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (name, version)
+    UNIQUE (beamline, name, version)
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -90,16 +94,83 @@ CREATE TABLE IF NOT EXISTS launchers (
 );
 ";
 
+/// Brings a database written before beamlines existed up to date, in one transaction: every
+/// stack it holds becomes `legacy`'s, and a stack's name is unique per beamline. Its folders
+/// and work folders stay where they are (their rows keep their absolute paths), so jobs that
+/// ran or run keep reading what they read. A database that has beamlines is left alone.
+fn migrate_to_beamlines(conn: &Connection, legacy: &str) -> Result<(), DbError> {
+    let has_stacks: bool = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'stacks'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_stacks {
+        return Ok(());
+    }
+    let has_beamline: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = 'beamline'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if has_beamline {
+        return Ok(());
+    }
+    // the unique key changes, which SQLite can only do by rebuilding the table; foreign
+    // keys are off meanwhile (the ids do not change) and checked before the commit
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE stacks_with_beamlines (
+             id INTEGER PRIMARY KEY,
+             beamline TEXT NOT NULL,
+             name TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             workflow TEXT NOT NULL,
+             dir TEXT NOT NULL,
+             work_dir TEXT NOT NULL,
+             digest TEXT NOT NULL,
+             files TEXT NOT NULL,
+             created_at TEXT NOT NULL,
+             prepared INTEGER NOT NULL DEFAULT 0,
+             UNIQUE (beamline, name, version)
+         );
+         INSERT INTO stacks_with_beamlines
+             (id, beamline, name, version, workflow, dir, work_dir, digest, files, created_at, prepared)
+             SELECT id, '{}', name, version, workflow, dir, work_dir, digest, files, created_at, prepared
+             FROM stacks;
+         DROP TABLE stacks;
+         ALTER TABLE stacks_with_beamlines RENAME TO stacks;",
+        legacy.replace('\'', "''")
+    ))?;
+    let broken: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+        r.get(0)
+    })?;
+    if broken > 0 {
+        conn.execute_batch("ROLLBACK")?;
+        return Err(DbError::Migration(format!(
+            "{broken} rows would lose their stack; the database was left as it was"
+        )));
+    }
+    conn.execute_batch("COMMIT")?;
+    tracing::info!(
+        beamline = legacy,
+        "the database had no beamlines; its stacks are now {legacy}'s"
+    );
+    Ok(())
+}
+
 /// A new submission, as `serve` forwards it.
 #[derive(Debug, Clone)]
 pub struct NewStack<'a> {
-    /// Path relative to the data root.
+    /// The beamline it came from.
+    pub beamline: &'a str,
+    /// Path relative to the beamline's folder.
     pub name: &'a str,
     /// Version.
     pub version: u32,
     /// Workflow.
     pub workflow: &'a str,
-    /// Absolute folder of the received files.
+    /// Absolute folder of this version's snapshot: the bytes its jobs read, never changed.
     pub dir: &'a str,
     /// Absolute work folder.
     pub work_dir: &'a str,
@@ -122,7 +193,7 @@ impl Db {
     /// Opens (creating if needed) the database file. It holds every stack's names and every
     /// job's command, so it is readable by its owner only, like `server-info`; the WAL and
     /// shared-memory files SQLite makes beside it take the same mode from the file.
-    pub fn open(path: &Path) -> Result<Db, DbError> {
+    pub fn open(path: &Path, legacy_beamline: &str) -> Result<Db, DbError> {
         {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
             let f = std::fs::OpenOptions::new()
@@ -138,6 +209,7 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        migrate_to_beamlines(&conn, legacy_beamline)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Db { conn })
@@ -155,15 +227,15 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<(i64, String)> = tx
             .query_row(
-                "SELECT id, digest FROM stacks WHERE name = ?1 AND version = ?2",
-                params![s.name, s.version],
+                "SELECT id, digest FROM stacks WHERE beamline = ?1 AND name = ?2 AND version = ?3",
+                params![s.beamline, s.name, s.version],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         if let Some((id, digest)) = existing {
             if digest != s.digest {
                 return Err(DbError::Conflict {
-                    stack: s.name.into(),
+                    stack: format!("{}/{}", s.beamline, s.name),
                     version: s.version,
                 });
             }
@@ -175,8 +247,8 @@ impl Db {
         }
         let at = now();
         tx.execute(
-            "INSERT INTO stacks (name, version, workflow, dir, work_dir, digest, files, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO stacks (beamline, name, version, workflow, dir, work_dir, digest, files, created_at)
+             VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 s.name,
                 s.version,
@@ -185,7 +257,8 @@ impl Db {
                 s.work_dir,
                 s.digest,
                 s.files_json,
-                at
+                at,
+                s.beamline
             ],
         )?;
         let stack_id = tx.last_insert_rowid();
@@ -265,7 +338,7 @@ impl Db {
     ) -> Result<Vec<JobRow>, DbError> {
         let mut st = self.conn.prepare(
             "SELECT j.id, s.name, s.version, j.name, j.state, j.nodes, j.ranks_per_node,
-                    j.threads_per_rank, j.cpu_affinity, j.command, j.attempts, j.reason, j.launcher_id
+                    j.threads_per_rank, j.cpu_affinity, j.command, j.attempts, j.reason, j.launcher_id, s.beamline
              FROM jobs j JOIN stacks s ON s.id = j.stack_id
              WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR j.state = ?2) AND (?3 IS NULL OR j.id = ?3)
              ORDER BY j.id",
@@ -288,6 +361,7 @@ impl Db {
                     attempts: r.get(10)?,
                     reason: r.get(11)?,
                     launcher: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+                    beamline: r.get(13)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -306,7 +380,7 @@ impl Db {
     /// Every stack version.
     pub fn stacks(&self) -> Result<Vec<StackRow>, DbError> {
         let mut st = self.conn.prepare(
-            "SELECT id, name, version, workflow, work_dir, files, created_at FROM stacks ORDER BY id",
+            "SELECT id, name, version, workflow, work_dir, files, created_at, beamline FROM stacks ORDER BY id",
         )?;
         let rows = st
             .query_map([], |r| {
@@ -322,6 +396,7 @@ impl Db {
                     work_dir: r.get(4)?,
                     files: n as u64,
                     created_at: r.get(6)?,
+                    beamline: r.get(7)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

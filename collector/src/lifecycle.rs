@@ -531,7 +531,7 @@ impl Db {
     /// Jobs per state for every stack version.
     pub fn stack_status(&self) -> Result<Vec<StackStatus>, DbError> {
         let mut st = self.conn.prepare(
-            "SELECT s.name, s.version, s.workflow, j.state, COUNT(*) FROM stacks s JOIN jobs j ON j.stack_id = s.id
+            "SELECT s.name, s.version, s.workflow, j.state, COUNT(*), s.beamline, s.id FROM stacks s JOIN jobs j ON j.stack_id = s.id
              GROUP BY s.id, j.state ORDER BY s.id",
         )?;
         let mut out: Vec<StackStatus> = Vec::new();
@@ -542,21 +542,26 @@ impl Db {
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, u32>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
             ))
         })?;
+        let mut last_id = None;
         for row in rows {
-            let (stack, version, workflow, state, n) = row?;
+            let (stack, version, workflow, state, n, beamline, id) = row?;
             match out.last_mut() {
-                Some(s) if s.stack == stack && s.version == version => {
+                Some(s) if last_id == Some(id) => {
                     s.counts.insert(state, n);
                 }
                 _ => out.push(StackStatus {
+                    beamline,
                     stack,
                     version,
                     workflow,
                     counts: BTreeMap::from([(state, n)]),
                 }),
             }
+            last_id = Some(id);
         }
         Ok(out)
     }

@@ -144,10 +144,11 @@ pub async fn run(
         return Err(ServiceError::AlreadyRunning { path: lock_path });
     }
     let db_path = state_dir.join("collector.db");
-    let db = Db::open(&db_path).map_err(|source| ServiceError::Db {
-        path: db_path.clone(),
-        cause: source,
-    })?;
+    let db =
+        Db::open(&db_path, &cfg.collector.legacy_beamline).map_err(|source| ServiceError::Db {
+            path: db_path.clone(),
+            cause: source,
+        })?;
     let token = random_token().map_err(io(Path::new("/dev/urandom")))?;
     let listener = tokio::net::TcpListener::bind(cfg.service.listen)
         .await
@@ -249,6 +250,12 @@ async fn submit(
 fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitResponse> {
     let bad = |m: String| fail(StatusCode::UNPROCESSABLE_ENTITY, m);
     let stack = normalize_rel_path(&req.stack).map_err(bad)?;
+    let beamline = if req.beamline.is_empty() {
+        st.cfg.collector.legacy_beamline.clone()
+    } else {
+        req.beamline.clone()
+    };
+    beamflow_config::check_beamline(&beamline).map_err(bad)?;
     let wf = st.cfg.workflows.get(&req.workflow).ok_or_else(|| {
         let known: Vec<_> = st.cfg.workflows.keys().cloned().collect();
         bad(format!(
@@ -260,7 +267,14 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
     if req.files.is_empty() {
         return Err(bad(format!("stack {stack} has no files")));
     }
-    let data_root = &st.cfg.collector.data_root;
+    // the version's snapshot, which `serve` took before it forwarded the submission
+    let dir = st
+        .cfg
+        .collector
+        .data_root
+        .join(&beamline)
+        .join(&stack)
+        .join(format!(".beamflow-v{}", req.version));
     let mut images = Vec::new();
     for f in &req.files {
         let p = normalize_rel_path(&f.path).map_err(bad)?;
@@ -268,7 +282,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
             .strip_prefix(&format!("{stack}/"))
             .filter(|n| !n.contains('/'))
             .ok_or_else(|| bad(format!("file {p} is not directly inside stack {stack}")))?;
-        match std::fs::metadata(data_root.join(&p)) {
+        match std::fs::metadata(dir.join(name)) {
             Ok(m) if m.len() == f.size => {}
             Ok(m) => {
                 return Err(bad(format!(
@@ -286,11 +300,11 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         images.push(name.to_string());
     }
     images.sort();
-    let dir = data_root.join(&stack);
     let work_dir = st
         .cfg
         .service
         .work_root
+        .join(&beamline)
         .join(&stack)
         .join(format!("v{}", req.version));
     let (dir_s, work_s) = (dir.display().to_string(), work_dir.display().to_string());
@@ -298,6 +312,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());
     let dg = digest(&req.files);
     let new = NewStack {
+        beamline: &beamline,
         name: &stack,
         version: req.version,
         workflow: &req.workflow,

@@ -93,11 +93,51 @@ pub struct AgentSection {
     pub retry_max: Dur,
     /// Log lines: `plain` (journald-friendly) or `json`.
     pub log_format: LogFormat,
+    /// This beamline's name, sent in the handshake: the collector files its stacks under it,
+    /// so two beamlines may use the same stack names. Empty: the host name.
+    pub name: String,
+}
+
+impl AgentSection {
+    /// The beamline name in effect: `name`, else this host's name.
+    pub fn beamline(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        // a host name is a valid beamline name; anything else falls back to a fixed one
+        if check_beamline(&host).is_ok() {
+            host
+        } else {
+            "beamline".into()
+        }
+    }
+}
+
+/// Whether `name` can name a beamline: it becomes a folder under the data root and the work
+/// root, so one plain component.
+pub fn check_beamline(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} cannot name a beamline: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -"
+        ))
+    }
 }
 
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
+            name: String::new(),
             state_dir: PathBuf::from("state"),
             rescan: Dur::secs(300),
             retry_initial: Dur::secs(1),
@@ -308,6 +348,10 @@ pub struct CollectorSection {
     /// Write files of 8 MiB or more with O_DIRECT, around the page cache, where the
     /// filesystem takes it.
     pub direct_io: bool,
+    /// The beamlines whose agents may deliver here (`[agent] name` at each); empty: any.
+    pub beamlines: Vec<String>,
+    /// The beamline that stacks registered before beamlines existed are filed under.
+    pub legacy_beamline: String,
 }
 
 impl Default for CollectorSection {
@@ -318,6 +362,8 @@ impl Default for CollectorSection {
             fsync: true,
             sync: SyncMode::Batch,
             direct_io: true,
+            beamlines: Vec::new(),
+            legacy_beamline: "default".into(),
         }
     }
 }
@@ -563,6 +609,37 @@ impl Config {
                         q.walltime, q.walltime_margin
                     ),
                 ));
+            }
+        }
+        if !cfg.agent.name.is_empty() {
+            if let Err(e) = check_beamline(&cfg.agent.name) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, "name").unwrap_or(1),
+                    key: "key `agent.name`: ".into(),
+                    message: e,
+                });
+            }
+        }
+        for (i, b) in cfg
+            .collector
+            .beamlines
+            .iter()
+            .chain(std::iter::once(&cfg.collector.legacy_beamline))
+            .enumerate()
+        {
+            if let Err(e) = check_beamline(b) {
+                let key = if i < cfg.collector.beamlines.len() {
+                    "beamlines"
+                } else {
+                    "legacy_beamline"
+                };
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, key).unwrap_or(1),
+                    key: format!("key `collector.{key}`: "),
+                    message: e,
+                });
             }
         }
         if cfg.link.channels == 0 || cfg.link.channels > 10 {

@@ -37,7 +37,10 @@ pub struct SubmitFile {
 /// `POST /v1/stacks`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitRequest {
-    /// Stack path relative to the data root.
+    /// The beamline it came from (its agent's `[agent] name`).
+    #[serde(default)]
+    pub beamline: String,
+    /// Stack path relative to the beamline's folder in the data root.
     pub stack: String,
     /// Version.
     pub version: u32,
@@ -63,6 +66,8 @@ pub struct SubmitResponse {
 pub struct StackRow {
     /// The service's id.
     pub id: u64,
+    /// The beamline it came from.
+    pub beamline: String,
     /// Path relative to the data root.
     pub name: String,
     /// Version.
@@ -82,6 +87,8 @@ pub struct StackRow {
 pub struct JobRow {
     /// The service's id.
     pub id: u64,
+    /// The beamline its stack came from.
+    pub beamline: String,
     /// Stack path.
     pub stack: String,
     /// Stack version.
@@ -225,6 +232,8 @@ pub struct LauncherRow {
 /// One stack's jobs, counted by state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StackStatus {
+    /// The beamline it came from.
+    pub beamline: String,
     /// Stack path.
     pub stack: String,
     /// Version.

@@ -111,6 +111,9 @@ pub enum Frame {
         version: u16,
         /// Free text (host, program version) for the collector's logs.
         client: String,
+        /// The beamline this agent serves (`[agent] name`): the collector files everything
+        /// it sends under this name.
+        beamline: String,
     },
     /// Collector → agent: the handshake is accepted.
     Welcome {
@@ -282,9 +285,18 @@ impl Frame {
         w.u32(0);
         w.u8(self.kind());
         match self {
-            Frame::Hello { version, client: s } | Frame::Welcome { version, server: s } => {
+            Frame::Hello {
+                version,
+                client,
+                beamline,
+            } => {
                 w.u16(*version);
-                w.str(s);
+                w.str(client);
+                w.str(beamline);
+            }
+            Frame::Welcome { version, server } => {
+                w.u16(*version);
+                w.str(server);
             }
             Frame::Offer {
                 id,
@@ -425,6 +437,7 @@ impl Frame {
             1 => Frame::Hello {
                 version: r.u16()?,
                 client: r.str()?,
+                beamline: r.str()?,
             },
             2 => Frame::Welcome {
                 version: r.u16()?,

@@ -66,6 +66,7 @@ mod tests {
             Frame::Hello {
                 version: 1,
                 client: "agent".into(),
+                beamline: "bl-1".into(),
             },
             Frame::Welcome {
                 version: 1,

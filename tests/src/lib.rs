@@ -69,6 +69,9 @@ impl Drop for Proc {
     }
 }
 
+/// The beamline name (`[agent] name`) every test site's agent has.
+pub const BEAMLINE: &str = "bl";
+
 /// A throwaway site: config, watch root, data root, state.
 pub struct Site {
     /// Keeps the folder alive (kept after the test when BEAMFLOW_KEEP is set, for debugging).
@@ -92,6 +95,10 @@ impl Site {
             .replace(
                 "settle = \"30s\"",
                 &format!("settle = \"{settle}\"\n{extra_watch}"),
+            )
+            .replace(
+                "log_format = \"plain\"",
+                &format!("log_format = \"plain\"\nname = \"{BEAMLINE}\""),
             )
             .replace("retry_initial = \"1s\"", "retry_initial = \"300ms\"")
             .replace("retry_max = \"5m\"", "retry_max = \"2s\"")
@@ -144,9 +151,19 @@ impl Site {
         self.dir.join("incoming")
     }
 
-    /// The collector's data root.
+    /// Where this site's stacks land: its beamline's folder in the collector's data root.
     pub fn remote(&self) -> PathBuf {
+        self.data_root().join(BEAMLINE)
+    }
+
+    /// The collector's data root.
+    pub fn data_root(&self) -> PathBuf {
         self.dir.join("remote")
+    }
+
+    /// The work folders of this site's beamline.
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work").join(BEAMLINE)
     }
 
     fn spawn(&self, exe: &str, args: &[&str], log: &str) -> Proc {
@@ -306,11 +323,14 @@ pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Asserts two folders hold the same regular files with the same bytes (hidden names aside).
+/// Asserts two folders hold the same regular files with the same bytes (hidden names and
+/// hidden folders aside).
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let list = |d: &Path| -> Vec<(String, String)> {
         let mut v: Vec<_> = walkdir::WalkDir::new(d)
             .into_iter()
+            // hidden folders are the collector's own (version snapshots)
+            .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'))
             .filter_map(Result::ok)
             .filter(|e| {
                 e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.')

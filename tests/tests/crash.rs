@@ -76,7 +76,11 @@ fn agent_killed_at_several_points_finishes_with_every_file_and_one_dag() {
     let leftovers: Vec<_> = std::fs::read_dir(site.remote().join("big"))
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".beamflow-"))
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".beamflow-")
+                && (n.ends_with(".part") || n.ends_with(".delta") || n.ends_with(".tmp"))
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -160,6 +164,7 @@ fn serve_refuses_paths_outside_the_data_root() {
         &Frame::Hello {
             version: VERSION,
             client: "test".into(),
+            beamline: "bl".into(),
         },
     )
     .unwrap();

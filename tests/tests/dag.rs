@@ -24,7 +24,7 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
     site.push(&dir);
     let jobs = site.wait_finished("run1", LONG);
     assert_eq!(names(&jobs), ["qa", "find_rst", "register", "align"]);
-    let work = site.dir.join("work/run1/v1");
+    let work = site.work().join("run1/v1");
     for f in [
         "images.lst",
         "pairs.lst",
@@ -49,12 +49,12 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
         align_cmd.contains("-grid_size 64x64") && align_cmd.contains("-fixed S_0000"),
         "{align_cmd}"
     );
-    // images/ links each section, under a name AlignTK can take
+    // images/ links each section of the version's snapshot, under a name AlignTK can take
     for i in 0..4 {
         assert!(
             std::fs::read_link(work.join(format!("images/S_{i:04}.tif")))
                 .unwrap()
-                .ends_with(format!("remote/run1/S_{i:04}.tif"))
+                .ends_with(format!("remote/bl/run1/.beamflow-v1/S_{i:04}.tif"))
         );
     }
     // every transition is an event with a reason
@@ -205,7 +205,7 @@ fn a_failing_step_is_retried_then_held_with_its_stderr() {
         .unwrap()
         .contains("out of attempts (3)"));
     // core dumps are off: an aborting register leaves no core file
-    let work = site.dir.join("work/f/v1");
+    let work = site.work().join("f/v1");
     assert!(!work.join("core").exists());
     // a person fixes it and retries
     let out = site.run("beamflow-collector", &["retry", &jobs[2]["id"].to_string()]);

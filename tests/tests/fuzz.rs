@@ -191,6 +191,7 @@ fn serve_never_panics_on_what_arrives() {
                 Frame::Hello {
                     version: if c.below(20) == 0 { 1 } else { VERSION },
                     client: "fuzz".into(),
+                    beamline: c.pick(&["bl", "other", "../x", "", "a/b"]).to_string(),
                 }
                 .encode(),
             );

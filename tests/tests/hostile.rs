@@ -127,7 +127,7 @@ fn a_stack_of_hostile_names_runs_the_real_aligntk_to_job_finished_and_nothing_ru
         .collect();
     let fixed = argv[argv.iter().position(|a| *a == "-fixed").unwrap() + 1];
     assert_eq!(fixed, "section0000");
-    let work = site.dir.join("work").join(stack).join("v1");
+    let work = site.work().join(stack).join("v1");
     let listed = std::fs::read_to_string(work.join("images.lst")).unwrap();
     assert_eq!(listed.lines().count(), HOSTILE.len());
     for n in HOSTILE {
@@ -160,13 +160,13 @@ fn a_stack_of_hostile_names_runs_the_real_aligntk_to_job_finished_and_nothing_ru
         );
     }
     assert_eq!(
-        tree(&site.dir.join("work"))
+        tree(&site.work())
             .iter()
             .filter(|p| !p.is_empty() && !p.starts_with(stack))
             .count(),
         0,
         "work/ holds something beside the stack's folder: {:?}",
-        tree(&site.dir.join("work"))
+        tree(&site.work())
     );
 }
 
@@ -205,7 +205,7 @@ fn a_250_byte_name_arrives_and_leaves_no_part_file() {
     assert_same_tree(&dir, &site.remote().join("long"));
     assert!(tree(&site.remote().join("long"))
         .iter()
-        .all(|n| !n.starts_with(".beamflow-")));
+        .all(|n| !n.ends_with(".part")));
 }
 
 #[test]
@@ -225,7 +225,7 @@ fn a_file_that_can_never_be_stored_holds_the_stack_and_leaves_nothing_behind() {
     assert!(reason.contains("a.tif"), "{reason}");
     let leftovers: Vec<String> = tree(&site.remote().join("s"))
         .into_iter()
-        .filter(|n| n.contains(".beamflow-"))
+        .filter(|n| n.ends_with(".part") || n.ends_with(".delta"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // held, not looping: no new attempt after the refusal
@@ -276,7 +276,7 @@ impl Drop for Mount {
 #[test]
 fn a_read_only_data_root_is_retried_with_backoff_and_the_cause_is_said_once() {
     let site = Site::new("300ms", "");
-    let mount = Mount::tmpfs(&site.remote());
+    let mount = Mount::tmpfs(&site.data_root());
     mount.remount("ro");
     let _service = site.start_service();
     let dir = site.incoming().join("ro");
@@ -323,6 +323,7 @@ fn serve_survives_a_lost_stderr_and_exits_cleanly() {
         let mut hello = Frame::Hello {
             version: VERSION,
             client: "test".into(),
+            beamline: "bl".into(),
         }
         .encode();
         if clean_end {

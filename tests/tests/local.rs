@@ -333,7 +333,7 @@ fn the_demo_runs_end_to_end() {
     }
     assert_same_tree(
         &tmp.path().join("demo/incoming"),
-        &tmp.path().join("demo/remote"),
+        &tmp.path().join("demo/remote/demo"),
     );
 }
 

@@ -25,6 +25,7 @@ mod confine;
 pub mod delta;
 mod direct;
 mod session;
+mod snapshot;
 
 use commit::mtime_ns;
 use direct::{start_writeback, WRITEBACK_STEP};
@@ -45,6 +46,9 @@ pub enum ServeError {
         /// The agent's version.
         theirs: u16,
     },
+    /// The agent's beamline may not deliver here.
+    #[error("{0}")]
+    Beamline(String),
     /// The data root is unusable.
     #[error("the data root {path} is not usable: {cause}")]
     DataRoot {
@@ -78,8 +82,11 @@ struct Incoming {
 
 /// One connection's worth of receiving state.
 struct Receiver {
+    /// The agent's beamline: everything it sends lands in its folder.
+    beamline: String,
+    /// The beamline's folder in the data root (for messages).
     data_root: PathBuf,
-    /// The data root, opened: every folder is reached from here.
+    /// The beamline's folder, opened: every folder is reached from here.
     root: Folder,
     /// Folders reached so far this session, by their path under the data root.
     folders: HashMap<String, Arc<Folder>>,
@@ -163,16 +170,33 @@ fn hash_file(path: &Path, limit: Option<u64>) -> std::io::Result<(u64, blake3::H
 }
 
 impl Receiver {
-    fn new(cfg: &Config) -> Result<Receiver, ServeError> {
+    fn new(cfg: &Config, beamline: &str) -> Result<Receiver, ServeError> {
+        beamflow_config::check_beamline(beamline).map_err(ServeError::Beamline)?;
+        let allowed = &cfg.collector.beamlines;
+        if !allowed.is_empty() && !allowed.iter().any(|b| b == beamline) {
+            return Err(ServeError::Beamline(format!(
+                "beamline `{beamline}` may not deliver here: [collector] beamlines lists {}; add it \
+                 there, or set [agent] name on the beamline host to one of them",
+                allowed.join(", ")
+            )));
+        }
         let data_root = cfg.collector.data_root.clone();
         let err = |source| ServeError::DataRoot {
             path: data_root.clone(),
             cause: source,
         };
         std::fs::create_dir_all(&data_root).map_err(err)?;
-        let root = Folder::root(&data_root).map_err(err)?;
+        let top = Folder::root(&data_root).map_err(err)?;
+        let root = top.walk(beamline, true).map_err(|e| ServeError::DataRoot {
+            path: data_root.join(beamline),
+            cause: match e {
+                ConfineError::Io { cause, .. } => cause,
+                other => std::io::Error::other(other.to_string()),
+            },
+        })?;
         Ok(Receiver {
-            data_root,
+            beamline: beamline.to_string(),
+            data_root: data_root.join(beamline),
             root,
             folders: HashMap::new(),
             fsync: cfg.collector.fsync,
@@ -191,6 +215,12 @@ impl Receiver {
     /// the path is known to stay inside.
     fn destination(&mut self, path: &str) -> Result<Target, (ErrorCode, String)> {
         let rel = normalize_rel_path(path).map_err(|e| (ErrorCode::PathRefused, e))?;
+        if rel.split('/').any(|c| c.starts_with(".beamflow-")) {
+            return Err((
+                ErrorCode::PathRefused,
+                format!("{rel:?}: names starting with .beamflow- are the collector's own (temporary files, snapshots)"),
+            ));
+        }
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
         let folder = match self.folders.get(parent) {
             Some(f) => f.clone(),
@@ -616,7 +646,11 @@ impl Receiver {
         };
         let known = Client::from_state_dir(&cfg.collector.state_dir).and_then(|c| c.stacks());
         match known {
-            Ok(rows) if rows.iter().any(|r| r.name == stack) => {
+            Ok(rows)
+                if rows
+                    .iter()
+                    .any(|r| r.beamline == self.beamline && r.name == stack) =>
+            {
                 return refused(format!(
                     "stack {stack} has a DAG at the collector; its files stay where they are"
                 ))
@@ -656,6 +690,32 @@ impl Receiver {
             }
             self.known().remove(&format!("{stack}/{name}"));
         }
+        // snapshots of attempts that were never registered (the service knows no version)
+        if let Ok(rd) = std::fs::read_dir(folder.entry("")) {
+            for e in rd.flatten() {
+                if let Some(n) = e
+                    .file_name()
+                    .to_str()
+                    .filter(|n| n.starts_with(".beamflow-v"))
+                {
+                    if let Ok(snap) = folder.walk(n, false) {
+                        for f in std::fs::read_dir(snap.entry(""))
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                        {
+                            let _ = std::fs::remove_file(f.path());
+                        }
+                    }
+                    if let Ok(c) = std::ffi::CString::new(n) {
+                        use std::os::fd::AsRawFd;
+                        unsafe {
+                            libc::unlinkat(folder.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR)
+                        };
+                    }
+                }
+            }
+        }
         let _ = folder.sync_all();
         self.folders.remove(&stack);
         // the folder itself goes if nothing else is in it
@@ -682,7 +742,12 @@ impl Receiver {
             code: ErrorCode::SubmitRefused,
             message,
         };
+        let stack = match normalize_rel_path(&stack) {
+            Ok(s) => s,
+            Err(e) => return refused(e),
+        };
         let mut out = Vec::with_capacity(files.len());
+        let mut members = Vec::with_capacity(files.len());
         for f in files {
             let rel = match normalize_rel_path(&f.path) {
                 Ok(r) => r,
@@ -691,13 +756,48 @@ impl Receiver {
             if self.known().get(&rel) != Some(&f.hash) {
                 return refused(format!("{rel} was not received and verified in this session; offer it before submitting"));
             }
+            let Some(name) = rel
+                .strip_prefix(&format!("{stack}/"))
+                .filter(|n| !n.contains('/'))
+            else {
+                return refused(format!("file {rel} is not directly inside stack {stack}"));
+            };
+            members.push(snapshot::Member {
+                name: name.to_string(),
+                size: f.size,
+                hash: f.hash,
+            });
             out.push(SubmitFile {
                 path: rel,
                 size: f.size,
                 blake3: hex::encode(f.hash),
             });
         }
+        // the version's own copy, before the service may hand it to a job
+        let folder = match self.root.walk(&stack, false) {
+            Ok(f) => f,
+            Err(e) => return refused(format!("{stack:?}: {e}")),
+        };
+        let registered = || -> Result<bool, String> {
+            let rows = Client::from_state_dir(&cfg.collector.state_dir)
+                .and_then(|c| c.stacks())
+                .map_err(|e| e.to_string())?;
+            Ok(rows
+                .iter()
+                .any(|r| r.beamline == self.beamline && r.name == stack && r.version == version))
+        };
+        if let Err(e) = snapshot::take(&folder, version, &members, &registered) {
+            tracing::warn!(stack = %stack, version, "{e}");
+            return match e {
+                snapshot::SnapshotError::Io(..) => Frame::Error {
+                    code: ErrorCode::ServiceUnavailable,
+                    message: e.to_string(),
+                },
+                _ => refused(e.to_string()),
+            };
+        }
         let req = SubmitRequest {
+            beamline: self.beamline.clone(),
             stack: stack.clone(),
             version,
             workflow,

@@ -56,9 +56,14 @@ pub fn serve<R: Read, W: Write + Send>(
         w.write_all(MAGIC).map_err(ProtocolError::Io)?;
         w.flush().map_err(ProtocolError::Io)?;
     }
-    match read_frame_sync(&mut rd)? {
-        Some(Frame::Hello { version, client }) if version == VERSION => {
-            tracing::info!(%client, "agent connected");
+    let beamline = match read_frame_sync(&mut rd)? {
+        Some(Frame::Hello {
+            version,
+            client,
+            beamline,
+        }) if version == VERSION => {
+            tracing::info!(%client, %beamline, "agent connected");
+            beamline
         }
         Some(Frame::Hello { version, .. }) => {
             let e = ServeError::Version { theirs: version };
@@ -73,12 +78,16 @@ pub fn serve<R: Read, W: Write + Send>(
             return Err(ProtocolError::Malformed(format!("expected Hello, got {other:?}")).into())
         }
         None => return Ok(()),
-    }
-    let mut rx = match Receiver::new(cfg) {
+    };
+    let mut rx = match Receiver::new(cfg, &beamline) {
         Ok(r) => r,
         Err(e) => {
+            let code = match e {
+                ServeError::Beamline(_) => ErrorCode::PathRefused,
+                _ => ErrorCode::Io,
+            };
             let f = Frame::Error {
-                code: ErrorCode::Io,
+                code,
                 message: e.to_string(),
             };
             send(&wr, &f, true)?;

@@ -12,6 +12,7 @@ fn session(cfg: &Config, frames: &[Frame]) -> Vec<Frame> {
     let mut input = Frame::Hello {
         version: VERSION,
         client: "t".into(),
+        beamline: "bl".into(),
     }
     .encode();
     for f in frames {
@@ -55,8 +56,8 @@ fn paths_outside_the_root_are_refused() {
         );
     }
     // a symlink planted inside the root does not lead out either
-    std::fs::create_dir_all(d.path().join("root")).unwrap();
-    std::os::unix::fs::symlink("/tmp", d.path().join("root/link")).unwrap();
+    std::fs::create_dir_all(d.path().join("root/bl")).unwrap();
+    std::os::unix::fs::symlink("/tmp", d.path().join("root/bl/link")).unwrap();
     let got = session(
         &c,
         &[Frame::Offer {
@@ -112,7 +113,10 @@ fn a_file_is_stored_verified_and_then_known() {
             Frame::Ack { id: 1 }
         ]
     );
-    assert_eq!(std::fs::read(d.path().join("root/s/a.tif")).unwrap(), body);
+    assert_eq!(
+        std::fs::read(d.path().join("root/bl/s/a.tif")).unwrap(),
+        body
+    );
     let got = session(
         &c,
         &[Frame::Offer {
@@ -163,10 +167,10 @@ fn wrong_bytes_are_refused_and_not_stored() {
         ),
         "{got:?}"
     );
-    assert!(!d.path().join("root/s/a.tif").exists());
+    assert!(!d.path().join("root/bl/s/a.tif").exists());
     assert!(!d
         .path()
-        .join("root/s")
+        .join("root/bl/s")
         .join(super::temp_name("a.tif", "part"))
         .exists());
 }
@@ -177,10 +181,10 @@ fn a_partial_file_is_offered_as_a_prefix_and_resumed() {
     let c = cfg(d.path());
     let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     let hash = *blake3::hash(&body).as_bytes();
-    std::fs::create_dir_all(d.path().join("root/s")).unwrap();
+    std::fs::create_dir_all(d.path().join("root/bl/s")).unwrap();
     std::fs::write(
         d.path()
-            .join("root/s")
+            .join("root/bl/s")
             .join(super::temp_name("a.tif", "part")),
         &body[..4000],
     )
@@ -223,7 +227,10 @@ fn a_partial_file_is_offered_as_a_prefix_and_resumed() {
         ],
     );
     assert_eq!(got[1], Frame::Ack { id: 1 });
-    assert_eq!(std::fs::read(d.path().join("root/s/a.tif")).unwrap(), body);
+    assert_eq!(
+        std::fs::read(d.path().join("root/bl/s/a.tif")).unwrap(),
+        body
+    );
 }
 
 #[test]
@@ -300,8 +307,11 @@ fn a_file_refused_mid_stream_does_not_end_the_session() {
         !got.iter().any(|f| matches!(f, Frame::Error { .. })),
         "{got:?}"
     );
-    assert_eq!(std::fs::read(d.path().join("root/s/b.tif")).unwrap(), good);
-    assert!(!d.path().join("root/s/a.tif").exists());
+    assert_eq!(
+        std::fs::read(d.path().join("root/bl/s/b.tif")).unwrap(),
+        good
+    );
+    assert!(!d.path().join("root/bl/s/a.tif").exists());
 }
 
 #[test]
@@ -337,7 +347,7 @@ fn a_round_of_many_files_is_stored_and_known_in_both_sync_modes() {
                 "{mode:?} {i}: {got:?}"
             );
             assert_eq!(
-                &std::fs::read(d.path().join(format!("root/s/{i}.tif"))).unwrap(),
+                &std::fs::read(d.path().join(format!("root/bl/s/{i}.tif"))).unwrap(),
                 f
             );
         }

@@ -243,7 +243,9 @@ fn jobs_bench(count: u32, slots: u32) {
     site.append_config(
         "[workflows.trivial]\n[[workflows.trivial.steps]]\nname = \"t\"\ncommand = \"true\"\n",
     );
-    let stack = site.remote().join("bench");
+    // straight to the API, as `serve` would forward it: the files under the beamline's
+    // folder, each version's snapshot of hard links beside them
+    let stack = site.data_root().join("bench-bl/bench");
     std::fs::create_dir_all(&stack).unwrap();
     let mut files = Vec::new();
     for i in 0..2 {
@@ -266,6 +268,14 @@ fn jobs_bench(count: u32, slots: u32) {
             blake3: blake3::hash(&bytes).to_hex().to_string(),
         });
     }
+    for v in 1..=count + 1 {
+        let snap = stack.join(format!(".beamflow-v{v}"));
+        std::fs::create_dir_all(&snap).unwrap();
+        for i in 0..2 {
+            let name = format!("S_{i:04}.tif");
+            std::fs::hard_link(stack.join(&name), snap.join(&name)).unwrap();
+        }
+    }
     let mut service = site.start_service();
     let client = Client::from_state_dir(&site.dir.join("state")).unwrap();
     eprintln!("submitting {count} one-job stack versions ...");
@@ -273,6 +283,7 @@ fn jobs_bench(count: u32, slots: u32) {
     for v in 1..=count {
         client
             .submit(&SubmitRequest {
+                beamline: "bench-bl".into(),
                 stack: "bench".into(),
                 version: v,
                 workflow: "trivial".into(),
@@ -323,6 +334,7 @@ fn jobs_bench(count: u32, slots: u32) {
     // one more job alone, to an idle launcher: the delay without any queue
     let lone = client
         .submit(&SubmitRequest {
+            beamline: "bench-bl".into(),
             stack: "bench".into(),
             version: count + 1,
             workflow: "trivial".into(),
