@@ -403,3 +403,85 @@ impl Db {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `stacks` table as the version before beamlines wrote it (recorded from that
+    /// version's schema), with one stack and one job in it.
+    const BEFORE_BEAMLINES: &str = "
+        CREATE TABLE stacks (
+            id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL,
+            workflow TEXT NOT NULL, dir TEXT NOT NULL, work_dir TEXT NOT NULL,
+            digest TEXT NOT NULL, files TEXT NOT NULL, created_at TEXT NOT NULL,
+            prepared INTEGER NOT NULL DEFAULT 0, UNIQUE (name, version));
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY, stack_id INTEGER NOT NULL REFERENCES stacks(id),
+            name TEXT NOT NULL, state TEXT NOT NULL, command TEXT NOT NULL,
+            work_dir TEXT NOT NULL, nodes INTEGER NOT NULL, ranks_per_node INTEGER NOT NULL,
+            threads_per_rank INTEGER NOT NULL, cpu_affinity TEXT NOT NULL, env TEXT NOT NULL,
+            check_summary TEXT, attempts INTEGER NOT NULL DEFAULT 0, launcher_id INTEGER,
+            reason TEXT NOT NULL DEFAULT '', UNIQUE (stack_id, name));
+        INSERT INTO stacks VALUES (7, 'run1', 1, 'qa', '/d/remote/run1', '/d/work/run1/v1',
+            'abc', '[{\"path\":\"run1/a.tif\"}]', '2026-11-01T00:00:00Z', 1);
+        INSERT INTO jobs (id, stack_id, name, state, command, work_dir, nodes, ranks_per_node,
+            threads_per_rank, cpu_affinity, env)
+            VALUES (3, 7, 'qa', 'JOB_FINISHED', 'qa images --out qa.json', '/d/work/run1/v1',
+            1, 1, 1, 'none', '{}');
+    ";
+
+    #[test]
+    fn a_database_from_before_beamlines_is_read_with_its_stacks_under_the_legacy_one() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("collector.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(BEFORE_BEAMLINES)
+            .unwrap();
+        let db = Db::open(&path, "legacy").unwrap();
+        let stacks = db.stacks().unwrap();
+        assert_eq!(stacks.len(), 1);
+        assert_eq!(
+            (
+                stacks[0].id,
+                stacks[0].beamline.as_str(),
+                stacks[0].name.as_str()
+            ),
+            (7, "legacy", "run1")
+        );
+        let job = db.job(3).unwrap().unwrap();
+        assert_eq!(
+            (job.beamline.as_str(), job.state.as_str()),
+            ("legacy", "JOB_FINISHED")
+        );
+        // an old plain command line is still shown and split as the config would
+        assert_eq!(job.argv, ["qa", "images", "--out", "qa.json"]);
+        drop(db);
+        // opening again changes nothing; the same name may now exist per beamline
+        let mut db = Db::open(&path, "other").unwrap();
+        assert_eq!(db.stacks().unwrap()[0].beamline, "legacy");
+        let s = NewStack {
+            beamline: "b2",
+            name: "run1",
+            version: 1,
+            workflow: "qa",
+            dir: "/d/remote/b2/run1/.beamflow-v1",
+            work_dir: "/d/work/b2/run1/v1",
+            digest: "def",
+            files_json: "[]",
+        };
+        let (id, created, _) = db.submit(&s, &[]).unwrap();
+        assert!(created && id != 7);
+        // the same beamline, name and version with other files is still a conflict
+        let clash = NewStack {
+            beamline: "legacy",
+            digest: "zzz",
+            ..s
+        };
+        assert!(matches!(
+            db.submit(&clash, &[]),
+            Err(DbError::Conflict { .. })
+        ));
+    }
+}

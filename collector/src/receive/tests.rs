@@ -34,7 +34,13 @@ fn session(cfg: &Config, frames: &[Frame]) -> Vec<Frame> {
 fn paths_outside_the_root_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let c = cfg(d.path());
-    for p in ["../evil", "/etc/passwd", "a/../../b"] {
+    for p in [
+        "../evil",
+        "/etc/passwd",
+        "a/../../b",
+        "s/.beamflow-v1/a.tif",
+        "s/.beamflow-0123456789abcdef.part",
+    ] {
         let got = session(
             &c,
             &[Frame::Offer {
