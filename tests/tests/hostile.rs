@@ -97,6 +97,7 @@ fn a_stack_of_hostile_names_runs_the_real_aligntk_to_job_finished_and_nothing_ru
     let mut arrived: Vec<String> = std::fs::read_dir(site.remote().join(stack))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with(".beamflow-v")) // the version's snapshot
         .collect();
     arrived.sort();
     let mut sent: Vec<String> = HOSTILE.iter().map(|s| s.to_string()).collect();
