@@ -6,7 +6,7 @@
 
 use crate::db::Db;
 use crate::lifecycle::Pending;
-use crate::prepare::{check_summary, name_back, prepare};
+use crate::prepare::{name_back, prepare};
 use crate::scheduler::{self, BatchSpec, BatchState, Scheduler};
 use crate::state::JobState;
 use beamflow_config::{Config, QueueSection, SchedulerKind};
@@ -139,10 +139,19 @@ impl Engine {
         let done = self.db()?.pending(JobState::RunDone).map_err(e)?;
         for j in done {
             let work = Path::new(&j.work_dir);
+            let step = self
+                .cfg
+                .workflows
+                .get(&j.workflow)
+                .and_then(|w| w.steps.iter().find(|s| s.name == j.name));
             let check = match &j.check_summary {
-                Some(rel) => check_summary(work, rel),
+                Some(rel) => crate::check::summary(work, rel),
                 None => Ok(()),
             }
+            .and_then(|()| match step {
+                Some(s) => crate::check::outputs(work, &s.outputs, &s.absent),
+                None => Ok(()),
+            })
             .and_then(|()| name_back(work));
             let mut db = self.db()?;
             match check {

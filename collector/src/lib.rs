@@ -7,10 +7,12 @@
 //! read through the API, never the database file.
 
 pub use beamflow_protocol::api;
+pub mod check;
 pub mod cli;
 pub mod dag;
 pub mod db;
 pub mod engine;
+pub mod fault;
 pub mod launcher;
 pub mod lifecycle;
 pub mod names;

@@ -437,13 +437,27 @@ impl Db {
             .unwrap_or_else(|| "no exit code".into());
         let ok = match r.outcome {
             Outcome::Done => change(&tx, job, &[JobState::Running], JobState::RunDone, &code)?,
-            Outcome::Error => change(
-                &tx,
-                job,
-                &[JobState::Running],
-                JobState::RunError,
-                &format!("{code}: {}", r.message),
-            )?,
+            Outcome::Error => {
+                let argv: String = tx.query_row(
+                    "SELECT command FROM jobs WHERE id = ?1",
+                    [job as i64],
+                    |r| r.get(0),
+                )?;
+                let fault =
+                    crate::fault::classify(&crate::dag::decode(&argv), r.exit_code, &r.message);
+                let why = format!("{code}: {}", r.message);
+                change(&tx, job, &[JobState::Running], JobState::RunError, &why)?
+                    && match fault.handling() {
+                        crate::fault::Handling::Retry => true,
+                        crate::fault::Handling::Hold => change(
+                            &tx,
+                            job,
+                            &[JobState::RunError],
+                            JobState::Failed,
+                            &format!("held for a person, not retried ({}): {why}", fault.what()),
+                        )?,
+                    }
+            }
             Outcome::Timeout => change(
                 &tx,
                 job,

@@ -9,7 +9,7 @@
 //! maps every AlignTK name back to the received file. After a step, outputs named for an
 //! alias get a second name, the original's ([`name_back`]). The received originals are
 //! never touched. AlignTK exits 0 on a blank or featureless section; only its summaries show
-//! it (a `nan` quality, a `-1000000` correlation), so a zero exit is checked there.
+//! it (a `nan` quality, a `-1000000` correlation), so a zero exit is checked (see `check`).
 
 use crate::names::{aligntk_names, image_names, read_names, stem, NAMES_FILE};
 use std::collections::HashSet;
@@ -150,55 +150,6 @@ pub fn name_back(work_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks an AlignTK summary: every pair must have a real quality and correlation. Pairs are
-/// named by the received sections' names (through `names.tsv`), each bad pair once.
-pub fn check_summary(work_dir: &Path, rel: &str) -> Result<(), String> {
-    let path = work_dir.join(rel);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!("{rel} is missing or unreadable ({e}); the step did not finish every pair")
-    })?;
-    let sections = read_names(&work_dir.join(NAMES_FILE)).unwrap_or_default();
-    let original = |t: &str| {
-        sections
-            .iter()
-            .find(|s| s.aligntk == t)
-            .map(|s| s.original.clone())
-    };
-    let mut bad: Vec<String> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let toks: Vec<&str> = line.split_whitespace().collect();
-        let fault = toks.iter().find(|t| {
-            let l = t.to_ascii_lowercase();
-            l == "nan" || l == "-nan" || t.parse::<f64>().is_ok_and(|v| v == -1_000_000.0)
-        });
-        let Some(f) = fault else { continue };
-        let named: Vec<String> = toks.iter().filter_map(|t| original(t)).collect();
-        let pair = if named.len() >= 2 {
-            format!("{} and {}", named[0], named[1])
-        } else {
-            toks.iter()
-                .find(|t| t.contains('_') && t.parse::<f64>().is_err())
-                .copied()
-                .unwrap_or(toks[0])
-                .to_string()
-        };
-        let what = if f.to_ascii_lowercase().contains("nan") {
-            "quality nan"
-        } else {
-            "correlation -1000000"
-        };
-        let entry = format!("pair {pair} has {what}");
-        if !bad.iter().any(|b| b.starts_with(&entry)) {
-            bad.push(format!("{entry} ({rel} line {})", i + 1));
-        }
-    }
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("blank or featureless section: {}", bad.join("; ")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,38 +199,5 @@ mod tests {
         for n in hostile {
             assert!(work.join("aligned").join(n).exists(), "{n:?}");
         }
-    }
-
-    #[test]
-    fn summaries_with_nan_or_sentinel_name_the_pair() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("cmaps")).unwrap();
-        std::fs::write(
-            d.path().join("cmaps/summary.out"),
-            "S_0000_S_0001 QUALITY 0.93\nS_0001_S_0002 QUALITY nan\n",
-        )
-        .unwrap();
-        let e = check_summary(d.path(), "cmaps/summary.out").unwrap_err();
-        assert!(
-            e.contains("pair S_0001_S_0002 has quality nan (cmaps/summary.out line 2)"),
-            "{e}"
-        );
-        std::fs::write(
-            d.path().join("cmaps/summary.out"),
-            "S_0000_S_0001 CORRELATION -1000000\n",
-        )
-        .unwrap();
-        assert!(check_summary(d.path(), "cmaps/summary.out")
-            .unwrap_err()
-            .contains("correlation -1000000"));
-        std::fs::write(
-            d.path().join("cmaps/summary.out"),
-            "S_0000_S_0001 QUALITY 0.9 CORRELATION 0.87\n",
-        )
-        .unwrap();
-        check_summary(d.path(), "cmaps/summary.out").unwrap();
-        assert!(check_summary(d.path(), "maps/summary.out")
-            .unwrap_err()
-            .contains("missing"));
     }
 }

@@ -555,10 +555,16 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
         .map(|n| n.clone())
         .unwrap_or_default();
     let failed = db.jobs(None, Some("FAILED")).map_err(internal)?;
+    let config = st
+        .cfg
+        .source
+        .as_ref()
+        .map(|p| beamflow_config::argv::quote(&p.display().to_string()))
+        .unwrap_or_else(|| "beamflow.toml".into());
     for j in failed.iter().take(10) {
         notes.push(format!(
-            "job {} ({} of {}) is FAILED: {}; `beamflow-collector retry {}` after fixing it",
-            j.id, j.name, j.stack, j.reason, j.id
+            "job {} ({} of {}/{}) is FAILED: {}; after fixing it: beamflow-collector retry --config {config} {}",
+            j.id, j.name, j.beamline, j.stack, j.reason, j.id
         ));
     }
     Ok(Json(StatusResponse {

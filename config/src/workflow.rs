@@ -65,6 +65,14 @@ pub struct Step {
     /// 0 on a blank section, and only a `nan` quality or a `-1000000` correlation there shows it.
     #[serde(default)]
     pub check_summary: Option<String>,
+    /// Files (relative to the work folder) the step must leave after a zero exit; `{pair}`
+    /// expands to every pair of `pairs.lst`, `{image}` to every section's AlignTK name.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// Globs (relative to the work folder) that must match nothing after a zero exit: what
+    /// a tool leaves only when it failed quietly (align's `grids/fold*.pnm`).
+    #[serde(default)]
+    pub absent: Vec<String>,
 }
 
 /// The placeholders a step's command may use: `{bin}` from the config, the rest filled in
@@ -209,6 +217,8 @@ fn step(name: &str, after: &[&str], command: &str) -> Step {
         cpu_affinity: default_affinity(),
         env: BTreeMap::new(),
         check_summary: None,
+        outputs: Vec::new(),
+        absent: Vec::new(),
     }
 }
 
@@ -225,22 +235,27 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         "{bin}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary.out",
     );
     find_rst.check_summary = Some("cmaps/summary.out".into());
+    find_rst.outputs = vec!["cmaps/{pair}.map".into()];
     let mut register = step(
         "register",
         &["find_rst"],
         "{bin}/register -pairs pairs.lst -images images/ -output maps/ -initial_map cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary maps/summary.out -min_overlap 10.0",
     );
     register.check_summary = Some("maps/summary.out".into());
-    let align = step(
+    register.outputs = vec!["maps/{pair}.map".into()];
+    let mut align = step(
         "align",
         &["register"],
         "{bin}/align -images images/ -image_list images.lst -maps maps/ -map_list pairs.lst -output amaps/ -schedule schedule.lst -incremental -output_grid grids/ -grid_size {grid_size} -fixed {first}",
     );
-    let apply_map = step(
+    align.outputs = vec!["amaps/{image}.map".into()];
+    align.absent = vec!["grids/fold*.pnm".into()];
+    let mut apply_map = step(
         "apply_map",
         &["align"],
         "{bin}/apply_map -image_list images.lst -images images/ -maps amaps/ -output aligned/ -memory 1000",
     );
+    apply_map.outputs = vec!["aligned/{image}.tif".into()];
     let wf = |steps: Vec<Step>| Workflow {
         bin: None,
         steps,

@@ -6,7 +6,9 @@ arguments and input files the way the real tools need them and reproduce the beh
 in NOTES.md: every runtime error aborts (exit 134), `cmaps/` must exist before find_rst,
 align refuses absolute `-maps /maps/` and a malformed schedule.lst, and a blank section
 passes with exit 0, showing only as QUALITY nan in cmaps/summary.out and CORRELATION -1000000
-in maps/summary.out. Map files get the real text header.
+in maps/summary.out (both real tables: printed twice, each row naming the two images as separate
+words). Map files get the real text header. Unlike the real tools they still read 16-bit sections:
+the dag and slurm tests write 16-bit stacks, which preparation does not yet convert to 8-bit.
 
 Test controls (environment): STANDIN_FAIL=<tool> aborts that tool; STANDIN_HANG=<tool> makes it
 sleep until killed; STANDIN_SLEEP=<tool>:<seconds> makes it slow; STANDIN_LOG=<file> appends
@@ -118,10 +120,14 @@ def find_rst(o):
         w, h, blank_a = tiff_pixels(os.path.join(o["images"], a + ".tif"))
         _, _, blank_b = tiff_pixels(os.path.join(o["images"], b + ".tif"))
         map_file(os.path.join(o["output"], name + ".map"), 10, w, h, a, b)
-        lines.append(f"{name} QUALITY {'nan' if blank_a or blank_b else '0.93'}")
+        q = "nan" if blank_a or blank_b else "0.930000"
+        lines.append(f"{a}  {b}      {q}      0.000000      1.000000      0.000000      0.000000")
     if "summary" in o:
+        # the real table, printed twice: by slice, then by quality
+        head = "         SOURCE  TARGET   QUALITY     ROTATION    SCALE       TX          TY"
         with open(o["summary"], "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write("Sorted by slice:\n" + head + "\n" + "\n".join(lines) + "\n\n\n")
+            f.write("Sorted by quality:\n" + head + "\n" + "\n".join(sorted(lines, key=lambda l: l.split()[2])) + "\n")
 
 
 def register(o):
@@ -140,10 +146,14 @@ def register(o):
         w, h, blank_a = tiff_pixels(os.path.join(o["images"], a + ".tif"))
         _, _, blank_b = tiff_pixels(os.path.join(o["images"], b + ".tif"))
         map_file(os.path.join(o["output"], name + ".map"), 6, w, h, a, b)
-        lines.append(f"{name} CORRELATION {'-1000000' if blank_a or blank_b else '0.87'}")
+        c = "-1000000.000000" if blank_a or blank_b else "0.870000"
+        lines.append(f"{a:>8} {b:>8}     {c}      0.000100      0.000000      0.000000     -{c.lstrip('-')}")
     if "summary" in o:
+        # the real table, printed twice: by slice, then by energy
+        head = "IMAGE    REFERENCE  CORRELATION   DISTORTION    CORRESPOND    CONSTRAIN     ENERGY"
         with open(o["summary"], "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write("Sorted by slice:\n" + head + "\n" + "\n".join(lines) + "\n\n\n")
+            f.write("Sorted by energy:\n" + head + "\n" + "\n".join(lines) + "\n")
 
 
 def align(o):

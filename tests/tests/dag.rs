@@ -117,7 +117,7 @@ fn a_blank_section_that_aligntk_passes_with_exit_0_is_caught_and_held() {
     ));
     site.edit_config("workflow = \"aligntk\"", "workflow = \"noqa\"");
     let _service = site.start_service();
-    let dir = site.write_stack("blank", 3, 32);
+    let dir = site.write_stack("blank", 4, 32);
     site.blank(&dir.join("S_0002.tif"), 32);
     site.push(&dir);
     let jobs = site.wait_jobs("blank", LONG, "FAILED", |j| j[0]["state"] == "FAILED");
@@ -129,7 +129,21 @@ fn a_blank_section_that_aligntk_passes_with_exit_0_is_caught_and_held() {
         .find(|e| e["to"] == "RUN_ERROR")
         .expect("a RUN_ERROR event");
     let why = err["reason"].as_str().unwrap();
-    assert!(why.contains("pair S_0001_S_0002 has quality nan"), "{why}");
+    // the real table names both images of each pair; each bad pair once, and the section
+    // both bad pairs share
+    assert!(
+        why.contains("S_0002.tif looks blank or featureless"),
+        "{why}"
+    );
+    assert!(
+        why.contains("S_0001.tif and S_0002.tif have quality nan"),
+        "{why}"
+    );
+    assert!(
+        why.contains("S_0002.tif and S_0003.tif have quality nan"),
+        "{why}"
+    );
+    assert_eq!(why.matches("have quality nan").count(), 2, "{why}");
     assert!(reason.contains("held for a person"), "{reason}");
 
     // with the built-in qa step the same stack never reaches AlignTK
@@ -150,6 +164,17 @@ fn a_blank_section_that_aligntk_passes_with_exit_0_is_caught_and_held() {
     assert!(
         errs.iter().all(|r| r.contains("S_0001.tif: blank")),
         "{errs:?}"
+    );
+    // a data fault: held after one attempt, not run three times
+    assert_eq!(jobs[0]["attempts"], 1, "{errs:?}");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        jobs[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("held for a person, not retried"),
+        "{}",
+        jobs[0]["reason"]
     );
     assert_eq!(jobs[1]["state"], "AWAITING_PARENTS");
     assert!(

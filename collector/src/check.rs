@@ -1,0 +1,290 @@
+//! Every step's result checked after it exits 0.
+//!
+//! AlignTK exits 0 on a blank or featureless section (only its summaries show it: a `nan`
+//! quality, a `-1000000` correlation), and align can exit 0 having written no maps at all
+//! (only `grids/fold*.pnm`). So a zero exit counts only once the step's summary reads clean
+//! and the outputs it declares are there: `outputs` (per pair with `{pair}`, per section
+//! with `{image}`) and none of `absent`. Sections are named as the beamline sent them,
+//! through `names.tsv`.
+
+use crate::names::{read_names, Section, NAMES_FILE};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn sections(work_dir: &Path) -> Vec<Section> {
+    read_names(&work_dir.join(NAMES_FILE)).unwrap_or_default()
+}
+
+fn received<'a>(sections: &'a [Section], aligntk: &'a str) -> &'a str {
+    sections
+        .iter()
+        .find(|s| s.aligntk == aligntk)
+        .map(|s| s.original.as_str())
+        .unwrap_or(aligntk)
+}
+
+/// Checks an AlignTK summary table (`cmaps/summary.out`, `maps/summary.out`): every pair
+/// must have a real quality and correlation. The table is printed twice (by slice, then by
+/// quality or energy) and names both images of a row as separate words; each bad pair is
+/// named once, by both sections, and a section that every bad pair shares is named as the
+/// likely culprit.
+pub fn summary(work_dir: &Path, rel: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(work_dir.join(rel)).map_err(|e| {
+        format!("{rel} is missing or unreadable ({e}); the step did not finish every pair")
+    })?;
+    let secs = sections(work_dir);
+    let known = |t: &str| secs.is_empty() || secs.iter().any(|s| s.aligntk == t);
+    let mut bad: Vec<(String, String, &'static str)> = Vec::new();
+    for line in text.lines() {
+        let toks: Vec<&str> = line.split_whitespace().collect();
+        if toks.len() < 3 || toks[0].parse::<f64>().is_ok() || toks[1].parse::<f64>().is_ok() {
+            continue; // a heading, a blank line
+        }
+        if !(known(toks[0]) && known(toks[1])) {
+            continue;
+        }
+        let fault = toks[2..].iter().find_map(|t| {
+            let l = t.to_ascii_lowercase();
+            if l == "nan" || l == "-nan" {
+                Some("quality nan")
+            } else if t.parse::<f64>().is_ok_and(|v| v == -1_000_000.0) {
+                Some("correlation -1000000")
+            } else {
+                None
+            }
+        });
+        if let Some(f) = fault {
+            let pair = (toks[0].to_string(), toks[1].to_string(), f);
+            if !bad.contains(&pair) {
+                bad.push(pair);
+            }
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for (a, b, _) in &bad {
+        *count.entry(a.as_str()).or_default() += 1;
+        *count.entry(b.as_str()).or_default() += 1;
+    }
+    // in the order the table names them
+    let mut shared: Vec<&str> = Vec::new();
+    for (a, b, _) in &bad {
+        for s in [a.as_str(), b.as_str()] {
+            if count[s] == bad.len() && !shared.contains(&s) {
+                shared.push(s);
+            }
+        }
+    }
+    let pairs: Vec<String> = bad
+        .iter()
+        .map(|(a, b, f)| format!("{} and {} have {f}", received(&secs, a), received(&secs, b)))
+        .collect();
+    let culprit = match shared.as_slice() {
+        [one] => format!("{} looks blank or featureless", received(&secs, one)),
+        [a, b] => format!(
+            "{} or {} looks blank or featureless",
+            received(&secs, a),
+            received(&secs, b)
+        ),
+        _ => "sections look blank or featureless".to_string(),
+    };
+    Err(format!("{culprit}: {} ({rel})", pairs.join("; ")))
+}
+
+/// The pairs of `pairs.lst` (`A B A_B` per line): their names.
+fn pairs(work_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(work_dir.join("pairs.lst"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect()
+}
+
+/// Checks a step's declared outputs: each of `outputs` must exist (expanded per pair for
+/// `{pair}` and per section for `{image}`), none of `absent` (globs) may. A miss names what
+/// is missing and for which sections.
+pub fn outputs(work_dir: &Path, outputs: &[String], absent: &[String]) -> Result<(), String> {
+    let secs = sections(work_dir);
+    let pair_names = pairs(work_dir);
+    let mut missing = Vec::new();
+    for pattern in outputs {
+        let expanded: Vec<(String, String)> = if pattern.contains("{pair}") {
+            pair_names
+                .iter()
+                .map(|p| {
+                    let who = p
+                        .split_once('_')
+                        .map(|_| {
+                            let (a, b) = split_pair(p, &secs);
+                            format!("{} and {}", received(&secs, &a), received(&secs, &b))
+                        })
+                        .unwrap_or_else(|| p.clone());
+                    (pattern.replace("{pair}", p), who)
+                })
+                .collect()
+        } else if pattern.contains("{image}") {
+            secs.iter()
+                .map(|s| (pattern.replace("{image}", &s.aligntk), s.original.clone()))
+                .collect()
+        } else {
+            vec![(pattern.clone(), String::new())]
+        };
+        for (rel, who) in expanded {
+            if !work_dir.join(&rel).exists() {
+                missing.push(if who.is_empty() {
+                    rel
+                } else {
+                    format!("{rel} (for {who})")
+                });
+            }
+        }
+    }
+    let mut present = Vec::new();
+    for pattern in absent {
+        let full = work_dir.join(pattern).display().to_string();
+        for p in glob::glob(&full).into_iter().flatten().flatten() {
+            if let Ok(rel) = p.strip_prefix(work_dir) {
+                present.push(rel.display().to_string());
+            }
+        }
+    }
+    let mut why = Vec::new();
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+        why.push(format!(
+            "{} of its outputs are missing: {}{}",
+            missing.len(),
+            shown.join(", "),
+            if missing.len() > 5 { ", …" } else { "" }
+        ));
+    }
+    if !present.is_empty() {
+        why.push(format!(
+            "it left {} (written only when it fails)",
+            present.join(", ")
+        ));
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the step exited 0 but {}", why.join("; ")))
+    }
+}
+
+/// Splits a pair name `A_B` into its sections: names may hold `_` themselves, so the split
+/// is the one whose both halves are sections.
+fn split_pair(p: &str, secs: &[Section]) -> (String, String) {
+    for (i, _) in p.match_indices('_') {
+        let (a, b) = (&p[..i], &p[i + 1..]);
+        if secs.iter().any(|s| s.aligntk == a) && secs.iter().any(|s| s.aligntk == b) {
+            return (a.to_string(), b.to_string());
+        }
+    }
+    let (a, b) = p.split_once('_').unwrap_or((p, ""));
+    (a.to_string(), b.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(names: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = String::from("aligntk\toriginal\n");
+        for (a, o) in names {
+            t.push_str(&format!("{a}\t{o}\n"));
+        }
+        std::fs::write(d.path().join(NAMES_FILE), t).unwrap();
+        let pairs: String = names
+            .windows(2)
+            .map(|w| format!("{0} {1} {0}_{1}\n", w[0].0, w[1].0))
+            .collect();
+        std::fs::write(d.path().join("pairs.lst"), pairs).unwrap();
+        d
+    }
+
+    /// The real find_rst's table (recorded from AlignTK 1.0.2), with S_0002 blank.
+    const FIND_RST: &str = "Sorted by slice:
+         SOURCE  TARGET   QUALITY     ROTATION    SCALE       TX          TY
+S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.000000
+S_0001  S_0002      nan      0.000000      1.000000      0.000000      0.000000
+S_0002  S_0003      nan      0.000000      1.000000      0.000000      0.000000
+
+
+Sorted by quality:
+         SOURCE  TARGET   QUALITY     ROTATION    SCALE       TX          TY
+S_0001  S_0002      nan      0.000000      1.000000      0.000000      0.000000
+S_0002  S_0003      nan      0.000000      1.000000      0.000000      0.000000
+S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.000000
+";
+
+    #[test]
+    fn the_real_table_names_each_bad_pair_once_and_the_section_they_share() {
+        let d = work(&[
+            ("S_0000", "S_0000.tif"),
+            ("S_0001", "S_0001.tif"),
+            ("S_0002", "S_0002.tif"),
+            ("S_0003", "S_0003.tif"),
+        ]);
+        std::fs::create_dir_all(d.path().join("cmaps")).unwrap();
+        std::fs::write(d.path().join("cmaps/summary.out"), FIND_RST).unwrap();
+        let e = summary(d.path(), "cmaps/summary.out").unwrap_err();
+        assert!(
+            e.starts_with("S_0002.tif looks blank or featureless: "),
+            "{e}"
+        );
+        assert_eq!(e.matches("have quality nan").count(), 2, "{e}");
+        assert!(
+            e.contains("S_0001.tif and S_0002.tif have quality nan"),
+            "{e}"
+        );
+        let clean = FIND_RST.replace("nan", "0.5");
+        std::fs::write(d.path().join("cmaps/summary.out"), clean).unwrap();
+        summary(d.path(), "cmaps/summary.out").unwrap();
+        assert!(summary(d.path(), "maps/summary.out")
+            .unwrap_err()
+            .contains("missing"));
+    }
+
+    #[test]
+    fn a_register_table_with_the_sentinel_names_the_sections_by_their_received_names() {
+        let d = work(&[("section0000", "-x.tif"), ("S_0001", "S_0001.tif")]);
+        std::fs::create_dir_all(d.path().join("maps")).unwrap();
+        std::fs::write(
+            d.path().join("maps/summary.out"),
+            "Sorted by slice:\nIMAGE    REFERENCE  CORRELATION   DISTORTION\nsection0000   S_0001  -1000000.000000  0.0\n\n\nSorted by energy:\nIMAGE    REFERENCE  CORRELATION   DISTORTION\nsection0000   S_0001  -1000000.000000  0.0\n",
+        )
+        .unwrap();
+        let e = summary(d.path(), "maps/summary.out").unwrap_err();
+        assert!(
+            e.starts_with("-x.tif or S_0001.tif looks blank or featureless: -x.tif and S_0001.tif have correlation -1000000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_outputs_and_failure_leftovers_are_named() {
+        let d = work(&[("a", "a.tif"), ("b_c", "b c.tif"), ("d", "d.tif")]);
+        std::fs::create_dir_all(d.path().join("amaps")).unwrap();
+        std::fs::create_dir_all(d.path().join("grids")).unwrap();
+        std::fs::create_dir_all(d.path().join("maps")).unwrap();
+        std::fs::write(d.path().join("amaps/a.map"), "M1").unwrap();
+        std::fs::write(d.path().join("grids/fold0.pnm"), "P5").unwrap();
+        std::fs::write(d.path().join("maps/a_b_c.map"), "M1").unwrap();
+        let e = outputs(
+            d.path(),
+            &["amaps/{image}.map".into()],
+            &["grids/fold*.pnm".into()],
+        )
+        .unwrap_err();
+        assert!(e.contains("2 of its outputs are missing"), "{e}");
+        assert!(e.contains("amaps/b_c.map (for b c.tif)"), "{e}");
+        assert!(e.contains("grids/fold0.pnm"), "{e}");
+        let e = outputs(d.path(), &["maps/{pair}.map".into()], &[]).unwrap_err();
+        assert!(e.contains("maps/b_c_d.map (for b c.tif and d.tif)"), "{e}");
+        std::fs::write(d.path().join("maps/b_c_d.map"), "M1").unwrap();
+        outputs(d.path(), &["maps/{pair}.map".into()], &[]).unwrap();
+    }
+}
