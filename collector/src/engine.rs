@@ -229,13 +229,14 @@ impl Engine {
     }
 
     fn prepare(&self, j: &Pending) -> std::result::Result<crate::prepare::Prepared, String> {
-        let schedule = self
-            .cfg
-            .workflows
-            .get(&j.workflow)
-            .map(|w| w.schedule.clone())
-            .unwrap_or_default();
-        prepare(Path::new(&j.work_dir), Path::new(&j.stack_dir), &schedule)
+        let wf = self.cfg.workflows.get(&j.workflow);
+        let schedule = wf.map(|w| w.schedule.clone()).unwrap_or_default();
+        prepare(
+            Path::new(&j.work_dir),
+            Path::new(&j.stack_dir),
+            &schedule,
+            wf,
+        )
     }
 
     fn watch_launchers(&self) -> Result<()> {

@@ -22,3 +22,4 @@ pub mod receive;
 pub mod scheduler;
 pub mod service;
 pub mod state;
+pub mod to8bit;

@@ -1,7 +1,7 @@
 //! `beamflow-collector`: parses arguments and calls the library.
 
 use anyhow::{Context, Result};
-use beamflow_collector::{api::Client, cli, launcher, names, qa, receive, service};
+use beamflow_collector::{api::Client, cli, launcher, names, prepare, qa, receive, service};
 use beamflow_config::{logs, Config};
 use clap::{Parser, Subcommand};
 use std::os::fd::AsFd;
@@ -223,12 +223,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             launcher::run(&cfg, &queue, id, stop)?;
         }
         Cmd::Qa { dir, out, names } => {
-            let names = match names {
-                Some(p) => names::read_names(&p)
-                    .with_context(|| format!("cannot read the names table {}", p.display()))?,
-                None => Vec::new(),
+            let (names, conversion) = match names {
+                Some(p) => {
+                    let table = names::read_names(&p)
+                        .with_context(|| format!("cannot read the names table {}", p.display()))?;
+                    // preparation's record of conversions sits beside the names table
+                    let record = p.with_file_name(prepare::CONVERSION_FILE);
+                    let conversion = std::fs::read_to_string(&record)
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<prepare::Conversion>(&t).ok());
+                    (table, conversion)
+                }
+                None => (Vec::new(), None),
             };
-            let report = qa::check_dir(&dir, &names).map_err(anyhow::Error::msg)?;
+            let report =
+                qa::check_dir(&dir, &names, conversion.as_ref()).map_err(anyhow::Error::msg)?;
             std::fs::write(&out, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             if !report.bad.is_empty() {

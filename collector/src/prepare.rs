@@ -39,8 +39,103 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// What preparation did about bit depth, for `qa` and for people: `conversion.json`.
+pub const CONVERSION_FILE: &str = "conversion.json";
+
+/// The record of a conversion: the window and each section's depth as received.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Conversion {
+    /// The window as configured (`to_8bit`).
+    pub how: String,
+    /// The sample values mapped to 0 and 255.
+    pub window: (f64, f64),
+    /// AlignTK name → depth as received (`8-bit`, `16-bit`, `32-bit float`).
+    pub received: std::collections::BTreeMap<String, String>,
+}
+
+/// Links 8-bit sections into `images/` and writes 8-bit copies of deeper ones, with one
+/// window for the stack; records what it did. A layout that cannot be converted (colour) is
+/// linked as it is, for `qa` to refuse by name. Done once per version: the snapshot it reads
+/// never changes.
+fn fill_images(
+    work_dir: &Path,
+    stack_dir: &Path,
+    sections: &[Section],
+    to_8bit: &str,
+    how: beamflow_config::To8Bit,
+) -> Result<(), String> {
+    use crate::to8bit::{depth, Depth};
+    let images = work_dir.join("images");
+    let record = work_dir.join(CONVERSION_FILE);
+    let done = std::fs::read_to_string(&record)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Conversion>(&t).ok())
+        .is_some_and(|c| {
+            c.how == to_8bit
+                && c.received.len() == sections.len()
+                && sections
+                    .iter()
+                    .all(|s| images.join(format!("{}.tif", s.aligntk)).exists())
+        });
+    if done {
+        return Ok(());
+    }
+    let mut received = std::collections::BTreeMap::new();
+    let mut deeper = Vec::new();
+    for s in sections {
+        let src = stack_dir.join(&s.original);
+        let link = images.join(format!("{}.tif", s.aligntk));
+        let d = depth(&src).map_err(|e| format!("{}: {e}", s.original))?;
+        received.insert(
+            s.aligntk.clone(),
+            match d {
+                Some(Depth::Gray8) => "8-bit",
+                Some(Depth::Gray16) => "16-bit",
+                Some(Depth::GrayF32) => "32-bit float",
+                None => "not grayscale",
+            }
+            .to_string(),
+        );
+        match d {
+            Some(Depth::Gray16 | Depth::GrayF32) => deeper.push((src, link)),
+            _ => match std::fs::read_link(&link) {
+                Ok(t) if t == src => {}
+                _ => {
+                    let _ = std::fs::remove_file(&link);
+                    std::os::unix::fs::symlink(&src, &link)
+                        .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+                }
+            },
+        }
+    }
+    let mut window = (0.0, 255.0);
+    if !deeper.is_empty() {
+        let sources: Vec<std::path::PathBuf> = deeper.iter().map(|(s, _)| s.clone()).collect();
+        window = crate::to8bit::window(&sources, how)?;
+        for (_, link) in &deeper {
+            let _ = std::fs::remove_file(link); // a link from an earlier layout
+        }
+        crate::to8bit::convert_all(&deeper, window)?;
+    }
+    let c = Conversion {
+        how: to_8bit.to_string(),
+        window,
+        received,
+    };
+    write_atomic(
+        &record,
+        &serde_json::to_string_pretty(&c).unwrap_or_default(),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", record.display()))
+}
+
 /// Prepares `work_dir` for the images in `stack_dir`. Safe to repeat.
-pub fn prepare(work_dir: &Path, stack_dir: &Path, schedule: &str) -> Result<Prepared, String> {
+pub fn prepare(
+    work_dir: &Path,
+    stack_dir: &Path,
+    schedule: &str,
+    wf: Option<&beamflow_config::Workflow>,
+) -> Result<Prepared, String> {
     let io =
         |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
     std::fs::create_dir_all(work_dir).map_err(|e| io("create", work_dir, e))?;
@@ -69,17 +164,10 @@ pub fn prepare(work_dir: &Path, stack_dir: &Path, schedule: &str) -> Result<Prep
             let _ = std::fs::remove_file(e.path());
         }
     }
-    for s in &sections {
-        let link = images.join(format!("{}.tif", s.aligntk));
-        let target = stack_dir.join(&s.original);
-        match std::fs::read_link(&link) {
-            Ok(t) if t == target => {}
-            _ => {
-                let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink(&target, &link).map_err(|e| io("link", &link, e))?;
-            }
-        }
-    }
+    let (to_8bit, how) = wf
+        .map(|w| (w.to_8bit.as_str(), w.window))
+        .unwrap_or(("percentile:0.1-99.9", beamflow_config::To8Bit::default()));
+    fill_images(work_dir, stack_dir, &sections, to_8bit, how)?;
     for d in ["cmaps", "maps", "amaps", "grids", "aligned"] {
         std::fs::create_dir_all(work_dir.join(d))
             .map_err(|e| io("create", &work_dir.join(d), e))?;
@@ -172,7 +260,7 @@ mod tests {
                 .unwrap();
         }
         let work = d.path().join("work");
-        let p = prepare(&work, &stack, "6 0.1 1.0 0.01\n").unwrap();
+        let p = prepare(&work, &stack, "6 0.1 1.0 0.01\n", None).unwrap();
         assert_eq!(p.sections.len(), 4);
         let listed = std::fs::read_to_string(work.join("images.lst")).unwrap();
         for line in listed.lines() {
@@ -190,7 +278,7 @@ mod tests {
         want.sort();
         assert_eq!(originals, want);
         // again: nothing changes, nothing breaks
-        assert_eq!(prepare(&work, &stack, "6 0.1 1.0 0.01\n").unwrap(), p);
+        assert_eq!(prepare(&work, &stack, "6 0.1 1.0 0.01\n", None).unwrap(), p);
         // outputs under an alias get the original name too
         for s in &p.sections {
             std::fs::write(work.join("aligned").join(format!("{}.tif", s.aligntk)), "x").unwrap();

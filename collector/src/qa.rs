@@ -34,6 +34,12 @@ pub struct Section {
     pub std: f64,
     /// Share of pixels at the largest representable value.
     pub saturated: f64,
+    /// Depth as the beamline sent it, where preparation converted it (`16-bit` …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received: Option<String>,
+    /// The conversion applied to it (`16-bit → 8-bit, percentile:0.1-99.9 window 812..40211`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<String>,
 }
 
 /// The outcome, as written to `qa.json`.
@@ -118,12 +124,18 @@ pub fn measure(path: &Path) -> Result<Section, String> {
         mean,
         std,
         saturated: at_top / n,
+        received: None,
+        conversion: None,
     })
 }
 
 /// Checks every image in `dir` (sorted by name). Where `names` (a work folder's
 /// `names.tsv`) knows a file, the report names the section the beamline sent instead.
-pub fn check_dir(dir: &Path, names: &[crate::names::Section]) -> Result<Report, String> {
+pub fn check_dir(
+    dir: &Path,
+    names: &[crate::names::Section],
+    conversion: Option<&crate::prepare::Conversion>,
+) -> Result<Report, String> {
     let received = |n: &str| {
         names
             .iter()
@@ -131,7 +143,46 @@ pub fn check_dir(dir: &Path, names: &[crate::names::Section]) -> Result<Report, 
             .map(|s| s.original.clone())
             .unwrap_or_else(|| n.to_string())
     };
-    check_files(dir, &received)
+    let mut report = check_files(dir, &received)?;
+    let Some(c) = conversion else {
+        return Ok(report);
+    };
+    // say what preparation did, and hold the stack to one depth as received
+    let depth_of = |shown: &str| {
+        names
+            .iter()
+            .find(|s| s.original == shown)
+            .and_then(|s| c.received.get(&s.aligntk))
+            .cloned()
+    };
+    let first = report
+        .sections
+        .first()
+        .and_then(|s| depth_of(&s.name).map(|d| (s.name.clone(), d)));
+    let mut mixed = Vec::new();
+    for s in &mut report.sections {
+        s.received = depth_of(&s.name);
+        if let Some(d) = &s.received {
+            if d != "8-bit" {
+                s.conversion = Some(format!(
+                    "{d} → 8-bit, {} window {}..{}",
+                    c.how, c.window.0, c.window.1
+                ));
+            }
+            if let Some((f, fd)) = &first {
+                if d != fd {
+                    mixed.push((s.name.clone(), format!("{d}, but {f} is {fd}")));
+                }
+            }
+        }
+    }
+    if !mixed.is_empty() {
+        report
+            .sections
+            .retain(|s| !mixed.iter().any(|(n, _)| *n == s.name));
+        report.bad.extend(mixed);
+    }
+    Ok(report)
 }
 
 fn check_files(dir: &Path, received: &dyn Fn(&str) -> String) -> Result<Report, String> {
@@ -215,7 +266,7 @@ mod tests {
         });
         tiff16(&d.path().join("S_0004.tif"), 16, 32, |x, y| (x + y) as u16);
         std::fs::write(d.path().join("S_0005.tif"), b"not a tiff").unwrap();
-        let r = check_dir(d.path(), &[]).unwrap();
+        let r = check_dir(d.path(), &[], None).unwrap();
         assert_eq!(r.sections.len(), 2);
         let bad: std::collections::HashMap<_, _> = r.bad.into_iter().collect();
         assert!(bad["S_0002.tif"].contains("blank"), "{bad:?}");

@@ -11,7 +11,7 @@ mod units;
 mod workflow;
 
 pub use units::{ByteSize, Dur};
-pub use workflow::{Step, Workflow};
+pub use workflow::{Step, To8Bit, Workflow};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

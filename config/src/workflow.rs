@@ -23,6 +23,74 @@ pub struct Workflow {
     /// `level kIntra kInter [kAbsolute [min_iter [threshold [damping [clampX clampY]]]]]`.
     #[serde(default = "default_schedule")]
     pub schedule: String,
+    /// How 16-bit and float sections become the 8-bit ones AlignTK reads, one window for the
+    /// whole stack: `"percentile:0.1-99.9"` (default), `"minmax"` or `"fixed:LO-HI"`.
+    #[serde(default = "default_to_8bit")]
+    pub to_8bit: String,
+    /// `to_8bit`, parsed (set when the config loads).
+    #[serde(skip)]
+    pub window: To8Bit,
+}
+
+/// The window that maps a stack's deeper sections to 0..255.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum To8Bit {
+    /// From the low to the high percentile of all the stack's pixels.
+    Percentile(f64, f64),
+    /// From the stack's smallest to its largest value.
+    MinMax,
+    /// A fixed range of sample values.
+    Fixed(f64, f64),
+}
+
+impl Default for To8Bit {
+    fn default() -> Self {
+        To8Bit::Percentile(0.1, 99.9)
+    }
+}
+
+fn default_to_8bit() -> String {
+    "percentile:0.1-99.9".into()
+}
+
+/// Splits `LO-HI` where `-` may also start a negative `LO`.
+fn range(s: &str) -> Option<(f64, f64)> {
+    let b = s.as_bytes();
+    (1..b.len())
+        .filter(|&i| b[i] == b'-' && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.'))
+        .find_map(|i| Some((s[..i].trim().parse().ok()?, s[i + 1..].trim().parse().ok()?)))
+}
+
+impl std::str::FromStr for To8Bit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a window; write \"percentile:0.1-99.9\", \"minmax\" or \"fixed:LO-HI\" (LO below HI)"
+            )
+        };
+        let w = match s.trim() {
+            "minmax" => To8Bit::MinMax,
+            t => match t.split_once(':') {
+                Some(("percentile", r)) => {
+                    let (lo, hi) = range(r).ok_or_else(bad)?;
+                    if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) {
+                        return Err(bad());
+                    }
+                    To8Bit::Percentile(lo, hi)
+                }
+                Some(("fixed", r)) => {
+                    let (lo, hi) = range(r).ok_or_else(bad)?;
+                    To8Bit::Fixed(lo, hi)
+                }
+                _ => return Err(bad()),
+            },
+        };
+        match w {
+            To8Bit::Percentile(lo, hi) | To8Bit::Fixed(lo, hi) if lo >= hi => Err(bad()),
+            w => Ok(w),
+        }
+    }
 }
 
 /// align's schedule: levels 10 down to 6, the last matching register's `-output_level 6`.
@@ -99,6 +167,10 @@ impl Workflow {
     /// Checks names, parents, cycles and commands, and splits each command into its words;
     /// on error returns (key, message).
     pub(crate) fn validate(&mut self, wf: &str) -> Result<(), (String, String)> {
+        self.window = self
+            .to_8bit
+            .parse()
+            .map_err(|e| ("to_8bit".to_string(), e))?;
         if self.steps.is_empty() {
             return Err((
                 "steps".into(),
@@ -260,6 +332,8 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         bin: None,
         steps,
         schedule: default_schedule(),
+        to_8bit: default_to_8bit(),
+        window: To8Bit::default(),
     };
     vec![
         ("qa".into(), wf(vec![qa.clone()])),
@@ -298,11 +372,29 @@ mod tests {
     }
 
     #[test]
+    fn windows_parse_and_bad_ones_are_refused() {
+        assert_eq!("minmax".parse::<To8Bit>().unwrap(), To8Bit::MinMax);
+        assert_eq!(
+            "percentile:0.1-99.9".parse::<To8Bit>().unwrap(),
+            To8Bit::Percentile(0.1, 99.9)
+        );
+        assert_eq!(
+            "fixed:-1.5-3".parse::<To8Bit>().unwrap(),
+            To8Bit::Fixed(-1.5, 3.0)
+        );
+        for bad in ["fixed:5-1", "percentile:0-101", "median", "fixed:a-b"] {
+            assert!(bad.parse::<To8Bit>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn cycles_and_unknown_parents_are_refused() {
         let mut wf = Workflow {
             bin: None,
             steps: vec![step("a", &["b"], "x"), step("b", &["a"], "y")],
             schedule: String::new(),
+            to_8bit: default_to_8bit(),
+            window: To8Bit::default(),
         };
         assert!(wf.validate("w").unwrap_err().1.contains("cycle"));
         wf.steps[0].after = vec!["zzz".into()];

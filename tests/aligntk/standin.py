@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Stand-ins for AlignTK 1.0.2's find_rst, register, align and apply_map.
 
-AlignTK cannot be installed here, so the end-to-end tests run these instead. They check the
+The end-to-end tests run the real AlignTK wherever they can; these stand in only where a test
+needs a fault the real tools cannot be made to produce on demand (fail, hang, be slow, count runs). They check the
 arguments and input files the way the real tools need them and reproduce the behaviour recorded
 in NOTES.md: every runtime error aborts (exit 134), `cmaps/` must exist before find_rst,
 align refuses absolute `-maps /maps/` and a malformed schedule.lst, and a blank section
 passes with exit 0, showing only as QUALITY nan in cmaps/summary.out and CORRELATION -1000000
 in maps/summary.out (both real tables: printed twice, each row naming the two images as separate
-words). Map files get the real text header. Unlike the real tools they still read 16-bit sections:
-the dag and slurm tests write 16-bit stacks, which preparation does not yet convert to 8-bit.
+words). Map files get the real text header. Like the real tools they read 8-bit grayscale only
+and abort on anything else with the real tools' first stderr line.
 
 Test controls (environment): STANDIN_FAIL=<tool> aborts that tool; STANDIN_HANG=<tool> makes it
 sleep until killed; STANDIN_SLEEP=<tool>:<seconds> makes it slow; STANDIN_LOG=<file> appends
@@ -64,30 +65,40 @@ def read_pairs(path):
 
 
 def tiff_pixels(path):
-    """Width, height and whether every 16-bit pixel has one value (a blank section)."""
+    """Width, height and whether every pixel has one value (a blank section). Like the real
+    tools, only 8-bit grayscale is read: anything else aborts with their message."""
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         die(f"Could not read image {path}")
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] not in (b"II*\0", b"II+\0"):
-        die(f"Could not read image {path}: not a TIFF")
+        die(f"Could not open TIFF image: {path}")
     big = data[2] == 0x2B
     ifd = struct.unpack_from("<Q" if big else "<I", data, 8 if big else 4)[0]
     if ifd + 8 > len(data):
-        die(f"Could not read image {path}: truncated")
+        die(f"Could not read image {path}")
     n = struct.unpack_from("<Q" if big else "<H", data, ifd)[0]
+    size = {3: 2, 4: 4, 16: 8}
+    fmt = {3: "<H", 4: "<I", 16: "<Q"}
     tags = {}
     for k in range(n):
         at = ifd + (8 if big else 2) + k * (20 if big else 12)
         tag, typ = struct.unpack_from("<HH", data, at)
-        val = struct.unpack_from("<Q" if big else "<I", data, at + (12 if big else 8))[0]
-        tags[tag] = val if typ != 3 else val & 0xFFFF
-    w, h = tags.get(256, 0), tags.get(257, 0)
-    start = 16 if big else 8
-    px = data[start:start + w * h * 2]
-    if len(px) < w * h * 2:
-        die(f"Could not read image {path}: truncated")
-    blank = px.count(px[:2]) * 2 == len(px) if len(px) >= 2 else True
+        count = struct.unpack_from("<Q" if big else "<I", data, at + 4)[0]
+        voff = at + (12 if big else 8)
+        if typ not in size:
+            continue
+        inline = size[typ] * count <= (8 if big else 4)
+        base = voff if inline else struct.unpack_from("<Q" if big else "<I", data, voff)[0]
+        tags[tag] = [struct.unpack_from(fmt[typ], data, base + i * size[typ])[0] for i in range(count)]
+    w, h = tags.get(256, [0])[0], tags.get(257, [0])[0]
+    bps = tags.get(258, [1])[0]
+    if bps != 8:
+        die(f"Either undefined or unsupported number of bits per sample (bps = {bps}) in tiff image {path}")
+    px = b"".join(data[o:o + c] for o, c in zip(tags.get(273, []), tags.get(279, [])))
+    if len(px) < w * h:
+        die(f"Read error on input strip number 0 in TIFF file {path}")
+    blank = px.count(px[:1]) == len(px) if px else True
     return w, h, blank
 
 

@@ -146,6 +146,15 @@ impl Site {
         ));
     }
 
+    /// Points the built-in AlignTK workflows at the real AlignTK ([`aligntk_bin`]).
+    pub fn use_aligntk(&self) {
+        self.append_config(&format!(
+            "[workflows.aligntk]\nbin = \"{}\"\n[workflows.aligntk-apply]\nbin = \"{}\"\n",
+            aligntk_bin().display(),
+            aligntk_bin().display()
+        ));
+    }
+
     /// The watch root.
     pub fn incoming(&self) -> PathBuf {
         self.dir.join("incoming")
@@ -309,6 +318,32 @@ impl Site {
         }
         d
     }
+}
+
+/// The folder of the real AlignTK binaries: `ALIGNTK_BIN`, else built now with
+/// `../shared/aligntk/build.sh`. Never skipped: without AlignTK this test fails.
+pub fn aligntk_bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("ALIGNTK_BIN") {
+        let b = PathBuf::from(b);
+        assert!(
+            b.join("find_rst").is_file(),
+            "ALIGNTK_BIN={} holds no find_rst",
+            b.display()
+        );
+        return b;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/aligntk/build.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed; the real AlignTK is needed for this test",
+        script.display()
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// Polls `ok` until it holds or `limit` passes.

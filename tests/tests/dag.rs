@@ -1,7 +1,8 @@
-//! The collector runs the DAG on the local scheduler: real service, real launcher processes,
-//! and stand-in AlignTK executables (tests/aligntk/standin.py, which reproduce the real
-//! tools' argument checks, outputs, exit codes and blank-section behaviour; AlignTK itself
-//! cannot be installed here).
+//! The collector runs the DAG on the local scheduler: real service, real launcher processes.
+//! The full DAG runs the real AlignTK 1.0.2; tests that need a fault on demand (a tool that
+//! fails, hangs, is slow, or counts its runs) use the stand-ins in tests/aligntk/standin.py,
+//! which agree with the real tools on formats (8-bit only, the summary tables, the abort
+//! message) and say so in their own doc comment.
 
 use beamflow_e2e::*;
 use serde_json::Value;
@@ -15,25 +16,35 @@ fn names(jobs: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The real AlignTK 1.0.2 on a detector's 16-bit sections: preparation converts them to
+/// 8-bit with one window for the stack, and every step, apply_map included, finishes.
 #[test]
 fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
     let site = Site::new("1s", "");
-    site.use_standins();
+    site.use_aligntk();
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
     let _service = site.start_service();
-    let dir = site.write_stack("run1", 4, 64);
+    let dir = site.write_stack("run1", 4, 256);
     site.push(&dir);
     let jobs = site.wait_finished("run1", LONG);
-    assert_eq!(names(&jobs), ["qa", "find_rst", "register", "align"]);
+    assert_eq!(
+        names(&jobs),
+        ["qa", "find_rst", "register", "align", "apply_map"]
+    );
     let work = site.work().join("run1/v1");
     for f in [
         "images.lst",
         "pairs.lst",
         "schedule.lst",
         "qa.json",
+        "conversion.json",
         "cmaps/summary.out",
         "maps/summary.out",
+        "cmaps/S_0000_S_0001.map",
+        "maps/S_0002_S_0003.map",
         "amaps/S_0003.map",
-        "grids/grid.pnm",
+        "aligned/S_0003.tif",
+        "aligned/size",
     ] {
         assert!(work.join(f).exists(), "{f} missing in the work folder");
     }
@@ -46,17 +57,24 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
         .starts_with("S_0000 S_0001 S_0000_S_0001\n"));
     let align_cmd = jobs[3]["command"].as_str().unwrap();
     assert!(
-        align_cmd.contains("-grid_size 64x64") && align_cmd.contains("-fixed S_0000"),
+        align_cmd.contains("-grid_size 256x256") && align_cmd.contains("-fixed S_0000"),
         "{align_cmd}"
     );
-    // images/ links each section of the version's snapshot, under a name AlignTK can take
-    for i in 0..4 {
+    // images/ holds 8-bit copies made with one window; the received 16-bit originals stay
+    let qa: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("qa.json")).unwrap()).unwrap();
+    for s in qa["sections"].as_array().unwrap() {
+        assert_eq!(s["bits"], 8, "{s}");
+        assert_eq!(s["received"], "16-bit", "{s}");
         assert!(
-            std::fs::read_link(work.join(format!("images/S_{i:04}.tif")))
+            s["conversion"]
+                .as_str()
                 .unwrap()
-                .ends_with(format!("remote/bl/run1/.beamflow-v1/S_{i:04}.tif"))
+                .starts_with("16-bit → 8-bit, percentile:0.1-99.9 window"),
+            "{s}"
         );
     }
+    assert_same_tree(&dir, &site.remote().join("run1"));
     // every transition is an event with a reason
     let h = site.history(&jobs[1]);
     let path: Vec<&str> = h.iter().map(|e| e["to"].as_str().unwrap()).collect();
@@ -74,14 +92,14 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
         ]
     );
     let st = site.collector_status();
-    assert_eq!(st["stacks"][0]["counts"]["JOB_FINISHED"], 4);
+    assert_eq!(st["stacks"][0]["counts"]["JOB_FINISHED"], 5);
     // ls filters by state and stack
     let out = site.run(
         "beamflow-collector",
         &["ls", "--json", "--stack", "run1", "--state", "JOB_FINISHED"],
     );
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed.len(), 4);
+    assert_eq!(listed.len(), 5);
     let out = site.run("beamflow-collector", &["ls", "--json", "--state", "READY"]);
     assert_eq!(
         serde_json::from_slice::<Vec<Value>>(&out.stdout)
@@ -102,7 +120,7 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
     let text =
         String::from_utf8_lossy(&site.run("beamflow-collector", &["status"]).stdout).into_owned();
     assert!(
-        text.contains("run1") && text.contains("JOB_FINISHED 4"),
+        text.contains("run1") && text.contains("JOB_FINISHED 5"),
         "{text}"
     );
 }

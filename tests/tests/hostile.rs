@@ -7,35 +7,10 @@
 use beamflow_e2e::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(240);
-
-/// The folder of the real AlignTK binaries: `ALIGNTK_BIN`, else built now with
-/// `../shared/aligntk/build.sh`. Never skipped: without AlignTK this test fails.
-fn aligntk_bin() -> PathBuf {
-    if let Some(b) = std::env::var_os("ALIGNTK_BIN") {
-        let b = PathBuf::from(b);
-        assert!(
-            b.join("find_rst").is_file(),
-            "ALIGNTK_BIN={} holds no find_rst",
-            b.display()
-        );
-        return b;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/aligntk/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed; the real AlignTK is needed for this test",
-        script.display()
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 /// Every file and folder under `dir`, relative, sorted.
 fn tree(dir: &Path) -> Vec<String> {
