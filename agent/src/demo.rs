@@ -106,10 +106,14 @@ fn demo_config(settle: Duration, aligntk: Option<&Path>) -> String {
         .replace("poll = \"1s\"", "poll = \"200ms\"")
         .replace("# name = \"alcfxray1\"", "name = \"demo\"");
     match aligntk {
-        Some(bin) => text.push_str(&format!(
-            "\n[workflows.aligntk]\nbin = \"{}\"\n",
-            bin.display()
-        )),
+        // the science: 16-bit sections become 8-bit for AlignTK, and apply_map renders them
+        Some(bin) => {
+            text = text.replace("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
+            text.push_str(&format!(
+                "\n[workflows.aligntk-apply]\nbin = \"{}\"\n",
+                bin.display()
+            ))
+        }
         None => text = text.replace("workflow = \"aligntk\"", "workflow = \"qa\""),
     }
     text
@@ -313,7 +317,12 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
     if r.workflow == "qa" {
         out.push_str("  AlignTK was not found, so the `qa` workflow ran (the quality check that starts every\n");
         out.push_str("  AlignTK workflow). Put find_rst, register and align on PATH or set ALIGNTK_BIN to run\n");
-        out.push_str("  qa -> find_rst -> register -> align instead.\n\n");
+        out.push_str("  qa -> find_rst -> register -> align -> apply_map instead.\n\n");
+    } else {
+        out.push_str(&format!(
+            "  aligned sections: {}\n\n",
+            r.dir.join("work/demo/stack_0001/v1/aligned").display()
+        ));
     }
     out.push_str("  jobs:\n");
     for (name, state, parents) in &r.jobs {

@@ -1,7 +1,10 @@
 //! Synthetic microscope sections: 16-bit grayscale TIFFs with smooth structure plus noise.
 //!
 //! The demo, the tests and the benchmarks need realistic images without shipping any: random
-//! bytes would flatter nobody's compression and blank frames would look like failures. Files
+//! bytes would flatter nobody's compression and blank frames would look like failures. Every
+//! section shows the same specimen (smooth waves and a few blobs), shifted by a few pixels
+//! that follow from its seed ([`shift_of`]), as consecutive sections of a real stack would:
+//! AlignTK can align them, and a test knows the shifts it should find. Files
 //! are streamed row by row, pixel data first and the directory last, the way detectors write
 //! them, so a copy cut short anywhere is visibly truncated.
 
@@ -52,6 +55,51 @@ impl XorShift {
     }
 }
 
+/// The shift (x, y) in pixels of the specimen in the section with this seed.
+pub fn shift_of(seed: u64) -> (f32, f32) {
+    (
+        (seed.wrapping_mul(7) % 9) as f32 - 4.0,
+        (seed.wrapping_mul(3) % 7) as f32 - 3.0,
+    )
+}
+
+/// Smooth noise fixed to the specimen: a hashed value per lattice point every `cell`
+/// pixels, interpolated between them. It gives the sections texture to align on.
+fn value_noise(fx: f32, fy: f32, cell: f32) -> f32 {
+    let hash = |ix: i64, iy: i64| {
+        let mut v = (ix as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (iy as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        v ^= v >> 29;
+        v = v.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        v ^= v >> 32;
+        (v % 2001) as f32 / 1000.0 - 1.0
+    };
+    let (gx, gy) = (fx / cell, fy / cell);
+    let (ix, iy) = (gx.floor() as i64, gy.floor() as i64);
+    let (tx, ty) = (gx - gx.floor(), gy - gy.floor());
+    let (sx, sy) = (tx * tx * (3.0 - 2.0 * tx), ty * ty * (3.0 - 2.0 * ty));
+    let top = hash(ix, iy) + (hash(ix + 1, iy) - hash(ix, iy)) * sx;
+    let bottom = hash(ix, iy + 1) + (hash(ix + 1, iy + 1) - hash(ix, iy + 1)) * sx;
+    top + (bottom - top) * sy
+}
+
+/// The specimen at a point: smooth waves, a gradient, three blobs as landmarks and texture.
+fn specimen(fx: f32, fy: f32, w: f32, h: f32) -> f32 {
+    let blob = |cx: f32, cy: f32, amp: f32| {
+        let (dx, dy) = ((fx - cx * w) / (0.08 * w), (fy - cy * h) / (0.08 * h));
+        amp * (-(dx * dx + dy * dy) / 2.0).exp()
+    };
+    12000.0
+        + 5000.0 * ((fx / 37.0).sin() * (fy / 53.0).cos())
+        + 3000.0 * ((fx + fy) / 211.0).sin()
+        + 2000.0 * (fx / w)
+        + blob(0.3, 0.4, 9000.0)
+        + blob(0.7, 0.25, -7000.0)
+        + blob(0.55, 0.75, 8000.0)
+        + 5000.0 * value_noise(fx, fy, 9.0)
+        + 2500.0 * value_noise(fx + 1000.0, fy + 1000.0, 4.0)
+}
+
 /// Writes one 16-bit section to `path` (created or truncated), as most detectors do.
 pub fn write_tiff(path: &Path, s: &Section) -> std::io::Result<()> {
     write_tiff_bits(path, s, 16)
@@ -82,16 +130,13 @@ fn write_tiff_bits(path: &Path, s: &Section, bits: u16) -> std::io::Result<()> {
     }
     // pixels: smooth structure (two waves and slow gradients) plus per-pixel noise
     let mut rng = XorShift(s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let phase = (s.seed % 97) as f32 * 0.13;
+    let (sx, sy) = shift_of(s.seed);
     let mut row = vec![0u8; row_bytes as usize];
     for y in 0..h32 {
-        let fy = y as f32;
+        let fy = y as f32 - sy;
         for x in 0..w32 {
-            let fx = x as f32;
-            let structure = 12000.0
-                + 6000.0 * ((fx / 37.0 + phase).sin() * (fy / 53.0 - phase).cos())
-                + 3000.0 * ((fx + fy) / 211.0).sin()
-                + 2000.0 * (fx / w32 as f32);
+            let fx = x as f32 - sx;
+            let structure = specimen(fx, fy, w32 as f32, h32 as f32);
             let noise = (rng.next() % 1024) as f32 - 512.0;
             let v = (structure + noise).clamp(0.0, 65535.0) as u16;
             if bps == 2 {

@@ -178,7 +178,7 @@ impl Engine {
                             (
                                 JobState::RunError,
                                 JobState::Failed,
-                                "held for a person: the data, not the run, is at fault",
+                                &format!("held for a person, not retried (the data, not the run, is at fault): {why}"),
                             ),
                         ],
                     )

@@ -130,13 +130,13 @@ fn a_blank_section_that_aligntk_passes_with_exit_0_is_caught_and_held() {
     let site = Site::new("1s", "");
     // no qa step: find_rst must run on the blank section and exit 0 with a nan quality
     site.append_config(&format!(
-        "[workflows.noqa]\nbin = \"{}\"\n[[workflows.noqa.steps]]\nname = \"find_rst\"\ncommand = \"{{bin}}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -summary cmaps/summary.out\"\ncheck_summary = \"cmaps/summary.out\"\n",
-        Site::standins().display()
+        "[workflows.noqa]\nbin = \"{}\"\n[[workflows.noqa.steps]]\nname = \"find_rst\"\ncommand = \"{{bin}}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary.out\"\ncheck_summary = \"cmaps/summary.out\"\n",
+        aligntk_bin().display()
     ));
     site.edit_config("workflow = \"aligntk\"", "workflow = \"noqa\"");
     let _service = site.start_service();
-    let dir = site.write_stack("blank", 4, 32);
-    site.blank(&dir.join("S_0002.tif"), 32);
+    let dir = site.write_stack("blank", 4, 256);
+    site.blank(&dir.join("S_0002.tif"), 256);
     site.push(&dir);
     let jobs = site.wait_jobs("blank", LONG, "FAILED", |j| j[0]["state"] == "FAILED");
     let reason = jobs[0]["reason"].as_str().unwrap();
@@ -418,4 +418,129 @@ fn a_person_can_kill_a_running_job() {
     );
     let out = site.run("beamflow-collector", &["retry", "99999"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no job 99999"));
+}
+
+/// An 8-bit section as (width, height, pixels).
+fn read8(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
+    let mut d =
+        tiff::decoder::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
+            .unwrap();
+    let (w, h) = d.dimensions().unwrap();
+    match d.read_image().unwrap() {
+        tiff::decoder::DecodingResult::U8(v) => (w, h, v),
+        other => panic!("{}: not 8-bit: {other:?}", path.display()),
+    }
+}
+
+/// Pearson correlation of two same-sized images over the pixels both cover (apply_map pads
+/// its canvas with 0).
+fn correlation(a: &[u8], b: &[u8]) -> f64 {
+    let both: Vec<(f64, f64)> = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| **x > 0 && **y > 0)
+        .map(|(x, y)| (*x as f64, *y as f64))
+        .collect();
+    let n = both.len() as f64;
+    let (ma, mb) = (
+        both.iter().map(|p| p.0).sum::<f64>() / n,
+        both.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in &both {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma) * (x - ma);
+        sbb += (y - mb) * (y - mb);
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+/// The real AlignTK finds the shifts the synthetic stack was made with, and after apply_map
+/// neighbouring sections correlate better than they did as received.
+#[test]
+fn a_stack_with_known_shifts_aligns_and_neighbours_correlate_better_after() {
+    let site = Site::new("1s", "");
+    site.use_aligntk();
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
+    let _service = site.start_service();
+    let dir = site.write_stack("shifted", 4, 256);
+    site.push(&dir);
+    site.wait_finished("shifted", LONG);
+    let work = site.work().join("shifted/v1");
+    // find_rst's translations are the synthetic shifts (write_stack's seeds are i + 7)
+    let table = std::fs::read_to_string(work.join("cmaps/summary.out")).unwrap();
+    for i in 0..3u64 {
+        let (a, b) = (
+            beamflow_agent::synth::shift_of(i + 7),
+            beamflow_agent::synth::shift_of(i + 8),
+        );
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("S_{i:04} ")))
+            .unwrap_or_else(|| panic!("no row for S_{i:04} in {table}"));
+        let f: Vec<f64> = row
+            .split_whitespace()
+            .skip(2)
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let (tx, ty) = (f[3], f[4]);
+        eprintln!(
+            "S_{i:04} -> S_{:04}: made with shift ({}, {}), find_rst found ({tx}, {ty})",
+            i + 1,
+            b.0 - a.0,
+            b.1 - a.1
+        );
+        assert!(
+            (tx - (b.0 - a.0) as f64).abs() <= 1.0 && (ty - (b.1 - a.1) as f64).abs() <= 1.0,
+            "{row}"
+        );
+    }
+    let mut better = 0;
+    for i in 0..3 {
+        let raw = |k: u32| read8(&work.join(format!("images/S_{k:04}.tif"))).2;
+        let aligned = |k: u32| read8(&work.join(format!("aligned/S_{k:04}.tif"))).2;
+        let before = correlation(&raw(i), &raw(i + 1));
+        let after = correlation(&aligned(i), &aligned(i + 1));
+        eprintln!(
+            "S_{i:04} ~ S_{:04}: correlation {before:.3} as received, {after:.3} aligned",
+            i + 1
+        );
+        if after > before {
+            better += 1;
+        }
+    }
+    assert_eq!(
+        better, 3,
+        "every neighbouring pair should correlate better once aligned"
+    );
+}
+
+/// With the real tools and no summary check, a blank section lets align exit 0 with no maps:
+/// the declared outputs catch it, naming what is missing, and hold it at once.
+#[test]
+fn an_align_that_leaves_no_maps_is_failed_naming_them() {
+    let site = Site::new("1s", "");
+    let bin = aligntk_bin();
+    site.append_config(&format!(
+        "[workflows.nochecks]\nbin = \"{}\"\n\
+         [[workflows.nochecks.steps]]\nname = \"find_rst\"\ncommand = \"{{bin}}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary.out\"\n\
+         [[workflows.nochecks.steps]]\nname = \"register\"\nafter = [\"find_rst\"]\ncommand = \"{{bin}}/register -pairs pairs.lst -images images/ -output maps/ -initial_map cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary maps/summary.out -min_overlap 10.0\"\n\
+         [[workflows.nochecks.steps]]\nname = \"align\"\nafter = [\"register\"]\ncommand = \"{{bin}}/align -images images/ -image_list images.lst -maps maps/ -map_list pairs.lst -output amaps/ -schedule schedule.lst -incremental -output_grid grids/ -grid_size {{grid_size}} -fixed {{first}}\"\noutputs = [\"amaps/{{image}}.map\"]\nabsent = [\"grids/fold*.pnm\"]\n",
+        bin.display()
+    ));
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"nochecks\"");
+    let _service = site.start_service();
+    let dir = site.write_stack("nomaps", 4, 256);
+    site.blank(&dir.join("S_0002.tif"), 256);
+    site.push(&dir);
+    let jobs = site.wait_jobs("nomaps", LONG, "align FAILED", |j| {
+        j.len() == 3 && j[2]["state"] == "FAILED"
+    });
+    let reason = jobs[2]["reason"].as_str().unwrap();
+    assert_eq!(jobs[2]["attempts"], 1, "{reason}");
+    assert!(reason.contains("of its outputs are missing"), "{reason}");
+    assert!(
+        reason.contains("amaps/S_0002.map (for S_0002.tif)"),
+        "{reason}"
+    );
 }

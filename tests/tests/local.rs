@@ -297,6 +297,50 @@ fn config_errors_name_the_file_key_and_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("data_root"));
 }
 
+/// The demo as a user with AlignTK runs it: 16-bit sections through the real AlignTK to
+/// `aligned/`.
+#[test]
+fn the_demo_runs_the_real_aligntk_to_aligned_sections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("beamflow-agent"))
+        .args([
+            "demo",
+            "--sections",
+            "4",
+            "--side",
+            "256",
+            "--settle",
+            "1s",
+            "--dir",
+        ])
+        .arg(tmp.path().join("demo"))
+        .env("ALIGNTK_BIN", aligntk_bin())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "workflow `aligntk-apply`",
+        "find_rst   JOB_FINISHED",
+        "apply_map  JOB_FINISHED",
+        "aligned sections: ",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let aligned = tmp.path().join("demo/work/demo/stack_0001/v1/aligned");
+    for i in 0..4 {
+        assert!(
+            aligned.join(format!("S_{i:04}.tif")).is_file(),
+            "{}",
+            aligned.display()
+        );
+    }
+}
+
 #[test]
 fn the_demo_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
