@@ -1,6 +1,7 @@
 //! The DAG on a real one-node Slurm (munge, slurmctld, slurmd started by tests/slurm/start.sh):
 //! launchers are real batch jobs, jobs run through `srun`, and `scancel` is the real one.
-//! AlignTK is replaced by the stand-ins in tests/aligntk (it cannot be installed here).
+//! The DAG runs the real AlignTK 1.0.2; the cancellation test needs a step that is slow on
+//! demand and uses the stand-ins in tests/aligntk for that.
 
 use beamflow_e2e::*;
 use std::path::Path;
@@ -25,10 +26,20 @@ fn slurm() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn slurm_site() -> (Site, String) {
+fn slurm_site(real_aligntk: bool) -> (Site, String) {
     let conf = slurm();
     let site = Site::new("1s", "");
-    site.use_standins();
+    if real_aligntk {
+        site.use_aligntk();
+        // AlignTK is built against OpenMPI, which srun must start with PMIx: the site's
+        // launch template says so (as a site whose slurm.conf has no MpiDefault would)
+        site.edit_config(
+            "slots = 0",
+            "slots = 0\nlaunch = \"srun --mpi=pmix -N {nodes} -n {ranks} --cpus-per-task {threads} {command}\"",
+        );
+    } else {
+        site.use_standins();
+    }
     site.edit_config(
         "scheduler = \"local\"",
         "scheduler = \"slurm\"\nqueue = \"debug\"",
@@ -49,9 +60,9 @@ fn squeue(conf: &str) -> String {
 
 #[test]
 fn a_full_dag_runs_to_job_finished_in_slurm_allocations() {
-    let (site, conf) = slurm_site();
+    let (site, conf) = slurm_site(true);
     let _service = site.start_service_env(&[("SLURM_CONF", &conf)]);
-    let dir = site.write_stack("slurm1", 3, 32);
+    let dir = site.write_stack("slurm1", 3, 256);
     site.push(&dir);
     let jobs = site.wait_finished("slurm1", LONG);
     assert_eq!(jobs.len(), 4);
@@ -70,7 +81,7 @@ fn a_full_dag_runs_to_job_finished_in_slurm_allocations() {
     )
     .unwrap();
     assert!(
-        log.contains("started: srun -N 1 -n 1"),
+        log.contains("started: srun --mpi=pmix -N 1 -n 1"),
         "{}",
         &log[..log.len().min(3000)]
     );
@@ -78,7 +89,8 @@ fn a_full_dag_runs_to_job_finished_in_slurm_allocations() {
 
 #[test]
 fn a_launcher_cancelled_mid_job_times_out_and_the_job_finishes_in_a_new_allocation() {
-    let (site, conf) = slurm_site();
+    // a register that is slow on demand: the stand-in's
+    let (site, conf) = slurm_site(false);
     let _service =
         site.start_service_env(&[("SLURM_CONF", &conf), ("STANDIN_SLEEP", "register:8")]);
     let dir = site.write_stack("slurm2", 3, 32);
