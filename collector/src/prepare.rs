@@ -97,7 +97,9 @@ fn fill_images(
             .to_string(),
         );
         match d {
-            Some(Depth::Gray16 | Depth::GrayF32) => deeper.push((src, link)),
+            Some(Depth::Gray16 | Depth::GrayF32) if how != beamflow_config::To8Bit::Off => {
+                deeper.push((src, link))
+            }
             _ => match std::fs::read_link(&link) {
                 Ok(t) if t == src => {}
                 _ => {

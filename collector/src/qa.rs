@@ -165,7 +165,7 @@ pub fn check_dir(
         if let Some(d) = &s.received {
             if d != "8-bit" {
                 s.conversion = Some(format!(
-                    "{d} → 8-bit, {} window {}..{}",
+                    "{d} → 8-bit, {} window {:.1}..{:.1}",
                     c.how, c.window.0, c.window.1
                 ));
             }

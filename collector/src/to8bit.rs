@@ -114,6 +114,7 @@ pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), String> {
     };
     match how {
         To8Bit::Fixed(lo, hi) => Ok((lo, hi)),
+        To8Bit::Off => Err("no window: to_8bit is \"off\"".into()),
         To8Bit::MinMax => range(),
         To8Bit::Percentile(plo, phi) => {
             let (min, max) = range()?;

@@ -24,7 +24,8 @@ pub struct Workflow {
     #[serde(default = "default_schedule")]
     pub schedule: String,
     /// How 16-bit and float sections become the 8-bit ones AlignTK reads, one window for the
-    /// whole stack: `"percentile:0.1-99.9"` (default), `"minmax"` or `"fixed:LO-HI"`.
+    /// whole stack: `"percentile:0.1-99.9"` (default), `"minmax"`, `"fixed:LO-HI"`, or `"off"`
+    /// for tools that read any depth.
     #[serde(default = "default_to_8bit")]
     pub to_8bit: String,
     /// `to_8bit`, parsed (set when the config loads).
@@ -41,6 +42,8 @@ pub enum To8Bit {
     MinMax,
     /// A fixed range of sample values.
     Fixed(f64, f64),
+    /// No conversion: every section is linked as received (for tools that read any depth).
+    Off,
 }
 
 impl Default for To8Bit {
@@ -66,11 +69,12 @@ impl std::str::FromStr for To8Bit {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "{s:?} is not a window; write \"percentile:0.1-99.9\", \"minmax\" or \"fixed:LO-HI\" (LO below HI)"
+                "{s:?} is not a window; write \"percentile:0.1-99.9\", \"minmax\", \"fixed:LO-HI\" (LO below HI) or \"off\""
             )
         };
         let w = match s.trim() {
             "minmax" => To8Bit::MinMax,
+            "off" => To8Bit::Off,
             t => match t.split_once(':') {
                 Some(("percentile", r)) => {
                     let (lo, hi) = range(r).ok_or_else(bad)?;
@@ -374,6 +378,7 @@ mod tests {
     #[test]
     fn windows_parse_and_bad_ones_are_refused() {
         assert_eq!("minmax".parse::<To8Bit>().unwrap(), To8Bit::MinMax);
+        assert_eq!("off".parse::<To8Bit>().unwrap(), To8Bit::Off);
         assert_eq!(
             "percentile:0.1-99.9".parse::<To8Bit>().unwrap(),
             To8Bit::Percentile(0.1, 99.9)

@@ -12,12 +12,13 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(120);
 
 /// Adds the `hashes` workflow: one step that hashes `images/` at its start, sleeps, and
-/// hashes it again; and makes it every watch root's workflow.
+/// hashes it again (sections linked as received, not converted for AlignTK); and makes it
+/// every watch root's workflow.
 fn use_hash_workflow(site: &Site, sleep_secs: u32) {
     let bin_dir = bin("hash-inputs").parent().unwrap().to_path_buf();
     site.edit_config("workflow = \"aligntk\"", "workflow = \"hashes\"");
     site.append_config(&format!(
-        "[workflows.hashes]\nbin = \"{}\"\n[[workflows.hashes.steps]]\nname = \"hash\"\ncommand = \"{{bin}}/hash-inputs images start.b3 --sleep {sleep_secs} end.b3\"\n",
+        "[workflows.hashes]\nbin = \"{}\"\nto_8bit = \"off\"\n[[workflows.hashes.steps]]\nname = \"hash\"\ncommand = \"{{bin}}/hash-inputs images start.b3 --sleep {sleep_secs} end.b3\"\n",
         bin_dir.display()
     ));
 }
