@@ -94,6 +94,16 @@ CREATE TABLE IF NOT EXISTS launchers (
 );
 ";
 
+/// The `stacks` table's definition from [`SCHEMA`], under another name: the migration builds
+/// the new table from the one definition there is.
+fn stacks_table(name: &str) -> String {
+    let start = SCHEMA
+        .find("CREATE TABLE IF NOT EXISTS stacks (")
+        .expect("SCHEMA defines stacks");
+    let end = start + SCHEMA[start..].find(");").expect("the definition ends") + 1;
+    SCHEMA[start..end].replace("IF NOT EXISTS stacks (", &format!("{name} ("))
+}
+
 /// Brings a database written before beamlines existed up to date, in one transaction: every
 /// stack it holds becomes `legacy`'s, and a stack's name is unique per beamline. Its folders
 /// and work folders stay where they are (their rows keep their absolute paths), so jobs that
@@ -118,30 +128,22 @@ fn migrate_to_beamlines(conn: &Connection, legacy: &str) -> Result<(), DbError> 
     // the unique key changes, which SQLite can only do by rebuilding the table; foreign
     // keys are off meanwhile (the ids do not change) and checked before the commit
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    conn.execute_batch(&format!(
+    let rebuilt = conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
-         CREATE TABLE stacks_with_beamlines (
-             id INTEGER PRIMARY KEY,
-             beamline TEXT NOT NULL,
-             name TEXT NOT NULL,
-             version INTEGER NOT NULL,
-             workflow TEXT NOT NULL,
-             dir TEXT NOT NULL,
-             work_dir TEXT NOT NULL,
-             digest TEXT NOT NULL,
-             files TEXT NOT NULL,
-             created_at TEXT NOT NULL,
-             prepared INTEGER NOT NULL DEFAULT 0,
-             UNIQUE (beamline, name, version)
-         );
+         {};
          INSERT INTO stacks_with_beamlines
              (id, beamline, name, version, workflow, dir, work_dir, digest, files, created_at, prepared)
              SELECT id, '{}', name, version, workflow, dir, work_dir, digest, files, created_at, prepared
              FROM stacks;
          DROP TABLE stacks;
          ALTER TABLE stacks_with_beamlines RENAME TO stacks;",
+        stacks_table("stacks_with_beamlines"),
         legacy.replace('\'', "''")
-    ))?;
+    ));
+    if let Err(e) = rebuilt {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
     let broken: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
         r.get(0)
     })?;
