@@ -214,6 +214,9 @@ pub struct Daemon {
     /// Vanished stacks whose partial copy could not be removed yet: when to try again, and
     /// the wait after that.
     discard_retry: HashMap<i64, (Instant, Duration)>,
+    /// Some stack may be waiting for its partial copy to be removed: only then is the journal
+    /// read for them (true at start, for those left from before a restart).
+    discards_pending: bool,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -248,6 +251,7 @@ pub async fn run(
             .then(|| crate::ssh::Master::new(&cfg_link)),
         master_down: false,
         discard_retry: HashMap::new(),
+        discards_pending: true,
     };
     // watchers first, so nothing written during the reconcile scan is missed
     let inotify: Vec<PathBuf> = d
@@ -443,6 +447,7 @@ impl Daemon {
             )?;
         } else {
             tracing::warn!(stack = %rec.name, "folder gone before the stack was submitted; removing its partial copy at the collector");
+            self.discards_pending = true;
             self.journal.set_state(
                 rec.id,
                 StackState::Discarding,
@@ -454,15 +459,23 @@ impl Daemon {
 
     /// Starts removing one vanished stack's partial copy, when the link is free.
     async fn discard_next(&mut self, now: Instant) -> Result<()> {
-        if self.active.is_some() {
+        if self.active.is_some() || !self.discards_pending {
             return Ok(());
         }
-        let Some(rec) = self.journal.stacks()?.into_iter().find(|r| {
-            r.state == StackState::Discarding
-                && self
-                    .discard_retry
-                    .get(&r.id)
-                    .is_none_or(|(at, _)| *at <= now)
+        let waiting: Vec<_> = self
+            .journal
+            .stacks()?
+            .into_iter()
+            .filter(|r| r.state == StackState::Discarding)
+            .collect();
+        if waiting.is_empty() {
+            self.discards_pending = false;
+            return Ok(());
+        }
+        let Some(rec) = waiting.into_iter().find(|r| {
+            self.discard_retry
+                .get(&r.id)
+                .is_none_or(|(at, _)| *at <= now)
         }) else {
             return Ok(());
         };

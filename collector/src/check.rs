@@ -7,20 +7,12 @@
 //! with `{image}`) and none of `absent`. Sections are named as the beamline sent them,
 //! through `names.tsv`.
 
-use crate::names::{read_names, Section, NAMES_FILE};
+use crate::names::{read_names, received, Section, NAMES_FILE};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 fn sections(work_dir: &Path) -> Vec<Section> {
     read_names(&work_dir.join(NAMES_FILE)).unwrap_or_default()
-}
-
-fn received<'a>(sections: &'a [Section], aligntk: &'a str) -> &'a str {
-    sections
-        .iter()
-        .find(|s| s.aligntk == aligntk)
-        .map(|s| s.original.as_str())
-        .unwrap_or(aligntk)
 }
 
 /// Checks an AlignTK summary table (`cmaps/summary.out`, `maps/summary.out`): every pair

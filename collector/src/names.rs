@@ -126,6 +126,15 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// The received name of the section AlignTK knows as `aligntk` (itself if none is known).
+pub fn received<'a>(sections: &'a [Section], aligntk: &'a str) -> &'a str {
+    sections
+        .iter()
+        .find(|s| s.aligntk == aligntk)
+        .map(|s| s.original.as_str())
+        .unwrap_or(aligntk)
+}
+
 /// Reads `names.tsv`: the sections in order.
 pub fn read_names(path: &Path) -> std::io::Result<Vec<Section>> {
     let text = std::fs::read_to_string(path)?;

@@ -51,7 +51,8 @@ pub struct Report {
     pub bad: Vec<(String, String)>,
 }
 
-fn open(path: &Path) -> Result<Decoder<BufReader<File>>, String> {
+/// Opens a section for reading, saying why it cannot be.
+pub(crate) fn open(path: &Path) -> Result<Decoder<BufReader<File>>, String> {
     let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     Decoder::new(BufReader::new(f)).map_err(|e| format!("not a readable TIFF: {e}"))
 }
@@ -136,12 +137,13 @@ pub fn check_dir(
     names: &[crate::names::Section],
     conversion: Option<&crate::prepare::Conversion>,
 ) -> Result<Report, String> {
+    // images/ holds `<aligntk>.tif`
     let received = |n: &str| {
-        names
-            .iter()
-            .find(|s| format!("{}.tif", s.aligntk) == n)
-            .map(|s| s.original.clone())
-            .unwrap_or_else(|| n.to_string())
+        let stem = n.strip_suffix(".tif").unwrap_or(n);
+        match crate::names::received(names, stem) {
+            r if r == stem => n.to_string(),
+            r => r.to_string(),
+        }
     };
     let mut report = check_files(dir, &received)?;
     let Some(c) = conversion else {

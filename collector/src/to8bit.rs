@@ -7,9 +7,10 @@
 //! strips per core whatever their size, and they are worked on all cores. The received
 //! originals are never touched: copies go into the work folder.
 
+use crate::qa::open;
 use beamflow_config::To8Bit;
 use std::path::{Path, PathBuf};
-use tiff::decoder::{ChunkType, Decoder, DecodingResult};
+use tiff::decoder::{ChunkType, DecodingResult};
 use tiff::ColorType;
 
 /// A section's samples, as far as conversion cares.
@@ -25,11 +26,6 @@ pub enum Depth {
 
 /// Bins of the stack-wide histogram (16-bit samples map one to one).
 const BINS: usize = 65536;
-
-fn open(path: &Path) -> Result<Decoder<std::io::BufReader<std::fs::File>>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    Decoder::new(std::io::BufReader::new(f)).map_err(|e| format!("not a readable TIFF: {e}"))
-}
 
 /// What a section holds; layouts AlignTK cannot use (colour, several samples per pixel)
 /// are left to `qa`, which refuses them by name.
@@ -208,6 +204,7 @@ pub fn convert_all(pairs: &[(PathBuf, PathBuf)], window: (f64, f64)) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tiff::decoder::Decoder;
 
     fn write16(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u16) {
         let file = std::fs::File::create(path).unwrap();

@@ -297,32 +297,41 @@ fn config_errors_name_the_file_key_and_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("data_root"));
 }
 
-/// The demo as a user with AlignTK runs it: 16-bit sections through the real AlignTK to
-/// `aligned/`.
-#[test]
-fn the_demo_runs_the_real_aligntk_to_aligned_sections() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin("beamflow-agent"))
-        .args([
-            "demo",
-            "--sections",
-            "4",
-            "--side",
-            "256",
-            "--settle",
-            "1s",
-            "--dir",
-        ])
-        .arg(tmp.path().join("demo"))
-        .env("ALIGNTK_BIN", aligntk_bin())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+/// Runs `beamflow-agent demo` on 4 sections of `side`² in `dir`, with AlignTK from `aligntk`
+/// or without any, and returns what it printed; it must succeed.
+fn demo(dir: &std::path::Path, side: u32, aligntk: Option<&std::path::Path>) -> String {
+    let mut cmd = std::process::Command::new(bin("beamflow-agent"));
+    cmd.args([
+        "demo",
+        "--sections",
+        "4",
+        "--side",
+        &side.to_string(),
+        "--settle",
+        "1s",
+        "--dir",
+    ])
+    .arg(dir);
+    match aligntk {
+        Some(b) => cmd.env("ALIGNTK_BIN", b),
+        None => cmd.env_remove("ALIGNTK_BIN"),
+    };
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+/// The demo as a user with AlignTK runs it: 16-bit sections through the real AlignTK to
+/// `aligned/`.
+#[test]
+fn the_demo_runs_the_real_aligntk_to_aligned_sections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = demo(&tmp.path().join("demo"), 256, Some(&aligntk_bin()));
     for want in [
         "workflow `aligntk-apply`",
         "find_rst   JOB_FINISHED",
@@ -345,28 +354,8 @@ fn the_demo_runs_the_real_aligntk_to_aligned_sections() {
 fn the_demo_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     // the demo's path without AlignTK (the test command exports ALIGNTK_BIN for the suites
-    // that run the real tools; the demo's 16-bit sections need the AlignTK issue's conversion)
-    let out = std::process::Command::new(bin("beamflow-agent"))
-        .args([
-            "demo",
-            "--sections",
-            "4",
-            "--side",
-            "64",
-            "--settle",
-            "1s",
-            "--dir",
-        ])
-        .arg(tmp.path().join("demo"))
-        .env_remove("ALIGNTK_BIN")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // that run the real tools)
+    let text = demo(&tmp.path().join("demo"), 64, None);
     for want in [
         "files                 4",
         "workflow `qa`",

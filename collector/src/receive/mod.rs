@@ -691,31 +691,7 @@ impl Receiver {
             self.known().remove(&format!("{stack}/{name}"));
         }
         // snapshots of attempts that were never registered (the service knows no version)
-        if let Ok(rd) = std::fs::read_dir(folder.entry("")) {
-            for e in rd.flatten() {
-                if let Some(n) = e
-                    .file_name()
-                    .to_str()
-                    .filter(|n| n.starts_with(".beamflow-v"))
-                {
-                    if let Ok(snap) = folder.walk(n, false) {
-                        for f in std::fs::read_dir(snap.entry(""))
-                            .into_iter()
-                            .flatten()
-                            .flatten()
-                        {
-                            let _ = std::fs::remove_file(f.path());
-                        }
-                    }
-                    if let Ok(c) = std::ffi::CString::new(n) {
-                        use std::os::fd::AsRawFd;
-                        unsafe {
-                            libc::unlinkat(folder.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR)
-                        };
-                    }
-                }
-            }
-        }
+        snapshot::remove_all(&folder);
         let _ = folder.sync_all();
         self.folders.remove(&stack);
         // the folder itself goes if nothing else is in it

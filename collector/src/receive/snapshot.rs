@@ -72,6 +72,20 @@ fn remove(stack: &Folder, name: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// Removes every snapshot folder of a stack (its attempts were never registered).
+pub(crate) fn remove_all(stack: &Folder) {
+    let names: Vec<String> = std::fs::read_dir(stack.entry(""))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".beamflow-v"))
+        .collect();
+    for n in names {
+        let _ = remove(stack, &n);
+    }
+}
+
 /// Whether `dir` holds exactly `members`, each with its size and BLAKE3.
 fn holds_exactly(dir: &Folder, members: &[Member]) -> Result<bool, SnapshotError> {
     let listed: std::collections::BTreeSet<String> = std::fs::read_dir(dir.entry(""))
