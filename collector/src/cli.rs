@@ -1,7 +1,7 @@
 //! The operator's commands: tables for people, `--json` for scripts.
 
 use crate::api::Client;
-use crate::db::JobRow;
+use crate::api::JobRow;
 pub use beamflow_protocol::table;
 
 /// Renders jobs as an aligned table.

@@ -1,25 +1,18 @@
-//! beamflow-collector: the HPC side of beamflow.
+//! beamflow-collector: the HPC side of beamflow, four programs in one binary.
 //!
-//! `serve --stdio` receives files from an agent over a byte stream ([`receive`]);
-//! `service` owns the SQLite database and the HTTP API ([`service`], [`db`], [`dag`]);
-//! the engine ([`engine`]) advances the DAG and keeps launchers queued ([`scheduler`]);
-//! launchers ([`launcher`]) run jobs inside allocations; the operator's commands ([`cli`])
-//! read through the API, never the database file.
+//! - `serve --stdio` ([`receive`]): the far end of an agent's link; receives, verifies and
+//!   commits files under the data root, snapshots each version and forwards its submission.
+//! - `service` ([`service`]): owns the SQLite database and the HTTP API, and runs the engine
+//!   that moves jobs through their lifecycle and keeps launchers queued.
+//! - `launcher` ([`launcher`]): runs inside a batch allocation and packs jobs onto its nodes,
+//!   speaking only to the service's API.
+//! - the batch systems ([`scheduler`]) behind one trait, used by the service.
+//!
+//! The operator's commands ([`cli`]) read through the API, never the database file.
 
 pub use beamflow_protocol::api;
-pub mod check;
 pub mod cli;
-pub mod dag;
-pub mod db;
-pub mod engine;
-pub mod fault;
 pub mod launcher;
-pub mod lifecycle;
-pub mod names;
-pub mod prepare;
-pub mod qa;
 pub mod receive;
 pub mod scheduler;
 pub mod service;
-pub mod state;
-pub mod to8bit;

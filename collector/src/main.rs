@@ -1,7 +1,8 @@
 //! `beamflow-collector`: parses arguments and calls the library.
 
 use anyhow::{Context, Result};
-use beamflow_collector::{api::Client, cli, launcher, names, prepare, qa, receive, service};
+use beamflow_collector::service::{names, qa, to8bit};
+use beamflow_collector::{api::Client, cli, launcher, receive, service};
 use beamflow_config::{logs, Config};
 use clap::{Parser, Subcommand};
 use std::os::fd::AsFd;
@@ -228,10 +229,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let table = names::read_names(&p)
                         .with_context(|| format!("cannot read the names table {}", p.display()))?;
                     // preparation's record of conversions sits beside the names table
-                    let record = p.with_file_name(prepare::CONVERSION_FILE);
+                    let record = p.with_file_name(to8bit::CONVERSION_FILE);
                     let conversion = std::fs::read_to_string(&record)
                         .ok()
-                        .and_then(|t| serde_json::from_str::<prepare::Conversion>(&t).ok());
+                        .and_then(|t| serde_json::from_str::<to8bit::Conversion>(&t).ok());
                     (table, conversion)
                 }
                 None => (Vec::new(), None),

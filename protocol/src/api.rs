@@ -166,6 +166,23 @@ pub struct AcquireRequest {
     pub max_jobs: u32,
     /// Jobs the launcher is running now (so that the service can spot strays).
     pub running: Vec<u64>,
+    /// Endings to record first, in the same transaction as the acquire: a launcher reports
+    /// several endings per request and gets the work for the freed nodes in the answer.
+    #[serde(default)]
+    pub reports: Vec<JobReport>,
+    /// How long the service may hold the request while there is nothing to hand out (a
+    /// long-poll, answered the moment work, a kill or a stop exists); 0 answers at once.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One ending inside an acquire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobReport {
+    /// The job.
+    pub job: u64,
+    /// How it ended.
+    pub report: ReportRequest,
 }
 
 /// Answer to an acquire.
@@ -177,6 +194,10 @@ pub struct AcquireResponse {
     pub kill: Vec<u64>,
     /// The service declared this launcher lost or ended: stop everything and exit.
     pub stop: bool,
+    /// Reports of the request that were recorded (false: the job was no longer this
+    /// launcher's, a stale report the service ignored), in the request's order.
+    #[serde(default)]
+    pub applied: Vec<bool>,
 }
 
 /// How a run ended, as the launcher saw it.

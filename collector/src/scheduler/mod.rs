@@ -117,6 +117,26 @@ pub fn default_launch(kind: SchedulerKind) -> &'static str {
     }
 }
 
+/// Job slots a launcher of this queue offers: a node each on a batch system, the configured
+/// slots (or one per CPU) on the local scheduler.
+pub fn capacity(q: &beamflow_config::QueueSection, nodes: u32) -> u32 {
+    match q.scheduler {
+        SchedulerKind::Local => local_slots(q),
+        _ => nodes,
+    }
+}
+
+/// Slots of a local launcher: configured, or one per CPU.
+pub fn local_slots(q: &beamflow_config::QueueSection) -> u32 {
+    if q.slots > 0 {
+        q.slots
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    }
+}
+
 /// `HH:MM:SS`, rounded up to whole minutes as schedulers count them.
 pub fn hms(d: Duration) -> String {
     let mins = d.as_secs().div_ceil(60).max(1);

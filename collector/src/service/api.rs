@@ -1,68 +1,54 @@
-//! `beamflow-collector service`: the long-running daemon that owns the database and serves
-//! the HTTP API that `serve`, the CLI (and later launchers) use.
+//! The service's HTTP routes: submissions from `serve`, reads and actions for the CLI,
+//! and the launchers' start, exchange (heartbeat, endings and work, long-polled) and end.
+//! Every route checks the token; every change rings the bell of whoever acts on it next.
 
+use super::dag::plan;
+use super::db::{Db, DbError, NewStack};
+use super::engine::Engine;
+use super::launchers::{LauncherState, LauncherTrigger};
+use super::wake::Wake;
 use crate::api::{
     AcquireRequest, AcquireResponse, ErrorBody, EventRow, JobRow, LauncherStart, ReportRequest,
-    ServerInfo, StatusResponse, SubmitRequest, SubmitResponse, SERVER_INFO,
+    StatusResponse, SubmitRequest, SubmitResponse,
 };
-use crate::dag::plan;
-use crate::db::{Db, DbError, NewStack};
-use crate::engine::Engine;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use beamflow_config::Config;
 use beamflow_protocol::normalize_rel_path;
-use std::future::Future;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Why the service could not start or keep running.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    /// A folder or file of the state dir could not be made.
-    #[error("failed to prepare {path}: {cause}")]
-    State {
-        /// Which.
-        path: PathBuf,
-        /// Why.
-        cause: std::io::Error,
-    },
-    /// Another service holds the lock.
-    #[error("another collector service already owns {path}; stop it first (see its pid in server-info), or give this one its own state_dir")]
-    AlreadyRunning {
-        /// The lock file.
-        path: PathBuf,
-    },
-    /// The database could not be opened.
-    #[error("failed to open the database {path}: {cause}")]
-    Db {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        cause: DbError,
-    },
-    /// The listen address could not be bound.
-    #[error("failed to listen on {addr}: {cause}; pick another [service] listen address")]
-    Bind {
-        /// Address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        cause: std::io::Error,
-    },
-    /// The HTTP server failed.
-    #[error("the API server failed: {0}")]
-    Serve(std::io::Error),
+/// What every route shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Arc<Mutex<Db>>,
+    /// The API's key.
+    pub token: Arc<String>,
+    /// The config.
+    pub cfg: Arc<Config>,
+    /// The engine, for its notes.
+    pub engine: Arc<Engine>,
+    /// The bells.
+    pub wake: Arc<Wake>,
 }
 
-#[derive(Clone)]
-struct AppState {
-    db: Arc<Mutex<Db>>,
-    token: Arc<String>,
-    cfg: Arc<Config>,
-    engine: Arc<Engine>,
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(|| async { "ok" }))
+        .route("/v1/stacks", post(submit).get(list_stacks))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/jobs/{id}/retry", post(job_retry))
+        .route("/v1/jobs/{id}/kill", post(job_kill))
+        .route("/v1/jobs/{id}/report", post(job_report))
+        .route("/v1/launchers/{id}/start", post(launcher_start))
+        .route("/v1/launchers/{id}/acquire", post(launcher_acquire))
+        .route("/v1/launchers/{id}/end", post(launcher_end))
+        .route("/v1/status", get(status))
+        .with_state(state)
 }
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
@@ -91,130 +77,6 @@ fn check_token(headers: &HeaderMap, token: &str) -> Result<(), (StatusCode, Json
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn random_token() -> std::io::Result<String> {
-    let mut buf = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
-    Ok(hex::encode(buf))
-}
-
-/// Writes `server-info` atomically with mode 0600: the token in it is the API's only key.
-fn write_server_info(dir: &Path, info: &ServerInfo) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(format!(".{SERVER_INFO}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(
-        serde_json::to_string_pretty(info)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SERVER_INFO))
-}
-
-/// Runs the service until `shutdown` completes. The database, the lock and `server-info`
-/// live in `[collector] state_dir`.
-pub async fn run(
-    cfg: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServiceError> {
-    let state_dir = cfg.collector.state_dir.clone();
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ServiceError::State {
-            path,
-            cause: source,
-        }
-    };
-    std::fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;
-    let lock_path = state_dir.join("service.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io(&lock_path))?;
-    if lock.try_lock().is_err() {
-        return Err(ServiceError::AlreadyRunning { path: lock_path });
-    }
-    let db_path = state_dir.join("collector.db");
-    let db =
-        Db::open(&db_path, &cfg.collector.legacy_beamline).map_err(|source| ServiceError::Db {
-            path: db_path.clone(),
-            cause: source,
-        })?;
-    let token = random_token().map_err(io(Path::new("/dev/urandom")))?;
-    let listener = tokio::net::TcpListener::bind(cfg.service.listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            addr: cfg.service.listen,
-            cause: source,
-        })?;
-    let addr = listener.local_addr().map_err(ServiceError::Serve)?;
-    let info = ServerInfo {
-        url: format!("http://{addr}"),
-        token: token.clone(),
-        pid: std::process::id(),
-    };
-    write_server_info(&state_dir, &info).map_err(io(&state_dir.join(SERVER_INFO)))?;
-    tracing::info!(url = %info.url, db = %db_path.display(), "collector service listening");
-
-    let db = Arc::new(Mutex::new(db));
-    if let Ok(mut d) = db.lock() {
-        // launchers that kept running while the service was down get a full heartbeat period
-        let _ = d.refresh_heartbeats();
-    }
-    let cfg = Arc::new(cfg);
-    let engine = Arc::new(Engine::new(cfg.clone(), db.clone()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ticker = {
-        let (engine, stop, every) = (engine.clone(), stop.clone(), cfg.service.poll_interval.0);
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                engine.tick();
-                let until = std::time::Instant::now() + every;
-                while std::time::Instant::now() < until
-                    && !stop.load(std::sync::atomic::Ordering::SeqCst)
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-            }
-        })
-    };
-    let state = AppState {
-        db,
-        token: Arc::new(token),
-        cfg,
-        engine,
-    };
-    let app = Router::new()
-        .route("/v1/health", get(|| async { "ok" }))
-        .route("/v1/stacks", post(submit).get(list_stacks))
-        .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{id}/events", get(job_events))
-        .route("/v1/jobs/{id}/retry", post(job_retry))
-        .route("/v1/jobs/{id}/kill", post(job_kill))
-        .route("/v1/jobs/{id}/report", post(job_report))
-        .route("/v1/launchers/{id}/start", post(launcher_start))
-        .route("/v1/launchers/{id}/acquire", post(launcher_acquire))
-        .route("/v1/launchers/{id}/end", post(launcher_end))
-        .route("/v1/status", get(status))
-        .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = ticker.join();
-    let _ = std::fs::remove_file(state_dir.join(SERVER_INFO));
-    drop(lock);
-    tracing::info!("collector service stopped");
-    result.map_err(ServiceError::Serve)
 }
 
 /// Digest that identifies a stack version's content: equal digests are the same submission.
@@ -330,6 +192,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
     match db.submit(&new, &jobs) {
         Ok((remote_id, created, n)) => {
             if created {
+                st.wake.engine();
                 tracing::info!(stack = %stack, version = req.version, remote_id, jobs = n, "stack registered");
             } else {
                 tracing::info!(stack = %stack, version = req.version, remote_id, "stack was registered before; nothing new created");
@@ -355,7 +218,7 @@ async fn list_jobs(
     State(st): State<AppState>,
     headers: HeaderMap,
     Query(f): Query<JobFilter>,
-) -> ApiResult<Vec<crate::db::JobRow>> {
+) -> ApiResult<Vec<super::db::JobRow>> {
     check_token(&headers, &st.token)?;
     let db = st
         .db
@@ -369,7 +232,7 @@ async fn list_jobs(
 async fn list_stacks(
     State(st): State<AppState>,
     headers: HeaderMap,
-) -> ApiResult<Vec<crate::db::StackRow>> {
+) -> ApiResult<Vec<super::db::StackRow>> {
     check_token(&headers, &st.token)?;
     let db = st
         .db
@@ -418,6 +281,11 @@ fn job_action(st: &AppState, id: u64, retry: bool) -> ApiResult<JobRow> {
         ));
     };
     let ok = if retry { db.retry(id) } else { db.kill(id) }.map_err(internal)?;
+    if ok {
+        // a retried job is runnable (and may need a launcher); a killed one must be ended
+        st.wake.engine();
+        st.wake.work();
+    }
     if !ok {
         let what = if retry {
             "retried (only FAILED, USER_KILLED, RUN_ERROR or RUN_TIMEOUT jobs can be)"
@@ -461,6 +329,10 @@ async fn job_report(
 ) -> ApiResult<serde_json::Value> {
     check_token(&headers, &st.token)?;
     let applied = locked(&st)?.report(id, &r).map_err(internal)?;
+    if applied {
+        st.wake.engine();
+        st.wake.work();
+    }
     Ok(Json(serde_json::json!({ "applied": applied })))
 }
 
@@ -480,10 +352,14 @@ async fn launcher_start(
             format!("launcher {id} is unknown or already ended; exit"),
         ));
     }
+    st.wake.engine();
     tracing::info!(launcher = id, host = %r.host, nodes = r.nodes.len(), "launcher started");
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 
+/// Heartbeat, endings and work in one exchange. With nothing to hand out, the request is
+/// held (up to its `wait_ms`, and never past a third of the heartbeat timeout) and answered
+/// the moment a job becomes runnable, a kill or a stop exists.
 async fn launcher_acquire(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -491,10 +367,42 @@ async fn launcher_acquire(
     Json(r): Json<AcquireRequest>,
 ) -> ApiResult<AcquireResponse> {
     check_token(&headers, &st.token)?;
-    locked(&st)?
-        .acquire(id, r.free_nodes, r.max_jobs, &r.running)
-        .map(Json)
-        .map_err(internal)
+    let hold =
+        std::time::Duration::from_millis(r.wait_ms).min(st.cfg.service.heartbeat_timeout.0 / 3);
+    let until = tokio::time::Instant::now() + hold;
+    let mut bell = st.wake.watch_work();
+    let mut reports = r.reports;
+    let mut applied = Vec::new();
+    loop {
+        bell.borrow_and_update();
+        let mut resp = locked(&st)?
+            .acquire(id, r.free_nodes, r.max_jobs, &r.running, &reports)
+            .map_err(internal)?;
+        if !reports.is_empty() {
+            applied = std::mem::take(&mut resp.applied);
+            reports.clear();
+            if applied.iter().any(|a| *a) {
+                st.wake.engine();
+                // the nodes they freed may be another request's to fill
+                st.wake.work();
+            }
+        }
+        if !resp.jobs.is_empty()
+            || !resp.kill.is_empty()
+            || resp.stop
+            || tokio::time::Instant::now() >= until
+        {
+            resp.applied = applied;
+            return Ok(Json(resp));
+        }
+        if tokio::time::timeout_at(until, bell.changed())
+            .await
+            .is_err()
+        {
+            // one last look at the deadline: a heartbeat, and whatever came meanwhile
+            continue;
+        }
+    }
 }
 
 async fn launcher_end(
@@ -521,8 +429,14 @@ async fn launcher_end(
             format!("no launcher {id}; `beamflow-collector status` lists them"),
         ));
     }
-    db.end_launcher(id, "FINISHED", &format!("exited: {reason}"))
-        .map_err(internal)?;
+    db.move_launcher(
+        id,
+        LauncherState::Finished,
+        LauncherTrigger::Exited,
+        &format!("exited: {reason}"),
+    )
+    .map_err(internal)?;
+    st.wake.engine();
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 
@@ -532,15 +446,12 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
     let stacks = db.stack_status().map_err(internal)?;
     let all = db.launchers(&[], None).map_err(internal)?;
     // the live ones and the last few that ended
-    let ended = all
-        .iter()
-        .filter(|l| l.state == "FINISHED" || l.state == "LOST")
-        .count();
+    let ended = all.iter().filter(|l| ended_state(&l.state)).count();
     let mut skip = ended.saturating_sub(5);
     let launchers = all
         .into_iter()
         .filter(|l| {
-            if skip > 0 && (l.state == "FINISHED" || l.state == "LOST") {
+            if skip > 0 && ended_state(&l.state) {
                 skip -= 1;
                 false
             } else {
@@ -572,4 +483,8 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
         launchers,
         notes,
     }))
+}
+
+fn ended_state(s: &str) -> bool {
+    LauncherState::parse(s).is_some_and(|s| !s.live())
 }

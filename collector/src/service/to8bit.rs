@@ -7,11 +7,25 @@
 //! strips per core whatever their size, and they are worked on all cores. The received
 //! originals are never touched: copies go into the work folder.
 
-use crate::qa::open;
+use super::image::open;
 use beamflow_config::To8Bit;
 use std::path::{Path, PathBuf};
 use tiff::decoder::{ChunkType, DecodingResult};
 use tiff::ColorType;
+
+/// What preparation did about bit depth, for `qa` and for people: `conversion.json`.
+pub const CONVERSION_FILE: &str = "conversion.json";
+
+/// The record of a conversion: the window and each section's depth as received.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Conversion {
+    /// The window as configured (`to_8bit`).
+    pub how: String,
+    /// The sample values mapped to 0 and 255.
+    pub window: (f64, f64),
+    /// AlignTK name → depth as received (`8-bit`, `16-bit`, `32-bit float`).
+    pub received: std::collections::BTreeMap<String, String>,
+}
 
 /// A section's samples, as far as conversion cares.
 #[derive(Debug, Clone, Copy, PartialEq)]

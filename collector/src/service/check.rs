@@ -7,7 +7,7 @@
 //! with `{image}`) and none of `absent`. Sections are named as the beamline sent them,
 //! through `names.tsv`.
 
-use crate::names::{read_names, received, Section, NAMES_FILE};
+use super::names::{read_names, received, Section, NAMES_FILE};
 use std::collections::BTreeMap;
 use std::path::Path;
 

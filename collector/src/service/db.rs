@@ -4,11 +4,13 @@
 //! single owner avoids that). Every change is one `BEGIN IMMEDIATE` transaction, so a kill -9
 //! at any instant leaves either the whole submission or none of it.
 
-use crate::dag::PlannedJob;
-use crate::state::JobState;
+use super::clock::{stamp, Clock, SystemClock};
+use super::dag::PlannedJob;
+use super::job::JobState;
 pub use beamflow_protocol::api::{JobRow, StackRow};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Failures of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,26 @@ pub enum DbError {
     /// The database file itself could not be created or restricted.
     #[error("cannot create {0} readable by its owner only: {1}; check the state folder's owner and permissions")]
     File(String, std::io::Error),
+    /// A move the job table does not hold was asked for: a bug, never applied.
+    #[error("job {job}: no legal move to {} by {trigger:?}; this is a bug in beamflow, please report it", to.as_str())]
+    Illegal {
+        /// The job.
+        job: u64,
+        /// Where it was asked to go.
+        to: super::job::JobState,
+        /// By what.
+        trigger: super::job::Trigger,
+    },
+    /// A launcher move its table does not hold was asked for.
+    #[error("launcher {launcher}: no legal move to {to:?} by {trigger:?}; this is a bug in beamflow, please report it")]
+    IllegalLauncher {
+        /// The launcher.
+        launcher: u64,
+        /// Where it was asked to go.
+        to: super::launchers::LauncherState,
+        /// By what.
+        trigger: super::launchers::LauncherTrigger,
+    },
     /// The same stack version was submitted before with other files.
     #[error("stack {stack} version {version} was already submitted with different files; a changed stack must come as a new version")]
     Conflict {
@@ -90,7 +112,8 @@ CREATE TABLE IF NOT EXISTS launchers (
     reason TEXT NOT NULL DEFAULT '',
     submitted_at TEXT NOT NULL,
     heartbeat_at REAL,
-    ended_at TEXT
+    ended_at TEXT,
+    slots INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -185,10 +208,20 @@ pub struct NewStack<'a> {
 /// The database handle owned by the service.
 pub struct Db {
     pub(crate) conn: Connection,
+    clock: Arc<dyn Clock>,
 }
 
-pub(crate) fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+/// Adds the columns later versions brought to a table an earlier version made.
+fn add_columns(conn: &Connection) -> Result<(), DbError> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('launchers') WHERE name = 'slots'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE launchers ADD COLUMN slots INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
 }
 
 impl Db {
@@ -214,7 +247,35 @@ impl Db {
         migrate_to_beamlines(&conn, legacy_beamline)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Db { conn })
+        add_columns(&conn)?;
+        Ok(Db {
+            conn,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// A database in memory on the given clock: the engine's tests run on it, and never sleep.
+    pub fn in_memory(clock: Arc<dyn Clock>) -> Result<Db, DbError> {
+        let conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Db { conn, clock })
+    }
+
+    /// Puts the database on another clock (tests that move time).
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    /// The time every write of this handle is stamped with.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
+    }
+
+    pub(crate) fn tx(&mut self) -> Result<rusqlite::Transaction<'_>, DbError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
     /// Records a stack version and its jobs in one transaction. Returns (stack id, created,
@@ -224,9 +285,8 @@ impl Db {
         s: &NewStack<'_>,
         jobs: &[PlannedJob],
     ) -> Result<(u64, bool, u32), DbError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let at = stamp(self.now());
+        let tx = self.tx()?;
         let existing: Option<(i64, String)> = tx
             .query_row(
                 "SELECT id, digest FROM stacks WHERE beamline = ?1 AND name = ?2 AND version = ?3",
@@ -247,7 +307,6 @@ impl Db {
                 })?;
             return Ok((id as u64, false, n as u32));
         }
-        let at = now();
         tx.execute(
             "INSERT INTO stacks (beamline, name, version, workflow, dir, work_dir, digest, files, created_at)
              VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -279,7 +338,7 @@ impl Db {
                     stack_id,
                     j.name,
                     state.as_str(),
-                    crate::dag::encode(&j.argv),
+                    super::dag::encode(&j.argv),
                     s.work_dir,
                     j.nodes,
                     j.ranks_per_node,
@@ -359,7 +418,7 @@ impl Db {
                     threads_per_rank: r.get(7)?,
                     cpu_affinity: r.get(8)?,
                     command: String::new(),
-                    argv: crate::dag::decode(&r.get::<_, String>(9)?),
+                    argv: super::dag::decode(&r.get::<_, String>(9)?),
                     attempts: r.get(10)?,
                     reason: r.get(11)?,
                     launcher: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),

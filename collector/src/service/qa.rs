@@ -6,11 +6,10 @@
 //! before any allocation is spent, naming every bad section. Pixels are read strip by strip,
 //! so memory stays near one strip whatever the image size.
 
+use super::image::open;
 use serde::Serialize;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
-use tiff::decoder::{ChunkType, Decoder, DecodingResult};
+use tiff::decoder::{ChunkType, DecodingResult};
 use tiff::ColorType;
 
 /// Facts about one section.
@@ -49,19 +48,6 @@ pub struct Report {
     pub sections: Vec<Section>,
     /// Sections that did not: (file, why).
     pub bad: Vec<(String, String)>,
-}
-
-/// Opens a section for reading, saying why it cannot be.
-pub(crate) fn open(path: &Path) -> Result<Decoder<BufReader<File>>, String> {
-    let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    Decoder::new(BufReader::new(f)).map_err(|e| format!("not a readable TIFF: {e}"))
-}
-
-/// Width and height of a TIFF's first page.
-pub fn dimensions(path: &Path) -> Result<(u32, u32), String> {
-    open(path)?
-        .dimensions()
-        .map_err(|e| format!("no dimensions: {e}"))
 }
 
 /// Reads one section strip by strip and measures it.
@@ -134,13 +120,13 @@ pub fn measure(path: &Path) -> Result<Section, String> {
 /// `names.tsv`) knows a file, the report names the section the beamline sent instead.
 pub fn check_dir(
     dir: &Path,
-    names: &[crate::names::Section],
-    conversion: Option<&crate::prepare::Conversion>,
+    names: &[super::names::Section],
+    conversion: Option<&super::to8bit::Conversion>,
 ) -> Result<Report, String> {
     // images/ holds `<aligntk>.tif`
     let received = |n: &str| {
         let stem = n.strip_suffix(".tif").unwrap_or(n);
-        match crate::names::received(names, stem) {
+        match super::names::received(names, stem) {
             r if r == stem => n.to_string(),
             r => r.to_string(),
         }
@@ -188,7 +174,7 @@ pub fn check_dir(
 }
 
 fn check_files(dir: &Path, received: &dyn Fn(&str) -> String) -> Result<Report, String> {
-    let names = crate::names::image_names(dir)
+    let names = super::names::image_names(dir)
         .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     if names.is_empty() {
         return Err(format!("{} holds no .tif images", dir.display()));
@@ -240,7 +226,7 @@ mod tests {
     use super::*;
 
     fn tiff16(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u16) {
-        let mut e = tiff::encoder::TiffEncoder::new(File::create(path).unwrap()).unwrap();
+        let mut e = tiff::encoder::TiffEncoder::new(std::fs::File::create(path).unwrap()).unwrap();
         let data: Vec<u16> = (0..h)
             .flat_map(|y| (0..w).map(move |x| (x, y)))
             .map(|(x, y)| f(x, y))

@@ -11,11 +11,12 @@
 //! never touched. AlignTK exits 0 on a blank or featureless section; only its summaries show
 //! it (a `nan` quality, a `-1000000` correlation), so a zero exit is checked (see `check`).
 
-use crate::names::{aligntk_names, image_names, read_names, stem, NAMES_FILE};
+use super::names::{aligntk_names, image_names, read_names, stem, NAMES_FILE};
+use super::to8bit::{Conversion, CONVERSION_FILE};
 use std::collections::HashSet;
 use std::path::Path;
 
-pub use crate::names::Section;
+pub use super::names::Section;
 
 /// What preparing a work folder learned, for command placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,20 +40,6 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// What preparation did about bit depth, for `qa` and for people: `conversion.json`.
-pub const CONVERSION_FILE: &str = "conversion.json";
-
-/// The record of a conversion: the window and each section's depth as received.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Conversion {
-    /// The window as configured (`to_8bit`).
-    pub how: String,
-    /// The sample values mapped to 0 and 255.
-    pub window: (f64, f64),
-    /// AlignTK name → depth as received (`8-bit`, `16-bit`, `32-bit float`).
-    pub received: std::collections::BTreeMap<String, String>,
-}
-
 /// Links 8-bit sections into `images/` and writes 8-bit copies of deeper ones, with one
 /// window for the stack; records what it did. A layout that cannot be converted (colour) is
 /// linked as it is, for `qa` to refuse by name. Done once per version: the snapshot it reads
@@ -64,7 +51,7 @@ fn fill_images(
     to_8bit: &str,
     how: beamflow_config::To8Bit,
 ) -> Result<(), String> {
-    use crate::to8bit::{depth, Depth};
+    use super::to8bit::{depth, Depth};
     let images = work_dir.join("images");
     let record = work_dir.join(CONVERSION_FILE);
     let done = std::fs::read_to_string(&record)
@@ -113,11 +100,11 @@ fn fill_images(
     let mut window = (0.0, 255.0);
     if !deeper.is_empty() {
         let sources: Vec<std::path::PathBuf> = deeper.iter().map(|(s, _)| s.clone()).collect();
-        window = crate::to8bit::window(&sources, how)?;
+        window = super::to8bit::window(&sources, how)?;
         for (_, link) in &deeper {
             let _ = std::fs::remove_file(link); // a link from an earlier layout
         }
-        crate::to8bit::convert_all(&deeper, window)?;
+        super::to8bit::convert_all(&deeper, window)?;
     }
     let c = Conversion {
         how: to_8bit.to_string(),
@@ -179,7 +166,7 @@ pub fn prepare(
     for s in &sections {
         list.push_str(&s.aligntk);
         list.push('\n');
-        table.push_str(&crate::names::table_row(s));
+        table.push_str(&super::names::table_row(s));
     }
     let pairs: String = sections
         .windows(2)
@@ -196,7 +183,7 @@ pub fn prepare(
     }
     let first = stack_dir.join(&sections[0].original);
     let (w, h) =
-        crate::qa::dimensions(&first).map_err(|e| format!("{}: {e}", sections[0].original))?;
+        super::image::dimensions(&first).map_err(|e| format!("{}: {e}", sections[0].original))?;
     Ok(Prepared {
         grid_size: format!("{w}x{h}"),
         sections,

@@ -1,0 +1,620 @@
+//! `beamflow-collector launcher`: runs inside a batch allocation and packs jobs onto its idle
+//! nodes, as Balsam's launcher did.
+//!
+//! It talks only to the service API (never to the database file). Two conversations run
+//! side by side: a held request for work ([`AcquireRequest::wait_ms`]) that the service
+//! answers the moment a job is runnable, a kill or a stop exists, and the endings, sent the
+//! moment they happen, several per request, each answer carrying the work for the nodes they
+//! freed. Each job runs in the job's work folder with the site's launch template, in its own
+//! process group with core dumps off (ending it ends everything it started; an aborting
+//! AlignTK leaves no 24 MB `core`), and a thread per job waits for it, so an ending is seen
+//! the instant it happens. Before the wall time runs out, and when the scheduler cancels the
+//! allocation (SIGTERM), running jobs are ended (they time out and run again elsewhere); the
+//! launcher exits after `idle_exit` with nothing to do.
+
+mod explain;
+mod nodes;
+mod process;
+
+pub use explain::explain;
+pub use nodes::{detect_nodes, expand_hostlist};
+pub use process::{launch_argv, missing_program};
+
+use crate::scheduler::default_launch;
+use beamflow_config::{argv, Config};
+use beamflow_protocol::api::{
+    AcquireRequest, AcquireResponse, Client, JobReport, LaunchedJob, LauncherStart, Outcome,
+    ReportRequest,
+};
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a launcher could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LauncherError {
+    /// The queue is not in the config.
+    #[error("queue `{0}` is not defined in the config ([queues.{0}])")]
+    UnknownQueue(String),
+    /// The queue's launch template cannot be used.
+    #[error("key `queues.{0}.launch`: {1}")]
+    BadLaunch(String, String),
+    /// The service never answered.
+    #[error("the collector service did not answer for {0:?}: {1}")]
+    NoService(Duration, String),
+}
+
+/// What the launcher's threads tell its loop.
+enum Event {
+    /// The service answered (work, kills, a stop).
+    Answer(AcquireResponse),
+    /// A job's process ended.
+    Exited(u64, std::io::Result<ExitStatus>),
+    /// The service could not be reached.
+    LinkDown(String),
+    /// Every ending handed to the reporter was delivered (or refused for good).
+    Flushed,
+}
+
+/// What the loop hands the reporter thread.
+enum ToReporter {
+    Report(JobReport),
+    Flush,
+}
+
+struct Running {
+    job: LaunchedJob,
+    pgid: u32,
+    nodes: Vec<String>,
+    err_path: PathBuf,
+    /// When it was told to end (SIGTERM sent), for the SIGKILL that follows.
+    ending: Option<Instant>,
+    /// How to report it once it exits, when the launcher ended it.
+    ended_why: Option<String>,
+}
+
+struct Launcher {
+    id: u64,
+    template: Vec<String>,
+    free: Vec<String>,
+    running: HashMap<u64, Running>,
+    /// Jobs the service handed over while their nodes were still being freed (a killed job's
+    /// process takes a moment to end).
+    waiting: VecDeque<LaunchedJob>,
+    /// Failed endings held back a moment, in case the allocation is being cancelled.
+    held: Vec<(Instant, u64, Option<i32>, ExitStatus, String)>,
+    /// The job ids the service should see as this launcher's.
+    mine: Arc<Mutex<Vec<u64>>>,
+    reporter: Sender<ToReporter>,
+    events: Sender<Event>,
+}
+
+impl Launcher {
+    fn publish(&self) {
+        if let Ok(mut m) = self.mine.lock() {
+            m.clear();
+            m.extend(self.running.keys());
+            m.extend(self.waiting.iter().map(|j| j.id));
+        }
+    }
+
+    fn report(&self, job: u64, outcome: Outcome, exit_code: Option<i32>, message: String) {
+        tracing::info!(job, ?outcome, exit_code, "{message}");
+        let _ = self.reporter.send(ToReporter::Report(JobReport {
+            job,
+            report: ReportRequest {
+                launcher: self.id,
+                outcome,
+                exit_code,
+                message,
+            },
+        }));
+    }
+
+    fn take(&mut self, resp: AcquireResponse) {
+        for k in resp.kill {
+            if let Some(r) = self.running.get_mut(&k) {
+                tracing::info!(job = k, "ending a job the service no longer wants");
+                if r.ending.is_none() {
+                    process::signal_group(r.pgid, libc::SIGTERM);
+                    r.ending = Some(Instant::now());
+                }
+            }
+            self.waiting.retain(|j| j.id != k);
+        }
+        self.waiting.extend(resp.jobs);
+        self.start_waiting();
+    }
+
+    fn start_waiting(&mut self) {
+        while let Some(j) = self.waiting.front() {
+            if j.nodes as usize > self.free.len() {
+                break;
+            }
+            let j = self.waiting.pop_front().expect("front exists");
+            self.start(j);
+        }
+        self.publish();
+    }
+
+    fn start(&mut self, job: LaunchedJob) {
+        let n = job.nodes as usize;
+        let nodes: Vec<String> = self.free.drain(..n.min(self.free.len())).collect();
+        let work = PathBuf::from(&job.work_dir);
+        let program = job.argv.first().cloned().unwrap_or_default();
+        if let Some(why) = missing_program(&program) {
+            self.free.extend(nodes);
+            self.report(job.id, Outcome::Missing, None, why);
+            return;
+        }
+        let hostfile = work.join(format!(".beamflow-hosts-{}", job.id));
+        if self.template.iter().any(|w| w.contains("{hostfile}")) {
+            let _ = std::fs::write(&hostfile, nodes.join("\n") + "\n");
+        }
+        let args = launch_argv(&self.template, &job, &hostfile);
+        let out_path = work.join(format!("{}.out", job.name));
+        let err_path = work.join(format!("{}.err", job.name));
+        let files = std::fs::File::create(&out_path)
+            .and_then(|o| std::fs::File::create(&err_path).map(|e| (o, e)));
+        let (out, err) = match files {
+            Ok(f) => f,
+            Err(e) => {
+                self.free.extend(nodes);
+                self.report(
+                    job.id,
+                    Outcome::Error,
+                    None,
+                    format!("cannot write its output in {}: {e}", work.display()),
+                );
+                return;
+            }
+        };
+        let Some((prog, rest)) = args.split_first() else {
+            self.free.extend(nodes);
+            self.report(
+                job.id,
+                Outcome::Missing,
+                None,
+                "the command is empty".into(),
+            );
+            return;
+        };
+        let mut cmd = Command::new(prog);
+        cmd.args(rest)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        cmd.envs(&job.env)
+            .env("OMP_NUM_THREADS", job.threads_per_rank.to_string())
+            .env("BEAMFLOW_JOB_ID", job.id.to_string());
+        cmd.process_group(0);
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec
+        unsafe {
+            cmd.pre_exec(|| {
+                let zero = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &zero);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                tracing::info!(job = job.id, stack = %job.stack, step = %job.name, attempt = job.attempt, "started: {}", argv::render(&args));
+                let (id, events, pgid) = (job.id, self.events.clone(), child.id());
+                let waiter = std::thread::Builder::new()
+                    .name(format!("job-{id}"))
+                    .stack_size(64 << 10)
+                    .spawn(move || {
+                        let status = child.wait();
+                        let _ = events.send(Event::Exited(id, status));
+                    });
+                if let Err(e) = waiter {
+                    // without a waiter nobody would see it end: end it now, it runs again
+                    process::signal_group(pgid, libc::SIGKILL);
+                    self.free.extend(nodes);
+                    self.report(id, Outcome::Timeout, None, format!("cannot watch it: {e}"));
+                    return;
+                }
+                self.running.insert(
+                    id,
+                    Running {
+                        job,
+                        pgid,
+                        nodes,
+                        err_path,
+                        ending: None,
+                        ended_why: None,
+                    },
+                );
+            }
+            Err(e) => {
+                self.free.extend(nodes);
+                self.report(
+                    job.id,
+                    Outcome::Error,
+                    None,
+                    format!("cannot start `{}`: {e}", argv::render(&args)),
+                );
+            }
+        }
+    }
+
+    /// A job's process ended: its nodes are free at once; its report goes out now, or a
+    /// moment later for a failure (a scheduler cancelling the allocation signals the jobs
+    /// and us together: such a job counts as timed out, not as failed).
+    fn exited(&mut self, id: u64, status: std::io::Result<ExitStatus>, stop: &AtomicBool) {
+        let Some(mut r) = self.running.remove(&id) else {
+            return;
+        };
+        self.free.append(&mut r.nodes);
+        let status = status.unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
+        if let Some(why) = r.ended_why {
+            self.report(id, Outcome::Timeout, status.code(), why);
+        } else if r.ending.is_some() {
+            // the service asked for it to end (a kill): it no longer listens for its report
+        } else if status.success() {
+            self.report(
+                id,
+                Outcome::Done,
+                Some(0),
+                format!("{} finished", r.job.name),
+            );
+        } else if stop.load(Ordering::SeqCst) {
+            self.report(
+                id,
+                Outcome::Timeout,
+                status.code(),
+                "the allocation was cancelled while it ran".into(),
+            );
+        } else {
+            self.held.push((
+                Instant::now() + Duration::from_millis(300),
+                id,
+                status.code(),
+                status,
+                explain(&r.err_path),
+            ));
+        }
+        self.start_waiting();
+    }
+
+    fn release_held(&mut self, stop: &AtomicBool, all: bool) {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| all || h.0 <= now || stop.load(Ordering::SeqCst));
+        self.held = keep;
+        for (_, id, code, status, stderr) in due {
+            if stop.load(Ordering::SeqCst) {
+                self.report(
+                    id,
+                    Outcome::Timeout,
+                    code,
+                    "the allocation was cancelled while it ran".into(),
+                );
+                continue;
+            }
+            match code {
+                Some(c @ (126 | 127)) => self.report(
+                    id,
+                    Outcome::Missing,
+                    Some(c),
+                    format!("could not run the command: {stderr}"),
+                ),
+                Some(c) => self.report(
+                    id,
+                    Outcome::Error,
+                    Some(c),
+                    if stderr.is_empty() {
+                        "no stderr".into()
+                    } else {
+                        format!("stderr: {stderr}")
+                    },
+                ),
+                None => {
+                    // no shell in between: count a signal as shells do (abort() is exit
+                    // 134, as AlignTK's users know it)
+                    let sig = status.signal().unwrap_or(0);
+                    self.report(
+                        id,
+                        Outcome::Error,
+                        Some(128 + sig),
+                        format!("killed by signal {sig}; stderr: {stderr}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Signals every job to end; each is reported as timed out with `why` once it exits.
+    fn end_all(&mut self, why: &str) {
+        for r in self.running.values_mut() {
+            if r.ended_why.is_none() {
+                r.ended_why = Some(why.to_string());
+            }
+            if r.ending.is_none() {
+                process::signal_group(r.pgid, libc::SIGTERM);
+                r.ending = Some(Instant::now());
+            }
+        }
+        for j in std::mem::take(&mut self.waiting) {
+            self.report(j.id, Outcome::Timeout, None, why.to_string());
+        }
+    }
+
+    /// SIGKILL for what did not end within 5 s of its SIGTERM.
+    fn force(&mut self) {
+        for r in self.running.values_mut() {
+            if r.ending
+                .is_some_and(|t| t.elapsed() >= Duration::from_secs(5))
+            {
+                process::signal_group(r.pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Connects to the service, rereading `server-info` each time: a restarted service has a
+/// new address and token.
+fn connect(state_dir: &std::path::Path) -> Result<Client, String> {
+    Client::from_state_dir(state_dir).map_err(|e| e.to_string())
+}
+
+/// The held request for work, again and again, until `done`.
+fn poller(
+    id: u64,
+    slots: u32,
+    wait: Duration,
+    state_dir: PathBuf,
+    mine: Arc<Mutex<Vec<u64>>>,
+    events: Sender<Event>,
+    done: Arc<AtomicBool>,
+) {
+    let mut client = connect(&state_dir).ok();
+    while !done.load(Ordering::SeqCst) {
+        let Some(c) = client.as_ref() else {
+            std::thread::sleep(Duration::from_secs(1));
+            client = connect(&state_dir).ok();
+            continue;
+        };
+        let req = AcquireRequest {
+            free_nodes: slots,
+            max_jobs: slots,
+            running: mine.lock().map(|m| m.clone()).unwrap_or_default(),
+            reports: Vec::new(),
+            wait_ms: wait.as_millis() as u64,
+        };
+        match c.acquire(id, &req) {
+            Ok(resp) => {
+                let stop = resp.stop;
+                if events.send(Event::Answer(resp)).is_err() || stop {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = events.send(Event::LinkDown(e.to_string()));
+                std::thread::sleep(Duration::from_secs(1));
+                client = connect(&state_dir).ok();
+            }
+        }
+    }
+}
+
+/// Delivers endings as they come, all that are waiting in one request; what cannot be
+/// delivered now is tried again.
+fn reporter(
+    id: u64,
+    slots: u32,
+    state_dir: PathBuf,
+    mine: Arc<Mutex<Vec<u64>>>,
+    inbox: Receiver<ToReporter>,
+    events: Sender<Event>,
+) {
+    let mut client = connect(&state_dir).ok();
+    let mut pending: Vec<JobReport> = Vec::new();
+    let mut flush = false;
+    loop {
+        let first = if pending.is_empty() {
+            match inbox.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
+        for m in first.into_iter().chain(inbox.try_iter()) {
+            match m {
+                ToReporter::Report(r) => pending.push(r),
+                ToReporter::Flush => flush = true,
+            }
+        }
+        if !pending.is_empty() {
+            let req = AcquireRequest {
+                free_nodes: slots,
+                max_jobs: slots,
+                running: mine.lock().map(|m| m.clone()).unwrap_or_default(),
+                reports: pending.clone(),
+                wait_ms: 0,
+            };
+            let answer = match client.as_ref() {
+                Some(c) => c
+                    .acquire(id, &req)
+                    .map_err(|e| (e.is_transient(), e.to_string())),
+                None => Err((true, "the service is not reachable".to_string())),
+            };
+            match answer {
+                Ok(resp) => {
+                    pending.clear();
+                    if events.send(Event::Answer(resp)).is_err() {
+                        return;
+                    }
+                }
+                Err((true, e)) => {
+                    tracing::warn!("cannot deliver {} ending(s) yet: {e}", pending.len());
+                    std::thread::sleep(Duration::from_millis(500));
+                    client = connect(&state_dir).ok();
+                    if flush && !state_dir.exists() {
+                        pending.clear();
+                    }
+                    continue;
+                }
+                Err((false, e)) => {
+                    tracing::warn!("{} ending(s) refused: {e}", pending.len());
+                    pending.clear();
+                }
+            }
+        }
+        if flush && pending.is_empty() {
+            flush = false;
+            let _ = events.send(Event::Flushed);
+        }
+    }
+}
+
+/// Runs a launcher until its allocation ends, it is idle long enough, or `stop` is set.
+pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<(), LauncherError> {
+    let q = cfg
+        .queues
+        .get(queue)
+        .ok_or_else(|| LauncherError::UnknownQueue(queue.into()))?;
+    let started = Instant::now();
+    let walltime = std::env::var("BEAMFLOW_WALLTIME_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(q.walltime.0);
+    let deadline = started + walltime.saturating_sub(q.walltime_margin.0);
+    let nodes = detect_nodes(q);
+    let written = if q.launch.is_empty() {
+        default_launch(q.scheduler)
+    } else {
+        q.launch.as_str()
+    };
+    // the config refused a bad template when it loaded; this names it again should one slip by
+    let template = beamflow_config::launch_argv(written)
+        .map_err(|e| LauncherError::BadLaunch(queue.into(), e))?;
+    let wait = cfg.service.heartbeat_timeout.0;
+    let state_dir = cfg.collector.state_dir.clone();
+    loop {
+        let answer = connect(&state_dir).and_then(|c| {
+            c.launcher_start(
+                id,
+                &LauncherStart {
+                    host: nodes::hostname(),
+                    nodes: nodes.clone(),
+                    batch_id: nodes::batch_id(),
+                },
+            )
+            .map_err(|e| e.to_string())
+        });
+        match answer {
+            Ok(_) => break,
+            Err(e) if started.elapsed() > wait => return Err(LauncherError::NoService(wait, e)),
+            Err(e) => tracing::warn!("service not answering yet: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    tracing::info!(launcher = id, queue, nodes = nodes.len(), walltime = ?walltime, "launcher up");
+    let slots = nodes.len() as u32;
+    let (events, inbox) = channel();
+    let (to_reporter, reporter_inbox) = channel();
+    let mine = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (sd, m, ev, d) = (
+            state_dir.clone(),
+            mine.clone(),
+            events.clone(),
+            done.clone(),
+        );
+        let poll = q.poll.0;
+        std::thread::spawn(move || poller(id, slots, poll, sd, m, ev, d));
+        let (sd, m, ev) = (state_dir.clone(), mine.clone(), events.clone());
+        std::thread::spawn(move || reporter(id, slots, sd, m, reporter_inbox, ev));
+    }
+    let mut l = Launcher {
+        id,
+        template,
+        free: nodes,
+        running: HashMap::new(),
+        waiting: VecDeque::new(),
+        held: Vec::new(),
+        mine,
+        reporter: to_reporter,
+        events,
+    };
+    let mut idle_since = Instant::now();
+    let mut ending: Option<String> = None;
+    let mut link_warned: Option<Instant> = None;
+    let reason = loop {
+        // the loop wakes for every event; the short timeout is for the signal flag, the
+        // held failures and the clock
+        match inbox.recv_timeout(Duration::from_millis(50)) {
+            Ok(Event::Answer(resp)) => {
+                if resp.stop && ending.is_none() {
+                    l.end_all("the service declared this launcher ended");
+                    ending = Some("told to stop by the service".into());
+                }
+                if ending.is_none() {
+                    l.take(resp);
+                }
+            }
+            Ok(Event::Exited(job, status)) => l.exited(job, status, &stop),
+            Ok(Event::LinkDown(e)) => {
+                if !state_dir.exists() && ending.is_none() {
+                    // the collector was removed, not restarted: nobody will ever answer
+                    l.end_all("the collector's state folder was removed");
+                    ending = Some(format!("state folder {} removed", state_dir.display()));
+                } else if link_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                    tracing::warn!("service not answering: {e}; jobs keep running");
+                    link_warned = Some(Instant::now());
+                }
+            }
+            Ok(Event::Flushed) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break "its threads ended".to_string(),
+        }
+        l.release_held(&stop, false);
+        if ending.is_none() {
+            if stop.load(Ordering::SeqCst) {
+                l.end_all("the launcher was stopped (its allocation was cancelled)");
+                ending = Some("stopped by a signal".into());
+            } else if Instant::now() >= deadline {
+                l.end_all("the allocation's wall time was about to run out");
+                ending = Some("wall time".into());
+            } else if !l.running.is_empty() || !l.waiting.is_empty() {
+                idle_since = Instant::now();
+            } else if idle_since.elapsed() >= q.idle_exit.0 {
+                ending = Some(format!("idle for {}", q.idle_exit));
+            }
+        }
+        l.force();
+        if let Some(why) = &ending {
+            if l.running.is_empty() {
+                break why.clone();
+            }
+        }
+    };
+    done.store(true, Ordering::SeqCst);
+    l.release_held(&stop, true);
+    let _ = l.reporter.send(ToReporter::Flush);
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(Event::Flushed) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if let Ok(c) = connect(&state_dir) {
+        let _ = c.launcher_end(id, &reason);
+    }
+    tracing::info!(launcher = id, "launcher exiting: {reason}");
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! The service's engine: advance the DAG, prepare work folders, check results, retry what
+//! timed out, watch batch jobs, and keep launchers queued by each queue's policy.
+//!
+//! It reacts: a submission, a launcher's report, a retry or a launcher's start rings its
+//! bell ([`Wake`]) and it acts at once, and whatever it makes runnable answers the
+//! launchers' held requests at once. Only what is about time runs on a timer: asking the
+//! batch scheduler about its jobs and judging heartbeats, every `poll_interval`. The
+//! database lock is held only for short statements; scheduler commands and file work run
+//! without it. The decisions themselves are the pure functions of [`super::job`] and
+//! [`super::launchers`]; this loop only gathers their inputs and applies their moves.
+
+use super::clock::Clock;
+use super::db::{Db, DbError};
+use super::job::{self, JobState, Move, Trigger};
+use super::launchers::{self, LauncherState, LauncherTrigger};
+use super::lifecycle::Pending;
+use super::prepare::{name_back, prepare, Prepared};
+use super::wake::Wake;
+use crate::scheduler::{self, capacity, BatchSpec, SchedError, Scheduler};
+use beamflow_config::{Config, QueueSection};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// What stopped one round of the engine's work. Each is logged and shown in `status`; the
+/// next round tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The database refused.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A thread panicked while it held the database.
+    #[error("the database lock is poisoned; restart the service")]
+    Poisoned,
+    /// A queue names a scheduler the engine does not have.
+    #[error("queue {0} has no scheduler; check its `scheduler` key")]
+    NoScheduler(String),
+    /// The batch scheduler said no.
+    #[error("queue {queue}: {cause}")]
+    Scheduler {
+        /// The queue.
+        queue: String,
+        /// Why.
+        cause: SchedError,
+    },
+    /// The launcher script could not be written.
+    #[error(
+        "cannot write the launcher script {path}: {cause}; check that the state folder is writable"
+    )]
+    Script {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        cause: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// This program's path, for built-in steps that run `beamflow-collector qa` in a launcher.
+pub(crate) fn collector_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "beamflow-collector".into())
+}
+
+/// The service's background work.
+pub struct Engine {
+    cfg: Arc<Config>,
+    db: Arc<Mutex<Db>>,
+    schedulers: HashMap<String, Box<dyn Scheduler>>,
+    wake: Arc<Wake>,
+    clock: Arc<dyn Clock>,
+    /// What a person should know now (why work waits …), served by `/v1/status`.
+    pub notes: Mutex<Vec<String>>,
+    collector: String,
+    /// Each stack version's preparation: its snapshot never changes, so neither does this.
+    prepared: Mutex<HashMap<u64, std::result::Result<Prepared, String>>>,
+}
+
+impl Engine {
+    /// An engine for the service's config and database, with each queue's real scheduler.
+    pub fn new(cfg: Arc<Config>, db: Arc<Mutex<Db>>, wake: Arc<Wake>) -> Engine {
+        let schedulers = cfg
+            .queues
+            .iter()
+            .map(|(n, q)| (n.clone(), scheduler::for_kind(q.scheduler)))
+            .collect();
+        let clock: Arc<dyn Clock> = Arc::new(super::clock::SystemClock);
+        Engine::with_parts(cfg, db, wake, schedulers, clock)
+    }
+
+    /// An engine with the schedulers and clock given: tests drive it with a scheduler double
+    /// and a clock they move.
+    pub fn with_parts(
+        cfg: Arc<Config>,
+        db: Arc<Mutex<Db>>,
+        wake: Arc<Wake>,
+        schedulers: HashMap<String, Box<dyn Scheduler>>,
+        clock: Arc<dyn Clock>,
+    ) -> Engine {
+        Engine {
+            cfg,
+            db,
+            schedulers,
+            wake,
+            clock,
+            notes: Mutex::new(Vec::new()),
+            collector: collector_exe(),
+            prepared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn db(&self) -> Result<MutexGuard<'_, Db>> {
+        self.db.lock().map_err(|_| EngineError::Poisoned)
+    }
+
+    /// Runs until `stop` is set (ring the engine's bell after setting it): reacts to every
+    /// ring at once, and watches launchers every `poll_interval`.
+    pub fn run(&self, stop: &AtomicBool) {
+        let every = self.cfg.service.poll_interval.0;
+        let mut next_watch = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let seen = self.wake.engine_rings();
+            let watch = Instant::now() >= next_watch;
+            self.round(watch);
+            if watch {
+                next_watch = Instant::now() + every;
+            }
+            self.wake.wait_engine(seen, next_watch);
+        }
+    }
+
+    /// One round: the DAG's reactions, the launchers' judgement when `watch`, the queue
+    /// policy. Errors of one part are logged and do not stop the others.
+    pub fn round(&self, watch: bool) {
+        let mut notes = Vec::new();
+        let mut errors = vec![("advancing the DAG", self.react().map(|_| ()))];
+        if watch {
+            errors.push(("watching launchers", self.watch_launchers()));
+        }
+        errors.push(("applying the queue policy", self.policy(&mut notes)));
+        for (what, r) in errors {
+            if let Err(e) = r {
+                tracing::error!("{what}: {e}");
+                notes.push(format!("error while {what}: {e}"));
+            }
+        }
+        if let Ok(mut n) = self.notes.lock() {
+            *n = notes;
+        }
+    }
+
+    /// Applies every reaction the database calls for until none is left; returns how many
+    /// moves were made. Whatever became runnable answers the launchers at once.
+    pub fn react(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let (moved, runnable) = self.react_once()?;
+            if runnable > 0 {
+                self.wake.work();
+            }
+            total += moved;
+            if moved == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One pass over the states the service acts on: (moves made, jobs made runnable).
+    fn react_once(&self) -> Result<(usize, usize)> {
+        let mut moved = self.db()?.promote_ready()?;
+        let mut runnable = 0;
+        let ready = self.db()?.pending(JobState::Ready)?;
+        let mut filled = Vec::new();
+        let mut failed = Vec::new();
+        let mut newly_prepared = Vec::new();
+        for j in ready {
+            match self.prepared_for(&j) {
+                Ok(p) => {
+                    if !j.prepared && !newly_prepared.contains(&j.stack_id) {
+                        newly_prepared.push(j.stack_id);
+                    }
+                    let names = p.aligntk_names();
+                    let argv = super::dag::fill(
+                        &j.argv,
+                        &super::dag::StackFacts {
+                            stack: &j.stack,
+                            images_dir: &j.stack_dir,
+                            aligntk_names: &names,
+                            collector: &self.collector,
+                            grid_size: &p.grid_size,
+                        },
+                    );
+                    filled.push((j.id, argv));
+                }
+                Err(why) => {
+                    tracing::error!(job = j.id, stack = %j.stack, "cannot prepare the work folder: {why}");
+                    failed.push((
+                        j.id,
+                        vec![Move {
+                            to: JobState::Failed,
+                            trigger: Trigger::PrepareFailed,
+                            reason: format!("cannot prepare the work folder: {why}"),
+                        }],
+                    ));
+                }
+            }
+        }
+        {
+            let mut db = self.db()?;
+            for s in newly_prepared {
+                db.mark_prepared(s)?;
+            }
+            let n = db.preprocessed(&filled)?;
+            moved += n + db.apply_all(&failed)?;
+            runnable += n;
+        }
+        // bind first: a guard in a `for` header would live through the loop body
+        let done = self.db()?.pending(JobState::RunDone)?;
+        let checked: Vec<(u64, Vec<Move>)> = done
+            .iter()
+            .map(|j| {
+                let r = self.check(j);
+                if let Err(why) = &r {
+                    tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "{why}");
+                }
+                (j.id, job::after_check(&r))
+            })
+            .collect();
+        moved += self.db()?.apply_all(&checked)?;
+        let max = self.cfg.service.max_attempts;
+        let errored = self.db()?.pending(JobState::RunError)?;
+        let timed_out = self.db()?.pending(JobState::RunTimeout)?;
+        let mut retries: Vec<(u64, Vec<Move>)> = Vec::new();
+        for j in &errored {
+            let m = job::after_error(j.attempts, max, &j.reason);
+            if m.to == JobState::Failed {
+                tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "out of attempts: {}", j.reason);
+            }
+            retries.push((j.id, vec![m]));
+        }
+        retries.extend(timed_out.iter().map(|j| (j.id, vec![job::after_timeout()])));
+        let again = retries
+            .iter()
+            .filter(|(_, m)| m[0].to == JobState::RestartReady)
+            .count();
+        let n = self.db()?.apply_all(&retries)?;
+        moved += n;
+        runnable += again.min(n);
+        Ok((moved, runnable))
+    }
+
+    /// The output check of a zero exit: the summary it declares, its declared outputs, then
+    /// the received names given back to outputs made under an alias.
+    fn check(&self, j: &Pending) -> std::result::Result<(), String> {
+        let work = Path::new(&j.work_dir);
+        let step = self
+            .cfg
+            .workflows
+            .get(&j.workflow)
+            .and_then(|w| w.steps.iter().find(|s| s.name == j.name));
+        match &j.check_summary {
+            Some(rel) => super::check::summary(work, rel),
+            None => Ok(()),
+        }
+        .and_then(|()| match step {
+            Some(s) => super::check::outputs(work, &s.outputs, &s.absent),
+            None => Ok(()),
+        })
+        .and_then(|()| name_back(work))
+    }
+
+    fn prepared_for(&self, j: &Pending) -> std::result::Result<Prepared, String> {
+        if let Some(p) = self
+            .prepared
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&j.stack_id).cloned())
+        {
+            return p;
+        }
+        let wf = self.cfg.workflows.get(&j.workflow);
+        let schedule = wf.map(|w| w.schedule.clone()).unwrap_or_default();
+        let p = prepare(
+            Path::new(&j.work_dir),
+            Path::new(&j.stack_dir),
+            &schedule,
+            wf,
+        );
+        if let Ok(mut m) = self.prepared.lock() {
+            // a bound on memory: the stacks in flight are few, the ones that ended are not needed
+            if m.len() >= 256 {
+                m.clear();
+            }
+            m.insert(j.stack_id, p.clone());
+        }
+        p
+    }
+
+    /// Asks each scheduler about its launchers' batch jobs and judges every live launcher
+    /// (ended batch job, silence) at the clock's `now`.
+    pub fn watch_launchers(&self) -> Result<()> {
+        for s in self.schedulers.values() {
+            s.reap();
+        }
+        let live = self.db()?.live_launchers()?;
+        let mut by_queue: HashMap<&str, Vec<&(u64, String, launchers::Facts)>> = HashMap::new();
+        for l in &live {
+            by_queue.entry(l.1.as_str()).or_default().push(l);
+        }
+        let now = self.clock.now();
+        let timeout = self.cfg.service.heartbeat_timeout.0;
+        let mut ended = false;
+        for (queue, ls) in by_queue {
+            let Some(s) = self.schedulers.get(queue) else {
+                for (id, _, _) in ls {
+                    self.db()?.move_launcher(
+                        *id,
+                        LauncherState::Lost,
+                        LauncherTrigger::Unconfigured,
+                        &format!("queue {queue} is no longer configured"),
+                    )?;
+                    ended = true;
+                }
+                continue;
+            };
+            let ids: Vec<String> = ls
+                .iter()
+                .filter(|l| !l.2.batch_id.is_empty())
+                .map(|l| l.2.batch_id.clone())
+                .collect();
+            let states = s.status(&ids).map_err(|cause| EngineError::Scheduler {
+                queue: queue.to_string(),
+                cause,
+            })?;
+            for (id, _, facts) in ls {
+                let batch = Some(states.get(&facts.batch_id).copied());
+                let Some((to, trigger, reason)) = launchers::judge(facts, batch, now, timeout)
+                else {
+                    continue;
+                };
+                let n = self.db()?.move_launcher(*id, to, trigger, &reason)?;
+                ended = true;
+                if n.is_some_and(|n| n > 0) {
+                    tracing::warn!(launcher = id, batch = %facts.batch_id, jobs = n.unwrap_or(0), "{reason} with jobs still running; they time out");
+                }
+                if trigger == LauncherTrigger::Silent {
+                    tracing::warn!(launcher = id, "{reason}; declaring it lost");
+                    let _ = s.delete(&facts.batch_id);
+                }
+            }
+        }
+        if ended {
+            // its timed-out jobs are retried now, and its held request learns that it ended
+            self.wake.engine();
+            self.wake.work();
+        }
+        Ok(())
+    }
+
+    /// Submits launchers while runnable jobs want more nodes than the live launchers have
+    /// idle, within each queue's limits.
+    pub fn policy(&self, notes: &mut Vec<String>) -> Result<()> {
+        let runnable = self.db()?.runnable_nodes()?;
+        if runnable.is_empty() {
+            return Ok(());
+        }
+        let wanted: u32 = runnable.iter().sum();
+        let active = self
+            .db()?
+            .launchers(&[LauncherState::Queued, LauncherState::Running], None)?;
+        let idle: i64 = active
+            .iter()
+            .map(|l| {
+                let cap = self
+                    .cfg
+                    .queues
+                    .get(&l.queue)
+                    .map(|q| capacity(q, l.nodes))
+                    .unwrap_or(l.nodes);
+                cap as i64 - l.running_jobs as i64
+            })
+            .sum();
+        let mut needed = wanted as i64 - idle.max(0);
+        if needed <= 0 {
+            return Ok(());
+        }
+        let mut submitted_any = false;
+        for (name, q) in &self.cfg.queues {
+            if needed <= 0 {
+                break;
+            }
+            if !q.submit {
+                notes.push(format!(
+                    "queue {name}: submit = false; set it to true to run the {} waiting job(s)",
+                    runnable.len()
+                ));
+                continue;
+            }
+            let mine = active.iter().filter(|l| &l.queue == name).count() as u32;
+            if mine >= q.max_queued {
+                notes.push(format!(
+                    "queue {name}: {mine} launcher(s) queued or running, max_queued = {}",
+                    q.max_queued
+                ));
+                continue;
+            }
+            let biggest = runnable.iter().copied().max().unwrap_or(1);
+            let nodes = (needed as u32).max(biggest).clamp(q.min_nodes, q.max_nodes);
+            match self.submit(name, q, nodes) {
+                Ok((id, batch)) => {
+                    tracing::info!(queue = %name, launcher = id, batch = %batch, nodes, "launcher submitted");
+                    needed -= capacity(q, nodes) as i64;
+                    submitted_any = true;
+                }
+                Err(why) => {
+                    tracing::error!(queue = %name, "cannot submit a launcher: {why}");
+                    notes.push(format!("queue {name}: cannot submit a launcher: {why}"));
+                }
+            }
+        }
+        if !submitted_any && active.is_empty() && self.cfg.queues.values().all(|q| !q.submit) {
+            notes.push(format!(
+                "{} job(s) wait: submit = false on every queue",
+                runnable.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn submit(&self, name: &str, q: &QueueSection, nodes: u32) -> Result<(u64, String)> {
+        let scheduler = self
+            .schedulers
+            .get(name)
+            .ok_or_else(|| EngineError::NoScheduler(name.into()))?;
+        let kind = format!("{:?}", q.scheduler).to_lowercase();
+        let id = self.db()?.add_launcher(name, &kind, nodes)?;
+        let dir = self.cfg.collector.state_dir.join("launchers");
+        let script = self.script(&dir, id, name, q)?;
+        let spec = BatchSpec {
+            name: format!("beamflow-{id}"),
+            nodes,
+            walltime: q.walltime.0,
+            project: q.project.clone(),
+            queue: q.queue.clone(),
+            extra_args: q.extra_args.clone(),
+            log: dir.join(format!("launcher-{id}.log")),
+        };
+        match scheduler.submit(&script, &spec) {
+            Ok(batch) => {
+                self.db()?.set_batch_id(id, &batch)?;
+                Ok((id, batch))
+            }
+            Err(cause) => {
+                let _ = self.db()?.move_launcher(
+                    id,
+                    LauncherState::Finished,
+                    LauncherTrigger::SubmitFailed,
+                    &format!("submit failed: {cause}"),
+                );
+                Err(EngineError::Scheduler {
+                    queue: name.into(),
+                    cause,
+                })
+            }
+        }
+    }
+
+    fn script(&self, dir: &Path, id: u64, queue: &str, q: &QueueSection) -> Result<PathBuf> {
+        let path = dir.join(format!("launcher-{id}.sh"));
+        let cfg = self
+            .cfg
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let quote = beamflow_config::argv::quote;
+        let text = format!(
+            "#!/bin/sh\n# beamflow launcher {id} for queue {}, written by the collector service\nexport BEAMFLOW_WALLTIME_SECS={}\nexec {} launcher --config {} --queue {} --id {id}\n",
+            quote(queue).replace('\n', " "),
+            q.walltime.0.as_secs(),
+            quote(&self.collector),
+            quote(&cfg),
+            quote(queue),
+        );
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, text))
+            .map_err(|cause| EngineError::Script {
+                path: path.clone(),
+                cause,
+            })?;
+        Ok(path)
+    }
+}

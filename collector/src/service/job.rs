@@ -1,0 +1,396 @@
+//! A job's life as data: its states (named as HPC users know them from Balsam), the one
+//! table of legal moves, the one write path that enforces it, and the pure decisions that
+//! pick a move from what happened.
+//!
+//! Everything that changes a job's state goes through [`change`]: a move the table does not
+//! hold is an error (a bug in the caller, caught by the tests), while a job found in another
+//! state than the caller expected is a lost race (`Ok(false)`), not an error: a person's kill
+//! and a launcher's report may meet, and exactly one of them wins.
+
+use super::db::DbError;
+use super::fault::{self, Handling};
+use beamflow_protocol::api::Outcome;
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+/// Where a job is in its life. Every change is an event row with a time and a reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Just recorded.
+    Created,
+    /// Waits for its parents to finish.
+    AwaitingParents,
+    /// Parents done; may be preprocessed and run.
+    Ready,
+    /// Work folder prepared; waits for a launcher.
+    Preprocessed,
+    /// A launcher runs it.
+    Running,
+    /// Exited 0.
+    RunDone,
+    /// Outputs checked.
+    Postprocessed,
+    /// Done for good.
+    JobFinished,
+    /// Exited non-zero or failed its output check.
+    RunError,
+    /// Its allocation ended or vanished while it ran.
+    RunTimeout,
+    /// Will run again.
+    RestartReady,
+    /// Out of attempts, or the data is at fault: held for a person.
+    Failed,
+    /// A person stopped it.
+    UserKilled,
+}
+
+/// Every state, in the order of a job's life.
+pub const ALL_STATES: [JobState; 13] = [
+    JobState::Created,
+    JobState::AwaitingParents,
+    JobState::Ready,
+    JobState::Preprocessed,
+    JobState::Running,
+    JobState::RunDone,
+    JobState::Postprocessed,
+    JobState::JobFinished,
+    JobState::RunError,
+    JobState::RunTimeout,
+    JobState::RestartReady,
+    JobState::Failed,
+    JobState::UserKilled,
+];
+
+impl JobState {
+    /// The name stored in the database and shown to people.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Created => "CREATED",
+            JobState::AwaitingParents => "AWAITING_PARENTS",
+            JobState::Ready => "READY",
+            JobState::Preprocessed => "PREPROCESSED",
+            JobState::Running => "RUNNING",
+            JobState::RunDone => "RUN_DONE",
+            JobState::Postprocessed => "POSTPROCESSED",
+            JobState::JobFinished => "JOB_FINISHED",
+            JobState::RunError => "RUN_ERROR",
+            JobState::RunTimeout => "RUN_TIMEOUT",
+            JobState::RestartReady => "RESTART_READY",
+            JobState::Failed => "FAILED",
+            JobState::UserKilled => "USER_KILLED",
+        }
+    }
+
+    /// The state a stored name stands for.
+    pub fn parse(s: &str) -> Option<JobState> {
+        ALL_STATES.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether a launcher may be handed the job.
+    pub fn runnable(self) -> bool {
+        matches!(self, JobState::Preprocessed | JobState::RestartReady)
+    }
+}
+
+/// What made a job move: the rows of [`MOVES`] name one each, and so does every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// The stack version was registered.
+    Submitted,
+    /// Its last parent finished.
+    ParentsFinished,
+    /// Its work folder was prepared and its command filled.
+    Prepared,
+    /// Its work folder could not be prepared (the data is at fault).
+    PrepareFailed,
+    /// A launcher took it.
+    Acquired,
+    /// Its launcher reported how it ended.
+    Reported,
+    /// Its launcher ended or fell silent while it ran.
+    LauncherEnded,
+    /// Its outputs were checked after a zero exit.
+    Checked,
+    /// The service's retry policy decided (attempts left, a timeout, or none left).
+    Policy,
+    /// The fault table says a rerun cannot help.
+    Hold,
+    /// A person asked for a retry.
+    PersonRetry,
+    /// A person killed it.
+    PersonKill,
+}
+
+use JobState as S;
+use Trigger as T;
+
+/// Every legal move: (from, to, trigger). The one table of a job's life; [`change`] refuses
+/// anything else.
+pub const MOVES: &[(JobState, JobState, Trigger)] = &[
+    (S::Created, S::Ready, T::Submitted),
+    (S::Created, S::AwaitingParents, T::Submitted),
+    (S::AwaitingParents, S::Ready, T::ParentsFinished),
+    (S::Ready, S::Preprocessed, T::Prepared),
+    (S::Ready, S::Failed, T::PrepareFailed),
+    (S::Preprocessed, S::Running, T::Acquired),
+    (S::RestartReady, S::Running, T::Acquired),
+    (S::Running, S::RunDone, T::Reported),
+    (S::Running, S::RunError, T::Reported),
+    (S::Running, S::RunTimeout, T::Reported),
+    (S::Running, S::RunTimeout, T::LauncherEnded),
+    (S::RunDone, S::Postprocessed, T::Checked),
+    (S::RunDone, S::RunError, T::Checked),
+    (S::Postprocessed, S::JobFinished, T::Checked),
+    (S::RunError, S::RestartReady, T::Policy),
+    (S::RunError, S::Failed, T::Policy),
+    (S::RunError, S::Failed, T::Hold),
+    (S::RunTimeout, S::RestartReady, T::Policy),
+    (S::Failed, S::RestartReady, T::PersonRetry),
+    (S::UserKilled, S::RestartReady, T::PersonRetry),
+    (S::RunError, S::RestartReady, T::PersonRetry),
+    (S::RunTimeout, S::RestartReady, T::PersonRetry),
+    (S::Created, S::UserKilled, T::PersonKill),
+    (S::AwaitingParents, S::UserKilled, T::PersonKill),
+    (S::Ready, S::UserKilled, T::PersonKill),
+    (S::Preprocessed, S::UserKilled, T::PersonKill),
+    (S::Running, S::UserKilled, T::PersonKill),
+    (S::RunDone, S::UserKilled, T::PersonKill),
+    (S::RunError, S::UserKilled, T::PersonKill),
+    (S::RunTimeout, S::UserKilled, T::PersonKill),
+    (S::RestartReady, S::UserKilled, T::PersonKill),
+    (S::Failed, S::UserKilled, T::PersonKill),
+];
+
+/// Whether the table holds the move.
+pub fn legal(from: JobState, to: JobState, trigger: Trigger) -> bool {
+    MOVES.contains(&(from, to, trigger))
+}
+
+/// The states `trigger` may move a job from to reach `to`: what a caller expects to find.
+pub fn sources(to: JobState, trigger: Trigger) -> Vec<JobState> {
+    MOVES
+        .iter()
+        .filter(|(_, t, g)| *t == to && *g == trigger)
+        .map(|(f, _, _)| *f)
+        .collect()
+}
+
+/// One move a decision asks for, with the reason people will read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    /// Where to.
+    pub to: JobState,
+    /// Why, as data.
+    pub trigger: Trigger,
+    /// Why, for people.
+    pub reason: String,
+}
+
+fn mv(to: JobState, trigger: Trigger, reason: impl Into<String>) -> Move {
+    Move {
+        to,
+        trigger,
+        reason: reason.into(),
+    }
+}
+
+/// The one write path: moves job `id` to `to` by `trigger`, with an event at `at`, if it
+/// is in a state the table lets `trigger` move from. `Err(Illegal)` when the table holds no
+/// such move at all; `Ok(false)` when the job is elsewhere (someone else moved it first).
+pub(crate) fn change(
+    tx: &Transaction<'_>,
+    id: u64,
+    to: JobState,
+    trigger: Trigger,
+    reason: &str,
+    at: &str,
+) -> Result<bool, DbError> {
+    let from = sources(to, trigger);
+    if from.is_empty() {
+        return Err(DbError::Illegal {
+            job: id,
+            to,
+            trigger,
+        });
+    }
+    let cur: Option<String> = tx
+        .query_row("SELECT state FROM jobs WHERE id = ?1", [id as i64], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let Some(cur) = cur.as_deref().and_then(JobState::parse) else {
+        return Ok(false);
+    };
+    if !legal(cur, to, trigger) {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1",
+        params![id as i64, to.as_str(), reason],
+    )?;
+    tx.execute(
+        "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id as i64, at, cur.as_str(), to.as_str(), reason],
+    )?;
+    Ok(true)
+}
+
+/// Applies the moves of one decision in order, all or none: false (nothing applied) as soon
+/// as one of them finds the job elsewhere.
+pub(crate) fn apply(
+    tx: &Transaction<'_>,
+    id: u64,
+    moves: &[Move],
+    at: &str,
+) -> Result<bool, DbError> {
+    tx.execute_batch("SAVEPOINT moves")?;
+    for m in moves {
+        if !change(tx, id, m.to, m.trigger, &m.reason, at)? {
+            tx.execute_batch("ROLLBACK TO moves; RELEASE moves")?;
+            return Ok(false);
+        }
+    }
+    tx.execute_batch("RELEASE moves")?;
+    Ok(true)
+}
+
+/// What a launcher's report leads to. A non-zero exit the fault table blames on the data
+/// (a blank section, a bad parameter) is held at once; a run fault goes on to the retry
+/// policy ([`after_error`]); a command that cannot start is held.
+pub fn on_report(
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    message: &str,
+    argv: &[String],
+) -> Vec<Move> {
+    let code = exit_code
+        .map(|c| format!("exit {c}"))
+        .unwrap_or_else(|| "no exit code".into());
+    match outcome {
+        Outcome::Done => vec![mv(S::RunDone, T::Reported, code)],
+        Outcome::Timeout => vec![mv(S::RunTimeout, T::Reported, message)],
+        Outcome::Error => {
+            let why = format!("{code}: {message}");
+            let fault = fault::classify(argv, exit_code, message);
+            let mut moves = vec![mv(S::RunError, T::Reported, why.clone())];
+            if fault.handling() == Handling::Hold {
+                moves.push(mv(
+                    S::Failed,
+                    T::Hold,
+                    format!("held for a person, not retried ({}): {why}", fault.what()),
+                ));
+            }
+            moves
+        }
+        Outcome::Missing => vec![
+            mv(S::RunError, T::Reported, message),
+            mv(S::Failed, T::Hold, format!("not retried: {message}")),
+        ],
+    }
+}
+
+/// What the output check of a zero exit leads to: finished, or held (the data, not the
+/// run, is at fault: AlignTK exits 0 on a blank section).
+pub fn after_check(result: &Result<(), String>) -> Vec<Move> {
+    match result {
+        Ok(()) => vec![
+            mv(S::Postprocessed, T::Checked, "outputs checked"),
+            mv(S::JobFinished, T::Checked, "done"),
+        ],
+        Err(why) => vec![
+            mv(S::RunError, T::Checked, why.clone()),
+            mv(
+                S::Failed,
+                T::Hold,
+                format!(
+                    "held for a person, not retried (the data, not the run, is at fault): {why}"
+                ),
+            ),
+        ],
+    }
+}
+
+/// What a run error with attempts left, or none, leads to.
+pub fn after_error(attempts: u32, max: u32, last: &str) -> Move {
+    if attempts < max {
+        mv(
+            S::RestartReady,
+            T::Policy,
+            format!("attempt {attempts} of {max} failed; retrying"),
+        )
+    } else {
+        mv(
+            S::Failed,
+            T::Policy,
+            format!("out of attempts ({max}); last: {last}"),
+        )
+    }
+}
+
+/// A run that timed out runs again: its allocation, not the job, ran out.
+pub fn after_timeout() -> Move {
+    mv(S::RestartReady, T::Policy, "timed out; will run again")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_round_trips_through_its_name() {
+        for s in ALL_STATES {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobState::parse("LOST"), None);
+    }
+
+    #[test]
+    fn the_table_reaches_every_state_and_leaves_no_end_state() {
+        for s in ALL_STATES.into_iter().filter(|s| *s != S::Created) {
+            assert!(
+                MOVES.iter().any(|(_, to, _)| *to == s),
+                "{s:?} is never reached"
+            );
+        }
+        // JOB_FINISHED is the one state nothing leaves
+        for s in ALL_STATES {
+            let leaves = MOVES.iter().any(|(f, _, _)| *f == s);
+            assert_eq!(leaves, s != S::JobFinished, "{s:?}");
+        }
+        // a launcher is only ever handed a job that waits for one
+        for (f, to, _) in MOVES {
+            if *to == S::Running {
+                assert!(f.runnable(), "{f:?} -> RUNNING");
+            }
+        }
+    }
+
+    #[test]
+    fn reports_decide_by_the_fault_table() {
+        let argv = vec!["find_rst".to_string()];
+        assert_eq!(
+            on_report(Outcome::Done, Some(0), "", &argv)[0].to,
+            S::RunDone
+        );
+        let run_fault = on_report(Outcome::Error, Some(137), "killed by signal 9", &argv);
+        assert_eq!(run_fault.len(), 1, "{run_fault:?}");
+        let missing = on_report(Outcome::Missing, None, "x is not on PATH", &argv);
+        assert_eq!(
+            missing.iter().map(|m| m.to).collect::<Vec<_>>(),
+            [S::RunError, S::Failed]
+        );
+        for plan in [run_fault, missing, after_check(&Err("blank".into()))] {
+            let mut at = S::Running;
+            if plan[0].trigger == T::Checked {
+                at = S::RunDone;
+            }
+            for m in plan {
+                assert!(legal(at, m.to, m.trigger), "{at:?} -> {m:?}");
+                at = m.to;
+            }
+        }
+        assert_eq!(after_error(1, 3, "x").to, S::RestartReady);
+        assert_eq!(after_error(3, 3, "x").to, S::Failed);
+    }
+}

@@ -1,0 +1,427 @@
+//! The database writes of a job's life: each one transaction, each move through the job
+//! table's one write path ([`super::job::change`]), each stamped by the database's clock.
+//!
+//! A change only happens from the states the table allows, so two parties racing (a
+//! launcher's report and the service's timeout, say) cannot both win: the loser's update
+//! finds the job elsewhere and changes nothing.
+
+use super::clock::{epoch, stamp};
+use super::db::{Db, DbError};
+use super::job::{self, JobState, Move, Trigger};
+use beamflow_protocol::api::{
+    AcquireResponse, EventRow, JobReport, LaunchedJob, ReportRequest, StackStatus,
+};
+use rusqlite::{params, OptionalExtension, Transaction};
+use std::collections::BTreeMap;
+
+/// A job the service must act on (prepare, check, retry).
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Job id.
+    pub id: u64,
+    /// Step name.
+    pub name: String,
+    /// Stack id.
+    pub stack_id: u64,
+    /// Stack name.
+    pub stack: String,
+    /// Work folder.
+    pub work_dir: String,
+    /// Folder of the received images.
+    pub stack_dir: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// Whether the work folder is ready.
+    pub prepared: bool,
+    /// Argument vector (placeholders filled once it is PREPROCESSED).
+    pub argv: Vec<String>,
+    /// Summary to check after a zero exit.
+    pub check_summary: Option<String>,
+    /// Runs so far.
+    pub attempts: u32,
+    /// Why it is in its state (the last run's error, for a retry decision).
+    pub reason: String,
+}
+
+impl Db {
+    /// Jobs in `state` with what the service needs to act on them.
+    pub fn pending(&self, state: JobState) -> Result<Vec<Pending>, DbError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT j.id, j.name, s.id, s.name, j.work_dir, s.dir, s.workflow, s.prepared, j.command, j.check_summary, j.attempts, j.reason
+             FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.state = ?1 ORDER BY j.id",
+        )?;
+        let rows = st
+            .query_map([state.as_str()], |r| {
+                Ok(Pending {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    stack_id: r.get::<_, i64>(2)? as u64,
+                    stack: r.get(3)?,
+                    work_dir: r.get(4)?,
+                    stack_dir: r.get(5)?,
+                    workflow: r.get(6)?,
+                    prepared: r.get::<_, i64>(7)? != 0,
+                    argv: super::dag::decode(&r.get::<_, String>(8)?),
+                    check_summary: r.get(9)?,
+                    attempts: r.get(10)?,
+                    reason: r.get(11)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Applies one decision's moves to a job, all or none, in one transaction; false if the
+    /// job was found elsewhere (someone else moved it first).
+    pub fn apply(&mut self, id: u64, moves: &[Move]) -> Result<bool, DbError> {
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let ok = job::apply(&tx, id, moves, &at)?;
+        tx.commit()?;
+        Ok(ok)
+    }
+
+    /// Applies many decisions in one transaction (one disk sync for all of them); returns
+    /// how many were applied.
+    pub fn apply_all(&mut self, decisions: &[(u64, Vec<Move>)]) -> Result<usize, DbError> {
+        if decisions.is_empty() {
+            return Ok(0);
+        }
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let mut n = 0;
+        for (id, moves) in decisions {
+            n += job::apply(&tx, *id, moves, &at)? as usize;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// AWAITING_PARENTS → READY for jobs whose parents all finished.
+    pub fn promote_ready(&mut self) -> Result<usize, DbError> {
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let ids: Vec<i64> = {
+            let mut st = tx.prepare(
+                "SELECT j.id FROM jobs j WHERE j.state = 'AWAITING_PARENTS' AND NOT EXISTS (
+                   SELECT 1 FROM job_parents p JOIN jobs q ON q.id = p.parent_id
+                   WHERE p.job_id = j.id AND q.state != 'JOB_FINISHED')",
+            )?;
+            let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            v
+        };
+        for id in &ids {
+            job::change(
+                &tx,
+                *id as u64,
+                JobState::Ready,
+                Trigger::ParentsFinished,
+                "parents finished",
+                &at,
+            )?;
+        }
+        tx.commit()?;
+        Ok(ids.len())
+    }
+
+    /// The work folder of a stack is ready.
+    pub fn mark_prepared(&mut self, stack_id: u64) -> Result<(), DbError> {
+        self.conn.execute(
+            "UPDATE stacks SET prepared = 1 WHERE id = ?1",
+            [stack_id as i64],
+        )?;
+        Ok(())
+    }
+
+    /// READY → PREPROCESSED with each job's final argument vector, all in one transaction.
+    pub fn preprocessed(&mut self, jobs: &[(u64, Vec<String>)]) -> Result<usize, DbError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let mut n = 0;
+        for (id, argv) in jobs {
+            tx.execute(
+                "UPDATE jobs SET command = ?2 WHERE id = ?1 AND state = 'READY'",
+                params![*id as i64, super::dag::encode(argv)],
+            )?;
+            n += job::change(
+                &tx,
+                *id,
+                JobState::Preprocessed,
+                Trigger::Prepared,
+                "work folder prepared",
+                &at,
+            )? as usize;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Nodes wanted by every runnable job, in order.
+    pub fn runnable_nodes(&self) -> Result<Vec<u32>, DbError> {
+        let mut st = self.conn.prepare(
+            "SELECT nodes FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY') ORDER BY id",
+        )?;
+        let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Heartbeat, endings and work in one transaction: records `reports` (each applied only
+    /// if the job is still this launcher's), then hands runnable jobs that fit the
+    /// launcher's free nodes to it, so no job goes to two launchers. Free nodes are counted
+    /// here, from the slots the launcher announced and the jobs it runs, so two requests of
+    /// one launcher in flight at once never over-fill it.
+    pub fn acquire(
+        &mut self,
+        launcher: u64,
+        free_nodes: u32,
+        max_jobs: u32,
+        running: &[u64],
+        reports: &[JobReport],
+    ) -> Result<AcquireResponse, DbError> {
+        let now = self.now();
+        let at = stamp(now);
+        let tx = self.tx()?;
+        let row: Option<(String, i64, f64)> = tx
+            .query_row(
+                "SELECT state, slots, COALESCE(heartbeat_at, 0) FROM launchers WHERE id = ?1",
+                [launcher as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let mut applied = Vec::with_capacity(reports.len());
+        for r in reports {
+            applied.push(report_in(&tx, r.job, &r.report, &at)?);
+        }
+        let Some((state, slots, heartbeat_at)) = row.filter(|(s, _, _)| s == "RUNNING") else {
+            tx.commit()?;
+            return Ok(AcquireResponse {
+                stop: true,
+                kill: running.to_vec(),
+                applied,
+                ..Default::default()
+            });
+        };
+        debug_assert_eq!(state, "RUNNING");
+        let mut kill = Vec::new();
+        {
+            let mut mine = tx.prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'RUNNING' AND launcher_id = ?2",
+            )?;
+            for j in running {
+                if mine
+                    .query_row(params![*j as i64, launcher as i64], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .is_none()
+                {
+                    kill.push(*j);
+                }
+            }
+        }
+        let mut free = if slots > 0 {
+            let used: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(nodes), 0) FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'",
+                [launcher as i64],
+                |r| r.get(0),
+            )?;
+            (slots - used).max(0) as u32
+        } else {
+            free_nodes
+        };
+        let mut jobs = Vec::new();
+        if free > 0 && max_jobs > 0 {
+            let candidates: Vec<(i64, u32)> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT id, nodes FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY') ORDER BY id LIMIT 1000",
+                )?;
+                let v = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                v
+            };
+            let why = format!("started by launcher {launcher}");
+            for (id, nodes) in candidates {
+                if jobs.len() as u32 >= max_jobs || free == 0 {
+                    break;
+                }
+                if nodes > free {
+                    continue;
+                }
+                if !job::change(
+                    &tx,
+                    id as u64,
+                    JobState::Running,
+                    Trigger::Acquired,
+                    &why,
+                    &at,
+                )? {
+                    continue;
+                }
+                tx.execute(
+                    "UPDATE jobs SET launcher_id = ?2, attempts = attempts + 1 WHERE id = ?1",
+                    params![id, launcher as i64],
+                )?;
+                free -= nodes;
+                let mut st = tx.prepare_cached(
+                    "SELECT j.id, j.name, s.name, j.command, j.work_dir, j.nodes, j.ranks_per_node, j.threads_per_rank,
+                            j.cpu_affinity, j.env, j.attempts FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1",
+                )?;
+                jobs.push(st.query_row([id], |r| {
+                    let env: String = r.get(9)?;
+                    Ok(LaunchedJob {
+                        id: r.get::<_, i64>(0)? as u64,
+                        name: r.get(1)?,
+                        stack: r.get(2)?,
+                        argv: super::dag::decode(&r.get::<_, String>(3)?),
+                        work_dir: r.get(4)?,
+                        nodes: r.get(5)?,
+                        ranks_per_node: r.get(6)?,
+                        threads_per_rank: r.get(7)?,
+                        cpu_affinity: r.get(8)?,
+                        env: serde_json::from_str(&env).unwrap_or_default(),
+                        attempt: r.get(10)?,
+                    })
+                })?);
+            }
+        }
+        // a held request looks again at every ring: only a look that changed something, or
+        // a heartbeat gone stale, is worth a write (and its disk sync)
+        if !jobs.is_empty() || !reports.is_empty() || epoch(now) - heartbeat_at >= 1.0 {
+            tx.execute(
+                "UPDATE launchers SET heartbeat_at = ?2 WHERE id = ?1",
+                params![launcher as i64, epoch(now)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(AcquireResponse {
+            jobs,
+            kill,
+            stop: false,
+            applied,
+        })
+    }
+
+    /// A launcher's account of how one run ended. Reports for jobs it no longer owns are
+    /// ignored (the job was killed, or timed out when the launcher was thought lost).
+    pub fn report(&mut self, job: u64, r: &ReportRequest) -> Result<bool, DbError> {
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let ok = report_in(&tx, job, r, &at)?;
+        tx.commit()?;
+        Ok(ok)
+    }
+
+    /// Puts a failed, killed or erroring job back in line with fresh attempts.
+    pub fn retry(&mut self, job: u64) -> Result<bool, DbError> {
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let ok = job::change(
+            &tx,
+            job,
+            JobState::RestartReady,
+            Trigger::PersonRetry,
+            "retry requested by a person",
+            &at,
+        )?;
+        if ok {
+            tx.execute("UPDATE jobs SET attempts = 0 WHERE id = ?1", [job as i64])?;
+        }
+        tx.commit()?;
+        Ok(ok)
+    }
+
+    /// Stops a job for good; a running one is ended by its launcher at its next exchange.
+    pub fn kill(&mut self, job: u64) -> Result<bool, DbError> {
+        self.apply(
+            job,
+            &[Move {
+                to: JobState::UserKilled,
+                trigger: Trigger::PersonKill,
+                reason: "killed by a person".into(),
+            }],
+        )
+    }
+
+    /// A job's events, oldest first.
+    pub fn events(&self, job: u64) -> Result<Vec<EventRow>, DbError> {
+        let mut st = self.conn.prepare(
+            "SELECT at, from_state, to_state, reason FROM events WHERE job_id = ?1 ORDER BY id",
+        )?;
+        let v = st
+            .query_map([job as i64], |r| {
+                Ok(EventRow {
+                    at: r.get(0)?,
+                    from: r.get(1)?,
+                    to: r.get(2)?,
+                    reason: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Jobs per state for every stack version.
+    pub fn stack_status(&self) -> Result<Vec<StackStatus>, DbError> {
+        let mut st = self.conn.prepare(
+            "SELECT s.name, s.version, s.workflow, j.state, COUNT(*), s.beamline, s.id FROM stacks s JOIN jobs j ON j.stack_id = s.id
+             GROUP BY s.id, j.state ORDER BY s.id",
+        )?;
+        let mut out: Vec<StackStatus> = Vec::new();
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut last_id = None;
+        for row in rows {
+            let (stack, version, workflow, state, n, beamline, id) = row?;
+            match out.last_mut() {
+                Some(s) if last_id == Some(id) => {
+                    s.counts.insert(state, n);
+                }
+                _ => out.push(StackStatus {
+                    beamline,
+                    stack,
+                    version,
+                    workflow,
+                    counts: BTreeMap::from([(state, n)]),
+                }),
+            }
+            last_id = Some(id);
+        }
+        Ok(out)
+    }
+}
+
+/// One report inside a transaction: the moves [`job::on_report`] decides, if the job is
+/// still RUNNING for the reporting launcher.
+fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Result<bool, DbError> {
+    let owner: Option<(Option<i64>, String)> = tx
+        .query_row(
+            "SELECT launcher_id, command FROM jobs WHERE id = ?1 AND state = 'RUNNING'",
+            [job as i64],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some((Some(owner), argv)) = owner else {
+        return Ok(false);
+    };
+    if owner != r.launcher as i64 {
+        return Ok(false);
+    }
+    let moves = job::on_report(
+        r.outcome,
+        r.exit_code,
+        &r.message,
+        &super::dag::decode(&argv),
+    );
+    job::apply(tx, job, &moves, at)
+}

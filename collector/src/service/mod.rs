@@ -1,0 +1,179 @@
+//! `beamflow-collector service`: the long-running daemon that owns the database, serves the
+//! HTTP API that `serve`, the CLI and launchers use, and runs the engine that moves jobs.
+//!
+//! Its parts: [`api`] (the HTTP routes), [`db`] and [`lifecycle`] (the database and its
+//! writes), [`job`] and [`launchers`] (the two lifecycles as data), [`engine`] (reacting to
+//! [`wake`]'s bells), [`dag`], [`prepare`], [`names`], [`to8bit`], [`image`], [`check`],
+//! [`fault`] and [`qa`] (what a stack's jobs are, their work folder and their checks).
+
+pub mod api;
+pub mod check;
+pub mod clock;
+pub mod dag;
+pub mod db;
+pub mod engine;
+pub mod fault;
+pub mod image;
+pub mod job;
+pub mod launchers;
+pub mod lifecycle;
+pub mod names;
+pub mod prepare;
+pub mod qa;
+pub mod to8bit;
+pub mod wake;
+
+use crate::api::{ServerInfo, SERVER_INFO};
+use beamflow_config::Config;
+use db::{Db, DbError};
+use engine::Engine;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use wake::Wake;
+
+/// Why the service could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A folder or file of the state dir could not be made.
+    #[error("failed to prepare {path}: {cause}")]
+    State {
+        /// Which.
+        path: PathBuf,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// Another service holds the lock.
+    #[error("another collector service already owns {path}; stop it first (see its pid in server-info), or give this one its own state_dir")]
+    AlreadyRunning {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The database could not be opened.
+    #[error("failed to open the database {path}: {cause}")]
+    Db {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: DbError,
+    },
+    /// The listen address could not be bound.
+    #[error("failed to listen on {addr}: {cause}; pick another [service] listen address")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("the API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+fn random_token() -> std::io::Result<String> {
+    let mut buf = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
+    Ok(hex::encode(buf))
+}
+
+/// Writes `server-info` atomically with mode 0600: the token in it is the API's only key.
+fn write_server_info(dir: &Path, info: &ServerInfo) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!(".{SERVER_INFO}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(
+        serde_json::to_string_pretty(info)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SERVER_INFO))
+}
+
+/// Runs the service until `shutdown` completes. The database, the lock and `server-info`
+/// live in `[collector] state_dir`.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let state_dir = cfg.collector.state_dir.clone();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ServiceError::State {
+            path,
+            cause: source,
+        }
+    };
+    std::fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;
+    let lock_path = state_dir.join("service.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(ServiceError::AlreadyRunning { path: lock_path });
+    }
+    let db_path = state_dir.join("collector.db");
+    let db =
+        Db::open(&db_path, &cfg.collector.legacy_beamline).map_err(|source| ServiceError::Db {
+            path: db_path.clone(),
+            cause: source,
+        })?;
+    let token = random_token().map_err(io(Path::new("/dev/urandom")))?;
+    let listener = tokio::net::TcpListener::bind(cfg.service.listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: cfg.service.listen,
+            cause: source,
+        })?;
+    let addr = listener.local_addr().map_err(ServiceError::Serve)?;
+    let info = ServerInfo {
+        url: format!("http://{addr}"),
+        token: token.clone(),
+        pid: std::process::id(),
+    };
+    write_server_info(&state_dir, &info).map_err(io(&state_dir.join(SERVER_INFO)))?;
+    tracing::info!(url = %info.url, db = %db_path.display(), "collector service listening");
+
+    let db = Arc::new(Mutex::new(db));
+    if let Ok(mut d) = db.lock() {
+        // launchers that kept running while the service was down get a full heartbeat period
+        let _ = d.refresh_heartbeats();
+    }
+    let cfg = Arc::new(cfg);
+    let wake = Arc::new(Wake::default());
+    let engine = Arc::new(Engine::new(cfg.clone(), db.clone(), wake.clone()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || engine.run(&stop))
+            .map_err(ServiceError::Serve)?
+    };
+    let app = api::router(api::AppState {
+        db,
+        token: Arc::new(token),
+        cfg,
+        engine,
+        wake: wake.clone(),
+    });
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    wake.engine();
+    let _ = worker.join();
+    let _ = std::fs::remove_file(state_dir.join(SERVER_INFO));
+    drop(lock);
+    tracing::info!("collector service stopped");
+    result.map_err(ServiceError::Serve)
+}
