@@ -80,6 +80,8 @@ struct Running {
 
 struct Launcher {
     id: u64,
+    /// Programs already found on PATH.
+    found: std::collections::HashSet<String>,
     template: Vec<String>,
     free: Vec<String>,
     running: HashMap<u64, Running>,
@@ -147,10 +149,14 @@ impl Launcher {
         let nodes: Vec<String> = self.free.drain(..n.min(self.free.len())).collect();
         let work = PathBuf::from(&job.work_dir);
         let program = job.argv.first().cloned().unwrap_or_default();
-        if let Some(why) = missing_program(&program) {
-            self.free.extend(nodes);
-            self.report(job.id, Outcome::Missing, None, why);
-            return;
+        if !self.found.contains(&program) {
+            if let Some(why) = missing_program(&program) {
+                self.free.extend(nodes);
+                self.report(job.id, Outcome::Missing, None, why);
+                return;
+            }
+            // found once, found for good: a PATH search per job costs more than `true`
+            self.found.insert(program);
         }
         let hostfile = work.join(format!(".beamflow-hosts-{}", job.id));
         if self.template.iter().any(|w| w.contains("{hostfile}")) {
@@ -193,18 +199,10 @@ impl Launcher {
         cmd.envs(&job.env)
             .env("OMP_NUM_THREADS", job.threads_per_rank.to_string())
             .env("BEAMFLOW_JOB_ID", job.id.to_string());
+        // no pre_exec hook: without one the standard library starts the job with
+        // posix_spawn (no copy of this process's page tables per job); the core limit is
+        // this process's own, set at start, which every job inherits
         cmd.process_group(0);
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec
-        unsafe {
-            cmd.pre_exec(|| {
-                let zero = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                libc::setrlimit(libc::RLIMIT_CORE, &zero);
-                Ok(())
-            });
-        }
         match cmd.spawn() {
             Ok(mut child) => {
                 tracing::info!(job = job.id, stack = %job.stack, step = %job.name, attempt = job.attempt, "started: {}", argv::render(&args));
@@ -359,6 +357,22 @@ impl Launcher {
                 process::signal_group(r.pgid, libc::SIGKILL);
             }
         }
+    }
+}
+
+/// Core dumps off for this process and so for every job it starts: an aborting AlignTK
+/// would otherwise leave a 24 MB `core` in the work folder for every failed attempt.
+fn no_core_dumps() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads the struct given and touches nothing else
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
+        tracing::warn!(
+            "cannot turn core dumps off: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -523,6 +537,7 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         std::thread::sleep(Duration::from_secs(1));
     }
     tracing::info!(launcher = id, queue, nodes = nodes.len(), walltime = ?walltime, "launcher up");
+    no_core_dumps();
     let slots = nodes.len() as u32;
     let (events, inbox) = channel();
     let (to_reporter, reporter_inbox) = channel();
@@ -542,6 +557,7 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
     }
     let mut l = Launcher {
         id,
+        found: Default::default(),
         template,
         free: nodes,
         running: HashMap::new(),

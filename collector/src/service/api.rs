@@ -283,7 +283,7 @@ fn job_action(st: &AppState, id: u64, retry: bool) -> ApiResult<JobRow> {
     let ok = if retry { db.retry(id) } else { db.kill(id) }.map_err(internal)?;
     if ok {
         // a retried job is runnable (and may need a launcher); a killed one must be ended
-        st.wake.engine();
+        st.engine.reconsider_launchers();
         st.wake.work();
     }
     if !ok {
@@ -352,7 +352,7 @@ async fn launcher_start(
             format!("launcher {id} is unknown or already ended; exit"),
         ));
     }
-    st.wake.engine();
+    st.engine.reconsider_launchers();
     tracing::info!(launcher = id, host = %r.host, nodes = r.nodes.len(), "launcher started");
     Ok(Json(serde_json::json!({ "ok": true })))
 }
@@ -382,9 +382,9 @@ async fn launcher_acquire(
             applied = std::mem::take(&mut resp.applied);
             reports.clear();
             if applied.iter().any(|a| *a) {
+                // the nodes they freed are filled by this very answer: only the engine
+                // has something new to do (check the outputs, ready the children)
                 st.wake.engine();
-                // the nodes they freed may be another request's to fill
-                st.wake.work();
             }
         }
         if !resp.jobs.is_empty()
@@ -436,7 +436,7 @@ async fn launcher_end(
         &format!("exited: {reason}"),
     )
     .map_err(internal)?;
-    st.wake.engine();
+    st.engine.reconsider_launchers();
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 

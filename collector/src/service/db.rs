@@ -24,25 +24,18 @@ pub enum DbError {
     /// The database file itself could not be created or restricted.
     #[error("cannot create {0} readable by its owner only: {1}; check the state folder's owner and permissions")]
     File(String, std::io::Error),
-    /// A move the job table does not hold was asked for: a bug, never applied.
-    #[error("job {job}: no legal move to {} by {trigger:?}; this is a bug in beamflow, please report it", to.as_str())]
-    Illegal {
-        /// The job.
-        job: u64,
-        /// Where it was asked to go.
-        to: super::job::JobState,
-        /// By what.
-        trigger: super::job::Trigger,
-    },
-    /// A launcher move its table does not hold was asked for.
-    #[error("launcher {launcher}: no legal move to {to:?} by {trigger:?}; this is a bug in beamflow, please report it")]
+    /// A job's move failed or was not in its table.
+    #[error(transparent)]
+    Move(#[from] super::job::MoveError),
+    /// A launcher move its table does not hold was asked for: a bug, never applied.
+    #[error("launcher {launcher}: no legal move to {to} by {trigger}; this is a bug in beamflow, please report it")]
     IllegalLauncher {
         /// The launcher.
         launcher: u64,
         /// Where it was asked to go.
-        to: super::launchers::LauncherState,
+        to: &'static str,
         /// By what.
-        trigger: super::launchers::LauncherTrigger,
+        trigger: String,
     },
     /// The same stack version was submitted before with other files.
     #[error("stack {stack} version {version} was already submitted with different files; a changed stack must come as a new version")]

@@ -66,8 +66,20 @@ pub(crate) fn collector_exe() -> String {
         .unwrap_or_else(|_| "beamflow-collector".into())
 }
 
+/// What one reaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reaction {
+    /// Moves made.
+    pub moved: usize,
+    /// Jobs made runnable.
+    pub runnable: usize,
+}
+
 /// The service's background work.
 pub struct Engine {
+    launchers_changed: AtomicBool,
+    /// (workflow, step) → where the step is in its workflow: a wide workflow has thousands.
+    steps: HashMap<(String, String), (String, usize)>,
     cfg: Arc<Config>,
     db: Arc<Mutex<Db>>,
     schedulers: HashMap<String, Box<dyn Scheduler>>,
@@ -101,7 +113,19 @@ impl Engine {
         schedulers: HashMap<String, Box<dyn Scheduler>>,
         clock: Arc<dyn Clock>,
     ) -> Engine {
+        let steps = cfg
+            .workflows
+            .iter()
+            .flat_map(|(w, wf)| {
+                wf.steps
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, s)| ((w.clone(), s.name.clone()), (w.clone(), i)))
+            })
+            .collect();
         Engine {
+            launchers_changed: AtomicBool::new(true),
+            steps,
             cfg,
             db,
             schedulers,
@@ -135,34 +159,61 @@ impl Engine {
 
     /// One round: the DAG's reactions, the launchers' judgement when `watch`, the queue
     /// policy. Errors of one part are logged and do not stop the others.
+    ///
+    /// The policy runs when work may want a launcher: jobs became runnable, a launcher came
+    /// or went (the launchers' routes and the watch ring the bell), or on the timer. Endings,
+    /// the bulk of the rings, make nothing runnable and cost no policy pass.
     pub fn round(&self, watch: bool) {
-        let mut notes = Vec::new();
-        let mut errors = vec![("advancing the DAG", self.react().map(|_| ()))];
-        if watch {
-            errors.push(("watching launchers", self.watch_launchers()));
+        let mut errors = Vec::new();
+        let mut policy = watch || self.launchers_changed.swap(false, Ordering::SeqCst);
+        match self.react() {
+            Ok(r) => policy |= r.runnable > 0,
+            Err(e) => errors.push(("advancing the DAG", e)),
         }
-        errors.push(("applying the queue policy", self.policy(&mut notes)));
-        for (what, r) in errors {
-            if let Err(e) = r {
-                tracing::error!("{what}: {e}");
-                notes.push(format!("error while {what}: {e}"));
+        if watch {
+            if let Err(e) = self.watch_launchers() {
+                errors.push(("watching launchers", e));
             }
+        }
+        let mut notes = Vec::new();
+        if policy {
+            if let Err(e) = self.policy(&mut notes) {
+                errors.push(("applying the queue policy", e));
+            }
+        } else if let Ok(n) = self.notes.lock() {
+            notes = n
+                .iter()
+                .filter(|n| !n.starts_with("error while"))
+                .cloned()
+                .collect();
+        }
+        for (what, e) in errors {
+            tracing::error!("{what}: {e}");
+            notes.push(format!("error while {what}: {e}"));
         }
         if let Ok(mut n) = self.notes.lock() {
             *n = notes;
         }
     }
 
-    /// Applies every reaction the database calls for until none is left; returns how many
-    /// moves were made. Whatever became runnable answers the launchers at once.
-    pub fn react(&self) -> Result<usize> {
-        let mut total = 0;
+    /// Tells the engine that a launcher started or ended, so that its next round weighs the
+    /// queue policy again.
+    pub fn reconsider_launchers(&self) {
+        self.launchers_changed.store(true, Ordering::SeqCst);
+        self.wake.engine();
+    }
+
+    /// Applies every reaction the database calls for until none is left. Whatever became
+    /// runnable answers the launchers at once.
+    pub fn react(&self) -> Result<Reaction> {
+        let mut total = Reaction::default();
         loop {
             let (moved, runnable) = self.react_once()?;
             if runnable > 0 {
                 self.wake.work();
             }
-            total += moved;
+            total.moved += moved;
+            total.runnable += runnable;
             if moved == 0 {
                 return Ok(total);
             }
@@ -258,10 +309,9 @@ impl Engine {
     fn check(&self, j: &Pending) -> std::result::Result<(), String> {
         let work = Path::new(&j.work_dir);
         let step = self
-            .cfg
-            .workflows
-            .get(&j.workflow)
-            .and_then(|w| w.steps.iter().find(|s| s.name == j.name));
+            .steps
+            .get(&(j.workflow.clone(), j.name.clone()))
+            .and_then(|(w, i)| self.cfg.workflows.get(w).map(|w| &w.steps[*i]));
         match &j.check_summary {
             Some(rel) => super::check::summary(work, rel),
             None => Ok(()),
@@ -355,7 +405,7 @@ impl Engine {
         }
         if ended {
             // its timed-out jobs are retried now, and its held request learns that it ended
-            self.wake.engine();
+            self.reconsider_launchers();
             self.wake.work();
         }
         Ok(())
@@ -364,11 +414,11 @@ impl Engine {
     /// Submits launchers while runnable jobs want more nodes than the live launchers have
     /// idle, within each queue's limits.
     pub fn policy(&self, notes: &mut Vec<String>) -> Result<()> {
-        let runnable = self.db()?.runnable_nodes()?;
-        if runnable.is_empty() {
+        let runnable = self.db()?.runnable()?;
+        if runnable.jobs == 0 {
             return Ok(());
         }
-        let wanted: u32 = runnable.iter().sum();
+        let wanted = runnable.nodes;
         let active = self
             .db()?
             .launchers(&[LauncherState::Queued, LauncherState::Running], None)?;
@@ -396,7 +446,7 @@ impl Engine {
             if !q.submit {
                 notes.push(format!(
                     "queue {name}: submit = false; set it to true to run the {} waiting job(s)",
-                    runnable.len()
+                    runnable.jobs
                 ));
                 continue;
             }
@@ -408,7 +458,7 @@ impl Engine {
                 ));
                 continue;
             }
-            let biggest = runnable.iter().copied().max().unwrap_or(1);
+            let biggest = runnable.biggest.max(1);
             let nodes = (needed as u32).max(biggest).clamp(q.min_nodes, q.max_nodes);
             match self.submit(name, q, nodes) {
                 Ok((id, batch)) => {
@@ -425,7 +475,7 @@ impl Engine {
         if !submitted_any && active.is_empty() && self.cfg.queues.values().all(|q| !q.submit) {
             notes.push(format!(
                 "{} job(s) wait: submit = false on every queue",
-                runnable.len()
+                runnable.jobs
             ));
         }
         Ok(())

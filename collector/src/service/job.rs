@@ -7,7 +7,6 @@
 //! state than the caller expected is a lost race (`Ok(false)`), not an error: a person's kill
 //! and a launcher's report may meet, and exactly one of them wins.
 
-use super::db::DbError;
 use super::fault::{self, Handling};
 use beamflow_protocol::api::Outcome;
 use rusqlite::{params, OptionalExtension, Transaction};
@@ -122,6 +121,24 @@ pub enum Trigger {
     PersonKill,
 }
 
+/// Why a move was not made: the database failed, or the table holds no such move.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// SQLite said no.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A move the table does not hold was asked for: a bug, never applied.
+    #[error("job {job}: no legal move to {} by {trigger:?}; this is a bug in beamflow, please report it", to.as_str())]
+    Illegal {
+        /// The job.
+        job: u64,
+        /// Where it was asked to go.
+        to: JobState,
+        /// By what.
+        trigger: Trigger,
+    },
+}
+
 use JobState as S;
 use Trigger as T;
 
@@ -205,19 +222,18 @@ pub(crate) fn change(
     trigger: Trigger,
     reason: &str,
     at: &str,
-) -> Result<bool, DbError> {
+) -> Result<bool, MoveError> {
     let from = sources(to, trigger);
     if from.is_empty() {
-        return Err(DbError::Illegal {
+        return Err(MoveError::Illegal {
             job: id,
             to,
             trigger,
         });
     }
     let cur: Option<String> = tx
-        .query_row("SELECT state FROM jobs WHERE id = ?1", [id as i64], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+        .query_row([id as i64], |r| r.get(0))
         .optional()?;
     let Some(cur) = cur.as_deref().and_then(JobState::parse) else {
         return Ok(false);
@@ -225,14 +241,12 @@ pub(crate) fn change(
     if !legal(cur, to, trigger) {
         return Ok(false);
     }
-    tx.execute(
-        "UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1",
-        params![id as i64, to.as_str(), reason],
-    )?;
-    tx.execute(
+    tx.prepare_cached("UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1")?
+        .execute(params![id as i64, to.as_str(), reason])?;
+    tx.prepare_cached(
         "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id as i64, at, cur.as_str(), to.as_str(), reason],
-    )?;
+    )?
+    .execute(params![id as i64, at, cur.as_str(), to.as_str(), reason])?;
     Ok(true)
 }
 
@@ -243,15 +257,19 @@ pub(crate) fn apply(
     id: u64,
     moves: &[Move],
     at: &str,
-) -> Result<bool, DbError> {
-    tx.execute_batch("SAVEPOINT moves")?;
+) -> Result<bool, MoveError> {
+    if moves.len() == 1 {
+        // one move is all or none by itself
+        return change(tx, id, moves[0].to, moves[0].trigger, &moves[0].reason, at);
+    }
+    tx.prepare_cached("SAVEPOINT moves")?.execute([])?;
     for m in moves {
         if !change(tx, id, m.to, m.trigger, &m.reason, at)? {
             tx.execute_batch("ROLLBACK TO moves; RELEASE moves")?;
             return Ok(false);
         }
     }
-    tx.execute_batch("RELEASE moves")?;
+    tx.prepare_cached("RELEASE moves")?.execute([])?;
     Ok(true)
 }
 

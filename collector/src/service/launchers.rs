@@ -230,8 +230,8 @@ impl Db {
         if !MOVES.iter().any(|(_, t, g)| *t == to && *g == trigger) {
             return Err(DbError::IllegalLauncher {
                 launcher: id,
-                to,
-                trigger,
+                to: to.as_str(),
+                trigger: format!("{trigger:?}"),
             });
         }
         let now = self.now();

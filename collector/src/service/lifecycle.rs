@@ -14,6 +14,17 @@ use beamflow_protocol::api::{
 use rusqlite::{params, OptionalExtension, Transaction};
 use std::collections::BTreeMap;
 
+/// What the runnable jobs want, for the queue policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Runnable {
+    /// How many.
+    pub jobs: u32,
+    /// Nodes they want together.
+    pub nodes: u32,
+    /// The most nodes one of them wants.
+    pub biggest: u32,
+}
+
 /// A job the service must act on (prepare, check, retry).
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -102,7 +113,7 @@ impl Db {
         let at = stamp(self.now());
         let tx = self.tx()?;
         let ids: Vec<i64> = {
-            let mut st = tx.prepare(
+            let mut st = tx.prepare_cached(
                 "SELECT j.id FROM jobs j WHERE j.state = 'AWAITING_PARENTS' AND NOT EXISTS (
                    SELECT 1 FROM job_parents p JOIN jobs q ON q.id = p.parent_id
                    WHERE p.job_id = j.id AND q.state != 'JOB_FINISHED')",
@@ -142,10 +153,8 @@ impl Db {
         let tx = self.tx()?;
         let mut n = 0;
         for (id, argv) in jobs {
-            tx.execute(
-                "UPDATE jobs SET command = ?2 WHERE id = ?1 AND state = 'READY'",
-                params![*id as i64, super::dag::encode(argv)],
-            )?;
+            tx.prepare_cached("UPDATE jobs SET command = ?2 WHERE id = ?1 AND state = 'READY'")?
+                .execute(params![*id as i64, super::dag::encode(argv)])?;
             n += job::change(
                 &tx,
                 *id,
@@ -159,13 +168,18 @@ impl Db {
         Ok(n)
     }
 
-    /// Nodes wanted by every runnable job, in order.
-    pub fn runnable_nodes(&self) -> Result<Vec<u32>, DbError> {
-        let mut st = self.conn.prepare(
-            "SELECT nodes FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY') ORDER BY id",
+    /// What the runnable jobs want, in sum: (jobs, nodes, the most one job needs).
+    pub fn runnable(&self) -> Result<Runnable, DbError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(nodes), 0), COALESCE(MAX(nodes), 0) FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY')",
         )?;
-        let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        Ok(v)
+        Ok(st.query_row([], |r| {
+            Ok(Runnable {
+                jobs: r.get(0)?,
+                nodes: r.get(1)?,
+                biggest: r.get(2)?,
+            })
+        })?)
     }
 
     /// Heartbeat, endings and work in one transaction: records `reports` (each applied only
@@ -185,11 +199,10 @@ impl Db {
         let at = stamp(now);
         let tx = self.tx()?;
         let row: Option<(String, i64, f64)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT state, slots, COALESCE(heartbeat_at, 0) FROM launchers WHERE id = ?1",
-                [launcher as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            )?
+            .query_row([launcher as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         let mut applied = Vec::with_capacity(reports.len());
         for r in reports {
@@ -221,26 +234,33 @@ impl Db {
             }
         }
         let mut free = if slots > 0 {
-            let used: i64 = tx.query_row(
-                "SELECT COALESCE(SUM(nodes), 0) FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'",
-                [launcher as i64],
-                |r| r.get(0),
-            )?;
+            let used: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(nodes), 0) FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'",
+                )?
+                .query_row([launcher as i64], |r| r.get(0))?;
             (slots - used).max(0) as u32
         } else {
             free_nodes
         };
         let mut jobs = Vec::new();
         if free > 0 && max_jobs > 0 {
-            let candidates: Vec<(i64, u32)> = {
+            // oldest first; each state is read in its index's order (no sort of every
+            // runnable job per request), and no more than a request can take is read
+            let mut candidates: Vec<(i64, u32)> = Vec::new();
+            {
                 let mut st = tx.prepare_cached(
-                    "SELECT id, nodes FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY') ORDER BY id LIMIT 1000",
+                    "SELECT id, nodes FROM jobs WHERE state = ?1 ORDER BY id LIMIT ?2",
                 )?;
-                let v = st
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                v
-            };
+                let limit = (max_jobs.min(free) as i64).max(1) * 4;
+                for state in ["PREPROCESSED", "RESTART_READY"] {
+                    let v: Vec<(i64, u32)> = st
+                        .query_map(params![state, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?;
+                    candidates.extend(v);
+                }
+            }
+            candidates.sort_unstable();
             let why = format!("started by launcher {launcher}");
             for (id, nodes) in candidates {
                 if jobs.len() as u32 >= max_jobs || free == 0 {
@@ -259,10 +279,10 @@ impl Db {
                 )? {
                     continue;
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE jobs SET launcher_id = ?2, attempts = attempts + 1 WHERE id = ?1",
-                    params![id, launcher as i64],
-                )?;
+                )?
+                .execute(params![id, launcher as i64])?;
                 free -= nodes;
                 let mut st = tx.prepare_cached(
                     "SELECT j.id, j.name, s.name, j.command, j.work_dir, j.nodes, j.ranks_per_node, j.threads_per_rank,
@@ -289,10 +309,8 @@ impl Db {
         // a held request looks again at every ring: only a look that changed something, or
         // a heartbeat gone stale, is worth a write (and its disk sync)
         if !jobs.is_empty() || !reports.is_empty() || epoch(now) - heartbeat_at >= 1.0 {
-            tx.execute(
-                "UPDATE launchers SET heartbeat_at = ?2 WHERE id = ?1",
-                params![launcher as i64, epoch(now)],
-            )?;
+            tx.prepare_cached("UPDATE launchers SET heartbeat_at = ?2 WHERE id = ?1")?
+                .execute(params![launcher as i64, epoch(now)])?;
         }
         tx.commit()?;
         Ok(AcquireResponse {
@@ -405,11 +423,10 @@ impl Db {
 /// still RUNNING for the reporting launcher.
 fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Result<bool, DbError> {
     let owner: Option<(Option<i64>, String)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT launcher_id, command FROM jobs WHERE id = ?1 AND state = 'RUNNING'",
-            [job as i64],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        )?
+        .query_row([job as i64], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let Some((Some(owner), argv)) = owner else {
         return Ok(false);
@@ -423,5 +440,5 @@ fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Res
         &r.message,
         &super::dag::decode(&argv),
     );
-    job::apply(tx, job, &moves, at)
+    Ok(job::apply(tx, job, &moves, at)?)
 }

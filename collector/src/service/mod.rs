@@ -177,3 +177,6 @@ pub async fn run(
     tracing::info!("collector service stopped");
     result.map_err(ServiceError::Serve)
 }
+
+#[cfg(test)]
+mod tests;

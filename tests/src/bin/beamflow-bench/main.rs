@@ -230,160 +230,309 @@ fn main() {
     );
 }
 
-/// 1,000 trivial jobs (`true`) through one local launcher: each is a stack version of a
-/// one-step workflow submitted straight to the service API.
-fn jobs_bench(count: u32, slots: u32) {
-    use beamflow_protocol::api::{Client, SubmitFile, SubmitRequest};
+/// A stack version's snapshot under the data root, as `serve` leaves it: two tiny sections.
+fn bench_stack(site: &Site, name: &str) -> Vec<beamflow_protocol::api::SubmitFile> {
+    let snap = site
+        .data_root()
+        .join("bench-bl")
+        .join(name)
+        .join(".beamflow-v1");
+    std::fs::create_dir_all(&snap).unwrap();
+    (0..2)
+        .map(|i| {
+            let p = snap.join(format!("S_{i:04}.tif"));
+            write_tiff(
+                &p,
+                &Section {
+                    width: 16,
+                    height: 16,
+                    seed: i,
+                    big: false,
+                    rows_per_strip: 16,
+                },
+            )
+            .unwrap();
+            let bytes = std::fs::read(&p).unwrap();
+            beamflow_protocol::api::SubmitFile {
+                path: format!("{name}/S_{i:04}.tif"),
+                size: bytes.len() as u64,
+                blake3: blake3::hash(&bytes).to_hex().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Trivial jobs (`true`) through one local launcher with `slots` slots, straight to the
+/// service API as `serve` would forward them. Four measures, each from the jobs' event rows:
+/// a lone job handed to an idle launcher (READY → RUNNING, median of 10), a chain of 20 steps
+/// (a parent's RUN_DONE → its child's RUNNING, median of the 19 links), and `count`
+/// independent steps of one stack (jobs per second from the first READY to the last
+/// JOB_FINISHED).
+fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
+    use beamflow_protocol::api::{Client, EventRow, SubmitRequest};
+    std::env::set_var("TMPDIR", tmp);
     let site = Site::new("30s", "");
-    site.edit_config("poll_interval = \"200ms\"", "poll_interval = \"50ms\"");
     site.edit_config("slots = 0", &format!("slots = {slots}"));
-    site.edit_config("poll = \"100ms\"", "poll = \"50ms\"");
-    site.edit_config("idle_exit = \"2s\"", "idle_exit = \"10s\"");
+    site.edit_config("idle_exit = \"2s\"", "idle_exit = \"60s\"");
     site.edit_config("heartbeat_timeout = \"3s\"", "heartbeat_timeout = \"60s\"");
-    site.append_config(
-        "[workflows.trivial]\n[[workflows.trivial.steps]]\nname = \"t\"\ncommand = \"true\"\n",
+    let mut wf = String::from(
+        "[workflows.one]\n[[workflows.one.steps]]\nname = \"t\"\ncommand = \"true\"\n",
     );
-    // straight to the API, as `serve` would forward it: the files under the beamline's
-    // folder, each version's snapshot of hard links beside them
-    let stack = site.data_root().join("bench-bl/bench");
-    std::fs::create_dir_all(&stack).unwrap();
-    let mut files = Vec::new();
-    for i in 0..2 {
-        let p = stack.join(format!("S_{i:04}.tif"));
-        write_tiff(
-            &p,
-            &Section {
-                width: 16,
-                height: 16,
-                seed: i,
-                big: false,
-                rows_per_strip: 16,
-            },
-        )
-        .unwrap();
-        let bytes = std::fs::read(&p).unwrap();
-        files.push(SubmitFile {
-            path: format!("bench/S_{i:04}.tif"),
-            size: bytes.len() as u64,
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
-        });
-    }
-    for v in 1..=count + 1 {
-        let snap = stack.join(format!(".beamflow-v{v}"));
-        std::fs::create_dir_all(&snap).unwrap();
-        for i in 0..2 {
-            let name = format!("S_{i:04}.tif");
-            std::fs::hard_link(stack.join(&name), snap.join(&name)).unwrap();
+    wf.push_str("[workflows.chain]\n");
+    for i in 0..20 {
+        wf.push_str(&format!(
+            "[[workflows.chain.steps]]\nname = \"c{i:02}\"\ncommand = \"true\"\n"
+        ));
+        if i > 0 {
+            wf.push_str(&format!("after = [\"c{:02}\"]\n", i - 1));
         }
     }
+    wf.push_str("[workflows.wide]\n");
+    for i in 0..count {
+        wf.push_str(&format!(
+            "[[workflows.wide.steps]]\nname = \"w{i:05}\"\ncommand = \"true\"\n"
+        ));
+    }
+    site.append_config(&wf);
     let mut service = site.start_service();
     let client = Client::from_state_dir(&site.dir.join("state")).unwrap();
-    eprintln!("submitting {count} one-job stack versions ...");
-    let start = Instant::now();
-    for v in 1..=count {
+    let submit = |name: &str, workflow: &str| {
+        let files = bench_stack(&site, name);
         client
             .submit(&SubmitRequest {
                 beamline: "bench-bl".into(),
-                stack: "bench".into(),
-                version: v,
-                workflow: "trivial".into(),
-                files: files.clone(),
+                stack: name.into(),
+                version: 1,
+                workflow: workflow.into(),
+                files,
             })
             .unwrap();
-    }
-    let submitted = start.elapsed();
-    loop {
-        let done = client
-            .jobs(Some("bench"), Some("JOB_FINISHED"))
-            .unwrap()
-            .len() as u32;
-        if done == count {
-            break;
+    };
+    // the counts per state are one small answer; listing thousands of jobs while they run
+    // would load the service being measured
+    let wait_done = |name: &str, n: usize| loop {
+        let st = client.status().unwrap();
+        let counts = st
+            .stacks
+            .iter()
+            .find(|s| s.stack == name)
+            .map(|s| s.counts.clone());
+        let count = |state: &str| {
+            counts
+                .as_ref()
+                .and_then(|c| c.get(state).copied())
+                .unwrap_or(0)
+        };
+        assert_eq!(count("FAILED"), 0, "a trivial job of {name} failed");
+        if count("JOB_FINISHED") as usize == n {
+            break client.jobs(Some(name), None).unwrap();
         }
-        let failed = client.jobs(Some("bench"), Some("FAILED")).unwrap();
-        assert!(
-            failed.is_empty(),
-            "a trivial job failed: {}",
-            failed[0].reason
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let jobs = client.jobs(Some("bench"), None).unwrap();
+        std::thread::sleep(Duration::from_millis(if n > 100 { 200 } else { 10 }));
+    };
     // when a job first entered `state`, from its events
-    let at = |h: &[beamflow_protocol::api::EventRow], state: &str| {
+    let at = |h: &[EventRow], state: &str| {
         let e = h
             .iter()
             .find(|e| e.to == state)
             .expect("the job passed through the state");
         humantime::parse_rfc3339(&e.at).expect("RFC 3339 time")
     };
-    let (mut delays, mut first_ready, mut last_done) = (Vec::new(), None, None);
-    for j in &jobs {
+    let gap = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        b.duration_since(a).unwrap_or_default()
+    };
+    eprintln!("warming up (the first job starts the launcher) ...");
+    submit("warm", "one");
+    wait_done("warm", 1);
+    eprintln!("10 lone jobs to an idle launcher ...");
+    let mut lone = Vec::new();
+    let mut lone_prep = Vec::new();
+    for i in 0..10 {
+        let name = format!("lone-{i}");
+        submit(&name, "one");
+        let j = wait_done(&name, 1);
+        let h = client.history(j[0].id).unwrap();
+        lone.push(gap(at(&h, "READY"), at(&h, "RUNNING")));
+        lone_prep.push(gap(at(&h, "READY"), at(&h, "PREPROCESSED")));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("a chain of 20 steps ...");
+    submit("chain", "chain");
+    let chain = wait_done("chain", 20);
+    let mut links = Vec::new();
+    for pair in chain.windows(2) {
+        let parent = client.history(pair[0].id).unwrap();
+        let child = client.history(pair[1].id).unwrap();
+        links.push(gap(at(&parent, "RUN_DONE"), at(&child, "RUNNING")));
+    }
+    eprintln!("{count} independent steps of one stack ...");
+    let started = Instant::now();
+    submit("wide", "wide");
+    let wide = wait_done("wide", count as usize);
+    let wall = started.elapsed();
+    let (mut first_ready, mut last_done) = (None, None);
+    let mut queued = Vec::new();
+    for j in &wide {
         let h = client.history(j.id).unwrap();
-        let ready = at(&h, "READY");
-        let running = at(&h, "RUNNING");
-        let done = at(&h, "JOB_FINISHED");
-        delays.push(running.duration_since(ready).unwrap_or_default());
+        let (ready, done) = (at(&h, "READY"), at(&h, "JOB_FINISHED"));
+        queued.push(gap(ready, at(&h, "RUNNING")));
         first_ready = Some(first_ready.map_or(ready, |f: std::time::SystemTime| f.min(ready)));
         last_done = Some(last_done.map_or(done, |l: std::time::SystemTime| l.max(done)));
     }
-    let span = last_done
-        .unwrap()
-        .duration_since(first_ready.unwrap())
-        .unwrap_or_default();
-    // one more job alone, to an idle launcher: the delay without any queue
-    let lone = client
-        .submit(&SubmitRequest {
-            beamline: "bench-bl".into(),
-            stack: "bench".into(),
-            version: count + 1,
-            workflow: "trivial".into(),
-            files: files.clone(),
-        })
-        .unwrap();
-    let lone_delay = loop {
-        let j = client.jobs(Some("bench"), Some("JOB_FINISHED")).unwrap();
-        if let Some(j) = j.iter().find(|j| j.version == count + 1) {
-            let h = client.history(j.id).unwrap();
-            let ready = at(&h, "READY");
-            let running = at(&h, "RUNNING");
-            break running.duration_since(ready).unwrap_or_default();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = lone;
+    let span = gap(first_ready.unwrap(), last_done.unwrap());
     let launchers = client.status().unwrap().launchers.len();
-    delays.sort();
-    let median = delays[delays.len() / 2];
-    let p95 = delays[delays.len() * 95 / 100];
+    let running_twice = wide
+        .iter()
+        .chain(&chain)
+        .filter(|j| {
+            client
+                .history(j.id)
+                .unwrap()
+                .iter()
+                .filter(|e| e.to == "RUNNING")
+                .count()
+                != 1
+        })
+        .count();
     service.term();
-    println!("\n{count} trivial jobs (`true`), one local launcher with {slots} slots ({launchers} launcher(s) used):\n");
-    println!("{:<44} {:>12}", "measure", "value");
-    println!(
-        "{:<44} {:>12.1}",
-        "submissions/s (API, one at a time)",
-        count as f64 / submitted.as_secs_f64()
+    JobsRun {
+        throughput: count as f64 / span.as_secs_f64(),
+        wall: count as f64 / wall.as_secs_f64(),
+        lone: med(lone),
+        lone_prep: med(lone_prep),
+        link: med(links.clone()),
+        slowest_link: *links.iter().max().unwrap(),
+        queued: med(queued),
+        running_twice,
+        launchers,
+    }
+}
+
+fn med(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// One pass of the jobs bench on one filesystem.
+struct JobsRun {
+    throughput: f64,
+    wall: f64,
+    lone: Duration,
+    lone_prep: Duration,
+    link: Duration,
+    slowest_link: Duration,
+    queued: Duration,
+    running_twice: usize,
+    launchers: usize,
+}
+
+/// The ceiling: `count` runs of `true` started straight from one process, two at a time,
+/// each with its own new output files, as a launcher starts them, with nothing else.
+fn spawn_ceiling(count: u32, slots: u32, dir: &Path) -> f64 {
+    use std::os::unix::process::CommandExt;
+    let start = Instant::now();
+    let mut kids: std::collections::VecDeque<std::process::Child> = Default::default();
+    for i in 0..count {
+        if kids.len() as u32 == slots {
+            kids.pop_front().unwrap().wait().unwrap();
+        }
+        let mut c = Command::new("true");
+        c.stdout(std::fs::File::create(dir.join(format!("{i}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{i}.err"))).unwrap())
+            .process_group(0);
+        kids.push_back(c.spawn().unwrap());
+    }
+    for mut k in kids {
+        k.wait().unwrap();
+    }
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The jobs bench on the disk's temporary folder and, where there is one, on tmpfs
+/// (`/dev/shm`): on a disk where creating a file costs a millisecond, that cost (two output
+/// files per job, a work folder per stack) is most of what is measured.
+fn jobs_bench(count: u32, slots: u32) {
+    let disk = std::env::temp_dir();
+    let mut places = vec![("disk", disk.clone())];
+    if Path::new("/dev/shm").is_dir() {
+        places.push(("tmpfs", PathBuf::from("/dev/shm")));
+    }
+    let mut runs = Vec::new();
+    let mut ceilings = Vec::new();
+    for (name, dir) in &places {
+        eprintln!("== on {name} ({}) ==", dir.display());
+        runs.push(jobs_run(count, slots, dir));
+        let scratch = tempfile::Builder::new()
+            .prefix("beamflow-spawn-")
+            .tempdir_in(dir)
+            .unwrap();
+        ceilings.push(spawn_ceiling(count, slots, scratch.path()));
+    }
+    std::env::set_var("TMPDIR", &disk);
+    println!("\ntrivial jobs (`true`), one local launcher with {slots} slots ({} launcher(s) used per run):\n", runs[0].launchers);
+    let mut head = format!("{:<58}", "measure");
+    for (name, _) in &places {
+        head.push_str(&format!(" {name:>10}"));
+    }
+    println!("{head} {:>10}", "goal");
+    let row = |what: &str, vals: Vec<String>, goal: &str| {
+        let mut line = format!("{what:<58}");
+        for v in vals {
+            line.push_str(&format!(" {v:>10}"));
+        }
+        println!("{line} {goal:>10}");
+    };
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    row(
+        &format!("jobs/s, {count} independent steps (READY .. last JOB_FINISHED)"),
+        runs.iter()
+            .map(|r| format!("{:.0}", r.throughput))
+            .collect(),
+        ">= 1000",
+    );
+    row(
+        "  the same, submission .. last JOB_FINISHED (client clock)",
+        runs.iter().map(|r| format!("{:.0}", r.wall)).collect(),
+        "",
+    );
+    row(
+        &format!("  ceiling: `true` started {slots} at a time, nothing else, /s"),
+        ceilings.iter().map(|c| format!("{c:.0}")).collect(),
+        "",
+    );
+    row(
+        "median READY -> RUNNING, one job, idle launcher, ms",
+        runs.iter().map(|r| ms(r.lone)).collect(),
+        "<= 5",
+    );
+    row(
+        "  of which READY -> PREPROCESSED (work folder made), ms",
+        runs.iter().map(|r| ms(r.lone_prep)).collect(),
+        "",
+    );
+    row(
+        "median parent RUN_DONE -> child RUNNING, chain of 20, ms",
+        runs.iter().map(|r| ms(r.link)).collect(),
+        "<= 50",
+    );
+    row(
+        "  slowest link of the chain, ms",
+        runs.iter().map(|r| ms(r.slowest_link)).collect(),
+        "",
+    );
+    row(
+        &format!("median READY -> RUNNING of the {count} (wait for a slot), s"),
+        runs.iter()
+            .map(|r| format!("{:.3}", r.queued.as_secs_f64()))
+            .collect(),
+        "",
+    );
+    row(
+        "jobs RUNNING more than once",
+        runs.iter().map(|r| r.running_twice.to_string()).collect(),
+        "0",
     );
     println!(
-        "{:<44} {:>12.1}",
-        "jobs/s (first READY to last JOB_FINISHED)",
-        count as f64 / span.as_secs_f64()
+        "\nTimes come from the jobs' event rows (millisecond stamps). The service's database, the"
     );
-    println!(
-        "{:<44} {:>12.3}",
-        "median READY -> RUNNING, s",
-        median.as_secs_f64()
-    );
-    println!(
-        "{:<44} {:>12.3}",
-        "95th percentile READY -> RUNNING, s",
-        p95.as_secs_f64()
-    );
-    println!(
-        "{:<44} {:>12.3}",
-        "READY -> RUNNING of one job, idle launcher, s",
-        lone_delay.as_secs_f64()
-    );
-    println!("\nAll {count} jobs are READY at once, so their READY -> RUNNING includes waiting for a free");
-    println!("slot; the last row is the pure scheduling delay (service poll 50 ms, launcher poll 50 ms).");
+    println!("work folders and the jobs' output files live in the column's filesystem.");
 }

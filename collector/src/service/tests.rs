@@ -1,0 +1,385 @@
+//! The middle tier: the engine driven against an in-memory database, with a scheduler
+//! double and a clock the test moves. Nothing here sleeps; launchers are played by calling
+//! the same database writes the API routes call.
+
+use super::clock::{Clock, ManualClock};
+use super::db::{Db, DbError, NewStack};
+use super::engine::Engine;
+use super::job::{self, JobState, MoveError, Trigger};
+use super::launchers::LauncherState;
+use super::wake::Wake;
+use crate::scheduler::{BatchSpec, BatchState, SchedError, Scheduler};
+use beamflow_config::Config;
+use beamflow_protocol::api::{JobReport, Outcome, ReportRequest};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// A stand-in for a batch system (the real ones need PBS, Cobalt or Slurm; Slurm is tested
+/// for real in `tests/`): it accepts every submission, says what the test tells it, and
+/// records deletions.
+#[derive(Default, Clone)]
+struct Double {
+    submitted: Arc<Mutex<Vec<String>>>,
+    states: Arc<Mutex<HashMap<String, BatchState>>>,
+    deleted: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scheduler for Double {
+    fn submit(&self, _script: &Path, spec: &BatchSpec) -> Result<String, SchedError> {
+        let mut s = self.submitted.lock().unwrap();
+        s.push(spec.name.clone());
+        let id = format!("batch-{}", s.len());
+        self.states
+            .lock()
+            .unwrap()
+            .insert(id.clone(), BatchState::Queued);
+        Ok(id)
+    }
+    fn status(&self, ids: &[String]) -> Result<HashMap<String, BatchState>, SchedError> {
+        let st = self.states.lock().unwrap();
+        Ok(ids
+            .iter()
+            .filter_map(|i| st.get(i).map(|s| (i.clone(), *s)))
+            .collect())
+    }
+    fn delete(&self, id: &str) -> Result<(), SchedError> {
+        self.deleted.lock().unwrap().push(id.into());
+        self.states.lock().unwrap().remove(id);
+        Ok(())
+    }
+    fn default_launch(&self) -> &'static str {
+        "{command}"
+    }
+}
+
+struct Tier {
+    _dir: tempfile::TempDir,
+    cfg: Arc<Config>,
+    db: Arc<Mutex<Db>>,
+    wake: Arc<Wake>,
+    engine: Engine,
+    sched: Double,
+    clock: Arc<ManualClock>,
+}
+
+fn write_section(path: &Path, seed: u8) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut e = tiff::encoder::TiffEncoder::new(f).unwrap();
+    let px: Vec<u8> = (0..64u32 * 64)
+        .map(|i| (i as u8).wrapping_mul(seed))
+        .collect();
+    e.write_image::<tiff::encoder::colortype::Gray8>(64, 64, &px)
+        .unwrap();
+}
+
+fn tier() -> Tier {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |p: &str| format!("\"{}\"", dir.path().join(p).display());
+    let text = beamflow_config::EMBEDDED_LOCAL
+        .replace("heartbeat_timeout = \"60s\"", "heartbeat_timeout = \"3s\"")
+        .replace("\"./remote\"", &at("remote"))
+        .replace("\"./work\"", &at("work"))
+        .replace("\"./state\"", &at("state"))
+        + "\n[workflows.chain]\n\
+           [[workflows.chain.steps]]\nname = \"a\"\ncommand = \"true\"\n\
+           [[workflows.chain.steps]]\nname = \"b\"\ncommand = \"true\"\nafter = [\"a\"]\n\
+           [[workflows.chain.steps]]\nname = \"c\"\ncommand = \"true\"\nafter = [\"b\"]\n";
+    let cfg = Arc::new(Config::parse(&text, &dir.path().join("beamflow.toml")).unwrap());
+    let clock = Arc::new(ManualClock::at(
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
+    let db = Arc::new(Mutex::new(Db::in_memory(clock.clone()).unwrap()));
+    let wake = Arc::new(Wake::default());
+    let sched = Double::default();
+    let schedulers: HashMap<String, Box<dyn Scheduler>> = cfg
+        .queues
+        .keys()
+        .map(|q| (q.clone(), Box::new(sched.clone()) as Box<dyn Scheduler>))
+        .collect();
+    let engine = Engine::with_parts(
+        cfg.clone(),
+        db.clone(),
+        wake.clone(),
+        schedulers,
+        clock.clone(),
+    );
+    Tier {
+        _dir: dir,
+        cfg,
+        db,
+        wake,
+        engine,
+        sched,
+        clock,
+    }
+}
+
+impl Tier {
+    /// Registers a stack version of `workflow` with two real sections; returns its job ids.
+    fn submit(&self, name: &str, workflow: &str) -> Vec<u64> {
+        let root = self.cfg.collector.data_root.join("bl").join(name);
+        let snap = root.join(".beamflow-v1");
+        std::fs::create_dir_all(&snap).unwrap();
+        for i in 0..2u8 {
+            write_section(&snap.join(format!("S_{i}.tif")), i + 3);
+        }
+        let work = self.cfg.service.work_root.join("bl").join(name).join("v1");
+        let jobs = super::dag::plan(&self.cfg.workflows[workflow]);
+        let (dir, work) = (snap.display().to_string(), work.display().to_string());
+        let s = NewStack {
+            beamline: "bl",
+            name,
+            version: 1,
+            workflow,
+            dir: &dir,
+            work_dir: &work,
+            digest: name,
+            files_json: "[]",
+        };
+        let mut db = self.db.lock().unwrap();
+        db.submit(&s, &jobs).unwrap();
+        db.jobs(Some(name), None)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect()
+    }
+
+    fn state(&self, job: u64) -> String {
+        self.db.lock().unwrap().job(job).unwrap().unwrap().state
+    }
+
+    fn running_events(&self, job: u64) -> usize {
+        let db = self.db.lock().unwrap();
+        db.events(job)
+            .unwrap()
+            .iter()
+            .filter(|e| e.to == "RUNNING")
+            .count()
+    }
+
+    /// Plays a launcher announcing itself in its allocation.
+    fn start_launcher(&self, id: u64, slots: usize) {
+        let mut db = self.db.lock().unwrap();
+        assert!(db.launcher_started(id, slots, "node-1").unwrap());
+    }
+
+    fn acquire(&self, launcher: u64, reports: &[(u64, Outcome)]) -> Vec<u64> {
+        let reports: Vec<JobReport> = reports
+            .iter()
+            .map(|(job, outcome)| JobReport {
+                job: *job,
+                report: ReportRequest {
+                    launcher,
+                    outcome: *outcome,
+                    exit_code: Some(if *outcome == Outcome::Done { 0 } else { 1 }),
+                    message: "played by the test".into(),
+                },
+            })
+            .collect();
+        let resp = self
+            .db
+            .lock()
+            .unwrap()
+            .acquire(launcher, 8, 8, &[], &reports)
+            .unwrap();
+        assert!(!resp.stop);
+        resp.jobs.iter().map(|j| j.id).collect()
+    }
+}
+
+#[test]
+fn a_chain_moves_on_the_moment_its_parent_reports_with_no_timer_at_all() {
+    let t = tier();
+    let ids = t.submit("run1", "chain");
+    assert_eq!(ids.len(), 3);
+    let mut bell = t.wake.watch_work();
+    bell.borrow_and_update();
+    t.engine.round(false);
+    assert_eq!(t.state(ids[0]), "PREPROCESSED");
+    assert_eq!(t.state(ids[1]), "AWAITING_PARENTS");
+    assert!(
+        bell.has_changed().unwrap(),
+        "a runnable job rings the launchers' bell"
+    );
+    // the policy asked the scheduler for one launcher, and only one, however often it runs
+    t.engine.round(false);
+    assert_eq!(t.sched.submitted.lock().unwrap().len(), 1);
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(launcher, 2);
+    assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
+    for (parent, child) in [(ids[0], ids[1]), (ids[1], ids[2])] {
+        // the report comes in the same request that asks for more: nothing is runnable yet
+        assert!(t.acquire(launcher, &[(parent, Outcome::Done)]).is_empty());
+        assert_eq!(t.state(parent), "RUN_DONE");
+        bell.borrow_and_update();
+        // one reaction (what the report's bell starts) finishes the parent and readies the child
+        assert!(t.engine.react().unwrap().moved >= 3);
+        assert_eq!(t.state(parent), "JOB_FINISHED");
+        assert_eq!(t.state(child), "PREPROCESSED");
+        assert!(bell.has_changed().unwrap());
+        assert_eq!(t.acquire(launcher, &[]), [child]);
+    }
+    t.acquire(launcher, &[(ids[2], Outcome::Done)]);
+    t.engine.react().unwrap();
+    for id in &ids {
+        assert_eq!(t.state(*id), "JOB_FINISHED");
+        assert_eq!(t.running_events(*id), 1, "job {id} ran once");
+    }
+}
+
+#[test]
+fn a_silent_launcher_is_lost_exactly_when_its_heartbeat_expires_on_the_clock() {
+    let t = tier();
+    let ids = t.submit("run1", "chain");
+    t.engine.round(true);
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    let batch = t.db.lock().unwrap().launchers(&[], None).unwrap()[0]
+        .batch_id
+        .clone();
+    t.sched
+        .states
+        .lock()
+        .unwrap()
+        .insert(batch.clone(), BatchState::Running);
+    t.start_launcher(launcher, 1);
+    assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
+    // 2.9 s of silence is within the 3 s heartbeat timeout
+    t.clock.advance(Duration::from_millis(2900));
+    t.engine.watch_launchers().unwrap();
+    assert_eq!(t.state(ids[0]), "RUNNING");
+    t.clock.advance(Duration::from_millis(200));
+    t.engine.watch_launchers().unwrap();
+    let l = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].clone();
+    assert_eq!(l.state, LauncherState::Lost.as_str());
+    assert_eq!(l.reason, "no heartbeat for 3s");
+    assert_eq!(*t.sched.deleted.lock().unwrap(), [batch]);
+    assert_eq!(t.state(ids[0]), "RUN_TIMEOUT");
+    // the event carries the clock's time, not the wall clock's
+    let events = t.db.lock().unwrap().events(ids[0]).unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.at, super::clock::stamp(t.clock.now()));
+    // it runs again, once, on the next launcher the policy asks for
+    t.engine.round(false);
+    assert_eq!(t.state(ids[0]), "RESTART_READY");
+    assert_eq!(t.sched.submitted.lock().unwrap().len(), 2);
+    let second = t.db.lock().unwrap().launchers(&[], None).unwrap()[1].id;
+    t.start_launcher(second, 1);
+    assert_eq!(t.acquire(second, &[]), [ids[0]]);
+    // a late report from the lost launcher is ignored
+    assert!(t.acquire(second, &[]).is_empty());
+    let late = t.db.lock().unwrap().report(
+        ids[0],
+        &ReportRequest {
+            launcher,
+            outcome: Outcome::Done,
+            exit_code: Some(0),
+            message: "late".into(),
+        },
+    );
+    assert!(!late.unwrap());
+    assert_eq!(t.state(ids[0]), "RUNNING");
+    assert_eq!(
+        t.db.lock().unwrap().job(ids[0]).unwrap().unwrap().attempts,
+        2
+    );
+}
+
+#[test]
+fn an_illegal_move_is_an_error_and_a_lost_race_changes_nothing() {
+    let t = tier();
+    let ids = t.submit("run1", "chain");
+    let mut db = t.db.lock().unwrap();
+    let tx = db.tx().unwrap();
+    // the table has no way to RUNNING by a person's retry
+    let e = job::change(
+        &tx,
+        ids[0],
+        JobState::Running,
+        Trigger::PersonRetry,
+        "x",
+        "t",
+    );
+    assert!(
+        matches!(e, Err(MoveError::Illegal { .. })),
+        "{e:?} should be refused"
+    );
+    let e = job::change(
+        &tx,
+        ids[0],
+        JobState::JobFinished,
+        Trigger::Acquired,
+        "x",
+        "t",
+    );
+    assert!(matches!(e, Err(MoveError::Illegal { .. })));
+    // a legal move from a state the job is not in is a lost race: false, nothing written
+    assert!(!job::change(&tx, ids[1], JobState::Running, Trigger::Acquired, "x", "t").unwrap());
+    tx.commit().unwrap();
+    assert_eq!(db.job(ids[1]).unwrap().unwrap().state, "AWAITING_PARENTS");
+    assert_eq!(db.events(ids[1]).unwrap().len(), 2, "created, then waiting");
+    // through the database layer the error keeps its cause
+    drop(db);
+    let r: Result<bool, DbError> = t.db.lock().unwrap().apply(
+        ids[0],
+        &[job::Move {
+            to: JobState::Running,
+            trigger: Trigger::PersonRetry,
+            reason: "x".into(),
+        }],
+    );
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("no legal move to RUNNING by PersonRetry"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn two_launchers_asking_at_once_never_get_the_same_job() {
+    let t = tier();
+    let mut all = Vec::new();
+    for i in 0..6 {
+        all.extend(t.submit(&format!("s{i}"), "chain"));
+    }
+    t.engine.round(false);
+    let mut db = t.db.lock().unwrap();
+    let a = db.add_launcher("default", "local", 1).unwrap();
+    let b = db.add_launcher("default", "local", 1).unwrap();
+    db.launcher_started(a, 3, "n1").unwrap();
+    db.launcher_started(b, 3, "n2").unwrap();
+    drop(db);
+    let got_a = t.acquire(a, &[]);
+    let got_b = t.acquire(b, &[]);
+    assert_eq!(got_a.len() + got_b.len(), 6, "{got_a:?} {got_b:?}");
+    assert!(got_a.iter().all(|j| !got_b.contains(j)));
+    // full launchers get nothing more, however often they ask
+    assert!(t.acquire(a, &[]).is_empty());
+    for j in got_a.iter().chain(&got_b) {
+        assert_eq!(t.running_events(*j), 1);
+    }
+}
+
+#[test]
+fn a_killed_job_is_ended_by_its_launcher_and_its_late_report_ignored() {
+    let t = tier();
+    let ids = t.submit("run1", "chain");
+    t.engine.round(false);
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(launcher, 1);
+    assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
+    assert!(t.db.lock().unwrap().kill(ids[0]).unwrap());
+    let resp =
+        t.db.lock()
+            .unwrap()
+            .acquire(launcher, 1, 1, &[ids[0]], &[])
+            .unwrap();
+    assert_eq!(resp.kill, [ids[0]]);
+    t.acquire(launcher, &[(ids[0], Outcome::Done)]);
+    assert_eq!(t.state(ids[0]), "USER_KILLED");
+    // and a person's retry puts it back in line with fresh attempts
+    assert!(t.db.lock().unwrap().retry(ids[0]).unwrap());
+    assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
+}
