@@ -61,6 +61,58 @@ pub struct DemoReport {
     pub run_time: Duration,
     /// The workflow that ran.
     pub workflow: String,
+    /// Each step's own run and beamflow's time before it, from the jobs' event rows.
+    pub steps: Vec<StepTime>,
+}
+
+/// Where one step's time went.
+#[derive(Debug, Clone)]
+pub struct StepTime {
+    /// Step name.
+    pub name: String,
+    /// The tool's own run: RUNNING → RUN_DONE.
+    pub tool: Duration,
+    /// beamflow's time before it: from its parent's JOB_FINISHED (or its own READY, for the
+    /// first) to its RUNNING, plus its RUN_DONE → JOB_FINISHED (the output check).
+    pub beamflow: Duration,
+}
+
+/// Reads each job's times from its history: the tool's run and beamflow's part around it.
+fn step_times(client: &Client, jobs: &[beamflow_protocol::api::JobRow]) -> Result<Vec<StepTime>> {
+    let mut out = Vec::new();
+    let mut finished: std::collections::HashMap<u64, std::time::SystemTime> = Default::default();
+    for j in jobs {
+        let h = client.history(j.id)?;
+        let at = |state: &str| {
+            h.iter()
+                .find(|e| e.to == state)
+                .and_then(|e| humantime::parse_rfc3339(&e.at).ok())
+                .with_context(|| format!("job {} never passed through {state}", j.id))
+        };
+        let (ready, running, done, end) = (
+            at("READY")?,
+            at("RUNNING")?,
+            at("RUN_DONE")?,
+            at("JOB_FINISHED")?,
+        );
+        let since = j
+            .parents
+            .iter()
+            .filter_map(|p| finished.get(p))
+            .max()
+            .copied()
+            .unwrap_or(ready);
+        let gap = |a: std::time::SystemTime, b: std::time::SystemTime| {
+            b.duration_since(a).unwrap_or_default()
+        };
+        out.push(StepTime {
+            name: j.name.clone(),
+            tool: gap(running, done),
+            beamflow: gap(since, running) + gap(done, end),
+        });
+        finished.insert(j.id, end);
+    }
+    Ok(out)
 }
 
 struct Service(Child);
@@ -257,6 +309,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let run_time = accepted.elapsed();
+    let steps = step_times(&client, &jobs)?;
     let jobs = jobs
         .into_iter()
         .map(|j| (j.name, j.state, j.parents))
@@ -271,6 +324,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         jobs,
         run_time,
         workflow: rec.workflow,
+        steps,
     })
 }
 
@@ -322,6 +376,26 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         out.push_str(&format!(
             "  aligned sections: {}\n\n",
             r.dir.join("work/demo/stack_0001/v1/aligned").display()
+        ));
+    }
+    if !r.steps.is_empty() {
+        out.push_str("  step        tool's own run   beamflow around it (ready -> running, done -> checked)\n");
+        let (mut tool, mut ours) = (Duration::ZERO, Duration::ZERO);
+        for s in &r.steps {
+            out.push_str(&format!(
+                "  {:<10} {:>12.3} s {:>14.3} s\n",
+                s.name,
+                s.tool.as_secs_f64(),
+                s.beamflow.as_secs_f64()
+            ));
+            tool += s.tool;
+            ours += s.beamflow;
+        }
+        out.push_str(&format!(
+            "  {:<10} {:>12.3} s {:>14.3} s   (the DAG's total minus the tools' runs)\n\n",
+            "all",
+            tool.as_secs_f64(),
+            ours.as_secs_f64()
         ));
     }
     out.push_str("  jobs:\n");
