@@ -6,14 +6,16 @@
 //! sent again (the collector answers "same" for what it holds), submitted stacks are not
 //! submitted twice, and stacks that changed after submission become a new version.
 
+use crate::images::{check_images, hash_files};
 use crate::journal::{FileRecord, Journal, StackState};
-use crate::scan::{scan_dir, stack_dirs, DirScan};
-use crate::stack::{decide, Observed, Rules, Verdict};
-use crate::tiff_check;
-use crate::transfer::{self, Action, Job, Report};
+use crate::lifecycle::{self, Backoff, Next, Outcome};
+use crate::root::Root;
+use crate::scan::{stack_dirs, DirScan};
+use crate::stack::{decide, Observed, Verdict};
+use crate::transfer::{self, Job, Report};
 use crate::watch::{self, Msg};
-use anyhow::{Context, Result};
-use beamflow_config::{Config, OnChange, WatchMode, WatchSection};
+use anyhow::Result;
+use beamflow_config::{Config, OnChange, WatchMode};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -21,63 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// One watch root, resolved.
-pub(crate) struct Root {
-    pub(crate) canon: PathBuf,
-    pub(crate) pattern: glob::Pattern,
-    pub(crate) rules: Rules,
-    pub(crate) section: WatchSection,
-}
-
-impl Root {
-    pub(crate) fn new(w: &WatchSection) -> Result<Root> {
-        let canon = w.path.canonicalize().with_context(|| {
-            format!(
-                "watch root {} does not exist or cannot be read; create it or fix [[watch]] path",
-                w.path.display()
-            )
-        })?;
-        Ok(Root {
-            canon,
-            pattern: glob::Pattern::new(&w.pattern).context("watch pattern")?,
-            rules: Rules {
-                min_images: w.min_images.get(),
-                marker: w.marker.clone(),
-                expect: w.expect.map(|n| n.get()),
-                settle: w.settle.0,
-                max_wait: w.max_wait.0,
-            },
-            section: w.clone(),
-        })
-    }
-
-    /// The stack's path under the collector's data root.
-    pub(crate) fn remote_name(&self, dir: &Path) -> String {
-        let rel = dir.strip_prefix(&self.canon).unwrap_or(dir);
-        let rel = if rel.as_os_str().is_empty() {
-            PathBuf::from(self.canon.file_name().unwrap_or_default())
-        } else {
-            rel.to_path_buf()
-        };
-        let prefix = self.section.prefix.trim_matches('/');
-        let rel = rel.to_string_lossy().into_owned();
-        if prefix.is_empty() {
-            rel
-        } else {
-            format!("{prefix}/{rel}")
-        }
-    }
-
-    pub(crate) fn scan(&self, dir: &Path) -> std::io::Result<DirScan> {
-        scan_dir(
-            &self.canon,
-            dir,
-            &self.pattern,
-            self.rules.marker.as_deref(),
-        )
-    }
-}
 
 struct Tracked {
     root: usize,
@@ -95,98 +40,6 @@ struct Tracked {
     /// Hash every file again at the next finish, not trusting journaled hashes (a file changed
     /// in a way its size and mtime did not show).
     rehash: bool,
-}
-
-/// Checks every image of a scan (reusing results for unchanged files); returns the faults.
-pub(crate) fn check_images(
-    dir: &Path,
-    scan: &DirScan,
-    cache: &mut HashMap<String, (u64, i64, Option<String>)>,
-) -> Vec<(String, String)> {
-    let fresh = |f: &&crate::scan::FileSeen| !matches!(cache.get(&f.name), Some((s, m, _)) if *s == f.size && *m == f.mtime_ns);
-    let todo: Vec<&crate::scan::FileSeen> = scan.images.iter().filter(fresh).collect();
-    let checked = on_all_cores(&todo, |f| {
-        tiff_check::check(&dir.join(&f.name))
-            .err()
-            .map(|e| e.to_string())
-    });
-    for (f, r) in todo.iter().zip(checked) {
-        cache.insert(f.name.clone(), (f.size, f.mtime_ns, r));
-    }
-    let mut faults = Vec::new();
-    for f in &scan.images {
-        if let Some((_, _, Some(e))) = cache.get(&f.name) {
-            faults.push((f.name.clone(), e.clone()));
-        }
-    }
-    faults.extend(scan.skipped.iter().cloned());
-    faults
-}
-
-/// Hashes the images of a scan, reusing the journal's hashes for files whose size and mtime
-/// are unchanged.
-pub(crate) fn hash_files(
-    dir: &Path,
-    scan: &DirScan,
-    known: &[FileRecord],
-) -> std::io::Result<Vec<FileRecord>> {
-    let known: HashMap<&str, &FileRecord> = known.iter().map(|f| (f.name.as_str(), f)).collect();
-    let one = |f: &crate::scan::FileSeen| -> std::io::Result<FileRecord> {
-        if let Some(k) = known
-            .get(f.name.as_str())
-            .filter(|k| k.size == f.size && k.mtime_ns == f.mtime_ns)
-        {
-            return Ok((*k).clone());
-        }
-        let mut h = blake3::Hasher::new();
-        let file = std::fs::File::open(dir.join(&f.name))?;
-        let n = std::io::copy(
-            &mut std::io::BufReader::with_capacity(1 << 20, file),
-            &mut h,
-        )?;
-        Ok(FileRecord {
-            name: f.name.clone(),
-            size: n,
-            mtime_ns: f.mtime_ns,
-            blake3: *h.finalize().as_bytes(),
-            sent: false,
-        })
-    };
-    let images: Vec<&crate::scan::FileSeen> = scan.images.iter().collect();
-    on_all_cores(&images, |f| one(f)).into_iter().collect()
-}
-
-/// `work` applied to every item on as many threads as there are cores (at most 8), each
-/// taking every n-th item; the results come back in the items' order.
-fn on_all_cores<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8)
-        .min(items.len().max(1));
-    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let work = &work;
-                s.spawn(move || {
-                    items
-                        .iter()
-                        .enumerate()
-                        .skip(t)
-                        .step_by(threads)
-                        .map(|(i, x)| (i, work(x)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            // a panic here is a bug in `work`: let it surface as one
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
@@ -534,14 +387,14 @@ impl Daemon {
                 )?;
             }
             transfer::Discard::Failed(why) => {
-                let (initial, max) = (self.cfg.agent.retry_initial.0, self.cfg.agent.retry_max.0);
+                let backoff = Backoff::of(&self.cfg);
                 let wait = self
                     .discard_retry
                     .get(&id)
                     .map(|(_, w)| *w)
-                    .unwrap_or(initial);
+                    .unwrap_or(backoff.initial);
                 self.discard_retry
-                    .insert(id, (Instant::now() + wait, (wait * 2).min(max)));
+                    .insert(id, (Instant::now() + wait, backoff.after(wait)));
                 let reason = format!(
                     "the folder is gone before it was submitted; removing its partial copy at the collector failed ({why}); retrying in {}",
                     humantime::format_duration(wait)
@@ -686,15 +539,18 @@ impl Daemon {
                     Some(m) => match m.ensure().await {
                         Ok(p) => Some(p),
                         Err(e) => {
-                            // keep watching and journaling; try again shortly
-                            let reason = e.to_string();
-                            if rec.reason != reason {
-                                tracing::warn!(stack = %rec.name, "{reason}");
+                            // keep watching and journaling; try again after the backoff
+                            let wait = t.backoff;
+                            let decision = lifecycle::link_down(&e.to_string(), wait);
+                            if rec.reason != decision.reason {
+                                tracing::warn!(stack = %rec.name, "{}", decision.reason);
                             }
                             self.journal
-                                .set_state(rec.id, StackState::Queued, &reason)?;
+                                .set_state(rec.id, decision.state, &decision.reason)?;
+                            let backoff = Backoff::of(&self.cfg);
                             let t = self.stacks.get_mut(dir).expect("tracked");
-                            t.retry_at = Some(now + Duration::from_secs(2));
+                            t.retry_at = Some(now + wait);
+                            t.backoff = backoff.after(wait);
                             return Ok(());
                         }
                     },
@@ -793,68 +649,58 @@ impl Daemon {
             report.wire_bytes,
             report.elapsed.as_secs_f64(),
         )?;
-        let retry_initial = self.cfg.agent.retry_initial.0;
-        let retry_max = self.cfg.agent.retry_max.0;
+        let backoff = Backoff::of(&self.cfg);
         let t = self.stacks.get_mut(&dir);
-        match report.result {
-            Ok(acc) => {
-                let reason = format!(
-                    "DAG of {} jobs{}",
-                    acc.jobs,
-                    if acc.created {
-                        ""
-                    } else {
-                        " (registered before)"
-                    }
-                );
+        let wait = t.as_ref().map(|t| t.backoff).unwrap_or(backoff.initial);
+        let outcome = match &report.result {
+            Ok(acc) => Outcome::Accepted {
+                jobs: acc.jobs,
+                created: acc.created,
+            },
+            Err(e) => Outcome::Failed {
+                action: e.action(),
+                why: e.to_string(),
+            },
+        };
+        let all_sent = self.journal.files(rec.id)?.iter().all(|f| f.sent);
+        let decision = lifecycle::after_send(&outcome, all_sent, wait);
+        match (&report.result, decision.next) {
+            (Ok(acc), _) => {
                 tracing::info!(
                     stack = %rec.name, version = rec.version, remote_id = acc.remote_id, jobs = acc.jobs,
                     bytes = report.wire_bytes, same = report.same, secs = report.elapsed.as_secs_f64(), "submitted"
                 );
                 self.journal
-                    .mark_submitted(rec.id, acc.remote_id as i64, &reason)?;
-                if let Some(t) = t {
-                    t.retry_at = None;
-                    t.backoff = retry_initial;
-                }
+                    .mark_submitted(rec.id, acc.remote_id as i64, &decision.reason)?;
             }
-            Err(e) => match e.action() {
-                Action::Retry => {
-                    let wait = t.as_ref().map(|t| t.backoff).unwrap_or(retry_initial);
-                    let all_sent = self.journal.files(rec.id)?.iter().all(|f| f.sent);
-                    let state = if all_sent {
-                        StackState::Sent
-                    } else {
-                        StackState::Queued
-                    };
-                    let reason = format!("{e}; retrying in {}", humantime::format_duration(wait));
-                    tracing::warn!(stack = %rec.name, "{reason}");
-                    self.journal.set_state(rec.id, state, &reason)?;
-                    if let Some(t) = t {
-                        t.retry_at = Some(Instant::now() + wait);
-                        t.backoff = (wait * 2).min(retry_max);
-                    }
+            (Err(_), Next::RetryIn(_)) => tracing::warn!(stack = %rec.name, "{}", decision.reason),
+            (Err(_), Next::Hold) => tracing::error!(stack = %rec.name, "{}", decision.reason),
+            (Err(_), _) => tracing::info!(stack = %rec.name, "{}", decision.reason),
+        }
+        if decision.state != StackState::Submitted {
+            self.journal
+                .set_state(rec.id, decision.state, &decision.reason)?;
+        }
+        if let Some(t) = t {
+            match decision.next {
+                Next::Done => {
+                    t.retry_at = None;
+                    t.backoff = backoff.initial;
                 }
-                Action::Rewait => {
-                    tracing::info!(stack = %rec.name, "{e}");
-                    self.journal
-                        .set_state(rec.id, StackState::Waiting, &e.to_string())?;
-                    if let Some(t) = t {
-                        t.last_change = Instant::now();
-                        t.checks.clear();
-                        t.rehash = true;
-                    }
-                    self.dirty.insert(dir);
+                Next::RetryIn(w) => {
+                    t.retry_at = Some(Instant::now() + w);
+                    t.backoff = backoff.after(w);
                 }
-                Action::Hold => {
-                    tracing::error!(stack = %rec.name, "{e}");
-                    self.journal
-                        .set_state(rec.id, StackState::Held, &e.to_string())?;
-                    if let Some(t) = t {
-                        t.refused = true;
-                    }
+                Next::SettleAgain => {
+                    t.last_change = Instant::now();
+                    t.checks.clear();
+                    t.rehash = true;
                 }
-            },
+                Next::Hold => t.refused = true,
+            }
+        }
+        if decision.next == Next::SettleAgain {
+            self.dirty.insert(dir);
         }
         Ok(())
     }
@@ -863,38 +709,100 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::synth::{write_tiff, Section};
 
-    #[test]
-    fn hashing_keeps_scan_order_and_reuses_unchanged_files() {
+    /// The daemon's loop under a paused clock: a quiet stack is finished exactly when
+    /// `settle` has passed on the loop's clock, and a far end that cannot start is retried
+    /// with the configured backoff, doubling up to `retry_max` (not a cap of its own). The
+    /// 30 s settle and the retries take no real time.
+    #[tokio::test(start_paused = true)]
+    async fn settle_and_backoff_follow_the_loop_s_clock() {
         let d = tempfile::tempdir().unwrap();
-        for i in 0..7u8 {
-            std::fs::write(
-                d.path().join(format!("S_{i}.tif")),
-                vec![i; 1000 + i as usize],
-            )
-            .unwrap();
+        let root = d.path().join("incoming");
+        let stack = root.join("s1");
+        std::fs::create_dir_all(&stack).unwrap();
+        for i in 0..3 {
+            let s = Section {
+                width: 32,
+                height: 32,
+                seed: i,
+                big: false,
+                rows_per_strip: 8,
+            };
+            write_tiff(&stack.join(format!("S_{i}.tif")), &s).unwrap();
         }
-        let pat = glob::Pattern::new("*.tif").unwrap();
-        let scan = scan_dir(&d.path().canonicalize().unwrap(), d.path(), &pat, None).unwrap();
-        let fresh = hash_files(d.path(), &scan, &[]).unwrap();
-        let names: Vec<_> = fresh.iter().map(|f| f.name.clone()).collect();
-        assert_eq!(
-            names,
-            scan.images
-                .iter()
-                .map(|f| f.name.clone())
-                .collect::<Vec<_>>()
+        let at = |p: &str| format!("\"{}\"", d.path().join(p).display());
+        let text = beamflow_config::EMBEDDED_LOCAL
+            .replace("\"./incoming\"", &at("incoming"))
+            .replace("\"./state\"", &at("state"))
+            .replace("\"./remote\"", &at("remote"))
+            .replace("\"./work\"", &at("work"))
+            .replace("retry_max = \"5m\"", "retry_max = \"4s\"")
+            .replace(
+                "[link]\n",
+                "[link]\ncommand = [\"/nonexistent/beamflow-collector\", \"serve\"]\n",
+            );
+        let cfg = Config::parse(&text, &d.path().join("beamflow.toml")).unwrap();
+        assert_eq!(cfg.watch[0].settle.0, Duration::from_secs(30));
+        let state = d.path().join("state");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let start = Instant::now();
+        let watch = async {
+            let mut seen: Vec<(Duration, String, String)> = Vec::new();
+            let mut journal = None;
+            while start.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if journal.is_none() {
+                    journal = Journal::open_read_only(&state).ok();
+                }
+                let Some(j) = journal.as_ref() else { continue };
+                let Some(r) = j.stack(&stack.display().to_string()).unwrap() else {
+                    continue;
+                };
+                let now = (r.state.as_str().to_string(), r.reason.clone());
+                if seen
+                    .last()
+                    .is_none_or(|(_, s, why)| (s, why) != (&now.0, &now.1))
+                {
+                    seen.push((start.elapsed(), now.0, now.1));
+                }
+            }
+            let _ = stop.send(());
+            seen
+        };
+        let (result, seen) = tokio::join!(
+            run(
+                cfg,
+                async {
+                    let _ = stopped.await;
+                },
+                || {}
+            ),
+            watch
         );
-        for f in &fresh {
-            let bytes = std::fs::read(d.path().join(&f.name)).unwrap();
-            assert_eq!(f.blake3, *blake3::hash(&bytes).as_bytes());
-        }
-        // a journaled hash is trusted while size and mtime are unchanged
-        let mut known = fresh.clone();
-        known[3].blake3 = [7; 32];
-        assert_eq!(
-            hash_files(d.path(), &scan, &known).unwrap()[3].blake3,
-            [7; 32]
+        result.unwrap();
+        // waiting until settle has passed on the loop's clock, not a moment before
+        let first_queued = seen
+            .iter()
+            .find(|(_, s, _)| s != "waiting")
+            .unwrap_or_else(|| panic!("never left waiting: {seen:?}"));
+        assert!(
+            first_queued.0 >= Duration::from_secs(30)
+                && first_queued.0 < Duration::from_millis(30_500),
+            "finished at {:?}: {seen:?}",
+            first_queued.0
+        );
+        // then retried with waits of 1, 2, 4, 4 … seconds
+        let waits: Vec<&str> = seen
+            .iter()
+            .filter_map(|(_, _, why)| why.rsplit_once("retrying in ").map(|(_, w)| w))
+            .collect();
+        assert!(waits.len() >= 4, "{seen:?}");
+        assert_eq!(waits[..4], ["1s", "2s", "4s", "4s"], "{seen:?}");
+        assert!(
+            seen.iter()
+                .any(|(_, _, why)| why.contains("/nonexistent/beamflow-collector")),
+            "the reason names the far end it could not start: {seen:?}"
         );
     }
 }

@@ -18,59 +18,37 @@ pub enum JournalError {
     /// The folder could not be made.
     #[error("cannot create the journal folder {0}: {1}")]
     Dir(String, std::io::Error),
+    /// A move the stack lifecycle does not allow was asked for: a bug, never applied.
+    #[error("stack {stack}: no legal move from {} to {}; this is a bug in beamflow, please report it", from.as_str(), to.as_str())]
+    Illegal {
+        /// Journal id.
+        stack: i64,
+        /// Where it is.
+        from: StackState,
+        /// Where it was asked to go.
+        to: StackState,
+    },
 }
 
-/// Where a stack is in the agent's hands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StackState {
-    /// Images are arriving; not finished yet.
-    Waiting,
-    /// Quiet but not sendable (broken image, too few images); the reason says why.
-    Held,
-    /// Finished and hashed; waiting for its turn on the link.
-    Queued,
-    /// Files are moving (or were, when the agent stopped).
-    Sending,
-    /// Every file is verified on the far side; the submission has not been accepted yet.
-    Sent,
-    /// The collector accepted the DAG.
-    Submitted,
-    /// The folder disappeared (renamed or removed) before the stack was submitted; what
-    /// arrived of it at the collector is being removed.
-    Discarding,
-    /// The folder disappeared before the stack was submitted; nothing of it is left at the
-    /// collector. A folder that appears again under the same name starts over.
-    Gone,
+/// Refuses a move the lifecycle's table does not hold; a stack the journal does not know
+/// moves nowhere (the update that follows matches no row).
+fn check_move(conn: &Connection, id: i64, to: StackState) -> Result<(), JournalError> {
+    let cur: Option<String> = conn
+        .query_row("SELECT state FROM stacks WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    if let Some(from) = cur.as_deref().map(StackState::parse) {
+        if !crate::lifecycle::legal(from, to) {
+            return Err(JournalError::Illegal {
+                stack: id,
+                from,
+                to,
+            });
+        }
+    }
+    Ok(())
 }
 
-impl StackState {
-    /// Name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StackState::Waiting => "waiting",
-            StackState::Held => "held",
-            StackState::Queued => "queued",
-            StackState::Sending => "sending",
-            StackState::Sent => "sent",
-            StackState::Submitted => "submitted",
-            StackState::Discarding => "discarding",
-            StackState::Gone => "gone",
-        }
-    }
-    fn parse(s: &str) -> StackState {
-        match s {
-            "held" => StackState::Held,
-            "queued" => StackState::Queued,
-            "sending" => StackState::Sending,
-            "sent" => StackState::Sent,
-            "submitted" => StackState::Submitted,
-            "discarding" => StackState::Discarding,
-            "gone" => StackState::Gone,
-            _ => StackState::Waiting,
-        }
-    }
-}
+pub use crate::lifecycle::StackState;
 
 /// One stack as journaled.
 #[derive(Debug, Clone, Serialize)]
@@ -280,6 +258,7 @@ impl Journal {
         state: StackState,
         reason: &str,
     ) -> Result<(), JournalError> {
+        check_move(&self.conn, id, state)?;
         self.conn.execute(
             "UPDATE stacks SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1 AND (state != ?2 OR reason != ?3)",
             params![id, state.as_str(), reason, now()],
@@ -311,6 +290,7 @@ impl Journal {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_move(&tx, id, StackState::Queued)?;
         let old: std::collections::HashMap<String, Vec<u8>> = {
             let mut st =
                 tx.prepare("SELECT name, blake3 FROM files WHERE stack_id = ?1 AND sent = 1")?;
@@ -382,6 +362,7 @@ impl Journal {
         remote_id: i64,
         reason: &str,
     ) -> Result<(), JournalError> {
+        check_move(&self.conn, id, StackState::Submitted)?;
         self.conn.execute(
             "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, remote_id, reason, now()],
@@ -394,6 +375,7 @@ impl Journal {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_move(&tx, id, StackState::Waiting)?;
         tx.execute(
             "UPDATE stacks SET version = version + 1, state = 'waiting', reason = 'files changed after submission',
              remote_id = NULL, bytes_sent = 0, send_secs = 0, updated_at = ?2 WHERE id = ?1",
@@ -467,7 +449,19 @@ mod tests {
         // requeue with a changed b and the same a: a stays sent
         j.queue(s.id, &[rec("a.tif", 1), rec("b.tif", 3)]).unwrap();
         assert!(j.files(s.id).unwrap()[0].sent);
+        // the lifecycle's table is enforced: a queued stack is not submitted without a send
+        let e = j.mark_submitted(s.id, 7, "").unwrap_err();
+        assert!(matches!(e, JournalError::Illegal { .. }), "{e}");
+        assert_eq!(
+            j.stack("/in/s1").unwrap().unwrap().state,
+            StackState::Queued
+        );
+        j.set_state(s.id, StackState::Sending, "").unwrap();
         j.mark_submitted(s.id, 7, "").unwrap();
+        assert!(matches!(
+            j.set_state(s.id, StackState::Sending, ""),
+            Err(JournalError::Illegal { .. })
+        ));
         assert_eq!(j.next_version(s.id).unwrap(), 2);
         let s = j.stack("/in/s1").unwrap().unwrap();
         assert_eq!((s.state, s.remote_id), (StackState::Waiting, None));

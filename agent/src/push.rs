@@ -1,15 +1,20 @@
 //! `beamflow-agent push DIR`: send one folder now and wait for its DAG, as the old `submit`
-//! script did, but with the same checks, journal and verification as the daemon.
+//! script did: the daemon's path run once. The same checks, journal and verification, and
+//! after each attempt the same decision ([`lifecycle::after_send`]) with the same backoff;
+//! the one difference is that push does not wait for `settle`: a folder named on the command
+//! line is finished by being named, and a file that changed while it was sent is hashed
+//! again and sent again at once.
 
-use crate::daemon::{check_images, hash_files, Root};
+use crate::images::{check_images, hash_files};
 use crate::journal::{Journal, StackState};
+use crate::lifecycle::{self, Backoff, Next, Outcome};
+use crate::root::Root;
 use crate::ssh::Master;
-use crate::transfer::{self, Action, Job};
+use crate::transfer::{self, Job};
 use anyhow::{bail, Context, Result};
 use beamflow_config::{Config, Transport, WatchSection};
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 /// What a successful push did.
 #[derive(Debug, Clone)]
@@ -158,18 +163,15 @@ pub async fn push(
         p.total_bytes.store(bytes, Relaxed);
         p.total_files.store(files.len() as u64, Relaxed);
     }
-    let mut wait = cfg.agent.retry_initial.0;
     let result = send_with_retries(
         cfg,
         &mut journal,
         &rec,
-        &job,
-        &files,
-        bytes,
+        job,
         attempts,
-        &mut wait,
         master.as_mut(),
         early,
+        &root,
     )
     .await;
     if let Some(m) = master {
@@ -186,31 +188,34 @@ async fn send_with_retries(
     cfg: &Config,
     journal: &mut Journal,
     rec: &crate::journal::StackRecord,
-    job: &Job,
-    files: &[crate::journal::FileRecord],
-    bytes: u64,
+    mut job: Job,
     attempts: u32,
-    wait: &mut Duration,
     mut master: Option<&mut Master>,
     early: Vec<crate::link::Link>,
+    root: &Root,
 ) -> Result<Pushed> {
     let mut early = Some(early);
     let name = job.name.clone();
-    for attempt in 1..=attempts.max(1) {
+    let backoff = Backoff::of(cfg);
+    let mut wait = backoff.initial;
+    let attempts = attempts.max(1);
+    for attempt in 1..=attempts {
         let ctl = match master.as_deref_mut() {
             None => None,
             Some(m) => match m.ensure().await {
                 Ok(p) => Some(p),
-                Err(e) if attempt == attempts.max(1) => {
-                    return Err(anyhow::Error::new(e).context(format!("push of {name} failed")))
-                }
                 Err(e) => {
+                    let d = lifecycle::link_down(&e.to_string(), wait);
+                    journal.set_state(rec.id, d.state, &d.reason)?;
+                    if attempt == attempts {
+                        return Err(anyhow::Error::new(e).context(format!("push of {name} failed")));
+                    }
                     tracing::warn!(
                         "attempt {attempt}: {e}; retrying in {}",
-                        humantime::format_duration(*wait)
+                        humantime::format_duration(wait)
                     );
-                    tokio::time::sleep(*wait).await;
-                    *wait = (*wait * 2).min(Duration::from_secs(60));
+                    tokio::time::sleep(wait).await;
+                    wait = backoff.after(wait);
                     continue;
                 }
             },
@@ -227,17 +232,26 @@ async fn send_with_retries(
             report.wire_bytes,
             report.elapsed.as_secs_f64(),
         )?;
-        match report.result {
+        let outcome = match &report.result {
+            Ok(acc) => Outcome::Accepted {
+                jobs: acc.jobs,
+                created: acc.created,
+            },
+            Err(e) => Outcome::Failed {
+                action: e.action(),
+                why: e.to_string(),
+            },
+        };
+        let all_sent = journal.files(rec.id)?.iter().all(|f| f.sent);
+        let decision = lifecycle::after_send(&outcome, all_sent, wait);
+        let err = match report.result {
             Ok(acc) => {
-                journal.mark_submitted(
-                    rec.id,
-                    acc.remote_id as i64,
-                    &format!("DAG of {} jobs", acc.jobs),
-                )?;
+                journal.mark_submitted(rec.id, acc.remote_id as i64, &decision.reason)?;
+                let bytes = job.files.iter().map(|f| f.size).sum();
                 return Ok(Pushed {
                     stack: name,
                     version: rec.version,
-                    files: files.len(),
+                    files: job.files.len(),
                     bytes,
                     wire_bytes: report.wire_bytes,
                     same: report.same,
@@ -247,23 +261,40 @@ async fn send_with_retries(
                     secs: report.elapsed.as_secs_f64(),
                 });
             }
-            Err(e) => {
-                let state = if e.action() == Action::Hold {
-                    StackState::Held
-                } else {
-                    StackState::Queued
-                };
-                journal.set_state(rec.id, state, &e.to_string())?;
-                if e.action() != Action::Retry || attempt == attempts.max(1) {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("push of {name} failed after {attempt} attempt(s)")));
-                }
+            Err(e) => e,
+        };
+        journal.set_state(rec.id, decision.state, &decision.reason)?;
+        let last = attempt == attempts;
+        match decision.next {
+            Next::Done => unreachable!("only an accepted DAG is done"),
+            Next::Hold => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("push of {name} failed after {attempt} attempt(s)")))
+            }
+            _ if last => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("push of {name} failed after {attempt} attempt(s)")))
+            }
+            Next::RetryIn(w) => {
+                tracing::warn!("attempt {attempt} failed: {}", decision.reason);
+                tokio::time::sleep(w).await;
+                wait = backoff.after(w);
+            }
+            Next::SettleAgain => {
+                // what the daemon does after settling again, at once: hash what is there now
                 tracing::warn!(
-                    "attempt {attempt} failed: {e}; retrying in {}",
-                    humantime::format_duration(*wait)
+                    "attempt {attempt}: {}; hashing the folder again",
+                    decision.reason
                 );
-                tokio::time::sleep(*wait).await;
-                *wait = (*wait * 2).min(Duration::from_secs(60));
+                let dir = job.dir.clone();
+                let scan = root
+                    .scan(&dir)
+                    .with_context(|| format!("cannot list {}", dir.display()))?;
+                let files = tokio::task::spawn_blocking(move || hash_files(&dir, &scan, &[]))
+                    .await?
+                    .with_context(|| format!("cannot read the images in {}", job.dir.display()))?;
+                journal.queue(rec.id, &files)?;
+                job.files = files;
             }
         }
     }

@@ -70,16 +70,7 @@ impl Progress {
     }
 }
 
-/// What to do about a failed attempt; the daemon's retry policy keys on this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Try again after a backoff (link, service, transient disk trouble).
-    Retry,
-    /// The stack changed: wait for it to settle again.
-    Rewait,
-    /// Needs a person: hold with the reason.
-    Hold,
-}
+pub use crate::lifecycle::Action;
 
 /// Why an attempt did not end with an accepted DAG.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,140 @@
+//! What the agent does with a stack's images before they travel: the structural TIFF check
+//! and BLAKE3, each on all cores, each reusing what is known of files that did not change.
+
+use crate::journal::FileRecord;
+use crate::scan::DirScan;
+use crate::tiff_check;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Checks every image of a scan (reusing results for unchanged files); returns the faults.
+pub fn check_images(
+    dir: &Path,
+    scan: &DirScan,
+    cache: &mut HashMap<String, (u64, i64, Option<String>)>,
+) -> Vec<(String, String)> {
+    let fresh = |f: &&crate::scan::FileSeen| !matches!(cache.get(&f.name), Some((s, m, _)) if *s == f.size && *m == f.mtime_ns);
+    let todo: Vec<&crate::scan::FileSeen> = scan.images.iter().filter(fresh).collect();
+    let checked = on_all_cores(&todo, |f| {
+        tiff_check::check(&dir.join(&f.name))
+            .err()
+            .map(|e| e.to_string())
+    });
+    for (f, r) in todo.iter().zip(checked) {
+        cache.insert(f.name.clone(), (f.size, f.mtime_ns, r));
+    }
+    let mut faults = Vec::new();
+    for f in &scan.images {
+        if let Some((_, _, Some(e))) = cache.get(&f.name) {
+            faults.push((f.name.clone(), e.clone()));
+        }
+    }
+    faults.extend(scan.skipped.iter().cloned());
+    faults
+}
+
+/// Hashes the images of a scan, reusing the journal's hashes for files whose size and mtime
+/// are unchanged.
+pub fn hash_files(
+    dir: &Path,
+    scan: &DirScan,
+    known: &[FileRecord],
+) -> std::io::Result<Vec<FileRecord>> {
+    let known: HashMap<&str, &FileRecord> = known.iter().map(|f| (f.name.as_str(), f)).collect();
+    let one = |f: &crate::scan::FileSeen| -> std::io::Result<FileRecord> {
+        if let Some(k) = known
+            .get(f.name.as_str())
+            .filter(|k| k.size == f.size && k.mtime_ns == f.mtime_ns)
+        {
+            return Ok((*k).clone());
+        }
+        let mut h = blake3::Hasher::new();
+        let file = std::fs::File::open(dir.join(&f.name))?;
+        let n = std::io::copy(
+            &mut std::io::BufReader::with_capacity(1 << 20, file),
+            &mut h,
+        )?;
+        Ok(FileRecord {
+            name: f.name.clone(),
+            size: n,
+            mtime_ns: f.mtime_ns,
+            blake3: *h.finalize().as_bytes(),
+            sent: false,
+        })
+    };
+    let images: Vec<&crate::scan::FileSeen> = scan.images.iter().collect();
+    on_all_cores(&images, |f| one(f)).into_iter().collect()
+}
+
+/// `work` applied to every item on as many threads as there are cores (at most 8), each
+/// taking every n-th item; the results come back in the items' order.
+fn on_all_cores<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(items.len().max(1));
+    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let work = &work;
+                s.spawn(move || {
+                    items
+                        .iter()
+                        .enumerate()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|(i, x)| (i, work(x)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            // a panic here is a bug in `work`: let it surface as one
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::scan_dir;
+
+    #[test]
+    fn hashing_keeps_scan_order_and_reuses_unchanged_files() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..7u8 {
+            std::fs::write(
+                d.path().join(format!("S_{i}.tif")),
+                vec![i; 1000 + i as usize],
+            )
+            .unwrap();
+        }
+        let pat = glob::Pattern::new("*.tif").unwrap();
+        let scan = scan_dir(&d.path().canonicalize().unwrap(), d.path(), &pat, None).unwrap();
+        let fresh = hash_files(d.path(), &scan, &[]).unwrap();
+        let names: Vec<_> = fresh.iter().map(|f| f.name.clone()).collect();
+        assert_eq!(
+            names,
+            scan.images
+                .iter()
+                .map(|f| f.name.clone())
+                .collect::<Vec<_>>()
+        );
+        for f in &fresh {
+            let bytes = std::fs::read(d.path().join(&f.name)).unwrap();
+            assert_eq!(f.blake3, *blake3::hash(&bytes).as_bytes());
+        }
+        // a journaled hash is trusted while size and mtime are unchanged
+        let mut known = fresh.clone();
+        known[3].blake3 = [7; 32];
+        assert_eq!(
+            hash_files(d.path(), &scan, &known).unwrap()[3].blake3,
+            [7; 32]
+        );
+    }
+}

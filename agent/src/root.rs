@@ -1,0 +1,71 @@
+//! A watch root, resolved once: its canonical folder, its pattern and the rules that decide
+//! when a folder below it is a finished stack, and the name a stack gets at the collector.
+
+use crate::scan::{scan_dir, DirScan};
+use crate::stack::Rules;
+use anyhow::{Context, Result};
+use beamflow_config::WatchSection;
+use std::path::{Path, PathBuf};
+
+/// One watch root, resolved.
+pub struct Root {
+    /// The folder, canonical.
+    pub canon: PathBuf,
+    /// Which files are images.
+    pub pattern: glob::Pattern,
+    /// When a stack is finished.
+    pub rules: Rules,
+    /// The config section.
+    pub section: WatchSection,
+}
+
+impl Root {
+    /// Resolves a `[[watch]]` section; its folder must exist.
+    pub fn new(w: &WatchSection) -> Result<Root> {
+        let canon = w.path.canonicalize().with_context(|| {
+            format!(
+                "watch root {} does not exist or cannot be read; create it or fix [[watch]] path",
+                w.path.display()
+            )
+        })?;
+        Ok(Root {
+            canon,
+            pattern: glob::Pattern::new(&w.pattern).context("watch pattern")?,
+            rules: Rules {
+                min_images: w.min_images.get(),
+                marker: w.marker.clone(),
+                expect: w.expect.map(|n| n.get()),
+                settle: w.settle.0,
+                max_wait: w.max_wait.0,
+            },
+            section: w.clone(),
+        })
+    }
+
+    /// The stack's path under the collector's data root.
+    pub fn remote_name(&self, dir: &Path) -> String {
+        let rel = dir.strip_prefix(&self.canon).unwrap_or(dir);
+        let rel = if rel.as_os_str().is_empty() {
+            PathBuf::from(self.canon.file_name().unwrap_or_default())
+        } else {
+            rel.to_path_buf()
+        };
+        let prefix = self.section.prefix.trim_matches('/');
+        let rel = rel.to_string_lossy().into_owned();
+        if prefix.is_empty() {
+            rel
+        } else {
+            format!("{prefix}/{rel}")
+        }
+    }
+
+    /// Lists one folder below the root.
+    pub fn scan(&self, dir: &Path) -> std::io::Result<DirScan> {
+        scan_dir(
+            &self.canon,
+            dir,
+            &self.pattern,
+            self.rules.marker.as_deref(),
+        )
+    }
+}
