@@ -376,7 +376,8 @@ pub struct ServiceSection {
     pub listen: SocketAddr,
     /// Each stack version gets a work folder under this one.
     pub work_root: PathBuf,
-    /// How often the service advances jobs, polls schedulers and applies the queue policy.
+    /// How often the service asks the batch schedulers about its launchers and judges their
+    /// heartbeats. Jobs do not wait for it: the engine reacts to every report and submission.
     pub poll_interval: Dur,
     /// A launcher silent for this long is declared lost and its jobs time out.
     pub heartbeat_timeout: Dur,
@@ -426,7 +427,8 @@ pub struct QueueSection {
     pub slots: u32,
     /// A launcher with nothing to do for this long exits.
     pub idle_exit: Dur,
-    /// How often a launcher asks for work and reports that it is alive.
+    /// The longest the service holds a launcher's request for work when there is none (its
+    /// heartbeat period; work is handed over the moment it exists).
     pub poll: Dur,
     /// Stop launching this long before the wall time; running jobs are ended then too.
     pub walltime_margin: Dur,

@@ -216,9 +216,15 @@ impl Site {
 
     /// Starts `beamflow-collector service` and waits for its server-info.
     pub fn start_service(&self) -> Proc {
+        self.start_service_with(&[])
+    }
+
+    /// [`Site::start_service`] with more environment (the benchmarks log at the default
+    /// level, `BEAMFLOW_LOG=info`, as a site would; the tests log at `debug`).
+    pub fn start_service_with(&self, env: &[(&str, &str)]) -> Proc {
         let info = self.dir.join("state/server-info");
         let _ = std::fs::remove_file(&info); // a killed service leaves it behind
-        let p = self.spawn("beamflow-collector", &["service"], "service.log");
+        let p = self.spawn_env("beamflow-collector", &["service"], "service.log", env);
         wait_until(Duration::from_secs(20), "service server-info", || {
             info.exists()
         });

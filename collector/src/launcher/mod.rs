@@ -53,8 +53,8 @@ pub enum LauncherError {
 enum Event {
     /// The service answered (work, kills, a stop).
     Answer(AcquireResponse),
-    /// A job's process ended.
-    Exited(u64, std::io::Result<ExitStatus>),
+    /// A job's process ended: its pid and how.
+    Exited(u32, ExitStatus),
     /// The service could not be reached.
     LinkDown(String),
     /// Every ending handed to the reporter was delivered (or refused for good).
@@ -80,6 +80,9 @@ struct Running {
 
 struct Launcher {
     id: u64,
+    reaper: Arc<Reaper>,
+    /// Job of each running process.
+    by_pid: HashMap<u32, u64>,
     /// Programs already found on PATH.
     found: std::collections::HashSet<String>,
     template: Vec<String>,
@@ -93,7 +96,6 @@ struct Launcher {
     /// The job ids the service should see as this launcher's.
     mine: Arc<Mutex<Vec<u64>>>,
     reporter: Sender<ToReporter>,
-    events: Sender<Event>,
 }
 
 impl Launcher {
@@ -204,23 +206,14 @@ impl Launcher {
         // this process's own, set at start, which every job inherits
         cmd.process_group(0);
         match cmd.spawn() {
-            Ok(mut child) => {
+            Ok(child) => {
                 tracing::info!(job = job.id, stack = %job.stack, step = %job.name, attempt = job.attempt, "started: {}", argv::render(&args));
-                let (id, events, pgid) = (job.id, self.events.clone(), child.id());
-                let waiter = std::thread::Builder::new()
-                    .name(format!("job-{id}"))
-                    .stack_size(64 << 10)
-                    .spawn(move || {
-                        let status = child.wait();
-                        let _ = events.send(Event::Exited(id, status));
-                    });
-                if let Err(e) = waiter {
-                    // without a waiter nobody would see it end: end it now, it runs again
-                    process::signal_group(pgid, libc::SIGKILL);
-                    self.free.extend(nodes);
-                    self.report(id, Outcome::Timeout, None, format!("cannot watch it: {e}"));
-                    return;
-                }
+                // the reaper collects it; the handle is not needed (dropping it neither waits
+                // nor kills)
+                let (id, pgid) = (job.id, child.id());
+                drop(child);
+                self.reaper.started();
+                self.by_pid.insert(pgid, id);
                 self.running.insert(
                     id,
                     Running {
@@ -248,12 +241,11 @@ impl Launcher {
     /// A job's process ended: its nodes are free at once; its report goes out now, or a
     /// moment later for a failure (a scheduler cancelling the allocation signals the jobs
     /// and us together: such a job counts as timed out, not as failed).
-    fn exited(&mut self, id: u64, status: std::io::Result<ExitStatus>, stop: &AtomicBool) {
+    fn exited(&mut self, id: u64, status: ExitStatus, stop: &AtomicBool) {
         let Some(mut r) = self.running.remove(&id) else {
             return;
         };
         self.free.append(&mut r.nodes);
-        let status = status.unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
         if let Some(why) = r.ended_why {
             self.report(id, Outcome::Timeout, status.code(), why);
         } else if r.ending.is_some() {
@@ -355,6 +347,68 @@ impl Launcher {
                 .is_some_and(|t| t.elapsed() >= Duration::from_secs(5))
             {
                 process::signal_group(r.pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// One thread that collects every job's exit as it happens (`waitpid` on any child), rather
+/// than a thread per job: at a thousand short jobs a second, starting a thread per job cost
+/// more than the jobs. The launcher starts no other processes.
+struct Reaper {
+    live: Mutex<usize>,
+    more: std::sync::Condvar,
+}
+
+impl Reaper {
+    fn start(events: Sender<Event>) -> Arc<Reaper> {
+        let r = Arc::new(Reaper {
+            live: Mutex::new(0),
+            more: std::sync::Condvar::new(),
+        });
+        let me = r.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || me.run(events))
+            .expect("a launcher without a reaper cannot see its jobs end");
+        r
+    }
+
+    fn started(&self) {
+        if let Ok(mut n) = self.live.lock() {
+            *n += 1;
+            self.more.notify_one();
+        }
+    }
+
+    fn run(&self, events: Sender<Event>) {
+        loop {
+            {
+                let Ok(mut n) = self.live.lock() else { return };
+                while *n == 0 {
+                    match self.more.wait(n) {
+                        Ok(g) => n = g,
+                        Err(_) => return,
+                    }
+                }
+            }
+            let mut status = 0;
+            // SAFETY: waitpid writes the status it was given and touches nothing else
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid > 0 {
+                if let Ok(mut n) = self.live.lock() {
+                    *n = n.saturating_sub(1);
+                }
+                if events
+                    .send(Event::Exited(pid as u32, ExitStatus::from_raw(status)))
+                    .is_err()
+                {
+                    return;
+                }
+            } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                if let Ok(mut n) = self.live.lock() {
+                    *n = 0;
+                }
             }
         }
     }
@@ -555,8 +609,11 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         let (sd, m, ev) = (state_dir.clone(), mine.clone(), events.clone());
         std::thread::spawn(move || reporter(id, slots, sd, m, reporter_inbox, ev));
     }
+    let reaper = Reaper::start(events.clone());
     let mut l = Launcher {
         id,
+        reaper,
+        by_pid: HashMap::new(),
         found: Default::default(),
         template,
         free: nodes,
@@ -565,7 +622,6 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         held: Vec::new(),
         mine,
         reporter: to_reporter,
-        events,
     };
     let mut idle_since = Instant::now();
     let mut ending: Option<String> = None;
@@ -583,7 +639,11 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
                     l.take(resp);
                 }
             }
-            Ok(Event::Exited(job, status)) => l.exited(job, status, &stop),
+            Ok(Event::Exited(pid, status)) => {
+                if let Some(job) = l.by_pid.remove(&pid) {
+                    l.exited(job, status, &stop);
+                }
+            }
             Ok(Event::LinkDown(e)) => {
                 if !state_dir.exists() && ending.is_none() {
                     // the collector was removed, not restarted: nobody will ever answer

@@ -198,6 +198,20 @@ pub struct NewStack<'a> {
     pub files_json: &'a str,
 }
 
+/// Plans that do not depend on bound values: otherwise SQLite recompiles a cached statement
+/// each time a value bound against an indexed column changes, which was most of what a
+/// launcher's request cost.
+fn stable_plans(conn: &Connection) -> Result<(), DbError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
+/// Compiled statements kept per connection.
+const STATEMENT_CACHE: usize = 128;
+
 /// The database handle owned by the service.
 pub struct Db {
     pub(crate) conn: Connection,
@@ -235,6 +249,10 @@ impl Db {
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // every hot statement stays compiled: the default cache of 16 is smaller than the
+        // set the engine and the launchers' requests use, and a miss costs a compile
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        stable_plans(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate_to_beamlines(&conn, legacy_beamline)?;
@@ -250,6 +268,8 @@ impl Db {
     /// A database in memory on the given clock: the engine's tests run on it, and never sleep.
     pub fn in_memory(clock: Arc<dyn Clock>) -> Result<Db, DbError> {
         let conn = Connection::open_in_memory()?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        stable_plans(&conn)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Db { conn, clock })

@@ -14,7 +14,7 @@ use super::db::{Db, DbError};
 use super::job::{self, JobState, Move, Trigger};
 use super::launchers::{self, LauncherState, LauncherTrigger};
 use super::lifecycle::Pending;
-use super::prepare::{name_back, prepare, Prepared};
+use super::prepare::{name_back, name_back_sections, prepare, Prepared};
 use super::wake::Wake;
 use crate::scheduler::{self, capacity, BatchSpec, SchedError, Scheduler};
 use beamflow_config::{Config, QueueSection};
@@ -78,6 +78,8 @@ pub struct Reaction {
 /// The service's background work.
 pub struct Engine {
     launchers_changed: AtomicBool,
+    /// The first round promotes whatever a stop left waiting with its parents finished.
+    first_round: AtomicBool,
     /// (workflow, step) → where the step is in its workflow: a wide workflow has thousands.
     steps: HashMap<(String, String), (String, usize)>,
     cfg: Arc<Config>,
@@ -125,6 +127,7 @@ impl Engine {
             .collect();
         Engine {
             launchers_changed: AtomicBool::new(true),
+            first_round: AtomicBool::new(true),
             steps,
             cfg,
             db,
@@ -203,28 +206,70 @@ impl Engine {
         self.wake.engine();
     }
 
-    /// Applies every reaction the database calls for until none is left. Whatever became
-    /// runnable answers the launchers at once.
+    /// Applies every reaction the database calls for, in the order a job's life cascades:
+    /// endings are checked (a finished parent readies its children), run errors and timeouts
+    /// are retried or held, children whose parents all finished become READY, and READY jobs
+    /// get their work folder and final command. One pass does the whole cascade; what arrives
+    /// meanwhile rings the bell again. Whatever became runnable answers the launchers at once.
     pub fn react(&self) -> Result<Reaction> {
-        let mut total = Reaction::default();
-        loop {
-            let (moved, runnable) = self.react_once()?;
-            if runnable > 0 {
-                self.wake.work();
+        let mut r = Reaction::default();
+        // bind first: a guard in a `for` header would live through the loop body
+        let done = self.db()?.pending(JobState::RunDone)?;
+        let checked: Vec<(u64, Vec<Move>)> = done
+            .iter()
+            .map(|j| {
+                let result = self.check(j);
+                if let Err(why) = &result {
+                    tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "{why}");
+                }
+                (j.id, job::after_check(&result))
+            })
+            .collect();
+        let finished = checked
+            .iter()
+            .filter(|(_, m)| m.last().is_some_and(|m| m.to == JobState::JobFinished))
+            .count();
+        r.moved += self.db()?.apply_all(&checked)?;
+        let max = self.cfg.service.max_attempts;
+        let errored = self.db()?.pending(JobState::RunError)?;
+        let timed_out = self.db()?.pending(JobState::RunTimeout)?;
+        if !errored.is_empty() || !timed_out.is_empty() {
+            let mut retries: Vec<(u64, Vec<Move>)> = Vec::new();
+            for j in &errored {
+                let m = job::after_error(j.attempts, max, &j.reason);
+                if m.to == JobState::Failed {
+                    tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "out of attempts: {}", j.reason);
+                }
+                retries.push((j.id, vec![m]));
             }
-            total.moved += moved;
-            total.runnable += runnable;
-            if moved == 0 {
-                return Ok(total);
-            }
+            retries.extend(timed_out.iter().map(|j| (j.id, vec![job::after_timeout()])));
+            let again = retries
+                .iter()
+                .filter(|(_, m)| m[0].to == JobState::RestartReady)
+                .count();
+            let n = self.db()?.apply_all(&retries)?;
+            r.moved += n;
+            r.runnable += again.min(n);
         }
+        if finished > 0 || self.first_round.swap(false, Ordering::SeqCst) {
+            r.moved += self.db()?.promote_ready()?;
+        }
+        let (moved, runnable) = self.prepare_ready()?;
+        r.moved += moved;
+        r.runnable += runnable;
+        if r.runnable > 0 {
+            self.wake.work();
+        }
+        Ok(r)
     }
 
-    /// One pass over the states the service acts on: (moves made, jobs made runnable).
-    fn react_once(&self) -> Result<(usize, usize)> {
-        let mut moved = self.db()?.promote_ready()?;
-        let mut runnable = 0;
+    /// READY → PREPROCESSED (or FAILED when the work folder cannot be made), all in one
+    /// transaction: (moves, jobs made runnable).
+    fn prepare_ready(&self) -> Result<(usize, usize)> {
         let ready = self.db()?.pending(JobState::Ready)?;
+        if ready.is_empty() {
+            return Ok((0, 0));
+        }
         let mut filled = Vec::new();
         let mut failed = Vec::new();
         let mut newly_prepared = Vec::new();
@@ -260,48 +305,12 @@ impl Engine {
                 }
             }
         }
-        {
-            let mut db = self.db()?;
-            for s in newly_prepared {
-                db.mark_prepared(s)?;
-            }
-            let n = db.preprocessed(&filled)?;
-            moved += n + db.apply_all(&failed)?;
-            runnable += n;
+        let mut db = self.db()?;
+        for s in newly_prepared {
+            db.mark_prepared(s)?;
         }
-        // bind first: a guard in a `for` header would live through the loop body
-        let done = self.db()?.pending(JobState::RunDone)?;
-        let checked: Vec<(u64, Vec<Move>)> = done
-            .iter()
-            .map(|j| {
-                let r = self.check(j);
-                if let Err(why) = &r {
-                    tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "{why}");
-                }
-                (j.id, job::after_check(&r))
-            })
-            .collect();
-        moved += self.db()?.apply_all(&checked)?;
-        let max = self.cfg.service.max_attempts;
-        let errored = self.db()?.pending(JobState::RunError)?;
-        let timed_out = self.db()?.pending(JobState::RunTimeout)?;
-        let mut retries: Vec<(u64, Vec<Move>)> = Vec::new();
-        for j in &errored {
-            let m = job::after_error(j.attempts, max, &j.reason);
-            if m.to == JobState::Failed {
-                tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "out of attempts: {}", j.reason);
-            }
-            retries.push((j.id, vec![m]));
-        }
-        retries.extend(timed_out.iter().map(|j| (j.id, vec![job::after_timeout()])));
-        let again = retries
-            .iter()
-            .filter(|(_, m)| m[0].to == JobState::RestartReady)
-            .count();
-        let n = self.db()?.apply_all(&retries)?;
-        moved += n;
-        runnable += again.min(n);
-        Ok((moved, runnable))
+        let n = db.preprocessed(&filled)?;
+        Ok((n + db.apply_all(&failed)?, n))
     }
 
     /// The output check of a zero exit: the summary it declares, its declared outputs, then
@@ -320,16 +329,21 @@ impl Engine {
             Some(s) => super::check::outputs(work, &s.outputs, &s.absent),
             None => Ok(()),
         })
-        .and_then(|()| name_back(work))
+        .and_then(|()| match self.cached(j.stack_id) {
+            Some(Ok(p)) => name_back_sections(work, &p.sections),
+            _ => name_back(work),
+        })
+    }
+
+    fn cached(&self, stack: u64) -> Option<std::result::Result<Prepared, String>> {
+        self.prepared
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&stack).cloned())
     }
 
     fn prepared_for(&self, j: &Pending) -> std::result::Result<Prepared, String> {
-        if let Some(p) = self
-            .prepared
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&j.stack_id).cloned())
-        {
+        if let Some(p) = self.cached(j.stack_id) {
             return p;
         }
         let wf = self.cfg.workflows.get(&j.workflow);

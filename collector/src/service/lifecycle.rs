@@ -57,12 +57,16 @@ pub struct Pending {
 impl Db {
     /// Jobs in `state` with what the service needs to act on them.
     pub fn pending(&self, state: JobState) -> Result<Vec<Pending>, DbError> {
-        let mut st = self.conn.prepare_cached(
+        // the state is written into the statement, not bound: SQLite recompiles a statement
+        // whose bound value may change its plan (an indexed column) every time the value
+        // changes, and that recompiling was most of the engine's time
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT j.id, j.name, s.id, s.name, j.work_dir, s.dir, s.workflow, s.prepared, j.command, j.check_summary, j.attempts, j.reason
-             FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.state = ?1 ORDER BY j.id",
-        )?;
+             FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.state = '{}' ORDER BY j.id",
+            state.as_str()
+        ))?;
         let rows = st
-            .query_map([state.as_str()], |r| {
+            .query_map([], |r| {
                 Ok(Pending {
                     id: r.get::<_, i64>(0)? as u64,
                     name: r.get(1)?,
@@ -248,17 +252,17 @@ impl Db {
             // oldest first; each state is read in its index's order (no sort of every
             // runnable job per request), and no more than a request can take is read
             let mut candidates: Vec<(i64, u32)> = Vec::new();
-            {
-                let mut st = tx.prepare_cached(
-                    "SELECT id, nodes FROM jobs WHERE state = ?1 ORDER BY id LIMIT ?2",
-                )?;
-                let limit = (max_jobs.min(free) as i64).max(1) * 4;
-                for state in ["PREPROCESSED", "RESTART_READY"] {
-                    let v: Vec<(i64, u32)> = st
-                        .query_map(params![state, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<Result<_, _>>()?;
-                    candidates.extend(v);
-                }
+            let limit = (max_jobs.min(free) as i64).max(1) * 4;
+            for state in [JobState::Preprocessed, JobState::RestartReady] {
+                // the state written in, not bound (see `pending`)
+                let mut st = tx.prepare_cached(&format!(
+                    "SELECT id, nodes FROM jobs WHERE state = '{}' ORDER BY id LIMIT ?1",
+                    state.as_str()
+                ))?;
+                let v: Vec<(i64, u32)> = st
+                    .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                candidates.extend(v);
             }
             candidates.sort_unstable();
             let why = format!("started by launcher {launcher}");

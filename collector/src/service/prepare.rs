@@ -197,6 +197,11 @@ pub fn name_back(work_dir: &Path) -> Result<(), String> {
     let Ok(sections) = read_names(&work_dir.join(NAMES_FILE)) else {
         return Ok(()); // a workflow that prepared no names
     };
+    name_back_sections(work_dir, &sections)
+}
+
+/// [`name_back`] with the sections known (the engine keeps each version's preparation).
+pub fn name_back_sections(work_dir: &Path, sections: &[Section]) -> Result<(), String> {
     for s in sections.iter().filter(|s| s.aligntk != stem(&s.original)) {
         for (dir, from, to) in [
             (

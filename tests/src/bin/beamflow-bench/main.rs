@@ -294,7 +294,7 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
         ));
     }
     site.append_config(&wf);
-    let mut service = site.start_service();
+    let mut service = site.start_service_with(&[("BEAMFLOW_LOG", "info")]);
     let client = Client::from_state_dir(&site.dir.join("state")).unwrap();
     let submit = |name: &str, workflow: &str| {
         let files = bench_stack(&site, name);
