@@ -8,7 +8,7 @@
 
 use crate::images::{check_images, hash_files};
 use crate::journal::{FileRecord, Journal, StackState};
-use crate::lifecycle::{self, Backoff, Next, Outcome};
+use crate::lifecycle::{self, Backoff, Next};
 use crate::root::Root;
 use crate::scan::{stack_dirs, DirScan};
 use crate::stack::{decide, Observed, Verdict};
@@ -643,43 +643,18 @@ impl Daemon {
         let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
             return Ok(());
         };
-        self.journal.mark_sent(
-            rec.id,
-            &report.acked,
-            report.wire_bytes,
-            report.elapsed.as_secs_f64(),
-        )?;
         let backoff = Backoff::of(&self.cfg);
         let t = self.stacks.get_mut(&dir);
         let wait = t.as_ref().map(|t| t.backoff).unwrap_or(backoff.initial);
-        let outcome = match &report.result {
-            Ok(acc) => Outcome::Accepted {
-                jobs: acc.jobs,
-                created: acc.created,
-            },
-            Err(e) => Outcome::Failed {
-                action: e.action(),
-                why: e.to_string(),
-            },
-        };
-        let all_sent = self.journal.files(rec.id)?.iter().all(|f| f.sent);
-        let decision = lifecycle::after_send(&outcome, all_sent, wait);
+        let decision = report.record(&mut self.journal, rec.id, wait)?;
         match (&report.result, decision.next) {
-            (Ok(acc), _) => {
-                tracing::info!(
-                    stack = %rec.name, version = rec.version, remote_id = acc.remote_id, jobs = acc.jobs,
-                    bytes = report.wire_bytes, same = report.same, secs = report.elapsed.as_secs_f64(), "submitted"
-                );
-                self.journal
-                    .mark_submitted(rec.id, acc.remote_id as i64, &decision.reason)?;
-            }
+            (Ok(acc), _) => tracing::info!(
+                stack = %rec.name, version = rec.version, remote_id = acc.remote_id, jobs = acc.jobs,
+                bytes = report.wire_bytes, same = report.same, secs = report.elapsed.as_secs_f64(), "submitted"
+            ),
             (Err(_), Next::RetryIn(_)) => tracing::warn!(stack = %rec.name, "{}", decision.reason),
             (Err(_), Next::Hold) => tracing::error!(stack = %rec.name, "{}", decision.reason),
             (Err(_), _) => tracing::info!(stack = %rec.name, "{}", decision.reason),
-        }
-        if decision.state != StackState::Submitted {
-            self.journal
-                .set_state(rec.id, decision.state, &decision.reason)?;
         }
         if let Some(t) = t {
             match decision.next {

@@ -7,7 +7,7 @@
 
 use crate::images::{check_images, hash_files};
 use crate::journal::{Journal, StackState};
-use crate::lifecycle::{self, Backoff, Next, Outcome};
+use crate::lifecycle::{self, Backoff, Next};
 use crate::root::Root;
 use crate::ssh::Master;
 use crate::transfer::{self, Job};
@@ -226,27 +226,9 @@ async fn send_with_retries(
         let report =
             tokio::task::spawn_blocking(move || transfer::send(&c, &j, ctl.as_deref(), links))
                 .await?;
-        journal.mark_sent(
-            rec.id,
-            &report.acked,
-            report.wire_bytes,
-            report.elapsed.as_secs_f64(),
-        )?;
-        let outcome = match &report.result {
-            Ok(acc) => Outcome::Accepted {
-                jobs: acc.jobs,
-                created: acc.created,
-            },
-            Err(e) => Outcome::Failed {
-                action: e.action(),
-                why: e.to_string(),
-            },
-        };
-        let all_sent = journal.files(rec.id)?.iter().all(|f| f.sent);
-        let decision = lifecycle::after_send(&outcome, all_sent, wait);
+        let decision = report.record(journal, rec.id, wait)?;
         let err = match report.result {
             Ok(acc) => {
-                journal.mark_submitted(rec.id, acc.remote_id as i64, &decision.reason)?;
                 let bytes = job.files.iter().map(|f| f.size).sum();
                 return Ok(Pushed {
                     stack: name,
@@ -263,7 +245,6 @@ async fn send_with_retries(
             }
             Err(e) => e,
         };
-        journal.set_state(rec.id, decision.state, &decision.reason)?;
         let last = attempt == attempts;
         match decision.next {
             Next::Done => unreachable!("only an accepted DAG is done"),

@@ -8,6 +8,7 @@
 //! recorded. Nothing counts as sent until the collector acknowledges it verified and durable.
 
 use crate::journal::FileRecord;
+use crate::lifecycle;
 use crate::link::{Link, LinkError};
 use beamflow_config::Config;
 use beamflow_protocol::{
@@ -164,6 +165,42 @@ pub struct Report {
     pub elapsed: Duration,
     /// The result.
     pub result: Result<Accepted, TransferError>,
+}
+
+impl Report {
+    /// Journals what this attempt achieved (the files acknowledged, the bytes) and decides,
+    /// by the stack lifecycle's rule, what comes next; the daemon and `push` both record an
+    /// attempt here. `wait` is the backoff this attempt would wait before the next.
+    pub fn record(
+        &self,
+        journal: &mut crate::journal::Journal,
+        stack: i64,
+        wait: Duration,
+    ) -> Result<lifecycle::Decision, crate::journal::JournalError> {
+        journal.mark_sent(
+            stack,
+            &self.acked,
+            self.wire_bytes,
+            self.elapsed.as_secs_f64(),
+        )?;
+        let outcome = match &self.result {
+            Ok(acc) => lifecycle::Outcome::Accepted {
+                jobs: acc.jobs,
+                created: acc.created,
+            },
+            Err(e) => lifecycle::Outcome::Failed {
+                action: e.action(),
+                why: e.to_string(),
+            },
+        };
+        let all_sent = journal.files(stack)?.iter().all(|f| f.sent);
+        let decision = lifecycle::after_send(&outcome, all_sent, wait);
+        match &self.result {
+            Ok(acc) => journal.mark_submitted(stack, acc.remote_id as i64, &decision.reason)?,
+            Err(_) => journal.set_state(stack, decision.state, &decision.reason)?,
+        }
+        Ok(decision)
+    }
 }
 
 fn broken(e: ProtocolError) -> TransferError {

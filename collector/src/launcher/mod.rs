@@ -436,6 +436,23 @@ fn connect(state_dir: &std::path::Path) -> Result<Client, String> {
     Client::from_state_dir(state_dir).map_err(|e| e.to_string())
 }
 
+/// A request for as much work as the launcher's slots hold (the service counts what is free),
+/// with the jobs it runs, the endings to record, and how long it may be held.
+fn ask(
+    slots: u32,
+    mine: &Mutex<Vec<u64>>,
+    reports: Vec<JobReport>,
+    wait: Duration,
+) -> AcquireRequest {
+    AcquireRequest {
+        free_nodes: slots,
+        max_jobs: slots,
+        running: mine.lock().map(|m| m.clone()).unwrap_or_default(),
+        reports,
+        wait_ms: wait.as_millis() as u64,
+    }
+}
+
 /// The held request for work, again and again, until `done`.
 fn poller(
     id: u64,
@@ -453,14 +470,7 @@ fn poller(
             client = connect(&state_dir).ok();
             continue;
         };
-        let req = AcquireRequest {
-            free_nodes: slots,
-            max_jobs: slots,
-            running: mine.lock().map(|m| m.clone()).unwrap_or_default(),
-            reports: Vec::new(),
-            wait_ms: wait.as_millis() as u64,
-        };
-        match c.acquire(id, &req) {
+        match c.acquire(id, &ask(slots, &mine, Vec::new(), wait)) {
             Ok(resp) => {
                 let stop = resp.stop;
                 if events.send(Event::Answer(resp)).is_err() || stop {
@@ -505,13 +515,7 @@ fn reporter(
             }
         }
         if !pending.is_empty() {
-            let req = AcquireRequest {
-                free_nodes: slots,
-                max_jobs: slots,
-                running: mine.lock().map(|m| m.clone()).unwrap_or_default(),
-                reports: pending.clone(),
-                wait_ms: 0,
-            };
+            let req = ask(slots, &mine, pending.clone(), Duration::ZERO);
             let answer = match client.as_ref() {
                 Some(c) => c
                     .acquire(id, &req)
