@@ -382,6 +382,17 @@ impl Client {
         })
     }
 
+    /// The same client with another limit on each request's time: for a caller that must not
+    /// be held long (a launcher reporting from its main loop).
+    pub fn with_timeout(mut self, limit: Duration) -> Client {
+        self.agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(limit))
+            .build()
+            .into();
+        self
+    }
+
     fn finish<T: for<'de> Deserialize<'de>>(
         &self,
         res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,

@@ -78,8 +78,19 @@ struct Running {
     ended_why: Option<String>,
 }
 
+/// The longest the loop itself waits for the service when it reports.
+const DIRECT_LIMIT: Duration = Duration::from_secs(2);
+
 struct Launcher {
     id: u64,
+    slots: u32,
+    state_dir: PathBuf,
+    /// Endings not sent yet.
+    outbox: Vec<JobReport>,
+    /// The loop's own connection, for endings sent from the loop.
+    direct: Option<Client>,
+    /// Endings handed to the reporter and not delivered yet.
+    in_reporter: Arc<std::sync::atomic::AtomicUsize>,
     reaper: Arc<Reaper>,
     /// Job of each running process.
     by_pid: HashMap<u32, u64>,
@@ -107,9 +118,9 @@ impl Launcher {
         }
     }
 
-    fn report(&self, job: u64, outcome: Outcome, exit_code: Option<i32>, message: String) {
+    fn report(&mut self, job: u64, outcome: Outcome, exit_code: Option<i32>, message: String) {
         tracing::info!(job, ?outcome, exit_code, "{message}");
-        let _ = self.reporter.send(ToReporter::Report(JobReport {
+        self.outbox.push(JobReport {
             job,
             report: ReportRequest {
                 launcher: self.id,
@@ -117,7 +128,40 @@ impl Launcher {
                 exit_code,
                 message,
             },
-        }));
+        });
+    }
+
+    /// Sends the endings gathered so far. When the reporter has nothing in hand they go out
+    /// from here, in the request whose answer brings the next jobs, with no thread between
+    /// an ending and the job that takes its nodes; on any trouble, and while the reporter
+    /// still holds earlier ones (their order matters to nobody, but a slow service should
+    /// hold up one thread, not this loop), the reporter delivers them.
+    fn flush(&mut self) -> Option<AcquireResponse> {
+        if self.outbox.is_empty() {
+            return None;
+        }
+        let reports = std::mem::take(&mut self.outbox);
+        if self.in_reporter.load(Ordering::SeqCst) == 0 {
+            if let Some(c) = &self.direct {
+                let req = ask(self.slots, &self.mine, reports.clone(), Duration::ZERO);
+                match c.acquire(self.id, &req) {
+                    Ok(resp) => return Some(resp),
+                    Err(e) => {
+                        tracing::debug!(
+                            "reporting from the loop failed ({e}); the reporter retries"
+                        );
+                        self.direct = connect(&self.state_dir)
+                            .ok()
+                            .map(|c| c.with_timeout(DIRECT_LIMIT));
+                    }
+                }
+            }
+        }
+        self.in_reporter.fetch_add(reports.len(), Ordering::SeqCst);
+        for r in reports {
+            let _ = self.reporter.send(ToReporter::Report(r));
+        }
+        None
     }
 
     fn take(&mut self, resp: AcquireResponse) {
@@ -495,9 +539,13 @@ fn reporter(
     mine: Arc<Mutex<Vec<u64>>>,
     inbox: Receiver<ToReporter>,
     events: Sender<Event>,
+    in_hand: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut client = connect(&state_dir).ok();
     let mut pending: Vec<JobReport> = Vec::new();
+    let done = |n: usize| {
+        in_hand.fetch_sub(n, Ordering::SeqCst);
+    };
     let mut flush = false;
     loop {
         let first = if pending.is_empty() {
@@ -524,6 +572,7 @@ fn reporter(
             };
             match answer {
                 Ok(resp) => {
+                    done(pending.len());
                     pending.clear();
                     if events.send(Event::Answer(resp)).is_err() {
                         return;
@@ -534,12 +583,14 @@ fn reporter(
                     std::thread::sleep(Duration::from_millis(500));
                     client = connect(&state_dir).ok();
                     if flush && !state_dir.exists() {
+                        done(pending.len());
                         pending.clear();
                     }
                     continue;
                 }
                 Err((false, e)) => {
                     tracing::warn!("{} ending(s) refused: {e}", pending.len());
+                    done(pending.len());
                     pending.clear();
                 }
             }
@@ -601,6 +652,7 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
     let (to_reporter, reporter_inbox) = channel();
     let mine = Arc::new(Mutex::new(Vec::new()));
     let done = Arc::new(AtomicBool::new(false));
+    let in_reporter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
         let (sd, m, ev, d) = (
             state_dir.clone(),
@@ -610,12 +662,24 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         );
         let poll = q.poll.0;
         std::thread::spawn(move || poller(id, slots, poll, sd, m, ev, d));
-        let (sd, m, ev) = (state_dir.clone(), mine.clone(), events.clone());
-        std::thread::spawn(move || reporter(id, slots, sd, m, reporter_inbox, ev));
+        let (sd, m, ev, n) = (
+            state_dir.clone(),
+            mine.clone(),
+            events.clone(),
+            in_reporter.clone(),
+        );
+        std::thread::spawn(move || reporter(id, slots, sd, m, reporter_inbox, ev, n));
     }
     let reaper = Reaper::start(events.clone());
     let mut l = Launcher {
         id,
+        slots,
+        state_dir: state_dir.clone(),
+        outbox: Vec::new(),
+        direct: connect(&state_dir)
+            .ok()
+            .map(|c| c.with_timeout(DIRECT_LIMIT)),
+        in_reporter: in_reporter.clone(),
         reaper,
         by_pid: HashMap::new(),
         found: Default::default(),
@@ -662,6 +726,15 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
             Err(RecvTimeoutError::Disconnected) => break "its threads ended".to_string(),
         }
         l.release_held(&stop, false);
+        while let Some(resp) = l.flush() {
+            if resp.stop && ending.is_none() {
+                l.end_all("the service declared this launcher ended");
+                ending = Some("told to stop by the service".into());
+            }
+            if ending.is_none() {
+                l.take(resp);
+            }
+        }
         if ending.is_none() {
             if stop.load(Ordering::SeqCst) {
                 l.end_all("the launcher was stopped (its allocation was cancelled)");
@@ -684,6 +757,8 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
     };
     done.store(true, Ordering::SeqCst);
     l.release_held(&stop, true);
+    l.direct = None; // the last endings go through the reporter, which retries
+    let _ = l.flush();
     let _ = l.reporter.send(ToReporter::Flush);
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {

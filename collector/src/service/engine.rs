@@ -66,6 +66,9 @@ pub(crate) fn collector_exe() -> String {
         .unwrap_or_else(|_| "beamflow-collector".into())
 }
 
+/// The most READY jobs one round makes runnable.
+const PREPARE_SLICE: usize = 64;
+
 /// What one reaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reaction {
@@ -213,8 +216,16 @@ impl Engine {
     /// meanwhile rings the bell again. Whatever became runnable answers the launchers at once.
     pub fn react(&self) -> Result<Reaction> {
         let mut r = Reaction::default();
-        // bind first: a guard in a `for` header would live through the loop body
-        let done = self.db()?.pending(JobState::RunDone)?;
+        // one read for every state acted on; bind first: a guard in a `for` header would
+        // live through the loop body
+        let all = self.db()?.pending_in(&[
+            JobState::RunDone,
+            JobState::RunError,
+            JobState::RunTimeout,
+            JobState::Ready,
+        ])?;
+        let of = |s: JobState| all.iter().filter(move |j| j.state == s);
+        let done: Vec<&Pending> = of(JobState::RunDone).collect();
         let checked: Vec<(u64, Vec<Move>)> = done
             .iter()
             .map(|j| {
@@ -225,14 +236,15 @@ impl Engine {
                 (j.id, job::after_check(&result))
             })
             .collect();
-        let finished = checked
+        let finished: Vec<u64> = checked
             .iter()
             .filter(|(_, m)| m.last().is_some_and(|m| m.to == JobState::JobFinished))
-            .count();
+            .map(|(id, _)| *id)
+            .collect();
         r.moved += self.db()?.apply_all(&checked)?;
         let max = self.cfg.service.max_attempts;
-        let errored = self.db()?.pending(JobState::RunError)?;
-        let timed_out = self.db()?.pending(JobState::RunTimeout)?;
+        let errored: Vec<&Pending> = of(JobState::RunError).collect();
+        let timed_out: Vec<&Pending> = of(JobState::RunTimeout).collect();
         if !errored.is_empty() || !timed_out.is_empty() {
             let mut retries: Vec<(u64, Vec<Move>)> = Vec::new();
             for j in &errored {
@@ -251,10 +263,19 @@ impl Engine {
             r.moved += n;
             r.runnable += again.min(n);
         }
-        if finished > 0 || self.first_round.swap(false, Ordering::SeqCst) {
-            r.moved += self.db()?.promote_ready()?;
-        }
-        let (moved, runnable) = self.prepare_ready()?;
+        let promoted = if self.first_round.swap(false, Ordering::SeqCst) {
+            // whatever a stop left waiting with its parents finished
+            self.db()?.promote_ready()?
+        } else {
+            self.db()?.promote_children(&finished)?
+        };
+        r.moved += promoted;
+        let ready = if promoted > 0 {
+            self.db()?.pending(JobState::Ready)?
+        } else {
+            of(JobState::Ready).cloned().collect()
+        };
+        let (moved, runnable) = self.prepare_ready(ready)?;
         r.moved += moved;
         r.runnable += runnable;
         if r.runnable > 0 {
@@ -265,10 +286,15 @@ impl Engine {
 
     /// READY → PREPROCESSED (or FAILED when the work folder cannot be made), all in one
     /// transaction: (moves, jobs made runnable).
-    fn prepare_ready(&self) -> Result<(usize, usize)> {
-        let ready = self.db()?.pending(JobState::Ready)?;
+    fn prepare_ready(&self, mut ready: Vec<Pending>) -> Result<(usize, usize)> {
         if ready.is_empty() {
             return Ok((0, 0));
+        }
+        // a stack of thousands of steps is made runnable a slice at a time, so the first
+        // ones run while the rest are filled in; the bell brings the engine back for more
+        if ready.len() > PREPARE_SLICE {
+            ready.truncate(PREPARE_SLICE);
+            self.wake.engine();
         }
         let mut filled = Vec::new();
         let mut failed = Vec::new();

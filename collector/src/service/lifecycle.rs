@@ -52,18 +52,26 @@ pub struct Pending {
     pub attempts: u32,
     /// Why it is in its state (the last run's error, for a retry decision).
     pub reason: String,
+    /// Its state when read.
+    pub state: JobState,
 }
 
 impl Db {
     /// Jobs in `state` with what the service needs to act on them.
     pub fn pending(&self, state: JobState) -> Result<Vec<Pending>, DbError> {
-        // the state is written into the statement, not bound: SQLite recompiles a statement
-        // whose bound value may change its plan (an indexed column) every time the value
-        // changes, and that recompiling was most of the engine's time
+        self.pending_in(&[state])
+    }
+
+    /// Jobs in any of `states`, oldest first: one statement for all the states a round of
+    /// the engine acts on.
+    pub fn pending_in(&self, states: &[JobState]) -> Result<Vec<Pending>, DbError> {
+        // the states are written into the statement, not bound: a plan may depend on a value
+        // bound against an indexed column, and a new value would mean a new compile
+        let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT j.id, j.name, s.id, s.name, j.work_dir, s.dir, s.workflow, s.prepared, j.command, j.check_summary, j.attempts, j.reason
-             FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.state = '{}' ORDER BY j.id",
-            state.as_str()
+            "SELECT j.id, j.name, s.id, s.name, j.work_dir, s.dir, s.workflow, s.prepared, j.command, j.check_summary, j.attempts, j.reason, j.state
+             FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.state IN ({}) ORDER BY j.id",
+            list.join(", ")
         ))?;
         let rows = st
             .query_map([], |r| {
@@ -80,6 +88,7 @@ impl Db {
                     check_summary: r.get(9)?,
                     attempts: r.get(10)?,
                     reason: r.get(11)?,
+                    state: JobState::parse(&r.get::<_, String>(12)?).unwrap_or(JobState::Created),
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -114,29 +123,64 @@ impl Db {
 
     /// AWAITING_PARENTS → READY for jobs whose parents all finished.
     pub fn promote_ready(&mut self) -> Result<usize, DbError> {
-        let at = stamp(self.now());
-        let tx = self.tx()?;
-        let ids: Vec<i64> = {
-            let mut st = tx.prepare_cached(
+        let ids: Vec<u64> = {
+            let mut st = self.conn.prepare_cached(
                 "SELECT j.id FROM jobs j WHERE j.state = 'AWAITING_PARENTS' AND NOT EXISTS (
                    SELECT 1 FROM job_parents p JOIN jobs q ON q.id = p.parent_id
                    WHERE p.job_id = j.id AND q.state != 'JOB_FINISHED')",
             )?;
-            let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let v = st
+                .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+                .collect::<Result<_, _>>()?;
             v
         };
-        for id in &ids {
-            job::change(
+        self.promote(&ids)
+    }
+
+    /// AWAITING_PARENTS → READY for the children of `parents` (jobs that just finished) whose
+    /// parents all finished: only their rows are read, however many jobs wait elsewhere.
+    pub fn promote_children(&mut self, parents: &[u64]) -> Result<usize, DbError> {
+        let mut ids: Vec<u64> = Vec::new();
+        {
+            let mut st = self.conn.prepare_cached(
+                "SELECT c.job_id FROM job_parents c JOIN jobs j ON j.id = c.job_id
+                 WHERE c.parent_id = ?1 AND j.state = 'AWAITING_PARENTS' AND NOT EXISTS (
+                   SELECT 1 FROM job_parents p JOIN jobs q ON q.id = p.parent_id
+                   WHERE p.job_id = c.job_id AND q.state != 'JOB_FINISHED')",
+            )?;
+            for p in parents {
+                let v: Vec<u64> = st
+                    .query_map([*p as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+                    .collect::<Result<_, _>>()?;
+                ids.extend(v);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        self.promote(&ids)
+    }
+
+    /// The move itself, in one transaction (read first: most rounds have nothing to move,
+    /// and a write transaction costs a disk sync).
+    fn promote(&mut self, ids: &[u64]) -> Result<usize, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let mut n = 0;
+        for id in ids {
+            n += job::change(
                 &tx,
-                *id as u64,
+                *id,
                 JobState::Ready,
                 Trigger::ParentsFinished,
                 "parents finished",
                 &at,
-            )?;
+            )? as usize;
         }
         tx.commit()?;
-        Ok(ids.len())
+        Ok(n)
     }
 
     /// The work folder of a stack is ready.

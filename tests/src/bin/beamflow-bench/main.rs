@@ -327,7 +327,7 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
         if count("JOB_FINISHED") as usize == n {
             break client.jobs(Some(name), None).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(if n > 100 { 200 } else { 10 }));
+        std::thread::sleep(Duration::from_millis(if n > 100 { 500 } else { 10 }));
     };
     // when a job first entered `state`, from its events
     let at = |h: &[EventRow], state: &str| {
