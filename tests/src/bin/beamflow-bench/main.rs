@@ -365,10 +365,8 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
         links.push(gap(at(&parent, "RUN_DONE"), at(&child, "RUNNING")));
     }
     eprintln!("{count} independent steps of one stack ...");
-    let started = Instant::now();
     submit("wide", "wide");
     let wide = wait_done("wide", count as usize);
-    let wall = started.elapsed();
     let (mut first_ready, mut last_done) = (None, None);
     let mut queued = Vec::new();
     for j in &wide {
@@ -396,7 +394,6 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
     service.term();
     JobsRun {
         throughput: count as f64 / span.as_secs_f64(),
-        wall: count as f64 / wall.as_secs_f64(),
         lone: med(lone),
         lone_prep: med(lone_prep),
         link: med(links.clone()),
@@ -415,7 +412,6 @@ fn med(mut v: Vec<Duration>) -> Duration {
 /// One pass of the jobs bench on one filesystem.
 struct JobsRun {
     throughput: f64,
-    wall: f64,
     lone: Duration,
     lone_prep: Duration,
     link: Duration,
@@ -488,11 +484,6 @@ fn jobs_bench(count: u32, slots: u32) {
             .map(|r| format!("{:.0}", r.throughput))
             .collect(),
         ">= 1000",
-    );
-    row(
-        "  the same, submission .. last JOB_FINISHED (client clock)",
-        runs.iter().map(|r| format!("{:.0}", r.wall)).collect(),
-        "",
     );
     row(
         &format!("  ceiling: `true` started {slots} at a time, nothing else, /s"),
