@@ -256,7 +256,7 @@ impl Db {
         for r in reports {
             applied.push(report_in(&tx, r.job, &r.report, &at)?);
         }
-        let Some((state, slots, heartbeat_at)) = row.filter(|(s, _, _)| s == "RUNNING") else {
+        let Some((_, slots, heartbeat_at)) = row.filter(|(s, _, _)| s == "RUNNING") else {
             tx.commit()?;
             return Ok(AcquireResponse {
                 stop: true,
@@ -265,7 +265,6 @@ impl Db {
                 ..Default::default()
             });
         };
-        debug_assert_eq!(state, "RUNNING");
         let mut kill = Vec::new();
         {
             let mut mine = tx.prepare_cached(
