@@ -39,6 +39,9 @@ pub fn start(
                 if ev.need_rescan() {
                     let _ = cb_tx.send(Msg::Rescan);
                 }
+                if !can_change_a_stack(&ev.kind) {
+                    return;
+                }
                 for p in ev.paths {
                     let _ = cb_tx.send(Msg::Fs(p));
                 }
@@ -75,8 +78,54 @@ pub fn start(
     (Some(watcher), fallback)
 }
 
+/// Whether an event can change what a stack holds. Opening, reading and closing a file or
+/// folder without writing cannot, and reacting to them made every scan (which opens the
+/// folder) queue the next one, as did any reader of the watch root: a viewer, `find`.
+pub fn can_change_a_stack(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 fn limit_hint() -> String {
     "The inotify watch limit is probably reached: raise it with `sysctl fs.inotify.max_user_watches=1048576` \
      (persist it in /etc/sysctl.d/), or set mode = \"poll\" for this root."
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    #[test]
+    fn reads_are_ignored_and_every_change_is_kept() {
+        for quiet in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(!can_change_a_stack(&quiet), "{quiet:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Create(CreateKind::Folder),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ] {
+            assert!(can_change_a_stack(&change), "{change:?}");
+        }
+    }
 }
