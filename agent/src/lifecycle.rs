@@ -143,7 +143,7 @@ impl Backoff {
 
     /// The wait after one of `wait`.
     pub fn after(&self, wait: Duration) -> Duration {
-        (wait * 2).min(self.max).max(self.initial.min(self.max))
+        (wait * 2).min(self.max)
     }
 }
 

@@ -160,7 +160,8 @@ pub struct LauncherStart {
 /// `POST /v1/launchers/{id}/acquire`: a heartbeat that may ask for work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AcquireRequest {
-    /// Idle nodes (0: only a heartbeat).
+    /// Idle nodes as the launcher counts them. The service counts free nodes itself from the
+    /// slots the launcher announced at its start; this is used only for one that announced none.
     pub free_nodes: u32,
     /// Most jobs to take.
     pub max_jobs: u32,
@@ -343,6 +344,16 @@ impl ClientError {
     }
 }
 
+/// The HTTP side of a client: statuses are answers to read, not errors; `limit` bounds a
+/// whole request.
+fn http_agent(limit: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(limit))
+        .build()
+        .into()
+}
+
 /// A small blocking client of the service API.
 pub struct Client {
     info: ServerInfo,
@@ -370,26 +381,17 @@ impl Client {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
         Ok(Client {
             info,
             info_path: path,
-            agent,
+            agent: http_agent(Duration::from_secs(60)),
         })
     }
 
     /// The same client with another limit on each request's time: for a caller that must not
     /// be held long (a launcher reporting from its main loop).
     pub fn with_timeout(mut self, limit: Duration) -> Client {
-        self.agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(limit))
-            .build()
-            .into();
+        self.agent = http_agent(limit);
         self
     }
 

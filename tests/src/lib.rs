@@ -214,6 +214,16 @@ impl Site {
         }
     }
 
+    /// `beamflow-collector serve --stdio` on this site's config, as an agent's link starts it;
+    /// the caller chooses what its stdin, stdout and stderr are.
+    pub fn serve_stdio(&self) -> Command {
+        let mut c = Command::new(bin("beamflow-collector"));
+        c.args(["serve", "--stdio", "--config"])
+            .arg(&self.config)
+            .env("BEAMFLOW_LOG", "debug");
+        c
+    }
+
     /// Starts `beamflow-collector service` and waits for its server-info.
     pub fn start_service(&self) -> Proc {
         self.start_service_with(&[])

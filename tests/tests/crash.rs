@@ -6,7 +6,7 @@ use beamflow_protocol::{
     read_frame_sync, read_magic_sync, write_frame_sync, ErrorCode, Frame, VERSION,
 };
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -148,9 +148,8 @@ fn a_file_that_changes_while_it_is_sent_is_sent_again_never_recorded_wrong() {
 #[test]
 fn serve_refuses_paths_outside_the_data_root() {
     let site = Site::new("1s", "");
-    let mut child = Command::new(bin("beamflow-collector"))
-        .args(["serve", "--stdio", "--config"])
-        .arg(&site.config)
+    let mut child = site
+        .serve_stdio()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -212,9 +211,8 @@ fn serve_refuses_paths_outside_the_data_root() {
     assert!(!site.dir.join("escape.tif").exists() && !site.dir.join("x.tif").exists());
 
     // garbage instead of frames is an error, not a crash
-    let mut child = Command::new(bin("beamflow-collector"))
-        .args(["serve", "--stdio", "--config"])
-        .arg(&site.config)
+    let mut child = site
+        .serve_stdio()
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

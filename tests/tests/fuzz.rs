@@ -7,7 +7,7 @@
 use beamflow_e2e::*;
 use beamflow_protocol::{read_frame_sync, ErrorCode, FileEntry, Frame, Have, VERSION};
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 struct Rng(u64);
@@ -206,10 +206,8 @@ fn serve_never_panics_on_what_arrives() {
         if c.below(2) == 0 {
             input.extend(Frame::Bye.encode());
         }
-        let mut child = Command::new(bin("beamflow-collector"))
-            .args(["serve", "--stdio", "--config"])
-            .arg(&site.config)
-            .env("BEAMFLOW_LOG", "debug")
+        let mut child = site
+            .serve_stdio()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -285,10 +285,8 @@ fn serve_survives_a_lost_stderr_and_exits_cleanly() {
     use std::io::{Read, Write};
     let site = Site::new("1s", "");
     for clean_end in [true, false] {
-        let mut child = Command::new(bin("beamflow-collector"))
-            .args(["serve", "--stdio", "--config"])
-            .arg(&site.config)
-            .env("BEAMFLOW_LOG", "debug")
+        let mut child = site
+            .serve_stdio()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -190,6 +190,12 @@ impl Launcher {
         self.publish();
     }
 
+    /// A job that could not be started: its nodes are free again, and its ending says why.
+    fn not_started(&mut self, job: u64, nodes: Vec<String>, outcome: Outcome, why: String) {
+        self.free.extend(nodes);
+        self.report(job, outcome, None, why);
+    }
+
     fn start(&mut self, job: LaunchedJob) {
         let n = job.nodes as usize;
         let nodes: Vec<String> = self.free.drain(..n.min(self.free.len())).collect();
@@ -197,9 +203,7 @@ impl Launcher {
         let program = job.argv.first().cloned().unwrap_or_default();
         if !self.found.contains(&program) {
             if let Some(why) = missing_program(&program) {
-                self.free.extend(nodes);
-                self.report(job.id, Outcome::Missing, None, why);
-                return;
+                return self.not_started(job.id, nodes, Outcome::Missing, why);
             }
             // found once, found for good: a PATH search per job costs more than `true`
             self.found.insert(program);
@@ -216,25 +220,13 @@ impl Launcher {
         let (out, err) = match files {
             Ok(f) => f,
             Err(e) => {
-                self.free.extend(nodes);
-                self.report(
-                    job.id,
-                    Outcome::Error,
-                    None,
-                    format!("cannot write its output in {}: {e}", work.display()),
-                );
-                return;
+                let why = format!("cannot write its output in {}: {e}", work.display());
+                return self.not_started(job.id, nodes, Outcome::Error, why);
             }
         };
         let Some((prog, rest)) = args.split_first() else {
-            self.free.extend(nodes);
-            self.report(
-                job.id,
-                Outcome::Missing,
-                None,
-                "the command is empty".into(),
-            );
-            return;
+            let why = "the command is empty".to_string();
+            return self.not_started(job.id, nodes, Outcome::Missing, why);
         };
         let mut cmd = Command::new(prog);
         cmd.args(rest)
@@ -271,13 +263,8 @@ impl Launcher {
                 );
             }
             Err(e) => {
-                self.free.extend(nodes);
-                self.report(
-                    job.id,
-                    Outcome::Error,
-                    None,
-                    format!("cannot start `{}`: {e}", argv::render(&args)),
-                );
+                let why = format!("cannot start `{}`: {e}", argv::render(&args));
+                self.not_started(job.id, nodes, Outcome::Error, why);
             }
         }
     }

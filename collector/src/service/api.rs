@@ -418,12 +418,7 @@ async fn launcher_end(
         .unwrap_or("ended")
         .to_string();
     let mut db = locked(&st)?;
-    if !db
-        .launchers(&[], None)
-        .map_err(internal)?
-        .iter()
-        .any(|l| l.id == id)
-    {
+    if !db.has_launcher(id).map_err(internal)? {
         return Err(fail(
             StatusCode::NOT_FOUND,
             format!("no launcher {id}; `beamflow-collector status` lists them"),

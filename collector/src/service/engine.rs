@@ -84,7 +84,7 @@ pub struct Engine {
     /// The first round promotes whatever a stop left waiting with its parents finished.
     first_round: AtomicBool,
     /// (workflow, step) → where the step is in its workflow: a wide workflow has thousands.
-    steps: HashMap<(String, String), (String, usize)>,
+    steps: HashMap<(String, String), usize>,
     cfg: Arc<Config>,
     db: Arc<Mutex<Db>>,
     schedulers: HashMap<String, Box<dyn Scheduler>>,
@@ -125,7 +125,7 @@ impl Engine {
                 wf.steps
                     .iter()
                     .enumerate()
-                    .map(move |(i, s)| ((w.clone(), s.name.clone()), (w.clone(), i)))
+                    .map(move |(i, s)| ((w.clone(), s.name.clone()), i))
             })
             .collect();
         Engine {
@@ -346,7 +346,7 @@ impl Engine {
         let step = self
             .steps
             .get(&(j.workflow.clone(), j.name.clone()))
-            .and_then(|(w, i)| self.cfg.workflows.get(w).map(|w| &w.steps[*i]));
+            .and_then(|i| self.cfg.workflows.get(&j.workflow).map(|w| &w.steps[*i]));
         match &j.check_summary {
             Some(rel) => super::check::summary(work, rel),
             None => Ok(()),

@@ -157,11 +157,19 @@ impl Db {
         states: &[LauncherState],
         queue: Option<&str>,
     ) -> Result<Vec<LauncherRow>, DbError> {
-        let mut st = self.conn.prepare_cached(
+        // the states are written in (a short fixed list): ended launchers pile up over a
+        // service's life, and the policy asks for the live ones only
+        let within = if states.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            format!("AND l.state IN ({})", list.join(", "))
+        };
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT l.id, l.queue, l.scheduler, l.batch_id, l.nodes, l.state, l.submitted_at, l.reason,
                     (SELECT COUNT(*) FROM jobs j WHERE j.launcher_id = l.id AND j.state = 'RUNNING')
-             FROM launchers l WHERE (?1 IS NULL OR l.queue = ?1) ORDER BY l.id",
-        )?;
+             FROM launchers l WHERE (?1 IS NULL OR l.queue = ?1) {within} ORDER BY l.id"
+        ))?;
         let rows: Vec<LauncherRow> = st
             .query_map(params![queue], |r| {
                 Ok(LauncherRow {
@@ -177,13 +185,17 @@ impl Db {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        Ok(rows
-            .into_iter()
-            .filter(|l| {
-                states.is_empty()
-                    || LauncherState::parse(&l.state).is_some_and(|s| states.contains(&s))
-            })
-            .collect())
+        Ok(rows)
+    }
+
+    /// Whether the service ever had this launcher.
+    pub fn has_launcher(&self, id: u64) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM launchers WHERE id = ?1")?
+            .query_row([id as i64], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// What [`judge`] needs of every live launcher: (id, queue, facts).
