@@ -175,6 +175,11 @@ pub struct AcquireRequest {
     /// long-poll, answered the moment work, a kill or a stop exists); 0 answers at once.
     #[serde(default)]
     pub wait_ms: u64,
+    /// The launcher is ending (cancelled, out of wall time, idle): it takes no more work.
+    /// The service marks it ENDING in the same transaction as the request's endings, so a
+    /// job those endings make runnable again is never handed back to it.
+    #[serde(default)]
+    pub closing: bool,
 }
 
 /// One ending inside an acquire.

@@ -136,7 +136,11 @@ fn a_launcher_cancelled_mid_job_times_out_and_the_job_finishes_in_a_new_allocati
             .any(|w| w == ["RUN_TIMEOUT", "RESTART_READY"]),
         "{path:?}"
     );
-    assert_eq!(jobs[2]["attempts"], 2);
+    let told: Vec<String> = h
+        .iter()
+        .map(|e| format!("{} -> {}: {}", e["from"], e["to"], e["reason"]))
+        .collect();
+    assert_eq!(jobs[2]["attempts"], 2, "{told:#?}");
     assert_ne!(
         jobs[2]["launcher"].as_u64().unwrap(),
         first,

@@ -106,6 +106,10 @@ struct Launcher {
     held: Vec<(Instant, u64, Option<i32>, ExitStatus, String)>,
     /// The job ids the service should see as this launcher's.
     mine: Arc<Mutex<Vec<u64>>>,
+    /// Set once the launcher is ending: every request then says it takes no more work.
+    closing: Arc<AtomicBool>,
+    /// The service has not yet been told that it is ending.
+    unannounced: bool,
     reporter: Sender<ToReporter>,
 }
 
@@ -137,15 +141,24 @@ impl Launcher {
     /// still holds earlier ones (their order matters to nobody, but a slow service should
     /// hold up one thread, not this loop), the reporter delivers them.
     fn flush(&mut self) -> Option<AcquireResponse> {
-        if self.outbox.is_empty() {
+        if self.outbox.is_empty() && !self.unannounced {
             return None;
         }
         let reports = std::mem::take(&mut self.outbox);
         if self.in_reporter.load(Ordering::SeqCst) == 0 {
             if let Some(c) = &self.direct {
-                let req = ask(self.slots, &self.mine, reports.clone(), Duration::ZERO);
+                let req = ask(
+                    self.slots,
+                    &self.mine,
+                    &self.closing,
+                    reports.clone(),
+                    Duration::ZERO,
+                );
                 match c.acquire(self.id, &req) {
-                    Ok(resp) => return Some(resp),
+                    Ok(resp) => {
+                        self.unannounced = false;
+                        return Some(resp);
+                    }
                     Err(e) => {
                         tracing::debug!(
                             "reporting from the loop failed ({e}); the reporter retries"
@@ -157,11 +170,34 @@ impl Launcher {
                 }
             }
         }
+        // the reporter's requests say `closing` too; with no endings to carry, the poller's
+        // next request (or the launcher's end) tells the service
+        self.unannounced = false;
         self.in_reporter.fetch_add(reports.len(), Ordering::SeqCst);
         for r in reports {
             let _ = self.reporter.send(ToReporter::Report(r));
         }
         None
+    }
+
+    /// The launcher is ending: from now on it asks for nothing, and the next request tells
+    /// the service so before anything its endings make runnable can be handed back to it.
+    fn close(&mut self) {
+        if !self.closing.swap(true, Ordering::SeqCst) {
+            self.unannounced = true;
+        }
+    }
+
+    /// Jobs an answer brought after the launcher began to end (the service handed them out
+    /// before it knew): never started, they go back at once to run elsewhere.
+    fn hand_back(&mut self, jobs: Vec<LaunchedJob>) {
+        for j in jobs {
+            let why = format!(
+                "not started: launcher {} was ending when it was handed the job",
+                self.id
+            );
+            self.report(j.id, Outcome::Timeout, None, why);
+        }
     }
 
     fn take(&mut self, resp: AcquireResponse) {
@@ -472,25 +508,30 @@ fn connect(state_dir: &std::path::Path) -> Result<Client, String> {
 fn ask(
     slots: u32,
     mine: &Mutex<Vec<u64>>,
+    closing: &AtomicBool,
     reports: Vec<JobReport>,
     wait: Duration,
 ) -> AcquireRequest {
+    let closing = closing.load(Ordering::SeqCst);
     AcquireRequest {
         free_nodes: slots,
-        max_jobs: slots,
+        max_jobs: if closing { 0 } else { slots },
         running: mine.lock().map(|m| m.clone()).unwrap_or_default(),
         reports,
         wait_ms: wait.as_millis() as u64,
+        closing,
     }
 }
 
 /// The held request for work, again and again, until `done`.
+#[allow(clippy::too_many_arguments)]
 fn poller(
     id: u64,
     slots: u32,
     wait: Duration,
     state_dir: PathBuf,
     mine: Arc<Mutex<Vec<u64>>>,
+    closing: Arc<AtomicBool>,
     events: Sender<Event>,
     done: Arc<AtomicBool>,
 ) {
@@ -501,7 +542,7 @@ fn poller(
             client = connect(&state_dir).ok();
             continue;
         };
-        match c.acquire(id, &ask(slots, &mine, Vec::new(), wait)) {
+        match c.acquire(id, &ask(slots, &mine, &closing, Vec::new(), wait)) {
             Ok(resp) => {
                 let stop = resp.stop;
                 if events.send(Event::Answer(resp)).is_err() || stop {
@@ -519,11 +560,13 @@ fn poller(
 
 /// Delivers endings as they come, all that are waiting in one request; what cannot be
 /// delivered now is tried again.
+#[allow(clippy::too_many_arguments)]
 fn reporter(
     id: u64,
     slots: u32,
     state_dir: PathBuf,
     mine: Arc<Mutex<Vec<u64>>>,
+    closing: Arc<AtomicBool>,
     inbox: Receiver<ToReporter>,
     events: Sender<Event>,
     in_hand: Arc<std::sync::atomic::AtomicUsize>,
@@ -550,7 +593,7 @@ fn reporter(
             }
         }
         if !pending.is_empty() {
-            let req = ask(slots, &mine, pending.clone(), Duration::ZERO);
+            let req = ask(slots, &mine, &closing, pending.clone(), Duration::ZERO);
             let answer = match client.as_ref() {
                 Some(c) => c
                     .acquire(id, &req)
@@ -638,24 +681,27 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
     let (events, inbox) = channel();
     let (to_reporter, reporter_inbox) = channel();
     let mine = Arc::new(Mutex::new(Vec::new()));
+    let closing = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let in_reporter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
-        let (sd, m, ev, d) = (
+        let (sd, m, c, ev, d) = (
             state_dir.clone(),
             mine.clone(),
+            closing.clone(),
             events.clone(),
             done.clone(),
         );
         let poll = q.poll.0;
-        std::thread::spawn(move || poller(id, slots, poll, sd, m, ev, d));
-        let (sd, m, ev, n) = (
+        std::thread::spawn(move || poller(id, slots, poll, sd, m, c, ev, d));
+        let (sd, m, c, ev, n) = (
             state_dir.clone(),
             mine.clone(),
+            closing.clone(),
             events.clone(),
             in_reporter.clone(),
         );
-        std::thread::spawn(move || reporter(id, slots, sd, m, reporter_inbox, ev, n));
+        std::thread::spawn(move || reporter(id, slots, sd, m, c, reporter_inbox, ev, n));
     }
     let reaper = Reaper::start(events.clone());
     let mut l = Launcher {
@@ -676,6 +722,8 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
         waiting: VecDeque::new(),
         held: Vec::new(),
         mine,
+        closing,
+        unannounced: false,
         reporter: to_reporter,
     };
     let mut idle_since = Instant::now();
@@ -692,6 +740,8 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
                 }
                 if ending.is_none() {
                     l.take(resp);
+                } else {
+                    l.hand_back(resp.jobs);
                 }
             }
             Ok(Event::Exited(pid, status)) => {
@@ -713,15 +763,8 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
             Err(RecvTimeoutError::Disconnected) => break "its threads ended".to_string(),
         }
         l.release_held(&stop, false);
-        while let Some(resp) = l.flush() {
-            if resp.stop && ending.is_none() {
-                l.end_all("the service declared this launcher ended");
-                ending = Some("told to stop by the service".into());
-            }
-            if ending.is_none() {
-                l.take(resp);
-            }
-        }
+        // decided before anything is sent: a launcher that is ending says so in the very
+        // request that carries its endings, so the service never hands their jobs back to it
         if ending.is_none() {
             if stop.load(Ordering::SeqCst) {
                 l.end_all("the launcher was stopped (its allocation was cancelled)");
@@ -733,6 +776,21 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
                 idle_since = Instant::now();
             } else if idle_since.elapsed() >= q.idle_exit.0 {
                 ending = Some(format!("idle for {}", q.idle_exit));
+            }
+        }
+        if ending.is_some() {
+            l.close();
+        }
+        while let Some(resp) = l.flush() {
+            if resp.stop && ending.is_none() {
+                l.end_all("the service declared this launcher ended");
+                ending = Some("told to stop by the service".into());
+                l.close();
+            }
+            if ending.is_none() {
+                l.take(resp);
+            } else {
+                l.hand_back(resp.jobs);
             }
         }
         l.force();

@@ -367,8 +367,9 @@ async fn launcher_acquire(
     Json(r): Json<AcquireRequest>,
 ) -> ApiResult<AcquireResponse> {
     check_token(&headers, &st.token)?;
-    let hold =
-        std::time::Duration::from_millis(r.wait_ms).min(st.cfg.service.heartbeat_timeout.0 / 3);
+    // a closing launcher waits for nothing
+    let wait = if r.closing { 0 } else { r.wait_ms };
+    let hold = std::time::Duration::from_millis(wait).min(st.cfg.service.heartbeat_timeout.0 / 3);
     let until = tokio::time::Instant::now() + hold;
     let mut bell = st.wake.watch_work();
     let mut reports = r.reports;
@@ -376,7 +377,14 @@ async fn launcher_acquire(
     loop {
         bell.borrow_and_update();
         let mut resp = locked(&st)?
-            .acquire(id, r.free_nodes, r.max_jobs, &r.running, &reports)
+            .acquire(
+                id,
+                r.free_nodes,
+                r.max_jobs,
+                &r.running,
+                &reports,
+                r.closing,
+            )
             .map_err(internal)?;
         if !reports.is_empty() {
             applied = std::mem::take(&mut resp.applied);

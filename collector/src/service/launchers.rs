@@ -17,6 +17,9 @@ pub enum LauncherState {
     Queued,
     /// Its allocation runs it and it asks for work.
     Running,
+    /// It is ending (cancelled, out of wall time, idle) and takes no more work; its last
+    /// jobs are being ended and reported.
+    Ending,
     /// It exited, or its batch job ended.
     Finished,
     /// It fell silent, or its queue was removed: declared gone.
@@ -29,6 +32,7 @@ impl LauncherState {
         match self {
             LauncherState::Queued => "QUEUED",
             LauncherState::Running => "RUNNING",
+            LauncherState::Ending => "ENDING",
             LauncherState::Finished => "FINISHED",
             LauncherState::Lost => "LOST",
         }
@@ -36,14 +40,28 @@ impl LauncherState {
 
     /// The state a stored name stands for.
     pub fn parse(s: &str) -> Option<LauncherState> {
-        [Self::Queued, Self::Running, Self::Finished, Self::Lost]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Ending,
+            Self::Finished,
+            Self::Lost,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 
     /// Whether it may still run jobs.
     pub fn live(self) -> bool {
-        matches!(self, LauncherState::Queued | LauncherState::Running)
+        matches!(
+            self,
+            LauncherState::Queued | LauncherState::Running | LauncherState::Ending
+        )
+    }
+
+    /// Whether it speaks to the service, so that its silence means it is gone.
+    pub fn heard(self) -> bool {
+        matches!(self, LauncherState::Running | LauncherState::Ending)
     }
 }
 
@@ -52,6 +70,8 @@ impl LauncherState {
 pub enum LauncherTrigger {
     /// It announced itself from its allocation.
     Started,
+    /// It said it takes no more work: it is ending.
+    Closing,
     /// It said it exits.
     Exited,
     /// The scheduler no longer runs its batch job.
@@ -72,14 +92,19 @@ pub const MOVES: &[(LauncherState, LauncherState, LauncherTrigger)] = &[
     (L::Queued, L::Running, LT::Started),
     // a launcher whose first answer was lost announces itself again
     (L::Running, L::Running, LT::Started),
+    (L::Running, L::Ending, LT::Closing),
     (L::Queued, L::Finished, LT::Exited),
     (L::Running, L::Finished, LT::Exited),
+    (L::Ending, L::Finished, LT::Exited),
     (L::Queued, L::Finished, LT::BatchEnded),
     (L::Running, L::Finished, LT::BatchEnded),
+    (L::Ending, L::Finished, LT::BatchEnded),
     (L::Queued, L::Finished, LT::SubmitFailed),
     (L::Running, L::Lost, LT::Silent),
+    (L::Ending, L::Lost, LT::Silent),
     (L::Queued, L::Lost, LT::Unconfigured),
     (L::Running, L::Lost, LT::Unconfigured),
+    (L::Ending, L::Lost, LT::Unconfigured),
 ];
 
 /// Whether the table holds the move.
@@ -116,7 +141,7 @@ pub fn judge(
             ));
         }
     }
-    if f.state == L::Running && epoch(now) - f.heartbeat_at > timeout.as_secs_f64() {
+    if f.state.heard() && epoch(now) - f.heartbeat_at > timeout.as_secs_f64() {
         return Some((
             L::Lost,
             LT::Silent,
@@ -201,7 +226,7 @@ impl Db {
     /// What [`judge`] needs of every live launcher: (id, queue, facts).
     pub fn live_launchers(&self) -> Result<Vec<(u64, String, Facts)>, DbError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, queue, state, batch_id, COALESCE(heartbeat_at, 0) FROM launchers WHERE state IN ('QUEUED', 'RUNNING') ORDER BY id",
+            "SELECT id, queue, state, batch_id, COALESCE(heartbeat_at, 0) FROM launchers WHERE state IN ('QUEUED', 'RUNNING', 'ENDING') ORDER BY id",
         )?;
         let v = st
             .query_map([], |r| {
@@ -229,7 +254,7 @@ impl Db {
             .collect())
     }
 
-    /// Moves a launcher by the table; false if it was in a state the move does not start
+    /// Moves a launcher by the table; `None` if it was in a state the move does not start
     /// from. Ending it (FINISHED, LOST) times out its running jobs in the same transaction;
     /// returns how many.
     pub fn move_launcher(
@@ -239,61 +264,11 @@ impl Db {
         trigger: LauncherTrigger,
         reason: &str,
     ) -> Result<Option<usize>, DbError> {
-        if !MOVES.iter().any(|(_, t, g)| *t == to && *g == trigger) {
-            return Err(DbError::IllegalLauncher {
-                launcher: id,
-                to: to.as_str(),
-                trigger: format!("{trigger:?}"),
-            });
-        }
         let now = self.now();
-        let at = stamp(now);
         let tx = self.tx()?;
-        let cur: Option<String> = tx
-            .query_row(
-                "SELECT state FROM launchers WHERE id = ?1",
-                [id as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(cur) = cur.as_deref().and_then(LauncherState::parse) else {
-            return Ok(None);
-        };
-        if !legal(cur, to, trigger) {
-            return Ok(None);
-        }
-        if to.live() {
-            tx.execute(
-                "UPDATE launchers SET state = ?2, reason = ?3, heartbeat_at = ?4 WHERE id = ?1",
-                params![id as i64, to.as_str(), reason, epoch(now)],
-            )?;
-            tx.commit()?;
-            return Ok(Some(0));
-        }
-        tx.execute(
-            "UPDATE launchers SET state = ?2, reason = ?3, ended_at = ?4 WHERE id = ?1",
-            params![id as i64, to.as_str(), reason, at],
-        )?;
-        let jobs: Vec<i64> = {
-            let mut st =
-                tx.prepare("SELECT id FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'")?;
-            let v = st
-                .query_map([id as i64], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            v
-        };
-        for j in &jobs {
-            job::change(
-                &tx,
-                *j as u64,
-                JobState::RunTimeout,
-                Trigger::LauncherEnded,
-                &format!("launcher {id} ended: {reason}"),
-                &at,
-            )?;
-        }
+        let moved = shift(&tx, id, to, trigger, reason, now)?;
         tx.commit()?;
-        Ok(Some(jobs.len()))
+        Ok(moved)
     }
 
     /// A launcher came up in its allocation with `nodes` job slots.
@@ -316,11 +291,67 @@ impl Db {
     pub fn refresh_heartbeats(&mut self) -> Result<(), DbError> {
         let now = epoch(self.now());
         self.conn.execute(
-            "UPDATE launchers SET heartbeat_at = ?1 WHERE state IN ('QUEUED', 'RUNNING')",
+            "UPDATE launchers SET heartbeat_at = ?1 WHERE state IN ('QUEUED', 'RUNNING', 'ENDING')",
             [now],
         )?;
         Ok(())
     }
+}
+
+/// The one write path of a launcher's state, inside the caller's transaction: refuses a
+/// move the table does not hold (an error: a bug in the caller), returns `None` when the
+/// launcher is not where the move starts (a lost race), and times out the running jobs of a
+/// launcher that ended.
+pub(crate) fn shift(
+    tx: &rusqlite::Transaction<'_>,
+    id: u64,
+    to: LauncherState,
+    trigger: LauncherTrigger,
+    reason: &str,
+    now: SystemTime,
+) -> Result<Option<usize>, DbError> {
+    if !MOVES.iter().any(|(_, t, g)| *t == to && *g == trigger) {
+        return Err(DbError::IllegalLauncher {
+            launcher: id,
+            to: to.as_str(),
+            trigger: format!("{trigger:?}"),
+        });
+    }
+    let at = stamp(now);
+    let cur: Option<String> = tx
+        .prepare_cached("SELECT state FROM launchers WHERE id = ?1")?
+        .query_row([id as i64], |r| r.get(0))
+        .optional()?;
+    let Some(cur) = cur.as_deref().and_then(LauncherState::parse) else {
+        return Ok(None);
+    };
+    if !legal(cur, to, trigger) {
+        return Ok(None);
+    }
+    if to.live() {
+        tx.prepare_cached(
+            "UPDATE launchers SET state = ?2, reason = ?3, heartbeat_at = ?4 WHERE id = ?1",
+        )?
+        .execute(params![id as i64, to.as_str(), reason, epoch(now)])?;
+        return Ok(Some(0));
+    }
+    tx.prepare_cached("UPDATE launchers SET state = ?2, reason = ?3, ended_at = ?4 WHERE id = ?1")?
+        .execute(params![id as i64, to.as_str(), reason, at])?;
+    let jobs: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'")?
+        .query_map([id as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for j in &jobs {
+        job::change(
+            tx,
+            *j as u64,
+            JobState::RunTimeout,
+            Trigger::LauncherEnded,
+            &format!("launcher {id} ended: {reason}"),
+            &at,
+        )?;
+    }
+    Ok(Some(jobs.len()))
 }
 
 #[cfg(test)]

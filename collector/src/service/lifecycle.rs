@@ -8,6 +8,7 @@
 use super::clock::{epoch, stamp};
 use super::db::{Db, DbError};
 use super::job::{self, JobState, Move, Trigger};
+use super::launchers::{self, LauncherState, LauncherTrigger};
 use beamflow_protocol::api::{
     AcquireResponse, EventRow, JobReport, LaunchedJob, ReportRequest, StackStatus,
 };
@@ -234,7 +235,9 @@ impl Db {
     /// if the job is still this launcher's), then hands runnable jobs that fit the
     /// launcher's free nodes to it, so no job goes to two launchers. Free nodes are counted
     /// here, from the slots the launcher announced and the jobs it runs, so two requests of
-    /// one launcher in flight at once never over-fill it.
+    /// one launcher in flight at once never over-fill it. A `closing` launcher becomes
+    /// ENDING in the same transaction as its endings, so no job they make runnable again
+    /// can be handed back to it; an ending one is told to stop and given nothing.
     pub fn acquire(
         &mut self,
         launcher: u64,
@@ -242,6 +245,7 @@ impl Db {
         max_jobs: u32,
         running: &[u64],
         reports: &[JobReport],
+        closing: bool,
     ) -> Result<AcquireResponse, DbError> {
         let now = self.now();
         let at = stamp(now);
@@ -256,7 +260,32 @@ impl Db {
         for r in reports {
             applied.push(report_in(&tx, r.job, &r.report, &at)?);
         }
-        let Some((_, slots, heartbeat_at)) = row.filter(|(s, _, _)| s == "RUNNING") else {
+        let mut state = row.as_ref().and_then(|r| LauncherState::parse(&r.0));
+        if closing && state == Some(LauncherState::Running) {
+            let why = "it takes no more work: ending";
+            launchers::shift(
+                &tx,
+                launcher,
+                LauncherState::Ending,
+                LauncherTrigger::Closing,
+                why,
+                now,
+            )?;
+            state = Some(LauncherState::Ending);
+        }
+        if state == Some(LauncherState::Ending) {
+            tx.prepare_cached("UPDATE launchers SET heartbeat_at = ?2 WHERE id = ?1")?
+                .execute(params![launcher as i64, epoch(now)])?;
+            tx.commit()?;
+            // its own jobs are being ended by it; nothing to kill, nothing to start
+            return Ok(AcquireResponse {
+                stop: true,
+                applied,
+                ..Default::default()
+            });
+        }
+        let Some((_, slots, heartbeat_at)) = row.filter(|_| state == Some(LauncherState::Running))
+        else {
             tx.commit()?;
             return Ok(AcquireResponse {
                 stop: true,

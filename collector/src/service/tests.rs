@@ -6,7 +6,7 @@ use super::clock::{Clock, ManualClock};
 use super::db::{Db, DbError, NewStack};
 use super::engine::Engine;
 use super::job::{self, JobState, MoveError, Trigger};
-use super::launchers::LauncherState;
+use super::launchers::{LauncherState, LauncherTrigger};
 use super::wake::Wake;
 use crate::scheduler::{BatchSpec, BatchState, SchedError, Scheduler};
 use beamflow_config::Config;
@@ -183,7 +183,7 @@ impl Tier {
             .db
             .lock()
             .unwrap()
-            .acquire(launcher, 8, 8, &[], &reports)
+            .acquire(launcher, 8, 8, &[], &reports, false)
             .unwrap();
         assert!(!resp.stop);
         resp.jobs.iter().map(|j| j.id).collect()
@@ -374,7 +374,7 @@ fn a_killed_job_is_ended_by_its_launcher_and_its_late_report_ignored() {
     let resp =
         t.db.lock()
             .unwrap()
-            .acquire(launcher, 1, 1, &[ids[0]], &[])
+            .acquire(launcher, 1, 1, &[ids[0]], &[], false)
             .unwrap();
     assert_eq!(resp.kill, [ids[0]]);
     t.acquire(launcher, &[(ids[0], Outcome::Done)]);
@@ -382,4 +382,63 @@ fn a_killed_job_is_ended_by_its_launcher_and_its_late_report_ignored() {
     // and a person's retry puts it back in line with fresh attempts
     assert!(t.db.lock().unwrap().retry(ids[0]).unwrap());
     assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
+}
+
+#[test]
+fn a_closing_launcher_is_never_handed_back_the_job_its_ending_made_runnable() {
+    let t = tier();
+    let ids = t.submit("run1", "chain");
+    t.engine.round(true);
+    let first = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(first, 1);
+    assert_eq!(t.acquire(first, &[]), [ids[0]]);
+    // its allocation is cancelled: the ending comes with `closing`, in one transaction
+    let ending = JobReport {
+        job: ids[0],
+        report: ReportRequest {
+            launcher: first,
+            outcome: Outcome::Timeout,
+            exit_code: None,
+            message: "the allocation was cancelled while it ran".into(),
+        },
+    };
+    let resp =
+        t.db.lock()
+            .unwrap()
+            .acquire(first, 1, 0, &[], &[ending], true)
+            .unwrap();
+    assert!(resp.stop && resp.jobs.is_empty() && resp.applied == [true]);
+    t.engine.react().unwrap();
+    assert_eq!(t.state(ids[0]), "RESTART_READY");
+    // its other request, still asking for work, is answered with a stop and nothing else
+    let late =
+        t.db.lock()
+            .unwrap()
+            .acquire(first, 1, 1, &[], &[], false)
+            .unwrap();
+    assert!(late.stop && late.jobs.is_empty() && late.kill.is_empty());
+    let l = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].clone();
+    assert_eq!(l.state, LauncherState::Ending.as_str());
+    // the job runs again on a new launcher, its second attempt
+    t.engine.round(false);
+    let second = t.db.lock().unwrap().launchers(&[], None).unwrap()[1].id;
+    t.start_launcher(second, 1);
+    assert_eq!(t.acquire(second, &[]), [ids[0]]);
+    assert_eq!(
+        t.db.lock().unwrap().job(ids[0]).unwrap().unwrap().attempts,
+        2
+    );
+    // the ending launcher's exit takes nothing with it
+    let moved =
+        t.db.lock()
+            .unwrap()
+            .move_launcher(
+                first,
+                LauncherState::Finished,
+                LauncherTrigger::Exited,
+                "done",
+            )
+            .unwrap();
+    assert_eq!(moved, Some(0));
+    assert_eq!(t.state(ids[0]), "RUNNING");
 }
