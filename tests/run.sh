@@ -14,6 +14,9 @@ command -v slurmctld >/dev/null || need_pkgs+=(slurm-wlm)      # a real one-node
 command -v munged >/dev/null || need_pkgs+=(munge)
 [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)             # a real sshd on 127.0.0.1
 command -v ssh >/dev/null || need_pkgs+=(openssh-client)
+command -v curl >/dev/null || need_pkgs+=(curl)                     # an independent TLS client
+command -v openssl >/dev/null || need_pkgs+=(openssl)               # fingerprints as openssl computes them
+command -v ip >/dev/null || need_pkgs+=(iproute2)                   # network namespaces: three hosts
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)        # verifies the unit files
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

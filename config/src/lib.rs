@@ -15,7 +15,6 @@ pub use workflow::{Step, To8Bit, Workflow};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The shipped `examples/local.toml`: local transport, local scheduler, everything under the
@@ -372,8 +371,15 @@ impl Default for CollectorSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceSection {
-    /// Address of the HTTP API; port 0 picks a free port (written to `server-info`).
-    pub listen: SocketAddr,
+    /// Where the API listens, `host:port`: an interface address, a host name, or
+    /// `0.0.0.0` / `[::]` for every interface; port 0 picks a free port (written to
+    /// `server-info`). Loopback (the default) serves this host only; on a site, compute nodes
+    /// and the other login nodes must reach it, so listen on an address they see.
+    pub listen: String,
+    /// The host name or address `server-info` tells clients to use. Empty: the listen
+    /// address when it names one, the host's fully qualified name when it listens on every
+    /// interface.
+    pub advertise: String,
     /// Each stack version gets a work folder under this one.
     pub work_root: PathBuf,
     /// How often the service asks the batch schedulers about its launchers and judges their
@@ -388,7 +394,8 @@ pub struct ServiceSection {
 impl Default for ServiceSection {
     fn default() -> Self {
         ServiceSection {
-            listen: "127.0.0.1:0".parse().expect("valid literal address"),
+            listen: "127.0.0.1:0".into(),
+            advertise: String::new(),
             work_root: PathBuf::from("work"),
             poll_interval: Dur::secs(2),
             heartbeat_timeout: Dur::secs(60),
@@ -432,7 +439,8 @@ pub struct QueueSection {
     pub poll: Dur,
     /// Stop launching this long before the wall time; running jobs are ended then too.
     pub walltime_margin: Dur,
-    /// Extra arguments for the submit command.
+    /// Extra arguments for the submit command (`sbatch`, `qsub`); for `local`, which has
+    /// none, the command the launcher runs under (`["ssh", "node7"]`, `["nice"]`).
     pub extra_args: Vec<String>,
 }
 
@@ -688,6 +696,25 @@ impl Config {
                 ));
             }
         }
+        if let Err(e) = split_host_port(&cfg.service.listen) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "listen").unwrap_or(1),
+                key: "key `service.listen`: ".into(),
+                message: e,
+            });
+        }
+        if cfg.service.advertise.contains(['/', ' ', '@']) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "advertise").unwrap_or(1),
+                key: "key `service.advertise`: ".into(),
+                message: format!(
+                    "\"{}\" is not a host name or address; write e.g. \"login1.site.org\" (no scheme, no port)",
+                    cfg.service.advertise
+                ),
+            });
+        }
         if cfg.service.max_attempts == 0 {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -741,6 +768,27 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6) as `[service] listen` is written.
+pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let hint = "write host:port, e.g. \"0.0.0.0:0\", \"[::]:7000\" or \"login1.site.org:0\" (port 0: any free port)";
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("\"{s}\" has no port; {hint}"))?;
+        (h, p)
+    } else {
+        s.rsplit_once(':')
+            .ok_or_else(|| format!("\"{s}\" has no port; {hint}"))?
+    };
+    if host.is_empty() || (!s.starts_with('[') && host.contains(':')) {
+        return Err(format!("\"{s}\" is not host:port; {hint}"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("\"{port}\" in \"{s}\" is not a port number; {hint}"))?;
+    Ok((host.to_string(), port))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -811,6 +859,26 @@ mod tests {
         let e = err("[[watch]]\npath = \"in\"\nsettle = \"thirty\"\n");
         assert!(e.starts_with("t.toml:3: key `settle`"), "{e}");
         assert!(e.contains("30s"), "{e}");
+    }
+
+    #[test]
+    fn listen_is_host_and_port_and_says_how_to_write_it() {
+        for ok in [
+            "0.0.0.0:0",
+            "[::]:7000",
+            "login1.site.org:0",
+            "10.1.2.3:443",
+        ] {
+            assert!(split_host_port(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(split_host_port("[::1]:5").unwrap(), ("::1".to_string(), 5));
+        let e = err("[service]\nwork_root = \"w\"\nlisten = \"0.0.0.0\"\n");
+        assert!(e.starts_with("t.toml:3: key `service.listen`"), "{e}");
+        assert!(e.contains("host:port"), "{e}");
+        let e = err("[service]\nlisten = \":::5\"\n");
+        assert!(e.contains("service.listen"), "{e}");
+        let e = err("[service]\nadvertise = \"https://x\"\n");
+        assert!(e.starts_with("t.toml:2: key `service.advertise`"), "{e}");
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! the CLIs and the agent's demo use. Kept here, beside the frames, because both programs
 //! depend on it and it changes as carefully.
 //!
-//! The service writes `server-info` (its URL and a random token, mode 0600) into the state
-//! folder; every request carries that token. Nobody but the service touches the database.
+//! The service writes `server-info` (its advertised URL, a random token and its TLS
+//! certificate with that certificate's fingerprint; mode 0600) into the state folder, which
+//! on a site is the shared home folder that login and compute nodes all see. Every request
+//! carries the token, over TLS that trusts exactly the pinned certificate. Nobody but the
+//! service touches the database.
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -15,12 +18,39 @@ pub const SERVER_INFO: &str = "server-info";
 /// Contents of `server-info`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerInfo {
-    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    /// Base URL at the advertised address, e.g. `https://login1.site.org:40123`.
     pub url: String,
     /// Bearer token every request must carry.
     pub token: String,
     /// The service's process id, for operators.
     pub pid: u32,
+    /// The host the service runs on, for messages that say where to look.
+    #[serde(default)]
+    pub host: String,
+    /// The service's self-signed certificate (PEM): the only one a client trusts for it.
+    #[serde(default)]
+    pub cert: String,
+    /// `sha256:` and the hex SHA-256 of the certificate's DER bytes: checked against `cert`
+    /// before it is trusted, and shown by `doctor` so people can compare it by eye.
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// The fingerprint of a certificate's DER bytes, as `server-info` and `doctor` write it.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex_lower(&sha2::Sha256::digest(der)))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This host's name, for messages that say from where an address was tried.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "this host".into())
 }
 
 /// One file of a submission.
@@ -311,11 +341,14 @@ pub enum ClientError {
         /// Where server-info was expected.
         path: PathBuf,
     },
-    /// `server-info` exists but nobody answers (a killed service leaves it behind).
-    #[error("the collector service is not answering at {url} ({source}); is `beamflow-collector service` running? Its server-info is {path}")]
+    /// `server-info` exists but nobody answers (a killed service leaves it behind, or the
+    /// advertised address is not reachable from this host).
+    #[error("the collector service is not answering at {url} from {from} ({source}); check that `beamflow-collector service` runs (its server-info is {path}), that the address resolves and is reachable from {from} (firewall, `[service] listen` and `advertise`), and `beamflow-collector doctor`")]
     NotAnswering {
         /// The URL tried.
         url: String,
+        /// The host it was tried from.
+        from: String,
         /// Where the URL came from.
         path: PathBuf,
         /// The transport error.
@@ -350,19 +383,56 @@ impl ClientError {
 }
 
 /// The HTTP side of a client: statuses are answers to read, not errors; `limit` bounds a
-/// whole request.
-fn http_agent(limit: Duration) -> ureq::Agent {
+/// whole request; `tls` trusts the service's pinned certificate and nothing else.
+fn http_agent(limit: Duration, tls: &ureq::tls::TlsConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(limit))
+        .tls_config(tls.clone())
         .build()
         .into()
+}
+
+/// TLS that trusts exactly the certificate `server-info` pins, after checking it against
+/// the fingerprint written beside it.
+fn pinned(info: &ServerInfo, path: &Path) -> Result<ureq::tls::TlsConfig, ClientError> {
+    let bad = |message: String| ClientError::BadInfo {
+        path: path.to_path_buf(),
+        message,
+    };
+    if info.cert.is_empty() {
+        if info.url.starts_with("https://") {
+            return Err(bad(
+                "it names an https URL but holds no certificate; restart the service".into(),
+            ));
+        }
+        return Ok(ureq::tls::TlsConfig::default());
+    }
+    let cert = ureq::tls::parse_pem(info.cert.as_bytes())
+        .find_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .ok_or_else(|| bad("its `cert` is not a PEM certificate".into()))?;
+    let seen = fingerprint(cert.der());
+    if seen != info.fingerprint {
+        return Err(bad(format!(
+            "its certificate's fingerprint is {seen}, not the pinned {}; the file was altered or half-written: restart the service to write it anew",
+            info.fingerprint
+        )));
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+            cert.to_owned(),
+        ])))
+        .build())
 }
 
 /// A small blocking client of the service API.
 pub struct Client {
     info: ServerInfo,
     info_path: PathBuf,
+    tls: ureq::tls::TlsConfig,
     agent: ureq::Agent,
 }
 
@@ -386,18 +456,25 @@ impl Client {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        let tls = pinned(&info, &path)?;
         Ok(Client {
+            agent: http_agent(Duration::from_secs(60), &tls),
             info,
             info_path: path,
-            agent: http_agent(Duration::from_secs(60)),
+            tls,
         })
     }
 
     /// The same client with another limit on each request's time: for a caller that must not
     /// be held long (a launcher reporting from its main loop).
     pub fn with_timeout(mut self, limit: Duration) -> Client {
-        self.agent = http_agent(limit);
+        self.agent = http_agent(limit, &self.tls);
         self
+    }
+
+    /// What `server-info` said: where the service is and which certificate it pins.
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
     }
 
     fn finish<T: for<'de> Deserialize<'de>>(
@@ -406,6 +483,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let mut res = res.map_err(|e| ClientError::NotAnswering {
             url: self.info.url.clone(),
+            from: this_host(),
             path: self.info_path.clone(),
             source: Box::new(e),
         })?;

@@ -56,6 +56,12 @@ impl Sshd {
     /// Starts sshd with extra sshd_config lines (a `ForceCommand` that prints a banner first,
     /// for instance, the way a chatty login script does).
     pub fn start_with(extra: &str) -> Sshd {
+        Self::start_at(None, "127.0.0.1", extra)
+    }
+
+    /// Starts sshd inside a network namespace (`netns`, made by the test) listening on
+    /// `addr`, one of that namespace's addresses; the ssh_config alias points there.
+    pub fn start_at(netns: Option<&str>, addr: &str, extra: &str) -> Sshd {
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.exists(),
@@ -79,7 +85,7 @@ impl Sshd {
         std::fs::write(
             &cfg,
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+                "Port {port}\nListenAddress {addr}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
                  StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  PermitRootLogin prohibit-password\nMaxSessions 20\nLogLevel ERROR\nSubsystem sftp internal-sftp\n{extra}",
                 d = dir.display()
@@ -88,7 +94,15 @@ impl Sshd {
         .unwrap();
         let _ = std::fs::create_dir_all("/run/sshd");
         let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-        let child = Command::new(sshd)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(sshd);
+                c
+            }
+            None => Command::new(sshd),
+        };
+        let child = cmd
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -101,20 +115,22 @@ impl Sshd {
             child,
             what: "sshd".into(),
         };
-        wait_until(Duration::from_secs(10), "sshd to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        wait_until(Duration::from_secs(10), "sshd to listen", || match netns {
+            // out of reach from here: sshd writes its pid file once it listens
+            Some(_) => dir.join("sshd.pid").exists(),
+            None => std::net::TcpStream::connect((addr, port)).is_ok(),
         });
         let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
         std::fs::write(
             dir.join("known_hosts"),
-            format!("[127.0.0.1]:{port} {host_pub}"),
+            format!("[{addr}]:{port} {host_pub}"),
         )
         .unwrap();
         let ssh_config = dir.join("ssh_config");
         std::fs::write(
             &ssh_config,
             format!(
-                "Host {ALIAS}\n  HostName 127.0.0.1\n  Port {port}\n  User {u}\n  IdentityFile {d}/user_key\n  IdentitiesOnly yes\n  \
+                "Host {ALIAS}\n  HostName {addr}\n  Port {port}\n  User {u}\n  IdentityFile {d}/user_key\n  IdentitiesOnly yes\n  \
                  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
                 u = user(),
                 d = dir.display()

@@ -370,9 +370,16 @@ fn the_demo_runs_end_to_end() {
     );
 }
 
+fn get_plain(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "5", url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
 #[test]
 fn the_service_api_needs_the_token_from_a_private_server_info() {
-    use std::io::{Read, Write};
     use std::os::unix::fs::PermissionsExt;
     let site = Site::new("1s", "");
     let _service = site.start_service();
@@ -384,32 +391,56 @@ fn the_service_api_needs_the_token_from_a_private_server_info() {
     );
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
-    let addr = info["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
-    let get = |auth: &str| {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            s,
-            "GET /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+    let url = info["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    // curl, trusting exactly the certificate server-info pins (an independent TLS client)
+    let pem = site.dir.join("pinned.pem");
+    std::fs::write(&pem, info["cert"].as_str().unwrap()).unwrap();
+    let get = |auth: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-i", "--cacert"])
+            .arg(&pem)
+            .args(auth)
+            .arg(format!("{url}/v1/jobs"))
+            .output()
+            .expect("curl (tests/run.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
-    let no = get("");
+    let no = get(&[]);
     assert!(no.starts_with("HTTP/1.1 401"), "{no}");
     assert!(
         no.contains("server-info"),
         "the refusal says where the token is: {no}"
     );
-    assert!(get("Authorization: Bearer wrong\r\n").starts_with("HTTP/1.1 401"));
+    assert!(get(&["-H", "Authorization: Bearer wrong"]).starts_with("HTTP/1.1 401"));
     let token = info["token"].as_str().unwrap();
-    let yes = get(&format!("Authorization: Bearer {token}\r\n"));
+    let yes = get(&["-H", &format!("Authorization: Bearer {token}")]);
     assert!(yes.starts_with("HTTP/1.1 200"), "{yes}");
+    // the fingerprint pinned beside it is the certificate's SHA-256, as openssl computes it
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&pem)
+        .output()
+        .expect("openssl");
+    let seen = String::from_utf8_lossy(&der.stdout)
+        .split('=')
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .replace(':', "")
+        .to_lowercase();
+    assert_eq!(info["fingerprint"], format!("sha256:{seen}"));
+    // plain HTTP, and TLS to a client that trusts the system's authorities only, get nothing
+    let plain = get_plain(&url.replace("https://", "http://"));
+    assert!(!plain.contains("HTTP/1.1 200"), "{plain}");
+    let untrusted = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", &format!("{url}/v1/jobs")])
+        .output()
+        .unwrap();
+    assert!(
+        !untrusted.status.success(),
+        "a self-signed certificate is trusted only where pinned"
+    );
     // a second service on the same state folder is refused, not run alongside
     let out = site.run("beamflow-collector", &["service"]);
     assert!(!out.status.success());

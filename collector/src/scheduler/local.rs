@@ -1,4 +1,7 @@
-//! The embedded default: a launcher is a child process of the service on this host.
+//! The embedded default: a launcher is a child process of the service on this host, or of a
+//! command the queue's `extra_args` names to run it somewhere else (`["ssh", "node7"]`,
+//! `["nice"]`, `["ip", "netns", "exec", "compute"]`): there is no submit command for them to
+//! be arguments of, so they are the command the launcher's script runs under.
 
 use super::{BatchSpec, BatchState, SchedError, Scheduler};
 use std::collections::HashMap;
@@ -38,7 +41,13 @@ impl Scheduler for Local {
             command: "dup log".into(),
             cause: source,
         })?;
-        let child = Command::new("sh")
+        let (program, before) = match spec.extra_args.split_first() {
+            Some((p, rest)) => (p.as_str(), [rest, &["sh".to_string()]].concat()),
+            None => ("sh", Vec::new()),
+        };
+        let shown = format!("{program} {} {}", before.join(" "), script.display());
+        let child = Command::new(program)
+            .args(&before)
             .arg(script)
             .stdin(Stdio::null())
             .stdout(log)
@@ -46,7 +55,7 @@ impl Scheduler for Local {
             .process_group(0)
             .spawn()
             .map_err(|source| SchedError::Spawn {
-                command: format!("sh {}", script.display()),
+                command: shown,
                 cause: source,
             })?;
         let id = child.id().to_string();

@@ -1,11 +1,13 @@
 //! `beamflow-collector service`: the long-running daemon that owns the database, serves the
 //! HTTP API that `serve`, the CLI and launchers use, and runs the engine that moves jobs.
 //!
-//! Its parts: [`api`] (the HTTP routes), [`db`] and [`lifecycle`] (the database and its
+//! Its parts: [`address`] and [`tls`] (where it listens, what it advertises, the pinned
+//! certificate), [`api`] (the HTTP routes), [`db`] and [`lifecycle`] (the database and its
 //! writes), [`job`] and [`launchers`] (the two lifecycles as data), [`engine`] (reacting to
 //! [`wake`]'s bells), [`dag`], [`prepare`], [`names`], [`to8bit`], [`image`], [`check`],
 //! [`fault`] and [`qa`] (what a stack's jobs are, their work folder and their checks).
 
+pub mod address;
 pub mod api;
 pub mod check;
 pub mod clock;
@@ -20,6 +22,7 @@ pub mod lifecycle;
 pub mod names;
 pub mod prepare;
 pub mod qa;
+pub mod tls;
 pub mod to8bit;
 pub mod wake;
 
@@ -59,13 +62,16 @@ pub enum ServiceError {
         cause: DbError,
     },
     /// The listen address could not be bound.
-    #[error("failed to listen on {addr}: {cause}; pick another [service] listen address")]
+    #[error("failed to listen on {addr}: {cause}; pick another `service.listen` address (an interface of this host, or 0.0.0.0:0)")]
     Bind {
-        /// Address.
-        addr: std::net::SocketAddr,
+        /// Address, as written and as tried.
+        addr: String,
         /// Why.
-        cause: std::io::Error,
+        cause: String,
     },
+    /// The TLS certificate could not be made or loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The HTTP server failed.
     #[error("the API server failed: {0}")]
     Serve(std::io::Error),
@@ -94,6 +100,22 @@ fn write_server_info(dir: &Path, info: &ServerInfo) -> std::io::Result<()> {
     )?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(SERVER_INFO))
+}
+
+/// Binds the first address `[service] listen` resolves to that can be bound.
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServiceError> {
+    let fail = |cause: String| ServiceError::Bind {
+        addr: listen.to_string(),
+        cause,
+    };
+    let mut last = String::new();
+    for a in address::listen_addrs(listen).await.map_err(fail)? {
+        match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = format!("{a}: {e}"),
+        }
+    }
+    Err(fail(last))
 }
 
 /// Runs the service until `shutdown` completes. The database, the lock and `server-info`
@@ -128,20 +150,22 @@ pub async fn run(
             cause: source,
         })?;
     let token = random_token().map_err(io(Path::new("/dev/urandom")))?;
-    let listener = tokio::net::TcpListener::bind(cfg.service.listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            addr: cfg.service.listen,
-            cause: source,
-        })?;
+    let listener = bind(&cfg.service.listen).await?;
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
+    let host = address::advertised(&cfg.service.advertise, &cfg.service.listen, addr);
+    let identity = tls::load_or_make(&state_dir, &address::cert_names(&host, addr))?;
+    let acceptor = tls::acceptor(&identity)?;
     let info = ServerInfo {
-        url: format!("http://{addr}"),
+        url: address::url(&host, addr.port()),
         token: token.clone(),
         pid: std::process::id(),
+        host: crate::api::this_host(),
+        cert: identity.cert_pem.clone(),
+        fingerprint: identity.fingerprint.clone(),
     };
     write_server_info(&state_dir, &info).map_err(io(&state_dir.join(SERVER_INFO)))?;
-    tracing::info!(url = %info.url, db = %db_path.display(), "collector service listening");
+    tracing::info!(url = %info.url, listen = %addr, fingerprint = %info.fingerprint, db = %db_path.display(), "collector service listening");
+    let listener = tls::TlsListener::new(listener, acceptor).map_err(ServiceError::Serve)?;
 
     let db = Arc::new(Mutex::new(db));
     if let Ok(mut d) = db.lock() {

@@ -1,0 +1,254 @@
+//! Three hosts on one machine: network namespaces the test makes (and removes), joined by
+//! veth pairs. "beamline" runs the agent; "hpc" runs a real sshd and the collector service,
+//! which listens on every interface and advertises its address on the compute side; "compute"
+//! runs the launcher (the local scheduler's, run there through the queue's `extra_args`).
+//! Loopback stays down in the beamline and compute namespaces, so whatever works there went
+//! over the veth pairs: a loopback address in server-info, or a launcher that connects to its
+//! own host, fails this test.
+
+use beamflow_e2e::sshd::Sshd;
+use beamflow_e2e::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The three namespaces and their links; removed when dropped (with whatever runs in them).
+struct Hosts {
+    beamline: String,
+    hpc: String,
+    compute: String,
+    /// The hpc host's address on the beamline side.
+    hpc_to_beamline: String,
+    /// The hpc host's address on the compute side (what the service advertises).
+    hpc_to_compute: String,
+}
+
+impl Hosts {
+    fn make() -> Hosts {
+        let tag = format!("bf{}", std::process::id() % 100_000);
+        // a /16 of the private range per run, so that two runs at once do not meet
+        let net = 10 + (std::process::id() % 200);
+        let h = Hosts {
+            beamline: format!("{tag}b"),
+            hpc: format!("{tag}h"),
+            compute: format!("{tag}c"),
+            hpc_to_beamline: format!("10.{net}.1.1"),
+            hpc_to_compute: format!("10.{net}.2.1"),
+        };
+        for ns in [&h.beamline, &h.hpc, &h.compute] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            ip(&["netns", "add", ns]);
+        }
+        for (side, there, here_ip, there_ip) in [
+            (
+                "b",
+                &h.beamline,
+                &h.hpc_to_beamline,
+                format!("10.{net}.1.2"),
+            ),
+            ("c", &h.compute, &h.hpc_to_compute, format!("10.{net}.2.2")),
+        ] {
+            let (a, b) = (format!("{tag}{side}0"), format!("{tag}{side}1"));
+            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+            ip(&["link", "set", &a, "netns", &h.hpc]);
+            ip(&["link", "set", &b, "netns", there]);
+            ip(&[
+                "-n",
+                &h.hpc,
+                "addr",
+                "add",
+                &format!("{here_ip}/24"),
+                "dev",
+                &a,
+            ]);
+            ip(&["-n", &h.hpc, "link", "set", &a, "up"]);
+            ip(&[
+                "-n",
+                there,
+                "addr",
+                "add",
+                &format!("{there_ip}/24"),
+                "dev",
+                &b,
+            ]);
+            ip(&["-n", there, "link", "set", &b, "up"]);
+        }
+        // the login node talks to itself (serve to the service) as a login node does; the
+        // other two have no loopback at all
+        ip(&["-n", &h.hpc, "link", "set", "lo", "up"]);
+        h
+    }
+
+    fn exec(&self, ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        c
+    }
+
+    fn lo_is_down(&self, ns: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show", "lo"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains("state DOWN") || !text.contains(",UP")
+    }
+
+    /// The namespace's identity as /proc shows it (`net:[N]`).
+    fn id(&self, ns: &str) -> String {
+        let out = self
+            .exec(ns)
+            .args(["readlink", "/proc/self/ns/net"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in [&self.beamline, &self.hpc, &self.compute] {
+            // end what still runs there, then the namespace (its veth ends go with it)
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+#[test]
+fn a_stack_crosses_three_hosts_to_job_finished_with_no_loopback_between_them() {
+    let hosts = Hosts::make();
+    let sshd = Sshd::start_at(Some(&hosts.hpc), &hosts.hpc_to_beamline, "");
+    let site = Site::new("1s", "");
+    let link = sshd.link_toml(&site.config, "own", None, "1s");
+    site.edit_config("transport = \"local\"", &link);
+    site.edit_config(
+        "listen = \"127.0.0.1:0\"",
+        &format!(
+            "listen = \"0.0.0.0:0\"\nadvertise = \"{}\"",
+            hosts.hpc_to_compute
+        ),
+    );
+    // the launcher runs on the compute host; its one job records where it ran
+    site.edit_config(
+        "scheduler = \"local\"",
+        &format!(
+            "scheduler = \"local\"\nextra_args = [\"ip\", \"netns\", \"exec\", \"{}\"]",
+            hosts.compute
+        ),
+    );
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"where\"");
+    site.append_config(
+        "[workflows.where]\nto_8bit = \"off\"\n[[workflows.where.steps]]\nname = \"where\"\ncommand = \"sh -c 'readlink /proc/self/ns/net > where.txt'\"\n",
+    );
+    let log = std::fs::File::create(site.dir.join("service.log")).unwrap();
+    let mut service = Proc {
+        child: hosts
+            .exec(&hosts.hpc)
+            .arg(bin("beamflow-collector"))
+            .args(["service", "--config"])
+            .arg(&site.config)
+            .env("BEAMFLOW_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+        what: "service in the hpc namespace".into(),
+    };
+    let info_path = site.dir.join("state/server-info");
+    wait_until(Duration::from_secs(20), "server-info", || {
+        info_path.exists()
+    });
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    let url = info["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("https://{}:", hosts.hpc_to_compute)),
+        "server-info advertises the compute-side address: {url}"
+    );
+
+    let dir = site.write_stack("three hosts", 3, 64);
+    let out = hosts
+        .exec(&hosts.beamline)
+        .arg(bin("beamflow-agent"))
+        .args(["push", "--attempts", "1", "--config"])
+        .arg(&site.config)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push from the beamline namespace: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&dir, &site.remote().join("three hosts"));
+
+    let jobs = site_jobs_in(&hosts, &site, LONG);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let found: Vec<_> = walkdir::WalkDir::new(site.work())
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() == "where.txt")
+        .collect();
+    assert_eq!(found.len(), 1, "one job wrote where it ran");
+    let ran_in = std::fs::read_to_string(found[0].path()).unwrap();
+    assert_eq!(
+        ran_in.trim(),
+        hosts.id(&hosts.compute),
+        "the job ran on the compute host"
+    );
+    assert_ne!(hosts.id(&hosts.compute), hosts.id(&hosts.hpc));
+    for ns in [&hosts.beamline, &hosts.compute] {
+        assert!(hosts.lo_is_down(ns), "{ns} had no loopback to use");
+    }
+    service.term();
+}
+
+/// The jobs of the site, asked from the hpc namespace (the CLI reads server-info there).
+fn site_jobs_in(hosts: &Hosts, site: &Site, limit: Duration) -> Vec<serde_json::Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let out = hosts
+            .exec(&hosts.hpc)
+            .arg(bin("beamflow-collector"))
+            .args(["ls", "--json", "--config"])
+            .arg(&site.config)
+            .output()
+            .unwrap();
+        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if !jobs.is_empty() && jobs.iter().all(|j| j["state"] == "JOB_FINISHED") {
+            return jobs;
+        }
+        assert!(
+            !jobs.iter().any(|j| j["state"] == "FAILED"),
+            "a job failed: {jobs:?}\n{}",
+            site.log_tail("service.log")
+        );
+        assert!(
+            start.elapsed() < limit,
+            "not finished after {limit:?}: {jobs:?}\n{}",
+            site.log_tail("service.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
