@@ -9,6 +9,7 @@
 
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod images;
 pub mod journal;
 pub mod lifecycle;

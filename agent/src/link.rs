@@ -91,6 +91,23 @@ pub struct Link {
 /// The command that starts the far end: for `local` the collector itself, for `ssh` a channel
 /// over the master at `ctl` running the remote command.
 pub fn far_command(cfg: &Config, ctl: Option<&Path>) -> Vec<String> {
+    far_command_for(cfg, ctl, &["serve", "--stdio"])
+}
+
+/// [`far_command`] with another subcommand of the same collector in place of `serve --stdio`
+/// (the agent's doctor runs the collector's `doctor --json` there, with the same config).
+pub fn far_command_for(cfg: &Config, ctl: Option<&Path>, sub: &[&str]) -> Vec<String> {
+    let swap = |argv: Vec<String>| -> Vec<String> {
+        match argv.iter().position(|w| w == "serve") {
+            Some(i) => {
+                let mut out = argv[..i].to_vec();
+                out.extend(sub.iter().map(|w| w.to_string()));
+                out.extend(argv[i + 1..].iter().filter(|w| *w != "--stdio").cloned());
+                out
+            }
+            None => argv,
+        }
+    };
     match (cfg.link.transport, ctl) {
         (Transport::Ssh, Some(ctl)) => {
             let remote = if cfg.link.command.is_empty() {
@@ -106,22 +123,22 @@ pub fn far_command(cfg: &Config, ctl: Option<&Path>) -> Vec<String> {
             } else {
                 cfg.link.command.clone()
             };
-            crate::ssh::channel_command(&cfg.link, ctl, &remote)
+            crate::ssh::channel_command(&cfg.link, ctl, &swap(remote))
         }
-        _ if !cfg.link.command.is_empty() => cfg.link.command.clone(),
+        _ if !cfg.link.command.is_empty() => swap(cfg.link.command.clone()),
         _ => {
             let exe = collector_exe();
             let config = cfg
                 .source
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("beamflow.toml"));
-            vec![
+            swap(vec![
                 exe.display().to_string(),
                 "serve".into(),
                 "--stdio".into(),
                 "--config".into(),
                 config.display().to_string(),
-            ]
+            ])
         }
     }
 }

@@ -52,6 +52,13 @@ enum Cmd {
         #[arg(long, env = "BEAMFLOW_CONFIG")]
         config: PathBuf,
     },
+    /// Check this host and the far side: journal folder, watch roots and inotify's limit,
+    /// the SSH master and host key, the remote collector and its version (its own checks
+    /// too), the clocks. One line per check, `ok` or `FAIL` with the fix; exit 1 on a FAIL.
+    Doctor {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+    },
     /// Show every stack the agent knows, with state, files, bytes and reason.
     Status {
         #[arg(long, env = "BEAMFLOW_CONFIG")]
@@ -153,6 +160,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     " (registered before; nothing new created)"
                 }
             );
+        }
+        Cmd::Doctor { config } => {
+            let cfg = Config::load(&config)?;
+            sayln!(
+                "beamflow-agent {} on this host, config {}",
+                env!("CARGO_PKG_VERSION"),
+                config.display()
+            );
+            let checks = runtime()?.block_on(beamflow_agent::doctor::checks(&cfg));
+            for c in &checks {
+                sayln!("{}", c.line());
+            }
+            if checks.iter().any(|c| !c.ok) {
+                return Ok(ExitCode::from(1));
+            }
         }
         Cmd::Login { config } => {
             let cfg = Config::load(&config)?;

@@ -8,10 +8,12 @@
 //!   speaking only to the service's API.
 //! - the batch systems ([`scheduler`]) behind one trait, used by the service.
 //!
-//! The operator's commands ([`cli`]) read through the API, never the database file.
+//! The operator's commands ([`cli`]) read through the API, never the database file;
+//! [`doctor`] checks what a login node needs, one line per check.
 
 pub use beamflow_protocol::api;
 pub mod cli;
+pub mod doctor;
 pub mod launcher;
 pub mod receive;
 pub mod scheduler;

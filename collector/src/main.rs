@@ -119,6 +119,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Check this host: folders, free space, the service, the batch commands. One line per
+    /// check, `ok` or `FAIL` with the fix; exit 1 when any failed.
+    Doctor {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Machine-readable output (what the agent's doctor reads over its link).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -257,6 +266,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 report.sections.len(),
                 out.display()
             );
+        }
+        Cmd::Doctor { config, json } => {
+            let report = beamflow_collector::doctor::report(&load(&config)?);
+            if json {
+                sayln!("{}", serde_json::to_string(&report)?);
+            } else {
+                sayln!("{} on {}", report.program, report.host);
+                for c in &report.checks {
+                    sayln!("{}", c.line());
+                }
+            }
+            if !report.ok() {
+                return Ok(ExitCode::from(1));
+            }
         }
         Cmd::Config {
             cmd: ConfigCmd::Check { file },

@@ -6,6 +6,7 @@
 //! [`Frame::Hello`], the collector answers [`Frame::Welcome`], and frames flow both ways.
 
 pub mod api;
+pub mod doctor;
 mod frame;
 mod io;
 mod path;
