@@ -34,11 +34,12 @@ pub async fn checks(cfg: &Config) -> Vec<Check> {
     let mut folders = 0u64;
     let mut inotify = false;
     for (i, w) in cfg.watch.iter().enumerate() {
-        let name = format!("watch root {}", w.path.display());
+        let name = "watch root";
+        let path = w.path.display();
         match std::fs::read_dir(&w.path) {
             Err(e) => out.push(Check::fail(
-                &name,
-                format!("cannot read it: {e}"),
+                name,
+                format!("{path}: cannot read it: {e}"),
                 format!("create it (or mount it) and let the agent's account read it, or fix `watch[{i}].path`"),
             )),
             Ok(_) => {
@@ -49,7 +50,7 @@ pub async fn checks(cfg: &Config) -> Vec<Check> {
                     .count() as u64;
                 folders += n;
                 inotify |= w.mode == WatchMode::Inotify;
-                out.push(Check::pass(&name, format!("readable, {n} folder(s)")));
+                out.push(Check::pass(name, format!("{path}: readable, {n} folder(s)")));
             }
         }
     }

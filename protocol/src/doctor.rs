@@ -39,14 +39,28 @@ impl Check {
         }
     }
 
-    /// `ok    NAME: DETAIL` or `FAIL  NAME: DETAIL — fix: FIX`.
+    /// `ok    NAME: DETAIL` or `FAIL  NAME: DETAIL — fix: FIX`, always one line: what a
+    /// tool printed over several (ssh's warnings, framed in `@`) is joined with `; `.
     pub fn line(&self) -> String {
+        let detail = one_line(&self.detail);
         if self.ok {
-            format!("ok    {}: {}", self.name, self.detail)
+            format!("ok    {}: {detail}", self.name)
         } else {
-            format!("FAIL  {}: {} — fix: {}", self.name, self.detail, self.fix)
+            format!(
+                "FAIL  {}: {detail} — fix: {}",
+                self.name,
+                one_line(&self.fix)
+            )
         }
     }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '@'))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A whole report, as `beamflow-collector doctor --json` prints it.
