@@ -79,6 +79,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> Result<()> {
+    // held until the daemon returns: one daemon per journal
+    let _instance = crate::instance::claim(&cfg.agent.state_dir)?;
     let journal = Journal::open(&cfg.agent.state_dir)?;
     anyhow::ensure!(
         !cfg.watch.is_empty(),

@@ -418,10 +418,15 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         "\nWhere to look:\n  {d}/incoming   the watched folder\n  {d}/remote     what the collector received (under the beamline's name, demo)\n  {d}/work       one work folder per stack version (qa.json, job output)\n  {d}/state      journal (agent.db) and database (collector.db)\n",
         d = r.dir.display()
     ));
+    // full paths: right after a build the programs are not on PATH yet
+    let agent = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "beamflow-agent".into());
+    let collector = collector_exe().display().to_string();
+    out.push_str(&format!("  {agent} status --config {}\n", cfg.display()));
     out.push_str(&format!(
-        "  beamflow-agent status --config {}\n",
-        cfg.display()
+        "  {collector} service --config {c} &   then   {collector} ls --config {c}\n",
+        c = cfg.display()
     ));
-    out.push_str(&format!("  beamflow-collector ls --config {}   (while `beamflow-collector service --config {}` runs)\n", cfg.display(), cfg.display()));
     out
 }

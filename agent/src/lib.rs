@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 pub mod doctor;
 pub mod images;
+pub mod instance;
 pub mod journal;
 pub mod lifecycle;
 pub mod link;

@@ -197,6 +197,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 sayln!("{}", serde_json::to_string_pretty(&stacks)?);
             } else {
+                match beamflow_agent::instance::running(&cfg.agent.state_dir) {
+                    Some(pid) => sayln!("daemon: running (pid {pid})"),
+                    None => sayln!(
+                        "daemon: not running; start it with `systemctl start beamflow-agent` or `beamflow-agent run --config {}`",
+                        config.display()
+                    ),
+                }
                 logs::out(&status::table(&stacks));
             }
         }

@@ -541,6 +541,17 @@ impl Config {
 
     /// Parses and validates text; `path` only names the file in errors. Paths stay as written.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let said = text
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        if !said {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: 1,
+                key: String::new(),
+                message: "the file sets nothing; start from examples/local.toml (one host), examples/beamline.toml (a beamline) or examples/polaris.toml (an HPC site)".into(),
+            });
+        }
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let line = line_of(text, offset);
@@ -578,6 +589,19 @@ impl Config {
                 })?;
         }
         for (i, w) in cfg.watch.iter().enumerate() {
+            if !cfg.workflows.contains_key(&w.workflow) {
+                let names: Vec<&str> = cfg.workflows.keys().map(String::as_str).collect();
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, "workflow").unwrap_or(1),
+                    key: format!("key `watch[{i}].workflow`: "),
+                    message: format!(
+                        "no workflow \"{}\"; the workflows are: {} (names are case-sensitive; define your own under [workflows.NAME])",
+                        w.workflow,
+                        names.join(", ")
+                    ),
+                });
+            }
             if glob::Pattern::new(&w.pattern).is_err() {
                 return Err(ConfigError::Invalid {
                     path: path.to_path_buf(),
@@ -795,11 +819,47 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// The key assigned on `line`, in full: the table it sits in (`[link]`, the second
+/// `[[watch]]`) and its own name, as `link.channels` or `watch[1].settle`.
 fn key_on_line(text: &str, line: usize) -> Option<String> {
-    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let l = lines.get(line.checked_sub(1)?)?;
     let (k, _) = l.split_once('=')?;
     let k = k.trim();
-    (!k.is_empty() && !k.starts_with('[')).then(|| k.to_string())
+    if k.is_empty() || k.starts_with('[') {
+        return None;
+    }
+    Some(match table_of(&lines[..line - 1]) {
+        Some(t) => format!("{t}.{k}"),
+        None => k.to_string(),
+    })
+}
+
+/// The table the last of `above` leaves open: `name` for `[name]`, `name[i]` for the i-th
+/// `[[name]]`.
+fn table_of(above: &[&str]) -> Option<String> {
+    let (at, header) = above
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, l)| l.trim_start().starts_with('['))?;
+    let h = header.trim();
+    if let Some(name) = h.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+        let name = name.trim();
+        let i = above[..at]
+            .iter()
+            .filter(|l| {
+                l.trim()
+                    .strip_prefix("[[")
+                    .and_then(|r| r.split("]]").next())
+                    .is_some_and(|n| n.trim() == name)
+            })
+            .count();
+        return Some(format!("{name}[{i}]"));
+    }
+    h.strip_prefix('[')
+        .and_then(|r| r.split(']').next())
+        .map(|n| n.trim().to_string())
 }
 
 /// Finds the first line that assigns the last segment of a dotted key; good enough to point a
@@ -844,7 +904,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 1);
+        assert!(n >= 5, "local, beamline, polaris, slurm, theta: {n}");
     }
 
     #[test]
@@ -857,7 +917,7 @@ mod tests {
     #[test]
     fn bad_duration_names_key_and_line() {
         let e = err("[[watch]]\npath = \"in\"\nsettle = \"thirty\"\n");
-        assert!(e.starts_with("t.toml:3: key `settle`"), "{e}");
+        assert!(e.starts_with("t.toml:3: key `watch[0].settle`"), "{e}");
         assert!(e.contains("30s"), "{e}");
     }
 
@@ -882,9 +942,30 @@ mod tests {
     }
 
     #[test]
+    fn newcomers_mistakes_are_named_in_full_with_what_to_write() {
+        let e = err("");
+        assert!(
+            e.contains("sets nothing") && e.contains("examples/local.toml"),
+            "{e}"
+        );
+        let e = err("# only a comment\n\n");
+        assert!(e.contains("sets nothing"), "{e}");
+        let e = err("[[watch]]\npath = \"in\"\nsettle = 30\n");
+        assert!(e.starts_with("t.toml:3: key `watch[0].settle`"), "{e}");
+        assert!(e.contains("\"30s\""), "{e}");
+        let e = err("[[watch]]\npath = \"a\"\n[[watch]]\npath = \"b\"\nmax_wait = 5\n");
+        assert!(e.starts_with("t.toml:5: key `watch[1].max_wait`"), "{e}");
+        let e = err("[link]\nchannels = \"x\"\n");
+        assert!(e.starts_with("t.toml:2: key `link.channels`"), "{e}");
+        let e = err("[[watch]]\npath = \"in\"\nworkflow = \"alignTK\"\n");
+        assert!(e.starts_with("t.toml:3: key `watch[0].workflow`"), "{e}");
+        assert!(e.contains("aligntk, aligntk-apply, qa"), "{e}");
+    }
+
+    #[test]
     fn zero_min_images_is_refused() {
         let e = err("[[watch]]\npath = \"in\"\nmin_images = 0\n");
-        assert!(e.starts_with("t.toml:3: key `min_images`"), "{e}");
+        assert!(e.starts_with("t.toml:3: key `watch[0].min_images`"), "{e}");
     }
 
     #[test]

@@ -23,12 +23,35 @@ impl Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-            de::Error::custom(format!(
-                "invalid duration \"{s}\" ({e}); write it like \"500ms\", \"30s\", \"5m\" or \"2h\""
-            ))
-        })
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration with a unit, like \"30s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration \"{s}\" ({e}); write it like \"500ms\", \"30s\", \"5m\" or \"2h\""
+                    ))
+                })
+            }
+            // a bare number has no unit: say which string to write instead of guessing one
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "{n} has no unit; write it as a string, e.g. \"{n}s\" (or \"{n}ms\", \"{n}m\")"
+                )))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Dur, E> {
+                self.visit_i64(n as i64)
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "{n} has no unit; write it as a string, e.g. \"{n}s\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

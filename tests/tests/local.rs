@@ -272,7 +272,7 @@ fn config_errors_name_the_file_key_and_line() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(
-            err.contains("bad.toml:6: key `settle`: invalid duration \"soon\""),
+            err.contains("bad.toml:6: key `watch[0].settle`: invalid duration \"soon\""),
             "{exe}: {err}"
         );
     }
