@@ -19,6 +19,7 @@ pub mod notify;
 pub mod push;
 pub mod root;
 pub mod scan;
+pub mod setup;
 pub mod ssh;
 pub mod stack;
 pub mod status;

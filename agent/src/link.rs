@@ -111,15 +111,7 @@ pub fn far_command_for(cfg: &Config, ctl: Option<&Path>, sub: &[&str]) -> Vec<St
     match (cfg.link.transport, ctl) {
         (Transport::Ssh, Some(ctl)) => {
             let remote = if cfg.link.command.is_empty() {
-                [
-                    "beamflow-collector",
-                    "serve",
-                    "--stdio",
-                    "--config",
-                    "~/.config/beamflow/beamflow.toml",
-                ]
-                .map(String::from)
-                .to_vec()
+                default_remote(&["serve", "--stdio"])
             } else {
                 cfg.link.command.clone()
             };
@@ -141,6 +133,37 @@ pub fn far_command_for(cfg: &Config, ctl: Option<&Path>, sub: &[&str]) -> Vec<St
             ])
         }
     }
+}
+
+/// Where `beamflow-agent setup` installs the collector on the login node, relative to the
+/// remote home.
+pub const REMOTE_BIN: &str = ".local/bin/beamflow-collector";
+
+/// Where the collector's config lives on the login node, relative to the remote home.
+pub const REMOTE_CONFIG: &str = ".config/beamflow/beamflow.toml";
+
+/// The remote command when `[link] command` is empty: `beamflow-collector SUB… --config
+/// ~/.config/beamflow/beamflow.toml`, found on the login node's PATH or else in
+/// `~/.local/bin`, where `setup` installs it: a non-interactive SSH command often runs with
+/// a PATH that lacks `~/.local/bin`. `sh` does the finding so that any login shell (csh
+/// included) runs it the same way.
+pub fn default_remote(sub: &[&str]) -> Vec<String> {
+    let mut argv = remote_collector(sub);
+    argv.push("--config".into());
+    argv.push(format!("~/{REMOTE_CONFIG}"));
+    argv
+}
+
+/// `beamflow-collector SUB…` on the login node, found as [`default_remote`] finds it.
+pub fn remote_collector(sub: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("exec \"$(command -v beamflow-collector || echo \"$HOME/{REMOTE_BIN}\")\" \"$@\""),
+        "beamflow-collector".into(),
+    ];
+    argv.extend(sub.iter().map(|w| w.to_string()));
+    argv
 }
 
 /// `beamflow-collector` beside this binary if it is there (a build tree or one install

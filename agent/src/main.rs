@@ -52,6 +52,16 @@ enum Cmd {
         #[arg(long, env = "BEAMFLOW_CONFIG")]
         config: PathBuf,
     },
+    /// Put the collector side in place over the SSH master: the remote collector (copied
+    /// from this host with your consent when missing or different), a starter config, the
+    /// service running. A second run changes nothing.
+    Setup {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Copy the collector without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Check this host and the far side: journal folder, watch roots and inotify's limit,
     /// the SSH master and host key, the remote collector and its version (its own checks
     /// too), the clocks. One line per check, `ok` or `FAIL` with the fix; exit 1 on a FAIL.
@@ -160,6 +170,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     " (registered before; nothing new created)"
                 }
             );
+        }
+        Cmd::Setup { config, yes } => {
+            use beamflow_agent::setup;
+            let cfg = Config::load(&config)?;
+            let mut say = |m: setup::Mark, t: &str| sayln!("{}", setup::line(m, t));
+            let mut consent = |q: &str| {
+                if yes {
+                    return true;
+                }
+                use std::io::IsTerminal;
+                if !std::io::stdin().is_terminal() {
+                    complain!("{q}\n(no terminal to answer on: run again with --yes to agree)\n");
+                    return false;
+                }
+                logs::out(&format!("{q} [y/N] "));
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                matches!(answer.trim(), "y" | "Y" | "yes" | "YES")
+            };
+            let ok = runtime()?.block_on(setup::run(&cfg, &mut say, &mut consent))?;
+            if !ok {
+                return Ok(ExitCode::from(1));
+            }
+            sayln!("the collector side is ready; check both ends with `beamflow-agent doctor --config {}`", config.display());
         }
         Cmd::Doctor { config } => {
             let cfg = Config::load(&config)?;

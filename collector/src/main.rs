@@ -119,6 +119,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// This build: its version, the protocol it speaks and the BLAKE3 of its own executable
+    /// (what `beamflow-agent setup` compares with the binary it would install).
+    Version {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check this host: folders, free space, the service, the batch commands. One line per
     /// check, `ok` or `FAIL` with the fix; exit 1 when any failed.
     Doctor {
@@ -267,6 +274,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out.display()
             );
         }
+        Cmd::Version { json } => {
+            let me = std::env::current_exe().context("cannot find this program's file")?;
+            let hash = blake3_of(&me)?;
+            if json {
+                sayln!(
+                    "{}",
+                    serde_json::json!({
+                        "program": "beamflow-collector",
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "protocol": beamflow_protocol::VERSION,
+                        "path": me.display().to_string(),
+                        "blake3": hash,
+                    })
+                );
+            } else {
+                sayln!(
+                    "beamflow-collector {} (protocol {}) at {}, blake3 {hash}",
+                    env!("CARGO_PKG_VERSION"),
+                    beamflow_protocol::VERSION,
+                    me.display()
+                );
+            }
+        }
         Cmd::Doctor { config, json } => {
             let report = beamflow_collector::doctor::report(&load(&config)?);
             if json {
@@ -289,6 +319,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// BLAKE3 of a file, read in chunks.
+fn blake3_of(path: &Path) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    h.update_reader(f)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(h.finalize().to_hex().to_string())
 }
 
 async fn shutdown_signal() {
