@@ -6,6 +6,7 @@ use crate::api::Client;
 use beamflow_config::{Config, SchedulerKind};
 use beamflow_protocol::doctor::{free_bytes, now_secs, writable, Check, Report};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Below this much free space a folder that receives stacks fails its check.
 const LOW_SPACE: u64 = 1 << 30;
@@ -77,7 +78,7 @@ fn gib(b: u64) -> String {
 fn service(cfg: &Config) -> Check {
     let name = "service";
     let client = match Client::from_state_dir(&cfg.collector.state_dir) {
-        Ok(c) => c.with_timeout(std::time::Duration::from_secs(10)),
+        Ok(c) => c.with_timeout(Duration::from_secs(10)),
         Err(crate::api::ClientError::NotRunning { path }) => {
             return Check::fail(
                 name,
@@ -145,4 +146,149 @@ fn scheduler(queue: &str, kind: SchedulerKind, submit: bool) -> Check {
             format!("run the service where the {kind:?} commands are (a login node), or load their module in the unit's environment").to_lowercase(),
         )
     }
+}
+
+/// Whether a compute node of `queue` reaches the service: a tiny batch job in that queue
+/// runs `beamflow-collector probe` there, which reads `server-info` from the shared state
+/// folder and calls the service at its advertised address. Waits up to `wait` for it (a
+/// busy queue can hold it longer; then it is cancelled and the line says so).
+pub fn probe(cfg: &Config, queue: &str, wait: Duration) -> Check {
+    let name = format!("probe in queue {queue}");
+    let Some(q) = cfg.queues.get(queue) else {
+        let names: Vec<&str> = cfg.queues.keys().map(String::as_str).collect();
+        return Check::fail(
+            &name,
+            format!("no queue {queue}"),
+            format!("name one of: {}", names.join(", ")),
+        );
+    };
+    let client = match Client::from_state_dir(&cfg.collector.state_dir) {
+        Ok(c) => c.with_timeout(Duration::from_secs(10)),
+        Err(e) => {
+            return Check::fail(
+                &name,
+                e.to_string(),
+                "start the service first: the probe calls it",
+            )
+        }
+    };
+    let nonce = format!(
+        "{:016x}",
+        u64::from_le_bytes(
+            blake3::hash(
+                format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()
+            )
+            .as_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8])
+        )
+    );
+    let dir = cfg.collector.state_dir.join("probes");
+    let script = dir.join(format!("probe-{nonce}.sh"));
+    let log = dir.join(format!("probe-{nonce}.log"));
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "beamflow-collector".into());
+    let source = cfg
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let quote = beamflow_config::argv::quote;
+    let text = format!(
+        "#!/bin/sh\n# beamflow doctor's probe: does a compute node reach the service?\nexec {} probe --config {} --nonce {nonce}\n",
+        quote(&exe),
+        quote(&source)
+    );
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&script, text)) {
+        return Check::fail(
+            &name,
+            format!("cannot write {}: {e}", script.display()),
+            "make the state folder writable",
+        );
+    }
+    let scheduler = crate::scheduler::for_kind(q.scheduler);
+    let spec = crate::scheduler::BatchSpec {
+        name: "beamflow-probe".into(),
+        nodes: 1,
+        walltime: Duration::from_secs(300).min(q.walltime.0),
+        project: q.project.clone(),
+        queue: q.queue.clone(),
+        extra_args: q.extra_args.clone(),
+        log: log.clone(),
+    };
+    let started = Instant::now();
+    let batch = match scheduler.submit(&script, &spec) {
+        Ok(id) => id,
+        Err(e) => {
+            return Check::fail(
+                &name,
+                format!("the probe job was refused: {e}"),
+                format!(
+                "fix what the scheduler says (`queues.{queue}.project`, `.queue`, `.extra_args`)"
+            ),
+            )
+        }
+    };
+    let tail = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("it printed nothing")
+            .to_string()
+    };
+    let reached = |p: crate::api::Probe| {
+        Check::pass(
+            &name,
+            format!(
+                "{} reached {} in {:.1} s (batch job {batch})",
+                p.host,
+                client.info().url,
+                started.elapsed().as_secs_f64()
+            ),
+        )
+    };
+    let check = loop {
+        if let Ok(p) = client.probe_seen(&nonce) {
+            break reached(p);
+        }
+        let gone = scheduler
+            .status(std::slice::from_ref(&batch))
+            .map(|s| !s.contains_key(&batch))
+            .unwrap_or(false);
+        if gone {
+            // it ended: one more look, its call may have landed just now
+            if let Ok(p) = client.probe_seen(&nonce) {
+                break reached(p);
+            }
+            break Check::fail(
+                &name,
+                format!(
+                    "batch job {batch} ended without reaching {}: {}",
+                    client.info().url,
+                    tail()
+                ),
+                "listen where compute nodes reach the service (`service.listen = \"0.0.0.0:0\"`) and advertise a name or address they resolve to this node (`service.advertise`); check the site's firewall between compute and login nodes",
+            );
+        }
+        if started.elapsed() >= wait {
+            let _ = scheduler.delete(&batch);
+            break Check::fail(
+                &name,
+                format!(
+                    "batch job {batch} did not reach the service within {} (still queued, or its node cannot connect)",
+                    humantime::format_duration(wait)
+                ),
+                format!("look at {} and the queue; try again with a longer `--probe-wait` or a debug queue", log.display()),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    scheduler.reap();
+    let _ = std::fs::remove_file(&script);
+    if check.ok {
+        let _ = std::fs::remove_file(&log);
+    }
+    check
 }

@@ -134,6 +134,23 @@ enum Cmd {
         /// Machine-readable output (what the agent's doctor reads over its link).
         #[arg(long)]
         json: bool,
+        /// Also run a tiny probe job in this queue (the first queue when none is named):
+        /// does a compute node reach the service? It spends a (short) allocation.
+        #[arg(long, num_args = 0..=1, default_missing_value = "")]
+        probe: Option<String>,
+        /// How long to wait for the probe job to run and call in.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        probe_wait: std::time::Duration,
+    },
+    /// Run by `doctor --probe` on a compute node: calls the service at its advertised
+    /// address and says whether that worked.
+    #[command(hide = true)]
+    Probe {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// The doctor's word for this probe.
+        #[arg(long)]
+        nonce: String,
     },
 }
 
@@ -297,8 +314,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Cmd::Doctor { config, json } => {
-            let report = beamflow_collector::doctor::report(&load(&config)?);
+        Cmd::Probe { config, nonce } => {
+            let cfg = load(&config)?;
+            let client = Client::from_state_dir(&cfg.collector.state_dir)?;
+            client.probe(&nonce)?;
+            sayln!(
+                "probe: {} reached the service at {}",
+                beamflow_collector::api::this_host(),
+                client.info().url
+            );
+        }
+        Cmd::Doctor {
+            config,
+            json,
+            probe,
+            probe_wait,
+        } => {
+            let cfg = load(&config)?;
+            let mut report = beamflow_collector::doctor::report(&cfg);
+            if let Some(queue) = probe {
+                let queue = if queue.is_empty() {
+                    cfg.queues.keys().next().cloned().unwrap_or_default()
+                } else {
+                    queue
+                };
+                report
+                    .checks
+                    .push(beamflow_collector::doctor::probe(&cfg, &queue, probe_wait));
+            }
             if json {
                 sayln!("{}", serde_json::to_string(&report)?);
             } else {

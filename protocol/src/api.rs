@@ -325,6 +325,15 @@ pub struct EventRow {
     pub reason: String,
 }
 
+/// `POST /v1/probes`: a probe job on a compute node reached the service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    /// The doctor's random word, to tell its probe from others.
+    pub nonce: String,
+    /// The host the probe ran on.
+    pub host: String,
+}
+
 /// Error body of every failed request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -343,7 +352,7 @@ pub enum ClientError {
     },
     /// `server-info` exists but nobody answers (a killed service leaves it behind, or the
     /// advertised address is not reachable from this host).
-    #[error("the collector service is not answering at {url} from {from} ({source}); check that `beamflow-collector service` runs (its server-info is {path}), that the address resolves and is reachable from {from} (firewall, `[service] listen` and `advertise`), and `beamflow-collector doctor`")]
+    #[error("the collector service is not answering at {url} from {from} ({cause}); check that `beamflow-collector service` runs (its server-info is {path}), that the address resolves and is reachable from {from} (firewall, `[service] listen` and `advertise`), and `beamflow-collector doctor`")]
     NotAnswering {
         /// The URL tried.
         url: String,
@@ -352,7 +361,7 @@ pub enum ClientError {
         /// Where the URL came from.
         path: PathBuf,
         /// The transport error.
-        source: Box<ureq::Error>,
+        cause: Box<ureq::Error>,
     },
     /// `server-info` is unreadable.
     #[error("cannot read {path}: {message}")]
@@ -485,7 +494,7 @@ impl Client {
             url: self.info.url.clone(),
             from: this_host(),
             path: self.info_path.clone(),
-            source: Box::new(e),
+            cause: Box::new(e),
         })?;
         let status = res.status().as_u16();
         if (200..300).contains(&status) {
@@ -597,6 +606,22 @@ impl Client {
     /// How a job's run ended.
     pub fn report(&self, job: u64, req: &ReportRequest) -> Result<serde_json::Value, ClientError> {
         self.post(&format!("/v1/jobs/{job}/report"), req)
+    }
+
+    /// Tells the service that a probe reached it from this host.
+    pub fn probe(&self, nonce: &str) -> Result<Probe, ClientError> {
+        self.post(
+            "/v1/probes",
+            &Probe {
+                nonce: nonce.into(),
+                host: this_host(),
+            },
+        )
+    }
+
+    /// The probe with this nonce, once it arrived.
+    pub fn probe_seen(&self, nonce: &str) -> Result<Probe, ClientError> {
+        self.get(&format!("/v1/probes/{nonce}"))
     }
 
     /// A launcher is exiting.

@@ -221,6 +221,79 @@ fn a_stack_crosses_three_hosts_to_job_finished_with_no_loopback_between_them() {
     for ns in [&hosts.beamline, &hosts.compute] {
         assert!(hosts.lo_is_down(ns), "{ns} had no loopback to use");
     }
+
+    // the collector's doctor on the login node, with a probe job on a compute node
+    let doctor = |want_ok: bool| -> String {
+        let out = hosts
+            .exec(&hosts.hpc)
+            .arg(bin("beamflow-collector"))
+            .args(["doctor", "--probe", "--probe-wait", "60s", "--config"])
+            .arg(&site.config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("{text}");
+        assert_eq!(out.status.success(), want_ok, "{text}");
+        text
+    };
+    let text = doctor(true);
+    let line = text
+        .lines()
+        .find(|l| l.contains("probe in queue default"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.starts_with("ok")
+            && line.contains(&format!("reached https://{}:", hosts.hpc_to_compute)),
+        "{line}"
+    );
+    service.term();
+
+    // advertised on the beamline side: the login node reaches itself there, compute nodes
+    // do not, and the probe says so, naming the address it tried
+    site.edit_config(
+        &format!("advertise = \"{}\"", hosts.hpc_to_compute),
+        &format!("advertise = \"{}\"", hosts.hpc_to_beamline),
+    );
+    let _ = std::fs::remove_file(&info_path);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(site.dir.join("service.log"))
+        .unwrap();
+    let mut service = Proc {
+        child: hosts
+            .exec(&hosts.hpc)
+            .arg(bin("beamflow-collector"))
+            .args(["service", "--config"])
+            .arg(&site.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+        what: "service advertising the wrong side".into(),
+    };
+    wait_until(Duration::from_secs(20), "server-info", || {
+        info_path.exists()
+    });
+    let text = doctor(false);
+    let fails: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 1, "{text}");
+    assert!(
+        fails[0].starts_with("FAIL  probe in queue default:"),
+        "{}",
+        fails[0]
+    );
+    assert!(
+        fails[0].contains(&format!("https://{}:", hosts.hpc_to_beamline))
+            && fails[0].contains("service.advertise"),
+        "{}",
+        fails[0]
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok    service: answers at")),
+        "{text}"
+    );
     service.term();
 }
 

@@ -8,8 +8,8 @@ use super::engine::Engine;
 use super::launchers::{LauncherState, LauncherTrigger};
 use super::wake::Wake;
 use crate::api::{
-    AcquireRequest, AcquireResponse, ErrorBody, EventRow, JobRow, LauncherStart, ReportRequest,
-    StatusResponse, SubmitRequest, SubmitResponse,
+    AcquireRequest, AcquireResponse, ErrorBody, EventRow, JobRow, LauncherStart, Probe,
+    ReportRequest, StatusResponse, SubmitRequest, SubmitResponse,
 };
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use beamflow_config::Config;
 use beamflow_protocol::normalize_rel_path;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// What every route shares.
@@ -32,6 +33,9 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// The bells.
     pub wake: Arc<Wake>,
+    /// Probes that reached the service (`doctor --probe`): nonce → the host it came from.
+    /// Kept in memory only: a probe matters to the doctor waiting for it, not after.
+    pub probes: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// The routes.
@@ -48,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/launchers/{id}/acquire", post(launcher_acquire))
         .route("/v1/launchers/{id}/end", post(launcher_end))
         .route("/v1/status", get(status))
+        .route("/v1/probes", post(probe_arrived))
+        .route("/v1/probes/{nonce}", get(probe_seen))
         .with_state(state)
 }
 
@@ -486,6 +492,43 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
         launchers,
         notes,
     }))
+}
+
+/// A probe job on a compute node reached the service.
+async fn probe_arrived(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(p): Json<Probe>,
+) -> ApiResult<Probe> {
+    check_token(&headers, &st.token)?;
+    if p.nonce.len() > 64 || p.host.len() > 256 {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "a probe's nonce is at most 64 bytes",
+        ));
+    }
+    tracing::info!(host = %p.host, "a probe reached the service");
+    if let Ok(mut m) = st.probes.lock() {
+        if m.len() > 1000 {
+            m.clear(); // doctors wait seconds to minutes; nobody needs the old ones
+        }
+        m.insert(p.nonce.clone(), p.host.clone());
+    }
+    Ok(Json(p))
+}
+
+/// Whether the probe with this nonce arrived, and from which host.
+async fn probe_seen(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(nonce): UrlPath<String>,
+) -> ApiResult<Probe> {
+    check_token(&headers, &st.token)?;
+    let host = st.probes.lock().ok().and_then(|m| m.get(&nonce).cloned());
+    match host {
+        Some(host) => Ok(Json(Probe { nonce, host })),
+        None => Err(fail(StatusCode::NOT_FOUND, "no such probe has arrived yet")),
+    }
 }
 
 fn ended_state(s: &str) -> bool {

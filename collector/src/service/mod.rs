@@ -189,6 +189,7 @@ pub async fn run(
         cfg,
         engine,
         wake: wake.clone(),
+        probes: Default::default(),
     });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
