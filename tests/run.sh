@@ -37,7 +37,12 @@ fi
 ALIGNTK_BIN=$(bash "$aligntk_build")
 export ALIGNTK_BIN
 
-# the one-node Slurm the Slurm tests use (they start it themselves too; this fails early and clearly)
+# the private one-node Slurm the Slurm tests use (they start it themselves too; this fails early
+# and clearly). What this script starts, it stops when it ends; a cluster of ours that was
+# already running (a developer's) is reused and left running.
+if ! bash tests/slurm/start.sh --status; then
+  trap 'bash tests/slurm/stop.sh' EXIT
+fi
 bash tests/slurm/start.sh >/dev/null
 
 cargo build --workspace --bins --locked

@@ -1,39 +1,57 @@
 #!/usr/bin/env bash
-# Starts a one-node Slurm cluster on this host for the tests (munge, slurmctld, slurmd), with
-# state in /tmp/beamflow-slurm and private ports. Idempotent: a running cluster is reused.
-# Prints the path of slurm.conf on success; export it as SLURM_CONF.
+# Starts a private one-node Slurm cluster for the tests: its own munged (own key, socket and
+# pid file under $D/munge, which Slurm is pointed at with AuthInfo), its own slurmctld and
+# slurmd on private ports, state in $D. It never touches a munge or Slurm it did not start:
+# no /etc/munge key is written, no daemon is stopped by name. Idempotent: our running cluster
+# is reused. Prints the path of slurm.conf on success; export it as SLURM_CONF.
+# `start.sh --status` only says (exit 0) whether our cluster is up; tests/slurm/stop.sh stops it.
 set -euo pipefail
 D=${BEAMFLOW_SLURM_DIR:-/tmp/beamflow-slurm}
+M=$D/munge
 CONF=$D/slurm.conf
+SOCK=$M/munge.socket
 export SLURM_CONF=$CONF
+here=$(dirname "$0")
 
-for bin in munged slurmctld slurmd sbatch squeue scancel; do
+for bin in munged munge unmunge slurmctld slurmd sbatch squeue scancel; do
   command -v "$bin" >/dev/null || { echo "tests/slurm/start.sh: $bin is missing; apt-get install slurm-wlm munge" >&2; exit 1; }
 done
-[ "$(id -u)" = 0 ] || { echo "tests/slurm/start.sh: needs root (SlurmUser=root, munge key)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "tests/slurm/start.sh: needs root (SlurmUser=root, munged as user munge)" >&2; exit 1; }
 
-if [ -f "$CONF" ] && scontrol ping 2>/dev/null | grep -q UP && sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed|allocated'; then
+# a pid file of ours whose process is alive and is the program we started
+ours() { # pidfile name
+  local pid
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+}
+up() {
+  ours "$M/munged.pid" munged && ours "$D/slurmctld.pid" slurmctld && ours "$D/slurmd.pid" slurmd &&
+    scontrol ping 2>/dev/null | grep -q UP && sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed|allocated'
+}
+if [ "${1:-}" = "--status" ]; then
+  up
+  exit $?
+fi
+if up; then
   echo "$CONF"
   exit 0
 fi
+# whatever of ours is left over from an earlier run (and only that) goes first
+bash "$here/stop.sh" >/dev/null 2>&1 || true
 
-mkdir -p "$D/state" "$D/spool" /run/munge /var/log/munge /var/lib/munge /etc/munge
-chown munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge
-if [ ! -s /etc/munge/munge.key ]; then
-  dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+mkdir -p "$D/state" "$D/spool" "$M"
+chown munge:munge "$M"
+chmod 0711 "$M"          # munged: others may reach the socket, not list or write
+if [ ! -s "$M/munge.key" ]; then
+  dd if=/dev/urandom of="$M/munge.key" bs=1024 count=1 status=none
 fi
-chown munge:munge /etc/munge/munge.key
-chmod 0400 /etc/munge/munge.key
-# judge munged by whether it answers, not by whether a process of that name exists (one may be
-# shutting down, or have left a stale socket behind)
-if ! munge -n >/dev/null 2>&1; then
-  pkill -x munged 2>/dev/null || true
-  for _ in $(seq 50); do pgrep -x munged >/dev/null || break; sleep 0.1; done
-  rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
-  runuser -u munge -- /usr/sbin/munged
-fi
-for _ in $(seq 100); do munge -n >/dev/null 2>&1 && break; sleep 0.1; done
-munge -n | unmunge >/dev/null || { echo "tests/slurm/start.sh: munged does not answer; see /var/log/munge/munged.log" >&2; exit 1; }
+chown munge:munge "$M/munge.key"
+chmod 0400 "$M/munge.key"
+runuser -u munge -- munged --socket="$SOCK" --key-file="$M/munge.key" --pid-file="$M/munged.pid" \
+  --log-file="$M/munged.log" --seed-file="$M/munged.seed"
+for _ in $(seq 100); do munge -S "$SOCK" -n >/dev/null 2>&1 && break; sleep 0.1; done
+munge -S "$SOCK" -n | unmunge -S "$SOCK" >/dev/null || { echo "tests/slurm/start.sh: our munged does not answer on $SOCK; see $M/munged.log" >&2; exit 1; }
 
 HOST=$(uname -n)
 cat > "$CONF" <<CONF
@@ -43,6 +61,8 @@ SlurmUser=root
 SlurmctldPort=6917
 SlurmdPort=6918
 AuthType=auth/munge
+AuthInfo=socket=$SOCK
+CredType=cred/munge
 StateSaveLocation=$D/state
 SlurmdSpoolDir=$D/spool
 SlurmctldPidFile=$D/slurmctld.pid
@@ -65,9 +85,6 @@ NodeName=$HOST CPUs=4 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
-pkill -x slurmctld 2>/dev/null || true
-pkill -x slurmd 2>/dev/null || true
-sleep 0.5
 slurmctld -c -f "$CONF"
 slurmd -c -f "$CONF" 2>/dev/null || slurmd -f "$CONF"
 for _ in $(seq 100); do
