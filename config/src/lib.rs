@@ -533,6 +533,19 @@ impl Config {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("."));
+        let said = text
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        if !said {
+            // a file that sets nothing is a mistake (a wrong path, an unsaved edit), not a wish
+            // for every default
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: 1,
+                key: String::new(),
+                message: "the file sets nothing; start from examples/local.toml (one host), examples/beamline.toml (a beamline) or examples/polaris.toml (an HPC site)".into(),
+            });
+        }
         let mut cfg = Config::parse(&text, path)?;
         cfg.resolve(&base);
         cfg.source = Some(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()));
@@ -541,17 +554,6 @@ impl Config {
 
     /// Parses and validates text; `path` only names the file in errors. Paths stay as written.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let said = text
-            .lines()
-            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-        if !said {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: 1,
-                key: String::new(),
-                message: "the file sets nothing; start from examples/local.toml (one host), examples/beamline.toml (a beamline) or examples/polaris.toml (an HPC site)".into(),
-            });
-        }
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let line = line_of(text, offset);
@@ -943,13 +945,16 @@ mod tests {
 
     #[test]
     fn newcomers_mistakes_are_named_in_full_with_what_to_write() {
-        let e = err("");
-        assert!(
-            e.contains("sets nothing") && e.contains("examples/local.toml"),
-            "{e}"
-        );
-        let e = err("# only a comment\n\n");
-        assert!(e.contains("sets nothing"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        for text in ["", "# only a comment\n\n"] {
+            let p = d.path().join("empty.toml");
+            std::fs::write(&p, text).unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("sets nothing") && e.contains("examples/local.toml"),
+                "{e}"
+            );
+        }
         let e = err("[[watch]]\npath = \"in\"\nsettle = 30\n");
         assert!(e.starts_with("t.toml:3: key `watch[0].settle`"), "{e}");
         assert!(e.contains("\"30s\""), "{e}");
