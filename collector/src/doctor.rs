@@ -194,11 +194,17 @@ pub fn probe(cfg: &Config, queue: &str, wait: Duration) -> Check {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let quote = beamflow_config::argv::quote;
-    let text = format!(
-        "#!/bin/sh\n# beamflow doctor's probe: does a compute node reach the service?\nexec {} probe --config {} --nonce {nonce}\n",
-        quote(&exe),
-        quote(&source)
+    let text = crate::scheduler::batch_script(
+        "beamflow doctor's probe: does a compute node reach the service?",
+        &[],
+        &[
+            exe,
+            "probe".into(),
+            "--config".into(),
+            source,
+            "--nonce".into(),
+            nonce.clone(),
+        ],
     );
     if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&script, text)) {
         return Check::fail(

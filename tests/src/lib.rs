@@ -31,6 +31,21 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Runs a system command (`ip`, `useradd` …) that must succeed, failing the test with what it
+/// printed otherwise.
+pub fn run_ok(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running child that is killed (SIGKILL) when dropped.
 pub struct Proc {
     /// The process.

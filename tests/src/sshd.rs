@@ -167,6 +167,18 @@ impl Sshd {
         t
     }
 
+    /// Makes known_hosts hold another key for this host, as after a host's key changed (or
+    /// a machine in the middle answered): every connection must then be refused.
+    pub fn distrust_host_key(&self) {
+        let other = self.dir.join("other_key");
+        keygen(&other);
+        let wrong = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+        let known = self.dir.join("known_hosts");
+        let host = std::fs::read_to_string(&known).unwrap();
+        let host = host.split_whitespace().next().unwrap().to_string();
+        std::fs::write(known, format!("{host} {wrong}")).unwrap();
+    }
+
     /// Opens a master the way a person would (`ssh -M -N -f`), at `ctl`.
     pub fn open_master(&self, ctl: &Path) {
         let st = Command::new("ssh")

@@ -140,20 +140,7 @@ fn over_ssh_the_master_and_host_key_are_checked_and_the_far_side_reports() {
     );
 
     // the host presents a key known_hosts does not hold for it
-    let other = sshd.dir.join("other_key");
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .arg("-f")
-        .arg(&other)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let wrong = std::fs::read_to_string(other.with_extension("pub")).unwrap();
-    std::fs::write(
-        sshd.dir.join("known_hosts"),
-        format!("[127.0.0.1]:{} {wrong}", sshd.port),
-    )
-    .unwrap();
+    sshd.distrust_host_key();
     let fails = failing(&site, "beamflow-agent");
     assert_eq!(fails.len(), 1, "{fails:#?}");
     assert!(fails[0].starts_with("FAIL  SSH master:"), "{}", fails[0]);

@@ -14,16 +14,7 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(120);
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok("ip", args);
 }
 
 /// The three namespaces and their links; removed when dropped (with whatever runs in them).
@@ -108,6 +99,33 @@ impl Hosts {
         text.contains("state DOWN") || !text.contains(",UP")
     }
 
+    /// `beamflow-collector service` on the hpc host, once its server-info is written.
+    fn service(&self, site: &Site) -> Proc {
+        let info = site.dir.join("state/server-info");
+        let _ = std::fs::remove_file(&info); // a killed service leaves it behind
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(site.dir.join("service.log"))
+            .unwrap();
+        let child = self
+            .exec(&self.hpc)
+            .arg(bin("beamflow-collector"))
+            .args(["service", "--config"])
+            .arg(&site.config)
+            .env("BEAMFLOW_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(20), "server-info", || info.exists());
+        Proc {
+            child,
+            what: "the service on the hpc host".into(),
+        }
+    }
+
     /// The namespace's identity as /proc shows it (`net:[N]`).
     fn id(&self, ns: &str) -> String {
         let out = self
@@ -159,25 +177,8 @@ fn a_stack_crosses_three_hosts_to_job_finished_with_no_loopback_between_them() {
     site.append_config(
         "[workflows.where]\nto_8bit = \"off\"\n[[workflows.where.steps]]\nname = \"where\"\ncommand = \"sh -c 'readlink /proc/self/ns/net > where.txt'\"\n",
     );
-    let log = std::fs::File::create(site.dir.join("service.log")).unwrap();
-    let mut service = Proc {
-        child: hosts
-            .exec(&hosts.hpc)
-            .arg(bin("beamflow-collector"))
-            .args(["service", "--config"])
-            .arg(&site.config)
-            .env("BEAMFLOW_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-        what: "service in the hpc namespace".into(),
-    };
     let info_path = site.dir.join("state/server-info");
-    wait_until(Duration::from_secs(20), "server-info", || {
-        info_path.exists()
-    });
+    let mut service = hosts.service(&site);
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
     let url = info["url"].as_str().unwrap();
@@ -254,27 +255,7 @@ fn a_stack_crosses_three_hosts_to_job_finished_with_no_loopback_between_them() {
         &format!("advertise = \"{}\"", hosts.hpc_to_compute),
         &format!("advertise = \"{}\"", hosts.hpc_to_beamline),
     );
-    let _ = std::fs::remove_file(&info_path);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(site.dir.join("service.log"))
-        .unwrap();
-    let mut service = Proc {
-        child: hosts
-            .exec(&hosts.hpc)
-            .arg(bin("beamflow-collector"))
-            .args(["service", "--config"])
-            .arg(&site.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-        what: "service advertising the wrong side".into(),
-    };
-    wait_until(Duration::from_secs(20), "server-info", || {
-        info_path.exists()
-    });
+    let mut service = hosts.service(&site);
     let text = doctor(false);
     let fails: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert_eq!(fails.len(), 1, "{text}");

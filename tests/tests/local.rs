@@ -368,6 +368,22 @@ fn the_demo_runs_end_to_end() {
         &tmp.path().join("demo/incoming"),
         &tmp.path().join("demo/remote/demo"),
     );
+    // the commands under "Where to look" work as printed, from any folder, PATH or not
+    let status = text
+        .lines()
+        .find(|l| l.contains(" status --config "))
+        .unwrap_or_else(|| panic!("no status command in:\n{text}"));
+    let words: Vec<&str> = status.split_whitespace().collect();
+    let out = std::process::Command::new(words[0])
+        .args(&words[1..])
+        .current_dir("/")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}: {said}");
+    assert!(said.starts_with("daemon: not running"), "{said}");
+    assert!(said.contains("stack_0001"), "{said}");
 }
 
 fn get_plain(url: &str) -> String {

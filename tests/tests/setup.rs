@@ -10,16 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A login account made for the test, removed (with its processes) when dropped.
 struct Account {
     name: String,
@@ -37,14 +27,14 @@ impl Account {
         let name = format!("bfset{}", std::process::id() % 100_000);
         let home = tmp.path().join("home");
         let _ = Command::new("userdel").arg(&name).output();
-        run(
+        run_ok(
             "useradd",
             &["-M", "-d", home.to_str().unwrap(), "-s", "/bin/sh", &name],
         );
         // not locked (sshd without PAM refuses a locked account), and no password either
-        run("usermod", &["-p", "*", &name]);
+        run_ok("usermod", &["-p", "*", &name]);
         std::fs::create_dir(&home).unwrap();
-        run("chown", &[&format!("{name}:"), home.to_str().unwrap()]);
+        run_ok("chown", &[&format!("{name}:"), home.to_str().unwrap()]);
         Account {
             name,
             home,

@@ -117,20 +117,7 @@ fn without_a_master_the_agent_says_to_log_in_and_never_logs_in_by_itself() {
 #[test]
 fn a_host_key_mismatch_is_a_clear_refusal() {
     let sshd = Sshd::start();
-    let other = sshd.dir.join("other_key");
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .arg("-f")
-        .arg(&other)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let wrong = std::fs::read_to_string(other.with_extension("pub")).unwrap();
-    std::fs::write(
-        sshd.dir.join("known_hosts"),
-        format!("[127.0.0.1]:{} {wrong}", sshd.port),
-    )
-    .unwrap();
+    sshd.distrust_host_key();
     let site = ssh_site(&sshd, "own", None);
     let _service = site.start_service();
     let dir = site.write_stack("mitm", 2, 32);

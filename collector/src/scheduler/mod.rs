@@ -97,6 +97,20 @@ pub trait Scheduler: Send + Sync {
     fn reap(&self) {}
 }
 
+/// The text of a batch script: a comment saying what it is, `KEY=value` exports, then the
+/// command, each word quoted for `sh` (a queue or config path with odd characters stays one
+/// word, and nothing in it is run by the shell).
+pub fn batch_script(what: &str, env: &[(&str, String)], argv: &[String]) -> String {
+    let quote = beamflow_config::argv::quote;
+    let mut text = format!("#!/bin/sh\n# {}\n", what.replace('\n', " "));
+    for (k, v) in env {
+        text.push_str(&format!("export {k}={}\n", quote(v)));
+    }
+    let words: Vec<String> = argv.iter().map(|w| quote(w)).collect();
+    text.push_str(&format!("exec {}\n", words.join(" ")));
+    text
+}
+
 /// The scheduler of a queue.
 pub fn for_kind(kind: SchedulerKind) -> Box<dyn Scheduler> {
     match kind {

@@ -567,14 +567,19 @@ impl Engine {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let quote = beamflow_config::argv::quote;
-        let text = format!(
-            "#!/bin/sh\n# beamflow launcher {id} for queue {}, written by the collector service\nexport BEAMFLOW_WALLTIME_SECS={}\nexec {} launcher --config {} --queue {} --id {id}\n",
-            quote(queue).replace('\n', " "),
-            q.walltime.0.as_secs(),
-            quote(&self.collector),
-            quote(&cfg),
-            quote(queue),
+        let text = crate::scheduler::batch_script(
+            &format!("beamflow launcher {id} for queue {queue}, written by the collector service"),
+            &[("BEAMFLOW_WALLTIME_SECS", q.walltime.0.as_secs().to_string())],
+            &[
+                self.collector.clone(),
+                "launcher".into(),
+                "--config".into(),
+                cfg,
+                "--queue".into(),
+                queue.to_string(),
+                "--id".into(),
+                id.to_string(),
+            ],
         );
         std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(&path, text))

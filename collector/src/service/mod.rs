@@ -83,23 +83,30 @@ fn random_token() -> std::io::Result<String> {
     Ok(hex::encode(buf))
 }
 
-/// Writes `server-info` atomically with mode 0600: the token in it is the API's only key.
-fn write_server_info(dir: &Path, info: &ServerInfo) -> std::io::Result<()> {
+/// Writes a file only its owner may read, atomically (a temporary name, fsync, rename): for
+/// `server-info`, whose token is the API's only key, and the certificate's private key.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(format!(".{SERVER_INFO}.tmp"));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(
-        serde_json::to_string_pretty(info)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SERVER_INFO))
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes `server-info`.
+fn write_server_info(dir: &Path, info: &ServerInfo) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(info).unwrap_or_default();
+    write_private(&dir.join(SERVER_INFO), text.as_bytes())
 }
 
 /// Binds the first address `[service] listen` resolves to that can be bound.

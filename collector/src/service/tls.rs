@@ -71,7 +71,7 @@ pub fn load_or_make(dir: &Path, names: &[String]) -> Result<Identity, TlsError> 
         .map_err(|e| TlsError::Cert(e.to_string()))?;
     let cert_pem = made.cert.pem();
     let key_pem = made.signing_key.serialize_pem();
-    write_private(&file(KEY), &key_pem).map_err(fail(KEY))?;
+    super::write_private(&file(KEY), key_pem.as_bytes()).map_err(fail(KEY))?;
     std::fs::write(file(CERT), &cert_pem).map_err(fail(CERT))?;
     std::fs::write(file(NAMES), &wanted).map_err(fail(NAMES))?;
     tracing::info!(names = %names.join(", "), "made the service's TLS certificate");
@@ -80,21 +80,6 @@ pub fn load_or_make(dir: &Path, names: &[String]) -> Result<Identity, TlsError> 
         cert_pem,
         key_pem,
     })
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The rustls side of an identity.
