@@ -41,8 +41,30 @@ fn a_finished_stack_is_copied_verified_and_registered_once() {
     assert_same_tree(&stack, &site.remote().join("run 1/stäck α"));
     assert_one_aligntk_dag(&site, "run 1/stäck α");
 
+    // status says whether the daemon runs, and a second daemon on the same journal is refused
+    let said = |site: &Site| {
+        String::from_utf8_lossy(&site.run("beamflow-agent", &["status"]).stdout).into_owned()
+    };
+    assert!(
+        said(&site).starts_with(&format!("daemon: running (pid {})", agent.pid())),
+        "{}",
+        said(&site)
+    );
+    let second = site.run("beamflow-agent", &["run"]);
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("already runs"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
     // a restarted agent reconciles and submits nothing new
     agent.term();
+    assert!(
+        said(&site).starts_with("daemon: not running"),
+        "{}",
+        said(&site)
+    );
     let _agent = site.start_agent();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(site.stack("run 1/stäck α").unwrap()["state"], "submitted");
