@@ -70,6 +70,8 @@ pub struct Daemon {
     /// Some stack may be waiting for its partial copy to be removed: only then is the journal
     /// read for them (true at start, for those left from before a restart).
     discards_pending: bool,
+    /// A question about DAG outcomes is out: no second one until it is answered.
+    asking: bool,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -107,6 +109,7 @@ pub async fn run(
         master_down: false,
         discard_retry: HashMap::new(),
         discards_pending: true,
+        asking: false,
     };
     // watchers first, so nothing written during the reconcile scan is missed
     let inotify: Vec<PathBuf> = d
@@ -144,10 +147,18 @@ pub async fn run(
     let mut rescan = tokio::time::interval(d.cfg.agent.rescan.0);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut watchdog = tokio::time::interval(d.cfg.link.keepalive.0.max(Duration::from_secs(1)));
+    let mut outcomes =
+        tokio::time::interval(d.cfg.agent.outcome_every.0.max(Duration::from_millis(100)));
     // systemd's watchdog is fed from this loop, so a wedged loop gets the unit restarted
     let sd_every = crate::notify::watchdog_interval();
     let mut sd_watchdog = tokio::time::interval(sd_every.unwrap_or(Duration::from_secs(3600)));
-    for t in [&mut poll, &mut rescan, &mut tick, &mut watchdog] {
+    for t in [
+        &mut poll,
+        &mut rescan,
+        &mut tick,
+        &mut watchdog,
+        &mut outcomes,
+    ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     tokio::pin!(shutdown);
@@ -165,6 +176,7 @@ pub async fn run(
             _ = rescan.tick() => d.full_rescan(),
             _ = tick.tick() => d.step().await?,
             _ = watchdog.tick(), if d.master.is_some() => d.watchdog().await,
+            _ = outcomes.tick(), if !d.asking => d.ask_outcomes().await?,
             _ = sd_watchdog.tick(), if sd_every.is_some() => {
                 crate::notify::notify("WATCHDOG=1");
             }
@@ -179,6 +191,65 @@ pub async fn run(
 }
 
 impl Daemon {
+    /// Asks the collector, off the loop, where the DAGs of submitted stacks are; the answer
+    /// arrives as a message. Nothing is asked while the SSH master is down.
+    async fn ask_outcomes(&mut self) -> Result<()> {
+        let pending = self.journal.outcomes_pending()?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let ctl = match self.master.as_mut() {
+            Some(_) if self.master_down => return Ok(()),
+            Some(m) => match m.ensure().await {
+                Ok(ctl) => Some(ctl),
+                Err(_) => return Ok(()),
+            },
+            None => None,
+        };
+        self.asking = true;
+        let (cfg, tx) = (self.cfg.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let ids: Vec<i64> = pending.iter().map(|p| p.1).collect();
+            let answer = crate::outcome::fetch(&cfg, ctl.as_deref(), &ids).map(|got| {
+                pending
+                    .iter()
+                    .filter_map(|&(id, remote)| {
+                        got.iter()
+                            .find(|o| o.id as i64 == remote)
+                            .map(|o| (id, remote, o.clone()))
+                    })
+                    .collect()
+            });
+            let _ = tx.send(Msg::Outcomes(answer));
+        });
+        Ok(())
+    }
+
+    fn outcomes(
+        &mut self,
+        answer: Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>,
+    ) -> Result<()> {
+        self.asking = false;
+        let got = match answer {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!("cannot ask where the DAGs are: {e}");
+                return Ok(());
+            }
+        };
+        for (id, remote, o) in got {
+            let line = o.line();
+            if self.journal.set_outcome(id, remote, &line, o.is_final())? {
+                match o.state.as_str() {
+                    "failed" => tracing::warn!(remote, "DAG {remote}: {line}"),
+                    "done" => tracing::info!(remote, "DAG {remote} done"),
+                    _ => tracing::debug!(remote, "DAG {remote}: {line}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Polls the SSH master between transfers, so that its loss is logged when it happens
     /// rather than when the next stack is ready.
     async fn watchdog(&mut self) {
@@ -273,6 +344,7 @@ impl Daemon {
             }
             Msg::Done(dir, report) => self.finished(dir, *report)?,
             Msg::Discarded(id, outcome) => self.discarded(id, outcome)?,
+            Msg::Outcomes(answer) => self.outcomes(answer)?,
         }
         Ok(())
     }

@@ -79,6 +79,9 @@ pub struct StackRecord {
     pub send_secs: f64,
     /// Last change (RFC 3339).
     pub updated_at: String,
+    /// Where its DAG is, as the collector last said (`running 2/5`, `done`, `FAILED: …`);
+    /// empty until asked.
+    pub outcome: String,
 }
 
 /// One file of a stack's current version.
@@ -113,7 +116,9 @@ CREATE TABLE IF NOT EXISTS stacks (
     remote_id INTEGER,
     bytes_sent INTEGER NOT NULL DEFAULT 0,
     send_secs REAL NOT NULL DEFAULT 0,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    outcome TEXT NOT NULL DEFAULT '',
+    outcome_final INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS files (
     stack_id INTEGER NOT NULL REFERENCES stacks(id),
@@ -128,6 +133,26 @@ CREATE TABLE IF NOT EXISTS files (
 
 fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// A journal from before outcomes were kept gets their columns (empty: not asked yet).
+fn add_outcome_columns(conn: &Connection) -> rusqlite::Result<()> {
+    if has_outcome(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "ALTER TABLE stacks ADD COLUMN outcome TEXT NOT NULL DEFAULT '';
+         ALTER TABLE stacks ADD COLUMN outcome_final INTEGER NOT NULL DEFAULT 0;",
+    )
+}
+
+fn has_outcome(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = 'outcome'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 impl Journal {
@@ -145,7 +170,8 @@ impl Journal {
             let r = conn
                 .pragma_update(None, "journal_mode", "WAL")
                 .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
-                .and_then(|_| conn.execute_batch(SCHEMA));
+                .and_then(|_| conn.execute_batch(SCHEMA))
+                .and_then(|_| add_outcome_columns(&conn));
             match r {
                 Ok(()) => break,
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -187,6 +213,13 @@ impl Journal {
             empty.execute_batch(SCHEMA)?;
             return Ok(Journal { conn: empty });
         }
+        if !has_outcome(&conn)? {
+            // written by an older agent that no daemon of this version opened yet: a
+            // temporary view lends it the columns, empty, without writing the file
+            conn.execute_batch(
+                "CREATE TEMP VIEW stacks AS SELECT *, '' AS outcome, 0 AS outcome_final FROM main.stacks;",
+            )?;
+        }
         Ok(Journal { conn })
     }
 
@@ -205,6 +238,7 @@ impl Journal {
             files: r.get::<_, i64>(10)? as u64,
             bytes: r.get::<_, i64>(11)? as u64,
             send_secs: r.get(12)?,
+            outcome: r.get(13)?,
         })
     }
 
@@ -212,7 +246,7 @@ impl Journal {
         "SELECT s.id, s.dir, s.name, s.workflow, s.version, s.state, s.reason, s.remote_id,
         s.bytes_sent, s.updated_at,
         (SELECT COUNT(*) FROM files f WHERE f.stack_id = s.id),
-        (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.stack_id = s.id), s.send_secs
+        (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.stack_id = s.id), s.send_secs, s.outcome
         FROM stacks s";
 
     /// Every stack, oldest first.
@@ -364,10 +398,37 @@ impl Journal {
     ) -> Result<(), JournalError> {
         check_move(&self.conn, id, StackState::Submitted)?;
         self.conn.execute(
-            "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+            "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0 WHERE id = ?1",
             params![id, remote_id, reason, now()],
         )?;
         Ok(())
+    }
+
+    /// Submitted stacks whose DAG may still change: (journal id, remote id).
+    pub fn outcomes_pending(&self) -> Result<Vec<(i64, i64)>, JournalError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, remote_id FROM stacks WHERE state = 'submitted' AND remote_id IS NOT NULL AND outcome_final = 0 ORDER BY id",
+        )?;
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Records what the collector said of a stack's DAG, if the stack is still at that
+    /// remote id (a new version may have been submitted meanwhile); true when it changed.
+    pub fn set_outcome(
+        &mut self,
+        id: i64,
+        remote_id: i64,
+        outcome: &str,
+        is_final: bool,
+    ) -> Result<bool, JournalError> {
+        let n = self.conn.execute(
+            "UPDATE stacks SET outcome = ?3, outcome_final = ?4 WHERE id = ?1 AND remote_id = ?2 AND (outcome != ?3 OR outcome_final != ?4)",
+            params![id, remote_id, outcome, is_final as i64],
+        )?;
+        Ok(n > 0)
     }
 
     /// Starts the next version of a submitted stack whose files changed.
@@ -392,6 +453,43 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_from_before_outcomes_reads_and_then_gains_them() {
+        let d = tempfile::tempdir().unwrap();
+        let old = Connection::open(d.path().join("agent.db")).unwrap();
+        old.execute_batch(
+            "CREATE TABLE stacks (id INTEGER PRIMARY KEY, dir TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+               workflow TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 1, state TEXT NOT NULL,
+               reason TEXT NOT NULL DEFAULT '', remote_id INTEGER, bytes_sent INTEGER NOT NULL DEFAULT 0,
+               send_secs REAL NOT NULL DEFAULT 0, updated_at TEXT NOT NULL);
+             CREATE TABLE files (stack_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
+               mtime_ns INTEGER NOT NULL, blake3 BLOB NOT NULL, sent INTEGER NOT NULL DEFAULT 0,
+               PRIMARY KEY (stack_id, name));
+             INSERT INTO stacks (dir, name, workflow, state, remote_id, updated_at)
+               VALUES ('/in/s', 's', 'aligntk', 'submitted', 7, 'then');",
+        )
+        .unwrap();
+        drop(old);
+        // status on a journal no daemon of this version opened: read, not written
+        let ro = Journal::open_read_only(d.path()).unwrap();
+        assert_eq!(ro.stacks().unwrap()[0].outcome, "");
+        drop(ro);
+        let mut j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.outcomes_pending().unwrap(), [(1, 7)]);
+        assert!(j.set_outcome(1, 7, "running 1/4", false).unwrap());
+        assert!(
+            !j.set_outcome(1, 7, "running 1/4", false).unwrap(),
+            "unchanged"
+        );
+        assert!(
+            !j.set_outcome(1, 8, "done", true).unwrap(),
+            "another version's answer"
+        );
+        assert!(j.set_outcome(1, 7, "done", true).unwrap());
+        assert!(j.outcomes_pending().unwrap().is_empty());
+        assert_eq!(j.stacks().unwrap()[0].outcome, "done");
+    }
 
     fn rec(name: &str, h: u8) -> FileRecord {
         FileRecord {

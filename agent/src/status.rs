@@ -23,8 +23,8 @@ pub fn table(stacks: &[StackRecord]) -> String {
     if stacks.is_empty() {
         return "no stacks seen yet\n".into();
     }
-    let mut rows: Vec<[String; 8]> = vec![[
-        "STACK", "VER", "STATE", "FILES", "BYTES", "SENT", "REMOTE", "REASON",
+    let mut rows: Vec<[String; 9]> = vec![[
+        "STACK", "VER", "STATE", "FILES", "BYTES", "SENT", "REMOTE", "DAG", "REASON",
     ]
     .map(String::from)];
     for s in stacks {
@@ -38,6 +38,12 @@ pub fn table(stacks: &[StackRecord]) -> String {
             s.remote_id
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "-".into()),
+            // where the collector's DAG is, once the daemon asked over the link
+            if s.state == crate::journal::StackState::Submitted && !s.outcome.is_empty() {
+                s.outcome.clone()
+            } else {
+                "-".into()
+            },
             if s.reason.is_empty() {
                 "-".into()
             } else {

@@ -21,6 +21,9 @@ pub enum Msg {
     Done(PathBuf, Box<Report>),
     /// Removing a vanished stack's partial copy ended (journal id, outcome).
     Discarded(i64, crate::transfer::Discard),
+    /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
+    /// or why it could not be asked.
+    Outcomes(Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>),
 }
 
 /// Watches `roots` recursively. Returns the watcher (dropping it stops events) and the roots

@@ -142,6 +142,18 @@ enum Cmd {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         probe_wait: std::time::Duration,
     },
+    /// Where the DAGs of stack versions are, by id: `running 2/5`, `done`, `FAILED: …`. The
+    /// agent runs this over its link to learn how its stacks ended.
+    Outcome {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Machine-readable output (one JSON list).
+        #[arg(long)]
+        json: bool,
+        /// Stack version ids (the REMOTE column of the agent's status).
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
     /// Run by `doctor --probe` on a compute node: calls the service at its advertised
     /// address and says whether that worked.
     #[command(hide = true)]
@@ -312,6 +324,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     beamflow_protocol::VERSION,
                     me.display()
                 );
+            }
+        }
+        Cmd::Outcome { config, json, ids } => {
+            let cfg = load(&config)?;
+            let outcomes = Client::from_state_dir(&cfg.collector.state_dir)?.outcomes(&ids)?;
+            if json {
+                sayln!("{}", serde_json::to_string(&outcomes)?);
+            } else {
+                for o in &outcomes {
+                    sayln!("{}  {}", o.id, o.line());
+                }
             }
         }
         Cmd::Probe { config, nonce } => {

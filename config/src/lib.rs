@@ -95,6 +95,9 @@ pub struct AgentSection {
     /// This beamline's name, sent in the handshake: the collector files its stacks under it,
     /// so two beamlines may use the same stack names. Empty: the host name.
     pub name: String,
+    /// How often the daemon asks the collector, over its link, where the DAGs of submitted
+    /// stacks are (`status` shows `running 2/5`, `done` or `FAILED: …`).
+    pub outcome_every: Dur,
 }
 
 impl AgentSection {
@@ -137,6 +140,7 @@ impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
             name: String::new(),
+            outcome_every: Dur::secs(30),
             state_dir: PathBuf::from("state"),
             rescan: Dur::secs(300),
             retry_initial: Dur::secs(1),

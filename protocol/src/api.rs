@@ -325,6 +325,44 @@ pub struct EventRow {
     pub reason: String,
 }
 
+/// Where a stack version's DAG is, as the beamline is told (`GET /v1/outcomes`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DagOutcome {
+    /// The stack version's id (what the agent journaled as its remote id).
+    pub id: u64,
+    /// `waiting` (nothing ran yet), `running`, `done`, `failed` (a job is held for a person),
+    /// `killed`, or `unknown` (the collector has no such stack version).
+    pub state: String,
+    /// Jobs finished.
+    pub done: u32,
+    /// Jobs in the DAG.
+    pub total: u32,
+    /// For `failed`: the first failed job's step and reason, for people.
+    #[serde(default)]
+    pub failure: String,
+    /// For `failed`: the command that puts the failed jobs back in line.
+    #[serde(default)]
+    pub retry: String,
+}
+
+impl DagOutcome {
+    /// Whether it can still change without a person (`failed` can, after a retry: the agent
+    /// keeps asking about it, slowly).
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "done" | "killed" | "unknown")
+    }
+
+    /// One line for `status`: `running 2/5`, `done`, `FAILED: register: … — retry: …`.
+    pub fn line(&self) -> String {
+        match self.state.as_str() {
+            "done" => "done".into(),
+            "failed" => format!("FAILED: {} — retry: {}", self.failure, self.retry),
+            "unknown" => "the collector no longer knows this DAG".into(),
+            other => format!("{other} {}/{}", self.done, self.total),
+        }
+    }
+}
+
 /// `POST /v1/probes`: a probe job on a compute node reached the service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Probe {
@@ -622,6 +660,12 @@ impl Client {
     /// The probe with this nonce, once it arrived.
     pub fn probe_seen(&self, nonce: &str) -> Result<Probe, ClientError> {
         self.get(&format!("/v1/probes/{nonce}"))
+    }
+
+    /// Where the DAGs of these stack versions are.
+    pub fn outcomes(&self, ids: &[u64]) -> Result<Vec<DagOutcome>, ClientError> {
+        let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        self.get(&format!("/v1/outcomes?ids={}", list.join(",")))
     }
 
     /// A launcher is exiting.

@@ -8,7 +8,7 @@ use super::engine::Engine;
 use super::launchers::{LauncherState, LauncherTrigger};
 use super::wake::Wake;
 use crate::api::{
-    AcquireRequest, AcquireResponse, ErrorBody, EventRow, JobRow, LauncherStart, Probe,
+    AcquireRequest, AcquireResponse, DagOutcome, ErrorBody, EventRow, JobRow, LauncherStart, Probe,
     ReportRequest, StatusResponse, SubmitRequest, SubmitResponse,
 };
 use axum::extract::{Path as UrlPath, Query, State};
@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/launchers/{id}/acquire", post(launcher_acquire))
         .route("/v1/launchers/{id}/end", post(launcher_end))
         .route("/v1/status", get(status))
+        .route("/v1/outcomes", get(outcomes))
         .route("/v1/probes", post(probe_arrived))
         .route("/v1/probes/{nonce}", get(probe_seen))
         .with_state(state)
@@ -233,6 +234,51 @@ async fn list_jobs(
     db.jobs(f.stack.as_deref(), f.state.as_deref())
         .map(Json)
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+#[derive(serde::Deserialize)]
+struct Ids {
+    ids: String,
+}
+
+/// Where the DAGs of some stack versions are (`?ids=3,4`): what an agent asks over its link.
+async fn outcomes(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Ids>,
+) -> ApiResult<Vec<DagOutcome>> {
+    check_token(&headers, &st.token)?;
+    let ids: Vec<u64> = q
+        .ids
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "ids is a comma-separated list of stack version ids",
+            )
+        })?;
+    if ids.len() > 1000 {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "at most 1000 ids per request",
+        ));
+    }
+    let config = st
+        .cfg
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<config>".into());
+    let db = locked(&st)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let jobs = db.dag(id).map_err(internal)?;
+        out.push(super::outcome::summarize(id, &jobs, &config));
+    }
+    Ok(Json(out))
 }
 
 async fn list_stacks(

@@ -397,12 +397,17 @@ impl Db {
 
     /// Jobs, optionally filtered by stack name and state.
     pub fn jobs(&self, stack: Option<&str>, state: Option<&str>) -> Result<Vec<JobRow>, DbError> {
-        self.jobs_where(stack, state, None)
+        self.jobs_where(stack, state, None, None)
     }
 
     /// One job.
     pub fn job(&self, id: u64) -> Result<Option<JobRow>, DbError> {
-        Ok(self.jobs_where(None, None, Some(id))?.pop())
+        Ok(self.jobs_where(None, None, Some(id), None)?.pop())
+    }
+
+    /// The jobs of one stack version (its DAG).
+    pub fn dag(&self, stack_id: u64) -> Result<Vec<JobRow>, DbError> {
+        self.jobs_where(None, None, None, Some(stack_id))
     }
 
     fn jobs_where(
@@ -410,35 +415,45 @@ impl Db {
         stack: Option<&str>,
         state: Option<&str>,
         id: Option<u64>,
+        stack_id: Option<u64>,
     ) -> Result<Vec<JobRow>, DbError> {
         let mut st = self.conn.prepare(
             "SELECT j.id, s.name, s.version, j.name, j.state, j.nodes, j.ranks_per_node,
                     j.threads_per_rank, j.cpu_affinity, j.command, j.attempts, j.reason, j.launcher_id, s.beamline
              FROM jobs j JOIN stacks s ON s.id = j.stack_id
              WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR j.state = ?2) AND (?3 IS NULL OR j.id = ?3)
+               AND (?4 IS NULL OR j.stack_id = ?4)
              ORDER BY j.id",
         )?;
         let mut rows: Vec<JobRow> = st
-            .query_map(params![stack, state, id.map(|v| v as i64)], |r| {
-                Ok(JobRow {
-                    id: r.get::<_, i64>(0)? as u64,
-                    stack: r.get(1)?,
-                    version: r.get(2)?,
-                    name: r.get(3)?,
-                    state: r.get(4)?,
-                    parents: Vec::new(),
-                    nodes: r.get(5)?,
-                    ranks_per_node: r.get(6)?,
-                    threads_per_rank: r.get(7)?,
-                    cpu_affinity: r.get(8)?,
-                    command: String::new(),
-                    argv: super::dag::decode(&r.get::<_, String>(9)?),
-                    attempts: r.get(10)?,
-                    reason: r.get(11)?,
-                    launcher: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
-                    beamline: r.get(13)?,
-                })
-            })?
+            .query_map(
+                params![
+                    stack,
+                    state,
+                    id.map(|v| v as i64),
+                    stack_id.map(|v| v as i64)
+                ],
+                |r| {
+                    Ok(JobRow {
+                        id: r.get::<_, i64>(0)? as u64,
+                        stack: r.get(1)?,
+                        version: r.get(2)?,
+                        name: r.get(3)?,
+                        state: r.get(4)?,
+                        parents: Vec::new(),
+                        nodes: r.get(5)?,
+                        ranks_per_node: r.get(6)?,
+                        threads_per_rank: r.get(7)?,
+                        cpu_affinity: r.get(8)?,
+                        command: String::new(),
+                        argv: super::dag::decode(&r.get::<_, String>(9)?),
+                        attempts: r.get(10)?,
+                        reason: r.get(11)?,
+                        launcher: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+                        beamline: r.get(13)?,
+                    })
+                },
+            )?
             .collect::<Result<_, _>>()?;
         let mut pst = self
             .conn

@@ -5,7 +5,8 @@
 //! certificate), [`api`] (the HTTP routes), [`db`] and [`lifecycle`] (the database and its
 //! writes), [`job`] and [`launchers`] (the two lifecycles as data), [`engine`] (reacting to
 //! [`wake`]'s bells), [`dag`], [`prepare`], [`names`], [`to8bit`], [`image`], [`check`],
-//! [`fault`] and [`qa`] (what a stack's jobs are, their work folder and their checks).
+//! [`fault`] and [`qa`] (what a stack's jobs are, their work folder and their checks),
+//! [`outcome`] (a DAG in one word, for the beamline).
 
 pub mod address;
 pub mod api;
@@ -20,6 +21,7 @@ pub mod job;
 pub mod launchers;
 pub mod lifecycle;
 pub mod names;
+pub mod outcome;
 pub mod prepare;
 pub mod qa;
 pub mod tls;

@@ -1,0 +1,146 @@
+//! A stack version's DAG in one word for the beamline: waiting, running (with how many jobs
+//! finished), done, failed (the first failed job's step and reason, and the command that
+//! retries it), or killed. The agent asks for these over its own link, so a beamline learns
+//! how its stacks ended without opening a port or a session on the login node.
+
+use crate::api::{DagOutcome, JobRow};
+
+/// Sums up the jobs of stack version `id`; `config` is the collector's config file, for the
+/// retry command.
+pub fn summarize(id: u64, jobs: &[JobRow], config: &str) -> DagOutcome {
+    let total = jobs.len() as u32;
+    let count = |s: &str| jobs.iter().filter(|j| j.state == s).count() as u32;
+    let done = count("JOB_FINISHED");
+    let failed: Vec<&JobRow> = jobs.iter().filter(|j| j.state == "FAILED").collect();
+    let killed = count("USER_KILLED");
+    let started = jobs.iter().any(|j| {
+        !matches!(
+            j.state.as_str(),
+            "CREATED" | "AWAITING_PARENTS" | "READY" | "PREPROCESSED"
+        )
+    });
+    let state = if total == 0 {
+        "unknown"
+    } else if !failed.is_empty() {
+        "failed"
+    } else if done == total {
+        "done"
+    } else if killed > 0 && done + killed == total {
+        "killed"
+    } else if started {
+        "running"
+    } else {
+        "waiting"
+    };
+    let (failure, retry) = match failed.first() {
+        Some(first) => {
+            let ids: Vec<String> = failed.iter().map(|j| j.id.to_string()).collect();
+            let reason = first.reason.lines().next().unwrap_or_default();
+            (
+                format!("{}: {reason}", first.name),
+                format!(
+                    "beamflow-collector retry --config {} {}",
+                    beamflow_config::argv::quote(config),
+                    ids.join(" ")
+                ),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    DagOutcome {
+        id,
+        state: state.into(),
+        done,
+        total,
+        failure,
+        retry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, name: &str, state: &str, reason: &str) -> JobRow {
+        JobRow {
+            id,
+            beamline: "bl".into(),
+            stack: "s".into(),
+            version: 1,
+            name: name.into(),
+            state: state.into(),
+            parents: vec![],
+            nodes: 1,
+            ranks_per_node: 1,
+            threads_per_rank: 1,
+            cpu_affinity: "none".into(),
+            command: String::new(),
+            argv: vec![],
+            attempts: 1,
+            reason: reason.into(),
+            launcher: None,
+        }
+    }
+
+    #[test]
+    fn one_word_per_dag_with_the_failure_and_its_retry() {
+        let dag = |states: &[&str]| -> Vec<JobRow> {
+            states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    job(
+                        i as u64 + 10,
+                        ["qa", "find_rst", "register", "align"][i],
+                        s,
+                        "",
+                    )
+                })
+                .collect()
+        };
+        let o = summarize(
+            3,
+            &dag(&[
+                "PREPROCESSED",
+                "AWAITING_PARENTS",
+                "AWAITING_PARENTS",
+                "AWAITING_PARENTS",
+            ]),
+            "c.toml",
+        );
+        assert_eq!(
+            (o.state.as_str(), o.line()),
+            ("waiting", "waiting 0/4".into())
+        );
+        let o = summarize(
+            3,
+            &dag(&[
+                "JOB_FINISHED",
+                "JOB_FINISHED",
+                "RUNNING",
+                "AWAITING_PARENTS",
+            ]),
+            "c.toml",
+        );
+        assert_eq!(o.line(), "running 2/4");
+        assert!(!o.is_final());
+        let o = summarize(3, &dag(&["JOB_FINISHED"; 4]), "c.toml");
+        assert_eq!(o.line(), "done");
+        assert!(o.is_final());
+        let mut jobs = dag(&["JOB_FINISHED", "JOB_FINISHED", "FAILED", "AWAITING_PARENTS"]);
+        jobs[2].reason = "maps/summary.out: S_0002.tif looks blank or featureless\nmore".into();
+        let o = summarize(3, &jobs, "/home/me/my config.toml");
+        assert_eq!(
+            o.line(),
+            "FAILED: register: maps/summary.out: S_0002.tif looks blank or featureless — retry: beamflow-collector retry --config '/home/me/my config.toml' 12"
+        );
+        assert!(!o.is_final(), "a person may retry it");
+        assert_eq!(summarize(9, &[], "c").state, "unknown");
+        let o = summarize(
+            3,
+            &dag(&["JOB_FINISHED", "USER_KILLED", "USER_KILLED", "USER_KILLED"]),
+            "c",
+        );
+        assert_eq!(o.state, "killed");
+    }
+}
