@@ -17,6 +17,7 @@ command -v ssh >/dev/null || need_pkgs+=(openssh-client)
 command -v curl >/dev/null || need_pkgs+=(curl)                     # an independent TLS client
 command -v openssl >/dev/null || need_pkgs+=(openssl)               # fingerprints as openssl computes them
 command -v ip >/dev/null || need_pkgs+=(iproute2)                   # network namespaces: three hosts
+command -v promtool >/dev/null || need_pkgs+=(prometheus)             # promtool checks the metrics
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)        # verifies the unit files
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -40,6 +40,8 @@ struct Tracked {
     /// Hash every file again at the next finish, not trusting journaled hashes (a file changed
     /// in a way its size and mtime did not show).
     rehash: bool,
+    /// When it was decided finished (for the stage latencies in the metrics).
+    finished_at: Option<std::time::SystemTime>,
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
@@ -72,6 +74,8 @@ pub struct Daemon {
     discards_pending: bool,
     /// A question about DAG outcomes is out: no second one until it is answered.
     asking: bool,
+    /// What `[agent] metrics_file` gets.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -110,6 +114,7 @@ pub async fn run(
         discard_retry: HashMap::new(),
         discards_pending: true,
         asking: false,
+        metrics: crate::metrics::Metrics::new(),
     };
     // watchers first, so nothing written during the reconcile scan is missed
     let inotify: Vec<PathBuf> = d
@@ -176,7 +181,12 @@ pub async fn run(
             _ = rescan.tick() => d.full_rescan(),
             _ = tick.tick() => d.step().await?,
             _ = watchdog.tick(), if d.master.is_some() => d.watchdog().await,
-            _ = outcomes.tick(), if !d.asking => d.ask_outcomes().await?,
+            _ = outcomes.tick() => {
+                d.write_metrics();
+                if !d.asking {
+                    d.ask_outcomes().await?;
+                }
+            }
             _ = sd_watchdog.tick(), if sd_every.is_some() => {
                 crate::notify::notify("WATCHDOG=1");
             }
@@ -223,6 +233,21 @@ impl Daemon {
             let _ = tx.send(Msg::Outcomes(answer));
         });
         Ok(())
+    }
+
+    /// Writes `[agent] metrics_file`, if one is configured; a failure is logged, never fatal.
+    fn write_metrics(&self) {
+        let Some(path) = self.cfg.agent.metrics_file.as_ref() else {
+            return;
+        };
+        let r = self
+            .journal
+            .stacks()
+            .map_err(|e| e.to_string())
+            .and_then(|s| self.metrics.write(path, &s).map_err(|e| e.to_string()));
+        if let Err(e) = r {
+            tracing::warn!("cannot write the metrics file {}: {e}", path.display());
+        }
     }
 
     fn outcomes(
@@ -514,6 +539,7 @@ impl Daemon {
                                 ignored: false,
                                 refused: false,
                                 rehash: false,
+                                finished_at: None,
                             };
                             self.stacks.insert(dir.clone(), t);
                         }
@@ -683,6 +709,7 @@ impl Daemon {
                         match hashed {
                             Ok(files) => {
                                 tracing::info!(stack = %name, version = rec.version, files = files.len(), ?trigger, "stack finished");
+                                t.finished_at = Some(std::time::SystemTime::now());
                                 self.journal.queue(rec.id, &files)?;
                             }
                             Err(e) => {
@@ -721,6 +748,30 @@ impl Daemon {
         let t = self.stacks.get_mut(&dir);
         let wait = t.as_ref().map(|t| t.backoff).unwrap_or(backoff.initial);
         let decision = report.record(&mut self.journal, rec.id, wait)?;
+        if report.result.is_ok() {
+            let accepted = std::time::SystemTime::now();
+            let finished = t.as_ref().and_then(|t| t.finished_at);
+            // the newest section's mtime: when the last of the stack landed
+            let landed = self
+                .journal
+                .files(rec.id)?
+                .iter()
+                .map(|f| f.mtime_ns)
+                .max()
+                .map(|ns| std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64));
+            let secs = |a: Option<std::time::SystemTime>, b: Option<std::time::SystemTime>| {
+                let (a, b) = (a?, b?);
+                Some(match b.duration_since(a) {
+                    Ok(d) => d.as_secs_f64(),
+                    Err(_) => 0.0,
+                })
+            };
+            self.metrics.accepted(
+                secs(landed, finished),
+                secs(finished, Some(accepted)),
+                report.wire_bytes,
+            );
+        }
         match (&report.result, decision.next) {
             (Ok(acc), _) => tracing::info!(
                 stack = %rec.name, version = rec.version, remote_id = acc.remote_id, jobs = acc.jobs,
@@ -750,6 +801,9 @@ impl Daemon {
         }
         if decision.next == Next::SettleAgain {
             self.dirty.insert(dir);
+        }
+        if report.result.is_ok() {
+            self.write_metrics();
         }
         Ok(())
     }

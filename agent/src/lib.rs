@@ -15,6 +15,7 @@ pub mod instance;
 pub mod journal;
 pub mod lifecycle;
 pub mod link;
+pub mod metrics;
 pub mod notify;
 pub mod outcome;
 pub mod push;

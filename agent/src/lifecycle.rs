@@ -30,6 +30,18 @@ pub enum StackState {
     Gone,
 }
 
+/// Every state's stored name, for exports that list each state even when no stack is in it.
+pub const STATE_NAMES: &[&str] = &[
+    "waiting",
+    "held",
+    "queued",
+    "sending",
+    "sent",
+    "submitted",
+    "discarding",
+    "gone",
+];
+
 impl StackState {
     /// Name stored and shown.
     pub fn as_str(self) -> &'static str {

@@ -98,6 +98,9 @@ pub struct AgentSection {
     /// How often the daemon asks the collector, over its link, where the DAGs of submitted
     /// stacks are (`status` shows `running 2/5`, `done` or `FAILED: …`).
     pub outcome_every: Dur,
+    /// Where the daemon writes its metrics in node-exporter's textfile format (the agent
+    /// listens on no port; point the textfile collector's folder here). Empty: none.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl AgentSection {
@@ -141,6 +144,7 @@ impl Default for AgentSection {
         AgentSection {
             name: String::new(),
             outcome_every: Dur::secs(30),
+            metrics_file: None,
             state_dir: PathBuf::from("state"),
             rescan: Dur::secs(300),
             retry_initial: Dur::secs(1),
@@ -775,6 +779,9 @@ impl Config {
                 .collect();
         };
         fix(&mut self.agent.state_dir);
+        if let Some(p) = self.agent.metrics_file.as_mut() {
+            fix(p);
+        }
         for w in &mut self.watch {
             fix(&mut w.path);
         }

@@ -22,6 +22,10 @@ pub struct ServerInfo {
     pub url: String,
     /// Bearer token every request must carry.
     pub token: String,
+    /// A second token that only reads: the status page and `/metrics` take it, so a browser
+    /// or a Prometheus server never holds the token that can change anything.
+    #[serde(default)]
+    pub read_token: String,
     /// The service's process id, for operators.
     pub pid: u32,
     /// The host the service runs on, for messages that say where to look.
@@ -363,6 +367,19 @@ impl DagOutcome {
     }
 }
 
+/// `POST /v1/received`: what one `serve` session received, for the service's metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Received {
+    /// Files received and verified.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files whose BLAKE3 did not match after transfer.
+    pub verify_failures: u64,
+    /// Files resumed from a verified prefix or sent as a delta.
+    pub resumes: u64,
+}
+
 /// `POST /v1/probes`: a probe job on a compute node reached the service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Probe {
@@ -660,6 +677,11 @@ impl Client {
     /// The probe with this nonce, once it arrived.
     pub fn probe_seen(&self, nonce: &str) -> Result<Probe, ClientError> {
         self.get(&format!("/v1/probes/{nonce}"))
+    }
+
+    /// Tells the service what a `serve` session received.
+    pub fn received(&self, r: &Received) -> Result<serde_json::Value, ClientError> {
+        self.post("/v1/received", r)
     }
 
     /// Where the DAGs of these stack versions are.

@@ -102,6 +102,8 @@ struct Receiver {
     /// frames are already on the way and are dropped until its Done or Abort.
     refused: std::collections::HashSet<u64>,
     verified: Verified,
+    /// What this session received, for the service's metrics.
+    stats: crate::api::Received,
 }
 
 /// Where one offered file goes.
@@ -206,6 +208,7 @@ impl Receiver {
             pending: Vec::new(),
             refused: std::collections::HashSet::new(),
             verified: Arc::new(Mutex::new(HashMap::new())),
+            stats: Default::default(),
         })
     }
 
@@ -357,6 +360,9 @@ impl Receiver {
             match inc.prefix.take() {
                 Some((len, h)) if len == offset => {
                     inc.hasher = h;
+                    if len > 0 {
+                        self.stats.resumes += 1;
+                    }
                 }
                 _ if offset == 0 => {}
                 _ => {
@@ -539,12 +545,15 @@ impl Receiver {
                 hex::encode(&inc.hash[..8])
             );
             tracing::warn!(%reason, "verification failed");
+            self.stats.verify_failures += 1;
             return Some(Frame::Nack {
                 id,
                 code: ErrorCode::HashMismatch,
                 reason,
             });
         }
+        self.stats.files += 1;
+        self.stats.bytes += inc.size;
         self.pending.push(Finished {
             id,
             path: inc.path,
@@ -565,6 +574,9 @@ impl Receiver {
         tracing::debug!(secs = t.elapsed().as_secs_f64(), path = %inc.path, "delta applied");
         match applied {
             Ok((file, got, n)) if n == inc.size && got == inc.hash => {
+                self.stats.files += 1;
+                self.stats.bytes += inc.size;
+                self.stats.resumes += 1;
                 self.pending.push(Finished {
                     id,
                     path: inc.path,
@@ -586,6 +598,7 @@ impl Receiver {
                     hex::encode(&inc.hash[..8])
                 );
                 tracing::warn!(%reason, "verification failed");
+                self.stats.verify_failures += 1;
                 Some(Frame::Nack {
                     id,
                     code: ErrorCode::HashMismatch,
@@ -594,6 +607,7 @@ impl Receiver {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&inc.part);
+                self.stats.verify_failures += 1;
                 Some(Frame::Nack {
                     id,
                     code: ErrorCode::HashMismatch,

@@ -104,7 +104,7 @@ pub fn serve<R: Read, W: Write + Send>(
         server,
     };
     send(&wr, &welcome, true)?;
-    std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         let committer = Committer::start(
             scope,
             rx.fsync,
@@ -114,7 +114,18 @@ pub fn serve<R: Read, W: Write + Send>(
         );
         session(cfg, &mut rd, &wr, &mut rx, &committer)
         // dropping the committer ends its thread; the scope waits for it
-    })
+    });
+    if rx.stats != crate::api::Received::default() {
+        // counted by the service for /metrics; a service that is down misses them, nothing
+        // else does
+        if let Err(e) = crate::api::Client::from_state_dir(&cfg.collector.state_dir).and_then(|c| {
+            c.with_timeout(std::time::Duration::from_secs(5))
+                .received(&rx.stats)
+        }) {
+            tracing::debug!("cannot report what this session received: {e}");
+        }
+    }
+    result
 }
 
 /// The frames after the handshake.

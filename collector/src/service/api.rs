@@ -9,7 +9,7 @@ use super::launchers::{LauncherState, LauncherTrigger};
 use super::wake::Wake;
 use crate::api::{
     AcquireRequest, AcquireResponse, DagOutcome, ErrorBody, EventRow, JobRow, LauncherStart, Probe,
-    ReportRequest, StatusResponse, SubmitRequest, SubmitResponse,
+    Received, ReportRequest, StatusResponse, SubmitRequest, SubmitResponse,
 };
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -27,6 +27,8 @@ pub struct AppState {
     pub db: Arc<Mutex<Db>>,
     /// The API's key.
     pub token: Arc<String>,
+    /// The key that only reads (`/metrics`, the status page).
+    pub read_token: Arc<String>,
     /// The config.
     pub cfg: Arc<Config>,
     /// The engine, for its notes.
@@ -53,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/launchers/{id}/end", post(launcher_end))
         .route("/v1/status", get(status))
         .route("/v1/outcomes", get(outcomes))
+        .route("/v1/received", post(received))
+        .route("/metrics", get(metrics))
         .route("/v1/probes", post(probe_arrived))
         .route("/v1/probes/{nonce}", get(probe_seen))
         .with_state(state)
@@ -200,6 +204,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         Ok((remote_id, created, n)) => {
             if created {
                 st.wake.engine();
+                super::metrics::global().stack_accepted();
                 tracing::info!(stack = %stack, version = req.version, remote_id, jobs = n, "stack registered");
             } else {
                 tracing::info!(stack = %stack, version = req.version, remote_id, "stack was registered before; nothing new created");
@@ -234,6 +239,47 @@ async fn list_jobs(
     db.jobs(f.stack.as_deref(), f.state.as_deref())
         .map(Json)
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Whether the request carries either token: reads take the read-only one too.
+fn check_read(headers: &HeaderMap, st: &AppState) -> Result<(), (StatusCode, Json<ErrorBody>)> {
+    check_token(headers, &st.read_token).or_else(|_| check_token(headers, &st.token))
+}
+
+/// What a `serve` session received, counted for `/metrics`.
+async fn received(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(r): Json<Received>,
+) -> ApiResult<serde_json::Value> {
+    check_token(&headers, &st.token)?;
+    super::metrics::global().received(&r);
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+/// Prometheus' text format; the read-only token (or the full one) as a bearer token.
+async fn metrics(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<
+    ([(axum::http::header::HeaderName, &'static str); 1], String),
+    (StatusCode, Json<ErrorBody>),
+> {
+    check_read(&headers, &st)?;
+    let (jobs, launchers) = {
+        let db = locked(&st)?;
+        (
+            db.count_by_state("jobs").map_err(internal)?,
+            db.count_by_state("launchers").map_err(internal)?,
+        )
+    };
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            super::metrics::CONTENT_TYPE,
+        )],
+        super::metrics::global().render(&jobs, &launchers),
+    ))
 }
 
 #[derive(serde::Deserialize)]

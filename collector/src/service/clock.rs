@@ -50,6 +50,16 @@ pub fn stamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Seconds between two stamps (`None` when either is not one).
+pub fn between(from: &str, to: &str) -> Option<f64> {
+    let a = humantime::parse_rfc3339_weak(from).ok()?;
+    let b = humantime::parse_rfc3339_weak(to).ok()?;
+    Some(match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    })
+}
+
 /// Seconds since the epoch, as heartbeats are stored.
 pub fn epoch(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)

@@ -405,6 +405,22 @@ impl Db {
         Ok(self.jobs_where(None, None, Some(id), None)?.pop())
     }
 
+    /// How many rows of `table` (`jobs` or `launchers`) are in each state.
+    pub fn count_by_state(&self, table: &str) -> Result<Vec<(String, i64)>, DbError> {
+        let table = if table == "launchers" {
+            "launchers"
+        } else {
+            "jobs"
+        };
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT state, COUNT(*) FROM {table} GROUP BY state"
+        ))?;
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
     /// The jobs of one stack version (its DAG).
     pub fn dag(&self, stack_id: u64) -> Result<Vec<JobRow>, DbError> {
         self.jobs_where(None, None, None, Some(stack_id))

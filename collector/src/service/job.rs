@@ -241,14 +241,57 @@ pub(crate) fn change(
     if !legal(cur, to, trigger) {
         return Ok(false);
     }
+    if to == JobState::Running {
+        // how long it waited, runnable, for a slot: since its last move
+        let since: Option<String> = tx
+            .prepare_cached("SELECT at FROM events WHERE job_id = ?1 ORDER BY id DESC LIMIT 1")?
+            .query_row([id as i64], |r| r.get(0))
+            .optional()?;
+        if let Some(secs) = since.and_then(|s| super::clock::between(&s, at)) {
+            super::metrics::global().queue_wait(secs);
+        }
+    }
     tx.prepare_cached("UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1")?
         .execute(params![id as i64, to.as_str(), reason])?;
     tx.prepare_cached(
         "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![id as i64, at, cur.as_str(), to.as_str(), reason])?;
+    let metrics = super::metrics::global();
+    metrics.transition(to.as_str());
+    if to == JobState::JobFinished {
+        // the stack version's last job: its DAG is done
+        let (left, created): (i64, String) = tx
+            .prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.stack_id = j.stack_id AND o.state != 'JOB_FINISHED'), s.created_at
+                 FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1",
+            )?
+            .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if left == 0 {
+            if let Some(secs) = super::clock::between(&created, at) {
+                metrics.dag_done(secs);
+            }
+        }
+    }
     Ok(true)
 }
+
+/// Every state's stored name, for exports that list each state even when no job is in it.
+pub const STATE_NAMES: &[&str] = &[
+    "CREATED",
+    "AWAITING_PARENTS",
+    "READY",
+    "PREPROCESSED",
+    "RUNNING",
+    "RUN_DONE",
+    "POSTPROCESSED",
+    "JOB_FINISHED",
+    "RUN_ERROR",
+    "RUN_TIMEOUT",
+    "RESTART_READY",
+    "FAILED",
+    "USER_KILLED",
+];
 
 /// Applies the moves of one decision in order, all or none: false (nothing applied) as soon
 /// as one of them finds the job elsewhere.

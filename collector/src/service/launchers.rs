@@ -65,6 +65,9 @@ impl LauncherState {
     }
 }
 
+/// Every state's stored name, for exports that list each state even when none is in it.
+pub const STATE_NAMES: &[&str] = &["QUEUED", "RUNNING", "ENDING", "FINISHED", "LOST"];
+
 /// What moved a launcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LauncherTrigger {

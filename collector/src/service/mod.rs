@@ -6,7 +6,7 @@
 //! writes), [`job`] and [`launchers`] (the two lifecycles as data), [`engine`] (reacting to
 //! [`wake`]'s bells), [`dag`], [`prepare`], [`names`], [`to8bit`], [`image`], [`check`],
 //! [`fault`] and [`qa`] (what a stack's jobs are, their work folder and their checks),
-//! [`outcome`] (a DAG in one word, for the beamline).
+//! [`outcome`] (a DAG in one word, for the beamline), [`metrics`] (`/metrics`).
 
 pub mod address;
 pub mod api;
@@ -20,6 +20,7 @@ pub mod image;
 pub mod job;
 pub mod launchers;
 pub mod lifecycle;
+pub mod metrics;
 pub mod names;
 pub mod outcome;
 pub mod prepare;
@@ -159,6 +160,7 @@ pub async fn run(
             cause: source,
         })?;
     let token = random_token().map_err(io(Path::new("/dev/urandom")))?;
+    let read_token = random_token().map_err(io(Path::new("/dev/urandom")))?;
     let listener = bind(&cfg.service.listen).await?;
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
     let host = address::advertised(&cfg.service.advertise, &cfg.service.listen, addr);
@@ -167,6 +169,7 @@ pub async fn run(
     let info = ServerInfo {
         url: address::url(&host, addr.port()),
         token: token.clone(),
+        read_token: read_token.clone(),
         pid: std::process::id(),
         host: crate::api::this_host(),
         cert: identity.cert_pem.clone(),
@@ -195,6 +198,7 @@ pub async fn run(
     let app = api::router(api::AppState {
         db,
         token: Arc::new(token),
+        read_token: Arc::new(read_token),
         cfg,
         engine,
         wake: wake.clone(),

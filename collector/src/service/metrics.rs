@@ -1,0 +1,156 @@
+//! `/metrics` in Prometheus' text format, from the `prometheus` crate. What moves is counted
+//! where it moves: every job transition by its target state (in the one write path of the
+//! job lifecycle), the wait of a runnable job for a launcher, a DAG's time from acceptance to
+//! its last JOB_FINISHED, and what `serve` received (reported by each session as it ends).
+//! What is a state (jobs and launchers by state) is read from the database at each scrape.
+//! The beamline's side of the latencies (section landed → stack finished → DAG accepted) is
+//! the agent's, in its textfile.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+/// Everything the service exports.
+pub struct Metrics {
+    registry: Registry,
+    jobs: IntGaugeVec,
+    launchers: IntGaugeVec,
+    transitions: IntCounterVec,
+    queue_wait: Histogram,
+    dag_seconds: Histogram,
+    files: IntCounter,
+    bytes: IntCounter,
+    verify_failures: IntCounter,
+    resumes: IntCounter,
+    stacks: IntCounter,
+}
+
+/// The service's metrics: one set per process, as Prometheus scrapes one process.
+pub fn global() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+// the names and buckets are literals: building them cannot fail
+#[allow(clippy::expect_used)]
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new_custom(Some("beamflow".into()), None).expect("a valid prefix");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["state"]).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            r.register(Box::new(h.clone())).expect("registered once");
+            h
+        };
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "job_transitions_total",
+                "Job state changes, by the state entered",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(transitions.clone()))
+            .expect("registered once");
+        Metrics {
+            jobs: gauge("jobs", "Jobs by state"),
+            launchers: gauge("launchers", "Launchers by state"),
+            transitions,
+            // 1 ms to about 9 hours
+            queue_wait: histogram(
+                "queue_wait_seconds",
+                "Time a runnable job waited for a launcher's slot",
+                exponential_buckets(0.001, 4.0, 15).expect("valid buckets"),
+            ),
+            dag_seconds: histogram(
+                "dag_accepted_to_done_seconds",
+                "Time from a stack version's DAG accepted to its last job JOB_FINISHED",
+                exponential_buckets(1.0, 2.0, 18).expect("valid buckets"),
+            ),
+            files: counter("received_files_total", "Files serve received and verified"),
+            bytes: counter(
+                "received_bytes_total",
+                "Bytes of files serve received and verified",
+            ),
+            verify_failures: counter(
+                "verify_failures_total",
+                "Files whose BLAKE3 did not match after transfer (refused, sent again)",
+            ),
+            resumes: counter(
+                "resumes_total",
+                "Files resumed from a verified prefix or sent as a delta",
+            ),
+            stacks: counter(
+                "stacks_accepted_total",
+                "Stack versions whose DAG was accepted",
+            ),
+            registry: r,
+        }
+    }
+
+    /// A job entered `state`.
+    pub fn transition(&self, state: &str) {
+        self.transitions.with_label_values(&[state]).inc();
+    }
+
+    /// A runnable job waited this long for a slot.
+    pub fn queue_wait(&self, secs: f64) {
+        self.queue_wait.observe(secs.max(0.0));
+    }
+
+    /// A DAG finished this long after it was accepted.
+    pub fn dag_done(&self, secs: f64) {
+        self.dag_seconds.observe(secs.max(0.0));
+    }
+
+    /// A stack version's DAG was accepted.
+    pub fn stack_accepted(&self) {
+        self.stacks.inc();
+    }
+
+    /// What one `serve` session received.
+    pub fn received(&self, r: &crate::api::Received) {
+        self.files.inc_by(r.files);
+        self.bytes.inc_by(r.bytes);
+        self.verify_failures.inc_by(r.verify_failures);
+        self.resumes.inc_by(r.resumes);
+    }
+
+    /// The text a scrape gets (Prometheus' text format 0.0.4), with the state gauges set from
+    /// `jobs` and `launchers` (state, count): states with none are written as 0, so a series
+    /// never just vanishes.
+    pub fn render(&self, jobs: &[(String, i64)], launchers: &[(String, i64)]) -> String {
+        for (family, now, all) in [
+            (&self.jobs, jobs, crate::service::job::STATE_NAMES),
+            (
+                &self.launchers,
+                launchers,
+                crate::service::launchers::STATE_NAMES,
+            ),
+        ] {
+            for name in all {
+                let n = now.iter().find(|(s, _)| s == name).map_or(0, |x| x.1);
+                family.with_label_values(&[name]).set(n);
+            }
+        }
+        let mut out = Vec::new();
+        // writing to a Vec cannot fail
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
