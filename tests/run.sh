@@ -18,6 +18,7 @@ command -v curl >/dev/null || need_pkgs+=(curl)                     # an indepen
 command -v openssl >/dev/null || need_pkgs+=(openssl)               # fingerprints as openssl computes them
 command -v ip >/dev/null || need_pkgs+=(iproute2)                   # network namespaces: three hosts
 command -v promtool >/dev/null || need_pkgs+=(prometheus)             # promtool checks the metrics
+command -v chromium >/dev/null || need_pkgs+=(chromium)               # renders the status page headless
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)        # verifies the unit files
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

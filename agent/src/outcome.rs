@@ -12,7 +12,12 @@ use std::process::{Command, Stdio};
 
 /// Asks the collector about these stack versions. Blocking: run it off the daemon's loop.
 pub fn fetch(cfg: &Config, ctl: Option<&Path>, ids: &[i64]) -> Result<Vec<DagOutcome>, String> {
-    let mut sub: Vec<String> = vec!["outcome".into(), "--json".into()];
+    let mut sub: Vec<String> = vec![
+        "outcome".into(),
+        "--json".into(),
+        "--beamline".into(),
+        cfg.agent.beamline(),
+    ];
     sub.extend(ids.iter().map(|i| i.to_string()));
     let words: Vec<&str> = sub.iter().map(String::as_str).collect();
     let argv = far_command_for(cfg, ctl, &words);

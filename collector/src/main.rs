@@ -150,6 +150,9 @@ enum Cmd {
         /// Machine-readable output (one JSON list).
         #[arg(long)]
         json: bool,
+        /// The asking beamline (its agent passes its name: the status page's activity light).
+        #[arg(long)]
+        beamline: Option<String>,
         /// Stack version ids (the REMOTE column of the agent's status).
         #[arg(required = true)]
         ids: Vec<u64>,
@@ -326,9 +329,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Cmd::Outcome { config, json, ids } => {
+        Cmd::Outcome {
+            config,
+            json,
+            beamline,
+            ids,
+        } => {
             let cfg = load(&config)?;
-            let outcomes = Client::from_state_dir(&cfg.collector.state_dir)?.outcomes(&ids)?;
+            let outcomes = Client::from_state_dir(&cfg.collector.state_dir)?
+                .outcomes(&ids, beamline.as_deref())?;
             if json {
                 sayln!("{}", serde_json::to_string(&outcomes)?);
             } else {

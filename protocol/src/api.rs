@@ -684,10 +684,23 @@ impl Client {
         self.post("/v1/received", r)
     }
 
-    /// Where the DAGs of these stack versions are.
-    pub fn outcomes(&self, ids: &[u64]) -> Result<Vec<DagOutcome>, ClientError> {
+    /// Where the DAGs of these stack versions are; `beamline` (the asking agent's) lights its
+    /// activity light on the status page.
+    pub fn outcomes(
+        &self,
+        ids: &[u64],
+        beamline: Option<&str>,
+    ) -> Result<Vec<DagOutcome>, ClientError> {
         let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        self.get(&format!("/v1/outcomes?ids={}", list.join(",")))
+        let mut req = self
+            .agent
+            .get(format!("{}/v1/outcomes", self.info.url))
+            .header("Authorization", self.auth())
+            .query("ids", list.join(","));
+        if let Some(b) = beamline {
+            req = req.query("beamline", b);
+        }
+        self.finish(req.call())
     }
 
     /// A launcher is exiting.

@@ -35,6 +35,9 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// The bells.
     pub wake: Arc<Wake>,
+    /// When each beamline was last heard from (a submission, or its agent asking about its
+    /// DAGs): the status page's activity lights. In memory: a restart starts them afresh.
+    pub contacts: Arc<Mutex<HashMap<String, std::time::SystemTime>>>,
     /// Probes that reached the service (`doctor --probe`): nonce → the host it came from.
     /// Kept in memory only: a probe matters to the doctor waiting for it, not after.
     pub probes: Arc<Mutex<HashMap<String, String>>>,
@@ -57,6 +60,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/outcomes", get(outcomes))
         .route("/v1/received", post(received))
         .route("/metrics", get(metrics))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
+        .route("/ui", get(ui))
+        .route("/ui/login", get(ui_login))
+        .route("/ui/jobs/{id}", get(ui_job))
         .route("/v1/probes", post(probe_arrived))
         .route("/v1/probes/{nonce}", get(probe_seen))
         .with_state(state)
@@ -202,6 +209,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
     })?;
     match db.submit(&new, &jobs) {
         Ok((remote_id, created, n)) => {
+            heard(st, &beamline);
             if created {
                 st.wake.engine();
                 super::metrics::global().stack_accepted();
@@ -285,6 +293,184 @@ async fn metrics(
 #[derive(serde::Deserialize)]
 struct Ids {
     ids: String,
+    /// The asking agent's beamline, for its activity light.
+    #[serde(default)]
+    beamline: Option<String>,
+}
+
+/// Notes that a beamline was heard from now.
+fn heard(st: &AppState, beamline: &str) {
+    if beamline.is_empty() || beamline.len() > 64 {
+        return;
+    }
+    if let Ok(mut m) = st.contacts.lock() {
+        m.insert(beamline.to_string(), std::time::SystemTime::now());
+    }
+}
+
+const READ_COOKIE: &str = "beamflow_read";
+
+/// Whether a browser (its cookie) or a client (a bearer token) may read the page.
+fn page_allowed(headers: &HeaderMap, st: &AppState) -> bool {
+    if check_read(headers, st).is_ok() {
+        return true;
+    }
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(&format!("{READ_COOKIE}=")))
+        .any(|t| constant_time_eq(t.as_bytes(), st.read_token.as_bytes()))
+}
+
+type Page = (StatusCode, axum::response::Html<String>);
+
+fn page(code: StatusCode, html: String) -> Page {
+    (code, axum::response::Html(html))
+}
+
+#[derive(serde::Deserialize)]
+struct Login {
+    token: String,
+}
+
+/// `/ui/login?token=READ_TOKEN`: keeps the read-only token in a cookie the browser sends
+/// back (HttpOnly, Secure, SameSite=Strict) and goes to the page. The full token is refused
+/// here: a URL ends up in histories and logs.
+async fn ui_login(
+    State(st): State<AppState>,
+    Query(q): Query<Login>,
+) -> Result<axum::response::Response, Page> {
+    use axum::response::IntoResponse;
+    if constant_time_eq(q.token.as_bytes(), st.token.as_bytes()) {
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            "<p>That is the service's full token, which can change things; it is never taken in a URL. Use <code>read_token</code> from server-info.</p>".into(),
+        ));
+    }
+    if !constant_time_eq(q.token.as_bytes(), st.read_token.as_bytes()) {
+        return Err(page(StatusCode::UNAUTHORIZED, super::page::login_needed()));
+    }
+    let cookie = format!(
+        "{READ_COOKIE}={}; Path=/ui; HttpOnly; Secure; SameSite=Strict; Max-Age=2592000",
+        st.read_token
+    );
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (axum::http::header::SET_COOKIE, cookie),
+            (axum::http::header::LOCATION, "/ui".to_string()),
+        ],
+    )
+        .into_response())
+}
+
+/// The status page.
+async fn ui(State(st): State<AppState>, headers: HeaderMap) -> Page {
+    if !page_allowed(&headers, &st) {
+        return page(StatusCode::UNAUTHORIZED, super::page::login_needed());
+    }
+    match page_view(&st) {
+        Ok(v) => page(
+            StatusCode::OK,
+            super::page::render(&v, std::time::SystemTime::now()),
+        ),
+        Err(e) => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("<p>{}</p>", super::page::esc(&e)),
+        ),
+    }
+}
+
+fn page_view(st: &AppState) -> Result<super::page::View, String> {
+    let config = st
+        .cfg
+        .source
+        .as_ref()
+        .map(|p| beamflow_config::argv::quote(&p.display().to_string()))
+        .unwrap_or_else(|| "beamflow.toml".into());
+    let now = std::time::SystemTime::now();
+    let db = st
+        .db
+        .lock()
+        .map_err(|_| "database lock poisoned".to_string())?;
+    let e = |e: DbError| e.to_string();
+    let mut stacks = Vec::new();
+    for s in db.recent_stacks(50).map_err(e)? {
+        let jobs = db.dag(s.id).map_err(e)?;
+        let o = super::outcome::summarize(s.id, &jobs, &config);
+        stacks.push((s, o));
+    }
+    let launchers = db
+        .launchers(&[], None)
+        .map_err(e)?
+        .into_iter()
+        .rev()
+        .take(20)
+        .collect();
+    let failed = db.jobs(None, Some("FAILED")).map_err(e)?;
+    let mut windows = Vec::new();
+    for (name, secs) in [("last hour", 3600u64), ("last day", 86400)] {
+        let since = super::clock::stamp(now - std::time::Duration::from_secs(secs));
+        let (stacks, bytes, jobs) = db.throughput(&since).map_err(e)?;
+        windows.push(super::page::Window {
+            name: name.into(),
+            stacks,
+            bytes,
+            jobs,
+            dag_times: db.dag_times(&since).map_err(e)?,
+        });
+    }
+    let mut names: std::collections::BTreeSet<String> =
+        st.cfg.collector.beamlines.iter().cloned().collect();
+    names.extend(db.stacks().map_err(e)?.into_iter().map(|s| s.beamline));
+    drop(db);
+    let contacts = st.contacts.lock().map(|m| m.clone()).unwrap_or_default();
+    let beamlines = names
+        .into_iter()
+        .map(|b| {
+            let t = contacts.get(&b).copied();
+            (b, t)
+        })
+        .collect();
+    let notes = st
+        .engine
+        .notes
+        .lock()
+        .map(|n| n.clone())
+        .unwrap_or_default();
+    Ok(super::page::View {
+        host: crate::api::this_host(),
+        stacks,
+        launchers,
+        notes,
+        failed,
+        beamlines,
+        windows,
+        config,
+    })
+}
+
+/// One job's history, as a page.
+async fn ui_job(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> Page {
+    if !page_allowed(&headers, &st) {
+        return page(StatusCode::UNAUTHORIZED, super::page::login_needed());
+    }
+    let Ok(db) = st.db.lock() else {
+        return page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "<p>database lock poisoned</p>".into(),
+        );
+    };
+    match (db.job(id), db.events(id)) {
+        (Ok(Some(j)), Ok(ev)) => page(StatusCode::OK, super::page::job_page(&j, &ev)),
+        (Ok(None), _) => page(StatusCode::NOT_FOUND, format!("<p>no job {id}</p>")),
+        (Err(e), _) | (_, Err(e)) => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("<p>{}</p>", super::page::esc(&e.to_string())),
+        ),
+    }
 }
 
 /// Where the DAGs of some stack versions are (`?ids=3,4`): what an agent asks over its link.
@@ -294,6 +480,9 @@ async fn outcomes(
     Query(q): Query<Ids>,
 ) -> ApiResult<Vec<DagOutcome>> {
     check_token(&headers, &st.token)?;
+    if let Some(b) = &q.beamline {
+        heard(&st, b);
+    }
     let ids: Vec<u64> = q
         .ids
         .split(',')

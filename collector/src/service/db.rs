@@ -405,6 +405,41 @@ impl Db {
         Ok(self.jobs_where(None, None, Some(id), None)?.pop())
     }
 
+    /// Since `since` (a stamp): stack versions accepted, their bytes, and jobs finished.
+    pub fn throughput(&self, since: &str) -> Result<(u64, u64, u64), DbError> {
+        let (stacks, bytes): (i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(DISTINCT s.id), COALESCE(SUM(json_extract(f.value, '$.size')), 0)
+             FROM stacks s LEFT JOIN json_each(s.files) f WHERE s.created_at >= ?1",
+            )?
+            .query_row([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let jobs: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM events WHERE to_state = 'JOB_FINISHED' AND at >= ?1",
+            )?
+            .query_row([since], |r| r.get(0))?;
+        Ok((stacks as u64, bytes as u64, jobs as u64))
+    }
+
+    /// Seconds from acceptance to the last JOB_FINISHED of each DAG that finished since
+    /// `since`.
+    pub fn dag_times(&self, since: &str) -> Result<Vec<f64>, DbError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT s.created_at, MAX(e.at) FROM stacks s JOIN jobs j ON j.stack_id = s.id
+             JOIN events e ON e.job_id = j.id AND e.to_state = 'JOB_FINISHED'
+             WHERE NOT EXISTS (SELECT 1 FROM jobs o WHERE o.stack_id = s.id AND o.state != 'JOB_FINISHED')
+             GROUP BY s.id HAVING MAX(e.at) >= ?1",
+        )?;
+        let v: Vec<(String, String)> = st
+            .query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(v.iter()
+            .filter_map(|(a, b)| super::clock::between(a, b))
+            .collect())
+    }
+
     /// How many rows of `table` (`jobs` or `launchers`) are in each state.
     pub fn count_by_state(&self, table: &str) -> Result<Vec<(String, i64)>, DbError> {
         let table = if table == "launchers" {
@@ -485,11 +520,23 @@ impl Db {
 
     /// Every stack version.
     pub fn stacks(&self) -> Result<Vec<StackRow>, DbError> {
-        let mut st = self.conn.prepare(
-            "SELECT id, name, version, workflow, work_dir, files, created_at, beamline FROM stacks ORDER BY id",
+        self.stacks_limited(i64::MAX)
+    }
+
+    /// The newest `limit` stack versions, newest first (the status page's list).
+    pub fn recent_stacks(&self, limit: usize) -> Result<Vec<StackRow>, DbError> {
+        let mut v = self.stacks_limited(limit as i64)?;
+        v.reverse();
+        Ok(v)
+    }
+
+    fn stacks_limited(&self, limit: i64) -> Result<Vec<StackRow>, DbError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT * FROM (SELECT id, name, version, workflow, work_dir, files, created_at, beamline
+             FROM stacks ORDER BY id DESC LIMIT ?1) ORDER BY id",
         )?;
         let rows = st
-            .query_map([], |r| {
+            .query_map([limit], |r| {
                 let files: String = r.get(5)?;
                 let n = serde_json::from_str::<Vec<serde_json::Value>>(&files)
                     .map(|v| v.len())

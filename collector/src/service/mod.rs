@@ -6,7 +6,7 @@
 //! writes), [`job`] and [`launchers`] (the two lifecycles as data), [`engine`] (reacting to
 //! [`wake`]'s bells), [`dag`], [`prepare`], [`names`], [`to8bit`], [`image`], [`check`],
 //! [`fault`] and [`qa`] (what a stack's jobs are, their work folder and their checks),
-//! [`outcome`] (a DAG in one word, for the beamline), [`metrics`] (`/metrics`).
+//! [`outcome`] (a DAG in one word, for the beamline), [`metrics`] (`/metrics`), [`page`] (the status page).
 
 pub mod address;
 pub mod api;
@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod names;
 pub mod outcome;
+pub mod page;
 pub mod prepare;
 pub mod qa;
 pub mod tls;
@@ -203,6 +204,7 @@ pub async fn run(
         engine,
         wake: wake.clone(),
         probes: Default::default(),
+        contacts: Default::default(),
     });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
