@@ -15,6 +15,7 @@ use crate::stack::{decide, Observed, Verdict};
 use crate::transfer::{self, Job, Report};
 use crate::watch::{self, Msg};
 use anyhow::Result;
+use beamflow_config::notify::NotifyEvent;
 use beamflow_config::{Config, OnChange, WatchMode};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -76,6 +77,12 @@ pub struct Daemon {
     asking: bool,
     /// What `[agent] metrics_file` gets.
     metrics: crate::metrics::Metrics,
+    /// Where news goes (`[[notify]]`); none without targets.
+    news: Option<crate::news::Post>,
+    /// Since when the SSH master has been down (for `link_down` news).
+    down_since: Option<(Instant, std::time::SystemTime)>,
+    /// When each watch root last saw a change (for `silent` news).
+    activity: Vec<std::time::SystemTime>,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -115,7 +122,17 @@ pub async fn run(
         discards_pending: true,
         asking: false,
         metrics: crate::metrics::Metrics::new(),
+        news: None,
+        down_since: None,
+        activity: Vec::new(),
     };
+    if !d.cfg.notify.is_empty() {
+        d.news = Some(crate::news::Post::new(
+            d.cfg.notify.clone(),
+            d.cfg.agent.retry_initial.0,
+        ));
+    }
+    d.activity = vec![std::time::SystemTime::now(); d.roots.len()];
     // watchers first, so nothing written during the reconcile scan is missed
     let inotify: Vec<PathBuf> = d
         .roots
@@ -139,6 +156,21 @@ pub async fn run(
         if !d.stacks.contains_key(&dir) && !dir.exists() {
             d.vanished(&dir)?;
         }
+    }
+    // each root's last activity: its newest image, or the root folder's own last change
+    for (i, r) in d.roots.iter().enumerate() {
+        let folder = std::fs::metadata(&r.canon)
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let newest = d
+            .stacks
+            .iter()
+            .filter(|(_, t)| t.root == i)
+            .flat_map(|(_, t)| t.scan.images.iter())
+            .map(|f| std::time::UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64))
+            .max()
+            .unwrap_or(std::time::UNIX_EPOCH);
+        d.activity[i] = folder.max(newest);
     }
     tracing::info!(roots = d.roots.len(), stacks = d.stacks.len(), "watching");
     ready();
@@ -183,6 +215,7 @@ pub async fn run(
             _ = watchdog.tick(), if d.master.is_some() => d.watchdog().await,
             _ = outcomes.tick() => {
                 d.write_metrics();
+                d.silence()?;
                 if !d.asking {
                     d.ask_outcomes().await?;
                 }
@@ -198,6 +231,20 @@ pub async fn run(
         m.close().await;
     }
     Ok(())
+}
+
+/// Minutes since local midnight (for active hours).
+fn local_minute(t: std::time::SystemTime) -> u32 {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
+    // SAFETY: localtime_r writes the struct it is given and reads the time it is given
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return 0;
+    }
+    (tm.tm_hour * 60 + tm.tm_min) as u32
 }
 
 impl Daemon {
@@ -271,6 +318,45 @@ impl Daemon {
                     _ => tracing::debug!(remote, "DAG {remote}: {line}"),
                 }
             }
+            let event = match o.state.as_str() {
+                "failed" => NotifyEvent::Failed,
+                "done" => NotifyEvent::Done,
+                _ => continue,
+            };
+            let name = self
+                .journal
+                .stacks()?
+                .into_iter()
+                .find(|s| s.id == id)
+                .map(|s| s.name)
+                .unwrap_or_default();
+            let b = self.cfg.agent.beamline();
+            let (subject, text) = if event == NotifyEvent::Failed {
+                (
+                    format!("beamflow: {b}/{name} FAILED"),
+                    format!("beamline {b}: the DAG of stack {name} FAILED: {} — after fixing it, on the login node: {}", o.failure, o.retry),
+                )
+            } else {
+                (
+                    format!("beamflow: {b}/{name} done"),
+                    format!(
+                        "beamline {b}: the DAG of stack {name} is done ({} jobs).",
+                        o.total
+                    ),
+                )
+            };
+            let kind = if event == NotifyEvent::Failed {
+                "failed"
+            } else {
+                "done"
+            };
+            self.tell(
+                &format!("{kind}:{id}:{remote}"),
+                event,
+                Some(&name),
+                subject,
+                text,
+            )?;
         }
         Ok(())
     }
@@ -289,6 +375,121 @@ impl Daemon {
             tracing::info!("the SSH master is back");
         }
         self.master_down = !alive;
+        if alive {
+            self.down_since = None;
+            return;
+        }
+        let (since, wall) = *self
+            .down_since
+            .get_or_insert((Instant::now(), std::time::SystemTime::now()));
+        let after = self
+            .cfg
+            .notify
+            .iter()
+            .filter(|n| n.wants(NotifyEvent::LinkDown))
+            .map(|n| n.link_down_after.0)
+            .min();
+        if after.is_some_and(|a| since.elapsed() >= a) {
+            let started = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let fix = match self.cfg.link.master {
+                beamflow_config::MasterMode::Adopt => {
+                    "run `beamflow-agent login` on the beamline host"
+                }
+                beamflow_config::MasterMode::Own => {
+                    "check the network and the account's SSH key (`beamflow-agent doctor`)"
+                }
+            };
+            let text = format!(
+                "beamline {}: the link to {} has been down for {}; stacks wait and go by themselves once it is back. To bring it back: {fix}.",
+                self.cfg.agent.beamline(),
+                self.cfg.link.host,
+                humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
+            );
+            let subject = format!("beamflow: {} link down", self.cfg.agent.beamline());
+            if let Err(e) = self.tell(
+                &format!("link_down:{started}"),
+                NotifyEvent::LinkDown,
+                None,
+                subject,
+                text,
+            ) {
+                tracing::warn!("cannot journal a notification: {e}");
+            }
+        }
+    }
+
+    /// Sends news once: its key is journaled first, so a repeat or a restart sends nothing.
+    fn tell(
+        &mut self,
+        key: &str,
+        event: NotifyEvent,
+        stack: Option<&str>,
+        subject: String,
+        text: String,
+    ) -> Result<()> {
+        let Some(post) = &self.news else {
+            return Ok(());
+        };
+        if !post.wanted(event) || !self.journal.news_once(key)? {
+            return Ok(());
+        }
+        post.send(crate::news::News {
+            event,
+            beamline: self.cfg.agent.beamline(),
+            stack: stack.map(str::to_string),
+            subject,
+            text,
+        });
+        Ok(())
+    }
+
+    /// A stack became held: one message for its version.
+    fn held(&mut self, id: i64, name: &str, version: u32, reason: &str) -> Result<()> {
+        let b = self.cfg.agent.beamline();
+        self.tell(
+            &format!("held:{id}:v{version}"),
+            NotifyEvent::Held,
+            Some(name),
+            format!("beamflow: {b}/{name} held"),
+            format!("beamline {b}: stack {name} (version {version}) is held and will not be sent until it changes: {reason}"),
+        )
+    }
+
+    /// Watch roots with `alarm_after` that saw nothing that long, inside their active hours.
+    fn silence(&mut self) -> Result<()> {
+        let now = std::time::SystemTime::now();
+        let minute = local_minute(now);
+        for i in 0..self.roots.len() {
+            let w = &self.roots[i].section;
+            let Some(after) = w.alarm_after else { continue };
+            let hours = beamflow_config::notify::parse_hours(&w.active_hours).unwrap_or(None);
+            let quiet = now.duration_since(self.activity[i]).unwrap_or_default();
+            if quiet < after.0 || !beamflow_config::notify::in_hours(hours, minute) {
+                continue;
+            }
+            let last = self.activity[i]
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let b = self.cfg.agent.beamline();
+            let path = w.path.display().to_string();
+            let text = format!(
+                "beamline {b}: nothing arrived in {path} for {} (alarm_after = {}); is the detector writing, and is the folder mounted?",
+                humantime::format_duration(Duration::from_secs(quiet.as_secs())),
+                after
+            );
+            self.tell(
+                &format!("silent:{i}:{last}"),
+                NotifyEvent::Silent,
+                None,
+                format!("beamflow: {b} silent"),
+                text,
+            )?;
+        }
+        Ok(())
     }
 
     fn root_of(&self, p: &Path) -> Option<usize> {
@@ -355,6 +556,14 @@ impl Daemon {
     async fn handle(&mut self, msg: Msg) -> Result<()> {
         match msg {
             Msg::Fs(path) => {
+                if let Some(i) = self.root_of(&path) {
+                    // the file's own time: the same after a restart, so news keyed by it is
+                    // not sent twice
+                    let t = std::fs::symlink_metadata(&path)
+                        .and_then(|m| m.modified())
+                        .unwrap_or_else(|_| std::time::SystemTime::now());
+                    self.activity[i] = self.activity[i].max(t);
+                }
                 if path.is_dir() {
                     // a folder moved in with files inside reports only itself: walk it
                     self.walk.insert(path.clone());
@@ -694,6 +903,9 @@ impl Daemon {
                             tracing::warn!(stack = %name, %reason, "stack held");
                         }
                         self.journal.set_state(rec.id, StackState::Held, &reason)?;
+                        if rec.state != StackState::Held {
+                            self.held(rec.id, &name, rec.version, &reason)?;
+                        }
                     }
                     Verdict::Finished(trigger) => {
                         let known = if t.rehash {
@@ -801,6 +1013,9 @@ impl Daemon {
         }
         if decision.next == Next::SettleAgain {
             self.dirty.insert(dir);
+        }
+        if decision.next == Next::Hold {
+            self.held(rec.id, &rec.name, rec.version, &decision.reason)?;
         }
         if report.result.is_ok() {
             self.write_metrics();

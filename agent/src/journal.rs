@@ -120,6 +120,10 @@ CREATE TABLE IF NOT EXISTS stacks (
     outcome TEXT NOT NULL DEFAULT '',
     outcome_final INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS news (
+    key TEXT PRIMARY KEY,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS files (
     stack_id INTEGER NOT NULL REFERENCES stacks(id),
     name TEXT NOT NULL,
@@ -402,6 +406,16 @@ impl Journal {
             params![id, remote_id, reason, now()],
         )?;
         Ok(())
+    }
+
+    /// Journals a message's key; true when it is new, i.e. the message should go out (one
+    /// message per stack and event, across restarts).
+    pub fn news_once(&mut self, key: &str) -> Result<bool, JournalError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO news (key, at) VALUES (?1, ?2)",
+            params![key, now()],
+        )?;
+        Ok(n > 0)
     }
 
     /// Submitted stacks whose DAG may still change: (journal id, remote id).

@@ -16,6 +16,7 @@ pub mod journal;
 pub mod lifecycle;
 pub mod link;
 pub mod metrics;
+pub mod news;
 pub mod notify;
 pub mod outcome;
 pub mod push;

@@ -7,6 +7,7 @@
 
 pub mod argv;
 pub mod logs;
+pub mod notify;
 mod units;
 mod workflow;
 
@@ -73,6 +74,9 @@ pub struct Config {
     /// Batch queues the service keeps launchers in; `default` (local) exists if none is written.
     #[serde(default)]
     pub queues: BTreeMap<String, QueueSection>,
+    /// Where the agent's news goes (held stacks, failed DAGs, a link down, a silent root).
+    #[serde(default)]
+    pub notify: Vec<notify::NotifySection>,
     /// The file this was loaded from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -203,6 +207,14 @@ pub struct WatchSection {
     /// Folder under the collector's data root that this root's stacks go into.
     #[serde(default)]
     pub prefix: String,
+    /// Raise a `silent` notification when nothing arrived here for this long during
+    /// `active_hours` (a detector that stopped, a mount that went away).
+    #[serde(default)]
+    pub alarm_after: Option<Dur>,
+    /// When the beamline works, `"08:00-20:00"` in local time (may pass midnight); empty:
+    /// all day. Only silence inside these hours counts.
+    #[serde(default)]
+    pub active_hours: String,
 }
 
 fn default_pattern() -> String {
@@ -598,7 +610,27 @@ impl Config {
                     message,
                 })?;
         }
+        for (i, n) in cfg.notify.iter_mut().enumerate() {
+            if let Err((key, message)) = n.validate() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, &key)
+                        .or_else(|| find_key_line(text, "events"))
+                        .unwrap_or(1),
+                    key: format!("key `notify[{i}].{key}`: "),
+                    message,
+                });
+            }
+        }
         for (i, w) in cfg.watch.iter().enumerate() {
+            if let Err(e) = notify::parse_hours(&w.active_hours) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, "active_hours").unwrap_or(1),
+                    key: format!("key `watch[{i}].active_hours`: "),
+                    message: e,
+                });
+            }
             if !cfg.workflows.contains_key(&w.workflow) {
                 let names: Vec<&str> = cfg.workflows.keys().map(String::as_str).collect();
                 return Err(ConfigError::Invalid {

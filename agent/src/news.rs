@@ -1,0 +1,141 @@
+//! News for people: a stack held, a DAG FAILED or done, the link down too long, a watch root
+//! silent during its active hours, sent to every `[[notify]]` target that wants it (a webhook
+//! with a Slack-compatible `text`, a mail command). One message per stack and event: the
+//! daemon journals each message's key before it is sent, so neither a repeated question nor
+//! a restart sends it twice. Delivery runs in tasks of its own, each target retried with
+//! backoff, so a slow or dead receiver never holds up the daemon.
+
+use beamflow_config::notify::{NotifyEvent, NotifySection};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One piece of news.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct News {
+    /// What happened.
+    pub event: NotifyEvent,
+    /// The beamline it concerns.
+    pub beamline: String,
+    /// The stack, if it is about one.
+    pub stack: Option<String>,
+    /// A short line (a mail's subject).
+    pub subject: String,
+    /// The message, for people; a webhook carries it as `text`.
+    pub text: String,
+}
+
+/// How many times a target is tried, and the longest wait between tries.
+const ATTEMPTS: u32 = 8;
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Hands news to the delivery tasks; cheap to clone and never blocks.
+#[derive(Clone)]
+pub struct Post {
+    targets: Arc<Vec<NotifySection>>,
+    first_wait: Duration,
+}
+
+impl Post {
+    /// Posting to `targets`, retrying from `first_wait` (doubling up to five minutes).
+    pub fn new(targets: Vec<NotifySection>, first_wait: Duration) -> Post {
+        Post {
+            targets: Arc::new(targets),
+            first_wait,
+        }
+    }
+
+    /// Whether any target wants `event` (so the daemon need not even compose it).
+    pub fn wanted(&self, event: NotifyEvent) -> bool {
+        self.targets.iter().any(|t| t.wants(event))
+    }
+
+    /// Sends `news` to every target that wants it, each in a task of its own.
+    pub fn send(&self, news: News) {
+        for (i, t) in self.targets.iter().enumerate() {
+            if !t.wants(news.event) {
+                continue;
+            }
+            let (t, news, first) = (t.clone(), news.clone(), self.first_wait);
+            tokio::spawn(async move {
+                let mut wait = first;
+                for attempt in 1..=ATTEMPTS {
+                    let (t2, n2) = (t.clone(), news.clone());
+                    let r = tokio::task::spawn_blocking(move || deliver(&t2, &n2))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    match r {
+                        Ok(()) => {
+                            tracing::info!(target_index = i, event = ?news.event, "notification sent");
+                            return;
+                        }
+                        Err(e) if attempt == ATTEMPTS => {
+                            tracing::warn!(target_index = i, event = ?news.event, "notification not delivered after {ATTEMPTS} attempts: {e}");
+                        }
+                        Err(e) => {
+                            tracing::debug!(
+                                target_index = i,
+                                attempt,
+                                "notification not delivered yet: {e}"
+                            );
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(MAX_WAIT);
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// One delivery to one target: the webhook, then the command.
+fn deliver(t: &NotifySection, news: &News) -> Result<(), String> {
+    if !t.url.is_empty() {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(15)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let body = serde_json::json!({
+            "text": news.text,
+            "event": news.event,
+            "beamline": news.beamline,
+            "stack": news.stack,
+            "subject": news.subject,
+        });
+        let res = agent
+            .post(&t.url)
+            .send_json(&body)
+            .map_err(|e| format!("{}: {e}", t.url))?;
+        let code = res.status().as_u16();
+        if !(200..300).contains(&code) {
+            return Err(format!("{} answered {code}", t.url));
+        }
+    }
+    if !t.argv.is_empty() {
+        let argv = beamflow_config::argv::fill_all(&t.argv, &|k| {
+            (k == "subject").then(|| news.subject.clone())
+        });
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(news.text.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} exited {}: {}",
+                argv[0],
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Notifications against a real HTTP receiver on 127.0.0.1: one message per stack and event
+//! (a held stack, a FAILED DAG, a done DAG, a silent watch root), however often the daemon
+//! asks and across a restart; a receiver that fails once gets the message on a retry.
+
+use beamflow_e2e::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A webhook receiver: records every request's JSON body and whether it was answered 200.
+/// The first request is answered 500, as a receiver that hiccups.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<(bool, serde_json::Value)>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let got: Arc<Mutex<Vec<(bool, serde_json::Value)>>> = Arc::default();
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut len = 0usize;
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                let mut all = g.lock().unwrap();
+                let ok = !all.is_empty();
+                all.push((ok, json));
+                let status = if ok {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { port, got }
+    }
+
+    /// Delivered messages of `event` (answered 200).
+    fn delivered(&self, event: &str) -> Vec<serde_json::Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(ok, j)| *ok && j["event"] == event)
+            .map(|(_, j)| j.clone())
+            .collect()
+    }
+}
+
+#[test]
+fn one_message_per_stack_and_event_through_a_real_webhook() {
+    let hook = Receiver::start();
+    let site = Site::new("1s", "alarm_after = \"2s\"");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    site.edit_config("outcome_every = \"30s\"", "outcome_every = \"300ms\"");
+    site.append_config(&format!(
+        "[[notify]]\nurl = \"http://127.0.0.1:{}/hook\"\nevents = [\"held\", \"failed\", \"done\", \"silent\"]\n",
+        hook.port
+    ));
+    let _service = site.start_service();
+    let mut agent = site.start_agent();
+    site.write_stack("good", 3, 32);
+    let bad = site.write_stack("bad", 3, 32);
+    site.blank(&bad.join("S_0001.tif"), 32);
+    let broken = site.incoming().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for i in 0..3 {
+        std::fs::write(broken.join(format!("S_{i:04}.tif")), b"not a tiff at all").unwrap();
+    }
+
+    let start = Instant::now();
+    while ["held", "failed", "done", "silent"]
+        .iter()
+        .any(|e| hook.delivered(e).is_empty())
+    {
+        assert!(
+            start.elapsed() < LONG,
+            "{:?}\n{}",
+            hook.got.lock().unwrap(),
+            site.log_tail("agent.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // the daemon keeps asking about the failed DAG, and a restart reads the journal afresh:
+    // neither sends anything twice
+    std::thread::sleep(Duration::from_secs(2));
+    agent.term();
+    let _agent = site.start_agent();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let failed = hook.delivered("failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let text = failed[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("stack bad") && text.contains("FAILED"),
+        "{text}"
+    );
+    assert!(text.contains("beamflow-collector retry --config"), "{text}");
+    assert_eq!(failed[0]["stack"], "bad");
+    let done = hook.delivered("done");
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["stack"], "good");
+    let held = hook.delivered("held");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(
+        held[0]["text"].as_str().unwrap().contains("stack broken"),
+        "{held:?}"
+    );
+    let silent = hook.delivered("silent");
+    assert_eq!(silent.len(), 1, "{silent:?}");
+    assert!(silent[0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("nothing arrived in"));
+    // the first request was refused, and its message still arrived, once
+    let all = hook.got.lock().unwrap().clone();
+    assert!(!all[0].0);
+    let refused = &all[0].1;
+    assert_eq!(
+        all.iter().filter(|(ok, j)| *ok && j == refused).count(),
+        1,
+        "{all:?}"
+    );
+}
