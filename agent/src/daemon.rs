@@ -77,6 +77,8 @@ pub struct Daemon {
     asking: bool,
     /// What `[agent] metrics_file` gets.
     metrics: crate::metrics::Metrics,
+    /// A stack's results are being fetched: no second fetch until it ends.
+    fetching: bool,
     /// Where news goes (`[[notify]]`); none without targets.
     news: Option<crate::news::Post>,
     /// Since when the SSH master has been down (for `link_down` news).
@@ -122,6 +124,7 @@ pub async fn run(
         discards_pending: true,
         asking: false,
         metrics: crate::metrics::Metrics::new(),
+        fetching: false,
         news: None,
         down_since: None,
         activity: Vec::new(),
@@ -278,6 +281,37 @@ impl Daemon {
                     .collect()
             });
             let _ = tx.send(Msg::Outcomes(answer));
+        });
+        Ok(())
+    }
+
+    /// Fetches the results of the first done stack that has some to fetch, off the loop.
+    async fn fetch_results(&mut self) -> Result<()> {
+        let Some(root) = self.cfg.agent.results_dir.clone() else {
+            return Ok(());
+        };
+        if self.fetching {
+            return Ok(());
+        }
+        let Some((id, remote, name, version)) = self.journal.results_pending()?.into_iter().next()
+        else {
+            return Ok(());
+        };
+        let ctl = match self.master.as_mut() {
+            Some(_) if self.master_down => return Ok(()),
+            Some(m) => match m.ensure().await {
+                Ok(ctl) => Some(ctl),
+                Err(_) => return Ok(()),
+            },
+            None => None,
+        };
+        self.fetching = true;
+        let (cfg, tx) = (self.cfg.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let dir = root.join(&name).join(format!("v{version}"));
+            let r = crate::results::fetch(&cfg, ctl.as_deref(), remote, &dir)
+                .map(|(n, b)| (n, b, dir.display().to_string()));
+            let _ = tx.send(Msg::Results(id, remote, r));
         });
         Ok(())
     }
@@ -578,7 +612,32 @@ impl Daemon {
             }
             Msg::Done(dir, report) => self.finished(dir, *report)?,
             Msg::Discarded(id, outcome) => self.discarded(id, outcome)?,
-            Msg::Outcomes(answer) => self.outcomes(answer)?,
+            Msg::Outcomes(answer) => {
+                self.outcomes(answer)?;
+                self.fetch_results().await?;
+            }
+            Msg::Results(id, remote, r) => {
+                self.fetching = false;
+                match r {
+                    Ok((n, bytes, dir)) => {
+                        let text = format!(
+                            "results: {n} file(s), {} in {dir}",
+                            crate::status::human_bytes(bytes)
+                        );
+                        tracing::info!(remote, "{text}");
+                        self.journal.set_results(id, remote, &text, true)?;
+                    }
+                    Err(e) => {
+                        tracing::warn!(remote, "results not fetched yet: {e}");
+                        self.journal.set_results(
+                            id,
+                            remote,
+                            &format!("results: not yet: {e}"),
+                            false,
+                        )?;
+                    }
+                }
+            }
         }
         Ok(())
     }

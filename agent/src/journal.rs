@@ -82,6 +82,8 @@ pub struct StackRecord {
     /// Where its DAG is, as the collector last said (`running 2/5`, `done`, `FAILED: …`);
     /// empty until asked.
     pub outcome: String,
+    /// What was fetched home of its results (or why not yet); empty: nothing to fetch.
+    pub results: String,
 }
 
 /// One file of a stack's current version.
@@ -118,7 +120,9 @@ CREATE TABLE IF NOT EXISTS stacks (
     send_secs REAL NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL,
     outcome TEXT NOT NULL DEFAULT '',
-    outcome_final INTEGER NOT NULL DEFAULT 0
+    outcome_final INTEGER NOT NULL DEFAULT 0,
+    results TEXT NOT NULL DEFAULT '',
+    results_done INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS news (
     key TEXT PRIMARY KEY,
@@ -139,24 +143,36 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// A journal from before outcomes were kept gets their columns (empty: not asked yet).
-fn add_outcome_columns(conn: &Connection) -> rusqlite::Result<()> {
-    if has_outcome(conn)? {
-        return Ok(());
+/// Columns added after the first journals were written, with what an older row holds.
+const LATER_COLUMNS: &[(&str, &str)] = &[
+    ("outcome", "TEXT NOT NULL DEFAULT ''"),
+    ("outcome_final", "INTEGER NOT NULL DEFAULT 0"),
+    ("results", "TEXT NOT NULL DEFAULT ''"),
+    ("results_done", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// The later columns an older journal lacks.
+fn missing_columns(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, &'static str)>> {
+    let mut out = Vec::new();
+    for (name, decl) in LATER_COLUMNS {
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        if n == 0 {
+            out.push((*name, *decl));
+        }
     }
-    conn.execute_batch(
-        "ALTER TABLE stacks ADD COLUMN outcome TEXT NOT NULL DEFAULT '';
-         ALTER TABLE stacks ADD COLUMN outcome_final INTEGER NOT NULL DEFAULT 0;",
-    )
+    Ok(out)
 }
 
-fn has_outcome(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = 'outcome'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
+/// A journal from before those columns gets them (empty: not asked yet).
+fn add_later_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (name, decl) in missing_columns(conn)? {
+        conn.execute_batch(&format!("ALTER TABLE stacks ADD COLUMN {name} {decl};"))?;
+    }
+    Ok(())
 }
 
 impl Journal {
@@ -175,7 +191,7 @@ impl Journal {
                 .pragma_update(None, "journal_mode", "WAL")
                 .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
                 .and_then(|_| conn.execute_batch(SCHEMA))
-                .and_then(|_| add_outcome_columns(&conn));
+                .and_then(|_| add_later_columns(&conn));
             match r {
                 Ok(()) => break,
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -217,12 +233,21 @@ impl Journal {
             empty.execute_batch(SCHEMA)?;
             return Ok(Journal { conn: empty });
         }
-        if !has_outcome(&conn)? {
+        let missing = missing_columns(&conn)?;
+        if !missing.is_empty() {
             // written by an older agent that no daemon of this version opened yet: a
             // temporary view lends it the columns, empty, without writing the file
-            conn.execute_batch(
-                "CREATE TEMP VIEW stacks AS SELECT *, '' AS outcome, 0 AS outcome_final FROM main.stacks;",
-            )?;
+            let extra: Vec<String> = missing
+                .iter()
+                .map(|(n, d)| {
+                    let v = if d.starts_with("TEXT") { "''" } else { "0" };
+                    format!("{v} AS {n}")
+                })
+                .collect();
+            conn.execute_batch(&format!(
+                "CREATE TEMP VIEW stacks AS SELECT *, {} FROM main.stacks;",
+                extra.join(", ")
+            ))?;
         }
         Ok(Journal { conn })
     }
@@ -243,6 +268,7 @@ impl Journal {
             bytes: r.get::<_, i64>(11)? as u64,
             send_secs: r.get(12)?,
             outcome: r.get(13)?,
+            results: r.get(14)?,
         })
     }
 
@@ -250,7 +276,7 @@ impl Journal {
         "SELECT s.id, s.dir, s.name, s.workflow, s.version, s.state, s.reason, s.remote_id,
         s.bytes_sent, s.updated_at,
         (SELECT COUNT(*) FROM files f WHERE f.stack_id = s.id),
-        (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.stack_id = s.id), s.send_secs, s.outcome
+        (SELECT COALESCE(SUM(size), 0) FROM files f WHERE f.stack_id = s.id), s.send_secs, s.outcome, s.results
         FROM stacks s";
 
     /// Every stack, oldest first.
@@ -402,7 +428,7 @@ impl Journal {
     ) -> Result<(), JournalError> {
         check_move(&self.conn, id, StackState::Submitted)?;
         self.conn.execute(
-            "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0 WHERE id = ?1",
+            "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0, results = '', results_done = 0 WHERE id = ?1",
             params![id, remote_id, reason, now()],
         )?;
         Ok(())
@@ -443,6 +469,35 @@ impl Journal {
             params![id, remote_id, outcome, is_final as i64],
         )?;
         Ok(n > 0)
+    }
+
+    /// Stacks whose DAG is done and whose results are not home yet: (journal id, remote id,
+    /// name, version).
+    pub fn results_pending(&self) -> Result<Vec<(i64, i64, String, u32)>, JournalError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, remote_id, name, version FROM stacks WHERE state = 'submitted' AND remote_id IS NOT NULL
+             AND outcome = 'done' AND results_done = 0 ORDER BY id",
+        )?;
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Records what was fetched of a stack's results (`done`: nothing more to fetch), if the
+    /// stack is still at that remote id.
+    pub fn set_results(
+        &mut self,
+        id: i64,
+        remote_id: i64,
+        text: &str,
+        done: bool,
+    ) -> Result<(), JournalError> {
+        self.conn.execute(
+            "UPDATE stacks SET results = ?3, results_done = ?4 WHERE id = ?1 AND remote_id = ?2",
+            params![id, remote_id, text, done as i64],
+        )?;
+        Ok(())
     }
 
     /// Starts the next version of a submitted stack whose files changed.

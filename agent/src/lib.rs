@@ -20,6 +20,7 @@ pub mod news;
 pub mod notify;
 pub mod outcome;
 pub mod push;
+pub mod results;
 pub mod root;
 pub mod scan;
 pub mod setup;

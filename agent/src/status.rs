@@ -40,7 +40,11 @@ pub fn table(stacks: &[StackRecord]) -> String {
                 .unwrap_or_else(|| "-".into()),
             // where the collector's DAG is, once the daemon asked over the link
             if s.state == crate::journal::StackState::Submitted && !s.outcome.is_empty() {
-                s.outcome.clone()
+                if s.results.is_empty() {
+                    s.outcome.clone()
+                } else {
+                    format!("{}; {}", s.outcome, s.results)
+                }
             } else {
                 "-".into()
             },

@@ -24,6 +24,8 @@ pub enum Msg {
     /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
     /// or why it could not be asked.
     Outcomes(Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>),
+    /// Fetching a stack's results ended: (journal id, remote id, files and bytes, or why not).
+    Results(i64, i64, Result<(usize, u64, String), String>),
 }
 
 /// Watches `roots` recursively. Returns the watcher (dropping it stops events) and the roots

@@ -9,12 +9,14 @@
 //! - the batch systems ([`scheduler`]) behind one trait, used by the service.
 //!
 //! The operator's commands ([`cli`]) read through the API, never the database file;
-//! [`doctor`] checks what a login node needs, one line per check.
+//! [`doctor`] checks what a login node needs, one line per check; [`results`] lists and streams
+//! the files a workflow returns to the beamline.
 
 pub use beamflow_protocol::api;
 pub mod cli;
 pub mod doctor;
 pub mod launcher;
 pub mod receive;
+pub mod results;
 pub mod scheduler;
 pub mod service;

@@ -157,6 +157,20 @@ enum Cmd {
         #[arg(required = true)]
         ids: Vec<u64>,
     },
+    /// The files a stack version's workflow returns (`return` globs): listed with BLAKE3, or
+    /// one streamed to stdout. The agent runs this over its link to fetch results home.
+    Results {
+        #[arg(long, env = "BEAMFLOW_CONFIG")]
+        config: PathBuf,
+        /// Machine-readable listing (one JSON list).
+        #[arg(long)]
+        json: bool,
+        /// Stream this result file (a path the listing names) to stdout.
+        #[arg(long)]
+        cat: Option<String>,
+        /// The stack version id.
+        id: u64,
+    },
     /// Run by `doctor --probe` on a compute node: calls the service at its advertised
     /// address and says whether that worked.
     #[command(hide = true)]
@@ -343,6 +357,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 for o in &outcomes {
                     sayln!("{}  {}", o.id, o.line());
+                }
+            }
+        }
+        Cmd::Results {
+            config,
+            json,
+            cat,
+            id,
+        } => {
+            let cfg = load(&config)?;
+            match cat {
+                Some(path) => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+                    beamflow_collector::results::cat(&cfg, id, &path, &mut out)?;
+                }
+                None => {
+                    let files = beamflow_collector::results::list(&cfg, id)?;
+                    if json {
+                        sayln!("{}", serde_json::to_string(&files)?);
+                    } else {
+                        for f in &files {
+                            sayln!("{}  {}  {}", f.blake3, f.size, f.path);
+                        }
+                    }
                 }
             }
         }

@@ -105,6 +105,9 @@ pub struct AgentSection {
     /// Where the daemon writes its metrics in node-exporter's textfile format (the agent
     /// listens on no port; point the textfile collector's folder here). Empty: none.
     pub metrics_file: Option<PathBuf>,
+    /// Where results a workflow returns are fetched to, `<results_dir>/<stack>/v<version>/`
+    /// (verified with BLAKE3). Empty: nothing is fetched.
+    pub results_dir: Option<PathBuf>,
 }
 
 impl AgentSection {
@@ -149,6 +152,7 @@ impl Default for AgentSection {
             name: String::new(),
             outcome_every: Dur::secs(30),
             metrics_file: None,
+            results_dir: None,
             state_dir: PathBuf::from("state"),
             rescan: Dur::secs(300),
             retry_initial: Dur::secs(1),
@@ -812,6 +816,9 @@ impl Config {
         };
         fix(&mut self.agent.state_dir);
         if let Some(p) = self.agent.metrics_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.agent.results_dir.as_mut() {
             fix(p);
         }
         for w in &mut self.watch {

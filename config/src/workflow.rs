@@ -31,6 +31,10 @@ pub struct Workflow {
     /// `to_8bit`, parsed (set when the config loads).
     #[serde(skip)]
     pub window: To8Bit,
+    /// Results the beamline fetches home once the DAG is done: globs relative to the stack
+    /// version's work folder (`["aligned/*.tif", "qa.json"]`); empty: none.
+    #[serde(default, rename = "return")]
+    pub returns: Vec<String>,
 }
 
 /// The window that maps a stack's deeper sections to 0..255.
@@ -171,6 +175,17 @@ impl Workflow {
     /// Checks names, parents, cycles and commands, and splits each command into its words;
     /// on error returns (key, message).
     pub(crate) fn validate(&mut self, wf: &str) -> Result<(), (String, String)> {
+        for (i, g) in self.returns.iter().enumerate() {
+            let inside = !g.starts_with('/') && !g.split('/').any(|c| c == "..");
+            if !inside || glob::Pattern::new(g).is_err() {
+                return Err((
+                    format!("return[{i}]"),
+                    format!(
+                        "\"{g}\" must be a glob inside the work folder, like \"aligned/*.tif\""
+                    ),
+                ));
+            }
+        }
         self.window = self
             .to_8bit
             .parse()
@@ -338,6 +353,7 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         schedule: default_schedule(),
         to_8bit: default_to_8bit(),
         window: To8Bit::default(),
+        returns: Vec::new(),
     };
     vec![
         ("qa".into(), wf(vec![qa.clone()])),
@@ -400,6 +416,7 @@ mod tests {
             schedule: String::new(),
             to_8bit: default_to_8bit(),
             window: To8Bit::default(),
+            returns: Vec::new(),
         };
         assert!(wf.validate("w").unwrap_err().1.contains("cycle"));
         wf.steps[0].after = vec!["zzz".into()];

@@ -367,6 +367,17 @@ impl DagOutcome {
     }
 }
 
+/// One result file a workflow returns (`beamflow-collector results --json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResultFile {
+    /// Relative to the stack version's work folder.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// BLAKE3, hex.
+    pub blake3: String,
+}
+
 /// `POST /v1/received`: what one `serve` session received, for the service's metrics.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Received {
