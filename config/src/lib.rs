@@ -375,6 +375,12 @@ pub struct CollectorSection {
     pub beamlines: Vec<String>,
     /// The beamline that stacks registered before beamlines existed are filed under.
     pub legacy_beamline: String,
+    /// Remove a stack version's received copy and work folder this long after its DAG
+    /// finished (never earlier); empty: keep everything.
+    pub keep: Option<Dur>,
+    /// With `keep`: remove FAILED (or killed) stack versions too, that long after their last
+    /// change. Off: they stay for a person.
+    pub remove_failed: bool,
 }
 
 impl Default for CollectorSection {
@@ -387,6 +393,8 @@ impl Default for CollectorSection {
             direct_io: true,
             beamlines: Vec::new(),
             legacy_beamline: "default".into(),
+            keep: None,
+            remove_failed: false,
         }
     }
 }

@@ -397,9 +397,14 @@ fn page_view(st: &AppState) -> Result<super::page::View, String> {
         .map_err(|_| "database lock poisoned".to_string())?;
     let e = |e: DbError| e.to_string();
     let mut stacks = Vec::new();
+    let freed = db.freed_stacks().map_err(e)?;
     for s in db.recent_stacks(50).map_err(e)? {
         let jobs = db.dag(s.id).map_err(e)?;
-        let o = super::outcome::summarize(s.id, &jobs, &config);
+        let mut o = super::outcome::summarize(s.id, &jobs, &config);
+        if let Some(b) = freed.get(&s.id) {
+            // shown beside the DAG's word: its files are gone from this host
+            o.state = format!("{} (freed {b} bytes)", o.state);
+        }
         stacks.push((s, o));
     }
     let launchers = db
@@ -766,6 +771,12 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
         notes.push(format!(
             "job {} ({} of {}/{}) is FAILED: {}; after fixing it: beamflow-collector retry --config {config} {}",
             j.id, j.name, j.beamline, j.stack, j.reason, j.id
+        ));
+    }
+    let (versions, bytes) = db.freed().map_err(internal)?;
+    if versions > 0 {
+        notes.push(format!(
+            "retention: {versions} stack version(s) freed, {bytes} bytes (`[collector] keep`)"
         ));
     }
     Ok(Json(StatusResponse {

@@ -37,6 +37,9 @@ pub enum DbError {
         /// By what.
         trigger: String,
     },
+    /// Another thread panicked while it held the database.
+    #[error("the database lock is poisoned (a thread panicked holding it); restart the service")]
+    Poisoned,
     /// The same stack version was submitted before with other files.
     #[error("stack {stack} version {version} was already submitted with different files; a changed stack must come as a new version")]
     Conflict {
@@ -109,6 +112,15 @@ CREATE TABLE IF NOT EXISTS launchers (
     ended_at TEXT,
     slots INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS removals (
+    id INTEGER PRIMARY KEY,
+    stack_id INTEGER NOT NULL REFERENCES stacks(id),
+    at TEXT NOT NULL,
+    what TEXT NOT NULL,
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS removals_by_stack ON removals(stack_id);
 ";
 
 /// The `stacks` table's definition from [`SCHEMA`], under another name: the migration builds

@@ -95,6 +95,8 @@ pub struct Engine {
     collector: String,
     /// Each stack version's preparation: its snapshot never changes, so neither does this.
     prepared: Mutex<HashMap<u64, std::result::Result<Prepared, String>>>,
+    /// When retention last looked (on the engine's clock).
+    last_sweep: Mutex<Option<std::time::SystemTime>>,
 }
 
 impl Engine {
@@ -140,7 +142,26 @@ impl Engine {
             notes: Mutex::new(Vec::new()),
             collector: collector_exe(),
             prepared: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(None),
         }
+    }
+
+    /// Applies `[collector] keep` at most once a minute (on the engine's clock).
+    pub fn retention(&self) -> Result<usize> {
+        if self.cfg.collector.keep.is_none() {
+            return Ok(0);
+        }
+        let now = self.clock.now();
+        {
+            let mut last = self.last_sweep.lock().map_err(|_| EngineError::Poisoned)?;
+            let every =
+                std::time::Duration::from_secs(60).min(self.cfg.service.poll_interval.0 * 5);
+            if last.is_some_and(|t| now.duration_since(t).unwrap_or_default() < every) {
+                return Ok(0);
+            }
+            *last = Some(now);
+        }
+        Ok(super::retention::sweep(&self.db, &self.cfg, now)?)
     }
 
     fn db(&self) -> Result<MutexGuard<'_, Db>> {
@@ -179,6 +200,9 @@ impl Engine {
         if watch {
             if let Err(e) = self.watch_launchers() {
                 errors.push(("watching launchers", e));
+            }
+            if let Err(e) = self.retention() {
+                errors.push(("applying retention", e));
             }
         }
         let mut notes = Vec::new();

@@ -6,7 +6,7 @@
 //! writes), [`job`] and [`launchers`] (the two lifecycles as data), [`engine`] (reacting to
 //! [`wake`]'s bells), [`dag`], [`prepare`], [`names`], [`to8bit`], [`image`], [`check`],
 //! [`fault`] and [`qa`] (what a stack's jobs are, their work folder and their checks),
-//! [`outcome`] (a DAG in one word, for the beamline), [`metrics`] (`/metrics`), [`page`] (the status page).
+//! [`outcome`] (a DAG in one word, for the beamline), [`metrics`] (`/metrics`), [`page`] (the status page), [`retention`] (`[collector] keep`).
 
 pub mod address;
 pub mod api;
@@ -26,6 +26,7 @@ pub mod outcome;
 pub mod page;
 pub mod prepare;
 pub mod qa;
+pub mod retention;
 pub mod tls;
 pub mod to8bit;
 pub mod wake;

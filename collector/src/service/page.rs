@@ -151,7 +151,11 @@ pub fn render(v: &View, now: SystemTime) -> String {
             id = j.id
         ));
     }
-    for n in v.notes.iter().filter(|n| !n.contains(" is FAILED: ")) {
+    for n in v
+        .notes
+        .iter()
+        .filter(|n| !n.contains(" is FAILED: ") && !n.starts_with("retention:"))
+    {
         person.push(esc(n));
     }
     for (b, last) in &v.beamlines {
