@@ -285,6 +285,66 @@ impl Daemon {
         Ok(())
     }
 
+    /// `delete_after = "verified+done"`: removes the images of stacks the collector verified
+    /// and whose DAG is done (results home first, when they are fetched). Only the journaled
+    /// files, each still the size and time it had when it was hashed and verified, are
+    /// removed; a file that changed since stays, and so does anything else in the folder.
+    fn free_done(&mut self) -> Result<()> {
+        if !self
+            .cfg
+            .watch
+            .iter()
+            .any(|w| w.delete_after == "verified+done")
+        {
+            return Ok(());
+        }
+        let results = self.cfg.agent.results_dir.is_some();
+        for rec in self.journal.freeable(results)? {
+            let dir = PathBuf::from(&rec.dir);
+            let Some(ri) = self.root_of(&dir) else {
+                continue;
+            };
+            if self.roots[ri].section.delete_after != "verified+done" {
+                continue;
+            }
+            let files = self.journal.files(rec.id)?;
+            if files.is_empty() || files.iter().any(|f| !f.sent) {
+                continue;
+            }
+            let mut removed = Vec::new();
+            let mut kept = 0;
+            for f in &files {
+                let p = dir.join(&f.name);
+                let same = std::fs::symlink_metadata(&p).is_ok_and(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.file_type().is_file()
+                        && m.len() == f.size
+                        && m.mtime() * 1_000_000_000 + m.mtime_nsec() == f.mtime_ns
+                });
+                if same && std::fs::remove_file(&p).is_ok() {
+                    removed.push((p.display().to_string(), f.size));
+                } else {
+                    kept += 1;
+                }
+            }
+            if dir != self.roots[ri].canon {
+                let _ = std::fs::remove_dir(&dir); // only when nothing else is left in it
+            }
+            let bytes: u64 = removed.iter().map(|r| r.1).sum();
+            let mut reason = format!(
+                "freed {} file(s), {}: the collector verified them and the DAG is done",
+                removed.len(),
+                crate::status::human_bytes(bytes)
+            );
+            if kept > 0 {
+                reason.push_str(&format!("; {kept} changed since and stayed"));
+            }
+            tracing::info!(stack = %rec.name, files = removed.len(), bytes, "{reason}");
+            self.journal.freed(rec.id, &removed, &reason)?;
+        }
+        Ok(())
+    }
+
     /// Fetches the results of the first done stack that has some to fetch, off the loop.
     async fn fetch_results(&mut self) -> Result<()> {
         let Some(root) = self.cfg.agent.results_dir.clone() else {
@@ -615,6 +675,7 @@ impl Daemon {
             Msg::Outcomes(answer) => {
                 self.outcomes(answer)?;
                 self.fetch_results().await?;
+                self.free_done()?;
             }
             Msg::Results(id, remote, r) => {
                 self.fetching = false;
@@ -654,7 +715,7 @@ impl Daemon {
         };
         if matches!(
             rec.state,
-            StackState::Submitted | StackState::Gone | StackState::Discarding
+            StackState::Submitted | StackState::Gone | StackState::Discarding | StackState::Freed
         ) {
             return Ok(());
         }
@@ -843,6 +904,16 @@ impl Daemon {
         };
         let t = self.stacks.get_mut(dir).expect("tracked");
         match rec.state {
+            StackState::Freed => {
+                // images again where a freed stack was: they make its next version
+                if t.scan.images.is_empty() {
+                    return Ok(());
+                }
+                let v = self.journal.next_version(rec.id)?;
+                t.last_change = now;
+                tracing::info!(stack = %name, version = v, "images arrived where a freed stack was; this becomes a new version");
+                Ok(())
+            }
             StackState::Submitted => {
                 let files = self.journal.files(rec.id)?;
                 if same_files(&t.scan, &files) || t.ignored {

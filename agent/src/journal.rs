@@ -124,6 +124,12 @@ CREATE TABLE IF NOT EXISTS stacks (
     results TEXT NOT NULL DEFAULT '',
     results_done INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS removals (
+    stack_id INTEGER NOT NULL REFERENCES stacks(id),
+    at TEXT NOT NULL,
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS news (
     key TEXT PRIMARY KEY,
     at TEXT NOT NULL
@@ -431,6 +437,48 @@ impl Journal {
             "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0, results = '', results_done = 0 WHERE id = ?1",
             params![id, remote_id, reason, now()],
         )?;
+        Ok(())
+    }
+
+    /// Submitted stacks whose DAG is done and whose results are home (or none are fetched):
+    /// what `delete_after` may free.
+    pub fn freeable(&self, results: bool) -> Result<Vec<StackRecord>, JournalError> {
+        Ok(self
+            .stacks()?
+            .into_iter()
+            .filter(|s| s.state == StackState::Submitted && s.outcome == "done")
+            .filter(|s| {
+                !results
+                    || s.results.starts_with("results: ")
+                        && !s.results.starts_with("results: not yet")
+            })
+            .collect())
+    }
+
+    /// Records the images removed from this host and marks the stack freed, in one
+    /// transaction.
+    pub fn freed(
+        &mut self,
+        id: i64,
+        removed: &[(String, u64)],
+        reason: &str,
+    ) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_move(&tx, id, StackState::Freed)?;
+        let at = now();
+        for (path, bytes) in removed {
+            tx.execute(
+                "INSERT INTO removals (stack_id, at, path, bytes) VALUES (?1, ?2, ?3, ?4)",
+                params![id, at, path, *bytes as i64],
+            )?;
+        }
+        tx.execute(
+            "UPDATE stacks SET state = 'freed', reason = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, reason, at],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 

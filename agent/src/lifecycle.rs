@@ -28,6 +28,10 @@ pub enum StackState {
     /// The folder disappeared before the stack was submitted; nothing of it is left at the
     /// collector. A folder that appears again under the same name starts over.
     Gone,
+    /// Submitted, its DAG done, and its images removed from this host (`delete_after`):
+    /// every one had been verified at the collector. Images that arrive again start a new
+    /// version.
+    Freed,
 }
 
 /// Every state's stored name, for exports that list each state even when no stack is in it.
@@ -40,6 +44,7 @@ pub const STATE_NAMES: &[&str] = &[
     "submitted",
     "discarding",
     "gone",
+    "freed",
 ];
 
 impl StackState {
@@ -54,6 +59,7 @@ impl StackState {
             StackState::Submitted => "submitted",
             StackState::Discarding => "discarding",
             StackState::Gone => "gone",
+            StackState::Freed => "freed",
         }
     }
     /// The state a stored name stands for (an unknown one is `waiting`: decided again).
@@ -66,12 +72,13 @@ impl StackState {
             "submitted" => StackState::Submitted,
             "discarding" => StackState::Discarding,
             "gone" => StackState::Gone,
+            "freed" => StackState::Freed,
             _ => StackState::Waiting,
         }
     }
 }
 
-use StackState::{Discarding, Gone, Held, Queued, Sending, Sent, Submitted, Waiting};
+use StackState::{Discarding, Freed, Gone, Held, Queued, Sending, Sent, Submitted, Waiting};
 
 /// Every legal move between two different states; staying in a state with a new reason is
 /// always allowed.
@@ -116,6 +123,10 @@ pub const MOVES: &[(StackState, StackState)] = &[
     (Gone, Waiting),
     (Gone, Held),
     (Gone, Queued),
+    // the beamline freed its disk once the far side verified every file and the DAG was done;
+    // images arriving again make a new version
+    (Submitted, Freed),
+    (Freed, Waiting),
 ];
 
 /// Whether the table allows `from` → `to`.

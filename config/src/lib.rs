@@ -219,6 +219,11 @@ pub struct WatchSection {
     /// all day. Only silence inside these hours counts.
     #[serde(default)]
     pub active_hours: String,
+    /// `"verified+done"`: remove a stack's images from this host once the collector verified
+    /// every one and its DAG is done (and its results are home, when `results_dir` is set).
+    /// Empty (the default): never.
+    #[serde(default)]
+    pub delete_after: String,
 }
 
 fn default_pattern() -> String {
@@ -635,6 +640,17 @@ impl Config {
             }
         }
         for (i, w) in cfg.watch.iter().enumerate() {
+            if !matches!(w.delete_after.as_str(), "" | "verified+done") {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, "delete_after").unwrap_or(1),
+                    key: format!("key `watch[{i}].delete_after`: "),
+                    message: format!(
+                        "\"{}\" is not a rule; write \"verified+done\" (or leave it out to keep every image)",
+                        w.delete_after
+                    ),
+                });
+            }
             if let Err(e) = notify::parse_hours(&w.active_hours) {
                 return Err(ConfigError::Invalid {
                     path: path.to_path_buf(),

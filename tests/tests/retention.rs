@@ -72,3 +72,52 @@ fn keep_removes_only_what_finished_and_never_what_failed() {
         .unwrap_or_else(|| panic!("{notes:?}"));
     assert!(freed.contains("1 stack version(s) freed"), "{freed}");
 }
+
+#[test]
+fn the_beamline_frees_its_disk_only_after_the_far_side_verified_and_the_dag_is_done() {
+    let site = Site::new("1s", "delete_after = \"verified+done\"");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    site.edit_config("outcome_every = \"30s\"", "outcome_every = \"300ms\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let good = site.write_stack("good", 3, 32);
+    let copy = site.dir.join("copy-of-good");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&good).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let bad = site.write_stack("bad", 3, 32);
+    site.blank(&bad.join("S_0001.tif"), 32);
+
+    let start = Instant::now();
+    while site.stack("good").is_none_or(|s| s["state"] != "freed") {
+        assert!(
+            start.elapsed() < LONG,
+            "{:?}\n{}",
+            site.status(),
+            site.log_tail("agent.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let s = site.stack("good").unwrap();
+    assert!(
+        s["reason"].as_str().unwrap().starts_with("freed 3 file(s)"),
+        "{s}"
+    );
+    assert!(!good.exists(), "the emptied stack folder goes too");
+    // the collector holds every byte of what the beamline removed
+    assert_same_tree(&copy, &site.remote().join("good"));
+    // a stack whose DAG failed keeps its images for a person
+    let start = Instant::now();
+    while site
+        .stack("bad")
+        .is_none_or(|s| !s["outcome"].as_str().unwrap_or("").starts_with("FAILED"))
+    {
+        assert!(start.elapsed() < LONG, "{:?}", site.status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(std::fs::read_dir(&bad).unwrap().count(), 3);
+    assert_eq!(site.stack("bad").unwrap()["state"], "submitted");
+}
