@@ -79,6 +79,12 @@ fn one_message_per_stack_and_event_through_a_real_webhook() {
         "[[notify]]\nurl = \"http://127.0.0.1:{}/hook\"\nevents = [\"held\", \"failed\", \"done\", \"silent\"]\n",
         hook.port
     ));
+    // a mail command, run without a shell of its own: here a script that files each message
+    let mailbox = site.dir.join("mailbox");
+    site.append_config(&format!(
+        "[[notify]]\ncommand = \"sh -c 'printf \\\"%s\\\\n\\\" \\\"$1\\\" >> \\\"$0\\\"; cat >> \\\"$0\\\"; echo >> \\\"$0\\\"' {} {{subject}}\"\nevents = [\"failed\"]\n",
+        mailbox.display()
+    ));
     let _service = site.start_service();
     let mut agent = site.start_agent();
     site.write_stack("good", 3, 32);
@@ -134,6 +140,14 @@ fn one_message_per_stack_and_event_through_a_real_webhook() {
         .as_str()
         .unwrap()
         .contains("nothing arrived in"));
+    // the mail command got the failed stack's message once, its subject as an argument
+    let mail = std::fs::read_to_string(&mailbox).unwrap_or_default();
+    assert_eq!(mail.matches("beamflow: bl/bad FAILED").count(), 1, "{mail}");
+    assert_eq!(
+        mail.matches("the DAG of stack bad FAILED").count(),
+        1,
+        "{mail}"
+    );
     // the first request was refused, and its message still arrived, once
     let all = hook.got.lock().unwrap().clone();
     assert!(!all[0].0);
