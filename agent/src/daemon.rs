@@ -458,10 +458,21 @@ impl Daemon {
     /// Polls the SSH master between transfers, so that its loss is logged when it happens
     /// rather than when the next stack is ready.
     async fn watchdog(&mut self) {
-        let Some(m) = self.master.as_ref() else {
+        let mode = self.cfg.link.master;
+        let Some(m) = self.master.as_mut() else {
             return;
         };
-        let alive = m.alive().await;
+        let alive = if m.has_session() {
+            m.alive().await
+        } else {
+            match mode {
+                // a person's master: adopt it if it is there, so that its absence is news and
+                // its presence is not mistaken for a loss
+                beamflow_config::MasterMode::Adopt => m.ensure().await.is_ok(),
+                // the agent opens its own when it first needs it: nothing is lost before that
+                beamflow_config::MasterMode::Own => return,
+            }
+        };
         if !alive && !self.master_down {
             tracing::warn!("the SSH master is gone; stacks wait until it is back");
         }

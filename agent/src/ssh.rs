@@ -133,6 +133,11 @@ impl Master {
         }
     }
 
+    /// Whether a master was opened or adopted (and not yet found dead).
+    pub fn has_session(&self) -> bool {
+        self.session.is_some()
+    }
+
     /// Whether the master answers now (the watchdog's question).
     pub async fn alive(&self) -> bool {
         match &self.session {

@@ -2,6 +2,7 @@
 //! (a held stack, a FAILED DAG, a done DAG, a silent watch root), however often the daemon
 //! asks and across a restart; a receiver that fails once gets the message on a retry.
 
+use beamflow_e2e::sshd::Sshd;
 use beamflow_e2e::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
@@ -157,4 +158,49 @@ fn one_message_per_stack_and_event_through_a_real_webhook() {
         1,
         "{all:?}"
     );
+}
+
+#[test]
+fn a_link_down_longer_than_its_limit_is_one_message_naming_the_fix() {
+    let hook = Receiver::start();
+    let sshd = Sshd::start();
+    let site = Site::new("1s", "");
+    let ctl = sshd.dir.join("m.sock");
+    sshd.open_master(&ctl);
+    let link = sshd.link_toml(&site.config, "adopt", Some(&ctl), "1s");
+    site.edit_config("transport = \"local\"", &link);
+    site.append_config(&format!(
+        "[[notify]]\nurl = \"http://127.0.0.1:{}/hook\"\nevents = [\"link_down\"]\nlink_down_after = \"2s\"\n",
+        hook.port
+    ));
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    // the receiver refuses its first request: make that one a throwaway
+    let _ = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-d", "{}"])
+        .arg(format!("http://127.0.0.1:{}/warmup", hook.port))
+        .output();
+    // longer than link_down_after with the master up (and nothing to send yet): no news
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(hook.delivered("link_down").is_empty(), "the master is up");
+    assert!(
+        !site
+            .log_tail("agent.log")
+            .contains("the SSH master is gone"),
+        "{}",
+        site.log_tail("agent.log")
+    );
+    // the person's master ends: the agent waits for a login, and says so once
+    assert!(sshd.master(&ctl, "exit"));
+    let start = Instant::now();
+    while hook.delivered("link_down").is_empty() {
+        assert!(start.elapsed() < LONG, "{}", site.log_tail("agent.log"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let down = hook.delivered("link_down");
+    assert_eq!(down.len(), 1, "{down:?}");
+    let text = down[0]["text"].as_str().unwrap();
+    assert!(text.contains("beamflow-agent login"), "{text}");
+    assert!(text.contains("has been down for"), "{text}");
 }
