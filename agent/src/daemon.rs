@@ -43,6 +43,10 @@ struct Tracked {
     rehash: bool,
     /// When it was decided finished (for the stage latencies in the metrics).
     finished_at: Option<std::time::SystemTime>,
+    /// Nothing can move it until its files change (submitted, freed, gone, as the journal
+    /// said when it was last considered): the tick skips it, so an idle tree of many
+    /// submitted stacks costs no journal reads. Cleared by a change, and by the slow rescan.
+    quiet: bool,
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
@@ -652,6 +656,11 @@ impl Daemon {
     }
 
     fn full_rescan(&mut self) {
+        // the slow safety net looks at every stack again, quiet or not (a `push` of a watched
+        // folder may have moved one in the journal meanwhile)
+        for t in self.stacks.values_mut() {
+            t.quiet = false;
+        }
         let roots: Vec<PathBuf> = self.roots.iter().map(|r| r.canon.clone()).collect();
         for r in roots {
             self.walk_root(&r);
@@ -865,6 +874,7 @@ impl Daemon {
                             t.last_change = now;
                             t.ignored = false;
                             t.refused = false;
+                            t.quiet = false;
                         }
                         None => {
                             let t = Tracked {
@@ -880,6 +890,7 @@ impl Daemon {
                                 refused: false,
                                 rehash: false,
                                 finished_at: None,
+                                quiet: false,
                             };
                             self.stacks.insert(dir.clone(), t);
                         }
@@ -895,7 +906,12 @@ impl Daemon {
                 }
             }
         }
-        let dirs: Vec<PathBuf> = self.stacks.keys().cloned().collect();
+        let dirs: Vec<PathBuf> = self
+            .stacks
+            .iter()
+            .filter(|(_, t)| !t.quiet)
+            .map(|(d, _)| d.clone())
+            .collect();
         for dir in dirs {
             self.consider(&dir, now).await?;
         }
@@ -918,6 +934,7 @@ impl Daemon {
             StackState::Freed => {
                 // images again where a freed stack was: they make its next version
                 if t.scan.images.is_empty() {
+                    t.quiet = true;
                     return Ok(());
                 }
                 let v = self.journal.next_version(rec.id)?;
@@ -928,6 +945,7 @@ impl Daemon {
             StackState::Submitted => {
                 let files = self.journal.files(rec.id)?;
                 if same_files(&t.scan, &files) || t.ignored {
+                    t.quiet = true;
                     return Ok(());
                 }
                 // touched or rewritten with the same bytes: not a new version
