@@ -255,6 +255,16 @@ fn local_minute(t: std::time::SystemTime) -> u32 {
 }
 
 impl Daemon {
+    /// The link for a question on the side (outcomes, results): `Some(None)` for the local
+    /// transport, `Some(socket)` over a live SSH master, `None` while the master is down.
+    async fn side_link(&mut self) -> Option<Option<PathBuf>> {
+        match self.master.as_mut() {
+            Some(_) if self.master_down => None,
+            Some(m) => m.ensure().await.ok().map(Some),
+            None => Some(None),
+        }
+    }
+
     /// Asks the collector, off the loop, where the DAGs of submitted stacks are; the answer
     /// arrives as a message. Nothing is asked while the SSH master is down.
     async fn ask_outcomes(&mut self) -> Result<()> {
@@ -262,13 +272,8 @@ impl Daemon {
         if pending.is_empty() {
             return Ok(());
         }
-        let ctl = match self.master.as_mut() {
-            Some(_) if self.master_down => return Ok(()),
-            Some(m) => match m.ensure().await {
-                Ok(ctl) => Some(ctl),
-                Err(_) => return Ok(()),
-            },
-            None => None,
+        let Some(ctl) = self.side_link().await else {
+            return Ok(());
         };
         self.asking = true;
         let (cfg, tx) = (self.cfg.clone(), self.tx.clone());
@@ -361,13 +366,8 @@ impl Daemon {
         else {
             return Ok(());
         };
-        let ctl = match self.master.as_mut() {
-            Some(_) if self.master_down => return Ok(()),
-            Some(m) => match m.ensure().await {
-                Ok(ctl) => Some(ctl),
-                Err(_) => return Ok(()),
-            },
-            None => None,
+        let Some(ctl) = self.side_link().await else {
+            return Ok(());
         };
         self.fetching = true;
         let (cfg, tx) = (self.cfg.clone(), self.tx.clone());

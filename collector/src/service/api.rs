@@ -286,7 +286,10 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             super::metrics::CONTENT_TYPE,
         )],
-        super::metrics::global().render(&jobs, &launchers),
+        super::metrics::global().render(
+            (&jobs, super::job::STATE_NAMES),
+            (&launchers, super::launchers::STATE_NAMES),
+        ),
     ))
 }
 

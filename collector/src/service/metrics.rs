@@ -129,17 +129,14 @@ impl Metrics {
     }
 
     /// The text a scrape gets (Prometheus' text format 0.0.4), with the state gauges set from
-    /// `jobs` and `launchers` (state, count): states with none are written as 0, so a series
-    /// never just vanishes.
-    pub fn render(&self, jobs: &[(String, i64)], launchers: &[(String, i64)]) -> String {
-        for (family, now, all) in [
-            (&self.jobs, jobs, crate::service::job::STATE_NAMES),
-            (
-                &self.launchers,
-                launchers,
-                crate::service::launchers::STATE_NAMES,
-            ),
-        ] {
+    /// `jobs` and `launchers`: (state, count) and every state's name, so that states with
+    /// none are written as 0 and a series never just vanishes.
+    pub fn render(
+        &self,
+        jobs: (&[(String, i64)], &[&str]),
+        launchers: (&[(String, i64)], &[&str]),
+    ) -> String {
+        for (family, (now, all)) in [(&self.jobs, jobs), (&self.launchers, launchers)] {
             for name in all {
                 let n = now.iter().find(|(s, _)| s == name).map_or(0, |x| x.1);
                 family.with_label_values(&[name]).set(n);
