@@ -249,6 +249,15 @@ async fn list_jobs(
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+/// The service's config file as written in retry commands (unquoted; each command quotes it).
+fn config_path(st: &AppState) -> String {
+    st.cfg
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "beamflow.toml".into())
+}
+
 /// Whether the request carries either token: reads take the read-only one too.
 fn check_read(headers: &HeaderMap, st: &AppState) -> Result<(), (StatusCode, Json<ErrorBody>)> {
     check_token(headers, &st.read_token).or_else(|_| check_token(headers, &st.token))
@@ -387,12 +396,7 @@ async fn ui(State(st): State<AppState>, headers: HeaderMap) -> Page {
 }
 
 fn page_view(st: &AppState) -> Result<super::page::View, String> {
-    let config = st
-        .cfg
-        .source
-        .as_ref()
-        .map(|p| beamflow_config::argv::quote(&p.display().to_string()))
-        .unwrap_or_else(|| "beamflow.toml".into());
+    let config = config_path(st);
     let now = std::time::SystemTime::now();
     let db = st
         .db
@@ -456,7 +460,7 @@ fn page_view(st: &AppState) -> Result<super::page::View, String> {
         failed,
         beamlines,
         windows,
-        config,
+        config: beamflow_config::argv::quote(&config),
     })
 }
 
@@ -509,12 +513,7 @@ async fn outcomes(
             "at most 1000 ids per request",
         ));
     }
-    let config = st
-        .cfg
-        .source
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "<config>".into());
+    let config = config_path(&st);
     let db = locked(&st)?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -764,12 +763,7 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
         .map(|n| n.clone())
         .unwrap_or_default();
     let failed = db.jobs(None, Some("FAILED")).map_err(internal)?;
-    let config = st
-        .cfg
-        .source
-        .as_ref()
-        .map(|p| beamflow_config::argv::quote(&p.display().to_string()))
-        .unwrap_or_else(|| "beamflow.toml".into());
+    let config = beamflow_config::argv::quote(&config_path(&st));
     for j in failed.iter().take(10) {
         notes.push(format!(
             "job {} ({} of {}/{}) is FAILED: {}; after fixing it: beamflow-collector retry --config {config} {}",

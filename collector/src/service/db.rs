@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_by_stack_state ON jobs(stack_id, state);
 CREATE INDEX IF NOT EXISTS events_by_job ON events(job_id);
 CREATE INDEX IF NOT EXISTS parents_by_parent ON job_parents(parent_id);
 CREATE TABLE IF NOT EXISTS launchers (

@@ -260,14 +260,17 @@ pub(crate) fn change(
     let metrics = super::metrics::global();
     metrics.transition(to.as_str());
     if to == JobState::JobFinished {
-        // the stack version's last job: its DAG is done
-        let (left, created): (i64, String) = tx
+        // the stack version's last job: its DAG is done (one look in the (stack, state)
+        // index, so a finish in a wide DAG does not walk its finished jobs)
+        let (open, created): (bool, String) = tx
             .prepare_cached(
-                "SELECT (SELECT COUNT(*) FROM jobs o WHERE o.stack_id = j.stack_id AND o.state != 'JOB_FINISHED'), s.created_at
+                "SELECT EXISTS (SELECT 1 FROM jobs o INDEXED BY jobs_by_stack_state
+                                WHERE o.stack_id = j.stack_id AND (o.state < 'JOB_FINISHED' OR o.state > 'JOB_FINISHED')),
+                        s.created_at
                  FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1",
             )?
             .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if left == 0 {
+        if !open {
             if let Some(secs) = super::clock::between(&created, at) {
                 metrics.dag_done(secs);
             }
