@@ -47,6 +47,35 @@ struct Tracked {
     /// said when it was last considered): the tick skips it, so an idle tree of many
     /// submitted stacks costs no journal reads. Cleared by a change, and by the slow rescan.
     quiet: bool,
+    /// Not considered yet since it was first seen (at start: a held stack's reason is kept).
+    fresh: bool,
+}
+
+/// How long filesystem events gather before the folders they name are looked at: a file
+/// written in many pieces is one look, not one per write.
+const GATHER: Duration = Duration::from_millis(25);
+
+/// Moves `wake` to `at` if that is earlier.
+fn earliest(wake: &mut Option<Instant>, at: Instant) {
+    if wake.is_none_or(|w| at < w) {
+        *wake = Some(at);
+    }
+}
+
+/// When a stack's images last changed, on the loop's clock, from the files' own times (the
+/// later of mtime and ctime): a stack found at start whose files have been quiet for
+/// `settle` is decided at once rather than after another `settle`.
+fn changed_at(scan: &DirScan, now: Instant) -> Instant {
+    let newest = std::time::UNIX_EPOCH + Duration::from_nanos(scan.changed_ns.max(0) as u64);
+    let age = std::time::SystemTime::now()
+        .duration_since(newest)
+        .unwrap_or_default()
+        .min(Duration::from_secs(7 * 86_400));
+    // the loop's clock may not reach back that far (a host up for less than the age)
+    [age, Duration::from_secs(86_400), Duration::from_secs(3_600)]
+        .iter()
+        .find_map(|a| now.checked_sub((*a).min(age)))
+        .unwrap_or(now)
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
@@ -66,7 +95,24 @@ pub struct Daemon {
     stacks: HashMap<PathBuf, Tracked>,
     dirty: HashSet<PathBuf>,
     walk: HashSet<PathBuf>,
-    active: Option<PathBuf>,
+    /// Stacks being sent (or their partial copy removed), at most `[link] max_stacks`.
+    active: HashSet<PathBuf>,
+    /// Far ends each stack in flight holds.
+    in_use: HashMap<PathBuf, usize>,
+    /// Finished stacks waiting for a free slot, with their order (when they finished):
+    /// oldest first.
+    ready: HashMap<PathBuf, i64>,
+    /// Far ends kept open between stacks (the warm link), most recently used last, each with
+    /// when it was last used; they run over the master socket `pool_ctl`.
+    pool: Vec<(crate::link::Link, Instant)>,
+    pool_ctl: Option<PathBuf>,
+    /// When the loop next looks at the folders events named (events gather a moment first).
+    soon: Option<Instant>,
+    /// The next deadline a decision waits for: a settle period ending, a retry, a far end
+    /// to close. The loop sleeps until then or until an event; nothing ticks.
+    wake: Option<Instant>,
+    /// The reconcile at start: stacks found now are timed from their files' own times.
+    starting: bool,
     tx: mpsc::UnboundedSender<Msg>,
     /// The SSH master, for transport `ssh`.
     master: Option<crate::ssh::Master>,
@@ -119,7 +165,14 @@ pub async fn run(
         stacks: HashMap::new(),
         dirty: HashSet::new(),
         walk: HashSet::new(),
-        active: None,
+        active: HashSet::new(),
+        in_use: HashMap::new(),
+        ready: HashMap::new(),
+        pool: Vec::new(),
+        pool_ctl: None,
+        soon: None,
+        wake: None,
+        starting: true,
         tx: tx.clone(),
         master: (cfg_transport == beamflow_config::Transport::Ssh)
             .then(|| crate::ssh::Master::new(&cfg_link)),
@@ -157,6 +210,7 @@ pub async fn run(
         .collect();
     d.full_rescan();
     d.step().await?;
+    d.starting = false;
     // stacks journaled before a stop whose folders went away meanwhile
     for rec in d.journal.stacks()? {
         let dir = PathBuf::from(&rec.dir);
@@ -189,7 +243,6 @@ pub async fn run(
         .unwrap_or(Duration::from_secs(3600));
     let mut poll = tokio::time::interval(poll_every);
     let mut rescan = tokio::time::interval(d.cfg.agent.rescan.0);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut watchdog = tokio::time::interval(d.cfg.link.keepalive.0.max(Duration::from_secs(1)));
     let mut outcomes =
         tokio::time::interval(d.cfg.agent.outcome_every.0.max(Duration::from_millis(100)));
@@ -199,26 +252,41 @@ pub async fn run(
     for t in [
         &mut poll,
         &mut rescan,
-        &mut tick,
         &mut watchdog,
         &mut outcomes,
     ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
+    rescan.reset(); // the reconcile was the first rescan
     tokio::pin!(shutdown);
     loop {
+        let next = match (d.soon, d.wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let deadline = async move {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            // before the events: a flood of them must not hold decisions back
+            _ = deadline => d.step().await?,
             Some(msg) = rx.recv() => d.handle(msg).await?,
             _ = poll.tick(), if !polled.is_empty() => {
                 for &i in &polled {
                     let root = d.roots[i].canon.clone();
                     d.walk_root(&root);
                 }
+                d.poke(Duration::ZERO);
             }
-            _ = rescan.tick() => d.full_rescan(),
-            _ = tick.tick() => d.step().await?,
+            _ = rescan.tick() => {
+                d.full_rescan();
+                d.poke(Duration::ZERO);
+            }
             _ = watchdog.tick(), if d.master.is_some() => d.watchdog().await,
             _ = outcomes.tick() => {
                 d.write_metrics();
@@ -234,10 +302,20 @@ pub async fn run(
     }
     tracing::info!("agent stopping; transfers in flight resume at the next start");
     crate::notify::notify("STOPPING=1");
+    // far ends kept open say goodbye (they commit what they hold and exit)
+    let idle: Vec<_> = d.pool.drain(..).map(|(l, _)| l).collect();
+    let _ = tokio::task::spawn_blocking(move || idle.into_iter().for_each(|l| l.close())).await;
     if let Some(m) = d.master.take() {
         m.close().await;
     }
     Ok(())
+}
+
+/// Nanoseconds since the epoch (the order of finished stacks).
+fn wall_ns(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Minutes since local midnight (for active hours).
@@ -255,6 +333,30 @@ fn local_minute(t: std::time::SystemTime) -> u32 {
 }
 
 impl Daemon {
+    /// Looks at the folders events named, and decides, `after` from now (or sooner if
+    /// already due).
+    fn poke(&mut self, after: Duration) {
+        earliest(&mut self.soon, Instant::now() + after);
+    }
+
+    /// Closes far ends unused for `[link] idle`, off the loop, and wakes for the next one.
+    fn prune_pool(&mut self, now: Instant) {
+        let idle = self.cfg.link.idle.0;
+        let (old, keep): (Vec<_>, Vec<_>) = self
+            .pool
+            .drain(..)
+            .partition(|(_, used)| now.saturating_duration_since(*used) >= idle);
+        self.pool = keep;
+        if !old.is_empty() {
+            tracing::debug!(links = old.len(), "closing far ends unused for {}", self.cfg.link.idle);
+            let old: Vec<_> = old.into_iter().map(|(l, _)| l).collect();
+            tokio::task::spawn_blocking(move || old.into_iter().for_each(|l| l.close()));
+        }
+        if let Some(first) = self.pool.iter().map(|(_, used)| *used).min() {
+            earliest(&mut self.wake, first + idle);
+        }
+    }
+
     /// The link for a question on the side (outcomes, results): `Some(None)` for the local
     /// transport, `Some(socket)` over a live SSH master, `None` while the master is down.
     async fn side_link(&mut self) -> Option<Option<PathBuf>> {
@@ -479,9 +581,12 @@ impl Daemon {
         };
         if !alive && !self.master_down {
             tracing::warn!("the SSH master is gone; stacks wait until it is back");
+            // its channels went with it
+            self.pool.clear();
         }
         if alive && self.master_down {
             tracing::info!("the SSH master is back");
+            self.poke(Duration::ZERO);
         }
         self.master_down = !alive;
         if alive {
@@ -685,13 +790,22 @@ impl Daemon {
                 if let Some(parent) = path.parent() {
                     self.dirty.insert(parent.to_path_buf());
                 }
+                self.poke(GATHER);
             }
             Msg::Rescan => {
                 tracing::warn!("filesystem event queue overflowed; rescanning every watch root");
                 self.full_rescan();
+                self.poke(Duration::ZERO);
             }
-            Msg::Done(dir, report) => self.finished(dir, *report)?,
-            Msg::Discarded(id, outcome) => self.discarded(id, outcome)?,
+            Msg::Done(dir, report, links) => {
+                self.finished(dir, *report, links)?;
+                self.poke(Duration::ZERO);
+            }
+            Msg::Discarded(dir, id, outcome) => {
+                self.active.remove(&dir);
+                self.discarded(id, outcome)?;
+                self.poke(Duration::ZERO);
+            }
             Msg::Outcomes(answer) => {
                 self.outcomes(answer)?;
                 self.fetch_results().await?;
@@ -727,7 +841,7 @@ impl Daemon {
     /// belong to a DAG), it is marked gone, and what arrived of it at the collector is removed
     /// so that no half copy lingers there; the folder under its new name is a stack of its own.
     fn vanished(&mut self, dir: &Path) -> Result<()> {
-        if self.active.as_deref() == Some(dir) {
+        if self.active.contains(dir) {
             return Ok(()); // its transfer ends first; `finished` comes back here
         }
         let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
@@ -760,7 +874,7 @@ impl Daemon {
 
     /// Starts removing one vanished stack's partial copy, when the link is free.
     async fn discard_next(&mut self, now: Instant) -> Result<()> {
-        if self.active.is_some() || !self.discards_pending {
+        if self.active.len() >= self.cfg.link.max_stacks as usize || !self.discards_pending {
             return Ok(());
         }
         let waiting: Vec<_> = self
@@ -773,10 +887,17 @@ impl Daemon {
             self.discards_pending = false;
             return Ok(());
         }
+        for r in &waiting {
+            if let Some((at, _)) = self.discard_retry.get(&r.id).filter(|(at, _)| *at > now) {
+                earliest(&mut self.wake, *at);
+            }
+        }
         let Some(rec) = waiting.into_iter().find(|r| {
-            self.discard_retry
-                .get(&r.id)
-                .is_none_or(|(at, _)| *at <= now)
+            !self.active.contains(Path::new(&r.dir))
+                && self
+                    .discard_retry
+                    .get(&r.id)
+                    .is_none_or(|(at, _)| *at <= now)
         }) else {
             return Ok(());
         };
@@ -796,17 +917,17 @@ impl Daemon {
             .into_iter()
             .map(|f| f.name)
             .collect();
-        self.active = Some(PathBuf::from(&rec.dir));
+        let dir = PathBuf::from(&rec.dir);
+        self.active.insert(dir.clone());
         let (cfg, tx, id, name) = (self.cfg.clone(), self.tx.clone(), rec.id, rec.name);
         tokio::task::spawn_blocking(move || {
             let outcome = transfer::discard(&cfg, ctl.as_deref(), &name, &files);
-            let _ = tx.send(Msg::Discarded(id, outcome));
+            let _ = tx.send(Msg::Discarded(dir, id, outcome));
         });
         Ok(())
     }
 
     fn discarded(&mut self, id: i64, outcome: transfer::Discard) -> Result<()> {
-        self.active = None;
         let still = self
             .journal
             .stacks()?
@@ -855,8 +976,11 @@ impl Daemon {
         Ok(())
     }
 
-    /// Rescans dirty folders, decides about every stack, starts a transfer if the link is free.
+    /// Rescans dirty folders, decides about every stack that may move, starts transfers
+    /// while slots are free, and sets the next deadline.
     async fn step(&mut self) -> Result<()> {
+        self.soon = None;
+        self.wake = None;
         for w in std::mem::take(&mut self.walk) {
             self.walk_root(&w);
         }
@@ -877,10 +1001,15 @@ impl Daemon {
                             t.quiet = false;
                         }
                         None => {
+                            let last_change = if self.starting {
+                                changed_at(&scan, now)
+                            } else {
+                                now
+                            };
                             let t = Tracked {
                                 root: ri,
                                 scan,
-                                last_change: now,
+                                last_change,
                                 first_seen: now,
                                 checks: HashMap::new(),
                                 warned: false,
@@ -891,6 +1020,7 @@ impl Daemon {
                                 rehash: false,
                                 finished_at: None,
                                 quiet: false,
+                                fresh: true,
                             };
                             self.stacks.insert(dir.clone(), t);
                         }
@@ -915,7 +1045,136 @@ impl Daemon {
         for dir in dirs {
             self.consider(&dir, now).await?;
         }
-        self.discard_next(now).await
+        self.start_ready(now).await?;
+        self.discard_next(now).await?;
+        self.prune_pool(now);
+        Ok(())
+    }
+
+    /// Starts finished stacks, oldest first, while a stack slot and a far end are free.
+    async fn start_ready(&mut self, now: Instant) -> Result<()> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let mut order: Vec<(i64, PathBuf)> =
+            self.ready.iter().map(|(d, o)| (*o, d.clone())).collect();
+        order.sort();
+        let (slots, ends) = (
+            self.cfg.link.max_stacks as usize,
+            self.cfg.link.channels as usize,
+        );
+        for (_, dir) in order {
+            if self.active.len() >= slots || self.in_use.values().sum::<usize>() >= ends {
+                break;
+            }
+            let Some(t) = self.stacks.get(&dir) else {
+                self.ready.remove(&dir);
+                continue;
+            };
+            if let Some(at) = t.retry_at.filter(|at| *at > now) {
+                earliest(&mut self.wake, at);
+                continue;
+            }
+            let order = self.ready.remove(&dir).unwrap_or_default();
+            if !self.start_send(&dir, order, now).await? {
+                break; // the link is down: the others wait with it
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts sending one finished stack; false when the SSH master cannot be had.
+    async fn start_send(&mut self, dir: &Path, order: i64, now: Instant) -> Result<bool> {
+        let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
+            return Ok(true);
+        };
+        let Some(t) = self.stacks.get_mut(dir) else {
+            return Ok(true);
+        };
+        if !matches!(
+            rec.state,
+            StackState::Queued | StackState::Sending | StackState::Sent
+        ) {
+            // moved meanwhile (a `push` of the same folder): decide about it afresh
+            t.quiet = false;
+            earliest(&mut self.wake, now);
+            return Ok(true);
+        }
+        let files = self.journal.files(rec.id)?;
+        if !same_files(&t.scan, &files) {
+            self.journal.set_state(
+                rec.id,
+                StackState::Waiting,
+                "files changed before they were sent; settling again",
+            )?;
+            t.quiet = false;
+            earliest(&mut self.wake, now);
+            return Ok(true);
+        }
+        let ctl = match self.master.as_mut() {
+            None => None,
+            Some(m) => match m.ensure().await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // keep watching and journaling; try again after the backoff
+                    let wait = t.backoff;
+                    let decision = lifecycle::link_down(&e.to_string(), wait);
+                    if rec.reason != decision.reason {
+                        tracing::warn!(stack = %rec.name, "{}", decision.reason);
+                    }
+                    self.journal
+                        .set_state(rec.id, decision.state, &decision.reason)?;
+                    let backoff = Backoff::of(&self.cfg);
+                    t.retry_at = Some(now + wait);
+                    t.backoff = backoff.after(wait);
+                    earliest(&mut self.wake, now + wait);
+                    self.ready.insert(dir.to_path_buf(), order);
+                    return Ok(false);
+                }
+            },
+        };
+        // far ends of a master that was replaced went with it
+        if self.pool_ctl != ctl {
+            self.pool.clear();
+            self.pool_ctl = ctl.clone();
+        }
+        let ends = self.cfg.link.channels as usize;
+        let busy: usize = self.in_use.values().sum();
+        let k = transfer::channels_for(&self.cfg, files.iter().map(|f| f.size))
+            .min(ends.saturating_sub(busy))
+            .max(1);
+        let mut links = Vec::new();
+        while links.len() < k {
+            let Some((mut l, _)) = self.pool.pop() else {
+                break;
+            };
+            if l.alive() {
+                links.push(l);
+            }
+        }
+        // never more far ends open than `channels`: the oldest kept ones go
+        while busy + k + self.pool.len() > ends && !self.pool.is_empty() {
+            let (l, _) = self.pool.remove(0);
+            tokio::task::spawn_blocking(move || l.close());
+        }
+        let job = Job {
+            dir: dir.to_path_buf(),
+            name: rec.name.clone(),
+            version: rec.version,
+            workflow: rec.workflow.clone(),
+            files,
+            progress: None,
+        };
+        self.journal.set_state(rec.id, StackState::Sending, "")?;
+        tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), channels = k, warm = links.len(), "sending");
+        self.active.insert(dir.to_path_buf());
+        self.in_use.insert(dir.to_path_buf(), k);
+        let (cfg, tx, d) = (self.cfg.clone(), self.tx.clone(), dir.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let (report, kept) = transfer::send_over(&cfg, &job, ctl.as_deref(), links, k);
+            let _ = tx.send(Msg::Done(d, Box::new(report), kept));
+        });
+        Ok(true)
     }
 
     async fn consider(&mut self, dir: &Path, now: Instant) -> Result<()> {
@@ -930,6 +1189,12 @@ impl Daemon {
             None => self.journal.ensure_stack(&dir_s, &name, &workflow)?,
         };
         let t = self.stacks.get_mut(dir).expect("tracked");
+        if std::mem::take(&mut t.fresh) && rec.state == StackState::Held {
+            // held after its files were hashed and sent: the collector refused it, and it
+            // stays held (with its reason) across a restart until its files change
+            let files = self.journal.files(rec.id)?;
+            t.refused = !files.is_empty() && same_files(&t.scan, &files);
+        }
         match rec.state {
             StackState::Freed => {
                 // images again where a freed stack was: they make its next version
@@ -939,6 +1204,7 @@ impl Daemon {
                 }
                 let v = self.journal.next_version(rec.id)?;
                 t.last_change = now;
+                earliest(&mut self.wake, now);
                 tracing::info!(stack = %name, version = v, "images arrived where a freed stack was; this becomes a new version");
                 Ok(())
             }
@@ -967,6 +1233,7 @@ impl Daemon {
                     OnChange::Resubmit => {
                         let v = self.journal.next_version(rec.id)?;
                         t.last_change = now;
+                        earliest(&mut self.wake, now);
                         tracing::info!(stack = %name, version = v, "files changed after submission; this becomes a new version");
                     }
                     OnChange::Ignore => {
@@ -979,61 +1246,18 @@ impl Daemon {
                 Ok(())
             }
             StackState::Queued | StackState::Sending | StackState::Sent => {
-                if self.active.as_deref() == Some(dir)
-                    || self.active.is_some()
-                    || t.retry_at.is_some_and(|r| r > now)
-                {
-                    return Ok(());
+                // waits for a slot; looked at again only when one frees or its files change
+                if !self.active.contains(dir) {
+                    let order = t.finished_at.map(wall_ns).unwrap_or(t.scan.changed_ns);
+                    t.quiet = true;
+                    self.ready.insert(dir.to_path_buf(), order);
                 }
-                let files = self.journal.files(rec.id)?;
-                if !same_files(&t.scan, &files) {
-                    self.journal.set_state(
-                        rec.id,
-                        StackState::Waiting,
-                        "files changed before they were sent; settling again",
-                    )?;
-                    return Ok(());
-                }
-                let job = Job {
-                    dir: dir.to_path_buf(),
-                    name: rec.name.clone(),
-                    version: rec.version,
-                    workflow: rec.workflow.clone(),
-                    files,
-                    progress: None,
-                };
-                let ctl = match self.master.as_mut() {
-                    None => None,
-                    Some(m) => match m.ensure().await {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            // keep watching and journaling; try again after the backoff
-                            let wait = t.backoff;
-                            let decision = lifecycle::link_down(&e.to_string(), wait);
-                            if rec.reason != decision.reason {
-                                tracing::warn!(stack = %rec.name, "{}", decision.reason);
-                            }
-                            self.journal
-                                .set_state(rec.id, decision.state, &decision.reason)?;
-                            let backoff = Backoff::of(&self.cfg);
-                            let t = self.stacks.get_mut(dir).expect("tracked");
-                            t.retry_at = Some(now + wait);
-                            t.backoff = backoff.after(wait);
-                            return Ok(());
-                        }
-                    },
-                };
-                self.journal.set_state(rec.id, StackState::Sending, "")?;
-                tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), "sending");
-                self.active = Some(dir.to_path_buf());
-                let (cfg, tx, d) = (self.cfg.clone(), self.tx.clone(), dir.to_path_buf());
-                tokio::task::spawn_blocking(move || {
-                    let report = transfer::send(&cfg, &job, ctl.as_deref(), Vec::new());
-                    let _ = tx.send(Msg::Done(d, Box::new(report)));
-                });
                 Ok(())
             }
-            StackState::Held if t.refused => Ok(()),
+            StackState::Held if t.refused => {
+                t.quiet = true;
+                Ok(())
+            }
             // a folder back under a name that had vanished starts over
             StackState::Waiting | StackState::Held | StackState::Discarding | StackState::Gone => {
                 let rules = &self.roots[ri].rules;
@@ -1055,9 +1279,21 @@ impl Daemon {
                             t.warned = true;
                             tracing::warn!(stack = %name, "stack is still changing after max_wait ({})", humantime::format_duration(rules.max_wait));
                         }
-                        self.journal.set_state(rec.id, StackState::Waiting, &why)?;
+                        // the deadlines this decision waits for, on the loop's clock
+                        let settled = t.last_change + rules.settle;
+                        if settled > now {
+                            earliest(&mut self.wake, settled);
+                        }
+                        let overdue_at = t.first_seen + rules.max_wait;
+                        if !t.warned && overdue_at > now {
+                            earliest(&mut self.wake, overdue_at);
+                        }
+                        if rec.state != StackState::Waiting || rec.reason != why {
+                            self.journal.set_state(rec.id, StackState::Waiting, &why)?;
+                        }
                     }
                     Verdict::Held(reason) => {
+                        t.quiet = true; // until its files change
                         if rec.state != StackState::Held || rec.reason != reason {
                             tracing::warn!(stack = %name, %reason, "stack held");
                         }
@@ -1080,12 +1316,16 @@ impl Daemon {
                         match hashed {
                             Ok(files) => {
                                 tracing::info!(stack = %name, version = rec.version, files = files.len(), ?trigger, "stack finished");
-                                t.finished_at = Some(std::time::SystemTime::now());
+                                let at = std::time::SystemTime::now();
+                                t.finished_at = Some(at);
+                                t.quiet = true;
                                 self.journal.queue(rec.id, &files)?;
+                                self.ready.insert(dir.to_path_buf(), wall_ns(at));
                             }
                             Err(e) => {
                                 // a file vanished or became unreadable between scan and hash
                                 t.last_change = now;
+                                earliest(&mut self.wake, now + rules.settle);
                                 self.journal.set_state(
                                     rec.id,
                                     StackState::Waiting,
@@ -1100,8 +1340,19 @@ impl Daemon {
         }
     }
 
-    fn finished(&mut self, dir: PathBuf, report: Report) -> Result<()> {
-        self.active = None;
+    fn finished(
+        &mut self,
+        dir: PathBuf,
+        report: Report,
+        links: Vec<crate::link::Link>,
+    ) -> Result<()> {
+        self.active.remove(&dir);
+        self.in_use.remove(&dir);
+        let now = Instant::now();
+        self.pool.extend(links.into_iter().map(|l| (l, now)));
+        if let Some(t) = self.stacks.get_mut(&dir) {
+            t.quiet = false; // what comes next is decided at the next step
+        }
         self.finished_transfer(&dir, report)?;
         if !self.stacks.contains_key(&dir) && !dir.exists() {
             // renamed or removed while it was being sent
@@ -1269,13 +1520,15 @@ mod tests {
             "finished at {:?}: {seen:?}",
             first_queued.0
         );
-        // then retried with waits of 1, 2, 4, 4 … seconds
+        // then retried with waits of 1, 2, 4, 4 … seconds: an uncapped backoff would say 8s at
+        // 37 s (equal reasons in a row show once, so the repeats of 4s are not counted)
         let waits: Vec<&str> = seen
             .iter()
             .filter_map(|(_, _, why)| why.rsplit_once("retrying in ").map(|(_, w)| w))
             .collect();
-        assert!(waits.len() >= 4, "{seen:?}");
-        assert_eq!(waits[..4], ["1s", "2s", "4s", "4s"], "{seen:?}");
+        assert!(waits.len() >= 3, "{seen:?}");
+        assert_eq!(waits[..3], ["1s", "2s", "4s"], "{seen:?}");
+        assert!(waits[3..].iter().all(|w| *w == "4s"), "{seen:?}");
         assert!(
             seen.iter()
                 .any(|(_, _, why)| why.contains("/nonexistent/beamflow-collector")),

@@ -328,6 +328,23 @@ impl Link {
     }
 }
 
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("server", &self.server)
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
+impl Link {
+    /// Whether the far end still runs: a link kept open between stacks is looked at before it
+    /// is used again (an SSH channel's client exits when its master or its far end goes).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         // an abandoned link must not leave a far end behind

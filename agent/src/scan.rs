@@ -28,6 +28,10 @@ pub struct DirScan {
     pub marker: bool,
     /// Files that match but cannot be used: (name, why).
     pub skipped: Vec<(String, String)>,
+    /// The newest change of any image, nanoseconds since the epoch: the later of its mtime and
+    /// ctime. ctime cannot be set back (as `rsync -a` or `cp -p` set mtimes back), so a stack
+    /// copied in a moment ago never looks old.
+    pub changed_ns: i64,
 }
 
 /// Names that writers use while a file is incomplete: never images.
@@ -100,6 +104,12 @@ pub fn scan_dir(
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
+        use std::os::unix::fs::MetadataExt;
+        let ctime_ns = meta
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.ctime_nsec());
+        out.changed_ns = out.changed_ns.max(mtime_ns).max(ctime_ns);
         out.images.push(FileSeen {
             name: name.into(),
             size: meta.len(),

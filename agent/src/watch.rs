@@ -17,10 +17,10 @@ pub enum Msg {
     Fs(PathBuf),
     /// Events were lost: rescan everything.
     Rescan,
-    /// A transfer ended.
-    Done(PathBuf, Box<Report>),
-    /// Removing a vanished stack's partial copy ended (journal id, outcome).
-    Discarded(i64, crate::transfer::Discard),
+    /// A transfer ended; the far ends it used, still open, for the next stack.
+    Done(PathBuf, Box<Report>, Vec<crate::link::Link>),
+    /// Removing a vanished stack's partial copy ended (its folder, journal id, outcome).
+    Discarded(PathBuf, i64, crate::transfer::Discard),
     /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
     /// or why it could not be asked.
     Outcomes(Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>),

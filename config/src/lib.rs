@@ -281,9 +281,15 @@ pub struct LinkSection {
     /// Bandwidth cap in bytes per second (like rsync's --bwlimit), for links shared with
     /// the beamline's other traffic; 0 means no cap.
     pub max_rate: ByteSize,
-    /// Channels used at once for one stack (files are spread across them). Over SSH they share
-    /// the one master; sshd allows 10 sessions per connection by default (MaxSessions).
+    /// Far ends open at once (files are spread across them). One stack alone uses as many as
+    /// help it; stacks in flight together share them. Over SSH they are channels of the one
+    /// master; sshd allows 10 sessions per connection by default (MaxSessions).
     pub channels: u32,
+    /// Stacks in flight at once over the link (the daemon; oldest finished first).
+    pub max_stacks: u32,
+    /// The daemon keeps far ends open between stacks (no remote start, no handshake for the
+    /// next one) and closes them after this long unused.
+    pub idle: Dur,
     /// zstd-compress data chunks; a chunk goes compressed only when that saves at least 10%,
     /// and a file whose chunks keep not compressing is sent raw from then on.
     pub compress: bool,
@@ -333,6 +339,8 @@ impl Default for LinkSection {
             ssh_config: None,
             keepalive: Dur::secs(5),
             persist: Dur::secs(600),
+            max_stacks: 4,
+            idle: Dur::secs(120),
         }
     }
 }
@@ -754,6 +762,17 @@ impl Config {
                 message: format!(
                     "{} channels: use 1 to 10 (sshd's MaxSessions is 10 by default)",
                     cfg.link.channels
+                ),
+            });
+        }
+        if cfg.link.max_stacks == 0 || cfg.link.max_stacks > 64 {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "max_stacks").unwrap_or(1),
+                key: "key `link.max_stacks`: ".into(),
+                message: format!(
+                    "{} stacks in flight: use 1 to 64 (they share `channels` far ends)",
+                    cfg.link.max_stacks
                 ),
             });
         }

@@ -261,6 +261,11 @@ impl Site {
         self.spawn("beamflow-agent", &["run"], "agent.log")
     }
 
+    /// [`Site::start_agent`] with more environment (the benchmarks log at `info`).
+    pub fn start_agent_with(&self, env: &[(&str, &str)]) -> Proc {
+        self.spawn_env("beamflow-agent", &["run"], "agent.log", env)
+    }
+
     /// Runs a command to completion.
     pub fn run(&self, exe: &str, args: &[&str]) -> Output {
         Command::new(bin(exe))

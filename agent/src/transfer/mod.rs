@@ -340,16 +340,40 @@ pub fn open_links(cfg: &Config, ctl: Option<&Path>, k: usize) -> Vec<Link> {
 }
 
 /// Sends `job` over links (channels of the SSH master at `ctl`, for transport `ssh`) and
-/// submits it: `links` already open are used first, the rest are opened here. Blocking: run
-/// it on a blocking thread.
+/// submits it: `links` already open are used first, the rest are opened here, and all are
+/// closed at the end. Blocking: run it on a blocking thread.
 pub fn send(cfg: &Config, job: &Job, ctl: Option<&Path>, links: Vec<Link>) -> Report {
+    let k = channels_for(cfg, job.files.iter().map(|f| f.size));
+    let (report, kept) = send_over(cfg, job, ctl, links, k);
+    for l in kept {
+        l.close();
+    }
+    report
+}
+
+/// [`send`] over `k` channels that stay open: after a stack the collector accepted, the links
+/// come back for the next stack (the daemon's warm link: no far end to start, no handshake).
+/// After a failure they are closed, since one may be mid-way through something.
+pub fn send_over(
+    cfg: &Config,
+    job: &Job,
+    ctl: Option<&Path>,
+    links: Vec<Link>,
+    k: usize,
+) -> (Report, Vec<Link>) {
     let start = Instant::now();
     let mut report = Report::new();
-    report.result = run(cfg, job, ctl, links, &mut report);
+    let mut kept = Vec::new();
+    report.result = run(cfg, job, ctl, links, k.max(1), &mut report, &mut kept);
     report.acked.sort();
     report.acked.dedup();
     report.elapsed = start.elapsed();
-    report
+    if report.result.is_err() {
+        for l in kept.drain(..) {
+            l.close();
+        }
+    }
+    (report, kept)
 }
 
 /// How asking the collector to drop a vanished stack's partial copy ended.
@@ -481,10 +505,11 @@ fn run(
     job: &Job,
     ctl: Option<&Path>,
     links: Vec<Link>,
+    k: usize,
     report: &mut Report,
+    kept: &mut Vec<Link>,
 ) -> Result<Accepted, TransferError> {
-    let k = channels_for(cfg, job.files.iter().map(|f| f.size));
-    let groups = groups(&job.files, k);
+    let groups = groups(&job.files, k.min(job.files.len().max(1)));
     let mut links = links.into_iter();
     let link0 = links.next();
     // every channel but the first runs on a thread of its own; the first submits at the end,
@@ -498,10 +523,7 @@ fn run(
                 scope.spawn(move || {
                     let mut rep = Report::new();
                     let (link, r) = channel(cfg, job, ctl, ids, false, &mut rep, early);
-                    if let Some(l) = link {
-                        l.close();
-                    }
-                    (rep, r)
+                    (rep, r, link)
                 })
             })
             .collect();
@@ -513,6 +535,7 @@ fn run(
                     (
                         Report::new(),
                         Err(TransferError::Broken("a transfer thread panicked".into())),
+                        None,
                     )
                 })
             })
@@ -525,12 +548,18 @@ fn run(
         Ok(a) => accepted = a,
         Err(e) => errors.push(e),
     }
-    for (rep, r) in outcomes {
+    for (rep, r, link) in outcomes {
         report.same += rep.same;
         report.wire_bytes += rep.wire_bytes;
         report.acked.extend(rep.acked);
-        if let Err(e) = r {
-            errors.push(e);
+        match r {
+            Err(e) => {
+                errors.push(e);
+                if let Some(l) = link {
+                    l.close();
+                }
+            }
+            Ok(_) => kept.extend(link),
         }
     }
     // a refusal or a change decides what happens to the stack; a broken link only delays it
@@ -551,9 +580,7 @@ fn run(
             out
         }
     };
-    if let Some(l) = link {
-        l.close();
-    }
+    kept.extend(link);
     r.and_then(|a| a.ok_or_else(|| TransferError::Broken("no answer to the submission".into())))
 }
 

@@ -104,6 +104,9 @@ struct Receiver {
     verified: Verified,
     /// What this session received, for the service's metrics.
     stats: crate::api::Received,
+    /// The service's client, kept for the session: a warm link submits stack after stack,
+    /// and one TLS handshake serves them all.
+    client: std::cell::RefCell<Option<Client>>,
 }
 
 /// Where one offered file goes.
@@ -209,7 +212,40 @@ impl Receiver {
             refused: std::collections::HashSet::new(),
             verified: Arc::new(Mutex::new(HashMap::new())),
             stats: Default::default(),
+            client: Default::default(),
         })
+    }
+
+    /// Calls the service with the session's client, made (from `server-info`) at the first
+    /// call, and made anew once when the kept one cannot reach the service: it may have
+    /// restarted on another port or with another certificate.
+    fn service<T>(
+        &self,
+        cfg: &Config,
+        call: impl Fn(&Client) -> Result<T, crate::api::ClientError>,
+    ) -> Result<T, crate::api::ClientError> {
+        if let Some(c) = self.client.borrow().as_ref() {
+            match call(c) {
+                Err(e) if e.is_transient() => {}
+                other => return other,
+            }
+        }
+        let c = Client::from_state_dir(&cfg.collector.state_dir)?;
+        let r = call(&c);
+        *self.client.borrow_mut() = Some(c);
+        r
+    }
+
+    /// Tells the service what arrived since the last report (its metrics); a service that
+    /// is down misses them, nothing else does.
+    fn report_received(&mut self, cfg: &Config) {
+        if self.stats == crate::api::Received::default() {
+            return;
+        }
+        let stats = std::mem::take(&mut self.stats);
+        if let Err(e) = self.service(cfg, |c| c.received(&stats)) {
+            tracing::debug!("cannot report what this session received: {e}");
+        }
     }
 
     /// Resolves a wire path to a destination that is certainly inside the data root, even if
@@ -658,7 +694,7 @@ impl Receiver {
             Ok(s) => s,
             Err(e) => return refused(e),
         };
-        let known = Client::from_state_dir(&cfg.collector.state_dir).and_then(|c| c.stacks());
+        let known = self.service(cfg, |c| c.stacks());
         match known {
             Ok(rows)
                 if rows
@@ -769,9 +805,7 @@ impl Receiver {
             Err(e) => return refused(format!("{stack:?}: {e}")),
         };
         let registered = || -> Result<bool, String> {
-            let rows = Client::from_state_dir(&cfg.collector.state_dir)
-                .and_then(|c| c.stacks())
-                .map_err(|e| e.to_string())?;
+            let rows = self.service(cfg, |c| c.stacks()).map_err(|e| e.to_string())?;
             Ok(rows
                 .iter()
                 .any(|r| r.beamline == self.beamline && r.name == stack && r.version == version))
@@ -793,7 +827,7 @@ impl Receiver {
             workflow,
             files: out,
         };
-        match Client::from_state_dir(&cfg.collector.state_dir).and_then(|c| c.submit(&req)) {
+        match self.service(cfg, |c| c.submit(&req)) {
             Ok(r) => Frame::Accepted {
                 stack,
                 version,

@@ -115,16 +115,7 @@ pub fn serve<R: Read, W: Write + Send>(
         session(cfg, &mut rd, &wr, &mut rx, &committer)
         // dropping the committer ends its thread; the scope waits for it
     });
-    if rx.stats != crate::api::Received::default() {
-        // counted by the service for /metrics; a service that is down misses them, nothing
-        // else does
-        if let Err(e) = crate::api::Client::from_state_dir(&cfg.collector.state_dir).and_then(|c| {
-            c.with_timeout(std::time::Duration::from_secs(5))
-                .received(&rx.stats)
-        }) {
-            tracing::debug!("cannot report what this session received: {e}");
-        }
-    }
+    rx.report_received(cfg);
     result
 }
 
@@ -209,7 +200,9 @@ fn session<R: Read, W: Write>(
                 }
                 committer.settle();
                 let reply = rx.submit(cfg, stack, version, workflow, files);
-                send(wr, &reply, false)?;
+                send(wr, &reply, true)?;
+                // a warm link stays open for hours: the metrics hear of each stack as it goes
+                rx.report_received(cfg);
             }
             Frame::Discard { stack, files } => {
                 for f in rx.pending.drain(..) {

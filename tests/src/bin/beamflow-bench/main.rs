@@ -4,6 +4,8 @@
 //! jobs per second and the median delay from READY to RUNNING.
 //! `beamflow-bench ssh`: over a real sshd on 127.0.0.1, beamflow beside `rsync -e ssh`, `scp` and
 //! the ceiling `cat FILES | ssh host 'cat > /dev/null'` (see ssh.rs).
+//! `beamflow-bench watch`: the agent on a full tree of small stacks: cold start, idle CPU and
+//! peak memory beside `find` and `rsync -a` of the tree (see watch.rs).
 //! `beamflow-bench sshd`: starts the same loopback sshd and a site whose agent pushes over it,
 //! prints the paths and waits for Ctrl-C, for profiling one push by hand.
 //!
@@ -12,6 +14,7 @@
 //! registers the DAG; rsync and cp do none of that, so a row with fsync off is shown as well.
 
 mod ssh;
+mod watch;
 
 use beamflow_e2e::{bin, write_tiff, Section, Site};
 
@@ -65,6 +68,25 @@ fn opts() -> Opts {
             ssh::run(runs, big, small, channels);
             std::process::exit(0)
         }
+        Some("watch") => {
+            let (mut files, mut layouts, mut idle) = (20_000u32, vec![200u32, 2000], 60u64);
+            while let Some(a) = it.next() {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                match a.as_str() {
+                    "--files" => files = v.parse().unwrap_or(20_000),
+                    "--folders" => {
+                        layouts = v.split(',').filter_map(|x| x.parse().ok()).collect()
+                    }
+                    "--idle" => idle = v.parse().unwrap_or(60),
+                    other => {
+                        eprintln!("beamflow-bench: unknown option {other}");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            watch::run(files, &layouts, Duration::from_secs(idle));
+            std::process::exit(0)
+        }
         Some("sshd") => {
             ssh::hold();
             std::process::exit(0)
@@ -88,6 +110,7 @@ fn opts() -> Opts {
         _ => {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
+            eprintln!("       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60]");
             eprintln!("       beamflow-bench ssh [--runs 3] [--big-files 10] [--small-files 5000] [--channels 4]");
             std::process::exit(2)
         }
