@@ -1042,8 +1042,18 @@ impl Daemon {
             .filter(|(_, t)| !t.quiet)
             .map(|(d, _)| d.clone())
             .collect();
+        // decisions hash files: a long round yields to the loop, so that transfers already
+        // under way are answered and the next ones start while the rest are decided
+        let budget = std::time::Instant::now() + Duration::from_millis(50);
         for dir in dirs {
+            if std::time::Instant::now() > budget {
+                self.poke(Duration::from_millis(1));
+                break;
+            }
             self.consider(&dir, now).await?;
+            if self.active.len() < self.cfg.link.max_stacks as usize {
+                self.start_ready(now).await?;
+            }
         }
         self.start_ready(now).await?;
         self.discard_next(now).await?;
@@ -1140,7 +1150,13 @@ impl Daemon {
         }
         let ends = self.cfg.link.channels as usize;
         let busy: usize = self.in_use.values().sum();
+        // with stacks waiting behind it, a stack gets its share of the far ends: stacks side by
+        // side overlap their fixed costs (the far side's syncs, the registration), which files
+        // side by side cannot
+        let slots = self.cfg.link.max_stacks as usize;
+        let share = (ends / slots.min(self.ready.len() + 1)).max(1);
         let k = transfer::channels_for(&self.cfg, files.iter().map(|f| f.size))
+            .min(share)
             .min(ends.saturating_sub(busy))
             .max(1);
         let mut links = Vec::new();

@@ -7,8 +7,8 @@
 //! - the agent's CPU while `tar` reads the whole tree (a reader must not cost it work);
 //! - peak RSS (VmHWM).
 //!
-//! The collector's queue has `submit = false`: DAGs are accepted and wait, so no job runs
-//! beside the agent while it is measured.
+//! The workflow is one step in a queue with `submit = false`: DAGs are registered and wait,
+//! so no job (and no 8-bit preparation) runs beside the agent while it is measured.
 
 use beamflow_e2e::{wait_until, Site};
 use std::path::Path;
@@ -105,12 +105,17 @@ fn submitted(state: &Path) -> usize {
 
 fn layout(folders: u32, files: u32, idle: Duration, settle: Duration) -> Row {
     let site = Site::new(&humantime::format_duration(settle).to_string(), "");
-    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    // one job per stack that waits in a queue that submits nothing: the collector registers
+    // each DAG and runs nothing beside the agent (no 8-bit preparation either)
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"hold\"");
     site.edit_config("submit = true ", "submit = false ");
+    site.append_config(
+        "[workflows.hold]\nto_8bit = \"off\"\n[[workflows.hold.steps]]\nname = \"wait\"\ncommand = \"true\"\n",
+    );
     let incoming = site.incoming();
     eprintln!("{folders} folders: writing {files} files ...");
-    let written = Instant::now();
     let bytes = write_tree(&incoming, folders, files);
+    let written = Instant::now();
     let _ = Command::new("sync").status();
     let find = timed(Command::new("find").arg(&incoming).arg("-type").arg("f"));
     let dst = site.dir.join("rsync-copy");
