@@ -99,8 +99,8 @@ pub struct Daemon {
     active: HashSet<PathBuf>,
     /// Far ends each stack in flight holds.
     in_use: HashMap<PathBuf, usize>,
-    /// Finished stacks waiting for a free slot, with their order (when they finished):
-    /// oldest first.
+    /// Finished stacks waiting for a free slot, with their order: the time their images last
+    /// changed, oldest first (the same order at a cold start as live).
     ready: HashMap<PathBuf, i64>,
     /// Far ends kept open between stacks (the warm link), most recently used last, each with
     /// when it was last used; they run over the master socket `pool_ctl`.
@@ -113,6 +113,8 @@ pub struct Daemon {
     wake: Option<Instant>,
     /// The reconcile at start: stacks found now are timed from their files' own times.
     starting: bool,
+    /// Stacks this round has yet to decide about: each may finish and want far ends too.
+    undecided: usize,
     tx: mpsc::UnboundedSender<Msg>,
     /// The SSH master, for transport `ssh`.
     master: Option<crate::ssh::Master>,
@@ -173,6 +175,7 @@ pub async fn run(
         soon: None,
         wake: None,
         starting: true,
+        undecided: 0,
         tx: tx.clone(),
         master: (cfg_transport == beamflow_config::Transport::Ssh)
             .then(|| crate::ssh::Master::new(&cfg_link)),
@@ -249,12 +252,7 @@ pub async fn run(
     // systemd's watchdog is fed from this loop, so a wedged loop gets the unit restarted
     let sd_every = crate::notify::watchdog_interval();
     let mut sd_watchdog = tokio::time::interval(sd_every.unwrap_or(Duration::from_secs(3600)));
-    for t in [
-        &mut poll,
-        &mut rescan,
-        &mut watchdog,
-        &mut outcomes,
-    ] {
+    for t in [&mut poll, &mut rescan, &mut watchdog, &mut outcomes] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     rescan.reset(); // the reconcile was the first rescan
@@ -311,13 +309,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Nanoseconds since the epoch (the order of finished stacks).
-fn wall_ns(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Minutes since local midnight (for active hours).
 fn local_minute(t: std::time::SystemTime) -> u32 {
     let secs = t
@@ -348,7 +339,11 @@ impl Daemon {
             .partition(|(_, used)| now.saturating_duration_since(*used) >= idle);
         self.pool = keep;
         if !old.is_empty() {
-            tracing::debug!(links = old.len(), "closing far ends unused for {}", self.cfg.link.idle);
+            tracing::debug!(
+                links = old.len(),
+                "closing far ends unused for {}",
+                self.cfg.link.idle
+            );
             let old: Vec<_> = old.into_iter().map(|(l, _)| l).collect();
             tokio::task::spawn_blocking(move || old.into_iter().for_each(|l| l.close()));
         }
@@ -1036,25 +1031,30 @@ impl Daemon {
                 }
             }
         }
-        let dirs: Vec<PathBuf> = self
+        // oldest change first: decided (and so started) in the order they finished
+        let mut dirs: Vec<(i64, PathBuf)> = self
             .stacks
             .iter()
             .filter(|(_, t)| !t.quiet)
-            .map(|(d, _)| d.clone())
+            .map(|(d, t)| (t.scan.changed_ns, d.clone()))
             .collect();
+        dirs.sort();
         // decisions hash files: a long round yields to the loop, so that transfers already
         // under way are answered and the next ones start while the rest are decided
         let budget = std::time::Instant::now() + Duration::from_millis(50);
-        for dir in dirs {
+        let count = dirs.len();
+        for (i, (_, dir)) in dirs.into_iter().enumerate() {
             if std::time::Instant::now() > budget {
                 self.poke(Duration::from_millis(1));
                 break;
             }
             self.consider(&dir, now).await?;
+            self.undecided = count - i - 1;
             if self.active.len() < self.cfg.link.max_stacks as usize {
                 self.start_ready(now).await?;
             }
         }
+        self.undecided = 0;
         self.start_ready(now).await?;
         self.discard_next(now).await?;
         self.prune_pool(now);
@@ -1154,7 +1154,7 @@ impl Daemon {
         // side overlap their fixed costs (the far side's syncs, the registration), which files
         // side by side cannot
         let slots = self.cfg.link.max_stacks as usize;
-        let share = (ends / slots.min(self.ready.len() + 1)).max(1);
+        let share = (ends / slots.min(self.ready.len() + self.undecided + 1)).max(1);
         let k = transfer::channels_for(&self.cfg, files.iter().map(|f| f.size))
             .min(share)
             .min(ends.saturating_sub(busy))
@@ -1264,9 +1264,8 @@ impl Daemon {
             StackState::Queued | StackState::Sending | StackState::Sent => {
                 // waits for a slot; looked at again only when one frees or its files change
                 if !self.active.contains(dir) {
-                    let order = t.finished_at.map(wall_ns).unwrap_or(t.scan.changed_ns);
                     t.quiet = true;
-                    self.ready.insert(dir.to_path_buf(), order);
+                    self.ready.insert(dir.to_path_buf(), t.scan.changed_ns);
                 }
                 Ok(())
             }
@@ -1332,11 +1331,10 @@ impl Daemon {
                         match hashed {
                             Ok(files) => {
                                 tracing::info!(stack = %name, version = rec.version, files = files.len(), ?trigger, "stack finished");
-                                let at = std::time::SystemTime::now();
-                                t.finished_at = Some(at);
+                                t.finished_at = Some(std::time::SystemTime::now());
                                 t.quiet = true;
                                 self.journal.queue(rec.id, &files)?;
-                                self.ready.insert(dir.to_path_buf(), wall_ns(at));
+                                self.ready.insert(dir.to_path_buf(), t.scan.changed_ns);
                             }
                             Err(e) => {
                                 // a file vanished or became unreadable between scan and hash

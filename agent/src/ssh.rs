@@ -1,8 +1,10 @@
 //! The SSH master: one authenticated connection that every channel shares.
 //!
-//! With `master = "own"` the agent opens it (openssh's `connect_mux`, host keys checked
-//! strictly, keepalives on, `ControlPersist` bounded so a crashed agent leaves nothing behind
-//! for long) and reopens it when it dies. With `master = "adopt"` a person opens it once with
+//! With `master = "own"` the agent opens it (host keys checked strictly, keepalives on,
+//! `ControlPersist` bounded so a crashed agent leaves nothing behind for long) and reopens it
+//! when it dies: at `[link] control_path` when one is set (so that a person or a script can
+//! use the same socket, and an agent restarted within `persist` takes its master back), else
+//! in a private folder under `/tmp` (openssh's `connect_mux`). With `master = "adopt"` a person opens it once with
 //! `beamflow-agent login` (password, one-time password, whatever the site asks) and the agent
 //! only adopts it (`resume_mux`); when it is gone the agent keeps watching and journaling, says
 //! "waiting for the SSH master — run `beamflow-agent login`", and resumes by itself once a
@@ -52,6 +54,11 @@ fn describe(e: &openssh::Error) -> String {
         s.push_str(&x.to_string());
         src = x.source();
     }
+    with_host_key_hint(s)
+}
+
+/// ssh's words, with what to do when they are about the host key.
+fn with_host_key_hint(mut s: String) -> String {
     if s.contains("Host key verification failed")
         || s.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
     {
@@ -99,6 +106,9 @@ impl Master {
                 }
                 s
             }
+            MasterMode::Own if !self.link.control_path.as_os_str().is_empty() => {
+                self.own_at(&self.link.control_path.clone()).await?
+            }
             MasterMode::Own => {
                 let mut b = SessionBuilder::default();
                 b.known_hosts_check(KnownHosts::Strict)
@@ -124,6 +134,91 @@ impl Master {
         let path = session.control_socket().to_path_buf();
         self.session = Some(session);
         Ok(path)
+    }
+
+    /// Opens an own master whose socket is exactly `path`. A live master already there is
+    /// this agent's from before a restart (kept by `ControlPersist`): it is taken back, not
+    /// doubled; a dead one's socket is removed first.
+    async fn own_at(&self, path: &Path) -> Result<Session, SshError> {
+        let failed = |why: String| SshError::Connect {
+            host: self.link.host.clone(),
+            why,
+        };
+        if path.exists() {
+            let s = Session::resume_mux(path.to_path_buf().into_boxed_path(), None);
+            if s.check().await.is_ok() {
+                return Ok(s);
+            }
+            let _ = s.detach();
+            std::fs::remove_file(path).map_err(|e| {
+                failed(format!(
+                    "a dead master's socket {} is in the way and cannot be removed: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| failed(format!("cannot make {}: {e}", dir.display())))?;
+            }
+        }
+        // ssh expands %-tokens in ControlPath: a literal % is written %%
+        let socket = path.display().to_string().replace('%', "%%");
+        let mut cmd = tokio::process::Command::new("ssh");
+        if let Some(f) = &self.link.ssh_config {
+            cmd.arg("-F").arg(f);
+        }
+        for o in [
+            "ControlMaster=yes".to_string(),
+            format!("ControlPath={socket}"),
+            format!("ControlPersist={}", self.link.persist.0.as_secs().max(1)),
+            "BatchMode=yes".into(),
+            "StrictHostKeyChecking=yes".into(),
+            format!(
+                "ServerAliveInterval={}",
+                self.link.keepalive.0.as_secs().max(1)
+            ),
+            "ServerAliveCountMax=3".into(),
+            "ConnectTimeout=15".into(),
+        ] {
+            cmd.arg("-o").arg(o);
+        }
+        // -f: ssh goes to the background once authenticated, so its exit says how that went
+        cmd.args(["-f", "-N", "--"])
+            .arg(&self.link.host)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| failed(format!("cannot run ssh: {e}")))?;
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .map_err(|_| failed("ssh did not finish authenticating within 60 s".into()))?
+            .map_err(|e| failed(e.to_string()))?;
+        if !out.status.success() {
+            let mut why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if why.is_empty() {
+                why = format!("ssh exited with {}", out.status);
+            }
+            return Err(failed(with_host_key_hint(why)));
+        }
+        let s = Session::resume_mux(path.to_path_buf().into_boxed_path(), None);
+        if let Err(e) = s.check().await {
+            let _ = s.detach();
+            return Err(failed(format!(
+                "ssh authenticated but its master at {} does not answer: {}",
+                path.display(),
+                describe(&e)
+            )));
+        }
+        Ok(s)
     }
 
     fn control_dir(&self) -> PathBuf {

@@ -236,18 +236,6 @@ impl Receiver {
         r
     }
 
-    /// Tells the service what arrived since the last report (its metrics); a service that
-    /// is down misses them, nothing else does.
-    fn report_received(&mut self, cfg: &Config) {
-        if self.stats == crate::api::Received::default() {
-            return;
-        }
-        let stats = std::mem::take(&mut self.stats);
-        if let Err(e) = self.service(cfg, |c| c.received(&stats)) {
-            tracing::debug!("cannot report what this session received: {e}");
-        }
-    }
-
     /// Resolves a wire path to a destination that is certainly inside the data root, even if
     /// someone left a symlink in it: its folder is walked from the open data root and created
     /// where missing, never through a symlink (see [`confine`]). Nothing is created before
@@ -805,7 +793,9 @@ impl Receiver {
             Err(e) => return refused(format!("{stack:?}: {e}")),
         };
         let registered = || -> Result<bool, String> {
-            let rows = self.service(cfg, |c| c.stacks()).map_err(|e| e.to_string())?;
+            let rows = self
+                .service(cfg, |c| c.stacks())
+                .map_err(|e| e.to_string())?;
             Ok(rows
                 .iter()
                 .any(|r| r.beamline == self.beamline && r.name == stack && r.version == version))

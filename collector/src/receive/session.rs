@@ -104,7 +104,7 @@ pub fn serve<R: Read, W: Write + Send>(
         server,
     };
     send(&wr, &welcome, true)?;
-    let result = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let committer = Committer::start(
             scope,
             rx.fsync,
@@ -112,11 +112,49 @@ pub fn serve<R: Read, W: Write + Send>(
             wr.clone(),
             rx.verified.clone(),
         );
-        session(cfg, &mut rd, &wr, &mut rx, &committer)
-        // dropping the committer ends its thread; the scope waits for it
-    });
-    rx.report_received(cfg);
-    result
+        let (tell, told) = std::sync::mpsc::channel();
+        scope.spawn(move || report_received(cfg, told));
+        let r = session(cfg, &mut rd, &wr, &mut rx, &committer, &tell);
+        if rx.stats != crate::api::Received::default() {
+            let _ = tell.send(std::mem::take(&mut rx.stats));
+        }
+        r
+        // dropping the committer and `tell` ends their threads; the scope waits for them
+    })
+}
+
+/// Tells the service what arrived (its metrics), off the session's thread: counts sent
+/// while a report is out are added up, and at most five reports go a second. A link kept
+/// open for hours is counted as it goes; a service that is down misses them, nothing else.
+fn report_received(cfg: &Config, told: std::sync::mpsc::Receiver<crate::api::Received>) {
+    let mut client: Option<crate::api::Client> = None;
+    while let Ok(mut sum) = told.recv() {
+        while let Ok(more) = told.try_recv() {
+            sum.files += more.files;
+            sum.bytes += more.bytes;
+            sum.verify_failures += more.verify_failures;
+            sum.resumes += more.resumes;
+        }
+        for attempt in 0..2 {
+            if client.is_none() {
+                client = crate::api::Client::from_state_dir(&cfg.collector.state_dir)
+                    .map(|c| c.with_timeout(std::time::Duration::from_secs(5)))
+                    .ok();
+            }
+            let Some(c) = client.as_ref() else { break };
+            match c.received(&sum) {
+                Ok(_) => break,
+                Err(e) => {
+                    // the service may have restarted elsewhere: read server-info once more
+                    client = None;
+                    if attempt == 1 {
+                        tracing::debug!("cannot report what this session received: {e}");
+                    }
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// The frames after the handshake.
@@ -126,6 +164,7 @@ fn session<R: Read, W: Write>(
     wr: &SharedWriter<W>,
     rx: &mut Receiver,
     committer: &Committer,
+    tell: &std::sync::mpsc::Sender<crate::api::Received>,
 ) -> Result<(), ServeError> {
     loop {
         for f in rx.pending.drain(..) {
@@ -133,6 +172,9 @@ fn session<R: Read, W: Write>(
         }
         // nothing more buffered: the answers so far go out before we wait for more input
         if rd.buffer().is_empty() {
+            if rx.stats != crate::api::Received::default() {
+                let _ = tell.send(std::mem::take(&mut rx.stats));
+            }
             wr.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .flush()
@@ -201,8 +243,6 @@ fn session<R: Read, W: Write>(
                 committer.settle();
                 let reply = rx.submit(cfg, stack, version, workflow, files);
                 send(wr, &reply, true)?;
-                // a warm link stays open for hours: the metrics hear of each stack as it goes
-                rx.report_received(cfg);
             }
             Frame::Discard { stack, files } => {
                 for f in rx.pending.drain(..) {

@@ -74,9 +74,7 @@ fn opts() -> Opts {
                 let v = it.next().map(String::as_str).unwrap_or("");
                 match a.as_str() {
                     "--files" => files = v.parse().unwrap_or(20_000),
-                    "--folders" => {
-                        layouts = v.split(',').filter_map(|x| x.parse().ok()).collect()
-                    }
+                    "--folders" => layouts = v.split(',').filter_map(|x| x.parse().ok()).collect(),
                     "--idle" => idle = v.parse().unwrap_or(60),
                     other => {
                         eprintln!("beamflow-bench: unknown option {other}");
@@ -110,7 +108,9 @@ fn opts() -> Opts {
         _ => {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
-            eprintln!("       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60]");
+            eprintln!(
+                "       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60]"
+            );
             eprintln!("       beamflow-bench ssh [--runs 3] [--big-files 10] [--small-files 5000] [--channels 4]");
             std::process::exit(2)
         }

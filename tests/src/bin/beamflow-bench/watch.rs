@@ -137,14 +137,10 @@ fn layout(folders: u32, files: u32, idle: Duration, settle: Duration) -> Row {
     let start = Instant::now();
     let mut agent = site.start_agent_with(&env);
     let pid = agent.pid();
-    wait_until(
-        Duration::from_secs(3600),
-        "every stack submitted",
-        || {
-            std::thread::sleep(Duration::from_millis(20));
-            submitted(&state) == folders as usize
-        },
-    );
+    wait_until(Duration::from_secs(3600), "every stack submitted", || {
+        std::thread::sleep(Duration::from_millis(20));
+        submitted(&state) == folders as usize
+    });
     let cold = start.elapsed();
     eprintln!(
         "  all {folders} submitted in {:.2} s; idle for {} s ...",
@@ -229,5 +225,7 @@ pub fn run(files: u32, layouts: &[u32], idle: Duration) {
         );
     }
     println!("\ncold start: agent started → every stack's DAG accepted by the collector (hashed, checked,");
-    println!("sent, verified, fsynced, registered); the tree's files were older than `settle` (10 s).");
+    println!(
+        "sent, verified, fsynced, registered); the tree's files were older than `settle` (10 s)."
+    );
 }

@@ -1,0 +1,180 @@
+//! Many stacks in flight over far ends kept open, and decisions that do not wait for a
+//! tick: real `beamflow-agent run`, real service and `serve` processes, real files.
+
+use beamflow_e2e::*;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Lines of the agent's log that contain `what`, in order.
+fn log_lines(site: &Site, what: &str) -> Vec<String> {
+    std::fs::read_to_string(site.dir.join("agent.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The stack a log line names (`stack=NAME`).
+fn stack_of(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("stack="))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn far_ends(agent: &Proc) -> usize {
+    children_matching(agent.pid(), "serve").len()
+}
+
+/// Nine stacks over three far ends: three go at once, every far end is started once and
+/// carries stack after stack, and the far ends close once unused for `[link] idle`.
+#[test]
+fn stacks_go_side_by_side_over_far_ends_kept_open() {
+    let site = Site::new("1s", "");
+    site.edit_config("channels = 4", "channels = 3");
+    site.edit_config("max_stacks = 4", "max_stacks = 3");
+    site.edit_config("idle = \"2m\"", "idle = \"2s\"");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    let names: Vec<String> = (0..9).map(|i| format!("side {i}")).collect();
+    for n in &names {
+        site.write_stack(n, 3, 32);
+    }
+    std::thread::sleep(Duration::from_millis(1200)); // older than settle: decided at start
+    let _service = site.start_service();
+    let agent = site.start_agent();
+    for n in &names {
+        site.wait_state(n, "submitted", LONG);
+    }
+    let sending = log_lines(&site, "sending");
+    let submitted = log_lines(&site, "submitted");
+    assert_eq!(sending.len(), 9, "{sending:#?}");
+    // the first three went before any was accepted
+    let all = std::fs::read_to_string(site.dir.join("agent.log")).unwrap();
+    let first_accept = all.find(&submitted[0]).unwrap();
+    let before: Vec<_> = sending
+        .iter()
+        .filter(|l| all.find(l.as_str()).unwrap() < first_accept)
+        .collect();
+    assert_eq!(before.len(), 3, "three in flight at once: {sending:#?}");
+    // far ends: started once each, then kept (warm=N: links reused)
+    let connected = std::fs::read_to_string(site.dir.join("agent.log"))
+        .unwrap()
+        .matches("agent connected")
+        .count();
+    assert!(
+        (1..=3).contains(&connected),
+        "{connected} far ends started for 9 stacks over 3 channels"
+    );
+    assert!(
+        sending.iter().skip(3).all(|l| !l.contains("warm=0")),
+        "later stacks reuse open far ends: {sending:#?}"
+    );
+    assert!(far_ends(&agent) > 0, "far ends stay open between stacks");
+    wait_until(Duration::from_secs(10), "idle far ends to close", || {
+        far_ends(&agent) == 0
+    });
+    // every DAG once
+    let jobs = site.jobs();
+    for n in &names {
+        assert_eq!(
+            jobs.iter().filter(|j| j["stack"] == n.as_str()).count(),
+            1,
+            "{n}: {jobs:#?}"
+        );
+    }
+}
+
+/// With one slot, stacks go in the order their images last changed, whatever their names
+/// or the order the folders are listed in.
+#[test]
+fn the_oldest_finished_stack_goes_first() {
+    let site = Site::new("1s", "");
+    site.edit_config("channels = 4", "channels = 1");
+    site.edit_config("max_stacks = 4", "max_stacks = 1");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    let order = ["m", "z", "a", "q"];
+    for n in order {
+        site.write_stack(n, 2, 32);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    for n in order {
+        site.wait_state(n, "submitted", LONG);
+    }
+    let sent: Vec<String> = log_lines(&site, "sending")
+        .iter()
+        .map(|l| stack_of(l))
+        .collect();
+    assert_eq!(sent, order, "oldest first");
+}
+
+/// After a restart, a stack whose files have been quiet for `settle` is decided at once
+/// from their times (not after another `settle`), and a held stack keeps its reason the
+/// whole time (it does not show `waiting` while settle passes again).
+#[test]
+fn a_restart_decides_from_file_times_and_keeps_a_held_reason() {
+    let site = Site::new("5s", "");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    let _service = site.start_service();
+    let mut agent = site.start_agent();
+    site.write_stack("lonely", 1, 32);
+    let held = site.wait_state("lonely", "held", LONG);
+    let reason = held["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("min_images"), "{reason}");
+    agent.term();
+    // written while the agent is down, quiet longer than settle when it comes back
+    site.write_stack("late", 3, 32);
+    std::thread::sleep(Duration::from_millis(5300));
+    let restarted = Instant::now();
+    let _agent = site.start_agent();
+    let mut seen = Vec::new();
+    loop {
+        let status = site.status();
+        let of = |n: &str| status.iter().find(|s| s["name"] == n).cloned();
+        if let Some(l) = of("lonely") {
+            seen.push((l["state"].to_string(), l["reason"].to_string()));
+        }
+        if of("late").is_some_and(|s| s["state"] == "submitted") {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(20),
+            "late never submitted: {status:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = restarted.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "a stack quiet for settle (5 s) is decided at once after a restart; it took {took:?}"
+    );
+    assert!(!seen.is_empty());
+    for (state, why) in &seen {
+        assert_eq!(state, "\"held\"", "{seen:#?}");
+        assert_eq!(why, &format!("{reason:?}"), "{seen:#?}");
+    }
+}
+
+/// A marker finishes a stack at once, whatever `settle` says: the check starts on the
+/// event, not at a later tick.
+#[test]
+fn a_marker_finishes_a_stack_at_once() {
+    let site = Site::new("1h", "marker = \"DONE\"");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let dir = site.write_stack("marked", 3, 32);
+    site.wait_state("marked", "waiting", LONG);
+    let start = Instant::now();
+    std::fs::write(dir.join("DONE"), b"").unwrap();
+    site.wait_state("marked", "submitted", LONG);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "submitted {:?} after the marker (settle is an hour)",
+        start.elapsed()
+    );
+}
