@@ -312,3 +312,52 @@ fn login_opens_a_master_that_the_agent_then_adopts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not \"ssh\""));
 }
+
+/// The pid of the master answering at `ctl` (`ssh -O check` says it).
+fn master_pid(sshd: &Sshd, ctl: &std::path::Path) -> Option<String> {
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(&sshd.ssh_config)
+        .arg("-S")
+        .arg(ctl)
+        .args(["-O", "check", beamflow_e2e::sshd::ALIAS])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.split("pid=")
+        .nth(1)
+        .map(|p| p.trim_end_matches([')', '\n', '\r']).to_string())
+}
+
+/// `master = "own"` with a `control_path`: the daemon's master answers exactly there, a
+/// daemon killed and started again takes the same master back (no second login), and a
+/// daemon that stops ends it.
+#[test]
+fn an_own_master_lives_at_control_path_and_is_taken_back_after_a_restart() {
+    let sshd = Sshd::start();
+    let ctl = sshd.dir.join("ctl").join("own.sock");
+    let site = ssh_site(&sshd, "own", Some(&ctl));
+    let _service = site.start_service();
+    let mut agent = site.start_agent();
+    site.write_stack("first", 2, 32);
+    site.wait_state("first", "submitted", LONG);
+    let pid = master_pid(&sshd, &ctl).expect("a master answers at control_path");
+    agent.kill9();
+    assert_eq!(
+        master_pid(&sshd, &ctl).as_deref(),
+        Some(pid.as_str()),
+        "ControlPersist keeps it"
+    );
+    let mut agent = site.start_agent();
+    site.write_stack("second", 2, 32);
+    site.wait_state("second", "submitted", LONG);
+    assert_eq!(
+        master_pid(&sshd, &ctl).as_deref(),
+        Some(pid.as_str()),
+        "the restarted daemon took the same master back"
+    );
+    agent.term();
+    wait_until(Duration::from_secs(10), "the master to end", || {
+        !sshd.master(&ctl, "check")
+    });
+}

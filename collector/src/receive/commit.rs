@@ -93,13 +93,26 @@ fn run<W: Write>(
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut barriers = Vec::new();
-        let mut take = |w| match w {
+        let take = |w, batch: &mut Vec<Finished>, barriers: &mut Vec<mpsc::Sender<()>>| match w {
             Work::File(f) => batch.push(f),
             Work::Barrier(b) => barriers.push(b),
         };
-        take(first);
+        take(first, &mut batch, &mut barriers);
         while let Ok(w) = rx.try_recv() {
-            take(w);
+            take(w, &mut batch, &mut barriers);
+        }
+        // a round too small for one filesystem sync waits a moment for company: files of a
+        // stack arrive back to back, and one sync for many costs less than an fsync each
+        // (the agent does not wait for acknowledgements to send the next file)
+        if fsync && sync == SyncMode::Batch {
+            let until = std::time::Instant::now() + GATHER;
+            while batch.len() < BATCH_SYNC_FILES && barriers.is_empty() {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(w) => take(w, &mut batch, &mut barriers),
+                    Err(_) => break,
+                }
+            }
         }
         if !batch.is_empty() {
             let frames = commit(batch, fsync, sync, verified);
@@ -207,6 +220,9 @@ fn commit(batch: Vec<Finished>, fsync: bool, sync: SyncMode, verified: &Verified
 
 /// Rounds of at least this many files are synced filesystem-wide (`sync = "batch"`).
 const BATCH_SYNC_FILES: usize = 8;
+
+/// How long a small round waits for more files before it is committed alone.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(3);
 
 /// Flushes everything pending on the filesystem that holds `f`, and reports whether it all
 /// reached the disk (Linux reports write-back errors to syncfs since 5.8).

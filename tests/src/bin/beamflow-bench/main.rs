@@ -6,6 +6,8 @@
 //! the ceiling `cat FILES | ssh host 'cat > /dev/null'` (see ssh.rs).
 //! `beamflow-bench watch`: the agent on a full tree of small stacks: cold start, idle CPU and
 //! peak memory beside `find` and `rsync -a` of the tree (see watch.rs).
+//! `beamflow-bench daemon`: the running agent over a warm SSH link: marker → DAG accepted beside
+//! `cat | ssh` over the same master, and 5,000 small files beside `rsync -a -e ssh` (daemon.rs).
 //! `beamflow-bench sshd`: starts the same loopback sshd and a site whose agent pushes over it,
 //! prints the paths and waits for Ctrl-C, for profiling one push by hand.
 //!
@@ -13,6 +15,7 @@
 //! hashes every file (BLAKE3), checks every TIFF's structure, fsyncs before acknowledging and
 //! registers the DAG; rsync and cp do none of that, so a row with fsync off is shown as well.
 
+mod daemon;
 mod ssh;
 mod watch;
 
@@ -83,6 +86,22 @@ fn opts() -> Opts {
                 }
             }
             watch::run(files, &layouts, Duration::from_secs(idle));
+            std::process::exit(0)
+        }
+        Some("daemon") => {
+            let (mut runs, mut small) = (10usize, 5000u32);
+            while let Some(a) = it.next() {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                match a.as_str() {
+                    "--runs" => runs = v.parse().unwrap_or(10),
+                    "--small-files" => small = v.parse().unwrap_or(5000),
+                    other => {
+                        eprintln!("beamflow-bench: unknown option {other}");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            daemon::run(runs.max(1), small);
             std::process::exit(0)
         }
         Some("sshd") => {
