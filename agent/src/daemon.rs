@@ -49,6 +49,8 @@ struct Tracked {
     quiet: bool,
     /// Not considered yet since it was first seen (at start: a held stack's reason is kept).
     fresh: bool,
+    /// A quiet stack waiting for a deadline (settle, max_wait) is looked at again then.
+    due: Option<Instant>,
 }
 
 /// How long filesystem events gather before the folders they name are looked at: a file
@@ -71,11 +73,21 @@ fn changed_at(scan: &DirScan, now: Instant) -> Instant {
         .duration_since(newest)
         .unwrap_or_default()
         .min(Duration::from_secs(7 * 86_400));
-    // the loop's clock may not reach back that far (a host up for less than the age)
-    [age, Duration::from_secs(86_400), Duration::from_secs(3_600)]
-        .iter()
-        .find_map(|a| now.checked_sub((*a).min(age)))
-        .unwrap_or(now)
+    if let Some(t) = now.checked_sub(age) {
+        return t;
+    }
+    // the loop's clock does not reach back that far (a host booted after the files were
+    // written): as far back as it goes
+    let (mut lo, mut hi) = (Duration::ZERO, age);
+    while hi - lo > Duration::from_millis(1) {
+        let mid = lo + (hi - lo) / 2;
+        if now.checked_sub(mid).is_some() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    now - lo
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
@@ -1016,6 +1028,7 @@ impl Daemon {
                                 finished_at: None,
                                 quiet: false,
                                 fresh: true,
+                                due: None,
                             };
                             self.stacks.insert(dir.clone(), t);
                         }
@@ -1035,7 +1048,7 @@ impl Daemon {
         let mut dirs: Vec<(i64, PathBuf)> = self
             .stacks
             .iter()
-            .filter(|(_, t)| !t.quiet)
+            .filter(|(_, t)| !t.quiet || t.due.is_some_and(|at| at <= now))
             .map(|(d, t)| (t.scan.changed_ns, d.clone()))
             .collect();
         dirs.sort();
@@ -1205,6 +1218,7 @@ impl Daemon {
             None => self.journal.ensure_stack(&dir_s, &name, &workflow)?,
         };
         let t = self.stacks.get_mut(dir).expect("tracked");
+        t.due = None;
         if std::mem::take(&mut t.fresh) && rec.state == StackState::Held {
             // held after its files were hashed and sent: the collector refused it, and it
             // stays held (with its reason) across a restart until its files change
@@ -1294,14 +1308,21 @@ impl Daemon {
                             t.warned = true;
                             tracing::warn!(stack = %name, "stack is still changing after max_wait ({})", humantime::format_duration(rules.max_wait));
                         }
-                        // the deadlines this decision waits for, on the loop's clock
+                        // the deadlines this decision waits for, on the loop's clock: until then
+                        // only a change of its files moves it
+                        let mut due = None;
                         let settled = t.last_change + rules.settle;
                         if settled > now {
-                            earliest(&mut self.wake, settled);
+                            earliest(&mut due, settled);
                         }
                         let overdue_at = t.first_seen + rules.max_wait;
                         if !t.warned && overdue_at > now {
-                            earliest(&mut self.wake, overdue_at);
+                            earliest(&mut due, overdue_at);
+                        }
+                        if let Some(at) = due {
+                            t.quiet = true;
+                            t.due = Some(at);
+                            earliest(&mut self.wake, at);
                         }
                         if rec.state != StackState::Waiting || rec.reason != why {
                             self.journal.set_state(rec.id, StackState::Waiting, &why)?;
@@ -1339,6 +1360,8 @@ impl Daemon {
                             Err(e) => {
                                 // a file vanished or became unreadable between scan and hash
                                 t.last_change = now;
+                                t.quiet = true;
+                                t.due = Some(now + rules.settle);
                                 earliest(&mut self.wake, now + rules.settle);
                                 self.journal.set_state(
                                     rec.id,
@@ -1452,6 +1475,36 @@ impl Daemon {
 mod tests {
     use super::*;
     use crate::synth::{write_tiff, Section};
+
+    #[test]
+    fn a_stack_found_at_start_is_timed_from_its_files() {
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let scan_at = |t: std::time::SystemTime| DirScan {
+            changed_ns: t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64,
+            ..DirScan::default()
+        };
+        let ten = changed_at(&scan_at(wall - Duration::from_secs(10)), now);
+        let quiet = now - ten;
+        assert!(
+            quiet >= Duration::from_secs(10) && quiet < Duration::from_secs(11),
+            "{quiet:?}"
+        );
+        // a file from the future (a skewed clock) has just changed, not long ago
+        assert_eq!(
+            changed_at(&scan_at(wall + Duration::from_secs(60)), now),
+            now
+        );
+        // a file from long ago is a week old on the loop's clock, or as old as that clock
+        // reaches (a host booted less than a week ago)
+        let old = changed_at(&DirScan::default(), now);
+        let back = now - old;
+        assert!(
+            back == Duration::from_secs(7 * 86_400)
+                || now.checked_sub(back + Duration::from_millis(2)).is_none(),
+            "{back:?}"
+        );
+    }
 
     /// The daemon's loop under a paused clock: a quiet stack is finished exactly when
     /// `settle` has passed on the loop's clock, and a far end that cannot start is retried

@@ -190,7 +190,10 @@ pub fn run(runs: usize, small_files: u32) {
         m_ours.as_secs_f64(),
         m_ours.as_secs_f64() / m_theirs.as_secs_f64()
     );
-    println!("| rsync -a -e ssh | {:.3} | 1.00× |", m_theirs.as_secs_f64());
+    println!(
+        "| rsync -a -e ssh | {:.3} | 1.00× |",
+        m_theirs.as_secs_f64()
+    );
     println!(
         "\ngoal: at most 0.8× rsync: {}",
         if m_ours.as_secs_f64() <= 0.8 * m_theirs.as_secs_f64() {
