@@ -124,7 +124,7 @@ pub fn run(runs: usize, small_files: u32) {
         max(&ours).as_secs_f64()
     );
     println!(
-        "| `cat | ssh` over the same open master | {:.3} s | {:.3} s |",
+        "| `cat \\| ssh` over the same open master | {:.3} s | {:.3} s |",
         m_ceil.as_secs_f64(),
         max(&ceiling).as_secs_f64()
     );
