@@ -1,10 +1,13 @@
 //! `beamflow-agent run`: one loop owns the state.
 //!
-//! Filesystem events, rescans, timer ticks and transfer completions all arrive as messages to
-//! one `select!` loop, which alone writes the journal. On start it rescans every watch root and
-//! reconciles with the journal before it trusts any event: stacks that were being sent are
-//! sent again (the collector answers "same" for what it holds), submitted stacks are not
-//! submitted twice, and stacks that changed after submission become a new version.
+//! Filesystem events, rescans, deadlines and transfer completions all arrive at one `select!`
+//! loop, which alone writes the journal. It sleeps until an event or the next deadline its
+//! decisions named (a settle period ending, a retry, a far end to close): nothing ticks.
+//! On start it rescans every watch root and reconciles with the journal before it trusts any
+//! event: stacks that were being sent are sent again (the collector answers "same" for what
+//! it holds), submitted stacks are not submitted twice, and stacks that changed after
+//! submission become a new version. Up to `[link] max_stacks` stacks are in flight at once
+//! over far ends kept open between stacks (the warm link).
 
 use crate::images::{check_images, hash_files};
 use crate::journal::{FileRecord, Journal, StackState};
@@ -44,8 +47,8 @@ struct Tracked {
     /// When it was decided finished (for the stage latencies in the metrics).
     finished_at: Option<std::time::SystemTime>,
     /// Nothing can move it until its files change (submitted, freed, gone, as the journal
-    /// said when it was last considered): the tick skips it, so an idle tree of many
-    /// submitted stacks costs no journal reads. Cleared by a change, and by the slow rescan.
+    /// said when it was last considered): rounds of decisions skip it, so an idle tree of
+    /// many submitted stacks costs no journal reads. Cleared by a change, and by the slow rescan.
     quiet: bool,
     /// Not considered yet since it was first seen (at start: a held stack's reason is kept).
     fresh: bool,
