@@ -7,10 +7,10 @@
 //! `rsync -a -e ssh` of the same folder (which opens its own connection, as a copy by hand
 //! would).
 
+use super::ssh::q;
 use beamflow_e2e::sshd::{Sshd, ALIAS};
 use beamflow_e2e::{wait_until, write_tiff, Section, Site};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn submitted(state: &Path, name: &str) -> bool {
@@ -25,18 +25,7 @@ fn submitted(state: &Path, name: &str) -> bool {
 }
 
 fn sh(cmd: &str) -> Duration {
-    let start = Instant::now();
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    start.elapsed()
-}
-
-fn q(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+    super::ssh::sh(cmd).0
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -139,21 +128,7 @@ pub fn run(runs: usize, small_files: u32) {
     );
 
     // (2) many small files, dropped whole and finished with a marker
-    let template = {
-        let p = site.dir.join("one.tif");
-        write_tiff(
-            &p,
-            &Section {
-                width: 128,
-                height: 256,
-                seed: 3,
-                big: false,
-                rows_per_strip: 64,
-            },
-        )
-        .unwrap();
-        std::fs::read(&p).unwrap()
-    };
+    let template = super::ssh::small_section(&site.dir);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let far = site.dir.join("far");
     std::fs::create_dir_all(&far).unwrap();

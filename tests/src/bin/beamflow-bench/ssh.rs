@@ -17,7 +17,8 @@ struct Row {
     wire: u64,
 }
 
-fn sh(cmd: &str) -> (Duration, String) {
+/// Runs a shell command line, panicking with its stderr if it fails: its time and stdout.
+pub(crate) fn sh(cmd: &str) -> (Duration, String) {
     let start = Instant::now();
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
     let t = start.elapsed();
@@ -29,8 +30,26 @@ fn sh(cmd: &str) -> (Duration, String) {
     (t, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn q(p: &Path) -> String {
-    format!("'{}'", p.display())
+/// A path quoted for `sh`.
+pub(crate) fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// One section of 64 KiB (128 × 256, 16-bit): the template of the many-small-files sets.
+pub(crate) fn small_section(work: &Path) -> Vec<u8> {
+    let one = work.join("one.tif");
+    write_tiff(
+        &one,
+        &Section {
+            width: 128,
+            height: 256,
+            seed: 3,
+            big: false,
+            rows_per_strip: 64,
+        },
+    )
+    .unwrap();
+    std::fs::read(&one).unwrap()
 }
 
 fn size_of(dir: &Path) -> u64 {
@@ -238,19 +257,8 @@ fn make_data(work: &Path, big_files: u64, small_files: u32) -> Data {
     let small = work.join("small");
     std::fs::create_dir_all(&small).unwrap();
     eprintln!("writing {small_files} files of 64 KiB ...");
+    let template = small_section(work);
     let one = work.join("one.tif");
-    write_tiff(
-        &one,
-        &Section {
-            width: 128,
-            height: 256,
-            seed: 3,
-            big: false,
-            rows_per_strip: 64,
-        },
-    )
-    .unwrap();
-    let template = std::fs::read(&one).unwrap();
     for i in 0..small_files {
         let mut b = template.clone();
         b[100..104].copy_from_slice(&i.to_le_bytes());
