@@ -1,0 +1,358 @@
+//! Stacks in flight: slots taken oldest first, far ends shared and kept open between stacks
+//! (the warm link), what a finished transfer means for its stack, and the removal of a
+//! vanished stack's partial copy, which takes a slot like a send.
+
+use super::*;
+
+impl Daemon {
+    /// Closes far ends unused for `[link] idle`, off the loop, and wakes for the next one.
+    pub(super) fn prune_pool(&mut self, now: Instant) {
+        let idle = self.cfg.link.idle.0;
+        let (old, keep): (Vec<_>, Vec<_>) = self
+            .pool
+            .drain(..)
+            .partition(|(_, used)| now.saturating_duration_since(*used) >= idle);
+        self.pool = keep;
+        if !old.is_empty() {
+            tracing::debug!(
+                links = old.len(),
+                "closing far ends unused for {}",
+                self.cfg.link.idle
+            );
+            let old: Vec<_> = old.into_iter().map(|(l, _)| l).collect();
+            tokio::task::spawn_blocking(move || old.into_iter().for_each(|l| l.close()));
+        }
+        if let Some(first) = self.pool.iter().map(|(_, used)| *used).min() {
+            earliest(&mut self.wake, first + idle);
+        }
+    }
+
+    /// Starts finished stacks, oldest first, while a stack slot and a far end are free.
+    pub(super) async fn start_ready(&mut self, now: Instant) -> Result<()> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let mut order: Vec<(i64, PathBuf)> =
+            self.ready.iter().map(|(d, o)| (*o, d.clone())).collect();
+        order.sort();
+        let (slots, ends) = (
+            self.cfg.link.max_stacks as usize,
+            self.cfg.link.channels as usize,
+        );
+        for (_, dir) in order {
+            if self.active.len() >= slots || self.in_use.values().sum::<usize>() >= ends {
+                break;
+            }
+            let Some(t) = self.stacks.get(&dir) else {
+                self.ready.remove(&dir);
+                continue;
+            };
+            if let Some(at) = t.retry_at.filter(|at| *at > now) {
+                earliest(&mut self.wake, at);
+                continue;
+            }
+            let order = self.ready.remove(&dir).unwrap_or_default();
+            if !self.start_send(&dir, order, now).await? {
+                break; // the link is down: the others wait with it
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts sending one finished stack; false when the SSH master cannot be had.
+    pub(super) async fn start_send(&mut self, dir: &Path, order: i64, now: Instant) -> Result<bool> {
+        let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
+            return Ok(true);
+        };
+        let Some(t) = self.stacks.get_mut(dir) else {
+            return Ok(true);
+        };
+        if !matches!(
+            rec.state,
+            StackState::Queued | StackState::Sending | StackState::Sent
+        ) {
+            // moved meanwhile (a `push` of the same folder): decide about it afresh
+            t.quiet = false;
+            earliest(&mut self.wake, now);
+            return Ok(true);
+        }
+        let files = self.journal.files(rec.id)?;
+        if !same_files(&t.scan, &files) {
+            self.journal.set_state(
+                rec.id,
+                StackState::Waiting,
+                "files changed before they were sent; settling again",
+            )?;
+            t.quiet = false;
+            earliest(&mut self.wake, now);
+            return Ok(true);
+        }
+        let ctl = match self.master.as_mut() {
+            None => None,
+            Some(m) => match m.ensure().await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // keep watching and journaling; try again after the backoff
+                    let wait = t.backoff;
+                    let decision = lifecycle::link_down(&e.to_string(), wait);
+                    if rec.reason != decision.reason {
+                        tracing::warn!(stack = %rec.name, "{}", decision.reason);
+                    }
+                    self.journal
+                        .set_state(rec.id, decision.state, &decision.reason)?;
+                    let backoff = Backoff::of(&self.cfg);
+                    t.retry_at = Some(now + wait);
+                    t.backoff = backoff.after(wait);
+                    earliest(&mut self.wake, now + wait);
+                    self.ready.insert(dir.to_path_buf(), order);
+                    return Ok(false);
+                }
+            },
+        };
+        // far ends of a master that was replaced went with it
+        if self.pool_ctl != ctl {
+            self.pool.clear();
+            self.pool_ctl = ctl.clone();
+        }
+        let ends = self.cfg.link.channels as usize;
+        let busy: usize = self.in_use.values().sum();
+        // with stacks waiting behind it, a stack gets its share of the far ends: stacks side by
+        // side overlap their fixed costs (the far side's syncs, the registration), which files
+        // side by side cannot
+        let slots = self.cfg.link.max_stacks as usize;
+        let share = (ends / slots.min(self.ready.len() + self.undecided + 1)).max(1);
+        let k = transfer::channels_for(&self.cfg, files.iter().map(|f| f.size))
+            .min(share)
+            .min(ends.saturating_sub(busy))
+            .max(1);
+        let mut links = Vec::new();
+        while links.len() < k {
+            let Some((mut l, _)) = self.pool.pop() else {
+                break;
+            };
+            if l.alive() {
+                links.push(l);
+            }
+        }
+        // never more far ends open than `channels`: the oldest kept ones go
+        while busy + k + self.pool.len() > ends && !self.pool.is_empty() {
+            let (l, _) = self.pool.remove(0);
+            tokio::task::spawn_blocking(move || l.close());
+        }
+        let job = Job {
+            dir: dir.to_path_buf(),
+            name: rec.name.clone(),
+            version: rec.version,
+            workflow: rec.workflow.clone(),
+            files,
+            progress: None,
+        };
+        self.journal.set_state(rec.id, StackState::Sending, "")?;
+        tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), channels = k, warm = links.len(), "sending");
+        self.active.insert(dir.to_path_buf());
+        self.in_use.insert(dir.to_path_buf(), k);
+        let (cfg, tx, d) = (self.cfg.clone(), self.tx.clone(), dir.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let (report, kept) = transfer::send_over(&cfg, &job, ctl.as_deref(), links, k);
+            let _ = tx.send(Msg::Done(d, Box::new(report), kept));
+        });
+        Ok(true)
+    }
+
+    pub(super) fn finished(
+        &mut self,
+        dir: PathBuf,
+        report: Report,
+        links: Vec<crate::link::Link>,
+    ) -> Result<()> {
+        self.active.remove(&dir);
+        self.in_use.remove(&dir);
+        let now = Instant::now();
+        self.pool.extend(links.into_iter().map(|l| (l, now)));
+        if let Some(t) = self.stacks.get_mut(&dir) {
+            t.quiet = false; // what comes next is decided at the next step
+        }
+        self.finished_transfer(&dir, report)?;
+        if !self.stacks.contains_key(&dir) && !dir.exists() {
+            // renamed or removed while it was being sent
+            self.vanished(&dir)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn finished_transfer(&mut self, dir: &Path, report: Report) -> Result<()> {
+        let dir = dir.to_path_buf();
+        let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
+            return Ok(());
+        };
+        let backoff = Backoff::of(&self.cfg);
+        let t = self.stacks.get_mut(&dir);
+        let wait = t.as_ref().map(|t| t.backoff).unwrap_or(backoff.initial);
+        let decision = report.record(&mut self.journal, rec.id, wait)?;
+        if report.result.is_ok() {
+            let accepted = std::time::SystemTime::now();
+            let finished = t.as_ref().and_then(|t| t.finished_at);
+            // the newest section's mtime: when the last of the stack landed
+            let landed = self
+                .journal
+                .files(rec.id)?
+                .iter()
+                .map(|f| f.mtime_ns)
+                .max()
+                .map(|ns| std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64));
+            let secs = |a: Option<std::time::SystemTime>, b: Option<std::time::SystemTime>| {
+                let (a, b) = (a?, b?);
+                Some(match b.duration_since(a) {
+                    Ok(d) => d.as_secs_f64(),
+                    Err(_) => 0.0,
+                })
+            };
+            self.metrics.accepted(
+                secs(landed, finished),
+                secs(finished, Some(accepted)),
+                report.wire_bytes,
+            );
+        }
+        match (&report.result, decision.next) {
+            (Ok(acc), _) => tracing::info!(
+                stack = %rec.name, version = rec.version, remote_id = acc.remote_id, jobs = acc.jobs,
+                bytes = report.wire_bytes, same = report.same, secs = report.elapsed.as_secs_f64(), "submitted"
+            ),
+            (Err(_), Next::RetryIn(_)) => tracing::warn!(stack = %rec.name, "{}", decision.reason),
+            (Err(_), Next::Hold) => tracing::error!(stack = %rec.name, "{}", decision.reason),
+            (Err(_), _) => tracing::info!(stack = %rec.name, "{}", decision.reason),
+        }
+        if let Some(t) = t {
+            match decision.next {
+                Next::Done => {
+                    t.retry_at = None;
+                    t.backoff = backoff.initial;
+                }
+                Next::RetryIn(w) => {
+                    t.retry_at = Some(Instant::now() + w);
+                    t.backoff = backoff.after(w);
+                }
+                Next::SettleAgain => {
+                    t.last_change = Instant::now();
+                    t.checks.clear();
+                    t.rehash = true;
+                }
+                Next::Hold => t.refused = true,
+            }
+        }
+        if decision.next == Next::SettleAgain {
+            self.dirty.insert(dir);
+        }
+        if decision.next == Next::Hold {
+            self.held(rec.id, &rec.name, rec.version, &decision.reason)?;
+        }
+        if report.result.is_ok() {
+            self.write_metrics();
+        }
+        Ok(())
+    }
+
+    /// Starts removing one vanished stack's partial copy, when the link is free.
+    pub(super) async fn discard_next(&mut self, now: Instant) -> Result<()> {
+        if self.active.len() >= self.cfg.link.max_stacks as usize || !self.discards_pending {
+            return Ok(());
+        }
+        let waiting: Vec<_> = self
+            .journal
+            .stacks()?
+            .into_iter()
+            .filter(|r| r.state == StackState::Discarding)
+            .collect();
+        if waiting.is_empty() {
+            self.discards_pending = false;
+            return Ok(());
+        }
+        for r in &waiting {
+            if let Some((at, _)) = self.discard_retry.get(&r.id).filter(|(at, _)| *at > now) {
+                earliest(&mut self.wake, *at);
+            }
+        }
+        let Some(rec) = waiting.into_iter().find(|r| {
+            !self.active.contains(Path::new(&r.dir))
+                && self
+                    .discard_retry
+                    .get(&r.id)
+                    .is_none_or(|(at, _)| *at <= now)
+        }) else {
+            return Ok(());
+        };
+        let ctl = match self.master.as_mut() {
+            None => None,
+            Some(m) => match m.ensure().await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.discarded(rec.id, transfer::Discard::Failed(e.to_string()))?;
+                    return Ok(());
+                }
+            },
+        };
+        let files: Vec<String> = self
+            .journal
+            .files(rec.id)?
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        let dir = PathBuf::from(&rec.dir);
+        self.active.insert(dir.clone());
+        let (cfg, tx, id, name) = (self.cfg.clone(), self.tx.clone(), rec.id, rec.name);
+        tokio::task::spawn_blocking(move || {
+            let outcome = transfer::discard(&cfg, ctl.as_deref(), &name, &files);
+            let _ = tx.send(Msg::Discarded(dir, id, outcome));
+        });
+        Ok(())
+    }
+
+    pub(super) fn discarded(&mut self, id: i64, outcome: transfer::Discard) -> Result<()> {
+        let still = self
+            .journal
+            .stacks()?
+            .into_iter()
+            .find(|r| r.id == id)
+            .filter(|r| r.state == StackState::Discarding);
+        let Some(rec) = still else {
+            return Ok(()); // the folder came back meanwhile
+        };
+        match outcome {
+            transfer::Discard::Removed(n) => {
+                self.discard_retry.remove(&id);
+                tracing::info!(stack = %rec.name, removed = n, "partial copy removed at the collector");
+                self.journal.set_state(
+                    id,
+                    StackState::Gone,
+                    &format!("the folder is gone (renamed or removed) before it was submitted; its partial copy at the collector ({n} files) was removed"),
+                )?;
+            }
+            transfer::Discard::Kept(why) => {
+                self.discard_retry.remove(&id);
+                self.journal.set_state(
+                    id,
+                    StackState::Gone,
+                    &format!("the folder is gone (renamed or removed); the collector keeps its files: {why}"),
+                )?;
+            }
+            transfer::Discard::Failed(why) => {
+                let backoff = Backoff::of(&self.cfg);
+                let wait = self
+                    .discard_retry
+                    .get(&id)
+                    .map(|(_, w)| *w)
+                    .unwrap_or(backoff.initial);
+                self.discard_retry
+                    .insert(id, (Instant::now() + wait, backoff.after(wait)));
+                let reason = format!(
+                    "the folder is gone before it was submitted; removing its partial copy at the collector failed ({why}); retrying in {}",
+                    humantime::format_duration(wait)
+                );
+                tracing::warn!(stack = %rec.name, "{reason}");
+                self.journal
+                    .set_state(id, StackState::Discarding, &reason)?;
+            }
+        }
+        Ok(())
+    }
+}
