@@ -44,6 +44,12 @@ pub enum SshError {
 pub struct Master {
     link: LinkSection,
     session: Option<Session>,
+    /// An own master found already running at `control_path` is this one's to end (the
+    /// daemon's, from before a restart), not another's to leave running (the daemon's, found
+    /// by a `push`, `doctor` or `setup` run beside it).
+    takes_found: bool,
+    /// The master in use was found running, not opened here.
+    found: bool,
 }
 
 fn describe(e: &openssh::Error) -> String {
@@ -73,6 +79,17 @@ impl Master {
         Master {
             link: link.clone(),
             session: None,
+            takes_found: false,
+            found: false,
+        }
+    }
+
+    /// The daemon's master: one found running at `control_path` is its own from before a
+    /// restart, and it ends it when it stops.
+    pub fn for_daemon(link: &LinkSection) -> Master {
+        Master {
+            takes_found: true,
+            ..Master::new(link)
         }
     }
 
@@ -107,7 +124,9 @@ impl Master {
                 s
             }
             MasterMode::Own if !self.link.control_path.as_os_str().is_empty() => {
-                self.own_at(&self.link.control_path.clone()).await?
+                let (s, found) = self.own_at(&self.link.control_path.clone()).await?;
+                self.found = found;
+                s
             }
             MasterMode::Own => {
                 let mut b = SessionBuilder::default();
@@ -139,7 +158,7 @@ impl Master {
     /// Opens an own master whose socket is exactly `path`. A live master already there is
     /// this agent's from before a restart (kept by `ControlPersist`): it is taken back, not
     /// doubled; a dead one's socket is removed first.
-    async fn own_at(&self, path: &Path) -> Result<Session, SshError> {
+    async fn own_at(&self, path: &Path) -> Result<(Session, bool), SshError> {
         let failed = |why: String| SshError::Connect {
             host: self.link.host.clone(),
             why,
@@ -147,7 +166,7 @@ impl Master {
         if path.exists() {
             let s = Session::resume_mux(path.to_path_buf().into_boxed_path(), None);
             if s.check().await.is_ok() {
-                return Ok(s);
+                return Ok((s, true));
             }
             let _ = s.detach();
             std::fs::remove_file(path).map_err(|e| {
@@ -218,7 +237,7 @@ impl Master {
                 describe(&e)
             )));
         }
-        Ok(s)
+        Ok((s, false))
     }
 
     fn control_dir(&self) -> PathBuf {
@@ -241,14 +260,16 @@ impl Master {
         }
     }
 
-    /// Ends an owned master; leaves an adopted one to its owner.
+    /// Ends an owned master; leaves an adopted one to its owner, and one found running at
+    /// `control_path` to the daemon that opened it (unless this is that daemon).
     pub async fn close(mut self) {
         if let Some(s) = self.session.take() {
             match self.link.master {
-                MasterMode::Own => {
+                MasterMode::Own if !self.found || self.takes_found => {
                     let _ = s.close().await;
                 }
-                MasterMode::Adopt => {
+                // a person's, or the daemon's found by a command run beside it
+                _ => {
                     let _ = s.detach();
                 }
             }

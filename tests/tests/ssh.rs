@@ -330,8 +330,8 @@ fn master_pid(sshd: &Sshd, ctl: &std::path::Path) -> Option<String> {
 }
 
 /// `master = "own"` with a `control_path`: the daemon's master answers exactly there, a
-/// daemon killed and started again takes the same master back (no second login), and a
-/// daemon that stops ends it.
+/// daemon killed and started again takes the same master back (no second login), a push run
+/// beside it uses that master and leaves it running, and a daemon that stops ends it.
 #[test]
 fn an_own_master_lives_at_control_path_and_is_taken_back_after_a_restart() {
     let sshd = Sshd::start();
@@ -355,6 +355,14 @@ fn an_own_master_lives_at_control_path_and_is_taken_back_after_a_restart() {
         master_pid(&sshd, &ctl).as_deref(),
         Some(pid.as_str()),
         "the restarted daemon took the same master back"
+    );
+    // a push beside the daemon uses its master and leaves it running
+    let third = site.write_stack("third", 2, 32);
+    pushed_ok(&site, &third);
+    assert_eq!(
+        master_pid(&sshd, &ctl).as_deref(),
+        Some(pid.as_str()),
+        "a push beside the daemon leaves the daemon's master alone"
     );
     agent.term();
     wait_until(Duration::from_secs(10), "the master to end", || {

@@ -60,7 +60,12 @@ impl Daemon {
     }
 
     /// Starts sending one finished stack; false when the SSH master cannot be had.
-    pub(super) async fn start_send(&mut self, dir: &Path, order: i64, now: Instant) -> Result<bool> {
+    pub(super) async fn start_send(
+        &mut self,
+        dir: &Path,
+        order: i64,
+        now: Instant,
+    ) -> Result<bool> {
         let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
             return Ok(true);
         };

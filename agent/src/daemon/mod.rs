@@ -196,7 +196,7 @@ pub async fn run(
         undecided: 0,
         tx: tx.clone(),
         master: (cfg_transport == beamflow_config::Transport::Ssh)
-            .then(|| crate::ssh::Master::new(&cfg_link)),
+            .then(|| crate::ssh::Master::for_daemon(&cfg_link)),
         master_down: false,
         discard_retry: HashMap::new(),
         discards_pending: true,
