@@ -15,7 +15,8 @@ pub fn check_images(
 ) -> Vec<(String, String)> {
     let fresh = |f: &&crate::scan::FileSeen| !matches!(cache.get(&f.name), Some((s, m, _)) if *s == f.size && *m == f.mtime_ns);
     let todo: Vec<&crate::scan::FileSeen> = scan.images.iter().filter(fresh).collect();
-    let checked = on_all_cores(&todo, |f| {
+    // a check reads a few hundred bytes: threads pay only for many files
+    let checked = on_all_cores(&todo, todo.len() >= 32, |f| {
         tiff_check::check(&dir.join(&f.name))
             .err()
             .map(|e| e.to_string())
@@ -63,17 +64,33 @@ pub fn hash_files(
         })
     };
     let images: Vec<&crate::scan::FileSeen> = scan.images.iter().collect();
-    on_all_cores(&images, |f| one(f)).into_iter().collect()
+    // threads pay for themselves from a few MiB on (a small stack hashes in well under 1 ms)
+    let bytes: u64 = scan.images.iter().map(|f| f.size).sum();
+    on_all_cores(&images, bytes >= 4 << 20, |f| one(f))
+        .into_iter()
+        .collect()
 }
 
 /// `work` applied to every item on as many threads as there are cores (at most 8), each
-/// taking every n-th item; the results come back in the items' order.
-fn on_all_cores<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8)
-        .min(items.len().max(1));
+/// taking every n-th item, or on this thread when `worth` is false; the results come back
+/// in the items' order.
+fn on_all_cores<T: Sync, R: Send>(
+    items: &[T],
+    worth: bool,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    // asked once: the answer reads cgroup files, and a cold start asks for every stack
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8)
+    });
+    let threads = cores.min(items.len().max(1));
+    if threads == 1 || !worth {
+        return items.iter().map(work).collect();
+    }
     let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {

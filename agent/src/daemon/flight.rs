@@ -4,6 +4,42 @@
 
 use super::*;
 
+/// Finished stacks waiting for a slot, in the order they go: the time their images last
+/// changed, oldest first. Kept in order, so that the next is found without sorting them all
+/// at every step (a cold start queues thousands).
+#[derive(Default)]
+pub(super) struct Ready {
+    order: std::collections::BTreeSet<(i64, PathBuf)>,
+    key: HashMap<PathBuf, i64>,
+}
+
+impl Ready {
+    /// Queues `dir` (again) with its order.
+    pub(super) fn insert(&mut self, dir: PathBuf, order: i64) {
+        if let Some(old) = self.key.insert(dir.clone(), order) {
+            self.order.remove(&(old, dir.clone()));
+        }
+        self.order.insert((order, dir));
+    }
+
+    /// Takes `dir` out; its order, if it was queued.
+    pub(super) fn remove(&mut self, dir: &Path) -> Option<i64> {
+        let order = self.key.remove(dir)?;
+        self.order.remove(&(order, dir.to_path_buf()));
+        Some(order)
+    }
+
+    /// How many wait.
+    pub(super) fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    /// The waiting stacks, oldest first.
+    fn in_order(&self) -> impl Iterator<Item = &PathBuf> {
+        self.order.iter().map(|(_, d)| d)
+    }
+}
+
 impl Daemon {
     /// Closes far ends unused for `[link] idle`, off the loop, and wakes for the next one.
     pub(super) fn prune_pool(&mut self, now: Instant) {
@@ -29,29 +65,33 @@ impl Daemon {
 
     /// Starts finished stacks, oldest first, while a stack slot and a far end are free.
     pub(super) async fn start_ready(&mut self, now: Instant) -> Result<()> {
-        if self.ready.is_empty() {
-            return Ok(());
-        }
-        let mut order: Vec<(i64, PathBuf)> =
-            self.ready.iter().map(|(d, o)| (*o, d.clone())).collect();
-        order.sort();
         let (slots, ends) = (
             self.cfg.link.max_stacks as usize,
             self.cfg.link.channels as usize,
         );
-        for (_, dir) in order {
+        let free = slots.saturating_sub(self.active.len());
+        if self.ready.len() == 0 || free == 0 {
+            return Ok(());
+        }
+        // the oldest that may go now; those waiting out a retry name their deadline
+        let mut next = Vec::new();
+        for dir in self.ready.in_order() {
+            match self.stacks.get(dir).and_then(|t| t.retry_at) {
+                Some(at) if at > now => earliest(&mut self.wake, at),
+                _ => next.push(dir.clone()),
+            }
+            if next.len() == free {
+                break;
+            }
+        }
+        for dir in next {
             if self.active.len() >= slots || self.in_use.values().sum::<usize>() >= ends {
                 break;
             }
-            let Some(t) = self.stacks.get(&dir) else {
-                self.ready.remove(&dir);
-                continue;
-            };
-            if let Some(at) = t.retry_at.filter(|at| *at > now) {
-                earliest(&mut self.wake, at);
+            let order = self.ready.remove(&dir).unwrap_or_default();
+            if !self.stacks.contains_key(&dir) {
                 continue;
             }
-            let order = self.ready.remove(&dir).unwrap_or_default();
             if !self.start_send(&dir, order, now).await? {
                 break; // the link is down: the others wait with it
             }

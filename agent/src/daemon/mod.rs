@@ -119,7 +119,7 @@ pub struct Daemon {
     in_use: HashMap<PathBuf, usize>,
     /// Finished stacks waiting for a free slot, with their order: the time their images last
     /// changed, oldest first (the same order at a cold start as live).
-    ready: HashMap<PathBuf, i64>,
+    ready: flight::Ready,
     /// Far ends kept open between stacks (the warm link), most recently used last, each with
     /// when it was last used; they run over the master socket `pool_ctl`.
     pool: Vec<(crate::link::Link, Instant)>,
@@ -187,7 +187,7 @@ pub async fn run(
         walk: HashSet::new(),
         active: HashSet::new(),
         in_use: HashMap::new(),
-        ready: HashMap::new(),
+        ready: flight::Ready::default(),
         pool: Vec::new(),
         pool_ctl: None,
         soon: None,

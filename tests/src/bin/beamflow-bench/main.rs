@@ -73,19 +73,22 @@ fn opts() -> Opts {
         }
         Some("watch") => {
             let (mut files, mut layouts, mut idle) = (20_000u32, vec![200u32, 2000], 60u64);
+            let mut link = (4u32, 4u32);
             while let Some(a) = it.next() {
                 let v = it.next().map(String::as_str).unwrap_or("");
                 match a.as_str() {
                     "--files" => files = v.parse().unwrap_or(20_000),
                     "--folders" => layouts = v.split(',').filter_map(|x| x.parse().ok()).collect(),
                     "--idle" => idle = v.parse().unwrap_or(60),
+                    "--channels" => link.0 = v.parse().unwrap_or(4),
+                    "--max-stacks" => link.1 = v.parse().unwrap_or(4),
                     other => {
                         eprintln!("beamflow-bench: unknown option {other}");
                         std::process::exit(2)
                     }
                 }
             }
-            watch::run(files, &layouts, Duration::from_secs(idle));
+            watch::run(files, &layouts, Duration::from_secs(idle), link);
             std::process::exit(0)
         }
         Some("daemon") => {
@@ -128,7 +131,7 @@ fn opts() -> Opts {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
             eprintln!(
-                "       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60]"
+                "       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60] [--channels 4] [--max-stacks 4]"
             );
             eprintln!("       beamflow-bench ssh [--runs 3] [--big-files 10] [--small-files 5000] [--channels 4]");
             std::process::exit(2)

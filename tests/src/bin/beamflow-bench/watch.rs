@@ -103,8 +103,16 @@ fn submitted(state: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn layout(folders: u32, files: u32, idle: Duration, settle: Duration) -> (Row, Site) {
+fn layout(
+    folders: u32,
+    files: u32,
+    idle: Duration,
+    settle: Duration,
+    link: (u32, u32),
+) -> (Row, Site) {
     let site = Site::new(&humantime::format_duration(settle).to_string(), "");
+    site.edit_config("channels = 4", &format!("channels = {}", link.0));
+    site.edit_config("max_stacks = 4", &format!("max_stacks = {}", link.1));
     // one job per stack that waits in a queue that submits nothing: the collector registers
     // each DAG and runs nothing beside the agent (no 8-bit preparation either)
     site.edit_config("workflow = \"aligntk\"", "workflow = \"hold\"");
@@ -188,8 +196,8 @@ fn layout(folders: u32, files: u32, idle: Duration, settle: Duration) -> (Row, S
     (row, site)
 }
 
-/// Runs every layout and prints the table.
-pub fn run(files: u32, layouts: &[u32], idle: Duration) {
+/// Runs every layout and prints the table; `link` is `[link] channels` and `max_stacks`.
+pub fn run(files: u32, layouts: &[u32], idle: Duration, link: (u32, u32)) {
     for tool in ["rsync", "find", "tar"] {
         if Command::new("sh")
             .arg("-c")
@@ -204,7 +212,7 @@ pub fn run(files: u32, layouts: &[u32], idle: Duration) {
     }
     let (rows, _sites): (Vec<Row>, Vec<Site>) = layouts
         .iter()
-        .map(|&f| layout(f, files, idle, Duration::from_secs(10)))
+        .map(|&f| layout(f, files, idle, Duration::from_secs(10), link))
         .unzip();
     println!();
     println!(
@@ -227,7 +235,10 @@ pub fn run(files: u32, layouts: &[u32], idle: Duration) {
             r.rss_mb
         );
     }
-    println!("\ncold start: agent started → every stack's DAG accepted by the collector (hashed, checked,");
+    println!("\n[link] channels = {}, max_stacks = {}.", link.0, link.1);
+    println!(
+        "cold start: agent started → every stack's DAG accepted by the collector (hashed, checked,"
+    );
     println!(
         "sent, verified, fsynced, registered); the tree's files were older than `settle` (10 s)."
     );
