@@ -160,7 +160,8 @@ fn a_restart_decides_from_file_times_and_keeps_a_held_reason() {
 }
 
 /// A marker finishes a stack at once, whatever `settle` says: the check starts on the
-/// event, not at a later tick.
+/// event, not at a later tick; and its images, hashed while the stack waited for the marker,
+/// are not read again for it.
 #[test]
 fn a_marker_finishes_a_stack_at_once() {
     let site = Site::new("1h", "marker = \"DONE\"");
@@ -169,6 +170,7 @@ fn a_marker_finishes_a_stack_at_once() {
     let _agent = site.start_agent();
     let dir = site.write_stack("marked", 3, 32);
     site.wait_state("marked", "waiting", LONG);
+    std::thread::sleep(Duration::from_millis(2500)); // left alone: hashed ahead
     let start = Instant::now();
     std::fs::write(dir.join("DONE"), b"").unwrap();
     site.wait_state("marked", "submitted", LONG);
@@ -176,5 +178,10 @@ fn a_marker_finishes_a_stack_at_once() {
         start.elapsed() < Duration::from_secs(5),
         "submitted {:?} after the marker (settle is an hour)",
         start.elapsed()
+    );
+    let finished = log_lines(&site, "stack finished");
+    assert!(
+        finished.len() == 1 && finished[0].contains("hashed_ahead=3"),
+        "{finished:#?}"
     );
 }

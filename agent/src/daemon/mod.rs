@@ -57,7 +57,16 @@ struct Tracked {
     fresh: bool,
     /// A quiet stack waiting for a deadline (settle, max_wait) is looked at again then.
     due: Option<Instant>,
+    /// Hashes of its images taken while it settles (valid while name, size and mtime match):
+    /// when it finishes, its files are offered at once instead of after hashing them all.
+    hashed: Vec<FileRecord>,
+    /// Hashing ahead is under way.
+    hashing: bool,
 }
+
+/// How long an image must have been left alone before it is hashed ahead of the stack's
+/// finish (a file still being written would be hashed for nothing).
+const HASH_AHEAD_AFTER: Duration = Duration::from_secs(1);
 
 /// How long filesystem events gather before the folders they name are looked at: a file
 /// written in many pieces is one look, not one per write.
@@ -429,6 +438,19 @@ impl Daemon {
                 self.finished(dir, *report, links)?;
                 self.poke(Duration::ZERO);
             }
+            Msg::Hashed(dir, r) => {
+                if let Some(t) = self.stacks.get_mut(&dir) {
+                    t.hashing = false;
+                    match r {
+                        Ok(files) => {
+                            t.hashed.retain(|h| !files.iter().any(|f| f.name == h.name));
+                            t.hashed.extend(files);
+                        }
+                        // read again when it finishes, which says why if it still fails
+                        Err(e) => tracing::debug!(stack = %dir.display(), "hashing ahead: {e}"),
+                    }
+                }
+            }
             Msg::Discarded(dir, id, outcome) => {
                 self.active.remove(&dir);
                 self.discarded(id, outcome)?;
@@ -546,6 +568,8 @@ impl Daemon {
                                 quiet: false,
                                 fresh: true,
                                 due: None,
+                                hashed: Vec::new(),
+                                hashing: false,
                             };
                             self.stacks.insert(dir.clone(), t);
                         }
@@ -704,6 +728,38 @@ impl Daemon {
                         if !t.warned && overdue_at > now {
                             earliest(&mut due, overdue_at);
                         }
+                        // hash what has been left alone meanwhile, off the loop
+                        let wall = std::time::SystemTime::now();
+                        let age = |f: &crate::scan::FileSeen| {
+                            let m = std::time::UNIX_EPOCH
+                                + Duration::from_nanos(f.mtime_ns.max(0) as u64);
+                            wall.duration_since(m).unwrap_or_default()
+                        };
+                        let mut ahead = Vec::new();
+                        for f in &t.scan.images {
+                            let have = t.hashed.iter().any(|h| {
+                                h.name == f.name && h.size == f.size && h.mtime_ns == f.mtime_ns
+                            });
+                            if have {
+                                continue;
+                            }
+                            match HASH_AHEAD_AFTER.checked_sub(age(f)) {
+                                None => ahead.push(f.clone()),
+                                Some(left) => earliest(&mut due, now + left),
+                            }
+                        }
+                        if !ahead.is_empty() && !t.hashing && !t.rehash {
+                            t.hashing = true;
+                            let (d, tx) = (dir.to_path_buf(), self.tx.clone());
+                            let scan = DirScan {
+                                images: ahead,
+                                ..DirScan::default()
+                            };
+                            tokio::task::spawn_blocking(move || {
+                                let r = hash_files(&d, &scan, &[]).map_err(|e| e.to_string());
+                                let _ = tx.send(Msg::Hashed(d, r));
+                            });
+                        }
                         if let Some(at) = due {
                             t.quiet = true;
                             t.due = Some(at);
@@ -724,19 +780,32 @@ impl Daemon {
                         }
                     }
                     Verdict::Finished(trigger) => {
-                        let known = if t.rehash {
+                        let mut known = if t.rehash {
+                            t.hashed.clear();
                             Vec::new()
                         } else {
                             self.journal.files(rec.id)?
                         };
                         t.rehash = false;
+                        // hashed while it settled: those files are not read again now
+                        let ahead = t
+                            .scan
+                            .images
+                            .iter()
+                            .filter(|f| {
+                                t.hashed.iter().any(|h| {
+                                    h.name == f.name && h.size == f.size && h.mtime_ns == f.mtime_ns
+                                })
+                            })
+                            .count();
+                        known.extend(t.hashed.iter().cloned());
                         let (d, scan) = (dir.to_path_buf(), t.scan.clone());
                         let hashed =
                             tokio::task::spawn_blocking(move || hash_files(&d, &scan, &known))
                                 .await?;
                         match hashed {
                             Ok(files) => {
-                                tracing::info!(stack = %name, version = rec.version, files = files.len(), ?trigger, "stack finished");
+                                tracing::info!(stack = %name, version = rec.version, files = files.len(), hashed_ahead = ahead, ?trigger, "stack finished");
                                 t.finished_at = Some(std::time::SystemTime::now());
                                 t.quiet = true;
                                 self.journal.queue(rec.id, &files)?;
