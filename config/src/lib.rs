@@ -1055,6 +1055,13 @@ mod tests {
         assert!(e.starts_with("t.toml:5: key `watch[1].max_wait`"), "{e}");
         let e = err("[link]\nchannels = \"x\"\n");
         assert!(e.starts_with("t.toml:2: key `link.channels`"), "{e}");
+        let e = err("[link]\nchannels = 2\nmax_stacks = 0\n");
+        assert!(
+            e.starts_with("t.toml:3: key `link.max_stacks`") && e.contains("use 1 to 64"),
+            "{e}"
+        );
+        let e = err("[link]\nidle = 30\n");
+        assert!(e.starts_with("t.toml:2: key `link.idle`"), "{e}");
         let e = err("[[watch]]\npath = \"in\"\nworkflow = \"alignTK\"\n");
         assert!(e.starts_with("t.toml:3: key `watch[0].workflow`"), "{e}");
         assert!(e.contains("aligntk, aligntk-apply, qa"), "{e}");

@@ -34,6 +34,11 @@ impl Ready {
         self.key.len()
     }
 
+    /// Whether none waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.key.is_empty()
+    }
+
     /// The waiting stacks, oldest first.
     fn in_order(&self) -> impl Iterator<Item = &PathBuf> {
         self.order.iter().map(|(_, d)| d)
@@ -70,7 +75,7 @@ impl Daemon {
             self.cfg.link.channels as usize,
         );
         let free = slots.saturating_sub(self.active.len());
-        if self.ready.len() == 0 || free == 0 {
+        if self.ready.is_empty() || free == 0 {
             return Ok(());
         }
         // the oldest that may go now; those waiting out a retry name their deadline

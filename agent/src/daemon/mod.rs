@@ -59,7 +59,7 @@ struct Tracked {
     due: Option<Instant>,
     /// Hashes of its images taken while it settles (valid while name, size and mtime match):
     /// when it finishes, its files are offered at once instead of after hashing them all.
-    hashed: Vec<FileRecord>,
+    hashed: HashMap<String, FileRecord>,
     /// Hashing ahead is under way.
     hashing: bool,
 }
@@ -103,6 +103,15 @@ fn changed_at(scan: &DirScan, now: Instant) -> Instant {
         }
     }
     now - lo
+}
+
+impl Tracked {
+    /// Whether `f`, as it is now, was hashed while the stack settled.
+    fn hashed_ahead(&self, f: &crate::scan::FileSeen) -> bool {
+        self.hashed
+            .get(&f.name)
+            .is_some_and(|h| h.size == f.size && h.mtime_ns == f.mtime_ns)
+    }
 }
 
 fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
@@ -443,8 +452,8 @@ impl Daemon {
                     t.hashing = false;
                     match r {
                         Ok(files) => {
-                            t.hashed.retain(|h| !files.iter().any(|f| f.name == h.name));
-                            t.hashed.extend(files);
+                            t.hashed
+                                .extend(files.into_iter().map(|f| (f.name.clone(), f)));
                         }
                         // read again when it finishes, which says why if it still fails
                         Err(e) => tracing::debug!(stack = %dir.display(), "hashing ahead: {e}"),
@@ -568,7 +577,7 @@ impl Daemon {
                                 quiet: false,
                                 fresh: true,
                                 due: None,
-                                hashed: Vec::new(),
+                                hashed: HashMap::new(),
                                 hashing: false,
                             };
                             self.stacks.insert(dir.clone(), t);
@@ -685,9 +694,10 @@ impl Daemon {
                 Ok(())
             }
             StackState::Queued | StackState::Sending | StackState::Sent => {
-                // waits for a slot; looked at again only when one frees or its files change
+                // waits for a slot, or for its transfer to end: looked at again when one frees,
+                // when the transfer ends or when its files change
+                t.quiet = true;
                 if !self.active.contains(dir) {
-                    t.quiet = true;
                     self.ready.insert(dir.to_path_buf(), t.scan.changed_ns);
                 }
                 Ok(())
@@ -737,10 +747,7 @@ impl Daemon {
                         };
                         let mut ahead = Vec::new();
                         for f in &t.scan.images {
-                            let have = t.hashed.iter().any(|h| {
-                                h.name == f.name && h.size == f.size && h.mtime_ns == f.mtime_ns
-                            });
-                            if have {
+                            if t.hashed_ahead(f) {
                                 continue;
                             }
                             match HASH_AHEAD_AFTER.checked_sub(age(f)) {
@@ -788,17 +795,8 @@ impl Daemon {
                         };
                         t.rehash = false;
                         // hashed while it settled: those files are not read again now
-                        let ahead = t
-                            .scan
-                            .images
-                            .iter()
-                            .filter(|f| {
-                                t.hashed.iter().any(|h| {
-                                    h.name == f.name && h.size == f.size && h.mtime_ns == f.mtime_ns
-                                })
-                            })
-                            .count();
-                        known.extend(t.hashed.iter().cloned());
+                        let ahead = t.scan.images.iter().filter(|f| t.hashed_ahead(f)).count();
+                        known.extend(t.hashed.values().cloned());
                         let (d, scan) = (dir.to_path_buf(), t.scan.clone());
                         let hashed =
                             tokio::task::spawn_blocking(move || hash_files(&d, &scan, &known))

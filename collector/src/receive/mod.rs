@@ -106,7 +106,49 @@ struct Receiver {
     stats: crate::api::Received,
     /// The service's client, kept for the session: a warm link submits stack after stack,
     /// and one TLS handshake serves them all.
-    client: std::cell::RefCell<Option<Client>>,
+    client: std::cell::RefCell<Service>,
+}
+
+/// The service's client for a session: made from `server-info` at the first call, kept (a
+/// warm link submits stack after stack, and one TLS handshake serves them all), and made anew
+/// once when the kept one cannot reach the service: it may have restarted on another port or
+/// with another certificate.
+pub(crate) struct Service {
+    state_dir: PathBuf,
+    limit: Option<std::time::Duration>,
+    client: Option<Client>,
+}
+
+impl Service {
+    /// A client of the service whose `server-info` is in `state_dir`; `limit` bounds each
+    /// request (the client's default otherwise).
+    pub(crate) fn new(state_dir: &Path, limit: Option<std::time::Duration>) -> Service {
+        Service {
+            state_dir: state_dir.to_path_buf(),
+            limit,
+            client: None,
+        }
+    }
+
+    /// Calls the service, once more with a fresh client if the kept one could not reach it.
+    pub(crate) fn call<T>(
+        &mut self,
+        call: impl Fn(&Client) -> Result<T, crate::api::ClientError>,
+    ) -> Result<T, crate::api::ClientError> {
+        if let Some(c) = self.client.as_ref() {
+            match call(c) {
+                Err(e) if e.is_transient() => {}
+                other => return other,
+            }
+        }
+        let mut c = Client::from_state_dir(&self.state_dir)?;
+        if let Some(limit) = self.limit {
+            c = c.with_timeout(limit);
+        }
+        let r = call(&c);
+        self.client = Some(c);
+        r
+    }
 }
 
 /// Where one offered file goes.
@@ -212,28 +254,16 @@ impl Receiver {
             refused: std::collections::HashSet::new(),
             verified: Arc::new(Mutex::new(HashMap::new())),
             stats: Default::default(),
-            client: Default::default(),
+            client: std::cell::RefCell::new(Service::new(&cfg.collector.state_dir, None)),
         })
     }
 
-    /// Calls the service with the session's client, made (from `server-info`) at the first
-    /// call, and made anew once when the kept one cannot reach the service: it may have
-    /// restarted on another port or with another certificate.
+    /// Calls the service with the session's client.
     fn service<T>(
         &self,
-        cfg: &Config,
         call: impl Fn(&Client) -> Result<T, crate::api::ClientError>,
     ) -> Result<T, crate::api::ClientError> {
-        if let Some(c) = self.client.borrow().as_ref() {
-            match call(c) {
-                Err(e) if e.is_transient() => {}
-                other => return other,
-            }
-        }
-        let c = Client::from_state_dir(&cfg.collector.state_dir)?;
-        let r = call(&c);
-        *self.client.borrow_mut() = Some(c);
-        r
+        self.client.borrow_mut().call(call)
     }
 
     /// Resolves a wire path to a destination that is certainly inside the data root, even if
@@ -673,7 +703,7 @@ impl Receiver {
     /// submitted. The service is asked first: a stack it knows (any version) has jobs that
     /// may read these files, so they stay. Each path is reached through the confined walk,
     /// like a write.
-    fn discard(&mut self, cfg: &Config, stack: String, files: Vec<String>) -> Frame {
+    fn discard(&mut self, stack: String, files: Vec<String>) -> Frame {
         let refused = |message: String| Frame::Error {
             code: ErrorCode::SubmitRefused,
             message,
@@ -682,7 +712,7 @@ impl Receiver {
             Ok(s) => s,
             Err(e) => return refused(e),
         };
-        let known = self.service(cfg, |c| c.stacks());
+        let known = self.service(|c| c.stacks());
         match known {
             Ok(rows)
                 if rows
@@ -746,7 +776,6 @@ impl Receiver {
 
     fn submit(
         &self,
-        cfg: &Config,
         stack: String,
         version: u32,
         workflow: String,
@@ -793,9 +822,7 @@ impl Receiver {
             Err(e) => return refused(format!("{stack:?}: {e}")),
         };
         let registered = || -> Result<bool, String> {
-            let rows = self
-                .service(cfg, |c| c.stacks())
-                .map_err(|e| e.to_string())?;
+            let rows = self.service(|c| c.stacks()).map_err(|e| e.to_string())?;
             Ok(rows
                 .iter()
                 .any(|r| r.beamline == self.beamline && r.name == stack && r.version == version))
@@ -817,7 +844,7 @@ impl Receiver {
             workflow,
             files: out,
         };
-        match self.service(cfg, |c| c.submit(&req)) {
+        match self.service(|c| c.submit(&req)) {
             Ok(r) => Frame::Accepted {
                 stack,
                 version,

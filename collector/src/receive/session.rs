@@ -114,7 +114,7 @@ pub fn serve<R: Read, W: Write + Send>(
         );
         let (tell, told) = std::sync::mpsc::channel();
         scope.spawn(move || report_received(cfg, told));
-        let r = session(cfg, &mut rd, &wr, &mut rx, &committer, &tell);
+        let r = session(&mut rd, &wr, &mut rx, &committer, &tell);
         if rx.stats != crate::api::Received::default() {
             let _ = tell.send(std::mem::take(&mut rx.stats));
         }
@@ -124,42 +124,54 @@ pub fn serve<R: Read, W: Write + Send>(
 }
 
 /// Tells the service what arrived (its metrics), off the session's thread: counts sent
-/// while a report is out are added up, and at most five reports go a second. A link kept
-/// open for hours is counted as it goes; a service that is down misses them, nothing else.
+/// while a report is out are added up, and at most five reports go a second; what is left
+/// when the session ends goes at once. A link kept open for hours is counted as it goes; a
+/// service that is down misses them, nothing else.
 fn report_received(cfg: &Config, told: std::sync::mpsc::Receiver<crate::api::Received>) {
-    let mut client: Option<crate::api::Client> = None;
-    while let Ok(mut sum) = told.recv() {
-        while let Ok(more) = told.try_recv() {
-            sum.files += more.files;
-            sum.bytes += more.bytes;
-            sum.verify_failures += more.verify_failures;
-            sum.resumes += more.resumes;
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::{Duration, Instant};
+    const EVERY: Duration = Duration::from_millis(200);
+    let mut service = super::Service::new(&cfg.collector.state_dir, Some(Duration::from_secs(5)));
+    let mut report = |sum: &crate::api::Received| {
+        if let Err(e) = service.call(|c| c.received(sum)) {
+            tracing::debug!("cannot report what this session received: {e}");
         }
-        for attempt in 0..2 {
-            if client.is_none() {
-                client = crate::api::Client::from_state_dir(&cfg.collector.state_dir)
-                    .map(|c| c.with_timeout(std::time::Duration::from_secs(5)))
-                    .ok();
+    };
+    let mut pending: Option<crate::api::Received> = None;
+    let mut last: Option<Instant> = None;
+    loop {
+        let wait = match (&pending, last) {
+            (None, _) => Duration::from_secs(3600),
+            (Some(_), Some(at)) => (at + EVERY).saturating_duration_since(Instant::now()),
+            (Some(_), None) => Duration::ZERO,
+        };
+        match told.recv_timeout(wait) {
+            Ok(more) => {
+                let sum = pending.get_or_insert_with(Default::default);
+                sum.files += more.files;
+                sum.bytes += more.bytes;
+                sum.verify_failures += more.verify_failures;
+                sum.resumes += more.resumes;
             }
-            let Some(c) = client.as_ref() else { break };
-            match c.received(&sum) {
-                Ok(_) => break,
-                Err(e) => {
-                    // the service may have restarted elsewhere: read server-info once more
-                    client = None;
-                    if attempt == 1 {
-                        tracing::debug!("cannot report what this session received: {e}");
-                    }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(sum) = pending.take() {
+                    report(&sum);
                 }
+                return;
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        if pending.is_some() && last.is_none_or(|at| at.elapsed() >= EVERY) {
+            if let Some(sum) = pending.take() {
+                report(&sum);
+            }
+            last = Some(Instant::now());
+        }
     }
 }
 
 /// The frames after the handshake.
 fn session<R: Read, W: Write>(
-    cfg: &Config,
     rd: &mut BufReader<R>,
     wr: &SharedWriter<W>,
     rx: &mut Receiver,
@@ -241,7 +253,7 @@ fn session<R: Read, W: Write>(
                     committer.push(f);
                 }
                 committer.settle();
-                let reply = rx.submit(cfg, stack, version, workflow, files);
+                let reply = rx.submit(stack, version, workflow, files);
                 send(wr, &reply, true)?;
             }
             Frame::Discard { stack, files } => {
@@ -249,7 +261,7 @@ fn session<R: Read, W: Write>(
                     committer.push(f);
                 }
                 committer.settle();
-                let reply = rx.discard(cfg, stack, files);
+                let reply = rx.discard(stack, files);
                 send(wr, &reply, false)?;
             }
             Frame::Bye => {
