@@ -595,12 +595,21 @@ impl Daemon {
             }
         }
         // oldest change first: decided (and so started) in the order they finished
-        let mut dirs: Vec<(i64, PathBuf)> = self
-            .stacks
-            .iter()
-            .filter(|(_, t)| !t.quiet || t.due.is_some_and(|at| at <= now))
-            .map(|(d, t)| (t.scan.changed_ns, d.clone()))
-            .collect();
+        let mut dirs: Vec<(i64, PathBuf)> = Vec::new();
+        for (d, t) in &self.stacks {
+            match t.due {
+                _ if !t.quiet => {}
+                Some(at) if at <= now => {}
+                // not looked at this round: the deadline an earlier round named still stands
+                // (`wake` was cleared above)
+                Some(at) => {
+                    earliest(&mut self.wake, at);
+                    continue;
+                }
+                None => continue,
+            }
+            dirs.push((t.scan.changed_ns, d.clone()));
+        }
         dirs.sort();
         // decisions hash files: a long round yields to the loop, so that transfers already
         // under way are answered and the next ones start while the rest are decided
@@ -867,10 +876,19 @@ mod tests {
 
     /// The daemon's loop under a paused clock: a quiet stack is finished exactly when
     /// `settle` has passed on the loop's clock, and a far end that cannot start is retried
-    /// with the configured backoff, doubling up to `retry_max` (not a cap of its own). The
-    /// 30 s settle and the retries take no real time.
+    /// with the configured backoff, doubling up to `retry_max` (not a cap of its own). A
+    /// second stack appearing meanwhile (a round of decisions that does not look at the first)
+    /// does not move the first one's deadline. The 30 s settle and the retries take no real
+    /// time.
     #[tokio::test(start_paused = true)]
     async fn settle_and_backoff_follow_the_loop_s_clock() {
+        // images written long ago (by the wall clock, which the paused one does not move) are
+        // hashed ahead at once: no deadline but settle's calls the stack back
+        let old_mtime = |p: &Path| {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+                .unwrap();
+        };
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("incoming");
         let stack = root.join("s1");
@@ -884,6 +902,7 @@ mod tests {
                 rows_per_strip: 8,
             };
             write_tiff(&stack.join(format!("S_{i}.tif")), &s).unwrap();
+            old_mtime(&stack.join(format!("S_{i}.tif")));
         }
         let at = |p: &str| format!("\"{}\"", d.path().join(p).display());
         let text = beamflow_config::EMBEDDED_LOCAL
@@ -904,8 +923,23 @@ mod tests {
         let watch = async {
             let mut seen: Vec<(Duration, String, String)> = Vec::new();
             let mut journal = None;
+            let mut other = false;
             while start.elapsed() < Duration::from_secs(60) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                if !other && start.elapsed() > Duration::from_secs(5) {
+                    other = true;
+                    let s2 = root.join("s2");
+                    std::fs::create_dir_all(&s2).unwrap();
+                    let s = Section {
+                        width: 8,
+                        height: 8,
+                        seed: 9,
+                        big: false,
+                        rows_per_strip: 8,
+                    };
+                    write_tiff(&s2.join("S_0.tif"), &s).unwrap();
+                    old_mtime(&s2.join("S_0.tif"));
+                }
                 if journal.is_none() {
                     journal = Journal::open_read_only(&state).ok();
                 }
