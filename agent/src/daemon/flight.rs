@@ -297,7 +297,7 @@ impl Daemon {
             self.held(rec.id, &rec.name, rec.version, &decision.reason)?;
         }
         if report.result.is_ok() {
-            self.write_metrics();
+            self.metrics_changed(Instant::now());
         }
         Ok(())
     }

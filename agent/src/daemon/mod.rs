@@ -68,6 +68,10 @@ struct Tracked {
 /// finish (a file still being written would be hashed for nothing).
 const HASH_AHEAD_AFTER: Duration = Duration::from_secs(1);
 
+/// The metrics file is written at most this often for accepted stacks (the slow timer
+/// writes it too).
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+
 /// How long filesystem events gather before the folders they name are looked at: a file
 /// written in many pieces is one look, not one per write.
 const GATHER: Duration = Duration::from_millis(25);
@@ -165,6 +169,9 @@ pub struct Daemon {
     asking: bool,
     /// What `[agent] metrics_file` gets.
     metrics: crate::metrics::Metrics,
+    /// When the metrics file was last written, and whether a write was put off since.
+    metrics_written: Option<Instant>,
+    metrics_owed: bool,
     /// A stack's results are being fetched: no second fetch until it ends.
     fetching: bool,
     /// Where news goes (`[[notify]]`); none without targets.
@@ -220,6 +227,8 @@ pub async fn run(
         discards_pending: true,
         asking: false,
         metrics: crate::metrics::Metrics::new(),
+        metrics_written: None,
+        metrics_owed: false,
         fetching: false,
         news: None,
         down_since: None,
@@ -298,6 +307,12 @@ pub async fn run(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if next.is_some_and(|at| at <= Instant::now()) {
+            // due already: the timer would round up to its next millisecond, and a stack
+            // whose transfer just ended would leave its slot empty that long
+            d.step().await?;
+            continue;
+        }
         let deadline = async move {
             match next {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -613,7 +628,7 @@ impl Daemon {
         dirs.sort();
         // decisions hash files: a long round yields to the loop, so that transfers already
         // under way are answered and the next ones start while the rest are decided
-        let budget = std::time::Instant::now() + Duration::from_millis(50);
+        let budget = std::time::Instant::now() + Duration::from_millis(10);
         let count = dirs.len();
         for (i, (_, dir)) in dirs.into_iter().enumerate() {
             if std::time::Instant::now() > budget {
@@ -630,6 +645,7 @@ impl Daemon {
         self.start_ready(now).await?;
         self.discard_next(now).await?;
         self.prune_pool(now);
+        self.metrics_owed(now);
         Ok(())
     }
 

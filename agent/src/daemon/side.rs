@@ -144,11 +144,38 @@ impl Daemon {
         Ok(())
     }
 
+    /// Writes the metrics file after an accepted stack: at once if it was last written a
+    /// second ago or more, else at the end of that second. Each write reads every stack's row,
+    /// and a cold start accepting thousands of stacks must not read them all per stack.
+    pub(super) fn metrics_changed(&mut self, now: Instant) {
+        if self.cfg.agent.metrics_file.is_none() {
+            return;
+        }
+        match self.metrics_written {
+            Some(at) if now < at + METRICS_EVERY => {
+                self.metrics_owed = true;
+                earliest(&mut self.wake, at + METRICS_EVERY);
+            }
+            _ => self.write_metrics(),
+        }
+    }
+
+    /// A write `metrics_changed` put off, when its second is over (or its deadline again).
+    pub(super) fn metrics_owed(&mut self, now: Instant) {
+        match self.metrics_written {
+            _ if !self.metrics_owed => {}
+            Some(at) if now < at + METRICS_EVERY => earliest(&mut self.wake, at + METRICS_EVERY),
+            _ => self.write_metrics(),
+        }
+    }
+
     /// Writes `[agent] metrics_file`, if one is configured; a failure is logged, never fatal.
-    pub(super) fn write_metrics(&self) {
+    pub(super) fn write_metrics(&mut self) {
         let Some(path) = self.cfg.agent.metrics_file.as_ref() else {
             return;
         };
+        self.metrics_written = Some(Instant::now());
+        self.metrics_owed = false;
         let r = self
             .journal
             .stacks()

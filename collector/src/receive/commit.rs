@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -49,6 +50,9 @@ pub(crate) type Verified = Arc<Mutex<HashMap<String, Hash>>>;
 /// The handle the receiving thread keeps.
 pub(crate) struct Committer {
     tx: mpsc::Sender<Work>,
+    /// Files the agent is still sending (offered, answered with a need, not yet done): a
+    /// small round waits for company only while some are on the way.
+    coming: Arc<AtomicUsize>,
 }
 
 impl Committer {
@@ -61,11 +65,20 @@ impl Committer {
         verified: Verified,
     ) -> Committer {
         let (tx, rx) = mpsc::channel();
+        let coming = Arc::new(AtomicUsize::new(0));
+        let seen = coming.clone();
         std::thread::Builder::new()
             .name("commit".into())
-            .spawn_scoped(scope, move || run(&rx, fsync, sync, &wr, &verified))
+            .spawn_scoped(scope, move || run(&rx, fsync, sync, &wr, &verified, &seen))
             .expect("the committer thread starts");
-        Committer { tx }
+        Committer { tx, coming }
+    }
+
+    /// Says how many files are still on the way. Called before the files finished meanwhile
+    /// are pushed, so that the committer, having taken the last of a stack, does not wait for
+    /// more that will not come.
+    pub fn coming(&self, n: usize) {
+        self.coming.store(n, Ordering::Release);
     }
 
     /// Queues a finished file.
@@ -89,6 +102,7 @@ fn run<W: Write>(
     sync: SyncMode,
     wr: &SharedWriter<W>,
     verified: &Verified,
+    coming: &AtomicUsize,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
@@ -103,10 +117,14 @@ fn run<W: Write>(
         }
         // a round too small for one filesystem sync waits a moment for company: files of a
         // stack arrive back to back, and one sync for many costs less than an fsync each
-        // (the agent does not wait for acknowledgements to send the next file)
+        // (the agent does not wait for acknowledgements to send the next file); with none
+        // on the way (a stack's last files), it goes at once
         if fsync && sync == SyncMode::Batch {
             let until = std::time::Instant::now() + GATHER;
-            while batch.len() < BATCH_SYNC_FILES && barriers.is_empty() {
+            while batch.len() < BATCH_SYNC_FILES
+                && barriers.is_empty()
+                && coming.load(Ordering::Acquire) > 0
+            {
                 let left = until.saturating_duration_since(std::time::Instant::now());
                 match rx.recv_timeout(left) {
                     Ok(w) => take(w, &mut batch, &mut barriers),

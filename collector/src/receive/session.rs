@@ -179,6 +179,7 @@ fn session<R: Read, W: Write>(
     tell: &std::sync::mpsc::Sender<crate::api::Received>,
 ) -> Result<(), ServeError> {
     loop {
+        committer.coming(rx.incoming.len());
         for f in rx.pending.drain(..) {
             committer.push(f);
         }
