@@ -72,6 +72,13 @@ const HASH_AHEAD_AFTER: Duration = Duration::from_secs(1);
 /// writes it too).
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
+/// When the metrics file, last written at `written`, may be written again: `None` for now.
+fn metrics_wait(written: Option<Instant>, now: Instant) -> Option<Instant> {
+    written
+        .map(|at| at + METRICS_EVERY)
+        .filter(|&next| next > now)
+}
+
 /// How long filesystem events gather before the folders they name are looked at: a file
 /// written in many pieces is one look, not one per write.
 const GATHER: Duration = Duration::from_millis(25);
@@ -645,7 +652,7 @@ impl Daemon {
         self.start_ready(now).await?;
         self.discard_next(now).await?;
         self.prune_pool(now);
-        self.metrics_owed(now);
+        self.write_owed_metrics(now);
         Ok(())
     }
 
@@ -859,6 +866,18 @@ impl Daemon {
 mod tests {
     use super::*;
     use crate::synth::{write_tiff, Section};
+
+    #[test]
+    fn the_metrics_file_is_written_at_most_once_a_second() {
+        let now = Instant::now();
+        assert_eq!(metrics_wait(None, now), None);
+        let written = now - Duration::from_millis(300);
+        assert_eq!(
+            metrics_wait(Some(written), now),
+            Some(now + Duration::from_millis(700))
+        );
+        assert_eq!(metrics_wait(Some(now - METRICS_EVERY), now), None);
+    }
 
     #[test]
     fn a_stack_found_at_start_is_timed_from_its_files() {

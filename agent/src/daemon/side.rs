@@ -148,24 +148,21 @@ impl Daemon {
     /// second ago or more, else at the end of that second. Each write reads every stack's row,
     /// and a cold start accepting thousands of stacks must not read them all per stack.
     pub(super) fn metrics_changed(&mut self, now: Instant) {
-        if self.cfg.agent.metrics_file.is_none() {
-            return;
-        }
-        match self.metrics_written {
-            Some(at) if now < at + METRICS_EVERY => {
-                self.metrics_owed = true;
-                earliest(&mut self.wake, at + METRICS_EVERY);
-            }
-            _ => self.write_metrics(),
+        if self.cfg.agent.metrics_file.is_some() {
+            self.metrics_owed = true;
+            self.write_owed_metrics(now);
         }
     }
 
-    /// A write `metrics_changed` put off, when its second is over (or its deadline again).
-    pub(super) fn metrics_owed(&mut self, now: Instant) {
-        match self.metrics_written {
-            _ if !self.metrics_owed => {}
-            Some(at) if now < at + METRICS_EVERY => earliest(&mut self.wake, at + METRICS_EVERY),
-            _ => self.write_metrics(),
+    /// Writes what `metrics_changed` put off once its second is over; names that deadline
+    /// to the loop until then.
+    pub(super) fn write_owed_metrics(&mut self, now: Instant) {
+        if !self.metrics_owed {
+            return;
+        }
+        match metrics_wait(self.metrics_written, now) {
+            Some(at) => earliest(&mut self.wake, at),
+            None => self.write_metrics(),
         }
     }
 
