@@ -34,7 +34,8 @@ pub enum JournalError {
 /// moves nowhere (the update that follows matches no row).
 fn check_move(conn: &Connection, id: i64, to: StackState) -> Result<(), JournalError> {
     let cur: Option<String> = conn
-        .query_row("SELECT state FROM stacks WHERE id = ?1", [id], |r| r.get(0))
+        .prepare_cached("SELECT state FROM stacks WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
         .optional()?;
     if let Some(from) = cur.as_deref().map(StackState::parse) {
         if !crate::lifecycle::legal(from, to) {
@@ -161,11 +162,9 @@ const LATER_COLUMNS: &[(&str, &str)] = &[
 fn missing_columns(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, &'static str)>> {
     let mut out = Vec::new();
     for (name, decl) in LATER_COLUMNS {
-        let n: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )?;
+        let n: i64 = conn
+            .prepare_cached("SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))?;
         if n == 0 {
             out.push((*name, *decl));
         }
@@ -187,6 +186,9 @@ impl Journal {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| JournalError::Dir(state_dir.display().to_string(), e))?;
         let conn = Connection::open(state_dir.join("agent.db"))?;
+        // every statement is prepared once per connection: parsing SQL cost more than running
+        // it when thousands of stacks are decided at a cold start
+        conn.set_prepared_statement_cache_capacity(64);
         // the timeout first: the pragmas below wait for locks too
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // switching to WAL needs the database to itself for a moment; SQLite answers "busy"
@@ -228,8 +230,8 @@ impl Journal {
         }
         let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let tables: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('stacks', 'files')",
+        let tables: i64 = conn.prepare_cached(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('stacks', 'files')")?.query_row(
             [],
             |r| r.get(0),
         )?;
@@ -289,7 +291,7 @@ impl Journal {
     pub fn stacks(&self) -> Result<Vec<StackRecord>, JournalError> {
         let mut st = self
             .conn
-            .prepare(&format!("{} ORDER BY s.id", Self::SELECT))?;
+            .prepare_cached(&format!("{} ORDER BY s.id", Self::SELECT))?;
         let rows = st.query_map([], Self::row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -298,11 +300,8 @@ impl Journal {
     pub fn stack(&self, dir: &str) -> Result<Option<StackRecord>, JournalError> {
         Ok(self
             .conn
-            .query_row(
-                &format!("{} WHERE s.dir = ?1", Self::SELECT),
-                [dir],
-                Self::row,
-            )
+            .prepare_cached(&format!("{} WHERE s.dir = ?1", Self::SELECT))?
+            .query_row([dir], Self::row)
             .optional()?)
     }
 
@@ -313,9 +312,9 @@ impl Journal {
         name: &str,
         workflow: &str,
     ) -> Result<StackRecord, JournalError> {
-        self.conn.execute(
+        self.conn.prepare_cached(
             "INSERT INTO stacks (dir, name, workflow, state, updated_at) VALUES (?1, ?2, ?3, 'waiting', ?4)
-             ON CONFLICT(dir) DO NOTHING",
+             ON CONFLICT(dir) DO NOTHING")?.execute(
             params![dir, name, workflow, now()],
         )?;
         Ok(self.stack(dir)?.expect("just inserted"))
@@ -329,8 +328,8 @@ impl Journal {
         reason: &str,
     ) -> Result<(), JournalError> {
         check_move(&self.conn, id, state)?;
-        self.conn.execute(
-            "UPDATE stacks SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1 AND (state != ?2 OR reason != ?3)",
+        self.conn.prepare_cached(
+            "UPDATE stacks SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1 AND (state != ?2 OR reason != ?3)")?.execute(
             params![id, state.as_str(), reason, now()],
         )?;
         Ok(())
@@ -338,7 +337,7 @@ impl Journal {
 
     /// The files of a stack's current version.
     pub fn files(&self, id: i64) -> Result<Vec<FileRecord>, JournalError> {
-        let mut st = self.conn.prepare("SELECT name, size, mtime_ns, blake3, sent FROM files WHERE stack_id = ?1 ORDER BY name")?;
+        let mut st = self.conn.prepare_cached("SELECT name, size, mtime_ns, blake3, sent FROM files WHERE stack_id = ?1 ORDER BY name")?;
         let rows = st
             .query_map([id], |r| {
                 let h: Vec<u8> = r.get(3)?;
@@ -362,25 +361,27 @@ impl Journal {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         check_move(&tx, id, StackState::Queued)?;
         let old: std::collections::HashMap<String, Vec<u8>> = {
-            let mut st =
-                tx.prepare("SELECT name, blake3 FROM files WHERE stack_id = ?1 AND sent = 1")?;
+            let mut st = tx.prepare_cached(
+                "SELECT name, blake3 FROM files WHERE stack_id = ?1 AND sent = 1",
+            )?;
             let rows = st
                 .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             rows
         };
-        tx.execute("DELETE FROM files WHERE stack_id = ?1", [id])?;
+        tx.prepare_cached("DELETE FROM files WHERE stack_id = ?1")?
+            .execute([id])?;
         for f in files {
             let sent = old.get(&f.name).is_some_and(|h| h[..] == f.blake3[..]);
-            tx.execute(
-                "INSERT INTO files (stack_id, name, size, mtime_ns, blake3, sent) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            tx.prepare_cached(
+                "INSERT INTO files (stack_id, name, size, mtime_ns, blake3, sent) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
                 params![id, f.name, f.size as i64, f.mtime_ns, &f.blake3[..], sent as i64],
             )?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE stacks SET state = 'queued', reason = '', updated_at = ?2 WHERE id = ?1",
-            params![id, now()],
-        )?;
+        )?
+        .execute(params![id, now()])?;
         tx.commit()?;
         Ok(())
     }
@@ -397,13 +398,11 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for n in names {
-            tx.execute(
-                "UPDATE files SET sent = 1 WHERE stack_id = ?1 AND name = ?2",
-                params![id, n],
-            )?;
+            tx.prepare_cached("UPDATE files SET sent = 1 WHERE stack_id = ?1 AND name = ?2")?
+                .execute(params![id, n])?;
         }
-        tx.execute(
-            "UPDATE stacks SET bytes_sent = bytes_sent + ?2, send_secs = send_secs + ?3 WHERE id = ?1",
+        tx.prepare_cached(
+            "UPDATE stacks SET bytes_sent = bytes_sent + ?2, send_secs = send_secs + ?3 WHERE id = ?1")?.execute(
             params![id, bytes as i64, secs],
         )?;
         tx.commit()?;
@@ -416,8 +415,8 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for f in files {
-            tx.execute(
-                "UPDATE files SET size = ?3, mtime_ns = ?4 WHERE stack_id = ?1 AND name = ?2 AND blake3 = ?5",
+            tx.prepare_cached(
+                "UPDATE files SET size = ?3, mtime_ns = ?4 WHERE stack_id = ?1 AND name = ?2 AND blake3 = ?5")?.execute(
                 params![id, f.name, f.size as i64, f.mtime_ns, &f.blake3[..]],
             )?;
         }
@@ -433,8 +432,8 @@ impl Journal {
         reason: &str,
     ) -> Result<(), JournalError> {
         check_move(&self.conn, id, StackState::Submitted)?;
-        self.conn.execute(
-            "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0, results = '', results_done = 0 WHERE id = ?1",
+        self.conn.prepare_cached(
+            "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0, results = '', results_done = 0 WHERE id = ?1")?.execute(
             params![id, remote_id, reason, now()],
         )?;
         Ok(())
@@ -469,15 +468,15 @@ impl Journal {
         check_move(&tx, id, StackState::Freed)?;
         let at = now();
         for (path, bytes) in removed {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO removals (stack_id, at, path, bytes) VALUES (?1, ?2, ?3, ?4)",
-                params![id, at, path, *bytes as i64],
-            )?;
+            )?
+            .execute(params![id, at, path, *bytes as i64])?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE stacks SET state = 'freed', reason = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, reason, at],
-        )?;
+        )?
+        .execute(params![id, reason, at])?;
         tx.commit()?;
         Ok(())
     }
@@ -485,10 +484,10 @@ impl Journal {
     /// Journals a message's key; true when it is new, i.e. the message should go out (one
     /// message per stack and event, across restarts).
     pub fn news_once(&mut self, key: &str) -> Result<bool, JournalError> {
-        let n = self.conn.execute(
-            "INSERT OR IGNORE INTO news (key, at) VALUES (?1, ?2)",
-            params![key, now()],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO news (key, at) VALUES (?1, ?2)")?
+            .execute(params![key, now()])?;
         Ok(n > 0)
     }
 
@@ -512,8 +511,8 @@ impl Journal {
         outcome: &str,
         is_final: bool,
     ) -> Result<bool, JournalError> {
-        let n = self.conn.execute(
-            "UPDATE stacks SET outcome = ?3, outcome_final = ?4 WHERE id = ?1 AND remote_id = ?2 AND (outcome != ?3 OR outcome_final != ?4)",
+        let n = self.conn.prepare_cached(
+            "UPDATE stacks SET outcome = ?3, outcome_final = ?4 WHERE id = ?1 AND remote_id = ?2 AND (outcome != ?3 OR outcome_final != ?4)")?.execute(
             params![id, remote_id, outcome, is_final as i64],
         )?;
         Ok(n > 0)
@@ -541,8 +540,8 @@ impl Journal {
         text: &str,
         done: bool,
     ) -> Result<(), JournalError> {
-        self.conn.execute(
-            "UPDATE stacks SET results = ?3, results_done = ?4 WHERE id = ?1 AND remote_id = ?2",
+        self.conn.prepare_cached(
+            "UPDATE stacks SET results = ?3, results_done = ?4 WHERE id = ?1 AND remote_id = ?2")?.execute(
             params![id, remote_id, text, done as i64],
         )?;
         Ok(())
@@ -554,14 +553,14 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         check_move(&tx, id, StackState::Waiting)?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE stacks SET version = version + 1, state = 'waiting', reason = 'files changed after submission',
-             remote_id = NULL, bytes_sent = 0, send_secs = 0, updated_at = ?2 WHERE id = ?1",
+             remote_id = NULL, bytes_sent = 0, send_secs = 0, updated_at = ?2 WHERE id = ?1")?.execute(
             params![id, now()],
         )?;
-        let v: u32 = tx.query_row("SELECT version FROM stacks WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })?;
+        let v: u32 = tx
+            .prepare_cached("SELECT version FROM stacks WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))?;
         tx.commit()?;
         Ok(v)
     }

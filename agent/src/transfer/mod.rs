@@ -609,7 +609,9 @@ fn exchange(
     }
     wr.flush().map_err(broken_io)?;
     let mut sent_ids = Vec::new();
-    let mut buf = vec![0u8; chunk];
+    // no larger than the largest file: small stacks do not map and unmap a chunk each
+    let largest = ids.iter().map(|&i| job.files[i].size).max().unwrap_or(0);
+    let mut buf = vec![0u8; chunk.min(largest.max(1) as usize)];
     let mut pace = Pace::new(rate).with_compression(cfg.link.compress);
     for &i in ids {
         let f = &job.files[i];
