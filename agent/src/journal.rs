@@ -296,6 +296,16 @@ impl Journal {
         Ok(rows)
     }
 
+    /// How many stacks are in `state`: what a watcher of a cold start asks again and again,
+    /// without reading every row.
+    pub fn count(&self, state: StackState) -> Result<usize, JournalError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM stacks WHERE state = ?1")?
+            .query_row([state.as_str()], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
     /// The stack journaled for `dir`, if any.
     pub fn stack(&self, dir: &str) -> Result<Option<StackRecord>, JournalError> {
         Ok(self
@@ -657,6 +667,15 @@ mod tests {
         assert_eq!(
             (s.state, s.files, s.bytes, s.bytes_sent),
             (StackState::Queued, 2, 20, 10)
+        );
+        j.ensure_stack("/in/s2", "s2", "aligntk").unwrap();
+        assert_eq!(
+            (
+                j.count(StackState::Queued).unwrap(),
+                j.count(StackState::Waiting).unwrap(),
+                j.count(StackState::Submitted).unwrap()
+            ),
+            (1, 1, 0)
         );
         let files = j.files(s.id).unwrap();
         assert!(files[0].sent && !files[1].sent);
