@@ -34,6 +34,40 @@ pub fn check_images(
     faults
 }
 
+/// What checking and hashing a finished stack's images found, off the daemon's loop.
+#[derive(Debug)]
+pub struct Checked {
+    /// The scan it was done for: a result for files that changed since is thrown away.
+    pub scan: DirScan,
+    /// The check results by file name, kept for the stack's next check.
+    pub checks: HashMap<String, (u64, i64, Option<String>)>,
+    /// Images that are not whole TIFFs, and files that cannot be sent.
+    pub faults: Vec<(String, String)>,
+    /// Every image's hash when nothing was at fault, or why an image could not be read.
+    pub files: Option<Result<Vec<FileRecord>, String>>,
+}
+
+/// Checks a finished stack's images and, when all are whole, hashes them (reusing `known`
+/// hashes of unchanged files): what a stack needs before it is queued, in one piece of
+/// blocking work.
+pub fn check_and_hash(
+    dir: &Path,
+    scan: DirScan,
+    mut checks: HashMap<String, (u64, i64, Option<String>)>,
+    known: &[FileRecord],
+) -> Checked {
+    let faults = check_images(dir, &scan, &mut checks);
+    let files = faults
+        .is_empty()
+        .then(|| hash_files(dir, &scan, known).map_err(|e| e.to_string()));
+    Checked {
+        scan,
+        checks,
+        faults,
+        files,
+    }
+}
+
 /// Hashes the images of a scan, reusing the journal's hashes for files whose size and mtime
 /// are unchanged.
 pub fn hash_files(

@@ -19,6 +19,8 @@ pub enum Msg {
     Rescan,
     /// A transfer ended; the far ends it used, still open, for the next stack.
     Done(PathBuf, Box<Report>, Vec<crate::link::Link>),
+    /// Checking and hashing a finished stack's images ended.
+    Checked(PathBuf, Box<crate::images::Checked>),
     /// Hashing a settling stack's images ahead of its finish ended.
     Hashed(PathBuf, Result<Vec<crate::journal::FileRecord>, String>),
     /// Removing a vanished stack's partial copy ended (its folder, journal id, outcome).

@@ -185,3 +185,59 @@ fn a_marker_finishes_a_stack_at_once() {
         "{finished:#?}"
     );
 }
+
+/// A large stack's check and hash run off the daemon's loop: a small stack marked just
+/// after it is decided meanwhile (its `stack finished` comes first), and the large one, whose
+/// images changed earlier, still goes first. The images carry mtimes an hour (the large
+/// stack) and two hours (the small one) ahead, as from a skewed clock, so none is hashed
+/// before its marker: the large stack's whole 512 MiB is hashed at the finish.
+#[test]
+fn a_large_stack_s_hash_does_not_hold_back_other_decisions() {
+    use std::os::unix::fs::FileExt;
+    let site = Site::new("1h", "marker = \"DONE\"");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let big = site.incoming().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let first = big.join("S_0000.tif");
+    write_tiff(
+        &first,
+        &Section {
+            width: 4096,
+            height: 4096,
+            seed: 1,
+            big: true,
+            rows_per_strip: 256,
+        },
+    )
+    .unwrap();
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
+    for i in 0..16u32 {
+        let p = big.join(format!("S_{i:04}.tif"));
+        if i > 0 {
+            std::fs::copy(&first, &p).unwrap();
+        }
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&i.to_le_bytes(), 200).unwrap();
+        f.set_modified(ahead).unwrap();
+    }
+    // newer than the large stack by its files' times too
+    let small = site.write_stack("small", 2, 32);
+    for e in std::fs::read_dir(&small).unwrap() {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.unwrap().path())
+            .unwrap();
+        f.set_modified(ahead + Duration::from_secs(3600)).unwrap();
+    }
+    std::fs::write(big.join("DONE"), b"").unwrap();
+    std::fs::write(small.join("DONE"), b"").unwrap();
+    site.wait_state("big", "submitted", LONG);
+    site.wait_state("small", "submitted", LONG);
+    let names = |what: &str| -> Vec<String> {
+        log_lines(&site, what).iter().map(|l| stack_of(l)).collect()
+    };
+    assert_eq!(names("stack finished"), ["small", "big"]);
+    assert_eq!(names("sending"), ["big", "small"], "the older stack first");
+}

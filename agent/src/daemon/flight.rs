@@ -39,9 +39,9 @@ impl Ready {
         self.key.is_empty()
     }
 
-    /// The waiting stacks, oldest first.
-    fn in_order(&self) -> impl Iterator<Item = &PathBuf> {
-        self.order.iter().map(|(_, d)| d)
+    /// The waiting stacks with their order, oldest first.
+    fn in_order(&self) -> impl Iterator<Item = &(i64, PathBuf)> {
+        self.order.iter()
     }
 }
 
@@ -78,9 +78,14 @@ impl Daemon {
         if self.ready.is_empty() || free == 0 {
             return Ok(());
         }
-        // the oldest that may go now; those waiting out a retry name their deadline
+        // the oldest that may go now; those waiting out a retry name their deadline; none
+        // goes before an older stack still being checked (its check's end steps again)
+        let checking = self.checking.values().min().copied();
         let mut next = Vec::new();
-        for dir in self.ready.in_order() {
+        for (order, dir) in self.ready.in_order() {
+            if checking.is_some_and(|c| c < *order) {
+                break;
+            }
             match self.stacks.get(dir).and_then(|t| t.retry_at) {
                 Some(at) if at > now => earliest(&mut self.wake, at),
                 _ => next.push(dir.clone()),
@@ -170,7 +175,8 @@ impl Daemon {
         // side overlap their fixed costs (the far side's syncs, the registration), which files
         // side by side cannot
         let slots = self.cfg.link.max_stacks as usize;
-        let share = (ends / slots.min(self.ready.len() + self.undecided + 1)).max(1);
+        let later = self.ready.len() + self.undecided + self.checking.len();
+        let share = (ends / slots.min(later + 1)).max(1);
         let k = transfer::channels_for(&self.cfg, files.iter().map(|f| f.size))
             .min(share)
             .min(ends.saturating_sub(busy))

@@ -12,7 +12,7 @@
 mod flight;
 mod side;
 
-use crate::images::{check_images, hash_files};
+use crate::images::hash_files;
 use crate::journal::{FileRecord, Journal, StackState};
 use crate::lifecycle::{self, Backoff, Next};
 use crate::root::Root;
@@ -62,6 +62,8 @@ struct Tracked {
     hashed: HashMap<String, FileRecord>,
     /// Hashing ahead is under way.
     hashing: bool,
+    /// How many of its images had been hashed ahead when its final check started (for the log).
+    ahead: usize,
 }
 
 /// How long an image must have been left alone before it is hashed ahead of the stack's
@@ -78,6 +80,10 @@ fn metrics_wait(written: Option<Instant>, now: Instant) -> Option<Instant> {
         .map(|at| at + METRICS_EVERY)
         .filter(|&next| next > now)
 }
+
+/// Finished stacks checked and hashed at once, off the loop (each hashes a large stack on
+/// all cores).
+const CHECKS_AT_ONCE: usize = 2;
 
 /// How long filesystem events gather before the folders they name are looked at: a file
 /// written in many pieces is one look, not one per write.
@@ -162,6 +168,9 @@ pub struct Daemon {
     starting: bool,
     /// Stacks this round has yet to decide about: each may finish and want far ends too.
     undecided: usize,
+    /// Finished stacks whose images are being checked and hashed off the loop, with the
+    /// time their images last changed (a newer stack does not start before them).
+    checking: HashMap<PathBuf, i64>,
     tx: mpsc::UnboundedSender<Msg>,
     /// The SSH master, for transport `ssh`.
     master: Option<crate::ssh::Master>,
@@ -226,6 +235,7 @@ pub async fn run(
         wake: None,
         starting: true,
         undecided: 0,
+        checking: HashMap::new(),
         tx: tx.clone(),
         master: (cfg_transport == beamflow_config::Transport::Ssh)
             .then(|| crate::ssh::Master::for_daemon(&cfg_link)),
@@ -469,6 +479,7 @@ impl Daemon {
                 self.finished(dir, *report, links)?;
                 self.poke(Duration::ZERO);
             }
+            Msg::Checked(dir, c) => self.checked(&dir, *c)?,
             Msg::Hashed(dir, r) => {
                 if let Some(t) = self.stacks.get_mut(&dir) {
                     t.hashing = false;
@@ -601,6 +612,7 @@ impl Daemon {
                                 due: None,
                                 hashed: HashMap::new(),
                                 hashing: false,
+                                ahead: 0,
                             };
                             self.stacks.insert(dir.clone(), t);
                         }
@@ -641,6 +653,9 @@ impl Daemon {
             if std::time::Instant::now() > budget {
                 self.poke(Duration::from_millis(1));
                 break;
+            }
+            if self.checking.len() >= CHECKS_AT_ONCE {
+                break; // the end of a check steps again
             }
             self.consider(&dir, now).await?;
             self.undecided = count - i - 1;
@@ -740,125 +755,199 @@ impl Daemon {
             }
             // a folder back under a name that had vanished starts over
             StackState::Waiting | StackState::Held | StackState::Discarding | StackState::Gone => {
-                let rules = &self.roots[ri].rules;
-                let mut obs = Observed {
+                let obs = Observed {
                     images: t.scan.images.len() as u32,
                     marker: t.scan.marker,
                     quiet_for: now - t.last_change,
                     seen_for: now - t.first_seen,
                     invalid: Vec::new(),
                 };
-                let mut verdict = decide(rules, &obs);
-                if matches!(verdict, Verdict::Finished(_)) {
-                    obs.invalid = check_images(dir, &t.scan, &mut t.checks);
-                    verdict = decide(rules, &obs);
+                let verdict = decide(&self.roots[ri].rules, &obs);
+                if !matches!(verdict, Verdict::Finished(_)) {
+                    return self.apply(dir, &rec, verdict, now);
                 }
-                match verdict {
-                    Verdict::Waiting { why, overdue } => {
-                        if overdue && !t.warned {
-                            t.warned = true;
-                            tracing::warn!(stack = %name, "stack is still changing after max_wait ({})", humantime::format_duration(rules.max_wait));
-                        }
-                        // the deadlines this decision waits for, on the loop's clock: until then
-                        // only a change of its files moves it
-                        let mut due = None;
-                        let settled = t.last_change + rules.settle;
-                        if settled > now {
-                            earliest(&mut due, settled);
-                        }
-                        let overdue_at = t.first_seen + rules.max_wait;
-                        if !t.warned && overdue_at > now {
-                            earliest(&mut due, overdue_at);
-                        }
-                        // hash what has been left alone meanwhile, off the loop
-                        let wall = std::time::SystemTime::now();
-                        let age = |f: &crate::scan::FileSeen| {
-                            let m = std::time::UNIX_EPOCH
-                                + Duration::from_nanos(f.mtime_ns.max(0) as u64);
-                            wall.duration_since(m).unwrap_or_default()
-                        };
-                        let mut ahead = Vec::new();
-                        for f in &t.scan.images {
-                            if t.hashed_ahead(f) {
-                                continue;
-                            }
-                            match HASH_AHEAD_AFTER.checked_sub(age(f)) {
-                                None => ahead.push(f.clone()),
-                                Some(left) => earliest(&mut due, now + left),
-                            }
-                        }
-                        if !ahead.is_empty() && !t.hashing && !t.rehash {
-                            t.hashing = true;
-                            let (d, tx) = (dir.to_path_buf(), self.tx.clone());
-                            let scan = DirScan {
-                                images: ahead,
-                                ..DirScan::default()
-                            };
-                            tokio::task::spawn_blocking(move || {
-                                let r = hash_files(&d, &scan, &[]).map_err(|e| e.to_string());
-                                let _ = tx.send(Msg::Hashed(d, r));
-                            });
-                        }
-                        if let Some(at) = due {
-                            t.quiet = true;
-                            t.due = Some(at);
-                            earliest(&mut self.wake, at);
-                        }
-                        if rec.state != StackState::Waiting || rec.reason != why {
-                            self.journal.set_state(rec.id, StackState::Waiting, &why)?;
-                        }
-                    }
-                    Verdict::Held(reason) => {
-                        t.quiet = true; // until its files change
-                        if rec.state != StackState::Held || rec.reason != reason {
-                            tracing::warn!(stack = %name, %reason, "stack held");
-                        }
-                        self.journal.set_state(rec.id, StackState::Held, &reason)?;
-                        if rec.state != StackState::Held {
-                            self.held(rec.id, &name, rec.version, &reason)?;
-                        }
-                    }
-                    Verdict::Finished(trigger) => {
-                        let mut known = if t.rehash {
-                            t.hashed.clear();
-                            Vec::new()
-                        } else {
-                            self.journal.files(rec.id)?
-                        };
-                        t.rehash = false;
-                        // hashed while it settled: those files are not read again now
-                        let ahead = t.scan.images.iter().filter(|f| t.hashed_ahead(f)).count();
-                        known.extend(t.hashed.values().cloned());
-                        let (d, scan) = (dir.to_path_buf(), t.scan.clone());
-                        let hashed =
-                            tokio::task::spawn_blocking(move || hash_files(&d, &scan, &known))
-                                .await?;
-                        match hashed {
-                            Ok(files) => {
-                                tracing::info!(stack = %name, version = rec.version, files = files.len(), hashed_ahead = ahead, ?trigger, "stack finished");
-                                t.finished_at = Some(std::time::SystemTime::now());
-                                t.quiet = true;
-                                self.journal.queue(rec.id, &files)?;
-                                self.ready.insert(dir.to_path_buf(), t.scan.changed_ns);
-                            }
-                            Err(e) => {
-                                // a file vanished or became unreadable between scan and hash
-                                t.last_change = now;
-                                t.quiet = true;
-                                t.due = Some(now + rules.settle);
-                                earliest(&mut self.wake, now + rules.settle);
-                                self.journal.set_state(
-                                    rec.id,
-                                    StackState::Waiting,
-                                    &format!("cannot read an image yet: {e}"),
-                                )?;
-                            }
-                        }
-                    }
+                if self.checking.contains_key(dir) {
+                    t.quiet = true; // its check comes back as a message
+                    return Ok(());
                 }
+                // the check and the hash run off the loop, which meanwhile answers transfers
+                // and decides other stacks
+                let mut known = if t.rehash {
+                    t.hashed.clear();
+                    Vec::new()
+                } else {
+                    self.journal.files(rec.id)?
+                };
+                // hashed while it settled: those files are not read again now
+                t.ahead = t.scan.images.iter().filter(|f| t.hashed_ahead(f)).count();
+                known.extend(t.hashed.values().cloned());
+                t.quiet = true;
+                self.checking.insert(dir.to_path_buf(), t.scan.changed_ns);
+                let (d, scan, checks, tx) = (
+                    dir.to_path_buf(),
+                    t.scan.clone(),
+                    t.checks.clone(),
+                    self.tx.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let c = crate::images::check_and_hash(&d, scan, checks, &known);
+                    let _ = tx.send(Msg::Checked(d, Box::new(c)));
+                });
                 Ok(())
             }
         }
+    }
+
+    /// Records a verdict short of finished: the stack waits (with the deadlines it waits
+    /// for, and its images hashed ahead meanwhile) or is held with its reason.
+    fn apply(
+        &mut self,
+        dir: &Path,
+        rec: &crate::journal::StackRecord,
+        verdict: Verdict,
+        now: Instant,
+    ) -> Result<()> {
+        let Some(t) = self.stacks.get_mut(dir) else {
+            return Ok(());
+        };
+        let rules = &self.roots[t.root].rules;
+        let name = self.roots[t.root].remote_name(dir);
+        match verdict {
+            Verdict::Waiting { why, overdue } => {
+                if overdue && !t.warned {
+                    t.warned = true;
+                    tracing::warn!(stack = %name, "stack is still changing after max_wait ({})", humantime::format_duration(rules.max_wait));
+                }
+                // the deadlines this decision waits for, on the loop's clock: until then
+                // only a change of its files moves it
+                let mut due = None;
+                let settled = t.last_change + rules.settle;
+                if settled > now {
+                    earliest(&mut due, settled);
+                }
+                let overdue_at = t.first_seen + rules.max_wait;
+                if !t.warned && overdue_at > now {
+                    earliest(&mut due, overdue_at);
+                }
+                // hash what has been left alone meanwhile, off the loop
+                let wall = std::time::SystemTime::now();
+                let age = |f: &crate::scan::FileSeen| {
+                    let m = std::time::UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64);
+                    wall.duration_since(m).unwrap_or_default()
+                };
+                let mut ahead = Vec::new();
+                for f in &t.scan.images {
+                    if t.hashed_ahead(f) {
+                        continue;
+                    }
+                    match HASH_AHEAD_AFTER.checked_sub(age(f)) {
+                        None => ahead.push(f.clone()),
+                        Some(left) => earliest(&mut due, now + left),
+                    }
+                }
+                if !ahead.is_empty() && !t.hashing && !t.rehash {
+                    t.hashing = true;
+                    let (d, tx) = (dir.to_path_buf(), self.tx.clone());
+                    let scan = DirScan {
+                        images: ahead,
+                        ..DirScan::default()
+                    };
+                    tokio::task::spawn_blocking(move || {
+                        let r = hash_files(&d, &scan, &[]).map_err(|e| e.to_string());
+                        let _ = tx.send(Msg::Hashed(d, r));
+                    });
+                }
+                if let Some(at) = due {
+                    t.quiet = true;
+                    t.due = Some(at);
+                    earliest(&mut self.wake, at);
+                }
+                if rec.state != StackState::Waiting || rec.reason != why {
+                    self.journal.set_state(rec.id, StackState::Waiting, &why)?;
+                }
+            }
+            Verdict::Held(reason) => {
+                t.quiet = true; // until its files change
+                if rec.state != StackState::Held || rec.reason != reason {
+                    tracing::warn!(stack = %name, %reason, "stack held");
+                }
+                self.journal.set_state(rec.id, StackState::Held, &reason)?;
+                if rec.state != StackState::Held {
+                    self.held(rec.id, &name, rec.version, &reason)?;
+                }
+            }
+            Verdict::Finished(_) => {
+                // only a check's result finishes a stack (`checked`)
+                t.quiet = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// A finished stack's check and hash came back: it is queued with its files, or waits,
+    /// or is held with the faults found. A result for files that changed meanwhile is
+    /// dropped, and the stack decided again.
+    fn checked(&mut self, dir: &Path, c: crate::images::Checked) -> Result<()> {
+        self.checking.remove(dir);
+        self.poke(Duration::ZERO);
+        let Some(t) = self.stacks.get_mut(dir) else {
+            return Ok(());
+        };
+        if t.scan != c.scan {
+            t.quiet = false;
+            return Ok(());
+        }
+        t.checks = c.checks;
+        let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
+            return Ok(());
+        };
+        let t = self.stacks.get_mut(dir).expect("tracked");
+        if !matches!(
+            rec.state,
+            StackState::Waiting | StackState::Held | StackState::Discarding | StackState::Gone
+        ) {
+            t.quiet = false; // moved meanwhile (a `push` of the same folder)
+            return Ok(());
+        }
+        let now = Instant::now();
+        let rules = &self.roots[t.root].rules;
+        let obs = Observed {
+            images: t.scan.images.len() as u32,
+            marker: t.scan.marker,
+            quiet_for: now - t.last_change,
+            seen_for: now - t.first_seen,
+            invalid: c.faults,
+        };
+        let verdict = decide(rules, &obs);
+        let Verdict::Finished(trigger) = verdict else {
+            return self.apply(dir, &rec, verdict, now);
+        };
+        let name = self.roots[t.root].remote_name(dir);
+        match c.files {
+            Some(Ok(files)) => {
+                t.rehash = false;
+                tracing::info!(stack = %name, version = rec.version, files = files.len(), hashed_ahead = t.ahead, ?trigger, "stack finished");
+                t.finished_at = Some(std::time::SystemTime::now());
+                t.quiet = true;
+                self.journal.queue(rec.id, &files)?;
+                self.ready.insert(dir.to_path_buf(), t.scan.changed_ns);
+            }
+            Some(Err(e)) => {
+                // a file vanished or became unreadable between scan and hash
+                t.last_change = now;
+                t.quiet = true;
+                t.due = Some(now + rules.settle);
+                earliest(&mut self.wake, now + rules.settle);
+                self.journal.set_state(
+                    rec.id,
+                    StackState::Waiting,
+                    &format!("cannot read an image yet: {e}"),
+                )?;
+            }
+            // whole images are always hashed; decided again if not
+            None => t.quiet = false,
+        }
+        Ok(())
     }
 }
 
