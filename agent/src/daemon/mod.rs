@@ -645,8 +645,9 @@ impl Daemon {
             dirs.push((t.scan.changed_ns, d.clone()));
         }
         dirs.sort();
-        // decisions hash files: a long round yields to the loop, so that transfers already
-        // under way are answered and the next ones start while the rest are decided
+        // decisions read the journal and scan folders: a long round yields to the loop, so that
+        // transfers already under way are answered and the next ones start while the rest are
+        // decided (the checks and hashes themselves run off the loop)
         let budget = std::time::Instant::now() + Duration::from_millis(10);
         let count = dirs.len();
         for (i, (_, dir)) in dirs.into_iter().enumerate() {
