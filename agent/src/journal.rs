@@ -30,6 +30,68 @@ pub enum JournalError {
     },
 }
 
+/// Moves a stack to `state` with `reason` (nothing written when both are unchanged).
+fn move_to(
+    conn: &Connection,
+    id: i64,
+    state: StackState,
+    reason: &str,
+) -> Result<(), JournalError> {
+    check_move(conn, id, state)?;
+    conn.prepare_cached(
+        "UPDATE stacks SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1 AND (state != ?2 OR reason != ?3)",
+    )?
+    .execute(params![id, state.as_str(), reason, now()])?;
+    Ok(())
+}
+
+/// Marks a stack submitted under the collector's id; its DAG's outcome and results start over.
+fn submitted(conn: &Connection, id: i64, remote_id: i64, reason: &str) -> Result<(), JournalError> {
+    check_move(conn, id, StackState::Submitted)?;
+    conn.prepare_cached(
+        "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0, results = '', results_done = 0 WHERE id = ?1",
+    )?
+    .execute(params![id, remote_id, reason, now()])?;
+    Ok(())
+}
+
+/// Marks files acknowledged and adds an attempt's bytes and seconds.
+fn sent(
+    conn: &Connection,
+    id: i64,
+    names: &[String],
+    bytes: u64,
+    secs: f64,
+) -> Result<(), JournalError> {
+    for n in names {
+        conn.prepare_cached("UPDATE files SET sent = 1 WHERE stack_id = ?1 AND name = ?2")?
+            .execute(params![id, n])?;
+    }
+    conn.prepare_cached(
+        "UPDATE stacks SET bytes_sent = bytes_sent + ?2, send_secs = send_secs + ?3 WHERE id = ?1",
+    )?
+    .execute(params![id, bytes as i64, secs])?;
+    Ok(())
+}
+
+/// Where an attempt leaves a stack, journaled with what it sent (`Journal::record_attempt`).
+pub enum After {
+    /// The collector accepted the DAG under this id.
+    Submitted {
+        /// The collector's id for the DAG.
+        remote_id: i64,
+        /// For people.
+        reason: String,
+    },
+    /// Any other outcome: the state the stack moves to, and why.
+    Moved {
+        /// The next state.
+        state: StackState,
+        /// For people.
+        reason: String,
+    },
+}
+
 /// Refuses a move the lifecycle's table does not hold; a stack the journal does not know
 /// moves nowhere (the update that follows matches no row).
 fn check_move(conn: &Connection, id: i64, to: StackState) -> Result<(), JournalError> {
@@ -337,12 +399,7 @@ impl Journal {
         state: StackState,
         reason: &str,
     ) -> Result<(), JournalError> {
-        check_move(&self.conn, id, state)?;
-        self.conn.prepare_cached(
-            "UPDATE stacks SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1 AND (state != ?2 OR reason != ?3)")?.execute(
-            params![id, state.as_str(), reason, now()],
-        )?;
-        Ok(())
+        move_to(&self.conn, id, state, reason)
     }
 
     /// The files of a stack's current version.
@@ -396,27 +453,32 @@ impl Journal {
         Ok(())
     }
 
-    /// Records files the collector acknowledged and the bytes that travelled.
-    pub fn mark_sent(
+    /// Records an attempt in one transaction (one sync of the journal, not two): the files it
+    /// got acknowledged, its bytes and time, and where it leaves the stack, which `after`
+    /// decides from whether every file of the stack is now acknowledged (with whatever else it
+    /// decided, returned).
+    pub fn record_attempt<T>(
         &mut self,
         id: i64,
         names: &[String],
         bytes: u64,
         secs: f64,
-    ) -> Result<(), JournalError> {
+        after: impl FnOnce(bool) -> (After, T),
+    ) -> Result<T, JournalError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for n in names {
-            tx.prepare_cached("UPDATE files SET sent = 1 WHERE stack_id = ?1 AND name = ?2")?
-                .execute(params![id, n])?;
+        sent(&tx, id, names, bytes, secs)?;
+        let unsent: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM files WHERE stack_id = ?1 AND sent = 0")?
+            .query_row([id], |r| r.get(0))?;
+        let (next, decided) = after(unsent == 0);
+        match next {
+            After::Submitted { remote_id, reason } => submitted(&tx, id, remote_id, &reason)?,
+            After::Moved { state, reason } => move_to(&tx, id, state, &reason)?,
         }
-        tx.prepare_cached(
-            "UPDATE stacks SET bytes_sent = bytes_sent + ?2, send_secs = send_secs + ?3 WHERE id = ?1")?.execute(
-            params![id, bytes as i64, secs],
-        )?;
         tx.commit()?;
-        Ok(())
+        Ok(decided)
     }
 
     /// Records new sizes/mtimes for files whose bytes did not change (touched, rewritten).
@@ -441,12 +503,7 @@ impl Journal {
         remote_id: i64,
         reason: &str,
     ) -> Result<(), JournalError> {
-        check_move(&self.conn, id, StackState::Submitted)?;
-        self.conn.prepare_cached(
-            "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0, results = '', results_done = 0 WHERE id = ?1")?.execute(
-            params![id, remote_id, reason, now()],
-        )?;
-        Ok(())
+        submitted(&self.conn, id, remote_id, reason)
     }
 
     /// Submitted stacks whose DAG is done and whose results are home (or none are fetched):
@@ -660,7 +717,14 @@ mod tests {
             let s = j.ensure_stack("/in/s1", "s1", "aligntk").unwrap();
             assert_eq!((s.state, s.version), (StackState::Waiting, 1));
             j.queue(s.id, &[rec("a.tif", 1), rec("b.tif", 2)]).unwrap();
-            j.mark_sent(s.id, &["a.tif".into()], 10, 0.5).unwrap();
+            let queued = || After::Moved {
+                state: StackState::Queued,
+                reason: String::new(),
+            };
+            let all = j
+                .record_attempt(s.id, &["a.tif".into()], 10, 0.5, |all| (queued(), all))
+                .unwrap();
+            assert!(!all, "b.tif is not acknowledged yet");
         }
         let mut j = Journal::open(d.path()).unwrap();
         let s = j.stack("/in/s1").unwrap().unwrap();
@@ -682,9 +746,23 @@ mod tests {
         // requeue with a changed b and the same a: a stays sent
         j.queue(s.id, &[rec("a.tif", 1), rec("b.tif", 3)]).unwrap();
         assert!(j.files(s.id).unwrap()[0].sent);
-        // the lifecycle's table is enforced: a queued stack is not submitted without a send
+        // the lifecycle's table is enforced: a queued stack is not submitted without a send,
+        // and an attempt that would do so journals nothing of itself
         let e = j.mark_submitted(s.id, 7, "").unwrap_err();
         assert!(matches!(e, JournalError::Illegal { .. }), "{e}");
+        let submit = |all| {
+            let next = After::Submitted {
+                remote_id: 7,
+                reason: String::new(),
+            };
+            (next, all)
+        };
+        let e = j
+            .record_attempt(s.id, &["b.tif".into()], 5, 0.1, submit)
+            .unwrap_err();
+        assert!(matches!(e, JournalError::Illegal { .. }), "{e}");
+        assert!(!j.files(s.id).unwrap()[1].sent);
+        assert_eq!(j.stack("/in/s1").unwrap().unwrap().bytes_sent, 10);
         assert_eq!(
             j.stack("/in/s1").unwrap().unwrap().state,
             StackState::Queued

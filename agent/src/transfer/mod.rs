@@ -7,7 +7,7 @@
 //! stay put while it is read; the collector checks the bytes against the BLAKE3 the journal
 //! recorded. Nothing counts as sent until the collector acknowledges it verified and durable.
 
-use crate::journal::FileRecord;
+use crate::journal::{After, FileRecord};
 use crate::lifecycle;
 use crate::link::{Link, LinkError};
 use beamflow_config::Config;
@@ -177,12 +177,6 @@ impl Report {
         stack: i64,
         wait: Duration,
     ) -> Result<lifecycle::Decision, crate::journal::JournalError> {
-        journal.mark_sent(
-            stack,
-            &self.acked,
-            self.wire_bytes,
-            self.elapsed.as_secs_f64(),
-        )?;
         let outcome = match &self.result {
             Ok(acc) => lifecycle::Outcome::Accepted {
                 jobs: acc.jobs,
@@ -193,13 +187,27 @@ impl Report {
                 why: e.to_string(),
             },
         };
-        let all_sent = journal.files(stack)?.iter().all(|f| f.sent);
-        let decision = lifecycle::after_send(&outcome, all_sent, wait);
-        match &self.result {
-            Ok(acc) => journal.mark_submitted(stack, acc.remote_id as i64, &decision.reason)?,
-            Err(_) => journal.set_state(stack, decision.state, &decision.reason)?,
-        }
-        Ok(decision)
+        journal.record_attempt(
+            stack,
+            &self.acked,
+            self.wire_bytes,
+            self.elapsed.as_secs_f64(),
+            |all_sent| {
+                let decision = lifecycle::after_send(&outcome, all_sent, wait);
+                let reason = decision.reason.clone();
+                let after = match &self.result {
+                    Ok(acc) => After::Submitted {
+                        remote_id: acc.remote_id as i64,
+                        reason,
+                    },
+                    Err(_) => After::Moved {
+                        state: decision.state,
+                        reason,
+                    },
+                };
+                (after, decision)
+            },
+        )
     }
 }
 
