@@ -123,6 +123,18 @@ fn changed_at(scan: &DirScan, now: Instant) -> Instant {
 }
 
 impl Tracked {
+    /// What the rules decide on: its images as last scanned, with the faults found (none
+    /// before its check), at `now` on the loop's clock.
+    fn observed(&self, now: Instant, invalid: Vec<(String, String)>) -> Observed {
+        Observed {
+            images: self.scan.images.len() as u32,
+            marker: self.scan.marker,
+            quiet_for: now - self.last_change,
+            seen_for: now - self.first_seen,
+            invalid,
+        }
+    }
+
     /// Whether `f`, as it is now, was hashed while the stack settled.
     fn hashed_ahead(&self, f: &crate::scan::FileSeen) -> bool {
         self.hashed
@@ -756,14 +768,7 @@ impl Daemon {
             }
             // a folder back under a name that had vanished starts over
             StackState::Waiting | StackState::Held | StackState::Discarding | StackState::Gone => {
-                let obs = Observed {
-                    images: t.scan.images.len() as u32,
-                    marker: t.scan.marker,
-                    quiet_for: now - t.last_change,
-                    seen_for: now - t.first_seen,
-                    invalid: Vec::new(),
-                };
-                let verdict = decide(&self.roots[ri].rules, &obs);
+                let verdict = decide(&self.roots[ri].rules, &t.observed(now, Vec::new()));
                 if !matches!(verdict, Verdict::Finished(_)) {
                     return self.apply(dir, &rec, verdict, now);
                 }
@@ -912,14 +917,7 @@ impl Daemon {
         }
         let now = Instant::now();
         let rules = &self.roots[t.root].rules;
-        let obs = Observed {
-            images: t.scan.images.len() as u32,
-            marker: t.scan.marker,
-            quiet_for: now - t.last_change,
-            seen_for: now - t.first_seen,
-            invalid: c.faults,
-        };
-        let verdict = decide(rules, &obs);
+        let verdict = decide(rules, &t.observed(now, c.faults));
         let Verdict::Finished(trigger) = verdict else {
             return self.apply(dir, &rec, verdict, now);
         };
