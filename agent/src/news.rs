@@ -51,8 +51,13 @@ impl Post {
         self.targets.iter().any(|t| t.wants(event))
     }
 
-    /// Sends `news` to every target that wants it, each in a task of its own.
-    pub fn send(&self, news: News) {
+    /// Sends `news` to every target that wants it, each in a task of its own. Control
+    /// characters (a stack name may hold a newline) are escaped first, in the subject and
+    /// the body alike: a mailer takes a newline in a subject for the end of a header.
+    pub fn send(&self, mut news: News) {
+        news.subject = escape_controls(&news.subject);
+        news.text = escape_controls(&news.text);
+        news.stack = news.stack.as_deref().map(escape_controls);
         for (i, t) in self.targets.iter().enumerate() {
             if !t.wants(news.event) {
                 continue;
@@ -89,6 +94,30 @@ impl Post {
     }
 }
 
+/// `s` with every control character written out (`\n`, `\x1b`, `\u{85}`), so that no name
+/// can start a header, a line or a terminal sequence in what people read; a backslash is
+/// doubled, so the escaped form names one text only.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// One delivery to one target: the webhook, then the command.
 fn deliver(t: &NotifySection, news: &News) -> Result<(), String> {
     if !t.url.is_empty() {
@@ -117,8 +146,13 @@ fn deliver(t: &NotifySection, news: &News) -> Result<(), String> {
         let argv = beamflow_config::argv::fill_all(&t.argv, &|k| {
             (k == "subject").then(|| news.subject.clone())
         });
+        // a script reads these as data; the config keeps {subject} out of any script
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
+            .env("BEAMFLOW_SUBJECT", &news.subject)
+            .env("BEAMFLOW_STACK", news.stack.as_deref().unwrap_or(""))
+            .env("BEAMFLOW_BEAMLINE", &news.beamline)
+            .env("BEAMFLOW_EVENT", format!("{:?}", news.event).to_lowercase())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -138,4 +172,23 @@ fn deliver(t: &NotifySection, news: &News) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_a_subject_or_a_body() {
+        let name = "s\nBcc: all@site.org\r\n\u{1b}[2J\u{85}x\\n";
+        let e = escape_controls(&format!("beamflow: bl/{name} held"));
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        assert_eq!(
+            e,
+            "beamflow: bl/s\\nBcc: all@site.org\\r\\n\\x1b[2J\\u{85}x\\\\n held"
+        );
+        // two different names stay two different texts
+        assert_ne!(escape_controls("a\nb"), escape_controls("a\\nb"));
+        assert_eq!(escape_controls("plain ä"), "plain ä");
+    }
 }

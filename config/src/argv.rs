@@ -2,12 +2,20 @@
 //! time, never handed to a shell.
 //!
 //! File, folder and stack names come from the beamline, and anyone who can write into a
-//! watch folder chooses them. A workflow's `command` and a queue's `launch` template are
-//! therefore split into words here, with the quoting rules of a POSIX shell but none of its
-//! expansions, and each `{placeholder}` is later replaced inside the one argument it sits in.
-//! A value can then hold `$( )`, backticks, `;`, quotes, a newline or a leading `-` and still
-//! arrive as exactly one argument. The one place a shell may appear is a step that asks for
-//! one itself (`sh -c '…'`): values substituted into that script are quoted for it.
+//! watch folder chooses them. A workflow's `command`, a queue's `launch` template and a
+//! `[[notify]] command` are therefore split into words here, with the quoting rules of a
+//! POSIX shell but none of its expansions, and each `{placeholder}` is later replaced inside
+//! the one argument it sits in. A value can then hold `$( )`, backticks, `;`, quotes, a
+//! newline or a leading `-` and still arrive as exactly one argument.
+//!
+//! That alone does not keep a name from being *run*: `bash -o pipefail -c 'echo {stack}'`,
+//! `env sh -c '…'` or `python3 -c '…{stack}…'` hand the argument to an interpreter, and no
+//! list of interpreters can be complete. So the rule is made by construction, not by
+//! guessing programs ([`check_names`]): a value derived from beamline names may only be a
+//! whole argument, or a whole argument with a fixed prefix and suffix made of characters no
+//! shell or interpreter gives a meaning to (`-fixed {first}`, `images/{first}.tif`). A
+//! step that wants a shell reads the same values from the environment instead
+//! (`sh -c 'echo "$BEAMFLOW_STACK"'`), where no interpreter ever parses them as code.
 
 /// Characters that mean something to a shell when unquoted. A command that uses them
 /// expects a shell that is not there, so the config refuses it instead of passing them on
@@ -127,8 +135,9 @@ pub fn placeholders(arg: &str) -> Vec<&str> {
 
 /// Fills the placeholders of one argument in a single pass: a value is never scanned again,
 /// so a name that itself looks like `{grid_size}` stays as it is. Unknown names are kept;
-/// `{{` and `}}` become single braces.
-pub fn fill(arg: &str, lookup: &dyn Fn(&str) -> Option<String>, quote_values: bool) -> String {
+/// `{{` and `}}` become single braces. Values go in as they are: [`check_names`] made sure
+/// when the config loaded that no value lands where an interpreter would parse it.
+pub fn fill(arg: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
     while let Some(pos) = rest.find(['{', '}']) {
@@ -143,7 +152,7 @@ pub fn fill(arg: &str, lookup: &dyn Fn(&str) -> Option<String>, quote_values: bo
             if let Some(end) = tail.find('}') {
                 let name = &tail[1..end];
                 if let Some(v) = lookup(name) {
-                    out.push_str(&if quote_values { quote(&v) } else { v });
+                    out.push_str(&v);
                     rest = &tail[end + 1..];
                     continue;
                 }
@@ -156,35 +165,82 @@ pub fn fill(arg: &str, lookup: &dyn Fn(&str) -> Option<String>, quote_values: bo
     out
 }
 
-/// Whether argument `i` of `argv` is a script a shell will run (`sh -c SCRIPT`, `bash -ec
-/// SCRIPT` …): values substituted into it must be quoted for that shell.
-pub fn is_shell_script(argv: &[String], i: usize) -> bool {
-    let Some(prog) = argv.first() else {
-        return false;
-    };
-    let base = prog.rsplit('/').next().unwrap_or(prog);
-    if !matches!(
-        base,
-        "sh" | "bash" | "dash" | "zsh" | "ksh" | "ash" | "mksh"
-    ) || i < 2
-    {
-        return false;
-    }
-    // the script is the first word after the option cluster holding `c`
-    let opts = &argv[1..i];
-    opts.iter().all(|o| o.starts_with('-'))
-        && opts
-            .last()
-            .is_some_and(|o| !o.starts_with("--") && o.contains('c'))
+/// Fills every argument of a template; see [`fill`].
+pub fn fill_all(template: &[String], lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    template.iter().map(|a| fill(a, lookup)).collect()
 }
 
-/// Fills every argument of a template; see [`fill`] and [`is_shell_script`].
-pub fn fill_all(template: &[String], lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
-    template
-        .iter()
-        .enumerate()
-        .map(|(i, a)| fill(a, lookup, is_shell_script(template, i)))
-        .collect()
+/// Characters a fixed prefix or suffix around a name-derived value may hold: none of them
+/// means anything to a shell, and none starts code in the interpreters one meets in job
+/// scripts (no blanks, quotes, `$`, backticks, brackets, `;`, `|`, `&`, `<`, `>`, `*`, `?`,
+/// `#`, `!`, `~`, `\`).
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c)
+}
+
+/// Options that make common programs run their next argument as code (`sh -c`, `perl -e`,
+/// `python3 -c`, `bash -ec`). This list is not the guarantee (the plain-characters rule is);
+/// it only refuses the one way left to hand a whole name to an interpreter.
+pub fn runs_next_as_code(word: &str) -> bool {
+    if matches!(word, "--command" | "--eval" | "--execute" | "-Command") {
+        return true;
+    }
+    word.len() >= 2
+        && word.len() <= 4
+        && word.starts_with('-')
+        && !word.starts_with("--")
+        && word[1..].chars().all(|c| c.is_ascii_alphabetic())
+        && word.ends_with(['c', 'e', 'E'])
+}
+
+/// Refuses a template that would let a name-derived value (`tainted`: `{stack}`,
+/// `{images}`, `{first}`, `{last}`, `{subject}` …) reach anything but a plain argument.
+/// Such a value may sit only in an argument whose every other character is plain (see
+/// [`is_plain`]): a whole argument, or one with a fixed prefix/suffix. It may not be the
+/// program, nor follow an option that runs its argument as code. `env_hint` names the
+/// environment variables that carry the same values, for the message.
+pub fn check_names(argv: &[String], tainted: &[&str], env_hint: &str) -> Result<(), String> {
+    for (i, arg) in argv.iter().enumerate() {
+        let names: Vec<&str> = placeholders(arg)
+            .into_iter()
+            .filter(|p| tainted.contains(p))
+            .collect();
+        let Some(first) = names.first() else {
+            continue;
+        };
+        let instead = format!(
+            "pass it as an argument of its own (\"{{{first}}}\") or read it from the \
+             environment in a script ({env_hint})"
+        );
+        if i == 0 {
+            return Err(format!(
+                "{{{first}}} comes from a beamline name and cannot be the program to run; {instead}"
+            ));
+        }
+        if runs_next_as_code(&argv[i - 1]) {
+            return Err(format!(
+                "{{{first}}} comes from a beamline name and would be run as code by `{} {}`; \
+                 {instead}",
+                argv[i - 1],
+                arg
+            ));
+        }
+        let literal = fill(arg, &|_| Some(String::new()));
+        if let Some(c) = literal.chars().find(|c| !is_plain(*c)) {
+            return Err(format!(
+                "{{{first}}} comes from a beamline name, and the argument {arg:?} around it holds \
+                 {c:?}, which a shell or interpreter may parse, so the name could be run as \
+                 code; {instead}, e.g. sh -c 'echo \"$BEAMFLOW_STACK\" > out.txt'"
+            ));
+        }
+        if literal.starts_with('-') && runs_next_as_code(&literal) {
+            return Err(format!(
+                "{{{first}}} comes from a beamline name and would be run as code by {arg:?}; \
+                 {instead}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -252,19 +308,87 @@ mod tests {
         assert_eq!(out[6], "{x}");
     }
 
+    const NAMES: &[&str] = &["stack", "images", "first", "last"];
+
+    fn check(line: &str) -> Result<(), String> {
+        check_names(&split(line).unwrap(), NAMES, "$BEAMFLOW_STACK")
+    }
+
     #[test]
-    fn values_in_a_shell_script_are_quoted_for_it() {
-        let t = v(&["sh", "-ec", "cp {first} out/", "{first}"]);
-        let look = |_: &str| Some("a'b $(id)".to_string());
-        let out = fill_all(&t, &look);
-        assert_eq!(out[2], r"cp 'a'\''b $(id)' out/");
-        assert_eq!(out[3], "a'b $(id)");
-        // and the shell really sees one word
-        let got = std::process::Command::new("sh")
-            .args(["-c", &format!("printf %s {}", quote("a'b $(id) \n*"))])
-            .output()
+    fn names_may_be_whole_arguments_or_have_a_plain_prefix_and_suffix() {
+        for ok in [
+            "align -fixed {first} -images {images}/",
+            "find_rst -pairs pairs.lst -images images/{first}.tif",
+            "tool --stack={stack} {grid_size} {last}",
+            "sh -c 'echo \"$BEAMFLOW_STACK\" > u.txt'",
+            "sh -c 'cp \"$1\" out/' sh {first}",
+            "tool -image {first} -e2e {last}",
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_name_that_an_interpreter_could_parse_is_refused_whatever_the_program() {
+        for bad in [
+            "bash -o pipefail -c 'echo {stack} > u.txt'",
+            "sh -c 'echo {stack}'",
+            "env sh -c 'echo {stack}'",
+            "timeout 60 sh -c 'echo {first}'",
+            "nice sh -c 'cat {images}/x'",
+            "python3 -c 'print(\"{stack}\")'",
+            "perl -e 'print \"{last}\"'",
+            "awk 'BEGIN{{print \"{stack}\"}}'",
+            "tool '{stack} more'",
+            "tool \"x;{stack}\"",
+            "tool $'{stack}'",
+            "sh -c {stack}",
+            "python3 -c {first}",
+            "perl -e {last}",
+            "bash -ec {stack}",
+            "python3 -c{stack}",
+            "{stack} --help",
+            "{images}/run.sh",
+        ] {
+            let words = match split(bad) {
+                Ok(w) => w,
+                Err(_) => continue, // refused earlier still: `$` outside quotes
+            };
+            let e = check_names(&words, NAMES, "$BEAMFLOW_STACK").unwrap_err();
+            assert!(
+                e.contains("beamline name") && e.contains("BEAMFLOW_STACK"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_form_really_would_have_run_the_name() {
+        // what the rule prevents, shown with a real shell: a name inside a script is code
+        let d = std::env::temp_dir().join(format!("beamflow-argv-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let name = "a$(touch PWNED)b";
+        let script = fill("echo {stack} > u.txt", &|_| Some(name.to_string()));
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(&d)
+            .status()
             .unwrap();
-        assert_eq!(String::from_utf8(got.stdout).unwrap(), "a'b $(id) \n*");
+        assert!(d.join("PWNED").exists());
+        std::fs::remove_file(d.join("PWNED")).unwrap();
+        // and the way the message gives runs it as data
+        std::process::Command::new("sh")
+            .args(["-c", "echo \"$BEAMFLOW_STACK\" > u.txt"])
+            .env("BEAMFLOW_STACK", name)
+            .current_dir(&d)
+            .status()
+            .unwrap();
+        assert!(!d.join("PWNED").exists());
+        assert_eq!(
+            std::fs::read_to_string(d.join("u.txt")).unwrap(),
+            format!("{name}\n")
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod units;
 mod workflow;
 
 pub use units::{ByteSize, Dur};
-pub use workflow::{Step, To8Bit, Workflow};
+pub use workflow::{Step, To8Bit, Workflow, NAME_ENV, NAME_PLACEHOLDERS};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -527,6 +527,16 @@ pub fn launch_argv(template: &str) -> Result<Vec<String>, String> {
             ));
         }
     }
+    // the job's own words (which hold names) and the work folder's path are data here too
+    let at = words.iter().position(|w| w == "{command}").unwrap_or(0);
+    if at > 0 && argv::runs_next_as_code(&words[at - 1]) {
+        return Err(format!(
+            "`{} {{command}}` would run the job's arguments, which hold beamline names, as code; \
+             put {{command}} where its words stay arguments, e.g. \"srun -n {{ranks}} {{command}}\"",
+            words[at - 1]
+        ));
+    }
+    argv::check_names(&words, &["hostfile"], "\"$BEAMFLOW_HOSTFILE\"")?;
     Ok(words)
 }
 

@@ -73,6 +73,12 @@ impl NotifySection {
         }
         if !self.command.is_empty() {
             self.argv = crate::argv::split(&self.command).map_err(|e| ("command".into(), e))?;
+            crate::argv::check_names(
+                &self.argv,
+                &["subject"],
+                "\"$BEAMFLOW_SUBJECT\", \"$BEAMFLOW_STACK\"",
+            )
+            .map_err(|e| ("command".into(), e))?;
         }
         Ok(())
     }

@@ -164,6 +164,25 @@ pub const STEP_PLACEHOLDERS: &[&str] = &[
     "grid_size",
 ];
 
+/// The placeholders whose values are derived from beamline names: they may never reach an
+/// interpreter (see [`crate::argv::check_names`]), and each job gets them in its environment
+/// too, under the names of [`NAME_ENV`].
+pub const NAME_PLACEHOLDERS: &[&str] = &["stack", "images", "first", "last"];
+
+/// The environment variables every job gets, so that a script reads names as data:
+/// (placeholder, variable). `BEAMFLOW_COUNT` is not a name, but a script that loops over the
+/// sections wants it beside them.
+pub const NAME_ENV: &[(&str, &str)] = &[
+    ("stack", "BEAMFLOW_STACK"),
+    ("images", "BEAMFLOW_IMAGES"),
+    ("first", "BEAMFLOW_FIRST"),
+    ("last", "BEAMFLOW_LAST"),
+    ("count", "BEAMFLOW_COUNT"),
+];
+
+const NAME_ENV_HINT: &str =
+    "\"$BEAMFLOW_STACK\", \"$BEAMFLOW_IMAGES\", \"$BEAMFLOW_FIRST\", \"$BEAMFLOW_LAST\"";
+
 fn one() -> u32 {
     1
 }
@@ -219,6 +238,12 @@ impl Workflow {
                     ));
                 }
             }
+            crate::argv::check_names(&s.argv, NAME_PLACEHOLDERS, NAME_ENV_HINT).map_err(|e| {
+                (
+                    format!("steps[{i}].command"),
+                    format!("step `{}`: {e}", s.name),
+                )
+            })?;
         }
         let mut seen = HashSet::new();
         for (i, s) in self.steps.iter().enumerate() {

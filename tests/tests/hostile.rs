@@ -369,3 +369,113 @@ fn the_service_answers_404_for_an_unknown_launcher_and_keeps_its_database_privat
         .mode();
     assert_eq!(mode & 0o777, 0o600, "collector.db is {:o}", mode & 0o777);
 }
+
+/// Every way a review found to hand a name to an interpreter, each as a step's command.
+const WRAPPED_SHELLS: &[&str] = &[
+    "bash -o pipefail -c 'echo {stack} > u.txt'",
+    "env sh -c 'echo {stack} > u.txt'",
+    "timeout 60 sh -c 'echo {stack} > u.txt'",
+    "nice sh -c 'echo {stack} > u.txt'",
+    "python3 -c 'open(\\\"u.txt\\\", \\\"w\\\").write(\\\"{stack}\\\")'",
+    "perl -e 'print \\\"{first}\\\"'",
+    "sh -c {stack}",
+];
+
+#[test]
+fn a_name_inside_any_script_is_a_config_error_naming_the_key_and_line() {
+    let site = Site::new("1s", "");
+    for (n, command) in WRAPPED_SHELLS.iter().enumerate() {
+        let bad = site.dir.join(format!("wrapped{n}.toml"));
+        std::fs::write(
+            &bad,
+            format!(
+                "[workflows.w]\nto_8bit = \"off\"\n\n[[workflows.w.steps]]\nname = \"s\"\ncommand = \"{command}\"\n"
+            ),
+        )
+        .unwrap();
+        for exe in ["beamflow-agent", "beamflow-collector"] {
+            let out = Command::new(bin(exe))
+                .args(["config", "check"])
+                .arg(&bad)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{exe} took {command}");
+            assert!(
+                err.contains(&format!(
+                    "wrapped{n}.toml:6: key `workflows.w.steps[0].command`"
+                )) && err.contains("BEAMFLOW_STACK"),
+                "{exe}, {command}: {err}"
+            );
+        }
+    }
+    // the same rule for a launch template and a mail command
+    for (n, (section, line)) in [
+        (
+            "[queues.default]\nlaunch = \"sh -c 'mpirun -hostfile {hostfile} x' {command}\"\n",
+            "queues.default.launch",
+        ),
+        (
+            "[queues.default]\nlaunch = \"sh -c {command}\"\n",
+            "queues.default.launch",
+        ),
+        (
+            "[[notify]]\ncommand = \"sh -c 'mail -s {subject} ops@site.org'\"\n",
+            "notify[0].command",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let bad = site.dir.join(format!("other{n}.toml"));
+        std::fs::write(&bad, section).unwrap();
+        let exe = if line.starts_with("notify") {
+            "beamflow-agent"
+        } else {
+            "beamflow-collector"
+        };
+        let out = Command::new(bin(exe))
+            .args(["config", "check"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{exe} took {section}");
+        assert!(err.contains(&format!("key `{line}`")), "{section}: {err}");
+    }
+}
+
+#[test]
+fn a_step_that_wants_a_shell_reads_the_name_from_its_environment_and_never_runs_it() {
+    let site = Site::new("1s", "");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"env\"");
+    site.append_config(
+        "[workflows.env]\nto_8bit = \"off\"\n[[workflows.env.steps]]\nname = \"u\"\ncommand = \"bash -o pipefail -c 'printf %s \\\"$BEAMFLOW_STACK|$BEAMFLOW_FIRST|$BEAMFLOW_LAST|$BEAMFLOW_COUNT\\\" > u.txt'\"\n",
+    );
+    let _service = site.start_service();
+    let stack = "a$(touch PWNED)b";
+    let dir = site.incoming().join(stack);
+    std::fs::create_dir_all(&dir).unwrap();
+    write8(&dir, "$(touch PWNED2).tif", 3, 64);
+    write8(&dir, "z`touch PWNED3`.tif", 4, 64);
+    let _agent = site.start_agent();
+    let jobs = site.wait_finished(stack, LONG);
+    assert_eq!(jobs.len(), 1);
+    let work = site.work().join(stack).join("v1");
+    let got = std::fs::read_to_string(work.join("u.txt")).unwrap();
+    // the names as AlignTK sees them are the aliases; the stack name is byte-exact
+    assert!(
+        got.starts_with(&format!("{stack}|")) && got.ends_with("|2"),
+        "{got:?}"
+    );
+    for e in walkdir::WalkDir::new(&site.dir)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        assert!(
+            !e.file_name().to_string_lossy().starts_with("PWNED"),
+            "{} exists: a name was run by a shell",
+            e.path().display()
+        );
+    }
+}

@@ -272,7 +272,8 @@ impl Launcher {
             .stderr(err);
         cmd.envs(&job.env)
             .env("OMP_NUM_THREADS", job.threads_per_rank.to_string())
-            .env("BEAMFLOW_JOB_ID", job.id.to_string());
+            .env("BEAMFLOW_JOB_ID", job.id.to_string())
+            .env("BEAMFLOW_HOSTFILE", &hostfile);
         // no pre_exec hook: without one the standard library starts the job with
         // posix_spawn (no copy of this process's page tables per job); the core limit is
         // this process's own, set at start, which every job inherits

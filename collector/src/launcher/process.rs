@@ -22,11 +22,11 @@ pub fn launch_argv(template: &[String], job: &LaunchedJob, hostfile: &Path) -> V
         })
     };
     let mut out = Vec::with_capacity(template.len() + job.argv.len());
-    for (i, w) in template.iter().enumerate() {
+    for w in template {
         if w == "{command}" {
             out.extend(job.argv.iter().cloned());
         } else {
-            out.push(argv::fill(w, &lookup, argv::is_shell_script(template, i)));
+            out.push(argv::fill(w, &lookup));
         }
     }
     out

@@ -57,7 +57,7 @@ pub fn plan(wf: &Workflow) -> Vec<PlannedJob> {
                 .argv
                 .iter()
                 .map(|a| match &bin {
-                    Some(b) => argv::fill(a, &|n| (n == "bin").then(|| b.clone()), false),
+                    Some(b) => argv::fill(a, &|n| (n == "bin").then(|| b.clone())),
                     // no folder configured: the executables are found on PATH
                     None => a.strip_prefix("{bin}/").unwrap_or(a).to_string(),
                 })
@@ -78,8 +78,13 @@ pub fn plan(wf: &Workflow) -> Vec<PlannedJob> {
 }
 
 /// Fills a planned job's per-stack placeholders: one pass, each value inside the argument it
-/// replaces (quoted only where the step runs a shell script of its own).
-pub fn fill(template: &[String], facts: &StackFacts<'_>) -> Vec<String> {
+/// replaces (the config made sure no name-derived value sits where an interpreter parses it).
+/// Also gives the name-derived values as environment variables (`BEAMFLOW_STACK` …), the way
+/// a step that runs a shell script reads them as data.
+pub fn fill(
+    template: &[String],
+    facts: &StackFacts<'_>,
+) -> (Vec<String>, BTreeMap<String, String>) {
     let names = facts.aligntk_names;
     let lookup = |n: &str| -> Option<String> {
         Some(match n {
@@ -93,7 +98,11 @@ pub fn fill(template: &[String], facts: &StackFacts<'_>) -> Vec<String> {
             _ => return None,
         })
     };
-    argv::fill_all(template, &lookup)
+    let env = beamflow_config::NAME_ENV
+        .iter()
+        .filter_map(|(p, var)| Some((var.to_string(), lookup(p)?)))
+        .collect();
+    (argv::fill_all(template, &lookup), env)
 }
 
 /// The database keeps an argument vector as a JSON array.
@@ -134,9 +143,14 @@ mod tests {
             collector: "/bin/bc",
             grid_size: "64x64",
         };
-        let qa = fill(&jobs[0].argv, &facts);
+        let (qa, env) = fill(&jobs[0].argv, &facts);
         assert_eq!(qa[0], "/bin/bc");
-        let align = fill(&jobs[3].argv, &facts);
+        assert_eq!(env["BEAMFLOW_STACK"], "s; rm -rf /");
+        assert_eq!(env["BEAMFLOW_FIRST"], "$(id>PWNED)");
+        assert_eq!(env["BEAMFLOW_LAST"], "b");
+        assert_eq!(env["BEAMFLOW_COUNT"], "2");
+        assert_eq!(env["BEAMFLOW_IMAGES"], "/d/s; rm -rf /");
+        let (align, _) = fill(&jobs[3].argv, &facts);
         let at = |flag: &str| &align[align.iter().position(|a| a == flag).unwrap() + 1];
         assert_eq!(at("-fixed"), "$(id>PWNED)");
         assert_eq!(at("-grid_size"), "64x64");

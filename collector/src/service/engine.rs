@@ -330,7 +330,7 @@ impl Engine {
                         newly_prepared.push(j.stack_id);
                     }
                     let names = p.aligntk_names();
-                    let argv = super::dag::fill(
+                    let (argv, env) = super::dag::fill(
                         &j.argv,
                         &super::dag::StackFacts {
                             stack: &j.stack,
@@ -340,7 +340,7 @@ impl Engine {
                             grid_size: &p.grid_size,
                         },
                     );
-                    filled.push((j.id, argv));
+                    filled.push((j.id, argv, env));
                 }
                 Err(why) => {
                     tracing::error!(job = j.id, stack = %j.stack, "cannot prepare the work folder: {why}");

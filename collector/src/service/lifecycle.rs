@@ -194,16 +194,26 @@ impl Db {
     }
 
     /// READY → PREPROCESSED with each job's final argument vector, all in one transaction.
-    pub fn preprocessed(&mut self, jobs: &[(u64, Vec<String>)]) -> Result<usize, DbError> {
+    pub fn preprocessed(
+        &mut self,
+        jobs: &[(u64, Vec<String>, std::collections::BTreeMap<String, String>)],
+    ) -> Result<usize, DbError> {
         if jobs.is_empty() {
             return Ok(0);
         }
         let at = stamp(self.now());
         let tx = self.tx()?;
         let mut n = 0;
-        for (id, argv) in jobs {
-            tx.prepare_cached("UPDATE jobs SET command = ?2 WHERE id = ?1 AND state = 'READY'")?
-                .execute(params![*id as i64, super::dag::encode(argv)])?;
+        for (id, argv, env) in jobs {
+            // the names' variables win over a step's own `env` of the same name
+            tx.prepare_cached(
+                "UPDATE jobs SET command = ?2, env = json_patch(env, ?3) WHERE id = ?1 AND state = 'READY'",
+            )?
+            .execute(params![
+                *id as i64,
+                super::dag::encode(argv),
+                serde_json::to_string(env).unwrap_or_else(|_| "{}".into())
+            ])?;
             n += job::change(
                 &tx,
                 *id,
