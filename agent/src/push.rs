@@ -56,6 +56,13 @@ pub async fn push(
         "{} is not a folder; push takes the folder that holds the images",
         dir.display()
     );
+    anyhow::ensure!(
+        dir.to_str().is_some(),
+        "the folder {} has a name that is not valid UTF-8 (shown with \\xNN for its bytes); it \
+         cannot be named at the collector without two folders risking one name: rename it to a \
+         UTF-8 name and push again",
+        crate::scan::escaped(dir.as_os_str())
+    );
     // a folder under a watch root uses that root's rules and prefix; any other folder uses the
     // first root's rules and is named by its own folder name
     let root = match cfg

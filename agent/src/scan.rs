@@ -51,11 +51,11 @@ pub fn scan_dir(
         let entry = entry?;
         let raw = entry.file_name();
         let Some(name) = raw.to_str() else {
-            let shown = raw.to_string_lossy();
-            if pattern.matches(&shown) {
+            if pattern.matches(&raw.to_string_lossy()) {
                 out.skipped.push((
-                    shown.into_owned(),
-                    "file name is not valid UTF-8; rename it".into(),
+                    escaped(&raw),
+                    "file name is not valid UTF-8 (shown with \\xNN for its bytes); rename it"
+                        .into(),
                 ));
             }
             continue;
@@ -121,6 +121,28 @@ pub fn scan_dir(
     Ok(out)
 }
 
+/// A name that may not be UTF-8, written so that a person can read it and no two names look
+/// the same: valid UTF-8 as it is (control characters and the backslash escaped), every other
+/// byte as `\xNN`. `run\xe4` and `run\xf6` stay two names; a folder literally named `run\xe4`
+/// shows as `run\\xe4`.
+pub fn escaped(name: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&c.escape_default().to_string()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// What a walk of a watch root found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Found {
@@ -129,15 +151,21 @@ pub struct Found {
     /// Symlinks to folders that hold matching files: not followed (one could lead anywhere,
     /// or loop), and reported so that nobody waits for them in silence.
     pub symlinked: Vec<PathBuf>,
+    /// Folders of images whose path below the root is not UTF-8: they cannot be named at the
+    /// collector (its names, the wire and the journal are UTF-8), so they are held with the
+    /// reason, never sent under a name another folder may share.
+    pub unnamed: Vec<PathBuf>,
 }
 
-fn holds_images(dir: &Path, pattern: &glob::Pattern) -> bool {
+/// Whether `dir` holds a file that matches (a name that is not UTF-8 counts, so that a
+/// folder of only such files is held with their names rather than overlooked).
+pub fn holds_images(dir: &Path, pattern: &glob::Pattern) -> bool {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok).any(|f| {
-                f.file_name()
-                    .to_str()
-                    .is_some_and(|n| !is_temp_name(n) && pattern.matches(n))
+                let n = f.file_name();
+                let n = n.to_string_lossy();
+                !is_temp_name(&n) && pattern.matches(&n)
             })
         })
         .unwrap_or(false)
@@ -168,7 +196,11 @@ pub fn stack_dirs(root: &Path, pattern: &glob::Pattern) -> Found {
             continue;
         }
         if holds_images(e.path(), pattern) {
-            out.stacks.push(e.into_path());
+            if e.path().to_str().is_some() {
+                out.stacks.push(e.into_path());
+            } else {
+                out.unnamed.push(e.into_path());
+            }
         }
     }
     out
@@ -209,5 +241,33 @@ mod tests {
         let found = stack_dirs(&root, &pat);
         assert_eq!(found.stacks, vec![s]);
         assert_eq!(found.symlinked, vec![root.join("linked")]);
+    }
+
+    #[test]
+    fn folders_whose_names_are_not_utf8_are_listed_apart_and_never_share_a_name() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let (a, b) = (OsStr::from_bytes(b"run\xe4"), OsStr::from_bytes(b"run\xf6"));
+        for n in [a, b, OsStr::new("run\\xe4"), OsStr::new("ok")] {
+            std::fs::create_dir(root.join(n)).unwrap();
+            std::fs::write(root.join(n).join("S_0001.tif"), b"x").unwrap();
+        }
+        let pat = glob::Pattern::new("*.tif").unwrap();
+        let found = stack_dirs(&root, &pat);
+        let mut unnamed = found.unnamed.clone();
+        unnamed.sort();
+        assert_eq!(unnamed, vec![root.join(a), root.join(b)]);
+        assert_eq!(found.stacks.len(), 2, "{:?}", found.stacks);
+        let shown: Vec<String> = [a, b, OsStr::new("run\\xe4")]
+            .iter()
+            .map(|n| escaped(n))
+            .collect();
+        assert_eq!(shown, ["run\\xe4", "run\\xf6", "run\\\\xe4"]);
+        // a file name that is not UTF-8 is named the same way in the reason
+        std::fs::write(root.join("ok").join(OsStr::from_bytes(b"S_\xff.tif")), b"y").unwrap();
+        let scan = scan_dir(&root, &root.join("ok"), &pat, None).unwrap();
+        assert_eq!(scan.skipped[0].0, "S_\\xff.tif");
     }
 }

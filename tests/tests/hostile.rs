@@ -479,3 +479,53 @@ fn a_step_that_wants_a_shell_reads_the_name_from_its_environment_and_never_runs_
         );
     }
 }
+
+#[test]
+fn two_folders_whose_names_are_not_utf8_are_held_apart_and_never_merge() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let site = Site::new("300ms", "");
+    let _service = site.start_service();
+    let a = site.incoming().join(OsStr::from_bytes(b"run\xe4"));
+    let b = site.incoming().join(OsStr::from_bytes(b"run\xf6"));
+    for (d, seed) in [(&a, 1), (&b, 2)] {
+        std::fs::create_dir_all(d).unwrap();
+        write8(d, "S_0000.tif", seed, 32);
+        write8(d, "S_0001.tif", seed + 10, 32);
+    }
+    let ok = site.write_stack("plain", 2, 32);
+    let _agent = site.start_agent();
+    site.wait_state("plain", "submitted", LONG);
+    let held_a = site.wait_state("run\\xe4", "held", LONG);
+    let held_b = site.wait_state("run\\xf6", "held", LONG);
+    for (h, shown) in [(&held_a, "run\\xe4"), (&held_b, "run\\xf6")] {
+        let why = h["reason"].as_str().unwrap();
+        assert!(
+            why.contains(shown) && why.contains("not valid UTF-8") && why.contains("rename"),
+            "{h}"
+        );
+    }
+    // nothing of either reached the collector, under any name
+    let arrived: Vec<String> = std::fs::read_dir(site.remote())
+        .unwrap()
+        .map(|e| escape(&e.unwrap().file_name()))
+        .collect();
+    assert_eq!(arrived, ["plain"], "the data root holds {arrived:?}");
+    assert_same_tree(&ok, &site.remote().join("plain"));
+    let log = std::fs::read_to_string(site.dir.join("agent.log")).unwrap();
+    assert!(!log.contains("folder gone"), "{log}");
+    // renamed to a UTF-8 name, each arrives as a stack of its own; the held rows end
+    std::fs::rename(&a, site.incoming().join("run-a")).unwrap();
+    std::fs::rename(&b, site.incoming().join("run-b")).unwrap();
+    site.wait_state("run-a", "submitted", LONG);
+    site.wait_state("run-b", "submitted", LONG);
+    assert_ne!(
+        std::fs::read(site.remote().join("run-a/S_0000.tif")).unwrap(),
+        std::fs::read(site.remote().join("run-b/S_0000.tif")).unwrap()
+    );
+    site.wait_state("run\\xe4", "gone", LONG);
+}
+
+fn escape(n: &std::ffi::OsStr) -> String {
+    n.to_string_lossy().into_owned()
+}

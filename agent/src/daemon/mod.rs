@@ -152,6 +152,10 @@ fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
             .all(|(a, b)| a.name == b.name && a.size == b.size && a.mtime_ns == b.mtime_ns)
 }
 
+/// What the journal key of a folder whose name is not UTF-8 starts with: never an absolute
+/// path, so never the key of a folder that can be sent.
+const UNNAMED_KEY: &str = "not-utf8:";
+
 /// The daemon's state: owned by its loop alone.
 pub struct Daemon {
     cfg: Arc<Config>,
@@ -208,6 +212,9 @@ pub struct Daemon {
     down_since: Option<(Instant, std::time::SystemTime)>,
     /// When each watch root last saw a change (for `silent` news).
     activity: Vec<std::time::SystemTime>,
+    /// Folders of images whose path is not UTF-8, held in the journal (their rows' ids): a
+    /// row is marked gone once its folder is.
+    unnamed: HashMap<PathBuf, i64>,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -262,6 +269,7 @@ pub async fn run(
         news: None,
         down_since: None,
         activity: Vec::new(),
+        unnamed: HashMap::new(),
     };
     if !d.cfg.notify.is_empty() {
         d.news = Some(crate::news::Post::new(
@@ -290,6 +298,17 @@ pub async fn run(
     d.starting = false;
     // stacks journaled before a stop whose folders went away meanwhile
     for rec in d.journal.stacks()? {
+        if rec.dir.starts_with(UNNAMED_KEY) {
+            // not a path: the walk above found those still there
+            if rec.state == StackState::Held && !d.unnamed.values().any(|id| *id == rec.id) {
+                d.journal.set_state(
+                    rec.id,
+                    StackState::Gone,
+                    "the folder is gone (renamed or removed); nothing of it had been sent",
+                )?;
+            }
+            continue;
+        }
         let dir = PathBuf::from(&rec.dir);
         if !d.stacks.contains_key(&dir) && !dir.exists() {
             d.vanished(&dir)?;
@@ -409,6 +428,10 @@ impl Daemon {
         for link in found.symlinked {
             self.symlinked(i, &link);
         }
+        for u in found.unnamed {
+            self.held_unnamed(i, &u);
+        }
+        self.unnamed_gone(i, dir);
         // tracked stacks below that vanished are dirty too, so they get dropped
         let gone: Vec<PathBuf> = self
             .stacks
@@ -450,6 +473,70 @@ impl Daemon {
         }
     }
 
+    /// A folder of images whose path is not UTF-8: held in the journal with a reason that
+    /// names it in escaped form (`run\xe4`), under a key no UTF-8 folder can have (keys of
+    /// folders that can be sent are absolute paths), so two such folders never share a row,
+    /// a remote folder or a work folder; nothing of it is sent.
+    fn held_unnamed(&mut self, root: usize, dir: &Path) {
+        let shown = crate::scan::escaped(dir.as_os_str());
+        let key = format!("{UNNAMED_KEY}{shown}");
+        let rel = dir.strip_prefix(&self.roots[root].canon).unwrap_or(dir);
+        let prefix = self.roots[root].section.prefix.trim_matches('/');
+        let rel = crate::scan::escaped(rel.as_os_str());
+        let name = if prefix.is_empty() {
+            rel
+        } else {
+            format!("{prefix}/{rel}")
+        };
+        let reason = format!(
+            "the folder name {shown} is not valid UTF-8 (shown with \\xNN for its bytes), so it \
+             cannot be named at the collector without two folders risking one name; rename it \
+             (e.g. `mv` it to a UTF-8 name) and it is sent as a stack of its own"
+        );
+        let workflow = self.roots[root].section.workflow.clone();
+        let r = self
+            .journal
+            .stack(&key)
+            .and_then(|rec| match rec {
+                Some(rec) => Ok(rec),
+                None => self.journal.ensure_stack(&key, &name, &workflow),
+            })
+            .and_then(|rec| {
+                self.unnamed.insert(dir.to_path_buf(), rec.id);
+                if rec.state == StackState::Held && rec.reason == reason {
+                    return Ok(());
+                }
+                tracing::warn!(stack = %name, "{reason}");
+                self.journal.set_state(rec.id, StackState::Held, &reason)
+            });
+        if let Err(e) = r {
+            tracing::warn!(stack = %name, "cannot journal a folder whose name is not UTF-8: {e}");
+        }
+    }
+
+    /// Held folders with names that are not UTF-8, at or below `dir`, that no longer hold
+    /// images (renamed, removed): their rows end as gone.
+    fn unnamed_gone(&mut self, root: usize, dir: &Path) {
+        let gone: Vec<(PathBuf, i64)> = self
+            .unnamed
+            .iter()
+            .filter(|(p, _)| {
+                p.starts_with(dir) && !crate::scan::holds_images(p, &self.roots[root].pattern)
+            })
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        for (p, id) in gone {
+            self.unnamed.remove(&p);
+            if let Err(e) = self.journal.set_state(
+                id,
+                StackState::Gone,
+                "the folder is gone (renamed or removed); nothing of it had been sent",
+            ) {
+                tracing::warn!("cannot journal a folder gone: {e}");
+            }
+        }
+    }
+
     fn full_rescan(&mut self) {
         // the slow safety net looks at every stack again, quiet or not (a `push` of a watched
         // folder may have moved one in the journal meanwhile)
@@ -479,6 +566,11 @@ impl Daemon {
                 }
                 if let Some(parent) = path.parent() {
                     self.dirty.insert(parent.to_path_buf());
+                }
+                if !self.unnamed.is_empty() {
+                    if let Some(i) = self.root_of(&path) {
+                        self.unnamed_gone(i, &path);
+                    }
                 }
                 self.poke(GATHER);
             }
@@ -589,6 +681,13 @@ impl Daemon {
             let Some(ri) = self.root_of(&dir) else {
                 continue;
             };
+            if dir.to_str().is_none() {
+                // never tracked as a stack: the walk holds it with its reason
+                if crate::scan::holds_images(&dir, &self.roots[ri].pattern) {
+                    self.held_unnamed(ri, &dir);
+                }
+                continue;
+            }
             match self.roots[ri].scan(&dir) {
                 Ok(scan) if !scan.images.is_empty() || !scan.skipped.is_empty() => {
                     match self.stacks.get_mut(&dir) {
