@@ -375,7 +375,7 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
     } else {
         out.push_str(&format!(
             "  aligned sections: {}\n\n",
-            r.dir.join("work/demo/stack_0001/v1/aligned").display()
+            r.dir.join("work/demo/stack_0001/@v1/aligned").display()
         ));
     }
     if !r.steps.is_empty() {

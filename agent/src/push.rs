@@ -105,6 +105,13 @@ pub async fn push(
     let mut journal = Journal::open(&cfg.agent.state_dir)?;
     let dir_s = dir.display().to_string();
     let name = root.remote_name(&dir);
+    if let Some(c) = name.split('/').find(|c| beamflow_protocol::reserved(c)) {
+        bail!(
+            "{} has {c:?} in its path, a name beamflow keeps for the folders it makes for a \
+             stack's versions (`@v1`, `.beamflow-v1`); rename that folder and push again",
+            dir.display()
+        );
+    }
     let known = match journal.stack(&dir_s)? {
         Some(r) => journal.files(r.id)?,
         None => Vec::new(),

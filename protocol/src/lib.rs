@@ -17,7 +17,7 @@ pub use io::{
     read_frame, read_frame_sync, read_magic, read_magic_sync, write_data_sync, write_frame,
     write_frame_sync,
 };
-pub use path::normalize_rel_path;
+pub use path::{normalize_rel_path, reserved, work_rel, WORK_VERSION_PREFIX};
 pub use table::table;
 
 /// Bytes the collector writes before anything else. Text printed by a shell cannot look

@@ -23,6 +23,12 @@ pub fn normalize_rel_path(p: &str) -> Result<String, String> {
                     "path {p:?} contains `..`; paths may not leave the data root"
                 ))
             }
+            c if reserved(c) => {
+                return Err(format!(
+                    "path {p:?} has a folder named {c:?}, a name beamflow keeps for the folders it \
+                     makes for a stack's versions; rename that folder"
+                ))
+            }
             c => parts.push(c),
         }
     }
@@ -30,6 +36,26 @@ pub fn normalize_rel_path(p: &str) -> Result<String, String> {
         return Err(format!("path {p:?} names the data root itself, not a file"));
     }
     Ok(parts.join("/"))
+}
+
+/// Names beamflow gives the folders it makes inside a stack's folder: a version's snapshot
+/// (`.beamflow-v3` in the data root) and a version's work folder (`@v3` in the work root).
+/// No stack's path may hold them, so a version folder is never taken for a stack folder, and
+/// a stack folder never lies inside another stack's version folder (stacks `s` and `s/@v1`
+/// would otherwise share one).
+pub fn reserved(component: &str) -> bool {
+    component.starts_with(".beamflow-")
+        || component
+            .strip_prefix(WORK_VERSION_PREFIX)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// What a version's work folder is called inside its stack's: `@v` and the version.
+pub const WORK_VERSION_PREFIX: &str = "@v";
+
+/// The work folder of one stack version, relative to the work root.
+pub fn work_rel(beamline: &str, stack: &str, version: u32) -> String {
+    format!("{beamline}/{stack}/{WORK_VERSION_PREFIX}{version}")
 }
 
 #[cfg(test)]
@@ -50,8 +76,20 @@ mod tests {
         assert!(normalize_rel_path("").is_err());
         assert!(normalize_rel_path("a\0b").is_err());
         // a backslash, a newline, shell syntax: legal names on the collector's side
-        for legal in ["\\x/y.tif", "a\nb/$(id) `x`;|&.tif", "-x/-y.tif"] {
+        for legal in [
+            "\\x/y.tif",
+            "a\nb/$(id) `x`;|&.tif",
+            "-x/-y.tif",
+            "s/v1/x.tif",
+            "s/@v/x.tif",
+            "s/@v1x/x.tif",
+            "s/.beamflow/x.tif",
+        ] {
             assert_eq!(normalize_rel_path(legal).unwrap(), legal);
+        }
+        for reserved in ["s/@v1/x.tif", "s/.beamflow-v2/x.tif", "@v10/x.tif"] {
+            let e = normalize_rel_path(reserved).unwrap_err();
+            assert!(e.contains("rename that folder"), "{e}");
         }
     }
 }

@@ -31,7 +31,7 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
         names(&jobs),
         ["qa", "find_rst", "register", "align", "apply_map"]
     );
-    let work = site.work().join("run1/v1");
+    let work = site.work().join("run1/@v1");
     for f in [
         "images.lst",
         "pairs.lst",
@@ -248,7 +248,7 @@ fn a_failing_step_is_retried_then_held_with_its_stderr() {
         .unwrap()
         .contains("out of attempts (3)"));
     // core dumps are off: an aborting register leaves no core file
-    let work = site.work().join("f/v1");
+    let work = site.work().join("f/@v1");
     assert!(!work.join("core").exists());
     // a person fixes it and retries
     let out = site.run("beamflow-collector", &["retry", &jobs[2]["id"].to_string()]);
@@ -466,7 +466,7 @@ fn a_stack_with_known_shifts_aligns_and_neighbours_correlate_better_after() {
     let dir = site.write_stack("shifted", 4, 256);
     site.push(&dir);
     site.wait_finished("shifted", LONG);
-    let work = site.work().join("shifted/v1");
+    let work = site.work().join("shifted/@v1");
     // find_rst's translations are the synthetic shifts (write_stack's seeds are i + 7)
     let table = std::fs::read_to_string(work.join("cmaps/summary.out")).unwrap();
     for i in 0..3u64 {

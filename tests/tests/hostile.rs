@@ -103,7 +103,7 @@ fn a_stack_of_hostile_names_runs_the_real_aligntk_to_job_finished_and_nothing_ru
         .collect();
     let fixed = argv[argv.iter().position(|a| *a == "-fixed").unwrap() + 1];
     assert_eq!(fixed, "section0000");
-    let work = site.work().join(stack).join("v1");
+    let work = site.work().join(stack).join("@v1");
     let listed = std::fs::read_to_string(work.join("images.lst")).unwrap();
     assert_eq!(listed.lines().count(), HOSTILE.len());
     for n in HOSTILE {
@@ -461,7 +461,7 @@ fn a_step_that_wants_a_shell_reads_the_name_from_its_environment_and_never_runs_
     let _agent = site.start_agent();
     let jobs = site.wait_finished(stack, LONG);
     assert_eq!(jobs.len(), 1);
-    let work = site.work().join(stack).join("v1");
+    let work = site.work().join(stack).join("@v1");
     let got = std::fs::read_to_string(work.join("u.txt")).unwrap();
     // the names as AlignTK sees them are the aliases; the stack name is byte-exact
     assert!(

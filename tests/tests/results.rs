@@ -49,9 +49,9 @@ fn declared_results_come_home_byte_identical() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let home = site.dir.join("results").join(name).join("v1");
+    let home = site.dir.join("results").join(name).join("@v1");
     assert!(line.contains(&home.display().to_string()), "{line}");
-    let work = site.work().join(name).join("v1");
+    let work = site.work().join(name).join("@v1");
     for f in ["qa.json", "qa.out"] {
         assert_eq!(
             std::fs::read(home.join(f)).unwrap(),

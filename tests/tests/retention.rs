@@ -24,7 +24,7 @@ fn keep_removes_only_what_finished_and_never_what_failed() {
     site.push(&bad);
 
     let received = site.remote().join("slow");
-    let work = site.work().join("slow/v1");
+    let work = site.work().join("slow/@v1");
     site.wait_jobs("slow", LONG, "register RUNNING", |j| {
         j[2]["state"] == "RUNNING"
     });
@@ -57,7 +57,7 @@ fn keep_removes_only_what_finished_and_never_what_failed() {
         .any(|j| j["state"] == "FAILED");
     assert!(failed, "{:?}", site.jobs());
     assert!(site.remote().join("bad/S_0001.tif").exists());
-    assert!(site.work().join("bad/v1").exists());
+    assert!(site.work().join("bad/@v1").exists());
 
     let st = site.collector_status();
     let notes: Vec<String> = st["notes"]
@@ -120,4 +120,45 @@ fn the_beamline_frees_its_disk_only_after_the_far_side_verified_and_the_dag_is_d
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(std::fs::read_dir(&bad).unwrap().count(), 3);
     assert_eq!(site.stack("bad").unwrap()["state"], "submitted");
+}
+
+#[test]
+fn nested_stacks_have_disjoint_work_folders_and_retention_of_one_spares_the_other() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    site.edit_config(
+        "legacy_beamline = \"default\"",
+        "legacy_beamline = \"default\"\nkeep = \"1s\"",
+    );
+    let _service = site.start_service();
+    // `s/v1` was the work folder of stack `s` before versions had names of their own
+    let inner = site.write_stack("s/v1", 3, 32);
+    site.blank(&inner.join("S_0001.tif"), 32); // FAILED: kept for a person
+    site.push(&inner);
+    let outer = site.write_stack("s", 3, 32);
+    site.push(&outer);
+    let inner_work = site.work().join("s/v1/@v1");
+    let outer_work = site.work().join("s/@v1");
+    site.wait_finished("s", LONG);
+    assert!(!inner_work.starts_with(&outer_work) && !outer_work.starts_with(&inner_work));
+    let start = Instant::now();
+    while outer_work.exists() {
+        assert!(start.elapsed() < LONG, "{}", site.log_tail("service.log"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        inner_work.join("images.lst").is_file(),
+        "retention of `s` took `s/v1`'s work folder"
+    );
+    assert!(site.remote().join("s/v1/S_0001.tif").is_file());
+    // a folder named like a version folder is refused with what to do, nothing left behind
+    let odd = site.write_stack("t/@v2", 2, 32);
+    let out = site.run("beamflow-agent", &["push", odd.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("\"@v2\"") && err.contains("rename"),
+        "{err}"
+    );
+    assert!(!site.remote().join("t").exists());
 }

@@ -152,7 +152,7 @@ fn two_beamlines_with_the_same_stack_names_each_get_their_own_bytes_and_dag() {
     assert_same_tree(&b, &site.data_root().join("bl-b").join("run1"));
     // each job read its own beamline's bytes
     for (bl, src) in [(BEAMLINE, &a), ("bl-b", &b)] {
-        let work = site.dir.join("work").join(bl).join("run1/v1");
+        let work = site.dir.join("work").join(bl).join("run1/@v1");
         assert_eq!(recorded(&work.join("start.b3")), hashes_of(src), "{bl}");
     }
     // and status names the beamline of every stack
@@ -197,7 +197,7 @@ fn a_version_2_arriving_while_version_1_runs_leaves_version_1_s_inputs_unchanged
     let _agent = site.start_agent();
     let work = site.work().join("s");
     wait_until(LONG, "v1's job to start", || {
-        work.join("v1/start.b3").exists()
+        work.join("@v1/start.b3").exists()
     });
     // the beamline rewrites every section while v1's job runs
     write_sections(&dir, 3, 70);
@@ -209,19 +209,19 @@ fn a_version_2_arriving_while_version_1_runs_leaves_version_1_s_inputs_unchanged
             .any(|j| j["stack"] == "s" && j["version"] == 2)
     });
     assert!(
-        !work.join("v1/end.b3").exists(),
+        !work.join("@v1/end.b3").exists(),
         "v2 came only after v1's job ended; the test proves nothing"
     );
     let jobs = wait_done(&site, BEAMLINE, "s", 2);
     assert_eq!(jobs.len(), 2);
-    assert_eq!(recorded(&work.join("v1/start.b3")), v1);
+    assert_eq!(recorded(&work.join("@v1/start.b3")), v1);
     assert_eq!(
-        recorded(&work.join("v1/end.b3")),
+        recorded(&work.join("@v1/end.b3")),
         v1,
         "v1's inputs changed while it ran"
     );
-    assert_eq!(recorded(&work.join("v2/start.b3")), v2);
-    assert_eq!(recorded(&work.join("v2/end.b3")), v2);
+    assert_eq!(recorded(&work.join("@v2/start.b3")), v2);
+    assert_eq!(recorded(&work.join("@v2/end.b3")), v2);
     // v1's snapshot still holds v1's bytes; the live folder holds v2's
     assert_eq!(hashes_of(&site.remote().join("s/.beamflow-v1")), v1);
     assert_eq!(hashes_of(&site.remote().join("s/.beamflow-v2")), v2);

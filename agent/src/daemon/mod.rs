@@ -152,9 +152,9 @@ fn same_files(scan: &DirScan, files: &[FileRecord]) -> bool {
             .all(|(a, b)| a.name == b.name && a.size == b.size && a.mtime_ns == b.mtime_ns)
 }
 
-/// What the journal key of a folder whose name is not UTF-8 starts with: never an absolute
+/// What the journal key of a folder that cannot be sent under its name starts with: never an absolute
 /// path, so never the key of a folder that can be sent.
-const UNNAMED_KEY: &str = "not-utf8:";
+const UNNAMED_KEY: &str = "unsendable:";
 
 /// The daemon's state: owned by its loop alone.
 pub struct Daemon {
@@ -212,9 +212,9 @@ pub struct Daemon {
     down_since: Option<(Instant, std::time::SystemTime)>,
     /// When each watch root last saw a change (for `silent` news).
     activity: Vec<std::time::SystemTime>,
-    /// Folders of images whose path is not UTF-8, held in the journal (their rows' ids): a
+    /// Folders of images that cannot be sent under their names, held in the journal (their rows' ids): a
     /// row is marked gone once its folder is.
-    unnamed: HashMap<PathBuf, i64>,
+    unsendable_held: HashMap<PathBuf, i64>,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -269,7 +269,7 @@ pub async fn run(
         news: None,
         down_since: None,
         activity: Vec::new(),
-        unnamed: HashMap::new(),
+        unsendable_held: HashMap::new(),
     };
     if !d.cfg.notify.is_empty() {
         d.news = Some(crate::news::Post::new(
@@ -300,7 +300,8 @@ pub async fn run(
     for rec in d.journal.stacks()? {
         if rec.dir.starts_with(UNNAMED_KEY) {
             // not a path: the walk above found those still there
-            if rec.state == StackState::Held && !d.unnamed.values().any(|id| *id == rec.id) {
+            if rec.state == StackState::Held && !d.unsendable_held.values().any(|id| *id == rec.id)
+            {
                 d.journal.set_state(
                     rec.id,
                     StackState::Gone,
@@ -429,9 +430,9 @@ impl Daemon {
             self.symlinked(i, &link);
         }
         for u in found.unnamed {
-            self.held_unnamed(i, &u);
+            self.held_unsendable(i, &u);
         }
-        self.unnamed_gone(i, dir);
+        self.unsendable_gone(i, dir);
         // tracked stacks below that vanished are dirty too, so they get dropped
         let gone: Vec<PathBuf> = self
             .stacks
@@ -477,7 +478,10 @@ impl Daemon {
     /// names it in escaped form (`run\xe4`), under a key no UTF-8 folder can have (keys of
     /// folders that can be sent are absolute paths), so two such folders never share a row,
     /// a remote folder or a work folder; nothing of it is sent.
-    fn held_unnamed(&mut self, root: usize, dir: &Path) {
+    fn held_unsendable(&mut self, root: usize, dir: &Path) {
+        if !crate::scan::holds_images(dir, &self.roots[root].pattern) {
+            return;
+        }
         let shown = crate::scan::escaped(dir.as_os_str());
         let key = format!("{UNNAMED_KEY}{shown}");
         let rel = dir.strip_prefix(&self.roots[root].canon).unwrap_or(dir);
@@ -488,11 +492,9 @@ impl Daemon {
         } else {
             format!("{prefix}/{rel}")
         };
-        let reason = format!(
-            "the folder name {shown} is not valid UTF-8 (shown with \\xNN for its bytes), so it \
-             cannot be named at the collector without two folders risking one name; rename it \
-             (e.g. `mv` it to a UTF-8 name) and it is sent as a stack of its own"
-        );
+        let Some(reason) = self.unsendable(root, dir) else {
+            return;
+        };
         let workflow = self.roots[root].section.workflow.clone();
         let r = self
             .journal
@@ -502,7 +504,7 @@ impl Daemon {
                 None => self.journal.ensure_stack(&key, &name, &workflow),
             })
             .and_then(|rec| {
-                self.unnamed.insert(dir.to_path_buf(), rec.id);
+                self.unsendable_held.insert(dir.to_path_buf(), rec.id);
                 if rec.state == StackState::Held && rec.reason == reason {
                     return Ok(());
                 }
@@ -510,15 +512,35 @@ impl Daemon {
                 self.journal.set_state(rec.id, StackState::Held, &reason)
             });
         if let Err(e) = r {
-            tracing::warn!(stack = %name, "cannot journal a folder whose name is not UTF-8: {e}");
+            tracing::warn!(stack = %name, "cannot journal a folder that cannot be sent: {e}");
         }
     }
 
-    /// Held folders with names that are not UTF-8, at or below `dir`, that no longer hold
+    /// Why a folder of images can never be sent under its name, if it cannot: a path that is
+    /// not UTF-8, or one holding a name beamflow keeps for its version folders.
+    fn unsendable(&self, root: usize, dir: &Path) -> Option<String> {
+        let shown = crate::scan::escaped(dir.as_os_str());
+        if dir.to_str().is_none() {
+            return Some(format!(
+                "the folder name {shown} is not valid UTF-8 (shown with \\xNN for its bytes), so \
+                 it cannot be named at the collector without two folders risking one name; \
+                 rename it (e.g. `mv` it to a UTF-8 name) and it is sent as a stack of its own"
+            ));
+        }
+        let name = self.roots[root].remote_name(dir);
+        let c = name.split('/').find(|c| beamflow_protocol::reserved(c))?;
+        Some(format!(
+            "the folder {shown} has {c:?} in its path, a name beamflow keeps for the folders it \
+             makes for a stack's versions (`@v1`, `.beamflow-v1`), so its work could be taken \
+             for another stack's; rename that folder and it is sent as a stack of its own"
+        ))
+    }
+
+    /// Held folders that cannot be sent, at or below `dir`, that no longer hold
     /// images (renamed, removed): their rows end as gone.
-    fn unnamed_gone(&mut self, root: usize, dir: &Path) {
+    fn unsendable_gone(&mut self, root: usize, dir: &Path) {
         let gone: Vec<(PathBuf, i64)> = self
-            .unnamed
+            .unsendable_held
             .iter()
             .filter(|(p, _)| {
                 p.starts_with(dir) && !crate::scan::holds_images(p, &self.roots[root].pattern)
@@ -526,7 +548,7 @@ impl Daemon {
             .map(|(p, id)| (p.clone(), *id))
             .collect();
         for (p, id) in gone {
-            self.unnamed.remove(&p);
+            self.unsendable_held.remove(&p);
             if let Err(e) = self.journal.set_state(
                 id,
                 StackState::Gone,
@@ -567,9 +589,9 @@ impl Daemon {
                 if let Some(parent) = path.parent() {
                     self.dirty.insert(parent.to_path_buf());
                 }
-                if !self.unnamed.is_empty() {
+                if !self.unsendable_held.is_empty() {
                     if let Some(i) = self.root_of(&path) {
-                        self.unnamed_gone(i, &path);
+                        self.unsendable_gone(i, &path);
                     }
                 }
                 self.poke(GATHER);
@@ -681,11 +703,9 @@ impl Daemon {
             let Some(ri) = self.root_of(&dir) else {
                 continue;
             };
-            if dir.to_str().is_none() {
-                // never tracked as a stack: the walk holds it with its reason
-                if crate::scan::holds_images(&dir, &self.roots[ri].pattern) {
-                    self.held_unnamed(ri, &dir);
-                }
+            if self.unsendable(ri, &dir).is_some() {
+                // never tracked as a stack: held with its reason
+                self.held_unsendable(ri, &dir);
                 continue;
             }
             match self.roots[ri].scan(&dir) {

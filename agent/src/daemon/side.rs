@@ -136,7 +136,10 @@ impl Daemon {
         self.fetching = true;
         let (cfg, tx) = (self.cfg.clone(), self.tx.clone());
         tokio::task::spawn_blocking(move || {
-            let dir = root.join(&name).join(format!("v{version}"));
+            let dir = root.join(&name).join(format!(
+                "{}{version}",
+                beamflow_protocol::WORK_VERSION_PREFIX
+            ));
             let r = crate::results::fetch(&cfg, ctl.as_deref(), remote, &dir)
                 .map(|(n, b)| (n, b, dir.display().to_string()));
             let _ = tx.send(Msg::Results(id, remote, r));

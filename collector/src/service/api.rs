@@ -180,13 +180,12 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         images.push(name.to_string());
     }
     images.sort();
-    let work_dir = st
-        .cfg
-        .service
-        .work_root
-        .join(&beamline)
-        .join(&stack)
-        .join(format!("v{}", req.version));
+    // `@vN` is a name no stack path may hold: a version's folder is never another stack's
+    let work_dir =
+        st.cfg
+            .service
+            .work_root
+            .join(beamflow_protocol::work_rel(&beamline, &stack, req.version));
     let (dir_s, work_s) = (dir.display().to_string(), work_dir.display().to_string());
     let jobs = plan(wf);
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());

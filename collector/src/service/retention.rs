@@ -42,6 +42,37 @@ struct Candidate {
     last: String,
 }
 
+/// Removes `dir` and everything in it except the folders in `keep` that lie inside it (and
+/// the folders on the way to them): work folders of versions made before `@vN` names (stacks
+/// `s` and `s/v1` had `s/v1` and `s/v1/v1`) may hold another stack version's work. Returns
+/// whether `dir` itself is gone.
+pub fn remove_all_but(dir: &Path, keep: &[PathBuf]) -> std::io::Result<bool> {
+    let inside: Vec<&PathBuf> = keep
+        .iter()
+        .filter(|k| k.starts_with(dir) && k.as_path() != dir)
+        .collect();
+    if keep.iter().any(|k| k.as_path() == dir) {
+        return Ok(false);
+    }
+    if inside.is_empty() {
+        std::fs::remove_dir_all(dir)?;
+        return Ok(true);
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let is_dir = e.file_type()?.is_dir();
+        if is_dir && inside.iter().any(|k| k.starts_with(&p)) {
+            remove_all_but(&p, keep)?;
+        } else if is_dir {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(false)
+}
+
 fn size_of(p: &Path) -> u64 {
     walkdir::WalkDir::new(p)
         .into_iter()
@@ -85,6 +116,21 @@ impl Db {
                     ended,
                     last: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
                 })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The work folders of every other stack version whose work has not been removed: what
+    /// removing one version's work folder must never touch.
+    fn other_work(&self, stack: u64) -> Result<Vec<PathBuf>, DbError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT work_dir FROM stacks s WHERE s.id != ?1
+             AND NOT EXISTS (SELECT 1 FROM removals r WHERE r.stack_id = s.id AND r.what = 'stack version')",
+        )?;
+        let rows = st
+            .query_map(params![stack as i64], |r| {
+                Ok(PathBuf::from(r.get::<_, String>(0)?))
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
@@ -162,11 +208,21 @@ pub fn sweep(
             continue;
         }
         let mut removals: Vec<(&str, PathBuf, u64)> = Vec::new();
+        let others = db.lock().map_err(|_| DbError::Poisoned)?.other_work(c.id)?;
         for (what, dir) in [("work folder", &c.work), ("snapshot", &c.snapshot)] {
             if dir.exists() {
                 let bytes = size_of(dir);
-                match std::fs::remove_dir_all(dir) {
-                    Ok(()) => removals.push((what, dir.clone(), bytes)),
+                match remove_all_but(dir, &others) {
+                    Ok(gone) => {
+                        if !gone {
+                            tracing::warn!(
+                                stack = c.id,
+                                "{} holds another stack version's work, which stays",
+                                dir.display()
+                            );
+                        }
+                        removals.push((what, dir.clone(), bytes.saturating_sub(size_of(dir))))
+                    }
                     Err(e) => tracing::warn!(stack = c.id, "cannot remove {}: {e}", dir.display()),
                 }
             }
@@ -218,6 +274,36 @@ pub fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removing_a_work_folder_spares_another_stack_s_work_inside_it() {
+        // the layout before `@vN`: stack `s` v1 worked in s/v1, stack `s/v1` v1 in s/v1/v1
+        let d = tempfile::tempdir().unwrap();
+        let s_v1 = d.path().join("s/v1");
+        let nested = s_v1.join("v1");
+        for f in [
+            s_v1.join("maps/a.map"),
+            s_v1.join("images.lst"),
+            nested.join("maps/b.map"),
+        ] {
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, b"x").unwrap();
+        }
+        let gone = remove_all_but(&s_v1, std::slice::from_ref(&nested)).unwrap();
+        assert!(!gone);
+        assert!(
+            nested.join("maps/b.map").is_file(),
+            "the other stack's work is kept"
+        );
+        assert!(!s_v1.join("maps").exists() && !s_v1.join("images.lst").exists());
+        // and with nothing inside to spare, the folder goes
+        assert!(remove_all_but(&nested, &[]).unwrap());
+        assert!(!nested.exists());
+        // a folder that is itself another version's work is never removed
+        std::fs::create_dir_all(&nested).unwrap();
+        assert!(!remove_all_but(&nested, std::slice::from_ref(&nested)).unwrap());
+        assert!(nested.exists());
+    }
 
     #[test]
     fn only_what_finished_long_enough_ago_is_due() {

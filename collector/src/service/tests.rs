@@ -125,7 +125,7 @@ impl Tier {
         for i in 0..2u8 {
             write_section(&snap.join(format!("S_{i}.tif")), i + 3);
         }
-        let work = self.cfg.service.work_root.join("bl").join(name).join("v1");
+        let work = self.cfg.service.work_root.join("bl").join(name).join("@v1");
         let jobs = super::dag::plan(&self.cfg.workflows[workflow]);
         let (dir, work) = (snap.display().to_string(), work.display().to_string());
         let s = NewStack {
