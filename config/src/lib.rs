@@ -434,6 +434,21 @@ pub struct ServiceSection {
     pub heartbeat_timeout: Dur,
     /// Runs a job gets before a run error holds it as FAILED.
     pub max_attempts: u32,
+    /// A new connection must finish its TLS handshake and its first request's headers
+    /// within this, and every request its headers: anyone who reaches the port can connect
+    /// without a token, so nothing they hold is unbounded.
+    pub header_timeout: Dur,
+    /// A connection with no request in flight is closed after this (clients open a new one).
+    pub idle_timeout: Dur,
+    /// Connections open at once, in all (lowered to what `ulimit -n` allows). At the limit
+    /// the oldest idle connection makes room; only when all are busy is a newcomer refused.
+    pub max_connections: u32,
+    /// Connections open at once from one address (a login node's `serve` sessions and a
+    /// compute node's launcher come from few addresses each).
+    pub max_per_peer: u32,
+    /// At shutdown, how long requests in flight may still finish before every connection
+    /// is closed (systemd's `TimeoutStopSec` must be longer).
+    pub shutdown_grace: Dur,
 }
 
 impl Default for ServiceSection {
@@ -445,6 +460,11 @@ impl Default for ServiceSection {
             poll_interval: Dur::secs(2),
             heartbeat_timeout: Dur::secs(60),
             max_attempts: 3,
+            header_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            max_connections: 512,
+            max_per_peer: 128,
+            shutdown_grace: Dur::secs(5),
         }
     }
 }
@@ -845,6 +865,30 @@ impl Config {
                 key: "key `service.max_attempts`: ".into(),
                 message: "must be at least 1".into(),
             });
+        }
+        let limits = [
+            ("max_connections", cfg.service.max_connections == 0, "must be at least 1"),
+            ("max_per_peer", cfg.service.max_per_peer == 0, "must be at least 1"),
+            (
+                "header_timeout",
+                cfg.service.header_timeout.0.is_zero(),
+                "must be longer than 0 (e.g. \"10s\"): without it a silent client holds its connection for ever",
+            ),
+            (
+                "idle_timeout",
+                cfg.service.idle_timeout.0.is_zero(),
+                "must be longer than 0 (e.g. \"60s\")",
+            ),
+        ];
+        for (key, bad, message) in limits {
+            if bad {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: find_key_line(text, key).unwrap_or(1),
+                    key: format!("key `service.{key}`: "),
+                    message: message.into(),
+                });
+            }
         }
         if cfg.queues.is_empty() {
             cfg.queues.insert("default".into(), QueueSection::default());

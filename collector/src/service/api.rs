@@ -66,7 +66,33 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/jobs/{id}", get(ui_job))
         .route("/v1/probes", post(probe_arrived))
         .route("/v1/probes/{nonce}", get(probe_seen))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            token_first,
+        ))
         .with_state(state)
+}
+
+/// Every request that carries a body (every one but GET) needs the full token, checked
+/// before a byte of the body is read or parsed: a peer without the token learns nothing from
+/// how its body is judged (400, 415, 422 all come after), and holds nothing while a body
+/// trickles in. GET routes check their own token (some take the read-only one).
+async fn token_first(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let reads = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !reads {
+        if let Err(e) = check_token(req.headers(), &st.token) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;

@@ -20,6 +20,7 @@ pub mod image;
 pub mod job;
 pub mod launchers;
 pub mod lifecycle;
+pub mod listen;
 pub mod metrics;
 pub mod names;
 pub mod outcome;
@@ -179,7 +180,7 @@ pub async fn run(
     };
     write_server_info(&state_dir, &info).map_err(io(&state_dir.join(SERVER_INFO)))?;
     tracing::info!(url = %info.url, listen = %addr, fingerprint = %info.fingerprint, db = %db_path.display(), "collector service listening");
-    let listener = tls::TlsListener::new(listener, acceptor).map_err(ServiceError::Serve)?;
+    let limits = listen::Limits::from_config(&cfg.service);
 
     let db = Arc::new(Mutex::new(db));
     if let Ok(mut d) = db.lock() {
@@ -207,16 +208,14 @@ pub async fn run(
         probes: Default::default(),
         contacts: Default::default(),
     });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    listen::serve(listener, acceptor, app, limits, shutdown).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     wake.engine();
     let _ = worker.join();
     let _ = std::fs::remove_file(state_dir.join(SERVER_INFO));
     drop(lock);
     tracing::info!("collector service stopped");
-    result.map_err(ServiceError::Serve)
+    Ok(())
 }
 
 #[cfg(test)]
