@@ -20,3 +20,12 @@ pub mod receive;
 pub mod results;
 pub mod scheduler;
 pub mod service;
+
+/// What a panic said, for an error that names it (a worker thread's panic becomes an error
+/// of the task it worked for, never a silent loss of its share).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "it panicked".into())
+}

@@ -73,6 +73,16 @@ const PATHS: &[&str] = &[
     "deep/a/b/c/d/e/f.tif",
 ];
 
+/// A number below `n`, or now and then one at the very top of its range (sums and ends
+/// computed from such numbers must never wrap: "bytes at 18446744073709551614..2").
+fn huge_or(r: &mut Rng, n: u64) -> u64 {
+    match r.below(8) {
+        0 => u64::MAX - r.below(4),
+        1 => u64::MAX / 2 + r.below(3),
+        _ => r.below(n),
+    }
+}
+
 /// A frame an agent might send, or a broken one.
 fn frame(r: &mut Rng) -> Frame {
     let id = r.below(6);
@@ -87,17 +97,17 @@ fn frame(r: &mut Rng) -> Frame {
         0 => Frame::Offer {
             id,
             path: path(r),
-            size: r.below(5000),
+            size: huge_or(r, 5000),
             hash: [r.next() as u8; 32],
         },
         1 | 2 => Frame::Data {
             id,
-            offset: r.below(5000),
+            offset: huge_or(r, 5000),
             bytes: r.bytes(3000),
         },
         3 => Frame::DataZ {
             id,
-            offset: r.below(100),
+            offset: huge_or(r, 100),
             raw_len: r.below(1 << 26) as u32,
             bytes: r.bytes(200),
         },
@@ -113,12 +123,12 @@ fn frame(r: &mut Rng) -> Frame {
         },
         8 => Frame::Submit {
             stack: path(r),
-            version: r.below(3) as u32,
+            version: if r.below(8) == 0 { u32::MAX } else { r.below(3) as u32 },
             workflow: r.pick(&["aligntk", "qa", "nope", ""]).to_string(),
             files: (0..r.below(4))
                 .map(|_| FileEntry {
                     path: path(r),
-                    size: r.below(100),
+                    size: huge_or(r, 100),
                     hash: [0; 32],
                 })
                 .collect(),

@@ -34,14 +34,21 @@ pub fn signature_for(path: &Path, offered: u64) -> Option<Vec<u8>> {
     let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
     // a copy written around the page cache is read from the disk: ask for all of it at once
     let _ = map.advise(memmap2::Advice::WillNeed);
-    let bytes = signature_of(&map, block_size(len));
+    let bytes = match signature_of(&map, block_size(len)) {
+        Ok(b) => b,
+        Err(e) => {
+            // no delta is offered: the file comes whole, and the cause is said
+            tracing::warn!(path = %path.display(), "{e}");
+            return None;
+        }
+    };
     (bytes.len() <= MAX_SIGNATURE).then_some(bytes)
 }
 
 /// The serialized signature of `buf`, computed in parts on several threads. Parts are whole
 /// blocks, and a signature is a header followed by one entry per block, so the parts'
 /// entries laid end to end are the signature of the whole.
-fn signature_of(buf: &[u8], block: u32) -> Vec<u8> {
+fn signature_of(buf: &[u8], block: u32) -> Result<Vec<u8>, String> {
     const HEADER: usize = 12;
     let options = SignatureOptions {
         block_size: block,
@@ -54,10 +61,10 @@ fn signature_of(buf: &[u8], block: u32) -> Vec<u8> {
         .clamp(1, 4);
     let parts: Vec<&[u8]> = buf.chunks(part).collect();
     if parts.len() <= 1 || threads == 1 {
-        return Signature::calculate(buf, options).into_serialized();
+        return Ok(Signature::calculate(buf, options).into_serialized());
     }
     let per = parts.len().div_ceil(threads);
-    let done: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+    let done: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| -> Result<_, String> {
         let handles: Vec<_> = parts
             .chunks(per)
             .map(|mine| {
@@ -70,14 +77,21 @@ fn signature_of(buf: &[u8], block: u32) -> Vec<u8> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
+            .map(|h| {
+                h.join().map_err(|p| {
+                    format!(
+                        "a signature worker failed: {}",
+                        crate::panic_message(p.as_ref())
+                    )
+                })
+            })
             .collect()
-    });
+    })?;
     let mut out = Vec::with_capacity(buf.len() / block as usize * 12 + HEADER + 12);
     for (i, sig) in done.into_iter().flatten().enumerate() {
         out.extend_from_slice(if i == 0 { &sig } else { &sig[HEADER..] });
     }
-    out
+    Ok(out)
 }
 
 /// Bytes of the base per signature part: whole blocks of about this many bytes.
@@ -149,7 +163,7 @@ impl DeltaIn {
             );
         }
         self.file.as_mut().expect("opened above").write_all(bytes)?;
-        self.spooled += bytes.len() as u64;
+        self.spooled = self.spooled.saturating_add(bytes.len() as u64);
         Ok(())
     }
 
@@ -233,7 +247,7 @@ mod tests {
             },
         )
         .into_serialized();
-        assert_eq!(signature_of(&buf, block), whole);
+        assert_eq!(signature_of(&buf, block).unwrap(), whole);
     }
 
     #[test]

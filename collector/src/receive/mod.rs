@@ -456,13 +456,15 @@ impl Receiver {
             inc.next = offset;
             inc.flushed = offset;
         }
-        if offset != inc.next || offset + bytes.len() as u64 > inc.size {
+        // every number here came off the wire: nothing may wrap
+        let end = offset.checked_add(bytes.len() as u64);
+        if offset != inc.next || end.is_none_or(|e| e > inc.size) {
             return Err(nack(
                 ErrorCode::Protocol,
                 format!(
-                    "{}: bytes at {offset}..{} do not follow {} within {}",
+                    "{}: {} bytes at offset {offset} do not follow {} within the file's {} bytes",
                     inc.path,
-                    offset + bytes.len() as u64,
+                    bytes.len(),
                     inc.next,
                     inc.size
                 ),
@@ -474,7 +476,7 @@ impl Receiver {
             nack(code, reason)
         })?;
         inc.hasher.update(bytes);
-        inc.next += bytes.len() as u64;
+        inc.next = end.unwrap_or(inc.next);
         if self.fsync && inc.next - inc.flushed >= WRITEBACK_STEP {
             // start writing back now, so the fsync before the acknowledgement finds little
             // left to do and the disk works while the link does
@@ -607,7 +609,7 @@ impl Receiver {
             });
         }
         self.stats.files += 1;
-        self.stats.bytes += inc.size;
+        self.stats.bytes = self.stats.bytes.saturating_add(inc.size);
         self.pending.push(Finished {
             id,
             path: inc.path,
@@ -629,7 +631,7 @@ impl Receiver {
         match applied {
             Ok((file, got, n)) if n == inc.size && got == inc.hash => {
                 self.stats.files += 1;
-                self.stats.bytes += inc.size;
+                self.stats.bytes = self.stats.bytes.saturating_add(inc.size);
                 self.stats.resumes += 1;
                 self.pending.push(Finished {
                     id,

@@ -149,7 +149,7 @@ fn report_received(cfg: &Config, told: std::sync::mpsc::Receiver<crate::api::Rec
             Ok(more) => {
                 let sum = pending.get_or_insert_with(Default::default);
                 sum.files += more.files;
-                sum.bytes += more.bytes;
+                sum.bytes = sum.bytes.saturating_add(more.bytes);
                 sum.verify_failures += more.verify_failures;
                 sum.resumes += more.resumes;
             }

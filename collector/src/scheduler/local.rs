@@ -20,15 +20,39 @@ pub struct Local {
     children: Mutex<HashMap<String, Child>>,
 }
 
-fn alive(pid: &str) -> bool {
-    // after a service restart the launcher is no longer our child: ask /proc
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+/// The fields of `/proc/PID/stat` after the command name: state is the first, the process
+/// group the third (field 5), the start time (clock ticks after boot) the twentieth (22).
+fn stat_of(pid: i32) -> Option<(char, i32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = s.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((
+        f.first()?.chars().next()?,
+        f.get(2)?.parse().ok()?,
+        f.get(19)?.parse().ok()?,
+    ))
+}
+
+/// A launcher's batch id: its pid and its start time (`4242@123456`). After a service
+/// restart the launcher is no longer a child, and a pid alone may by then name another
+/// process: the start time tells them apart before anything is believed or signalled.
+fn batch_id(pid: u32) -> String {
+    match stat_of(pid as i32) {
+        Some((_, _, start)) => format!("{pid}@{start}"),
+        None => pid.to_string(),
+    }
+}
+
+/// The pid of `id` if that very launcher still runs (not a zombie, same start time, still
+/// leading its process group). An id without a start time (written before ids had one) is
+/// believed only while the pid leads its own group.
+fn same_launcher(id: &str) -> Option<i32> {
+    let (pid, start) = match id.split_once('@') {
+        Some((p, s)) => (p.parse::<i32>().ok()?, Some(s.parse::<u64>().ok()?)),
+        None => (id.parse::<i32>().ok()?, None),
+    };
+    let (state, pgid, started) = stat_of(pid)?;
+    (state != 'Z' && pgid == pid && start.is_none_or(|s| s == started)).then_some(pid)
 }
 
 impl Scheduler for Local {
@@ -58,7 +82,7 @@ impl Scheduler for Local {
                 command: shown,
                 cause: source,
             })?;
-        let id = child.id().to_string();
+        let id = batch_id(child.id());
         if let Ok(mut m) = self.children.lock() {
             m.insert(id.clone(), child);
         }
@@ -81,7 +105,7 @@ impl Scheduler for Local {
                         false
                     }
                 },
-                None => alive(id),
+                None => same_launcher(id).is_some(),
             };
             if running {
                 out.insert(id.clone(), BatchState::Running);
@@ -97,10 +121,12 @@ impl Scheduler for Local {
     }
 
     fn delete(&self, id: &str) -> Result<(), SchedError> {
-        if let Ok(pid) = id.parse::<i32>() {
-            unsafe {
+        // a pid that now names another process (reused after a restart) is never signalled
+        match same_launcher(id) {
+            Some(pid) => unsafe {
                 libc::kill(-pid, libc::SIGTERM);
-            }
+            },
+            None => tracing::debug!(id, "launcher already gone; nothing to signal"),
         }
         Ok(())
     }
@@ -135,7 +161,8 @@ mod tests {
             log: d.path().join("l.log"),
         };
         let id = local.submit(&script, &spec).unwrap();
-        let stat = || std::fs::read_to_string(format!("/proc/{id}/stat")).ok();
+        let pid = id.split('@').next().unwrap().to_string();
+        let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
         // it ends at once and stays a zombie until someone waits for it
         let start = std::time::Instant::now();
         while !stat().is_some_and(|s| {
@@ -148,5 +175,31 @@ mod tests {
         local.reap();
         assert!(stat().is_none(), "still in the process table: {:?}", stat());
         assert!(local.children.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reused_pid_is_never_taken_for_the_launcher_nor_signalled() {
+        // a process that is not ours, in a group of its own, as a reused pid would be
+        let mut other = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = other.id();
+        let id = batch_id(pid);
+        assert_eq!(same_launcher(&id), Some(pid as i32));
+        // the same pid with another start time: what a restart finds when the pid was reused
+        let start: u64 = id.split_once('@').unwrap().1.parse().unwrap();
+        let stale = format!("{pid}@{}", start + 1);
+        let local = Local::default();
+        assert!(local.status(std::slice::from_ref(&stale)).unwrap().is_empty());
+        local.delete(&stale).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(matches!(other.try_wait(), Ok(None)), "the other process was signalled");
+        // and the true id is both believed and ended
+        assert!(local.status(std::slice::from_ref(&id)).unwrap().contains_key(&id));
+        local.delete(&id).unwrap();
+        let status = other.wait().unwrap();
+        assert!(!status.success());
     }
 }

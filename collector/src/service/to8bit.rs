@@ -82,8 +82,12 @@ fn strips(path: &Path, mut each: impl FnMut(&[f32]) -> Result<(), String>) -> Re
     Ok(())
 }
 
-/// Runs `work` over `items` on all cores, keeping their order.
-fn on_all_cores<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// Runs `work` over `items` on all cores, keeping their order. A worker that panics is an
+/// error with its message, never a share of the results lost in silence.
+fn on_all_cores<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> R + Sync,
+) -> Result<Vec<R>, String> {
     let n = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -94,10 +98,16 @@ fn on_all_cores<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) ->
             .chunks(chunk)
             .map(|c| s.spawn(|| c.iter().map(&work).collect::<Vec<R>>()))
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        let mut out = Vec::with_capacity(items.len());
+        for h in handles {
+            out.extend(h.join().map_err(|p| {
+                format!(
+                    "a conversion worker failed: {}",
+                    crate::panic_message(p.as_ref())
+                )
+            })?);
+        }
+        Ok(out)
     })
 }
 
@@ -114,7 +124,7 @@ pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), String> {
                 Ok(())
             })
             .map(|()| (lo, hi))
-        });
+        })?;
         let mut out = (f64::MAX, f64::MIN);
         for r in found {
             let (lo, hi) = r?;
@@ -139,7 +149,7 @@ pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), String> {
                     Ok(())
                 })
                 .map(|()| h)
-            });
+            })?;
             let mut total = vec![0u64; BINS];
             for h in hists {
                 for (t, x) in total.iter_mut().zip(h?) {
@@ -209,7 +219,7 @@ pub fn convert_all(pairs: &[(PathBuf, PathBuf)], window: (f64, f64)) -> Result<(
                 s.file_name().unwrap_or_default().to_string_lossy()
             )
         })
-    }) {
+    })? {
         r?;
     }
     Ok(())
@@ -219,6 +229,18 @@ pub fn convert_all(pairs: &[(PathBuf, PathBuf)], window: (f64, f64)) -> Result<(
 mod tests {
     use super::*;
     use tiff::decoder::Decoder;
+
+    #[test]
+    fn a_worker_that_panics_is_an_error_with_its_message() {
+        let items: Vec<u32> = (0..64).collect();
+        let got = on_all_cores(&items, |&i| {
+            assert!(i != 40, "section {i} broke the worker");
+            i * 2
+        });
+        let e = got.unwrap_err();
+        assert!(e.contains("section 40 broke the worker"), "{e}");
+        assert_eq!(on_all_cores(&items, |&i| i).unwrap(), items);
+    }
 
     fn write16(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u16) {
         let file = std::fs::File::create(path).unwrap();
