@@ -242,12 +242,37 @@ fn add_later_columns(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Makes the journal readable by its owner only, whatever the umask: it names every stack
+/// and file of the beamline. SQLite gives the `-wal` and `-shm` files the mode of the
+/// database, so the database is made 0600 before SQLite first opens it; files of an older
+/// journal are narrowed too.
+fn private(db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(db)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Journal {
     /// Opens (creating if needed) `agent.db` in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| JournalError::Dir(state_dir.display().to_string(), e))?;
-        let conn = Connection::open(state_dir.join("agent.db"))?;
+        let path = state_dir.join("agent.db");
+        private(&path).map_err(|e| JournalError::Dir(path.display().to_string(), e))?;
+        let conn = Connection::open(&path)?;
         // every statement is prepared once per connection: parsing SQL cost more than running
         // it when thousands of stacks are decided at a cold start
         conn.set_prepared_statement_cache_capacity(64);
@@ -636,6 +661,34 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_journal_and_its_wal_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let old = unsafe { libc::umask(0o022) };
+        let mut j = Journal::open(d.path()).unwrap();
+        unsafe { libc::umask(old) };
+        j.ensure_stack("/x/s", "s", "aligntk").unwrap();
+        let mut seen = 0;
+        for n in ["agent.db", "agent.db-wal", "agent.db-shm"] {
+            if let Ok(m) = std::fs::metadata(d.path().join(n)) {
+                assert_eq!(m.permissions().mode() & 0o777, 0o600, "{n}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "the WAL files were not made");
+        // an older journal made 0644 is narrowed at the next open
+        drop(j);
+        std::fs::set_permissions(
+            d.path().join("agent.db"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        Journal::open(d.path()).unwrap();
+        let m = std::fs::metadata(d.path().join("agent.db")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn a_journal_from_before_outcomes_reads_and_then_gains_them() {

@@ -236,6 +236,11 @@ async fn send_with_retries(
         };
         tracing::debug!("link ready");
         journal.set_state(rec.id, StackState::Sending, "")?;
+        if let Some(p) = &job.progress {
+            // each attempt counts the stack afresh (what is already there counts as done),
+            // so a retry never shows more files than the stack holds
+            p.restart();
+        }
         let (c, j, links) = (cfg.clone(), job.clone(), early.take().unwrap_or_default());
         let report =
             tokio::task::spawn_blocking(move || transfer::send(&c, &j, ctl.as_deref(), links))

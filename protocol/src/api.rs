@@ -475,13 +475,15 @@ fn pinned(info: &ServerInfo, path: &Path) -> Result<ureq::tls::TlsConfig, Client
         path: path.to_path_buf(),
         message,
     };
-    if info.cert.is_empty() {
-        if info.url.starts_with("https://") {
-            return Err(bad(
-                "it names an https URL but holds no certificate; restart the service".into(),
-            ));
-        }
-        return Ok(ureq::tls::TlsConfig::default());
+    // the token goes with every request: never over plain HTTP, never to a server that is
+    // not the one pinned
+    if !info.url.starts_with("https://") || info.cert.is_empty() {
+        return Err(bad(format!(
+            "it names {} without a pinned certificate, and the token must not travel in plain \
+             HTTP or to an unpinned server; it was written by an older service: restart the \
+             service (`beamflow-collector service`), which writes an https URL and its certificate",
+            info.url
+        )));
     }
     let cert = ureq::tls::parse_pem(info.cert.as_bytes())
         .find_map(|item| match item {
@@ -730,5 +732,36 @@ impl Client {
             .header("Authorization", self.auth())
             .call();
         self.finish(res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_info_without_https_and_a_pinned_certificate_is_refused() {
+        let d = std::env::temp_dir().join(format!("beamflow-info-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for (url, cert) in [
+            ("http://127.0.0.1:9/", ""),
+            ("https://127.0.0.1:9/", ""),
+            ("http://127.0.0.1:9/", "-----BEGIN CERTIFICATE-----"),
+        ] {
+            let info = serde_json::json!({
+                "url": url, "token": "t", "read_token": "r", "pid": 1, "host": "h",
+                "cert": cert, "fingerprint": "",
+            });
+            std::fs::write(d.join(SERVER_INFO), info.to_string()).unwrap();
+            let e = match Client::from_state_dir(&d) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{url} with cert {cert:?} was accepted"),
+            };
+            assert!(
+                e.contains("pinned certificate") && e.contains("restart the service"),
+                "{e}"
+            );
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -61,6 +61,12 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Back to nothing done, for a new attempt at the same stack.
+    pub fn restart(&self) {
+        self.bytes.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.files.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn add(job: &Job, bytes: u64, files: u64) {
         if let Some(p) = &job.progress {
             p.bytes

@@ -68,7 +68,26 @@ impl Folder {
 
     /// Walks `rel` (components separated by `/`) down from this folder, creating what is
     /// missing when `create` is set, never following a symlink.
+    /// A walk that fails part way (a name too long, a symlink further down) removes the
+    /// folders it made, so nothing of a refused path stays behind.
     pub fn walk(&self, rel: &str, create: bool) -> Result<Folder, ConfineError> {
+        let mut made = Vec::new();
+        let r = self.walk_making(rel, create, &mut made);
+        if r.is_err() {
+            for (parent, name) in made.iter().rev() {
+                // only empty folders go: one another session filled meanwhile stays
+                unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) };
+            }
+        }
+        r
+    }
+
+    fn walk_making(
+        &self,
+        rel: &str,
+        create: bool,
+        made: &mut Vec<(OwnedFd, CString)>,
+    ) -> Result<Folder, ConfineError> {
         let mut cur = self.fd.try_clone().map_err(|source| ConfineError::Io {
             path: String::new(),
             cause: source,
@@ -94,12 +113,14 @@ impl Folder {
                     .as_ref()
                     .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
             {
-                let made = unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) };
-                if made != 0 {
+                let rc = unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) };
+                if rc != 0 {
                     let e = std::io::Error::last_os_error();
                     if e.raw_os_error() != Some(libc::EEXIST) {
                         return Err(io(e));
                     }
+                } else if let Ok(parent) = cur.try_clone() {
+                    made.push((parent, name.clone()));
                 }
                 fd = open_at(&cur, &name);
             }
@@ -179,5 +200,20 @@ mod tests {
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
         let e = r.walk("missing/x", false).unwrap_err();
         assert!(matches!(e, ConfineError::Io { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_walk_refused_part_way_leaves_no_folder_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Folder::root(d.path()).unwrap();
+        let long = "n".repeat(256);
+        let e = r.walk(&format!("bl/new/{long}/x"), true).unwrap_err();
+        assert!(matches!(e, ConfineError::Io { .. }), "{e}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        // what existed before stays
+        std::fs::create_dir(d.path().join("bl")).unwrap();
+        r.walk(&format!("bl/new/{long}"), true).unwrap_err();
+        let left: Vec<_> = std::fs::read_dir(d.path().join("bl")).unwrap().collect();
+        assert!(left.is_empty() && d.path().join("bl").is_dir());
     }
 }
