@@ -60,7 +60,21 @@ fn tail_text(s: &str) -> String {
     }
 }
 
-/// Last lines the far end wrote to stderr.
+/// Whether a line of the far end's stderr may explain why it stopped: its warnings and
+/// errors, and whatever is not a log line at all (a shell's "command not found", a panic).
+/// Its ordinary log lines ("agent connected") explain nothing and are never quoted as what
+/// the collector said.
+pub fn explains(line: &str) -> bool {
+    let quiet = [" INFO ", " DEBUG ", " TRACE "]
+        .iter()
+        .any(|l| line.contains(l))
+        || ["\"INFO\"", "\"DEBUG\"", "\"TRACE\""]
+            .iter()
+            .any(|l| line.contains(&format!("\"level\":{l}")));
+    !quiet && !line.trim().is_empty()
+}
+
+/// Last lines the far end wrote to stderr that may explain a break (see [`explains`]).
 #[derive(Clone, Default)]
 pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
 
@@ -86,6 +100,9 @@ pub struct Link {
     /// What the collector said about itself.
     pub server: String,
     child: Child,
+    /// Reads the far end's stderr: waited for (briefly) when the link closes, so that the
+    /// far end's last lines (its session summary) reach the log.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The command that starts the far end: for `local` the collector itself, for `ssh` a channel
@@ -209,12 +226,16 @@ impl Link {
                 cause: source,
             })?;
         let stderr = StderrTail::default();
+        let mut stderr_reader = None;
         if let Some(err) = child.stderr.take() {
             let tail = stderr.clone();
-            std::thread::spawn(move || {
+            stderr_reader = Some(std::thread::spawn(move || {
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
                     tracing::debug!(target: "collector", "{line}");
+                    if !explains(&line) {
+                        continue;
+                    }
                     if let Ok(mut q) = tail.0.lock() {
                         if q.len() >= 5 {
                             q.pop_front();
@@ -222,7 +243,7 @@ impl Link {
                         q.push_back(line);
                     }
                 }
-            });
+            }));
         }
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
@@ -237,6 +258,7 @@ impl Link {
             stderr,
             server: String::new(),
             child,
+            stderr_reader,
         };
         match link.handshake(cfg.link.handshake_timeout.0, &cfg.agent.beamline()) {
             Ok(()) => Ok(link),
@@ -320,6 +342,14 @@ impl Link {
         let mut nap = Duration::from_millis(1);
         while std::time::Instant::now() < until {
             if let Ok(Some(_)) = self.child.try_wait() {
+                // its last lines are on their way: wait for them a moment, not longer (a
+                // child it left behind may hold the pipe open)
+                if let Some(r) = self.stderr_reader.take() {
+                    let by = std::time::Instant::now() + Duration::from_millis(200);
+                    while !r.is_finished() && std::time::Instant::now() < by {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
                 return;
             }
             std::thread::sleep(nap);
@@ -373,6 +403,31 @@ fn reader_loop(stdout: ChildStdout, tx: mpsc::Sender<Result<Frame, ProtocolError
                 let _ = tx.send(Err(e));
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explains;
+
+    #[test]
+    fn only_what_may_explain_a_break_is_quoted() {
+        for quiet in [
+            "2026-12-05T23:22:11.229728Z  INFO beamflow_collector::receive::session: agent connected client=x",
+            "2026-12-05T23:22:11Z DEBUG ureq::run: Request",
+            r#"{"timestamp":"x","level":"INFO","fields":{"message":"agent connected"}}"#,
+            "",
+        ] {
+            assert!(!explains(quiet), "{quiet}");
+        }
+        for said in [
+            "2026-12-05T23:22:11Z  WARN beamflow_collector::receive: cannot write: No space left on device",
+            "2026-12-05T23:22:11Z ERROR beamflow_collector: the data root is gone",
+            "bash: line 1: beamflow-collector: command not found",
+            "thread 'main' panicked at src/x.rs:1:1",
+        ] {
+            assert!(explains(said), "{said}");
         }
     }
 }

@@ -123,7 +123,11 @@ fn frame(r: &mut Rng) -> Frame {
         },
         8 => Frame::Submit {
             stack: path(r),
-            version: if r.below(8) == 0 { u32::MAX } else { r.below(3) as u32 },
+            version: if r.below(8) == 0 {
+                u32::MAX
+            } else {
+                r.below(3) as u32
+            },
             workflow: r.pick(&["aligntk", "qa", "nope", ""]).to_string(),
             files: (0..r.below(4))
                 .map(|_| FileEntry {

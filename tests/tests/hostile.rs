@@ -529,3 +529,53 @@ fn two_folders_whose_names_are_not_utf8_are_held_apart_and_never_merge() {
 fn escape(n: &std::ffi::OsStr) -> String {
     n.to_string_lossy().into_owned()
 }
+
+/// `beamflow-agent push` with the far end's log lines forwarded (debug).
+fn push_logged(site: &Site, dir: &Path) -> String {
+    let out = Command::new(bin("beamflow-agent"))
+        .args(["push", dir.to_str().unwrap(), "--config"])
+        .arg(&site.config)
+        .env("BEAMFLOW_LOG", "debug")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// The sums of a field over the session-end lines of `log`, and how many such lines.
+fn session_sum(log: &str, field: &str) -> (u64, usize) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .collect();
+    let sum = lines
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{field}=")))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum();
+    (sum, lines.len())
+}
+
+#[test]
+fn serve_says_what_each_session_did_when_it_ends() {
+    let site = Site::new("1s", "");
+    site.use_standins();
+    let _service = site.start_service();
+    let dir = site.write_stack("said", 3, 32);
+    let first = push_logged(&site, &dir);
+    let (files, sessions) = session_sum(&first, "files");
+    assert!(sessions >= 1 && files == 3, "{first}");
+    assert!(first.contains("file(s) received ("), "{first}");
+    // (the channel that submits offers every file; what the others brought is "same" there)
+    assert_eq!(session_sum(&first, "refused").0, 0, "{first}");
+    // a version that changes one file: two are already there
+    write8(&dir, "S_0001.tif", 99, 32);
+    let second = push_logged(&site, &dir);
+    assert_eq!(session_sum(&second, "files").0, 1, "{second}");
+    assert!(session_sum(&second, "same").0 >= 2, "{second}");
+    assert_eq!(session_sum(&second, "refused").0, 0, "{second}");
+}

@@ -504,7 +504,7 @@ fn channel(
             std::thread::sleep(Duration::from_millis(50)); // let the far end's last words arrive
             let tail = link.stderr.text();
             Err(TransferError::Broken(if tail.is_empty() {
-                m
+                format!("{m}; the far end ended without a word (its log on the collector's host may say more)")
             } else {
                 format!("{m}; the collector said: {tail}")
             }))

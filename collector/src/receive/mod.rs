@@ -104,6 +104,8 @@ struct Receiver {
     verified: Verified,
     /// What this session received, for the service's metrics.
     stats: crate::api::Received,
+    /// What the whole session did, for the line `serve` logs when it ends.
+    totals: Totals,
     /// The service's client, kept for the session: a warm link submits stack after stack,
     /// and one TLS handshake serves them all.
     client: std::cell::RefCell<Service>,
@@ -254,6 +256,7 @@ impl Receiver {
             refused: std::collections::HashSet::new(),
             verified: Arc::new(Mutex::new(HashMap::new())),
             stats: Default::default(),
+            totals: Totals::default(),
             client: std::cell::RefCell::new(Service::new(&cfg.collector.state_dir, None)),
         })
     }
@@ -860,6 +863,45 @@ impl Receiver {
             },
             Err(e) => refused(e.to_string()),
         }
+    }
+}
+
+/// A session's sums, logged when it ends: what arrived, what was already there, what was
+/// refused.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Totals {
+    pub files: u64,
+    pub bytes: u64,
+    pub resumed: u64,
+    pub same: u64,
+    pub refused: u64,
+}
+
+impl Receiver {
+    /// What arrived since the last call (for the service's metrics), counted in the
+    /// session's totals too.
+    pub(crate) fn take_stats(&mut self) -> crate::api::Received {
+        let s = std::mem::take(&mut self.stats);
+        self.totals.files += s.files;
+        self.totals.bytes = self.totals.bytes.saturating_add(s.bytes);
+        self.totals.resumed += s.resumes;
+        s
+    }
+
+    /// Counts an answer the session sends: "the same file is there", or a refusal.
+    pub(crate) fn count_answer(&mut self, f: &Frame) {
+        match f {
+            Frame::HaveReply {
+                have: Have::Same, ..
+            } => self.totals.same += 1,
+            Frame::Nack { .. } => self.totals.refused += 1,
+            _ => {}
+        }
+    }
+
+    /// The session's sums so far.
+    pub(crate) fn totals(&self) -> Totals {
+        self.totals
     }
 }
 

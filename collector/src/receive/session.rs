@@ -22,6 +22,7 @@ fn refuse<W: Write>(
     r: Result<(), Frame>,
 ) -> Result<(), ServeError> {
     let Err(f) = r else { return Ok(()) };
+    rx.count_answer(&f);
     if let Frame::Nack { .. } = f {
         if let Some(inc) = rx.incoming.remove(&id) {
             // nothing of a refused file stays behind: its frames are dropped from here on
@@ -116,8 +117,26 @@ pub fn serve<R: Read, W: Write + Send>(
         scope.spawn(move || report_received(cfg, told));
         let r = session(&mut rd, &wr, &mut rx, &committer, &tell);
         if rx.stats != crate::api::Received::default() {
-            let _ = tell.send(std::mem::take(&mut rx.stats));
+            let _ = tell.send(rx.take_stats());
         }
+        let t = rx.totals();
+        let how = match &r {
+            Ok(()) => "ended".to_string(),
+            Err(e) => format!("ended: {e}"),
+        };
+        tracing::info!(
+            %beamline,
+            files = t.files,
+            bytes = t.bytes,
+            resumed = t.resumed,
+            same = t.same,
+            refused = t.refused,
+            "session {how}: {} file(s) received ({} resumed or as deltas), {} answered \"same\", {} refused",
+            t.files,
+            t.resumed,
+            t.same,
+            t.refused
+        );
         r
         // dropping the committer and `tell` ends their threads; the scope waits for them
     })
@@ -186,7 +205,7 @@ fn session<R: Read, W: Write>(
         // nothing more buffered: the answers so far go out before we wait for more input
         if rd.buffer().is_empty() {
             if rx.stats != crate::api::Received::default() {
-                let _ = tell.send(std::mem::take(&mut rx.stats));
+                let _ = tell.send(rx.take_stats());
             }
             wr.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -215,6 +234,7 @@ fn session<R: Read, W: Write>(
             } => {
                 rx.refused.remove(&id);
                 let reply = rx.offer(id, path, size, hash);
+                rx.count_answer(&reply);
                 send(wr, &reply, false)?;
             }
             Frame::Data { id, offset, bytes } => {
@@ -240,6 +260,7 @@ fn session<R: Read, W: Write>(
             }
             Frame::Done { id } => {
                 if let Some(f) = rx.done(id) {
+                    rx.count_answer(&f);
                     send(wr, &f, false)?;
                 }
             }

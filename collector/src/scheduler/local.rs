@@ -192,12 +192,21 @@ mod tests {
         let start: u64 = id.split_once('@').unwrap().1.parse().unwrap();
         let stale = format!("{pid}@{}", start + 1);
         let local = Local::default();
-        assert!(local.status(std::slice::from_ref(&stale)).unwrap().is_empty());
+        assert!(local
+            .status(std::slice::from_ref(&stale))
+            .unwrap()
+            .is_empty());
         local.delete(&stale).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(matches!(other.try_wait(), Ok(None)), "the other process was signalled");
+        assert!(
+            matches!(other.try_wait(), Ok(None)),
+            "the other process was signalled"
+        );
         // and the true id is both believed and ended
-        assert!(local.status(std::slice::from_ref(&id)).unwrap().contains_key(&id));
+        assert!(local
+            .status(std::slice::from_ref(&id))
+            .unwrap()
+            .contains_key(&id));
         local.delete(&id).unwrap();
         let status = other.wait().unwrap();
         assert!(!status.success());
