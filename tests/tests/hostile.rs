@@ -5,6 +5,7 @@
 //! `../shared/aligntk` (the test command builds it; `ALIGNTK_BIN` names its folder).
 
 use beamflow_e2e::*;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -218,9 +219,12 @@ struct Mount(PathBuf);
 
 impl Mount {
     fn tmpfs(at: &Path) -> Mount {
+        Mount::tmpfs_of(at, "64m")
+    }
+    fn tmpfs_of(at: &Path, size: &str) -> Mount {
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
             .status()
             .unwrap()
@@ -578,4 +582,54 @@ fn serve_says_what_each_session_did_when_it_ends() {
     assert_eq!(session_sum(&second, "files").0, 1, "{second}");
     assert!(session_sum(&second, "same").0 >= 2, "{second}");
     assert_eq!(session_sum(&second, "refused").0, 0, "{second}");
+}
+
+#[test]
+fn a_full_disk_at_the_collector_is_retried_nothing_partial_counts_and_other_stacks_go_on() {
+    let site = Site::new("300ms", "");
+    let mount = Mount::tmpfs_of(&site.data_root(), "4m");
+    // most of the data root is taken: the big stack cannot fit, the small one can
+    let filler = site.data_root().join("filler");
+    std::fs::write(&filler, vec![7u8; 3 << 20]).unwrap();
+    let _service = site.start_service();
+    let big = site.incoming().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for (i, n) in ["a.tif", "b.tif"].iter().enumerate() {
+        write8(&big, n, 20 + i as u64, 1024); // 1 MiB each
+    }
+    let _agent = site.start_agent();
+    let mut seen = String::new();
+    wait_until(LONG, "a retry because the disk is full", || {
+        let Some(s) = site.stack("big") else {
+            return false;
+        };
+        seen = s["reason"].as_str().unwrap_or_default().to_string();
+        seen.contains("No space left on device") && seen.contains("retrying in")
+    });
+    // another stack goes on meanwhile
+    let small = site.write_stack("small", 2, 32);
+    site.wait_state("small", "submitted", LONG);
+    assert_same_tree(&small, &site.remote().join("small"));
+    // nothing partial of the big one is kept or counted
+    let partial: Vec<String> = tree(&site.remote().join("big"))
+        .into_iter()
+        .filter(|n| n.ends_with(".part") || n.contains(".beamflow-v"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
+    assert!(site.stack("big").unwrap()["state"] != "submitted");
+    assert!(
+        !site.jobs().iter().any(|j| j["stack"] == "big"),
+        "a DAG was made of a stack that never arrived whole"
+    );
+    // space comes back: the stack arrives whole, registered once
+    std::fs::remove_file(&filler).unwrap();
+    site.wait_state("big", "submitted", LONG);
+    assert_same_tree(&big, &site.remote().join("big"));
+    let versions: Vec<Value> = site
+        .jobs()
+        .into_iter()
+        .filter(|j| j["stack"] == "big" && j["name"] == "qa")
+        .collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    drop(mount);
 }
