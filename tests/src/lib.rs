@@ -5,6 +5,7 @@
 //! The binaries are the ones `cargo build --bins` put beside this test executable; the test
 //! command in the README builds them first.
 
+pub mod hosts;
 pub mod sshd;
 
 use serde_json::Value;
