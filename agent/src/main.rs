@@ -268,8 +268,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Shows a push's progress: a bar (files, bytes, rate, ETA) on a terminal, a plain line every
-/// few seconds otherwise (logs, CI). Runs until the task is aborted.
 /// Shows a push's progress: a bar (files, bytes, rate, ETA) on a terminal, plain lines (the
 /// first once the stack is hashed, then every five seconds) otherwise. Runs until aborted.
 async fn show_progress(p: std::sync::Arc<beamflow_agent::transfer::Progress>) {

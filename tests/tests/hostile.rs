@@ -633,3 +633,53 @@ fn a_full_disk_at_the_collector_is_retried_nothing_partial_counts_and_other_stac
     assert_eq!(versions.len(), 1, "{versions:?}");
     drop(mount);
 }
+
+#[test]
+fn a_push_retrying_on_a_full_disk_never_counts_a_file_twice() {
+    let site = Site::new("300ms", "");
+    let _mount = Mount::tmpfs_of(&site.data_root(), "4m");
+    let filler = site.data_root().join("filler");
+    std::fs::write(&filler, vec![7u8; 3 << 20]).unwrap();
+    let _service = site.start_service();
+    let dir = site.incoming().join("full");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, n) in ["a.tif", "b.tif", "c.tif"].iter().enumerate() {
+        write8(&dir, n, 40 + i as u64, 700); // ~0.5 MiB each: one or two fit, not three
+    }
+    let push = Command::new(bin("beamflow-agent"))
+        .args([
+            "push",
+            "--attempts",
+            "30",
+            dir.to_str().unwrap(),
+            "--config",
+        ])
+        .arg(&site.config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // long enough for several attempts and two progress lines (one every 5 s)
+    std::thread::sleep(Duration::from_secs(11));
+    std::fs::remove_file(&filler).unwrap();
+    let out = push.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // the progress lines: "push: 2/3 files, 1.0 MiB of 1.4 MiB, …"
+    let counts: Vec<(u64, u64)> = err
+        .lines()
+        .filter_map(|l| l.split("push: ").nth(1))
+        .filter_map(|rest| rest.split(" files").next())
+        .filter_map(|c| c.split_once('/'))
+        .filter_map(|(d, t)| Some((d.parse().ok()?, t.parse().ok()?)))
+        .collect();
+    assert!(counts.len() >= 2, "{err}");
+    for (done, total) in counts {
+        assert!(
+            done <= total,
+            "progress counted a file twice: {done}/{total}\n{err}"
+        );
+    }
+    assert_same_tree(&dir, &site.remote().join("full"));
+}
