@@ -14,6 +14,47 @@ use std::time::Duration;
 /// More apart than this, the hosts' clocks make event times and `settle` misleading.
 const SKEW_LIMIT: f64 = 2.0;
 
+/// Roots finished by quiet time whose stacks kept growing after they were finished: each
+/// growth was a new version with a DAG over the stack so far. A root with a count or a
+/// marker is never finished by quiet time, so only the others are looked at.
+fn growth_checks(cfg: &Config) -> Vec<Check> {
+    let Ok(journal) = crate::journal::Journal::open_read_only(&cfg.agent.state_dir) else {
+        return Vec::new();
+    };
+    let grown = journal.grown().unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, w) in cfg.watch.iter().enumerate() {
+        if w.expect.is_some() || w.marker.is_some() {
+            continue;
+        }
+        let root = w.path.canonicalize().unwrap_or_else(|_| w.path.clone());
+        let here: Vec<&(String, String, u32)> = grown
+            .iter()
+            .filter(|(dir, _, _)| std::path::Path::new(dir).starts_with(&root))
+            .collect();
+        if here.is_empty() {
+            continue;
+        }
+        let versions: u32 = here.iter().map(|g| g.2).sum();
+        let (_, name, n) = here[0];
+        out.push(Check::warn(
+            "stacks finished too early",
+            format!(
+                "{}: {} stack(s) kept growing after they were finished ({versions} extra version(s), each a DAG over the stack so far; e.g. {name}: {n})",
+                w.path.display(),
+                here.len()
+            ),
+            format!(
+                "set `watch[{i}].expect` (the section count) or `watch[{i}].marker` (a file the \
+                 detector writes last), or a `watch[{i}].settle` longer than the slowest gap \
+                 between two sections (now {})",
+                w.settle
+            ),
+        ));
+    }
+    out
+}
+
 /// Runs every check; the caller prints them.
 pub async fn checks(cfg: &Config) -> Vec<Check> {
     let mut out = Vec::new();
@@ -57,6 +98,7 @@ pub async fn checks(cfg: &Config) -> Vec<Check> {
     if inotify {
         out.push(inotify_check(folders, limit));
     }
+    out.extend(growth_checks(cfg));
     let (link, ctl) = match cfg.link.transport {
         Transport::Local => (
             Check::pass("link", "local: the collector runs on this host"),

@@ -218,6 +218,9 @@ const LATER_COLUMNS: &[(&str, &str)] = &[
     ("outcome_final", "INTEGER NOT NULL DEFAULT 0"),
     ("results", "TEXT NOT NULL DEFAULT ''"),
     ("results_done", "INTEGER NOT NULL DEFAULT 0"),
+    // versions that only added files to a finished stack: the sign of a settle shorter than
+    // the gaps between sections
+    ("grew", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// The later columns an older journal lacks.
@@ -637,6 +640,26 @@ impl Journal {
             params![id, remote_id, text, done as i64],
         )?;
         Ok(())
+    }
+
+    /// Counts a new version that only added files to the one before.
+    pub fn grew(&mut self, id: i64) -> Result<(), JournalError> {
+        self.conn
+            .prepare_cached("UPDATE stacks SET grew = grew + 1 WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    /// Stacks that grew after they were finished: (folder, name, versions that only added
+    /// files), most first.
+    pub fn grown(&self) -> Result<Vec<(String, String, u32)>, JournalError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT dir, name, grew FROM stacks WHERE grew > 0 ORDER BY grew DESC, name",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     /// Starts the next version of a submitted stack whose files changed.

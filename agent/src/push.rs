@@ -170,6 +170,7 @@ pub async fn push(
         workflow: rec.workflow.clone(),
         files: files.clone(),
         progress: progress.clone(),
+        keep_older: root.section.on_change == beamflow_config::OnChange::Resubmit,
     };
     let bytes = files.iter().map(|f| f.size).sum();
     if let Some(p) = &progress {

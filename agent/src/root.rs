@@ -37,6 +37,7 @@ impl Root {
                 expect: w.expect.map(|n| n.get()),
                 settle: w.settle.0,
                 max_wait: w.max_wait.0,
+                finish_after: w.finish_after.map(|d| d.0),
             },
             section: w.clone(),
         })

@@ -1,10 +1,13 @@
 //! When is a folder of images a finished stack? The rules of DESIGN.md as a pure function of
 //! what was observed, so they can be tested exhaustively without clocks or files.
 //!
-//! A stack is finished when it holds at least `min_images`, a trigger fired (marker present,
-//! expected count reached, or nothing changed for `settle`), and every image passed the
-//! structural TIFF check. Images still failing the check once the folder has been quiet for
-//! `settle` hold the stack with their names and faults; it is never sent half-broken.
+//! A stack is finished when it holds at least `min_images`, a trigger fired, and every image
+//! passed the structural TIFF check. The triggers: where the root sets `expect` or `marker`,
+//! only they (and, past them, an optional `finish_after` of quiet): serial sections arrive
+//! minutes apart, and quiet time would finish such a stack once per gap, each time with a
+//! DAG over the stack so far. Where neither is set, quiet time (`settle`) finishes it. Images
+//! still failing the check once the folder has been quiet for `settle` hold the stack with
+//! their names and faults; it is never sent half-broken.
 
 use std::time::Duration;
 
@@ -21,6 +24,16 @@ pub struct Rules {
     pub settle: Duration,
     /// Warn when still unfinished after this long.
     pub max_wait: Duration,
+    /// Where `expect` or `marker` is set: finish anyway after this much quiet (off: `None`).
+    pub finish_after: Option<Duration>,
+}
+
+impl Rules {
+    /// Whether the root says itself how to know a stack is finished (a count or a marker):
+    /// then quiet time alone never finishes one.
+    pub fn counted(&self) -> bool {
+        self.marker.is_some() || self.expect.is_some()
+    }
 }
 
 /// What has been seen of one folder.
@@ -45,8 +58,11 @@ pub enum Trigger {
     Marker,
     /// The expected count was reached.
     Expected,
-    /// Nothing changed for `settle`.
+    /// Nothing changed for `settle` (a root with neither `expect` nor `marker`).
     Settled,
+    /// A counted or marked stack that was quiet for `finish_after` without its count or
+    /// marker.
+    QuietTooLong,
 }
 
 /// The decision for one folder now.
@@ -81,16 +97,20 @@ fn list_faults(invalid: &[(String, String)]) -> String {
 /// it empty (and skip the check) until then.
 pub fn decide(r: &Rules, o: &Observed) -> Verdict {
     let settled = o.quiet_for >= r.settle;
-    let overdue = o.seen_for >= r.max_wait && !settled;
     let trigger = if r.marker.is_some() && o.marker {
         Some(Trigger::Marker)
     } else if r.expect.is_some_and(|n| o.images >= n) {
         Some(Trigger::Expected)
-    } else if settled {
+    } else if !r.counted() && settled {
         Some(Trigger::Settled)
+    } else if r.counted() && r.finish_after.is_some_and(|f| o.quiet_for >= f) {
+        Some(Trigger::QuietTooLong)
     } else {
         None
     };
+    // a counted stack that is quiet but incomplete past max_wait is overdue too: it waits
+    // for a count or a marker that may never come
+    let overdue = o.seen_for >= r.max_wait && (r.counted() || !settled) && trigger.is_none();
     if o.images < r.min_images {
         if trigger.is_some() {
             return Verdict::Held(format!(
@@ -108,21 +128,28 @@ pub fn decide(r: &Rules, o: &Observed) -> Verdict {
     }
     let Some(t) = trigger else {
         // no counters in the text: it is journaled, and should change only when the state does
-        let mut why = format!(
-            "{} images; finished after {} without changes",
-            o.images,
-            humantime::format_duration(r.settle)
-        );
-        if let Some(n) = r.expect {
-            why = format!(
-                "{} of {n} images; finished at {n} or after {} without changes",
+        let mut why = match (&r.marker, r.expect) {
+            (None, None) => format!(
+                "{} images; finished after {} without changes",
                 o.images,
                 humantime::format_duration(r.settle)
-            );
+            ),
+            (Some(m), None) => format!("{} images; finished when {m} appears", o.images),
+            (None, Some(n)) => format!("{} of {n} images; finished at {n}", o.images),
+            (Some(m), Some(n)) => format!(
+                "{} of {n} images; finished at {n} or when {m} appears",
+                o.images
+            ),
+        };
+        if let (true, Some(f)) = (r.counted(), r.finish_after) {
+            why.push_str(&format!(
+                ", or after {} without changes (finish_after)",
+                humantime::format_duration(f)
+            ));
         }
         if overdue {
             why = format!(
-                "still changing after {} (max_wait); {why}",
+                "not finished after {} (max_wait); {why}",
                 humantime::format_duration(r.max_wait)
             );
         }
@@ -153,6 +180,7 @@ mod tests {
             expect: None,
             settle: Duration::from_secs(30),
             max_wait: Duration::from_secs(3600),
+            finish_after: None,
         }
     }
 
@@ -191,6 +219,42 @@ mod tests {
     }
 
     #[test]
+    fn quiet_time_never_finishes_a_counted_or_marked_stack() {
+        // sections a minute apart, settle 30 s: 5 of 12 after an hour's quiet still waits
+        let mut r = rules();
+        r.expect = Some(12);
+        assert!(matches!(decide(&r, &obs(5, 60)), Verdict::Waiting { .. }));
+        let mut m = rules();
+        m.marker = Some("DONE".into());
+        match decide(&m, &obs(5, 600)) {
+            Verdict::Waiting { why, overdue } => {
+                assert!(why.contains("when DONE appears"), "{why}");
+                assert!(!overdue);
+            }
+            v => panic!("{v:?}"),
+        }
+        // past max_wait it is overdue, and says so
+        let mut o = obs(5, 600);
+        o.seen_for = Duration::from_secs(4000);
+        match decide(&r, &o) {
+            Verdict::Waiting { why, overdue } => {
+                assert!(
+                    overdue && why.contains("max_wait") && why.contains("5 of 12"),
+                    "{why}"
+                )
+            }
+            v => panic!("{v:?}"),
+        }
+        // finish_after, when set, finishes it after that much quiet, and says why
+        r.finish_after = Some(Duration::from_secs(1800));
+        assert!(matches!(decide(&r, &obs(5, 600)), Verdict::Waiting { .. }));
+        assert_eq!(
+            decide(&r, &obs(5, 1800)),
+            Verdict::Finished(Trigger::QuietTooLong)
+        );
+    }
+
+    #[test]
     fn a_one_image_stack_is_held_with_the_reason() {
         match decide(&rules(), &obs(1, 31)) {
             Verdict::Held(m) => assert!(
@@ -220,13 +284,21 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever was observed, a stack with a broken image or too few images is never sent.
+        /// Whatever was observed, a stack with a broken image or too few images is never sent,
+        /// and a counted or marked stack is never finished by quiet time alone.
         #[test]
-        fn never_finished_when_broken_or_short(
-            images in 0u32..10, quiet in 0u64..100, marker: bool, expect in proptest::option::of(1u32..10),
-            broken: bool, min in 1u32..5,
+        fn never_finished_when_broken_short_or_uncounted(
+            images in 0u32..10, quiet in 0u64..100, marker: bool, use_marker: bool,
+            expect in proptest::option::of(1u32..10), broken: bool, min in 1u32..5,
         ) {
-            let r = Rules { min_images: min, marker: Some("M".into()), expect, settle: Duration::from_secs(30), max_wait: Duration::from_secs(60) };
+            let r = Rules {
+                min_images: min,
+                marker: use_marker.then(|| "M".to_string()),
+                expect,
+                settle: Duration::from_secs(30),
+                max_wait: Duration::from_secs(60),
+                finish_after: None,
+            };
             let mut o = obs(images, quiet);
             o.marker = marker;
             if broken { o.invalid.push(("x.tif".into(), "truncated".into())); }
@@ -234,9 +306,14 @@ mod tests {
             if broken || images < min {
                 prop_assert!(!matches!(v, Verdict::Finished(_)));
             }
-            // and a quiet, whole, big-enough stack is always sent
-            if !broken && images >= min && quiet >= 30 {
-                prop_assert!(matches!(v, Verdict::Finished(_)));
+            let fired = (use_marker && marker) || expect.is_some_and(|n| images >= n);
+            if r.counted() && !fired {
+                prop_assert!(!matches!(v, Verdict::Finished(_)), "{v:?}");
+            }
+            // and a whole, big-enough stack whose trigger fired is always sent
+            let trigger = if r.counted() { fired } else { quiet >= 30 };
+            if !broken && images >= min && trigger {
+                prop_assert!(matches!(v, Verdict::Finished(_)), "{v:?}");
             }
         }
     }

@@ -190,9 +190,14 @@ pub struct WatchSection {
     /// The stack is complete once it holds this many images.
     #[serde(default)]
     pub expect: Option<std::num::NonZeroU32>,
-    /// The stack is complete once nothing in it changed for this long.
+    /// Where neither `expect` nor `marker` is set, the stack is complete once nothing in it
+    /// changed for this long: it must be longer than the slowest gap between two sections.
     #[serde(default = "default_settle")]
     pub settle: Dur,
+    /// Where `expect` or `marker` is set, only they finish a stack; this (off by default)
+    /// finishes one anyway once nothing changed for this long, saying so.
+    #[serde(default)]
+    pub finish_after: Option<Dur>,
     /// A stack still changing after this long raises a visible warning.
     #[serde(default = "default_max_wait")]
     pub max_wait: Dur,
@@ -249,8 +254,11 @@ fn default_workflow() -> String {
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OnChange {
-    /// Send the changes and submit a new version of the stack.
+    /// Send the changes and submit a new version; the older version's jobs that have not
+    /// started are superseded (those running finish, their results kept).
     #[default]
+    Supersede,
+    /// Send the changes and submit a new version; every version runs to the end.
     Resubmit,
     /// Keep the submitted version; log the change and do nothing.
     Ignore,

@@ -82,6 +82,10 @@ pub struct SubmitRequest {
     pub workflow: String,
     /// Files of this version.
     pub files: Vec<SubmitFile>,
+    /// Older versions' jobs that have not started keep running (`on_change = "resubmit"`);
+    /// by default this version supersedes them.
+    #[serde(default)]
+    pub keep_older: bool,
 }
 
 /// Answer to a submission.
@@ -335,7 +339,8 @@ pub struct DagOutcome {
     /// The stack version's id (what the agent journaled as its remote id).
     pub id: u64,
     /// `waiting` (nothing ran yet), `running`, `done`, `failed` (a job is held for a person),
-    /// `killed`, or `unknown` (the collector has no such stack version).
+    /// `killed`, `superseded` (a newer version took over what had not started), or `unknown`
+    /// (the collector has no such stack version).
     pub state: String,
     /// Jobs finished.
     pub done: u32,
@@ -347,13 +352,19 @@ pub struct DagOutcome {
     /// For `failed`: the command that puts the failed jobs back in line.
     #[serde(default)]
     pub retry: String,
+    /// For `superseded`: the version whose DAG took over what had not started.
+    #[serde(default)]
+    pub superseded_by: u32,
 }
 
 impl DagOutcome {
     /// Whether it can still change without a person (`failed` can, after a retry: the agent
     /// keeps asking about it, slowly).
     pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "done" | "killed" | "unknown")
+        matches!(
+            self.state.as_str(),
+            "done" | "killed" | "superseded" | "unknown"
+        )
     }
 
     /// One line for `status`: `running 2/5`, `done`, `FAILED: register: … — retry: …`.
@@ -361,6 +372,10 @@ impl DagOutcome {
         match self.state.as_str() {
             "done" => "done".into(),
             "failed" => format!("FAILED: {} — retry: {}", self.failure, self.retry),
+            "superseded" => format!(
+                "superseded by v{} ({}/{} jobs had finished)",
+                self.superseded_by, self.done, self.total
+            ),
             "unknown" => "the collector no longer knows this DAG".into(),
             other => format!("{other} {}/{}", self.done, self.total),
         }

@@ -16,6 +16,10 @@ pub struct Check {
     /// What to do about a failure (empty when it passed).
     #[serde(default)]
     pub fix: String,
+    /// Passed, but something worth a person's look (a config that wastes work): shown as
+    /// `WARN` with its fix, without failing the report.
+    #[serde(default)]
+    pub warn: bool,
 }
 
 impl Check {
@@ -26,6 +30,18 @@ impl Check {
             ok: true,
             detail: detail.into(),
             fix: String::new(),
+            warn: false,
+        }
+    }
+
+    /// A check that passed with a warning and what to do about it.
+    pub fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            ok: true,
+            detail: detail.into(),
+            fix: fix.into(),
+            warn: true,
         }
     }
 
@@ -36,6 +52,7 @@ impl Check {
             ok: false,
             detail: detail.into(),
             fix: fix.into(),
+            warn: false,
         }
     }
 
@@ -43,7 +60,13 @@ impl Check {
     /// tool printed over several (ssh's warnings, framed in `@`) is joined with `; `.
     pub fn line(&self) -> String {
         let detail = one_line(&self.detail);
-        if self.ok {
+        if self.ok && self.warn {
+            format!(
+                "WARN  {}: {detail} — fix: {}",
+                self.name,
+                one_line(&self.fix)
+            )
+        } else if self.ok {
             format!("ok    {}: {detail}", self.name)
         } else {
             format!(

@@ -212,6 +212,10 @@ pub enum Frame {
         workflow: String,
         /// The files that make up this version.
         files: Vec<FileEntry>,
+        /// Whether older versions' unstarted jobs keep running (`on_change = "resubmit"`);
+        /// by default a new version supersedes them. On the wire a trailing byte, sent only
+        /// when set, so a collector that knows no such byte still takes the usual case.
+        keep_older: bool,
     },
     /// Collector → agent: the service accepted the stack.
     Accepted {
@@ -360,6 +364,7 @@ impl Frame {
                 version,
                 workflow,
                 files,
+                keep_older,
             } => {
                 w.str(stack);
                 w.u32(*version);
@@ -369,6 +374,9 @@ impl Frame {
                     w.str(&f.path);
                     w.u64(f.size);
                     w.hash(&f.hash);
+                }
+                if *keep_older {
+                    w.u8(1);
                 }
             }
             Frame::Accepted {
@@ -505,11 +513,13 @@ impl Frame {
                         hash: r.hash()?,
                     });
                 }
+                let keep_older = if r.0.is_empty() { false } else { r.u8()? != 0 };
                 Frame::Submit {
                     stack,
                     version,
                     workflow,
                     files,
+                    keep_older,
                 }
             }
             11 => Frame::Accepted {

@@ -136,6 +136,14 @@ mod tests {
                     size: 1,
                     hash: [3; 32],
                 }],
+                keep_older: false,
+            },
+            Frame::Submit {
+                stack: "s".into(),
+                version: 3,
+                workflow: "aligntk".into(),
+                files: Vec::new(),
+                keep_older: true,
             },
             Frame::Accepted {
                 stack: "s".into(),
@@ -203,6 +211,23 @@ mod tests {
         for f in all_frames() {
             let bytes = f.encode();
             for cut in 4..bytes.len() {
+                // a submission's trailing flag is optional: without it, it is the usual
+                // submission (the frame's length prefix is what rules out a cut frame)
+                if matches!(
+                    f,
+                    Frame::Submit {
+                        keep_older: true,
+                        ..
+                    }
+                ) && cut == bytes.len() - 1
+                {
+                    let Frame::Submit { keep_older, .. } = Frame::decode(&bytes[4..cut]).unwrap()
+                    else {
+                        panic!("not a submission")
+                    };
+                    assert!(!keep_older);
+                    continue;
+                }
                 assert!(Frame::decode(&bytes[4..cut]).is_err(), "{f:?} cut at {cut}");
             }
         }

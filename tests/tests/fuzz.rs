@@ -136,6 +136,7 @@ fn frame(r: &mut Rng) -> Frame {
                     hash: [0; 32],
                 })
                 .collect(),
+            keep_older: r.below(2) == 0,
         },
         9 => Frame::Discard {
             stack: path(r),

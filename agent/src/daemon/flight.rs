@@ -122,6 +122,7 @@ impl Daemon {
         let Some(t) = self.stacks.get_mut(dir) else {
             return Ok(true);
         };
+        let t_root = t.root;
         if !matches!(
             rec.state,
             StackState::Queued | StackState::Sending | StackState::Sent
@@ -202,6 +203,7 @@ impl Daemon {
             workflow: rec.workflow.clone(),
             files,
             progress: None,
+            keep_older: self.roots[t_root].section.on_change == beamflow_config::OnChange::Resubmit,
         };
         self.journal.set_state(rec.id, StackState::Sending, "")?;
         tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), channels = k, warm = links.len(), "sending");

@@ -857,7 +857,18 @@ impl Daemon {
                     }
                 }
                 match self.roots[ri].section.on_change {
-                    OnChange::Resubmit => {
+                    OnChange::Supersede | OnChange::Resubmit => {
+                        // every file of the version before still there, unchanged, and more:
+                        // the stack was finished while it was still being written
+                        let only_added = t.scan.images.len() > files.len()
+                            && files.iter().all(|f| {
+                                t.scan.images.iter().any(|s| {
+                                    s.name == f.name && s.size == f.size && s.mtime_ns == f.mtime_ns
+                                })
+                            });
+                        if only_added {
+                            self.journal.grew(rec.id)?;
+                        }
                         let v = self.journal.next_version(rec.id)?;
                         t.last_change = now;
                         earliest(&mut self.wake, now);
@@ -941,14 +952,21 @@ impl Daemon {
             Verdict::Waiting { why, overdue } => {
                 if overdue && !t.warned {
                     t.warned = true;
-                    tracing::warn!(stack = %name, "stack is still changing after max_wait ({})", humantime::format_duration(rules.max_wait));
+                    tracing::warn!(stack = %name, "stack is not finished after max_wait ({}): {why}", humantime::format_duration(rules.max_wait));
                 }
                 // the deadlines this decision waits for, on the loop's clock: until then
                 // only a change of its files moves it
                 let mut due = None;
+                // settle still matters to a counted stack: a broken image is held only once
+                // the folder has been quiet that long
                 let settled = t.last_change + rules.settle;
                 if settled > now {
                     earliest(&mut due, settled);
+                }
+                if let (true, Some(f)) = (rules.counted(), rules.finish_after) {
+                    if t.last_change + f > now {
+                        earliest(&mut due, t.last_change + f);
+                    }
                 }
                 let overdue_at = t.first_seen + rules.max_wait;
                 if !t.warned && overdue_at > now {
@@ -1044,6 +1062,9 @@ impl Daemon {
         match c.files {
             Some(Ok(files)) => {
                 t.rehash = false;
+                if trigger == crate::stack::Trigger::QuietTooLong {
+                    tracing::warn!(stack = %name, files = files.len(), "stack finished without its count or marker: nothing changed for finish_after");
+                }
                 tracing::info!(stack = %name, version = rec.version, files = files.len(), hashed_ahead = t.ahead, ?trigger, "stack finished");
                 t.finished_at = Some(std::time::SystemTime::now());
                 t.quiet = true;

@@ -45,6 +45,9 @@ pub struct Job {
     pub files: Vec<FileRecord>,
     /// Where to count progress, for people watching a `push`.
     pub progress: Option<std::sync::Arc<Progress>>,
+    /// Older versions' unstarted jobs keep running (`on_change = "resubmit"`) instead of
+    /// being superseded by this one.
+    pub keep_older: bool,
 }
 
 /// Progress of one stack's transfer, readable from another thread while it runs.
@@ -698,6 +701,7 @@ fn exchange(
         version: job.version,
         workflow: job.workflow.clone(),
         files,
+        keep_older: job.keep_older,
     };
     write_frame_sync(wr, &submit).map_err(broken)?;
     wr.flush().map_err(broken_io)?;

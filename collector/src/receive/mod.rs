@@ -785,6 +785,7 @@ impl Receiver {
         version: u32,
         workflow: String,
         files: Vec<FileEntry>,
+        keep_older: bool,
     ) -> Frame {
         let refused = |message: String| Frame::Error {
             code: ErrorCode::SubmitRefused,
@@ -848,6 +849,7 @@ impl Receiver {
             version,
             workflow,
             files: out,
+            keep_older,
         };
         match self.service(|c| c.submit(&req)) {
             Ok(r) => Frame::Accepted {

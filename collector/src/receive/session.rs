@@ -270,12 +270,13 @@ fn session<R: Read, W: Write>(
                 version,
                 workflow,
                 files,
+                keep_older,
             } => {
                 for f in rx.pending.drain(..) {
                     committer.push(f);
                 }
                 committer.settle();
-                let reply = rx.submit(stack, version, workflow, files);
+                let reply = rx.submit(stack, version, workflow, files, keep_older);
                 send(wr, &reply, true)?;
             }
             Frame::Discard { stack, files } => {

@@ -254,6 +254,7 @@ fn submitting_unverified_files_is_refused() {
                 size: 1,
                 hash: [0; 32],
             }],
+            keep_older: false,
         }],
     );
     assert!(

@@ -225,6 +225,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         work_dir: &work_s,
         digest: &dg,
         files_json: &files_json,
+        supersede: !req.keep_older,
     };
     let mut db = st.db.lock().map_err(|_| {
         fail(

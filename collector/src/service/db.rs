@@ -210,6 +210,50 @@ pub struct NewStack<'a> {
     pub digest: &'a str,
     /// JSON list of files.
     pub files_json: &'a str,
+    /// Whether this version supersedes the older versions' jobs that have not started
+    /// (`[[watch]] on_change = "supersede"`, the default) or lets every version run.
+    pub supersede: bool,
+}
+
+/// Moves the older versions' jobs that have not started to SUPERSEDED, in the submission's
+/// own transaction: one stack, one DAG that runs to the end.
+fn superseded_by(
+    tx: &rusqlite::Transaction<'_>,
+    s: &NewStack<'_>,
+    at: &str,
+) -> Result<usize, DbError> {
+    use super::job::{change, Trigger};
+    let from: Vec<&str> = super::job::sources(JobState::Superseded, Trigger::Superseded)
+        .into_iter()
+        .map(JobState::as_str)
+        .collect();
+    let ids: Vec<i64> = {
+        let mut st = tx.prepare(&format!(
+            "SELECT j.id FROM jobs j JOIN stacks k ON k.id = j.stack_id
+             WHERE k.beamline = ?1 AND k.name = ?2 AND k.version < ?3 AND j.state IN ({})",
+            from.iter()
+                .map(|f| format!("'{f}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+        let rows = st
+            .query_map(params![s.beamline, s.name, s.version], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        rows
+    };
+    let reason = format!("superseded by v{}", s.version);
+    let mut n = 0;
+    for id in ids {
+        n += change(
+            tx,
+            id as u64,
+            JobState::Superseded,
+            Trigger::Superseded,
+            &reason,
+            at,
+        )? as usize;
+    }
+    Ok(n)
 }
 
 /// Plans that do not depend on bound values: otherwise SQLite recompiles a cached statement
@@ -403,6 +447,9 @@ impl Db {
                 "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, at, JobState::Created.as_str(), state.as_str(), why],
             )?;
+        }
+        if s.supersede {
+            superseded_by(&tx, s, &at)?;
         }
         tx.commit()?;
         Ok((stack_id as u64, true, jobs.len() as u32))
@@ -636,6 +683,7 @@ mod tests {
             work_dir: "/d/work/b2/run1/v1",
             digest: "def",
             files_json: "[]",
+            supersede: true,
         };
         let (id, created, _) = db.submit(&s, &[]).unwrap();
         assert!(created && id != 7);

@@ -42,10 +42,12 @@ pub enum JobState {
     Failed,
     /// A person stopped it.
     UserKilled,
+    /// A newer version of its stack was accepted before it started: it never runs.
+    Superseded,
 }
 
 /// Every state, in the order of a job's life.
-pub const ALL_STATES: [JobState; 13] = [
+pub const ALL_STATES: [JobState; 14] = [
     JobState::Created,
     JobState::AwaitingParents,
     JobState::Ready,
@@ -59,6 +61,7 @@ pub const ALL_STATES: [JobState; 13] = [
     JobState::RestartReady,
     JobState::Failed,
     JobState::UserKilled,
+    JobState::Superseded,
 ];
 
 impl JobState {
@@ -78,6 +81,7 @@ impl JobState {
             JobState::RestartReady => "RESTART_READY",
             JobState::Failed => "FAILED",
             JobState::UserKilled => "USER_KILLED",
+            JobState::Superseded => "SUPERSEDED",
         }
     }
 
@@ -119,6 +123,8 @@ pub enum Trigger {
     PersonRetry,
     /// A person killed it.
     PersonKill,
+    /// A newer version of its stack was accepted before it started.
+    Superseded,
 }
 
 /// Why a move was not made: the database failed, or the table holds no such move.
@@ -177,6 +183,13 @@ pub const MOVES: &[(JobState, JobState, Trigger)] = &[
     (S::RunTimeout, S::UserKilled, T::PersonKill),
     (S::RestartReady, S::UserKilled, T::PersonKill),
     (S::Failed, S::UserKilled, T::PersonKill),
+    // a newer version takes over whatever of the older one has not started; what runs
+    // finishes, and its results are kept
+    (S::Created, S::Superseded, T::Superseded),
+    (S::AwaitingParents, S::Superseded, T::Superseded),
+    (S::Ready, S::Superseded, T::Superseded),
+    (S::Preprocessed, S::Superseded, T::Superseded),
+    (S::RestartReady, S::Superseded, T::Superseded),
 ];
 
 /// Whether the table holds the move.
@@ -417,10 +430,30 @@ mod tests {
                 "{s:?} is never reached"
             );
         }
-        // JOB_FINISHED is the one state nothing leaves
+        // JOB_FINISHED and SUPERSEDED are the states nothing leaves
         for s in ALL_STATES {
             let leaves = MOVES.iter().any(|(f, _, _)| *f == s);
-            assert_eq!(leaves, s != S::JobFinished, "{s:?}");
+            assert_eq!(
+                leaves,
+                !matches!(s, S::JobFinished | S::Superseded),
+                "{s:?}"
+            );
+        }
+        // only what has not started is superseded: a running job finishes
+        for (f, to, _) in MOVES {
+            if *to == S::Superseded {
+                assert!(
+                    matches!(
+                        f,
+                        S::Created
+                            | S::AwaitingParents
+                            | S::Ready
+                            | S::Preprocessed
+                            | S::RestartReady
+                    ),
+                    "{f:?} -> SUPERSEDED"
+                );
+            }
         }
         // a launcher is only ever handed a job that waits for one
         for (f, to, _) in MOVES {

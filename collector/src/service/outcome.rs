@@ -13,6 +13,7 @@ pub fn summarize(id: u64, jobs: &[JobRow], config: &str) -> DagOutcome {
     let done = count("JOB_FINISHED");
     let failed: Vec<&JobRow> = jobs.iter().filter(|j| j.state == "FAILED").collect();
     let killed = count("USER_KILLED");
+    let superseded: Vec<&JobRow> = jobs.iter().filter(|j| j.state == "SUPERSEDED").collect();
     let started = jobs.iter().any(|j| {
         !matches!(
             j.state.as_str(),
@@ -25,6 +26,8 @@ pub fn summarize(id: u64, jobs: &[JobRow], config: &str) -> DagOutcome {
         "failed"
     } else if done == total {
         "done"
+    } else if !superseded.is_empty() && done + killed + superseded.len() as u32 == total {
+        "superseded"
     } else if killed > 0 && done + killed == total {
         "killed"
     } else if started {
@@ -54,6 +57,11 @@ pub fn summarize(id: u64, jobs: &[JobRow], config: &str) -> DagOutcome {
         total,
         failure,
         retry,
+        superseded_by: superseded
+            .iter()
+            .filter_map(|j| j.reason.strip_prefix("superseded by v")?.parse().ok())
+            .max()
+            .unwrap_or(0),
     }
 }
 

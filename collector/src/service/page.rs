@@ -326,6 +326,7 @@ mod tests {
             total: 4,
             failure: "qa: <b>S_0001.tif</b>: blank".into(),
             retry: String::new(),
+            superseded_by: 0,
         };
         let v = View {
             host: "login1".into(),

@@ -88,7 +88,7 @@ impl Db {
         let mut st = self.conn.prepare_cached(
             "SELECT s.id, s.dir, s.work_dir, s.files,
                     NOT EXISTS (SELECT 1 FROM stacks n WHERE n.beamline = s.beamline AND n.name = s.name AND n.version > s.version),
-                    SUM(j.state = 'JOB_FINISHED'), SUM(j.state IN ('FAILED', 'USER_KILLED')), COUNT(j.id),
+                    SUM(j.state IN ('JOB_FINISHED', 'SUPERSEDED')), SUM(j.state IN ('FAILED', 'USER_KILLED')), COUNT(j.id),
                     (SELECT MAX(e.at) FROM events e JOIN jobs k ON k.id = e.job_id WHERE k.stack_id = s.id)
              FROM stacks s JOIN jobs j ON j.stack_id = s.id
              WHERE NOT EXISTS (SELECT 1 FROM removals r WHERE r.stack_id = s.id AND r.what = 'stack version')

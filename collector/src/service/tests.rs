@@ -119,32 +119,56 @@ fn tier() -> Tier {
 impl Tier {
     /// Registers a stack version of `workflow` with two real sections; returns its job ids.
     fn submit(&self, name: &str, workflow: &str) -> Vec<u64> {
+        self.submit_version(name, workflow, 1, true)
+    }
+
+    /// Registers version `version` of a stack; `supersede` as `on_change = "supersede"`.
+    fn submit_version(
+        &self,
+        name: &str,
+        workflow: &str,
+        version: u32,
+        supersede: bool,
+    ) -> Vec<u64> {
         let root = self.cfg.collector.data_root.join("bl").join(name);
-        let snap = root.join(".beamflow-v1");
+        let snap = root.join(format!(".beamflow-v{version}"));
         std::fs::create_dir_all(&snap).unwrap();
         for i in 0..2u8 {
             write_section(&snap.join(format!("S_{i}.tif")), i + 3);
         }
-        let work = self.cfg.service.work_root.join("bl").join(name).join("@v1");
+        let work = self
+            .cfg
+            .service
+            .work_root
+            .join("bl")
+            .join(name)
+            .join(format!("@v{version}"));
         let jobs = super::dag::plan(&self.cfg.workflows[workflow]);
         let (dir, work) = (snap.display().to_string(), work.display().to_string());
+        let digest = format!("{name}{version}");
         let s = NewStack {
             beamline: "bl",
             name,
-            version: 1,
+            version,
             workflow,
             dir: &dir,
             work_dir: &work,
-            digest: name,
+            digest: &digest,
             files_json: "[]",
+            supersede,
         };
         let mut db = self.db.lock().unwrap();
         db.submit(&s, &jobs).unwrap();
         db.jobs(Some(name), None)
             .unwrap()
             .into_iter()
+            .filter(|j| j.version == version)
             .map(|j| j.id)
             .collect()
+    }
+
+    fn reason(&self, job: u64) -> String {
+        self.db.lock().unwrap().job(job).unwrap().unwrap().reason
     }
 
     fn state(&self, job: u64) -> String {
@@ -441,4 +465,54 @@ fn a_closing_launcher_is_never_handed_back_the_job_its_ending_made_runnable() {
             .unwrap();
     assert_eq!(moved, Some(0));
     assert_eq!(t.state(ids[0]), "RUNNING");
+}
+
+#[test]
+fn a_new_version_supersedes_only_what_has_not_started_and_the_running_job_finishes() {
+    let t = tier();
+    let v1 = t.submit("run1", "chain");
+    t.engine.round(false);
+    t.engine.round(false);
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(launcher, 2);
+    assert_eq!(t.acquire(launcher, &[]), [v1[0]]);
+    assert_eq!(t.state(v1[0]), "RUNNING");
+    // version 2 arrives while v1's first step runs
+    let v2 = t.submit_version("run1", "chain", 2, true);
+    assert_eq!(t.state(v1[0]), "RUNNING", "a running job is left alone");
+    for id in &v1[1..] {
+        assert_eq!(t.state(*id), "SUPERSEDED");
+        assert_eq!(t.reason(*id), "superseded by v2");
+    }
+    // the running job finishes and is kept; nothing of v1 after it ever runs
+    t.acquire(launcher, &[(v1[0], Outcome::Done)]);
+    t.engine.react().unwrap();
+    assert_eq!(t.state(v1[0]), "JOB_FINISHED");
+    assert_eq!(t.state(v1[1]), "SUPERSEDED");
+    // v2 runs to the end, and only v2's jobs are handed out
+    for (i, id) in v2.iter().enumerate() {
+        let got = t.acquire(launcher, &[]);
+        assert_eq!(got, [*id], "step {i}");
+        t.acquire(launcher, &[(*id, Outcome::Done)]);
+        t.engine.react().unwrap();
+        assert_eq!(t.state(*id), "JOB_FINISHED");
+    }
+    let outcome = |v: &[u64]| {
+        let jobs: Vec<_> = {
+            let db = t.db.lock().unwrap();
+            v.iter().map(|id| db.job(*id).unwrap().unwrap()).collect()
+        };
+        super::outcome::summarize(1, &jobs, "c.toml")
+    };
+    let o = outcome(&v1);
+    assert_eq!(o.state, "superseded");
+    assert_eq!(o.line(), "superseded by v2 (1/3 jobs had finished)");
+    assert!(o.is_final());
+    assert_eq!(outcome(&v2).state, "done");
+    // with on_change = "resubmit", a third version leaves the second alone (here: finished)
+    // and a fourth leaves the third's unstarted jobs alone
+    let v3 = t.submit_version("run1", "chain", 3, false);
+    t.engine.round(false);
+    let _v4 = t.submit_version("run1", "chain", 4, false);
+    assert!(v3.iter().all(|id| t.state(*id) != "SUPERSEDED"));
 }

@@ -350,6 +350,7 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
                 version: 1,
                 workflow: workflow.into(),
                 files,
+                keep_older: false,
             })
             .unwrap();
     };
