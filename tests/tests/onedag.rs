@@ -111,7 +111,10 @@ fn without_a_count_versions_supersede_each_other_and_only_the_last_runs_to_the_e
         assert!(start.elapsed() < LONG, "{jobs:?}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(last >= 2, "the sections arrived slower than settle: versions were expected");
+    assert!(
+        last >= 2,
+        "the sections arrived slower than settle: versions were expected"
+    );
     let jobs = jobs_of(&site, "growing");
     let superseded: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "SUPERSEDED").collect();
     assert!(!superseded.is_empty(), "{jobs:?}");
@@ -136,6 +139,19 @@ fn without_a_count_versions_supersede_each_other_and_only_the_last_runs_to_the_e
             "v{v} ran to the end: {of_v:?}"
         );
     }
+    // and doctor says why, with the keys that fix it
+    let out = site.run("beamflow-agent", &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let warn = text
+        .lines()
+        .find(|l| l.starts_with("WARN  stacks finished too early"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        warn.contains("kept growing")
+            && warn.contains("watch[0].expect")
+            && warn.contains("settle"),
+        "{warn}"
+    );
     eprintln!(
         "5 sections, 2.5 s apart, settle 1 s: {last} versions, {} jobs made, {} ran, {} superseded",
         jobs.len(),
