@@ -584,14 +584,21 @@ fn serve_says_what_each_session_did_when_it_ends() {
     assert_eq!(session_sum(&second, "refused").0, 0, "{second}");
 }
 
-#[test]
-fn a_full_disk_at_the_collector_is_retried_nothing_partial_counts_and_other_stacks_go_on() {
+/// A site whose data root is a 4 MiB tmpfs with 3 MiB taken by `filler` (removed to make
+/// space), its service running.
+fn nearly_full_site() -> (Site, Mount, PathBuf, Proc) {
     let site = Site::new("300ms", "");
     let mount = Mount::tmpfs_of(&site.data_root(), "4m");
-    // most of the data root is taken: the big stack cannot fit, the small one can
     let filler = site.data_root().join("filler");
     std::fs::write(&filler, vec![7u8; 3 << 20]).unwrap();
-    let _service = site.start_service();
+    let service = site.start_service();
+    (site, mount, filler, service)
+}
+
+#[test]
+fn a_full_disk_at_the_collector_is_retried_nothing_partial_counts_and_other_stacks_go_on() {
+    // most of the data root is taken: the big stack cannot fit, the small one can
+    let (site, mount, filler, _service) = nearly_full_site();
     let big = site.incoming().join("big");
     std::fs::create_dir_all(&big).unwrap();
     for (i, n) in ["a.tif", "b.tif"].iter().enumerate() {
@@ -636,11 +643,7 @@ fn a_full_disk_at_the_collector_is_retried_nothing_partial_counts_and_other_stac
 
 #[test]
 fn a_push_retrying_on_a_full_disk_never_counts_a_file_twice() {
-    let site = Site::new("300ms", "");
-    let _mount = Mount::tmpfs_of(&site.data_root(), "4m");
-    let filler = site.data_root().join("filler");
-    std::fs::write(&filler, vec![7u8; 3 << 20]).unwrap();
-    let _service = site.start_service();
+    let (site, _mount, filler, _service) = nearly_full_site();
     let dir = site.incoming().join("full");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, n) in ["a.tif", "b.tif", "c.tif"].iter().enumerate() {

@@ -455,23 +455,30 @@ impl Daemon {
              the images into the watch root, or watch the target with its own [[watch]] path"
         );
         let name = self.roots[root].remote_name(link);
-        let workflow = self.roots[root].section.workflow.clone();
-        let r = self
-            .journal
-            .stack(&dir)
-            .and_then(|rec| match rec {
-                Some(rec) => Ok(rec),
-                None => self.journal.ensure_stack(&dir, &name, &workflow),
-            })
-            .and_then(|rec| {
-                if rec.state != StackState::Held || rec.reason != reason {
-                    tracing::warn!(stack = %name, "{reason}");
-                }
-                self.journal.set_state(rec.id, StackState::Held, &reason)
-            });
-        if let Err(e) = r {
+        if let Err(e) = self.hold_folder(root, &dir, &name, &reason) {
             tracing::warn!(stack = %name, "cannot journal a symlinked folder: {e}");
         }
+    }
+
+    /// Holds a folder that can never be sent under journal key `key` with `reason` (said in
+    /// the log when it is new); the row's id.
+    fn hold_folder(
+        &mut self,
+        root: usize,
+        key: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<i64, crate::journal::JournalError> {
+        let workflow = self.roots[root].section.workflow.clone();
+        let rec = match self.journal.stack(key)? {
+            Some(rec) => rec,
+            None => self.journal.ensure_stack(key, name, &workflow)?,
+        };
+        if rec.state != StackState::Held || rec.reason != reason {
+            tracing::warn!(stack = %name, "{reason}");
+            self.journal.set_state(rec.id, StackState::Held, reason)?;
+        }
+        Ok(rec.id)
     }
 
     /// A folder of images whose path is not UTF-8: held in the journal with a reason that
@@ -495,24 +502,13 @@ impl Daemon {
         let Some(reason) = self.unsendable(root, dir) else {
             return;
         };
-        let workflow = self.roots[root].section.workflow.clone();
-        let r = self
-            .journal
-            .stack(&key)
-            .and_then(|rec| match rec {
-                Some(rec) => Ok(rec),
-                None => self.journal.ensure_stack(&key, &name, &workflow),
-            })
-            .and_then(|rec| {
-                self.unsendable_held.insert(dir.to_path_buf(), rec.id);
-                if rec.state == StackState::Held && rec.reason == reason {
-                    return Ok(());
-                }
-                tracing::warn!(stack = %name, "{reason}");
-                self.journal.set_state(rec.id, StackState::Held, &reason)
-            });
-        if let Err(e) = r {
-            tracing::warn!(stack = %name, "cannot journal a folder that cannot be sent: {e}");
+        match self.hold_folder(root, &key, &name, &reason) {
+            Ok(id) => {
+                self.unsendable_held.insert(dir.to_path_buf(), id);
+            }
+            Err(e) => {
+                tracing::warn!(stack = %name, "cannot journal a folder that cannot be sent: {e}")
+            }
         }
     }
 
