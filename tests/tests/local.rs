@@ -362,7 +362,7 @@ fn the_demo_runs_the_real_aligntk_to_aligned_sections() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
-    let aligned = tmp.path().join("demo/work/demo/stack_0001/v1/aligned");
+    let aligned = tmp.path().join("demo/work/demo/stack_0001/@v1/aligned");
     for i in 0..4 {
         assert!(
             aligned.join(format!("S_{i:04}.tif")).is_file(),

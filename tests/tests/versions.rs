@@ -273,7 +273,7 @@ fn agents_killed_during_a_version_switch_lose_and_duplicate_nothing() {
     assert_eq!(jobs.len(), 2, "one DAG per version, no more: {jobs:#?}");
     assert_eq!(hashes_of(&site.remote().join("big/.beamflow-v1")), v1);
     assert_eq!(hashes_of(&site.remote().join("big/.beamflow-v2")), v2);
-    assert_eq!(recorded(&site.work().join("big/v1/start.b3")), v1);
-    assert_eq!(recorded(&site.work().join("big/v2/start.b3")), v2);
+    assert_eq!(recorded(&site.work().join("big/@v1/start.b3")), v1);
+    assert_eq!(recorded(&site.work().join("big/@v2/start.b3")), v2);
     assert_same_tree(&dir, &site.remote().join("big"));
 }
