@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# the real AlignTK first: without a way to have it, say so in seconds, before installing anything
+bash tests/aligntk.sh --check >/dev/null || exit 1
+
 # Real parts the tests start or compare against. Missing ones are installed when we can; under
 # CI a part that cannot be installed fails the run rather than skipping tests.
 need_pkgs=()
@@ -30,13 +33,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
-# the real AlignTK 1.0.2 the DAG tests run (built once from ../shared/aligntk, ~20 s)
-aligntk_build="../shared/aligntk/build.sh"
-if [ ! -f "$aligntk_build" ]; then
-  echo "tests/run.sh: $aligntk_build is missing; the shared folder must sit beside this checkout" >&2
-  exit 1
-fi
-ALIGNTK_BIN=$(bash "$aligntk_build")
+# the real AlignTK 1.0.2 the DAG tests run (built once, ~20 s; tests/aligntk.sh says from where)
+ALIGNTK_BIN=$(bash tests/aligntk.sh)
 export ALIGNTK_BIN
 
 # the private one-node Slurm the Slurm tests use (they start it themselves too; this fails early

@@ -357,8 +357,9 @@ impl Site {
     }
 }
 
-/// The folder of the real AlignTK binaries: `ALIGNTK_BIN`, else built now with
-/// `../shared/aligntk/build.sh`. Never skipped: without AlignTK this test fails.
+/// The folder of the real AlignTK binaries: `ALIGNTK_BIN`, else built now by
+/// `tests/aligntk.sh` (from a tarball, `../shared/aligntk` or the upstream repository). Never
+/// skipped: without AlignTK this test fails.
 pub fn aligntk_bin() -> PathBuf {
     if let Some(b) = std::env::var_os("ALIGNTK_BIN") {
         let b = PathBuf::from(b);
@@ -369,7 +370,7 @@ pub fn aligntk_bin() -> PathBuf {
         );
         return b;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/aligntk/build.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("aligntk.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
         .stderr(std::process::Stdio::inherit())
