@@ -156,6 +156,8 @@ fn demo_config(settle: Duration, aligntk: Option<&Path>) -> String {
         .replace("poll_interval = \"2s\"", "poll_interval = \"300ms\"")
         .replace("idle_exit = \"30s\"", "idle_exit = \"3s\"")
         .replace("poll = \"1s\"", "poll = \"200ms\"")
+        // the demo's status at the end shows how the DAG ended
+        .replace("outcome_every = \"30s\"", "outcome_every = \"300ms\"")
         .replace("# name = \"alcfxray1\"", "name = \"demo\"");
     match aligntk {
         // the science: 16-bit sections become 8-bit for AlignTK, and apply_map renders them
@@ -238,6 +240,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let stack = dir.join("incoming").join("stack_0001");
     std::fs::create_dir_all(&stack)?;
     for i in 0..opts.sections {
+        if i > 0 {
+            tokio::time::sleep(opts.interval).await;
+        }
         let s = Section {
             width: opts.side,
             height: opts.side,
@@ -247,8 +252,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         };
         let p = stack.join(format!("S_{i:04}.tif"));
         tokio::task::spawn_blocking(move || write_tiff(&p, &s)).await??;
-        tokio::time::sleep(opts.interval).await;
     }
+    // from the moment the last image is whole: what the settle period counts from too
     let last_written = Instant::now();
 
     let journal = Journal::open_read_only(&cfg.agent.state_dir)?;
@@ -265,9 +270,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let latency = last_written.elapsed();
-    let _ = stop_tx.send(());
-    agent.await??;
     let Some(rec) = rec else {
+        let _ = stop_tx.send(());
+        agent.await??;
         let now = journal.stack(&stack_dir)?;
         bail!(
             "the stack was not accepted within {:?}; its state: {}",
@@ -309,6 +314,19 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let run_time = accepted.elapsed();
+    // the agent hears how the DAG ended (what its status shows), then stops
+    let heard = Instant::now();
+    while heard.elapsed() < Duration::from_secs(10) {
+        if journal
+            .stack(&stack_dir)?
+            .is_some_and(|r| r.outcome.starts_with("done"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(());
+    agent.await??;
     let steps = step_times(&client, &jobs)?;
     let jobs = jobs
         .into_iter()

@@ -220,7 +220,8 @@ pub fn after_send(outcome: &Outcome, all_sent: bool, wait: Duration) -> Decision
         Outcome::Accepted { jobs, created } => Decision {
             state: Submitted,
             reason: format!(
-                "DAG of {jobs} jobs{}",
+                "DAG of {jobs} job{}{}",
+                if *jobs == 1 { "" } else { "s" },
                 if *created { "" } else { " (registered before)" }
             ),
             next: Next::Done,

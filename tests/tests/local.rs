@@ -406,6 +406,20 @@ fn the_demo_runs_end_to_end() {
     assert!(out.status.success(), "{status}: {said}");
     assert!(said.starts_with("daemon: not running"), "{said}");
     assert!(said.contains("stack_0001"), "{said}");
+    // the status says how the DAG ended, in words that agree with the summary
+    let row = said.lines().find(|l| l.starts_with("stack_0001")).unwrap();
+    assert!(
+        row.contains(" done ") && row.ends_with("DAG of 1 job"),
+        "{row}"
+    );
+    // the stack is finished `settle` after its last image, never sooner
+    let secs: f64 = text
+        .lines()
+        .find(|l| l.contains("last image -> DAG"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(secs >= 1.0, "{text}");
 }
 
 fn get_plain(url: &str) -> String {
