@@ -101,8 +101,13 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Load FILE, report errors with key and line, or print the effective config.
-    Check { file: PathBuf },
+    /// Load FILE and report errors with key and line, or one line saying it is good.
+    Check {
+        file: PathBuf,
+        /// Also print the effective settings of the sections the agent uses.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -259,10 +264,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             logs::out(&demo::render(&report, settle));
         }
         Cmd::Config {
-            cmd: ConfigCmd::Check { file },
+            cmd: ConfigCmd::Check { file, print },
         } => {
             let cfg = Config::load(&file)?;
-            logs::out(&cfg.to_toml());
+            const USED: &[&str] = &["agent", "watch", "link", "notify"];
+            if print {
+                logs::out(&cfg.to_toml_of(USED));
+            }
+            logs::out(&(cfg.verdict(&file, "beamflow-agent", USED) + "\n"));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -185,8 +185,13 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Load FILE, report errors with key and line, or print the effective config.
-    Check { file: PathBuf },
+    /// Load FILE and report errors with key and line, or one line saying it is good.
+    Check {
+        file: PathBuf,
+        /// Also print the effective settings of the sections the collector uses.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 fn load(path: &Path) -> Result<Config> {
@@ -426,10 +431,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Config {
-            cmd: ConfigCmd::Check { file },
+            cmd: ConfigCmd::Check { file, print },
         } => {
             let cfg = load(&file)?;
-            logs::out(&cfg.to_toml());
+            const USED: &[&str] = &["collector", "service", "workflows", "queues"];
+            if print {
+                logs::out(&cfg.to_toml_of(USED));
+            }
+            logs::out(&(cfg.verdict(&file, "beamflow-collector", USED) + "\n"));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -949,6 +949,35 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+
+    /// The effective settings of the top-level sections `keys` only (what one program
+    /// uses), as TOML.
+    pub fn to_toml_of(&self, keys: &[&str]) -> String {
+        let Ok(toml::Value::Table(mut all)) = toml::Value::try_from(self) else {
+            return self.to_toml();
+        };
+        all.retain(|k, _| keys.iter().any(|want| *want == k));
+        toml::to_string_pretty(&all).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// One line that says the file is good and what in it `program` uses, for `config check`.
+    pub fn verdict(&self, path: &Path, program: &str, keys: &[&str]) -> String {
+        let mut used = Vec::new();
+        for k in keys {
+            match *k {
+                "watch" => used.push(format!("{} [[watch]]", self.watch.len())),
+                "notify" => used.push(format!("{} [[notify]]", self.notify.len())),
+                "workflows" => used.push(format!("{} workflow(s)", self.workflows.len())),
+                "queues" => used.push(format!("{} queue(s)", self.queues.len())),
+                k => used.push(format!("[{k}]")),
+            }
+        }
+        format!(
+            "{}: ok for {program} ({}; `--print` shows the effective settings)",
+            path.display(),
+            used.join(", ")
+        )
+    }
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6) as `[service] listen` is written.

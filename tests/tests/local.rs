@@ -309,14 +309,28 @@ fn config_errors_name_the_file_key_and_line() {
         err.contains("bad.toml:3:") && err.contains("unknown field `chunk`"),
         "{err}"
     );
-    // the shipped default prints its effective settings
-    let out = std::process::Command::new(bin("beamflow-agent"))
-        .args(["config", "check"])
-        .arg(&site.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("data_root"));
+    // the shipped default: one verdict line; `--print` adds the sections that program uses
+    for (exe, mine, theirs) in [
+        ("beamflow-agent", "[link]", "data_root"),
+        ("beamflow-collector", "data_root", "[link]"),
+    ] {
+        let check = |print: bool| {
+            let mut c = std::process::Command::new(bin(exe));
+            c.args(["config", "check"]).arg(&site.config);
+            if print {
+                c.arg("--print");
+            }
+            let out = c.output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let plain = check(false);
+        assert_eq!(plain.lines().count(), 1, "{plain}");
+        assert!(plain.contains(": ok for ") && plain.contains(exe), "{plain}");
+        let printed = check(true);
+        assert!(printed.contains(mine) && !printed.contains(theirs), "{exe}: {printed}");
+        assert!(printed.trim_end().ends_with(plain.trim_end()), "{printed}");
+    }
 }
 
 /// Runs `beamflow-agent demo` on 4 sections of `side`² in `dir`, with AlignTK from `aligntk`
