@@ -21,7 +21,7 @@ macro_rules! complain {
 #[derive(Parser)]
 #[command(
     name = "beamflow-agent",
-    version,
+    version = beamflow_protocol::VERSION_AND_COMMIT,
     about = "Beamline side of beamflow: watch image folders, send finished stacks, register their DAG"
 )]
 struct Cli {

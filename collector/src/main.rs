@@ -22,7 +22,7 @@ macro_rules! complain {
 #[derive(Parser)]
 #[command(
     name = "beamflow-collector",
-    version,
+    version = beamflow_protocol::VERSION_AND_COMMIT,
     about = "HPC side of beamflow: receive stacks, own the job DAG database"
 )]
 struct Cli {
@@ -334,6 +334,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     serde_json::json!({
                         "program": "beamflow-collector",
                         "version": env!("CARGO_PKG_VERSION"),
+                        "commit": beamflow_protocol::COMMIT,
                         "protocol": beamflow_protocol::VERSION,
                         "path": me.display().to_string(),
                         "blake3": hash,
@@ -342,7 +343,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 sayln!(
                     "beamflow-collector {} (protocol {}) at {}, blake3 {hash}",
-                    env!("CARGO_PKG_VERSION"),
+                    beamflow_protocol::VERSION_AND_COMMIT,
                     beamflow_protocol::VERSION,
                     me.display()
                 );

@@ -17,6 +17,18 @@ pub use io::{
     read_frame, read_frame_sync, read_magic, read_magic_sync, write_data_sync, write_frame,
     write_frame_sync,
 };
+/// The commit the programs were built from (12 hex digits, or `unknown` outside a checkout).
+pub const COMMIT: &str = env!("BEAMFLOW_COMMIT");
+
+/// The version and the commit the programs were built from (`0.1.0 (1a2b3c4d5e6f)`), what
+/// `--version` prints on both programs.
+pub const VERSION_AND_COMMIT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("BEAMFLOW_COMMIT"),
+    ")"
+);
+
 pub use path::{normalize_rel_path, reserved, work_rel, WORK_VERSION_PREFIX};
 pub use table::table;
 

@@ -326,9 +326,15 @@ fn config_errors_name_the_file_key_and_line() {
         };
         let plain = check(false);
         assert_eq!(plain.lines().count(), 1, "{plain}");
-        assert!(plain.contains(": ok for ") && plain.contains(exe), "{plain}");
+        assert!(
+            plain.contains(": ok for ") && plain.contains(exe),
+            "{plain}"
+        );
         let printed = check(true);
-        assert!(printed.contains(mine) && !printed.contains(theirs), "{exe}: {printed}");
+        assert!(
+            printed.contains(mine) && !printed.contains(theirs),
+            "{exe}: {printed}"
+        );
         assert!(printed.trim_end().ends_with(plain.trim_end()), "{printed}");
     }
 }
@@ -615,4 +621,30 @@ fn compression_is_used_where_it_pays_and_skipped_where_it_does_not() {
         "{sent} of {bytes}"
     );
     assert_same_tree(&noisy, &site.remote().join("noisy"));
+}
+
+#[test]
+fn both_programs_name_their_version_and_commit() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    for exe in ["beamflow-agent", "beamflow-collector"] {
+        let out = std::process::Command::new(bin(exe))
+            .arg("--version")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        assert!(
+            said.starts_with(&format!("{exe} {} (", env!("CARGO_PKG_VERSION"))),
+            "{said}"
+        );
+        // built from this checkout: its commit (the tests build the programs first)
+        if !head.is_empty() {
+            assert!(said.contains(&head), "{said} is not of {head}");
+        }
+    }
 }
