@@ -956,7 +956,7 @@ impl Config {
         let Ok(toml::Value::Table(mut all)) = toml::Value::try_from(self) else {
             return self.to_toml();
         };
-        all.retain(|k, _| keys.iter().any(|want| *want == k));
+        all.retain(|k, _| keys.contains(&k));
         toml::to_string_pretty(&all).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
