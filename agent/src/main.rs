@@ -92,7 +92,16 @@ enum Cmd {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         settle: Duration,
     },
-    /// Check a config file and print the effective settings.
+    /// Print shell completions (`source <(beamflow-agent completions bash)`; zsh, fish, elvish and
+    /// PowerShell too).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `beamflow-agent man > /usr/local/share/man/man1/beamflow-agent.1`.
+    Man,
+    /// Check a config file: one verdict line, or errors with the key and line (`--print`: the
+    /// effective settings too).
     Config {
         #[command(subcommand)]
         cmd: ConfigCmd,
@@ -262,6 +271,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let report = runtime()?.block_on(demo::run(opts))?;
             logs::out(&demo::render(&report, settle));
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "beamflow-agent", &mut std::io::stdout());
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the manual page")?;
         }
         Cmd::Config {
             cmd: ConfigCmd::Check { file, print },

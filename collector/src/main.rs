@@ -114,7 +114,16 @@ enum Cmd {
         #[arg(long)]
         names: Option<PathBuf>,
     },
-    /// Check a config file and print the effective settings.
+    /// Print shell completions (`source <(beamflow-collector completions bash)`; zsh, fish, elvish and
+    /// PowerShell too).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `beamflow-collector man > /usr/local/share/man/man1/beamflow-collector.1`.
+    Man,
+    /// Check a config file: one verdict line, or errors with the key and line (`--print`: the
+    /// effective settings too).
     Config {
         #[command(subcommand)]
         cmd: ConfigCmd,
@@ -430,6 +439,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !report.ok() {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut cmd,
+                "beamflow-collector",
+                &mut std::io::stdout(),
+            );
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the manual page")?;
         }
         Cmd::Config {
             cmd: ConfigCmd::Check { file, print },

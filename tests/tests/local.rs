@@ -648,3 +648,43 @@ fn both_programs_name_their_version_and_commit() {
         }
     }
 }
+
+#[test]
+fn completions_and_manual_pages_come_from_the_command_definitions() {
+    for exe in ["beamflow-agent", "beamflow-collector"] {
+        let out = std::process::Command::new(bin(exe))
+            .args(["completions", "bash"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            script.contains("config") && script.contains("--help"),
+            "{exe}"
+        );
+        // bash itself takes it
+        let mut bash = std::process::Command::new("bash")
+            .args(["-n"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        bash.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(
+            bash.wait().unwrap().success(),
+            "{exe}'s bash completions do not parse"
+        );
+        let man = std::process::Command::new(bin(exe))
+            .arg("man")
+            .output()
+            .unwrap();
+        let page = String::from_utf8_lossy(&man.stdout);
+        assert!(man.status.success());
+        assert!(page.contains(&format!(".TH {exe} 1")), "{page}");
+        assert!(page.contains("completions"), "{page}");
+    }
+}
