@@ -3,9 +3,14 @@
 # that drive the real binaries. Installs what the tests need on a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# what installers and builders of parts print goes here; the terminal gets a line per phase
+setup_log=${BEAMFLOW_SETUP_LOG:-${TMPDIR:-/tmp}/beamflow-test-setup.log}
+: >"$setup_log"
+phase() { echo "tests/run.sh: $*" >&2; }
 
 # the real AlignTK first: without a way to have it, say so in seconds, before installing anything
-bash tests/aligntk.sh --check >/dev/null || exit 1
+way=$(bash tests/aligntk.sh --check) || exit 1
+phase "$way"
 
 # Real parts the tests start or compare against. Missing ones are installed when we can; under
 # CI a part that cannot be installed fails the run rather than skipping tests.
@@ -25,8 +30,9 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)               # renders 
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)        # verifies the unit files
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+    phase "installing ${need_pkgs[*]} (output in $setup_log)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"; } >>"$setup_log" 2>&1 ||
+      { tail -20 "$setup_log" >&2; echo "tests/run.sh: installing ${need_pkgs[*]} failed; see $setup_log" >&2; exit 1; }
   else
     echo "tests/run.sh: missing packages ${need_pkgs[*]}; install them (apt-get install ${need_pkgs[*]})" >&2
     exit 1
@@ -34,8 +40,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # the real AlignTK 1.0.2 the DAG tests run (built once, ~20 s; tests/aligntk.sh says from where)
-ALIGNTK_BIN=$(bash tests/aligntk.sh)
+phase "AlignTK: building if needed (output in $setup_log)"
+ALIGNTK_BIN=$(bash tests/aligntk.sh 2>>"$setup_log") ||
+  { tail -20 "$setup_log" >&2; echo "tests/run.sh: building AlignTK failed; see $setup_log" >&2; exit 1; }
 export ALIGNTK_BIN
+phase "AlignTK: $ALIGNTK_BIN"
 
 # the private one-node Slurm the Slurm tests use (they start it themselves too; this fails early
 # and clearly). What this script starts, it stops when it ends; a cluster of ours that was
@@ -43,7 +52,10 @@ export ALIGNTK_BIN
 if ! bash tests/slurm/start.sh --status; then
   trap 'bash tests/slurm/stop.sh' EXIT
 fi
-bash tests/slurm/start.sh >/dev/null
+phase "starting a private one-node Slurm"
+bash tests/slurm/start.sh >/dev/null 2>>"$setup_log" ||
+  { tail -20 "$setup_log" >&2; echo "tests/run.sh: Slurm did not start; see $setup_log" >&2; exit 1; }
+phase "building and running the tests"
 
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads="${BEAMFLOW_TEST_THREADS:-4}"
