@@ -446,5 +446,10 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         "  {collector} service --config {c} &   then   {collector} ls --config {c}\n",
         c = cfg.display()
     ));
+    // its service is stopped: the folder is all it leaves
+    out.push_str(&format!(
+        "\nThe demo stopped its service; `rm -rf {}` removes all it made.\n",
+        r.dir.display()
+    ));
     out
 }

@@ -403,6 +403,7 @@ fn the_demo_runs_end_to_end() {
         "workflow `qa`",
         "qa         JOB_FINISHED",
         "AlignTK was not found",
+        "The demo stopped its service; `rm -rf ",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
