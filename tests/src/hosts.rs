@@ -3,8 +3,8 @@
 //! "compute" runs launchers. Loopback stays down in the beamline and compute namespaces, so
 //! whatever works there went over the veth pairs.
 
-use crate::{bin, run_ok, wait_until, Proc, Site};
-use std::process::{Command, Stdio};
+use crate::{bin, run_ok, spawn_logged, wait_until, Proc, Site};
+use std::process::Command;
 use std::time::Duration;
 
 fn ip(args: &[&str]) {
@@ -123,27 +123,18 @@ impl Hosts {
     pub fn service(&self, site: &Site) -> Proc {
         let info = site.dir.join("state/server-info");
         let _ = std::fs::remove_file(&info); // a killed service leaves it behind
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(site.dir.join("service.log"))
-            .unwrap();
-        let child = self
-            .exec(&self.hpc)
-            .arg(bin("beamflow-collector"))
+        let mut cmd = self.exec(&self.hpc);
+        cmd.arg(bin("beamflow-collector"))
             .args(["service", "--config"])
             .arg(&site.config)
-            .env("BEAMFLOW_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .env("BEAMFLOW_LOG", "debug");
+        let p = spawn_logged(
+            cmd,
+            &site.dir.join("service.log"),
+            "the service on the hpc host",
+        );
         wait_until(Duration::from_secs(20), "server-info", || info.exists());
-        Proc {
-            child,
-            what: "the service on the hpc host".into(),
-        }
+        p
     }
 
     /// The namespace's identity as /proc shows it (`net:[N]`).

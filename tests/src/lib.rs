@@ -85,6 +85,26 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `cmd` (a program of the site's, maybe under a wrapper such as `ip netns exec` or
+/// `prlimit`) with its output appended to `log` and no stdin; killed when dropped.
+pub fn spawn_logged(mut cmd: Command, log: &Path, what: &str) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    Proc {
+        child,
+        what: what.into(),
+    }
+}
+
 /// The beamline name (`[agent] name`) every test site's agent has.
 pub const BEAMLINE: &str = "bl";
 

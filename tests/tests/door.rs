@@ -30,23 +30,19 @@ fn site() -> Site {
 /// Starts the service with at most `fds` descriptors (as a site's `LimitNOFILE=` would).
 fn service_limited(site: &Site, fds: u32) -> Proc {
     let info = site.dir.join("state/server-info");
-    let log = std::fs::File::create(site.dir.join("service.log")).unwrap();
-    let child = Command::new("prlimit")
-        .arg(format!("--nofile={fds}:{fds}"))
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={fds}:{fds}"))
         .arg(bin("beamflow-collector"))
         .args(["service", "--config"])
         .arg(&site.config)
-        .env("BEAMFLOW_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("prlimit (util-linux) runs the service");
+        .env("BEAMFLOW_LOG", "info");
+    let p = spawn_logged(
+        cmd,
+        &site.dir.join("service.log"),
+        "the service under prlimit (util-linux)",
+    );
     wait_until(Duration::from_secs(20), "server-info", || info.exists());
-    Proc {
-        child,
-        what: "beamflow-collector service".into(),
-    }
+    p
 }
 
 fn port(site: &Site) -> u16 {

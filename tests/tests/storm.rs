@@ -12,7 +12,6 @@ use beamflow_e2e::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,26 +37,16 @@ impl Rng {
 }
 
 fn agent(hosts: &Hosts, site: &Site) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(site.dir.join("agent.log"))
-        .unwrap();
-    let child = hosts
-        .exec(&hosts.beamline)
-        .arg(bin("beamflow-agent"))
+    let mut cmd = hosts.exec(&hosts.beamline);
+    cmd.arg(bin("beamflow-agent"))
         .args(["run", "--config"])
         .arg(&site.config)
-        .env("BEAMFLOW_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc {
-        child,
-        what: "the agent on the beamline host".into(),
-    }
+        .env("BEAMFLOW_LOG", "info");
+    spawn_logged(
+        cmd,
+        &site.dir.join("agent.log"),
+        "the agent on the beamline host",
+    )
 }
 
 fn kill9(pids: &[i32]) -> usize {
