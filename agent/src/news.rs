@@ -58,6 +58,7 @@ impl Post {
         news.subject = escape_controls(&news.subject);
         news.text = escape_controls(&news.text);
         news.stack = news.stack.as_deref().map(escape_controls);
+
         for (i, t) in self.targets.iter().enumerate() {
             if !t.wants(news.event) {
                 continue;
@@ -94,28 +95,11 @@ impl Post {
     }
 }
 
-/// `s` with every control character written out (`\n`, `\x1b`, `\u{85}`), so that no name
-/// can start a header, a line or a terminal sequence in what people read; a backslash is
-/// doubled, so the escaped form names one text only.
+/// `s` with every control character written out (`\n`, `\u{1b}`) and a backslash doubled,
+/// as names that are not UTF-8 are shown ([`crate::scan::escaped`]): no name can start a
+/// header, a line or a terminal sequence in what people read, and two texts stay two.
 pub fn escape_controls(s: &str) -> String {
-    if !s.chars().any(|c| c.is_control() || c == '\\') {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() && (c as u32) < 0x80 => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::scan::escaped(std::ffi::OsStr::new(s))
 }
 
 /// One delivery to one target: the webhook, then the command.
@@ -185,7 +169,7 @@ mod tests {
         assert!(!e.chars().any(char::is_control), "{e:?}");
         assert_eq!(
             e,
-            "beamflow: bl/s\\nBcc: all@site.org\\r\\n\\x1b[2J\\u{85}x\\\\n held"
+            "beamflow: bl/s\\nBcc: all@site.org\\r\\n\\u{1b}[2J\\u{85}x\\\\n held"
         );
         // two different names stay two different texts
         assert_ne!(escape_controls("a\nb"), escape_controls("a\\nb"));

@@ -56,13 +56,6 @@ pub async fn push(
         "{} is not a folder; push takes the folder that holds the images",
         dir.display()
     );
-    anyhow::ensure!(
-        dir.to_str().is_some(),
-        "the folder {} has a name that is not valid UTF-8 (shown with \\xNN for its bytes); it \
-         cannot be named at the collector without two folders risking one name: rename it to a \
-         UTF-8 name and push again",
-        crate::scan::escaped(dir.as_os_str())
-    );
     // a folder under a watch root uses that root's rules and prefix; any other folder uses the
     // first root's rules and is named by its own folder name
     let root = match cfg
@@ -104,14 +97,10 @@ pub async fn push(
     let mut master = (cfg.link.transport == Transport::Ssh).then(|| Master::new(&cfg.link));
     let mut journal = Journal::open(&cfg.agent.state_dir)?;
     let dir_s = dir.display().to_string();
-    let name = root.remote_name(&dir);
-    if let Some(c) = name.split('/').find(|c| beamflow_protocol::reserved(c)) {
-        bail!(
-            "{} has {c:?} in its path, a name beamflow keeps for the folders it makes for a \
-             stack's versions (`@v1`, `.beamflow-v1`); rename that folder and push again",
-            dir.display()
-        );
+    if let Some(why) = root.unsendable(&dir) {
+        bail!("cannot push: {why}");
     }
+    let name = root.remote_name(&dir);
     let known = match journal.stack(&dir_s)? {
         Some(r) => journal.files(r.id)?,
         None => Vec::new(),

@@ -60,6 +60,30 @@ impl Root {
         }
     }
 
+    /// Why a folder of images below this root can never be sent under its name, if it cannot:
+    /// a path that is not UTF-8 (the wire, the journal and the collector's names are UTF-8,
+    /// and a lossy name could make two folders one), or one holding a name beamflow keeps
+    /// for its version folders (`@v1`, `.beamflow-v1`). The daemon holds such a folder with
+    /// this reason; `push` refuses it with it.
+    pub fn unsendable(&self, dir: &Path) -> Option<String> {
+        if dir.to_str().is_none() {
+            return Some(format!(
+                "the folder name {} is not valid UTF-8 (shown with \\xNN for its bytes), so it \
+                 cannot be named at the collector without two folders risking one name; rename \
+                 it (e.g. `mv` it to a UTF-8 name) and it is sent as a stack of its own",
+                crate::scan::escaped(dir.as_os_str())
+            ));
+        }
+        let name = self.remote_name(dir);
+        let c = name.split('/').find(|c| beamflow_protocol::reserved(c))?;
+        Some(format!(
+            "the folder {} has {c:?} in its path, a name beamflow keeps for the folders it makes \
+             for a stack's versions (`@v1`, `.beamflow-v1`), so its work could be taken for \
+             another stack's; rename that folder and it is sent as a stack of its own",
+            dir.display()
+        ))
+    }
+
     /// Lists one folder below the root.
     pub fn scan(&self, dir: &Path) -> std::io::Result<DirScan> {
         scan_dir(

@@ -512,24 +512,9 @@ impl Daemon {
         }
     }
 
-    /// Why a folder of images can never be sent under its name, if it cannot: a path that is
-    /// not UTF-8, or one holding a name beamflow keeps for its version folders.
+    /// Why a folder of images can never be sent under its name (see [`Root::unsendable`]).
     fn unsendable(&self, root: usize, dir: &Path) -> Option<String> {
-        let shown = crate::scan::escaped(dir.as_os_str());
-        if dir.to_str().is_none() {
-            return Some(format!(
-                "the folder name {shown} is not valid UTF-8 (shown with \\xNN for its bytes), so \
-                 it cannot be named at the collector without two folders risking one name; \
-                 rename it (e.g. `mv` it to a UTF-8 name) and it is sent as a stack of its own"
-            ));
-        }
-        let name = self.roots[root].remote_name(dir);
-        let c = name.split('/').find(|c| beamflow_protocol::reserved(c))?;
-        Some(format!(
-            "the folder {shown} has {c:?} in its path, a name beamflow keeps for the folders it \
-             makes for a stack's versions (`@v1`, `.beamflow-v1`), so its work could be taken \
-             for another stack's; rename that folder and it is sent as a stack of its own"
-        ))
+        self.roots[root].unsendable(dir)
     }
 
     /// Held folders that cannot be sent, at or below `dir`, that no longer hold

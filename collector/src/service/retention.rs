@@ -49,7 +49,8 @@ struct Candidate {
 pub fn remove_all_but(dir: &Path, keep: &[PathBuf]) -> std::io::Result<bool> {
     let inside: Vec<&PathBuf> = keep
         .iter()
-        .filter(|k| k.starts_with(dir) && k.as_path() != dir)
+        // one freed earlier in the same sweep is gone already: nothing of it to spare
+        .filter(|k| k.starts_with(dir) && k.as_path() != dir && k.exists())
         .collect();
     if keep.iter().any(|k| k.as_path() == dir) {
         return Ok(false);
@@ -121,16 +122,16 @@ impl Db {
         Ok(rows)
     }
 
-    /// The work folders of every other stack version whose work has not been removed: what
-    /// removing one version's work folder must never touch.
-    fn other_work(&self, stack: u64) -> Result<Vec<PathBuf>, DbError> {
+    /// The work folders of the stack versions whose work has not been removed, by id: what
+    /// removing one version's work folder must never touch of the others.
+    fn live_work(&self) -> Result<Vec<(u64, PathBuf)>, DbError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT work_dir FROM stacks s WHERE s.id != ?1
-             AND NOT EXISTS (SELECT 1 FROM removals r WHERE r.stack_id = s.id AND r.what = 'stack version')",
+            "SELECT id, work_dir FROM stacks s WHERE NOT EXISTS
+             (SELECT 1 FROM removals r WHERE r.stack_id = s.id AND r.what = 'stack version')",
         )?;
         let rows = st
-            .query_map(params![stack as i64], |r| {
-                Ok(PathBuf::from(r.get::<_, String>(0)?))
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, PathBuf::from(r.get::<_, String>(1)?)))
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
@@ -184,7 +185,10 @@ pub fn sweep(
     let Some(keep) = cfg.collector.keep else {
         return Ok(0);
     };
-    let candidates = db.lock().map_err(|_| DbError::Poisoned)?.candidates()?;
+    let (candidates, live) = {
+        let g = db.lock().map_err(|_| DbError::Poisoned)?;
+        (g.candidates()?, g.live_work()?)
+    };
     let data_root = &cfg.collector.data_root;
     let work_root = &cfg.service.work_root;
     let now_s = stamp(now);
@@ -208,7 +212,11 @@ pub fn sweep(
             continue;
         }
         let mut removals: Vec<(&str, PathBuf, u64)> = Vec::new();
-        let others = db.lock().map_err(|_| DbError::Poisoned)?.other_work(c.id)?;
+        let others: Vec<PathBuf> = live
+            .iter()
+            .filter(|(id, _)| *id != c.id)
+            .map(|(_, w)| w.clone())
+            .collect();
         for (what, dir) in [("work folder", &c.work), ("snapshot", &c.snapshot)] {
             if dir.exists() {
                 let bytes = size_of(dir);
