@@ -454,7 +454,7 @@ fn a_step_that_wants_a_shell_reads_the_name_from_its_environment_and_never_runs_
     let site = Site::new("1s", "");
     site.edit_config("workflow = \"aligntk\"", "workflow = \"env\"");
     site.append_config(
-        "[workflows.env]\nto_8bit = \"off\"\n[[workflows.env.steps]]\nname = \"u\"\ncommand = \"bash -o pipefail -c 'printf %s \\\"$BEAMFLOW_STACK|$BEAMFLOW_FIRST|$BEAMFLOW_LAST|$BEAMFLOW_COUNT\\\" > u.txt'\"\n",
+        "[workflows.env]\nto_8bit = \"off\"\n[[workflows.env.steps]]\nname = \"u\"\ncommand = \"bash -o pipefail -c 'printf %s \\\"$BEAMFLOW_STACK|$BEAMFLOW_FIRST|$BEAMFLOW_LAST|$BEAMFLOW_COUNT|$BEAMFLOW_HOSTFILE\\\" > u.txt'\"\n",
     );
     let _service = site.start_service();
     let stack = "a$(touch PWNED)b";
@@ -469,7 +469,13 @@ fn a_step_that_wants_a_shell_reads_the_name_from_its_environment_and_never_runs_
     let got = std::fs::read_to_string(work.join("u.txt")).unwrap();
     // the names as AlignTK sees them are the aliases; the stack name is byte-exact
     assert!(
-        got.starts_with(&format!("{stack}|")) && got.ends_with("|2"),
+        got.starts_with(&format!("{stack}|")) && got.contains("|2|"),
+        "{got:?}"
+    );
+    // the launcher names the job's host file too (inside its work folder)
+    let hostfile = got.rsplit('|').next().unwrap();
+    assert!(
+        hostfile.starts_with(work.to_str().unwrap()) && hostfile.contains(".beamflow-hosts-"),
         "{got:?}"
     );
     for e in walkdir::WalkDir::new(&site.dir)

@@ -689,3 +689,30 @@ fn completions_and_manual_pages_come_from_the_command_definitions() {
         assert!(page.contains("completions"), "{page}");
     }
 }
+
+#[test]
+fn a_counted_stack_waits_for_its_count_and_finish_after_ends_the_wait_saying_so() {
+    // settle is short: quiet time alone would have finished it long before
+    let site = Site::new("300ms", "expect = 5\nfinish_after = \"3s\"");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let dir = site.write_stack("short", 3, 32);
+    site.wait_state("short", "waiting", LONG);
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = site.stack("short").unwrap();
+    assert_eq!(s["state"], "waiting", "finished by quiet time: {s}");
+    let why = s["reason"].as_str().unwrap();
+    assert!(
+        why.contains("3 of 5 images") && why.contains("finish_after"),
+        "{why}"
+    );
+    let s = site.wait_state("short", "submitted", LONG);
+    assert_eq!(s["files"], 3, "{s}");
+    assert_same_tree(&dir, &site.remote().join("short"));
+    let log = std::fs::read_to_string(site.dir.join("agent.log")).unwrap();
+    assert!(
+        log.contains("stack finished without its count or marker"),
+        "{log}"
+    );
+}

@@ -83,7 +83,7 @@ fn one_message_per_stack_and_event_through_a_real_webhook() {
     // a mail command, run without a shell of its own: here a script that files each message
     let mailbox = site.dir.join("mailbox");
     site.append_config(&format!(
-        "[[notify]]\ncommand = \"sh -c 'printf \\\"%s\\\\n\\\" \\\"$1\\\" >> \\\"$0\\\"; cat >> \\\"$0\\\"; echo >> \\\"$0\\\"' {} {{subject}}\"\nevents = [\"failed\"]\n",
+        "[[notify]]\ncommand = \"sh -c 'printf \\\"%s\\\\n\\\" \\\"$1\\\" \\\"$BEAMFLOW_EVENT|$BEAMFLOW_STACK|$BEAMFLOW_SUBJECT\\\" >> \\\"$0\\\"; cat >> \\\"$0\\\"; echo >> \\\"$0\\\"' {} {{subject}}\"\nevents = [\"failed\"]\n",
         mailbox.display()
     ));
     let _service = site.start_service();
@@ -143,7 +143,13 @@ fn one_message_per_stack_and_event_through_a_real_webhook() {
         .contains("nothing arrived in"));
     // the mail command got the failed stack's message once, its subject as an argument
     let mail = std::fs::read_to_string(&mailbox).unwrap_or_default();
-    assert_eq!(mail.matches("beamflow: bl/bad FAILED").count(), 1, "{mail}");
+    assert_eq!(mail.matches("beamflow: bl/bad FAILED").count(), 2, "{mail}");
+    // and the same from the environment, where a script reads names as data
+    assert_eq!(
+        mail.matches("failed|bad|beamflow: bl/bad FAILED").count(),
+        1,
+        "{mail}"
+    );
     assert_eq!(
         mail.matches("the DAG of stack bad FAILED").count(),
         1,

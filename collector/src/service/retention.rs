@@ -131,7 +131,10 @@ impl Db {
         )?;
         let rows = st
             .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, PathBuf::from(r.get::<_, String>(1)?)))
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    PathBuf::from(r.get::<_, String>(1)?),
+                ))
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
