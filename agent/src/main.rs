@@ -82,11 +82,12 @@ enum Cmd {
         /// Folder to run in (default: a fresh temporary folder, kept for inspection).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Sections to write.
-        #[arg(long, default_value_t = 16)]
+        /// Sections to write (2 to 1000).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
         sections: u32,
-        /// Pixels per side of each 16-bit section.
-        #[arg(long, default_value_t = 512)]
+        /// Pixels per side of each 16-bit section (128 to 2048: the sizes AlignTK is tested
+        /// to register the synthetic specimen at).
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(128..=2048))]
         side: u32,
         /// Quiet period that finishes the stack.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -117,6 +118,9 @@ enum ConfigCmd {
         #[arg(long)]
         print: bool,
     },
+    /// Print the reference of every key both programs read, as Markdown (generated from the
+    /// schema; `docs/configuration.md` is this output).
+    Reference,
 }
 
 fn main() -> ExitCode {
@@ -287,12 +291,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd: ConfigCmd::Check { file, print },
         } => {
             let cfg = Config::load(&file)?;
-            const USED: &[&str] = &["agent", "watch", "link", "notify"];
+            const USED: &[&str] = beamflow_config::reference::AGENT_SECTIONS;
             if print {
                 logs::out(&cfg.to_toml_of(USED));
             }
             logs::out(&(cfg.verdict(&file, "beamflow-agent", USED) + "\n"));
         }
+        Cmd::Config {
+            cmd: ConfigCmd::Reference,
+        } => logs::out(&beamflow_config::reference::reference()),
     }
     Ok(ExitCode::SUCCESS)
 }

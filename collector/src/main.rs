@@ -201,6 +201,9 @@ enum ConfigCmd {
         #[arg(long)]
         print: bool,
     },
+    /// Print the reference of every key both programs read, as Markdown (generated from the
+    /// schema; `docs/configuration.md` is this output).
+    Reference,
 }
 
 fn load(path: &Path) -> Result<Config> {
@@ -460,12 +463,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd: ConfigCmd::Check { file, print },
         } => {
             let cfg = load(&file)?;
-            const USED: &[&str] = &["collector", "service", "workflows", "queues"];
+            const USED: &[&str] = beamflow_config::reference::COLLECTOR_SECTIONS;
             if print {
                 logs::out(&cfg.to_toml_of(USED));
             }
             logs::out(&(cfg.verdict(&file, "beamflow-collector", USED) + "\n"));
         }
+        Cmd::Config {
+            cmd: ConfigCmd::Reference,
+        } => logs::out(&beamflow_config::reference::reference()),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@
 pub mod argv;
 pub mod logs;
 pub mod notify;
+pub mod reference;
 mod units;
 mod workflow;
 
@@ -50,7 +51,7 @@ pub enum ConfigError {
 
 /// Everything a config file can say. Both programs load the whole file so that a mistake in
 /// any section is reported early, whichever program reads it first.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The beamline daemon.
@@ -83,7 +84,7 @@ pub struct Config {
 }
 
 /// `[agent]`: the beamline daemon's own settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSection {
     /// Folder for the journal (`agent.db`).
@@ -163,7 +164,7 @@ impl Default for AgentSection {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One plain line per event, no colours: what journald wants.
@@ -173,7 +174,7 @@ pub enum LogFormat {
 }
 
 /// `[[watch]]`: one watch root and the rules that decide when a stack in it is finished.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchSection {
     /// The folder to watch; each folder below it holding images is a stack.
@@ -251,7 +252,9 @@ fn default_workflow() -> String {
 }
 
 /// Policy for files that arrive after a stack was submitted.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnChange {
     /// Send the changes and submit a new version; the older version's jobs that have not
@@ -265,7 +268,9 @@ pub enum OnChange {
 }
 
 /// How a watch root notices changes.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchMode {
     /// Kernel events; misses writes made by other NFS/Lustre/GPFS clients.
@@ -276,7 +281,7 @@ pub enum WatchMode {
 }
 
 /// `[link]`: how the agent reaches `beamflow-collector serve`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinkSection {
     /// `local`: the collector runs as a child process on this host.
@@ -321,7 +326,9 @@ pub struct LinkSection {
 }
 
 /// Who opens the SSH master connection.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MasterMode {
     /// The agent opens (and reopens) it; needs key or agent authentication.
@@ -354,7 +361,9 @@ impl Default for LinkSection {
 }
 
 /// Which transport carries the protocol.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// A child process on this host speaking over its pipes.
@@ -365,7 +374,9 @@ pub enum Transport {
 }
 
 /// How the collector makes a round of received files durable.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// A round of 8 or more files: one filesystem sync for their bytes, the renames, one more
@@ -378,7 +389,7 @@ pub enum SyncMode {
 }
 
 /// `[collector]`: where received files go.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorSection {
     /// Received stacks land under this folder; nothing from the wire escapes it.
@@ -421,7 +432,7 @@ impl Default for CollectorSection {
 }
 
 /// `[service]`: the collector's daemon.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceSection {
     /// Where the API listens, `host:port`: an interface address, a host name, or
@@ -478,7 +489,7 @@ impl Default for ServiceSection {
 }
 
 /// `[queues.NAME]`: one batch queue and the policy for keeping launchers in it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSection {
     /// `local` (a child process), `slurm`, `pbs` (Polaris, Aurora) or `cobalt` (Theta).
@@ -590,7 +601,9 @@ impl Default for QueueSection {
 }
 
 /// Which batch system a queue belongs to.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SchedulerKind {
     /// Launchers are child processes of the service on this host.

@@ -5,7 +5,19 @@ use crate::units::Dur;
 use serde::{Deserialize, Serialize};
 
 /// What a person may want to hear about.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Deserialize,
+    Serialize,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyEvent {
     /// A stack is held (a broken file, a refusal): it will not go until someone acts.
@@ -21,7 +33,7 @@ pub enum NotifyEvent {
 }
 
 /// One `[[notify]]` target.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySection {
     /// A webhook URL: a JSON POST whose `text` Slack, Mattermost and Teams show as it is.

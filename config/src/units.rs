@@ -145,6 +145,32 @@ impl fmt::Display for ByteSize {
     }
 }
 
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "duration",
+            "description": "a duration: \"300ms\", \"30s\", \"5m\", \"2h 30m\""
+        })
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["string", "integer"],
+            "format": "bytes",
+            "description": "a size: a number of bytes or \"64 KiB\", \"1 MiB\", \"2GB\""
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

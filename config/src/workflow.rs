@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 /// `[workflows.NAME]`: the steps of one workflow.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Workflow {
     /// Folder holding the workflow's executables, substituted for `{bin}` in commands.
@@ -107,14 +107,16 @@ pub fn default_schedule() -> String {
 }
 
 /// `[[workflows.NAME.steps]]`: one job of the DAG and the resources it needs.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Unique within the workflow; the job's name.
     pub name: String,
     /// Command line template; `{bin}`, `{first}`, `{images}` … are filled in per stack. It is
-    /// split into words once, when the config loads (see [`crate::argv`]), and runs without a
-    /// shell.
+    /// split into words once, when the config loads, and runs without a shell; a placeholder
+    /// that comes from a name (`{stack}`, `{images}`, `{first}`, `{last}`) must be a whole word
+    /// or have a plain prefix or suffix, never the program and never after `-c`; a step that
+    /// wants a shell reads `$BEAMFLOW_STACK` and the rest from its environment.
     pub command: String,
     /// `command` split into words (set when the config loads).
     #[serde(skip)]

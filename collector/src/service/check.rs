@@ -18,9 +18,14 @@ fn sections(work_dir: &Path) -> Vec<Section> {
 /// Checks an AlignTK summary table (`cmaps/summary.out`, `maps/summary.out`): every pair
 /// must have a real quality and correlation. The table is printed twice (by slice, then by
 /// quality or energy) and names both images of a row as separate words; each bad pair is
-/// named once, by both sections, and a section that every bad pair shares is named as the
-/// likely culprit.
-pub fn summary(work_dir: &Path, rel: &str) -> Result<(), String> {
+/// named once, by both sections.
+///
+/// Who is to blame is read from `qa`'s own measures (`qa.json`, or the section measured now
+/// as qa would, for a workflow without the qa step), never guessed from the table alone: a
+/// section is called blank or featureless only when those measures say so. When both
+/// sections of a bad pair have texture, the tool could not match them (find_rst does so by
+/// numerical accident: see `docs/concepts.md`), and the message says that, with what to try.
+pub fn summary(work_dir: &Path, rel: &str, step: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(work_dir.join(rel)).map_err(|e| {
         format!("{rel} is missing or unreadable ({e}); the step did not finish every pair")
     })?;
@@ -55,34 +60,72 @@ pub fn summary(work_dir: &Path, rel: &str) -> Result<(), String> {
     if bad.is_empty() {
         return Ok(());
     }
-    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    let name = |a: &str| received(&secs, a).to_string();
+    let qa = read_qa(work_dir).unwrap_or_default();
+    // qa's measures of a section: its report, else measured now as qa would (a workflow
+    // without the qa step); `None` when unreadable
+    let measures = |aligntk: &str| -> Option<super::qa::Section> {
+        qa.get(&name(aligntk)).cloned().or_else(|| {
+            super::qa::measure(&work_dir.join("images").join(format!("{aligntk}.tif"))).ok()
+        })
+    };
+    // sections qa measured as lacking texture, in the order the table names them
+    let mut flat: Vec<(String, String)> = Vec::new();
     for (a, b, _) in &bad {
-        *count.entry(a.as_str()).or_default() += 1;
-        *count.entry(b.as_str()).or_default() += 1;
-    }
-    // in the order the table names them
-    let mut shared: Vec<&str> = Vec::new();
-    for (a, b, _) in &bad {
-        for s in [a.as_str(), b.as_str()] {
-            if count[s] == bad.len() && !shared.contains(&s) {
-                shared.push(s);
+        for s in [a, b] {
+            if let Some(why) = measures(s).as_ref().and_then(super::qa::featureless) {
+                if !flat.iter().any(|(n, _)| *n == name(s)) {
+                    flat.push((name(s), why));
+                }
             }
         }
     }
     let pairs: Vec<String> = bad
         .iter()
-        .map(|(a, b, f)| format!("{} and {} have {f}", received(&secs, a), received(&secs, b)))
+        .map(|(a, b, f)| format!("{} and {} have {f}", name(a), name(b)))
         .collect();
-    let culprit = match shared.as_slice() {
-        [one] => format!("{} looks blank or featureless", received(&secs, one)),
-        [a, b] => format!(
-            "{} or {} looks blank or featureless",
-            received(&secs, a),
-            received(&secs, b)
-        ),
-        _ => "sections look blank or featureless".to_string(),
+    if !flat.is_empty() {
+        let who: Vec<String> = flat.iter().map(|(n, w)| format!("{n} ({w})")).collect();
+        let verb = if flat.len() == 1 { "is" } else { "are" };
+        return Err(format!(
+            "{} {verb} blank or featureless by qa's measures: {} ({rel}); replace or leave out the section and resubmit",
+            who.join(", "),
+            pairs.join("; ")
+        ));
+    }
+    let texture = |s: &str| match measures(s) {
+        Some(q) => format!("{} standard deviation {:.1}", name(s), q.std),
+        None => format!("{} unreadable", name(s)),
     };
-    Err(format!("{culprit}: {} ({rel})", pairs.join("; ")))
+    let each: Vec<String> = bad
+        .iter()
+        .map(|(a, b, f)| {
+            format!(
+                "{step} could not match {} to {} ({f}); both sections have texture: {}, {}",
+                name(a),
+                name(b),
+                texture(a),
+                texture(b)
+            )
+        })
+        .collect();
+    Err(format!(
+        "{} ({rel}); the same bytes fail the same way, so a retry will not help: try another 8-bit window (the workflow's `to_8bit`) or resubmit without one of the two",
+        each.join("; ")
+    ))
+}
+
+/// qa's measures of the sections (`qa.json`), by the name the beamline sent them under.
+fn read_qa(work_dir: &Path) -> Option<BTreeMap<String, super::qa::Section>> {
+    let text = std::fs::read_to_string(work_dir.join(super::qa::QA_FILE)).ok()?;
+    let report: super::qa::Report = serde_json::from_str(&text).ok()?;
+    Some(
+        report
+            .sections
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect(),
+    )
 }
 
 /// The pairs of `pairs.lst` (`A B A_B` per line): their names.
@@ -215,19 +258,63 @@ S_0002  S_0003      nan      0.000000      1.000000      0.000000      0.000000
 S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.000000
 ";
 
-    #[test]
-    fn the_real_table_names_each_bad_pair_once_and_the_section_they_share() {
-        let d = work(&[
+    /// qa's report for these sections: (received name, standard deviation, every pixel one value).
+    fn qa_json(dir: &Path, sections: &[(&str, f64, bool)]) {
+        let sections: Vec<_> = sections
+            .iter()
+            .map(|(n, std, flat)| super::super::qa::Section {
+                name: n.to_string(),
+                width: 64,
+                height: 64,
+                bits: 8,
+                min: if *flat { 7.0 } else { 0.0 },
+                max: if *flat { 7.0 } else { 255.0 },
+                mean: 100.0,
+                std: *std,
+                saturated: 0.0,
+                received: None,
+                conversion: None,
+            })
+            .collect();
+        let r = super::super::qa::Report {
+            sections,
+            bad: vec![],
+        };
+        std::fs::write(
+            dir.join(super::super::qa::QA_FILE),
+            serde_json::to_string(&r).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn four() -> tempfile::TempDir {
+        work(&[
             ("S_0000", "S_0000.tif"),
             ("S_0001", "S_0001.tif"),
             ("S_0002", "S_0002.tif"),
             ("S_0003", "S_0003.tif"),
-        ]);
+        ])
+    }
+
+    #[test]
+    fn a_section_qa_measured_blank_is_named_as_the_culprit_of_each_bad_pair() {
+        let d = four();
         std::fs::create_dir_all(d.path().join("cmaps")).unwrap();
         std::fs::write(d.path().join("cmaps/summary.out"), FIND_RST).unwrap();
-        let e = summary(d.path(), "cmaps/summary.out").unwrap_err();
+        qa_json(
+            d.path(),
+            &[
+                ("S_0000.tif", 40.0, false),
+                ("S_0001.tif", 41.0, false),
+                ("S_0002.tif", 0.0, true),
+                ("S_0003.tif", 39.0, false),
+            ],
+        );
+        let e = summary(d.path(), "cmaps/summary.out", "find_rst").unwrap_err();
         assert!(
-            e.starts_with("S_0002.tif looks blank or featureless: "),
+            e.starts_with(
+                "S_0002.tif (every pixel is 7) is blank or featureless by qa's measures: "
+            ),
             "{e}"
         );
         assert_eq!(e.matches("have quality nan").count(), 2, "{e}");
@@ -237,10 +324,63 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
         );
         let clean = FIND_RST.replace("nan", "0.5");
         std::fs::write(d.path().join("cmaps/summary.out"), clean).unwrap();
-        summary(d.path(), "cmaps/summary.out").unwrap();
-        assert!(summary(d.path(), "maps/summary.out")
+        summary(d.path(), "cmaps/summary.out", "find_rst").unwrap();
+        assert!(summary(d.path(), "maps/summary.out", "register")
             .unwrap_err()
             .contains("missing"));
+    }
+
+    /// The pair that failed the default demo: both sections textured, find_rst's `nan` anyway.
+    #[test]
+    fn a_pair_find_rst_cannot_match_between_textured_sections_is_never_called_blank() {
+        let d = four();
+        std::fs::create_dir_all(d.path().join("cmaps")).unwrap();
+        let one_bad = FIND_RST
+            .replacen("nan", "0.92", 1)
+            .replace("S_0002  S_0003      nan", "S_0002  S_0003      0.93");
+        let one_bad = one_bad.replace("S_0001  S_0002      0.92", "S_0001  S_0002      nan");
+        std::fs::write(d.path().join("cmaps/summary.out"), &one_bad).unwrap();
+        qa_json(
+            d.path(),
+            &[
+                ("S_0000.tif", 40.0, false),
+                ("S_0001.tif", 40.02, false),
+                ("S_0002.tif", 39.96, false),
+                ("S_0003.tif", 40.0, false),
+            ],
+        );
+        let e = summary(d.path(), "cmaps/summary.out", "find_rst").unwrap_err();
+        assert!(
+            e.starts_with("find_rst could not match S_0001.tif to S_0002.tif (quality nan); both sections have texture: S_0001.tif standard deviation 40.0, S_0002.tif standard deviation 40.0 (cmaps/summary.out); "),
+            "{e}"
+        );
+        assert!(!e.contains("blank"), "{e}");
+        assert!(e.contains("to_8bit"), "{e}");
+    }
+
+    /// A workflow without the qa step: the sections are measured as qa would, from the images.
+    #[test]
+    fn without_qa_json_the_sections_are_measured_from_the_images() {
+        let d = four();
+        std::fs::create_dir_all(d.path().join("cmaps")).unwrap();
+        std::fs::create_dir_all(d.path().join("images")).unwrap();
+        std::fs::write(d.path().join("cmaps/summary.out"), FIND_RST).unwrap();
+        for i in 0..4u32 {
+            let mut e = tiff::encoder::TiffEncoder::new(
+                std::fs::File::create(d.path().join(format!("images/S_{i:04}.tif"))).unwrap(),
+            )
+            .unwrap();
+            let px: Vec<u8> = (0..32 * 32u32)
+                .map(|p| if i == 2 { 9 } else { (p * 37 % 251) as u8 })
+                .collect();
+            e.write_image::<tiff::encoder::colortype::Gray8>(32, 32, &px)
+                .unwrap();
+        }
+        let e = summary(d.path(), "cmaps/summary.out", "find_rst").unwrap_err();
+        assert!(
+            e.starts_with("S_0002.tif (every pixel is 9) is blank or featureless"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -252,9 +392,13 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
             "Sorted by slice:\nIMAGE    REFERENCE  CORRELATION   DISTORTION\nsection0000   S_0001  -1000000.000000  0.0\n\n\nSorted by energy:\nIMAGE    REFERENCE  CORRELATION   DISTORTION\nsection0000   S_0001  -1000000.000000  0.0\n",
         )
         .unwrap();
-        let e = summary(d.path(), "maps/summary.out").unwrap_err();
+        qa_json(
+            d.path(),
+            &[("-x.tif", 0.3, false), ("S_0001.tif", 30.0, false)],
+        );
+        let e = summary(d.path(), "maps/summary.out", "register").unwrap_err();
         assert!(
-            e.starts_with("-x.tif or S_0001.tif looks blank or featureless: -x.tif and S_0001.tif have correlation -1000000"),
+            e.starts_with("-x.tif (standard deviation 0.30 of 255) is blank or featureless by qa's measures: -x.tif and S_0001.tif have correlation -1000000"),
             "{e}"
         );
     }

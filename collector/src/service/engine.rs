@@ -372,7 +372,7 @@ impl Engine {
             .get(&(j.workflow.clone(), j.name.clone()))
             .and_then(|i| self.cfg.workflows.get(&j.workflow).map(|w| &w.steps[*i]));
         match &j.check_summary {
-            Some(rel) => super::check::summary(work, rel),
+            Some(rel) => super::check::summary(work, rel, &j.name),
             None => Ok(()),
         }
         .and_then(|()| match step {

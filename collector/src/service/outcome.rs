@@ -136,11 +136,11 @@ mod tests {
         assert_eq!(o.line(), "done");
         assert!(o.is_final());
         let mut jobs = dag(&["JOB_FINISHED", "JOB_FINISHED", "FAILED", "AWAITING_PARENTS"]);
-        jobs[2].reason = "maps/summary.out: S_0002.tif looks blank or featureless\nmore".into();
+        jobs[2].reason = "maps/summary.out: S_0002.tif (every pixel is 0) is blank or featureless by qa's measures\nmore".into();
         let o = summarize(3, &jobs, "/home/me/my config.toml");
         assert_eq!(
             o.line(),
-            "FAILED: register: maps/summary.out: S_0002.tif looks blank or featureless — retry: beamflow-collector retry --config '/home/me/my config.toml' 12"
+            "FAILED: register: maps/summary.out: S_0002.tif (every pixel is 0) is blank or featureless by qa's measures — retry: beamflow-collector retry --config '/home/me/my config.toml' 12"
         );
         assert!(!o.is_final(), "a person may retry it");
         assert_eq!(summarize(9, &[], "c").state, "unknown");

@@ -12,8 +12,37 @@ use std::path::Path;
 use tiff::decoder::{ChunkType, DecodingResult};
 use tiff::ColorType;
 
+/// Where the `qa` step writes its report, in the work folder.
+pub const QA_FILE: &str = "qa.json";
+
+/// Below this share of its full range, a section's standard deviation leaves AlignTK nothing
+/// to match (1 % of 255 for an 8-bit section): "featureless".
+pub const FEATURELESS: f64 = 0.01;
+
+/// Why qa's measures say a section has nothing to match on (blank, saturated, featureless),
+/// or `None` when it has texture. Used to name a culprit only when it is one.
+pub fn featureless(s: &Section) -> Option<String> {
+    let top = if s.bits >= 32 {
+        1.0
+    } else {
+        ((1u64 << s.bits) - 1) as f64
+    };
+    if s.max == s.min {
+        Some(format!("every pixel is {}", s.min))
+    } else if s.saturated >= 0.5 {
+        Some(format!(
+            "{:.0}% of pixels at the maximum",
+            s.saturated * 100.0
+        ))
+    } else if s.std < FEATURELESS * top {
+        Some(format!("standard deviation {:.2} of {top}", s.std))
+    } else {
+        None
+    }
+}
+
 /// Facts about one section.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Section {
     /// File name.
     pub name: String,
@@ -42,7 +71,7 @@ pub struct Section {
 }
 
 /// The outcome, as written to `qa.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
     /// Sections that passed and their numbers.
     pub sections: Vec<Section>,

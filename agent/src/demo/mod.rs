@@ -4,6 +4,10 @@
 //! the agent daemon, writes a synthetic stack section by section as a detector would, waits
 //! until the collector has accepted the DAG, and prints what happened and where to look.
 
+pub mod science;
+
+pub use science::Science;
+
 use crate::journal::{Journal, StackState};
 use crate::link::collector_exe;
 use crate::status::human_bytes;
@@ -63,6 +67,9 @@ pub struct DemoReport {
     pub workflow: String,
     /// Each step's own run and beamflow's time before it, from the jobs' event rows.
     pub steps: Vec<StepTime>,
+    /// What AlignTK found against what the sections were written with (AlignTK runs only);
+    /// why it could not be measured otherwise.
+    pub science: Option<Result<Science, String>>,
 }
 
 /// Where one step's time went.
@@ -328,6 +335,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let _ = stop_tx.send(());
     agent.await??;
     let steps = step_times(&client, &jobs)?;
+    let science = (aligntk.is_some())
+        .then(|| science::measure(&dir.join("work/demo/stack_0001/@v1"), opts.side));
     let jobs = jobs
         .into_iter()
         .map(|j| (j.name, j.state, j.parents))
@@ -343,6 +352,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         run_time,
         workflow: rec.workflow,
         steps,
+        science,
     })
 }
 
@@ -395,6 +405,11 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
             "  aligned sections: {}\n\n",
             r.dir.join("work/demo/stack_0001/@v1/aligned").display()
         ));
+    }
+    match &r.science {
+        Some(Ok(s)) => out.push_str(&science::render(s)),
+        Some(Err(e)) => out.push_str(&format!("  what AlignTK found could not be read: {e}\n\n")),
+        None => {}
     }
     if !r.steps.is_empty() {
         out.push_str("  step        tool's own run   beamflow around it (ready -> running, done -> checked)\n");
