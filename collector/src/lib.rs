@@ -19,6 +19,7 @@ pub mod launcher;
 pub mod receive;
 pub mod results;
 pub mod scheduler;
+pub mod science;
 pub mod service;
 
 /// What a panic said, for an error that names it (a worker thread's panic becomes an error

@@ -1,7 +1,7 @@
 //! `beamflow-collector`: parses arguments and calls the library.
 
 use anyhow::{Context, Result};
-use beamflow_collector::service::{names, qa, to8bit};
+use beamflow_collector::science::{names, qa, to8bit};
 use beamflow_collector::{api::Client, cli, launcher, receive, service};
 use beamflow_config::{logs, Config};
 use clap::{Parser, Subcommand};

@@ -13,7 +13,7 @@
 
 use beamflow_agent::demo::science::{find_rst_pairs, reduction, PairShift};
 use beamflow_agent::synth::{write_tiff, Section};
-use beamflow_collector::service::to8bit;
+use beamflow_collector::science::to8bit;
 use beamflow_config::{Config, To8Bit, EMBEDDED_LOCAL};
 use beamflow_e2e::aligntk_bin;
 use std::path::{Path, PathBuf};

@@ -6,17 +6,17 @@
 //! launchers' held requests at once. Only what is about time runs on a timer: asking the
 //! batch scheduler about its jobs and judging heartbeats, every `poll_interval`. The
 //! database lock is held only for short statements; scheduler commands and file work run
-//! without it. The decisions themselves are the pure functions of [`super::job`] and
-//! [`super::launchers`]; this loop only gathers their inputs and applies their moves.
+//! without it. The decisions themselves are the pure functions of [`crate::service::lifecycle::job`] and
+//! [`crate::service::lifecycle::launcher`]; this loop only gathers their inputs and applies their moves.
 
-use super::clock::Clock;
-use super::db::{Db, DbError};
-use super::job::{self, JobState, Move, Trigger};
-use super::launchers::{self, LauncherState, LauncherTrigger};
-use super::lifecycle::Pending;
-use super::prepare::{name_back, name_back_sections, prepare, Prepared};
-use super::wake::Wake;
 use crate::scheduler::{self, capacity, BatchSpec, SchedError, Scheduler};
+use crate::science::prepare::{name_back, name_back_sections, prepare, Prepared};
+use crate::service::clock::Clock;
+use crate::service::lifecycle::job::{self, JobState, Move, Trigger};
+use crate::service::lifecycle::launcher::{self as launchers, LauncherState, LauncherTrigger};
+use crate::service::store::jobs::Pending;
+use crate::service::store::{Db, DbError};
+use crate::service::wake::Wake;
 use beamflow_config::{Config, QueueSection};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -107,7 +107,7 @@ impl Engine {
             .iter()
             .map(|(n, q)| (n.clone(), scheduler::for_kind(q.scheduler)))
             .collect();
-        let clock: Arc<dyn Clock> = Arc::new(super::clock::SystemClock);
+        let clock: Arc<dyn Clock> = Arc::new(crate::service::clock::SystemClock);
         Engine::with_parts(cfg, db, wake, schedulers, clock)
     }
 
@@ -161,7 +161,7 @@ impl Engine {
             }
             *last = Some(now);
         }
-        Ok(super::retention::sweep(&self.db, &self.cfg, now)?)
+        Ok(crate::service::retention::sweep(&self.db, &self.cfg, now)?)
     }
 
     fn db(&self) -> Result<MutexGuard<'_, Db>> {
@@ -330,9 +330,9 @@ impl Engine {
                         newly_prepared.push(j.stack_id);
                     }
                     let names = p.aligntk_names();
-                    let (argv, env) = super::dag::fill(
+                    let (argv, env) = crate::science::dag::fill(
                         &j.argv,
-                        &super::dag::StackFacts {
+                        &crate::science::dag::StackFacts {
                             stack: &j.stack,
                             images_dir: &j.stack_dir,
                             aligntk_names: &names,
@@ -372,11 +372,11 @@ impl Engine {
             .get(&(j.workflow.clone(), j.name.clone()))
             .and_then(|i| self.cfg.workflows.get(&j.workflow).map(|w| &w.steps[*i]));
         match &j.check_summary {
-            Some(rel) => super::check::summary(work, rel, &j.name),
+            Some(rel) => crate::science::check::summary(work, rel, &j.name),
             None => Ok(()),
         }
         .and_then(|()| match step {
-            Some(s) => super::check::outputs(work, &s.outputs, &s.absent),
+            Some(s) => crate::science::check::outputs(work, &s.outputs, &s.absent),
             None => Ok(()),
         })
         .and_then(|()| match self.cached(j.stack_id) {

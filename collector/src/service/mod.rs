@@ -1,45 +1,31 @@
 //! `beamflow-collector service`: the long-running daemon that owns the database, serves the
 //! HTTP API that `serve`, the CLI and launchers use, and runs the engine that moves jobs.
 //!
-//! Its parts: [`address`] and [`tls`] (where it listens, what it advertises, the pinned
-//! certificate), [`api`] (the HTTP routes), [`db`] and [`lifecycle`] (the database and its
-//! writes), [`job`] and [`launchers`] (the two lifecycles as data), [`engine`] (reacting to
-//! [`wake`]'s bells), [`dag`], [`prepare`], [`names`], [`to8bit`], [`image`], [`check`],
-//! [`fault`] and [`qa`] (what a stack's jobs are, their work folder and their checks),
-//! [`outcome`] (a DAG in one word, for the beamline), [`metrics`] (`/metrics`), [`page`] (the status page), [`retention`] (`[collector] keep`).
+//! Its rooms: [`http`] (the routes, the front door, TLS and address, the page, metrics),
+//! [`store`] (the database by table and its writes), [`lifecycle`] (the job's and the
+//! launcher's states and legal moves, as data), [`engine`] (reacting to [`wake`]'s bells, with
+//! [`clock`]'s `now`), [`outcome`] (a DAG in one word, for the beamline) and [`retention`]
+//! (`[collector] keep`). What a stack's jobs are and how they are checked is
+//! [`crate::science`].
 
-pub mod address;
-pub mod api;
-pub mod check;
 pub mod clock;
-pub mod dag;
-pub mod db;
 pub mod engine;
-pub mod fault;
-pub mod image;
-pub mod job;
-pub mod launchers;
+pub mod http;
 pub mod lifecycle;
-pub mod listen;
-pub mod metrics;
-pub mod names;
 pub mod outcome;
-pub mod page;
-pub mod prepare;
-pub mod qa;
 pub mod retention;
-pub mod tls;
-pub mod to8bit;
+pub mod store;
 pub mod wake;
 
 use crate::api::{ServerInfo, SERVER_INFO};
 use beamflow_config::Config;
-use db::{Db, DbError};
 use engine::Engine;
+use http::{address, listen, routes as api, tls};
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use store::{Db, DbError};
 use wake::Wake;
 
 /// Why the service could not start or keep running.

@@ -5,8 +5,8 @@
 //! page sum up. The decision is a pure function of the DAG's state, its last change and
 //! `now`; only paths under the data root and the work root are ever removed.
 
-use super::clock::{between, stamp};
-use super::db::{Db, DbError};
+use crate::service::clock::{between, stamp};
+use crate::service::store::{Db, DbError};
 use rusqlite::params;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

@@ -2,13 +2,13 @@
 //! double and a clock the test moves. Nothing here sleeps; launchers are played by calling
 //! the same database writes the API routes call.
 
-use super::clock::{Clock, ManualClock};
-use super::db::{Db, DbError, NewStack};
-use super::engine::Engine;
-use super::job::{self, JobState, MoveError, Trigger};
-use super::launchers::{LauncherState, LauncherTrigger};
-use super::wake::Wake;
 use crate::scheduler::{BatchSpec, BatchState, SchedError, Scheduler};
+use crate::service::clock::{Clock, ManualClock};
+use crate::service::engine::Engine;
+use crate::service::lifecycle::job::{self, JobState, MoveError, Trigger};
+use crate::service::lifecycle::launcher::{LauncherState, LauncherTrigger};
+use crate::service::store::{Db, DbError, NewStack};
+use crate::service::wake::Wake;
 use beamflow_config::Config;
 use beamflow_protocol::api::{JobReport, Outcome, ReportRequest};
 use std::collections::HashMap;
@@ -143,7 +143,7 @@ impl Tier {
             .join("bl")
             .join(name)
             .join(format!("@v{version}"));
-        let jobs = super::dag::plan(&self.cfg.workflows[workflow]);
+        let jobs = crate::science::dag::plan(&self.cfg.workflows[workflow]);
         let (dir, work) = (snap.display().to_string(), work.display().to_string());
         let digest = format!("{name}{version}");
         let s = NewStack {
@@ -284,7 +284,7 @@ fn a_silent_launcher_is_lost_exactly_when_its_heartbeat_expires_on_the_clock() {
     // the event carries the clock's time, not the wall clock's
     let events = t.db.lock().unwrap().events(ids[0]).unwrap();
     let last = events.last().unwrap();
-    assert_eq!(last.at, super::clock::stamp(t.clock.now()));
+    assert_eq!(last.at, crate::service::clock::stamp(t.clock.now()));
     // it runs again, once, on the next launcher the policy asks for
     t.engine.round(false);
     assert_eq!(t.state(ids[0]), "RESTART_READY");
@@ -502,7 +502,7 @@ fn a_new_version_supersedes_only_what_has_not_started_and_the_running_job_finish
             let db = t.db.lock().unwrap();
             v.iter().map(|id| db.job(*id).unwrap().unwrap()).collect()
         };
-        super::outcome::summarize(1, &jobs, "c.toml")
+        crate::service::outcome::summarize(1, &jobs, "c.toml")
     };
     let o = outcome(&v1);
     assert_eq!(o.state, "superseded");

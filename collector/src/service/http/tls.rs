@@ -68,7 +68,7 @@ pub fn load_or_make(dir: &Path, names: &[String]) -> Result<Identity, TlsError> 
         .map_err(|e| TlsError::Cert(e.to_string()))?;
     let cert_pem = made.cert.pem();
     let key_pem = made.signing_key.serialize_pem();
-    super::write_private(&file(KEY), key_pem.as_bytes()).map_err(fail(KEY))?;
+    crate::service::write_private(&file(KEY), key_pem.as_bytes()).map_err(fail(KEY))?;
     std::fs::write(file(CERT), &cert_pem).map_err(fail(CERT))?;
     std::fs::write(file(NAMES), &wanted).map_err(fail(NAMES))?;
     tracing::info!(names = %names.join(", "), "made the service's TLS certificate");

@@ -7,7 +7,7 @@
 //! strips per core whatever their size, and they are worked on all cores. The received
 //! originals are never touched: copies go into the work folder.
 
-use super::image::open;
+use super::open::open;
 use beamflow_config::To8Bit;
 use std::path::{Path, PathBuf};
 use tiff::decoder::{ChunkType, DecodingResult};

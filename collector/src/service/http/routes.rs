@@ -2,15 +2,15 @@
 //! and the launchers' start, exchange (heartbeat, endings and work, long-polled) and end.
 //! Every route checks the token; every change rings the bell of whoever acts on it next.
 
-use super::dag::plan;
-use super::db::{Db, DbError, NewStack};
-use super::engine::Engine;
-use super::launchers::{LauncherState, LauncherTrigger};
-use super::wake::Wake;
 use crate::api::{
     AcquireRequest, AcquireResponse, DagOutcome, ErrorBody, EventRow, JobRow, LauncherStart, Probe,
     Received, ReportRequest, StatusResponse, SubmitRequest, SubmitResponse,
 };
+use crate::science::dag::plan;
+use crate::service::engine::Engine;
+use crate::service::lifecycle::launcher::{LauncherState, LauncherTrigger};
+use crate::service::store::{Db, DbError, NewStack};
+use crate::service::wake::Wake;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -238,7 +238,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
             heard(st, &beamline);
             if created {
                 st.wake.engine();
-                super::metrics::global().stack_accepted();
+                crate::service::http::metrics::global().stack_accepted();
                 tracing::info!(stack = %stack, version = req.version, remote_id, jobs = n, "stack registered");
             } else {
                 tracing::info!(stack = %stack, version = req.version, remote_id, "stack was registered before; nothing new created");
@@ -264,7 +264,7 @@ async fn list_jobs(
     State(st): State<AppState>,
     headers: HeaderMap,
     Query(f): Query<JobFilter>,
-) -> ApiResult<Vec<super::db::JobRow>> {
+) -> ApiResult<Vec<crate::service::store::JobRow>> {
     check_token(&headers, &st.token)?;
     let db = st
         .db
@@ -296,7 +296,7 @@ async fn received(
     Json(r): Json<Received>,
 ) -> ApiResult<serde_json::Value> {
     check_token(&headers, &st.token)?;
-    super::metrics::global().received(&r);
+    crate::service::http::metrics::global().received(&r);
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 
@@ -319,11 +319,11 @@ async fn metrics(
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
-            super::metrics::CONTENT_TYPE,
+            crate::service::http::metrics::CONTENT_TYPE,
         )],
-        super::metrics::global().render(
-            (&jobs, super::job::STATE_NAMES),
-            (&launchers, super::launchers::STATE_NAMES),
+        crate::service::http::metrics::global().render(
+            (&jobs, crate::service::lifecycle::job::STATE_NAMES),
+            (&launchers, crate::service::lifecycle::launcher::STATE_NAMES),
         ),
     ))
 }
@@ -388,7 +388,10 @@ async fn ui_login(
         ));
     }
     if !constant_time_eq(q.token.as_bytes(), st.read_token.as_bytes()) {
-        return Err(page(StatusCode::UNAUTHORIZED, super::page::login_needed()));
+        return Err(page(
+            StatusCode::UNAUTHORIZED,
+            crate::service::http::page::login_needed(),
+        ));
     }
     let cookie = format!(
         "{READ_COOKIE}={}; Path=/ui; HttpOnly; Secure; SameSite=Strict; Max-Age=2592000",
@@ -407,21 +410,24 @@ async fn ui_login(
 /// The status page.
 async fn ui(State(st): State<AppState>, headers: HeaderMap) -> Page {
     if !page_allowed(&headers, &st) {
-        return page(StatusCode::UNAUTHORIZED, super::page::login_needed());
+        return page(
+            StatusCode::UNAUTHORIZED,
+            crate::service::http::page::login_needed(),
+        );
     }
     match page_view(&st) {
         Ok(v) => page(
             StatusCode::OK,
-            super::page::render(&v, std::time::SystemTime::now()),
+            crate::service::http::page::render(&v, std::time::SystemTime::now()),
         ),
         Err(e) => page(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("<p>{}</p>", super::page::esc(&e)),
+            format!("<p>{}</p>", crate::service::http::page::esc(&e)),
         ),
     }
 }
 
-fn page_view(st: &AppState) -> Result<super::page::View, String> {
+fn page_view(st: &AppState) -> Result<crate::service::http::page::View, String> {
     let config = config_path(st);
     let now = std::time::SystemTime::now();
     let db = st
@@ -433,7 +439,7 @@ fn page_view(st: &AppState) -> Result<super::page::View, String> {
     let freed = db.freed_stacks().map_err(e)?;
     for s in db.recent_stacks(50).map_err(e)? {
         let jobs = db.dag(s.id).map_err(e)?;
-        let mut o = super::outcome::summarize(s.id, &jobs, &config);
+        let mut o = crate::service::outcome::summarize(s.id, &jobs, &config);
         if let Some(b) = freed.get(&s.id) {
             // shown beside the DAG's word: its files are gone from this host
             o.state = format!("{} (freed {b} bytes)", o.state);
@@ -450,9 +456,9 @@ fn page_view(st: &AppState) -> Result<super::page::View, String> {
     let failed = db.jobs(None, Some("FAILED")).map_err(e)?;
     let mut windows = Vec::new();
     for (name, secs) in [("last hour", 3600u64), ("last day", 86400)] {
-        let since = super::clock::stamp(now - std::time::Duration::from_secs(secs));
+        let since = crate::service::clock::stamp(now - std::time::Duration::from_secs(secs));
         let (stacks, bytes, jobs) = db.throughput(&since).map_err(e)?;
-        windows.push(super::page::Window {
+        windows.push(crate::service::http::page::Window {
             name: name.into(),
             stacks,
             bytes,
@@ -478,7 +484,7 @@ fn page_view(st: &AppState) -> Result<super::page::View, String> {
         .lock()
         .map(|n| n.clone())
         .unwrap_or_default();
-    Ok(super::page::View {
+    Ok(crate::service::http::page::View {
         host: crate::api::this_host(),
         stacks,
         launchers,
@@ -493,7 +499,10 @@ fn page_view(st: &AppState) -> Result<super::page::View, String> {
 /// One job's history, as a page.
 async fn ui_job(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> Page {
     if !page_allowed(&headers, &st) {
-        return page(StatusCode::UNAUTHORIZED, super::page::login_needed());
+        return page(
+            StatusCode::UNAUTHORIZED,
+            crate::service::http::page::login_needed(),
+        );
     }
     let Ok(db) = st.db.lock() else {
         return page(
@@ -502,11 +511,14 @@ async fn ui_job(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): Url
         );
     };
     match (db.job(id), db.events(id)) {
-        (Ok(Some(j)), Ok(ev)) => page(StatusCode::OK, super::page::job_page(&j, &ev)),
+        (Ok(Some(j)), Ok(ev)) => page(
+            StatusCode::OK,
+            crate::service::http::page::job_page(&j, &ev),
+        ),
         (Ok(None), _) => page(StatusCode::NOT_FOUND, format!("<p>no job {id}</p>")),
         (Err(e), _) | (_, Err(e)) => page(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("<p>{}</p>", super::page::esc(&e.to_string())),
+            format!("<p>{}</p>", crate::service::http::page::esc(&e.to_string())),
         ),
     }
 }
@@ -544,7 +556,7 @@ async fn outcomes(
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let jobs = db.dag(id).map_err(internal)?;
-        out.push(super::outcome::summarize(id, &jobs, &config));
+        out.push(crate::service::outcome::summarize(id, &jobs, &config));
     }
     Ok(Json(out))
 }
@@ -552,7 +564,7 @@ async fn outcomes(
 async fn list_stacks(
     State(st): State<AppState>,
     headers: HeaderMap,
-) -> ApiResult<Vec<super::db::StackRow>> {
+) -> ApiResult<Vec<crate::service::store::StackRow>> {
     check_token(&headers, &st.token)?;
     let db = st
         .db

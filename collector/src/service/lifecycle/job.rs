@@ -2,12 +2,12 @@
 //! table of legal moves, the one write path that enforces it, and the pure decisions that
 //! pick a move from what happened.
 //!
-//! Everything that changes a job's state goes through [`change`]: a move the table does not
+//! Everything that changes a job's state goes through `change`: a move the table does not
 //! hold is an error (a bug in the caller, caught by the tests), while a job found in another
 //! state than the caller expected is a lost race (`Ok(false)`), not an error: a person's kill
 //! and a launcher's report may meet, and exactly one of them wins.
 
-use super::fault::{self, Handling};
+use crate::science::fault::{self, Handling};
 use beamflow_protocol::api::Outcome;
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
@@ -148,7 +148,7 @@ pub enum MoveError {
 use JobState as S;
 use Trigger as T;
 
-/// Every legal move: (from, to, trigger). The one table of a job's life; [`change`] refuses
+/// Every legal move: (from, to, trigger). The one table of a job's life; `change` refuses
 /// anything else.
 pub const MOVES: &[(JobState, JobState, Trigger)] = &[
     (S::Created, S::Ready, T::Submitted),
@@ -260,8 +260,8 @@ pub(crate) fn change(
             .prepare_cached("SELECT at FROM events WHERE job_id = ?1 ORDER BY id DESC LIMIT 1")?
             .query_row([id as i64], |r| r.get(0))
             .optional()?;
-        if let Some(secs) = since.and_then(|s| super::clock::between(&s, at)) {
-            super::metrics::global().queue_wait(secs);
+        if let Some(secs) = since.and_then(|s| crate::service::clock::between(&s, at)) {
+            crate::service::http::metrics::global().queue_wait(secs);
         }
     }
     tx.prepare_cached("UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1")?
@@ -270,7 +270,7 @@ pub(crate) fn change(
         "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![id as i64, at, cur.as_str(), to.as_str(), reason])?;
-    let metrics = super::metrics::global();
+    let metrics = crate::service::http::metrics::global();
     metrics.transition(to.as_str());
     if to == JobState::JobFinished {
         // the stack version's last job: its DAG is done (one look in the (stack, state)
@@ -284,7 +284,7 @@ pub(crate) fn change(
             )?
             .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if !open {
-            if let Some(secs) = super::clock::between(&created, at) {
+            if let Some(secs) = crate::service::clock::between(&created, at) {
                 metrics.dag_done(secs);
             }
         }

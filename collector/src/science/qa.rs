@@ -6,7 +6,7 @@
 //! before any allocation is spent, naming every bad section. Pixels are read strip by strip,
 //! so memory stays near one strip whatever the image size.
 
-use super::image::open;
+use super::open::open;
 use serde::Serialize;
 use std::path::Path;
 use tiff::decoder::{ChunkType, DecodingResult};

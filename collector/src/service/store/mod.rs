@@ -4,10 +4,13 @@
 //! single owner avoids that). Every change is one `BEGIN IMMEDIATE` transaction, so a kill -9
 //! at any instant leaves either the whole submission or none of it.
 
-use super::clock::{stamp, Clock, SystemClock};
-use super::dag::PlannedJob;
-use super::job::JobState;
+use crate::science::dag::PlannedJob;
+use crate::service::clock::{stamp, Clock, SystemClock};
+use crate::service::lifecycle::job::JobState;
 pub use beamflow_protocol::api::{JobRow, StackRow};
+
+pub mod jobs;
+pub mod launchers;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ pub enum DbError {
     File(String, std::io::Error),
     /// A job's move failed or was not in its table.
     #[error(transparent)]
-    Move(#[from] super::job::MoveError),
+    Move(#[from] crate::service::lifecycle::job::MoveError),
     /// A launcher move its table does not hold was asked for: a bug, never applied.
     #[error("launcher {launcher}: no legal move to {to} by {trigger}; this is a bug in beamflow, please report it")]
     IllegalLauncher {
@@ -222,11 +225,12 @@ fn superseded_by(
     s: &NewStack<'_>,
     at: &str,
 ) -> Result<usize, DbError> {
-    use super::job::{change, Trigger};
-    let from: Vec<&str> = super::job::sources(JobState::Superseded, Trigger::Superseded)
-        .into_iter()
-        .map(JobState::as_str)
-        .collect();
+    use crate::service::lifecycle::job::{change, Trigger};
+    let from: Vec<&str> =
+        crate::service::lifecycle::job::sources(JobState::Superseded, Trigger::Superseded)
+            .into_iter()
+            .map(JobState::as_str)
+            .collect();
     let ids: Vec<i64> = {
         let mut st = tx.prepare(&format!(
             "SELECT j.id FROM jobs j JOIN stacks k ON k.id = j.stack_id
@@ -409,7 +413,7 @@ impl Db {
                     stack_id,
                     j.name,
                     state.as_str(),
-                    super::dag::encode(&j.argv),
+                    crate::science::dag::encode(&j.argv),
                     s.work_dir,
                     j.nodes,
                     j.ranks_per_node,
@@ -496,7 +500,7 @@ impl Db {
             .query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         Ok(v.iter()
-            .filter_map(|(a, b)| super::clock::between(a, b))
+            .filter_map(|(a, b)| crate::service::clock::between(a, b))
             .collect())
     }
 
@@ -557,7 +561,7 @@ impl Db {
                         threads_per_rank: r.get(7)?,
                         cpu_affinity: r.get(8)?,
                         command: String::new(),
-                        argv: super::dag::decode(&r.get::<_, String>(9)?),
+                        argv: crate::science::dag::decode(&r.get::<_, String>(9)?),
                         attempts: r.get(10)?,
                         reason: r.get(11)?,
                         launcher: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),

@@ -183,7 +183,7 @@ pub fn prepare(
     }
     let first = stack_dir.join(&sections[0].original);
     let (w, h) =
-        super::image::dimensions(&first).map_err(|e| format!("{}: {e}", sections[0].original))?;
+        super::open::dimensions(&first).map_err(|e| format!("{}: {e}", sections[0].original))?;
     Ok(Prepared {
         grid_size: format!("{w}x{h}"),
         sections,

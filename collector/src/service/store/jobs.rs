@@ -1,14 +1,14 @@
 //! The database writes of a job's life: each one transaction, each move through the job
-//! table's one write path ([`super::job::change`]), each stamped by the database's clock.
+//! table's one write path (`lifecycle::job::change`), each stamped by the database's clock.
 //!
 //! A change only happens from the states the table allows, so two parties racing (a
 //! launcher's report and the service's timeout, say) cannot both win: the loser's update
 //! finds the job elsewhere and changes nothing.
 
-use super::clock::{epoch, stamp};
-use super::db::{Db, DbError};
-use super::job::{self, JobState, Move, Trigger};
-use super::launchers::{self, LauncherState, LauncherTrigger};
+use crate::service::clock::{epoch, stamp};
+use crate::service::lifecycle::job::{self, JobState, Move, Trigger};
+use crate::service::lifecycle::launcher::{LauncherState, LauncherTrigger};
+use crate::service::store::{Db, DbError};
 use beamflow_protocol::api::{
     AcquireResponse, EventRow, JobReport, LaunchedJob, ReportRequest, StackStatus,
 };
@@ -85,7 +85,7 @@ impl Db {
                     stack_dir: r.get(5)?,
                     workflow: r.get(6)?,
                     prepared: r.get::<_, i64>(7)? != 0,
-                    argv: super::dag::decode(&r.get::<_, String>(8)?),
+                    argv: crate::science::dag::decode(&r.get::<_, String>(8)?),
                     check_summary: r.get(9)?,
                     attempts: r.get(10)?,
                     reason: r.get(11)?,
@@ -211,7 +211,7 @@ impl Db {
             )?
             .execute(params![
                 *id as i64,
-                super::dag::encode(argv),
+                crate::science::dag::encode(argv),
                 serde_json::to_string(env).unwrap_or_else(|_| "{}".into())
             ])?;
             n += job::change(
@@ -273,7 +273,7 @@ impl Db {
         let mut state = row.as_ref().and_then(|r| LauncherState::parse(&r.0));
         if closing && state == Some(LauncherState::Running) {
             let why = "it takes no more work: ending";
-            launchers::shift(
+            super::launchers::shift(
                 &tx,
                 launcher,
                 LauncherState::Ending,
@@ -380,7 +380,7 @@ impl Db {
                         id: r.get::<_, i64>(0)? as u64,
                         name: r.get(1)?,
                         stack: r.get(2)?,
-                        argv: super::dag::decode(&r.get::<_, String>(3)?),
+                        argv: crate::science::dag::decode(&r.get::<_, String>(3)?),
                         work_dir: r.get(4)?,
                         nodes: r.get(5)?,
                         ranks_per_node: r.get(6)?,
@@ -524,7 +524,7 @@ fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Res
         r.outcome,
         r.exit_code,
         &r.message,
-        &super::dag::decode(&argv),
+        &crate::science::dag::decode(&argv),
     );
     Ok(job::apply(tx, job, &moves, at)?)
 }

@@ -1,0 +1,196 @@
+//! A launcher's life as data: its states, the table of legal moves, and the decision that ends
+//! one (its batch job is gone, or it fell silent). The writes that apply them are in
+//! [`crate::service::store`].
+
+use crate::scheduler::BatchState;
+use crate::service::clock::epoch;
+use std::time::{Duration, SystemTime};
+
+/// Where a launcher is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LauncherState {
+    /// Submitted to the batch scheduler; its allocation has not started.
+    Queued,
+    /// Its allocation runs it and it asks for work.
+    Running,
+    /// It is ending (cancelled, out of wall time, idle) and takes no more work; its last
+    /// jobs are being ended and reported.
+    Ending,
+    /// It exited, or its batch job ended.
+    Finished,
+    /// It fell silent, or its queue was removed: declared gone.
+    Lost,
+}
+
+impl LauncherState {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LauncherState::Queued => "QUEUED",
+            LauncherState::Running => "RUNNING",
+            LauncherState::Ending => "ENDING",
+            LauncherState::Finished => "FINISHED",
+            LauncherState::Lost => "LOST",
+        }
+    }
+
+    /// The state a stored name stands for.
+    pub fn parse(s: &str) -> Option<LauncherState> {
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Ending,
+            Self::Finished,
+            Self::Lost,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+
+    /// Whether it may still run jobs.
+    pub fn live(self) -> bool {
+        matches!(
+            self,
+            LauncherState::Queued | LauncherState::Running | LauncherState::Ending
+        )
+    }
+
+    /// Whether it speaks to the service, so that its silence means it is gone.
+    pub fn heard(self) -> bool {
+        matches!(self, LauncherState::Running | LauncherState::Ending)
+    }
+}
+
+/// Every state's stored name, for exports that list each state even when none is in it.
+pub const STATE_NAMES: &[&str] = &["QUEUED", "RUNNING", "ENDING", "FINISHED", "LOST"];
+
+/// What moved a launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LauncherTrigger {
+    /// It announced itself from its allocation.
+    Started,
+    /// It said it takes no more work: it is ending.
+    Closing,
+    /// It said it exits.
+    Exited,
+    /// The scheduler no longer runs its batch job.
+    BatchEnded,
+    /// The scheduler refused it.
+    SubmitFailed,
+    /// No heartbeat for `heartbeat_timeout`.
+    Silent,
+    /// Its queue is no longer configured.
+    Unconfigured,
+}
+
+use LauncherState as L;
+use LauncherTrigger as LT;
+
+/// Every legal move of a launcher: (from, to, trigger).
+pub const MOVES: &[(LauncherState, LauncherState, LauncherTrigger)] = &[
+    (L::Queued, L::Running, LT::Started),
+    // a launcher whose first answer was lost announces itself again
+    (L::Running, L::Running, LT::Started),
+    (L::Running, L::Ending, LT::Closing),
+    (L::Queued, L::Finished, LT::Exited),
+    (L::Running, L::Finished, LT::Exited),
+    (L::Ending, L::Finished, LT::Exited),
+    (L::Queued, L::Finished, LT::BatchEnded),
+    (L::Running, L::Finished, LT::BatchEnded),
+    (L::Ending, L::Finished, LT::BatchEnded),
+    (L::Queued, L::Finished, LT::SubmitFailed),
+    (L::Running, L::Lost, LT::Silent),
+    (L::Ending, L::Lost, LT::Silent),
+    (L::Queued, L::Lost, LT::Unconfigured),
+    (L::Running, L::Lost, LT::Unconfigured),
+    (L::Ending, L::Lost, LT::Unconfigured),
+];
+
+/// Whether the table holds the move.
+pub fn legal(from: LauncherState, to: LauncherState, trigger: LauncherTrigger) -> bool {
+    MOVES.contains(&(from, to, trigger))
+}
+
+/// What the engine knows of one live launcher when it judges it.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Its state.
+    pub state: LauncherState,
+    /// The scheduler's id ("" until the submission returned).
+    pub batch_id: String,
+    /// When it last spoke (seconds since the epoch).
+    pub heartbeat_at: f64,
+}
+
+/// Whether a live launcher has ended, and how: its batch job is no longer queued or running
+/// (`batch` is what the scheduler said of it; `None` when it was not asked), or a running
+/// one has been silent for longer than `timeout` at `now`.
+pub fn judge(
+    f: &Facts,
+    batch: Option<Option<BatchState>>,
+    now: SystemTime,
+    timeout: Duration,
+) -> Option<(LauncherState, LauncherTrigger, String)> {
+    if !f.batch_id.is_empty() {
+        if let Some(None | Some(BatchState::Finished)) = batch {
+            return Some((
+                L::Finished,
+                LT::BatchEnded,
+                format!("batch job {} ended", f.batch_id),
+            ));
+        }
+    }
+    if f.state.heard() && epoch(now) - f.heartbeat_at > timeout.as_secs_f64() {
+        return Some((
+            L::Lost,
+            LT::Silent,
+            format!("no heartbeat for {}", humantime::format_duration(timeout)),
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn ended_launchers_stay_ended() {
+        for (f, t, _) in MOVES {
+            assert!(f.live(), "{f:?} -> {t:?}: nothing leaves an end state");
+        }
+    }
+
+    #[test]
+    fn a_launcher_ends_when_its_batch_job_is_gone_or_it_falls_silent() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let f = Facts {
+            state: L::Running,
+            batch_id: "42".into(),
+            heartbeat_at: epoch(t0),
+        };
+        let timeout = Duration::from_secs(3);
+        assert_eq!(
+            judge(&f, Some(Some(BatchState::Running)), t0, timeout),
+            None
+        );
+        assert_eq!(
+            judge(&f, Some(None), t0, timeout).map(|j| j.1),
+            Some(LT::BatchEnded)
+        );
+        // silence counts only past the timeout, measured on the clock given
+        let later = t0 + Duration::from_millis(2900);
+        assert_eq!(judge(&f, None, later, timeout), None);
+        let late = t0 + Duration::from_millis(3100);
+        let (to, trigger, why) = judge(&f, None, late, timeout).unwrap();
+        assert_eq!((to, trigger), (L::Lost, LT::Silent));
+        assert_eq!(why, "no heartbeat for 3s");
+        // a queued launcher has no heartbeat to miss
+        let q = Facts {
+            state: L::Queued,
+            ..f
+        };
+        assert_eq!(judge(&q, None, late, timeout), None);
+    }
+}
