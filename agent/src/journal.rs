@@ -100,7 +100,7 @@ fn check_move(conn: &Connection, id: i64, to: StackState) -> Result<(), JournalE
         .query_row([id], |r| r.get(0))
         .optional()?;
     if let Some(from) = cur.as_deref().map(StackState::parse) {
-        if !crate::lifecycle::legal(from, to) {
+        if !crate::stack::lifecycle::legal(from, to) {
             return Err(JournalError::Illegal {
                 stack: id,
                 from,
@@ -111,7 +111,7 @@ fn check_move(conn: &Connection, id: i64, to: StackState) -> Result<(), JournalE
     Ok(())
 }
 
-pub use crate::lifecycle::StackState;
+pub use crate::stack::lifecycle::StackState;
 
 /// One stack as journaled.
 #[derive(Debug, Clone, Serialize)]

@@ -1,33 +1,23 @@
 //! beamflow-agent: the beamline side of beamflow.
 //!
-//! It watches image folders ([`watch`], [`scan`], [`root`]), decides when a stack is
-//! finished ([`stack`], [`tiff_check`], [`images`]), journals every decision ([`journal`])
-//! along the stack lifecycle's one table ([`lifecycle`]), moves what the far side lacks over
-//! a link ([`link`], [`transfer`]) and asks for the DAG. [`daemon`] is the loop that ties
-//! them together; [`push`] (the daemon's path, run once) and [`demo`] are the one-shot ways
-//! in.
+//! [`stack`] holds a stack's rules: the watch roots ([`stack::watch`], [`stack::scan`],
+//! [`stack::root`]), when a stack is finished ([`stack::decide`], [`stack::tiff_check`],
+//! [`stack::images`]) and its lifecycle's one table ([`stack::lifecycle`]). [`journal`] records
+//! every decision; [`link`] is the way to the collector (the SSH master in [`link::ssh`], the
+//! transfer in [`link::transfer`]). [`commands`] are the programs: `run` (the daemon loop that
+//! ties them together), `push` (its path, once), `setup`, `doctor`, `demo`, `status`. Around
+//! them: [`outcome`] (where the DAGs are), [`results`] (fetched home), [`notify`] (news for
+//! people), [`metrics`], [`systemd`] (readiness and the watchdog), [`instance`] (one daemon
+//! per journal) and [`synth`] (synthetic sections).
 
-pub mod daemon;
-pub mod demo;
-pub mod doctor;
-pub mod images;
+pub mod commands;
 pub mod instance;
 pub mod journal;
-pub mod lifecycle;
 pub mod link;
 pub mod metrics;
-pub mod news;
 pub mod notify;
 pub mod outcome;
-pub mod push;
 pub mod results;
-pub mod root;
-pub mod scan;
-pub mod setup;
-pub mod ssh;
 pub mod stack;
-pub mod status;
 pub mod synth;
-pub mod tiff_check;
-pub mod transfer;
-pub mod watch;
+pub mod systemd;

@@ -1,7 +1,8 @@
 //! `beamflow-agent`: parses arguments and calls the library.
 
 use anyhow::{Context, Result};
-use beamflow_agent::{daemon, demo, journal::Journal, push, status};
+use beamflow_agent::commands::{demo, push, run as daemon, status};
+use beamflow_agent::journal::Journal;
 use beamflow_config::{logs, Config, LogFormat};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -148,7 +149,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let rt = runtime()?;
             let status = format!("STATUS=watching {} root(s)", cfg.watch.len());
             let ready = move || {
-                beamflow_agent::notify::notify(&format!("READY=1\n{status}"));
+                beamflow_agent::systemd::notify(&format!("READY=1\n{status}"));
             };
             let result = rt.block_on(daemon::run(cfg, shutdown_signal(), ready));
             // a transfer thread still running is abandoned: its link dies with us and the
@@ -164,7 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = Config::load(&config)?;
             logs::init(cfg.agent.log_format, "warn");
             let rt = runtime()?;
-            let progress = std::sync::Arc::new(beamflow_agent::transfer::Progress::default());
+            let progress = std::sync::Arc::new(beamflow_agent::link::transfer::Progress::default());
             let p = rt.block_on(async {
                 let shown = tokio::spawn(show_progress(progress.clone()));
                 let r = push::push(&cfg, &dir, attempts, Some(progress.clone())).await;
@@ -190,7 +191,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Setup { config, yes } => {
-            use beamflow_agent::setup;
+            use beamflow_agent::commands::setup;
             let cfg = Config::load(&config)?;
             let mut say = |m: setup::Mark, t: &str| sayln!("{}", setup::line(m, t));
             let mut consent = |q: &str| {
@@ -220,7 +221,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 env!("CARGO_PKG_VERSION"),
                 config.display()
             );
-            let checks = runtime()?.block_on(beamflow_agent::doctor::checks(&cfg));
+            let checks = runtime()?.block_on(beamflow_agent::commands::doctor::checks(&cfg));
             for c in &checks {
                 sayln!("{}", c.line());
             }
@@ -235,7 +236,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "[link] transport is not \"ssh\" in {}; there is no master to open",
                 config.display()
             );
-            let ctl = beamflow_agent::ssh::login(&cfg.link).map_err(anyhow::Error::msg)?;
+            let ctl = beamflow_agent::link::ssh::login(&cfg.link).map_err(anyhow::Error::msg)?;
             sayln!(
                 "SSH master to {} is open at {}; beamflow-agent run uses it until it ends",
                 cfg.link.host,
@@ -306,7 +307,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Shows a push's progress: a bar (files, bytes, rate, ETA) on a terminal, plain lines (the
 /// first once the stack is hashed, then every five seconds) otherwise. Runs until aborted.
-async fn show_progress(p: std::sync::Arc<beamflow_agent::transfer::Progress>) {
+async fn show_progress(p: std::sync::Arc<beamflow_agent::link::transfer::Progress>) {
     use std::io::IsTerminal;
     use std::sync::atomic::Ordering::Relaxed;
     let tty = std::io::stderr().is_terminal();

@@ -1,85 +1,178 @@
-//! systemd's notify protocol: `READY=1` once the first reconcile is done, `WATCHDOG=1` from the
-//! main loop, `STATUS=…` for `systemctl status`, `STOPPING=1` on the way out.
-//!
-//! A datagram to `$NOTIFY_SOCKET` (a path, or an abstract name starting with `@`). Outside
-//! systemd the variable is unset and every call is a no-op.
+//! News for people: a stack held, a DAG FAILED or done, the link down too long, a watch root
+//! silent during its active hours, sent to every `[[notify]]` target that wants it (a webhook
+//! with a Slack-compatible `text`, a mail command). One message per stack and event: the
+//! daemon journals each message's key before it is sent, so neither a repeated question nor
+//! a restart sends it twice. Delivery runs in tasks of its own, each target retried with
+//! backoff, so a slow or dead receiver never holds up the daemon.
 
-use std::os::unix::net::UnixDatagram;
+use beamflow_config::notify::{NotifyEvent, NotifySection};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Sends one notification; false when not under systemd or the socket refused it.
-pub fn notify(state: &str) -> bool {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return false;
-    };
-    let Ok(sock) = UnixDatagram::unbound() else {
-        return false;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let sent = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
-    sent.is_ok()
+/// One piece of news.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct News {
+    /// What happened.
+    pub event: NotifyEvent,
+    /// The beamline it concerns.
+    pub beamline: String,
+    /// The stack, if it is about one.
+    pub stack: Option<String>,
+    /// A short line (a mail's subject).
+    pub subject: String,
+    /// The message, for people; a webhook carries it as `text`.
+    pub text: String,
 }
 
-/// How often to send `WATCHDOG=1`: half of `WatchdogSec`, if the unit set one for us.
-pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-    {
-        if pid != std::process::id() {
-            return None;
+/// How many times a target is tried, and the longest wait between tries.
+const ATTEMPTS: u32 = 8;
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Hands news to the delivery tasks; cheap to clone and never blocks.
+#[derive(Clone)]
+pub struct Post {
+    targets: Arc<Vec<NotifySection>>,
+    first_wait: Duration,
+}
+
+impl Post {
+    /// Posting to `targets`, retrying from `first_wait` (doubling up to five minutes).
+    pub fn new(targets: Vec<NotifySection>, first_wait: Duration) -> Post {
+        Post {
+            targets: Arc::new(targets),
+            first_wait,
         }
     }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+
+    /// Whether any target wants `event` (so the daemon need not even compose it).
+    pub fn wanted(&self, event: NotifyEvent) -> bool {
+        self.targets.iter().any(|t| t.wants(event))
+    }
+
+    /// Sends `news` to every target that wants it, each in a task of its own. Control
+    /// characters (a stack name may hold a newline) are escaped first, in the subject and
+    /// the body alike: a mailer takes a newline in a subject for the end of a header.
+    pub fn send(&self, mut news: News) {
+        news.subject = escape_controls(&news.subject);
+        news.text = escape_controls(&news.text);
+        news.stack = news.stack.as_deref().map(escape_controls);
+
+        for (i, t) in self.targets.iter().enumerate() {
+            if !t.wants(news.event) {
+                continue;
+            }
+            let (t, news, first) = (t.clone(), news.clone(), self.first_wait);
+            tokio::spawn(async move {
+                let mut wait = first;
+                for attempt in 1..=ATTEMPTS {
+                    let (t2, n2) = (t.clone(), news.clone());
+                    let r = tokio::task::spawn_blocking(move || deliver(&t2, &n2))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    match r {
+                        Ok(()) => {
+                            tracing::info!(target_index = i, event = ?news.event, "notification sent");
+                            return;
+                        }
+                        Err(e) if attempt == ATTEMPTS => {
+                            tracing::warn!(target_index = i, event = ?news.event, "notification not delivered after {ATTEMPTS} attempts: {e}");
+                        }
+                        Err(e) => {
+                            tracing::debug!(
+                                target_index = i,
+                                attempt,
+                                "notification not delivered yet: {e}"
+                            );
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(MAX_WAIT);
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// `s` with every control character written out (`\n`, `\u{1b}`) and a backslash doubled,
+/// as names that are not UTF-8 are shown ([`crate::stack::scan::escaped`]): no name can start a
+/// header, a line or a terminal sequence in what people read, and two texts stay two.
+pub fn escape_controls(s: &str) -> String {
+    crate::stack::scan::escaped(std::ffi::OsStr::new(s))
+}
+
+/// One delivery to one target: the webhook, then the command.
+fn deliver(t: &NotifySection, news: &News) -> Result<(), String> {
+    if !t.url.is_empty() {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(15)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let body = serde_json::json!({
+            "text": news.text,
+            "event": news.event,
+            "beamline": news.beamline,
+            "stack": news.stack,
+            "subject": news.subject,
+        });
+        let res = agent
+            .post(&t.url)
+            .send_json(&body)
+            .map_err(|e| format!("{}: {e}", t.url))?;
+        let code = res.status().as_u16();
+        if !(200..300).contains(&code) {
+            return Err(format!("{} answered {code}", t.url));
+        }
+    }
+    if !t.argv.is_empty() {
+        let argv = beamflow_config::argv::fill_all(&t.argv, &|k| {
+            (k == "subject").then(|| news.subject.clone())
+        });
+        // a script reads these as data; the config keeps {subject} out of any script
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("BEAMFLOW_SUBJECT", &news.subject)
+            .env("BEAMFLOW_STACK", news.stack.as_deref().unwrap_or(""))
+            .env("BEAMFLOW_BEAMLINE", &news.beamline)
+            .env("BEAMFLOW_EVENT", format!("{:?}", news.event).to_lowercase())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(news.text.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} exited {}: {}",
+                argv[0],
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Against a real datagram socket, as systemd listens.
     #[test]
-    fn messages_reach_the_socket() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("notify.sock");
-        let listener = UnixDatagram::bind(&path).unwrap();
-        listener
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        // the variables are process-wide: set, use, restore within this one test
-        std::env::set_var("NOTIFY_SOCKET", &path);
-        std::env::set_var("WATCHDOG_USEC", "20000000");
-        std::env::remove_var("WATCHDOG_PID");
-        assert!(notify("READY=1\nSTATUS=watching 2 roots"));
-        assert!(notify("WATCHDOG=1"));
-        assert_eq!(watchdog_interval(), Some(Duration::from_secs(10)));
-        let mut buf = [0u8; 256];
-        let n = listener.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1\nSTATUS=watching 2 roots");
-        let n = listener.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"WATCHDOG=1");
-        // an abstract socket name
-        let name = format!("beamflow-test-{}", std::process::id());
-        use std::os::linux::net::SocketAddrExt;
-        let abs = UnixDatagram::bind_addr(
-            &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
-        )
-        .unwrap();
-        abs.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        std::env::set_var("NOTIFY_SOCKET", format!("@{name}"));
-        assert!(notify("STOPPING=1"));
-        let n = abs.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"STOPPING=1");
-        std::env::remove_var("NOTIFY_SOCKET");
-        std::env::remove_var("WATCHDOG_USEC");
-        assert!(!notify("READY=1"));
-        assert_eq!(watchdog_interval(), None);
+    fn control_characters_never_reach_a_subject_or_a_body() {
+        let name = "s\nBcc: all@site.org\r\n\u{1b}[2J\u{85}x\\n";
+        let e = escape_controls(&format!("beamflow: bl/{name} held"));
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        assert_eq!(
+            e,
+            "beamflow: bl/s\\nBcc: all@site.org\\r\\n\\u{1b}[2J\\u{85}x\\\\n held"
+        );
+        // two different names stay two different texts
+        assert_ne!(escape_controls("a\nb"), escape_controls("a\\nb"));
+        assert_eq!(escape_controls("plain ä"), "plain ä");
     }
 }

@@ -11,7 +11,7 @@
 //! of the sixteen at 512²). The first test measures that margin directly, for hundreds of
 //! sections, as find_rst computes it; the others run the real find_rst.
 
-use beamflow_agent::demo::science::{find_rst_pairs, reduction, PairShift};
+use beamflow_agent::commands::demo::science::{find_rst_pairs, reduction, PairShift};
 use beamflow_agent::synth::{write_tiff, Section};
 use beamflow_collector::science::to8bit;
 use beamflow_config::{Config, To8Bit, EMBEDDED_LOCAL};

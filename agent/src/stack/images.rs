@@ -2,8 +2,8 @@
 //! and BLAKE3, each on all cores, each reusing what is known of files that did not change.
 
 use crate::journal::FileRecord;
-use crate::scan::DirScan;
-use crate::tiff_check;
+use crate::stack::scan::DirScan;
+use crate::stack::tiff_check;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -13,8 +13,8 @@ pub fn check_images(
     scan: &DirScan,
     cache: &mut HashMap<String, (u64, i64, Option<String>)>,
 ) -> Vec<(String, String)> {
-    let fresh = |f: &&crate::scan::FileSeen| !matches!(cache.get(&f.name), Some((s, m, _)) if *s == f.size && *m == f.mtime_ns);
-    let todo: Vec<&crate::scan::FileSeen> = scan.images.iter().filter(fresh).collect();
+    let fresh = |f: &&crate::stack::scan::FileSeen| !matches!(cache.get(&f.name), Some((s, m, _)) if *s == f.size && *m == f.mtime_ns);
+    let todo: Vec<&crate::stack::scan::FileSeen> = scan.images.iter().filter(fresh).collect();
     // a check reads a few hundred bytes: threads pay only for many files
     let checked = on_all_cores(&todo, todo.len() >= 32, |f| {
         tiff_check::check(&dir.join(&f.name))
@@ -76,7 +76,7 @@ pub fn hash_files(
     known: &[FileRecord],
 ) -> std::io::Result<Vec<FileRecord>> {
     let known: HashMap<&str, &FileRecord> = known.iter().map(|f| (f.name.as_str(), f)).collect();
-    let one = |f: &crate::scan::FileSeen| -> std::io::Result<FileRecord> {
+    let one = |f: &crate::stack::scan::FileSeen| -> std::io::Result<FileRecord> {
         if let Some(k) = known
             .get(f.name.as_str())
             .filter(|k| k.size == f.size && k.mtime_ns == f.mtime_ns)
@@ -95,7 +95,7 @@ pub fn hash_files(
             sent: false,
         })
     };
-    let images: Vec<&crate::scan::FileSeen> = scan.images.iter().collect();
+    let images: Vec<&crate::stack::scan::FileSeen> = scan.images.iter().collect();
     // threads pay for themselves from a few MiB on (a small stack hashes in well under 1 ms)
     let bytes: u64 = scan.images.iter().map(|f| f.size).sum();
     on_all_cores(&images, bytes >= 4 << 20, |f| one(f))
@@ -151,7 +151,7 @@ fn on_all_cores<T: Sync, R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::scan_dir;
+    use crate::stack::scan::scan_dir;
 
     #[test]
     fn hashing_keeps_scan_order_and_reuses_unchanged_files() {

@@ -5,12 +5,12 @@
 //! line is finished by being named, and a file that changed while it was sent is hashed
 //! again and sent again at once.
 
-use crate::images::{check_images, hash_files};
 use crate::journal::{Journal, StackState};
-use crate::lifecycle::{self, Backoff, Next};
-use crate::root::Root;
-use crate::ssh::Master;
-use crate::transfer::{self, Job};
+use crate::link::ssh::Master;
+use crate::link::transfer::{self, Job};
+use crate::stack::images::{check_images, hash_files};
+use crate::stack::lifecycle::{self, Backoff, Next};
+use crate::stack::root::Root;
 use anyhow::{bail, Context, Result};
 use beamflow_config::{Config, Transport, WatchSection};
 use std::collections::HashMap;
@@ -46,7 +46,7 @@ pub async fn push(
     cfg: &Config,
     dir: &Path,
     attempts: u32,
-    progress: Option<std::sync::Arc<crate::transfer::Progress>>,
+    progress: Option<std::sync::Arc<crate::link::transfer::Progress>>,
 ) -> Result<Pushed> {
     let dir = dir
         .canonicalize()

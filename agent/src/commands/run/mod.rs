@@ -12,14 +12,14 @@
 mod flight;
 mod side;
 
-use crate::images::hash_files;
 use crate::journal::{FileRecord, Journal, StackState};
-use crate::lifecycle::{self, Backoff, Next};
-use crate::root::Root;
-use crate::scan::{stack_dirs, DirScan};
+use crate::link::transfer::{self, Job, Report};
+use crate::stack::images::hash_files;
+use crate::stack::lifecycle::{self, Backoff, Next};
+use crate::stack::root::Root;
+use crate::stack::scan::{stack_dirs, DirScan};
+use crate::stack::watch::{self, Msg};
 use crate::stack::{decide, Observed, Verdict};
-use crate::transfer::{self, Job, Report};
-use crate::watch::{self, Msg};
 use anyhow::Result;
 use beamflow_config::notify::NotifyEvent;
 use beamflow_config::{Config, OnChange, WatchMode};
@@ -136,7 +136,7 @@ impl Tracked {
     }
 
     /// Whether `f`, as it is now, was hashed while the stack settled.
-    fn hashed_ahead(&self, f: &crate::scan::FileSeen) -> bool {
+    fn hashed_ahead(&self, f: &crate::stack::scan::FileSeen) -> bool {
         self.hashed
             .get(&f.name)
             .is_some_and(|h| h.size == f.size && h.mtime_ns == f.mtime_ns)
@@ -189,7 +189,7 @@ pub struct Daemon {
     checking: HashMap<PathBuf, i64>,
     tx: mpsc::UnboundedSender<Msg>,
     /// The SSH master, for transport `ssh`.
-    master: Option<crate::ssh::Master>,
+    master: Option<crate::link::ssh::Master>,
     master_down: bool,
     /// Vanished stacks whose partial copy could not be removed yet: when to try again, and
     /// the wait after that.
@@ -207,7 +207,7 @@ pub struct Daemon {
     /// A stack's results are being fetched: no second fetch until it ends.
     fetching: bool,
     /// Where news goes (`[[notify]]`); none without targets.
-    news: Option<crate::news::Post>,
+    news: Option<crate::notify::Post>,
     /// Since when the SSH master has been down (for `link_down` news).
     down_since: Option<(Instant, std::time::SystemTime)>,
     /// When each watch root last saw a change (for `silent` news).
@@ -257,7 +257,7 @@ pub async fn run(
         checking: HashMap::new(),
         tx: tx.clone(),
         master: (cfg_transport == beamflow_config::Transport::Ssh)
-            .then(|| crate::ssh::Master::for_daemon(&cfg_link)),
+            .then(|| crate::link::ssh::Master::for_daemon(&cfg_link)),
         master_down: false,
         discard_retry: HashMap::new(),
         discards_pending: true,
@@ -272,7 +272,7 @@ pub async fn run(
         unsendable_held: HashMap::new(),
     };
     if !d.cfg.notify.is_empty() {
-        d.news = Some(crate::news::Post::new(
+        d.news = Some(crate::notify::Post::new(
             d.cfg.notify.clone(),
             d.cfg.agent.retry_initial.0,
         ));
@@ -344,7 +344,7 @@ pub async fn run(
     let mut outcomes =
         tokio::time::interval(d.cfg.agent.outcome_every.0.max(Duration::from_millis(100)));
     // systemd's watchdog is fed from this loop, so a wedged loop gets the unit restarted
-    let sd_every = crate::notify::watchdog_interval();
+    let sd_every = crate::systemd::watchdog_interval();
     let mut sd_watchdog = tokio::time::interval(sd_every.unwrap_or(Duration::from_secs(3600)));
     for t in [&mut poll, &mut rescan, &mut watchdog, &mut outcomes] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -394,12 +394,12 @@ pub async fn run(
                 }
             }
             _ = sd_watchdog.tick(), if sd_every.is_some() => {
-                crate::notify::notify("WATCHDOG=1");
+                crate::systemd::notify("WATCHDOG=1");
             }
         }
     }
     tracing::info!("agent stopping; transfers in flight resume at the next start");
-    crate::notify::notify("STOPPING=1");
+    crate::systemd::notify("STOPPING=1");
     // far ends kept open say goodbye (they commit what they hold and exit)
     let idle: Vec<_> = d.pool.drain(..).map(|(l, _)| l).collect();
     let _ = tokio::task::spawn_blocking(move || idle.into_iter().for_each(|l| l.close())).await;
@@ -486,14 +486,14 @@ impl Daemon {
     /// folders that can be sent are absolute paths), so two such folders never share a row,
     /// a remote folder or a work folder; nothing of it is sent.
     fn held_unsendable(&mut self, root: usize, dir: &Path) {
-        if !crate::scan::holds_images(dir, &self.roots[root].pattern) {
+        if !crate::stack::scan::holds_images(dir, &self.roots[root].pattern) {
             return;
         }
-        let shown = crate::scan::escaped(dir.as_os_str());
+        let shown = crate::stack::scan::escaped(dir.as_os_str());
         let key = format!("{UNNAMED_KEY}{shown}");
         let rel = dir.strip_prefix(&self.roots[root].canon).unwrap_or(dir);
         let prefix = self.roots[root].section.prefix.trim_matches('/');
-        let rel = crate::scan::escaped(rel.as_os_str());
+        let rel = crate::stack::scan::escaped(rel.as_os_str());
         let name = if prefix.is_empty() {
             rel
         } else {
@@ -524,7 +524,8 @@ impl Daemon {
             .unsendable_held
             .iter()
             .filter(|(p, _)| {
-                p.starts_with(dir) && !crate::scan::holds_images(p, &self.roots[root].pattern)
+                p.starts_with(dir)
+                    && !crate::stack::scan::holds_images(p, &self.roots[root].pattern)
             })
             .map(|(p, id)| (p.clone(), *id))
             .collect();
@@ -616,7 +617,7 @@ impl Daemon {
                     Ok((n, bytes, dir)) => {
                         let text = format!(
                             "results: {n} file(s), {} in {dir}",
-                            crate::status::human_bytes(bytes)
+                            crate::commands::status::human_bytes(bytes)
                         );
                         tracing::info!(remote, "{text}");
                         self.journal.set_results(id, remote, &text, true)?;
@@ -907,7 +908,7 @@ impl Daemon {
                     self.tx.clone(),
                 );
                 tokio::task::spawn_blocking(move || {
-                    let c = crate::images::check_and_hash(&d, scan, checks, &known);
+                    let c = crate::stack::images::check_and_hash(&d, scan, checks, &known);
                     let _ = tx.send(Msg::Checked(d, Box::new(c)));
                 });
                 Ok(())
@@ -955,7 +956,7 @@ impl Daemon {
                 }
                 // hash what has been left alone meanwhile, off the loop
                 let wall = std::time::SystemTime::now();
-                let age = |f: &crate::scan::FileSeen| {
+                let age = |f: &crate::stack::scan::FileSeen| {
                     let m = std::time::UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64);
                     wall.duration_since(m).unwrap_or_default()
                 };
@@ -1011,7 +1012,7 @@ impl Daemon {
     /// A finished stack's check and hash came back: it is queued with its files, or waits,
     /// or is held with the faults found. A result for files that changed meanwhile is
     /// dropped, and the stack decided again.
-    fn checked(&mut self, dir: &Path, c: crate::images::Checked) -> Result<()> {
+    fn checked(&mut self, dir: &Path, c: crate::stack::images::Checked) -> Result<()> {
         self.checking.remove(dir);
         self.poke(Duration::ZERO);
         let Some(t) = self.stacks.get_mut(dir) else {

@@ -5,7 +5,7 @@
 //! between the two hosts.
 
 use crate::link::far_command_for;
-use crate::ssh::Master;
+use crate::link::ssh::Master;
 use beamflow_config::{Config, MasterMode, Transport, WatchMode};
 use beamflow_protocol::doctor::{now_secs, writable, Check, Report};
 use std::process::Stdio;

@@ -7,8 +7,8 @@
 //! and starts the service as a user unit, or detached where the login node has no
 //! `systemd --user`. A second run changes nothing.
 
+use crate::link::ssh::{channel_command, Master};
 use crate::link::{collector_exe, remote_collector, REMOTE_BIN, REMOTE_CONFIG};
-use crate::ssh::{channel_command, Master};
 use beamflow_config::{Config, MasterMode, Transport};
 use beamflow_protocol::doctor::Report;
 use serde::Deserialize;
@@ -373,7 +373,7 @@ fn steps(
         say(Mark::Ok, &format!("service: {d}"));
         return Ok(ok);
     }
-    let unit = include_str!("../../systemd/beamflow-collector.service");
+    let unit = include_str!("../../../systemd/beamflow-collector.service");
     let user_systemd = remote.sh("systemctl --user show-environment >/dev/null 2>&1")?;
     let how = if user_systemd.status.success() {
         let tmp = tempfile::NamedTempFile::new().map_err(SetupError::Ssh)?;

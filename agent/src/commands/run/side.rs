@@ -107,7 +107,7 @@ impl Daemon {
             let mut reason = format!(
                 "freed {} file(s), {}: the collector verified them and the DAG is done",
                 removed.len(),
-                crate::status::human_bytes(bytes)
+                crate::commands::status::human_bytes(bytes)
             );
             if kept > 0 {
                 reason.push_str(&format!("; {kept} changed since and stayed"));
@@ -339,7 +339,7 @@ impl Daemon {
         if !post.wanted(event) || !self.journal.news_once(key)? {
             return Ok(());
         }
-        post.send(crate::news::News {
+        post.send(crate::notify::News {
             event,
             beamline: self.cfg.agent.beamline(),
             stack: stack.map(str::to_string),

@@ -6,6 +6,9 @@
 //! relayed into the agent's log, and its last lines are kept so that a far end that dies says
 //! why in the agent's error rather than just "broken pipe".
 
+pub mod ssh;
+pub mod transfer;
+
 use beamflow_config::{Config, Transport};
 use beamflow_protocol::{
     read_frame_sync, read_magic_sync, write_frame_sync, Frame, ProtocolError, VERSION,
@@ -132,7 +135,7 @@ pub fn far_command_for(cfg: &Config, ctl: Option<&Path>, sub: &[&str]) -> Vec<St
             } else {
                 cfg.link.command.clone()
             };
-            crate::ssh::channel_command(&cfg.link, ctl, &swap(remote))
+            crate::link::ssh::channel_command(&cfg.link, ctl, &swap(remote))
         }
         _ if !cfg.link.command.is_empty() => swap(cfg.link.command.clone()),
         _ => {

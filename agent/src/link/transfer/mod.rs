@@ -8,8 +8,8 @@
 //! recorded. Nothing counts as sent until the collector acknowledges it verified and durable.
 
 use crate::journal::{After, FileRecord};
-use crate::lifecycle;
 use crate::link::{Link, LinkError};
+use crate::stack::lifecycle;
 use beamflow_config::Config;
 use beamflow_protocol::{
     data_header, write_data_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Have,
@@ -80,7 +80,7 @@ impl Progress {
     }
 }
 
-pub use crate::lifecycle::Action;
+pub use crate::stack::lifecycle::Action;
 
 /// Why an attempt did not end with an accepted DAG.
 #[derive(Debug, thiserror::Error)]

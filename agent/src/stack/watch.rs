@@ -5,7 +5,7 @@
 //! and becomes a full rescan. A root that cannot be watched (the inotify watch limit, most
 //! often) is reported with the sysctl that fixes it and falls back to polling.
 
-use crate::transfer::Report;
+use crate::link::transfer::Report;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::PathBuf;
 use tokio::sync::mpsc::UnboundedSender;
@@ -20,11 +20,11 @@ pub enum Msg {
     /// A transfer ended; the far ends it used, still open, for the next stack.
     Done(PathBuf, Box<Report>, Vec<crate::link::Link>),
     /// Checking and hashing a finished stack's images ended.
-    Checked(PathBuf, Box<crate::images::Checked>),
+    Checked(PathBuf, Box<crate::stack::images::Checked>),
     /// Hashing a settling stack's images ahead of its finish ended.
     Hashed(PathBuf, Result<Vec<crate::journal::FileRecord>, String>),
     /// Removing a vanished stack's partial copy ended (its folder, journal id, outcome).
-    Discarded(PathBuf, i64, crate::transfer::Discard),
+    Discarded(PathBuf, i64, crate::link::transfer::Discard),
     /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
     /// or why it could not be asked.
     Outcomes(Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>),

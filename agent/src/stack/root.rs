@@ -1,7 +1,7 @@
 //! A watch root, resolved once: its canonical folder, its pattern and the rules that decide
 //! when a folder below it is a finished stack, and the name a stack gets at the collector.
 
-use crate::scan::{scan_dir, DirScan};
+use crate::stack::scan::{scan_dir, DirScan};
 use crate::stack::Rules;
 use anyhow::{Context, Result};
 use beamflow_config::WatchSection;
@@ -71,7 +71,7 @@ impl Root {
                 "the folder name {} is not valid UTF-8 (shown with \\xNN for its bytes), so it \
                  cannot be named at the collector without two folders risking one name; rename \
                  it (e.g. `mv` it to a UTF-8 name) and it is sent as a stack of its own",
-                crate::scan::escaped(dir.as_os_str())
+                crate::stack::scan::escaped(dir.as_os_str())
             ));
         }
         let name = self.remote_name(dir);

@@ -8,9 +8,9 @@ pub mod science;
 
 pub use science::Science;
 
+use crate::commands::status::human_bytes;
 use crate::journal::{Journal, StackState};
 use crate::link::collector_exe;
-use crate::status::human_bytes;
 use crate::synth::{write_tiff, Section};
 use anyhow::{bail, Context, Result};
 use beamflow_config::{Config, EMBEDDED_LOCAL};
@@ -234,7 +234,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent_cfg = cfg.clone();
     let agent = tokio::spawn(async move {
-        crate::daemon::run(
+        crate::commands::run::run(
             agent_cfg,
             async {
                 let _ = stop_rx.await;
