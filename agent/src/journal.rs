@@ -149,20 +149,7 @@ pub struct StackRecord {
     pub results: String,
 }
 
-/// One file of a stack's current version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileRecord {
-    /// File name in the stack folder.
-    pub name: String,
-    /// Bytes when hashed.
-    pub size: u64,
-    /// mtime (ns) when hashed.
-    pub mtime_ns: i64,
-    /// BLAKE3 of those bytes.
-    pub blake3: [u8; 32],
-    /// The collector acknowledged these bytes.
-    pub sent: bool,
-}
+pub use crate::stack::images::FileRecord;
 
 /// The journal handle.
 pub struct Journal {

@@ -7,13 +7,15 @@
 //! - `launcher` ([`launcher`]): runs inside a batch allocation and packs jobs onto its nodes,
 //!   speaking only to the service's API.
 //! - the batch systems ([`scheduler`]) behind one trait, used by the service.
+//! - the science ([`science`]): a stack's DAG, its work folder, its checks; what the service
+//!   plans and the compute-node steps run.
 //!
-//! The operator's commands ([`cli`]) read through the API, never the database file;
-//! [`doctor`] checks what a login node needs, one line per check; [`results`] lists and streams
-//! the files a workflow returns to the beamline.
+//! Every subcommand's entry point is in [`commands`] (the operator's read through the API,
+//! never the database file); [`doctor`] checks what a login node needs, one line per check;
+//! [`results`] lists and streams the files a workflow returns to the beamline.
 
 pub use beamflow_protocol::api;
-pub mod cli;
+pub mod commands;
 pub mod doctor;
 pub mod launcher;
 pub mod receive;
@@ -21,12 +23,3 @@ pub mod results;
 pub mod scheduler;
 pub mod science;
 pub mod service;
-
-/// What a panic said, for an error that names it (a worker thread's panic becomes an error
-/// of the task it worked for, never a silent loss of its share).
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "it panicked".into())
-}

@@ -196,7 +196,7 @@ pub fn runs_next_as_code(word: &str) -> bool {
 /// Refuses a template that would let a name-derived value (`tainted`: `{stack}`,
 /// `{images}`, `{first}`, `{last}`, `{subject}` …) reach anything but a plain argument.
 /// Such a value may sit only in an argument whose every other character is plain (see
-/// [`is_plain`]): a whole argument, or one with a fixed prefix/suffix. It may not be the
+/// `is_plain`): a whole argument, or one with a fixed prefix/suffix. It may not be the
 /// program, nor follow an option that runs its argument as code. `env_hint` names the
 /// environment variables that carry the same values, for the message.
 pub fn check_names(argv: &[String], tainted: &[&str], env_hint: &str) -> Result<(), String> {

@@ -6,7 +6,6 @@
 //! that a systemd unit and a person in another working directory see the same paths.
 
 pub mod argv;
-pub mod logs;
 pub mod notify;
 pub mod reference;
 mod units;
@@ -654,7 +653,9 @@ impl Config {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let line = line_of(text, offset);
             let message = e.message().trim().to_string();
-            let key = if message.contains("unknown field") || message.contains("missing field") {
+            // an unknown key is named in full (`agent.no_such_key`) by the line it is on; a
+            // missing one has no line of its own
+            let key = if message.contains("missing field") {
                 String::new()
             } else {
                 key_on_line(text, line)

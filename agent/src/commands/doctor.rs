@@ -263,6 +263,36 @@ pub fn skew_check(before: f64, after: f64, remote: f64) -> Check {
     }
 }
 
+/// `beamflow-agent doctor`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: std::path::PathBuf,
+}
+
+/// `beamflow-agent doctor`: one line per check; exit 1 on a FAIL.
+pub fn main(args: Args) -> anyhow::Result<beamflow_program::Exit> {
+    use anyhow::Context;
+    use beamflow_program::{sayln, Exit};
+    let cfg = Config::load(&args.config)?;
+    sayln!(
+        "beamflow-agent {} on this host, config {}",
+        env!("CARGO_PKG_VERSION"),
+        args.config.display()
+    );
+    let rt = beamflow_program::runtime().context("failed to start the async runtime")?;
+    let checks = rt.block_on(checks(&cfg));
+    for c in &checks {
+        sayln!("{}", c.line());
+    }
+    Ok(if checks.iter().any(|c| !c.ok) {
+        Exit::Error
+    } else {
+        Exit::Done
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

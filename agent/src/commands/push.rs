@@ -13,6 +13,7 @@ use crate::stack::lifecycle::{self, Backoff, Next};
 use crate::stack::root::Root;
 use anyhow::{bail, Context, Result};
 use beamflow_config::{Config, Transport, WatchSection};
+use beamflow_program::{Exit, Verdict};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -98,7 +99,7 @@ pub async fn push(
     let mut journal = Journal::open(&cfg.agent.state_dir)?;
     let dir_s = dir.display().to_string();
     if let Some(why) = root.unsendable(&dir) {
-        bail!("cannot push: {why}");
+        return Err(held(format!("cannot push: {why}")));
     }
     let name = root.remote_name(&dir);
     let known = match journal.stack(&dir_s)? {
@@ -124,12 +125,12 @@ pub async fn push(
             if let Some(m) = master {
                 m.close().await;
             }
-            bail!(
+            return Err(held(format!(
                 "not sending {}: {} file(s) are not whole TIFFs:\n{}",
                 dir.display(),
                 faults.len(),
                 list.join("\n")
-            );
+            )));
         }
         Err(e) => {
             return Err(anyhow::Error::new(e)
@@ -212,7 +213,9 @@ async fn send_with_retries(
                     let d = lifecycle::link_down(&e.to_string(), wait);
                     journal.set_state(rec.id, d.state, &d.reason)?;
                     if attempt == attempts {
-                        return Err(anyhow::Error::new(e).context(format!("push of {name} failed")));
+                        return Err(anyhow::Error::new(e)
+                            .context(Verdict::new(Exit::Unreachable, "the SSH master is down"))
+                            .context(format!("push of {name} failed")));
                     }
                     tracing::warn!(
                         "attempt {attempt}: {e}; retrying in {}",
@@ -259,10 +262,15 @@ async fn send_with_retries(
             Next::Done => unreachable!("only an accepted DAG is done"),
             Next::Hold => {
                 return Err(anyhow::Error::new(err)
+                    .context(Verdict::new(Exit::Held, "the stack is held for a person"))
                     .context(format!("push of {name} failed after {attempt} attempt(s)")))
             }
             _ if last => {
                 return Err(anyhow::Error::new(err)
+                    .context(Verdict::new(
+                        Exit::Unreachable,
+                        "the far side did not answer",
+                    ))
                     .context(format!("push of {name} failed after {attempt} attempt(s)")))
             }
             Next::RetryIn(w) => {
@@ -311,4 +319,98 @@ fn default_watch() -> WatchSection {
     let cfg = Config::parse("[[watch]]\npath = \".\"\n", Path::new("(defaults)"))
         .expect("built-in defaults parse");
     cfg.watch[0].clone()
+}
+
+/// An error that holds the stack for a person (exit 3).
+fn held(message: String) -> anyhow::Error {
+    Verdict::new(Exit::Held, message).into()
+}
+
+/// `beamflow-agent push`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: std::path::PathBuf,
+    /// The folder holding the images.
+    pub dir: std::path::PathBuf,
+    /// Attempts before giving up on transient failures (collector down, link broken).
+    #[arg(long, default_value_t = 4)]
+    pub attempts: u32,
+}
+
+/// `beamflow-agent push`: one folder now, with its progress, until its DAG is accepted.
+pub fn main(args: Args) -> Result<beamflow_program::Exit> {
+    use crate::commands::status::human_bytes;
+    let cfg = Config::load(&args.config)?;
+    beamflow_program::logs::init(cfg.agent.log_format, "warn");
+    let rt = beamflow_program::runtime().context("failed to start the async runtime")?;
+    let progress = std::sync::Arc::new(transfer::Progress::default());
+    let p = rt.block_on(async {
+        let shown = tokio::spawn(show_progress(progress.clone()));
+        let r = push(&cfg, &args.dir, args.attempts, Some(progress.clone())).await;
+        shown.abort();
+        r
+    })?;
+    beamflow_program::sayln!(
+        "{} v{}: {} files, {} ({} sent, {} already there), {:.2} s; DAG {} with {} jobs{}",
+        p.stack,
+        p.version,
+        p.files,
+        human_bytes(p.bytes),
+        human_bytes(p.wire_bytes),
+        p.same,
+        p.secs,
+        p.remote_id,
+        p.jobs,
+        if p.created {
+            ""
+        } else {
+            " (registered before; nothing new created)"
+        }
+    );
+    Ok(beamflow_program::Exit::Done)
+}
+
+/// Shows a push's progress: a bar (files, bytes, rate, ETA) on a terminal, plain lines (the
+/// first once the stack is hashed, then every five seconds) otherwise. Runs until aborted.
+async fn show_progress(p: std::sync::Arc<transfer::Progress>) {
+    use crate::commands::status::human_bytes;
+    use std::io::IsTerminal;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+    let tty = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut last_line: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(if tty { 100 } else { 250 })).await;
+        let (total, files) = (p.total_bytes.load(Relaxed), p.total_files.load(Relaxed));
+        if files == 0 {
+            continue; // still scanning and hashing
+        }
+        let (done, done_files) = (p.bytes.load(Relaxed), p.files.load(Relaxed));
+        if tty {
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total);
+                let style = indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                b.set_style(style);
+                b
+            });
+            b.set_position(done.min(total));
+            b.set_message(format!("{done_files}/{files} files"));
+        } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            last_line = Some(std::time::Instant::now());
+            let rate = done as f64 / start.elapsed().as_secs_f64().max(0.001) / 1e6;
+            beamflow_program::complain!(
+                "push: {done_files}/{files} files, {} of {}, {rate:.1} MB/s",
+                human_bytes(done),
+                human_bytes(total)
+            );
+        }
+    }
 }

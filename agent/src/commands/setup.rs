@@ -428,6 +428,49 @@ pub fn line(mark: Mark, text: &str) -> String {
     format!("{}  {text}", mark.word())
 }
 
+/// `beamflow-agent setup`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: PathBuf,
+    /// Copy the collector without asking.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// `beamflow-agent setup`: the collector side in place, asking before it copies anything.
+pub fn main(args: Args) -> anyhow::Result<beamflow_program::Exit> {
+    use anyhow::Context;
+    use beamflow_program::{complain, sayln, Exit};
+    let cfg = Config::load(&args.config)?;
+    let mut say = |m: Mark, t: &str| sayln!("{}", line(m, t));
+    let yes = args.yes;
+    let mut consent = |q: &str| {
+        if yes {
+            return true;
+        }
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            complain!("{q}\n(no terminal to answer on: run again with --yes to agree)\n");
+            return false;
+        }
+        beamflow_program::logs::out(&format!("{q} [y/N] "));
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        matches!(answer.trim(), "y" | "Y" | "yes" | "YES")
+    };
+    let rt = beamflow_program::runtime().context("failed to start the async runtime")?;
+    if !rt.block_on(run(&cfg, &mut say, &mut consent))? {
+        return Ok(Exit::Error);
+    }
+    sayln!(
+        "the collector side is ready; check both ends with `beamflow-agent doctor --config {}`",
+        args.config.display()
+    );
+    Ok(Exit::Done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,38 @@ pub fn table(stacks: &[StackRecord]) -> String {
     beamflow_protocol::table(&rows)
 }
 
+/// `beamflow-agent status`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: std::path::PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `beamflow-agent status`: whether the daemon runs, and every stack the journal knows.
+pub fn main(args: Args) -> anyhow::Result<beamflow_program::Exit> {
+    use beamflow_program::sayln;
+    let cfg = beamflow_config::Config::load(&args.config)?;
+    let journal = crate::journal::Journal::open_read_only(&cfg.agent.state_dir)?;
+    let stacks = journal.stacks()?;
+    if args.json {
+        sayln!("{}", serde_json::to_string_pretty(&stacks)?);
+        return Ok(beamflow_program::Exit::Done);
+    }
+    match crate::instance::running(&cfg.agent.state_dir) {
+        Some(pid) => sayln!("daemon: running (pid {pid})"),
+        None => sayln!(
+            "daemon: not running; start it with `systemctl start beamflow-agent` or `beamflow-agent run --config {}`",
+            args.config.display()
+        ),
+    }
+    beamflow_program::logs::out(&table(&stacks));
+    Ok(beamflow_program::Exit::Done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,27 @@
 //! What the agent does with a stack's images before they travel: the structural TIFF check
 //! and BLAKE3, each on all cores, each reusing what is known of files that did not change.
 
-use crate::journal::FileRecord;
 use crate::stack::scan::DirScan;
 use crate::stack::tiff_check;
+use beamflow_program::cores::on_all_cores;
 use std::collections::HashMap;
 use std::path::Path;
+
+/// One file of a stack's current version, hashed: what the journal records and the link
+/// offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// File name in the stack folder.
+    pub name: String,
+    /// Bytes when hashed.
+    pub size: u64,
+    /// mtime (ns) when hashed.
+    pub mtime_ns: i64,
+    /// BLAKE3 of those bytes.
+    pub blake3: [u8; 32],
+    /// The collector acknowledged these bytes.
+    pub sent: bool,
+}
 
 /// Checks every image of a scan (reusing results for unchanged files); returns the faults.
 pub fn check_images(
@@ -20,7 +36,9 @@ pub fn check_images(
         tiff_check::check(&dir.join(&f.name))
             .err()
             .map(|e| e.to_string())
-    });
+    })
+    // a check that panicked holds its files with what it said, never passes them
+    .unwrap_or_else(|e| vec![Some(e.to_string()); todo.len()]);
     for (f, r) in todo.iter().zip(checked) {
         cache.insert(f.name.clone(), (f.size, f.mtime_ns, r));
     }
@@ -99,53 +117,9 @@ pub fn hash_files(
     // threads pay for themselves from a few MiB on (a small stack hashes in well under 1 ms)
     let bytes: u64 = scan.images.iter().map(|f| f.size).sum();
     on_all_cores(&images, bytes >= 4 << 20, |f| one(f))
+        .map_err(std::io::Error::other)?
         .into_iter()
         .collect()
-}
-
-/// `work` applied to every item on as many threads as there are cores (at most 8), each
-/// taking every n-th item, or on this thread when `worth` is false; the results come back
-/// in the items' order.
-fn on_all_cores<T: Sync, R: Send>(
-    items: &[T],
-    worth: bool,
-    work: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    // asked once: the answer reads cgroup files, and a cold start asks for every stack
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8)
-    });
-    let threads = cores.min(items.len().max(1));
-    if threads == 1 || !worth {
-        return items.iter().map(work).collect();
-    }
-    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let work = &work;
-                s.spawn(move || {
-                    items
-                        .iter()
-                        .enumerate()
-                        .skip(t)
-                        .step_by(threads)
-                        .map(|(i, x)| (i, work(x)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            // a panic here is a bug in `work`: let it surface as one
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]

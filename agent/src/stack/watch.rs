@@ -1,63 +1,47 @@
-//! Filesystem events in, messages out.
+//! Filesystem events in, [`Event`]s out.
 //!
 //! notify's callback runs on its own thread; it only turns events into messages for the
 //! daemon's loop. An event-queue overflow arrives as an ordinary event with the rescan flag
 //! and becomes a full rescan. A root that cannot be watched (the inotify watch limit, most
 //! often) is reported with the sysctl that fixes it and falls back to polling.
 
-use crate::link::transfer::Report;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::PathBuf;
-use tokio::sync::mpsc::UnboundedSender;
 
-/// What the daemon's loop receives.
+/// What the filesystem said.
 #[derive(Debug)]
-pub enum Msg {
+pub enum Event {
     /// Something changed at this path.
-    Fs(PathBuf),
+    Changed(PathBuf),
     /// Events were lost: rescan everything.
     Rescan,
-    /// A transfer ended; the far ends it used, still open, for the next stack.
-    Done(PathBuf, Box<Report>, Vec<crate::link::Link>),
-    /// Checking and hashing a finished stack's images ended.
-    Checked(PathBuf, Box<crate::stack::images::Checked>),
-    /// Hashing a settling stack's images ahead of its finish ended.
-    Hashed(PathBuf, Result<Vec<crate::journal::FileRecord>, String>),
-    /// Removing a vanished stack's partial copy ended (its folder, journal id, outcome).
-    Discarded(PathBuf, i64, crate::link::transfer::Discard),
-    /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
-    /// or why it could not be asked.
-    Outcomes(Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>),
-    /// Fetching a stack's results ended: (journal id, remote id, files and bytes, or why not).
-    Results(i64, i64, Result<(usize, u64, String), String>),
 }
 
 /// Watches `roots` recursively. Returns the watcher (dropping it stops events) and the roots
 /// that could not be watched and must be polled instead.
 pub fn start(
     roots: &[PathBuf],
-    tx: UnboundedSender<Msg>,
+    send: impl Fn(Event) + Send + 'static,
 ) -> (Option<RecommendedWatcher>, Vec<PathBuf>) {
     if roots.is_empty() {
         return (None, Vec::new());
     }
-    let cb_tx = tx.clone();
     let watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) => {
                 if ev.need_rescan() {
-                    let _ = cb_tx.send(Msg::Rescan);
+                    send(Event::Rescan);
                 }
                 if !can_change_a_stack(&ev.kind) {
                     return;
                 }
                 for p in ev.paths {
-                    let _ = cb_tx.send(Msg::Fs(p));
+                    send(Event::Changed(p));
                 }
             }
             Err(e) => {
                 tracing::warn!("filesystem watch error: {e}; rescanning");
-                let _ = cb_tx.send(Msg::Rescan);
+                send(Event::Rescan);
             }
         });
     let mut watcher = match watcher {

@@ -81,7 +81,7 @@ fn signature_of(buf: &[u8], block: u32) -> Result<Vec<u8>, String> {
                 h.join().map_err(|p| {
                     format!(
                         "a signature worker failed: {}",
-                        crate::panic_message(p.as_ref())
+                        beamflow_program::cores::panic_message(p.as_ref())
                     )
                 })
             })

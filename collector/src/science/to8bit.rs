@@ -82,33 +82,13 @@ fn strips(path: &Path, mut each: impl FnMut(&[f32]) -> Result<(), String>) -> Re
     Ok(())
 }
 
-/// Runs `work` over `items` on all cores, keeping their order. A worker that panics is an
+/// Runs `work` over `items` on all cores, keeping their order; a worker that panics is an
 /// error with its message, never a share of the results lost in silence.
 fn on_all_cores<T: Sync, R: Send>(
     items: &[T],
     work: impl Fn(&T) -> R + Sync,
 ) -> Result<Vec<R>, String> {
-    let n = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(items.len().max(1));
-    let chunk = items.len().div_ceil(n).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|c| s.spawn(|| c.iter().map(&work).collect::<Vec<R>>()))
-            .collect();
-        let mut out = Vec::with_capacity(items.len());
-        for h in handles {
-            out.extend(h.join().map_err(|p| {
-                format!(
-                    "a conversion worker failed: {}",
-                    crate::panic_message(p.as_ref())
-                )
-            })?);
-        }
-        Ok(out)
-    })
+    beamflow_program::cores::on_all_cores(items, true, work).map_err(|e| e.to_string())
 }
 
 /// The window `[lo, hi]` for a whole stack.

@@ -299,11 +299,15 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             .map(|j| format!("{}: {}", j.name, j.reason))
             .collect();
         if !failed.is_empty() {
-            bail!(
-                "a job failed: {}; see {}",
-                failed.join("; "),
-                dir.join("work").display()
-            );
+            return Err(beamflow_program::Verdict::new(
+                beamflow_program::Exit::Held,
+                format!(
+                    "a job failed: {}; see {}",
+                    failed.join("; "),
+                    dir.join("work").display()
+                ),
+            )
+            .into());
         }
         if done {
             break jobs;
@@ -467,4 +471,38 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         r.dir.display()
     ));
     out
+}
+
+/// `beamflow-agent demo`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folder to run in (default: a fresh temporary folder, kept for inspection).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Sections to write (2 to 1000).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub sections: u32,
+    /// Pixels per side of each 16-bit section (128 to 2048: the sizes AlignTK is tested to
+    /// register the synthetic specimen at).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(128..=2048))]
+    pub side: u32,
+    /// Quiet period that finishes the stack.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+}
+
+/// `beamflow-agent demo`: the whole path on one machine, and what it found.
+pub fn main(args: Args) -> Result<beamflow_program::Exit> {
+    beamflow_program::logs::init(beamflow_config::LogFormat::Plain, "warn");
+    let opts = DemoOptions {
+        dir: args.dir,
+        sections: args.sections,
+        side: args.side,
+        settle: args.settle,
+        ..Default::default()
+    };
+    let rt = beamflow_program::runtime().context("failed to start the async runtime")?;
+    let report = rt.block_on(run(opts))?;
+    beamflow_program::logs::out(&render(&report, args.settle));
+    Ok(beamflow_program::Exit::Done)
 }

@@ -18,9 +18,9 @@ use crate::stack::images::hash_files;
 use crate::stack::lifecycle::{self, Backoff, Next};
 use crate::stack::root::Root;
 use crate::stack::scan::{stack_dirs, DirScan};
-use crate::stack::watch::{self, Msg};
+use crate::stack::watch;
 use crate::stack::{decide, Observed, Verdict};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use beamflow_config::notify::NotifyEvent;
 use beamflow_config::{Config, OnChange, WatchMode};
 use std::collections::{HashMap, HashSet};
@@ -30,6 +30,55 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+/// What the daemon's loop receives.
+#[derive(Debug)]
+pub enum Msg {
+    /// Something changed at this path.
+    Fs(PathBuf),
+    /// Events were lost: rescan everything.
+    Rescan,
+    /// A transfer ended; the far ends it used, still open, for the next stack.
+    Done(PathBuf, Box<Report>, Vec<crate::link::Link>),
+    /// Checking and hashing a finished stack's images ended.
+    Checked(PathBuf, Box<crate::stack::images::Checked>),
+    /// Hashing a settling stack's images ahead of its finish ended.
+    Hashed(
+        PathBuf,
+        Result<Vec<crate::stack::images::FileRecord>, String>,
+    ),
+    /// Removing a vanished stack's partial copy ended (its folder, journal id, outcome).
+    Discarded(PathBuf, i64, crate::link::transfer::Discard),
+    /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
+    /// or why it could not be asked.
+    Outcomes(Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>),
+    /// Fetching a stack's results ended: (journal id, remote id, files and bytes, or why not).
+    Results(i64, i64, Result<(usize, u64, String), String>),
+}
+
+/// `beamflow-agent run`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: std::path::PathBuf,
+}
+
+/// `beamflow-agent run`: the daemon, until SIGTERM; systemd hears when it is ready.
+pub fn main(args: Args) -> anyhow::Result<beamflow_program::Exit> {
+    let cfg = Config::load(&args.config)?;
+    beamflow_program::logs::init(cfg.agent.log_format, "info");
+    let rt = beamflow_program::runtime().context("failed to start the async runtime")?;
+    let status = format!("STATUS=watching {} root(s)", cfg.watch.len());
+    let ready = move || {
+        crate::systemd::notify(&format!("READY=1\n{status}"));
+    };
+    let result = rt.block_on(run(cfg, beamflow_program::shutdown(), ready));
+    // a transfer thread still running is abandoned: its link dies with us and the journal
+    // resumes it at the next start
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result.map(|()| beamflow_program::Exit::Done)
+}
 
 struct Tracked {
     root: usize,
@@ -285,7 +334,15 @@ pub async fn run(
         .filter(|r| r.section.mode == WatchMode::Inotify)
         .map(|r| r.canon.clone())
         .collect();
-    let (_watcher, fallback) = watch::start(&inotify, tx.clone());
+    let (_watcher, fallback) = watch::start(&inotify, {
+        let tx = tx.clone();
+        move |e| {
+            let _ = tx.send(match e {
+                watch::Event::Changed(p) => Msg::Fs(p),
+                watch::Event::Rescan => Msg::Rescan,
+            });
+        }
+    });
     let polled: Vec<usize> = d
         .roots
         .iter()

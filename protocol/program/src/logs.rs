@@ -6,7 +6,7 @@
 //! mid-session. Logs here go through a writer that drops what cannot be written, and the
 //! binaries print through [`out`] and [`err`], which do the same.
 
-use crate::LogFormat;
+use beamflow_config::LogFormat;
 use std::io::Write;
 
 /// stderr that swallows write errors: a log line that cannot be written is lost, the process

@@ -1,8 +1,13 @@
-//! The operator's commands: tables for people, `--json` for scripts.
+//! The operator's commands (`ls`, `status`, `history`, `retry`, `kill`), read and acted on
+//! through the service's API, never the database file: tables for people, `--json` for
+//! scripts.
 
 use crate::api::Client;
 use crate::api::JobRow;
+use beamflow_config::Config;
+use beamflow_program::{logs, sayln, Exit};
 pub use beamflow_protocol::table;
+use std::path::{Path, PathBuf};
 
 /// Renders jobs as an aligned table.
 pub fn jobs_table(jobs: &[JobRow]) -> String {
@@ -129,4 +134,108 @@ pub fn ls(
     state: Option<&str>,
 ) -> Result<Vec<JobRow>, crate::api::ClientError> {
     client.jobs(stack, state)
+}
+
+/// The service's client, from the config's state folder.
+pub fn client(config: &Path) -> anyhow::Result<Client> {
+    let cfg = Config::load(config)?;
+    Ok(Client::from_state_dir(&cfg.collector.state_dir)?)
+}
+
+/// `ls`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: PathBuf,
+    /// Only jobs of this stack (path under the data root).
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// Only jobs in this state (e.g. READY).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ls`: the jobs, filtered.
+pub fn ls_main(a: LsArgs) -> anyhow::Result<Exit> {
+    let jobs = ls(&client(&a.config)?, a.stack.as_deref(), a.state.as_deref())?;
+    if a.json {
+        sayln!("{}", serde_json::to_string_pretty(&jobs)?);
+    } else {
+        logs::out(&jobs_table(&jobs));
+    }
+    Ok(Exit::Done)
+}
+
+/// `status`'s and other reads' arguments.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `status`: stacks with their jobs per state, launchers, and what needs a person.
+pub fn status_main(a: StatusArgs) -> anyhow::Result<Exit> {
+    let st = client(&a.config)?.status()?;
+    if a.json {
+        sayln!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        logs::out(&status_text(&st));
+    }
+    Ok(Exit::Done)
+}
+
+/// `history`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: PathBuf,
+    /// Job id (from `ls`).
+    pub job: u64,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `history`: every state change of one job.
+pub fn history_main(a: HistoryArgs) -> anyhow::Result<Exit> {
+    let ev = client(&a.config)?.history(a.job)?;
+    if a.json {
+        sayln!("{}", serde_json::to_string_pretty(&ev)?);
+    } else {
+        logs::out(&history_text(&ev));
+    }
+    Ok(Exit::Done)
+}
+
+/// `retry`'s and `kill`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: PathBuf,
+    /// Job id.
+    pub job: u64,
+}
+
+/// `retry`: a FAILED, USER_KILLED, RUN_ERROR or RUN_TIMEOUT job back in line.
+pub fn retry_main(a: JobArgs) -> anyhow::Result<Exit> {
+    let j = client(&a.config)?.retry(a.job)?;
+    sayln!("job {} ({} of {}) is {}", j.id, j.name, j.stack, j.state);
+    Ok(Exit::Done)
+}
+
+/// `kill`: a job stopped for good.
+pub fn kill_main(a: JobArgs) -> anyhow::Result<Exit> {
+    let j = client(&a.config)?.kill(a.job)?;
+    sayln!("job {} ({} of {}) is {}", j.id, j.name, j.stack, j.state);
+    Ok(Exit::Done)
 }

@@ -1,0 +1,41 @@
+//! `beamflow-agent login`: a person opens the SSH master in a terminal (password, one-time
+//! code …) and leaves it running for the daemon (`[link] master = "adopt"`).
+
+use anyhow::Result;
+use beamflow_config::{Config, Transport};
+use beamflow_program::{sayln, Exit};
+
+/// `beamflow-agent login`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: std::path::PathBuf,
+}
+
+/// Opens the master and says where it is.
+pub fn main(args: Args) -> Result<Exit> {
+    let cfg = Config::load(&args.config)?;
+    if cfg.link.transport != Transport::Ssh {
+        return Err(beamflow_program::Verdict::new(
+            Exit::Usage,
+            format!(
+                "[link] transport is not \"ssh\" in {}; there is no master to open",
+                args.config.display()
+            ),
+        )
+        .into());
+    }
+    let ctl = crate::link::ssh::login(&cfg.link).map_err(|e| {
+        beamflow_program::Verdict::new(
+            Exit::Unreachable,
+            format!("cannot open the SSH master: {e}"),
+        )
+    })?;
+    sayln!(
+        "SSH master to {} is open at {}; beamflow-agent run uses it until it ends",
+        cfg.link.host,
+        ctl.display()
+    );
+    Ok(Exit::Done)
+}

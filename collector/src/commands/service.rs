@@ -1,0 +1,23 @@
+//! `beamflow-collector service`: the long-running daemon, until SIGTERM.
+
+use anyhow::Context;
+use beamflow_config::Config;
+use beamflow_program::Exit;
+use std::path::PathBuf;
+
+/// `service`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Runs the service until SIGTERM or Ctrl-C.
+pub fn main(a: Args) -> anyhow::Result<Exit> {
+    let cfg = Config::load(&a.config)?;
+    beamflow_program::logs::init(cfg.agent.log_format, "info");
+    let rt = beamflow_program::runtime().context("failed to start the async runtime")?;
+    rt.block_on(crate::service::run(cfg, beamflow_program::shutdown()))?;
+    Ok(Exit::Done)
+}
