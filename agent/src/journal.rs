@@ -28,6 +28,9 @@ pub enum JournalError {
         /// Where it was asked to go.
         to: StackState,
     },
+    /// A stored state this build does not know (a journal from another version).
+    #[error(transparent)]
+    UnknownState(#[from] beamflow_protocol::states::UnknownState),
 }
 
 /// Moves a stack to `state` with `reason` (nothing written when both are unchanged).
@@ -99,7 +102,7 @@ fn check_move(conn: &Connection, id: i64, to: StackState) -> Result<(), JournalE
         .prepare_cached("SELECT state FROM stacks WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()?;
-    if let Some(from) = cur.as_deref().map(StackState::parse) {
+    if let Some(from) = cur.as_deref().map(StackState::parse).transpose()? {
         if !crate::stack::lifecycle::legal(from, to) {
             return Err(JournalError::Illegal {
                 stack: id,
@@ -344,7 +347,13 @@ impl Journal {
             name: r.get(2)?,
             workflow: r.get(3)?,
             version: r.get(4)?,
-            state: StackState::parse(&r.get::<_, String>(5)?),
+            state: r.get::<_, String>(5)?.parse().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    5,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
             reason: r.get(6)?,
             remote_id: r.get(7)?,
             bytes_sent: r.get::<_, i64>(8)? as u64,

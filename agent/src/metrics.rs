@@ -87,8 +87,11 @@ impl Metrics {
 
     /// The text, with stacks counted by state from the journal.
     pub fn render(&self, stacks: &[StackRecord]) -> String {
-        for st in crate::stack::lifecycle::STATE_NAMES {
-            let n = stacks.iter().filter(|s| s.state.as_str() == *st).count();
+        for st in crate::stack::lifecycle::StackState::ALL
+            .iter()
+            .map(|s| s.as_str())
+        {
+            let n = stacks.iter().filter(|s| s.state.as_str() == st).count();
             self.stacks.with_label_values(&[st]).set(n as i64);
         }
         let mut out = Vec::new();

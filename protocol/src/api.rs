@@ -133,8 +133,8 @@ pub struct JobRow {
     pub version: u32,
     /// Step name.
     pub name: String,
-    /// State name (Balsam's).
-    pub state: String,
+    /// Its state (Balsam's names; strict: an unknown name is an error).
+    pub state: crate::states::JobState,
     /// Ids of the jobs it waits for.
     pub parents: Vec<u64>,
     /// Nodes.
@@ -284,8 +284,8 @@ pub struct LauncherRow {
     pub batch_id: String,
     /// Nodes asked for.
     pub nodes: u32,
-    /// QUEUED, RUNNING, FINISHED or LOST.
-    pub state: String,
+    /// Its state.
+    pub state: crate::states::LauncherState,
     /// Jobs it runs now.
     pub running_jobs: u32,
     /// When it was submitted (RFC 3339).
@@ -326,9 +326,9 @@ pub struct EventRow {
     /// When (RFC 3339).
     pub at: String,
     /// Previous state (none when created).
-    pub from: Option<String>,
+    pub from: Option<crate::states::JobState>,
     /// New state.
-    pub to: String,
+    pub to: crate::states::JobState,
     /// Why.
     pub reason: String,
 }

@@ -10,6 +10,7 @@ pub mod doctor;
 mod frame;
 mod io;
 mod path;
+pub mod states;
 mod table;
 
 pub use frame::{data_header, ErrorCode, FileEntry, Frame, Hash, Have, MAX_FRAME};

@@ -3,78 +3,33 @@
 //! daemon's path run once) apply after a transfer attempt, so the two cannot disagree about
 //! what an outcome means or how long to wait before the next try.
 
-use serde::Serialize;
 use std::time::Duration;
 
-/// Where a stack is in the agent's hands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StackState {
-    /// Images are arriving; not finished yet.
-    Waiting,
-    /// Quiet but not sendable (broken image, too few images); the reason says why.
-    Held,
-    /// Finished and hashed; waiting for its turn on the link.
-    Queued,
-    /// Files are moving (or were, when the agent stopped).
-    Sending,
-    /// Every file is verified on the far side; the submission has not been accepted yet.
-    Sent,
-    /// The collector accepted the DAG.
-    Submitted,
-    /// The folder disappeared (renamed or removed) before the stack was submitted; what
-    /// arrived of it at the collector is being removed.
-    Discarding,
-    /// The folder disappeared before the stack was submitted; nothing of it is left at the
-    /// collector. A folder that appears again under the same name starts over.
-    Gone,
-    /// Submitted, its DAG done, and its images removed from this host (`delete_after`):
-    /// every one had been verified at the collector. Images that arrive again start a new
-    /// version.
-    Freed,
-}
-
-/// Every state's stored name, for exports that list each state even when no stack is in it.
-pub const STATE_NAMES: &[&str] = &[
-    "waiting",
-    "held",
-    "queued",
-    "sending",
-    "sent",
-    "submitted",
-    "discarding",
-    "gone",
-    "freed",
-];
-
-impl StackState {
-    /// Name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StackState::Waiting => "waiting",
-            StackState::Held => "held",
-            StackState::Queued => "queued",
-            StackState::Sending => "sending",
-            StackState::Sent => "sent",
-            StackState::Submitted => "submitted",
-            StackState::Discarding => "discarding",
-            StackState::Gone => "gone",
-            StackState::Freed => "freed",
-        }
-    }
-    /// The state a stored name stands for (an unknown one is `waiting`: decided again).
-    pub fn parse(s: &str) -> StackState {
-        match s {
-            "held" => StackState::Held,
-            "queued" => StackState::Queued,
-            "sending" => StackState::Sending,
-            "sent" => StackState::Sent,
-            "submitted" => StackState::Submitted,
-            "discarding" => StackState::Discarding,
-            "gone" => StackState::Gone,
-            "freed" => StackState::Freed,
-            _ => StackState::Waiting,
-        }
+beamflow_protocol::states! {
+    /// Where a stack is in the agent's hands.
+    pub enum StackState {
+        /// Images are arriving; not finished yet.
+        Waiting = "waiting",
+        /// Quiet but not sendable (broken image, too few images); the reason says why.
+        Held = "held",
+        /// Finished and hashed; waiting for its turn on the link.
+        Queued = "queued",
+        /// Files are moving (or were, when the agent stopped).
+        Sending = "sending",
+        /// Every file is verified on the far side; the submission has not been accepted yet.
+        Sent = "sent",
+        /// The collector accepted the DAG.
+        Submitted = "submitted",
+        /// The folder disappeared (renamed or removed) before the stack was submitted; what
+        /// arrived of it at the collector is being removed.
+        Discarding = "discarding",
+        /// The folder disappeared before the stack was submitted; nothing of it is left at
+        /// the collector. A folder that appears again under the same name starts over.
+        Gone = "gone",
+        /// Submitted, its DAG done, and its images removed from this host (`delete_after`):
+        /// every one had been verified at the collector. Images that arrive again start a
+        /// new version.
+        Freed = "freed",
     }
 }
 

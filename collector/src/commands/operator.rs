@@ -36,7 +36,7 @@ pub fn jobs_table(jobs: &[JobRow]) -> String {
             j.stack.clone(),
             j.version.to_string(),
             j.name.clone(),
-            j.state.clone(),
+            j.state.to_string(),
             parents,
         ]);
     }
@@ -91,7 +91,7 @@ pub fn status_text(s: &beamflow_protocol::api::StatusResponse) -> String {
                     l.batch_id.clone()
                 },
                 l.nodes.to_string(),
-                l.state.clone(),
+                l.state.to_string(),
                 l.running_jobs.to_string(),
                 if l.reason.is_empty() {
                     "-".into()
@@ -119,8 +119,8 @@ pub fn history_text(events: &[beamflow_protocol::api::EventRow]) -> String {
     for e in events {
         rows.push([
             e.at.clone(),
-            e.from.clone().unwrap_or_else(|| "-".into()),
-            e.to.clone(),
+            e.from.map_or_else(|| "-".into(), |s| s.to_string()),
+            e.to.to_string(),
             e.reason.clone(),
         ]);
     }
@@ -152,8 +152,8 @@ pub struct LsArgs {
     #[arg(long)]
     pub stack: Option<String>,
     /// Only jobs in this state (e.g. READY).
-    #[arg(long)]
-    pub state: Option<String>,
+    #[arg(long, value_parser = beamflow_protocol::states::JobState::parse)]
+    pub state: Option<beamflow_protocol::states::JobState>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -161,7 +161,8 @@ pub struct LsArgs {
 
 /// `ls`: the jobs, filtered.
 pub fn ls_main(a: LsArgs) -> anyhow::Result<Exit> {
-    let jobs = ls(&client(&a.config)?, a.stack.as_deref(), a.state.as_deref())?;
+    let state = a.state.map(|s| s.as_str());
+    let jobs = ls(&client(&a.config)?, a.stack.as_deref(), state)?;
     if a.json {
         sayln!("{}", serde_json::to_string_pretty(&jobs)?);
     } else {

@@ -86,7 +86,8 @@ pub fn classify(argv: &[String], exit_code: Option<i32>, stderr: &str) -> Fault 
     }
     let is_qa = argv.get(1).is_some_and(|a| a == "qa");
     match exit_code {
-        Some(1) if is_qa => Fault::QaFailed,
+        // 3 is beamflow's "held: needs a person"; 1 any other error of the step
+        Some(1 | 3) if is_qa => Fault::QaFailed,
         Some(126 | 127) => Fault::MissingProgram,
         // abort() is how AlignTK reports any runtime error it did not name above
         Some(134) => Fault::Exit,
@@ -118,7 +119,8 @@ mod tests {
             ),
             (&find_rst, Some(134), "Could not read image images/x.tif", Fault::CannotReadInput, Handling::Hold),
             (&find_rst, Some(134), "Could not read map maps/a_b.map", Fault::CannotReadInput, Handling::Hold),
-            (&qa, Some(1), "S_0002.tif: blank: every pixel is 16", Fault::QaFailed, Handling::Hold),
+            (&qa, Some(3), "S_0002.tif: blank: every pixel is 16", Fault::QaFailed, Handling::Hold),
+            (&qa, Some(1), "cannot list images", Fault::QaFailed, Handling::Hold),
             (&find_rst, Some(127), "", Fault::MissingProgram, Handling::Hold),
             (&find_rst, Some(137), "", Fault::Signal, Handling::Retry),
             (&find_rst, None, "", Fault::Signal, Handling::Retry),

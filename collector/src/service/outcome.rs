@@ -4,20 +4,30 @@
 //! how its stacks ended without opening a port or a session on the login node.
 
 use crate::api::{DagOutcome, JobRow};
+use beamflow_protocol::states::JobState;
 
 /// Sums up the jobs of stack version `id`; `config` is the collector's config file, for the
 /// retry command.
 pub fn summarize(id: u64, jobs: &[JobRow], config: &str) -> DagOutcome {
     let total = jobs.len() as u32;
-    let count = |s: &str| jobs.iter().filter(|j| j.state == s).count() as u32;
-    let done = count("JOB_FINISHED");
-    let failed: Vec<&JobRow> = jobs.iter().filter(|j| j.state == "FAILED").collect();
-    let killed = count("USER_KILLED");
-    let superseded: Vec<&JobRow> = jobs.iter().filter(|j| j.state == "SUPERSEDED").collect();
+    let count = |s: JobState| jobs.iter().filter(|j| j.state == s).count() as u32;
+    let done = count(JobState::JobFinished);
+    let failed: Vec<&JobRow> = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Failed)
+        .collect();
+    let killed = count(JobState::UserKilled);
+    let superseded: Vec<&JobRow> = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Superseded)
+        .collect();
     let started = jobs.iter().any(|j| {
         !matches!(
-            j.state.as_str(),
-            "CREATED" | "AWAITING_PARENTS" | "READY" | "PREPROCESSED"
+            j.state,
+            JobState::Created
+                | JobState::AwaitingParents
+                | JobState::Ready
+                | JobState::Preprocessed
         )
     });
     let state = if total == 0 {
@@ -76,7 +86,7 @@ mod tests {
             stack: "s".into(),
             version: 1,
             name: name.into(),
-            state: state.into(),
+            state: state.parse().unwrap(),
             parents: vec![],
             nodes: 1,
             ranks_per_node: 1,

@@ -7,6 +7,7 @@
 
 use crate::service::clock::{between, stamp};
 use crate::service::store::{Db, DbError};
+use beamflow_protocol::states::JobState;
 use rusqlite::params;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -87,13 +88,13 @@ fn size_of(p: &Path) -> u64 {
 impl Db {
     fn candidates(&self) -> Result<Vec<Candidate>, DbError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT s.id, s.dir, s.work_dir, s.files,
+            &format!("SELECT s.id, s.dir, s.work_dir, s.files,
                     NOT EXISTS (SELECT 1 FROM stacks n WHERE n.beamline = s.beamline AND n.name = s.name AND n.version > s.version),
-                    SUM(j.state IN ('JOB_FINISHED', 'SUPERSEDED')), SUM(j.state IN ('FAILED', 'USER_KILLED')), COUNT(j.id),
+                    SUM(j.state IN ('{}', '{}')), SUM(j.state IN ('{}', '{}')), COUNT(j.id),
                     (SELECT MAX(e.at) FROM events e JOIN jobs k ON k.id = e.job_id WHERE k.stack_id = s.id)
              FROM stacks s JOIN jobs j ON j.stack_id = s.id
              WHERE NOT EXISTS (SELECT 1 FROM removals r WHERE r.stack_id = s.id AND r.what = 'stack version')
-             GROUP BY s.id",
+             GROUP BY s.id", JobState::JobFinished.as_str(), JobState::Superseded.as_str(), JobState::Failed.as_str(), JobState::UserKilled.as_str()),
         )?;
         let rows = st
             .query_map([], |r| {

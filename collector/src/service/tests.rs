@@ -171,8 +171,15 @@ impl Tier {
         self.db.lock().unwrap().job(job).unwrap().unwrap().reason
     }
 
-    fn state(&self, job: u64) -> String {
-        self.db.lock().unwrap().job(job).unwrap().unwrap().state
+    fn state(&self, job: u64) -> &'static str {
+        self.db
+            .lock()
+            .unwrap()
+            .job(job)
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str()
     }
 
     fn running_events(&self, job: u64) -> usize {
@@ -180,7 +187,7 @@ impl Tier {
         db.events(job)
             .unwrap()
             .iter()
-            .filter(|e| e.to == "RUNNING")
+            .filter(|e| e.to == JobState::Running)
             .count()
     }
 
@@ -277,7 +284,7 @@ fn a_silent_launcher_is_lost_exactly_when_its_heartbeat_expires_on_the_clock() {
     t.clock.advance(Duration::from_millis(200));
     t.engine.watch_launchers().unwrap();
     let l = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].clone();
-    assert_eq!(l.state, LauncherState::Lost.as_str());
+    assert_eq!(l.state, LauncherState::Lost);
     assert_eq!(l.reason, "no heartbeat for 3s");
     assert_eq!(*t.sched.deleted.lock().unwrap(), [batch]);
     assert_eq!(t.state(ids[0]), "RUN_TIMEOUT");
@@ -342,7 +349,10 @@ fn an_illegal_move_is_an_error_and_a_lost_race_changes_nothing() {
     // a legal move from a state the job is not in is a lost race: false, nothing written
     assert!(!job::change(&tx, ids[1], JobState::Running, Trigger::Acquired, "x", "t").unwrap());
     tx.commit().unwrap();
-    assert_eq!(db.job(ids[1]).unwrap().unwrap().state, "AWAITING_PARENTS");
+    assert_eq!(
+        db.job(ids[1]).unwrap().unwrap().state,
+        JobState::AwaitingParents
+    );
     assert_eq!(db.events(ids[1]).unwrap().len(), 2, "created, then waiting");
     // through the database layer the error keeps its cause
     drop(db);
@@ -442,7 +452,7 @@ fn a_closing_launcher_is_never_handed_back_the_job_its_ending_made_runnable() {
             .unwrap();
     assert!(late.stop && late.jobs.is_empty() && late.kill.is_empty());
     let l = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].clone();
-    assert_eq!(l.state, LauncherState::Ending.as_str());
+    assert_eq!(l.state, LauncherState::Ending);
     // the job runs again on a new launcher, its second attempt
     t.engine.round(false);
     let second = t.db.lock().unwrap().launchers(&[], None).unwrap()[1].id;

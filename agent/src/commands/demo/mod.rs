@@ -15,6 +15,7 @@ use crate::synth::{write_tiff, Section};
 use anyhow::{bail, Context, Result};
 use beamflow_config::{Config, EMBEDDED_LOCAL};
 use beamflow_protocol::api::Client;
+use beamflow_protocol::states::JobState;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,7 +61,7 @@ pub struct DemoReport {
     /// From the last section written to the DAG accepted.
     pub latency: Duration,
     /// Jobs the collector lists for the stack: (name, state, parents).
-    pub jobs: Vec<(String, String, Vec<u64>)>,
+    pub jobs: Vec<(String, JobState, Vec<u64>)>,
     /// From the DAG accepted to every job finished.
     pub run_time: Duration,
     /// The workflow that ran.
@@ -90,17 +91,17 @@ fn step_times(client: &Client, jobs: &[beamflow_protocol::api::JobRow]) -> Resul
     let mut finished: std::collections::HashMap<u64, std::time::SystemTime> = Default::default();
     for j in jobs {
         let h = client.history(j.id)?;
-        let at = |state: &str| {
+        let at = |state: JobState| {
             h.iter()
                 .find(|e| e.to == state)
                 .and_then(|e| humantime::parse_rfc3339(&e.at).ok())
                 .with_context(|| format!("job {} never passed through {state}", j.id))
         };
         let (ready, running, done, end) = (
-            at("READY")?,
-            at("RUNNING")?,
-            at("RUN_DONE")?,
-            at("JOB_FINISHED")?,
+            at(JobState::Ready)?,
+            at(JobState::Running)?,
+            at(JobState::RunDone)?,
+            at(JobState::JobFinished)?,
         );
         let since = j
             .parents
@@ -292,10 +293,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let accepted = Instant::now();
     let jobs = loop {
         let jobs = client.jobs(Some(&rec.name), None)?;
-        let done = !jobs.is_empty() && jobs.iter().all(|j| j.state == "JOB_FINISHED");
+        let done = !jobs.is_empty() && jobs.iter().all(|j| j.state == JobState::JobFinished);
         let failed: Vec<String> = jobs
             .iter()
-            .filter(|j| j.state == "FAILED")
+            .filter(|j| j.state == JobState::Failed)
             .map(|j| format!("{}: {}", j.name, j.reason))
             .collect();
         if !failed.is_empty() {

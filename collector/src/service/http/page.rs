@@ -252,7 +252,7 @@ pub fn render(v: &View, now: SystemTime) -> String {
             esc(&l.scheduler),
             esc(&l.batch_id),
             l.nodes,
-            esc(&l.state),
+            l.state,
             l.running_jobs,
             esc(&l.reason)
         );
@@ -273,7 +273,7 @@ pub fn job_page(j: &JobRow, events: &[EventRow]) -> String {
         esc(&j.beamline),
         esc(&j.stack),
         j.version,
-        esc(&j.state),
+        j.state,
         j.attempts,
         esc(&j.command)
     );
@@ -282,8 +282,8 @@ pub fn job_page(j: &JobRow, events: &[EventRow]) -> String {
             o,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&e.at),
-            esc(e.from.as_deref().unwrap_or("-")),
-            esc(&e.to),
+            e.from.map_or("-", |s| s.as_str()),
+            e.to,
             esc(&e.reason)
         );
     }

@@ -8,6 +8,7 @@ use crate::api::{
 };
 use crate::science::dag::plan;
 use crate::service::engine::Engine;
+use crate::service::lifecycle::job::JobState;
 use crate::service::lifecycle::launcher::{LauncherState, LauncherTrigger};
 use crate::service::store::{Db, DbError, NewStack};
 use crate::service::wake::Wake;
@@ -316,15 +317,15 @@ async fn metrics(
             db.count_by_state("launchers").map_err(internal)?,
         )
     };
+    let job_names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+    let launcher_names: Vec<&str> = LauncherState::ALL.iter().map(|s| s.as_str()).collect();
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             crate::service::http::metrics::CONTENT_TYPE,
         )],
-        crate::service::http::metrics::global().render(
-            (&jobs, crate::service::lifecycle::job::STATE_NAMES),
-            (&launchers, crate::service::lifecycle::launcher::STATE_NAMES),
-        ),
+        crate::service::http::metrics::global()
+            .render((&jobs, &job_names), (&launchers, &launcher_names)),
     ))
 }
 
@@ -453,7 +454,7 @@ fn page_view(st: &AppState) -> Result<crate::service::http::page::View, String> 
         .rev()
         .take(20)
         .collect();
-    let failed = db.jobs(None, Some("FAILED")).map_err(e)?;
+    let failed = db.jobs(None, Some(JobState::Failed.as_str())).map_err(e)?;
     let mut windows = Vec::new();
     for (name, secs) in [("last hour", 3600u64), ("last day", 86400)] {
         let since = crate::service::clock::stamp(now - std::time::Duration::from_secs(secs));
@@ -781,12 +782,12 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
     let stacks = db.stack_status().map_err(internal)?;
     let all = db.launchers(&[], None).map_err(internal)?;
     // the live ones and the last few that ended
-    let ended = all.iter().filter(|l| ended_state(&l.state)).count();
+    let ended = all.iter().filter(|l| !l.state.live()).count();
     let mut skip = ended.saturating_sub(5);
     let launchers = all
         .into_iter()
         .filter(|l| {
-            if skip > 0 && ended_state(&l.state) {
+            if skip > 0 && !l.state.live() {
                 skip -= 1;
                 false
             } else {
@@ -800,7 +801,9 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
         .lock()
         .map(|n| n.clone())
         .unwrap_or_default();
-    let failed = db.jobs(None, Some("FAILED")).map_err(internal)?;
+    let failed = db
+        .jobs(None, Some(JobState::Failed.as_str()))
+        .map_err(internal)?;
     let config = beamflow_config::argv::quote(&config_path(&st));
     for j in failed.iter().take(10) {
         notes.push(format!(
@@ -856,8 +859,4 @@ async fn probe_seen(
         Some(host) => Ok(Json(Probe { nonce, host })),
         None => Err(fail(StatusCode::NOT_FOUND, "no such probe has arrived yet")),
     }
-}
-
-fn ended_state(s: &str) -> bool {
-    LauncherState::parse(s).is_some_and(|s| !s.live())
 }

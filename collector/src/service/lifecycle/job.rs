@@ -10,91 +10,11 @@
 use crate::science::fault::{self, Handling};
 use beamflow_protocol::api::Outcome;
 use rusqlite::{params, OptionalExtension, Transaction};
-use serde::{Deserialize, Serialize};
 
-/// Where a job is in its life. Every change is an event row with a time and a reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum JobState {
-    /// Just recorded.
-    Created,
-    /// Waits for its parents to finish.
-    AwaitingParents,
-    /// Parents done; may be preprocessed and run.
-    Ready,
-    /// Work folder prepared; waits for a launcher.
-    Preprocessed,
-    /// A launcher runs it.
-    Running,
-    /// Exited 0.
-    RunDone,
-    /// Outputs checked.
-    Postprocessed,
-    /// Done for good.
-    JobFinished,
-    /// Exited non-zero or failed its output check.
-    RunError,
-    /// Its allocation ended or vanished while it ran.
-    RunTimeout,
-    /// Will run again.
-    RestartReady,
-    /// Out of attempts, or the data is at fault: held for a person.
-    Failed,
-    /// A person stopped it.
-    UserKilled,
-    /// A newer version of its stack was accepted before it started: it never runs.
-    Superseded,
-}
+pub use beamflow_protocol::states::JobState;
 
 /// Every state, in the order of a job's life.
-pub const ALL_STATES: [JobState; 14] = [
-    JobState::Created,
-    JobState::AwaitingParents,
-    JobState::Ready,
-    JobState::Preprocessed,
-    JobState::Running,
-    JobState::RunDone,
-    JobState::Postprocessed,
-    JobState::JobFinished,
-    JobState::RunError,
-    JobState::RunTimeout,
-    JobState::RestartReady,
-    JobState::Failed,
-    JobState::UserKilled,
-    JobState::Superseded,
-];
-
-impl JobState {
-    /// The name stored in the database and shown to people.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Created => "CREATED",
-            JobState::AwaitingParents => "AWAITING_PARENTS",
-            JobState::Ready => "READY",
-            JobState::Preprocessed => "PREPROCESSED",
-            JobState::Running => "RUNNING",
-            JobState::RunDone => "RUN_DONE",
-            JobState::Postprocessed => "POSTPROCESSED",
-            JobState::JobFinished => "JOB_FINISHED",
-            JobState::RunError => "RUN_ERROR",
-            JobState::RunTimeout => "RUN_TIMEOUT",
-            JobState::RestartReady => "RESTART_READY",
-            JobState::Failed => "FAILED",
-            JobState::UserKilled => "USER_KILLED",
-            JobState::Superseded => "SUPERSEDED",
-        }
-    }
-
-    /// The state a stored name stands for.
-    pub fn parse(s: &str) -> Option<JobState> {
-        ALL_STATES.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Whether a launcher may be handed the job.
-    pub fn runnable(self) -> bool {
-        matches!(self, JobState::Preprocessed | JobState::RestartReady)
-    }
-}
+pub const ALL_STATES: &[JobState] = JobState::ALL;
 
 /// What made a job move: the rows of [`MOVES`] name one each, and so does every event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,6 +53,9 @@ pub enum MoveError {
     /// SQLite said no.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A stored state this build does not know (a database from another version).
+    #[error(transparent)]
+    UnknownState(#[from] beamflow_protocol::states::UnknownState),
     /// A move the table does not hold was asked for: a bug, never applied.
     #[error("job {job}: no legal move to {} by {trigger:?}; this is a bug in beamflow, please report it", to.as_str())]
     Illegal {
@@ -248,7 +171,7 @@ pub(crate) fn change(
         .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
         .query_row([id as i64], |r| r.get(0))
         .optional()?;
-    let Some(cur) = cur.as_deref().and_then(JobState::parse) else {
+    let Some(cur) = cur.as_deref().map(JobState::parse).transpose()? else {
         return Ok(false);
     };
     if !legal(cur, to, trigger) {
@@ -277,10 +200,10 @@ pub(crate) fn change(
         // index, so a finish in a wide DAG does not walk its finished jobs)
         let (open, created): (bool, String) = tx
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM jobs o INDEXED BY jobs_by_stack_state
-                                WHERE o.stack_id = j.stack_id AND (o.state < 'JOB_FINISHED' OR o.state > 'JOB_FINISHED')),
+                &format!("SELECT EXISTS (SELECT 1 FROM jobs o INDEXED BY jobs_by_stack_state
+                                WHERE o.stack_id = j.stack_id AND (o.state < '{}' OR o.state > '{}')),
                         s.created_at
-                 FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1",
+                 FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1", JobState::JobFinished.as_str(), JobState::JobFinished.as_str()),
             )?
             .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if !open {
@@ -291,23 +214,6 @@ pub(crate) fn change(
     }
     Ok(true)
 }
-
-/// Every state's stored name, for exports that list each state even when no job is in it.
-pub const STATE_NAMES: &[&str] = &[
-    "CREATED",
-    "AWAITING_PARENTS",
-    "READY",
-    "PREPROCESSED",
-    "RUNNING",
-    "RUN_DONE",
-    "POSTPROCESSED",
-    "JOB_FINISHED",
-    "RUN_ERROR",
-    "RUN_TIMEOUT",
-    "RESTART_READY",
-    "FAILED",
-    "USER_KILLED",
-];
 
 /// Applies the moves of one decision in order, all or none: false (nothing applied) as soon
 /// as one of them finds the job elsewhere.
@@ -417,21 +323,21 @@ mod tests {
     #[test]
     fn every_state_round_trips_through_its_name() {
         for s in ALL_STATES {
-            assert_eq!(JobState::parse(s.as_str()), Some(s));
+            assert_eq!(JobState::parse(s.as_str()), Ok(*s));
         }
-        assert_eq!(JobState::parse("LOST"), None);
+        assert!(JobState::parse("LOST").is_err());
     }
 
     #[test]
     fn the_table_reaches_every_state_and_leaves_no_end_state() {
-        for s in ALL_STATES.into_iter().filter(|s| *s != S::Created) {
+        for &s in ALL_STATES.iter().filter(|s| **s != S::Created) {
             assert!(
                 MOVES.iter().any(|(_, to, _)| *to == s),
                 "{s:?} is never reached"
             );
         }
         // JOB_FINISHED and SUPERSEDED are the states nothing leaves
-        for s in ALL_STATES {
+        for &s in ALL_STATES {
             let leaves = MOVES.iter().any(|(f, _, _)| *f == s);
             assert_eq!(
                 leaves,

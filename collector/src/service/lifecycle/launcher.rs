@@ -6,63 +6,7 @@ use crate::scheduler::BatchState;
 use crate::service::clock::epoch;
 use std::time::{Duration, SystemTime};
 
-/// Where a launcher is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LauncherState {
-    /// Submitted to the batch scheduler; its allocation has not started.
-    Queued,
-    /// Its allocation runs it and it asks for work.
-    Running,
-    /// It is ending (cancelled, out of wall time, idle) and takes no more work; its last
-    /// jobs are being ended and reported.
-    Ending,
-    /// It exited, or its batch job ended.
-    Finished,
-    /// It fell silent, or its queue was removed: declared gone.
-    Lost,
-}
-
-impl LauncherState {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LauncherState::Queued => "QUEUED",
-            LauncherState::Running => "RUNNING",
-            LauncherState::Ending => "ENDING",
-            LauncherState::Finished => "FINISHED",
-            LauncherState::Lost => "LOST",
-        }
-    }
-
-    /// The state a stored name stands for.
-    pub fn parse(s: &str) -> Option<LauncherState> {
-        [
-            Self::Queued,
-            Self::Running,
-            Self::Ending,
-            Self::Finished,
-            Self::Lost,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-
-    /// Whether it may still run jobs.
-    pub fn live(self) -> bool {
-        matches!(
-            self,
-            LauncherState::Queued | LauncherState::Running | LauncherState::Ending
-        )
-    }
-
-    /// Whether it speaks to the service, so that its silence means it is gone.
-    pub fn heard(self) -> bool {
-        matches!(self, LauncherState::Running | LauncherState::Ending)
-    }
-}
-
-/// Every state's stored name, for exports that list each state even when none is in it.
-pub const STATE_NAMES: &[&str] = &["QUEUED", "RUNNING", "ENDING", "FINISHED", "LOST"];
+pub use beamflow_protocol::states::LauncherState;
 
 /// What moved a launcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -89,7 +89,7 @@ impl Db {
                     check_summary: r.get(9)?,
                     attempts: r.get(10)?,
                     reason: r.get(11)?,
-                    state: JobState::parse(&r.get::<_, String>(12)?).unwrap_or(JobState::Created),
+                    state: super::state(r, 12)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -125,11 +125,13 @@ impl Db {
     /// AWAITING_PARENTS → READY for jobs whose parents all finished.
     pub fn promote_ready(&mut self) -> Result<usize, DbError> {
         let ids: Vec<u64> = {
-            let mut st = self.conn.prepare_cached(
-                "SELECT j.id FROM jobs j WHERE j.state = 'AWAITING_PARENTS' AND NOT EXISTS (
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT j.id FROM jobs j WHERE j.state = '{}' AND NOT EXISTS (
                    SELECT 1 FROM job_parents p JOIN jobs q ON q.id = p.parent_id
-                   WHERE p.job_id = j.id AND q.state != 'JOB_FINISHED')",
-            )?;
+                   WHERE p.job_id = j.id AND q.state != '{}')",
+                JobState::AwaitingParents.as_str(),
+                JobState::JobFinished.as_str()
+            ))?;
             let v = st
                 .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
                 .collect::<Result<_, _>>()?;
@@ -143,12 +145,14 @@ impl Db {
     pub fn promote_children(&mut self, parents: &[u64]) -> Result<usize, DbError> {
         let mut ids: Vec<u64> = Vec::new();
         {
-            let mut st = self.conn.prepare_cached(
+            let mut st = self.conn.prepare_cached(&format!(
                 "SELECT c.job_id FROM job_parents c JOIN jobs j ON j.id = c.job_id
-                 WHERE c.parent_id = ?1 AND j.state = 'AWAITING_PARENTS' AND NOT EXISTS (
+                 WHERE c.parent_id = ?1 AND j.state = '{}' AND NOT EXISTS (
                    SELECT 1 FROM job_parents p JOIN jobs q ON q.id = p.parent_id
-                   WHERE p.job_id = c.job_id AND q.state != 'JOB_FINISHED')",
-            )?;
+                   WHERE p.job_id = c.job_id AND q.state != '{}')",
+                JobState::AwaitingParents.as_str(),
+                JobState::JobFinished.as_str()
+            ))?;
             for p in parents {
                 let v: Vec<u64> = st
                     .query_map([*p as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
@@ -207,7 +211,7 @@ impl Db {
         for (id, argv, env) in jobs {
             // the names' variables win over a step's own `env` of the same name
             tx.prepare_cached(
-                "UPDATE jobs SET command = ?2, env = json_patch(env, ?3) WHERE id = ?1 AND state = 'READY'",
+                &format!("UPDATE jobs SET command = ?2, env = json_patch(env, ?3) WHERE id = ?1 AND state = '{}'", JobState::Ready.as_str()),
             )?
             .execute(params![
                 *id as i64,
@@ -230,7 +234,7 @@ impl Db {
     /// What the runnable jobs want, in sum: (jobs, nodes, the most one job needs).
     pub fn runnable(&self) -> Result<Runnable, DbError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(nodes), 0), COALESCE(MAX(nodes), 0) FROM jobs WHERE state IN ('PREPROCESSED', 'RESTART_READY')",
+            &format!("SELECT COUNT(*), COALESCE(SUM(nodes), 0), COALESCE(MAX(nodes), 0) FROM jobs WHERE state IN ('{}', '{}')", JobState::Preprocessed.as_str(), JobState::RestartReady.as_str()),
         )?;
         Ok(st.query_row([], |r| {
             Ok(Runnable {
@@ -270,7 +274,10 @@ impl Db {
         for r in reports {
             applied.push(report_in(&tx, r.job, &r.report, &at)?);
         }
-        let mut state = row.as_ref().and_then(|r| LauncherState::parse(&r.0));
+        let mut state = row
+            .as_ref()
+            .map(|r| LauncherState::parse(&r.0))
+            .transpose()?;
         if closing && state == Some(LauncherState::Running) {
             let why = "it takes no more work: ending";
             super::launchers::shift(
@@ -306,9 +313,10 @@ impl Db {
         };
         let mut kill = Vec::new();
         {
-            let mut mine = tx.prepare_cached(
-                "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'RUNNING' AND launcher_id = ?2",
-            )?;
+            let mut mine = tx.prepare_cached(&format!(
+                "SELECT 1 FROM jobs WHERE id = ?1 AND state = '{}' AND launcher_id = ?2",
+                JobState::Running.as_str()
+            ))?;
             for j in running {
                 if mine
                     .query_row(params![*j as i64, launcher as i64], |r| r.get::<_, i64>(0))
@@ -322,7 +330,7 @@ impl Db {
         let mut free = if slots > 0 {
             let used: i64 = tx
                 .prepare_cached(
-                    "SELECT COALESCE(SUM(nodes), 0) FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'",
+                    &format!("SELECT COALESCE(SUM(nodes), 0) FROM jobs WHERE launcher_id = ?1 AND state = '{}'", JobState::Running.as_str()),
                 )?
                 .query_row([launcher as i64], |r| r.get(0))?;
             (slots - used).max(0) as u32
@@ -457,8 +465,18 @@ impl Db {
             .query_map([job as i64], |r| {
                 Ok(EventRow {
                     at: r.get(0)?,
-                    from: r.get(1)?,
-                    to: r.get(2)?,
+                    from: r
+                        .get::<_, Option<String>>(1)?
+                        .map(|s| s.parse())
+                        .transpose()
+                        .map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                1,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?,
+                    to: super::state(r, 2)?,
                     reason: r.get(3)?,
                 })
             })?
@@ -509,9 +527,10 @@ impl Db {
 /// still RUNNING for the reporting launcher.
 fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Result<bool, DbError> {
     let owner: Option<(Option<i64>, String)> = tx
-        .prepare_cached(
-            "SELECT launcher_id, command FROM jobs WHERE id = ?1 AND state = 'RUNNING'",
-        )?
+        .prepare_cached(&format!(
+            "SELECT launcher_id, command FROM jobs WHERE id = ?1 AND state = '{}'",
+            JobState::Running.as_str()
+        ))?
         .query_row([job as i64], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let Some((Some(owner), argv)) = owner else {

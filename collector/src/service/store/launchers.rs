@@ -53,8 +53,9 @@ impl Db {
         };
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT l.id, l.queue, l.scheduler, l.batch_id, l.nodes, l.state, l.submitted_at, l.reason,
-                    (SELECT COUNT(*) FROM jobs j WHERE j.launcher_id = l.id AND j.state = 'RUNNING')
-             FROM launchers l WHERE (?1 IS NULL OR l.queue = ?1) {within} ORDER BY l.id"
+                    (SELECT COUNT(*) FROM jobs j WHERE j.launcher_id = l.id AND j.state = '{running}')
+             FROM launchers l WHERE (?1 IS NULL OR l.queue = ?1) {within} ORDER BY l.id",
+            running = JobState::Running.as_str()
         ))?;
         let rows: Vec<LauncherRow> = st
             .query_map(params![queue], |r| {
@@ -64,7 +65,7 @@ impl Db {
                     scheduler: r.get(2)?,
                     batch_id: r.get(3)?,
                     nodes: r.get(4)?,
-                    state: r.get(5)?,
+                    state: super::state(r, 5)?,
                     submitted_at: r.get(6)?,
                     reason: r.get(7)?,
                     running_jobs: r.get(8)?,
@@ -87,7 +88,7 @@ impl Db {
     /// What [`crate::service::lifecycle::launcher::judge`] needs of every live launcher: (id, queue, facts).
     pub fn live_launchers(&self) -> Result<Vec<(u64, String, Facts)>, DbError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, queue, state, batch_id, COALESCE(heartbeat_at, 0) FROM launchers WHERE state IN ('QUEUED', 'RUNNING', 'ENDING') ORDER BY id",
+            &format!("SELECT id, queue, state, batch_id, COALESCE(heartbeat_at, 0) FROM launchers WHERE state IN ('{}', '{}', '{}') ORDER BY id", LauncherState::Queued.as_str(), LauncherState::Running.as_str(), LauncherState::Ending.as_str()),
         )?;
         let v = st
             .query_map([], |r| {
@@ -100,9 +101,9 @@ impl Db {
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(v.into_iter()
-            .filter_map(|(id, q, s, batch_id, hb)| {
-                Some((
+        v.into_iter()
+            .map(|(id, q, s, batch_id, hb)| {
+                Ok((
                     id,
                     q,
                     Facts {
@@ -112,7 +113,7 @@ impl Db {
                     },
                 ))
             })
-            .collect())
+            .collect()
     }
 
     /// Moves a launcher by the table; `None` if it was in a state the move does not start
@@ -152,7 +153,12 @@ impl Db {
     pub fn refresh_heartbeats(&mut self) -> Result<(), DbError> {
         let now = epoch(self.now());
         self.conn.execute(
-            "UPDATE launchers SET heartbeat_at = ?1 WHERE state IN ('QUEUED', 'RUNNING', 'ENDING')",
+            &format!(
+                "UPDATE launchers SET heartbeat_at = ?1 WHERE state IN ('{}', '{}', '{}')",
+                LauncherState::Queued.as_str(),
+                LauncherState::Running.as_str(),
+                LauncherState::Ending.as_str()
+            ),
             [now],
         )?;
         Ok(())
@@ -183,7 +189,7 @@ pub(crate) fn shift(
         .prepare_cached("SELECT state FROM launchers WHERE id = ?1")?
         .query_row([id as i64], |r| r.get(0))
         .optional()?;
-    let Some(cur) = cur.as_deref().and_then(LauncherState::parse) else {
+    let Some(cur) = cur.as_deref().map(LauncherState::parse).transpose()? else {
         return Ok(None);
     };
     if !legal(cur, to, trigger) {
@@ -199,7 +205,10 @@ pub(crate) fn shift(
     tx.prepare_cached("UPDATE launchers SET state = ?2, reason = ?3, ended_at = ?4 WHERE id = ?1")?
         .execute(params![id as i64, to.as_str(), reason, at])?;
     let jobs: Vec<i64> = tx
-        .prepare_cached("SELECT id FROM jobs WHERE launcher_id = ?1 AND state = 'RUNNING'")?
+        .prepare_cached(&format!(
+            "SELECT id FROM jobs WHERE launcher_id = ?1 AND state = '{}'",
+            JobState::Running.as_str()
+        ))?
         .query_map([id as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for j in &jobs {

@@ -11,6 +11,16 @@ pub use beamflow_protocol::api::{JobRow, StackRow};
 
 pub mod jobs;
 pub mod launchers;
+
+/// Column `i` of a row as a state; a name this build does not know is an error naming it.
+pub(crate) fn state<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = beamflow_protocol::states::UnknownState>,
+{
+    r.get::<_, String>(i)?.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +40,9 @@ pub enum DbError {
     /// A job's move failed or was not in its table.
     #[error(transparent)]
     Move(#[from] crate::service::lifecycle::job::MoveError),
+    /// A stored state this build does not know (a database from another version).
+    #[error(transparent)]
+    UnknownState(#[from] beamflow_protocol::states::UnknownState),
     /// A launcher move its table does not hold was asked for: a bug, never applied.
     #[error("launcher {launcher}: no legal move to {to} by {trigger}; this is a bug in beamflow, please report it")]
     IllegalLauncher {
@@ -480,9 +493,10 @@ impl Db {
             .query_row([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let jobs: i64 = self
             .conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM events WHERE to_state = 'JOB_FINISHED' AND at >= ?1",
-            )?
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM events WHERE to_state = '{}' AND at >= ?1",
+                JobState::JobFinished.as_str()
+            ))?
             .query_row([since], |r| r.get(0))?;
         Ok((stacks as u64, bytes as u64, jobs as u64))
     }
@@ -490,12 +504,14 @@ impl Db {
     /// Seconds from acceptance to the last JOB_FINISHED of each DAG that finished since
     /// `since`.
     pub fn dag_times(&self, since: &str) -> Result<Vec<f64>, DbError> {
-        let mut st = self.conn.prepare_cached(
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT s.created_at, MAX(e.at) FROM stacks s JOIN jobs j ON j.stack_id = s.id
-             JOIN events e ON e.job_id = j.id AND e.to_state = 'JOB_FINISHED'
-             WHERE NOT EXISTS (SELECT 1 FROM jobs o WHERE o.stack_id = s.id AND o.state != 'JOB_FINISHED')
+             JOIN events e ON e.job_id = j.id AND e.to_state = '{}'
+             WHERE NOT EXISTS (SELECT 1 FROM jobs o WHERE o.stack_id = s.id AND o.state != '{}')
              GROUP BY s.id HAVING MAX(e.at) >= ?1",
-        )?;
+            JobState::JobFinished.as_str(),
+            JobState::JobFinished.as_str()
+        ))?;
         let v: Vec<(String, String)> = st
             .query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
@@ -554,7 +570,7 @@ impl Db {
                         stack: r.get(1)?,
                         version: r.get(2)?,
                         name: r.get(3)?,
-                        state: r.get(4)?,
+                        state: self::state(r, 4)?,
                         parents: Vec::new(),
                         nodes: r.get(5)?,
                         ranks_per_node: r.get(6)?,

@@ -379,7 +379,7 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
     let at = |h: &[EventRow], state: &str| {
         let e = h
             .iter()
-            .find(|e| e.to == state)
+            .find(|e| e.to.as_str() == state)
             .expect("the job passed through the state");
         humantime::parse_rfc3339(&e.at).expect("RFC 3339 time")
     };
@@ -432,7 +432,7 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
                 .history(j.id)
                 .unwrap()
                 .iter()
-                .filter(|e| e.to == "RUNNING")
+                .filter(|e| e.to.as_str() == "RUNNING")
                 .count()
                 != 1
         })
