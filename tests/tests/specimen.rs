@@ -40,19 +40,12 @@ fn find_rst(dir: &Path) -> Command {
     cmd
 }
 
-/// One stack: 16-bit sections with these seeds, made 8-bit through `how` as preparation
-/// does, then every consecutive pair through the real find_rst: its table, set against the
-/// written shifts.
-fn pairs(side: u32, seeds: &[u64], how: To8Bit) -> Vec<PairShift> {
-    let d = tempfile::tempdir().unwrap();
-    let raw = d.path().join("raw");
-    let images = d.path().join("images");
-    for sub in [&raw, &images, &d.path().join("cmaps")] {
-        std::fs::create_dir_all(sub).unwrap();
-    }
+/// Writes 16-bit sections `S_0000.tif`… with these seeds into `raw` and their 8-bit copies,
+/// made through `how` as preparation makes them, into `eight` (named `S_0000.8.tif`… when
+/// the two folders are one); returns the 8-bit copies.
+fn stack_8bit(side: u32, seeds: &[u64], how: To8Bit, raw: &Path, eight: &Path) -> Vec<PathBuf> {
     let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
     for (i, &seed) in seeds.iter().enumerate() {
-        let name = format!("S_{i:04}.tif");
         let s = Section {
             width: side,
             height: side,
@@ -60,12 +53,35 @@ fn pairs(side: u32, seeds: &[u64], how: To8Bit) -> Vec<PairShift> {
             big: false,
             rows_per_strip: 16,
         };
+        let name = format!("S_{i:04}.tif");
+        let copy = if raw == eight {
+            format!("S_{i:04}.8.tif")
+        } else {
+            name.clone()
+        };
         write_tiff(&raw.join(&name), &s).unwrap();
-        files.push((raw.join(&name), images.join(&name)));
+        files.push((raw.join(&name), eight.join(copy)));
     }
     let originals: Vec<PathBuf> = files.iter().map(|(a, _)| a.clone()).collect();
-    let window = to8bit::window(&originals, how).unwrap();
-    to8bit::convert_all(&files, window).unwrap();
+    to8bit::convert_all(&files, to8bit::window(&originals, how).unwrap()).unwrap();
+    files.into_iter().map(|(_, b)| b).collect()
+}
+
+/// One stack: 16-bit sections with these seeds, made 8-bit through `how` as preparation
+/// does, then every consecutive pair through the real find_rst: its table, set against the
+/// written shifts.
+fn pairs(side: u32, seeds: &[u64], how: To8Bit) -> Vec<PairShift> {
+    let d = tempfile::tempdir().unwrap();
+    for sub in ["raw", "images", "cmaps"] {
+        std::fs::create_dir_all(d.path().join(sub)).unwrap();
+    }
+    stack_8bit(
+        side,
+        seeds,
+        how,
+        &d.path().join("raw"),
+        &d.path().join("images"),
+    );
     let mut list = String::new();
     for i in 1..seeds.len() {
         list.push_str(&format!(
@@ -177,25 +193,8 @@ fn the_specimen_s_highest_frequencies_stay_far_above_find_rst_s_rounding() {
             let seeds: Vec<u64> = (0..12)
                 .map(|i| 1 + i * 7 + k as u64 * 1000 + side as u64)
                 .collect();
-            let mut files = Vec::new();
-            for &seed in &seeds {
-                let s = Section {
-                    width: side,
-                    height: side,
-                    seed,
-                    big: false,
-                    rows_per_strip: 16,
-                };
-                let (a, b) = (
-                    d.path().join(format!("{seed}.16.tif")),
-                    d.path().join(format!("{seed}.tif")),
-                );
-                write_tiff(&a, &s).unwrap();
-                files.push((a, b));
-            }
-            let originals: Vec<PathBuf> = files.iter().map(|(a, _)| a.clone()).collect();
-            to8bit::convert_all(&files, to8bit::window(&originals, *how).unwrap()).unwrap();
-            for (_, eight) in &files {
+            let files = stack_8bit(side, &seeds, *how, d.path(), d.path());
+            for eight in &files {
                 let sums = highest_frequencies(eight);
                 let mut d = Decoder::new(std::fs::File::open(eight).unwrap()).unwrap();
                 let DecodingResult::U8(px) = d.read_image().unwrap() else {

@@ -263,13 +263,8 @@ pub fn skew_check(before: f64, after: f64, remote: f64) -> Check {
     }
 }
 
-/// `beamflow-agent doctor`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The config file.
-    #[arg(long, env = "BEAMFLOW_CONFIG")]
-    pub config: std::path::PathBuf,
-}
+/// `beamflow-agent doctor`'s arguments: the config file.
+pub type Args = beamflow_program::config::ConfigFile;
 
 /// `beamflow-agent doctor`: one line per check; exit 1 on a FAIL.
 pub fn main(args: Args) -> anyhow::Result<beamflow_program::Exit> {

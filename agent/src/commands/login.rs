@@ -5,13 +5,8 @@ use anyhow::Result;
 use beamflow_config::{Config, Transport};
 use beamflow_program::{sayln, Exit};
 
-/// `beamflow-agent login`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The config file.
-    #[arg(long, env = "BEAMFLOW_CONFIG")]
-    pub config: std::path::PathBuf,
-}
+/// `beamflow-agent login`'s arguments: the config file.
+pub type Args = beamflow_program::config::ConfigFile;
 
 /// Opens the master and says where it is.
 pub fn main(args: Args) -> Result<Exit> {

@@ -3,15 +3,9 @@
 use anyhow::Context;
 use beamflow_config::Config;
 use beamflow_program::Exit;
-use std::path::PathBuf;
 
-/// `service`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The config file.
-    #[arg(long, env = "BEAMFLOW_CONFIG")]
-    pub config: PathBuf,
-}
+/// `beamflow-collector service`'s arguments: the config file.
+pub type Args = beamflow_program::config::ConfigFile;
 
 /// Runs the service until SIGTERM or Ctrl-C.
 pub fn main(a: Args) -> anyhow::Result<Exit> {

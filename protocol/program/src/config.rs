@@ -5,6 +5,21 @@ use crate::{logs, Exit};
 use beamflow_config::Config;
 use std::path::PathBuf;
 
+/// The one argument most subcommands take: the config file (`--config`, or `BEAMFLOW_CONFIG`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigFile {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: PathBuf,
+}
+
+impl ConfigFile {
+    /// Loads it; an error names the key and line (exit 2).
+    pub fn load(&self) -> Result<Config, beamflow_config::ConfigError> {
+        Config::load(&self.config)
+    }
+}
+
 /// `config`'s subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ConfigCmd {

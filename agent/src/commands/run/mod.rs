@@ -56,13 +56,8 @@ pub enum Msg {
     Results(i64, i64, Result<(usize, u64, String), String>),
 }
 
-/// `beamflow-agent run`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The config file.
-    #[arg(long, env = "BEAMFLOW_CONFIG")]
-    pub config: std::path::PathBuf,
-}
+/// `beamflow-agent run`'s arguments: the config file.
+pub type Args = beamflow_program::config::ConfigFile;
 
 /// `beamflow-agent run`: the daemon, until SIGTERM; systemd hears when it is ready.
 pub fn main(args: Args) -> anyhow::Result<beamflow_program::Exit> {

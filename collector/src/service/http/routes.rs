@@ -77,7 +77,8 @@ pub fn router(state: AppState) -> Router {
 /// Every request that carries a body (every one but GET) needs the full token, checked
 /// before a byte of the body is read or parsed: a peer without the token learns nothing from
 /// how its body is judged (400, 415, 422 all come after), and holds nothing while a body
-/// trickles in. GET routes check their own token (some take the read-only one).
+/// trickles in, whatever the route (an unknown one too). Each handler also names the token
+/// it needs as an argument ([`Token`], [`ReadToken`]): a route cannot forget it.
 async fn token_first(
     State(st): State<AppState>,
     req: axum::extract::Request,
@@ -140,10 +141,9 @@ fn digest(files: &[crate::api::SubmitFile]) -> String {
 
 async fn submit(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     Json(req): Json<SubmitRequest>,
 ) -> ApiResult<SubmitResponse> {
-    check_token(&headers, &st.token)?;
     tokio::task::spawn_blocking(move || submit_blocking(&st, req))
         .await
         .map_err(|e| {
@@ -263,10 +263,9 @@ struct JobFilter {
 
 async fn list_jobs(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     Query(f): Query<JobFilter>,
 ) -> ApiResult<Vec<crate::service::store::JobRow>> {
-    check_token(&headers, &st.token)?;
     let db = st
         .db
         .lock()
@@ -285,18 +284,41 @@ fn config_path(st: &AppState) -> String {
         .unwrap_or_else(|| "beamflow.toml".into())
 }
 
+/// A request that carries the full token (every change, the launchers, the service's
+/// readers that act). Taken as an argument, it is checked before the handler runs and
+/// before any body is read.
+pub struct Token;
+
+impl axum::extract::FromRequestParts<AppState> for Token {
+    type Rejection = (StatusCode, Json<ErrorBody>);
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        check_token(&parts.headers, &st.token).map(|()| Token)
+    }
+}
+
+/// A request that carries either token: reads take the read-only one too.
+pub struct ReadToken;
+
+impl axum::extract::FromRequestParts<AppState> for ReadToken {
+    type Rejection = (StatusCode, Json<ErrorBody>);
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        check_read(&parts.headers, st).map(|()| ReadToken)
+    }
+}
+
 /// Whether the request carries either token: reads take the read-only one too.
 fn check_read(headers: &HeaderMap, st: &AppState) -> Result<(), (StatusCode, Json<ErrorBody>)> {
     check_token(headers, &st.read_token).or_else(|_| check_token(headers, &st.token))
 }
 
 /// What a `serve` session received, counted for `/metrics`.
-async fn received(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Json(r): Json<Received>,
-) -> ApiResult<serde_json::Value> {
-    check_token(&headers, &st.token)?;
+async fn received(_: Token, Json(r): Json<Received>) -> ApiResult<serde_json::Value> {
     crate::service::http::metrics::global().received(&r);
     Ok(Json(serde_json::json!({ "ok": true })))
 }
@@ -304,12 +326,11 @@ async fn received(
 /// Prometheus' text format; the read-only token (or the full one) as a bearer token.
 async fn metrics(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: ReadToken,
 ) -> Result<
     ([(axum::http::header::HeaderName, &'static str); 1], String),
     (StatusCode, Json<ErrorBody>),
 > {
-    check_read(&headers, &st)?;
     let (jobs, launchers) = {
         let db = locked(&st)?;
         (
@@ -527,10 +548,9 @@ async fn ui_job(State(st): State<AppState>, headers: HeaderMap, UrlPath(id): Url
 /// Where the DAGs of some stack versions are (`?ids=3,4`): what an agent asks over its link.
 async fn outcomes(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     Query(q): Query<Ids>,
 ) -> ApiResult<Vec<DagOutcome>> {
-    check_token(&headers, &st.token)?;
     if let Some(b) = &q.beamline {
         heard(&st, b);
     }
@@ -564,9 +584,8 @@ async fn outcomes(
 
 async fn list_stacks(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
 ) -> ApiResult<Vec<crate::service::store::StackRow>> {
-    check_token(&headers, &st.token)?;
     let db = st
         .db
         .lock()
@@ -591,10 +610,9 @@ fn internal(e: DbError) -> (StatusCode, Json<ErrorBody>) {
 
 async fn job_events(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     UrlPath(id): UrlPath<u64>,
 ) -> ApiResult<Vec<EventRow>> {
-    check_token(&headers, &st.token)?;
     let db = locked(&st)?;
     if db.job(id).map_err(internal)?.is_none() {
         return Err(fail(
@@ -638,29 +656,26 @@ fn job_action(st: &AppState, id: u64, retry: bool) -> ApiResult<JobRow> {
 
 async fn job_retry(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     UrlPath(id): UrlPath<u64>,
 ) -> ApiResult<JobRow> {
-    check_token(&headers, &st.token)?;
     job_action(&st, id, true)
 }
 
 async fn job_kill(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     UrlPath(id): UrlPath<u64>,
 ) -> ApiResult<JobRow> {
-    check_token(&headers, &st.token)?;
     job_action(&st, id, false)
 }
 
 async fn job_report(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     UrlPath(id): UrlPath<u64>,
     Json(r): Json<ReportRequest>,
 ) -> ApiResult<serde_json::Value> {
-    check_token(&headers, &st.token)?;
     let applied = locked(&st)?.report(id, &r).map_err(internal)?;
     if applied {
         st.wake.engine();
@@ -671,11 +686,10 @@ async fn job_report(
 
 async fn launcher_start(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     UrlPath(id): UrlPath<u64>,
     Json(r): Json<LauncherStart>,
 ) -> ApiResult<serde_json::Value> {
-    check_token(&headers, &st.token)?;
     if !locked(&st)?
         .launcher_started(id, r.nodes.len(), &r.host)
         .map_err(internal)?
@@ -695,11 +709,10 @@ async fn launcher_start(
 /// the moment a job becomes runnable, a kill or a stop exists.
 async fn launcher_acquire(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     UrlPath(id): UrlPath<u64>,
     Json(r): Json<AcquireRequest>,
 ) -> ApiResult<AcquireResponse> {
-    check_token(&headers, &st.token)?;
     // a closing launcher waits for nothing
     let wait = if r.closing { 0 } else { r.wait_ms };
     let hold = std::time::Duration::from_millis(wait).min(st.cfg.service.heartbeat_timeout.0 / 3);
@@ -748,11 +761,10 @@ async fn launcher_acquire(
 
 async fn launcher_end(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     UrlPath(id): UrlPath<u64>,
     Json(r): Json<serde_json::Value>,
 ) -> ApiResult<serde_json::Value> {
-    check_token(&headers, &st.token)?;
     let reason = r
         .get("reason")
         .and_then(|v| v.as_str())
@@ -776,8 +788,7 @@ async fn launcher_end(
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 
-async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<StatusResponse> {
-    check_token(&headers, &st.token)?;
+async fn status(State(st): State<AppState>, _: Token) -> ApiResult<StatusResponse> {
     let db = locked(&st)?;
     let stacks = db.stack_status().map_err(internal)?;
     let all = db.launchers(&[], None).map_err(internal)?;
@@ -827,10 +838,9 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Sta
 /// A probe job on a compute node reached the service.
 async fn probe_arrived(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     Json(p): Json<Probe>,
 ) -> ApiResult<Probe> {
-    check_token(&headers, &st.token)?;
     if p.nonce.len() > 64 || p.host.len() > 256 {
         return Err(fail(
             StatusCode::BAD_REQUEST,
@@ -850,10 +860,9 @@ async fn probe_arrived(
 /// Whether the probe with this nonce arrived, and from which host.
 async fn probe_seen(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: Token,
     UrlPath(nonce): UrlPath<String>,
 ) -> ApiResult<Probe> {
-    check_token(&headers, &st.token)?;
     let host = st.probes.lock().ok().and_then(|m| m.get(&nonce).cloned());
     match host {
         Some(host) => Ok(Json(Probe { nonce, host })),
