@@ -678,240 +678,13 @@ impl Config {
                 }
             }
         }
-        for (name, wf) in cfg.workflows.iter_mut() {
-            wf.validate(name)
-                .map_err(|(key, message)| ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, &key).unwrap_or(1),
-                    key: format!("key `workflows.{name}.{key}`: "),
-                    message,
-                })?;
-        }
-        for (i, n) in cfg.notify.iter_mut().enumerate() {
-            if let Err((key, message)) = n.validate() {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, &key)
-                        .or_else(|| find_key_line(text, "events"))
-                        .unwrap_or(1),
-                    key: format!("key `notify[{i}].{key}`: "),
-                    message,
-                });
-            }
-        }
-        for (i, w) in cfg.watch.iter().enumerate() {
-            if !matches!(w.delete_after.as_str(), "" | "verified+done") {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, "delete_after").unwrap_or(1),
-                    key: format!("key `watch[{i}].delete_after`: "),
-                    message: format!(
-                        "\"{}\" is not a rule; write \"verified+done\" (or leave it out to keep every image)",
-                        w.delete_after
-                    ),
-                });
-            }
-            if let Err(e) = notify::parse_hours(&w.active_hours) {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, "active_hours").unwrap_or(1),
-                    key: format!("key `watch[{i}].active_hours`: "),
-                    message: e,
-                });
-            }
-            if !cfg.workflows.contains_key(&w.workflow) {
-                let names: Vec<&str> = cfg.workflows.keys().map(String::as_str).collect();
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, "workflow").unwrap_or(1),
-                    key: format!("key `watch[{i}].workflow`: "),
-                    message: format!(
-                        "no workflow \"{}\"; the workflows are: {} (names are case-sensitive; define your own under [workflows.NAME])",
-                        w.workflow,
-                        names.join(", ")
-                    ),
-                });
-            }
-            if glob::Pattern::new(&w.pattern).is_err() {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, "pattern").unwrap_or(1),
-                    key: format!("key `watch[{i}].pattern`: "),
-                    message: format!(
-                        "\"{}\" is not a valid glob; write e.g. \"*.tif\"",
-                        w.pattern
-                    ),
-                });
-            }
-        }
-        for (name, q) in cfg.queues.iter() {
-            let bad = |key: &str, message: String| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, key).unwrap_or(1),
-                key: format!("key `queues.{name}.{key}`: "),
-                message,
-            };
-            if q.min_nodes == 0 || q.min_nodes > q.max_nodes {
-                return Err(bad(
-                    "min_nodes",
-                    format!(
-                        "min_nodes ({}) must be at least 1 and at most max_nodes ({})",
-                        q.min_nodes, q.max_nodes
-                    ),
-                ));
-            }
-            if !q.launch.is_empty() {
-                if let Err(e) = launch_argv(&q.launch) {
-                    return Err(bad("launch", e));
-                }
-            }
-            if q.walltime <= q.walltime_margin {
-                return Err(bad(
-                    "walltime",
-                    format!(
-                        "walltime ({}) must be longer than walltime_margin ({})",
-                        q.walltime, q.walltime_margin
-                    ),
-                ));
-            }
-        }
-        if !cfg.agent.name.is_empty() {
-            if let Err(e) = check_beamline(&cfg.agent.name) {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, "name").unwrap_or(1),
-                    key: "key `agent.name`: ".into(),
-                    message: e,
-                });
-            }
-        }
-        for (i, b) in cfg
-            .collector
-            .beamlines
-            .iter()
-            .chain(std::iter::once(&cfg.collector.legacy_beamline))
-            .enumerate()
-        {
-            if let Err(e) = check_beamline(b) {
-                let key = if i < cfg.collector.beamlines.len() {
-                    "beamlines"
-                } else {
-                    "legacy_beamline"
-                };
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, key).unwrap_or(1),
-                    key: format!("key `collector.{key}`: "),
-                    message: e,
-                });
-            }
-        }
-        if cfg.link.channels == 0 || cfg.link.channels > 10 {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "channels").unwrap_or(1),
-                key: "key `link.channels`: ".into(),
-                message: format!(
-                    "{} channels: use 1 to 10 (sshd's MaxSessions is 10 by default)",
-                    cfg.link.channels
-                ),
-            });
-        }
-        if cfg.link.max_stacks == 0 || cfg.link.max_stacks > 64 {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "max_stacks").unwrap_or(1),
-                key: "key `link.max_stacks`: ".into(),
-                message: format!(
-                    "{} stacks in flight: use 1 to 64 (they share `channels` far ends)",
-                    cfg.link.max_stacks
-                ),
-            });
-        }
-        if cfg.link.transport == Transport::Ssh {
-            let bad = |key: &str, message: String| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, key)
-                    .or_else(|| find_key_line(text, "transport"))
-                    .unwrap_or(1),
-                key: format!("key `link.{key}`: "),
-                message,
-            };
-            if cfg.link.host.trim().is_empty() {
-                return Err(bad(
-                    "host",
-                    "transport \"ssh\" needs a host (an ssh_config alias or user@host)".into(),
-                ));
-            }
-            if cfg.link.master == MasterMode::Adopt && cfg.link.control_path.as_os_str().is_empty()
-            {
-                return Err(bad(
-                    "control_path",
-                    "master = \"adopt\" needs the control socket that `beamflow-agent login` opens"
-                        .into(),
-                ));
-            }
-            if cfg.link.control_path.as_os_str().len() > 100 {
-                return Err(bad(
-                    "control_path",
-                    format!(
-                        "{} is too long for a unix socket (at most 100 bytes here)",
-                        cfg.link.control_path.display()
-                    ),
-                ));
-            }
-        }
-        if let Err(e) = split_host_port(&cfg.service.listen) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "listen").unwrap_or(1),
-                key: "key `service.listen`: ".into(),
-                message: e,
-            });
-        }
-        if cfg.service.advertise.contains(['/', ' ', '@']) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "advertise").unwrap_or(1),
-                key: "key `service.advertise`: ".into(),
-                message: format!(
-                    "\"{}\" is not a host name or address; write e.g. \"login1.site.org\" (no scheme, no port)",
-                    cfg.service.advertise
-                ),
-            });
-        }
-        if cfg.service.max_attempts == 0 {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "max_attempts").unwrap_or(1),
-                key: "key `service.max_attempts`: ".into(),
-                message: "must be at least 1".into(),
-            });
-        }
-        let limits = [
-            ("max_connections", cfg.service.max_connections == 0, "must be at least 1"),
-            ("max_per_peer", cfg.service.max_per_peer == 0, "must be at least 1"),
-            (
-                "header_timeout",
-                cfg.service.header_timeout.0.is_zero(),
-                "must be longer than 0 (e.g. \"10s\"): without it a silent client holds its connection for ever",
-            ),
-            (
-                "idle_timeout",
-                cfg.service.idle_timeout.0.is_zero(),
-                "must be longer than 0 (e.g. \"60s\")",
-            ),
-        ];
-        for (key, bad, message) in limits {
-            if bad {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: find_key_line(text, key).unwrap_or(1),
-                    key: format!("key `service.{key}`: "),
-                    message: message.into(),
-                });
-            }
-        }
+        validate_workflows(&mut cfg, text, path)?;
+        validate_notify(&mut cfg, text, path)?;
+        validate_watch(&cfg, text, path)?;
+        validate_queues(&cfg, text, path)?;
+        validate_names(&cfg, text, path)?;
+        validate_link(&cfg, text, path)?;
+        validate_service(&cfg, text, path)?;
         if cfg.queues.is_empty() {
             cfg.queues.insert("default".into(), QueueSection::default());
         }
@@ -1017,6 +790,274 @@ pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Checks the workflows (built-in ones included): steps, commands, windows; an error names the key in full and its line.
+fn validate_workflows(cfg: &mut Config, text: &str, path: &Path) -> Result<(), ConfigError> {
+    for (name, wf) in cfg.workflows.iter_mut() {
+        wf.validate(name)
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, &key).unwrap_or(1),
+                key: format!("key `workflows.{name}.{key}`: "),
+                message,
+            })?;
+    }
+    Ok(())
+}
+
+/// Checks the notification targets; an error names the key in full and its line.
+fn validate_notify(cfg: &mut Config, text: &str, path: &Path) -> Result<(), ConfigError> {
+    for (i, n) in cfg.notify.iter_mut().enumerate() {
+        if let Err((key, message)) = n.validate() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, &key)
+                    .or_else(|| find_key_line(text, "events"))
+                    .unwrap_or(1),
+                key: format!("key `notify[{i}].{key}`: "),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the watch roots; an error names the key in full and its line.
+fn validate_watch(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
+    for (i, w) in cfg.watch.iter().enumerate() {
+        if !matches!(w.delete_after.as_str(), "" | "verified+done") {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "delete_after").unwrap_or(1),
+                key: format!("key `watch[{i}].delete_after`: "),
+                message: format!(
+                    "\"{}\" is not a rule; write \"verified+done\" (or leave it out to keep every image)",
+                    w.delete_after
+                ),
+            });
+        }
+        if let Err(e) = notify::parse_hours(&w.active_hours) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "active_hours").unwrap_or(1),
+                key: format!("key `watch[{i}].active_hours`: "),
+                message: e,
+            });
+        }
+        if !cfg.workflows.contains_key(&w.workflow) {
+            let names: Vec<&str> = cfg.workflows.keys().map(String::as_str).collect();
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "workflow").unwrap_or(1),
+                key: format!("key `watch[{i}].workflow`: "),
+                message: format!(
+                    "no workflow \"{}\"; the workflows are: {} (names are case-sensitive; define your own under [workflows.NAME])",
+                    w.workflow,
+                    names.join(", ")
+                ),
+            });
+        }
+        if glob::Pattern::new(&w.pattern).is_err() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "pattern").unwrap_or(1),
+                key: format!("key `watch[{i}].pattern`: "),
+                message: format!(
+                    "\"{}\" is not a valid glob; write e.g. \"*.tif\"",
+                    w.pattern
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the queues; an error names the key in full and its line.
+fn validate_queues(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
+    for (name, q) in cfg.queues.iter() {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: find_key_line(text, key).unwrap_or(1),
+            key: format!("key `queues.{name}.{key}`: "),
+            message,
+        };
+        if q.min_nodes == 0 || q.min_nodes > q.max_nodes {
+            return Err(bad(
+                "min_nodes",
+                format!(
+                    "min_nodes ({}) must be at least 1 and at most max_nodes ({})",
+                    q.min_nodes, q.max_nodes
+                ),
+            ));
+        }
+        if !q.launch.is_empty() {
+            if let Err(e) = launch_argv(&q.launch) {
+                return Err(bad("launch", e));
+            }
+        }
+        if q.walltime <= q.walltime_margin {
+            return Err(bad(
+                "walltime",
+                format!(
+                    "walltime ({}) must be longer than walltime_margin ({})",
+                    q.walltime, q.walltime_margin
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the beamline names: this agent's and those the collector takes; an error names the key in full and its line.
+fn validate_names(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
+    if !cfg.agent.name.is_empty() {
+        if let Err(e) = check_beamline(&cfg.agent.name) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, "name").unwrap_or(1),
+                key: "key `agent.name`: ".into(),
+                message: e,
+            });
+        }
+    }
+    for (i, b) in cfg
+        .collector
+        .beamlines
+        .iter()
+        .chain(std::iter::once(&cfg.collector.legacy_beamline))
+        .enumerate()
+    {
+        if let Err(e) = check_beamline(b) {
+            let key = if i < cfg.collector.beamlines.len() {
+                "beamlines"
+            } else {
+                "legacy_beamline"
+            };
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, key).unwrap_or(1),
+                key: format!("key `collector.{key}`: "),
+                message: e,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the link; an error names the key in full and its line.
+fn validate_link(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
+    if cfg.link.channels == 0 || cfg.link.channels > 10 {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: find_key_line(text, "channels").unwrap_or(1),
+            key: "key `link.channels`: ".into(),
+            message: format!(
+                "{} channels: use 1 to 10 (sshd's MaxSessions is 10 by default)",
+                cfg.link.channels
+            ),
+        });
+    }
+    if cfg.link.max_stacks == 0 || cfg.link.max_stacks > 64 {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: find_key_line(text, "max_stacks").unwrap_or(1),
+            key: "key `link.max_stacks`: ".into(),
+            message: format!(
+                "{} stacks in flight: use 1 to 64 (they share `channels` far ends)",
+                cfg.link.max_stacks
+            ),
+        });
+    }
+    if cfg.link.transport == Transport::Ssh {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: find_key_line(text, key)
+                .or_else(|| find_key_line(text, "transport"))
+                .unwrap_or(1),
+            key: format!("key `link.{key}`: "),
+            message,
+        };
+        if cfg.link.host.trim().is_empty() {
+            return Err(bad(
+                "host",
+                "transport \"ssh\" needs a host (an ssh_config alias or user@host)".into(),
+            ));
+        }
+        if cfg.link.master == MasterMode::Adopt && cfg.link.control_path.as_os_str().is_empty() {
+            return Err(bad(
+                "control_path",
+                "master = \"adopt\" needs the control socket that `beamflow-agent login` opens"
+                    .into(),
+            ));
+        }
+        if cfg.link.control_path.as_os_str().len() > 100 {
+            return Err(bad(
+                "control_path",
+                format!(
+                    "{} is too long for a unix socket (at most 100 bytes here)",
+                    cfg.link.control_path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the service's address and limits; an error names the key in full and its line.
+fn validate_service(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
+    if let Err(e) = split_host_port(&cfg.service.listen) {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: find_key_line(text, "listen").unwrap_or(1),
+            key: "key `service.listen`: ".into(),
+            message: e,
+        });
+    }
+    if cfg.service.advertise.contains(['/', ' ', '@']) {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: find_key_line(text, "advertise").unwrap_or(1),
+            key: "key `service.advertise`: ".into(),
+            message: format!(
+                "\"{}\" is not a host name or address; write e.g. \"login1.site.org\" (no scheme, no port)",
+                cfg.service.advertise
+            ),
+        });
+    }
+    if cfg.service.max_attempts == 0 {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: find_key_line(text, "max_attempts").unwrap_or(1),
+            key: "key `service.max_attempts`: ".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    let limits = [
+        ("max_connections", cfg.service.max_connections == 0, "must be at least 1"),
+        ("max_per_peer", cfg.service.max_per_peer == 0, "must be at least 1"),
+        (
+            "header_timeout",
+            cfg.service.header_timeout.0.is_zero(),
+            "must be longer than 0 (e.g. \"10s\"): without it a silent client holds its connection for ever",
+        ),
+        (
+            "idle_timeout",
+            cfg.service.idle_timeout.0.is_zero(),
+            "must be longer than 0 (e.g. \"60s\")",
+        ),
+    ];
+    for (key, bad, message) in limits {
+        if bad {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, key).unwrap_or(1),
+                key: format!("key `service.{key}`: "),
+                message: message.into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The key assigned on `line`, in full: the table it sits in (`[link]`, the second
