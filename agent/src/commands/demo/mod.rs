@@ -181,9 +181,10 @@ fn demo_config(settle: Duration, aligntk: Option<&Path>) -> String {
     text
 }
 
-/// Runs the demo and returns its numbers.
-pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
-    let dir = match &opts.dir {
+/// The folder the demo runs in: the one asked for (created), else a fresh temporary one,
+/// kept for inspection.
+fn demo_dir(asked: Option<&Path>) -> Result<PathBuf> {
+    Ok(match asked {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
             d.canonicalize()?
@@ -192,18 +193,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             .prefix("beamflow-demo-")
             .tempdir()?
             .keep(),
-    };
-    let cfg_path = dir.join("beamflow.toml");
-    let aligntk = aligntk_bin();
-    std::fs::write(&cfg_path, demo_config(opts.settle, aligntk.as_deref()))?;
-    std::fs::create_dir_all(dir.join("incoming"))?;
-    let cfg = Config::load(&cfg_path)?;
+    })
+}
 
+/// Starts the collector service on the demo's config and waits until it serves.
+async fn start_service(dir: &Path, cfg_path: &Path, cfg: &Config) -> Result<Service> {
     let exe = collector_exe();
     let log = std::fs::File::create(dir.join("collector-service.log"))?;
     let child = Command::new(&exe)
         .args(["service", "--config"])
-        .arg(&cfg_path)
+        .arg(cfg_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -231,22 +230,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             dir.join("collector-service.log").display()
         );
     }
+    Ok(service)
+}
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let agent_cfg = cfg.clone();
-    let agent = tokio::spawn(async move {
-        crate::commands::run::run(
-            agent_cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            || {},
-        )
-        .await
-    });
-
-    let stack = dir.join("incoming").join("stack_0001");
-    std::fs::create_dir_all(&stack)?;
+/// Writes the synthetic stack section by section, `interval` apart, as a detector would.
+async fn write_stack(stack: &Path, opts: &DemoOptions) -> Result<()> {
+    std::fs::create_dir_all(stack)?;
     for i in 0..opts.sections {
         if i > 0 {
             tokio::time::sleep(opts.interval).await;
@@ -261,6 +250,33 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         let p = stack.join(format!("S_{i:04}.tif"));
         tokio::task::spawn_blocking(move || write_tiff(&p, &s)).await??;
     }
+    Ok(())
+}
+
+/// Runs the demo and returns its numbers.
+pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
+    let dir = demo_dir(opts.dir.as_deref())?;
+    let cfg_path = dir.join("beamflow.toml");
+    let aligntk = aligntk_bin();
+    std::fs::write(&cfg_path, demo_config(opts.settle, aligntk.as_deref()))?;
+    std::fs::create_dir_all(dir.join("incoming"))?;
+    let cfg = Config::load(&cfg_path)?;
+    let service = start_service(&dir, &cfg_path, &cfg).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent_cfg = cfg.clone();
+    let agent = tokio::spawn(async move {
+        crate::commands::run::run(
+            agent_cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            || {},
+        )
+        .await
+    });
+
+    let stack = dir.join("incoming").join("stack_0001");
+    write_stack(&stack, &opts).await?;
     // from the moment the last image is whole: what the settle period counts from too
     let last_written = Instant::now();
 
