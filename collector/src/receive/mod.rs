@@ -594,75 +594,63 @@ impl Receiver {
         }
         let got = *inc.hasher.finalize().as_bytes();
         if inc.next != inc.size || got != inc.hash {
-            let _ = std::fs::remove_file(&inc.part);
-            let reason = format!(
-                "{}: received {} of {} bytes with BLAKE3 {}, offered {}; send it again",
-                inc.path,
-                inc.next,
-                inc.size,
-                hex::encode(&got[..8]),
-                hex::encode(&inc.hash[..8])
-            );
-            tracing::warn!(%reason, "verification failed");
-            self.stats.verify_failures += 1;
-            return Some(Frame::Nack {
-                id,
-                code: ErrorCode::HashMismatch,
-                reason,
-            });
+            let what = format!("received {} of {} bytes", inc.next, inc.size);
+            return Some(self.refuse(id, &inc, &what, &got));
         }
+        let file = inc.file.take().expect("set above");
+        self.verified(id, inc, file);
+        None
+    }
+
+    /// A file whose bytes are verified: counted, and queued for the next commit.
+    fn verified(&mut self, id: u64, inc: Incoming, file: std::fs::File) {
         self.stats.files += 1;
         self.stats.bytes = self.stats.bytes.saturating_add(inc.size);
         self.pending.push(Finished {
             id,
             path: inc.path,
             hash: inc.hash,
-            file: inc.file.take().expect("set above"),
+            file,
             part: inc.part,
             dest: inc.dest,
             folder: inc.folder,
         });
-        None
+    }
+
+    /// A file whose bytes are not what was offered: its part file removed, the refusal that
+    /// asks the agent to send it again.
+    fn refuse(&mut self, id: u64, inc: &Incoming, what: &str, got: &[u8; 32]) -> Frame {
+        let _ = std::fs::remove_file(&inc.part);
+        let reason = format!(
+            "{}: {what} with BLAKE3 {}, offered {}; send it again",
+            inc.path,
+            hex::encode(&got[..8]),
+            hex::encode(&inc.hash[..8])
+        );
+        tracing::warn!(%reason, "verification failed");
+        self.stats.verify_failures += 1;
+        Frame::Nack {
+            id,
+            code: ErrorCode::HashMismatch,
+            reason,
+        }
     }
 
     fn done_delta(&mut self, id: u64) -> Option<Frame> {
-        let inc = self.incoming.remove(&id)?;
-        let d = inc.delta.expect("checked by the caller");
+        let mut inc = self.incoming.remove(&id)?;
+        let d = inc.delta.take().expect("checked by the caller");
         let t = std::time::Instant::now();
         let applied = d.finish(&inc.dest, &inc.part, inc.size);
         tracing::debug!(secs = t.elapsed().as_secs_f64(), path = %inc.path, "delta applied");
         match applied {
             Ok((file, got, n)) if n == inc.size && got == inc.hash => {
-                self.stats.files += 1;
-                self.stats.bytes = self.stats.bytes.saturating_add(inc.size);
                 self.stats.resumes += 1;
-                self.pending.push(Finished {
-                    id,
-                    path: inc.path,
-                    hash: inc.hash,
-                    file,
-                    part: inc.part,
-                    dest: inc.dest,
-                    folder: inc.folder,
-                });
+                self.verified(id, inc, file);
                 None
             }
             Ok((_, got, n)) => {
-                let _ = std::fs::remove_file(&inc.part);
-                let reason = format!(
-                    "{}: the delta rebuilt {n} of {} bytes with BLAKE3 {}, offered {}; send it again",
-                    inc.path,
-                    inc.size,
-                    hex::encode(&got[..8]),
-                    hex::encode(&inc.hash[..8])
-                );
-                tracing::warn!(%reason, "verification failed");
-                self.stats.verify_failures += 1;
-                Some(Frame::Nack {
-                    id,
-                    code: ErrorCode::HashMismatch,
-                    reason,
-                })
+                let what = format!("the delta rebuilt {n} of {} bytes", inc.size);
+                Some(self.refuse(id, &inc, &what, &got))
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&inc.part);
