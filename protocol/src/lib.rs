@@ -14,10 +14,7 @@ pub mod states;
 mod table;
 
 pub use frame::{data_header, ErrorCode, FileEntry, Frame, Hash, Have, MAX_FRAME};
-pub use io::{
-    read_frame, read_frame_sync, read_magic, read_magic_sync, write_data_sync, write_frame,
-    write_frame_sync,
-};
+pub use io::{read_frame, read_magic, write_data, write_frame};
 /// The commit the programs were built from (12 hex digits, or `unknown` outside a checkout).
 pub const COMMIT: &str = env!("BEAMFLOW_COMMIT");
 
@@ -194,7 +191,7 @@ mod tests {
     #[test]
     fn data_written_without_copy_reads_back() {
         let mut out = Vec::new();
-        write_data_sync(&mut out, 3, 9, b"abcdef").unwrap();
+        write_data(&mut out, 3, 9, b"abcdef").unwrap();
         assert_eq!(
             out,
             Frame::Data {
@@ -204,7 +201,7 @@ mod tests {
             }
             .encode()
         );
-        let f = read_frame_sync(&mut &out[..]).unwrap().unwrap();
+        let f = read_frame(&mut &out[..]).unwrap().unwrap();
         assert_eq!(
             f,
             Frame::Data {
@@ -216,7 +213,7 @@ mod tests {
         // a data frame whose inner length disagrees with the frame length is refused
         let mut bad = out.clone();
         bad[24] = 7;
-        assert!(read_frame_sync(&mut &bad[..]).is_err());
+        assert!(read_frame(&mut &bad[..]).is_err());
     }
 
     #[test]
@@ -255,7 +252,7 @@ mod tests {
         #[test]
         fn stream_reading_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut r = &body[..];
-            while let Ok(Some(_)) = read_frame_sync(&mut r) {}
+            while let Ok(Some(_)) = read_frame(&mut r) {}
         }
     }
 }

@@ -2,9 +2,7 @@
 //! transfer, files changing while they are sent, and hostile frames sent to the real `serve`.
 
 use beamflow_e2e::*;
-use beamflow_protocol::{
-    read_frame_sync, read_magic_sync, write_frame_sync, ErrorCode, Frame, VERSION,
-};
+use beamflow_protocol::{read_frame, read_magic, write_frame, ErrorCode, Frame, VERSION};
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
@@ -157,8 +155,8 @@ fn serve_refuses_paths_outside_the_data_root() {
         .unwrap();
     let mut input = child.stdin.take().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    read_magic_sync(&mut out).unwrap();
-    write_frame_sync(
+    read_magic(&mut out).unwrap();
+    write_frame(
         &mut input,
         &Frame::Hello {
             version: VERSION,
@@ -174,7 +172,7 @@ fn serve_refuses_paths_outside_the_data_root() {
         "ok/../../../y.tif",
     ];
     for (i, p) in evil.iter().enumerate() {
-        write_frame_sync(
+        write_frame(
             &mut input,
             &Frame::Offer {
                 id: i as u64,
@@ -185,14 +183,14 @@ fn serve_refuses_paths_outside_the_data_root() {
         )
         .unwrap();
     }
-    write_frame_sync(&mut input, &Frame::Bye).unwrap();
+    write_frame(&mut input, &Frame::Bye).unwrap();
     input.flush().unwrap();
     assert!(matches!(
-        read_frame_sync(&mut out).unwrap(),
+        read_frame(&mut out).unwrap(),
         Some(Frame::Welcome { .. })
     ));
     for (i, p) in evil.iter().enumerate() {
-        match read_frame_sync(&mut out).unwrap() {
+        match read_frame(&mut out).unwrap() {
             Some(Frame::Nack {
                 id,
                 code: ErrorCode::PathRefused,

@@ -5,7 +5,7 @@
 //! `BEAMFLOW_FUZZ_SECS` changes its length (per part).
 
 use beamflow_e2e::*;
-use beamflow_protocol::{read_frame_sync, ErrorCode, FileEntry, Frame, Have, VERSION};
+use beamflow_protocol::{read_frame, ErrorCode, FileEntry, Frame, Have, VERSION};
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -181,7 +181,7 @@ fn the_frame_decoder_never_panics() {
             let _ = Frame::decode(&copy);
             let mut stream = (copy.len() as u32).to_be_bytes().to_vec();
             stream.extend(&copy);
-            let _ = read_frame_sync(&mut &stream[..]);
+            let _ = read_frame(&mut &stream[..]);
         });
         assert!(ok.is_ok(), "decoder panicked at case {cases}: {body:?}");
         body.clear();

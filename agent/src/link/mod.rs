@@ -10,9 +10,7 @@ pub mod ssh;
 pub mod transfer;
 
 use beamflow_config::{Config, Transport};
-use beamflow_protocol::{
-    read_frame_sync, read_magic_sync, write_frame_sync, Frame, ProtocolError, VERSION,
-};
+use beamflow_protocol::{read_frame, read_magic, write_frame, Frame, ProtocolError, VERSION};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -300,7 +298,7 @@ impl Link {
             env!("CARGO_PKG_VERSION"),
             std::process::id()
         );
-        write_frame_sync(
+        write_frame(
             &mut self.writer,
             &Frame::Hello {
                 version: VERSION,
@@ -338,7 +336,7 @@ impl Link {
 
     /// Says goodbye and waits briefly for the far end to exit (dropping kills it if not).
     pub fn close(mut self) {
-        let _ = write_frame_sync(&mut self.writer, &Frame::Bye);
+        let _ = write_frame(&mut self.writer, &Frame::Bye);
         let _ = self.writer.flush();
         // the far end commits what it holds before it exits: up to 10 s, looked at often
         let until = std::time::Instant::now() + Duration::from_secs(10);
@@ -390,12 +388,12 @@ impl Drop for Link {
 
 fn reader_loop(stdout: ChildStdout, tx: mpsc::Sender<Result<Frame, ProtocolError>>) {
     let mut rd = BufReader::with_capacity(1 << 16, stdout);
-    if let Err(e) = read_magic_sync(&mut rd) {
+    if let Err(e) = read_magic(&mut rd) {
         let _ = tx.send(Err(e));
         return;
     }
     loop {
-        match read_frame_sync(&mut rd) {
+        match read_frame(&mut rd) {
             Ok(Some(f)) => {
                 if tx.send(Ok(f)).is_err() {
                     return;

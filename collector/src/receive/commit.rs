@@ -9,7 +9,7 @@
 //! the committer itself, after the round is on disk.
 
 use beamflow_config::SyncMode;
-use beamflow_protocol::{write_frame_sync, ErrorCode, Frame, Hash};
+use beamflow_protocol::{write_frame, ErrorCode, Frame, Hash};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
@@ -137,7 +137,7 @@ fn run<W: Write>(
             let mut w = wr.lock().unwrap_or_else(|p| p.into_inner());
             let sent = frames
                 .iter()
-                .try_for_each(|f| write_frame_sync(&mut *w, f).map_err(|_| ()))
+                .try_for_each(|f| write_frame(&mut *w, f).map_err(|_| ()))
                 .and_then(|_| w.flush().map_err(|_| ()));
             if sent.is_err() {
                 // the agent is gone; the receiving thread sees the end of its input

@@ -10,7 +10,7 @@
 use crate::api::{Client, SubmitFile, SubmitRequest};
 use beamflow_config::Config;
 use beamflow_protocol::{
-    normalize_rel_path, read_frame_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Hash, Have,
+    normalize_rel_path, read_frame, write_frame, ErrorCode, FileEntry, Frame, Hash, Have,
     ProtocolError, MAGIC, VERSION,
 };
 use commit::{Committer, Finished, SharedWriter, Verified, HASH_XATTR};

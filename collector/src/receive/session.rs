@@ -6,7 +6,7 @@ use super::*;
 /// Writes one frame on the writer shared with the committer.
 fn send<W: Write>(wr: &SharedWriter<W>, f: &Frame, flush: bool) -> Result<(), ProtocolError> {
     let mut w = wr.lock().unwrap_or_else(|p| p.into_inner());
-    write_frame_sync(&mut *w, f)?;
+    write_frame(&mut *w, f)?;
     if flush {
         w.flush().map_err(ProtocolError::Io)?;
     }
@@ -57,7 +57,7 @@ pub fn serve<R: Read, W: Write + Send>(
         w.write_all(MAGIC).map_err(ProtocolError::Io)?;
         w.flush().map_err(ProtocolError::Io)?;
     }
-    let beamline = match read_frame_sync(&mut rd)? {
+    let beamline = match read_frame(&mut rd)? {
         Some(Frame::Hello {
             version,
             client,
@@ -212,7 +212,7 @@ fn session<R: Read, W: Write>(
                 .flush()
                 .map_err(ProtocolError::Io)?;
         }
-        let frame = match read_frame_sync(rd)? {
+        let frame = match read_frame(rd)? {
             Some(f) => f,
             None => {
                 tracing::info!("agent closed the link");

@@ -23,7 +23,7 @@ fn session(cfg: &Config, frames: &[Frame]) -> Vec<Frame> {
     assert_eq!(&out[..8], MAGIC);
     let mut r = &out[8..];
     let mut got = Vec::new();
-    while let Ok(Some(f)) = read_frame_sync(&mut r) {
+    while let Ok(Some(f)) = read_frame(&mut r) {
         got.push(f);
     }
     got.remove(0); // Welcome

@@ -18,7 +18,7 @@ impl<W: Write> DeltaFrames<'_, W> {
     /// Ends the current part of the delta: the collector applies it now.
     pub(super) fn cut(&mut self) -> std::io::Result<()> {
         self.emit()?;
-        write_frame_sync(self.wr, &Frame::DeltaCut { id: self.id }).map_err(std::io::Error::other)
+        write_frame(self.wr, &Frame::DeltaCut { id: self.id }).map_err(std::io::Error::other)
     }
 
     pub(super) fn emit(&mut self) -> std::io::Result<()> {
@@ -27,7 +27,7 @@ impl<W: Write> DeltaFrames<'_, W> {
         }
         let bytes = std::mem::take(&mut self.buf);
         let n = bytes.len() as u64;
-        write_frame_sync(self.wr, &Frame::Delta { id: self.id, bytes })
+        write_frame(self.wr, &Frame::Delta { id: self.id, bytes })
             .map_err(std::io::Error::other)?;
         self.report.wire_bytes += n;
         self.pace.sent(n);
@@ -84,7 +84,7 @@ pub(super) fn send_delta<W: Write>(
         .map(|m| Stamp::of(&m))
         .map_err(|e| changed(e.to_string()))?;
     if before.len != f.size || before.mtime != f.mtime_ns {
-        write_frame_sync(
+        write_frame(
             wr,
             &Frame::Abort {
                 id,
@@ -110,7 +110,7 @@ pub(super) fn send_delta<W: Write>(
     diff_in_parts(&sig.index(), &map, block as usize, &mut out)
         .map_err(|e| TransferError::Broken(format!("cannot send the delta of {}: {e}", f.name)))?;
     if std::fs::metadata(path).map(|m| Stamp::of(&m)).ok() != Some(before) {
-        write_frame_sync(
+        write_frame(
             wr,
             &Frame::Abort {
                 id,
@@ -122,7 +122,7 @@ pub(super) fn send_delta<W: Write>(
             "its size, time or inode moved while the delta was computed".into(),
         ));
     }
-    write_frame_sync(wr, &Frame::Done { id }).map_err(broken)?;
+    write_frame(wr, &Frame::Done { id }).map_err(broken)?;
     Ok(true)
 }
 

@@ -99,7 +99,7 @@ pub(super) fn send_file<W: Sink>(
         why,
     };
     let abort = |wr: &mut W, why: &str| -> Result<(), TransferError> {
-        write_frame_sync(
+        write_frame(
             wr,
             &Frame::Abort {
                 id,
@@ -208,7 +208,7 @@ pub(super) fn send_file<W: Sink>(
             Some(z) => {
                 let len = z.len() as u64;
                 let raw_len = n as u32;
-                write_frame_sync(
+                write_frame(
                     wr,
                     &Frame::DataZ {
                         id,
@@ -221,7 +221,7 @@ pub(super) fn send_file<W: Sink>(
                 len
             }
             None => {
-                write_data_sync(wr, id, offset, &buf[..n]).map_err(broken)?;
+                write_data(wr, id, offset, &buf[..n]).map_err(broken)?;
                 n as u64
             }
         };
@@ -237,6 +237,6 @@ pub(super) fn send_file<W: Sink>(
             "{offset} bytes read, and its size, time or inode moved while it was read"
         )));
     }
-    write_frame_sync(wr, &Frame::Done { id }).map_err(broken)?;
+    write_frame(wr, &Frame::Done { id }).map_err(broken)?;
     Ok(())
 }

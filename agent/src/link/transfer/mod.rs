@@ -12,8 +12,7 @@ use crate::link::{Link, LinkError};
 use crate::stack::lifecycle;
 use beamflow_config::Config;
 use beamflow_protocol::{
-    data_header, write_data_sync, write_frame_sync, ErrorCode, FileEntry, Frame, Have,
-    ProtocolError,
+    data_header, write_data, write_frame, ErrorCode, FileEntry, Frame, Have, ProtocolError,
 };
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
@@ -415,7 +414,7 @@ pub fn discard(cfg: &Config, ctl: Option<&Path>, name: &str, files: &[String]) -
         stack: name.to_string(),
         files: files.iter().map(|f| format!("{name}/{f}")).collect(),
     };
-    let sent = write_frame_sync(&mut link.writer, &frame)
+    let sent = write_frame(&mut link.writer, &frame)
         .map_err(|e| e.to_string())
         .and_then(|_| link.writer.flush().map_err(|e| e.to_string()));
     if let Err(e) = sent {
@@ -622,7 +621,7 @@ fn exchange(
             size: f.size,
             hash: f.blake3,
         };
-        write_frame_sync(wr, &offer).map_err(broken)?;
+        write_frame(wr, &offer).map_err(broken)?;
     }
     wr.flush().map_err(broken_io)?;
     let mut sent_ids = Vec::new();
@@ -703,7 +702,7 @@ fn exchange(
         files,
         keep_older: job.keep_older,
     };
-    write_frame_sync(wr, &submit).map_err(broken)?;
+    write_frame(wr, &submit).map_err(broken)?;
     wr.flush().map_err(broken_io)?;
     loop {
         match s.next()? {
