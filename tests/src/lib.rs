@@ -406,13 +406,29 @@ pub fn aligntk_bin() -> PathBuf {
 
 /// Polls `ok` until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    wait_for(limit, what, || ok().then_some(()), String::new);
+}
+
+/// Polls `poll` until it gives a value, which it returns; past `limit` the test fails saying
+/// what it waited for and what `context` shows of the system then (a status, a log's tail).
+/// Every end-to-end wait goes through here: a test waits on a condition, never on a clock.
+pub fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    mut poll: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
-    while !ok() {
+    loop {
+        if let Some(v) = poll() {
+            return v;
+        }
         assert!(
             start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}\n{}",
+            context()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

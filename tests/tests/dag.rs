@@ -298,7 +298,13 @@ fn two_stacks_share_one_allocation_and_max_queued_holds() {
     let a = site.write_stack("a", 3, 32);
     let b = site.write_stack("b", 3, 32);
     site.push(&a);
-    std::thread::sleep(Duration::from_millis(500));
+    // b arrives once a's launcher is in the queue: max_queued = 1 must make b share it
+    wait_until(LONG, "a launcher for a", || {
+        !site.collector_status()["launchers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
     site.push(&b);
     let ja = site.wait_finished("a", LONG);
     let jb = site.wait_finished("b", LONG);

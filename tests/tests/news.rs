@@ -6,7 +6,7 @@ use beamflow_e2e::sshd::Sshd;
 use beamflow_e2e::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -97,19 +97,23 @@ fn one_message_per_stack_and_event_through_a_real_webhook() {
         std::fs::write(broken.join(format!("S_{i:04}.tif")), b"not a tiff at all").unwrap();
     }
 
-    let start = Instant::now();
-    while ["held", "failed", "done", "silent"]
-        .iter()
-        .any(|e| hook.delivered(e).is_empty())
-    {
-        assert!(
-            start.elapsed() < LONG,
-            "{:?}\n{}",
-            hook.got.lock().unwrap(),
-            site.log_tail("agent.log")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        LONG,
+        "held, failed, done and silent news",
+        || {
+            ["held", "failed", "done", "silent"]
+                .iter()
+                .all(|e| !hook.delivered(e).is_empty())
+                .then_some(())
+        },
+        || {
+            format!(
+                "{:?}\n{}",
+                hook.got.lock().unwrap(),
+                site.log_tail("agent.log")
+            )
+        },
+    );
     // the daemon keeps asking about the failed DAG, and a restart reads the journal afresh:
     // neither sends anything twice
     std::thread::sleep(Duration::from_secs(2));
@@ -198,11 +202,12 @@ fn a_link_down_longer_than_its_limit_is_one_message_naming_the_fix() {
     );
     // the person's master ends: the agent waits for a login, and says so once
     assert!(sshd.master(&ctl, "exit"));
-    let start = Instant::now();
-    while hook.delivered("link_down").is_empty() {
-        assert!(start.elapsed() < LONG, "{}", site.log_tail("agent.log"));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        LONG,
+        "link_down news",
+        || (!hook.delivered("link_down").is_empty()).then_some(()),
+        || site.log_tail("agent.log"),
+    );
     std::thread::sleep(Duration::from_secs(3));
     let down = hook.delivered("link_down");
     assert_eq!(down.len(), 1, "{down:?}");

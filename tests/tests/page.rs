@@ -6,7 +6,7 @@
 
 use beamflow_e2e::*;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -69,17 +69,20 @@ fn the_status_page_renders_in_chromium_with_what_needs_a_person_first() {
     site.write_stack("good run", 3, 32);
     let bad = site.write_stack("bad <run>", 3, 32);
     site.blank(&bad.join("S_0001.tif"), 32);
-    let start = Instant::now();
-    while !(site
-        .stack("good run")
-        .is_some_and(|s| s["outcome"] == "done")
-        && site
-            .stack("bad <run>")
-            .is_some_and(|s| s["outcome"].as_str().unwrap_or("").starts_with("FAILED")))
-    {
-        assert!(start.elapsed() < LONG, "{:?}", site.status());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        LONG,
+        "one DAG done and one FAILED",
+        || {
+            let good = site
+                .stack("good run")
+                .is_some_and(|s| s["outcome"] == "done");
+            let bad = site
+                .stack("bad <run>")
+                .is_some_and(|s| s["outcome"].as_str().unwrap_or("").starts_with("FAILED"));
+            (good && bad).then_some(())
+        },
+        || format!("{:?}", site.status()),
+    );
 
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(site.dir.join("state/server-info")).unwrap())

@@ -4,7 +4,7 @@
 
 use beamflow_e2e::sshd::Sshd;
 use beamflow_e2e::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -35,20 +35,16 @@ fn declared_results_come_home_byte_identical() {
     let _agent = site.start_agent();
     let name = "run 1/stäck ü";
     site.write_stack(name, 3, 32);
-    let start = Instant::now();
-    let line = loop {
-        let s = site.stack(name).unwrap_or_default();
-        let r = s["results"].as_str().unwrap_or("").to_string();
-        if r.starts_with("results: 2 file(s)") {
-            break r;
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "{s}\n{}",
-            site.log_tail("agent.log")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let line = wait_for(
+        LONG,
+        "the results to be home",
+        || {
+            let s = site.stack(name).unwrap_or_default();
+            let r = s["results"].as_str().unwrap_or("").to_string();
+            r.starts_with("results: 2 file(s)").then_some(r)
+        },
+        || format!("{:?}\n{}", site.stack(name), site.log_tail("agent.log")),
+    );
     let home = site.dir.join("results").join(name).join("@v1");
     assert!(line.contains(&home.display().to_string()), "{line}");
     let work = site.work().join(name).join("@v1");

@@ -3,7 +3,7 @@
 //! a FAILED one for a person, and says what it freed.
 
 use beamflow_e2e::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -38,16 +38,12 @@ fn keep_removes_only_what_finished_and_never_what_failed() {
     assert!(received.join(".beamflow-v1/S_0000.tif").exists());
 
     site.wait_finished("slow", LONG);
-    let start = Instant::now();
-    while received.exists() || work.exists() {
-        assert!(
-            start.elapsed() < LONG,
-            "not freed: {:?}\n{}",
-            std::fs::read_dir(&received).map(|d| d.count()),
-            site.log_tail("service.log")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        LONG,
+        "the received copy and the work folder to be freed",
+        || (!received.exists() && !work.exists()).then_some(()),
+        || site.log_tail("service.log"),
+    );
     // the failed one stays for a person, its files and work folder whole
     std::thread::sleep(Duration::from_secs(2));
     let failed = site
@@ -90,16 +86,12 @@ fn the_beamline_frees_its_disk_only_after_the_far_side_verified_and_the_dag_is_d
     let bad = site.write_stack("bad", 3, 32);
     site.blank(&bad.join("S_0001.tif"), 32);
 
-    let start = Instant::now();
-    while site.stack("good").is_none_or(|s| s["state"] != "freed") {
-        assert!(
-            start.elapsed() < LONG,
-            "{:?}\n{}",
-            site.status(),
-            site.log_tail("agent.log")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        LONG,
+        "the good stack to be freed",
+        || site.stack("good").filter(|s| s["state"] == "freed"),
+        || format!("{:?}\n{}", site.status(), site.log_tail("agent.log")),
+    );
     let s = site.stack("good").unwrap();
     assert!(
         s["reason"].as_str().unwrap().starts_with("freed 3 file(s)"),
@@ -109,14 +101,15 @@ fn the_beamline_frees_its_disk_only_after_the_far_side_verified_and_the_dag_is_d
     // the collector holds every byte of what the beamline removed
     assert_same_tree(&copy, &site.remote().join("good"));
     // a stack whose DAG failed keeps its images for a person
-    let start = Instant::now();
-    while site
-        .stack("bad")
-        .is_none_or(|s| !s["outcome"].as_str().unwrap_or("").starts_with("FAILED"))
-    {
-        assert!(start.elapsed() < LONG, "{:?}", site.status());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        LONG,
+        "the bad stack's DAG to be FAILED",
+        || {
+            site.stack("bad")
+                .filter(|s| s["outcome"].as_str().unwrap_or("").starts_with("FAILED"))
+        },
+        || format!("{:?}", site.status()),
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(std::fs::read_dir(&bad).unwrap().count(), 3);
     assert_eq!(site.stack("bad").unwrap()["state"], "submitted");
@@ -141,11 +134,12 @@ fn nested_stacks_have_disjoint_work_folders_and_retention_of_one_spares_the_othe
     let outer_work = site.work().join("s/@v1");
     site.wait_finished("s", LONG);
     assert!(!inner_work.starts_with(&outer_work) && !outer_work.starts_with(&inner_work));
-    let start = Instant::now();
-    while outer_work.exists() {
-        assert!(start.elapsed() < LONG, "{}", site.log_tail("service.log"));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        LONG,
+        "the outer stack's work folder to go",
+        || (!outer_work.exists()).then_some(()),
+        || site.log_tail("service.log"),
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         inner_work.join("images.lst").is_file(),
