@@ -72,7 +72,8 @@ fn fill_images(
     for s in sections {
         let src = stack_dir.join(&s.original);
         let link = images.join(format!("{}.tif", s.aligntk));
-        let d = depth(&src).map_err(|e| format!("{}: {e}", s.original))?;
+        let d =
+            depth(&src).map_err(|e| format!("{}: {}", s.original, beamflow_program::chain(&e)))?;
         received.insert(
             s.aligntk.clone(),
             match d {
@@ -100,11 +101,11 @@ fn fill_images(
     let mut window = (0.0, 255.0);
     if !deeper.is_empty() {
         let sources: Vec<std::path::PathBuf> = deeper.iter().map(|(s, _)| s.clone()).collect();
-        window = super::to8bit::window(&sources, how)?;
+        window = super::to8bit::window(&sources, how).map_err(|e| beamflow_program::chain(&e))?;
         for (_, link) in &deeper {
             let _ = std::fs::remove_file(link); // a link from an earlier layout
         }
-        super::to8bit::convert_all(&deeper, window)?;
+        super::to8bit::convert_all(&deeper, window).map_err(|e| beamflow_program::chain(&e))?;
     }
     let c = Conversion {
         how: to_8bit.to_string(),
@@ -182,8 +183,8 @@ pub fn prepare(
             .map_err(|e| io("write", &work_dir.join(name), e))?;
     }
     let first = stack_dir.join(&sections[0].original);
-    let (w, h) =
-        super::open::dimensions(&first).map_err(|e| format!("{}: {e}", sections[0].original))?;
+    let (w, h) = super::open::dimensions(&first)
+        .map_err(|e| format!("{}: {}", sections[0].original, beamflow_program::chain(&e)))?;
     Ok(Prepared {
         grid_size: format!("{w}x{h}"),
         sections,

@@ -6,7 +6,7 @@
 //! before any allocation is spent, naming every bad section. Pixels are read strip by strip,
 //! so memory stays near one strip whatever the image size.
 
-use super::open::open;
+use super::open::{open, SectionError};
 use serde::Serialize;
 use std::path::Path;
 use tiff::decoder::{ChunkType, DecodingResult};
@@ -80,22 +80,27 @@ pub struct Report {
 }
 
 /// Reads one section strip by strip and measures it.
-pub fn measure(path: &Path) -> Result<Section, String> {
+pub fn measure(path: &Path) -> Result<Section, SectionError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut d = open(path)?;
-    let (width, height) = d.dimensions().map_err(|e| e.to_string())?;
-    let bits = match d.colortype().map_err(|e| e.to_string())? {
+    let (width, height) = d
+        .dimensions()
+        .map_err(SectionError::tiff("no dimensions"))?;
+    let bits = match d
+        .colortype()
+        .map_err(SectionError::tiff("no colour type"))?
+    {
         ColorType::Gray(b) => b,
-        other => return Err(format!("colour type {other:?}; sections must be grayscale")),
+        other => return Err(SectionError::NotGray(format!("{other:?}"))),
     };
     let chunks = match d.get_chunk_type() {
         ChunkType::Strip => d.strip_count(),
         ChunkType::Tile => d.tile_count(),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(SectionError::tiff("no strip or tile count"))?;
     let top = if bits >= 32 {
         f64::MAX
     } else {
@@ -116,17 +121,17 @@ pub fn measure(path: &Path) -> Result<Section, String> {
     for c in 0..chunks {
         match d
             .read_chunk(c)
-            .map_err(|e| format!("strip/tile {c} unreadable: {e}"))?
+            .map_err(|source| SectionError::Chunk { chunk: c, source })?
         {
             DecodingResult::U8(v) => v.iter().for_each(|&x| add(x as f64)),
             DecodingResult::U16(v) => v.iter().for_each(|&x| add(x as f64)),
             DecodingResult::U32(v) => v.iter().for_each(|&x| add(x as f64)),
             DecodingResult::F32(v) => v.iter().for_each(|&x| add(x as f64)),
-            _ => return Err("unsupported sample format".into()),
+            _ => return Err(SectionError::SampleFormat),
         }
     }
     if n == 0.0 {
-        return Err("no pixels".into());
+        return Err(SectionError::Empty);
     }
     let mean = sum / n;
     let std = (sq / n - mean * mean).max(0.0).sqrt();
@@ -216,7 +221,7 @@ fn check_files(dir: &Path, received: &dyn Fn(&str) -> String) -> Result<Report, 
     for file in names {
         let name = received(&file);
         match measure(&dir.join(&file)) {
-            Err(e) => report.bad.push((name, e)),
+            Err(e) => report.bad.push((name, beamflow_program::chain(&e))),
             Ok(mut s) => {
                 s.name = name.clone();
                 let mut why = Vec::new();

@@ -7,7 +7,7 @@
 //! strips per core whatever their size, and they are worked on all cores. The received
 //! originals are never touched: copies go into the work folder.
 
-use super::open::open;
+use super::open::{open, SectionError};
 use beamflow_config::To8Bit;
 use std::path::{Path, PathBuf};
 use tiff::decoder::{ChunkType, DecodingResult};
@@ -43,9 +43,11 @@ const BINS: usize = 65536;
 
 /// What a section holds; layouts AlignTK cannot use (colour, several samples per pixel)
 /// are left to `qa`, which refuses them by name.
-pub fn depth(path: &Path) -> Result<Option<Depth>, String> {
+pub fn depth(path: &Path) -> Result<Option<Depth>, SectionError> {
     let mut d = open(path)?;
-    let ct = d.colortype().map_err(|e| e.to_string())?;
+    let ct = d
+        .colortype()
+        .map_err(SectionError::tiff("no colour type"))?;
     let float = matches!(
         d.find_tag(tiff::tags::Tag::SampleFormat),
         Ok(Some(v)) if v.clone().into_u16().ok() == Some(3)
@@ -59,23 +61,28 @@ pub fn depth(path: &Path) -> Result<Option<Depth>, String> {
 }
 
 /// Calls `each` with every strip's samples as f32.
-fn strips(path: &Path, mut each: impl FnMut(&[f32]) -> Result<(), String>) -> Result<(), String> {
+fn strips(
+    path: &Path,
+    mut each: impl FnMut(&[f32]) -> Result<(), SectionError>,
+) -> Result<(), SectionError> {
     let mut d = open(path)?;
     if d.get_chunk_type() != ChunkType::Strip {
-        return Err("tiled sections are not converted to 8-bit; write them in strips".into());
+        return Err(SectionError::Tiled);
     }
-    let n = d.strip_count().map_err(|e| e.to_string())?;
+    let n = d
+        .strip_count()
+        .map_err(SectionError::tiff("no strip count"))?;
     let mut buf: Vec<f32> = Vec::new();
     for c in 0..n {
         buf.clear();
         match d
             .read_chunk(c)
-            .map_err(|e| format!("strip {c} unreadable: {e}"))?
+            .map_err(|source| SectionError::Strip { strip: c, source })?
         {
             DecodingResult::U8(v) => buf.extend(v.iter().map(|&x| x as f32)),
             DecodingResult::U16(v) => buf.extend(v.iter().map(|&x| x as f32)),
             DecodingResult::F32(v) => buf.extend(v.iter().copied()),
-            _ => return Err("unsupported sample format".into()),
+            _ => return Err(SectionError::SampleFormat),
         }
         each(&buf)?;
     }
@@ -87,13 +94,13 @@ fn strips(path: &Path, mut each: impl FnMut(&[f32]) -> Result<(), String>) -> Re
 fn on_all_cores<T: Sync, R: Send>(
     items: &[T],
     work: impl Fn(&T) -> R + Sync,
-) -> Result<Vec<R>, String> {
-    beamflow_program::cores::on_all_cores(items, true, work).map_err(|e| e.to_string())
+) -> Result<Vec<R>, SectionError> {
+    Ok(beamflow_program::cores::on_all_cores(items, true, work)?)
 }
 
 /// The window `[lo, hi]` for a whole stack.
-pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), String> {
-    let range = || -> Result<(f64, f64), String> {
+pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), SectionError> {
+    let range = || -> Result<(f64, f64), SectionError> {
         let found = on_all_cores(sections, |p| {
             let (mut lo, mut hi) = (f64::MAX, f64::MIN);
             strips(p, |s| {
@@ -104,6 +111,7 @@ pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), String> {
                 Ok(())
             })
             .map(|()| (lo, hi))
+            .map_err(|e| e.of(p))
         })?;
         let mut out = (f64::MAX, f64::MIN);
         for r in found {
@@ -114,7 +122,7 @@ pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), String> {
     };
     match how {
         To8Bit::Fixed(lo, hi) => Ok((lo, hi)),
-        To8Bit::Off => Err("no window: to_8bit is \"off\"".into()),
+        To8Bit::Off => Err(SectionError::NoWindow),
         To8Bit::MinMax => range(),
         To8Bit::Percentile(plo, phi) => {
             let (min, max) = range()?;
@@ -129,6 +137,7 @@ pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), String> {
                     Ok(())
                 })
                 .map(|()| h)
+                .map_err(|e| e.of(p))
             })?;
             let mut total = vec![0u64; BINS];
             for h in hists {
@@ -154,9 +163,11 @@ pub fn window(sections: &[PathBuf], how: To8Bit) -> Result<(f64, f64), String> {
 }
 
 /// Writes an 8-bit copy of `src` to `dst` through the window, strip by strip.
-pub fn convert(src: &Path, dst: &Path, (lo, hi): (f64, f64)) -> Result<(), String> {
+pub fn convert(src: &Path, dst: &Path, (lo, hi): (f64, f64)) -> Result<(), SectionError> {
     let mut d = open(src)?;
-    let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
+    let (w, h) = d
+        .dimensions()
+        .map_err(SectionError::tiff("no dimensions"))?;
     let rps = d
         .find_tag_unsigned::<u32>(tiff::tags::Tag::RowsPerStrip)
         .ok()
@@ -165,14 +176,18 @@ pub fn convert(src: &Path, dst: &Path, (lo, hi): (f64, f64)) -> Result<(), Strin
         .clamp(1, h.max(1));
     drop(d);
     let tmp = dst.with_extension("tif.tmp");
-    let f =
-        std::fs::File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    let mut enc =
-        tiff::encoder::TiffEncoder::new(std::io::BufWriter::new(f)).map_err(|e| e.to_string())?;
+    let f = std::fs::File::create(&tmp).map_err(|source| SectionError::Write {
+        path: tmp.clone(),
+        source,
+    })?;
+    let cannot = SectionError::tiff;
+    let mut enc = tiff::encoder::TiffEncoder::new(std::io::BufWriter::new(f))
+        .map_err(cannot("cannot start the 8-bit copy"))?;
     let mut img = enc
         .new_image::<tiff::encoder::colortype::Gray8>(w, h)
-        .map_err(|e| e.to_string())?;
-    img.rows_per_strip(rps).map_err(|e| e.to_string())?;
+        .map_err(cannot("cannot start the 8-bit copy"))?;
+    img.rows_per_strip(rps)
+        .map_err(cannot("cannot set the 8-bit copy's strips"))?;
     let scale = 255.0 / (hi - lo).max(f64::MIN_POSITIVE);
     let mut out: Vec<u8> = Vec::new();
     strips(src, |s| {
@@ -184,22 +199,20 @@ pub fn convert(src: &Path, dst: &Path, (lo, hi): (f64, f64)) -> Result<(), Strin
                 0
             }
         }));
-        img.write_strip(&out).map_err(|e| e.to_string())
+        img.write_strip(&out)
+            .map_err(cannot("cannot write a strip of the 8-bit copy"))
     })?;
-    img.finish().map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, dst).map_err(|e| format!("cannot write {}: {e}", dst.display()))
+    img.finish()
+        .map_err(cannot("cannot finish the 8-bit copy"))?;
+    std::fs::rename(&tmp, dst).map_err(|source| SectionError::Write {
+        path: dst.to_path_buf(),
+        source,
+    })
 }
 
 /// Converts many sections on all cores: (source, destination) pairs.
-pub fn convert_all(pairs: &[(PathBuf, PathBuf)], window: (f64, f64)) -> Result<(), String> {
-    for r in on_all_cores(pairs, |(s, d)| {
-        convert(s, d, window).map_err(|e| {
-            format!(
-                "{}: {e}",
-                s.file_name().unwrap_or_default().to_string_lossy()
-            )
-        })
-    })? {
+pub fn convert_all(pairs: &[(PathBuf, PathBuf)], window: (f64, f64)) -> Result<(), SectionError> {
+    for r in on_all_cores(pairs, |(s, d)| convert(s, d, window).map_err(|e| e.of(s)))? {
         r?;
     }
     Ok(())
@@ -217,7 +230,7 @@ mod tests {
             assert!(i != 40, "section {i} broke the worker");
             i * 2
         });
-        let e = got.unwrap_err();
+        let e = got.unwrap_err().to_string();
         assert!(e.contains("section 40 broke the worker"), "{e}");
         assert_eq!(on_all_cores(&items, |&i| i).unwrap(), items);
     }

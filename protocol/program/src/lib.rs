@@ -40,9 +40,38 @@ pub async fn shutdown() {
     }
 }
 
+/// An error and its causes in one line, `what: why: deeper why`, for people (a job's reason,
+/// a report): typed errors keep their causes as sources rather than in their own text.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// A multi-threaded async runtime for a command that needs one.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot write the copy")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_reads_as_one_line_from_the_top_down() {
+        let e = Outer(std::io::Error::other("disk full"));
+        assert_eq!(super::chain(&e), "cannot write the copy: disk full");
+    }
 }
