@@ -48,7 +48,7 @@ impl Default for DemoOptions {
 }
 
 /// The numbers the demo reports.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DemoReport {
     /// Where everything is.
     pub dir: PathBuf,
@@ -70,7 +70,7 @@ pub struct DemoReport {
     pub steps: Vec<StepTime>,
     /// What AlignTK found against what the sections were written with (AlignTK runs only);
     /// why it could not be measured otherwise.
-    pub science: Option<Result<Science, String>>,
+    pub science: Option<Result<Science, science::MeasureError>>,
 }
 
 /// Where one step's time went.
@@ -429,7 +429,10 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
     }
     match &r.science {
         Some(Ok(s)) => out.push_str(&science::render(s)),
-        Some(Err(e)) => out.push_str(&format!("  what AlignTK found could not be read: {e}\n\n")),
+        Some(Err(e)) => out.push_str(&format!(
+            "  what AlignTK found could not be read: {}\n\n",
+            beamflow_program::chain(e)
+        )),
         None => {}
     }
     if !r.steps.is_empty() {

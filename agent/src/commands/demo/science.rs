@@ -7,8 +7,55 @@
 //! after alignment. Images are read as a central window, strip by strip: never whole.
 
 use crate::synth::shift_of;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tiff::decoder::{Decoder, DecodingResult};
+
+/// Why what AlignTK found could not be measured: which file, and what about it.
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    /// A file (a summary, a list, an image) could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An image is not a TIFF the decoder reads.
+    #[error("cannot decode {}", path.display())]
+    Decode {
+        /// The image.
+        path: PathBuf,
+        /// What the TIFF library said.
+        #[source]
+        source: tiff::TiffError,
+    },
+    /// An image is not 8-bit grayscale (what AlignTK reads and writes).
+    #[error("{} is not 8-bit", .0.display())]
+    NotEightBit(PathBuf),
+    /// An image is smaller than the window measured in it.
+    #[error("{} is too small to measure", .0.display())]
+    TooSmall(PathBuf),
+    /// `images.lst` names no section.
+    #[error("images.lst is empty")]
+    NoSections,
+}
+
+fn decode(path: &Path) -> impl FnOnce(tiff::TiffError) -> MeasureError + '_ {
+    move |source| MeasureError::Decode {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn opened(path: &Path) -> Result<Decoder<std::fs::File>, MeasureError> {
+    let f = std::fs::File::open(path).map_err(|source| MeasureError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Decoder::new(f).map_err(decode(path))
+}
 
 /// One pair as find_rst saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,21 +150,17 @@ pub fn register_correlations(summary: &str) -> Vec<f64> {
 }
 
 /// A window of an 8-bit section, read strip by strip: `side`² pixels at (`x0`, `y0`).
-fn window(path: &Path, x0: u32, y0: u32, side: u32) -> Result<Vec<u8>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut d = Decoder::new(f).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
+fn window(path: &Path, x0: u32, y0: u32, side: u32) -> Result<Vec<u8>, MeasureError> {
+    let mut d = opened(path)?;
+    let (w, h) = d.dimensions().map_err(decode(path))?;
     if x0 + side > w || y0 + side > h {
-        return Err(format!("{} is smaller than the window", path.display()));
+        return Err(MeasureError::TooSmall(path.to_path_buf()));
     }
     let rows_per = d.chunk_dimensions().1.max(1);
     let mut out = vec![0u8; (side * side) as usize];
     for strip in y0 / rows_per..=(y0 + side - 1) / rows_per {
-        let DecodingResult::U8(px) = d
-            .read_chunk(strip)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-        else {
-            return Err(format!("{} is not 8-bit", path.display()));
+        let DecodingResult::U8(px) = d.read_chunk(strip).map_err(decode(path))? else {
+            return Err(MeasureError::NotEightBit(path.to_path_buf()));
         };
         let first = strip * rows_per;
         for (i, row) in px.chunks(w as usize).enumerate() {
@@ -134,15 +177,11 @@ fn window(path: &Path, x0: u32, y0: u32, side: u32) -> Result<Vec<u8>, String> {
 
 /// Where `b`'s content sits relative to `a`'s, within `reach` pixels: the shift that makes
 /// the central windows agree best (least mean absolute difference).
-pub fn offset(a: &Path, b: &Path, reach: u32) -> Result<(i32, i32), String> {
-    let (w, h) = {
-        let f = std::fs::File::open(a).map_err(|e| format!("{}: {e}", a.display()))?;
-        let mut d = Decoder::new(f).map_err(|e| format!("{}: {e}", a.display()))?;
-        d.dimensions().map_err(|e| e.to_string())?
-    };
+pub fn offset(a: &Path, b: &Path, reach: u32) -> Result<(i32, i32), MeasureError> {
+    let (w, h) = { opened(a)?.dimensions().map_err(decode(a))? };
     let side = (w.min(h) / 2).min(128);
     if side < 16 || w.min(h) < side + 2 * reach {
-        return Err(format!("{} is too small to measure", a.display()));
+        return Err(MeasureError::TooSmall(a.to_path_buf()));
     }
     let (x0, y0) = ((w - side) / 2, (h - side) / 2);
     let wa = window(a, x0, y0, side)?;
@@ -169,10 +208,12 @@ pub fn offset(a: &Path, b: &Path, reach: u32) -> Result<(i32, i32), String> {
 }
 
 /// Reads the account from a finished work folder (`images/`, `aligned/`, the summaries).
-pub fn measure(work: &Path, side: u32) -> Result<Science, String> {
+pub fn measure(work: &Path, side: u32) -> Result<Science, MeasureError> {
     let read = |rel: &str| {
-        std::fs::read_to_string(work.join(rel))
-            .map_err(|e| format!("{}: {e}", work.join(rel).display()))
+        std::fs::read_to_string(work.join(rel)).map_err(|source| MeasureError::Read {
+            path: work.join(rel),
+            source,
+        })
     };
     let pairs = find_rst_pairs(&read("cmaps/summary.out")?, seed_of);
     let correlations = register_correlations(&read("maps/summary.out")?);
@@ -184,7 +225,7 @@ pub fn measure(work: &Path, side: u32) -> Result<Science, String> {
     // written shifts differ by at most 8 + 6 pixels between any two sections
     let reach = 16;
     let (mut before, mut after) = (0, 0);
-    let first = names.first().ok_or("images.lst is empty")?;
+    let first = names.first().ok_or(MeasureError::NoSections)?;
     for n in &names[1..] {
         let tif = |dir: &str, n: &str| work.join(dir).join(format!("{n}.tif"));
         let (bx, by) = offset(&tif("images", first), &tif("images", n), reach)?;
