@@ -182,6 +182,36 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
             "only {len} bytes, a TIFF header needs 8"
         )));
     }
+    let mut next = header(&mut r, len)?;
+    let mut seen = HashSet::new();
+    let mut info = TiffInfo {
+        pages: 0,
+        width: 0,
+        height: 0,
+        bits: 0,
+        big: r.big,
+    };
+    while next != 0 {
+        let page = info.pages;
+        if !seen.insert(next) {
+            return Err(TiffFault::Corrupt(format!(
+                "the IFD chain loops back to byte {}",
+                grouped(next)
+            )));
+        }
+        if page >= MAX_PAGES {
+            return Err(TiffFault::Corrupt(format!("more than {MAX_PAGES} pages")));
+        }
+        let tags;
+        (tags, next) = directory(&mut r, next, len, page)?;
+        data(&mut r, &tags, len, page, &mut info)?;
+        info.pages += 1;
+    }
+    Ok(info)
+}
+
+/// Reads the header: byte order, TIFF or BigTIFF; returns the first directory's offset.
+fn header(r: &mut R, len: u64) -> Result<u64, TiffFault> {
     let head = r.bytes::<4>().map_err(io)?;
     r.le = match &head[..2] {
         b"II" => true,
@@ -198,7 +228,7 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
     } else {
         u16::from_be_bytes([head[2], head[3]])
     };
-    let mut next = match magic {
+    let next = match magic {
         42 => r.u32().map_err(io)? as u64,
         43 => {
             r.big = true;
@@ -226,150 +256,150 @@ pub fn check(path: &Path) -> Result<TiffInfo, TiffFault> {
             "the header points to no image (first IFD offset 0)".into(),
         ));
     }
-    let mut seen = HashSet::new();
-    let mut info = TiffInfo {
-        pages: 0,
-        width: 0,
-        height: 0,
-        bits: 0,
-        big: r.big,
+    Ok(next)
+}
+
+/// Reads page `page`'s directory at `next`: its tags (each value checked to lie inside the
+/// file) and the next directory's offset.
+fn directory(
+    r: &mut R,
+    next: u64,
+    len: u64,
+    page: u32,
+) -> Result<(std::collections::HashMap<u16, Entry>, u64), TiffFault> {
+    let (count_size, entry_size, word) = if r.big {
+        (8u64, 20u64, 8u64)
+    } else {
+        (2, 12, 4)
     };
-    while next != 0 {
-        let page = info.pages;
-        if !seen.insert(next) {
-            return Err(TiffFault::Corrupt(format!(
-                "the IFD chain loops back to byte {}",
-                grouped(next)
-            )));
-        }
-        if page >= MAX_PAGES {
-            return Err(TiffFault::Corrupt(format!("more than {MAX_PAGES} pages")));
-        }
-        let (count_size, entry_size, word) = if r.big {
-            (8u64, 20u64, 8u64)
+    if next + count_size > len {
+        return Err(TiffFault::Truncated(format!(
+            "page {page}'s directory starts at byte {}, file has {} bytes",
+            grouped(next),
+            grouped(len)
+        )));
+    }
+    r.at(next).map_err(io)?;
+    let n = if r.big {
+        r.u64().map_err(io)?
+    } else {
+        r.u16().map_err(io)? as u64
+    };
+    let end = next + count_size + n * entry_size + word;
+    if n > 100_000 || end > len {
+        return Err(TiffFault::Truncated(format!(
+            "page {page}'s directory of {n} entries ends at byte {}, file has {} bytes",
+            grouped(end),
+            grouped(len)
+        )));
+    }
+    let mut tags = std::collections::HashMap::new();
+    for i in 0..n {
+        let pos = next + count_size + i * entry_size;
+        r.at(pos).map_err(io)?;
+        let tag = r.u16().map_err(io)?;
+        let typ = r.u16().map_err(io)?;
+        let count = r.word().map_err(io)?;
+        let value_at = pos + 4 + word;
+        let Some(size) = type_size(typ) else { continue };
+        let bytes = size.saturating_mul(count);
+        let at = if bytes <= word {
+            value_at
         } else {
-            (2, 12, 4)
+            r.word().map_err(io)?
         };
-        if next + count_size > len {
+        if at.saturating_add(bytes) > len {
             return Err(TiffFault::Truncated(format!(
-                "page {page}'s directory starts at byte {}, file has {} bytes",
-                grouped(next),
+                "page {page}: values of tag {tag} end at byte {}, file has {} bytes",
+                grouped(at.saturating_add(bytes)),
                 grouped(len)
             )));
         }
-        r.at(next).map_err(io)?;
-        let n = if r.big {
-            r.u64().map_err(io)?
-        } else {
-            r.u16().map_err(io)? as u64
-        };
-        let end = next + count_size + n * entry_size + word;
-        if n > 100_000 || end > len {
+        tags.insert(tag, Entry { typ, count, at });
+    }
+    r.at(next + count_size + n * entry_size).map_err(io)?;
+    let following = r.word().map_err(io)?;
+    Ok((tags, following))
+}
+
+/// Checks page `page`'s image data: its size, and every strip or tile inside the file.
+fn data(
+    r: &mut R,
+    tags: &std::collections::HashMap<u16, Entry>,
+    len: u64,
+    page: u32,
+    info: &mut TiffInfo,
+) -> Result<(), TiffFault> {
+    let first = |tags: &std::collections::HashMap<u16, Entry>,
+                 r: &mut R,
+                 t: u16|
+     -> Result<Option<u64>, TiffFault> {
+        match tags.get(&t) {
+            Some(e) if e.count > 0 => Ok(read_values(
+                r,
+                &Entry {
+                    typ: e.typ,
+                    count: 1,
+                    at: e.at,
+                },
+                "value",
+                page,
+            )?
+            .first()
+            .copied()),
+            _ => Ok(None),
+        }
+    };
+    let width = first(tags, r, 256)?
+        .ok_or_else(|| TiffFault::Corrupt(format!("page {page} has no ImageWidth")))?;
+    let height = first(tags, r, 257)?
+        .ok_or_else(|| TiffFault::Corrupt(format!("page {page} has no ImageLength")))?;
+    if page == 0 {
+        info.width = width;
+        info.height = height;
+        info.bits = first(tags, r, 258)?.unwrap_or(1) as u16;
+    }
+    let (off_tag, cnt_tag, unit) = if tags.contains_key(&273) {
+        (273, 279, "strip")
+    } else if tags.contains_key(&324) {
+        (324, 325, "tile")
+    } else {
+        return Err(TiffFault::Corrupt(format!(
+            "page {page} has neither strips nor tiles"
+        )));
+    };
+    let offsets = read_values(r, &tags[&off_tag], "offsets", page)?;
+    let counts = match tags.get(&cnt_tag) {
+        Some(e) => read_values(r, e, "byte counts", page)?,
+        None => {
+            return Err(TiffFault::Corrupt(format!(
+                "page {page} has {unit} offsets but no {unit} byte counts"
+            )))
+        }
+    };
+    if offsets.len() != counts.len() {
+        return Err(TiffFault::Corrupt(format!(
+            "page {page} has {} {unit} offsets but {} byte counts",
+            offsets.len(),
+            counts.len()
+        )));
+    }
+    for (i, (o, c)) in offsets.iter().zip(&counts).enumerate() {
+        let end = o.saturating_add(*c);
+        if end > len {
+            let pg = if page == 0 {
+                String::new()
+            } else {
+                format!("page {page} ")
+            };
             return Err(TiffFault::Truncated(format!(
-                "page {page}'s directory of {n} entries ends at byte {}, file has {} bytes",
+                "{pg}{unit} {i} ends at byte {}, file has {}",
                 grouped(end),
                 grouped(len)
             )));
         }
-        let mut tags = std::collections::HashMap::new();
-        for i in 0..n {
-            let pos = next + count_size + i * entry_size;
-            r.at(pos).map_err(io)?;
-            let tag = r.u16().map_err(io)?;
-            let typ = r.u16().map_err(io)?;
-            let count = r.word().map_err(io)?;
-            let value_at = pos + 4 + word;
-            let Some(size) = type_size(typ) else { continue };
-            let bytes = size.saturating_mul(count);
-            let at = if bytes <= word {
-                value_at
-            } else {
-                r.word().map_err(io)?
-            };
-            if at.saturating_add(bytes) > len {
-                return Err(TiffFault::Truncated(format!(
-                    "page {page}: values of tag {tag} end at byte {}, file has {} bytes",
-                    grouped(at.saturating_add(bytes)),
-                    grouped(len)
-                )));
-            }
-            tags.insert(tag, Entry { typ, count, at });
-        }
-        r.at(next + count_size + n * entry_size).map_err(io)?;
-        next = r.word().map_err(io)?;
-
-        let first = |tags: &std::collections::HashMap<u16, Entry>,
-                     r: &mut R,
-                     t: u16|
-         -> Result<Option<u64>, TiffFault> {
-            match tags.get(&t) {
-                Some(e) if e.count > 0 => Ok(read_values(
-                    r,
-                    &Entry {
-                        typ: e.typ,
-                        count: 1,
-                        at: e.at,
-                    },
-                    "value",
-                    page,
-                )?
-                .first()
-                .copied()),
-                _ => Ok(None),
-            }
-        };
-        let width = first(&tags, &mut r, 256)?
-            .ok_or_else(|| TiffFault::Corrupt(format!("page {page} has no ImageWidth")))?;
-        let height = first(&tags, &mut r, 257)?
-            .ok_or_else(|| TiffFault::Corrupt(format!("page {page} has no ImageLength")))?;
-        if page == 0 {
-            info.width = width;
-            info.height = height;
-            info.bits = first(&tags, &mut r, 258)?.unwrap_or(1) as u16;
-        }
-        let (off_tag, cnt_tag, unit) = if tags.contains_key(&273) {
-            (273, 279, "strip")
-        } else if tags.contains_key(&324) {
-            (324, 325, "tile")
-        } else {
-            return Err(TiffFault::Corrupt(format!(
-                "page {page} has neither strips nor tiles"
-            )));
-        };
-        let offsets = read_values(&mut r, &tags[&off_tag], "offsets", page)?;
-        let counts = match tags.get(&cnt_tag) {
-            Some(e) => read_values(&mut r, e, "byte counts", page)?,
-            None => {
-                return Err(TiffFault::Corrupt(format!(
-                    "page {page} has {unit} offsets but no {unit} byte counts"
-                )))
-            }
-        };
-        if offsets.len() != counts.len() {
-            return Err(TiffFault::Corrupt(format!(
-                "page {page} has {} {unit} offsets but {} byte counts",
-                offsets.len(),
-                counts.len()
-            )));
-        }
-        for (i, (o, c)) in offsets.iter().zip(&counts).enumerate() {
-            let end = o.saturating_add(*c);
-            if end > len {
-                let pg = if page == 0 {
-                    String::new()
-                } else {
-                    format!("page {page} ")
-                };
-                return Err(TiffFault::Truncated(format!(
-                    "{pg}{unit} {i} ends at byte {}, file has {}",
-                    grouped(end),
-                    grouped(len)
-                )));
-            }
-        }
-        info.pages += 1;
     }
-    Ok(info)
+    Ok(())
 }
 
 #[cfg(test)]
