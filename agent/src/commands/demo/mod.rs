@@ -307,40 +307,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     };
     let client = Client::from_state_dir(&cfg.collector.state_dir)?;
     let accepted = Instant::now();
-    let jobs = loop {
-        let jobs = client.jobs(Some(&rec.name), None)?;
-        let done = !jobs.is_empty() && jobs.iter().all(|j| j.state == JobState::JobFinished);
-        let failed: Vec<String> = jobs
-            .iter()
-            .filter(|j| j.state == JobState::Failed)
-            .map(|j| format!("{}: {}", j.name, j.reason))
-            .collect();
-        if !failed.is_empty() {
-            return Err(beamflow_program::Verdict::new(
-                beamflow_program::Exit::Held,
-                format!(
-                    "a job failed: {}; see {}",
-                    failed.join("; "),
-                    dir.join("work").display()
-                ),
-            )
-            .into());
-        }
-        if done {
-            break jobs;
-        }
-        if accepted.elapsed() > Duration::from_secs(300) {
-            let states: Vec<String> = jobs
-                .iter()
-                .map(|j| format!("{} {}", j.name, j.state))
-                .collect();
-            bail!(
-                "the jobs did not finish within 5 minutes: {}",
-                states.join(", ")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let jobs = wait_done(&client, &rec.name, &dir).await?;
     let run_time = accepted.elapsed();
     // the agent hears how the DAG ended (what its status shows), then stops
     let heard = Instant::now();
@@ -375,6 +342,49 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         steps,
         science,
     })
+}
+
+/// Waits until every job of the stack is JOB_FINISHED; a FAILED one is held for a person
+/// (exit 3), five minutes without an end is an error naming each job's state.
+async fn wait_done(
+    client: &Client,
+    stack: &str,
+    dir: &Path,
+) -> Result<Vec<beamflow_protocol::api::JobRow>> {
+    let accepted = Instant::now();
+    loop {
+        let jobs = client.jobs(Some(stack), None)?;
+        let failed: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Failed)
+            .map(|j| format!("{}: {}", j.name, j.reason))
+            .collect();
+        if !failed.is_empty() {
+            return Err(beamflow_program::Verdict::new(
+                beamflow_program::Exit::Held,
+                format!(
+                    "a job failed: {}; see {}",
+                    failed.join("; "),
+                    dir.join("work").display()
+                ),
+            )
+            .into());
+        }
+        if !jobs.is_empty() && jobs.iter().all(|j| j.state == JobState::JobFinished) {
+            return Ok(jobs);
+        }
+        if accepted.elapsed() > Duration::from_secs(300) {
+            let states: Vec<String> = jobs
+                .iter()
+                .map(|j| format!("{} {}", j.name, j.state))
+                .collect();
+            bail!(
+                "the jobs did not finish within 5 minutes: {}",
+                states.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
