@@ -204,13 +204,14 @@ pub async fn run(
     result
 }
 
+/// The three steps in order, each stopping the run when it cannot do its part: the collector
+/// binary, its config, its service. True when all is in place and as the link will find it.
 fn steps(
     remote: &Remote<'_>,
     host: &str,
     say: &mut dyn FnMut(Mark, &str),
     consent: &mut dyn FnMut(&str) -> bool,
 ) -> Result<bool, SetupError> {
-    let cfg = remote.cfg;
     // this host's collector, the one that would be installed
     let local_exe = collector_exe();
     let local = Command::new(&local_exe)
@@ -232,6 +233,26 @@ fn steps(
             ),
         });
     }
+    let Some(ok) = install_collector(remote, host, &local_exe, &local, say, consent)? else {
+        return Ok(false);
+    };
+    if !place_config(remote, host, say)? {
+        return Ok(false);
+    }
+    Ok(start_service(remote, host, say)? && ok)
+}
+
+/// The collector binary: this host's build where the link will find it, copied with consent
+/// when missing or different. `None`: stop here; `Some(false)`: in place but not first on PATH.
+fn install_collector(
+    remote: &Remote<'_>,
+    host: &str,
+    local_exe: &Path,
+    local: &Build,
+    say: &mut dyn FnMut(Mark, &str),
+    consent: &mut dyn FnMut(&str) -> bool,
+) -> Result<Option<bool>, SetupError> {
+    let cfg = remote.cfg;
     let mut ok = true;
     match remote.build()? {
         Some(b) if b.blake3 == local.blake3 => say(
@@ -251,7 +272,7 @@ fn steps(
             };
             if !cfg.link.command.is_empty() {
                 say(Mark::Fail, &format!("collector: {what}; `link.command` names it, so setup leaves it to you: install the same release there"));
-                return Ok(false);
+                return Ok(None);
             }
             if !consent(&format!(
                 "{what}.\nCopy this host's {} ({}) to {host}:~/{REMOTE_BIN}?",
@@ -259,7 +280,7 @@ fn steps(
                 local.version
             )) {
                 say(Mark::Fail, &format!("collector: {what}; not copied (no consent): run setup again and answer yes, or install it yourself"));
-                return Ok(false);
+                return Ok(None);
             }
             let out = remote.run(
                 &[
@@ -267,11 +288,11 @@ fn steps(
                     "-c".into(),
                     format!("mkdir -p \"$HOME/{dir}\" && cat > \"$HOME/{REMOTE_BIN}.part\" && chmod 755 \"$HOME/{REMOTE_BIN}.part\" && mv -f \"$HOME/{REMOTE_BIN}.part\" \"$HOME/{REMOTE_BIN}\"", dir = Path::new(REMOTE_BIN).parent().map(|p| p.display().to_string()).unwrap_or_default()),
                 ],
-                Some(&local_exe),
+                Some(local_exe),
             )?;
             if !out.status.success() {
                 say(Mark::Fail, &format!("collector: copying to {host}:~/{REMOTE_BIN} failed: {} (check the quota and that ~/.local/bin is writable)", stderr(&out)));
-                return Ok(false);
+                return Ok(None);
             }
             // verified where it landed, and as the link will find it
             match remote.build()? {
@@ -289,11 +310,22 @@ fn steps(
                 }
                 None => {
                     say(Mark::Fail, &format!("collector: copied to ~/{REMOTE_BIN} but it does not run there (another CPU or C library?): build it on the login node (`cargo install --path collector`)"));
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
         }
     }
+    Ok(Some(ok))
+}
+
+/// The collector's config: written once (a starter for the scheduler found), never over one
+/// that exists; then it must load. False: stop here.
+fn place_config(
+    remote: &Remote<'_>,
+    host: &str,
+    say: &mut dyn FnMut(Mark, &str),
+) -> Result<bool, SetupError> {
+    let cfg = remote.cfg;
     // the collector's config: written once, never over one that exists
     let exists = remote.sh(&format!("test -e \"$HOME/{REMOTE_CONFIG}\""))?;
     if exists.status.success() {
@@ -362,6 +394,16 @@ fn steps(
         );
         return Ok(false);
     }
+    Ok(true)
+}
+
+/// The service: answering already, else started (a user unit where systemd --user exists,
+/// detached otherwise) and waited for up to 30 s.
+fn start_service(
+    remote: &Remote<'_>,
+    host: &str,
+    say: &mut dyn FnMut(Mark, &str),
+) -> Result<bool, SetupError> {
     // the service
     let answers = |r: &Option<Report>| {
         r.as_ref()
@@ -371,7 +413,7 @@ fn steps(
     };
     if let Some(d) = answers(&remote.doctor()?) {
         say(Mark::Ok, &format!("service: {d}"));
-        return Ok(ok);
+        return Ok(true);
     }
     let unit = include_str!("../../../systemd/beamflow-collector.service");
     let user_systemd = remote.sh("systemctl --user show-environment >/dev/null 2>&1")?;
@@ -409,7 +451,7 @@ fn steps(
         let report = remote.doctor()?;
         if let Some(d) = answers(&report) {
             say(Mark::Done, &format!("service: started {how}; {d}"));
-            return Ok(ok);
+            return Ok(true);
         }
         if Instant::now() >= until {
             let why = report
