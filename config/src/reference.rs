@@ -51,11 +51,11 @@ pub fn reference() -> String {
     let mut order: Vec<&str> = AGENT_SECTIONS.to_vec();
     order.extend(COLLECTOR_SECTIONS);
     for name in &order {
-        if let Some(p) = props.get(*name) {
+        if let Some((p, (_, suffix))) = props.get(*name).and_then(|p| Some((p, table(&defs, p)?))) {
+            let head = header(name, suffix);
             out.push_str(&format!(
-                "| [`{}`](#{}) | {} | {} |\n",
-                header(name, p),
-                anchor(&header(name, p)),
+                "| [`{head}`](#{}) | {} | {} |\n",
+                anchor(&head),
                 reader(name),
                 cell(&describe(p))
             ));
@@ -79,12 +79,12 @@ fn reader(top: &str) -> &'static str {
     }
 }
 
-/// The TOML header of a table: `[agent]`, `[[watch]]`, `[workflows.NAME]`.
-fn header(path: &str, p: &Value) -> String {
-    match p.get("type").and_then(Value::as_str) {
-        Some("array") => format!("[[{path}]]"),
-        Some("object") if p.get("additionalProperties").is_some() => format!("[{path}.NAME]"),
-        _ => format!("[{path}]"),
+/// The TOML header of a table, from the suffix [`table`] gives its keys: `[agent]`,
+/// `[[watch]]` (keys `watch[].…`), `[workflows.NAME]`.
+fn header(path: &str, suffix: &str) -> String {
+    match suffix {
+        "[]" => format!("[[{path}]]"),
+        _ => format!("[{path}{suffix}]"),
     }
 }
 
@@ -120,10 +120,10 @@ fn table<'a>(defs: &'a Map<String, Value>, p: &'a Value) -> Option<(&'a Value, &
 
 /// Renders one table and, after it, the tables inside it.
 fn section(out: &mut String, defs: &Map<String, Value>, top: &str, path: &str, p: &Value) {
-    let Some((def, _)) = table(defs, p) else {
+    let Some((def, suffix)) = table(defs, p) else {
         return;
     };
-    let head = header(path, p);
+    let head = header(path, suffix);
     out.push_str(&format!("## `{head}`\n\n"));
     // the table's own doc says it best; it opens by naming its header, which the heading shows
     let own = describe(def);
@@ -149,11 +149,7 @@ fn section(out: &mut String, defs: &Map<String, Value>, top: &str, path: &str, p
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     // the key as an error names it: `watch[].root`, `workflows.NAME.steps[].command`
-    let prefix = match p.get("type").and_then(Value::as_str) {
-        Some("array") => format!("{path}[]"),
-        Some("object") if p.get("additionalProperties").is_some() => format!("{path}.NAME"),
-        _ => path.to_string(),
-    };
+    let prefix = format!("{path}{suffix}");
     let mut nested = Vec::new();
     out.push_str("| key | type | default | meaning |\n|---|---|---|---|\n");
     for (key, v) in &props {

@@ -62,13 +62,19 @@ pub fn summary(work_dir: &Path, rel: &str, step: &str) -> Result<(), String> {
     }
     let name = |a: &str| received(&secs, a).to_string();
     let qa = read_qa(work_dir).unwrap_or_default();
-    // qa's measures of a section: its report, else measured now as qa would (a workflow
-    // without the qa step); `None` when unreadable
-    let measures = |aligntk: &str| -> Option<super::qa::Section> {
-        qa.get(&name(aligntk)).cloned().or_else(|| {
-            super::qa::measure(&work_dir.join("images").join(format!("{aligntk}.tif"))).ok()
-        })
-    };
+    // qa's measures of every section of a bad pair: its report, else measured now as qa
+    // would (a workflow without the qa step), each once; `None` when unreadable
+    let mut measured: BTreeMap<&str, Option<super::qa::Section>> = BTreeMap::new();
+    for (a, b, _) in &bad {
+        for s in [a.as_str(), b.as_str()] {
+            measured.entry(s).or_insert_with(|| {
+                qa.get(&name(s)).cloned().or_else(|| {
+                    super::qa::measure(&work_dir.join("images").join(format!("{s}.tif"))).ok()
+                })
+            });
+        }
+    }
+    let measures = |aligntk: &str| measured.get(aligntk).cloned().flatten();
     // sections qa measured as lacking texture, in the order the table names them
     let mut flat: Vec<(String, String)> = Vec::new();
     for (a, b, _) in &bad {

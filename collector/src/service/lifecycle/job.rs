@@ -13,9 +13,6 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 pub use beamflow_protocol::states::JobState;
 
-/// Every state, in the order of a job's life.
-pub const ALL_STATES: &[JobState] = JobState::ALL;
-
 /// What made a job move: the rows of [`MOVES`] name one each, and so does every event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Trigger {
@@ -322,7 +319,7 @@ mod tests {
 
     #[test]
     fn every_state_round_trips_through_its_name() {
-        for s in ALL_STATES {
+        for s in JobState::ALL {
             assert_eq!(JobState::parse(s.as_str()), Ok(*s));
         }
         assert!(JobState::parse("LOST").is_err());
@@ -330,14 +327,14 @@ mod tests {
 
     #[test]
     fn the_table_reaches_every_state_and_leaves_no_end_state() {
-        for &s in ALL_STATES.iter().filter(|s| **s != S::Created) {
+        for &s in JobState::ALL.iter().filter(|s| **s != S::Created) {
             assert!(
                 MOVES.iter().any(|(_, to, _)| *to == s),
                 "{s:?} is never reached"
             );
         }
         // JOB_FINISHED and SUPERSEDED are the states nothing leaves
-        for &s in ALL_STATES {
+        for &s in JobState::ALL {
             let leaves = MOVES.iter().any(|(f, _, _)| *f == s);
             assert_eq!(
                 leaves,
