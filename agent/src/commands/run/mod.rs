@@ -647,6 +647,10 @@ impl Daemon {
                         Ok(files) => {
                             t.hashed
                                 .extend(files.into_iter().map(|f| (f.name.clone(), f)));
+                            // images that came of age while this batch ran wait for the next
+                            // one: the stack is looked at again now, not at its settle deadline
+                            t.quiet = false;
+                            self.poke(Duration::ZERO);
                         }
                         // read again when it finishes, which says why if it still fails
                         Err(e) => tracing::debug!(stack = %dir.display(), "hashing ahead: {e}"),
