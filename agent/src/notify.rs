@@ -70,7 +70,8 @@ impl Post {
                     let (t2, n2) = (t.clone(), news.clone());
                     let r = tokio::task::spawn_blocking(move || deliver(&t2, &n2))
                         .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                        .unwrap_or_else(|e| Err(DeliveryError::Task(e.to_string())))
+                        .map_err(|e| beamflow_program::chain(&e));
                     match r {
                         Ok(()) => {
                             tracing::info!(target_index = i, event = ?news.event, "notification sent");
@@ -102,8 +103,52 @@ pub fn escape_controls(s: &str) -> String {
     crate::stack::scan::escaped(std::ffi::OsStr::new(s))
 }
 
+/// Why one delivery failed; it is tried again a few times.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The webhook could not be reached.
+    #[error("{url}")]
+    Post {
+        /// The webhook.
+        url: String,
+        /// What the HTTP client said.
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    /// The webhook answered other than 2xx.
+    #[error("{url} answered {code}")]
+    Status {
+        /// The webhook.
+        url: String,
+        /// Its HTTP status.
+        code: u16,
+    },
+    /// The command could not be run or waited for.
+    #[error("cannot run {program}")]
+    Run {
+        /// The program.
+        program: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command ran and failed.
+    #[error("{program} exited {status}: {said}")]
+    Exit {
+        /// The program.
+        program: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// What it wrote on stderr.
+        said: String,
+    },
+    /// The delivery thread itself failed.
+    #[error("the delivery task failed: {0}")]
+    Task(String),
+}
+
 /// One delivery to one target: the webhook, then the command.
-fn deliver(t: &NotifySection, news: &News) -> Result<(), String> {
+fn deliver(t: &NotifySection, news: &News) -> Result<(), DeliveryError> {
     if !t.url.is_empty() {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(15)))
@@ -120,10 +165,16 @@ fn deliver(t: &NotifySection, news: &News) -> Result<(), String> {
         let res = agent
             .post(&t.url)
             .send_json(&body)
-            .map_err(|e| format!("{}: {e}", t.url))?;
+            .map_err(|e| DeliveryError::Post {
+                url: t.url.clone(),
+                source: Box::new(e),
+            })?;
         let code = res.status().as_u16();
         if !(200..300).contains(&code) {
-            return Err(format!("{} answered {code}", t.url));
+            return Err(DeliveryError::Status {
+                url: t.url.clone(),
+                code,
+            });
         }
     }
     if !t.argv.is_empty() {
@@ -141,21 +192,25 @@ fn deliver(t: &NotifySection, news: &News) -> Result<(), String> {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+            .map_err(run(&argv[0]))?;
         if let Some(mut i) = child.stdin.take() {
             let _ = i.write_all(news.text.as_bytes());
         }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(run(&argv[0]))?;
         if !out.status.success() {
-            return Err(format!(
-                "{} exited {}: {}",
-                argv[0],
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            return Err(DeliveryError::Exit {
+                program: argv[0].clone(),
+                status: out.status,
+                said: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
     }
     Ok(())
+}
+
+fn run(program: &str) -> impl FnOnce(std::io::Error) -> DeliveryError {
+    let program = program.to_string();
+    move |source| DeliveryError::Run { program, source }
 }
 
 #[cfg(test)]

@@ -4,14 +4,13 @@
 //! but the collector itself. The daemon asks on a slow timer, only about stacks whose DAG may
 //! still change, and journals the answer; `status` shows it.
 
-use crate::link::far_command_for;
+use crate::link::far::{ask, FarError};
 use beamflow_config::Config;
 use beamflow_protocol::api::DagOutcome;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// Asks the collector about these stack versions. Blocking: run it off the daemon's loop.
-pub fn fetch(cfg: &Config, ctl: Option<&Path>, ids: &[i64]) -> Result<Vec<DagOutcome>, String> {
+pub fn fetch(cfg: &Config, ctl: Option<&Path>, ids: &[i64]) -> Result<Vec<DagOutcome>, FarError> {
     let mut sub: Vec<String> = vec![
         "outcome".into(),
         "--json".into(),
@@ -20,21 +19,5 @@ pub fn fetch(cfg: &Config, ctl: Option<&Path>, ids: &[i64]) -> Result<Vec<DagOut
     ];
     sub.extend(ids.iter().map(|i| i.to_string()));
     let words: Vec<&str> = sub.iter().map(String::as_str).collect();
-    let argv = far_command_for(cfg, ctl, &words);
-    let out = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| serde_json::from_str::<Vec<DagOutcome>>(l).ok())
-        .ok_or_else(|| {
-            let err = String::from_utf8_lossy(&out.stderr);
-            format!(
-                "the collector did not say ({}): {}",
-                out.status,
-                err.trim().lines().last().unwrap_or("nothing on stderr")
-            )
-        })
+    ask(cfg, ctl, &words)
 }

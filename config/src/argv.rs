@@ -22,9 +22,46 @@
 /// as literal arguments.
 const OPERATORS: &[char] = &['|', '&', ';', '<', '>', '(', ')', '$', '`'];
 
+/// Why a command line was refused: each says what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A quote opened and never closed.
+    #[error("a {name} ({quote}) is never closed")]
+    Unclosed {
+        /// "single quote" or "double quote".
+        name: &'static str,
+        /// The quote character.
+        quote: char,
+    },
+    /// A backslash at the very end escapes nothing.
+    #[error("the line ends with a lone backslash")]
+    LoneBackslash,
+    /// A shell operator outside quotes: there is no shell to obey it.
+    #[error(
+        "`{0}` would need a shell, and commands run without one; quote it to pass it \
+         literally, or write the step as `sh -c '…'` if a shell is really meant"
+    )]
+    Operator(char),
+    /// Nothing to run.
+    #[error("the command is empty")]
+    Empty,
+    /// A value derived from beamline names would become code or the program itself.
+    #[error("{{{name}}} comes from a beamline name{how}; pass it as an argument of its own (\"{{{name}}}\") or read it from the environment in a script ({env_hint}){example}")]
+    NameAsCode {
+        /// The placeholder.
+        name: String,
+        /// How the template would let it be run.
+        how: String,
+        /// The environment variables that carry the same values.
+        env_hint: String,
+        /// An example of the safe way, where one helps.
+        example: &'static str,
+    },
+}
+
 /// Splits a command line into words: blanks separate, `'…'` and `"…"` quote, `\` escapes.
 /// Nothing is expanded; shell operators outside quotes are refused with what to write instead.
-pub fn split(line: &str) -> Result<Vec<String>, String> {
+pub fn split(line: &str) -> Result<Vec<String>, CommandError> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -43,7 +80,12 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => cur.push(c),
-                        None => return Err("a single quote (') is never closed".into()),
+                        None => {
+                            return Err(CommandError::Unclosed {
+                                name: "single quote",
+                                quote: '\'',
+                            })
+                        }
                     }
                 }
             }
@@ -58,10 +100,20 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
                                 cur.push('\\');
                                 cur.push(c);
                             }
-                            None => return Err("a double quote (\") is never closed".into()),
+                            None => {
+                                return Err(CommandError::Unclosed {
+                                    name: "double quote",
+                                    quote: '"',
+                                })
+                            }
                         },
                         Some(c) => cur.push(c),
-                        None => return Err("a double quote (\") is never closed".into()),
+                        None => {
+                            return Err(CommandError::Unclosed {
+                                name: "double quote",
+                                quote: '"',
+                            })
+                        }
                     }
                 }
             }
@@ -69,14 +121,11 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 match chars.next() {
                     Some(c) => cur.push(c),
-                    None => return Err("the line ends with a lone backslash".into()),
+                    None => return Err(CommandError::LoneBackslash),
                 }
             }
             c if OPERATORS.contains(&c) => {
-                return Err(format!(
-                    "`{c}` would need a shell, and commands run without one; quote it to pass it \
-                     literally, or write the step as `sh -c '…'` if a shell is really meant"
-                ));
+                return Err(CommandError::Operator(c));
             }
             c => {
                 in_word = true;
@@ -88,7 +137,7 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
         words.push(cur);
     }
     if words.is_empty() {
-        return Err("the command is empty".into());
+        return Err(CommandError::Empty);
     }
     Ok(words)
 }
@@ -199,7 +248,7 @@ pub fn runs_next_as_code(word: &str) -> bool {
 /// `is_plain`): a whole argument, or one with a fixed prefix/suffix. It may not be the
 /// program, nor follow an option that runs its argument as code. `env_hint` names the
 /// environment variables that carry the same values, for the message.
-pub fn check_names(argv: &[String], tainted: &[&str], env_hint: &str) -> Result<(), String> {
+pub fn check_names(argv: &[String], tainted: &[&str], env_hint: &str) -> Result<(), CommandError> {
     for (i, arg) in argv.iter().enumerate() {
         let names: Vec<&str> = placeholders(arg)
             .into_iter()
@@ -208,36 +257,34 @@ pub fn check_names(argv: &[String], tainted: &[&str], env_hint: &str) -> Result<
         let Some(first) = names.first() else {
             continue;
         };
-        let instead = format!(
-            "pass it as an argument of its own (\"{{{first}}}\") or read it from the \
-             environment in a script ({env_hint})"
-        );
+        let refuse = |how: String, example: &'static str| CommandError::NameAsCode {
+            name: first.to_string(),
+            how,
+            env_hint: env_hint.to_string(),
+            example,
+        };
         if i == 0 {
-            return Err(format!(
-                "{{{first}}} comes from a beamline name and cannot be the program to run; {instead}"
-            ));
+            return Err(refuse(" and cannot be the program to run".into(), ""));
         }
         if runs_next_as_code(&argv[i - 1]) {
-            return Err(format!(
-                "{{{first}}} comes from a beamline name and would be run as code by `{} {}`; \
-                 {instead}",
-                argv[i - 1],
-                arg
+            let by = &argv[i - 1];
+            return Err(refuse(
+                format!(" and would be run as code by `{by} {arg}`"),
+                "",
             ));
         }
         let literal = fill(arg, &|_| Some(String::new()));
         if let Some(c) = literal.chars().find(|c| !is_plain(*c)) {
-            return Err(format!(
-                "{{{first}}} comes from a beamline name, and the argument {arg:?} around it holds \
-                 {c:?}, which a shell or interpreter may parse, so the name could be run as \
-                 code; {instead}, e.g. sh -c 'echo \"$BEAMFLOW_STACK\" > out.txt'"
+            return Err(refuse(
+                format!(
+                    ", and the argument {arg:?} around it holds {c:?}, which a shell or \
+                     interpreter may parse, so the name could be run as code"
+                ),
+                ", e.g. sh -c 'echo \"$BEAMFLOW_STACK\" > out.txt'",
             ));
         }
         if literal.starts_with('-') && runs_next_as_code(&literal) {
-            return Err(format!(
-                "{{{first}}} comes from a beamline name and would be run as code by {arg:?}; \
-                 {instead}"
-            ));
+            return Err(refuse(format!(" and would be run as code by {arg:?}"), ""));
         }
     }
     Ok(())
@@ -276,11 +323,17 @@ mod tests {
             "a $X",
         ] {
             let e = split(bad).unwrap_err();
-            assert!(e.contains("without one"), "{bad}: {e}");
+            assert!(e.to_string().contains("without one"), "{bad}: {e}");
         }
-        assert!(split("a 'b").unwrap_err().contains("never closed"));
-        assert!(split("a \"b").unwrap_err().contains("never closed"));
-        assert!(split("   ").unwrap_err().contains("empty"));
+        assert!(split("a 'b")
+            .unwrap_err()
+            .to_string()
+            .contains("never closed"));
+        assert!(split("a \"b")
+            .unwrap_err()
+            .to_string()
+            .contains("never closed"));
+        assert!(split("   ").unwrap_err().to_string().contains("empty"));
     }
 
     #[test]
@@ -310,7 +363,7 @@ mod tests {
 
     const NAMES: &[&str] = &["stack", "images", "first", "last"];
 
-    fn check(line: &str) -> Result<(), String> {
+    fn check(line: &str) -> Result<(), CommandError> {
         check_names(&split(line).unwrap(), NAMES, "$BEAMFLOW_STACK")
     }
 
@@ -324,7 +377,7 @@ mod tests {
             "sh -c 'cp \"$1\" out/' sh {first}",
             "tool -image {first} -e2e {last}",
         ] {
-            assert_eq!(check(ok), Ok(()), "{ok}");
+            assert!(check(ok).is_ok(), "{ok}: {:?}", check(ok));
         }
     }
 
@@ -354,7 +407,9 @@ mod tests {
                 Ok(w) => w,
                 Err(_) => continue, // refused earlier still: `$` outside quotes
             };
-            let e = check_names(&words, NAMES, "$BEAMFLOW_STACK").unwrap_err();
+            let e = check_names(&words, NAMES, "$BEAMFLOW_STACK")
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains("beamline name") && e.contains("BEAMFLOW_STACK"),
                 "{bad}: {e}"

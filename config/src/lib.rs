@@ -128,9 +128,14 @@ impl AgentSection {
     }
 }
 
+/// A name that cannot name a beamline, with the rule it broke.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} cannot name a beamline: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -")]
+pub struct BeamlineNameError(pub String);
+
 /// Whether `name` can name a beamline: it becomes a folder under the data root and the work
 /// root, so one plain component.
-pub fn check_beamline(name: &str) -> Result<(), String> {
+pub fn check_beamline(name: &str) -> Result<(), BeamlineNameError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
@@ -140,9 +145,7 @@ pub fn check_beamline(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} cannot name a beamline: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -"
-        ))
+        Err(BeamlineNameError(name.to_string()))
     }
 }
 
@@ -538,9 +541,32 @@ pub const LAUNCH_PLACEHOLDERS: &[&str] = &[
     "hostfile",
 ];
 
+/// Why a launch template was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The template's words themselves (quotes, operators, names that would run as code).
+    #[error(transparent)]
+    Command(#[from] argv::CommandError),
+    /// `{command}` missing, repeated or glued to other text.
+    #[error(
+        "the template must hold {{command}} exactly once, as a word of its own (it becomes the \
+         job's arguments), e.g. \"srun -n {{ranks}} {{command}}\"; got {0:?}"
+    )]
+    CommandWord(String),
+    /// A placeholder the launcher does not fill.
+    #[error("unknown placeholder {{{0}}}; known are {known}", known = LAUNCH_PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(" "))]
+    Placeholder(String),
+    /// `{command}` after an option that runs its argument as code.
+    #[error(
+        "`{0} {{command}}` would run the job's arguments, which hold beamline names, as code; \
+         put {{command}} where its words stay arguments, e.g. \"srun -n {{ranks}} {{command}}\""
+    )]
+    RunsAsCode(String),
+}
+
 /// Checks a launch template and splits it into words: `{command}` exactly once, as a word
 /// of its own, and only known placeholders.
-pub fn launch_argv(template: &str) -> Result<Vec<String>, String> {
+pub fn launch_argv(template: &str) -> Result<Vec<String>, LaunchError> {
     let words = argv::split(template)?;
     let whole = words.iter().filter(|w| *w == "{command}").count();
     if whole != 1
@@ -548,31 +574,17 @@ pub fn launch_argv(template: &str) -> Result<Vec<String>, String> {
             .iter()
             .any(|w| w != "{command}" && w.contains("{command}"))
     {
-        return Err(format!(
-            "the template must hold {{command}} exactly once, as a word of its own (it becomes the \
-             job's arguments), e.g. \"srun -n {{ranks}} {{command}}\"; got {template:?}"
-        ));
+        return Err(LaunchError::CommandWord(template.to_string()));
     }
     for p in words.iter().flat_map(|w| argv::placeholders(w)) {
         if !LAUNCH_PLACEHOLDERS.contains(&p) {
-            return Err(format!(
-                "unknown placeholder {{{p}}}; known are {}",
-                LAUNCH_PLACEHOLDERS
-                    .iter()
-                    .map(|p| format!("{{{p}}}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
+            return Err(LaunchError::Placeholder(p.to_string()));
         }
     }
     // the job's own words (which hold names) and the work folder's path are data here too
     let at = words.iter().position(|w| w == "{command}").unwrap_or(0);
     if at > 0 && argv::runs_next_as_code(&words[at - 1]) {
-        return Err(format!(
-            "`{} {{command}}` would run the job's arguments, which hold beamline names, as code; \
-             put {{command}} where its words stay arguments, e.g. \"srun -n {{ranks}} {{command}}\"",
-            words[at - 1]
-        ));
+        return Err(LaunchError::RunsAsCode(words[at - 1].clone()));
     }
     argv::check_names(&words, &["hostfile"], "\"$BEAMFLOW_HOSTFILE\"")?;
     Ok(words)
@@ -767,24 +779,42 @@ impl Config {
     }
 }
 
+/// Why a `host:port` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    /// No `:port` at the end.
+    #[error("\"{0}\" has no port; {HOST_PORT_HINT}")]
+    NoPort(String),
+    /// The host part is empty or an unbracketed IPv6 address.
+    #[error("\"{0}\" is not host:port; {HOST_PORT_HINT}")]
+    NotHostPort(String),
+    /// The port is not a number from 0 to 65535.
+    #[error("\"{port}\" in \"{whole}\" is not a port number; {HOST_PORT_HINT}")]
+    Port {
+        /// The port as written.
+        port: String,
+        /// The whole address as written.
+        whole: String,
+    },
+}
+
+const HOST_PORT_HINT: &str = "write host:port, e.g. \"0.0.0.0:0\", \"[::]:7000\" or \"login1.site.org:0\" (port 0: any free port)";
+
 /// Splits `host:port` (`[v6]:port` for IPv6) as `[service] listen` is written.
-pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
-    let hint = "write host:port, e.g. \"0.0.0.0:0\", \"[::]:7000\" or \"login1.site.org:0\" (port 0: any free port)";
+pub fn split_host_port(s: &str) -> Result<(String, u16), AddressError> {
+    let no_port = || AddressError::NoPort(s.to_string());
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, p) = rest
-            .split_once("]:")
-            .ok_or_else(|| format!("\"{s}\" has no port; {hint}"))?;
-        (h, p)
+        rest.split_once("]:").ok_or_else(no_port)?
     } else {
-        s.rsplit_once(':')
-            .ok_or_else(|| format!("\"{s}\" has no port; {hint}"))?
+        s.rsplit_once(':').ok_or_else(no_port)?
     };
     if host.is_empty() || (!s.starts_with('[') && host.contains(':')) {
-        return Err(format!("\"{s}\" is not host:port; {hint}"));
+        return Err(AddressError::NotHostPort(s.to_string()));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("\"{port}\" in \"{s}\" is not a port number; {hint}"))?;
+    let port: u16 = port.parse().map_err(|_| AddressError::Port {
+        port: port.to_string(),
+        whole: s.to_string(),
+    })?;
     Ok((host.to_string(), port))
 }
 
@@ -842,7 +872,7 @@ fn validate_watch(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigErr
                 path: path.to_path_buf(),
                 line: find_key_line(text, "active_hours").unwrap_or(1),
                 key: format!("key `watch[{i}].active_hours`: "),
-                message: e,
+                message: e.to_string(),
             });
         }
         if !cfg.workflows.contains_key(&w.workflow) {
@@ -893,7 +923,7 @@ fn validate_queues(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigEr
         }
         if !q.launch.is_empty() {
             if let Err(e) = launch_argv(&q.launch) {
-                return Err(bad("launch", e));
+                return Err(bad("launch", e.to_string()));
             }
         }
         if q.walltime <= q.walltime_margin {
@@ -917,7 +947,7 @@ fn validate_names(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigErr
                 path: path.to_path_buf(),
                 line: find_key_line(text, "name").unwrap_or(1),
                 key: "key `agent.name`: ".into(),
-                message: e,
+                message: e.to_string(),
             });
         }
     }
@@ -938,7 +968,7 @@ fn validate_names(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigErr
                 path: path.to_path_buf(),
                 line: find_key_line(text, key).unwrap_or(1),
                 key: format!("key `collector.{key}`: "),
-                message: e,
+                message: e.to_string(),
             });
         }
     }
@@ -1011,7 +1041,7 @@ fn validate_service(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigE
             path: path.to_path_buf(),
             line: find_key_line(text, "listen").unwrap_or(1),
             key: "key `service.listen`: ".into(),
-            message: e,
+            message: e.to_string(),
         });
     }
     if cfg.service.advertise.contains(['/', ' ', '@']) {

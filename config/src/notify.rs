@@ -84,13 +84,14 @@ impl NotifySection {
             ));
         }
         if !self.command.is_empty() {
-            self.argv = crate::argv::split(&self.command).map_err(|e| ("command".into(), e))?;
+            self.argv =
+                crate::argv::split(&self.command).map_err(|e| ("command".into(), e.to_string()))?;
             crate::argv::check_names(
                 &self.argv,
                 &["subject"],
                 "\"$BEAMFLOW_SUBJECT\", \"$BEAMFLOW_STACK\"",
             )
-            .map_err(|e| ("command".into(), e))?;
+            .map_err(|e| ("command".into(), e.to_string()))?;
         }
         Ok(())
     }
@@ -101,29 +102,41 @@ impl NotifySection {
     }
 }
 
+/// Why written active hours were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HoursError {
+    /// Not two times joined by `-`.
+    #[error("\"{0}\": write it like \"08:00-20:00\"")]
+    Span(String),
+    /// One end is not written HH:MM.
+    #[error("\"{0}\" is not HH:MM")]
+    Form(String),
+    /// One end is past 24:00.
+    #[error("\"{0}\" is not a time of day")]
+    Time(String),
+}
+
 /// Active hours of a watch root, `"08:00-20:00"` in the host's local time (a span may pass
 /// midnight: `"22:00-06:00"`); empty means all day.
-pub fn parse_hours(s: &str) -> Result<Option<(u32, u32)>, String> {
+pub fn parse_hours(s: &str) -> Result<Option<(u32, u32)>, HoursError> {
     if s.trim().is_empty() {
         return Ok(None);
     }
-    let minutes = |t: &str| -> Result<u32, String> {
-        let (h, m) = t
-            .trim()
-            .split_once(':')
-            .ok_or_else(|| format!("\"{t}\" is not HH:MM"))?;
+    let minutes = |t: &str| -> Result<u32, HoursError> {
+        let form = || HoursError::Form(t.to_string());
+        let (h, m) = t.trim().split_once(':').ok_or_else(form)?;
         let (h, m): (u32, u32) = (
-            h.parse().map_err(|_| format!("\"{t}\" is not HH:MM"))?,
-            m.parse().map_err(|_| format!("\"{t}\" is not HH:MM"))?,
+            h.parse().map_err(|_| form())?,
+            m.parse().map_err(|_| form())?,
         );
         if h > 24 || m > 59 || (h == 24 && m > 0) {
-            return Err(format!("\"{t}\" is not a time of day"));
+            return Err(HoursError::Time(t.to_string()));
         }
         Ok(h * 60 + m)
     };
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("\"{s}\": write it like \"08:00-20:00\""))?;
+        .ok_or_else(|| HoursError::Span(s.to_string()))?;
     Ok(Some((minutes(a)?, minutes(b)?)))
 }
 

@@ -67,6 +67,25 @@ impl fmt::Display for Dur {
     }
 }
 
+/// Why a written size was refused; it says what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum SizeError {
+    /// The number part is missing or not a number.
+    #[error("invalid size \"{text}\": expected e.g. \"64 KiB\", \"1 MiB\", \"2G\"")]
+    Number {
+        /// The text as written.
+        text: String,
+    },
+    /// The unit is none that sizes are written in.
+    #[error("invalid size \"{text}\": unknown unit \"{unit}\" (use B, KiB, MiB, GiB, KB, MB, GB)")]
+    Unit {
+        /// The text as written.
+        text: String,
+        /// The unit as written.
+        unit: String,
+    },
+}
+
 /// A size in bytes, written as a number or with a unit (`"64 KiB"`, `"1M"`, `"2GB"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
@@ -74,15 +93,15 @@ pub struct ByteSize(pub u64);
 impl ByteSize {
     /// Parses `"<number> [unit]"`; binary and decimal units are both accepted because people
     /// use both, and `K`/`M`/`G` alone mean the binary ones as in `dd` and most HPC tools.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SizeError> {
         let t = text.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: f64 = num.parse().map_err(|_| {
-            format!("invalid size \"{text}\": expected e.g. \"64 KiB\", \"1 MiB\", \"2G\"")
-        })?;
+        let n: f64 = num
+            .parse()
+            .map_err(|_| SizeError::Number { text: text.into() })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kib" => 1 << 10,
@@ -94,9 +113,10 @@ impl ByteSize {
             "t" | "tib" => 1 << 40,
             "tb" => 1_000_000_000_000,
             other => {
-                return Err(format!(
-                    "invalid size \"{text}\": unknown unit \"{other}\" (use B, KiB, MiB, GiB, KB, MB, GB)"
-                ))
+                return Err(SizeError::Unit {
+                    text: text.into(),
+                    unit: other.into(),
+                })
             }
         };
         Ok(ByteSize((n * mult as f64) as u64))
@@ -183,6 +203,7 @@ mod tests {
         assert_eq!(ByteSize::parse("512").unwrap().0, 512);
         assert!(ByteSize::parse("12 parsecs")
             .unwrap_err()
+            .to_string()
             .contains("unknown unit"));
         assert!(ByteSize::parse("lots").is_err());
         assert_eq!(ByteSize(1 << 20).to_string(), "1 MiB");

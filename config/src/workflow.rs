@@ -68,14 +68,15 @@ fn range(s: &str) -> Option<(f64, f64)> {
         .find_map(|i| Some((s[..i].trim().parse().ok()?, s[i + 1..].trim().parse().ok()?)))
 }
 
+/// A written 8-bit window that is none of the four forms.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a window; write \"percentile:0.1-99.9\", \"minmax\", \"fixed:LO-HI\" (LO below HI) or \"off\"")]
+pub struct WindowError(pub String);
+
 impl std::str::FromStr for To8Bit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "{s:?} is not a window; write \"percentile:0.1-99.9\", \"minmax\", \"fixed:LO-HI\" (LO below HI) or \"off\""
-            )
-        };
+    type Err = WindowError;
+    fn from_str(s: &str) -> Result<Self, WindowError> {
+        let bad = || WindowError(s.to_string());
         let w = match s.trim() {
             "minmax" => To8Bit::MinMax,
             "off" => To8Bit::Off,
@@ -210,7 +211,7 @@ impl Workflow {
         self.window = self
             .to_8bit
             .parse()
-            .map_err(|e| ("to_8bit".to_string(), e))?;
+            .map_err(|e: WindowError| ("to_8bit".to_string(), e.to_string()))?;
         if self.steps.is_empty() {
             return Err((
                 "steps".into(),

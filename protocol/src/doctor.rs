@@ -121,12 +121,17 @@ pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// A folder that takes no new file: what could not be done, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {0}: {1}")]
+pub struct Unwritable(pub &'static str, #[source] pub std::io::Error);
+
 /// Whether a folder takes a new file: makes and removes one (permissions alone do not tell,
 /// for root, on a read-only mount or a full quota).
-pub fn writable(dir: &std::path::Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}"))?;
+pub fn writable(dir: &std::path::Path) -> Result<(), Unwritable> {
+    std::fs::create_dir_all(dir).map_err(|e| Unwritable("create it", e))?;
     let probe = dir.join(format!(".beamflow-doctor-{}", std::process::id()));
-    std::fs::write(&probe, b"probe").map_err(|e| format!("cannot write in it: {e}"))?;
+    std::fs::write(&probe, b"probe").map_err(|e| Unwritable("write in it", e))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

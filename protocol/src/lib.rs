@@ -27,7 +27,7 @@ pub const VERSION_AND_COMMIT: &str = concat!(
     ")"
 );
 
-pub use path::{normalize_rel_path, reserved, work_rel, WORK_VERSION_PREFIX};
+pub use path::{normalize_rel_path, reserved, work_rel, PathError, WORK_VERSION_PREFIX};
 pub use table::table;
 
 /// Bytes the collector writes before anything else. Text printed by a shell cannot look

@@ -1,39 +1,64 @@
 //! Paths from the wire. They are relative, normalised and confined: the collector joins them
 //! to its data root only after this check, so nothing a peer sends can write outside it.
 
+/// Why a path from the wire is refused; each says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Nothing at all.
+    #[error("empty path")]
+    Empty,
+    /// A NUL byte, which no file name can hold.
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+    /// An absolute path.
+    #[error("path {0:?} is absolute; only paths relative to the data root are accepted")]
+    Absolute(String),
+    /// A `..` component.
+    #[error("path {0:?} contains `..`; paths may not leave the data root")]
+    Parent(String),
+    /// A folder named like the ones beamflow makes for versions.
+    #[error(
+        "path {path:?} has a folder named {folder:?}, a name beamflow keeps for the folders it \
+         makes for a stack's versions; rename that folder"
+    )]
+    Reserved {
+        /// The whole path.
+        path: String,
+        /// The reserved component.
+        folder: String,
+    },
+    /// Only `.` and `/`: the root itself.
+    #[error("path {0:?} names the data root itself, not a file")]
+    Root(String),
+}
+
 /// Returns the normalised form of a relative path (`a/./b//c` → `a/b/c`), or why it is refused.
-pub fn normalize_rel_path(p: &str) -> Result<String, String> {
+pub fn normalize_rel_path(p: &str) -> Result<String, PathError> {
     if p.is_empty() {
-        return Err("empty path".into());
+        return Err(PathError::Empty);
     }
     if p.contains('\0') {
-        return Err(format!("path {p:?} contains a NUL byte"));
+        return Err(PathError::Nul(p.into()));
     }
     if p.starts_with('/') {
-        return Err(format!(
-            "path {p:?} is absolute; only paths relative to the data root are accepted"
-        ));
+        return Err(PathError::Absolute(p.into()));
     }
     let mut parts = Vec::new();
     for c in p.split('/') {
         match c {
             "" | "." => {}
-            ".." => {
-                return Err(format!(
-                    "path {p:?} contains `..`; paths may not leave the data root"
-                ))
-            }
+            ".." => return Err(PathError::Parent(p.into())),
             c if reserved(c) => {
-                return Err(format!(
-                    "path {p:?} has a folder named {c:?}, a name beamflow keeps for the folders it \
-                     makes for a stack's versions; rename that folder"
-                ))
+                return Err(PathError::Reserved {
+                    path: p.into(),
+                    folder: c.into(),
+                })
             }
             c => parts.push(c),
         }
     }
     if parts.is_empty() {
-        return Err(format!("path {p:?} names the data root itself, not a file"));
+        return Err(PathError::Root(p.into()));
     }
     Ok(parts.join("/"))
 }
@@ -89,7 +114,7 @@ mod tests {
         }
         for reserved in ["s/@v1/x.tif", "s/.beamflow-v2/x.tif", "@v10/x.tif"] {
             let e = normalize_rel_path(reserved).unwrap_err();
-            assert!(e.contains("rename that folder"), "{e}");
+            assert!(e.to_string().contains("rename that folder"), "{e}");
         }
     }
 }

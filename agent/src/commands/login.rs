@@ -24,7 +24,10 @@ pub fn main(args: Args) -> Result<Exit> {
     let ctl = crate::link::ssh::login(&cfg.link).map_err(|e| {
         beamflow_program::Verdict::new(
             Exit::Unreachable,
-            format!("cannot open the SSH master: {e}"),
+            format!(
+                "cannot open the SSH master: {}",
+                beamflow_program::chain(&e)
+            ),
         )
     })?;
     sayln!(

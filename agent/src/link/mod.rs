@@ -6,6 +6,7 @@
 //! relayed into the agent's log, and its last lines are kept so that a far end that dies says
 //! why in the agent's error rather than just "broken pipe".
 
+pub mod far;
 pub mod ssh;
 pub mod transfer;
 

@@ -320,10 +320,29 @@ pub fn channel_command(link: &LinkSection, ctl: &Path, remote: &[String]) -> Vec
     argv
 }
 
+/// Why `login` could not open a master.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Without a control path the agent could not find the master.
+    #[error(
+        "set [link] control_path (and master = \"adopt\") so that the agent can find the master"
+    )]
+    NoControlPath,
+    /// ssh could not be started.
+    #[error("cannot run ssh")]
+    Spawn(#[source] std::io::Error),
+    /// ssh ended without a master.
+    #[error("ssh exited with {0}; the master is not open")]
+    Exit(std::process::ExitStatus),
+    /// The master opened but does not answer.
+    #[error("the master did not answer: {0}")]
+    Check(String),
+}
+
 /// `beamflow-agent login`: opens a master in the person's terminal and leaves it running.
-pub fn login(link: &LinkSection) -> Result<PathBuf, String> {
+pub fn login(link: &LinkSection) -> Result<PathBuf, LoginError> {
     if link.control_path.as_os_str().is_empty() {
-        return Err("set [link] control_path (and master = \"adopt\") so that the agent can find the master".into());
+        return Err(LoginError::NoControlPath);
     }
     let mut cmd = Command::new("ssh");
     if let Some(f) = &link.ssh_config {
@@ -346,9 +365,9 @@ pub fn login(link: &LinkSection) -> Result<PathBuf, String> {
     .arg("-S")
     .arg(&link.control_path)
     .arg(&link.host);
-    let st = cmd.status().map_err(|e| format!("cannot run ssh: {e}"))?;
+    let st = cmd.status().map_err(LoginError::Spawn)?;
     if !st.success() {
-        return Err(format!("ssh exited with {st}; the master is not open"));
+        return Err(LoginError::Exit(st));
     }
     let mut check = Command::new("ssh");
     if let Some(f) = &link.ssh_config {
@@ -360,11 +379,10 @@ pub fn login(link: &LinkSection) -> Result<PathBuf, String> {
         .args(["-O", "check"])
         .arg(&link.host)
         .output()
-        .map_err(|e| e.to_string())?;
+        .map_err(LoginError::Spawn)?;
     if !ok.status.success() {
-        return Err(format!(
-            "the master did not answer: {}",
-            String::from_utf8_lossy(&ok.stderr).trim()
+        return Err(LoginError::Check(
+            String::from_utf8_lossy(&ok.stderr).trim().to_string(),
         ));
     }
     Ok(link.control_path.clone())

@@ -34,7 +34,7 @@ pub fn main(a: Args) -> anyhow::Result<Exit> {
         }
         None => (Vec::new(), None),
     };
-    let report = qa::check_dir(&a.dir, &table, conversion.as_ref()).map_err(anyhow::Error::msg)?;
+    let report = qa::check_dir(&a.dir, &table, conversion.as_ref())?;
     std::fs::write(&a.out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     if !report.bad.is_empty() {

@@ -23,8 +23,8 @@ pub use process::{launch_argv, missing_program};
 use crate::scheduler::default_launch;
 use beamflow_config::{argv, Config};
 use beamflow_protocol::api::{
-    AcquireRequest, AcquireResponse, Client, JobReport, LaunchedJob, LauncherStart, Outcome,
-    ReportRequest,
+    AcquireRequest, AcquireResponse, Client, ClientError, JobReport, LaunchedJob, LauncherStart,
+    Outcome, ReportRequest,
 };
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -43,10 +43,10 @@ pub enum LauncherError {
     UnknownQueue(String),
     /// The queue's launch template cannot be used.
     #[error("key `queues.{0}.launch`: {1}")]
-    BadLaunch(String, String),
+    BadLaunch(String, #[source] beamflow_config::LaunchError),
     /// The service never answered.
-    #[error("the collector service did not answer for {0:?}: {1}")]
-    NoService(Duration, String),
+    #[error("the collector service did not answer for {0:?}")]
+    NoService(Duration, #[source] ClientError),
 }
 
 /// What the launcher's threads tell its loop.
@@ -500,8 +500,8 @@ fn no_core_dumps() {
 
 /// Connects to the service, rereading `server-info` each time: a restarted service has a
 /// new address and token.
-fn connect(state_dir: &std::path::Path) -> Result<Client, String> {
-    Client::from_state_dir(state_dir).map_err(|e| e.to_string())
+fn connect(state_dir: &std::path::Path) -> Result<Client, ClientError> {
+    Client::from_state_dir(state_dir)
 }
 
 /// A request for as much work as the launcher's slots hold (the service counts what is free),
@@ -667,7 +667,6 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
                     batch_id: nodes::batch_id(),
                 },
             )
-            .map_err(|e| e.to_string())
         });
         match answer {
             Ok(_) => break,

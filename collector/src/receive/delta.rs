@@ -5,7 +5,7 @@
 //! delta itself is spooled to a temporary file as it arrives, and applied part by part. fast_rsync uses MD4 inside, so the
 //! result is always checked against the offered BLAKE3 before it counts.
 
-use fast_rsync::{apply_limited, Signature, SignatureOptions};
+use fast_rsync::{apply_limited, ApplyError, Signature, SignatureOptions};
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
@@ -45,10 +45,42 @@ pub fn signature_for(path: &Path, offered: u64) -> Option<Vec<u8>> {
     (bytes.len() <= MAX_SIGNATURE).then_some(bytes)
 }
 
+/// Why a delta could not be made or applied; the file then comes whole.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// The base copy could not be opened or mapped.
+    #[error("cannot {what} the base copy")]
+    Base {
+        /// "open" or "map".
+        what: &'static str,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file being rebuilt could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The partial file.
+        path: std::path::PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spool of delta bytes failed.
+    #[error("cannot spool the delta")]
+    Spool(#[source] std::io::Error),
+    /// The delta is not one for this base, or would write past the size offered.
+    #[error("the delta does not apply")]
+    Apply(#[source] ApplyError),
+    /// A signature worker thread panicked.
+    #[error("a signature worker failed: {0}")]
+    Worker(String),
+}
+
 /// The serialized signature of `buf`, computed in parts on several threads. Parts are whole
 /// blocks, and a signature is a header followed by one entry per block, so the parts'
 /// entries laid end to end are the signature of the whole.
-fn signature_of(buf: &[u8], block: u32) -> Result<Vec<u8>, String> {
+fn signature_of(buf: &[u8], block: u32) -> Result<Vec<u8>, DeltaError> {
     const HEADER: usize = 12;
     let options = SignatureOptions {
         block_size: block,
@@ -64,7 +96,7 @@ fn signature_of(buf: &[u8], block: u32) -> Result<Vec<u8>, String> {
         return Ok(Signature::calculate(buf, options).into_serialized());
     }
     let per = parts.len().div_ceil(threads);
-    let done: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| -> Result<_, String> {
+    let done: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| -> Result<_, DeltaError> {
         let handles: Vec<_> = parts
             .chunks(per)
             .map(|mine| {
@@ -79,10 +111,7 @@ fn signature_of(buf: &[u8], block: u32) -> Result<Vec<u8>, String> {
             .into_iter()
             .map(|h| {
                 h.join().map_err(|p| {
-                    format!(
-                        "a signature worker failed: {}",
-                        beamflow_program::cores::panic_message(p.as_ref())
-                    )
+                    DeltaError::Worker(beamflow_program::cores::panic_message(p.as_ref()))
                 })
             })
             .collect()
@@ -169,16 +198,28 @@ impl DeltaIn {
 
     /// Applies the part spooled so far to `base`, appending to `part` (at most `size` bytes
     /// in all), and empties the spool for the next part.
-    pub fn cut(&mut self, base: &Path, part: &Path, size: u64) -> Result<(), String> {
+    pub fn cut(&mut self, base: &Path, part: &Path, size: u64) -> Result<(), DeltaError> {
         if self.out.is_none() {
-            let b = File::open(base).map_err(|e| format!("cannot open the base copy: {e}"))?;
+            let b = File::open(base).map_err(|source| DeltaError::Base {
+                what: "open",
+                source,
+            })?;
             // SAFETY: the base belongs to the collector's data root, which nobody else is
             // expected to truncate. Populated, so that writing straight from the map never
             // meets a missing page inside the kernel (a short copy that it then redoes).
-            let bmap = unsafe { memmap2::MmapOptions::new().populate().map(&b) }
-                .map_err(|e| format!("cannot map the base copy: {e}"))?;
-            let out = super::direct::SeqWriter::create(part, self.direct)
-                .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+            let bmap =
+                unsafe { memmap2::MmapOptions::new().populate().map(&b) }.map_err(|source| {
+                    DeltaError::Base {
+                        what: "map",
+                        source,
+                    }
+                })?;
+            let out = super::direct::SeqWriter::create(part, self.direct).map_err(|source| {
+                DeltaError::Write {
+                    path: part.to_path_buf(),
+                    source,
+                }
+            })?;
             let w = HashWriter {
                 inner: out,
                 hasher: blake3::Hasher::new(),
@@ -189,40 +230,47 @@ impl DeltaIn {
         let Some(spool) = self.file.as_mut() else {
             return Ok(()); // an empty part
         };
-        spool.flush().map_err(|e| e.to_string())?;
+        spool.flush().map_err(DeltaError::Spool)?;
         let (bmap, w) = self.out.as_mut().expect("set above");
         if self.spooled > 0 {
             // SAFETY: the spool is private to this session
-            let dmap = unsafe { memmap2::Mmap::map(&*spool) }.map_err(|e| e.to_string())?;
+            let dmap = unsafe { memmap2::Mmap::map(&*spool) }.map_err(DeltaError::Spool)?;
             let room = size.saturating_sub(w.n) as usize;
             apply_limited(bmap, &dmap[..self.spooled as usize], w, room)
-                .map_err(|e| format!("the delta does not apply: {e}"))?;
+                .map_err(DeltaError::Apply)?;
             // what this part wrote starts for the disk now, not at the fsync
-            w.flush().map_err(|e| e.to_string())?;
+            w.flush().map_err(write(part))?;
             super::direct::start_writeback(w.inner.file(), self.written, w.n - self.written);
             self.written = w.n;
         }
-        spool.set_len(0).map_err(|e| e.to_string())?;
-        spool.rewind().map_err(|e| e.to_string())?;
+        spool.set_len(0).map_err(DeltaError::Spool)?;
+        spool.rewind().map_err(DeltaError::Spool)?;
         self.spooled = 0;
         Ok(())
     }
 
     /// Applies what is left and returns the written file, its BLAKE3 and its length.
-    pub fn finish(mut self, base: &Path, part: &Path, size: u64) -> Result<Finished, String> {
+    pub fn finish(mut self, base: &Path, part: &Path, size: u64) -> Result<Finished, DeltaError> {
         let r = self.cut(base, part, size);
         let _ = std::fs::remove_file(&self.spool);
         r?;
         let (_, mut w) = self.out.take().expect("cut sets it");
-        w.flush().map_err(|e| e.to_string())?;
+        w.flush().map_err(write(part))?;
         let HashWriter { inner, hasher, n } = w;
-        let file = inner.finish().map_err(|e| e.to_string())?;
+        let file = inner.finish().map_err(write(part))?;
         Ok((file, *hasher.finalize().as_bytes(), n))
     }
 
     /// Forgets the delta (the agent sends the file whole after all).
     pub fn discard(self) {
         let _ = std::fs::remove_file(&self.spool);
+    }
+}
+
+fn write(part: &Path) -> impl FnOnce(std::io::Error) -> DeltaError + '_ {
+    move |source| DeltaError::Write {
+        path: part.to_path_buf(),
+        source,
     }
 }
 

@@ -47,8 +47,19 @@ pub enum ServeError {
         theirs: u16,
     },
     /// The agent's beamline may not deliver here.
-    #[error("{0}")]
-    Beamline(String),
+    #[error(transparent)]
+    Beamline(#[from] beamflow_config::BeamlineNameError),
+    /// The beamline is not among those `[collector] beamlines` lets deliver here.
+    #[error(
+        "beamline `{beamline}` may not deliver here: [collector] beamlines lists {allowed}; add it \
+         there, or set [agent] name on the beamline host to one of them"
+    )]
+    NotAllowed {
+        /// The agent's beamline.
+        beamline: String,
+        /// The list, joined.
+        allowed: String,
+    },
     /// The data root is unusable.
     #[error("the data root {path} is not usable: {cause}")]
     DataRoot {
@@ -220,14 +231,13 @@ fn hash_file(path: &Path, limit: Option<u64>) -> std::io::Result<(u64, blake3::H
 
 impl Receiver {
     fn new(cfg: &Config, beamline: &str) -> Result<Receiver, ServeError> {
-        beamflow_config::check_beamline(beamline).map_err(ServeError::Beamline)?;
+        beamflow_config::check_beamline(beamline)?;
         let allowed = &cfg.collector.beamlines;
         if !allowed.is_empty() && !allowed.iter().any(|b| b == beamline) {
-            return Err(ServeError::Beamline(format!(
-                "beamline `{beamline}` may not deliver here: [collector] beamlines lists {}; add it \
-                 there, or set [agent] name on the beamline host to one of them",
-                allowed.join(", ")
-            )));
+            return Err(ServeError::NotAllowed {
+                beamline: beamline.to_string(),
+                allowed: allowed.join(", "),
+            });
         }
         let data_root = cfg.collector.data_root.clone();
         let err = |source| ServeError::DataRoot {
@@ -274,7 +284,7 @@ impl Receiver {
     /// where missing, never through a symlink (see [`confine`]). Nothing is created before
     /// the path is known to stay inside.
     fn destination(&mut self, path: &str) -> Result<Target, (ErrorCode, String)> {
-        let rel = normalize_rel_path(path).map_err(|e| (ErrorCode::PathRefused, e))?;
+        let rel = normalize_rel_path(path).map_err(|e| (ErrorCode::PathRefused, e.to_string()))?;
         if rel.split('/').any(|c| c.starts_with(".beamflow-")) {
             return Err((
                 ErrorCode::PathRefused,
@@ -512,24 +522,18 @@ impl Receiver {
     }
 
     fn delta_bytes(&mut self, id: u64, bytes: &[u8]) -> Result<(), Frame> {
-        self.with_delta(id, |d, _| {
-            d.append(bytes)
-                .map_err(|e| format!("cannot spool the delta: {e}"))
-        })
+        self.with_delta(id, |d, _| d.append(bytes).map_err(delta::DeltaError::Spool))
     }
 
     /// A part of the delta is complete: apply it now.
     fn delta_cut(&mut self, id: u64) -> Result<(), Frame> {
-        self.with_delta(id, |d, inc| {
-            d.cut(&inc.dest, &inc.part, inc.size)
-                .map_err(|e| format!("{}: {e}; send it again", inc.path))
-        })
+        self.with_delta(id, |d, inc| d.cut(&inc.dest, &inc.part, inc.size))
     }
 
     fn with_delta(
         &mut self,
         id: u64,
-        op: impl FnOnce(&mut delta::DeltaIn, &Incoming) -> Result<(), String>,
+        op: impl FnOnce(&mut delta::DeltaIn, &Incoming) -> Result<(), delta::DeltaError>,
     ) -> Result<(), Frame> {
         let Some(inc) = self.incoming.get_mut(&id) else {
             return Err(Frame::Error {
@@ -546,10 +550,14 @@ impl Receiver {
         };
         let r = op(&mut d, inc);
         inc.delta = Some(d);
-        r.map_err(|reason| Frame::Nack {
+        r.map_err(|e| Frame::Nack {
             id,
             code: ErrorCode::Io,
-            reason,
+            reason: format!(
+                "{}: {}; send it again",
+                inc.path,
+                beamflow_program::chain(&e)
+            ),
         })
     }
 
@@ -658,7 +666,7 @@ impl Receiver {
                 Some(Frame::Nack {
                     id,
                     code: ErrorCode::HashMismatch,
-                    reason: format!("{}: {e}", inc.path),
+                    reason: format!("{}: {}", inc.path, beamflow_program::chain(&e)),
                 })
             }
         }
@@ -703,7 +711,7 @@ impl Receiver {
         };
         let stack = match normalize_rel_path(&stack) {
             Ok(s) => s,
-            Err(e) => return refused(e),
+            Err(e) => return refused(e.to_string()),
         };
         let known = self.service(|c| c.stacks());
         match known {
@@ -781,14 +789,14 @@ impl Receiver {
         };
         let stack = match normalize_rel_path(&stack) {
             Ok(s) => s,
-            Err(e) => return refused(e),
+            Err(e) => return refused(e.to_string()),
         };
         let mut out = Vec::with_capacity(files.len());
         let mut members = Vec::with_capacity(files.len());
         for f in files {
             let rel = match normalize_rel_path(&f.path) {
                 Ok(r) => r,
-                Err(e) => return refused(e),
+                Err(e) => return refused(e.to_string()),
             };
             if self.known().get(&rel) != Some(&f.hash) {
                 return refused(format!("{rel} was not received and verified in this session; offer it before submitting"));
@@ -815,8 +823,8 @@ impl Receiver {
             Ok(f) => f,
             Err(e) => return refused(format!("{stack:?}: {e}")),
         };
-        let registered = || -> Result<bool, String> {
-            let rows = self.service(|c| c.stacks()).map_err(|e| e.to_string())?;
+        let registered = || -> Result<bool, crate::api::ClientError> {
+            let rows = self.service(|c| c.stacks())?;
             Ok(rows
                 .iter()
                 .any(|r| r.beamline == self.beamline && r.name == stack && r.version == version))
@@ -824,10 +832,12 @@ impl Receiver {
         if let Err(e) = snapshot::take(&folder, version, &members, &registered) {
             tracing::warn!(stack = %stack, version, "{e}");
             return match e {
-                snapshot::SnapshotError::Io(..) => Frame::Error {
-                    code: ErrorCode::ServiceUnavailable,
-                    message: e.to_string(),
-                },
+                snapshot::SnapshotError::Io(..) | snapshot::SnapshotError::Service(..) => {
+                    Frame::Error {
+                        code: ErrorCode::ServiceUnavailable,
+                        message: beamflow_program::chain(&e),
+                    }
+                }
                 _ => refused(e.to_string()),
             };
         }

@@ -84,7 +84,7 @@ pub fn serve<R: Read, W: Write + Send>(
         Ok(r) => r,
         Err(e) => {
             let code = match e {
-                ServeError::Beamline(_) => ErrorCode::PathRefused,
+                ServeError::Beamline(_) | ServeError::NotAllowed { .. } => ErrorCode::PathRefused,
                 _ => ErrorCode::Io,
             };
             let f = Frame::Error {

@@ -41,7 +41,10 @@ pub(crate) enum SnapshotError {
     Mismatch(String, String),
     /// The filesystem refused.
     #[error("cannot take the snapshot {0}: {1}")]
-    Io(String, std::io::Error),
+    Io(String, #[source] std::io::Error),
+    /// The service could not say whether the version is registered.
+    #[error("cannot ask the service about version {0}; the agent submits again")]
+    Service(u32, #[source] crate::api::ClientError),
 }
 
 fn c(name: &str) -> CString {
@@ -142,7 +145,7 @@ pub(crate) fn take(
     stack: &Folder,
     version: u32,
     members: &[Member],
-    registered: &dyn Fn() -> Result<bool, String>,
+    registered: &dyn Fn() -> Result<bool, crate::api::ClientError>,
 ) -> Result<(), SnapshotError> {
     let name = folder_name(version);
     match stack.walk(&name, false) {
@@ -153,12 +156,7 @@ pub(crate) fn take(
             match registered() {
                 Ok(false) => remove(stack, &name)?, // a leftover of an attempt never registered
                 Ok(true) => return Err(SnapshotError::Registered(version)),
-                Err(e) => {
-                    return Err(SnapshotError::Io(
-                        format!("asking the service about version {version}"),
-                        std::io::Error::other(e),
-                    ))
-                }
+                Err(e) => return Err(SnapshotError::Service(version, e)),
             }
         }
         Err(ConfineError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}

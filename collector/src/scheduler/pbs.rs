@@ -25,11 +25,13 @@ pub(crate) fn state(s: &str) -> BatchState {
 }
 
 /// Parses `qstat -f -F json [-x]`.
-pub(crate) fn parse_qstat_json(text: &str) -> Result<HashMap<String, BatchState>, String> {
+pub(crate) fn parse_qstat_json(
+    text: &str,
+) -> Result<HashMap<String, BatchState>, serde_json::Error> {
     if text.trim().is_empty() {
         return Ok(HashMap::new());
     }
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(text)?;
     let mut out = HashMap::new();
     if let Some(jobs) = v.get("Jobs").and_then(|j| j.as_object()) {
         for (id, job) in jobs {
@@ -81,11 +83,9 @@ impl Scheduler for Pbs {
                 command: "qstat -f -F json -x".into(),
                 cause: source,
             })?;
-        parse_qstat_json(&String::from_utf8_lossy(&out.stdout)).map_err(|message| {
-            SchedError::Parse {
-                command: "qstat -f -F json".into(),
-                message,
-            }
+        parse_qstat_json(&String::from_utf8_lossy(&out.stdout)).map_err(|e| SchedError::Parse {
+            command: "qstat -f -F json".into(),
+            message: e.to_string(),
         })
     }
 

@@ -25,10 +25,12 @@ fn sections(work_dir: &Path) -> Vec<Section> {
 /// section is called blank or featureless only when those measures say so. When both
 /// sections of a bad pair have texture, the tool could not match them (find_rst does so by
 /// numerical accident: see `docs/concepts.md`), and the message says that, with what to try.
-pub fn summary(work_dir: &Path, rel: &str, step: &str) -> Result<(), String> {
-    let text = std::fs::read_to_string(work_dir.join(rel)).map_err(|e| {
-        format!("{rel} is missing or unreadable ({e}); the step did not finish every pair")
-    })?;
+pub fn summary(work_dir: &Path, rel: &str, step: &str) -> Result<(), CheckError> {
+    let text =
+        std::fs::read_to_string(work_dir.join(rel)).map_err(|source| CheckError::Summary {
+            rel: rel.to_string(),
+            source,
+        })?;
     let secs = sections(work_dir);
     let known = |t: &str| secs.is_empty() || secs.iter().any(|s| s.aligntk == t);
     let mut bad: Vec<(String, String, &'static str)> = Vec::new();
@@ -92,12 +94,11 @@ pub fn summary(work_dir: &Path, rel: &str, step: &str) -> Result<(), String> {
         .collect();
     if !flat.is_empty() {
         let who: Vec<String> = flat.iter().map(|(n, w)| format!("{n} ({w})")).collect();
-        let verb = if flat.len() == 1 { "is" } else { "are" };
-        return Err(format!(
-            "{} {verb} blank or featureless by qa's measures: {} ({rel}); replace or leave out the section and resubmit",
-            who.join(", "),
-            pairs.join("; ")
-        ));
+        return Err(CheckError::Featureless {
+            who,
+            pairs,
+            rel: rel.to_string(),
+        });
     }
     let texture = |s: &str| match measures(s) {
         Some(q) => format!("{} standard deviation {:.1}", name(s), q.std),
@@ -115,10 +116,10 @@ pub fn summary(work_dir: &Path, rel: &str, step: &str) -> Result<(), String> {
             )
         })
         .collect();
-    Err(format!(
-        "{} ({rel}); the same bytes fail the same way, so a retry will not help: try another 8-bit window (the workflow's `to_8bit`) or resubmit without one of the two",
-        each.join("; ")
-    ))
+    Err(CheckError::Unmatched {
+        each,
+        rel: rel.to_string(),
+    })
 }
 
 /// qa's measures of the sections (`qa.json`), by the name the beamline sent them under.
@@ -146,7 +147,7 @@ fn pairs(work_dir: &Path) -> Vec<String> {
 /// Checks a step's declared outputs: each of `outputs` must exist (expanded per pair for
 /// `{pair}` and per section for `{image}`), none of `absent` (globs) may. A miss names what
 /// is missing and for which sections.
-pub fn outputs(work_dir: &Path, outputs: &[String], absent: &[String]) -> Result<(), String> {
+pub fn outputs(work_dir: &Path, outputs: &[String], absent: &[String]) -> Result<(), CheckError> {
     if outputs.is_empty() && absent.is_empty() {
         return Ok(()); // nothing declared: no lists to read
     }
@@ -194,6 +195,68 @@ pub fn outputs(work_dir: &Path, outputs: &[String], absent: &[String]) -> Result
             }
         }
     }
+    if missing.is_empty() && present.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckError::Outputs { missing, present })
+    }
+}
+
+/// Why a step that exited 0 is not done: its own summary or outputs say it failed. The data,
+/// not the run, is at fault, so these are held for a person rather than retried.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The summary the step declares was not written.
+    #[error("{rel} is missing or unreadable ({source}); the step did not finish every pair")]
+    Summary {
+        /// The summary, relative to the work folder.
+        rel: String,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// qa measured sections of failed pairs as lacking texture.
+    #[error(
+        "{} {} blank or featureless by qa's measures: {} ({rel}); replace or leave out the \
+         section and resubmit",
+        who.join(", "),
+        if who.len() == 1 { "is" } else { "are" },
+        pairs.join("; ")
+    )]
+    Featureless {
+        /// Each such section, with qa's measure.
+        who: Vec<String>,
+        /// Each failed pair.
+        pairs: Vec<String>,
+        /// The summary.
+        rel: String,
+    },
+    /// Pairs of textured sections the tool could not match.
+    #[error(
+        "{} ({rel}); the same bytes fail the same way, so a retry will not help: try another \
+         8-bit window (the workflow's `to_8bit`) or resubmit without one of the two",
+        each.join("; ")
+    )]
+    Unmatched {
+        /// Each pair, with both sections' texture.
+        each: Vec<String>,
+        /// The summary.
+        rel: String,
+    },
+    /// Declared outputs missing, or failure-only outputs present.
+    #[error("the step exited 0 but {}", outputs_why(missing, present))]
+    Outputs {
+        /// What is missing, with the sections it is for.
+        missing: Vec<String>,
+        /// What is there that only a failure writes.
+        present: Vec<String>,
+    },
+    /// An output could not be given its received name.
+    #[error(transparent)]
+    NameBack(#[from] super::prepare::PrepareError),
+}
+
+fn outputs_why(missing: &[String], present: &[String]) -> String {
     let mut why = Vec::new();
     if !missing.is_empty() {
         let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
@@ -210,11 +273,7 @@ pub fn outputs(work_dir: &Path, outputs: &[String], absent: &[String]) -> Result
             present.join(", ")
         ));
     }
-    if why.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("the step exited 0 but {}", why.join("; ")))
-    }
+    why.join("; ")
 }
 
 /// Splits a pair name `A_B` into its sections: names may hold `_` themselves, so the split
@@ -316,7 +375,9 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
                 ("S_0003.tif", 39.0, false),
             ],
         );
-        let e = summary(d.path(), "cmaps/summary.out", "find_rst").unwrap_err();
+        let e = summary(d.path(), "cmaps/summary.out", "find_rst")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with(
                 "S_0002.tif (every pixel is 7) is blank or featureless by qa's measures: "
@@ -333,6 +394,7 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
         summary(d.path(), "cmaps/summary.out", "find_rst").unwrap();
         assert!(summary(d.path(), "maps/summary.out", "register")
             .unwrap_err()
+            .to_string()
             .contains("missing"));
     }
 
@@ -355,7 +417,9 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
                 ("S_0003.tif", 40.0, false),
             ],
         );
-        let e = summary(d.path(), "cmaps/summary.out", "find_rst").unwrap_err();
+        let e = summary(d.path(), "cmaps/summary.out", "find_rst")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("find_rst could not match S_0001.tif to S_0002.tif (quality nan); both sections have texture: S_0001.tif standard deviation 40.0, S_0002.tif standard deviation 40.0 (cmaps/summary.out); "),
             "{e}"
@@ -382,7 +446,9 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
             e.write_image::<tiff::encoder::colortype::Gray8>(32, 32, &px)
                 .unwrap();
         }
-        let e = summary(d.path(), "cmaps/summary.out", "find_rst").unwrap_err();
+        let e = summary(d.path(), "cmaps/summary.out", "find_rst")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("S_0002.tif (every pixel is 9) is blank or featureless"),
             "{e}"
@@ -402,7 +468,9 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
             d.path(),
             &[("-x.tif", 0.3, false), ("S_0001.tif", 30.0, false)],
         );
-        let e = summary(d.path(), "maps/summary.out", "register").unwrap_err();
+        let e = summary(d.path(), "maps/summary.out", "register")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("-x.tif (standard deviation 0.30 of 255) is blank or featureless by qa's measures: -x.tif and S_0001.tif have correlation -1000000"),
             "{e}"
@@ -423,11 +491,14 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
             &["amaps/{image}.map".into()],
             &["grids/fold*.pnm".into()],
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("2 of its outputs are missing"), "{e}");
         assert!(e.contains("amaps/b_c.map (for b c.tif)"), "{e}");
         assert!(e.contains("grids/fold0.pnm"), "{e}");
-        let e = outputs(d.path(), &["maps/{pair}.map".into()], &[]).unwrap_err();
+        let e = outputs(d.path(), &["maps/{pair}.map".into()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("maps/b_c_d.map (for b c.tif and d.tif)"), "{e}");
         std::fs::write(d.path().join("maps/b_c_d.map"), "M1").unwrap();
         outputs(d.path(), &["maps/{pair}.map".into()], &[]).unwrap();

@@ -12,11 +12,71 @@
 //! it (a `nan` quality, a `-1000000` correlation), so a zero exit is checked (see `check`).
 
 use super::names::{aligntk_names, image_names, read_names, stem, NAMES_FILE};
+use super::open::SectionError;
 use super::to8bit::{Conversion, CONVERSION_FILE};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use super::names::Section;
+
+/// Why a work folder could not be prepared, or an output not named back. Cheap to clone: the
+/// engine keeps each stack's preparation, failed or not, for all its steps.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PrepareError {
+    /// A file system call failed.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("create", "list", "link", "write" …).
+        what: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A received section could not be read or converted.
+    #[error("{file}")]
+    Section {
+        /// The section as the beamline named it (or the work folder's name for it).
+        file: String,
+        /// What is wrong with it.
+        #[source]
+        source: Arc<SectionError>,
+    },
+    /// The stack's 8-bit window or a conversion failed (the error names the section).
+    #[error("cannot convert the stack to 8-bit")]
+    Convert(#[source] Arc<SectionError>),
+    /// Fewer than two images: nothing to align.
+    #[error("{} holds {count} image(s); alignment needs at least 2", dir.display())]
+    TooFew {
+        /// The stack's folder.
+        dir: PathBuf,
+        /// How many it holds.
+        count: usize,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError {
+    let path = path.to_path_buf();
+    move |e| PrepareError::Io {
+        what,
+        path,
+        source: Arc::new(e),
+    }
+}
+
+fn section(file: &str) -> impl FnOnce(SectionError) -> PrepareError {
+    let file = file.to_string();
+    move |e| PrepareError::Section {
+        file,
+        source: Arc::new(e),
+    }
+}
+
+fn convert(e: SectionError) -> PrepareError {
+    PrepareError::Convert(Arc::new(e))
+}
 
 /// What preparing a work folder learned, for command placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +110,7 @@ fn fill_images(
     sections: &[Section],
     to_8bit: &str,
     how: beamflow_config::To8Bit,
-) -> Result<(), String> {
+) -> Result<(), PrepareError> {
     use super::to8bit::{depth, Depth};
     let images = work_dir.join("images");
     let record = work_dir.join(CONVERSION_FILE);
@@ -72,8 +132,7 @@ fn fill_images(
     for s in sections {
         let src = stack_dir.join(&s.original);
         let link = images.join(format!("{}.tif", s.aligntk));
-        let d =
-            depth(&src).map_err(|e| format!("{}: {}", s.original, beamflow_program::chain(&e)))?;
+        let d = depth(&src).map_err(section(&s.original))?;
         received.insert(
             s.aligntk.clone(),
             match d {
@@ -92,8 +151,7 @@ fn fill_images(
                 Ok(t) if t == src => {}
                 _ => {
                     let _ = std::fs::remove_file(&link);
-                    std::os::unix::fs::symlink(&src, &link)
-                        .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+                    std::os::unix::fs::symlink(&src, &link).map_err(io("link", &link))?;
                 }
             },
         }
@@ -101,11 +159,11 @@ fn fill_images(
     let mut window = (0.0, 255.0);
     if !deeper.is_empty() {
         let sources: Vec<std::path::PathBuf> = deeper.iter().map(|(s, _)| s.clone()).collect();
-        window = super::to8bit::window(&sources, how).map_err(|e| beamflow_program::chain(&e))?;
+        window = super::to8bit::window(&sources, how).map_err(convert)?;
         for (_, link) in &deeper {
             let _ = std::fs::remove_file(link); // a link from an earlier layout
         }
-        super::to8bit::convert_all(&deeper, window).map_err(|e| beamflow_program::chain(&e))?;
+        super::to8bit::convert_all(&deeper, window).map_err(convert)?;
     }
     let c = Conversion {
         how: to_8bit.to_string(),
@@ -116,7 +174,7 @@ fn fill_images(
         &record,
         &serde_json::to_string_pretty(&c).unwrap_or_default(),
     )
-    .map_err(|e| format!("cannot write {}: {e}", record.display()))
+    .map_err(io("write", &record))
 }
 
 /// Prepares `work_dir` for the images in `stack_dir`. Safe to repeat.
@@ -125,31 +183,28 @@ pub fn prepare(
     stack_dir: &Path,
     schedule: &str,
     wf: Option<&beamflow_config::Workflow>,
-) -> Result<Prepared, String> {
-    let io =
-        |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
-    std::fs::create_dir_all(work_dir).map_err(|e| io("create", work_dir, e))?;
-    let names = image_names(stack_dir).map_err(|e| io("list", stack_dir, e))?;
+) -> Result<Prepared, PrepareError> {
+    std::fs::create_dir_all(work_dir).map_err(io("create", work_dir))?;
+    let names = image_names(stack_dir).map_err(io("list", stack_dir))?;
     if names.len() < 2 {
-        return Err(format!(
-            "{} holds {} image(s); alignment needs at least 2",
-            stack_dir.display(),
-            names.len()
-        ));
+        return Err(PrepareError::TooFew {
+            dir: stack_dir.to_path_buf(),
+            count: names.len(),
+        });
     }
     let sections = aligntk_names(&names);
     let images = work_dir.join("images");
     if std::fs::symlink_metadata(&images).is_ok_and(|m| !m.is_dir()) {
         // a work folder prepared when images/ was one link to the whole stack
-        std::fs::remove_file(&images).map_err(|e| io("replace", &images, e))?;
+        std::fs::remove_file(&images).map_err(io("replace", &images))?;
     }
-    std::fs::create_dir_all(&images).map_err(|e| io("create", &images, e))?;
+    std::fs::create_dir_all(&images).map_err(io("create", &images))?;
     let wanted: HashSet<String> = sections
         .iter()
         .map(|s| format!("{}.tif", s.aligntk))
         .collect();
-    for e in std::fs::read_dir(&images).map_err(|e| io("list", &images, e))? {
-        let e = e.map_err(|e| io("list", &images, e))?;
+    for e in std::fs::read_dir(&images).map_err(io("list", &images))? {
+        let e = e.map_err(io("list", &images))?;
         if !e.file_name().to_str().is_some_and(|n| wanted.contains(n)) {
             let _ = std::fs::remove_file(e.path());
         }
@@ -159,8 +214,7 @@ pub fn prepare(
         .unwrap_or(("percentile:0.1-99.9", beamflow_config::To8Bit::default()));
     fill_images(work_dir, stack_dir, &sections, to_8bit, how)?;
     for d in ["cmaps", "maps", "amaps", "grids", "aligned"] {
-        std::fs::create_dir_all(work_dir.join(d))
-            .map_err(|e| io("create", &work_dir.join(d), e))?;
+        std::fs::create_dir_all(work_dir.join(d)).map_err(io("create", &work_dir.join(d)))?;
     }
     let mut list = String::new();
     let mut table = String::from("aligntk\toriginal\n");
@@ -179,12 +233,10 @@ pub fn prepare(
         ("schedule.lst", schedule),
         (NAMES_FILE, table.as_str()),
     ] {
-        write_atomic(&work_dir.join(name), text)
-            .map_err(|e| io("write", &work_dir.join(name), e))?;
+        write_atomic(&work_dir.join(name), text).map_err(io("write", &work_dir.join(name)))?;
     }
     let first = stack_dir.join(&sections[0].original);
-    let (w, h) = super::open::dimensions(&first)
-        .map_err(|e| format!("{}: {}", sections[0].original, beamflow_program::chain(&e)))?;
+    let (w, h) = super::open::dimensions(&first).map_err(section(&sections[0].original))?;
     Ok(Prepared {
         grid_size: format!("{w}x{h}"),
         sections,
@@ -194,7 +246,7 @@ pub fn prepare(
 /// Gives each output that carries an alias (`aligned/section0003.tif`, `amaps/section0003.map`)
 /// a second name, the received section's (`aligned/<original>`, `amaps/<original stem>.map`),
 /// as a hard link: no copy, and AlignTK's own name stays for the steps after. Safe to repeat.
-pub fn name_back(work_dir: &Path) -> Result<(), String> {
+pub fn name_back(work_dir: &Path) -> Result<(), PrepareError> {
     let Ok(sections) = read_names(&work_dir.join(NAMES_FILE)) else {
         return Ok(()); // a workflow that prepared no names
     };
@@ -202,7 +254,7 @@ pub fn name_back(work_dir: &Path) -> Result<(), String> {
 }
 
 /// [`name_back`] with the sections known (the engine keeps each version's preparation).
-pub fn name_back_sections(work_dir: &Path, sections: &[Section]) -> Result<(), String> {
+pub fn name_back_sections(work_dir: &Path, sections: &[Section]) -> Result<(), PrepareError> {
     for s in sections.iter().filter(|s| s.aligntk != stem(&s.original)) {
         for (dir, from, to) in [
             (
@@ -221,13 +273,7 @@ pub fn name_back_sections(work_dir: &Path, sections: &[Section]) -> Result<(), S
                 continue;
             }
             let _ = std::fs::remove_file(&to);
-            std::fs::hard_link(&from, &to).map_err(|e| {
-                format!(
-                    "cannot name {} back as {}: {e}",
-                    from.display(),
-                    to.display()
-                )
-            })?;
+            std::fs::hard_link(&from, &to).map_err(io("give its received name", &to))?;
         }
     }
     Ok(())

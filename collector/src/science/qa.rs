@@ -150,13 +150,30 @@ pub fn measure(path: &Path) -> Result<Section, SectionError> {
     })
 }
 
+/// Why `qa` could not check a folder at all (a bad section is a finding, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum QaError {
+    /// The folder could not be listed.
+    #[error("cannot list {}", dir.display())]
+    List {
+        /// The folder.
+        dir: std::path::PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No image to check.
+    #[error("{} holds no .tif images; point qa at the stack's images/ folder", .0.display())]
+    Empty(std::path::PathBuf),
+}
+
 /// Checks every image in `dir` (sorted by name). Where `names` (a work folder's
 /// `names.tsv`) knows a file, the report names the section the beamline sent instead.
 pub fn check_dir(
     dir: &Path,
     names: &[super::names::Section],
     conversion: Option<&super::to8bit::Conversion>,
-) -> Result<Report, String> {
+) -> Result<Report, QaError> {
     // images/ holds `<aligntk>.tif`
     let received = |n: &str| {
         let stem = n.strip_suffix(".tif").unwrap_or(n);
@@ -207,11 +224,13 @@ pub fn check_dir(
     Ok(report)
 }
 
-fn check_files(dir: &Path, received: &dyn Fn(&str) -> String) -> Result<Report, String> {
-    let names = super::names::image_names(dir)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+fn check_files(dir: &Path, received: &dyn Fn(&str) -> String) -> Result<Report, QaError> {
+    let names = super::names::image_names(dir).map_err(|source| QaError::List {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     if names.is_empty() {
-        return Err(format!("{} holds no .tif images", dir.display()));
+        return Err(QaError::Empty(dir.to_path_buf()));
     }
     let mut report = Report {
         sections: Vec::new(),

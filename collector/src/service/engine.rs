@@ -10,7 +10,8 @@
 //! [`crate::service::lifecycle::launcher`]; this loop only gathers their inputs and applies their moves.
 
 use crate::scheduler::{self, capacity, BatchSpec, SchedError, Scheduler};
-use crate::science::prepare::{name_back, name_back_sections, prepare, Prepared};
+use crate::science::check::CheckError;
+use crate::science::prepare::{name_back, name_back_sections, prepare, PrepareError, Prepared};
 use crate::service::clock::Clock;
 use crate::service::lifecycle::job::{self, JobState, Move, Trigger};
 use crate::service::lifecycle::launcher::{self as launchers, LauncherState, LauncherTrigger};
@@ -94,7 +95,7 @@ pub struct Engine {
     pub notes: Mutex<Vec<String>>,
     collector: String,
     /// Each stack version's preparation: its snapshot never changes, so neither does this.
-    prepared: Mutex<HashMap<u64, std::result::Result<Prepared, String>>>,
+    prepared: Mutex<HashMap<u64, std::result::Result<Prepared, PrepareError>>>,
     /// When retention last looked (on the engine's clock).
     last_sweep: Mutex<Option<std::time::SystemTime>>,
 }
@@ -253,11 +254,11 @@ impl Engine {
         let checked: Vec<(u64, Vec<Move>)> = done
             .iter()
             .map(|j| {
-                let result = self.check(j);
-                if let Err(why) = &result {
+                let fault = self.check(j).err().map(|e| beamflow_program::chain(&e));
+                if let Some(why) = &fault {
                     tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "{why}");
                 }
-                (j.id, job::after_check(&result))
+                (j.id, job::after_check(fault.as_deref()))
             })
             .collect();
         let finished: Vec<u64> = checked
@@ -342,7 +343,8 @@ impl Engine {
                     );
                     filled.push((j.id, argv, env));
                 }
-                Err(why) => {
+                Err(e) => {
+                    let why = beamflow_program::chain(&e);
                     tracing::error!(job = j.id, stack = %j.stack, "cannot prepare the work folder: {why}");
                     failed.push((
                         j.id,
@@ -365,7 +367,7 @@ impl Engine {
 
     /// The output check of a zero exit: the summary it declares, its declared outputs, then
     /// the received names given back to outputs made under an alias.
-    fn check(&self, j: &Pending) -> std::result::Result<(), String> {
+    fn check(&self, j: &Pending) -> std::result::Result<(), CheckError> {
         let work = Path::new(&j.work_dir);
         let step = self
             .steps
@@ -380,19 +382,19 @@ impl Engine {
             None => Ok(()),
         })
         .and_then(|()| match self.cached(j.stack_id) {
-            Some(Ok(p)) => name_back_sections(work, &p.sections),
-            _ => name_back(work),
+            Some(Ok(p)) => Ok(name_back_sections(work, &p.sections)?),
+            _ => Ok(name_back(work)?),
         })
     }
 
-    fn cached(&self, stack: u64) -> Option<std::result::Result<Prepared, String>> {
+    fn cached(&self, stack: u64) -> Option<std::result::Result<Prepared, PrepareError>> {
         self.prepared
             .lock()
             .ok()
             .and_then(|m| m.get(&stack).cloned())
     }
 
-    fn prepared_for(&self, j: &Pending) -> std::result::Result<Prepared, String> {
+    fn prepared_for(&self, j: &Pending) -> std::result::Result<Prepared, PrepareError> {
         if let Some(p) = self.cached(j.stack_id) {
             return p;
         }

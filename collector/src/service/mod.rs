@@ -108,7 +108,8 @@ async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServiceError> {
         cause,
     };
     let mut last = String::new();
-    for a in address::listen_addrs(listen).await.map_err(fail)? {
+    let addrs = address::listen_addrs(listen).await;
+    for a in addrs.map_err(|e| fail(e.to_string()))? {
         match tokio::net::TcpListener::bind(a).await {
             Ok(l) => return Ok(l),
             Err(e) => last = format!("{a}: {e}"),

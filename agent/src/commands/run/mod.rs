@@ -51,9 +51,15 @@ pub enum Msg {
     Discarded(PathBuf, i64, crate::link::transfer::Discard),
     /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
     /// or why it could not be asked.
-    Outcomes(Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>),
+    Outcomes(
+        Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, crate::link::far::FarError>,
+    ),
     /// Fetching a stack's results ended: (journal id, remote id, files and bytes, or why not).
-    Results(i64, i64, Result<(usize, u64, String), String>),
+    Results(
+        i64,
+        i64,
+        Result<(usize, u64, String), crate::link::far::FarError>,
+    ),
 }
 
 /// `beamflow-agent run`'s arguments: the config file.
@@ -679,6 +685,7 @@ impl Daemon {
                         self.journal.set_results(id, remote, &text, true)?;
                     }
                     Err(e) => {
+                        let e = beamflow_program::chain(&e);
                         tracing::warn!(remote, "results not fetched yet: {e}");
                         self.journal.set_results(
                             id,

@@ -188,12 +188,16 @@ impl Daemon {
 
     pub(super) fn outcomes(
         &mut self,
-        answer: Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, String>,
+        answer: Result<
+            Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>,
+            crate::link::far::FarError,
+        >,
     ) -> Result<()> {
         self.asking = false;
         let got = match answer {
             Ok(g) => g,
             Err(e) => {
+                let e = beamflow_program::chain(&e);
                 tracing::debug!("cannot ask where the DAGs are: {e}");
                 return Ok(());
             }

@@ -5,15 +5,38 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// Why `[service] listen` gives no address to bind.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Not written as `host:port`.
+    #[error(transparent)]
+    Written(#[from] beamflow_config::AddressError),
+    /// The name does not resolve.
+    #[error("cannot resolve {host}: {source}; check the name or write an address")]
+    Resolve {
+        /// The host as written.
+        host: String,
+        /// What the resolver said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name resolves to nothing.
+    #[error("{0} resolves to no address; write an address instead")]
+    Nothing(String),
+}
+
 /// Resolves `[service] listen` (`host:port`) to the addresses to try binding, in order.
-pub async fn listen_addrs(listen: &str) -> Result<Vec<SocketAddr>, String> {
+pub async fn listen_addrs(listen: &str) -> Result<Vec<SocketAddr>, ListenError> {
     let (host, port) = beamflow_config::split_host_port(listen)?;
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map_err(|source| ListenError::Resolve {
+            host: host.clone(),
+            source,
+        })?
         .collect();
     if addrs.is_empty() {
-        return Err(format!("{host} resolves to no address"));
+        return Err(ListenError::Nothing(host));
     }
     Ok(addrs)
 }

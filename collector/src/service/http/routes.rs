@@ -156,13 +156,13 @@ async fn submit(
 
 fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitResponse> {
     let bad = |m: String| fail(StatusCode::UNPROCESSABLE_ENTITY, m);
-    let stack = normalize_rel_path(&req.stack).map_err(bad)?;
+    let stack = normalize_rel_path(&req.stack).map_err(|e| bad(e.to_string()))?;
     let beamline = if req.beamline.is_empty() {
         st.cfg.collector.legacy_beamline.clone()
     } else {
         req.beamline.clone()
     };
-    beamflow_config::check_beamline(&beamline).map_err(bad)?;
+    beamflow_config::check_beamline(&beamline).map_err(|e| bad(e.to_string()))?;
     let wf = st.cfg.workflows.get(&req.workflow).ok_or_else(|| {
         let known: Vec<_> = st.cfg.workflows.keys().cloned().collect();
         bad(format!(
@@ -184,7 +184,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         .join(format!(".beamflow-v{}", req.version));
     let mut images = Vec::new();
     for f in &req.files {
-        let p = normalize_rel_path(&f.path).map_err(bad)?;
+        let p = normalize_rel_path(&f.path).map_err(|e| bad(e.to_string()))?;
         let name = p
             .strip_prefix(&format!("{stack}/"))
             .filter(|n| !n.contains('/'))
@@ -444,23 +444,22 @@ async fn ui(State(st): State<AppState>, headers: HeaderMap) -> Page {
         ),
         Err(e) => page(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("<p>{}</p>", crate::service::http::page::esc(&e)),
+            format!(
+                "<p>{}</p>",
+                crate::service::http::page::esc(&beamflow_program::chain(&e))
+            ),
         ),
     }
 }
 
-fn page_view(st: &AppState) -> Result<crate::service::http::page::View, String> {
+fn page_view(st: &AppState) -> Result<crate::service::http::page::View, DbError> {
     let config = config_path(st);
     let now = std::time::SystemTime::now();
-    let db = st
-        .db
-        .lock()
-        .map_err(|_| "database lock poisoned".to_string())?;
-    let e = |e: DbError| e.to_string();
+    let db = st.db.lock().map_err(|_| DbError::Poisoned)?;
     let mut stacks = Vec::new();
-    let freed = db.freed_stacks().map_err(e)?;
-    for s in db.recent_stacks(50).map_err(e)? {
-        let jobs = db.dag(s.id).map_err(e)?;
+    let freed = db.freed_stacks()?;
+    for s in db.recent_stacks(50)? {
+        let jobs = db.dag(s.id)?;
         let mut o = crate::service::outcome::summarize(s.id, &jobs, &config);
         if let Some(b) = freed.get(&s.id) {
             // shown beside the DAG's word: its files are gone from this host
@@ -469,28 +468,27 @@ fn page_view(st: &AppState) -> Result<crate::service::http::page::View, String> 
         stacks.push((s, o));
     }
     let launchers = db
-        .launchers(&[], None)
-        .map_err(e)?
+        .launchers(&[], None)?
         .into_iter()
         .rev()
         .take(20)
         .collect();
-    let failed = db.jobs(None, Some(JobState::Failed.as_str())).map_err(e)?;
+    let failed = db.jobs(None, Some(JobState::Failed.as_str()))?;
     let mut windows = Vec::new();
     for (name, secs) in [("last hour", 3600u64), ("last day", 86400)] {
         let since = crate::service::clock::stamp(now - std::time::Duration::from_secs(secs));
-        let (stacks, bytes, jobs) = db.throughput(&since).map_err(e)?;
+        let (stacks, bytes, jobs) = db.throughput(&since)?;
         windows.push(crate::service::http::page::Window {
             name: name.into(),
             stacks,
             bytes,
             jobs,
-            dag_times: db.dag_times(&since).map_err(e)?,
+            dag_times: db.dag_times(&since)?,
         });
     }
     let mut names: std::collections::BTreeSet<String> =
         st.cfg.collector.beamlines.iter().cloned().collect();
-    names.extend(db.stacks().map_err(e)?.into_iter().map(|s| s.beamline));
+    names.extend(db.stacks()?.into_iter().map(|s| s.beamline));
     drop(db);
     let contacts = st.contacts.lock().map(|m| m.clone()).unwrap_or_default();
     let beamlines = names

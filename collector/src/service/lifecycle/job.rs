@@ -270,16 +270,16 @@ pub fn on_report(
     }
 }
 
-/// What the output check of a zero exit leads to: finished, or held (the data, not the
-/// run, is at fault: AlignTK exits 0 on a blank section).
-pub fn after_check(result: &Result<(), String>) -> Vec<Move> {
-    match result {
-        Ok(()) => vec![
+/// What the output check of a zero exit leads to: finished when it found no `fault`, else
+/// held (the data, not the run, is at fault: AlignTK exits 0 on a blank section).
+pub fn after_check(fault: Option<&str>) -> Vec<Move> {
+    match fault {
+        None => vec![
             mv(S::Postprocessed, T::Checked, "outputs checked"),
             mv(S::JobFinished, T::Checked, "done"),
         ],
-        Err(why) => vec![
-            mv(S::RunError, T::Checked, why.clone()),
+        Some(why) => vec![
+            mv(S::RunError, T::Checked, why),
             mv(
                 S::Failed,
                 T::Hold,
@@ -380,7 +380,7 @@ mod tests {
             missing.iter().map(|m| m.to).collect::<Vec<_>>(),
             [S::RunError, S::Failed]
         );
-        for plan in [run_fault, missing, after_check(&Err("blank".into()))] {
+        for plan in [run_fault, missing, after_check(Some("blank"))] {
             let mut at = S::Running;
             if plan[0].trigger == T::Checked {
                 at = S::RunDone;
