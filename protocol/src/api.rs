@@ -338,10 +338,8 @@ pub struct EventRow {
 pub struct DagOutcome {
     /// The stack version's id (what the agent journaled as its remote id).
     pub id: u64,
-    /// `waiting` (nothing ran yet), `running`, `done`, `failed` (a job is held for a person),
-    /// `killed`, `superseded` (a newer version took over what had not started), or `unknown`
-    /// (the collector has no such stack version).
-    pub state: String,
+    /// Its one word (strict on the wire: an unknown word is an error).
+    pub state: crate::states::DagState,
     /// Jobs finished.
     pub done: u32,
     /// Jobs in the DAG.
@@ -361,22 +359,21 @@ impl DagOutcome {
     /// Whether it can still change without a person (`failed` can, after a retry: the agent
     /// keeps asking about it, slowly).
     pub fn is_final(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "done" | "killed" | "superseded" | "unknown"
-        )
+        use crate::states::DagState as D;
+        matches!(self.state, D::Done | D::Killed | D::Superseded | D::Unknown)
     }
 
     /// One line for `status`: `running 2/5`, `done`, `FAILED: register: … — retry: …`.
     pub fn line(&self) -> String {
-        match self.state.as_str() {
-            "done" => "done".into(),
-            "failed" => format!("FAILED: {} — retry: {}", self.failure, self.retry),
-            "superseded" => format!(
+        use crate::states::DagState as D;
+        match self.state {
+            D::Done => "done".into(),
+            D::Failed => format!("FAILED: {} — retry: {}", self.failure, self.retry),
+            D::Superseded => format!(
                 "superseded by v{} ({}/{} jobs had finished)",
                 self.superseded_by, self.done, self.total
             ),
-            "unknown" => "the collector no longer knows this DAG".into(),
+            D::Unknown => "the collector no longer knows this DAG".into(),
             other => format!("{other} {}/{}", self.done, self.total),
         }
     }

@@ -189,3 +189,23 @@ impl LauncherState {
         matches!(self, LauncherState::Running | LauncherState::Ending)
     }
 }
+
+states! {
+    /// Where a stack version's DAG is, as the beamline is told: one word for all its jobs.
+    pub enum DagState {
+        /// No job has started.
+        Waiting = "waiting",
+        /// Jobs are running or ready.
+        Running = "running",
+        /// Every job finished.
+        Done = "done",
+        /// A job is held for a person.
+        Failed = "failed",
+        /// A person stopped what had not finished.
+        Killed = "killed",
+        /// A newer version took over what had not started.
+        Superseded = "superseded",
+        /// The collector has no such stack version.
+        Unknown = "unknown",
+    }
+}

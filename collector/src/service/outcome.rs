@@ -4,7 +4,7 @@
 //! how its stacks ended without opening a port or a session on the login node.
 
 use crate::api::{DagOutcome, JobRow};
-use beamflow_protocol::states::JobState;
+use beamflow_protocol::states::{DagState, JobState};
 
 /// Sums up the jobs of stack version `id`; `config` is the collector's config file, for the
 /// retry command.
@@ -31,19 +31,19 @@ pub fn summarize(id: u64, jobs: &[JobRow], config: &str) -> DagOutcome {
         )
     });
     let state = if total == 0 {
-        "unknown"
+        DagState::Unknown
     } else if !failed.is_empty() {
-        "failed"
+        DagState::Failed
     } else if done == total {
-        "done"
+        DagState::Done
     } else if !superseded.is_empty() && done + killed + superseded.len() as u32 == total {
-        "superseded"
+        DagState::Superseded
     } else if killed > 0 && done + killed == total {
-        "killed"
+        DagState::Killed
     } else if started {
-        "running"
+        DagState::Running
     } else {
-        "waiting"
+        DagState::Waiting
     };
     let (failure, retry) = match failed.first() {
         Some(first) => {
@@ -62,7 +62,7 @@ pub fn summarize(id: u64, jobs: &[JobRow], config: &str) -> DagOutcome {
     };
     DagOutcome {
         id,
-        state: state.into(),
+        state,
         done,
         total,
         failure,
@@ -153,12 +153,12 @@ mod tests {
             "FAILED: register: maps/summary.out: S_0002.tif (every pixel is 0) is blank or featureless by qa's measures — retry: beamflow-collector retry --config '/home/me/my config.toml' 12"
         );
         assert!(!o.is_final(), "a person may retry it");
-        assert_eq!(summarize(9, &[], "c").state, "unknown");
+        assert_eq!(summarize(9, &[], "c").state, DagState::Unknown);
         let o = summarize(
             3,
             &dag(&["JOB_FINISHED", "USER_KILLED", "USER_KILLED", "USER_KILLED"]),
             "c",
         );
-        assert_eq!(o.state, "killed");
+        assert_eq!(o.state, DagState::Killed);
     }
 }

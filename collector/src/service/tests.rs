@@ -11,6 +11,7 @@ use crate::service::store::{Db, DbError, NewStack};
 use crate::service::wake::Wake;
 use beamflow_config::Config;
 use beamflow_protocol::api::{JobReport, Outcome, ReportRequest};
+use beamflow_protocol::states::DagState;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -515,10 +516,10 @@ fn a_new_version_supersedes_only_what_has_not_started_and_the_running_job_finish
         crate::service::outcome::summarize(1, &jobs, "c.toml")
     };
     let o = outcome(&v1);
-    assert_eq!(o.state, "superseded");
+    assert_eq!(o.state, DagState::Superseded);
     assert_eq!(o.line(), "superseded by v2 (1/3 jobs had finished)");
     assert!(o.is_final());
-    assert_eq!(outcome(&v2).state, "done");
+    assert_eq!(outcome(&v2).state, DagState::Done);
     // with on_change = "resubmit", a third version leaves the second alone (here: finished)
     // and a fourth leaves the third's unstarted jobs alone
     let v3 = t.submit_version("run1", "chain", 3, false);

@@ -3,6 +3,7 @@
 //! metrics file.
 
 use super::*;
+use beamflow_protocol::states::DagState;
 
 /// Minutes since local midnight (for active hours).
 fn local_minute(t: std::time::SystemTime) -> u32 {
@@ -205,15 +206,15 @@ impl Daemon {
         for (id, remote, o) in got {
             let line = o.line();
             if self.journal.set_outcome(id, remote, &line, o.is_final())? {
-                match o.state.as_str() {
-                    "failed" => tracing::warn!(remote, "DAG {remote}: {line}"),
-                    "done" => tracing::info!(remote, "DAG {remote} done"),
+                match o.state {
+                    DagState::Failed => tracing::warn!(remote, "DAG {remote}: {line}"),
+                    DagState::Done => tracing::info!(remote, "DAG {remote} done"),
                     _ => tracing::debug!(remote, "DAG {remote}: {line}"),
                 }
             }
-            let event = match o.state.as_str() {
-                "failed" => NotifyEvent::Failed,
-                "done" => NotifyEvent::Done,
+            let event = match o.state {
+                DagState::Failed => NotifyEvent::Failed,
+                DagState::Done => NotifyEvent::Done,
                 _ => continue,
             };
             let name = self

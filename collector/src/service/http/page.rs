@@ -6,6 +6,7 @@
 //! own page. Every name on it came from a beamline, so every text is escaped.
 
 use crate::api::{DagOutcome, EventRow, JobRow, LauncherRow, StackRow};
+use beamflow_protocol::states::DagState;
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
 
@@ -66,7 +67,7 @@ pub struct View {
     /// The service's host.
     pub host: String,
     /// Recent stack versions and their DAGs.
-    pub stacks: Vec<(StackRow, DagOutcome)>,
+    pub stacks: Vec<(StackRow, DagOutcome, Option<u64>)>,
     /// Launchers (live, and the last few ended).
     pub launchers: Vec<LauncherRow>,
     /// The engine's notes (queues that may not submit, …).
@@ -217,17 +218,21 @@ pub fn render(v: &View, now: SystemTime) -> String {
     o.push_str("</table>");
 
     o.push_str("<h2>Stacks</h2><table><tr><th>id</th><th>beamline</th><th>stack</th><th>version</th><th>workflow</th><th>accepted</th><th>DAG</th></tr>");
-    for (s, d) in &v.stacks {
-        let class = match d.state.as_str() {
-            "failed" => " class=\"failed\"",
-            "done" => " class=\"done\"",
+    for (s, d, freed) in &v.stacks {
+        let class = match d.state {
+            DagState::Failed => " class=\"failed\"",
+            DagState::Done => " class=\"done\"",
             _ => "",
         };
-        let line = if d.state == "failed" {
+        let mut line = if d.state == DagState::Failed {
             format!("FAILED: {}", d.failure)
         } else {
             d.line()
         };
+        if let Some(b) = freed {
+            // its files are gone from this host
+            let _ = write!(line, " (freed {b} bytes)");
+        }
         let _ = write!(
             o,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{class}>{}</td></tr>",
@@ -321,7 +326,7 @@ mod tests {
         };
         let dag = DagOutcome {
             id: 1,
-            state: "failed".into(),
+            state: DagState::Failed,
             done: 1,
             total: 4,
             failure: "qa: <b>S_0001.tif</b>: blank".into(),
@@ -330,7 +335,7 @@ mod tests {
         };
         let v = View {
             host: "login1".into(),
-            stacks: vec![(stack, dag)],
+            stacks: vec![(stack, dag, None)],
             beamlines: vec![("bl<b>".into(), None)],
             ..Default::default()
         };

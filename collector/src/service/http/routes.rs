@@ -460,12 +460,9 @@ fn page_view(st: &AppState) -> Result<crate::service::http::page::View, DbError>
     let freed = db.freed_stacks()?;
     for s in db.recent_stacks(50)? {
         let jobs = db.dag(s.id)?;
-        let mut o = crate::service::outcome::summarize(s.id, &jobs, &config);
-        if let Some(b) = freed.get(&s.id) {
-            // shown beside the DAG's word: its files are gone from this host
-            o.state = format!("{} (freed {b} bytes)", o.state);
-        }
-        stacks.push((s, o));
+        let o = crate::service::outcome::summarize(s.id, &jobs, &config);
+        let f = freed.get(&s.id).copied();
+        stacks.push((s, o, f));
     }
     let launchers = db
         .launchers(&[], None)?
