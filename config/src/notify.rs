@@ -149,6 +149,27 @@ pub fn in_hours(hours: Option<(u32, u32)>, minute: u32) -> bool {
     }
 }
 
+/// Checks the notification targets; an error names the key in full and its line.
+pub(crate) fn validate(
+    cfg: &mut crate::Config,
+    text: &str,
+    path: &std::path::Path,
+) -> Result<(), crate::ConfigError> {
+    for (i, n) in cfg.notify.iter_mut().enumerate() {
+        if let Err((key, message)) = n.validate() {
+            return Err(crate::ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: crate::locate::find_key_line(text, &key)
+                    .or_else(|| crate::locate::find_key_line(text, "events"))
+                    .unwrap_or(1),
+                key: format!("key `notify[{i}].{key}`: "),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

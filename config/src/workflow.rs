@@ -401,6 +401,24 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
     ]
 }
 
+/// Checks the workflows (built-in ones included): steps, commands, windows; an error names the key in full and its line.
+pub(crate) fn validate(
+    cfg: &mut crate::Config,
+    text: &str,
+    path: &std::path::Path,
+) -> Result<(), crate::ConfigError> {
+    for (name, wf) in cfg.workflows.iter_mut() {
+        wf.validate(name)
+            .map_err(|(key, message)| crate::ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: crate::locate::find_key_line(text, &key).unwrap_or(1),
+                key: format!("key `workflows.{name}.{key}`: "),
+                message,
+            })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
