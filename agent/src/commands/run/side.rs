@@ -20,6 +20,33 @@ fn local_minute(t: std::time::SystemTime) -> u32 {
 }
 
 impl Daemon {
+    /// Fetching a stack's results ended: the journal says what arrived, or why not yet.
+    pub(super) fn results_fetched(
+        &mut self,
+        id: i64,
+        remote: i64,
+        r: Result<(usize, u64, String), crate::link::far::FarError>,
+    ) -> Result<()> {
+        self.fetching = false;
+        match r {
+            Ok((n, bytes, dir)) => {
+                let text = format!(
+                    "results: {n} file(s), {} in {dir}",
+                    crate::commands::status::human_bytes(bytes)
+                );
+                tracing::info!(remote, "{text}");
+                self.journal.set_results(id, remote, &text, true)?;
+            }
+            Err(e) => {
+                let e = beamflow_program::chain(&e);
+                tracing::warn!(remote, "results not fetched yet: {e}");
+                let text = format!("results: not yet: {e}");
+                self.journal.set_results(id, remote, &text, false)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The link for a question on the side (outcomes, results): `Some(None)` for the local
     /// transport, `Some(socket)` over a live SSH master, `None` while the master is down.
     pub(super) async fn side_link(&mut self) -> Option<Option<PathBuf>> {
