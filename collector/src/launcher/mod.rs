@@ -15,16 +15,19 @@
 mod explain;
 mod nodes;
 mod process;
+mod threads;
 
 pub use explain::explain;
 pub use nodes::{detect_nodes, expand_hostlist};
 pub use process::{launch_argv, missing_program};
 
+use threads::{ask, connect, poller, reporter, Shared};
+
 use crate::scheduler::default_launch;
 use beamflow_config::{argv, Config};
 use beamflow_protocol::api::{
-    AcquireRequest, AcquireResponse, Client, ClientError, JobReport, LaunchedJob, LauncherStart,
-    Outcome, ReportRequest,
+    AcquireResponse, Client, ClientError, JobReport, LaunchedJob, LauncherStart, Outcome,
+    ReportRequest,
 };
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -498,141 +501,6 @@ fn no_core_dumps() {
     }
 }
 
-/// Connects to the service, rereading `server-info` each time: a restarted service has a
-/// new address and token.
-fn connect(state_dir: &std::path::Path) -> Result<Client, ClientError> {
-    Client::from_state_dir(state_dir)
-}
-
-/// A request for as much work as the launcher's slots hold (the service counts what is free),
-/// with the jobs it runs, the endings to record, and how long it may be held.
-fn ask(
-    slots: u32,
-    mine: &Mutex<Vec<u64>>,
-    closing: &AtomicBool,
-    reports: Vec<JobReport>,
-    wait: Duration,
-) -> AcquireRequest {
-    let closing = closing.load(Ordering::SeqCst);
-    AcquireRequest {
-        free_nodes: slots,
-        max_jobs: if closing { 0 } else { slots },
-        running: mine.lock().map(|m| m.clone()).unwrap_or_default(),
-        reports,
-        wait_ms: wait.as_millis() as u64,
-        closing,
-    }
-}
-
-/// The held request for work, again and again, until `done`.
-#[allow(clippy::too_many_arguments)]
-fn poller(
-    id: u64,
-    slots: u32,
-    wait: Duration,
-    state_dir: PathBuf,
-    mine: Arc<Mutex<Vec<u64>>>,
-    closing: Arc<AtomicBool>,
-    events: Sender<Event>,
-    done: Arc<AtomicBool>,
-) {
-    let mut client = connect(&state_dir).ok();
-    while !done.load(Ordering::SeqCst) {
-        let Some(c) = client.as_ref() else {
-            std::thread::sleep(Duration::from_secs(1));
-            client = connect(&state_dir).ok();
-            continue;
-        };
-        match c.acquire(id, &ask(slots, &mine, &closing, Vec::new(), wait)) {
-            Ok(resp) => {
-                let stop = resp.stop;
-                if events.send(Event::Answer(resp)).is_err() || stop {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = events.send(Event::LinkDown(e.to_string()));
-                std::thread::sleep(Duration::from_secs(1));
-                client = connect(&state_dir).ok();
-            }
-        }
-    }
-}
-
-/// Delivers endings as they come, all that are waiting in one request; what cannot be
-/// delivered now is tried again.
-#[allow(clippy::too_many_arguments)]
-fn reporter(
-    id: u64,
-    slots: u32,
-    state_dir: PathBuf,
-    mine: Arc<Mutex<Vec<u64>>>,
-    closing: Arc<AtomicBool>,
-    inbox: Receiver<ToReporter>,
-    events: Sender<Event>,
-    in_hand: Arc<std::sync::atomic::AtomicUsize>,
-) {
-    let mut client = connect(&state_dir).ok();
-    let mut pending: Vec<JobReport> = Vec::new();
-    let done = |n: usize| {
-        in_hand.fetch_sub(n, Ordering::SeqCst);
-    };
-    let mut flush = false;
-    loop {
-        let first = if pending.is_empty() {
-            match inbox.recv() {
-                Ok(m) => Some(m),
-                Err(_) => return,
-            }
-        } else {
-            None
-        };
-        for m in first.into_iter().chain(inbox.try_iter()) {
-            match m {
-                ToReporter::Report(r) => pending.push(r),
-                ToReporter::Flush => flush = true,
-            }
-        }
-        if !pending.is_empty() {
-            let req = ask(slots, &mine, &closing, pending.clone(), Duration::ZERO);
-            let answer = match client.as_ref() {
-                Some(c) => c
-                    .acquire(id, &req)
-                    .map_err(|e| (e.is_transient(), e.to_string())),
-                None => Err((true, "the service is not reachable".to_string())),
-            };
-            match answer {
-                Ok(resp) => {
-                    done(pending.len());
-                    pending.clear();
-                    if events.send(Event::Answer(resp)).is_err() {
-                        return;
-                    }
-                }
-                Err((true, e)) => {
-                    tracing::warn!("cannot deliver {} ending(s) yet: {e}", pending.len());
-                    std::thread::sleep(Duration::from_millis(500));
-                    client = connect(&state_dir).ok();
-                    if flush && !state_dir.exists() {
-                        done(pending.len());
-                        pending.clear();
-                    }
-                    continue;
-                }
-                Err((false, e)) => {
-                    tracing::warn!("{} ending(s) refused: {e}", pending.len());
-                    done(pending.len());
-                    pending.clear();
-                }
-            }
-        }
-        if flush && pending.is_empty() {
-            flush = false;
-            let _ = events.send(Event::Flushed);
-        }
-    }
-}
-
 /// Runs a launcher until its allocation ends, it is idle long enough, or `stop` is set.
 pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<(), LauncherError> {
     let q = cfg
@@ -655,166 +523,219 @@ pub fn run(cfg: &Config, queue: &str, id: u64, stop: Arc<AtomicBool>) -> Result<
     // the config refused a bad template when it loaded; this names it again should one slip by
     let template = beamflow_config::launch_argv(written)
         .map_err(|e| LauncherError::BadLaunch(queue.into(), e))?;
-    let wait = cfg.service.heartbeat_timeout.0;
     let state_dir = cfg.collector.state_dir.clone();
-    loop {
-        let answer = connect(&state_dir).and_then(|c| {
-            c.launcher_start(
-                id,
-                &LauncherStart {
-                    host: nodes::hostname(),
-                    nodes: nodes.clone(),
-                    batch_id: nodes::batch_id(),
-                },
-            )
-        });
-        match answer {
-            Ok(_) => break,
-            Err(e) if started.elapsed() > wait => return Err(LauncherError::NoService(wait, e)),
-            Err(e) => tracing::warn!("service not answering yet: {e}"),
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    announce(&state_dir, id, &nodes, cfg.service.heartbeat_timeout.0)?;
     tracing::info!(launcher = id, queue, nodes = nodes.len(), walltime = ?walltime, "launcher up");
     no_core_dumps();
-    let slots = nodes.len() as u32;
-    let (events, inbox) = channel();
-    let (to_reporter, reporter_inbox) = channel();
-    let mine = Arc::new(Mutex::new(Vec::new()));
-    let closing = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicBool::new(false));
-    let in_reporter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    {
-        let (sd, m, c, ev, d) = (
-            state_dir.clone(),
-            mine.clone(),
-            closing.clone(),
-            events.clone(),
-            done.clone(),
-        );
-        let poll = q.poll.0;
-        std::thread::spawn(move || poller(id, slots, poll, sd, m, c, ev, d));
-        let (sd, m, c, ev, n) = (
-            state_dir.clone(),
-            mine.clone(),
-            closing.clone(),
-            events.clone(),
-            in_reporter.clone(),
-        );
-        std::thread::spawn(move || reporter(id, slots, sd, m, c, reporter_inbox, ev, n));
-    }
-    let reaper = Reaper::start(events.clone());
-    let mut l = Launcher {
-        id,
-        slots,
-        state_dir: state_dir.clone(),
-        outbox: Vec::new(),
-        direct: connect(&state_dir)
-            .ok()
-            .map(|c| c.with_timeout(DIRECT_LIMIT)),
-        in_reporter: in_reporter.clone(),
-        reaper,
-        by_pid: HashMap::new(),
-        found: Default::default(),
-        template,
-        free: nodes,
-        running: HashMap::new(),
-        waiting: VecDeque::new(),
-        held: Vec::new(),
-        mine,
-        closing,
-        unannounced: false,
-        reporter: to_reporter,
-    };
-    let mut idle_since = Instant::now();
-    let mut ending: Option<String> = None;
-    let mut link_warned: Option<Instant> = None;
-    let reason = loop {
-        // the loop wakes for every event; the short timeout is for the signal flag, the
-        // held failures and the clock
-        match inbox.recv_timeout(Duration::from_millis(50)) {
-            Ok(Event::Answer(resp)) => {
-                if resp.stop && ending.is_none() {
-                    l.end_all("the service declared this launcher ended");
-                    ending = Some("told to stop by the service".into());
-                }
-                if ending.is_none() {
-                    l.take(resp);
-                } else {
-                    l.hand_back(resp.jobs);
-                }
-            }
-            Ok(Event::Exited(pid, status)) => {
-                if let Some(job) = l.by_pid.remove(&pid) {
-                    l.exited(job, status, &stop);
-                }
-            }
-            Ok(Event::LinkDown(e)) => {
-                if !state_dir.exists() && ending.is_none() {
-                    // the collector was removed, not restarted: nobody will ever answer
-                    l.end_all("the collector's state folder was removed");
-                    ending = Some(format!("state folder {} removed", state_dir.display()));
-                } else if link_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                    tracing::warn!("service not answering: {e}; jobs keep running");
-                    link_warned = Some(Instant::now());
-                }
-            }
-            Ok(Event::Flushed) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break "its threads ended".to_string(),
-        }
-        l.release_held(&stop, false);
-        // decided before anything is sent: a launcher that is ending says so in the very
-        // request that carries its endings, so the service never hands their jobs back to it
-        if ending.is_none() {
-            if stop.load(Ordering::SeqCst) {
-                l.end_all("the launcher was stopped (its allocation was cancelled)");
-                ending = Some("stopped by a signal".into());
-            } else if Instant::now() >= deadline {
-                l.end_all("the allocation's wall time was about to run out");
-                ending = Some("wall time".into());
-            } else if !l.running.is_empty() || !l.waiting.is_empty() {
-                idle_since = Instant::now();
-            } else if idle_since.elapsed() >= q.idle_exit.0 {
-                ending = Some(format!("idle for {}", q.idle_exit));
-            }
-        }
-        if ending.is_some() {
-            l.close();
-        }
-        while let Some(resp) = l.flush() {
-            if resp.stop && ending.is_none() {
-                l.end_all("the service declared this launcher ended");
-                ending = Some("told to stop by the service".into());
-                l.close();
-            }
-            if ending.is_none() {
-                l.take(resp);
-            } else {
-                l.hand_back(resp.jobs);
-            }
-        }
-        l.force();
-        if let Some(why) = &ending {
-            if l.running.is_empty() {
-                break why.clone();
-            }
-        }
-    };
+    let (mut l, inbox, done) = Launcher::new(id, q.poll.0, nodes, template, &state_dir);
+    let reason = l.serve(&inbox, &stop, deadline, q.idle_exit.0);
     done.store(true, Ordering::SeqCst);
-    l.release_held(&stop, true);
-    l.direct = None; // the last endings go through the reporter, which retries
-    let _ = l.flush();
-    let _ = l.reporter.send(ToReporter::Flush);
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(Event::Flushed) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
+    l.finish(&inbox, &stop);
     if let Ok(c) = connect(&state_dir) {
         let _ = c.launcher_end(id, &reason);
     }
     tracing::info!(launcher = id, "launcher exiting: {reason}");
     Ok(())
+}
+
+/// Tells the service this launcher runs, on which nodes, retrying while it does not answer
+/// (it may be restarting) for up to `wait`.
+fn announce(
+    state_dir: &std::path::Path,
+    id: u64,
+    nodes: &[String],
+    wait: Duration,
+) -> Result<(), LauncherError> {
+    let started = Instant::now();
+    loop {
+        let answer = connect(state_dir).and_then(|c| {
+            c.launcher_start(
+                id,
+                &LauncherStart {
+                    host: nodes::hostname(),
+                    nodes: nodes.to_vec(),
+                    batch_id: nodes::batch_id(),
+                },
+            )
+        });
+        match answer {
+            Ok(_) => return Ok(()),
+            Err(e) if started.elapsed() > wait => return Err(LauncherError::NoService(wait, e)),
+            Err(e) => tracing::warn!("service not answering yet: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+impl Launcher {
+    /// The launcher with its two conversations started: the held request for work and the
+    /// reporter of endings. Returns the loop's inbox and the flag that stops the poller.
+    fn new(
+        id: u64,
+        poll: Duration,
+        nodes: Vec<String>,
+        template: Vec<String>,
+        state_dir: &std::path::Path,
+    ) -> (Launcher, Receiver<Event>, Arc<AtomicBool>) {
+        let (events, inbox) = channel();
+        let (to_reporter, reporter_inbox) = channel();
+        let shared = Shared {
+            id,
+            slots: nodes.len() as u32,
+            state_dir: state_dir.to_path_buf(),
+            mine: Arc::new(Mutex::new(Vec::new())),
+            closing: Arc::new(AtomicBool::new(false)),
+            events: events.clone(),
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let in_reporter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        {
+            let (sh, d) = (shared.clone(), done.clone());
+            std::thread::spawn(move || poller(sh, poll, d));
+            let (sh, n) = (shared.clone(), in_reporter.clone());
+            std::thread::spawn(move || reporter(sh, reporter_inbox, n));
+        }
+        let l = Launcher {
+            id,
+            slots: shared.slots,
+            state_dir: shared.state_dir,
+            outbox: Vec::new(),
+            direct: connect(state_dir)
+                .ok()
+                .map(|c| c.with_timeout(DIRECT_LIMIT)),
+            in_reporter,
+            reaper: Reaper::start(events),
+            by_pid: HashMap::new(),
+            found: Default::default(),
+            template,
+            free: nodes,
+            running: HashMap::new(),
+            waiting: VecDeque::new(),
+            held: Vec::new(),
+            mine: shared.mine,
+            closing: shared.closing,
+            unannounced: false,
+            reporter: to_reporter,
+        };
+        (l, inbox, done)
+    }
+
+    /// The loop: events from the threads, held failures released, the decision to end,
+    /// endings sent; returns why it ended once nothing runs.
+    fn serve(
+        &mut self,
+        inbox: &Receiver<Event>,
+        stop: &AtomicBool,
+        deadline: Instant,
+        idle_exit: Duration,
+    ) -> String {
+        let mut ending: Option<String> = None;
+        let mut idle_since = Instant::now();
+        let mut link_warned: Option<Instant> = None;
+        loop {
+            // the loop wakes for every event; the short timeout is for the signal flag, the
+            // held failures and the clock
+            match inbox.recv_timeout(Duration::from_millis(50)) {
+                Ok(Event::Answer(resp)) => self.answered(resp, &mut ending),
+                Ok(Event::Exited(pid, status)) => {
+                    if let Some(job) = self.by_pid.remove(&pid) {
+                        self.exited(job, status, stop);
+                    }
+                }
+                Ok(Event::LinkDown(e)) => {
+                    if !self.state_dir.exists() && ending.is_none() {
+                        // the collector was removed, not restarted: nobody will ever answer
+                        self.end_all("the collector's state folder was removed");
+                        let gone = format!("state folder {} removed", self.state_dir.display());
+                        ending = Some(gone);
+                    } else if link_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                        tracing::warn!("service not answering: {e}; jobs keep running");
+                        link_warned = Some(Instant::now());
+                    }
+                }
+                Ok(Event::Flushed) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return "its threads ended".to_string(),
+            }
+            self.release_held(stop, false);
+            // decided before anything is sent: a launcher that is ending says so in the very
+            // request that carries its endings, so the service never hands their jobs back to it
+            if ending.is_none() {
+                ending = self.time_to_end(stop, deadline, idle_exit, &mut idle_since);
+            }
+            if ending.is_some() {
+                self.close();
+            }
+            while let Some(resp) = self.flush() {
+                let was = ending.is_some();
+                self.answered(resp, &mut ending);
+                if !was && ending.is_some() {
+                    self.close();
+                }
+            }
+            self.force();
+            if let Some(why) = &ending {
+                if self.running.is_empty() {
+                    return why.clone();
+                }
+            }
+        }
+    }
+
+    /// An answer from the service: its work taken, or handed back when ending; a stop from
+    /// the service ends the launcher.
+    fn answered(&mut self, resp: AcquireResponse, ending: &mut Option<String>) {
+        if resp.stop && ending.is_none() {
+            self.end_all("the service declared this launcher ended");
+            *ending = Some("told to stop by the service".into());
+        }
+        if ending.is_none() {
+            self.take(resp);
+        } else {
+            self.hand_back(resp.jobs);
+        }
+    }
+
+    /// Whether the launcher should end now, and why: a signal, the wall time about to run
+    /// out, or idle for `idle_exit`.
+    fn time_to_end(
+        &mut self,
+        stop: &AtomicBool,
+        deadline: Instant,
+        idle_exit: Duration,
+        idle_since: &mut Instant,
+    ) -> Option<String> {
+        if stop.load(Ordering::SeqCst) {
+            self.end_all("the launcher was stopped (its allocation was cancelled)");
+            Some("stopped by a signal".into())
+        } else if Instant::now() >= deadline {
+            self.end_all("the allocation's wall time was about to run out");
+            Some("wall time".into())
+        } else if !self.running.is_empty() || !self.waiting.is_empty() {
+            *idle_since = Instant::now();
+            None
+        } else if idle_since.elapsed() >= idle_exit {
+            Some(format!(
+                "idle for {}",
+                humantime::format_duration(idle_exit)
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The last endings delivered (through the reporter, which retries) before the launcher
+    /// says it ended; waits up to 30 s for them.
+    fn finish(&mut self, inbox: &Receiver<Event>, stop: &AtomicBool) {
+        self.release_held(stop, true);
+        self.direct = None;
+        let _ = self.flush();
+        let _ = self.reporter.send(ToReporter::Flush);
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(Event::Flushed) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
 }
