@@ -82,161 +82,186 @@ impl Sink for std::io::BufWriter<std::process::ChildStdin> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn send_file<W: Sink>(
-    wr: &mut W,
-    id: u64,
-    f: &FileRecord,
-    path: &Path,
-    start: u64,
-    buf: &mut [u8],
-    report: &mut Report,
-    pace: &mut Pace,
-    job: &Job,
-) -> Result<(), TransferError> {
-    let changed = |why: String| TransferError::Changed {
-        file: f.name.clone(),
-        why,
-    };
-    let abort = |wr: &mut W, why: &str| -> Result<(), TransferError> {
-        write_frame(
-            wr,
-            &Frame::Abort {
-                id,
-                reason: why.to_string(),
-            },
-        )
-        .map_err(broken)
-    };
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) => {
-            abort(wr, "cannot open")?;
-            return Err(changed(format!("cannot open it: {e}")));
+/// One file on its way: the link's writer, the file's id and record, and what the send
+/// counts (the report, the pace, the job's progress).
+pub(super) struct Outgoing<'a, W: Sink> {
+    pub(super) wr: &'a mut W,
+    pub(super) id: u64,
+    pub(super) f: &'a FileRecord,
+    pub(super) buf: &'a mut [u8],
+    pub(super) report: &'a mut Report,
+    pub(super) pace: &'a mut Pace,
+    pub(super) job: &'a Job,
+}
+
+impl<W: Sink> Outgoing<'_, W> {
+    /// Sends the file at `path` from byte `start` (a verified prefix the collector holds);
+    /// the file must be the one hashed, and stay put while it is read.
+    pub(super) fn send(mut self, path: &Path, start: u64) -> Result<(), TransferError> {
+        let (mut file, before) = self.open(path, start)?;
+        let mut offset = start;
+        // raw bytes go from the page cache to the link's pipe without passing through here
+        if let (None, Some(pipe)) = (self.pace.zstd.as_ref(), self.wr.pipe()) {
+            offset = self.splice(&file, pipe, offset)?;
         }
-    };
-    // The journal hashed these bytes; the collector checks what arrives against that hash. Here
-    // it is enough to see that the file is the one hashed and stays put while it is read: its
-    // size and mtime as journaled, and no change of size, mtime, ctime or inode meanwhile
-    // (ctime moves on every write and no tool can set it back).
-    let before = file
-        .metadata()
-        .map(|m| Stamp::of(&m))
-        .map_err(|e| changed(e.to_string()))?;
-    if before.len != f.size || before.mtime != f.mtime_ns {
-        abort(wr, "changed since hashed")?;
-        return Err(changed("it changed after it was hashed".into()));
+        if offset >= self.f.size && offset > start {
+            // sent by splice; a read finds out whether the file grew meanwhile
+            if file
+                .read_at(&mut self.buf[..1], offset)
+                .is_ok_and(|n| n > 0)
+            {
+                let why = format!("it grew past the {} bytes recorded", self.f.size);
+                return Err(self.refuse("file grew", why));
+            }
+        } else {
+            offset = self.stream(&mut file, offset)?;
+        }
+        let after = std::fs::metadata(path).map(|m| Stamp::of(&m)).ok();
+        if offset != self.f.size || after != Some(before) {
+            let why =
+                format!("{offset} bytes read, and its size, time or inode moved while it was read");
+            return Err(self.refuse("content changed", why));
+        }
+        write_frame(self.wr, &Frame::Done { id: self.id }).map_err(broken)
     }
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start))
-            .map_err(|e| changed(e.to_string()))?;
+
+    fn changed(&self, why: String) -> TransferError {
+        TransferError::Changed {
+            file: self.f.name.clone(),
+            why,
+        }
     }
-    let mut offset = start;
-    // raw bytes go from the page cache to the link's pipe without passing through here
-    if let (None, Some(pipe)) = (pace.zstd.as_ref(), wr.pipe()) {
-        while offset < f.size {
-            let n = (f.size - offset).min(buf.len() as u64) as usize;
-            wr.write_all(&data_header(id, offset, n))
-                .and_then(|_| wr.flush())
+
+    /// Tells the collector to drop what it holds of the file; the error says why it
+    /// changed (or that the link broke on the way).
+    fn refuse(&mut self, reason: &str, why: String) -> TransferError {
+        let abort = Frame::Abort {
+            id: self.id,
+            reason: reason.to_string(),
+        };
+        match write_frame(self.wr, &abort) {
+            Ok(()) => self.changed(why),
+            Err(e) => broken(e),
+        }
+    }
+
+    /// The file opened and positioned at `start`, with its stamp. The journal hashed these
+    /// bytes; the collector checks what arrives against that hash. Here it is enough to see
+    /// that the file is the one hashed and stays put while it is read: its size and mtime as
+    /// journaled, and no change of size, mtime, ctime or inode meanwhile (ctime moves on
+    /// every write and no tool can set it back).
+    fn open(&mut self, path: &Path, start: u64) -> Result<(std::fs::File, Stamp), TransferError> {
+        let mut file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) => return Err(self.refuse("cannot open", format!("cannot open it: {e}"))),
+        };
+        let before = file
+            .metadata()
+            .map(|m| Stamp::of(&m))
+            .map_err(|e| self.changed(e.to_string()))?;
+        if before.len != self.f.size || before.mtime != self.f.mtime_ns {
+            let why = "it changed after it was hashed".into();
+            return Err(self.refuse("changed since hashed", why));
+        }
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start))
+                .map_err(|e| self.changed(e.to_string()))?;
+        }
+        Ok((file, before))
+    }
+
+    /// Splices the rest of the file from `offset` into the link's pipe, a frame at a time;
+    /// returns the offset reached.
+    fn splice(
+        &mut self,
+        file: &std::fs::File,
+        pipe: std::os::fd::RawFd,
+        mut offset: u64,
+    ) -> Result<u64, TransferError> {
+        let (id, size) = (self.id, self.f.size);
+        while offset < size {
+            let n = (size - offset).min(self.buf.len() as u64) as usize;
+            self.wr
+                .write_all(&data_header(id, offset, n))
+                .and_then(|_| self.wr.flush())
                 .map_err(broken_io)?;
             // the header promised n bytes: a file that shrank now leaves a frame that cannot
             // be finished, so the link goes (the collector keeps the verified prefix)
-            match splice_exact(&file, offset, pipe, n) {
+            match splice_exact(file, offset, pipe, n) {
                 Ok(()) => {}
                 Err((moved, e)) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // this filesystem does not splice: the rest of the frame the plain way
-                    let rest = &mut buf[..n - moved];
+                    let rest = &mut self.buf[..n - moved];
                     file.read_exact_at(rest, offset + moved as u64)
-                        .map_err(|e| changed(format!("read failed: {e}; the link is reset")))?;
-                    wr.write_all(rest).map_err(broken_io)?;
+                        .map_err(|e| {
+                            self.changed(format!("read failed: {e}; the link is reset"))
+                        })?;
+                    self.wr
+                        .write_all(&self.buf[..n - moved])
+                        .map_err(broken_io)?;
                 }
                 Err((_, e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(changed(
-                        "it shrank while it was sent; the link is reset".into(),
-                    ));
+                    return Err(
+                        self.changed("it shrank while it was sent; the link is reset".into())
+                    );
                 }
                 // the pipe's far side went away: the link broke, not the file
                 Err((_, e)) if e.raw_os_error() == Some(libc::EPIPE) => {
                     return Err(broken_io(e));
                 }
                 Err((_, e)) => {
-                    return Err(changed(format!("read failed: {e}; the link is reset")));
+                    return Err(self.changed(format!("read failed: {e}; the link is reset")));
                 }
             }
             offset += n as u64;
-            report.wire_bytes += n as u64;
-            Progress::add(job, n as u64, 0);
-            pace.sent(n as u64);
+            self.counted(n as u64, n as u64);
         }
+        Ok(offset)
     }
-    loop {
-        if offset >= f.size && offset > start {
-            // sent by splice above; a read finds out whether the file grew meanwhile
-            if file
-                .read_at(&mut buf[..1], offset)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {
-                abort(wr, "file grew")?;
-                return Err(changed(format!(
-                    "it grew past the {} bytes recorded",
-                    f.size
-                )));
+
+    /// Reads the file from `offset` and sends it in data frames, compressed where that
+    /// pays; returns the offset reached.
+    fn stream(&mut self, file: &mut std::fs::File, mut offset: u64) -> Result<u64, TransferError> {
+        loop {
+            let n = match file.read(self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.refuse("read error", format!("read failed: {e}"))),
+            };
+            if n == 0 {
+                return Ok(offset);
             }
-            break;
-        }
-        let n = match file.read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                abort(wr, "read error")?;
-                return Err(changed(format!("read failed: {e}")));
+            if offset + n as u64 > self.f.size {
+                let why = format!("it grew past the {} bytes recorded", self.f.size);
+                return Err(self.refuse("file grew", why));
             }
-        };
-        if n == 0 {
-            break;
-        }
-        if offset + n as u64 > f.size {
-            abort(wr, "file grew")?;
-            return Err(changed(format!(
-                "it grew past the {} bytes recorded",
-                f.size
-            )));
-        }
-        // what crosses the link: the compressed size when compression paid
-        let wire = match pace.squeeze(&buf[..n]) {
-            Some(z) => {
-                let len = z.len() as u64;
-                let raw_len = n as u32;
-                write_frame(
-                    wr,
-                    &Frame::DataZ {
-                        id,
+            // what crosses the link: the compressed size when compression paid
+            let wire = match self.pace.squeeze(&self.buf[..n]) {
+                Some(z) => {
+                    let len = z.len() as u64;
+                    let frame = Frame::DataZ {
+                        id: self.id,
                         offset,
-                        raw_len,
+                        raw_len: n as u32,
                         bytes: z,
-                    },
-                )
-                .map_err(broken)?;
-                len
-            }
-            None => {
-                write_data(wr, id, offset, &buf[..n]).map_err(broken)?;
-                n as u64
-            }
-        };
-        offset += n as u64;
-        report.wire_bytes += wire;
-        Progress::add(job, n as u64, 0);
-        pace.sent(wire);
+                    };
+                    write_frame(self.wr, &frame).map_err(broken)?;
+                    len
+                }
+                None => {
+                    write_data(self.wr, self.id, offset, &self.buf[..n]).map_err(broken)?;
+                    n as u64
+                }
+            };
+            offset += n as u64;
+            self.counted(n as u64, wire);
+        }
     }
-    let after = std::fs::metadata(path).map(|m| Stamp::of(&m)).ok();
-    if offset != f.size || after != Some(before) {
-        abort(wr, "content changed")?;
-        return Err(changed(format!(
-            "{offset} bytes read, and its size, time or inode moved while it was read"
-        )));
+
+    /// `raw` bytes of the file sent as `wire` bytes on the link.
+    fn counted(&mut self, raw: u64, wire: u64) {
+        self.report.wire_bytes += wire;
+        Progress::add(self.job, raw, 0);
+        self.pace.sent(wire);
     }
-    write_frame(wr, &Frame::Done { id }).map_err(broken)?;
-    Ok(())
 }

@@ -26,7 +26,7 @@ mod file;
 mod pace;
 
 use delta::send_delta;
-use file::{send_file, Sink};
+use file::{Outgoing, Sink};
 use pace::Pace;
 
 /// One stack version to send.
@@ -668,7 +668,16 @@ fn exchange(
             },
         };
         Progress::add(job, start, 0);
-        send_file(wr, id, f, &path, start, &mut buf, report, &mut pace, job)?;
+        let out = Outgoing {
+            wr: &mut *wr,
+            id,
+            f,
+            buf: &mut buf,
+            report: &mut *report,
+            pace: &mut pace,
+            job,
+        };
+        out.send(&path, start)?;
         Progress::add(job, 0, 1);
         sent_ids.push(id);
         s.drain()?;

@@ -311,95 +311,17 @@ impl Db {
                 ..Default::default()
             });
         };
-        let mut kill = Vec::new();
-        {
-            let mut mine = tx.prepare_cached(&format!(
-                "SELECT 1 FROM jobs WHERE id = ?1 AND state = '{}' AND launcher_id = ?2",
-                JobState::Running.as_str()
-            ))?;
-            for j in running {
-                if mine
-                    .query_row(params![*j as i64, launcher as i64], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .is_none()
-                {
-                    kill.push(*j);
-                }
-            }
-        }
-        let mut free = if slots > 0 {
-            let used: i64 = tx
-                .prepare_cached(
-                    &format!("SELECT COALESCE(SUM(nodes), 0) FROM jobs WHERE launcher_id = ?1 AND state = '{}'", JobState::Running.as_str()),
-                )?
-                .query_row([launcher as i64], |r| r.get(0))?;
-            (slots - used).max(0) as u32
+        let kill = not_mine(&tx, launcher, running)?;
+        let free = if slots > 0 {
+            free_slots(&tx, launcher, slots)?
         } else {
             free_nodes
         };
-        let mut jobs = Vec::new();
-        if free > 0 && max_jobs > 0 {
-            // oldest first; each state is read in its index's order (no sort of every
-            // runnable job per request), and no more than a request can take is read
-            let mut candidates: Vec<(i64, u32)> = Vec::new();
-            let limit = (max_jobs.min(free) as i64).max(1) * 4;
-            for state in [JobState::Preprocessed, JobState::RestartReady] {
-                // the state written in, not bound (see `pending`)
-                let mut st = tx.prepare_cached(&format!(
-                    "SELECT id, nodes FROM jobs WHERE state = '{}' ORDER BY id LIMIT ?1",
-                    state.as_str()
-                ))?;
-                let v: Vec<(i64, u32)> = st
-                    .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                candidates.extend(v);
-            }
-            candidates.sort_unstable();
-            let why = format!("started by launcher {launcher}");
-            for (id, nodes) in candidates {
-                if jobs.len() as u32 >= max_jobs || free == 0 {
-                    break;
-                }
-                if nodes > free {
-                    continue;
-                }
-                if !job::change(
-                    &tx,
-                    id as u64,
-                    JobState::Running,
-                    Trigger::Acquired,
-                    &why,
-                    &at,
-                )? {
-                    continue;
-                }
-                tx.prepare_cached(
-                    "UPDATE jobs SET launcher_id = ?2, attempts = attempts + 1 WHERE id = ?1",
-                )?
-                .execute(params![id, launcher as i64])?;
-                free -= nodes;
-                let mut st = tx.prepare_cached(
-                    "SELECT j.id, j.name, s.name, j.command, j.work_dir, j.nodes, j.ranks_per_node, j.threads_per_rank,
-                            j.cpu_affinity, j.env, j.attempts FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1",
-                )?;
-                jobs.push(st.query_row([id], |r| {
-                    let env: String = r.get(9)?;
-                    Ok(LaunchedJob {
-                        id: r.get::<_, i64>(0)? as u64,
-                        name: r.get(1)?,
-                        stack: r.get(2)?,
-                        argv: crate::science::dag::decode(&r.get::<_, String>(3)?),
-                        work_dir: r.get(4)?,
-                        nodes: r.get(5)?,
-                        ranks_per_node: r.get(6)?,
-                        threads_per_rank: r.get(7)?,
-                        cpu_affinity: r.get(8)?,
-                        env: serde_json::from_str(&env).unwrap_or_default(),
-                        attempt: r.get(10)?,
-                    })
-                })?);
-            }
-        }
+        let jobs = if free > 0 && max_jobs > 0 {
+            start_jobs(&tx, launcher, free, max_jobs, &at)?
+        } else {
+            Vec::new()
+        };
         // a held request looks again at every ring: only a look that changed something, or
         // a heartbeat gone stale, is worth a write (and its disk sync)
         if !jobs.is_empty() || !reports.is_empty() || epoch(now) - heartbeat_at >= 1.0 {
@@ -546,4 +468,115 @@ fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Res
         &crate::science::dag::decode(&argv),
     );
     Ok(job::apply(tx, job, &moves, at)?)
+}
+
+/// The jobs a launcher says it runs that the database does not give it (killed, superseded,
+/// moved on): it ends them.
+fn not_mine(
+    tx: &rusqlite::Transaction,
+    launcher: u64,
+    running: &[u64],
+) -> Result<Vec<u64>, DbError> {
+    let mut kill = Vec::new();
+    let mut mine = tx.prepare_cached(&format!(
+        "SELECT 1 FROM jobs WHERE id = ?1 AND state = '{}' AND launcher_id = ?2",
+        JobState::Running.as_str()
+    ))?;
+    for j in running {
+        if mine
+            .query_row(params![*j as i64, launcher as i64], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_none()
+        {
+            kill.push(*j);
+        }
+    }
+    Ok(kill)
+}
+
+/// A launcher's slots less the nodes its running jobs hold.
+fn free_slots(tx: &rusqlite::Transaction, launcher: u64, slots: i64) -> Result<u32, DbError> {
+    let used: i64 = tx
+        .prepare_cached(&format!(
+            "SELECT COALESCE(SUM(nodes), 0) FROM jobs WHERE launcher_id = ?1 AND state = '{}'",
+            JobState::Running.as_str()
+        ))?
+        .query_row([launcher as i64], |r| r.get(0))?;
+    Ok((slots - used).max(0) as u32)
+}
+
+/// Moves runnable jobs that fit in `free` nodes to RUNNING on this launcher, oldest first,
+/// at most `max_jobs`; each state is read in its index's order (no sort of every runnable
+/// job per request), and no more than a request can take is read.
+fn start_jobs(
+    tx: &rusqlite::Transaction,
+    launcher: u64,
+    mut free: u32,
+    max_jobs: u32,
+    at: &str,
+) -> Result<Vec<LaunchedJob>, DbError> {
+    let mut candidates: Vec<(i64, u32)> = Vec::new();
+    let limit = (max_jobs.min(free) as i64).max(1) * 4;
+    for state in [JobState::Preprocessed, JobState::RestartReady] {
+        // the state written in, not bound (see `pending`)
+        let mut st = tx.prepare_cached(&format!(
+            "SELECT id, nodes FROM jobs WHERE state = '{}' ORDER BY id LIMIT ?1",
+            state.as_str()
+        ))?;
+        let v: Vec<(i64, u32)> = st
+            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        candidates.extend(v);
+    }
+    candidates.sort_unstable();
+    let why = format!("started by launcher {launcher}");
+    let mut jobs = Vec::new();
+    for (id, nodes) in candidates {
+        if jobs.len() as u32 >= max_jobs || free == 0 {
+            break;
+        }
+        if nodes > free
+            || !job::change(
+                tx,
+                id as u64,
+                JobState::Running,
+                Trigger::Acquired,
+                &why,
+                at,
+            )?
+        {
+            continue;
+        }
+        tx.prepare_cached(
+            "UPDATE jobs SET launcher_id = ?2, attempts = attempts + 1 WHERE id = ?1",
+        )?
+        .execute(params![id, launcher as i64])?;
+        free -= nodes;
+        jobs.push(launched(tx, id)?);
+    }
+    Ok(jobs)
+}
+
+/// A started job as its launcher needs it: what to run, where, on how many nodes.
+fn launched(tx: &rusqlite::Transaction, id: i64) -> Result<LaunchedJob, DbError> {
+    let mut st = tx.prepare_cached(
+        "SELECT j.id, j.name, s.name, j.command, j.work_dir, j.nodes, j.ranks_per_node, j.threads_per_rank,
+                j.cpu_affinity, j.env, j.attempts FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1",
+    )?;
+    Ok(st.query_row([id], |r| {
+        let env: String = r.get(9)?;
+        Ok(LaunchedJob {
+            id: r.get::<_, i64>(0)? as u64,
+            name: r.get(1)?,
+            stack: r.get(2)?,
+            argv: crate::science::dag::decode(&r.get::<_, String>(3)?),
+            work_dir: r.get(4)?,
+            nodes: r.get(5)?,
+            ranks_per_node: r.get(6)?,
+            threads_per_rank: r.get(7)?,
+            cpu_affinity: r.get(8)?,
+            env: serde_json::from_str(&env).unwrap_or_default(),
+            attempt: r.get(10)?,
+        })
+    })?)
 }
