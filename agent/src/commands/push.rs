@@ -57,42 +57,9 @@ pub async fn push(
         "{} is not a folder; push takes the folder that holds the images",
         dir.display()
     );
-    // a folder under a watch root uses that root's rules and prefix; any other folder uses the
-    // first root's rules and is named by its own folder name
-    let root = match cfg
-        .watch
-        .iter()
-        .find(|w| w.path.canonicalize().is_ok_and(|c| dir.starts_with(c)))
-    {
-        Some(w) => Root::new(w)?,
-        None => {
-            let base = cfg.watch.first().cloned().unwrap_or_else(default_watch);
-            let parent = dir.parent().unwrap_or(&dir).to_path_buf();
-            Root::new(&WatchSection {
-                path: parent,
-                ..base
-            })?
-        }
-    };
+    let root = root_for(cfg, &dir)?;
     let t0 = std::time::Instant::now();
-    let scan = root
-        .scan(&dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?;
-    if scan.images.is_empty() {
-        bail!(
-            "{} holds no files matching \"{}\"",
-            dir.display(),
-            root.section.pattern
-        );
-    }
-    if (scan.images.len() as u32) < root.rules.min_images {
-        bail!(
-            "{} holds {} image(s); a stack needs at least {} (min_images)",
-            dir.display(),
-            scan.images.len(),
-            root.rules.min_images
-        );
-    }
+    let scan = scan_stack(&root, &dir)?;
     // the link comes up (master, then one far end per channel) while the images are checked
     // and hashed here: on a login node a far end costs a login shell, often a slow one
     let mut master = (cfg.link.transport == Transport::Ssh).then(|| Master::new(&cfg.link));
@@ -121,16 +88,10 @@ pub async fn push(
     let files = match local.await? {
         Ok(Ok(files)) => files,
         Ok(Err(faults)) => {
-            let list: Vec<String> = faults.iter().map(|(f, e)| format!("  {f}: {e}")).collect();
             if let Some(m) = master {
                 m.close().await;
             }
-            return Err(held(format!(
-                "not sending {}: {} file(s) are not whole TIFFs:\n{}",
-                dir.display(),
-                faults.len(),
-                list.join("\n")
-            )));
+            return Err(not_whole(&dir, &faults));
         }
         Err(e) => {
             return Err(anyhow::Error::new(e)
@@ -138,20 +99,7 @@ pub async fn push(
         }
     };
     tracing::debug!(secs = t0.elapsed().as_secs_f64(), "checked and hashed");
-    let mut rec = journal.ensure_stack(&dir_s, &name, &root.section.workflow)?;
-    if rec.state == StackState::Submitted {
-        let same = known.len() == files.len()
-            && known
-                .iter()
-                .zip(&files)
-                .all(|(a, b)| a.name == b.name && a.blake3 == b.blake3);
-        if !same {
-            journal.next_version(rec.id)?;
-            rec = journal
-                .stack(&dir_s)?
-                .context("stack vanished from the journal")?;
-        }
-    }
+    let rec = version_for(&mut journal, &dir_s, &name, &root, (&known, &files))?;
     journal.queue(rec.id, &files)?;
     let job = Job {
         dir: dir.clone(),
@@ -188,6 +136,90 @@ pub async fn push(
     })
 }
 
+/// The rules a folder is pushed under: a folder under a watch root uses that root's rules
+/// and prefix; any other folder uses the first root's rules and is named by its own name.
+fn root_for(cfg: &Config, dir: &Path) -> Result<Root> {
+    let under = cfg
+        .watch
+        .iter()
+        .find(|w| w.path.canonicalize().is_ok_and(|c| dir.starts_with(c)));
+    Ok(match under {
+        Some(w) => Root::new(w)?,
+        None => {
+            let base = cfg.watch.first().cloned().unwrap_or_else(default_watch);
+            let parent = dir.parent().unwrap_or(dir).to_path_buf();
+            Root::new(&WatchSection {
+                path: parent,
+                ..base
+            })?
+        }
+    })
+}
+
+/// The folder's images, refused when there are none or fewer than `min_images`.
+fn scan_stack(root: &Root, dir: &Path) -> Result<crate::stack::scan::DirScan> {
+    let scan = root
+        .scan(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    if scan.images.is_empty() {
+        bail!(
+            "{} holds no files matching \"{}\"",
+            dir.display(),
+            root.section.pattern
+        );
+    }
+    if (scan.images.len() as u32) < root.rules.min_images {
+        bail!(
+            "{} holds {} image(s); a stack needs at least {} (min_images)",
+            dir.display(),
+            scan.images.len(),
+            root.rules.min_images
+        );
+    }
+    Ok(scan)
+}
+
+/// A stack held for files that are not whole TIFFs, each named with what is wrong.
+fn not_whole(dir: &Path, faults: &[(String, String)]) -> anyhow::Error {
+    let list: Vec<String> = faults.iter().map(|(f, e)| format!("  {f}: {e}")).collect();
+    held(format!(
+        "not sending {}: {} file(s) are not whole TIFFs:\n{}",
+        dir.display(),
+        faults.len(),
+        list.join("\n")
+    ))
+}
+
+/// The journal's row for this push: a submitted stack whose bytes changed (`known` then
+/// `files`) becomes its next version.
+fn version_for(
+    journal: &mut Journal,
+    dir_s: &str,
+    name: &str,
+    root: &Root,
+    (known, files): (
+        &[crate::stack::images::FileRecord],
+        &[crate::stack::images::FileRecord],
+    ),
+) -> Result<crate::journal::StackRecord> {
+    let rec = journal.ensure_stack(dir_s, name, &root.section.workflow)?;
+    if rec.state != StackState::Submitted {
+        return Ok(rec);
+    }
+    let same = known.len() == files.len()
+        && known
+            .iter()
+            .zip(files)
+            .all(|(a, b)| a.name == b.name && a.blake3 == b.blake3);
+    if same {
+        return Ok(rec);
+    }
+    journal.next_version(rec.id)?;
+    journal
+        .stack(dir_s)?
+        .context("stack vanished from the journal")
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn send_with_retries(
     cfg: &Config,
@@ -213,14 +245,15 @@ async fn send_with_retries(
                     let d = lifecycle::link_down(&e.to_string(), wait);
                     journal.set_state(rec.id, d.state, &d.reason)?;
                     if attempt == attempts {
-                        return Err(anyhow::Error::new(e)
-                            .context(Verdict::new(Exit::Unreachable, "the SSH master is down"))
-                            .context(format!("push of {name} failed")));
+                        return Err(failed(
+                            e,
+                            Exit::Unreachable,
+                            "the SSH master is down",
+                            &name,
+                        ));
                     }
-                    tracing::warn!(
-                        "attempt {attempt}: {e}; retrying in {}",
-                        humantime::format_duration(wait)
-                    );
+                    let again = humantime::format_duration(wait);
+                    tracing::warn!("attempt {attempt}: {e}; retrying in {again}");
                     tokio::time::sleep(wait).await;
                     wait = backoff.after(wait);
                     continue;
@@ -241,19 +274,18 @@ async fn send_with_retries(
         let decision = report.record(journal, rec.id, wait)?;
         let err = match report.result {
             Ok(acc) => {
-                let bytes = job.files.iter().map(|f| f.size).sum();
                 return Ok(Pushed {
                     stack: name,
                     version: rec.version,
                     files: job.files.len(),
-                    bytes,
+                    bytes: job.files.iter().map(|f| f.size).sum(),
                     wire_bytes: report.wire_bytes,
                     same: report.same,
                     remote_id: acc.remote_id,
                     jobs: acc.jobs,
                     created: acc.created,
                     secs: report.elapsed.as_secs_f64(),
-                });
+                })
             }
             Err(e) => e,
         };
@@ -261,17 +293,22 @@ async fn send_with_retries(
         match decision.next {
             Next::Done => unreachable!("only an accepted DAG is done"),
             Next::Hold => {
-                return Err(anyhow::Error::new(err)
-                    .context(Verdict::new(Exit::Held, "the stack is held for a person"))
-                    .context(format!("push of {name} failed after {attempt} attempt(s)")))
+                let name = format!("{name} after {attempt} attempt(s)");
+                return Err(failed(
+                    err,
+                    Exit::Held,
+                    "the stack is held for a person",
+                    &name,
+                ));
             }
             _ if last => {
-                return Err(anyhow::Error::new(err)
-                    .context(Verdict::new(
-                        Exit::Unreachable,
-                        "the far side did not answer",
-                    ))
-                    .context(format!("push of {name} failed after {attempt} attempt(s)")))
+                let name = format!("{name} after {attempt} attempt(s)");
+                return Err(failed(
+                    err,
+                    Exit::Unreachable,
+                    "the far side did not answer",
+                    &name,
+                ));
             }
             Next::RetryIn(w) => {
                 tracing::warn!("attempt {attempt} failed: {}", decision.reason);
@@ -284,19 +321,35 @@ async fn send_with_retries(
                     "attempt {attempt}: {}; hashing the folder again",
                     decision.reason
                 );
-                let dir = job.dir.clone();
-                let scan = root
-                    .scan(&dir)
-                    .with_context(|| format!("cannot list {}", dir.display()))?;
-                let files = tokio::task::spawn_blocking(move || hash_files(&dir, &scan, &[]))
-                    .await?
-                    .with_context(|| format!("cannot read the images in {}", job.dir.display()))?;
-                journal.queue(rec.id, &files)?;
-                job.files = files;
+                job.files = rehash(root, &job.dir).await?;
+                journal.queue(rec.id, &job.files)?;
             }
         }
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// A push that failed: the error, what it means for the exit code, and which push.
+fn failed(
+    e: impl std::error::Error + Send + Sync + 'static,
+    exit: Exit,
+    verdict: &str,
+    push: &str,
+) -> anyhow::Error {
+    anyhow::Error::new(e)
+        .context(Verdict::new(exit, verdict))
+        .context(format!("push of {push} failed"))
+}
+
+/// What the daemon does after settling again, at once: hash what is there now.
+async fn rehash(root: &Root, dir: &Path) -> Result<Vec<crate::stack::images::FileRecord>> {
+    let scan = root
+        .scan(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || hash_files(&d, &scan, &[]))
+        .await?
+        .with_context(|| format!("cannot read the images in {}", dir.display()))
 }
 
 /// Brings up the master and `k` far ends; whatever fails here is tried again, and reported,

@@ -3,9 +3,31 @@
 
 use crate::stack::scan::{scan_dir, DirScan};
 use crate::stack::Rules;
-use anyhow::{Context, Result};
 use beamflow_config::WatchSection;
 use std::path::{Path, PathBuf};
+
+/// Why a `[[watch]]` section cannot be watched.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    /// The folder is missing or unreadable.
+    #[error("watch root {} does not exist or cannot be read; create it or fix [[watch]] path", .path.display())]
+    Missing {
+        /// The folder as configured.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pattern is no glob.
+    #[error("[[watch]] pattern {pattern:?} is not a glob; write e.g. \"*.tif\"")]
+    Pattern {
+        /// The pattern as configured.
+        pattern: String,
+        /// What the glob parser said.
+        #[source]
+        source: glob::PatternError,
+    },
+}
 
 /// One watch root, resolved.
 pub struct Root {
@@ -21,16 +43,18 @@ pub struct Root {
 
 impl Root {
     /// Resolves a `[[watch]]` section; its folder must exist.
-    pub fn new(w: &WatchSection) -> Result<Root> {
-        let canon = w.path.canonicalize().with_context(|| {
-            format!(
-                "watch root {} does not exist or cannot be read; create it or fix [[watch]] path",
-                w.path.display()
-            )
+    pub fn new(w: &WatchSection) -> Result<Root, RootError> {
+        let canon = w.path.canonicalize().map_err(|source| RootError::Missing {
+            path: w.path.clone(),
+            source,
+        })?;
+        let pattern = glob::Pattern::new(&w.pattern).map_err(|source| RootError::Pattern {
+            pattern: w.pattern.clone(),
+            source,
         })?;
         Ok(Root {
             canon,
-            pattern: glob::Pattern::new(&w.pattern).context("watch pattern")?,
+            pattern,
             rules: Rules {
                 min_images: w.min_images.get(),
                 marker: w.marker.clone(),

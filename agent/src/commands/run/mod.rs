@@ -189,7 +189,7 @@ pub async fn run(
         .watch
         .iter()
         .map(Root::new)
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut d = Daemon::new(cfg, journal, roots, tx.clone());
     // watchers first, so nothing written during the reconcile scan is missed

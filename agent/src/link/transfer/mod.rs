@@ -301,6 +301,21 @@ impl Session<'_> {
         }
         Ok(())
     }
+
+    /// Waits until every file in `sent` is acknowledged; the most serious failure among
+    /// them, if any, is the answer.
+    fn wait_acks(&mut self, sent: &[u64]) -> Result<(), TransferError> {
+        while sent.iter().any(|id| !self.acked.contains_key(id)) {
+            let fr = self.next()?;
+            if let Some(other) = self.absorb(fr) {
+                return Err(unexpected(other));
+            }
+        }
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Report {
@@ -612,18 +627,7 @@ fn exchange(
     report: &mut Report,
 ) -> Result<Option<Accepted>, TransferError> {
     let chunk = cfg.link.chunk_size.0.clamp(4096, 8 << 20) as usize;
-    let path_of = |f: &FileRecord| format!("{}/{}", job.name, f.name);
-    for &i in ids {
-        let f = &job.files[i];
-        let offer = Frame::Offer {
-            id: i as u64,
-            path: path_of(f),
-            size: f.size,
-            hash: f.blake3,
-        };
-        write_frame(wr, &offer).map_err(broken)?;
-    }
-    wr.flush().map_err(broken_io)?;
+    offer(wr, job, ids)?;
     let mut sent_ids = Vec::new();
     // no larger than the largest file: small stacks do not map and unmap a chunk each
     let largest = ids.iter().map(|&i| job.files[i].size).max().unwrap_or(0);
@@ -683,23 +687,45 @@ fn exchange(
         s.drain()?;
     }
     wr.flush().map_err(broken_io)?;
-    while sent_ids.iter().any(|id| !s.acked.contains_key(id)) {
-        let fr = s.next()?;
-        if let Some(other) = s.absorb(fr) {
-            return Err(unexpected(other));
-        }
-    }
-    if let Some(e) = s.failed.take() {
-        return Err(e);
-    }
+    s.wait_acks(&sent_ids)?;
     if !submit {
         return Ok(None);
     }
+    submit_stack(wr, s, job).map(Some)
+}
+
+/// Offers the files `ids` of `job`: the collector answers what it has of each.
+fn offer(wr: &mut impl Sink, job: &Job, ids: &[usize]) -> Result<(), TransferError> {
+    for &i in ids {
+        let f = &job.files[i];
+        let offer = Frame::Offer {
+            id: i as u64,
+            path: wire_path(job, f),
+            size: f.size,
+            hash: f.blake3,
+        };
+        write_frame(wr, &offer).map_err(broken)?;
+    }
+    wr.flush().map_err(broken_io)
+}
+
+/// A file's path on the wire: the stack's name, then the file's.
+fn wire_path(job: &Job, f: &FileRecord) -> String {
+    format!("{}/{}", job.name, f.name)
+}
+
+/// Submits the stack version, every file of it named with its size and hash, and waits for
+/// the collector to accept it.
+fn submit_stack(
+    wr: &mut impl Sink,
+    s: &mut Session<'_>,
+    job: &Job,
+) -> Result<Accepted, TransferError> {
     let files = job
         .files
         .iter()
         .map(|f| FileEntry {
-            path: path_of(f),
+            path: wire_path(job, f),
             size: f.size,
             hash: f.blake3,
         })
@@ -721,11 +747,11 @@ fn exchange(
                 jobs,
                 ..
             } => {
-                return Ok(Some(Accepted {
+                return Ok(Accepted {
                     remote_id,
                     created,
                     jobs,
-                }))
+                })
             }
             Frame::Error {
                 code: ErrorCode::ServiceUnavailable,
