@@ -172,41 +172,13 @@ pub fn probe(cfg: &Config, queue: &str, wait: Duration) -> Check {
             )
         }
     };
-    let nonce = format!(
-        "{:016x}",
-        u64::from_le_bytes(
-            blake3::hash(
-                format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()
-            )
-            .as_bytes()[..8]
-                .try_into()
-                .unwrap_or([0; 8])
-        )
-    );
+    let nonce = nonce();
     let dir = cfg.collector.state_dir.join("probes");
     let script = dir.join(format!("probe-{nonce}.sh"));
     let log = dir.join(format!("probe-{nonce}.log"));
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "beamflow-collector".into());
-    let source = cfg
-        .source
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let text = crate::scheduler::batch_script(
-        "beamflow doctor's probe: does a compute node reach the service?",
-        &[],
-        &[
-            exe,
-            "probe".into(),
-            "--config".into(),
-            source,
-            "--nonce".into(),
-            nonce.clone(),
-        ],
-    );
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&script, text)) {
+    if let Err(e) = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&script, probe_script(cfg, &nonce)))
+    {
         return Check::fail(
             &name,
             format!("cannot write {}: {e}", script.display()),
@@ -224,72 +196,24 @@ pub fn probe(cfg: &Config, queue: &str, wait: Duration) -> Check {
         log: log.clone(),
     };
     let started = Instant::now();
-    let batch = match scheduler.submit(&script, &spec) {
-        Ok(id) => id,
-        Err(e) => {
-            return Check::fail(
-                &name,
-                format!("the probe job was refused: {e}"),
-                format!(
+    let check = match scheduler.submit(&script, &spec) {
+        Ok(batch) => {
+            let probe = Probe {
+                name: &name,
+                client: &client,
+                nonce: &nonce,
+                log: &log,
+                started,
+            };
+            probe.wait_for(scheduler.as_ref(), &batch, wait)
+        }
+        Err(e) => Check::fail(
+            &name,
+            format!("the probe job was refused: {e}"),
+            format!(
                 "fix what the scheduler says (`queues.{queue}.project`, `.queue`, `.extra_args`)"
             ),
-            )
-        }
-    };
-    let tail = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("it printed nothing")
-            .to_string()
-    };
-    let reached = |p: crate::api::Probe| {
-        Check::pass(
-            &name,
-            format!(
-                "{} reached {} in {:.1} s (batch job {batch})",
-                p.host,
-                client.info().url,
-                started.elapsed().as_secs_f64()
-            ),
-        )
-    };
-    let check = loop {
-        if let Ok(p) = client.probe_seen(&nonce) {
-            break reached(p);
-        }
-        let gone = scheduler
-            .status(std::slice::from_ref(&batch))
-            .map(|s| !s.contains_key(&batch))
-            .unwrap_or(false);
-        if gone {
-            // it ended: one more look, its call may have landed just now
-            if let Ok(p) = client.probe_seen(&nonce) {
-                break reached(p);
-            }
-            break Check::fail(
-                &name,
-                format!(
-                    "batch job {batch} ended without reaching {}: {}",
-                    client.info().url,
-                    tail()
-                ),
-                "listen where compute nodes reach the service (`service.listen = \"0.0.0.0:0\"`) and advertise a name or address they resolve to this node (`service.advertise`); check the site's firewall between compute and login nodes",
-            );
-        }
-        if started.elapsed() >= wait {
-            let _ = scheduler.delete(&batch);
-            break Check::fail(
-                &name,
-                format!(
-                    "batch job {batch} did not reach the service within {} (still queued, or its node cannot connect)",
-                    humantime::format_duration(wait)
-                ),
-                format!("look at {} and the queue; try again with a longer `--probe-wait` or a debug queue", log.display()),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
+        ),
     };
     scheduler.reap();
     let _ = std::fs::remove_file(&script);
@@ -297,4 +221,118 @@ pub fn probe(cfg: &Config, queue: &str, wait: Duration) -> Check {
         let _ = std::fs::remove_file(&log);
     }
     check
+}
+
+/// A token only this probe knows, which its batch job sends back.
+fn nonce() -> String {
+    let seed = format!("{}{:?}", std::process::id(), std::time::SystemTime::now());
+    let h = blake3::hash(seed.as_bytes());
+    format!(
+        "{:016x}",
+        u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    )
+}
+
+/// The probe's batch script: this very program's `probe` with the same config.
+fn probe_script(cfg: &Config, nonce: &str) -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "beamflow-collector".into());
+    let source = cfg
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    crate::scheduler::batch_script(
+        "beamflow doctor's probe: does a compute node reach the service?",
+        &[],
+        &[
+            exe,
+            "probe".into(),
+            "--config".into(),
+            source,
+            "--nonce".into(),
+            nonce.to_string(),
+        ],
+    )
+}
+
+/// A probe submitted, waited for.
+struct Probe<'a> {
+    name: &'a str,
+    client: &'a Client,
+    nonce: &'a str,
+    log: &'a std::path::Path,
+    started: Instant,
+}
+
+impl Probe<'_> {
+    /// Waits until the probe's call reaches the service, its batch job ends without it, or
+    /// `wait` passes (the job is then deleted).
+    fn wait_for(
+        &self,
+        scheduler: &dyn crate::scheduler::Scheduler,
+        batch: &str,
+        wait: Duration,
+    ) -> Check {
+        let batch = batch.to_string();
+        loop {
+            if let Ok(p) = self.client.probe_seen(self.nonce) {
+                return self.reached(p, &batch);
+            }
+            let gone = scheduler
+                .status(std::slice::from_ref(&batch))
+                .map(|s| !s.contains_key(&batch))
+                .unwrap_or(false);
+            if gone {
+                // it ended: one more look, its call may have landed just now
+                if let Ok(p) = self.client.probe_seen(self.nonce) {
+                    return self.reached(p, &batch);
+                }
+                return Check::fail(
+                    self.name,
+                    format!(
+                        "batch job {batch} ended without reaching {}: {}",
+                        self.client.info().url,
+                        self.tail()
+                    ),
+                    "listen where compute nodes reach the service (`service.listen = \"0.0.0.0:0\"`) and advertise a name or address they resolve to this node (`service.advertise`); check the site's firewall between compute and login nodes",
+                );
+            }
+            if self.started.elapsed() >= wait {
+                let _ = scheduler.delete(&batch);
+                return Check::fail(
+                    self.name,
+                    format!(
+                        "batch job {batch} did not reach the service within {} (still queued, or its node cannot connect)",
+                        humantime::format_duration(wait)
+                    ),
+                    format!("look at {} and the queue; try again with a longer `--probe-wait` or a debug queue", self.log.display()),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn reached(&self, p: crate::api::Probe, batch: &str) -> Check {
+        Check::pass(
+            self.name,
+            format!(
+                "{} reached {} in {:.1} s (batch job {batch})",
+                p.host,
+                self.client.info().url,
+                self.started.elapsed().as_secs_f64()
+            ),
+        )
+    }
+
+    /// The last line the probe's job wrote.
+    fn tail(&self) -> String {
+        std::fs::read_to_string(self.log)
+            .unwrap_or_default()
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("it printed nothing")
+            .to_string()
+    }
 }

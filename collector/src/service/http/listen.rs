@@ -228,19 +228,7 @@ pub async fn serve(
     let reg: Shared = Arc::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let sweeper = {
-        let reg = reg.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let mut r = lock(&reg);
-                for id in r.expired(Instant::now(), &limits) {
-                    r.close(id);
-                }
-            }
-        })
-    };
+    let sweeper = tokio::spawn(sweep(reg.clone(), limits));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
     let mut last_warned: Option<Instant> = None;
@@ -274,69 +262,28 @@ pub async fn serve(
             }
         };
         let (admit, kill) = lock(&reg).admit(peer.ip(), Instant::now(), &limits);
-        let id = match admit {
-            Admit::Yes(id, _) => id,
-            Admit::No => {
-                refused += 1;
-                if last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                    tracing::warn!(%peer, refused, "connection turned away: every connection is busy at the limit ([service] max_connections, max_per_peer)");
-                    last_warned = Some(Instant::now());
-                }
-                continue; // dropping the stream closes it
+        let Admit::Yes(id, _) = admit else {
+            refused += 1;
+            if last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                tracing::warn!(%peer, refused, "connection turned away: every connection is busy at the limit ([service] max_connections, max_per_peer)");
+                last_warned = Some(Instant::now());
             }
+            continue; // dropping the stream closes it
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, app, reg, mut stop) =
-            (acceptor.clone(), app.clone(), reg.clone(), stop_rx.clone());
+        let conn = Connection {
+            peer,
+            id,
+            acceptor: acceptor.clone(),
+            app: app.clone(),
+            reg: reg.clone(),
+            stop: stop_rx.clone(),
+            limits,
+        };
         tasks.spawn(async move {
-            let conn = async {
-                let tls = match tokio::time::timeout(limits.header, acceptor.accept(stream)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, "TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let svc = {
-                    let reg = reg.clone();
-                    hyper::service::service_fn(move |req| {
-                        lock(&reg).started(id);
-                        let guard = InFlight(reg.clone(), id);
-                        let mut app = app.clone();
-                        async move {
-                            let r = tower_service::Service::call(&mut app, req).await;
-                            drop(guard);
-                            r
-                        }
-                    })
-                };
-                let mut http = hyper::server::conn::http1::Builder::new();
-                http.timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(limits.header)
-                    .max_buf_size(64 * 1024);
-                let c = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                tokio::pin!(c);
-                tokio::select! {
-                    r = c.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, "connection ended: {e}");
-                        }
-                        return;
-                    }
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-                // shutdown: the request in flight finishes, nothing new starts; the grace
-                // bound is the serve loop's
-                c.as_mut().graceful_shutdown();
-                let _ = c.await;
-            };
+            let reg = conn.reg.clone();
             tokio::select! {
-                _ = conn => {}
+                _ = conn.serve(stream) => {}
                 _ = kill.notified() => tracing::debug!(%peer, "connection closed: idle too long or shed at a limit"),
             }
             lock(&reg).close(id);
@@ -345,21 +292,97 @@ pub async fn serve(
     sweeper.abort();
     drop(tcp);
     let _ = stop_tx.send(true);
-    let open = tasks.len();
-    if open > 0 {
-        tracing::info!(
-            open,
-            "waiting up to {:?} for requests in flight",
-            limits.grace
-        );
-        let all = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(limits.grace, all).await.is_err() {
-            tracing::warn!(
-                left = tasks.len(),
-                "requests still in flight after the shutdown grace; closing them"
-            );
-            tasks.abort_all();
+    finish(tasks, limits.grace).await;
+}
+
+/// Closes connections idle too long, twice a second.
+async fn sweep(reg: Shared, limits: Limits) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let mut r = lock(&reg);
+        for id in r.expired(Instant::now(), &limits) {
+            r.close(id);
         }
+    }
+}
+
+/// Shutdown: requests in flight may finish within `grace`; what is left then is closed.
+async fn finish(mut tasks: tokio::task::JoinSet<()>, grace: Duration) {
+    let open = tasks.len();
+    if open == 0 {
+        return;
+    }
+    tracing::info!(open, "waiting up to {grace:?} for requests in flight");
+    let all = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all).await.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "requests still in flight after the shutdown grace; closing them"
+        );
+        tasks.abort_all();
+    }
+}
+
+/// One admitted connection: its TLS handshake and its requests, each marked in flight in
+/// the registry while it runs.
+struct Connection {
+    peer: std::net::SocketAddr,
+    id: u64,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    reg: Shared,
+    stop: tokio::sync::watch::Receiver<bool>,
+    limits: Limits,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: tokio::net::TcpStream) {
+        let peer = self.peer;
+        let handshake = self.acceptor.accept(stream);
+        let tls = match tokio::time::timeout(self.limits.header, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let svc = {
+            let (reg, app, id) = (self.reg.clone(), self.app.clone(), self.id);
+            hyper::service::service_fn(move |req| {
+                lock(&reg).started(id);
+                let guard = InFlight(reg.clone(), id);
+                let mut app = app.clone();
+                async move {
+                    let r = tower_service::Service::call(&mut app, req).await;
+                    drop(guard);
+                    r
+                }
+            })
+        };
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.limits.header)
+            .max_buf_size(64 * 1024);
+        let c = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+        tokio::pin!(c);
+        tokio::select! {
+            r = c.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            _ = self.stop.wait_for(|s| *s) => {}
+        }
+        // shutdown: the request in flight finishes, nothing new starts; the grace bound is
+        // the serve loop's
+        c.as_mut().graceful_shutdown();
+        let _ = c.await;
     }
 }
 
