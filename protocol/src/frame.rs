@@ -315,19 +315,7 @@ impl Frame {
             }
             Frame::HaveReply { id, have } => {
                 w.u64(*id);
-                match have {
-                    Have::Nothing => w.u8(0),
-                    Have::Same => w.u8(1),
-                    Have::Prefix { len, hash } => {
-                        w.u8(2);
-                        w.u64(*len);
-                        w.hash(hash);
-                    }
-                    Have::Delta { signature } => {
-                        w.u8(3);
-                        w.bytes(signature);
-                    }
-                }
+                w.have(have);
             }
             Frame::Data { id, offset, bytes } => {
                 w.u64(*id);
@@ -369,12 +357,7 @@ impl Frame {
                 w.str(stack);
                 w.u32(*version);
                 w.str(workflow);
-                w.u32(files.len() as u32);
-                for f in files {
-                    w.str(&f.path);
-                    w.u64(f.size);
-                    w.hash(&f.hash);
-                }
+                w.entries(files);
                 if *keep_older {
                     w.u8(1);
                 }
@@ -398,10 +381,7 @@ impl Frame {
             }
             Frame::Discard { stack, files } => {
                 w.str(stack);
-                w.u32(files.len() as u32);
-                for f in files {
-                    w.str(f);
-                }
+                w.strs(files);
             }
             Frame::Discarded { stack, removed } => {
                 w.str(stack);
@@ -457,26 +437,10 @@ impl Frame {
                 size: r.u64()?,
                 hash: r.hash()?,
             },
-            4 => {
-                let id = r.u64()?;
-                let have = match r.u8()? {
-                    0 => Have::Nothing,
-                    1 => Have::Same,
-                    2 => Have::Prefix {
-                        len: r.u64()?,
-                        hash: r.hash()?,
-                    },
-                    3 => Have::Delta {
-                        signature: r.bytes()?,
-                    },
-                    n => {
-                        return Err(ProtocolError::Malformed(format!(
-                            "unknown 'have' variant {n}"
-                        )))
-                    }
-                };
-                Frame::HaveReply { id, have }
-            }
+            4 => Frame::HaveReply {
+                id: r.u64()?,
+                have: r.have()?,
+            },
             5 => Frame::Data {
                 id: r.u64()?,
                 offset: r.u64()?,
@@ -493,35 +457,13 @@ impl Frame {
                 code: ErrorCode::from_u16(r.u16()?),
                 reason: r.str()?,
             },
-            10 => {
-                let stack = r.str()?;
-                let version = r.u32()?;
-                let workflow = r.str()?;
-                let n = r.u32()? as usize;
-                // each entry takes at least 4 + 8 + 32 bytes: refuse counts the body cannot hold
-                if n > r.0.len() / 44 {
-                    return Err(ProtocolError::Malformed(format!(
-                        "submission claims {n} files in {} bytes",
-                        r.0.len()
-                    )));
-                }
-                let mut files = Vec::with_capacity(n);
-                for _ in 0..n {
-                    files.push(FileEntry {
-                        path: r.str()?,
-                        size: r.u64()?,
-                        hash: r.hash()?,
-                    });
-                }
-                let keep_older = if r.0.is_empty() { false } else { r.u8()? != 0 };
-                Frame::Submit {
-                    stack,
-                    version,
-                    workflow,
-                    files,
-                    keep_older,
-                }
-            }
+            10 => Frame::Submit {
+                stack: r.str()?,
+                version: r.u32()?,
+                workflow: r.str()?,
+                files: r.entries()?,
+                keep_older: !r.0.is_empty() && r.u8()? != 0,
+            },
             11 => Frame::Accepted {
                 stack: r.str()?,
                 version: r.u32()?,
@@ -545,22 +487,10 @@ impl Frame {
                 raw_len: r.u32()?,
                 bytes: r.bytes()?,
             },
-            17 => {
-                let stack = r.str()?;
-                let n = r.u32()? as usize;
-                // each name takes at least its 4-byte length
-                if n > r.0.len() / 4 {
-                    return Err(ProtocolError::Malformed(format!(
-                        "discard claims {n} files in {} bytes",
-                        r.0.len()
-                    )));
-                }
-                let mut files = Vec::with_capacity(n);
-                for _ in 0..n {
-                    files.push(r.str()?);
-                }
-                Frame::Discard { stack, files }
-            }
+            17 => Frame::Discard {
+                stack: r.str()?,
+                files: r.strs()?,
+            },
             18 => Frame::Discarded {
                 stack: r.str()?,
                 removed: r.u32()?,
@@ -614,6 +544,35 @@ impl Writer {
     fn hash(&mut self, h: &Hash) {
         self.0.extend_from_slice(h);
     }
+    fn have(&mut self, have: &Have) {
+        match have {
+            Have::Nothing => self.u8(0),
+            Have::Same => self.u8(1),
+            Have::Prefix { len, hash } => {
+                self.u8(2);
+                self.u64(*len);
+                self.hash(hash);
+            }
+            Have::Delta { signature } => {
+                self.u8(3);
+                self.bytes(signature);
+            }
+        }
+    }
+    fn entries(&mut self, files: &[FileEntry]) {
+        self.u32(files.len() as u32);
+        for f in files {
+            self.str(&f.path);
+            self.u64(f.size);
+            self.hash(&f.hash);
+        }
+    }
+    fn strs(&mut self, all: &[String]) {
+        self.u32(all.len() as u32);
+        for s in all {
+            self.str(s);
+        }
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -658,5 +617,57 @@ impl<'a> Reader<'a> {
     }
     fn hash(&mut self) -> Result<Hash, ProtocolError> {
         Ok(self.take(32)?.try_into().expect("took 32"))
+    }
+    fn have(&mut self) -> Result<Have, ProtocolError> {
+        Ok(match self.u8()? {
+            0 => Have::Nothing,
+            1 => Have::Same,
+            2 => Have::Prefix {
+                len: self.u64()?,
+                hash: self.hash()?,
+            },
+            3 => Have::Delta {
+                signature: self.bytes()?,
+            },
+            n => {
+                return Err(ProtocolError::Malformed(format!(
+                    "unknown 'have' variant {n}"
+                )))
+            }
+        })
+    }
+    /// A count, refused when the rest of the body cannot hold that many items of at least
+    /// `least` bytes each (a peer cannot make this side reserve memory it never sends).
+    fn count(&mut self, least: usize, what: &str) -> Result<usize, ProtocolError> {
+        let n = self.u32()? as usize;
+        if n > self.0.len() / least {
+            return Err(ProtocolError::Malformed(format!(
+                "{what} claims {n} files in {} bytes",
+                self.0.len()
+            )));
+        }
+        Ok(n)
+    }
+    fn entries(&mut self) -> Result<Vec<FileEntry>, ProtocolError> {
+        // each entry takes at least 4 + 8 + 32 bytes
+        let n = self.count(44, "submission")?;
+        let mut files = Vec::with_capacity(n);
+        for _ in 0..n {
+            files.push(FileEntry {
+                path: self.str()?,
+                size: self.u64()?,
+                hash: self.hash()?,
+            });
+        }
+        Ok(files)
+    }
+    fn strs(&mut self) -> Result<Vec<String>, ProtocolError> {
+        // each name takes at least its 4-byte length
+        let n = self.count(4, "discard")?;
+        let mut all = Vec::with_capacity(n);
+        for _ in 0..n {
+            all.push(self.str()?);
+        }
+        Ok(all)
     }
 }

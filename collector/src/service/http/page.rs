@@ -137,8 +137,18 @@ pub fn render(v: &View, now: SystemTime) -> String {
         esc(&v.host),
         esc(&humantime::format_rfc3339_seconds(now).to_string())
     );
-
     // what needs a person, first
+    needs_a_person(&mut o, v, now);
+    beamlines(&mut o, v, now);
+    throughput(&mut o, v);
+    stacks(&mut o, v);
+    launchers(&mut o, v);
+    o.push_str("</body></html>");
+    o
+}
+
+/// Held jobs with the command that retries them, the engine's notes, silent beamlines.
+fn needs_a_person(o: &mut String, v: &View, now: SystemTime) {
     let mut person: Vec<String> = Vec::new();
     for j in &v.failed {
         person.push(format!(
@@ -180,7 +190,10 @@ pub fn render(v: &View, now: SystemTime) -> String {
         }
         o.push_str("</ul></div>");
     }
+}
 
+/// Each beamline with its light: when it was last heard from.
+fn beamlines(o: &mut String, v: &View, now: SystemTime) {
     o.push_str("<h2>Beamlines</h2><table><tr><th>beamline</th><th>last heard from</th></tr>");
     for (b, last) in &v.beamlines {
         let class = match light(*last, now) {
@@ -199,7 +212,10 @@ pub fn render(v: &View, now: SystemTime) -> String {
         );
     }
     o.push_str("</table>");
+}
 
+/// Stacks, bytes and jobs of the last hour and day, and how long DAGs took.
+fn throughput(o: &mut String, v: &View) {
     o.push_str("<h2>Throughput</h2><table><tr><th></th><th>stacks</th><th>bytes</th><th>jobs finished</th><th>DAG accepted → done (median)</th></tr>");
     for w in &v.windows {
         let lat = median(&w.dag_times)
@@ -216,7 +232,10 @@ pub fn render(v: &View, now: SystemTime) -> String {
         );
     }
     o.push_str("</table>");
+}
 
+/// The recent stacks and where their DAGs are.
+fn stacks(o: &mut String, v: &View) {
     o.push_str("<h2>Stacks</h2><table><tr><th>id</th><th>beamline</th><th>stack</th><th>version</th><th>workflow</th><th>accepted</th><th>DAG</th></tr>");
     for (s, d, freed) in &v.stacks {
         let class = match d.state {
@@ -246,7 +265,10 @@ pub fn render(v: &View, now: SystemTime) -> String {
         );
     }
     o.push_str("</table>");
+}
 
+/// Launchers, live and the last few ended.
+fn launchers(o: &mut String, v: &View) {
     o.push_str("<h2>Launchers</h2><table><tr><th>id</th><th>queue</th><th>scheduler</th><th>batch job</th><th>nodes</th><th>state</th><th>running jobs</th><th>why</th></tr>");
     for l in &v.launchers {
         let _ = write!(
@@ -262,8 +284,7 @@ pub fn render(v: &View, now: SystemTime) -> String {
             esc(&l.reason)
         );
     }
-    o.push_str("</table></body></html>");
-    o
+    o.push_str("</table>");
 }
 
 /// One job's history.
