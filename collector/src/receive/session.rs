@@ -57,28 +57,8 @@ pub fn serve<R: Read, W: Write + Send>(
         w.write_all(MAGIC).map_err(ProtocolError::Io)?;
         w.flush().map_err(ProtocolError::Io)?;
     }
-    let beamline = match read_frame(&mut rd)? {
-        Some(Frame::Hello {
-            version,
-            client,
-            beamline,
-        }) if version == VERSION => {
-            tracing::info!(%client, %beamline, "agent connected");
-            beamline
-        }
-        Some(Frame::Hello { version, .. }) => {
-            let e = ServeError::Version { theirs: version };
-            let f = Frame::Error {
-                code: ErrorCode::Protocol,
-                message: e.to_string(),
-            };
-            send(&wr, &f, true)?;
-            return Err(e);
-        }
-        Some(other) => {
-            return Err(ProtocolError::Malformed(format!("expected Hello, got {other:?}")).into())
-        }
-        None => return Ok(()),
+    let Some(beamline) = hello(&mut rd, &wr)? else {
+        return Ok(());
     };
     let mut rx = match Receiver::new(cfg, &beamline) {
         Ok(r) => r,
@@ -119,27 +99,63 @@ pub fn serve<R: Read, W: Write + Send>(
         if rx.stats != crate::api::Received::default() {
             let _ = tell.send(rx.take_stats());
         }
-        let t = rx.totals();
-        let how = match &r {
-            Ok(()) => "ended".to_string(),
-            Err(e) => format!("ended: {e}"),
-        };
-        tracing::info!(
-            %beamline,
-            files = t.files,
-            bytes = t.bytes,
-            resumed = t.resumed,
-            same = t.same,
-            refused = t.refused,
-            "session {how}: {} file(s) received ({} resumed or as deltas), {} answered \"same\", {} refused",
-            t.files,
-            t.resumed,
-            t.same,
-            t.refused
-        );
+        log_totals(&beamline, &rx, &r);
         r
         // dropping the committer and `tell` ends their threads; the scope waits for them
     })
+}
+
+/// The agent's hello: its beamline, or `None` when it left at once. Another protocol
+/// version is told so and refused.
+fn hello<R: Read, W: Write>(
+    rd: &mut BufReader<R>,
+    wr: &SharedWriter<W>,
+) -> Result<Option<String>, ServeError> {
+    match read_frame(rd)? {
+        Some(Frame::Hello {
+            version,
+            client,
+            beamline,
+        }) if version == VERSION => {
+            tracing::info!(%client, %beamline, "agent connected");
+            Ok(Some(beamline))
+        }
+        Some(Frame::Hello { version, .. }) => {
+            let e = ServeError::Version { theirs: version };
+            let f = Frame::Error {
+                code: ErrorCode::Protocol,
+                message: e.to_string(),
+            };
+            send(wr, &f, true)?;
+            Err(e)
+        }
+        Some(other) => {
+            Err(ProtocolError::Malformed(format!("expected Hello, got {other:?}")).into())
+        }
+        None => Ok(None),
+    }
+}
+
+/// One line for the session's end: what it received, resumed, found the same, refused.
+fn log_totals(beamline: &str, rx: &Receiver, r: &Result<(), ServeError>) {
+    let t = rx.totals();
+    let how = match r {
+        Ok(()) => "ended".to_string(),
+        Err(e) => format!("ended: {e}"),
+    };
+    tracing::info!(
+        %beamline,
+        files = t.files,
+        bytes = t.bytes,
+        resumed = t.resumed,
+        same = t.same,
+        refused = t.refused,
+        "session {how}: {} file(s) received ({} resumed or as deltas), {} answered \"same\", {} refused",
+        t.files,
+        t.resumed,
+        t.same,
+        t.refused
+    );
 }
 
 /// Tells the service what arrived (its metrics), off the session's thread: counts sent
@@ -207,17 +223,11 @@ fn session<R: Read, W: Write>(
             if rx.stats != crate::api::Received::default() {
                 let _ = tell.send(rx.take_stats());
             }
-            wr.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .flush()
-                .map_err(ProtocolError::Io)?;
+            flush(wr)?;
         }
-        let frame = match read_frame(rd)? {
-            Some(f) => f,
-            None => {
-                tracing::info!("agent closed the link");
-                return Ok(());
-            }
+        let Some(frame) = read_frame(rd)? else {
+            tracing::info!("agent closed the link");
+            return Ok(());
         };
         if let Some(id) = rx.already_refused(&frame) {
             if matches!(frame, Frame::Done { .. } | Frame::Abort { .. }) {
@@ -225,88 +235,106 @@ fn session<R: Read, W: Write>(
             }
             continue;
         }
-        match frame {
-            Frame::Offer {
-                id,
-                path,
-                size,
-                hash,
-            } => {
-                rx.refused.remove(&id);
-                let reply = rx.offer(id, path, size, hash);
-                rx.count_answer(&reply);
-                send(wr, &reply, false)?;
-            }
-            Frame::Data { id, offset, bytes } => {
-                let r = rx.data(id, offset, &bytes);
-                refuse(rx, wr, id, r)?;
-            }
-            Frame::DataZ {
-                id,
-                offset,
-                raw_len,
-                bytes,
-            } => {
-                let r = rx.data_z(id, offset, raw_len, &bytes);
-                refuse(rx, wr, id, r)?;
-            }
-            Frame::Delta { id, bytes } => {
-                let r = rx.delta_bytes(id, &bytes);
-                refuse(rx, wr, id, r)?;
-            }
-            Frame::DeltaCut { id } => {
-                let r = rx.delta_cut(id);
-                refuse(rx, wr, id, r)?;
-            }
-            Frame::Done { id } => {
-                if let Some(f) = rx.done(id) {
-                    rx.count_answer(&f);
-                    send(wr, &f, false)?;
-                }
-            }
-            Frame::Abort { id, reason } => rx.abort(id, &reason),
-            Frame::Submit {
-                stack,
-                version,
-                workflow,
-                files,
-                keep_older,
-            } => {
-                for f in rx.pending.drain(..) {
-                    committer.push(f);
-                }
-                committer.settle();
-                let reply = rx.submit(stack, version, workflow, files, keep_older);
-                send(wr, &reply, true)?;
-            }
-            Frame::Discard { stack, files } => {
-                for f in rx.pending.drain(..) {
-                    committer.push(f);
-                }
-                committer.settle();
-                let reply = rx.discard(stack, files);
-                send(wr, &reply, false)?;
-            }
-            Frame::Bye => {
-                for f in rx.pending.drain(..) {
-                    committer.push(f);
-                }
-                committer.settle();
-                wr.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .flush()
-                    .map_err(ProtocolError::Io)?;
-                return Ok(());
-            }
-            other => {
-                let message = format!("unexpected frame from the agent: {other:?}");
-                let f = Frame::Error {
-                    code: ErrorCode::Protocol,
-                    message: message.clone(),
-                };
-                send(wr, &f, true)?;
-                return Err(ProtocolError::Malformed(message).into());
-            }
+        if !answer(frame, rx, wr, committer)? {
+            return Ok(());
         }
     }
+}
+
+/// Answers one frame from the agent; false once it said goodbye.
+fn answer<W: Write>(
+    frame: Frame,
+    rx: &mut Receiver,
+    wr: &SharedWriter<W>,
+    committer: &Committer,
+) -> Result<bool, ServeError> {
+    match frame {
+        Frame::Offer {
+            id,
+            path,
+            size,
+            hash,
+        } => {
+            rx.refused.remove(&id);
+            let reply = rx.offer(id, path, size, hash);
+            rx.count_answer(&reply);
+            send(wr, &reply, false)?;
+        }
+        Frame::Data { id, offset, bytes } => {
+            let r = rx.data(id, offset, &bytes);
+            refuse(rx, wr, id, r)?;
+        }
+        Frame::DataZ {
+            id,
+            offset,
+            raw_len,
+            bytes,
+        } => {
+            let r = rx.data_z(id, offset, raw_len, &bytes);
+            refuse(rx, wr, id, r)?;
+        }
+        Frame::Delta { id, bytes } => {
+            let r = rx.delta_bytes(id, &bytes);
+            refuse(rx, wr, id, r)?;
+        }
+        Frame::DeltaCut { id } => {
+            let r = rx.delta_cut(id);
+            refuse(rx, wr, id, r)?;
+        }
+        Frame::Done { id } => {
+            if let Some(f) = rx.done(id) {
+                rx.count_answer(&f);
+                send(wr, &f, false)?;
+            }
+        }
+        Frame::Abort { id, reason } => rx.abort(id, &reason),
+        Frame::Submit {
+            stack,
+            version,
+            workflow,
+            files,
+            keep_older,
+        } => {
+            settle(rx, committer);
+            let reply = rx.submit(stack, version, workflow, files, keep_older);
+            send(wr, &reply, true)?;
+        }
+        Frame::Discard { stack, files } => {
+            settle(rx, committer);
+            let reply = rx.discard(stack, files);
+            send(wr, &reply, false)?;
+        }
+        Frame::Bye => {
+            settle(rx, committer);
+            flush(wr)?;
+            return Ok(false);
+        }
+        other => {
+            let message = format!("unexpected frame from the agent: {other:?}");
+            let f = Frame::Error {
+                code: ErrorCode::Protocol,
+                message: message.clone(),
+            };
+            send(wr, &f, true)?;
+            return Err(ProtocolError::Malformed(message).into());
+        }
+    }
+    Ok(true)
+}
+
+/// Every verified file handed to the committer and made durable: what a submission,
+/// a discard or a goodbye counts on.
+fn settle(rx: &mut Receiver, committer: &Committer) {
+    for f in rx.pending.drain(..) {
+        committer.push(f);
+    }
+    committer.settle();
+}
+
+fn flush<W: Write>(wr: &SharedWriter<W>) -> Result<(), ServeError> {
+    wr.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .flush()
+        .map_err(ProtocolError::Io)?;
+    Ok(())
 }

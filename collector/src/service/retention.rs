@@ -215,57 +215,15 @@ pub fn sweep(
             );
             continue;
         }
-        let mut removals: Vec<(&str, PathBuf, u64)> = Vec::new();
         let others: Vec<PathBuf> = live
             .iter()
             .filter(|(id, _)| *id != c.id)
             .map(|(_, w)| w.clone())
             .collect();
-        for (what, dir) in [("work folder", &c.work), ("snapshot", &c.snapshot)] {
-            if dir.exists() {
-                let bytes = size_of(dir);
-                match remove_all_but(dir, &others) {
-                    Ok(gone) => {
-                        if !gone {
-                            tracing::warn!(
-                                stack = c.id,
-                                "{} holds another stack version's work, which stays",
-                                dir.display()
-                            );
-                        }
-                        removals.push((what, dir.clone(), bytes.saturating_sub(size_of(dir))))
-                    }
-                    Err(e) => tracing::warn!(stack = c.id, "cannot remove {}: {e}", dir.display()),
-                }
-            }
-        }
+        let mut removals = remove_folders(&c, &others);
         if c.newest {
             // the live files are this version's: the received copy goes with it
-            if let Some(stack_dir) = c.snapshot.parent() {
-                let beamline_dir = stack_dir
-                    .ancestors()
-                    .find(|a| a.parent() == Some(data_root.as_path()))
-                    .map(Path::to_path_buf);
-                for f in &c.files {
-                    let Some(name) = Path::new(f).file_name() else {
-                        continue;
-                    };
-                    let p = stack_dir.join(name);
-                    if let Ok(m) = std::fs::symlink_metadata(&p) {
-                        if m.file_type().is_file() && std::fs::remove_file(&p).is_ok() {
-                            removals.push(("received file", p, m.len()));
-                        }
-                    }
-                }
-                // empty folders up to the beamline's go too
-                let mut d = Some(stack_dir.to_path_buf());
-                while let Some(dir) = d {
-                    if Some(&dir) == beamline_dir.as_ref() || std::fs::remove_dir(&dir).is_err() {
-                        break;
-                    }
-                    d = dir.parent().map(Path::to_path_buf);
-                }
-            }
+            removals.extend(remove_received(&c, data_root));
         }
         let total: u64 = removals.iter().map(|r| r.2).sum();
         let mut g = db.lock().map_err(|_| DbError::Poisoned)?;
@@ -281,6 +239,66 @@ pub fn sweep(
         freed += 1;
     }
     Ok(freed)
+}
+
+/// What retention removed: what it was, where, and its bytes.
+type Removal = (&'static str, PathBuf, u64);
+
+/// Removes a version's work folder and snapshot, but not the work of `others` inside them.
+fn remove_folders(c: &Candidate, others: &[PathBuf]) -> Vec<Removal> {
+    let mut removals = Vec::new();
+    for (what, dir) in [("work folder", &c.work), ("snapshot", &c.snapshot)] {
+        if !dir.exists() {
+            continue;
+        }
+        let bytes = size_of(dir);
+        match remove_all_but(dir, others) {
+            Ok(gone) => {
+                if !gone {
+                    tracing::warn!(
+                        stack = c.id,
+                        "{} holds another stack version's work, which stays",
+                        dir.display()
+                    );
+                }
+                removals.push((what, dir.clone(), bytes.saturating_sub(size_of(dir))))
+            }
+            Err(e) => tracing::warn!(stack = c.id, "cannot remove {}: {e}", dir.display()),
+        }
+    }
+    removals
+}
+
+/// Removes the received files of the newest version of a stack, and the folders they leave
+/// empty up to the beamline's.
+fn remove_received(c: &Candidate, data_root: &Path) -> Vec<Removal> {
+    let mut removals = Vec::new();
+    let Some(stack_dir) = c.snapshot.parent() else {
+        return removals;
+    };
+    let beamline_dir = stack_dir
+        .ancestors()
+        .find(|a| a.parent() == Some(data_root))
+        .map(Path::to_path_buf);
+    for f in &c.files {
+        let Some(name) = Path::new(f).file_name() else {
+            continue;
+        };
+        let p = stack_dir.join(name);
+        if let Ok(m) = std::fs::symlink_metadata(&p) {
+            if m.file_type().is_file() && std::fs::remove_file(&p).is_ok() {
+                removals.push(("received file", p, m.len()));
+            }
+        }
+    }
+    let mut d = Some(stack_dir.to_path_buf());
+    while let Some(dir) = d {
+        if Some(&dir) == beamline_dir.as_ref() || std::fs::remove_dir(&dir).is_err() {
+            break;
+        }
+        d = dir.parent().map(Path::to_path_buf);
+    }
+    removals
 }
 
 #[cfg(test)]

@@ -148,19 +148,7 @@ impl Daemon {
             Some(m) => match m.ensure().await {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    // keep watching and journaling; try again after the backoff
-                    let wait = t.backoff;
-                    let decision = lifecycle::link_down(&e.to_string(), wait);
-                    if rec.reason != decision.reason {
-                        tracing::warn!(stack = %rec.name, "{}", decision.reason);
-                    }
-                    self.journal
-                        .set_state(rec.id, decision.state, &decision.reason)?;
-                    let backoff = Backoff::of(&self.cfg);
-                    t.retry_at = Some(now + wait);
-                    t.backoff = backoff.after(wait);
-                    earliest(&mut self.wake, now + wait);
-                    self.ready.insert(dir.to_path_buf(), order);
+                    self.link_down(dir, &rec, &e.to_string(), order, now)?;
                     return Ok(false);
                 }
             },
@@ -170,32 +158,7 @@ impl Daemon {
             self.pool.clear();
             self.pool_ctl = ctl.clone();
         }
-        let ends = self.cfg.link.channels as usize;
-        let busy: usize = self.in_use.values().sum();
-        // with stacks waiting behind it, a stack gets its share of the far ends: stacks side by
-        // side overlap their fixed costs (the far side's syncs, the registration), which files
-        // side by side cannot
-        let slots = self.cfg.link.max_stacks as usize;
-        let later = self.ready.len() + self.undecided + self.checking.len();
-        let share = (ends / slots.min(later + 1)).max(1);
-        let k = transfer::channels_for(&self.cfg, files.iter().map(|f| f.size))
-            .min(share)
-            .min(ends.saturating_sub(busy))
-            .max(1);
-        let mut links = Vec::new();
-        while links.len() < k {
-            let Some((mut l, _)) = self.pool.pop() else {
-                break;
-            };
-            if l.alive() {
-                links.push(l);
-            }
-        }
-        // never more far ends open than `channels`: the oldest kept ones go
-        while busy + k + self.pool.len() > ends && !self.pool.is_empty() {
-            let (l, _) = self.pool.remove(0);
-            tokio::task::spawn_blocking(move || l.close());
-        }
+        let (k, links) = self.far_ends_for(&files);
         let job = Job {
             dir: dir.to_path_buf(),
             name: rec.name.clone(),
@@ -215,6 +178,61 @@ impl Daemon {
             let _ = tx.send(Msg::Done(d, Box::new(report), kept));
         });
         Ok(true)
+    }
+
+    /// The master is down: the stack keeps its place and is tried again after its backoff,
+    /// while the daemon keeps watching and journaling.
+    fn link_down(
+        &mut self,
+        dir: &Path,
+        rec: &crate::journal::StackRecord,
+        why: &str,
+        order: i64,
+        now: Instant,
+    ) -> Result<()> {
+        let t = self.stacks.get_mut(dir).expect("tracked");
+        let wait = t.backoff;
+        let decision = lifecycle::link_down(why, wait);
+        if rec.reason != decision.reason {
+            tracing::warn!(stack = %rec.name, "{}", decision.reason);
+        }
+        self.journal
+            .set_state(rec.id, decision.state, &decision.reason)?;
+        t.retry_at = Some(now + wait);
+        t.backoff = Backoff::of(&self.cfg).after(wait);
+        earliest(&mut self.wake, now + wait);
+        self.ready.insert(dir.to_path_buf(), order);
+        Ok(())
+    }
+
+    /// How many far ends a stack of these files gets, and the kept ones it takes. With
+    /// stacks waiting behind it, a stack gets its share of the far ends: stacks side by side
+    /// overlap their fixed costs (the far side's syncs, the registration), which files side
+    /// by side cannot. Never more far ends open than `channels`: the oldest kept ones go.
+    fn far_ends_for(&mut self, files: &[FileRecord]) -> (usize, Vec<crate::link::Link>) {
+        let ends = self.cfg.link.channels as usize;
+        let busy: usize = self.in_use.values().sum();
+        let slots = self.cfg.link.max_stacks as usize;
+        let later = self.ready.len() + self.undecided + self.checking.len();
+        let share = (ends / slots.min(later + 1)).max(1);
+        let k = transfer::channels_for(&self.cfg, files.iter().map(|f| f.size))
+            .min(share)
+            .min(ends.saturating_sub(busy))
+            .max(1);
+        let mut links = Vec::new();
+        while links.len() < k {
+            let Some((mut l, _)) = self.pool.pop() else {
+                break;
+            };
+            if l.alive() {
+                links.push(l);
+            }
+        }
+        while busy + k + self.pool.len() > ends && !self.pool.is_empty() {
+            let (l, _) = self.pool.remove(0);
+            tokio::task::spawn_blocking(move || l.close());
+        }
+        (k, links)
     }
 
     pub(super) fn finished(

@@ -182,31 +182,7 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         .join(&beamline)
         .join(&stack)
         .join(format!(".beamflow-v{}", req.version));
-    let mut images = Vec::new();
-    for f in &req.files {
-        let p = normalize_rel_path(&f.path).map_err(|e| bad(e.to_string()))?;
-        let name = p
-            .strip_prefix(&format!("{stack}/"))
-            .filter(|n| !n.contains('/'))
-            .ok_or_else(|| bad(format!("file {p} is not directly inside stack {stack}")))?;
-        match std::fs::metadata(dir.join(name)) {
-            Ok(m) if m.len() == f.size => {}
-            Ok(m) => {
-                return Err(bad(format!(
-                    "file {p} holds {} bytes, the submission says {}; send it again",
-                    m.len(),
-                    f.size
-                )))
-            }
-            Err(e) => {
-                return Err(bad(format!(
-                    "file {p} is not in the data root ({e}); send it before submitting"
-                )))
-            }
-        }
-        images.push(name.to_string());
-    }
-    images.sort();
+    check_snapshot(&dir, &stack, &req.files)?;
     // `@vN` is a name no stack path may hold: a version's folder is never another stack's
     let work_dir =
         st.cfg
@@ -253,6 +229,39 @@ fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitRespons
         Err(e @ DbError::Conflict { .. }) => Err(fail(StatusCode::CONFLICT, e.to_string())),
         Err(e) => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
+}
+
+/// Each file of a submission is in the version's snapshot, directly inside the stack and
+/// of the size the submission says; else the answer says what is wrong and what to do.
+fn check_snapshot(
+    dir: &std::path::Path,
+    stack: &str,
+    files: &[crate::api::SubmitFile],
+) -> Result<(), (StatusCode, Json<ErrorBody>)> {
+    let bad = |m: String| fail(StatusCode::UNPROCESSABLE_ENTITY, m);
+    for f in files {
+        let p = normalize_rel_path(&f.path).map_err(|e| bad(e.to_string()))?;
+        let name = p
+            .strip_prefix(&format!("{stack}/"))
+            .filter(|n| !n.contains('/'))
+            .ok_or_else(|| bad(format!("file {p} is not directly inside stack {stack}")))?;
+        match std::fs::metadata(dir.join(name)) {
+            Ok(m) if m.len() == f.size => {}
+            Ok(m) => {
+                return Err(bad(format!(
+                    "file {p} holds {} bytes, the submission says {}; send it again",
+                    m.len(),
+                    f.size
+                )))
+            }
+            Err(e) => {
+                return Err(bad(format!(
+                    "file {p} is not in the data root ({e}); send it before submitting"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]

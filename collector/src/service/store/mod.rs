@@ -231,6 +231,53 @@ pub struct NewStack<'a> {
     pub supersede: bool,
 }
 
+/// One planned job of a new stack version, with the two events of its birth (created, then
+/// ready or awaiting its parents); its id.
+fn insert_job(
+    tx: &rusqlite::Transaction,
+    stack_id: i64,
+    s: &NewStack<'_>,
+    j: &PlannedJob,
+    at: &str,
+) -> Result<i64, DbError> {
+    let (state, why) = if j.parents.is_empty() {
+        (JobState::Ready, "no parents".to_string())
+    } else {
+        let why = format!("waits for {}", j.parents.join(", "));
+        (JobState::AwaitingParents, why)
+    };
+    tx.execute(
+        "INSERT INTO jobs (stack_id, name, state, command, work_dir, nodes, ranks_per_node,
+         threads_per_rank, cpu_affinity, env, check_summary, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            stack_id,
+            j.name,
+            state.as_str(),
+            crate::science::dag::encode(&j.argv),
+            s.work_dir,
+            j.nodes,
+            j.ranks_per_node,
+            j.threads_per_rank,
+            j.cpu_affinity,
+            serde_json::to_string(&j.env).unwrap_or_else(|_| "{}".into()),
+            j.check_summary,
+            why,
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    let reason = format!("stack {} v{} submitted", s.name, s.version);
+    tx.execute(
+        "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, NULL, ?3, ?4)",
+        params![id, at, JobState::Created.as_str(), reason],
+    )?;
+    tx.execute(
+        "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, at, JobState::Created.as_str(), state.as_str(), why],
+    )?;
+    Ok(id)
+}
+
 /// Moves the older versions' jobs that have not started to SUPERSEDED, in the submission's
 /// own transaction: one stack, one DAG that runs to the end.
 fn superseded_by(
@@ -413,35 +460,7 @@ impl Db {
         let stack_id = tx.last_insert_rowid();
         let mut ids = std::collections::HashMap::new();
         for j in jobs {
-            let state = if j.parents.is_empty() {
-                JobState::Ready
-            } else {
-                JobState::AwaitingParents
-            };
-            tx.execute(
-                "INSERT INTO jobs (stack_id, name, state, command, work_dir, nodes, ranks_per_node,
-                 threads_per_rank, cpu_affinity, env, check_summary, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    stack_id,
-                    j.name,
-                    state.as_str(),
-                    crate::science::dag::encode(&j.argv),
-                    s.work_dir,
-                    j.nodes,
-                    j.ranks_per_node,
-                    j.threads_per_rank,
-                    j.cpu_affinity,
-                    serde_json::to_string(&j.env).unwrap_or_else(|_| "{}".into()),
-                    j.check_summary,
-                    if j.parents.is_empty() {
-                        "no parents".to_string()
-                    } else {
-                        format!("waits for {}", j.parents.join(", "))
-                    },
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
+            let id = insert_job(&tx, stack_id, s, j, &at)?;
             ids.insert(j.name.clone(), id);
             for p in &j.parents {
                 let pid = ids[p]; // planned jobs come parents-first
@@ -450,20 +469,6 @@ impl Db {
                     params![id, pid],
                 )?;
             }
-            let reason = format!("stack {} v{} submitted", s.name, s.version);
-            tx.execute(
-                "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, NULL, ?3, ?4)",
-                params![id, at, JobState::Created.as_str(), reason],
-            )?;
-            let why = if j.parents.is_empty() {
-                "no parents".to_string()
-            } else {
-                format!("waits for {}", j.parents.join(", "))
-            };
-            tx.execute(
-                "INSERT INTO events (job_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, at, JobState::Created.as_str(), state.as_str(), why],
-            )?;
         }
         if s.supersede {
             superseded_by(&tx, s, &at)?;
