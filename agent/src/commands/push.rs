@@ -42,6 +42,23 @@ pub struct Pushed {
     pub secs: f64,
 }
 
+impl Pushed {
+    fn new(job: &Job, version: u32, report: &transfer::Report, acc: &transfer::Accepted) -> Pushed {
+        Pushed {
+            stack: job.name.clone(),
+            version,
+            files: job.files.len(),
+            bytes: job.files.iter().map(|f| f.size).sum(),
+            wire_bytes: report.wire_bytes,
+            same: report.same,
+            remote_id: acc.remote_id,
+            jobs: acc.jobs,
+            created: acc.created,
+            secs: report.elapsed.as_secs_f64(),
+        }
+    }
+}
+
 /// Sends `dir` and submits it, retrying transient failures `attempts` times.
 pub async fn push(
     cfg: &Config,
@@ -244,13 +261,9 @@ async fn send_with_retries(
                 Err(e) => {
                     let d = lifecycle::link_down(&e.to_string(), wait);
                     journal.set_state(rec.id, d.state, &d.reason)?;
+                    let down = "the SSH master is down";
                     if attempt == attempts {
-                        return Err(failed(
-                            e,
-                            Exit::Unreachable,
-                            "the SSH master is down",
-                            &name,
-                        ));
+                        return Err(failed(e, Exit::Unreachable, down, &name));
                     }
                     let again = humantime::format_duration(wait);
                     tracing::warn!("attempt {attempt}: {e}; retrying in {again}");
@@ -273,20 +286,7 @@ async fn send_with_retries(
                 .await?;
         let decision = report.record(journal, rec.id, wait)?;
         let err = match report.result {
-            Ok(acc) => {
-                return Ok(Pushed {
-                    stack: name,
-                    version: rec.version,
-                    files: job.files.len(),
-                    bytes: job.files.iter().map(|f| f.size).sum(),
-                    wire_bytes: report.wire_bytes,
-                    same: report.same,
-                    remote_id: acc.remote_id,
-                    jobs: acc.jobs,
-                    created: acc.created,
-                    secs: report.elapsed.as_secs_f64(),
-                })
-            }
+            Ok(ref acc) => return Ok(Pushed::new(&job, rec.version, &report, acc)),
             Err(e) => e,
         };
         let last = attempt == attempts;

@@ -283,43 +283,29 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let journal = Journal::open_read_only(&cfg.agent.state_dir)?;
     let stack_dir = stack.canonicalize()?.display().to_string();
     let deadline = opts.settle + Duration::from_secs(60);
-    let mut rec = None;
-    while last_written.elapsed() < deadline {
-        if let Some(r) = journal.stack(&stack_dir)? {
-            if r.state == StackState::Submitted {
-                rec = Some(r);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let latency = last_written.elapsed();
-    let Some(rec) = rec else {
+    let Some(rec) = submitted(&journal, &stack_dir, last_written, deadline).await? else {
         let _ = stop_tx.send(());
         agent.await??;
-        let now = journal.stack(&stack_dir)?;
-        bail!(
-            "the stack was not accepted within {:?}; its state: {}",
-            deadline,
-            now.map(|r| format!("{} ({})", r.state.as_str(), r.reason))
-                .unwrap_or_else(|| "never seen".into())
-        );
+        let state = journal
+            .stack(&stack_dir)?
+            .map(|r| format!("{} ({})", r.state.as_str(), r.reason))
+            .unwrap_or_else(|| "never seen".into());
+        bail!("the stack was not accepted within {deadline:?}; its state: {state}");
     };
+    let latency = last_written.elapsed();
     let client = Client::from_state_dir(&cfg.collector.state_dir)?;
     let accepted = Instant::now();
     let jobs = wait_done(&client, &rec.name, &dir).await?;
     let run_time = accepted.elapsed();
     // the agent hears how the DAG ended (what its status shows), then stops
-    let heard = Instant::now();
-    while heard.elapsed() < Duration::from_secs(10) {
-        if journal
-            .stack(&stack_dir)?
+    let _ = wait_for(Duration::from_secs(10), || {
+        journal
+            .stack(&stack_dir)
+            .ok()
+            .flatten()
             .is_some_and(|r| r.outcome.starts_with("done"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let _ = stop_tx.send(());
     agent.await??;
     let steps = step_times(&client, &jobs)?;
@@ -342,6 +328,25 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         steps,
         science,
     })
+}
+
+/// The stack's journal row once the agent submitted it; none if it was not by `deadline`
+/// after the last image was written.
+async fn submitted(
+    journal: &Journal,
+    stack_dir: &str,
+    last_written: Instant,
+    deadline: Duration,
+) -> Result<Option<crate::journal::StackRecord>> {
+    while last_written.elapsed() < deadline {
+        if let Some(r) = journal.stack(stack_dir)? {
+            if r.state == StackState::Submitted {
+                return Ok(Some(r));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(None)
 }
 
 /// Waits until every job of the stack is JOB_FINISHED; a FAILED one is held for a person
@@ -445,42 +450,8 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         )),
         None => {}
     }
-    if !r.steps.is_empty() {
-        out.push_str("  step        tool's own run   beamflow around it (ready -> running, done -> checked)\n");
-        let (mut tool, mut ours) = (Duration::ZERO, Duration::ZERO);
-        for s in &r.steps {
-            out.push_str(&format!(
-                "  {:<10} {:>12.3} s {:>14.3} s\n",
-                s.name,
-                s.tool.as_secs_f64(),
-                s.beamflow.as_secs_f64()
-            ));
-            tool += s.tool;
-            ours += s.beamflow;
-        }
-        out.push_str(&format!(
-            "  {:<10} {:>12.3} s {:>14.3} s   (the DAG's total minus the tools' runs)\n\n",
-            "all",
-            tool.as_secs_f64(),
-            ours.as_secs_f64()
-        ));
-    }
-    out.push_str("  jobs:\n");
-    for (name, state, parents) in &r.jobs {
-        let p = if parents.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (after job {})",
-                parents
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        out.push_str(&format!("    {name:<10} {state}{p}\n"));
-    }
+    out.push_str(&step_table(&r.steps));
+    out.push_str(&job_list(&r.jobs));
     out.push_str(&format!(
         "\nWhere to look:\n  {d}/incoming   the watched folder\n  {d}/remote     what the collector received (under the beamline's name, demo)\n  {d}/work       one work folder per stack version (qa.json, job output)\n  {d}/state      journal (agent.db) and database (collector.db)\n",
         d = r.dir.display()
@@ -500,6 +471,54 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         "\nThe demo stopped its service; `rm -rf {}` removes all it made.\n",
         r.dir.display()
     ));
+    out
+}
+
+/// Each step's own run beside the time beamflow spent around it.
+fn step_table(steps: &[StepTime]) -> String {
+    let mut out = String::new();
+    if !steps.is_empty() {
+        out.push_str("  step        tool's own run   beamflow around it (ready -> running, done -> checked)\n");
+        let (mut tool, mut ours) = (Duration::ZERO, Duration::ZERO);
+        for s in steps {
+            out.push_str(&format!(
+                "  {:<10} {:>12.3} s {:>14.3} s\n",
+                s.name,
+                s.tool.as_secs_f64(),
+                s.beamflow.as_secs_f64()
+            ));
+            tool += s.tool;
+            ours += s.beamflow;
+        }
+        out.push_str(&format!(
+            "  {:<10} {:>12.3} s {:>14.3} s   (the DAG's total minus the tools' runs)\n\n",
+            "all",
+            tool.as_secs_f64(),
+            ours.as_secs_f64()
+        ));
+    }
+    out
+}
+
+/// The DAG's jobs with their states and parents.
+fn job_list(jobs: &[(String, beamflow_protocol::states::JobState, Vec<u64>)]) -> String {
+    let mut out = String::new();
+    out.push_str("  jobs:\n");
+    for (name, state, parents) in jobs {
+        let p = if parents.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (after job {})",
+                parents
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        out.push_str(&format!("    {name:<10} {state}{p}\n"));
+    }
     out
 }
 
