@@ -229,6 +229,58 @@ fn hash_file(path: &Path, limit: Option<u64>) -> std::io::Result<(u64, blake3::H
     Ok((n, h))
 }
 
+impl Incoming {
+    /// Opens the partial file at the first data frame, which says where the agent resumes:
+    /// 0, or the prefix offered. From the start, whatever an earlier session left goes (a
+    /// new file costs no truncation); a resume keeps exactly the verified prefix. A large
+    /// file is written around the page cache where the filesystem allows it. True for a
+    /// resume.
+    fn open(&mut self, id: u64, offset: u64, direct_io: bool) -> Result<bool, Frame> {
+        let nack = |code, reason: String| Frame::Nack { id, code, reason };
+        let mut resumed = false;
+        match self.prefix.take() {
+            Some((len, h)) if len == offset => {
+                self.hasher = h;
+                resumed = len > 0;
+            }
+            _ if offset == 0 => {}
+            _ => {
+                return Err(nack(
+                    ErrorCode::Protocol,
+                    format!("{}: resume at {offset} was not offered", self.path),
+                ))
+            }
+        }
+        let direct = (direct_io && self.size >= direct::MIN_DIRECT)
+            .then(|| direct::open(&self.part, offset == 0))
+            .flatten();
+        self.direct = direct.is_some();
+        let f = direct
+            .map(Ok)
+            .unwrap_or_else(|| {
+                OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(offset == 0)
+                    .open(&self.part)
+            })
+            .and_then(|f| {
+                if offset > 0 {
+                    f.set_len(offset)?;
+                }
+                Ok(f)
+            })
+            .map_err(|e| {
+                let (code, reason) = io_refusal(&e, format!("cannot write {}: {e}", self.path));
+                nack(code, reason)
+            })?;
+        self.file = Some(f);
+        self.next = offset;
+        self.flushed = offset;
+        Ok(resumed)
+    }
+}
+
 impl Receiver {
     fn new(cfg: &Config, beamline: &str) -> Result<Receiver, ServeError> {
         beamflow_config::check_beamline(beamline)?;
@@ -422,52 +474,8 @@ impl Receiver {
             // the agent declined the delta and sends the whole file
             d.discard();
         }
-        if inc.file.is_none() {
-            // the first data frame says where the agent resumes: 0, or the prefix we offered
-            match inc.prefix.take() {
-                Some((len, h)) if len == offset => {
-                    inc.hasher = h;
-                    if len > 0 {
-                        self.stats.resumes += 1;
-                    }
-                }
-                _ if offset == 0 => {}
-                _ => {
-                    return Err(nack(
-                        ErrorCode::Protocol,
-                        format!("{}: resume at {offset} was not offered", inc.path),
-                    ))
-                }
-            }
-            // a large file is written around the page cache where the filesystem allows it
-            let direct = (self.direct_io && inc.size >= direct::MIN_DIRECT)
-                .then(|| direct::open(&inc.part, offset == 0))
-                .flatten();
-            inc.direct = direct.is_some();
-            // from the start: whatever an earlier session left goes (a new file costs no
-            // truncation); a resume keeps exactly the verified prefix
-            let f = direct
-                .map(Ok)
-                .unwrap_or_else(|| {
-                    OpenOptions::new()
-                        .create(true)
-                        .write(true)
-                        .truncate(offset == 0)
-                        .open(&inc.part)
-                })
-                .and_then(|f| {
-                    if offset > 0 {
-                        f.set_len(offset)?;
-                    }
-                    Ok(f)
-                })
-                .map_err(|e| {
-                    let (code, reason) = io_refusal(&e, format!("cannot write {}: {e}", inc.path));
-                    nack(code, reason)
-                })?;
-            inc.file = Some(f);
-            inc.next = offset;
-            inc.flushed = offset;
+        if inc.file.is_none() && inc.open(id, offset, self.direct_io)? {
+            self.stats.resumes += 1;
         }
         // every number here came off the wire: nothing may wrap
         let end = offset.checked_add(bytes.len() as u64);
@@ -775,6 +783,46 @@ impl Receiver {
         Frame::Discarded { stack, removed }
     }
 
+    /// A submission's files as the snapshot and the service take them; each must have been
+    /// received and verified in this session, directly inside the stack. Else the refusal.
+    fn members(
+        &self,
+        stack: &str,
+        files: Vec<FileEntry>,
+    ) -> Result<(Vec<SubmitFile>, Vec<snapshot::Member>), Frame> {
+        let refused = |message: String| Frame::Error {
+            code: ErrorCode::SubmitRefused,
+            message,
+        };
+        let mut out = Vec::with_capacity(files.len());
+        let mut members = Vec::with_capacity(files.len());
+        for f in files {
+            let rel = normalize_rel_path(&f.path).map_err(|e| refused(e.to_string()))?;
+            if self.known().get(&rel) != Some(&f.hash) {
+                return Err(refused(format!("{rel} was not received and verified in this session; offer it before submitting")));
+            }
+            let Some(name) = rel
+                .strip_prefix(&format!("{stack}/"))
+                .filter(|n| !n.contains('/'))
+            else {
+                return Err(refused(format!(
+                    "file {rel} is not directly inside stack {stack}"
+                )));
+            };
+            members.push(snapshot::Member {
+                name: name.to_string(),
+                size: f.size,
+                hash: f.hash,
+            });
+            out.push(SubmitFile {
+                path: rel,
+                size: f.size,
+                blake3: hex::encode(f.hash),
+            });
+        }
+        Ok((out, members))
+    }
+
     fn submit(
         &self,
         stack: String,
@@ -791,33 +839,10 @@ impl Receiver {
             Ok(s) => s,
             Err(e) => return refused(e.to_string()),
         };
-        let mut out = Vec::with_capacity(files.len());
-        let mut members = Vec::with_capacity(files.len());
-        for f in files {
-            let rel = match normalize_rel_path(&f.path) {
-                Ok(r) => r,
-                Err(e) => return refused(e.to_string()),
-            };
-            if self.known().get(&rel) != Some(&f.hash) {
-                return refused(format!("{rel} was not received and verified in this session; offer it before submitting"));
-            }
-            let Some(name) = rel
-                .strip_prefix(&format!("{stack}/"))
-                .filter(|n| !n.contains('/'))
-            else {
-                return refused(format!("file {rel} is not directly inside stack {stack}"));
-            };
-            members.push(snapshot::Member {
-                name: name.to_string(),
-                size: f.size,
-                hash: f.hash,
-            });
-            out.push(SubmitFile {
-                path: rel,
-                size: f.size,
-                blake3: hex::encode(f.hash),
-            });
-        }
+        let (out, members) = match self.members(&stack, files) {
+            Ok(m) => m,
+            Err(refusal) => return refusal,
+        };
         // the version's own copy, before the service may hand it to a job
         let folder = match self.root.walk(&stack, false) {
             Ok(f) => f,

@@ -32,33 +32,7 @@ pub fn summary(work_dir: &Path, rel: &str, step: &str) -> Result<(), CheckError>
             source,
         })?;
     let secs = sections(work_dir);
-    let known = |t: &str| secs.is_empty() || secs.iter().any(|s| s.aligntk == t);
-    let mut bad: Vec<(String, String, &'static str)> = Vec::new();
-    for line in text.lines() {
-        let toks: Vec<&str> = line.split_whitespace().collect();
-        if toks.len() < 3 || toks[0].parse::<f64>().is_ok() || toks[1].parse::<f64>().is_ok() {
-            continue; // a heading, a blank line
-        }
-        if !(known(toks[0]) && known(toks[1])) {
-            continue;
-        }
-        let fault = toks[2..].iter().find_map(|t| {
-            let l = t.to_ascii_lowercase();
-            if l == "nan" || l == "-nan" {
-                Some("quality nan")
-            } else if t.parse::<f64>().is_ok_and(|v| v == -1_000_000.0) {
-                Some("correlation -1000000")
-            } else {
-                None
-            }
-        });
-        if let Some(f) = fault {
-            let pair = (toks[0].to_string(), toks[1].to_string(), f);
-            if !bad.contains(&pair) {
-                bad.push(pair);
-            }
-        }
-    }
+    let bad = bad_pairs(&text, &secs);
     if bad.is_empty() {
         return Ok(());
     }
@@ -120,6 +94,40 @@ pub fn summary(work_dir: &Path, rel: &str, step: &str) -> Result<(), CheckError>
         each,
         rel: rel.to_string(),
     })
+}
+
+/// The pairs of a summary table whose row holds a failure (a `nan` quality or a
+/// `-1000000` correlation), each named once; rows of other sections (a heading, a blank
+/// line, names the work folder does not know) are skipped.
+fn bad_pairs(text: &str, secs: &[Section]) -> Vec<(String, String, &'static str)> {
+    let known = |t: &str| secs.is_empty() || secs.iter().any(|s| s.aligntk == t);
+    let mut bad: Vec<(String, String, &'static str)> = Vec::new();
+    for line in text.lines() {
+        let toks: Vec<&str> = line.split_whitespace().collect();
+        if toks.len() < 3 || toks[0].parse::<f64>().is_ok() || toks[1].parse::<f64>().is_ok() {
+            continue; // a heading, a blank line
+        }
+        if !(known(toks[0]) && known(toks[1])) {
+            continue;
+        }
+        let fault = toks[2..].iter().find_map(|t| {
+            let l = t.to_ascii_lowercase();
+            if l == "nan" || l == "-nan" {
+                Some("quality nan")
+            } else if t.parse::<f64>().is_ok_and(|v| v == -1_000_000.0) {
+                Some("correlation -1000000")
+            } else {
+                None
+            }
+        });
+        if let Some(f) = fault {
+            let pair = (toks[0].to_string(), toks[1].to_string(), f);
+            if !bad.contains(&pair) {
+                bad.push(pair);
+            }
+        }
+    }
+    bad
 }
 
 /// qa's measures of the sections (`qa.json`), by the name the beamline sent them under.
