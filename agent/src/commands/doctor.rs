@@ -69,6 +69,29 @@ pub async fn checks(cfg: &Config) -> Vec<Check> {
             "make it writable by the agent's account, or point `agent.state_dir` elsewhere",
         ),
     });
+    out.extend(watch_checks(cfg));
+    out.extend(growth_checks(cfg));
+    let (link, ctl) = link_check(cfg).await;
+    let ssh_down = cfg.link.transport == Transport::Ssh && ctl.is_none();
+    out.push(link);
+    if ssh_down {
+        return out;
+    }
+    let argv = far_command_for(
+        cfg,
+        ctl.as_ref().map(|(_, p)| p.as_path()),
+        &["doctor", "--json"],
+    );
+    out.extend(remote(cfg, &argv).await);
+    if let Some((m, _)) = ctl {
+        m.close().await;
+    }
+    out
+}
+
+/// Each watch root readable, with its folders; inotify's limit against them all.
+fn watch_checks(cfg: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
     let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
@@ -98,8 +121,13 @@ pub async fn checks(cfg: &Config) -> Vec<Check> {
     if inotify {
         out.push(inotify_check(folders, limit));
     }
-    out.extend(growth_checks(cfg));
-    let (link, ctl) = match cfg.link.transport {
+    out
+}
+
+/// The link: local, or the SSH master up (kept open for the remote checks, with its control
+/// path).
+async fn link_check(cfg: &Config) -> (Check, Option<(Master, std::path::PathBuf)>) {
+    match cfg.link.transport {
         Transport::Local => (
             Check::pass("link", "local: the collector runs on this host"),
             None,
@@ -130,22 +158,7 @@ pub async fn checks(cfg: &Config) -> Vec<Check> {
                 }
             }
         }
-    };
-    let ssh_down = cfg.link.transport == Transport::Ssh && ctl.is_none();
-    out.push(link);
-    if ssh_down {
-        return out;
     }
-    let argv = far_command_for(
-        cfg,
-        ctl.as_ref().map(|(_, p)| p.as_path()),
-        &["doctor", "--json"],
-    );
-    out.extend(remote(cfg, &argv).await);
-    if let Some((m, _)) = ctl {
-        m.close().await;
-    }
-    out
 }
 
 /// The collector's doctor, run where the link's far end runs.

@@ -77,9 +77,6 @@ pub async fn push(
     let root = root_for(cfg, &dir)?;
     let t0 = std::time::Instant::now();
     let scan = scan_stack(&root, &dir)?;
-    // the link comes up (master, then one far end per channel) while the images are checked
-    // and hashed here: on a login node a far end costs a login shell, often a slow one
-    let mut master = (cfg.link.transport == Transport::Ssh).then(|| Master::new(&cfg.link));
     let mut journal = Journal::open(&cfg.agent.state_dir)?;
     let dir_s = dir.display().to_string();
     if let Some(why) = root.unsendable(&dir) {
@@ -90,49 +87,31 @@ pub async fn push(
         Some(r) => journal.files(r.id)?,
         None => Vec::new(),
     };
+    // the link comes up (master, then one far end per channel) while the images are checked
+    // and hashed here: on a login node a far end costs a login shell, often a slow one
+    let mut master = (cfg.link.transport == Transport::Ssh).then(|| Master::new(&cfg.link));
     let k = transfer::channels_for(cfg, scan.images.iter().map(|f| f.size));
     let local = {
         let (dir, scan, known) = (dir.clone(), scan.clone(), known.clone());
-        tokio::task::spawn_blocking(move || {
-            let faults = check_images(&dir, &scan, &mut HashMap::new());
-            if !faults.is_empty() {
-                return Ok(Err(faults));
-            }
-            hash_files(&dir, &scan, &known).map(Ok)
-        })
+        tokio::task::spawn_blocking(move || check_and_hash(&dir, &scan, &known))
     };
     let early = warm_up(cfg, master.as_mut(), k).await;
-    let files = match local.await? {
-        Ok(Ok(files)) => files,
-        Ok(Err(faults)) => {
+    let checked = local
+        .await?
+        .with_context(|| format!("cannot read the images in {}", dir.display()))?;
+    let files = match checked {
+        Ok(files) => files,
+        Err(faults) => {
             if let Some(m) = master {
                 m.close().await;
             }
             return Err(not_whole(&dir, &faults));
         }
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("cannot read the images in {}", dir.display())))
-        }
     };
     tracing::debug!(secs = t0.elapsed().as_secs_f64(), "checked and hashed");
     let rec = version_for(&mut journal, &dir_s, &name, &root, (&known, &files))?;
     journal.queue(rec.id, &files)?;
-    let job = Job {
-        dir: dir.clone(),
-        name: name.clone(),
-        version: rec.version,
-        workflow: rec.workflow.clone(),
-        files: files.clone(),
-        progress: progress.clone(),
-        keep_older: root.section.on_change == beamflow_config::OnChange::Resubmit,
-    };
-    let bytes = files.iter().map(|f| f.size).sum();
-    if let Some(p) = &progress {
-        use std::sync::atomic::Ordering::Relaxed;
-        p.total_bytes.store(bytes, Relaxed);
-        p.total_files.store(files.len() as u64, Relaxed);
-    }
+    let job = job_for((&dir, &name), &rec, files, progress, &root);
     let result = send_with_retries(
         cfg,
         &mut journal,
@@ -151,6 +130,47 @@ pub async fn push(
         p.stack = name;
         p
     })
+}
+
+/// Checks that every image is a whole TIFF, then hashes them (what the journal knows of
+/// unchanged files is not read again); the faults when some are not whole.
+#[allow(clippy::type_complexity)]
+fn check_and_hash(
+    dir: &Path,
+    scan: &crate::stack::scan::DirScan,
+    known: &[crate::stack::images::FileRecord],
+) -> std::io::Result<Result<Vec<crate::stack::images::FileRecord>, Vec<(String, String)>>> {
+    let faults = check_images(dir, scan, &mut HashMap::new());
+    if !faults.is_empty() {
+        return Ok(Err(faults));
+    }
+    hash_files(dir, scan, known).map(Ok)
+}
+
+/// What the transfer sends: the stack version and its files, with the progress it reports
+/// sized to them.
+fn job_for(
+    (dir, name): (&Path, &str),
+    rec: &crate::journal::StackRecord,
+    files: Vec<crate::stack::images::FileRecord>,
+    progress: Option<std::sync::Arc<crate::link::transfer::Progress>>,
+    root: &Root,
+) -> Job {
+    if let Some(p) = &progress {
+        use std::sync::atomic::Ordering::Relaxed;
+        p.total_bytes
+            .store(files.iter().map(|f| f.size).sum(), Relaxed);
+        p.total_files.store(files.len() as u64, Relaxed);
+    }
+    Job {
+        dir: dir.to_path_buf(),
+        name: name.to_string(),
+        version: rec.version,
+        workflow: rec.workflow.clone(),
+        files,
+        progress,
+        keep_older: root.section.on_change == beamflow_config::OnChange::Resubmit,
+    }
 }
 
 /// The rules a folder is pushed under: a folder under a watch root uses that root's rules

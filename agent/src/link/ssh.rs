@@ -186,34 +186,7 @@ impl Master {
                     .map_err(|e| failed(format!("cannot make {}: {e}", dir.display())))?;
             }
         }
-        // ssh expands %-tokens in ControlPath: a literal % is written %%
-        let socket = path.display().to_string().replace('%', "%%");
-        let mut cmd = tokio::process::Command::new("ssh");
-        if let Some(f) = &self.link.ssh_config {
-            cmd.arg("-F").arg(f);
-        }
-        for o in [
-            "ControlMaster=yes".to_string(),
-            format!("ControlPath={socket}"),
-            format!("ControlPersist={}", self.link.persist.0.as_secs().max(1)),
-            "BatchMode=yes".into(),
-            "StrictHostKeyChecking=yes".into(),
-            format!(
-                "ServerAliveInterval={}",
-                self.link.keepalive.0.as_secs().max(1)
-            ),
-            "ServerAliveCountMax=3".into(),
-            "ConnectTimeout=15".into(),
-        ] {
-            cmd.arg("-o").arg(o);
-        }
-        // -f: ssh goes to the background once authenticated, so its exit says how that went
-        cmd.args(["-f", "-N", "--"])
-            .arg(&self.link.host)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = self.master_command(path);
         let child = cmd
             .spawn()
             .map_err(|e| failed(format!("cannot run ssh: {e}")))?;
@@ -238,6 +211,40 @@ impl Master {
             )));
         }
         Ok((s, false))
+    }
+
+    /// `ssh` that opens a master at `path` and goes to the background once authenticated
+    /// (`-f`), so its exit says how that went; never asks a question (BatchMode), never
+    /// accepts an unknown host key.
+    fn master_command(&self, path: &Path) -> tokio::process::Command {
+        // ssh expands %-tokens in ControlPath: a literal % is written %%
+        let socket = path.display().to_string().replace('%', "%%");
+        let mut cmd = tokio::process::Command::new("ssh");
+        if let Some(f) = &self.link.ssh_config {
+            cmd.arg("-F").arg(f);
+        }
+        for o in [
+            "ControlMaster=yes".to_string(),
+            format!("ControlPath={socket}"),
+            format!("ControlPersist={}", self.link.persist.0.as_secs().max(1)),
+            "BatchMode=yes".into(),
+            "StrictHostKeyChecking=yes".into(),
+            format!(
+                "ServerAliveInterval={}",
+                self.link.keepalive.0.as_secs().max(1)
+            ),
+            "ServerAliveCountMax=3".into(),
+            "ConnectTimeout=15".into(),
+        ] {
+            cmd.arg("-o").arg(o);
+        }
+        cmd.args(["-f", "-N", "--"])
+            .arg(&self.link.host)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
     }
 
     fn control_dir(&self) -> PathBuf {

@@ -204,20 +204,7 @@ fn commit(batch: Vec<Finished>, fsync: bool, sync: SyncMode, verified: &Verified
             }
         }
     }
-    let mut failed_dirs = HashMap::new();
-    if whole {
-        if let Some(Err(e)) = renamed.first().map(|f| sync_filesystem(&f.file)) {
-            for d in dirs.keys() {
-                failed_dirs.insert(d.clone(), e.to_string());
-            }
-        }
-    } else if fsync {
-        for (d, folder) in dirs {
-            if let Err(e) = folder.sync_all() {
-                failed_dirs.insert(d, e.to_string());
-            }
-        }
-    }
+    let failed_dirs = sync_folders(dirs, whole.then(|| renamed.first()).flatten(), fsync);
     let mut known = verified.lock().unwrap_or_else(|p| p.into_inner());
     for f in renamed {
         match f.dest.parent().and_then(|d| failed_dirs.get(d)) {
@@ -234,6 +221,30 @@ fn commit(batch: Vec<Finished>, fsync: bool, sync: SyncMode, verified: &Verified
         }
     }
     out
+}
+
+/// Makes the renames durable: one filesystem sync after a whole-filesystem round (through
+/// `any` of its files), else each folder's own fsync. The folders that failed, with why.
+fn sync_folders(
+    dirs: HashMap<PathBuf, Arc<super::confine::Folder>>,
+    any: Option<&Finished>,
+    fsync: bool,
+) -> HashMap<PathBuf, String> {
+    let mut failed = HashMap::new();
+    if let Some(f) = any {
+        if let Err(e) = sync_filesystem(&f.file) {
+            for d in dirs.keys() {
+                failed.insert(d.clone(), e.to_string());
+            }
+        }
+    } else if fsync {
+        for (d, folder) in dirs {
+            if let Err(e) = folder.sync_all() {
+                failed.insert(d, e.to_string());
+            }
+        }
+    }
+    failed
 }
 
 /// Rounds of at least this many files are synced filesystem-wide (`sync = "batch"`).

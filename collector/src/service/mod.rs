@@ -118,13 +118,9 @@ async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServiceError> {
     Err(fail(last))
 }
 
-/// Runs the service until `shutdown` completes. The database, the lock and `server-info`
-/// live in `[collector] state_dir`.
-pub async fn run(
-    cfg: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServiceError> {
-    let state_dir = cfg.collector.state_dir.clone();
+/// Makes the state folder and takes its lock: one service per state folder. Held while the
+/// returned file is open.
+fn claim(state_dir: &Path) -> Result<std::fs::File, ServiceError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ServiceError::State {
@@ -132,7 +128,7 @@ pub async fn run(
             cause: source,
         }
     };
-    std::fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;
+    std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let lock_path = state_dir.join("service.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -143,14 +139,29 @@ pub async fn run(
     if lock.try_lock().is_err() {
         return Err(ServiceError::AlreadyRunning { path: lock_path });
     }
+    Ok(lock)
+}
+
+/// Runs the service until `shutdown` completes. The database, the lock and `server-info`
+/// live in `[collector] state_dir`.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let state_dir = cfg.collector.state_dir.clone();
+    let lock = claim(&state_dir)?;
     let db_path = state_dir.join("collector.db");
     let db =
         Db::open(&db_path, &cfg.collector.legacy_beamline).map_err(|source| ServiceError::Db {
             path: db_path.clone(),
             cause: source,
         })?;
-    let token = random_token().map_err(io(Path::new("/dev/urandom")))?;
-    let read_token = random_token().map_err(io(Path::new("/dev/urandom")))?;
+    let urandom = |source| ServiceError::State {
+        path: "/dev/urandom".into(),
+        cause: source,
+    };
+    let token = random_token().map_err(urandom)?;
+    let read_token = random_token().map_err(urandom)?;
     let listener = bind(&cfg.service.listen).await?;
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
     let host = address::advertised(&cfg.service.advertise, &cfg.service.listen, addr);
@@ -165,7 +176,10 @@ pub async fn run(
         cert: identity.cert_pem.clone(),
         fingerprint: identity.fingerprint.clone(),
     };
-    write_server_info(&state_dir, &info).map_err(io(&state_dir.join(SERVER_INFO)))?;
+    write_server_info(&state_dir, &info).map_err(|source| ServiceError::State {
+        path: state_dir.join(SERVER_INFO),
+        cause: source,
+    })?;
     tracing::info!(url = %info.url, listen = %addr, fingerprint = %info.fingerprint, db = %db_path.display(), "collector service listening");
     let limits = listen::Limits::from_config(&cfg.service);
 

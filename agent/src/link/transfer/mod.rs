@@ -573,26 +573,7 @@ fn run(
             .collect();
         (link0, r0, outcomes)
     });
-    let mut errors = Vec::new();
-    let mut accepted = None;
-    match r0 {
-        Ok(a) => accepted = a,
-        Err(e) => errors.push(e),
-    }
-    for (rep, r, link) in outcomes {
-        report.same += rep.same;
-        report.wire_bytes += rep.wire_bytes;
-        report.acked.extend(rep.acked);
-        match r {
-            Err(e) => {
-                errors.push(e);
-                if let Some(l) = link {
-                    l.close();
-                }
-            }
-            Ok(_) => kept.extend(link),
-        }
-    }
+    let (accepted, errors) = gather(r0, outcomes, report, kept);
     // a refusal or a change decides what happens to the stack; a broken link only delays it
     if let Some(worst) = errors.into_iter().max_by_key(TransferError::severity) {
         if let Some(l) = link0 {
@@ -613,6 +594,43 @@ fn run(
     };
     kept.extend(link);
     r.and_then(|a| a.ok_or_else(|| TransferError::Broken("no answer to the submission".into())))
+}
+
+/// The channels' outcomes gathered: their reports added to `report`, the far ends of those
+/// that went well kept (the others closed), the first channel's acceptance if it submitted,
+/// and every error.
+#[allow(clippy::type_complexity)]
+fn gather(
+    r0: Result<Option<Accepted>, TransferError>,
+    outcomes: Vec<(
+        Report,
+        Result<Option<Accepted>, TransferError>,
+        Option<Link>,
+    )>,
+    report: &mut Report,
+    kept: &mut Vec<Link>,
+) -> (Option<Accepted>, Vec<TransferError>) {
+    let mut errors = Vec::new();
+    let mut accepted = None;
+    match r0 {
+        Ok(a) => accepted = a,
+        Err(e) => errors.push(e),
+    }
+    for (rep, r, link) in outcomes {
+        report.same += rep.same;
+        report.wire_bytes += rep.wire_bytes;
+        report.acked.extend(rep.acked);
+        match r {
+            Err(e) => {
+                errors.push(e);
+                if let Some(l) = link {
+                    l.close();
+                }
+            }
+            Ok(_) => kept.extend(link),
+        }
+    }
+    (accepted, errors)
 }
 
 #[allow(clippy::too_many_arguments)]

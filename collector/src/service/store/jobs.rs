@@ -264,30 +264,16 @@ impl Db {
         let now = self.now();
         let at = stamp(now);
         let tx = self.tx()?;
-        let row: Option<(String, i64, f64)> = tx
-            .prepare_cached(
-                "SELECT state, slots, COALESCE(heartbeat_at, 0) FROM launchers WHERE id = ?1",
-            )?
-            .query_row([launcher as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
+        let row = launcher_row(&tx, launcher)?;
         let mut applied = Vec::with_capacity(reports.len());
         for r in reports {
             applied.push(report_in(&tx, r.job, &r.report, &at)?);
         }
-        let mut state = row
-            .as_ref()
-            .map(|r| LauncherState::parse(&r.0))
-            .transpose()?;
+        let mut state = row.as_ref().map(|r| r.0);
         if closing && state == Some(LauncherState::Running) {
             let why = "it takes no more work: ending";
-            super::launchers::shift(
-                &tx,
-                launcher,
-                LauncherState::Ending,
-                LauncherTrigger::Closing,
-                why,
-                now,
-            )?;
+            let (to, by) = (LauncherState::Ending, LauncherTrigger::Closing);
+            super::launchers::shift(&tx, launcher, to, by, why, now)?;
             state = Some(LauncherState::Ending);
         }
         if state == Some(LauncherState::Ending) {
@@ -468,6 +454,23 @@ fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Res
         &crate::science::dag::decode(&argv),
     );
     Ok(job::apply(tx, job, &moves, at)?)
+}
+
+/// A launcher's state, slots and last heartbeat (seconds since the epoch), if it exists.
+fn launcher_row(
+    tx: &rusqlite::Transaction,
+    launcher: u64,
+) -> Result<Option<(LauncherState, i64, f64)>, DbError> {
+    let row: Option<(String, i64, f64)> = tx
+        .prepare_cached(
+            "SELECT state, slots, COALESCE(heartbeat_at, 0) FROM launchers WHERE id = ?1",
+        )?
+        .query_row([launcher as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    Ok(match row {
+        Some((state, slots, heartbeat)) => Some((LauncherState::parse(&state)?, slots, heartbeat)),
+        None => None,
+    })
 }
 
 /// The jobs a launcher says it runs that the database does not give it (killed, superseded,
