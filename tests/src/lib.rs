@@ -319,22 +319,36 @@ impl Site {
 
     /// Waits until the stack reaches `state`, panicking with the agent's log tail if not.
     pub fn wait_state(&self, name: &str, state: &str, limit: Duration) -> Value {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.stack(name) {
-                if s["state"] == state {
-                    return s;
-                }
-            }
-            if start.elapsed() > limit {
-                panic!(
-                    "stack {name} did not reach {state} within {limit:?}; status: {:?}\n--- agent.log tail ---\n{}",
+        wait_for(
+            limit,
+            &format!("stack {name} to reach {state}"),
+            || self.stack(name).filter(|s| s["state"] == state),
+            || {
+                format!(
+                    "status: {:?}\n--- agent.log tail ---\n{}",
                     self.stack(name),
                     self.log_tail("agent.log")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                )
+            },
+        )
+    }
+
+    /// Waits until a partial file of `stack` (`.part`) is in the collector's data root: bytes
+    /// of it have crossed the link and more are coming.
+    pub fn wait_partial(&self, stack: &str, limit: Duration) {
+        let dir = self.remote().join(stack);
+        wait_for(
+            limit,
+            &format!("a partial file of {stack} in the data root"),
+            || {
+                walkdir::WalkDir::new(&dir)
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                    .then_some(())
+            },
+            || self.log_tail("agent.log"),
+        )
     }
 
     /// Last lines of a log in the site folder.
@@ -407,6 +421,19 @@ pub fn aligntk_bin() -> PathBuf {
 /// Polls `ok` until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     wait_for(limit, what, || ok().then_some(()), String::new);
+}
+
+/// Watches for `span` that nothing goes wrong: `broken` is asked again and again, and the
+/// test fails the moment it says what went wrong. What must not happen is watched the whole
+/// time, not looked at once after a sleep.
+pub fn holds_for(span: Duration, what: &str, mut broken: impl FnMut() -> Option<String>) {
+    let start = Instant::now();
+    while start.elapsed() < span {
+        if let Some(why) = broken() {
+            panic!("{what} stopped holding after {:?}: {why}", start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls `poll` until it gives a value, which it returns; past `limit` the test fails saying
@@ -538,25 +565,30 @@ impl Site {
         what: &str,
         ok: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let start = Instant::now();
-        loop {
-            let jobs: Vec<Value> = self
-                .jobs()
+        let of_stack = || -> Vec<Value> {
+            self.jobs()
                 .into_iter()
                 .filter(|j| j["stack"] == stack)
-                .collect();
-            if !jobs.is_empty() && ok(&jobs) {
-                return jobs;
-            }
-            if start.elapsed() > limit {
-                panic!(
-                    "jobs of {stack} never reached {what} within {limit:?}: {:#?}\n--- service.log ---\n{}",
-                    jobs.iter().map(|j| format!("{} {} {} {}", j["id"], j["name"], j["state"], j["reason"])).collect::<Vec<_>>(),
+                .collect()
+        };
+        wait_for(
+            limit,
+            &format!("jobs of {stack} to reach {what}"),
+            || {
+                let jobs = of_stack();
+                (!jobs.is_empty() && ok(&jobs)).then_some(jobs)
+            },
+            || {
+                let jobs: Vec<String> = of_stack()
+                    .iter()
+                    .map(|j| format!("{} {} {} {}", j["id"], j["name"], j["state"], j["reason"]))
+                    .collect();
+                format!(
+                    "{jobs:#?}\n--- service.log ---\n{}",
                     self.log_tail("service.log")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                )
+            },
+        )
     }
 
     /// Waits until every job of `stack` is JOB_FINISHED.

@@ -54,6 +54,7 @@ fn agent_killed_at_several_points_finishes_with_every_file_and_one_dag() {
     let mut interrupted = 0;
     for delay_ms in [30u64, 250, 600] {
         site.wait_state("big", "sending", LONG);
+        // the instant of the kill is the scenario: early, mid-file, late in the transfer
         std::thread::sleep(Duration::from_millis(delay_ms));
         agent.kill9();
         no_wrong_file(&site, &src, "big");
@@ -93,7 +94,9 @@ fn serve_killed_mid_file_is_restarted_and_the_stack_completes() {
     let mut kills = 0;
     for _ in 0..2 {
         site.wait_state("s", "sending", LONG);
+        // the instant of the kill is the scenario: a moment into the transfer
         std::thread::sleep(Duration::from_millis(150));
+
         for pid in children_matching(agent.pid(), "serve --stdio") {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             kills += 1;

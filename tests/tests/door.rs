@@ -74,6 +74,26 @@ fn sockets(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// Connections to `port` on this host the kernel holds established, from /proc/net/tcp{,6}.
+fn established(port: u16) -> usize {
+    let local = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    // local address, remote address, state (01: established)
+                    cols.len() > 3 && format!("{} ", cols[1]).ends_with(&local) && cols[3] == "01"
+                })
+                .count()
+        })
+        .sum()
+}
+
 fn hold(port: u16, count: u32, secs: u32, rate: u32) -> std::process::Child {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/hold.py");
     Command::new("python3")
@@ -99,7 +119,9 @@ fn a_thousand_silent_clients_hold_nothing_while_serve_and_launchers_keep_flowing
     let port = port(&site);
     // 1,000 attempts over ~5 s, each held up to 30 s unless the service lets go
     let attacker = hold(port, 1000, 30, 200);
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until(LONG, "the siege to hold 100 connections", || {
+        established(port) >= 100
+    });
     // meanwhile a real serve session submits three stacks and launchers run their DAGs
     let t0 = Instant::now();
     for name in ["under siege 1", "under siege 2", "under siege 3"] {
@@ -179,7 +201,18 @@ fn a_slow_client_does_not_hold_up_shutdown() {
             token(&site)
         ),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // both connected, and held open by the service mid-request
+    wait_until(LONG, "both slow clients to connect", || {
+        established(port) >= 2
+    });
+    holds_for(
+        Duration::from_secs(1),
+        "both slow clients held open",
+        || {
+            let n = established(port);
+            (n < 2).then(|| format!("{n} connection(s) left"))
+        },
+    );
     let t0 = Instant::now();
     let status = service.term();
     let took = t0.elapsed();

@@ -97,8 +97,10 @@ fn the_oldest_finished_stack_goes_first() {
     let order = ["m", "z", "a", "q"];
     for n in order {
         site.write_stack(n, 2, 32);
+        // the files' own times give the order: apart by more than the filesystem's clock tick
         std::thread::sleep(Duration::from_millis(50));
     }
+    // older than settle when the agent starts: decided at start, in the files' order
     std::thread::sleep(Duration::from_millis(1200));
     let _service = site.start_service();
     let _agent = site.start_agent();
@@ -132,21 +134,21 @@ fn a_restart_decides_from_file_times_and_keeps_a_held_reason() {
     let restarted = Instant::now();
     let _agent = site.start_agent();
     let mut seen = Vec::new();
-    loop {
-        let status = site.status();
-        let of = |n: &str| status.iter().find(|s| s["name"] == n).cloned();
-        if let Some(l) = of("lonely") {
-            seen.push((l["state"].to_string(), l["reason"].to_string()));
-        }
-        if of("late").is_some_and(|s| s["state"] == "submitted") {
-            break;
-        }
-        assert!(
-            restarted.elapsed() < Duration::from_secs(20),
-            "late never submitted: {status:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        Duration::from_secs(20),
+        "late to be submitted",
+        || {
+            let status = site.status();
+            let of = |n: &str| status.iter().find(|s| s["name"] == n).cloned();
+            if let Some(l) = of("lonely") {
+                seen.push((l["state"].to_string(), l["reason"].to_string()));
+            }
+            of("late")
+                .is_some_and(|s| s["state"] == "submitted")
+                .then_some(())
+        },
+        || format!("{:#?}", site.status()),
+    );
     let took = restarted.elapsed();
     assert!(
         took < Duration::from_secs(4),

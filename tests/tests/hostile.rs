@@ -207,10 +207,12 @@ fn a_file_that_can_never_be_stored_holds_the_stack_and_leaves_nothing_behind() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // held, not looping: no new attempt after the refusal
     let attempts = |log: &str| log.matches("sending").count();
-    let before = attempts(&std::fs::read_to_string(site.dir.join("agent.log")).unwrap());
-    std::thread::sleep(Duration::from_secs(3));
-    let after = attempts(&std::fs::read_to_string(site.dir.join("agent.log")).unwrap());
-    assert_eq!(before, after, "the agent kept retrying a refusal");
+    let log = || std::fs::read_to_string(site.dir.join("agent.log")).unwrap();
+    let before = attempts(&log());
+    holds_for(Duration::from_secs(3), "no new attempt", || {
+        let after = attempts(&log());
+        (after != before).then(|| format!("the agent kept retrying a refusal: {after} attempts"))
+    });
 }
 
 /// A tmpfs of the test's own, mounted read-only and back, as an admin remounting the data
@@ -325,7 +327,7 @@ fn a_stack_folder_renamed_while_it_is_sent_is_gone_and_leaves_no_partial_copy() 
     let dir = site.write_big_stack("before", 8, 1024);
     let _agent = site.start_agent();
     site.wait_state("before", "sending", LONG);
-    std::thread::sleep(Duration::from_millis(500));
+    site.wait_partial("before", LONG);
     std::fs::rename(&dir, site.incoming().join("after")).unwrap();
     let s = site.wait_state("before", "gone", LONG);
     assert!(s["reason"].as_str().unwrap().contains("removed"), "{s}");
@@ -655,7 +657,7 @@ fn a_push_retrying_on_a_full_disk_never_counts_a_file_twice() {
     for (i, n) in ["a.tif", "b.tif", "c.tif"].iter().enumerate() {
         write8(&dir, n, 40 + i as u64, 700); // ~0.5 MiB each: one or two fit, not three
     }
-    let push = Command::new(bin("beamflow-agent"))
+    let mut push = Command::new(bin("beamflow-agent"))
         .args([
             "push",
             "--attempts",
@@ -668,11 +670,32 @@ fn a_push_retrying_on_a_full_disk_never_counts_a_file_twice() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // long enough for several attempts and two progress lines (one every 5 s)
-    std::thread::sleep(Duration::from_secs(11));
+    // what it says, read as it says it: the disk stays full until two progress lines (one
+    // every 5 s) and a refusal for want of space have been said
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (said, mut stderr) = (said.clone(), push.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
+                said.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    wait_until(
+        LONG,
+        "two progress lines and a refusal for want of space",
+        || {
+            let s = said.lock().unwrap();
+            s.matches("push: ").count() >= 2 && s.contains("No space left on device")
+        },
+    );
     std::fs::remove_file(&filler).unwrap();
     let out = push.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    reader.join().unwrap();
+    let err = said.lock().unwrap().clone();
     assert!(out.status.success(), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
     // the progress lines: "push: 2/3 files, 1.0 MiB of 1.4 MiB, …"

@@ -143,8 +143,7 @@ fn a_stack_crosses_three_hosts_to_job_finished_with_no_loopback_between_them() {
 
 /// The jobs of the site, asked from the hpc namespace (the CLI reads server-info there).
 fn site_jobs_in(hosts: &Hosts, site: &Site, limit: Duration) -> Vec<serde_json::Value> {
-    let start = std::time::Instant::now();
-    loop {
+    let jobs = || -> Vec<serde_json::Value> {
         let out = hosts
             .exec(&hosts.hpc)
             .arg(bin("beamflow-collector"))
@@ -152,20 +151,20 @@ fn site_jobs_in(hosts: &Hosts, site: &Site, limit: Duration) -> Vec<serde_json::
             .arg(&site.config)
             .output()
             .unwrap();
-        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if !jobs.is_empty() && jobs.iter().all(|j| j["state"] == "JOB_FINISHED") {
-            return jobs;
-        }
-        assert!(
-            !jobs.iter().any(|j| j["state"] == "FAILED"),
-            "a job failed: {jobs:?}\n{}",
-            site.log_tail("service.log")
-        );
-        assert!(
-            start.elapsed() < limit,
-            "not finished after {limit:?}: {jobs:?}\n{}",
-            site.log_tail("service.log")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    wait_for(
+        limit,
+        "every job JOB_FINISHED",
+        || {
+            let jobs = jobs();
+            assert!(
+                !jobs.iter().any(|j| j["state"] == "FAILED"),
+                "a job failed: {jobs:?}\n{}",
+                site.log_tail("service.log")
+            );
+            (!jobs.is_empty() && jobs.iter().all(|j| j["state"] == "JOB_FINISHED")).then_some(jobs)
+        },
+        || format!("{:?}\n{}", jobs(), site.log_tail("service.log")),
+    )
 }

@@ -66,13 +66,17 @@ fn a_finished_stack_is_copied_verified_and_registered_once() {
         said(&site)
     );
     let _agent = site.start_agent();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(site.stack("run 1/stäck α").unwrap()["state"], "submitted");
-    assert_eq!(
-        site.jobs().len(),
-        4,
-        "a restart must not create another DAG"
-    );
+    // its reconcile done ("watching", once per start), and a while after it: nothing new
+    wait_until(LONG, "the restarted agent's reconcile", || {
+        let log = std::fs::read_to_string(site.dir.join("agent.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains(" watching")).count() >= 2
+    });
+    holds_for(Duration::from_secs(2), "one DAG, submitted once", || {
+        let state = site.stack("run 1/stäck α").map(|s| s["state"].clone());
+        let jobs = site.jobs().len();
+        (state.as_ref().and_then(|s| s.as_str()) != Some("submitted") || jobs != 4)
+            .then(|| format!("state {state:?}, {jobs} jobs: a restart must not create another DAG"))
+    });
 }
 
 #[test]
@@ -85,8 +89,10 @@ fn files_arriving_after_submission_make_a_new_version() {
     // rewriting a file with the same bytes is not a change
     let same = std::fs::read(dir.join("S_0000.tif")).unwrap();
     std::fs::write(dir.join("S_0000.tif"), &same).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(site.stack("s").unwrap()["version"], 1);
+    holds_for(Duration::from_secs(2), "version 1 (the same bytes)", || {
+        let v = site.stack("s").map(|s| s["version"].clone());
+        (v != Some(1.into())).then(|| format!("version {v:?}"))
+    });
     // a new section is
     write_tiff(
         &dir.join("S_0099.tif"),
@@ -720,9 +726,11 @@ fn a_counted_stack_waits_for_its_count_and_finish_after_ends_the_wait_saying_so(
     let _agent = site.start_agent();
     let dir = site.write_stack("short", 3, 32);
     site.wait_state("short", "waiting", LONG);
-    std::thread::sleep(Duration::from_millis(1500));
+    holds_for(Duration::from_millis(1500), "waiting for its count", || {
+        let s = site.stack("short").unwrap();
+        (s["state"] != "waiting").then(|| format!("finished by quiet time: {s}"))
+    });
     let s = site.stack("short").unwrap();
-    assert_eq!(s["state"], "waiting", "finished by quiet time: {s}");
     let why = s["reason"].as_str().unwrap();
     assert!(
         why.contains("3 of 5 images") && why.contains("finish_after"),

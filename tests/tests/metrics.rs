@@ -77,16 +77,15 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
     // the read-only token reads, and changes nothing
     assert_eq!(curl("POST", "/v1/jobs/1/kill", Some(read)).0, "401");
     // each far end reports what it received a moment after it arrives (it may stay open)
-    let mut got = curl("GET", "/metrics", Some(read));
-    let start = std::time::Instant::now();
-    while got.0 == "200"
-        && value(&got.1, "beamflow_received_files_total") < 3.0
-        && start.elapsed() < std::time::Duration::from_secs(5)
-    {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        got = curl("GET", "/metrics", Some(read));
-    }
-    let (code, text) = got;
+    let (code, text) = wait_for(
+        std::time::Duration::from_secs(5),
+        "the far ends' reports of 3 received files",
+        || {
+            let got = curl("GET", "/metrics", Some(read));
+            (got.0 != "200" || value(&got.1, "beamflow_received_files_total") >= 3.0).then_some(got)
+        },
+        || curl("GET", "/metrics", Some(read)).1,
+    );
     assert_eq!(code, "200", "{text}");
     assert_eq!(value(&text, "beamflow_jobs{state=\"JOB_FINISHED\"}"), 4.0);
     assert_eq!(value(&text, "beamflow_jobs{state=\"FAILED\"}"), 0.0);

@@ -116,10 +116,22 @@ fn one_message_per_stack_and_event_through_a_real_webhook() {
     );
     // the daemon keeps asking about the failed DAG, and a restart reads the journal afresh:
     // neither sends anything twice
-    std::thread::sleep(Duration::from_secs(2));
+    let once = |hook: &Receiver| {
+        ["held", "failed", "done"].iter().find_map(|e| {
+            let n = hook.delivered(e).len();
+            (n != 1).then(|| format!("{n} {e} notifications"))
+        })
+    };
+    holds_for(Duration::from_secs(2), "each notification once", || {
+        once(&hook)
+    });
     agent.term();
     let _agent = site.start_agent();
-    std::thread::sleep(Duration::from_secs(3));
+    holds_for(
+        Duration::from_secs(3),
+        "each notification once across a restart",
+        || once(&hook),
+    );
 
     let failed = hook.delivered("failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
@@ -191,8 +203,14 @@ fn a_link_down_longer_than_its_limit_is_one_message_naming_the_fix() {
         .arg(format!("http://127.0.0.1:{}/warmup", hook.port))
         .output();
     // longer than link_down_after with the master up (and nothing to send yet): no news
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(hook.delivered("link_down").is_empty(), "the master is up");
+    holds_for(
+        Duration::from_secs(4),
+        "no link_down news while the master is up",
+        || {
+            let down = hook.delivered("link_down");
+            (!down.is_empty()).then(|| format!("{down:?}"))
+        },
+    );
     assert!(
         !site
             .log_tail("agent.log")
@@ -208,9 +226,11 @@ fn a_link_down_longer_than_its_limit_is_one_message_naming_the_fix() {
         || (!hook.delivered("link_down").is_empty()).then_some(()),
         || site.log_tail("agent.log"),
     );
-    std::thread::sleep(Duration::from_secs(3));
+    holds_for(Duration::from_secs(3), "one link_down notification", || {
+        let down = hook.delivered("link_down");
+        (down.len() != 1).then(|| format!("{down:?}"))
+    });
     let down = hook.delivered("link_down");
-    assert_eq!(down.len(), 1, "{down:?}");
     let text = down[0]["text"].as_str().unwrap();
     assert!(text.contains("beamflow-agent login"), "{text}");
     assert!(text.contains("has been down for"), "{text}");

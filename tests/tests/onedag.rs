@@ -7,7 +7,7 @@
 use beamflow_e2e::*;
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(300);
 
@@ -88,29 +88,30 @@ fn without_a_count_versions_supersede_each_other_and_only_the_last_runs_to_the_e
         .join()
         .unwrap();
     // the last version holds every section and runs to the end
-    let start = Instant::now();
-    let last = loop {
-        let s = site.stack("growing").unwrap();
-        let v = s["version"].as_u64().unwrap();
-        let jobs = jobs_of(&site, "growing");
-        let mine: Vec<&Value> = jobs.iter().filter(|j| j["version"] == v).collect();
-        if s["state"] == "submitted"
-            && !mine.is_empty()
-            && mine.iter().all(|j| j["state"] == "JOB_FINISHED")
-            && jobs
+    let last = wait_for(
+        LONG,
+        "the last version to finish, the earlier ones finished or superseded",
+        || {
+            let s = site.stack("growing").unwrap();
+            let v = s["version"].as_u64().unwrap();
+            let jobs = jobs_of(&site, "growing");
+            assert!(
+                !jobs.iter().any(|j| j["state"] == "FAILED"),
+                "{jobs:?}\n{}",
+                site.log_tail("service.log")
+            );
+            let mine: Vec<&Value> = jobs.iter().filter(|j| j["version"] == v).collect();
+            let ended = jobs
                 .iter()
-                .all(|j| j["state"] == "JOB_FINISHED" || j["state"] == "SUPERSEDED")
-        {
-            break v;
-        }
-        assert!(
-            !jobs.iter().any(|j| j["state"] == "FAILED"),
-            "{jobs:?}\n{}",
-            site.log_tail("service.log")
-        );
-        assert!(start.elapsed() < LONG, "{jobs:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+                .all(|j| j["state"] == "JOB_FINISHED" || j["state"] == "SUPERSEDED");
+            (s["state"] == "submitted"
+                && !mine.is_empty()
+                && mine.iter().all(|j| j["state"] == "JOB_FINISHED")
+                && ended)
+                .then_some(v)
+        },
+        || format!("{:?}", jobs_of(&site, "growing")),
+    );
     assert!(
         last >= 2,
         "the sections arrived slower than settle: versions were expected"

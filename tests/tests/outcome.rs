@@ -4,7 +4,7 @@
 
 use beamflow_e2e::sshd::Sshd;
 use beamflow_e2e::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -15,19 +15,18 @@ fn dag_of(site: &Site, stack: &str) -> String {
 }
 
 fn wait_dag(site: &Site, stack: &str, ok: impl Fn(&str) -> bool) -> String {
-    let start = Instant::now();
-    loop {
-        let d = dag_of(site, stack);
-        if ok(&d) {
-            return d;
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "{stack}: DAG still {d:?}\n{}",
-            site.log_tail("agent.log")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        LONG,
+        &format!("{stack}'s DAG"),
+        || Some(dag_of(site, stack)).filter(|d| ok(d)),
+        || {
+            format!(
+                "DAG still {:?}\n{}",
+                dag_of(site, stack),
+                site.log_tail("agent.log")
+            )
+        },
+    )
 }
 
 #[test]

@@ -29,13 +29,12 @@ fn keep_removes_only_what_finished_and_never_what_failed() {
         j[2]["state"] == "RUNNING"
     });
     // well past `keep` of the stack's submission, but its DAG runs: everything stays
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        work.join("images").exists(),
-        "the work folder stays while a job runs"
-    );
-    assert!(received.join("S_0000.tif").exists());
-    assert!(received.join(".beamflow-v1/S_0000.tif").exists());
+    holds_for(Duration::from_secs(2), "the running stack's files", || {
+        let all = work.join("images").exists()
+            && received.join("S_0000.tif").exists()
+            && received.join(".beamflow-v1/S_0000.tif").exists();
+        (!all).then(|| "retention took a stack whose job runs".to_string())
+    });
 
     site.wait_finished("slow", LONG);
     wait_for(
@@ -45,7 +44,11 @@ fn keep_removes_only_what_finished_and_never_what_failed() {
         || site.log_tail("service.log"),
     );
     // the failed one stays for a person, its files and work folder whole
-    std::thread::sleep(Duration::from_secs(2));
+    holds_for(Duration::from_secs(2), "the failed stack's files", || {
+        let whole =
+            site.remote().join("bad/S_0001.tif").exists() && site.work().join("bad/@v1").exists();
+        (!whole).then(|| "retention took a stack held for a person".to_string())
+    });
     let failed = site
         .jobs()
         .into_iter()
@@ -110,9 +113,15 @@ fn the_beamline_frees_its_disk_only_after_the_far_side_verified_and_the_dag_is_d
         },
         || format!("{:?}", site.status()),
     );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(std::fs::read_dir(&bad).unwrap().count(), 3);
-    assert_eq!(site.stack("bad").unwrap()["state"], "submitted");
+    holds_for(
+        Duration::from_secs(1),
+        "the failed stack's images kept on the beamline",
+        || {
+            let n = std::fs::read_dir(&bad).unwrap().count();
+            let state = site.stack("bad").unwrap()["state"].clone();
+            (n != 3 || state != "submitted").then(|| format!("{n} entries, state {state}"))
+        },
+    );
 }
 
 #[test]
@@ -140,7 +149,10 @@ fn nested_stacks_have_disjoint_work_folders_and_retention_of_one_spares_the_othe
         || (!outer_work.exists()).then_some(()),
         || site.log_tail("service.log"),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    holds_for(Duration::from_secs(2), "`s/v1`'s work folder", || {
+        (!inner_work.join("images.lst").is_file())
+            .then(|| "retention of `s` took `s/v1`'s work folder".to_string())
+    });
     assert!(
         inner_work.join("images.lst").is_file(),
         "retention of `s` took `s/v1`'s work folder"

@@ -48,7 +48,17 @@ impl Drop for Account {
         let _ = Command::new("pkill")
             .args(["-9", "-u", &self.name])
             .output();
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // userdel refuses an account that still runs something: wait for its processes to go
+        let gone = || {
+            Command::new("pgrep")
+                .args(["-u", &self.name])
+                .output()
+                .is_ok_and(|o| !o.status.success())
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gone() && std::time::Instant::now() < until {
+            std::thread::yield_now();
+        }
         let _ = Command::new("userdel").arg(&self.name).output();
     }
 }

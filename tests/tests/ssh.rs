@@ -142,7 +142,7 @@ fn the_master_killed_mid_transfer_makes_the_agent_wait_then_finish_when_it_is_ba
     let _agent = site.start_agent();
     let src = site.write_big_stack("m", 12, 2048); // 12 × 8 MiB at 32 MiB/s: ~3 s on the wire
     site.wait_state("m", "sending", LONG);
-    std::thread::sleep(Duration::from_millis(500));
+    site.wait_partial("m", LONG);
     assert!(sshd.master(&ctl, "exit"), "could not stop the master");
     wait_until(LONG, "the agent to say it waits for the master", || {
         site.stack("m").is_some_and(|s| {

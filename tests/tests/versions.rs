@@ -110,21 +110,22 @@ fn jobs_of(site: &Site, beamline: &str, stack: &str) -> Vec<Value> {
 }
 
 fn wait_done(site: &Site, beamline: &str, stack: &str, versions: usize) -> Vec<Value> {
-    let mut last = Vec::new();
-    let ok = (0..(LONG.as_millis() / 200)).any(|_| {
-        last = jobs_of(site, beamline, stack);
-        let done = last.len() == versions && last.iter().all(|j| j["state"] == "JOB_FINISHED");
-        if !done {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        done
-    });
-    assert!(
-        ok,
-        "{beamline}/{stack}: {versions} finished job(s) expected, got {last:#?}\n{}",
-        site.log_tail("service.log")
-    );
-    last
+    wait_for(
+        LONG,
+        &format!("{beamline}/{stack}: {versions} finished job(s)"),
+        || {
+            let jobs = jobs_of(site, beamline, stack);
+            let done = jobs.len() == versions && jobs.iter().all(|j| j["state"] == "JOB_FINISHED");
+            done.then_some(jobs)
+        },
+        || {
+            format!(
+                "{:#?}\n{}",
+                jobs_of(site, beamline, stack),
+                site.log_tail("service.log")
+            )
+        },
+    )
 }
 
 #[test]
@@ -257,6 +258,7 @@ fn agents_killed_during_a_version_switch_lose_and_duplicate_nothing() {
             site.stack("big")
                 .is_some_and(|s| s["version"] == 2 && s["state"] != "waiting")
         });
+        // the instant of the kill is the scenario: a moment into sending version 2
         std::thread::sleep(Duration::from_millis(200));
         if site.stack("big").is_some_and(|s| s["state"] == "submitted") {
             break;
