@@ -44,7 +44,6 @@ pub struct AppState {
     pub probes: Arc<Mutex<HashMap<String, String>>>,
 }
 
-/// The routes.
 mod jobs;
 mod launchers;
 mod stacks;
