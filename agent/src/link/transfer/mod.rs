@@ -22,12 +22,16 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod delta;
+mod exchange;
 mod file;
 mod pace;
+mod session;
 
 use delta::send_delta;
+use exchange::exchange;
 use file::{Outgoing, Sink};
 use pace::Pace;
+use session::Session;
 
 /// One stack version to send.
 #[derive(Debug, Clone)]
@@ -233,89 +237,6 @@ fn hash_prefix(path: &Path, len: u64) -> std::io::Result<(u64, blake3::Hasher)> 
     let mut h = blake3::Hasher::new();
     let n = std::io::copy(&mut f.take(len), &mut h)?;
     Ok((n, h))
-}
-
-struct Session<'a> {
-    frames: &'a mpsc::Receiver<Result<Frame, ProtocolError>>,
-    have: HashMap<u64, Have>,
-    acked: HashMap<u64, bool>,
-    failed: Option<TransferError>,
-    names: Vec<String>,
-}
-
-impl Session<'_> {
-    fn next(&mut self) -> Result<Frame, TransferError> {
-        match self.frames.recv() {
-            Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) => Err(broken(e)),
-            Err(_) => Err(TransferError::Broken(
-                "the collector closed the link".into(),
-            )),
-        }
-    }
-
-    /// Takes one frame about files into account; returns frames that are not about files.
-    fn absorb(&mut self, f: Frame) -> Option<Frame> {
-        match f {
-            Frame::HaveReply { id, have } => {
-                self.have.insert(id, have);
-            }
-            Frame::Ack { id } => {
-                self.acked.insert(id, true);
-            }
-            Frame::Nack { id, code, reason } => {
-                let file = self
-                    .names
-                    .get(id as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("#{id}"));
-                self.acked.insert(id, false);
-                self.have.entry(id).or_insert(Have::Same);
-                let e = match code {
-                    // the bytes did not hash to what the journal recorded: the file changed in a
-                    // way its times did not show; hash it again before sending it again
-                    ErrorCode::HashMismatch => TransferError::Changed { file, why: reason },
-                    c if c.is_transient() => TransferError::FileFailed { file, reason },
-                    _ => TransferError::Refused { file, reason },
-                };
-                // keep the most serious failure
-                if self
-                    .failed
-                    .as_ref()
-                    .is_none_or(|f| e.severity() > f.severity())
-                {
-                    self.failed = Some(e);
-                }
-            }
-            other => return Some(other),
-        }
-        None
-    }
-
-    /// Takes in whatever answers are already here, without waiting.
-    fn drain(&mut self) -> Result<(), TransferError> {
-        while let Ok(fr) = self.frames.try_recv() {
-            if let Some(other) = self.absorb(fr.map_err(broken)?) {
-                return Err(unexpected(other));
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until every file in `sent` is acknowledged; the most serious failure among
-    /// them, if any, is the answer.
-    fn wait_acks(&mut self, sent: &[u64]) -> Result<(), TransferError> {
-        while sent.iter().any(|id| !self.acked.contains_key(id)) {
-            let fr = self.next()?;
-            if let Some(other) = self.absorb(fr) {
-                return Err(unexpected(other));
-            }
-        }
-        match self.failed.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
 }
 
 impl Report {
@@ -631,167 +552,6 @@ fn gather(
         }
     }
     (accepted, errors)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn exchange(
-    cfg: &Config,
-    job: &Job,
-    ids: &[usize],
-    submit: bool,
-    rate: u64,
-    wr: &mut impl Sink,
-    s: &mut Session<'_>,
-    report: &mut Report,
-) -> Result<Option<Accepted>, TransferError> {
-    let chunk = cfg.link.chunk_size.0.clamp(4096, 8 << 20) as usize;
-    offer(wr, job, ids)?;
-    let mut sent_ids = Vec::new();
-    // no larger than the largest file: small stacks do not map and unmap a chunk each
-    let largest = ids.iter().map(|&i| job.files[i].size).max().unwrap_or(0);
-    let mut buf = vec![0u8; chunk.min(largest.max(1) as usize)];
-    let mut pace = Pace::new(rate).with_compression(cfg.link.compress);
-    for &i in ids {
-        let f = &job.files[i];
-        let id = i as u64;
-        while !s.have.contains_key(&id) {
-            let fr = s.next()?;
-            if let Some(other) = s.absorb(fr) {
-                return Err(unexpected(other));
-            }
-        }
-        if s.acked.get(&id) == Some(&false) {
-            continue; // refused at offer time
-        }
-        let path = job.dir.join(&f.name);
-        let start = match s.have[&id].clone() {
-            Have::Same => {
-                s.acked.insert(id, true);
-                report.same += 1;
-                if submit_pass_counts(submit, ids, job) {
-                    Progress::add(job, f.size, 1);
-                }
-                continue;
-            }
-            Have::Delta { signature } => {
-                if send_delta(wr, id, f, &path, signature, chunk, report, &mut pace)? {
-                    Progress::add(job, f.size, 1);
-                    sent_ids.push(id);
-                    s.drain()?;
-                    continue;
-                }
-                0 // the signature is unusable: send the file whole
-            }
-            Have::Nothing => 0,
-            // resume only from a prefix whose bytes are ours
-            Have::Prefix { len, hash } => match hash_prefix(&path, len) {
-                Ok((n, h)) if n == len && *h.finalize().as_bytes() == hash => len,
-                _ => 0,
-            },
-        };
-        Progress::add(job, start, 0);
-        let out = Outgoing {
-            wr: &mut *wr,
-            id,
-            f,
-            buf: &mut buf,
-            report: &mut *report,
-            pace: &mut pace,
-            job,
-        };
-        out.send(&path, start)?;
-        Progress::add(job, 0, 1);
-        sent_ids.push(id);
-        s.drain()?;
-    }
-    wr.flush().map_err(broken_io)?;
-    s.wait_acks(&sent_ids)?;
-    if !submit {
-        return Ok(None);
-    }
-    submit_stack(wr, s, job).map(Some)
-}
-
-/// Offers the files `ids` of `job`: the collector answers what it has of each.
-fn offer(wr: &mut impl Sink, job: &Job, ids: &[usize]) -> Result<(), TransferError> {
-    for &i in ids {
-        let f = &job.files[i];
-        let offer = Frame::Offer {
-            id: i as u64,
-            path: wire_path(job, f),
-            size: f.size,
-            hash: f.blake3,
-        };
-        write_frame(wr, &offer).map_err(broken)?;
-    }
-    wr.flush().map_err(broken_io)
-}
-
-/// A file's path on the wire: the stack's name, then the file's.
-fn wire_path(job: &Job, f: &FileRecord) -> String {
-    format!("{}/{}", job.name, f.name)
-}
-
-/// Submits the stack version, every file of it named with its size and hash, and waits for
-/// the collector to accept it.
-fn submit_stack(
-    wr: &mut impl Sink,
-    s: &mut Session<'_>,
-    job: &Job,
-) -> Result<Accepted, TransferError> {
-    let files = job
-        .files
-        .iter()
-        .map(|f| FileEntry {
-            path: wire_path(job, f),
-            size: f.size,
-            hash: f.blake3,
-        })
-        .collect();
-    let submit = Frame::Submit {
-        stack: job.name.clone(),
-        version: job.version,
-        workflow: job.workflow.clone(),
-        files,
-        keep_older: job.keep_older,
-    };
-    write_frame(wr, &submit).map_err(broken)?;
-    wr.flush().map_err(broken_io)?;
-    loop {
-        match s.next()? {
-            Frame::Accepted {
-                remote_id,
-                created,
-                jobs,
-                ..
-            } => {
-                return Ok(Accepted {
-                    remote_id,
-                    created,
-                    jobs,
-                })
-            }
-            Frame::Error {
-                code: ErrorCode::ServiceUnavailable,
-                message,
-            } => return Err(TransferError::ServiceUnavailable(message)),
-            Frame::Error {
-                code: ErrorCode::SubmitRefused,
-                message,
-            } => return Err(TransferError::SubmitRefused(message)),
-            Frame::Error { message, .. } => return Err(TransferError::Broken(message)),
-            other => {
-                if let Some(other) = s.absorb(other) {
-                    return Err(unexpected(other));
-                }
-            }
-        }
-    }
-}
-
-/// The submitting pass re-offers files the other channels carried: they were counted there.
-fn submit_pass_counts(submit: bool, ids: &[usize], job: &Job) -> bool {
-    !submit || ids.len() == job.files.len()
 }
 
 fn unexpected(f: Frame) -> TransferError {
