@@ -4,16 +4,20 @@
 
 use super::*;
 
+/// A submission or discard refused, with what is wrong and what to do.
+fn refused(message: String) -> Frame {
+    Frame::Error {
+        code: ErrorCode::SubmitRefused,
+        message,
+    }
+}
+
 impl Receiver {
     /// Removes what arrived of a stack whose folder vanished at the beamline before it was
     /// submitted. The service is asked first: a stack it knows (any version) has jobs that
     /// may read these files, so they stay. Each path is reached through the confined walk,
     /// like a write.
     pub(super) fn discard(&mut self, stack: String, files: Vec<String>) -> Frame {
-        let refused = |message: String| Frame::Error {
-            code: ErrorCode::SubmitRefused,
-            message,
-        };
         let stack = match normalize_rel_path(&stack) {
             Ok(s) => s,
             Err(e) => return refused(e.to_string()),
@@ -87,10 +91,6 @@ impl Receiver {
         stack: &str,
         files: Vec<FileEntry>,
     ) -> Result<(Vec<SubmitFile>, Vec<snapshot::Member>), Frame> {
-        let refused = |message: String| Frame::Error {
-            code: ErrorCode::SubmitRefused,
-            message,
-        };
         let mut out = Vec::with_capacity(files.len());
         let mut members = Vec::with_capacity(files.len());
         for f in files {
@@ -128,10 +128,6 @@ impl Receiver {
         files: Vec<FileEntry>,
         keep_older: bool,
     ) -> Frame {
-        let refused = |message: String| Frame::Error {
-            code: ErrorCode::SubmitRefused,
-            message,
-        };
         let stack = match normalize_rel_path(&stack) {
             Ok(s) => s,
             Err(e) => return refused(e.to_string()),
