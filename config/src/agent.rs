@@ -1,6 +1,6 @@
 //! `[agent]`: the beamline daemon, and the names a beamline may go by.
 
-use crate::locate::find_key_line;
+use crate::locate::invalid;
 use crate::{Config, ConfigError, Dur};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -102,12 +102,7 @@ pub enum LogFormat {
 pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
     if !cfg.agent.name.is_empty() {
         if let Err(e) = check_beamline(&cfg.agent.name) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "name").unwrap_or(1),
-                key: "key `agent.name`: ".into(),
-                message: e.to_string(),
-            });
+            return Err(invalid(path, text, "name", "agent.name", e.to_string()));
         }
     }
     for (i, b) in cfg
@@ -123,12 +118,13 @@ pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), Conf
             } else {
                 "legacy_beamline"
             };
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, key).unwrap_or(1),
-                key: format!("key `collector.{key}`: "),
-                message: e.to_string(),
-            });
+            return Err(invalid(
+                path,
+                text,
+                key,
+                &format!("collector.{key}"),
+                e.to_string(),
+            ));
         }
     }
     Ok(())

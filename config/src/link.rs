@@ -1,6 +1,6 @@
 //! `[link]`: how the agent reaches the collector (a local child, or one SSH master).
 
-use crate::locate::find_key_line;
+use crate::locate::{find_key_line, invalid};
 use crate::{ByteSize, Config, ConfigError, Dur};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -116,26 +116,28 @@ pub enum SyncMode {
 /// Checks the link; an error names the key in full and its line.
 pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
     if cfg.link.channels == 0 || cfg.link.channels > 10 {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: find_key_line(text, "channels").unwrap_or(1),
-            key: "key `link.channels`: ".into(),
-            message: format!(
+        return Err(invalid(
+            path,
+            text,
+            "channels",
+            "link.channels",
+            format!(
                 "{} channels: use 1 to 10 (sshd's MaxSessions is 10 by default)",
                 cfg.link.channels
             ),
-        });
+        ));
     }
     if cfg.link.max_stacks == 0 || cfg.link.max_stacks > 64 {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: find_key_line(text, "max_stacks").unwrap_or(1),
-            key: "key `link.max_stacks`: ".into(),
-            message: format!(
+        return Err(invalid(
+            path,
+            text,
+            "max_stacks",
+            "link.max_stacks",
+            format!(
                 "{} stacks in flight: use 1 to 64 (they share `channels` far ends)",
                 cfg.link.max_stacks
             ),
-        });
+        ));
     }
     if cfg.link.transport == Transport::Ssh {
         let bad = |key: &str, message: String| ConfigError::Invalid {

@@ -1,5 +1,7 @@
 //! Finding where in the file a key was written, so that an error can name its line.
 
+use std::path::Path;
+
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -58,4 +60,21 @@ pub(crate) fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
             t.starts_with(last) && t[last.len()..].trim_start().starts_with('=')
         })
         .map(|i| i + 1)
+}
+
+/// A value refused: the error names the key in full (`key`, e.g. `link.channels`) and the
+/// line where `at` is written (the dotted key as the file spells it).
+pub(crate) fn invalid(
+    path: &Path,
+    text: &str,
+    at: &str,
+    key: &str,
+    message: impl Into<String>,
+) -> crate::ConfigError {
+    crate::ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line: find_key_line(text, at).unwrap_or(1),
+        key: format!("key `{key}`: "),
+        message: message.into(),
+    }
 }

@@ -1,6 +1,6 @@
 //! `[queues.NAME]`: batch queues, their schedulers and the launch template of each job.
 
-use crate::locate::find_key_line;
+use crate::locate::invalid;
 use crate::{argv, Config, ConfigError, Dur};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -146,11 +146,8 @@ pub enum SchedulerKind {
 /// Checks the queues; an error names the key in full and its line.
 pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
     for (name, q) in cfg.queues.iter() {
-        let bad = |key: &str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: find_key_line(text, key).unwrap_or(1),
-            key: format!("key `queues.{name}.{key}`: "),
-            message,
+        let bad = |key: &str, message: String| {
+            invalid(path, text, key, &format!("queues.{name}.{key}"), message)
         };
         if q.min_nodes == 0 || q.min_nodes > q.max_nodes {
             return Err(bad(

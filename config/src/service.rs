@@ -1,6 +1,6 @@
 //! `[service]`: the collector's long-running service, where it listens and what it tells others.
 
-use crate::locate::find_key_line;
+use crate::locate::invalid;
 use crate::{Config, ConfigError, Dur};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -104,31 +104,28 @@ pub fn split_host_port(s: &str) -> Result<(String, u16), AddressError> {
 /// Checks the service's address and limits; an error names the key in full and its line.
 pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
     if let Err(e) = split_host_port(&cfg.service.listen) {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: find_key_line(text, "listen").unwrap_or(1),
-            key: "key `service.listen`: ".into(),
-            message: e.to_string(),
-        });
+        return Err(invalid(
+            path,
+            text,
+            "listen",
+            "service.listen",
+            e.to_string(),
+        ));
     }
     if cfg.service.advertise.contains(['/', ' ', '@']) {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: find_key_line(text, "advertise").unwrap_or(1),
-            key: "key `service.advertise`: ".into(),
-            message: format!(
+        return Err(invalid(path, text, "advertise", "service.advertise", format!(
                 "\"{}\" is not a host name or address; write e.g. \"login1.site.org\" (no scheme, no port)",
                 cfg.service.advertise
-            ),
-        });
+            )));
     }
     if cfg.service.max_attempts == 0 {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: find_key_line(text, "max_attempts").unwrap_or(1),
-            key: "key `service.max_attempts`: ".into(),
-            message: "must be at least 1".into(),
-        });
+        return Err(invalid(
+            path,
+            text,
+            "max_attempts",
+            "service.max_attempts",
+            "must be at least 1",
+        ));
     }
     let limits = [
         ("max_connections", cfg.service.max_connections == 0, "must be at least 1"),
@@ -146,12 +143,7 @@ pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), Conf
     ];
     for (key, bad, message) in limits {
         if bad {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, key).unwrap_or(1),
-                key: format!("key `service.{key}`: "),
-                message: message.into(),
-            });
+            return Err(invalid(path, text, key, &format!("service.{key}"), message));
         }
     }
     Ok(())

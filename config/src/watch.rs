@@ -1,6 +1,6 @@
 //! `[[watch]]`: the folders the agent watches and when a stack there counts as finished.
 
-use crate::locate::find_key_line;
+use crate::locate::invalid;
 use crate::{notify, Config, ConfigError, Dur};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -121,47 +121,39 @@ pub enum WatchMode {
 pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), ConfigError> {
     for (i, w) in cfg.watch.iter().enumerate() {
         if !matches!(w.delete_after.as_str(), "" | "verified+done") {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "delete_after").unwrap_or(1),
-                key: format!("key `watch[{i}].delete_after`: "),
-                message: format!(
+            return Err(invalid(path, text, "delete_after", &format!("watch[{i}].delete_after"), format!(
                     "\"{}\" is not a rule; write \"verified+done\" (or leave it out to keep every image)",
                     w.delete_after
-                ),
-            });
+                )));
         }
         if let Err(e) = notify::parse_hours(&w.active_hours) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "active_hours").unwrap_or(1),
-                key: format!("key `watch[{i}].active_hours`: "),
-                message: e.to_string(),
-            });
+            return Err(invalid(
+                path,
+                text,
+                "active_hours",
+                &format!("watch[{i}].active_hours"),
+                e.to_string(),
+            ));
         }
         if !cfg.workflows.contains_key(&w.workflow) {
             let names: Vec<&str> = cfg.workflows.keys().map(String::as_str).collect();
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "workflow").unwrap_or(1),
-                key: format!("key `watch[{i}].workflow`: "),
-                message: format!(
+            return Err(invalid(path, text, "workflow", &format!("watch[{i}].workflow"), format!(
                     "no workflow \"{}\"; the workflows are: {} (names are case-sensitive; define your own under [workflows.NAME])",
                     w.workflow,
                     names.join(", ")
-                ),
-            });
+                )));
         }
         if glob::Pattern::new(&w.pattern).is_err() {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: find_key_line(text, "pattern").unwrap_or(1),
-                key: format!("key `watch[{i}].pattern`: "),
-                message: format!(
+            return Err(invalid(
+                path,
+                text,
+                "pattern",
+                &format!("watch[{i}].pattern"),
+                format!(
                     "\"{}\" is not a valid glob; write e.g. \"*.tif\"",
                     w.pattern
                 ),
-            });
+            ));
         }
     }
     Ok(())
