@@ -1,7 +1,7 @@
 //! `beamflow-collector`: parses arguments and calls the library, one function per subcommand.
 
 use beamflow_collector::commands::{
-    beamline, doctor, launcher, operator, qa, serve, service, version, Cmd,
+    beamline, doctor, launcher, operator, preview, qa, serve, service, version, Cmd,
 };
 use beamflow_config::reference::COLLECTOR_SECTIONS;
 use beamflow_program::{config, manual, EXIT_CODES};
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Cmd::Kill(a) => operator::kill_main(a),
         Cmd::Launcher(a) => launcher::main(a),
         Cmd::Qa(a) => qa::main(a),
+        Cmd::Preview(a) => preview::main(a),
         Cmd::Completions(a) => manual::completions(Cli::command(), a.shell),
         Cmd::Man => manual::man(Cli::command()),
         Cmd::Config(a) => config::main(a, "beamflow-collector", COLLECTOR_SECTIONS),

@@ -86,7 +86,13 @@ impl Config {
         })?;
         for (name, wf) in workflow::builtin() {
             match cfg.workflows.get_mut(&name) {
-                Some(mine) if mine.steps.is_empty() => mine.steps = wf.steps,
+                // a built-in workflow written with only some keys (its `bin`): the rest is built in
+                Some(mine) if mine.steps.is_empty() => {
+                    mine.steps = wf.steps;
+                    if mine.returns.is_empty() {
+                        mine.returns = wf.returns;
+                    }
+                }
                 Some(_) => {}
                 None => {
                     cfg.workflows.insert(name, wf);

@@ -375,6 +375,12 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         "{bin}/apply_map -image_list images.lst -images images/ -maps amaps/ -output aligned/ -memory 1000",
     );
     apply_map.outputs = vec!["aligned/{image}.tif".into()];
+    let mut preview = step(
+        "preview",
+        &["apply_map"],
+        "{collector} preview --out preview.png",
+    );
+    preview.outputs = vec!["preview.png".into()];
     let wf = |steps: Vec<Step>| Workflow {
         bin: None,
         steps,
@@ -396,7 +402,11 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         ),
         (
             "aligntk-apply".into(),
-            wf(vec![qa, find_rst, register, align, apply_map]),
+            Workflow {
+                // the picture comes home with the results
+                returns: vec!["preview.png".into()],
+                ..wf(vec![qa, find_rst, register, align, apply_map, preview])
+            },
         ),
     ]
 }

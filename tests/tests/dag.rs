@@ -29,10 +29,18 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
     let jobs = site.wait_finished("run1", LONG);
     assert_eq!(
         names(&jobs),
-        ["qa", "find_rst", "register", "align", "apply_map"]
+        [
+            "qa",
+            "find_rst",
+            "register",
+            "align",
+            "apply_map",
+            "preview"
+        ]
     );
     let work = site.work().join("run1/@v1");
     for f in [
+        "preview.png",
         "images.lst",
         "pairs.lst",
         "schedule.lst",
@@ -92,14 +100,14 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
         ]
     );
     let st = site.collector_status();
-    assert_eq!(st["stacks"][0]["counts"]["JOB_FINISHED"], 5);
+    assert_eq!(st["stacks"][0]["counts"]["JOB_FINISHED"], 6);
     // ls filters by state and stack
     let out = site.run(
         "beamflow-collector",
         &["ls", "--json", "--stack", "run1", "--state", "JOB_FINISHED"],
     );
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed.len(), 5);
+    assert_eq!(listed.len(), 6);
     let out = site.run("beamflow-collector", &["ls", "--json", "--state", "READY"]);
     assert_eq!(
         serde_json::from_slice::<Vec<Value>>(&out.stdout)
@@ -120,7 +128,7 @@ fn a_full_aligntk_dag_runs_to_job_finished_and_leaves_what_align_needs() {
     let text =
         String::from_utf8_lossy(&site.run("beamflow-collector", &["status"]).stdout).into_owned();
     assert!(
-        text.contains("run1") && text.contains("JOB_FINISHED 5"),
+        text.contains("run1") && text.contains("JOB_FINISHED 6"),
         "{text}"
     );
 }

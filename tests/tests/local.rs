@@ -388,6 +388,7 @@ fn the_demo_s_default_runs_the_real_aligntk_to_aligned_sections() {
         "find_rst   JOB_FINISHED",
         "apply_map  JOB_FINISHED",
         "aligned sections: ",
+        "preview:          ",
         "find_rst: 15 of 15 pairs at the shift they were written with\n",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");

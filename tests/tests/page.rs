@@ -170,3 +170,58 @@ fn the_status_page_renders_in_chromium_with_what_needs_a_person_first() {
         assert!(dom.contains(want), "missing {want:?} in:\n{dom}");
     }
 }
+
+/// The picture a scientist looks at first: the real AlignTK aligns a stack whose sections were
+/// written with known shifts, the `preview` step draws the reslice before and after, and the
+/// page shows it on the stack's row; Chromium loads it at the size the step wrote.
+#[test]
+fn a_stack_s_preview_shows_on_its_row_and_opens_full_size() {
+    let site = Site::new("1s", "");
+    site.use_aligntk();
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
+    let _service = site.start_service();
+    let dir = site.write_stack("shown", 6, 256);
+    site.push(&dir);
+    site.wait_finished("shown", LONG);
+    let work = site.work().join("shown/@v1");
+    let written = std::fs::read(work.join("preview.png")).expect("the preview step's picture");
+    let (w, h) = png_size(&written);
+    assert_eq!(w, 2 * 256 + 8, "two reslices side by side");
+
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.dir.join("state/server-info")).unwrap())
+            .unwrap();
+    let pem = site.dir.join("pinned.pem");
+    std::fs::write(&pem, info["cert"].as_str().unwrap()).unwrap();
+    let spki = spki_hash(&pem);
+    let url = info["url"].as_str().unwrap();
+    let read = info["read_token"].as_str().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let login = format!("{url}/ui/login?token={read}");
+    let dom = chromium(profile.path(), &spki, &["--dump-dom"], &login);
+    let id = site.stack("shown").map(|s| s["remote_id"].clone());
+    let src = format!("/ui/stacks/{}/preview.png", id.clone().unwrap());
+    assert!(
+        dom.contains(&format!("<img class=\"preview\" src=\"{src}\"")),
+        "no thumbnail {src} ({id:?}) in:\n{dom}"
+    );
+    // opened full size, Chromium names the image with the size it decoded
+    let dom = chromium(
+        profile.path(),
+        &spki,
+        &["--dump-dom"],
+        &format!("{url}{src}"),
+    );
+    assert!(
+        dom.contains(&format!("({w}×{h})")),
+        "Chromium did not load a {w}×{h} picture:\n{dom}"
+    );
+    // without the token there is no picture
+    let other = tempfile::tempdir().unwrap();
+    let dom = chromium(other.path(), &spki, &["--dump-dom"], &format!("{url}{src}"));
+    assert!(!dom.contains(&format!("({w}×{h})")), "{dom}");
+    let artefacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artefacts).unwrap();
+    std::fs::write(artefacts.join("preview.png"), &written).unwrap();
+}

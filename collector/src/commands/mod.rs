@@ -1,6 +1,6 @@
 //! The collector's programs, one module each with its arguments and its `main`: [`serve`]
 //! (the far end of a link), [`service`] (the daemon), [`launcher`] (inside an allocation),
-//! [`qa`] (the first step on a compute node), [`operator`] (`ls`, `status`, `history`,
+//! [`qa`] (the first step on a compute node), [`preview`] (the picture after alignment), [`operator`] (`ls`, `status`, `history`,
 //! `retry`, `kill`), [`beamline`] (`outcome` and `results`, asked over the link), [`doctor`]
 //! (and its `probe`) and [`version`].
 
@@ -8,6 +8,7 @@ pub mod beamline;
 pub mod doctor;
 pub mod launcher;
 pub mod operator;
+pub mod preview;
 pub mod qa;
 pub mod serve;
 pub mod service;
@@ -34,6 +35,8 @@ pub enum Cmd {
     Launcher(launcher::Args),
     /// Quality check of a stack: readable, same size and depth, no blank or saturated frame.
     Qa(qa::Args),
+    /// Draw a stack version's preview: a reslice before and after alignment, and aligned sections.
+    Preview(preview::Args),
     /// Print shell completions (`source <(beamflow-collector completions bash)`).
     Completions(beamflow_program::manual::CompletionsArgs),
     /// Print the manual page (roff): `beamflow-collector man > /usr/local/share/man/man1/beamflow-collector.1`.

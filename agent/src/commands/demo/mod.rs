@@ -437,9 +437,11 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         out.push_str("  AlignTK workflow). Put find_rst, register and align on PATH or set ALIGNTK_BIN to run\n");
         out.push_str("  qa -> find_rst -> register -> align -> apply_map instead.\n\n");
     } else {
+        let work = r.dir.join("work/demo/stack_0001/@v1");
         out.push_str(&format!(
-            "  aligned sections: {}\n\n",
-            r.dir.join("work/demo/stack_0001/@v1/aligned").display()
+            "  aligned sections: {}\n  preview:          {} (the stack resliced before and after)\n\n",
+            work.join("aligned").display(),
+            work.join("preview.png").display()
         ));
     }
     match &r.science {

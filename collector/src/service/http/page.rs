@@ -61,13 +61,26 @@ pub struct Window {
     pub dag_times: Vec<f64>,
 }
 
+/// One stack version on the page.
+#[derive(Debug, Clone)]
+pub struct StackLine {
+    /// The version.
+    pub row: StackRow,
+    /// Where its DAG is.
+    pub dag: DagOutcome,
+    /// Bytes retention freed, once its files are gone from this host.
+    pub freed: Option<u64>,
+    /// Whether its work folder holds a preview picture.
+    pub preview: bool,
+}
+
 /// What the page shows.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     /// The service's host.
     pub host: String,
     /// Recent stack versions and their DAGs.
-    pub stacks: Vec<(StackRow, DagOutcome, Option<u64>)>,
+    pub stacks: Vec<StackLine>,
     /// Launchers (live, and the last few ended).
     pub launchers: Vec<LauncherRow>,
     /// The engine's notes (queues that may not submit, …).
@@ -236,8 +249,14 @@ fn throughput(o: &mut String, v: &View) {
 
 /// The recent stacks and where their DAGs are.
 fn stacks(o: &mut String, v: &View) {
-    o.push_str("<h2>Stacks</h2><table><tr><th>id</th><th>beamline</th><th>stack</th><th>version</th><th>workflow</th><th>accepted</th><th>DAG</th></tr>");
-    for (s, d, freed) in &v.stacks {
+    o.push_str("<h2>Stacks</h2><table><tr><th>id</th><th>beamline</th><th>stack</th><th>version</th><th>workflow</th><th>accepted</th><th>DAG</th><th>preview</th></tr>");
+    for StackLine {
+        row: s,
+        dag: d,
+        freed,
+        preview,
+    } in &v.stacks
+    {
         let class = match d.state {
             DagState::Failed => " class=\"failed\"",
             DagState::Done => " class=\"done\"",
@@ -254,17 +273,29 @@ fn stacks(o: &mut String, v: &View) {
         }
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{class}>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{class}>{}</td><td>{}</td></tr>",
             s.id,
             esc(&s.beamline),
             esc(&s.name),
             s.version,
             esc(&s.workflow),
             esc(&s.created_at),
-            esc(&line)
+            esc(&line),
+            if *preview { thumbnail(s) } else { String::new() }
         );
     }
     o.push_str("</table>");
+}
+
+/// A stack version's preview as a thumbnail that opens full size: the reslice before and
+/// after alignment shows at a glance whether the stack aligned.
+fn thumbnail(s: &StackRow) -> String {
+    let src = format!("/ui/stacks/{}/preview.png", s.id);
+    format!(
+        "<a href=\"{src}\"><img class=\"preview\" src=\"{src}\" alt=\"preview of {} v{}\" height=\"96\"></a>",
+        esc(&s.name),
+        s.version
+    )
 }
 
 /// Launchers, live and the last few ended.
@@ -356,7 +387,12 @@ mod tests {
         };
         let v = View {
             host: "login1".into(),
-            stacks: vec![(stack, dag, None)],
+            stacks: vec![StackLine {
+                row: stack,
+                dag,
+                freed: None,
+                preview: false,
+            }],
             beamlines: vec![("bl<b>".into(), None)],
             ..Default::default()
         };

@@ -603,6 +603,15 @@ impl Db {
         Ok(rows)
     }
 
+    /// A stack version's work folder, if the version exists.
+    pub fn work_dir_of(&self, id: u64) -> Result<Option<String>, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT work_dir FROM stacks WHERE id = ?1")?
+            .query_row([id as i64], |r| r.get(0))
+            .optional()?)
+    }
+
     /// Every stack version.
     pub fn stacks(&self) -> Result<Vec<StackRow>, DbError> {
         self.stacks_limited(i64::MAX)

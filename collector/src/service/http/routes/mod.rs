@@ -52,7 +52,7 @@ mod ui;
 use jobs::{job_events, job_kill, job_report, job_retry, list_jobs};
 use launchers::{launcher_acquire, launcher_end, launcher_start, probe_arrived, probe_seen};
 use stacks::{list_stacks, outcomes, submit};
-use ui::{ui, ui_job, ui_login};
+use ui::{ui, ui_job, ui_login, ui_preview};
 
 /// Every route of the service, each behind the token it needs.
 pub fn router(state: AppState) -> Router {
@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(ui))
         .route("/ui/login", get(ui_login))
         .route("/ui/jobs/{id}", get(ui_job))
+        .route("/ui/stacks/{id}/preview.png", get(ui_preview))
         .route("/v1/probes", post(probe_arrived))
         .route("/v1/probes/{nonce}", get(probe_seen))
         .layer(axum::middleware::from_fn_with_state(

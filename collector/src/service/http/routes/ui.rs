@@ -95,9 +95,16 @@ pub(super) fn page_view(st: &AppState) -> Result<crate::service::http::page::Vie
     let freed = db.freed_stacks()?;
     for s in db.recent_stacks(50)? {
         let jobs = db.dag(s.id)?;
-        let o = crate::service::outcome::summarize(s.id, &jobs, &config);
-        let f = freed.get(&s.id).copied();
-        stacks.push((s, o, f));
+        let dag = crate::service::outcome::summarize(s.id, &jobs, &config);
+        let preview = std::path::Path::new(&s.work_dir)
+            .join(crate::science::preview::PREVIEW_FILE)
+            .is_file();
+        stacks.push(crate::service::http::page::StackLine {
+            freed: freed.get(&s.id).copied(),
+            row: s,
+            dag,
+            preview,
+        });
     }
     let launchers = db
         .launchers(&[], None)?
@@ -176,5 +183,29 @@ pub(super) async fn ui_job(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("<p>{}</p>", crate::service::http::page::esc(&e.to_string())),
         ),
+    }
+}
+
+/// A stack version's preview picture (`preview.png` in its work folder), for the page.
+pub(super) async fn ui_preview(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !page_allowed(&headers, &st) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let work = match st.db.lock() {
+        Ok(db) => db.work_dir_of(id),
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let Ok(Some(work)) = work else {
+        return (StatusCode::NOT_FOUND, format!("no stack version {id}")).into_response();
+    };
+    let path = std::path::Path::new(&work).join(crate::science::preview::PREVIEW_FILE);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => ([(axum::http::header::CONTENT_TYPE, "image/png")], bytes).into_response(),
+        Err(_) => (StatusCode::NOT_FOUND, "no preview (yet)").into_response(),
     }
 }
