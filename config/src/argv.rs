@@ -187,13 +187,24 @@ pub fn placeholders(arg: &str) -> Vec<&str> {
 /// `{{` and `}}` become single braces. Values go in as they are: [`check_names`] made sure
 /// when the config loaded that no value lands where an interpreter would parse it.
 pub fn fill(arg: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    fill_pass(arg, lookup, false)
+}
+
+/// Fills only the placeholders `lookup` knows and leaves the rest, escapes included, for a
+/// later [`fill`]: a plan fills what it knows (`{bin}`, a job's own `{part}`) before the
+/// work folder tells the rest.
+pub fn fill_known(arg: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    fill_pass(arg, lookup, true)
+}
+
+fn fill_pass(arg: &str, lookup: &dyn Fn(&str) -> Option<String>, keep_escapes: bool) -> String {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
     while let Some(pos) = rest.find(['{', '}']) {
         out.push_str(&rest[..pos]);
         let tail = &rest[pos..];
         if tail.starts_with("{{") || tail.starts_with("}}") {
-            out.push_str(&tail[..1]);
+            out.push_str(&tail[..if keep_escapes { 2 } else { 1 }]);
             rest = &tail[2..];
             continue;
         }

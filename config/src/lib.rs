@@ -28,7 +28,7 @@ pub use queue::{launch_argv, LaunchError, QueueSection, SchedulerKind, LAUNCH_PL
 pub use service::{split_host_port, AddressError, ServiceSection};
 pub use units::{ByteSize, Dur};
 pub use watch::{OnChange, WatchMode, WatchSection};
-pub use workflow::{Step, To8Bit, Workflow, NAME_ENV, NAME_PLACEHOLDERS};
+pub use workflow::{Each, Step, To8Bit, Workflow, NAME_ENV, NAME_PLACEHOLDERS};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -113,7 +113,8 @@ pub fn default_schedule() -> String {
 pub struct Step {
     /// Unique within the workflow; the job's name.
     pub name: String,
-    /// Command line template; `{bin}`, `{first}`, `{images}` … are filled in per stack. It is
+    /// Command line template; `{bin}`, `{first}`, `{images}` … are filled in per stack, and
+    /// `{pairs_file}`, `{images_file}`, `{part}` per job (see `each`). It is
     /// split into words once, when the config loads, and runs without a shell; a placeholder
     /// that comes from a name (`{stack}`, `{images}`, `{first}`, `{last}`) must be a whole word
     /// or have a plain prefix or suffix, never the program and never after `-c`; a step that
@@ -145,13 +146,42 @@ pub struct Step {
     #[serde(default)]
     pub check_summary: Option<String>,
     /// Files (relative to the work folder) the step must leave after a zero exit; `{pair}`
-    /// expands to every pair of `pairs.lst`, `{image}` to every section's AlignTK name.
+    /// expands to every pair of `pairs.lst`, `{image}` to every section's AlignTK name (a
+    /// fanned-out job answers for its own pairs and sections only).
     #[serde(default)]
     pub outputs: Vec<String>,
     /// Globs (relative to the work folder) that must match nothing after a zero exit: what
     /// a tool leaves only when it failed quietly (align's `grids/fold*.pnm`).
     #[serde(default)]
     pub absent: Vec<String>,
+    /// How many jobs the step is: one for the stack, or one per chunk of consecutive pairs
+    /// or of sections, so that a stack's work spreads over idle nodes. A fanned-out job reads
+    /// its own list (`{pairs_file}`, `{images_file}`) and writes its own summary (`{part}`
+    /// in a file name: `_0008-0015`, empty for a whole-stack job).
+    #[serde(default)]
+    pub each: Each,
+    /// Pairs or sections per job of a fanned-out step.
+    #[serde(default = "default_chunk")]
+    pub chunk: u32,
+}
+
+/// What one job of a step covers.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Each {
+    /// One job for the whole stack.
+    #[default]
+    Stack,
+    /// One job per chunk of consecutive pairs of sections (`pairs.lst` lines).
+    Pair,
+    /// One job per chunk of sections (`images.lst` lines).
+    Section,
+}
+
+fn default_chunk() -> u32 {
+    8
 }
 
 /// The placeholders a step's command may use: `{bin}` from the config, the rest filled in
@@ -165,6 +195,9 @@ pub const STEP_PLACEHOLDERS: &[&str] = &[
     "count",
     "collector",
     "grid_size",
+    "pairs_file",
+    "images_file",
+    "part",
 ];
 
 /// The placeholders whose values are derived from beamline names: they may never reach an
@@ -259,10 +292,25 @@ impl Workflow {
                     ),
                 ));
             }
+            if !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                || s.name.is_empty()
+            {
+                return Err((
+                    format!("steps[{i}].name"),
+                    format!(
+                        "step name `{}`: use A-Z a-z 0-9 _ - . (a fanned-out job is named `STEP[FIRST-LAST]`)",
+                        s.name
+                    ),
+                ));
+            }
             for (field, v) in [
                 ("nodes", s.nodes),
                 ("ranks_per_node", s.ranks_per_node),
                 ("threads_per_rank", s.threads_per_rank),
+                ("chunk", s.chunk),
             ] {
                 if v == 0 {
                     return Err((
@@ -338,6 +386,8 @@ fn step(name: &str, after: &[&str], command: &str) -> Step {
         check_summary: None,
         outputs: Vec::new(),
         absent: Vec::new(),
+        each: Each::Stack,
+        chunk: default_chunk(),
     }
 }
 
@@ -348,19 +398,33 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         &[],
         "{collector} qa images --names names.tsv --out qa.json",
     );
-    let mut find_rst = step(
-        "find_rst",
-        &["qa"],
-        "{bin}/find_rst -pairs pairs.lst -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary.out",
+    // the pairwise steps (most of AlignTK's time) run a job per chunk of pairs, so that a
+    // stack's work spreads over idle nodes; apply_map stays one job: it sizes its canvas from
+    // the maps it is given, so chunks would each get a canvas of their own (its `-region`
+    // could share one, once something computes the stack's extent first)
+    let fan = |mut s: Step, each: Each| {
+        s.each = each;
+        s
+    };
+    let mut find_rst = fan(
+        step(
+            "find_rst",
+            &["qa"],
+            "{bin}/find_rst -pairs {pairs_file} -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary{part}.out",
+        ),
+        Each::Pair,
     );
-    find_rst.check_summary = Some("cmaps/summary.out".into());
+    find_rst.check_summary = Some("cmaps/summary{part}.out".into());
     find_rst.outputs = vec!["cmaps/{pair}.map".into()];
-    let mut register = step(
-        "register",
-        &["find_rst"],
-        "{bin}/register -pairs pairs.lst -images images/ -output maps/ -initial_map cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary maps/summary.out -min_overlap 10.0",
+    let mut register = fan(
+        step(
+            "register",
+            &["find_rst"],
+            "{bin}/register -pairs {pairs_file} -images images/ -output maps/ -initial_map cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary maps/summary{part}.out -min_overlap 10.0",
+        ),
+        Each::Pair,
     );
-    register.check_summary = Some("maps/summary.out".into());
+    register.check_summary = Some("maps/summary{part}.out".into());
     register.outputs = vec!["maps/{pair}.map".into()];
     let mut align = step(
         "align",

@@ -353,6 +353,32 @@ pub struct DagOutcome {
     /// For `superseded`: the version whose DAG took over what had not started.
     #[serde(default)]
     pub superseded_by: u32,
+    /// Each step with its jobs finished and in all (a fanned-out step has a job per chunk),
+    /// in the order the workflow runs them.
+    #[serde(default)]
+    pub steps: Vec<StepProgress>,
+}
+
+/// One step of a DAG: its jobs finished and in all.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepProgress {
+    /// The step's name.
+    pub name: String,
+    /// Its jobs JOB_FINISHED.
+    pub done: u32,
+    /// Its jobs.
+    pub total: u32,
+}
+
+impl DagOutcome {
+    /// The steps for people: `qa 1/1 · find_rst 12/31 · register 3/31 · align 0/1`.
+    pub fn steps_line(&self) -> String {
+        self.steps
+            .iter()
+            .map(|s| format!("{} {}/{}", s.name, s.done, s.total))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    }
 }
 
 impl DagOutcome {

@@ -559,3 +559,180 @@ fn an_align_that_leaves_no_maps_is_failed_naming_them() {
         "{reason}"
     );
 }
+
+/// The built-in AlignTK workflow fans its pairwise steps out over chunks of a stack, each job
+/// with its own list and summary and its parents only the jobs whose output it reads; what it
+/// computes is what the whole-stack DAG computes, checked against the real tools run here over
+/// the whole stack's lists: find_rst's maps byte for byte, register's within 0.01 px (AlignTK's
+/// `compare_maps`; register draws its moves from one `drand48` sequence per process, so a pair's
+/// map depends on how many pairs the process registered before it), and the aligned sections
+/// within AlignTK's rendering of those maps (`compare_images`), the numbers printed.
+#[test]
+fn a_fanned_out_dag_computes_what_the_whole_stack_does() {
+    let site = Site::new("1s", "");
+    site.use_aligntk();
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
+    let _service = site.start_service();
+    // 12 sections: pairs 0-7 and 8-10 (chunks of 8)
+    let dir = site.write_stack("fanned", 12, 128);
+    site.push(&dir);
+    let jobs = site.wait_finished("fanned", LONG);
+    assert_eq!(
+        names(&jobs),
+        [
+            "qa",
+            "find_rst[0-7]",
+            "find_rst[8-10]",
+            "register[0-7]",
+            "register[8-10]",
+            "align",
+            "apply_map",
+            "preview"
+        ]
+    );
+    let parents = |n: &str| -> Vec<u64> {
+        let j = jobs.iter().find(|j| j["name"] == n).unwrap();
+        serde_json::from_value(j["parents"].clone()).unwrap()
+    };
+    let id = |n: &str| {
+        jobs.iter().find(|j| j["name"] == n).unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(parents("find_rst[8-10]"), [id("qa")]);
+    assert_eq!(parents("register[8-10]"), [id("find_rst[8-10]")]);
+    assert_eq!(
+        parents("align"),
+        [id("register[0-7]"), id("register[8-10]")]
+    );
+    // a person still reads the stack as its steps
+    let ls = |args: &[&str]| {
+        let mut all = vec!["ls", "--stack", "fanned"];
+        all.extend(args);
+        String::from_utf8_lossy(&site.run("beamflow-collector", &all).stdout).into_owned()
+    };
+    let steps = ls(&[]);
+    assert!(
+        steps.contains("find_rst ×2") && steps.contains("register ×2") && !steps.contains("[8-10]"),
+        "{steps}"
+    );
+    assert_eq!(steps.lines().count(), 1 + 6, "{steps}");
+    let every = ls(&["--every"]);
+    assert!(every.contains("register[8-10]"), "{every}");
+    let work = site.work().join("fanned/@v1");
+    assert_eq!(
+        std::fs::read_to_string(work.join("pairs_0008-0010.lst")).unwrap(),
+        "S_0008 S_0009 S_0008_S_0009\nS_0009 S_0010 S_0009_S_0010\nS_0010 S_0011 S_0010_S_0011\n"
+    );
+    for f in ["cmaps/summary_0000-0007.out", "maps/summary_0008-0010.out"] {
+        assert!(
+            work.join(f).is_file(),
+            "{f}: each job writes its own summary"
+        );
+    }
+    // the whole-stack DAG, by the same tools, beside the fanned-out outputs
+    let bin = aligntk_bin();
+    let run = |tool: &str, args: &str| -> String {
+        let out = std::process::Command::new(bin.join(tool))
+            .args(args.split_whitespace())
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for d in [
+        "whole_cmaps",
+        "whole_maps",
+        "whole_amaps",
+        "whole_grids",
+        "whole_aligned",
+        "again_maps",
+        "again_amaps",
+        "again_grids",
+        "again_aligned",
+    ] {
+        std::fs::create_dir_all(work.join(d)).unwrap();
+    }
+    run("find_rst", "-pairs pairs.lst -tif -images images/ -output whole_cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary whole_cmaps/summary.out");
+    run("register", "-pairs pairs.lst -images images/ -output whole_maps/ -initial_map whole_cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary whole_maps/summary.out -min_overlap 10.0");
+    run("align", "-images images/ -image_list images.lst -maps whole_maps/ -map_list pairs.lst -output whole_amaps/ -schedule schedule.lst -incremental -output_grid whole_grids/ -grid_size 128x128 -fixed S_0000");
+    run("apply_map", "-image_list images.lst -images images/ -maps whole_amaps/ -output whole_aligned/ -memory 1000");
+    // the noise floor: the whole stack again with register's pairs in the reverse order (each
+    // pair then draws other numbers from its sequence), as valid a run as the first
+    let reversed: String = std::fs::read_to_string(work.join("pairs.lst"))
+        .unwrap()
+        .lines()
+        .rev()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(work.join("pairs_reversed.lst"), reversed).unwrap();
+    run("register", "-pairs pairs_reversed.lst -images images/ -output again_maps/ -initial_map whole_cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary again_maps/summary.out -min_overlap 10.0");
+    run("align", "-images images/ -image_list images.lst -maps again_maps/ -map_list pairs.lst -output again_amaps/ -schedule schedule.lst -incremental -output_grid again_grids/ -grid_size 128x128 -fixed S_0000");
+    run("apply_map", "-image_list images.lst -images images/ -maps again_amaps/ -output again_aligned/ -memory 1000");
+    let rms = |tool: &str, flag: &str, a: &str, b: &str| -> f64 {
+        let said = run(tool, &format!("-{flag}1 {a} -{flag}2 {b}"));
+        said.lines()
+            .find_map(|l| l.strip_prefix("RMS difference = "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{tool} {a} {b}: {said}"))
+    };
+    let pairs: Vec<String> = std::fs::read_to_string(work.join("pairs.lst"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap().to_string())
+        .collect();
+    assert_eq!(pairs.len(), 11);
+    let (mut worst_map, mut worst_section) = (0.0f64, 0.0f64);
+    for p in &pairs {
+        let (a, b) = (format!("cmaps/{p}.map"), format!("whole_cmaps/{p}.map"));
+        assert!(
+            std::fs::read(work.join(&a)).unwrap() == std::fs::read(work.join(&b)).unwrap(),
+            "{a} differs from the whole stack's"
+        );
+        let d = rms(
+            "compare_maps",
+            "map",
+            &format!("maps/{p}.map"),
+            &format!("whole_maps/{p}.map"),
+        );
+        worst_map = worst_map.max(d);
+    }
+    // the noise floor: register's maps of two whole-stack runs whose pairs came in another order
+    let floor = pairs
+        .iter()
+        .map(|p| {
+            rms(
+                "compare_maps",
+                "map",
+                &format!("whole_maps/{p}.map"),
+                &format!("again_maps/{p}.map"),
+            )
+        })
+        .fold(0.0f64, f64::max);
+    for i in 0..12 {
+        let (a, b) = (
+            format!("aligned/S_{i:04}.tif"),
+            format!("whole_aligned/S_{i:04}.tif"),
+        );
+        worst_section = worst_section.max(rms("compare_images", "image", &a, &b));
+    }
+    eprintln!(
+        "fanned out vs whole stack: find_rst maps identical; register maps RMS ≤ {worst_map:.6} px \
+         (two whole-stack runs: ≤ {floor:.6} px); aligned sections RMS ≤ {worst_section:.3} gray levels"
+    );
+    assert!(worst_map < 0.01, "register's maps moved {worst_map} px");
+    assert!(
+        floor < 0.01,
+        "two whole-stack runs' maps differ by {floor} px"
+    );
+    // what AlignTK renders from maps a thousandth of a pixel apart: a few gray levels at edges
+    assert!(
+        worst_section < 4.0,
+        "aligned sections differ by {worst_section} gray levels RMS"
+    );
+}

@@ -11,36 +11,32 @@ use std::path::{Path, PathBuf};
 
 /// Renders jobs as an aligned table.
 pub fn jobs_table(jobs: &[JobRow]) -> String {
-    let mut rows = vec![[
-        "ID".to_string(),
-        "BEAMLINE".into(),
-        "STACK".into(),
-        "VER".into(),
-        "NAME".into(),
-        "STATE".into(),
-        "PARENTS".into(),
-    ]];
-    for j in jobs {
-        let parents = if j.parents.is_empty() {
-            "-".to_string()
-        } else {
-            j.parents
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        rows.push([
-            j.id.to_string(),
-            j.beamline.clone(),
-            j.stack.clone(),
-            j.version.to_string(),
-            j.name.clone(),
-            j.state.to_string(),
-            parents,
-        ]);
-    }
+    let mut rows = vec![header()];
+    rows.extend(jobs.iter().map(row));
     table(&rows)
+}
+
+fn header() -> [String; 7] {
+    ["ID", "BEAMLINE", "STACK", "VER", "NAME", "STATE", "PARENTS"].map(String::from)
+}
+
+fn row(j: &JobRow) -> [String; 7] {
+    [
+        j.id.to_string(),
+        j.beamline.clone(),
+        j.stack.clone(),
+        j.version.to_string(),
+        j.name.clone(),
+        j.state.to_string(),
+        list(&j.parents),
+    ]
+}
+
+fn list(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        return "-".to_string();
+    }
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// The `status` page: stacks with jobs per state, launchers, and what needs a person.
@@ -142,6 +138,71 @@ pub fn client(config: &Path) -> anyhow::Result<Client> {
     Ok(Client::from_state_dir(&cfg.collector.state_dir)?)
 }
 
+/// A fanned-out step's jobs as one row, so that a stack still reads as its steps: the step
+/// with how many jobs and their ids, the state they share, else how many are done and what
+/// the others are doing (`12/31 done, RUNNING 4`), the parents of them all.
+fn grouped(jobs: &[JobRow]) -> String {
+    use beamflow_protocol::states::JobState;
+    let mut groups: Vec<(String, Vec<&JobRow>)> = Vec::new();
+    for j in jobs {
+        let (step, _) = crate::science::dag::step_of(&j.name);
+        let same =
+            |g: &&JobRow| g.beamline == j.beamline && g.stack == j.stack && g.version == j.version;
+        match groups
+            .iter_mut()
+            .find(|(name, m)| name == step && m.first().is_some_and(same))
+        {
+            Some((_, members)) => members.push(j),
+            None => groups.push((step.to_string(), vec![j])),
+        }
+    }
+    let mut rows = vec![header()];
+    for (step, members) in groups {
+        if let [one] = members[..] {
+            rows.push(row(one));
+            continue;
+        }
+        let own: Vec<u64> = members.iter().map(|m| m.id).collect();
+        let mut parents: Vec<u64> = members
+            .iter()
+            .flat_map(|m| m.parents.iter().copied())
+            .filter(|p| !own.contains(p))
+            .collect();
+        parents.sort_unstable();
+        parents.dedup();
+        let first_state = members[0].state;
+        let state = match first_state {
+            s if members.iter().all(|m| m.state == s) => s.to_string(),
+            _ => {
+                let done = members
+                    .iter()
+                    .filter(|m| m.state == JobState::JobFinished)
+                    .count();
+                let others: Vec<String> = JobState::ALL
+                    .iter()
+                    .filter(|s| **s != JobState::JobFinished)
+                    .filter_map(|s| {
+                        let n = members.iter().filter(|m| m.state == *s).count();
+                        (n > 0).then(|| format!("{s} {n}"))
+                    })
+                    .collect();
+                format!("{done}/{} done, {}", members.len(), others.join(", "))
+            }
+        };
+        let first = members[0];
+        rows.push([
+            format!("{}..{}", own[0], own[own.len() - 1]),
+            first.beamline.clone(),
+            first.stack.clone(),
+            first.version.to_string(),
+            format!("{step} ×{}", members.len()),
+            state,
+            list(&parents),
+        ]);
+    }
+    table(&rows)
+}
+
 /// `ls`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
@@ -157,6 +218,9 @@ pub struct LsArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// One row per job, a fanned-out step's too (by default they are one row per step).
+    #[arg(long)]
+    pub every: bool,
 }
 
 /// `ls`: the jobs, filtered.
@@ -166,7 +230,11 @@ pub fn ls_main(a: LsArgs) -> anyhow::Result<Exit> {
     if a.json {
         sayln!("{}", serde_json::to_string_pretty(&jobs)?);
     } else {
-        logs::out(&jobs_table(&jobs));
+        logs::out(&if a.every {
+            jobs_table(&jobs)
+        } else {
+            grouped(&jobs)
+        });
     }
     Ok(Exit::Done)
 }

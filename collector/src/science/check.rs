@@ -155,12 +155,31 @@ fn pairs(work_dir: &Path) -> Vec<String> {
 /// Checks a step's declared outputs: each of `outputs` must exist (expanded per pair for
 /// `{pair}` and per section for `{image}`), none of `absent` (globs) may. A miss names what
 /// is missing and for which sections.
-pub fn outputs(work_dir: &Path, outputs: &[String], absent: &[String]) -> Result<(), CheckError> {
+pub fn outputs(
+    work_dir: &Path,
+    outputs: &[String],
+    absent: &[String],
+    part: Option<super::dag::Part>,
+) -> Result<(), CheckError> {
     if outputs.is_empty() && absent.is_empty() {
         return Ok(()); // nothing declared: no lists to read
     }
     let secs = sections(work_dir);
-    let pair_names = pairs(work_dir);
+    let mut pair_names = pairs(work_dir);
+    // a fanned-out job answers for its own pairs and sections only
+    let mine: Vec<Section> = match part {
+        Some(p) => {
+            pair_names = (pair_names.into_iter().enumerate())
+                .filter(|(i, _)| p.pairs().contains(i))
+                .map(|(_, n)| n)
+                .collect();
+            (secs.iter().enumerate())
+                .filter(|(i, _)| p.sections().contains(i))
+                .map(|(_, s)| s.clone())
+                .collect()
+        }
+        None => secs.clone(),
+    };
     let mut missing = Vec::new();
     for pattern in outputs {
         let expanded: Vec<(String, String)> = if pattern.contains("{pair}") {
@@ -178,7 +197,7 @@ pub fn outputs(work_dir: &Path, outputs: &[String], absent: &[String]) -> Result
                 })
                 .collect()
         } else if pattern.contains("{image}") {
-            secs.iter()
+            mine.iter()
                 .map(|s| (pattern.replace("{image}", &s.aligntk), s.original.clone()))
                 .collect()
         } else {
@@ -498,17 +517,18 @@ S_0000  S_0001      0.601787      0.000000      1.000000      0.000000      0.00
             d.path(),
             &["amaps/{image}.map".into()],
             &["grids/fold*.pnm".into()],
+            None,
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("2 of its outputs are missing"), "{e}");
         assert!(e.contains("amaps/b_c.map (for b c.tif)"), "{e}");
         assert!(e.contains("grids/fold0.pnm"), "{e}");
-        let e = outputs(d.path(), &["maps/{pair}.map".into()], &[])
+        let e = outputs(d.path(), &["maps/{pair}.map".into()], &[], None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("maps/b_c_d.map (for b c.tif and d.tif)"), "{e}");
         std::fs::write(d.path().join("maps/b_c_d.map"), "M1").unwrap();
-        outputs(d.path(), &["maps/{pair}.map".into()], &[]).unwrap();
+        outputs(d.path(), &["maps/{pair}.map".into()], &[], None).unwrap();
     }
 }

@@ -6,8 +6,108 @@
 //! read, are filled in one pass when the work folder is prepared ([`fill`]), each inside the
 //! one argument it sits in. No shell ever sees the result.
 
-use beamflow_config::{argv, Workflow};
-use std::collections::BTreeMap;
+use beamflow_config::{argv, Each, Workflow};
+use std::collections::{BTreeMap, HashMap};
+
+/// What a fanned-out job covers: consecutive pairs (`pairs.lst` lines) or sections
+/// (`images.lst` lines), zero-based and inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Pairs or sections.
+    pub each: Each,
+    /// The first one.
+    pub first: usize,
+    /// The last one.
+    pub last: usize,
+}
+
+impl Part {
+    /// What `{part}` becomes in a file name: `_0008-0015`.
+    pub fn suffix(&self) -> String {
+        format!("_{:04}-{:04}", self.first, self.last)
+    }
+
+    /// The list the job reads: `pairs_0008-0015.lst` or `images_0008-0015.lst`.
+    pub fn list_file(&self) -> String {
+        match self.each {
+            Each::Section => format!("images{}.lst", self.suffix()),
+            _ => format!("pairs{}.lst", self.suffix()),
+        }
+    }
+
+    /// The sections whose bytes the job reads (a pair reads two).
+    pub fn sections(&self) -> std::ops::RangeInclusive<usize> {
+        match self.each {
+            Each::Pair => self.first..=self.last + 1,
+            _ => self.first..=self.last,
+        }
+    }
+
+    /// The pairs the job covers (a chunk of sections covers the pairs inside it).
+    pub fn pairs(&self) -> std::ops::Range<usize> {
+        match self.each {
+            Each::Section => self.first..self.last,
+            _ => self.first..self.last + 1,
+        }
+    }
+}
+
+/// The jobs of a step for a stack of `sections`: one for the whole stack, or one per chunk.
+pub fn parts(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
+    let n = match each {
+        Each::Stack => return vec![None],
+        Each::Pair => sections.saturating_sub(1),
+        Each::Section => sections,
+    };
+    let chunk = chunk.max(1) as usize;
+    if n <= chunk {
+        return vec![None]; // a stack that fits in one chunk is one job
+    }
+    (0..n)
+        .step_by(chunk)
+        .map(|first| {
+            Some(Part {
+                each,
+                first,
+                last: (first + chunk).min(n) - 1,
+            })
+        })
+        .collect()
+}
+
+/// A job's name: its step's, with the range of a fanned-out one (`find_rst[8-15]`).
+pub fn job_name(step: &str, part: Option<Part>) -> String {
+    match part {
+        Some(p) => format!("{step}[{}-{}]", p.first, p.last),
+        None => step.to_string(),
+    }
+}
+
+/// The step a job's name belongs to, and the range of a fanned-out one.
+pub fn step_of(name: &str) -> (&str, Option<(usize, usize)>) {
+    let Some((step, rest)) = name.split_once('[') else {
+        return (name, None);
+    };
+    let range = rest
+        .strip_suffix(']')
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    (step, range)
+}
+
+/// Whether a job covering `child` needs the output of one covering `parent`: a whole-stack
+/// job on either side needs all; otherwise the data must overlap (register of pairs 8–15
+/// needs find_rst of pairs 8–15, not of 0–7).
+fn needs(child: Option<Part>, parent: Option<Part>) -> bool {
+    match (child, parent) {
+        (Some(c), Some(p)) if c.each == p.each => c.first <= p.last && p.first <= c.last,
+        (Some(c), Some(p)) => {
+            let (a, b) = (c.sections(), p.sections());
+            a.start() <= b.end() && b.start() <= a.end()
+        }
+        _ => true,
+    }
+}
 
 /// One job to create, parents first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,34 +147,65 @@ pub struct StackFacts<'a> {
     pub grid_size: &'a str,
 }
 
-/// Plans the jobs of `wf` for one stack.
-pub fn plan(wf: &Workflow) -> Vec<PlannedJob> {
+/// Plans the jobs of `wf` for a stack of `sections`: a fanned-out step becomes a job per
+/// chunk, and each job's parents are the jobs whose output it reads.
+pub fn plan(wf: &Workflow, sections: usize) -> Vec<PlannedJob> {
     let bin = wf.bin.as_ref().map(|b| b.display().to_string());
-    wf.topo_order()
-        .into_iter()
-        .map(|s| {
+    let mut made: HashMap<&str, Vec<(String, Option<Part>)>> = HashMap::new();
+    let mut out = Vec::new();
+    for s in wf.topo_order() {
+        for part in parts(s.each, s.chunk, sections) {
+            // what a job's own part fills in: known now, unlike what the work folder tells
+            let own = |n: &str| -> Option<String> {
+                Some(match (n, part) {
+                    ("bin", _) => bin.clone()?,
+                    ("part", Some(p)) => p.suffix(),
+                    ("part", None) => String::new(),
+                    ("pairs_file", Some(p)) if p.each == Each::Pair => p.list_file(),
+                    ("images_file", Some(p)) if p.each == Each::Section => p.list_file(),
+                    ("pairs_file", _) => "pairs.lst".into(),
+                    ("images_file", _) => "images.lst".into(),
+                    _ => return None,
+                })
+            };
             let argv = s
                 .argv
                 .iter()
                 .map(|a| match &bin {
-                    Some(b) => argv::fill(a, &|n| (n == "bin").then(|| b.clone())),
+                    Some(_) => argv::fill_known(a, &own),
                     // no folder configured: the executables are found on PATH
-                    None => a.strip_prefix("{bin}/").unwrap_or(a).to_string(),
+                    None => argv::fill_known(a.strip_prefix("{bin}/").unwrap_or(a), &own),
                 })
                 .collect();
-            PlannedJob {
-                name: s.name.clone(),
+            let parents = s
+                .after
+                .iter()
+                .flat_map(|p| made.get(p.as_str()).into_iter().flatten())
+                .filter(|(_, pp)| needs(part, *pp))
+                .map(|(n, _)| n.clone())
+                .collect();
+            let name = job_name(&s.name, part);
+            made.entry(&s.name).or_default().push((name.clone(), part));
+            out.push(PlannedJob {
+                name,
                 argv,
-                parents: s.after.clone(),
+                parents,
                 nodes: s.nodes,
                 ranks_per_node: s.ranks_per_node,
                 threads_per_rank: s.threads_per_rank,
                 cpu_affinity: s.cpu_affinity.clone(),
                 env: s.env.clone(),
-                check_summary: s.check_summary.clone(),
-            }
-        })
-        .collect()
+                check_summary: s.check_summary.as_ref().map(|c| argv::fill_known(c, &own)),
+            });
+        }
+    }
+    out
+}
+
+/// The part a job covers, from its name and its step's `each`.
+pub fn part_of(name: &str, each: Each) -> Option<Part> {
+    let (_, range) = step_of(name);
+    range.map(|(first, last)| Part { each, first, last })
 }
 
 /// Fills a planned job's per-stack placeholders: one pass, each value inside the argument it
@@ -129,7 +260,7 @@ mod tests {
     fn aligntk_plan_keeps_chain_and_fills_each_value_inside_one_argument() {
         let cfg = Config::parse("", Path::new("x")).unwrap();
         let wf = &cfg.workflows["aligntk"];
-        let jobs = plan(wf);
+        let jobs = plan(wf, 2);
         assert_eq!(jobs.len(), 4);
         assert_eq!(jobs[2].parents, ["find_rst"]);
         assert_eq!(jobs[3].parents, ["register"]);
@@ -160,13 +291,102 @@ mod tests {
     }
 
     #[test]
+    fn fanned_out_steps_are_a_job_per_chunk_and_edges_follow_the_data() {
+        let cfg = Config::parse(
+            r#"
+[workflows.w]
+[[workflows.w.steps]]
+name = "qa"
+command = "qa"
+[[workflows.w.steps]]
+name = "find"
+command = "find -pairs {pairs_file} -summary s{part}.out"
+after = ["qa"]
+each = "pair"
+chunk = 4
+check_summary = "s{part}.out"
+[[workflows.w.steps]]
+name = "reg"
+command = "reg -pairs {pairs_file} -note {{literal}}"
+after = ["find"]
+each = "pair"
+chunk = 4
+[[workflows.w.steps]]
+name = "align"
+command = "align -image_list {images_file}"
+after = ["reg"]
+[[workflows.w.steps]]
+name = "apply"
+command = "apply -image_list {images_file}"
+after = ["align"]
+each = "section"
+chunk = 5
+"#,
+            Path::new("x"),
+        )
+        .unwrap();
+        // 10 sections: 9 pairs in chunks of 4, 10 sections in chunks of 5
+        let jobs = plan(&cfg.workflows["w"], 10);
+        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "qa",
+                "find[0-3]",
+                "find[4-7]",
+                "find[8-8]",
+                "reg[0-3]",
+                "reg[4-7]",
+                "reg[8-8]",
+                "align",
+                "apply[0-4]",
+                "apply[5-9]"
+            ]
+        );
+        let job = |n: &str| jobs.iter().find(|j| j.name == n).unwrap();
+        assert_eq!(job("find[4-7]").parents, ["qa"]);
+        assert_eq!(job("reg[4-7]").parents, ["find[4-7]"]);
+        assert_eq!(job("align").parents, ["reg[0-3]", "reg[4-7]", "reg[8-8]"]);
+        assert_eq!(job("apply[5-9]").parents, ["align"]);
+        let find = job("find[4-7]");
+        assert_eq!(
+            find.argv,
+            [
+                "find",
+                "-pairs",
+                "pairs_0004-0007.lst",
+                "-summary",
+                "s_0004-0007.out"
+            ]
+        );
+        assert_eq!(find.check_summary.as_deref(), Some("s_0004-0007.out"));
+        // the rest waits for the work folder, escapes too
+        assert_eq!(job("reg[8-8]").argv[4], "{{literal}}");
+        assert_eq!(job("align").argv[2], "images.lst");
+        assert_eq!(job("apply[0-4]").argv[2], "images_0000-0004.lst");
+        assert_eq!(step_of("reg[4-7]"), ("reg", Some((4, 7))));
+        assert_eq!(step_of("align"), ("align", None));
+        // a stack that fits in one chunk is one job per step, as before
+        let small: Vec<String> = plan(&cfg.workflows["w"], 4)
+            .into_iter()
+            .map(|j| j.name)
+            .collect();
+        assert_eq!(small, ["qa", "find", "reg", "align", "apply"]);
+        // sections and pairs meet where their sections overlap
+        let p = |each, first, last| Some(Part { each, first, last });
+        assert!(needs(p(Each::Section, 4, 7), p(Each::Pair, 7, 9)));
+        assert!(!needs(p(Each::Section, 0, 3), p(Each::Pair, 4, 7)));
+        assert!(needs(p(Each::Pair, 3, 3), p(Each::Section, 4, 4)));
+    }
+
+    #[test]
     fn bin_is_filled_from_the_config() {
         let cfg = Config::parse(
             "[workflows.aligntk]\nbin = \"/opt/align tk/bin\"\n",
             Path::new("x"),
         )
         .unwrap();
-        let jobs = plan(&cfg.workflows["aligntk"]);
+        let jobs = plan(&cfg.workflows["aligntk"], 2);
         assert_eq!(jobs[1].argv[0], "/opt/align tk/bin/find_rst");
     }
 }

@@ -235,12 +235,46 @@ pub fn prepare(
     ] {
         write_atomic(&work_dir.join(name), text).map_err(io("write", &work_dir.join(name)))?;
     }
+    if let Some(wf) = wf {
+        write_part_lists(work_dir, wf, (&list, &pairs))?;
+    }
     let first = stack_dir.join(&sections[0].original);
     let (w, h) = super::open::dimensions(&first).map_err(section(&sections[0].original))?;
     Ok(Prepared {
         grid_size: format!("{w}x{h}"),
         sections,
     })
+}
+
+/// Each fanned-out job's own list: the lines of `images.lst` or `pairs.lst` its part covers
+/// (`pairs_0008-0015.lst` …), for the steps of `wf` that fan out.
+fn write_part_lists(
+    work_dir: &Path,
+    wf: &beamflow_config::Workflow,
+    (images, pairs): (&str, &str),
+) -> Result<(), PrepareError> {
+    use super::dag::{parts, Part};
+    let images: Vec<&str> = images.lines().collect();
+    let pairs: Vec<&str> = pairs.lines().collect();
+    let lines = |p: &Part| -> String {
+        let all = match p.each {
+            beamflow_config::Each::Section => &images,
+            _ => &pairs,
+        };
+        let end = p.last.min(all.len().saturating_sub(1));
+        all.get(p.first..=end)
+            .unwrap_or_default()
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    for s in &wf.steps {
+        for p in parts(s.each, s.chunk, images.len()).into_iter().flatten() {
+            let path = work_dir.join(p.list_file());
+            write_atomic(&path, &lines(&p)).map_err(io("write", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Gives each output that carries an alias (`aligned/section0003.tif`, `amaps/section0003.map`)

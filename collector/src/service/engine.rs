@@ -369,16 +369,20 @@ impl Engine {
     /// the received names given back to outputs made under an alias.
     fn check(&self, j: &Pending) -> std::result::Result<(), CheckError> {
         let work = Path::new(&j.work_dir);
+        let (step_name, _) = crate::science::dag::step_of(&j.name);
         let step = self
             .steps
-            .get(&(j.workflow.clone(), j.name.clone()))
+            .get(&(j.workflow.clone(), step_name.to_string()))
             .and_then(|i| self.cfg.workflows.get(&j.workflow).map(|w| &w.steps[*i]));
         match &j.check_summary {
-            Some(rel) => crate::science::check::summary(work, rel, &j.name),
+            Some(rel) => crate::science::check::summary(work, rel, step_name),
             None => Ok(()),
         }
         .and_then(|()| match step {
-            Some(s) => crate::science::check::outputs(work, &s.outputs, &s.absent),
+            Some(s) => {
+                let part = crate::science::dag::part_of(&j.name, s.each);
+                crate::science::check::outputs(work, &s.outputs, &s.absent, part)
+            }
             None => Ok(()),
         })
         .and_then(|()| match self.cached(j.stack_id) {

@@ -3,7 +3,7 @@
 //! retries it), or killed. The agent asks for these over its own link, so a beamline learns
 //! how its stacks ended without opening a port or a session on the login node.
 
-use crate::api::{DagOutcome, JobRow};
+use crate::api::{DagOutcome, JobRow, StepProgress};
 use beamflow_protocol::states::{DagState, JobState};
 
 /// Sums up the jobs of stack version `id`; `config` is the collector's config file, for the
@@ -72,7 +72,32 @@ pub fn summarize(id: u64, jobs: &[JobRow], config: &str) -> DagOutcome {
             .filter_map(|j| j.reason.strip_prefix("superseded by v")?.parse().ok())
             .max()
             .unwrap_or(0),
+        steps: steps(jobs),
     }
+}
+
+/// Each step with its jobs finished and in all, in the order the jobs were planned (a
+/// fanned-out step's jobs are `STEP[FIRST-LAST]`).
+pub fn steps(jobs: &[JobRow]) -> Vec<StepProgress> {
+    let mut out: Vec<StepProgress> = Vec::new();
+    let mut sorted: Vec<&JobRow> = jobs.iter().collect();
+    sorted.sort_by_key(|j| j.id);
+    for j in sorted {
+        let (name, _) = crate::science::dag::step_of(&j.name);
+        let done = u32::from(j.state == JobState::JobFinished);
+        match out.iter_mut().find(|s| s.name == name) {
+            Some(s) => {
+                s.done += done;
+                s.total += 1;
+            }
+            None => out.push(StepProgress {
+                name: name.to_string(),
+                done,
+                total: 1,
+            }),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

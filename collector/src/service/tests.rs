@@ -144,7 +144,7 @@ impl Tier {
             .join("bl")
             .join(name)
             .join(format!("@v{version}"));
-        let jobs = crate::science::dag::plan(&self.cfg.workflows[workflow]);
+        let jobs = crate::science::dag::plan(&self.cfg.workflows[workflow], 2);
         let (dir, work) = (snap.display().to_string(), work.display().to_string());
         let digest = format!("{name}{version}");
         let s = NewStack {

@@ -480,11 +480,11 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
 fn step_table(steps: &[StepTime]) -> String {
     let mut out = String::new();
     if !steps.is_empty() {
-        out.push_str("  step        tool's own run   beamflow around it (ready -> running, done -> checked)\n");
+        out.push_str("  job              tool's own run   beamflow around it (ready -> running, done -> checked)\n");
         let (mut tool, mut ours) = (Duration::ZERO, Duration::ZERO);
         for s in steps {
             out.push_str(&format!(
-                "  {:<10} {:>12.3} s {:>14.3} s\n",
+                "  {:<16} {:>12.3} s {:>14.3} s\n",
                 s.name,
                 s.tool.as_secs_f64(),
                 s.beamflow.as_secs_f64()
@@ -493,7 +493,7 @@ fn step_table(steps: &[StepTime]) -> String {
             ours += s.beamflow;
         }
         out.push_str(&format!(
-            "  {:<10} {:>12.3} s {:>14.3} s   (the DAG's total minus the tools' runs)\n\n",
+            "  {:<16} {:>12.3} s {:>14.3} s   (the DAG's total minus the tools' runs)\n\n",
             "all",
             tool.as_secs_f64(),
             ours.as_secs_f64()
@@ -519,7 +519,7 @@ fn job_list(jobs: &[(String, beamflow_protocol::states::JobState, Vec<u64>)]) ->
                     .join(", ")
             )
         };
-        out.push_str(&format!("    {name:<10} {state}{p}\n"));
+        out.push_str(&format!("    {name:<16} {state}{p}\n"));
     }
     out
 }

@@ -215,8 +215,27 @@ pub fn measure(work: &Path, side: u32) -> Result<Science, MeasureError> {
             source,
         })
     };
-    let pairs = find_rst_pairs(&read("cmaps/summary.out")?, seed_of);
-    let correlations = register_correlations(&read("maps/summary.out")?);
+    // one summary per job: the whole stack's, or one per chunk of pairs
+    let summaries = |dir: &str| -> Result<Vec<String>, MeasureError> {
+        let mut names: Vec<String> = std::fs::read_dir(work.join(dir))
+            .map_err(|source| MeasureError::Read {
+                path: work.join(dir),
+                source,
+            })?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("summary") && n.ends_with(".out"))
+            .collect();
+        names.sort();
+        names.iter().map(|n| read(&format!("{dir}/{n}"))).collect()
+    };
+    let pairs: Vec<PairShift> = summaries("cmaps")?
+        .iter()
+        .flat_map(|t| find_rst_pairs(t, seed_of))
+        .collect();
+    let correlations: Vec<f64> = summaries("maps")?
+        .iter()
+        .flat_map(|t| register_correlations(t))
+        .collect();
     let names: Vec<String> = read("images.lst")?
         .lines()
         .filter(|l| !l.trim().is_empty())

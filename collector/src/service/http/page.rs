@@ -271,6 +271,10 @@ fn stacks(o: &mut String, v: &View) {
             // its files are gone from this host
             let _ = write!(line, " (freed {b} bytes)");
         }
+        if d.steps.iter().any(|s| s.total > 1) {
+            // a fanned-out step still reads as one step
+            let _ = write!(line, " — {}", d.steps_line());
+        }
         let _ = write!(
             o,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{class}>{}</td><td>{}</td></tr>",
@@ -384,6 +388,7 @@ mod tests {
             failure: "qa: <b>S_0001.tif</b>: blank".into(),
             retry: String::new(),
             superseded_by: 0,
+            steps: Vec::new(),
         };
         let v = View {
             host: "login1".into(),

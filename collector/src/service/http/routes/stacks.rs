@@ -68,7 +68,7 @@ pub(super) fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<Su
             .work_root
             .join(beamflow_protocol::work_rel(&beamline, &stack, req.version));
     let (dir_s, work_s) = (dir.display().to_string(), work_dir.display().to_string());
-    let jobs = plan(wf);
+    let jobs = plan(wf, req.files.len());
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());
     let dg = digest(&req.files);
     let new = NewStack {
