@@ -736,3 +736,54 @@ fn a_fanned_out_dag_computes_what_the_whole_stack_does() {
         "aligned sections differ by {worst_section} gray levels RMS"
     );
 }
+
+/// A stack that grew by a section comes as a new version; its fanned-out jobs whose inputs
+/// are the same bytes as a finished job of the version before (with the same command) take
+/// that job's outputs instead of running: the new version costs the pairs that changed,
+/// align and apply_map, not the whole stack again. With a fixed 8-bit window the prepared
+/// sections keep their bytes (a percentile window over the stack moves with every section).
+#[test]
+fn a_grown_stack_reuses_the_pair_work_it_already_did() {
+    let site = Site::new("1s", "");
+    site.use_aligntk();
+    site.append_config("to_8bit = \"fixed:0-65535\"\n");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
+    let _service = site.start_service();
+    let dir = site.write_stack("grown", 12, 128);
+    site.push(&dir);
+    site.wait_finished("grown", LONG);
+    // one more section; the twelve before keep their bytes
+    site.write_stack("grown", 13, 128);
+    site.push(&dir);
+    let jobs = site.wait_jobs("grown", LONG, "both versions JOB_FINISHED", |j| {
+        j.iter().filter(|j| j["version"] == 2).count() == 8
+            && j.iter().all(|j| j["state"] == "JOB_FINISHED")
+    });
+    let v2: Vec<&Value> = jobs.iter().filter(|j| j["version"] == 2).collect();
+    let of = |n: &str| v2.iter().find(|j| j["name"] == n).copied().unwrap();
+    let history = |j: &Value| {
+        String::from_utf8_lossy(
+            &site
+                .run("beamflow-collector", &["history", &j["id"].to_string()])
+                .stdout,
+        )
+        .into_owned()
+    };
+    for reused in ["find_rst[0-7]", "register[0-7]"] {
+        let h = history(of(reused));
+        assert!(h.contains("reused job"), "{reused} ran again:\n{h}");
+        assert_eq!(of(reused)["attempts"], 0, "{reused}");
+    }
+    for ran in ["find_rst[8-11]", "register[8-11]", "align", "apply_map"] {
+        assert_eq!(of(ran)["attempts"], 1, "{ran} should have run");
+    }
+    let work = site.work().join("grown/@v2");
+    for f in [
+        "cmaps/S_0000_S_0001.map",
+        "maps/summary_0000-0007.out",
+        "maps/S_0011_S_0012.map",
+        "aligned/S_0012.tif",
+    ] {
+        assert!(work.join(f).is_file(), "{f} missing in v2's work folder");
+    }
+}

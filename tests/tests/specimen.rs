@@ -33,7 +33,12 @@ fn find_rst(dir: &Path) -> Command {
     let words: Vec<String> = step
         .command
         .split_whitespace()
-        .map(|w| w.replace("{bin}", &bin))
+        // as a whole-stack job of the step runs it
+        .map(|w| {
+            w.replace("{bin}", &bin)
+                .replace("{pairs_file}", "pairs.lst")
+                .replace("{part}", "")
+        })
         .collect();
     let mut cmd = Command::new(&words[0]);
     cmd.args(&words[1..]).current_dir(dir);

@@ -17,4 +17,5 @@ pub mod open;
 pub mod prepare;
 pub mod preview;
 pub mod qa;
+pub mod reuse;
 pub mod to8bit;

@@ -323,6 +323,7 @@ impl Engine {
         }
         let mut filled = Vec::new();
         let mut failed = Vec::new();
+        let mut reused = Vec::new();
         let mut newly_prepared = Vec::new();
         for j in ready {
             match self.prepared_for(&j) {
@@ -341,7 +342,10 @@ impl Engine {
                             grid_size: &p.grid_size,
                         },
                     );
-                    filled.push((j.id, argv, env));
+                    match self.reusable(&j, &argv, &p) {
+                        Some(why) => reused.push((j.id, argv, why)),
+                        None => filled.push((j.id, argv, env)),
+                    }
                 }
                 Err(e) => {
                     let why = beamflow_program::chain(&e);
@@ -362,7 +366,60 @@ impl Engine {
             db.mark_prepared(s)?;
         }
         let n = db.preprocessed(&filled)?;
-        Ok((n + db.apply_all(&failed)?, n))
+        let done = db.reused(&reused)?;
+        if done > 0 {
+            let ids: Vec<u64> = reused.iter().map(|r| r.0).collect();
+            db.promote_children(&ids)?;
+            self.wake.engine();
+        }
+        Ok((n + done + db.apply_all(&failed)?, n))
+    }
+
+    /// Why job `j` (its command filled to `argv`) need not run: a finished job of an earlier
+    /// version of its stack, of the same name and command, read the very same bytes; its
+    /// outputs are linked in. Fanned-out jobs only: a whole-stack job reads every section,
+    /// and a new version changed one.
+    fn reusable(&self, j: &Pending, argv: &[String], p: &Prepared) -> Option<String> {
+        use crate::science::{dag, reuse};
+        let (step_name, _) = dag::step_of(&j.name);
+        let wf = self.cfg.workflows.get(&j.workflow)?;
+        let step = wf.steps.iter().find(|s| s.name == step_name)?;
+        let part = dag::part_of(&j.name, step.each)?;
+        let earlier = self.db().ok()?.earlier_finished(j.id).ok()??;
+        if earlier.argv != argv {
+            return None;
+        }
+        let parent_outputs: Vec<String> = wf
+            .steps
+            .iter()
+            .filter(|s| step.after.contains(&s.name))
+            .flat_map(|s| s.outputs.iter().cloned())
+            .collect();
+        let (old, new) = (Path::new(&earlier.work_dir), Path::new(&j.work_dir));
+        let summary = j.check_summary.as_deref();
+        let files = reuse::files(
+            new,
+            &j.name,
+            part,
+            (&step.outputs, summary),
+            &parent_outputs,
+        );
+        if !reuse::same_inputs(old, new, &files.inputs) {
+            return None;
+        }
+        reuse::link_outputs(old, new, &files.outputs).ok()?;
+        // every declared output and the summary must be there, else the job runs
+        let logs = 2;
+        let declared = &files.outputs[..files.outputs.len() - logs];
+        if !declared.iter().all(|f| new.join(f).is_file()) {
+            return None;
+        }
+        name_back_sections(new, &p.sections).ok()?;
+        tracing::info!(job = j.id, stack = %j.stack, step = %j.name, earlier = earlier.id, "reused: the same inputs and command as a finished job of v{}", earlier.version);
+        Some(format!(
+            "reused job {} of v{}: the same command read the same bytes (BLAKE3)",
+            earlier.id, earlier.version
+        ))
     }
 
     /// The output check of a zero exit: the summary it declares, its declared outputs, then

@@ -42,6 +42,9 @@ pub enum Trigger {
     PersonKill,
     /// A newer version of its stack was accepted before it started.
     Superseded,
+    /// A finished job of an earlier version read the very same bytes with the same command:
+    /// its outputs are this job's.
+    Reused,
 }
 
 /// Why a move was not made: the database failed, or the table holds no such move.
@@ -75,6 +78,7 @@ pub const MOVES: &[(JobState, JobState, Trigger)] = &[
     (S::Created, S::AwaitingParents, T::Submitted),
     (S::AwaitingParents, S::Ready, T::ParentsFinished),
     (S::Ready, S::Preprocessed, T::Prepared),
+    (S::Ready, S::JobFinished, T::Reused),
     (S::Ready, S::Failed, T::PrepareFailed),
     (S::Preprocessed, S::Running, T::Acquired),
     (S::RestartReady, S::Running, T::Acquired),

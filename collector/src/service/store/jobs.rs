@@ -58,6 +58,28 @@ pub struct Pending {
 }
 
 impl Db {
+    /// The newest finished job of an earlier version of job `id`'s stack with its name.
+    pub fn earlier_finished(&self, id: u64) -> Result<Option<Earlier>, DbError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT o.id, os.version, os.work_dir, o.command
+             FROM jobs j JOIN stacks s ON s.id = j.stack_id
+             JOIN stacks os ON os.beamline = s.beamline AND os.name = s.name AND os.version < s.version
+             JOIN jobs o ON o.stack_id = os.id AND o.name = j.name AND o.state = '{}'
+             WHERE j.id = ?1 ORDER BY os.version DESC LIMIT 1",
+            JobState::JobFinished.as_str()
+        ))?;
+        Ok(st
+            .query_row([id as i64], |r| {
+                Ok(Earlier {
+                    id: r.get::<_, i64>(0)? as u64,
+                    version: r.get(1)?,
+                    work_dir: r.get(2)?,
+                    argv: crate::science::dag::decode(&r.get::<_, String>(3)?),
+                })
+            })
+            .optional()?)
+    }
+
     /// Jobs in `state` with what the service needs to act on them.
     pub fn pending(&self, state: JobState) -> Result<Vec<Pending>, DbError> {
         self.pending_in(&[state])
@@ -195,6 +217,27 @@ impl Db {
             [stack_id as i64],
         )?;
         Ok(())
+    }
+
+    /// READY → JOB_FINISHED for jobs whose outputs an earlier version's job left (the command
+    /// they would have run, and why they did not), in one transaction.
+    pub fn reused(&mut self, jobs: &[(u64, Vec<String>, String)]) -> Result<usize, DbError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let mut n = 0;
+        for (id, argv, why) in jobs {
+            tx.prepare_cached(&format!(
+                "UPDATE jobs SET command = ?2 WHERE id = ?1 AND state = '{}'",
+                JobState::Ready.as_str()
+            ))?
+            .execute(params![*id as i64, crate::science::dag::encode(argv)])?;
+            n += job::change(&tx, *id, JobState::JobFinished, Trigger::Reused, why, &at)? as usize;
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     /// READY → PREPROCESSED with each job's final argument vector, all in one transaction.
@@ -471,6 +514,20 @@ fn launcher_row(
         Some((state, slots, heartbeat)) => Some((LauncherState::parse(&state)?, slots, heartbeat)),
         None => None,
     })
+}
+
+/// A finished job of an earlier version of the same stack, of the same name: what a job
+/// may reuse when it reads the same bytes.
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    /// Its id.
+    pub id: u64,
+    /// Its version.
+    pub version: u32,
+    /// Its work folder.
+    pub work_dir: String,
+    /// Its command as it ran.
+    pub argv: Vec<String>,
 }
 
 /// The jobs a launcher says it runs that the database does not give it (killed, superseded,
