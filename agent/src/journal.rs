@@ -505,6 +505,23 @@ impl Journal {
         Ok(decided)
     }
 
+    /// Records files sent ahead of their stack's finish (verified and durable at the
+    /// collector): the stack keeps its state; the finish finds them sent, and a stack that
+    /// vanishes has its partial copy removed.
+    pub fn sent_ahead(&mut self, id: i64, files: &[FileRecord]) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for f in files {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO files (stack_id, name, size, mtime_ns, blake3, sent) VALUES (?1, ?2, ?3, ?4, ?5, 1)")?.execute(
+                params![id, f.name, f.size as i64, f.mtime_ns, &f.blake3[..]],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records new sizes/mtimes for files whose bytes did not change (touched, rewritten).
     pub fn refresh_meta(&mut self, id: i64, files: &[FileRecord]) -> Result<(), JournalError> {
         let tx = self

@@ -31,6 +31,11 @@ pub struct WatchSection {
     /// finishes one anyway once nothing changed for this long, saying so.
     #[serde(default)]
     pub finish_after: Option<Dur>,
+    /// Sections move as they land: a section left alone this long (e.g. `"2s"`) that passes
+    /// the TIFF check is sent over the warm link while its stack is still being written, and
+    /// the finish sends only what came or changed since. Unset: a stack moves when finished.
+    #[serde(default)]
+    pub file_settle: Option<Dur>,
     /// A stack still changing after this long raises a visible warning.
     #[serde(default = "default_max_wait")]
     pub max_wait: Dur,

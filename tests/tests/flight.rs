@@ -243,3 +243,74 @@ fn a_large_stack_s_hash_does_not_hold_back_other_decisions() {
     assert_eq!(names("stack finished"), ["small", "big"]);
     assert_eq!(names("sending"), ["big", "small"], "the older stack first");
 }
+
+/// Sections move as they land (`[[watch]] file_settle`): a stack that only its marker
+/// finishes has every section at the collector, verified and durable, while it is still
+/// being written; the marker then moves no byte again: the finish finds them all there
+/// ("same") and submits at once.
+#[test]
+fn sections_move_as_they_land_and_the_marker_only_submits() {
+    let site = Site::new("30s", "marker = \"DONE\"\nfile_settle = \"1s\"");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let dir = site.write_stack("live", 3, 32);
+    let remote = site.remote().join("live");
+    wait_for(
+        Duration::from_secs(30),
+        "the sections at the collector before the stack is finished",
+        || {
+            (0..3)
+                .all(|i| {
+                    let n = format!("S_{i:04}.tif");
+                    std::fs::read(remote.join(&n)).ok() == std::fs::read(dir.join(&n)).ok()
+                })
+                .then_some(())
+        },
+        || site.log_tail("agent.log"),
+    );
+    let s = site.stack("live").unwrap();
+    assert_eq!(s["state"], "waiting", "sent ahead, not finished: {s}");
+    std::fs::write(dir.join("DONE"), b"").unwrap();
+    site.wait_state("live", "submitted", Duration::from_secs(30));
+    for i in 0..3 {
+        let n = format!("S_{i:04}.tif");
+        assert_eq!(
+            std::fs::read(remote.join(&n)).ok(),
+            std::fs::read(dir.join(&n)).ok(),
+            "{n}"
+        );
+    }
+    let log = std::fs::read_to_string(site.dir.join("agent.log")).unwrap();
+    assert!(log.contains("sections sent ahead of the finish"), "{log}");
+    let submitted = log
+        .lines()
+        .find(|l| l.contains(" submitted") && l.contains("stack=live"))
+        .unwrap_or_else(|| panic!("no submission in:\n{log}"));
+    assert!(
+        submitted.contains("same=3") && submitted.contains("bytes=0"),
+        "the marker moved bytes again: {submitted}"
+    );
+}
+
+/// A stack whose sections went ahead and whose folder then vanishes before it finished has
+/// its partial copy removed at the collector, as one sent at its finish would.
+#[test]
+fn sections_sent_ahead_of_a_stack_that_vanishes_are_removed_at_the_collector() {
+    let site = Site::new("30s", "marker = \"DONE\"\nfile_settle = \"1s\"");
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"qa\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let dir = site.write_stack("fleeting", 2, 32);
+    let remote = site.remote().join("fleeting");
+    wait_until(Duration::from_secs(30), "the sections sent ahead", || {
+        remote.join("S_0001.tif").is_file() && remote.join("S_0000.tif").is_file()
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    let s = site.wait_state("fleeting", "gone", Duration::from_secs(30));
+    assert!(s["reason"].as_str().unwrap().contains("removed"), "{s}");
+    assert!(
+        !remote.join("S_0000.tif").exists() && !remote.join("S_0001.tif").exists(),
+        "the partial copy stays at the collector"
+    );
+}

@@ -26,6 +26,7 @@ impl Daemon {
                 // one: the stack is looked at again now, not at its settle deadline
                 t.quiet = false;
                 self.poke(Duration::ZERO);
+                self.send_ahead(dir);
             }
             // read again when it finishes, which says why if it still fails
             Err(e) => tracing::debug!(stack = %dir.display(), "hashing ahead: {e}"),
@@ -371,6 +372,11 @@ impl Daemon {
             earliest(&mut due, overdue_at);
         }
         let ahead = t.to_hash_ahead(now, &mut due);
+        if let Some(settle) = self.roots[t.root].section.file_settle {
+            // a section hashed ahead is looked at again when it has been left alone long
+            // enough to be sent ahead
+            t.to_send_ahead(now, settle.0, &mut due);
+        }
         if !ahead.is_empty() && !t.hashing && !t.rehash {
             t.hashing = true;
             let (d, tx) = (dir.to_path_buf(), self.tx.clone());
@@ -388,6 +394,7 @@ impl Daemon {
             t.due = Some(at);
             earliest(&mut self.wake, at);
         }
+        self.send_ahead(dir);
     }
 
     /// A finished stack's check and hash came back: it is queued with its files, or waits,

@@ -68,6 +68,129 @@ impl Daemon {
         }
     }
 
+    /// Sends a settling stack's sections ahead of its finish: those hashed ahead, left alone
+    /// for `[[watch]] file_settle` and whole TIFFs, not sent yet, on one far end kept open
+    /// (or a new one while `channels` allow), off the loop. The stack stays waiting.
+    pub(super) fn send_ahead(&mut self, dir: &Path) {
+        let Some(t) = self.stacks.get(dir) else {
+            return;
+        };
+        let Some(settle) = self.roots[t.root].section.file_settle else {
+            return;
+        };
+        let busy: usize = self.in_use.values().sum();
+        if self.ahead.contains(dir)
+            || self.active.contains(dir)
+            || self.checking.contains_key(dir)
+            || busy >= self.cfg.link.channels as usize
+            || (self.master.is_some() && self.pool_ctl.is_none())
+        {
+            return; // the finish, or the next batch, sends them
+        }
+        let wall = std::time::SystemTime::now();
+        let seen: Vec<crate::stack::scan::FileSeen> = t
+            .scan
+            .images
+            .iter()
+            .filter(|f| {
+                t.hashed_ahead(f) && t.sent_ahead.get(&f.name) != Some(&(f.size, f.mtime_ns))
+            })
+            .filter(|f| {
+                let m = std::time::UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64);
+                wall.duration_since(m).unwrap_or_default() >= settle.0
+            })
+            .cloned()
+            .collect();
+        let files: Vec<FileRecord> = seen
+            .iter()
+            .filter_map(|f| t.hashed.get(&f.name).cloned())
+            .collect();
+        let Ok(Some(rec)) = self.journal.stack(&dir.display().to_string()) else {
+            return;
+        };
+        if files.is_empty() || rec.state != StackState::Waiting {
+            return;
+        }
+        self.ahead.insert(dir.to_path_buf());
+        self.in_use.insert(dir.to_path_buf(), 1);
+        let link = self.pool.pop().map(|(l, _)| l);
+        let (cfg, tx, d, ctl) = (
+            self.cfg.clone(),
+            self.tx.clone(),
+            dir.to_path_buf(),
+            self.pool_ctl.clone(),
+        );
+        let job = Job {
+            dir: d.clone(),
+            name: rec.name.clone(),
+            version: rec.version,
+            workflow: rec.workflow.clone(),
+            files: Vec::new(),
+            progress: None,
+            keep_older: false,
+        };
+        tracing::debug!(stack = %rec.name, files = files.len(), "sending sections ahead of the finish");
+        tokio::task::spawn_blocking(move || {
+            // only whole TIFFs go ahead; the finish checks every file again
+            let scan = crate::stack::scan::DirScan {
+                images: seen,
+                ..Default::default()
+            };
+            let faults = crate::stack::images::check_images(&d, &scan, &mut HashMap::new());
+            let whole: Vec<FileRecord> = files
+                .into_iter()
+                .filter(|f| !faults.iter().any(|(n, _)| *n == f.name))
+                .collect();
+            let job = Job {
+                files: whole.clone(),
+                ..job
+            };
+            let (r, link) = transfer::send_ahead(&cfg, &job, ctl.as_deref(), link);
+            let _ = tx.send(Msg::SentAhead(d, whole, r, link));
+        });
+    }
+
+    /// Sections sent ahead came back: those acknowledged are journaled as sent (the stack
+    /// stays waiting), the far end goes back to the pool, and a stack whose folder vanished
+    /// meanwhile has its partial copy removed.
+    pub(super) fn sent_ahead(
+        &mut self,
+        dir: &Path,
+        files: Vec<FileRecord>,
+        r: std::result::Result<Vec<String>, transfer::TransferError>,
+        link: Option<crate::link::Link>,
+    ) -> Result<()> {
+        self.ahead.remove(dir);
+        self.in_use.remove(dir);
+        if let Some(l) = link {
+            self.pool.push((l, Instant::now()));
+        }
+        match r {
+            Ok(acked) => {
+                let sent: Vec<FileRecord> = files
+                    .into_iter()
+                    .filter(|f| acked.contains(&f.name))
+                    .collect();
+                if let Ok(Some(rec)) = self.journal.stack(&dir.display().to_string()) {
+                    self.journal.sent_ahead(rec.id, &sent)?;
+                    tracing::info!(stack = %rec.name, files = sent.len(), "sections sent ahead of the finish");
+                }
+                if let Some(t) = self.stacks.get_mut(dir) {
+                    for f in &sent {
+                        t.sent_ahead.insert(f.name.clone(), (f.size, f.mtime_ns));
+                    }
+                }
+            }
+            // the finish sends them; it says why if it fails too
+            Err(e) => tracing::debug!(stack = %dir.display(), "sending ahead: {e}"),
+        }
+        if !dir.exists() {
+            self.vanished(dir)?;
+        }
+        self.poke(Duration::ZERO);
+        Ok(())
+    }
+
     /// Starts finished stacks, oldest first, while a stack slot and a far end are free.
     pub(super) async fn start_ready(&mut self, now: Instant) -> Result<()> {
         let (slots, ends) = (
@@ -85,6 +208,9 @@ impl Daemon {
         for (order, dir) in self.ready.in_order() {
             if checking.is_some_and(|c| c < *order) {
                 break;
+            }
+            if self.ahead.contains(dir) {
+                continue; // its sections sent ahead come back first (and step again)
             }
             match self.stacks.get(dir).and_then(|t| t.retry_at) {
                 Some(at) if at > now => earliest(&mut self.wake, at),

@@ -176,8 +176,8 @@ impl Daemon {
     /// belong to a DAG), it is marked gone, and what arrived of it at the collector is removed
     /// so that no half copy lingers there; the folder under its new name is a stack of its own.
     pub(super) fn vanished(&mut self, dir: &Path) -> Result<()> {
-        if self.active.contains(dir) {
-            return Ok(()); // its transfer ends first; `finished` comes back here
+        if self.active.contains(dir) || self.ahead.contains(dir) {
+            return Ok(()); // its transfer ends first, and comes back here
         }
         let Some(rec) = self.journal.stack(&dir.display().to_string())? else {
             return Ok(());

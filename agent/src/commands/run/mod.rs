@@ -54,6 +54,14 @@ pub enum Msg {
         PathBuf,
         std::io::Result<Vec<crate::stack::images::FileRecord>>,
     ),
+    /// Sending a settling stack's sections ahead ended: its folder, the files offered, the
+    /// names acknowledged (or why not), the far end if still good.
+    SentAhead(
+        PathBuf,
+        Vec<crate::stack::images::FileRecord>,
+        Result<Vec<String>, crate::link::transfer::TransferError>,
+        Option<crate::link::Link>,
+    ),
     /// Removing a vanished stack's partial copy ended (its folder, journal id, outcome).
     Discarded(PathBuf, i64, crate::link::transfer::Discard),
     /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
@@ -169,6 +177,8 @@ pub struct Daemon {
     /// Folders of images that cannot be sent under their names, held in the journal (their rows' ids): a
     /// row is marked gone once its folder is.
     unsendable_held: HashMap<PathBuf, i64>,
+    /// Stacks whose sections are being sent ahead of their finish (one transfer each).
+    ahead: HashSet<PathBuf>,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -282,6 +292,7 @@ impl Daemon {
             }
             Msg::Checked(dir, c) => self.checked(&dir, *c)?,
             Msg::Hashed(dir, r) => self.hashed(&dir, r),
+            Msg::SentAhead(dir, files, r, link) => self.sent_ahead(&dir, files, r, link)?,
             Msg::Discarded(dir, id, outcome) => {
                 self.active.remove(&dir);
                 self.discarded(id, outcome)?;

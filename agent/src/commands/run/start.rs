@@ -48,6 +48,7 @@ impl Daemon {
             down_since: None,
             activity,
             unsendable_held: HashMap::new(),
+            ahead: HashSet::new(),
         }
     }
 

@@ -34,6 +34,8 @@ pub(super) struct Tracked {
     pub(super) hashed: HashMap<String, FileRecord>,
     /// Hashing ahead is under way.
     pub(super) hashing: bool,
+    /// Sections sent ahead of the finish, by name, valid while (size, mtime) match.
+    pub(super) sent_ahead: HashMap<String, (u64, i64)>,
     /// How many of its images had been hashed ahead when its final check started (for the log).
     pub(super) ahead: usize,
 }
@@ -66,6 +68,7 @@ impl Tracked {
             hashed: HashMap::new(),
             hashing: false,
             ahead: 0,
+            sent_ahead: HashMap::new(),
         }
     }
 
@@ -110,6 +113,23 @@ impl Tracked {
             }
         }
         ahead
+    }
+
+    /// Tells `due` when its sections hashed ahead and not sent yet will have been left alone
+    /// for `settle`, the moment they may be sent ahead.
+    pub(super) fn to_send_ahead(&self, now: Instant, settle: Duration, due: &mut Option<Instant>) {
+        let wall = std::time::SystemTime::now();
+        for f in self.scan.images.iter().filter(|f| self.hashed_ahead(f)) {
+            if self.sent_ahead.get(&f.name) == Some(&(f.size, f.mtime_ns)) {
+                continue;
+            }
+            let m = std::time::UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64);
+            if let Some(left) = settle.checked_sub(wall.duration_since(m).unwrap_or_default()) {
+                if !left.is_zero() {
+                    earliest(due, now + left);
+                }
+            }
+        }
     }
 
     /// Whether `f`, as it is now, was hashed while the stack settled.

@@ -328,6 +328,29 @@ pub fn send_over(
     (report, kept)
 }
 
+/// Sends `job`'s files ahead of their stack's finish on one far end, without submitting: the
+/// collector holds them verified and durable, and the finish finds them there ("same").
+/// Returns the names acknowledged, and the far end when it is still good.
+pub fn send_ahead(
+    cfg: &Config,
+    job: &Job,
+    ctl: Option<&Path>,
+    link: Option<Link>,
+) -> (Result<Vec<String>, TransferError>, Option<Link>) {
+    let mut report = Report::new();
+    let ids: Vec<usize> = (0..job.files.len()).collect();
+    let (link, r) = channel(cfg, job, ctl, &ids, false, &mut report, link);
+    match r {
+        Ok(_) => (Ok(report.acked), link),
+        Err(e) => {
+            if let Some(l) = link {
+                l.close();
+            }
+            (Err(e), None)
+        }
+    }
+}
+
 /// How asking the collector to drop a vanished stack's partial copy ended.
 #[derive(Debug)]
 pub enum Discard {
