@@ -224,4 +224,19 @@ fn a_stack_s_preview_shows_on_its_row_and_opens_full_size() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&artefacts).unwrap();
     std::fs::write(artefacts.join("preview.png"), &written).unwrap();
+    // the page with its thumbnail, as a person sees it
+    let shot = artefacts.join("status-page-preview.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        profile.path(),
+        &spki,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,900",
+            "--hide-scrollbars",
+        ],
+        &login,
+    );
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert_eq!(png_size(&png), (1280, 900));
 }
