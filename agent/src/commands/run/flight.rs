@@ -111,6 +111,9 @@ impl Daemon {
         if files.is_empty() || rec.state != StackState::Waiting {
             return;
         }
+        // the checks done so far travel with the batch and come back with what it checked, so
+        // that the finish does not read those headers again
+        let mut checks = t.checks.clone();
         self.ahead.insert(dir.to_path_buf());
         self.in_use.insert(dir.to_path_buf(), 1);
         let link = self.pool.pop().map(|(l, _)| l);
@@ -136,7 +139,7 @@ impl Daemon {
                 images: seen,
                 ..Default::default()
             };
-            let faults = crate::stack::images::check_images(&d, &scan, &mut HashMap::new());
+            let faults = crate::stack::images::check_images(&d, &scan, &mut checks);
             let whole: Vec<FileRecord> = files
                 .into_iter()
                 .filter(|f| !faults.iter().any(|(n, _)| *n == f.name))
@@ -146,7 +149,7 @@ impl Daemon {
                 ..job
             };
             let (r, link) = transfer::send_ahead(&cfg, &job, ctl.as_deref(), link);
-            let _ = tx.send(Msg::SentAhead(d, whole, r, link));
+            let _ = tx.send(Msg::SentAhead(d, whole, checks, r, link));
         });
     }
 
@@ -157,6 +160,7 @@ impl Daemon {
         &mut self,
         dir: &Path,
         files: Vec<FileRecord>,
+        checks: HashMap<String, (u64, i64, Option<String>)>,
         r: std::result::Result<Vec<String>, transfer::TransferError>,
         link: Option<crate::link::Link>,
     ) -> Result<()> {
@@ -179,6 +183,8 @@ impl Daemon {
                     for f in &sent {
                         t.sent_ahead.insert(f.name.clone(), (f.size, f.mtime_ns));
                     }
+                    // valid while size and mtime match, as the check itself keeps them
+                    t.checks.extend(checks);
                 }
             }
             // the finish sends them; it says why if it fails too

@@ -55,10 +55,11 @@ pub enum Msg {
         std::io::Result<Vec<crate::stack::images::FileRecord>>,
     ),
     /// Sending a settling stack's sections ahead ended: its folder, the files offered, the
-    /// names acknowledged (or why not), the far end if still good.
+    /// TIFF checks made, the names acknowledged (or why not), the far end if still good.
     SentAhead(
         PathBuf,
         Vec<crate::stack::images::FileRecord>,
+        HashMap<String, (u64, i64, Option<String>)>,
         Result<Vec<String>, crate::link::transfer::TransferError>,
         Option<crate::link::Link>,
     ),
@@ -292,7 +293,9 @@ impl Daemon {
             }
             Msg::Checked(dir, c) => self.checked(&dir, *c)?,
             Msg::Hashed(dir, r) => self.hashed(&dir, r),
-            Msg::SentAhead(dir, files, r, link) => self.sent_ahead(&dir, files, r, link)?,
+            Msg::SentAhead(dir, files, checks, r, link) => {
+                self.sent_ahead(&dir, files, checks, r, link)?
+            }
             Msg::Discarded(dir, id, outcome) => {
                 self.active.remove(&dir);
                 self.discarded(id, outcome)?;
