@@ -431,7 +431,7 @@ fn the_demo_runs_end_to_end() {
     for want in [
         "files                 4",
         "workflow `qa`",
-        "qa         JOB_FINISHED",
+        "qa               JOB_FINISHED",
         "AlignTK was not found",
         "The demo stopped its service; `rm -rf ",
     ] {
