@@ -389,6 +389,10 @@ mod tests {
             write_tiff(&stack.join(format!("S_{i}.tif")), &s).unwrap();
             old_mtime(&stack.join(format!("S_{i}.tif")));
         }
+        // setting the mtime moved the ctime to now, and the stack is timed from the later of
+        // the two: settle counts from this real instant, which a loaded machine puts a moment
+        // before the loop's first look
+        let changed = std::time::Instant::now();
         let at = |p: &str| format!("\"{}\"", d.path().join(p).display());
         let text = beamflow_config::EMBEDDED_LOCAL
             .replace("\"./incoming\"", &at("incoming"))
@@ -459,10 +463,11 @@ mod tests {
             .iter()
             .find(|(_, s, _)| s != "waiting")
             .unwrap_or_else(|| panic!("never left waiting: {seen:?}"));
+        let late = changed.elapsed();
         assert!(
-            first_queued.0 >= Duration::from_secs(30)
+            first_queued.0 + late >= Duration::from_secs(30)
                 && first_queued.0 < Duration::from_millis(30_500),
-            "finished at {:?}: {seen:?}",
+            "finished at {:?} ({late:?} of real time after the files changed): {seen:?}",
             first_queued.0
         );
         // then retried with waits of 1, 2, 4, 4 … seconds: an uncapped backoff would say 8s at
