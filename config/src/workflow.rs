@@ -281,6 +281,32 @@ impl Workflow {
                 )
             })?;
         }
+        let seen = self.check_steps()?;
+        for (i, s) in self.steps.iter().enumerate() {
+            for a in &s.after {
+                if !seen.contains(a.as_str()) {
+                    return Err((
+                        format!("steps[{i}].after"),
+                        format!(
+                            "step `{}` runs after `{a}`, which is not a step of this workflow",
+                            s.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(step) = self.cycle() {
+            return Err((
+                "steps".into(),
+                format!("steps form a cycle through `{step}`; a workflow must be a DAG"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each step's name (unique, and plain: a fanned-out job is `STEP[FIRST-LAST]`) and its
+    /// counts (at least 1); the names, for the parents' check.
+    fn check_steps(&self) -> Result<HashSet<&str>, (String, String)> {
         let mut seen = HashSet::new();
         for (i, s) in self.steps.iter().enumerate() {
             if !seen.insert(s.name.as_str()) {
@@ -320,26 +346,7 @@ impl Workflow {
                 }
             }
         }
-        for (i, s) in self.steps.iter().enumerate() {
-            for a in &s.after {
-                if !seen.contains(a.as_str()) {
-                    return Err((
-                        format!("steps[{i}].after"),
-                        format!(
-                            "step `{}` runs after `{a}`, which is not a step of this workflow",
-                            s.name
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Some(step) = self.cycle() {
-            return Err((
-                "steps".into(),
-                format!("steps form a cycle through `{step}`; a workflow must be a DAG"),
-            ));
-        }
-        Ok(())
+        Ok(seen)
     }
 
     /// Steps in an order where parents come first (the order jobs are created in).
@@ -391,6 +398,17 @@ fn step(name: &str, after: &[&str], command: &str) -> Step {
     }
 }
 
+/// A pairwise AlignTK step (most of AlignTK's time) as a job per chunk of pairs, so that a
+/// stack's work spreads over idle nodes: its summary and maps in `dir`. apply_map stays one
+/// job: it sizes its canvas from the maps it is given, so chunks would each get a canvas of
+/// their own (its `-region` could share one, once something computes the stack's extent).
+fn pairwise(mut s: Step, dir: &str) -> Step {
+    s.each = Each::Pair;
+    s.check_summary = Some(format!("{dir}/summary{{part}}.out"));
+    s.outputs = vec![format!("{dir}/{{pair}}.map")];
+    s
+}
+
 /// Workflows every config has unless it defines one of the same name.
 pub(crate) fn builtin() -> Vec<(String, Workflow)> {
     let qa = step(
@@ -398,34 +416,22 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         &[],
         "{collector} qa images --names names.tsv --out qa.json",
     );
-    // the pairwise steps (most of AlignTK's time) run a job per chunk of pairs, so that a
-    // stack's work spreads over idle nodes; apply_map stays one job: it sizes its canvas from
-    // the maps it is given, so chunks would each get a canvas of their own (its `-region`
-    // could share one, once something computes the stack's extent first)
-    let fan = |mut s: Step, each: Each| {
-        s.each = each;
-        s
-    };
-    let mut find_rst = fan(
+    let find_rst = pairwise(
         step(
             "find_rst",
             &["qa"],
             "{bin}/find_rst -pairs {pairs_file} -tif -images images/ -output cmaps/ -max_res 1024 -scale 1.0 -tx -50-50 -ty -50-50 -summary cmaps/summary{part}.out",
         ),
-        Each::Pair,
+        "cmaps",
     );
-    find_rst.check_summary = Some("cmaps/summary{part}.out".into());
-    find_rst.outputs = vec!["cmaps/{pair}.map".into()];
-    let mut register = fan(
+    let register = pairwise(
         step(
             "register",
             &["find_rst"],
             "{bin}/register -pairs {pairs_file} -images images/ -output maps/ -initial_map cmaps/ -distortion 13.0 -output_level 6 -depth 6 -quality 0.5 -summary maps/summary{part}.out -min_overlap 10.0",
         ),
-        Each::Pair,
+        "maps",
     );
-    register.check_summary = Some("maps/summary{part}.out".into());
-    register.outputs = vec!["maps/{pair}.map".into()];
     let mut align = step(
         "align",
         &["register"],

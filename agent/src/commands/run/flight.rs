@@ -87,24 +87,7 @@ impl Daemon {
         {
             return; // the finish, or the next batch, sends them
         }
-        let wall = std::time::SystemTime::now();
-        let seen: Vec<crate::stack::scan::FileSeen> = t
-            .scan
-            .images
-            .iter()
-            .filter(|f| {
-                t.hashed_ahead(f) && t.sent_ahead.get(&f.name) != Some(&(f.size, f.mtime_ns))
-            })
-            .filter(|f| {
-                let m = std::time::UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64);
-                wall.duration_since(m).unwrap_or_default() >= settle.0
-            })
-            .cloned()
-            .collect();
-        let files: Vec<FileRecord> = seen
-            .iter()
-            .filter_map(|f| t.hashed.get(&f.name).cloned())
-            .collect();
+        let (seen, files) = t.ready_to_send_ahead(settle.0);
         let Ok(Some(rec)) = self.journal.stack(&dir.display().to_string()) else {
             return;
         };

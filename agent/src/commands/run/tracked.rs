@@ -115,6 +115,33 @@ impl Tracked {
         ahead
     }
 
+    /// Its sections that may go ahead of its finish: hashed ahead, not sent yet, left alone
+    /// for `settle`; as scanned and as hashed.
+    pub(super) fn ready_to_send_ahead(
+        &self,
+        settle: Duration,
+    ) -> (Vec<crate::stack::scan::FileSeen>, Vec<FileRecord>) {
+        let wall = std::time::SystemTime::now();
+        let seen: Vec<crate::stack::scan::FileSeen> = self
+            .scan
+            .images
+            .iter()
+            .filter(|f| {
+                self.hashed_ahead(f) && self.sent_ahead.get(&f.name) != Some(&(f.size, f.mtime_ns))
+            })
+            .filter(|f| {
+                let m = std::time::UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64);
+                wall.duration_since(m).unwrap_or_default() >= settle
+            })
+            .cloned()
+            .collect();
+        let files = seen
+            .iter()
+            .filter_map(|f| self.hashed.get(&f.name).cloned())
+            .collect();
+        (seen, files)
+    }
+
     /// Tells `due` when its sections hashed ahead and not sent yet will have been left alone
     /// for `settle`, the moment they may be sent ahead.
     pub(super) fn to_send_ahead(&self, now: Instant, settle: Duration, due: &mut Option<Instant>) {
