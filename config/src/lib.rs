@@ -84,6 +84,27 @@ mod tests {
     }
 
     #[test]
+    fn a_fanned_out_step_s_bad_chunk_or_name_names_the_key() {
+        let wf = |extra: &str, name: &str| {
+            format!(
+                "[workflows.w]\n[[workflows.w.steps]]\nname = \"{name}\"\ncommand = \"x\"\n{extra}"
+            )
+        };
+        let e = err(&wf("each = \"pair\"\nchunk = 0\n", "a"));
+        assert!(
+            e.contains("workflows.w.steps[0].chunk") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = err(&wf("", "find[0-7]"));
+        assert!(
+            e.contains("workflows.w.steps[0].name") && e.contains("STEP[FIRST-LAST]"),
+            "{e}"
+        );
+        let e = err(&wf("each = \"pairs\"\n", "a"));
+        assert!(e.contains("each") && e.contains("pair"), "{e}");
+    }
+
+    #[test]
     fn embedded_default_loads() {
         let cfg = Config::parse(EMBEDDED_LOCAL, Path::new("local.toml")).unwrap();
         assert_eq!(cfg.watch.len(), 1);

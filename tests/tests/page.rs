@@ -59,6 +59,35 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
     (be(16), be(20))
 }
 
+/// A screenshot of `url` at `size`, kept in target/test-artifacts as `name` for a person to
+/// look at; its bytes, checked to be a picture of that size.
+fn screenshot(
+    profile: &std::path::Path,
+    spki: &str,
+    url: &str,
+    size: (u32, u32),
+    name: &str,
+) -> Vec<u8> {
+    let artefacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artefacts).unwrap();
+    let shot = artefacts.join(name);
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        profile,
+        spki,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            &format!("--window-size={},{}", size.0, size.1),
+            "--hide-scrollbars",
+        ],
+        url,
+    );
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert_eq!(png_size(&png), size);
+    png
+}
+
 #[test]
 fn the_status_page_renders_in_chromium_with_what_needs_a_person_first() {
     let site = Site::new("1s", "");
@@ -131,23 +160,13 @@ fn the_status_page_renders_in_chromium_with_what_needs_a_person_first() {
         "what needs a person comes first"
     );
 
-    let artefacts =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    std::fs::create_dir_all(&artefacts).unwrap();
-    let shot = artefacts.join("status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    chromium(
+    let png = screenshot(
         profile.path(),
         &spki,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,1400",
-            "--hide-scrollbars",
-        ],
         &login,
+        (1280, 1400),
+        "status-page.png",
     );
-    let png = std::fs::read(&shot).expect("the screenshot");
-    assert_eq!(png_size(&png), (1280, 1400));
     assert!(
         png.len() > 20_000,
         "a page, not a blank: {} bytes",
@@ -225,18 +244,11 @@ fn a_stack_s_preview_shows_on_its_row_and_opens_full_size() {
     std::fs::create_dir_all(&artefacts).unwrap();
     std::fs::write(artefacts.join("preview.png"), &written).unwrap();
     // the page with its thumbnail, as a person sees it
-    let shot = artefacts.join("status-page-preview.png");
-    let _ = std::fs::remove_file(&shot);
-    chromium(
+    screenshot(
         profile.path(),
         &spki,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,900",
-            "--hide-scrollbars",
-        ],
         &login,
+        (1280, 900),
+        "status-page-preview.png",
     );
-    let png = std::fs::read(&shot).expect("the screenshot");
-    assert_eq!(png_size(&png), (1280, 900));
 }

@@ -11,7 +11,7 @@ use super::names::{read_names, received, Section, NAMES_FILE};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-fn sections(work_dir: &Path) -> Vec<Section> {
+pub(super) fn sections(work_dir: &Path) -> Vec<Section> {
     read_names(&work_dir.join(NAMES_FILE)).unwrap_or_default()
 }
 
@@ -144,7 +144,7 @@ fn read_qa(work_dir: &Path) -> Option<BTreeMap<String, super::qa::Section>> {
 }
 
 /// The pairs of `pairs.lst` (`A B A_B` per line): their names.
-fn pairs(work_dir: &Path) -> Vec<String> {
+pub(super) fn pairs(work_dir: &Path) -> Vec<String> {
     std::fs::read_to_string(work_dir.join("pairs.lst"))
         .unwrap_or_default()
         .lines()

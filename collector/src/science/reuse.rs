@@ -10,7 +10,6 @@
 //! outputs for its part, its summary and its logs.
 
 use super::dag::Part;
-use super::names::{read_names, NAMES_FILE};
 use std::path::Path;
 
 /// The files of a job, relative to its work folder: what it reads and what it leaves.
@@ -25,16 +24,11 @@ pub struct Files {
 /// `patterns` expanded over a part's pairs (`{pair}`) and sections (`{image}`), from the
 /// work folder's lists.
 fn expand(work: &Path, patterns: &[String], part: Part) -> Vec<String> {
-    let sections: Vec<String> = read_names(&work.join(NAMES_FILE))
-        .unwrap_or_default()
+    let sections: Vec<String> = super::check::sections(work)
         .into_iter()
         .map(|s| s.aligntk)
         .collect();
-    let pairs: Vec<String> = std::fs::read_to_string(work.join("pairs.lst"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
-        .collect();
+    let pairs = super::check::pairs(work);
     let mut out = Vec::new();
     for p in patterns {
         if p.contains("{pair}") {
@@ -115,6 +109,7 @@ pub fn link_outputs(old: &Path, new: &Path, outputs: &[String]) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::science::names::NAMES_FILE;
     use beamflow_config::Each;
 
     fn work(dir: &Path, sections: &[(&str, &[u8])]) {

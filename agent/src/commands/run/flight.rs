@@ -88,10 +88,13 @@ impl Daemon {
             return; // the finish, or the next batch, sends them
         }
         let (seen, files) = t.ready_to_send_ahead(settle.0);
+        if files.is_empty() {
+            return; // every round of a waiting stack asks: no journal read for nothing
+        }
         let Ok(Some(rec)) = self.journal.stack(&dir.display().to_string()) else {
             return;
         };
-        if files.is_empty() || rec.state != StackState::Waiting {
+        if rec.state != StackState::Waiting {
             return;
         }
         // the checks done so far travel with the batch and come back with what it checked, so

@@ -409,6 +409,58 @@ mod tests {
     }
 
     #[test]
+    fn a_fanned_out_step_reads_as_one_and_a_preview_is_a_thumbnail() {
+        let step = |name: &str, done, total| crate::api::StepProgress {
+            name: name.into(),
+            done,
+            total,
+        };
+        let stack = StackRow {
+            id: 7,
+            beamline: "bl".into(),
+            name: "s".into(),
+            version: 2,
+            workflow: "aligntk-apply".into(),
+            work_dir: String::new(),
+            files: 12,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let dag = DagOutcome {
+            id: 7,
+            state: DagState::Running,
+            done: 3,
+            total: 6,
+            failure: String::new(),
+            retry: String::new(),
+            superseded_by: 0,
+            steps: vec![
+                step("qa", 1, 1),
+                step("find_rst", 2, 2),
+                step("register", 0, 2),
+                step("align", 0, 1),
+            ],
+        };
+        let v = View {
+            stacks: vec![StackLine {
+                row: stack,
+                dag,
+                freed: None,
+                preview: true,
+            }],
+            ..Default::default()
+        };
+        let html = render(&v, SystemTime::now());
+        assert!(
+            html.contains("running 3/6 — qa 1/1 · find_rst 2/2 · register 0/2 · align 0/1"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<img class=\"preview\" src=\"/ui/stacks/7/preview.png\""),
+            "{html}"
+        );
+    }
+
+    #[test]
     fn a_beamline_silent_too_long_turns_red_and_needs_a_person() {
         let now = SystemTime::now();
         assert_eq!(
