@@ -211,6 +211,8 @@ const LATER_COLUMNS: &[(&str, &str)] = &[
     // versions that only added files to a finished stack: the sign of a settle shorter than
     // the gaps between sections
     ("grew", "INTEGER NOT NULL DEFAULT 0"),
+    // sections of the last version streamed while the stack was written (0: none)
+    ("streamed", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// The later columns an older journal lacks.
@@ -673,6 +675,34 @@ impl Journal {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// How many sections the last streamed version of a stack still being written held
+    /// (0: none streamed).
+    pub fn streamed(&self, id: i64) -> Result<usize, JournalError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT streamed FROM stacks WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    /// The collector accepted version `version` of a stack still being written, holding its
+    /// first `sections`: the stack stays waiting, and its next submission is the next version.
+    /// A version already counted changes nothing (the answer came twice).
+    pub fn stream_accepted(
+        &mut self,
+        id: i64,
+        version: u32,
+        sections: usize,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE stacks SET version = ?2 + 1, streamed = ?3, updated_at = ?4
+                 WHERE id = ?1 AND version = ?2",
+            )?
+            .execute(params![id, version, sections as i64, now()])?;
+        Ok(())
     }
 
     /// Starts the next version of a submitted stack whose files changed.

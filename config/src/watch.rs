@@ -36,6 +36,12 @@ pub struct WatchSection {
     /// the finish sends only what came or changed since. Unset: a stack moves when finished.
     #[serde(default)]
     pub file_settle: Option<Dur>,
+    /// The collector runs a stack's pairwise work while the detector still writes it: each
+    /// time the sections sent ahead complete a chunk of pairs, they are submitted as a partial
+    /// version, and the version that seals the stack reuses that work. Sends sections ahead
+    /// (`file_settle`, 2 s unless set). Needs a workflow with fanned-out steps (`each`).
+    #[serde(default)]
+    pub stream: bool,
     /// A stack still changing after this long raises a visible warning.
     #[serde(default = "default_max_wait")]
     pub max_wait: Dur,
@@ -75,6 +81,16 @@ fn default_pattern() -> String {
 
 fn default_min_images() -> std::num::NonZeroU32 {
     std::num::NonZeroU32::new(2).expect("2 is not zero")
+}
+
+impl WatchSection {
+    /// How long a section must be left alone before it moves ahead of its stack's finish:
+    /// `file_settle`, or 2 s for a streamed stack; none: sections move when the stack is
+    /// finished.
+    pub fn section_settle(&self) -> Option<Dur> {
+        self.file_settle
+            .or_else(|| self.stream.then(|| Dur::secs(2)))
+    }
 }
 
 fn default_settle() -> Dur {

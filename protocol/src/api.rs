@@ -86,6 +86,10 @@ pub struct SubmitRequest {
     /// by default this version supersedes them.
     #[serde(default)]
     pub keep_older: bool,
+    /// A streamed stack's sections so far: its DAG holds only the work they allow (whole
+    /// chunks of pairs), and the version that seals the stack reuses it.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 /// Answer to a submission.
@@ -118,6 +122,9 @@ pub struct StackRow {
     pub files: u64,
     /// When it was submitted (RFC 3339).
     pub created_at: String,
+    /// Sections so far of a stack still being written (streamed), not a whole stack.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 /// A job as shown by `ls`.

@@ -216,6 +216,10 @@ pub enum Frame {
         /// by default a new version supersedes them. On the wire a trailing byte, sent only
         /// when set, so a collector that knows no such byte still takes the usual case.
         keep_older: bool,
+        /// A streamed stack's sections so far (bit 1 of the trailing byte): the collector runs
+        /// the work they allow (the pairs of whole chunks) while the detector writes the rest;
+        /// the version that seals the stack reuses it.
+        partial: bool,
     },
     /// Collector → agent: the service accepted the stack.
     Accepted {
@@ -257,6 +261,27 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// A submission's trailing flags byte read into its fields (others pass through).
+    fn with_flags(self, flags: u8) -> Frame {
+        match self {
+            Frame::Submit {
+                stack,
+                version,
+                workflow,
+                files,
+                ..
+            } => Frame::Submit {
+                stack,
+                version,
+                workflow,
+                files,
+                keep_older: flags & 1 != 0,
+                partial: flags & 2 != 0,
+            },
+            other => other,
+        }
+    }
+
     fn kind(&self) -> u8 {
         match self {
             Frame::Hello { .. } => 1,
@@ -353,13 +378,15 @@ impl Frame {
                 workflow,
                 files,
                 keep_older,
+                partial,
             } => {
                 w.str(stack);
                 w.u32(*version);
                 w.str(workflow);
                 w.entries(files);
-                if *keep_older {
-                    w.u8(1);
+                let flags = u8::from(*keep_older) | (u8::from(*partial) << 1);
+                if flags != 0 {
+                    w.u8(flags);
                 }
             }
             Frame::Accepted {
@@ -462,8 +489,10 @@ impl Frame {
                 version: r.u32()?,
                 workflow: r.str()?,
                 files: r.entries()?,
-                keep_older: !r.0.is_empty() && r.u8()? != 0,
-            },
+                keep_older: false,
+                partial: false,
+            }
+            .with_flags(if r.0.is_empty() { 0 } else { r.u8()? }),
             11 => Frame::Accepted {
                 stack: r.str()?,
                 version: r.u32()?,

@@ -147,6 +147,7 @@ mod tests {
                     hash: [3; 32],
                 }],
                 keep_older: false,
+                partial: false,
             },
             Frame::Submit {
                 stack: "s".into(),
@@ -154,6 +155,15 @@ mod tests {
                 workflow: "aligntk".into(),
                 files: Vec::new(),
                 keep_older: true,
+                partial: false,
+            },
+            Frame::Submit {
+                stack: "s".into(),
+                version: 4,
+                workflow: "aligntk".into(),
+                files: Vec::new(),
+                keep_older: false,
+                partial: true,
             },
             Frame::Accepted {
                 stack: "s".into(),
@@ -223,19 +233,18 @@ mod tests {
             for cut in 4..bytes.len() {
                 // a submission's trailing flag is optional: without it, it is the usual
                 // submission (the frame's length prefix is what rules out a cut frame)
-                if matches!(
-                    f,
-                    Frame::Submit {
-                        keep_older: true,
-                        ..
-                    }
-                ) && cut == bytes.len() - 1
+                if matches!(f, Frame::Submit { keep_older, partial, .. } if keep_older || partial)
+                    && cut == bytes.len() - 1
                 {
-                    let Frame::Submit { keep_older, .. } = Frame::decode(&bytes[4..cut]).unwrap()
+                    let Frame::Submit {
+                        keep_older,
+                        partial,
+                        ..
+                    } = Frame::decode(&bytes[4..cut]).unwrap()
                     else {
                         panic!("not a submission")
                     };
-                    assert!(!keep_older);
+                    assert!(!keep_older && !partial);
                     continue;
                 }
                 assert!(Frame::decode(&bytes[4..cut]).is_err(), "{f:?} cut at {cut}");

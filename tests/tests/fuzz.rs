@@ -137,6 +137,7 @@ fn frame(r: &mut Rng) -> Frame {
                 })
                 .collect(),
             keep_older: r.below(2) == 0,
+            partial: r.below(2) == 0,
         },
         9 => Frame::Discard {
             stack: path(r),

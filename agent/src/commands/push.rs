@@ -170,6 +170,7 @@ fn job_for(
         files,
         progress,
         keep_older: root.section.on_change == beamflow_config::OnChange::Resubmit,
+        partial: false,
     }
 }
 

@@ -294,9 +294,10 @@ fn answer<W: Write>(
             workflow,
             files,
             keep_older,
+            partial,
         } => {
             settle(rx, committer);
-            let reply = rx.submit(stack, version, workflow, files, keep_older);
+            let reply = rx.submit(stack, version, workflow, files, (keep_older, partial));
             send(wr, &reply, true)?;
         }
         Frame::Discard { stack, files } => {

@@ -126,7 +126,7 @@ impl Receiver {
         version: u32,
         workflow: String,
         files: Vec<FileEntry>,
-        keep_older: bool,
+        (keep_older, partial): (bool, bool),
     ) -> Frame {
         let stack = match normalize_rel_path(&stack) {
             Ok(s) => s,
@@ -166,6 +166,7 @@ impl Receiver {
             workflow,
             files: out,
             keep_older,
+            partial,
         };
         match self.service(|c| c.submit(&req)) {
             Ok(r) => Frame::Accepted {

@@ -255,6 +255,7 @@ fn submitting_unverified_files_is_refused() {
                 hash: [0; 32],
             }],
             keep_older: false,
+            partial: false,
         }],
     );
     assert!(

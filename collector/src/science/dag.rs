@@ -150,11 +150,72 @@ pub struct StackFacts<'a> {
 /// Plans the jobs of `wf` for a stack of `sections`: a fanned-out step becomes a job per
 /// chunk, and each job's parents are the jobs whose output it reads.
 pub fn plan(wf: &Workflow, sections: usize) -> Vec<PlannedJob> {
+    plan_with(wf, |s| parts(s.each, s.chunk, sections))
+}
+
+/// The whole chunks of a fanned-out step among `sections` received so far: always named by
+/// their range, as the sealed stack's plan names them, so that its jobs find these by name.
+fn whole_chunks(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
+    let n = match each {
+        Each::Stack => return Vec::new(),
+        Each::Pair => sections.saturating_sub(1),
+        Each::Section => sections,
+    };
+    let chunk = chunk.max(1) as usize;
+    (0..n)
+        .step_by(chunk)
+        .filter(|first| first + chunk <= n)
+        .map(|first| {
+            Some(Part {
+                each,
+                first,
+                last: first + chunk - 1,
+            })
+        })
+        .collect()
+}
+
+/// The steps a streamed stack runs before it is sealed: fanned-out steps whose every
+/// parent runs before the seal too, or is a whole-stack step that hands them no files (a
+/// check such as `qa`). Whole-stack steps wait for the seal: they read every section.
+pub fn before_seal(wf: &Workflow) -> std::collections::HashSet<&str> {
+    let mut kept = std::collections::HashSet::new();
+    for s in wf.topo_order() {
+        let parents_allow = s.after.iter().all(|p| {
+            kept.contains(p.as_str())
+                || wf
+                    .steps
+                    .iter()
+                    .any(|q| &q.name == p && q.each == Each::Stack && q.outputs.is_empty())
+        });
+        if s.each != Each::Stack && parents_allow {
+            kept.insert(s.name.as_str());
+        }
+    }
+    kept
+}
+
+/// Plans the jobs a streamed stack's first `sections` allow ([`before_seal`]'s steps, whole
+/// chunks only). The version that seals the stack plans everything; its jobs of these names
+/// reuse these jobs' outputs by content.
+pub fn plan_partial(wf: &Workflow, sections: usize) -> Vec<PlannedJob> {
+    let kept = before_seal(wf);
+    plan_with(wf, |s| match kept.contains(s.name.as_str()) {
+        true => whole_chunks(s.each, s.chunk, sections),
+        false => Vec::new(),
+    })
+}
+
+/// Plans a job for each part `parts_of` gives a step, parents first.
+fn plan_with(
+    wf: &Workflow,
+    parts_of: impl Fn(&beamflow_config::Step) -> Vec<Option<Part>>,
+) -> Vec<PlannedJob> {
     let bin = wf.bin.as_ref().map(|b| b.display().to_string());
     let mut made: HashMap<&str, Vec<(String, Option<Part>)>> = HashMap::new();
     let mut out = Vec::new();
     for s in wf.topo_order() {
-        for part in parts(s.each, s.chunk, sections) {
+        for part in parts_of(s) {
             // what a job's own part fills in: known now, unlike what the work folder tells
             let own = |n: &str| -> Option<String> {
                 Some(match (n, part) {

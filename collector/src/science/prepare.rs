@@ -110,6 +110,7 @@ fn fill_images(
     sections: &[Section],
     to_8bit: &str,
     how: beamflow_config::To8Bit,
+    kept: Option<(f64, f64)>,
 ) -> Result<(), PrepareError> {
     use super::to8bit::{depth, Depth};
     let images = work_dir.join("images");
@@ -159,7 +160,10 @@ fn fill_images(
     let mut window = (0.0, 255.0);
     if !deeper.is_empty() {
         let sources: Vec<std::path::PathBuf> = deeper.iter().map(|(s, _)| s.clone()).collect();
-        window = super::to8bit::window(&sources, how).map_err(convert)?;
+        window = match kept {
+            Some(w) => w,
+            None => super::to8bit::window(&sources, how).map_err(convert)?,
+        };
         for (_, link) in &deeper {
             let _ = std::fs::remove_file(link); // a link from an earlier layout
         }
@@ -177,12 +181,15 @@ fn fill_images(
     .map_err(io("write", &record))
 }
 
-/// Prepares `work_dir` for the images in `stack_dir`. Safe to repeat.
+/// Prepares `work_dir` for the images in `stack_dir`. Safe to repeat. `kept` is an 8-bit
+/// window chosen before (a streamed stack keeps its first one, so that a section's 8-bit
+/// copy is the same bytes in every version and the work on it is reused).
 pub fn prepare(
     work_dir: &Path,
     stack_dir: &Path,
     schedule: &str,
     wf: Option<&beamflow_config::Workflow>,
+    kept: Option<(f64, f64)>,
 ) -> Result<Prepared, PrepareError> {
     std::fs::create_dir_all(work_dir).map_err(io("create", work_dir))?;
     let names = image_names(stack_dir).map_err(io("list", stack_dir))?;
@@ -212,7 +219,7 @@ pub fn prepare(
     let (to_8bit, how) = wf
         .map(|w| (w.to_8bit.as_str(), w.window))
         .unwrap_or(("percentile:0.1-99.9", beamflow_config::To8Bit::default()));
-    fill_images(work_dir, stack_dir, &sections, to_8bit, how)?;
+    fill_images(work_dir, stack_dir, &sections, to_8bit, how, kept)?;
     for d in ["cmaps", "maps", "amaps", "grids", "aligned"] {
         std::fs::create_dir_all(work_dir.join(d)).map_err(io("create", &work_dir.join(d)))?;
     }
@@ -335,7 +342,7 @@ mod tests {
                 .unwrap();
         }
         let work = d.path().join("work");
-        let p = prepare(&work, &stack, "6 0.1 1.0 0.01\n", None).unwrap();
+        let p = prepare(&work, &stack, "6 0.1 1.0 0.01\n", None, None).unwrap();
         assert_eq!(p.sections.len(), 4);
         let listed = std::fs::read_to_string(work.join("images.lst")).unwrap();
         for line in listed.lines() {
@@ -353,7 +360,10 @@ mod tests {
         want.sort();
         assert_eq!(originals, want);
         // again: nothing changes, nothing breaks
-        assert_eq!(prepare(&work, &stack, "6 0.1 1.0 0.01\n", None).unwrap(), p);
+        assert_eq!(
+            prepare(&work, &stack, "6 0.1 1.0 0.01\n", None, None).unwrap(),
+            p
+        );
         // outputs under an alias get the original name too
         for s in &p.sections {
             std::fs::write(work.join("aligned").join(format!("{}.tif", s.aligntk)), "x").unwrap();

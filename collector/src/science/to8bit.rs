@@ -27,6 +27,14 @@ pub struct Conversion {
     pub received: std::collections::BTreeMap<String, String>,
 }
 
+/// The window a work folder's sections were converted through, if they were.
+pub fn recorded_window(work_dir: &Path) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(work_dir.join(CONVERSION_FILE)).ok()?;
+    let c: Conversion = serde_json::from_str(&text).ok()?;
+    // an all-8-bit stack records the identity window: nothing was chosen
+    (!c.received.values().all(|d| d == "8-bit")).then_some(c.window)
+}
+
 /// A section's samples, as far as conversion cares.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Depth {

@@ -315,6 +315,20 @@ impl Engine {
         if ready.is_empty() {
             return Ok((0, 0));
         }
+        // a chunk whose twin of an earlier version (a streamed stack's sections so far) is
+        // under way waits for it, and is reused when it read the same bytes; its end rings
+        // the bell again
+        {
+            let db = self.db()?;
+            let mut keep = Vec::with_capacity(ready.len());
+            for j in ready {
+                let fanned = crate::science::dag::step_of(&j.name).1.is_some();
+                if !(fanned && db.twin_under_way(j.id)?) {
+                    keep.push(j);
+                }
+            }
+            ready = keep;
+        }
         // a stack of thousands of steps is made runnable a slice at a time, so the first
         // ones run while the rest are filled in; the bell brings the engine back for more
         if ready.len() > PREPARE_SLICE {
@@ -461,11 +475,19 @@ impl Engine {
         }
         let wf = self.cfg.workflows.get(&j.workflow);
         let schedule = wf.map(|w| w.schedule.clone()).unwrap_or_default();
+        let kept = self
+            .db()
+            .ok()
+            .and_then(|db| db.streamed_before(j.stack_id).ok())
+            .unwrap_or_default()
+            .iter()
+            .find_map(|dir| crate::science::to8bit::recorded_window(Path::new(dir)));
         let p = prepare(
             Path::new(&j.work_dir),
             Path::new(&j.stack_dir),
             &schedule,
             wf,
+            kept,
         );
         if let Ok(mut m) = self.prepared.lock() {
             // a bound on memory: the stacks in flight are few, the ones that ended are not needed

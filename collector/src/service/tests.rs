@@ -157,6 +157,7 @@ impl Tier {
             digest: &digest,
             files_json: "[]",
             supersede,
+            partial: false,
         };
         let mut db = self.db.lock().unwrap();
         db.submit(&s, &jobs).unwrap();

@@ -372,7 +372,7 @@ impl Daemon {
             earliest(&mut due, overdue_at);
         }
         let ahead = t.to_hash_ahead(now, &mut due);
-        if let Some(settle) = self.roots[t.root].section.file_settle {
+        if let Some(settle) = self.roots[t.root].section.section_settle() {
             // a section hashed ahead is looked at again when it has been left alone long
             // enough to be sent ahead
             t.to_send_ahead(now, settle.0, &mut due);

@@ -4,6 +4,26 @@
 
 use super::*;
 
+/// What sending a stack's sections ahead came back with.
+#[derive(Debug)]
+pub struct AheadDone {
+    /// The files offered.
+    pub files: Vec<FileRecord>,
+    /// The TIFF checks made on the way.
+    pub checks: HashMap<String, (u64, i64, Option<String>)>,
+    /// The names the collector acknowledged, or why not.
+    pub acked: std::result::Result<Vec<String>, transfer::TransferError>,
+    /// The far end, if still good.
+    pub link: Option<crate::link::Link>,
+    /// The partial version submitted after them (a streamed stack): its number, its
+    /// sections, the collector's answer.
+    pub streamed: Option<(
+        u32,
+        usize,
+        std::result::Result<transfer::Accepted, transfer::TransferError>,
+    )>,
+}
+
 /// Finished stacks waiting for a slot, in the order they go: the time their images last
 /// changed, oldest first. Kept in order, so that the next is found without sorting them all
 /// at every step (a cold start queues thousands).
@@ -75,7 +95,7 @@ impl Daemon {
         let Some(t) = self.stacks.get(dir) else {
             return;
         };
-        let Some(settle) = self.roots[t.root].section.file_settle else {
+        let Some(settle) = self.roots[t.root].section.section_settle() else {
             return;
         };
         let busy: usize = self.in_use.values().sum();
@@ -117,7 +137,9 @@ impl Daemon {
             files: Vec::new(),
             progress: None,
             keep_older: false,
+            partial: false,
         };
+        let streaming = self.streaming(t, &rec);
         tracing::debug!(stack = %rec.name, files = files.len(), "sending sections ahead of the finish");
         tokio::task::spawn_blocking(move || {
             // only whole TIFFs go ahead; the finish checks every file again
@@ -134,22 +156,107 @@ impl Daemon {
                 files: whole.clone(),
                 ..job
             };
-            let (r, link) = transfer::send_ahead(&cfg, &job, ctl.as_deref(), link);
-            let _ = tx.send(Msg::SentAhead(d, whole, checks, r, link));
+            let (acked, mut link) = transfer::send_ahead(&cfg, &job, ctl.as_deref(), link);
+            let mut streamed = None;
+            if let (Ok(names), Some(s)) = (&acked, streaming) {
+                let arrived: Vec<FileRecord> = whole
+                    .iter()
+                    .filter(|f| names.contains(&f.name))
+                    .cloned()
+                    .collect();
+                if let Some(files) = s.due(&arrived) {
+                    let n = files.len();
+                    let job = Job {
+                        files,
+                        partial: true,
+                        ..job
+                    };
+                    let (answer, l) =
+                        transfer::submit_partial(&cfg, &job, ctl.as_deref(), link.take());
+                    link = l;
+                    streamed = Some((job.version, n, answer));
+                }
+            }
+            let done = AheadDone {
+                files: whole,
+                checks,
+                acked,
+                link,
+                streamed,
+            };
+            let _ = tx.send(Msg::SentAhead(d, Box::new(done)));
         });
+    }
+
+    /// What a streamed stack's next partial version is decided from; none when the stack
+    /// does not stream or its workflow has nothing to run before the seal.
+    fn streaming(
+        &self,
+        t: &Tracked,
+        rec: &crate::journal::StackRecord,
+    ) -> Option<super::stream::Streaming> {
+        if !self.roots[t.root].section.stream {
+            return None;
+        }
+        let chunk = super::stream::chunk_of(self.cfg.workflows.get(&rec.workflow))?;
+        let streamed = self.journal.streamed(rec.id).ok()?;
+        let mut order: Vec<String> = t.scan.images.iter().map(|f| f.name.clone()).collect();
+        order.sort();
+        let sent = t
+            .scan
+            .images
+            .iter()
+            .filter(|f| t.sent_ahead.get(&f.name) == Some(&(f.size, f.mtime_ns)))
+            .filter_map(|f| t.hashed.get(&f.name))
+            .map(|r| (r.name.clone(), r.clone()))
+            .collect();
+        Some(super::stream::Streaming {
+            chunk,
+            streamed,
+            order,
+            sent,
+        })
+    }
+
+    /// A partial version of a stack still being written came back: accepted, the stack's
+    /// next submission is the next version; refused (a version of that number exists from
+    /// before a restart), the next partial takes the next number; else the next batch tries.
+    fn streamed(
+        &mut self,
+        dir: &Path,
+        version: u32,
+        sections: usize,
+        answer: std::result::Result<transfer::Accepted, transfer::TransferError>,
+    ) -> Result<()> {
+        let Ok(Some(rec)) = self.journal.stack(&dir.display().to_string()) else {
+            return Ok(());
+        };
+        match answer {
+            Ok(a) => {
+                self.journal.stream_accepted(rec.id, version, sections)?;
+                tracing::info!(stack = %rec.name, version, sections, jobs = a.jobs, "streamed: the sections so far run at the collector");
+            }
+            Err(transfer::TransferError::SubmitRefused(why)) => {
+                let before = self.journal.streamed(rec.id)?;
+                self.journal.stream_accepted(rec.id, version, before)?;
+                tracing::warn!(stack = %rec.name, version, "the collector refused the sections so far ({why}); the next ones go as v{}", version + 1);
+            }
+            Err(e) => tracing::debug!(stack = %rec.name, "streaming: {e}"),
+        }
+        Ok(())
     }
 
     /// Sections sent ahead came back: those acknowledged are journaled as sent (the stack
     /// stays waiting), the far end goes back to the pool, and a stack whose folder vanished
     /// meanwhile has its partial copy removed.
-    pub(super) fn sent_ahead(
-        &mut self,
-        dir: &Path,
-        files: Vec<FileRecord>,
-        checks: HashMap<String, (u64, i64, Option<String>)>,
-        r: std::result::Result<Vec<String>, transfer::TransferError>,
-        link: Option<crate::link::Link>,
-    ) -> Result<()> {
+    pub(super) fn sent_ahead(&mut self, dir: &Path, done: AheadDone) -> Result<()> {
+        let AheadDone {
+            files,
+            checks,
+            acked: r,
+            link,
+            streamed,
+        } = done;
         self.ahead.remove(dir);
         self.in_use.remove(dir);
         if let Some(l) = link {
@@ -175,6 +282,9 @@ impl Daemon {
             }
             // the finish sends them; it says why if it fails too
             Err(e) => tracing::debug!(stack = %dir.display(), "sending ahead: {e}"),
+        }
+        if let Some((version, sections, answer)) = streamed {
+            self.streamed(dir, version, sections, answer)?;
         }
         if !dir.exists() {
             self.vanished(dir)?;
@@ -285,6 +395,7 @@ impl Daemon {
             files,
             progress: None,
             keep_older: self.roots[t_root].section.on_change == beamflow_config::OnChange::Resubmit,
+            partial: false,
         };
         self.journal.set_state(rec.id, StackState::Sending, "")?;
         tracing::info!(stack = %rec.name, version = rec.version, files = job.files.len(), channels = k, warm = links.len(), "sending");

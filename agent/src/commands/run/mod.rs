@@ -14,6 +14,7 @@ mod flight;
 mod folders;
 mod side;
 mod start;
+mod stream;
 mod tracked;
 
 use folders::UNNAMED_KEY;
@@ -54,15 +55,8 @@ pub enum Msg {
         PathBuf,
         std::io::Result<Vec<crate::stack::images::FileRecord>>,
     ),
-    /// Sending a settling stack's sections ahead ended: its folder, the files offered, the
-    /// TIFF checks made, the names acknowledged (or why not), the far end if still good.
-    SentAhead(
-        PathBuf,
-        Vec<crate::stack::images::FileRecord>,
-        HashMap<String, (u64, i64, Option<String>)>,
-        Result<Vec<String>, crate::link::transfer::TransferError>,
-        Option<crate::link::Link>,
-    ),
+    /// Sending a settling stack's sections ahead ended (and streaming them, if due).
+    SentAhead(PathBuf, Box<flight::AheadDone>),
     /// Removing a vanished stack's partial copy ended (its folder, journal id, outcome).
     Discarded(PathBuf, i64, crate::link::transfer::Discard),
     /// The collector said where these stacks' DAGs are: (journal id, remote id, outcome),
@@ -293,9 +287,7 @@ impl Daemon {
             }
             Msg::Checked(dir, c) => self.checked(&dir, *c)?,
             Msg::Hashed(dir, r) => self.hashed(&dir, r),
-            Msg::SentAhead(dir, files, checks, r, link) => {
-                self.sent_ahead(&dir, files, checks, r, link)?
-            }
+            Msg::SentAhead(dir, done) => self.sent_ahead(&dir, *done)?,
             Msg::Discarded(dir, id, outcome) => {
                 self.active.remove(&dir);
                 self.discarded(id, outcome)?;

@@ -125,6 +125,7 @@ pub(super) fn submit_stack(
         workflow: job.workflow.clone(),
         files,
         keep_older: job.keep_older,
+        partial: job.partial,
     };
     write_frame(wr, &submit).map_err(broken)?;
     wr.flush().map_err(broken_io)?;

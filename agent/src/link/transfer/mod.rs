@@ -51,6 +51,8 @@ pub struct Job {
     /// Older versions' unstarted jobs keep running (`on_change = "resubmit"`) instead of
     /// being superseded by this one.
     pub keep_older: bool,
+    /// The sections so far of a stack still being written ([`Frame::Submit`]'s `partial`).
+    pub partial: bool,
 }
 
 /// Progress of one stack's transfer, readable from another thread while it runs.
@@ -342,6 +344,35 @@ pub fn send_ahead(
     let (link, r) = channel(cfg, job, ctl, &ids, false, &mut report, link);
     match r {
         Ok(_) => (Ok(report.acked), link),
+        Err(e) => {
+            if let Some(l) = link {
+                l.close();
+            }
+            (Err(e), None)
+        }
+    }
+}
+
+/// Submits the sections so far of a stack still being written (`job.partial`): each is
+/// offered again on this channel (the collector has them, so it says so at once) and the
+/// collector plans the work they allow. The far end comes back when all went well.
+pub fn submit_partial(
+    cfg: &Config,
+    job: &Job,
+    ctl: Option<&Path>,
+    link: Option<Link>,
+) -> (Result<Accepted, TransferError>, Option<Link>) {
+    let mut report = Report::new();
+    let ids: Vec<usize> = (0..job.files.len()).collect();
+    let (link, r) = channel(cfg, job, ctl, &ids, true, &mut report, link);
+    match r {
+        Ok(Some(a)) => (Ok(a), link),
+        Ok(None) => (
+            Err(TransferError::Broken(
+                "the collector did not answer the submission".into(),
+            )),
+            link,
+        ),
         Err(e) => {
             if let Some(l) = link {
                 l.close();

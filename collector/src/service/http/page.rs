@@ -379,6 +379,7 @@ mod tests {
             work_dir: String::new(),
             files: 2,
             created_at: "2026-01-01T00:00:00Z".into(),
+            partial: false,
         };
         let dag = DagOutcome {
             id: 1,
@@ -424,6 +425,7 @@ mod tests {
             work_dir: String::new(),
             files: 12,
             created_at: "2026-01-01T00:00:00Z".into(),
+            partial: false,
         };
         let dag = DagOutcome {
             id: 7,

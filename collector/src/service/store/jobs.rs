@@ -80,6 +80,51 @@ impl Db {
             .optional()?)
     }
 
+    /// The work folders of the streamed versions just before stack version `stack_id`
+    /// (the unbroken run of partial versions before it), nearest first: a streamed stack's
+    /// versions keep the 8-bit window of the first of them that chose one.
+    pub fn streamed_before(&self, stack_id: u64) -> Result<Vec<String>, DbError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT os.partial, os.work_dir FROM stacks s JOIN stacks os
+             ON os.beamline = s.beamline AND os.name = s.name AND os.version < s.version
+             WHERE s.id = ?1 ORDER BY os.version DESC",
+        )?;
+        let rows: Vec<(bool, String)> = st
+            .query_map([stack_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows
+            .into_iter()
+            .take_while(|(partial, _)| *partial)
+            .map(|(_, dir)| dir)
+            .collect())
+    }
+
+    /// Whether a job of the same name of an earlier version of job `id`'s stack is under
+    /// way (prepared, running, being checked or about to be retried): this one waits for it
+    /// rather than doing the same work twice, and reuses it if it read the same bytes.
+    pub fn twin_under_way(&self, id: u64) -> Result<bool, DbError> {
+        let live = [
+            JobState::Preprocessed,
+            JobState::Running,
+            JobState::RunDone,
+            JobState::Postprocessed,
+            JobState::RunError,
+            JobState::RunTimeout,
+            JobState::RestartReady,
+        ]
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT COUNT(*) FROM jobs j JOIN stacks s ON s.id = j.stack_id
+             JOIN stacks os ON os.beamline = s.beamline AND os.name = s.name AND os.version < s.version
+             JOIN jobs o ON o.stack_id = os.id AND o.name = j.name AND o.state IN ({live})
+             WHERE j.id = ?1"
+        ))?;
+        Ok(st.query_row([id as i64], |r| r.get::<_, i64>(0))? > 0)
+    }
+
     /// Jobs in `state` with what the service needs to act on them.
     pub fn pending(&self, state: JobState) -> Result<Vec<Pending>, DbError> {
         self.pending_in(&[state])

@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS stacks (
     files TEXT NOT NULL,
     created_at TEXT NOT NULL,
     prepared INTEGER NOT NULL DEFAULT 0,
+    partial INTEGER NOT NULL DEFAULT 0,
     UNIQUE (beamline, name, version)
 );
 CREATE TABLE IF NOT EXISTS jobs (
@@ -229,6 +230,8 @@ pub struct NewStack<'a> {
     /// Whether this version supersedes the older versions' jobs that have not started
     /// (`[[watch]] on_change = "supersede"`, the default) or lets every version run.
     pub supersede: bool,
+    /// A streamed stack's sections so far, not the sealed stack.
+    pub partial: bool,
 }
 
 /// One planned job of a new stack version, with the two events of its birth (created, then
@@ -350,6 +353,14 @@ fn add_columns(conn: &Connection) -> Result<(), DbError> {
     if !has {
         conn.execute_batch("ALTER TABLE launchers ADD COLUMN slots INTEGER NOT NULL DEFAULT 0")?;
     }
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = 'partial'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE stacks ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")?;
+    }
     Ok(())
 }
 
@@ -443,8 +454,8 @@ impl Db {
             return Ok((id as u64, false, n as u32));
         }
         tx.execute(
-            "INSERT INTO stacks (beamline, name, version, workflow, dir, work_dir, digest, files, created_at)
-             VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO stacks (beamline, name, version, workflow, dir, work_dir, digest, files, created_at, partial)
+             VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)",
             params![
                 s.name,
                 s.version,
@@ -454,7 +465,8 @@ impl Db {
                 s.digest,
                 s.files_json,
                 at,
-                s.beamline
+                s.beamline,
+                s.partial
             ],
         )?;
         let stack_id = tx.last_insert_rowid();
@@ -626,7 +638,7 @@ impl Db {
 
     fn stacks_limited(&self, limit: i64) -> Result<Vec<StackRow>, DbError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT * FROM (SELECT id, name, version, workflow, work_dir, files, created_at, beamline
+            "SELECT * FROM (SELECT id, name, version, workflow, work_dir, files, created_at, beamline, partial
              FROM stacks ORDER BY id DESC LIMIT ?1) ORDER BY id",
         )?;
         let rows = st
@@ -644,6 +656,7 @@ impl Db {
                     files: n as u64,
                     created_at: r.get(6)?,
                     beamline: r.get(7)?,
+                    partial: r.get(8)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -718,6 +731,7 @@ mod tests {
             digest: "def",
             files_json: "[]",
             supersede: true,
+            partial: false,
         };
         let (id, created, _) = db.submit(&s, &[]).unwrap();
         assert!(created && id != 7);

@@ -351,6 +351,7 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
                 workflow: workflow.into(),
                 files,
                 keep_older: false,
+                partial: false,
             })
             .unwrap();
     };

@@ -82,8 +82,12 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             token_first,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
+
+/// The largest request body read: a submission of 10,000 sections is ~1.5 MB of JSON.
+const BODY_LIMIT: usize = 2 << 20;
 
 /// Every request that carries a body (every one but GET) needs the full token, checked
 /// before a byte of the body is read or parsed: a peer without the token learns nothing from
@@ -103,6 +107,20 @@ async fn token_first(
     if !reads {
         if let Err(e) = check_token(req.headers(), &st.token) {
             return e.into_response();
+        }
+        // a body said to be over the limit is refused before a byte of it is read (a client
+        // that asked `Expect: 100-continue` sends none)
+        let said = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if said.is_some_and(|n| n > BODY_LIMIT as u64) {
+            return fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a request body may hold at most {BODY_LIMIT} bytes"),
+            )
+            .into_response();
         }
     }
     next.run(req).await

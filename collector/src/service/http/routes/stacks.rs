@@ -68,7 +68,10 @@ pub(super) fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<Su
             .work_root
             .join(beamflow_protocol::work_rel(&beamline, &stack, req.version));
     let (dir_s, work_s) = (dir.display().to_string(), work_dir.display().to_string());
-    let jobs = plan(wf, req.files.len());
+    let jobs = match req.partial {
+        true => crate::science::dag::plan_partial(wf, req.files.len()),
+        false => plan(wf, req.files.len()),
+    };
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());
     let dg = digest(&req.files);
     let new = NewStack {
@@ -81,6 +84,7 @@ pub(super) fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<Su
         digest: &dg,
         files_json: &files_json,
         supersede: !req.keep_older,
+        partial: req.partial,
     };
     let mut db = st.db.lock().map_err(|_| {
         fail(
