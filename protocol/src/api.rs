@@ -314,6 +314,9 @@ pub struct StackStatus {
     pub workflow: String,
     /// Jobs per state name.
     pub counts: std::collections::BTreeMap<String, u32>,
+    /// The sections so far of a stack still being written (streamed).
+    #[serde(default)]
+    pub partial: bool,
 }
 
 /// `GET /v1/status`.

@@ -376,18 +376,31 @@ impl Site {
     /// Writes `n` sections of `side`² pixels into `incoming/<stack>` as `S_0000.tif` …
     pub fn write_stack(&self, stack: &str, n: u32, side: u32) -> PathBuf {
         let d = self.incoming().join(stack);
-        std::fs::create_dir_all(&d).expect("stack dir");
         for i in 0..n {
-            let s = Section {
-                width: side,
-                height: side,
-                seed: i as u64 + 7,
-                big: i % 2 == 1,
-                rows_per_strip: 16,
-            };
-            write_tiff(&d.join(format!("S_{i:04}.tif")), &s).expect("write section");
+            self.write_section(stack, i, side, i as u64 + 7);
         }
         d
+    }
+
+    /// Writes section `i` of `stack` (what [`Site::write_stack`] writes there with `seed`
+    /// `i + 7`) as a detector that writes whole files does: under a hidden name, then renamed.
+    pub fn write_section(&self, stack: &str, i: u32, side: u32, seed: u64) -> PathBuf {
+        let d = self.incoming().join(stack);
+        std::fs::create_dir_all(&d).expect("stack dir");
+        let s = Section {
+            width: side,
+            height: side,
+            seed,
+            big: i % 2 == 1,
+            rows_per_strip: 16,
+        };
+        let (tmp, name) = (
+            d.join(format!(".S_{i:04}.part")),
+            d.join(format!("S_{i:04}.tif")),
+        );
+        write_tiff(&tmp, &s).expect("write section");
+        std::fs::rename(&tmp, &name).expect("rename section");
+        name
     }
 }
 

@@ -57,7 +57,10 @@ pub fn status_text(s: &beamflow_protocol::api::StatusResponse) -> String {
             rows.push([
                 st.beamline.clone(),
                 st.stack.clone(),
-                st.version.to_string(),
+                match st.partial {
+                    true => format!("{} (streamed)", st.version),
+                    false => st.version.to_string(),
+                },
                 st.workflow.clone(),
                 counts.join(", "),
             ]);

@@ -155,7 +155,7 @@ pub fn plan(wf: &Workflow, sections: usize) -> Vec<PlannedJob> {
 
 /// The whole chunks of a fanned-out step among `sections` received so far: always named by
 /// their range, as the sealed stack's plan names them, so that its jobs find these by name.
-fn whole_chunks(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
+pub(crate) fn whole_chunks(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
     let n = match each {
         Each::Stack => return Vec::new(),
         Each::Pair => sections.saturating_sub(1),

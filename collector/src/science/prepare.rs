@@ -260,7 +260,7 @@ fn write_part_lists(
     wf: &beamflow_config::Workflow,
     (images, pairs): (&str, &str),
 ) -> Result<(), PrepareError> {
-    use super::dag::{parts, Part};
+    use super::dag::{parts, whole_chunks, Part};
     let images: Vec<&str> = images.lines().collect();
     let pairs: Vec<&str> = pairs.lines().collect();
     let lines = |p: &Part| -> String {
@@ -276,7 +276,11 @@ fn write_part_lists(
             .collect()
     };
     for s in &wf.steps {
-        for p in parts(s.each, s.chunk, images.len()).into_iter().flatten() {
+        // a streamed stack's partial versions name their chunks even where the whole stack
+        // fits in one
+        let mut all = parts(s.each, s.chunk, images.len());
+        all.extend(whole_chunks(s.each, s.chunk, images.len()));
+        for p in all.into_iter().flatten() {
             let path = work_dir.join(p.list_file());
             write_atomic(&path, &lines(&p)).map_err(io("write", &path))?;
         }

@@ -483,7 +483,7 @@ impl Db {
     /// Jobs per state for every stack version.
     pub fn stack_status(&self) -> Result<Vec<StackStatus>, DbError> {
         let mut st = self.conn.prepare(
-            "SELECT s.name, s.version, s.workflow, j.state, COUNT(*), s.beamline, s.id FROM stacks s JOIN jobs j ON j.stack_id = s.id
+            "SELECT s.name, s.version, s.workflow, j.state, COUNT(*), s.beamline, s.id, s.partial FROM stacks s JOIN jobs j ON j.stack_id = s.id
              GROUP BY s.id, j.state ORDER BY s.id",
         )?;
         let mut out: Vec<StackStatus> = Vec::new();
@@ -496,11 +496,12 @@ impl Db {
                 r.get::<_, u32>(4)?,
                 r.get::<_, String>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, bool>(7)?,
             ))
         })?;
         let mut last_id = None;
         for row in rows {
-            let (stack, version, workflow, state, n, beamline, id) = row?;
+            let (stack, version, workflow, state, n, beamline, id, partial) = row?;
             match out.last_mut() {
                 Some(s) if last_id == Some(id) => {
                     s.counts.insert(state, n);
@@ -511,6 +512,7 @@ impl Db {
                     version,
                     workflow,
                     counts: BTreeMap::from([(state, n)]),
+                    partial,
                 }),
             }
             last_id = Some(id);

@@ -1,0 +1,248 @@
+//! Streaming (`[[watch]] stream = true`) with the real daemon, the local transport, the local
+//! scheduler and the real AlignTK: a stack's pairs are aligned while the detector still
+//! writes it, the version that seals it reuses that work, and what comes out is what the
+//! whole-stack DAG computes.
+
+use beamflow_e2e::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+const SIDE: u32 = 128;
+
+/// A site whose daemon streams stacks that their marker finishes, into the AlignTK workflow
+/// that renders aligned sections.
+fn streaming_site() -> Site {
+    let site = Site::new(
+        "30s",
+        "marker = \"DONE\"\nstream = true\nfile_settle = \"1s\"",
+    );
+    site.use_aligntk();
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
+    site
+}
+
+fn of<'a>(jobs: &'a [Value], version: u64, name: &str) -> Option<&'a Value> {
+    jobs.iter()
+        .find(|j| j["version"] == version && j["name"] == name)
+}
+
+/// The version holding a finished `name` (a chunk of pairs), once one does.
+fn finished(jobs: &[Value], name: &str) -> Option<u64> {
+    jobs.iter()
+        .find(|j| j["name"] == name && j["state"] == "JOB_FINISHED")
+        .and_then(|j| j["version"].as_u64())
+}
+
+/// An 8-bit section as (width, height, pixels).
+fn read8(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
+    let mut d =
+        tiff::decoder::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
+            .unwrap();
+    let (w, h) = d.dimensions().unwrap();
+    match d.read_image().unwrap() {
+        tiff::decoder::DecodingResult::U8(v) => (w as usize, h as usize, v),
+        other => panic!("{}: not 8-bit: {other:?}", path.display()),
+    }
+}
+
+/// RMS difference in gray levels of two aligned sections over the canvas both cover, with
+/// the canvases' origins matched. apply_map sizes and places its canvas from the maps'
+/// extent, so maps a thousandth of a pixel apart may round to canvases a pixel apart
+/// (AlignTK's `compare_images` then refuses them): the best of the offsets up to a pixel,
+/// over the pixels both cover.
+fn overlap_rms(a: &std::path::Path, b: &std::path::Path) -> f64 {
+    let ((wa, ha, pa), (wb, hb, pb)) = (read8(a), read8(b));
+    assert!(
+        wa.abs_diff(wb) <= 1 && ha.abs_diff(hb) <= 1,
+        "{}: {wa}x{ha} against {wb}x{hb}",
+        a.display()
+    );
+    let at = |p: &[u8], w: usize, h: usize, x: isize, y: isize| -> Option<f64> {
+        (x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h)
+            .then(|| p[y as usize * w + x as usize] as f64)
+    };
+    let mut best = f64::MAX;
+    for (dx, dy) in (-1..=1).flat_map(|dx| (-1..=1).map(move |dy| (dx, dy))) {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for y in 0..ha as isize {
+            for x in 0..wa as isize {
+                let (Some(u), Some(v)) = (at(&pa, wa, ha, x, y), at(&pb, wb, hb, x + dx, y + dy))
+                else {
+                    continue;
+                };
+                if u == 0.0 || v == 0.0 {
+                    continue; // apply_map pads its canvas with 0
+                }
+                sum += (u - v) * (u - v);
+                n += 1;
+            }
+        }
+        best = best.min((sum / n.max(1) as f64).sqrt());
+    }
+    best
+}
+
+fn history(site: &Site, job: &Value) -> String {
+    String::from_utf8_lossy(
+        &site
+            .run("beamflow-collector", &["history", &job["id"].to_string()])
+            .stdout,
+    )
+    .into_owned()
+}
+
+/// Every version of `stack` the collector holds, from `status --json`: (version, partial).
+fn versions(site: &Site, stack: &str) -> Vec<(u64, bool)> {
+    site.collector_status()["stacks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["stack"] == stack)
+        .map(|r| (r["version"].as_u64().unwrap(), r["partial"] == true))
+        .collect()
+}
+
+/// The stack is written one section at a time: its first chunks of pairs run (and finish)
+/// before the last section exists, a section rewritten after its pair ran makes that pair
+/// run again on its new bytes, and the marker's version runs only what was left: its first
+/// two chunks of find_rst and register are reused, not run. Its maps are the whole-stack
+/// DAG's within 0.01 px, and its aligned sections within AlignTK's rendering noise.
+#[test]
+fn a_stack_streams_while_it_is_written_and_its_seal_runs_only_what_is_left() {
+    let site = streaming_site();
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    // 18 sections: pairs 0-7 and 8-15 may run before the seal; pair 16 needs section 17
+    for i in 0..9 {
+        site.write_section("live", i, SIDE, i as u64 + 7);
+    }
+    let jobs = site.wait_jobs("live", LONG, "find_rst[0-7] finished", |j| {
+        finished(j, "find_rst[0-7]").is_some()
+    });
+    let first = finished(&jobs, "find_rst[0-7]").unwrap();
+    assert_eq!(
+        site.stack("live").unwrap()["state"],
+        "waiting",
+        "the stack is not finished yet"
+    );
+    // section 3 is written again (the detector's second try) after its pairs ran
+    site.write_section("live", 3, SIDE, 1003);
+    for i in 9..18 {
+        site.write_section("live", i, SIDE, i as u64 + 7);
+    }
+    let jobs = site.wait_jobs("live", LONG, "register[8-15] finished", |j| {
+        finished(j, "register[8-15]").is_some()
+            && j.iter().any(|j| {
+                j["name"] == "find_rst[0-7]"
+                    && j["state"] == "JOB_FINISHED"
+                    && j["version"].as_u64() > Some(first)
+            })
+    });
+    assert!(
+        versions(&site, "live").iter().all(|(_, partial)| *partial),
+        "only partial versions before the marker: {:?}",
+        versions(&site, "live")
+    );
+    let again = jobs
+        .iter()
+        .filter(|j| {
+            j["name"] == "find_rst[0-7]"
+                && j["state"] == "JOB_FINISHED"
+                && j["version"].as_u64() > Some(first)
+        })
+        .map(|j| history(&site, j))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        again.lines().any(|l| l.contains("RUNNING")),
+        "the rewritten section's pairs did not run again:\n{again}"
+    );
+    std::fs::write(site.incoming().join("live").join("DONE"), b"").unwrap();
+    site.wait_state("live", "submitted", LONG);
+    let sealed = versions(&site, "live")
+        .into_iter()
+        .find(|(_, partial)| !partial)
+        .map(|(v, _)| v)
+        .expect("the sealed version");
+    let jobs = site.wait_jobs("live", LONG, "the sealed version finished", |j| {
+        j.iter()
+            .filter(|j| j["version"] == sealed)
+            .all(|j| j["state"] == "JOB_FINISHED")
+            && of(j, sealed, "preview").is_some()
+    });
+    for reused in [
+        "find_rst[0-7]",
+        "find_rst[8-15]",
+        "register[0-7]",
+        "register[8-15]",
+    ] {
+        let j = of(&jobs, sealed, reused).unwrap();
+        let h = history(&site, j);
+        assert!(h.contains("reused job"), "{reused} ran again:\n{h}");
+        assert_eq!(j["attempts"], 0, "{reused}");
+    }
+    for ran in [
+        "qa",
+        "find_rst[16-16]",
+        "register[16-16]",
+        "align",
+        "apply_map",
+    ] {
+        assert_eq!(of(&jobs, sealed, ran).unwrap()["attempts"], 1, "{ran}");
+    }
+    // what the sealed version reused is the rewritten section's, not the first bytes
+    let work = site.work().join(format!("live/@v{sealed}"));
+    let h = history(&site, of(&jobs, sealed, "find_rst[0-7]").unwrap());
+    assert!(
+        !h.contains(&format!("of v{first}:")),
+        "the sealed version reused the pairs of the section's first bytes:\n{h}"
+    );
+
+    // the same sections, not streamed: the whole-stack DAG
+    let whole = site.incoming().join("whole");
+    std::fs::create_dir_all(&whole).unwrap();
+    for i in 0..18 {
+        let n = format!("S_{i:04}.tif");
+        std::fs::copy(site.incoming().join("live").join(&n), whole.join(&n)).unwrap();
+    }
+    std::fs::write(whole.join("DONE"), b"").unwrap();
+    site.wait_state("whole", "submitted", LONG);
+    site.wait_finished("whole", LONG);
+    let other = site.work().join("whole/@v1");
+    let bin = aligntk_bin();
+    let rms = |tool: &str, flag: &str, a: &std::path::Path, b: &std::path::Path| -> f64 {
+        let out = std::process::Command::new(bin.join(tool))
+            .arg(format!("-{flag}1"))
+            .arg(a)
+            .arg(format!("-{flag}2"))
+            .arg(b)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        said.lines()
+            .find_map(|l| l.strip_prefix("RMS difference = "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{tool} {}: {said}", a.display()))
+    };
+    let (mut worst_map, mut worst_section) = (0.0f64, 0.0f64);
+    for p in 0..17 {
+        let m = format!("maps/S_{p:04}_S_{:04}.map", p + 1);
+        worst_map = worst_map.max(rms("compare_maps", "map", &work.join(&m), &other.join(&m)));
+    }
+    for i in 0..18 {
+        let m = format!("amaps/S_{i:04}.map");
+        worst_map = worst_map.max(rms("compare_maps", "map", &work.join(&m), &other.join(&m)));
+        let a = format!("aligned/S_{i:04}.tif");
+        worst_section = worst_section.max(overlap_rms(&work.join(&a), &other.join(&a)));
+    }
+    eprintln!(
+        "streamed vs whole stack: register and align maps RMS ≤ {worst_map:.6} px; aligned sections RMS ≤ {worst_section:.3} gray levels"
+    );
+    assert!(worst_map < 0.01, "the streamed maps moved {worst_map} px");
+    assert!(
+        worst_section < 4.0,
+        "aligned sections differ by {worst_section} gray levels RMS"
+    );
+}
