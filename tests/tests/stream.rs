@@ -246,3 +246,72 @@ fn a_stack_streams_while_it_is_written_and_its_seal_runs_only_what_is_left() {
         "aligned sections differ by {worst_section} gray levels RMS"
     );
 }
+
+/// Both sides killed with SIGKILL in the middle of a streamed stack, after its first chunk's
+/// pairs ran: started again, nothing is lost and nothing runs twice. The daemon's journal
+/// knows which sections went as which version, so no version is submitted again; the
+/// sections already at the collector are not sent again; the chunk that ran before the kill
+/// is reused by every later version.
+#[test]
+fn a_streamed_stack_survives_kill_9_of_both_sides_and_runs_nothing_twice() {
+    let site = streaming_site();
+    let mut service = site.start_service();
+    let mut agent = site.start_agent();
+    for i in 0..9 {
+        site.write_section("killed", i, SIDE, i as u64 + 7);
+    }
+    site.wait_jobs("killed", LONG, "register[0-7] finished", |j| {
+        finished(j, "register[0-7]").is_some()
+    });
+    let before = versions(&site, "killed");
+    agent.kill9();
+    service.kill9();
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    for i in 9..18 {
+        site.write_section("killed", i, SIDE, i as u64 + 7);
+    }
+    site.wait_jobs("killed", LONG, "register[8-15] finished", |j| {
+        finished(j, "register[8-15]").is_some()
+    });
+    std::fs::write(site.incoming().join("killed").join("DONE"), b"").unwrap();
+    site.wait_state("killed", "submitted", LONG);
+    let all = versions(&site, "killed");
+    let sealed = all
+        .iter()
+        .find(|(_, partial)| !partial)
+        .map(|(v, _)| *v)
+        .expect("the sealed version");
+    let jobs = site.wait_jobs("killed", LONG, "the sealed version finished", |j| {
+        let mine: Vec<_> = j.iter().filter(|j| j["version"] == sealed).collect();
+        !mine.is_empty() && mine.iter().all(|j| j["state"] == "JOB_FINISHED")
+    });
+    // one partial version before the kill, one after (pairs 8-15), then the seal
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(all.len(), 3, "a version submitted twice: {all:?}");
+    for name in [
+        "find_rst[0-7]",
+        "register[0-7]",
+        "find_rst[8-15]",
+        "register[8-15]",
+    ] {
+        let ran: Vec<u64> = jobs
+            .iter()
+            .filter(|j| j["name"] == name && j["attempts"].as_u64() > Some(0))
+            .map(|j| j["version"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ran.len(), 1, "{name} ran in versions {ran:?}");
+        let h = history(&site, of(&jobs, sealed, name).unwrap());
+        assert!(h.contains("reused job"), "the seal ran {name} again:\n{h}");
+    }
+    // the sections that were at the collector before the kill did not travel again
+    let log = std::fs::read_to_string(site.dir.join("agent.log")).unwrap();
+    let submitted = log
+        .lines()
+        .find(|l| l.contains(" submitted") && l.contains("stack=killed"))
+        .unwrap_or_else(|| panic!("no submission in:\n{log}"));
+    assert!(
+        submitted.contains("bytes=0"),
+        "the marker moved bytes again: {submitted}"
+    );
+}

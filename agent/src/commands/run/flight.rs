@@ -210,11 +210,20 @@ impl Daemon {
             .filter_map(|f| t.hashed.get(&f.name))
             .map(|r| (r.name.clone(), r.clone()))
             .collect();
+        let journaled = self
+            .journal
+            .files(rec.id)
+            .ok()?
+            .into_iter()
+            .filter(|f| f.sent)
+            .map(|f| (f.name, f.blake3))
+            .collect();
         Some(super::stream::Streaming {
             chunk,
             streamed,
             order,
             sent,
+            journaled,
         })
     }
 
@@ -285,6 +294,11 @@ impl Daemon {
         }
         if let Some((version, sections, answer)) = streamed {
             self.streamed(dir, version, sections, answer)?;
+        }
+        if let Some(t) = self.stacks.get_mut(dir) {
+            // sections that became ready while this batch was away go now, not at the
+            // stack's next deadline (its settle)
+            t.quiet = false;
         }
         if !dir.exists() {
             self.vanished(dir)?;

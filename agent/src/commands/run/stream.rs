@@ -20,6 +20,9 @@ pub(super) struct Streaming {
     pub order: Vec<String>,
     /// Sections at the collector as they are now (sent ahead before, unchanged since).
     pub sent: HashMap<String, FileRecord>,
+    /// What the journal says went before this batch (name → BLAKE3): a section sent again
+    /// with the same bytes (after a restart) was not rewritten.
+    pub journaled: HashMap<String, [u8; 32]>,
 }
 
 impl Streaming {
@@ -30,9 +33,10 @@ impl Streaming {
         for f in acked {
             sent.insert(f.name.clone(), f.clone());
         }
+        let held = &self.order[..self.streamed.min(self.order.len())];
         let rewritten = acked
             .iter()
-            .any(|f| self.order[..self.streamed.min(self.order.len())].contains(&f.name));
+            .any(|f| held.contains(&f.name) && self.journaled.get(&f.name) != Some(&f.blake3));
         let n = sections_due(
             &self.order,
             |n| sent.contains_key(n),
@@ -124,6 +128,7 @@ mod tests {
             streamed: 0,
             sent: order[..5].iter().map(|n| (n.clone(), rec(n, 1))).collect(),
             order: order.clone(),
+            journaled: HashMap::new(),
         };
         assert!(s.due(&[rec(&order[5], 2)]).is_none());
         let acked: Vec<_> = order[5..].iter().map(|n| rec(n, 2)).collect();
@@ -133,10 +138,13 @@ mod tests {
         let again = Streaming {
             streamed: 9,
             sent: order.iter().map(|n| (n.clone(), rec(n, 1))).collect(),
+            journaled: order.iter().map(|n| (n.clone(), [1; 32])).collect(),
             ..s
         };
         // section 2 rewritten and sent again
         assert_eq!(again.due(&[rec(&order[2], 3)]).unwrap()[2].blake3[0], 3);
+        // sent again with the same bytes (a restart forgot what went ahead): nothing is due
+        assert!(again.due(&[rec(&order[2], 1)]).is_none());
     }
 
     #[test]

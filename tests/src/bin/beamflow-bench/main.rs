@@ -6,6 +6,8 @@
 //! the ceiling `cat FILES | ssh host 'cat > /dev/null'` (see ssh.rs).
 //! `beamflow-bench watch`: the agent on a full tree of small stacks: cold start, idle CPU and
 //! peak memory beside `find` and `rsync -a` of the tree (see watch.rs).
+//! `beamflow-bench stream`: a stack written section by section, streamed beside whole-stack,
+//! with the real AlignTK (stream.rs).
 //! `beamflow-bench daemon`: the running agent over a warm SSH link: marker → DAG accepted beside
 //! `cat | ssh` over the same master, and 5,000 small files beside `rsync -a -e ssh` (daemon.rs).
 //! `beamflow-bench sshd`: starts the same loopback sshd and a site whose agent pushes over it,
@@ -17,6 +19,7 @@
 
 mod daemon;
 mod ssh;
+mod stream;
 mod watch;
 
 use beamflow_e2e::{bin, write_tiff, Section, Site};
@@ -107,6 +110,23 @@ fn opts() -> Opts {
             daemon::run(runs.max(1), small);
             std::process::exit(0)
         }
+        Some("stream") => {
+            let (mut sections, mut side, mut interval) = (32u32, 512u32, 5.0f64);
+            while let Some(a) = it.next() {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                match a.as_str() {
+                    "--sections" => sections = v.parse().unwrap_or(32),
+                    "--side" => side = v.parse().unwrap_or(512),
+                    "--interval" => interval = v.parse().unwrap_or(5.0),
+                    other => {
+                        eprintln!("beamflow-bench: unknown option {other}");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            stream::run(sections, side, Duration::from_secs_f64(interval));
+            std::process::exit(0)
+        }
         Some("sshd") => {
             ssh::hold();
             std::process::exit(0)
@@ -130,6 +150,7 @@ fn opts() -> Opts {
         _ => {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
+            eprintln!("       beamflow-bench stream [--sections 32] [--side 512] [--interval 5]");
             eprintln!(
                 "       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60] [--channels 4] [--max-stacks 4]"
             );

@@ -1,0 +1,131 @@
+//! `beamflow-bench stream`: a stack written one section every `interval` (16-bit, 512² by
+//! default) through the running daemon, the local transport and the local scheduler with the
+//! real AlignTK; the time from the last section written (its marker right after) to the
+//! last job JOB_FINISHED, streamed (`[[watch]] stream = true`) beside whole-stack, in the
+//! same run. It also prints what the streamed tail is made of: the last chunk's pair work,
+//! align and apply_map, as the jobs' own histories time them.
+
+use beamflow_e2e::{write_tiff, Section, Site};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Seconds from `from` to `to` in one job's history (first entry of each).
+fn span(site: &Site, job: &Value, from: &str, to: &str) -> f64 {
+    let h = site.history(job);
+    let at = |state: &str| {
+        h.iter()
+            .find(|e| e["to"] == state)
+            .and_then(|e| e["at"].as_str())
+            .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+    };
+    match (at(from), at(to)) {
+        (Some(a), Some(b)) => b.duration_since(a).unwrap_or_default().as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// One mode: the seconds from the last section to the last job finished, and the site.
+fn one(stream: bool, sections: u32, side: u32, interval: Duration) -> (f64, Site) {
+    let extra = match stream {
+        true => "marker = \"DONE\"\nstream = true\nfile_settle = \"1s\"",
+        false => "marker = \"DONE\"",
+    };
+    let site = Site::new("1h", extra);
+    site.use_aligntk();
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
+    let mut service = site.start_service();
+    let mut agent = site.start_agent();
+    let dir = site.incoming().join("stack");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..sections {
+        let s = Section {
+            width: side,
+            height: side,
+            seed: i as u64 + 7,
+            big: false,
+            rows_per_strip: 64,
+        };
+        let tmp = dir.join(format!(".S_{i:04}.part"));
+        write_tiff(&tmp, &s).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("S_{i:04}.tif"))).unwrap();
+        if i + 1 < sections {
+            std::thread::sleep(interval);
+        }
+    }
+    let start = Instant::now();
+    std::fs::write(dir.join("DONE"), b"").unwrap();
+    loop {
+        let sealed = site
+            .stack("stack")
+            .is_some_and(|s| s["state"] == "submitted");
+        let jobs: Vec<Value> = site.jobs();
+        let newest = jobs.iter().filter_map(|j| j["version"].as_u64()).max();
+        let done = sealed
+            && jobs
+                .iter()
+                .filter(|j| j["version"].as_u64() == newest)
+                .all(|j| j["state"] == "JOB_FINISHED")
+            && jobs.iter().any(|j| j["name"] == "preview");
+        if done {
+            break;
+        }
+        assert!(
+            jobs.iter().all(|j| j["state"] != "FAILED"),
+            "a job failed: {jobs:#?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(1800), "no end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = start.elapsed().as_secs_f64();
+    agent.term();
+    service.term();
+    (t, site)
+}
+
+/// Runs both modes and prints the table.
+pub fn run(sections: u32, side: u32, interval: Duration) {
+    eprintln!(
+        "{sections} sections of {side}×{side} 16-bit, one every {:.1} s; streamed first ...",
+        interval.as_secs_f64()
+    );
+    let (streamed, site) = one(true, sections, side, interval);
+    let jobs = site.jobs();
+    let newest = jobs.iter().filter_map(|j| j["version"].as_u64()).max();
+    let sealed: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["version"].as_u64() == newest)
+        .collect();
+    let ran = |prefix: &str| -> f64 {
+        sealed
+            .iter()
+            .filter(|j| j["name"].as_str().unwrap_or("").starts_with(prefix))
+            .filter(|j| j["attempts"].as_u64() > Some(0))
+            .map(|j| span(&site, j, "RUNNING", "RUN_DONE"))
+            .fold(0.0, f64::max)
+    };
+    let (find_rst, register, align, apply) = (
+        ran("find_rst"),
+        ran("register"),
+        ran("align"),
+        ran("apply_map"),
+    );
+    let reused = sealed.iter().filter(|j| j["attempts"] == 0).count();
+    eprintln!("whole-stack ...");
+    let (whole, _) = one(false, sections, side, interval);
+    println!(
+        "\n{sections} sections {side}×{side} 16-bit written one every {:.1} s; from the last section (and its marker) to the last job JOB_FINISHED:\n",
+        interval.as_secs_f64()
+    );
+    println!("| mode | seconds | × whole-stack |");
+    println!("|---|---:|---:|");
+    println!("| whole-stack (the DAG after the marker) | {whole:.1} | 1.00× |");
+    println!(
+        "| streamed (`stream = true`) | {streamed:.1} | {:.2}× |",
+        streamed / whole
+    );
+    println!(
+        "\nthe streamed seal: {reused} of {} jobs reused; what ran: the last chunk's find_rst {find_rst:.1} s + register {register:.1} s, align {align:.1} s, apply_map {apply:.1} s (sum + 3 s = {:.1} s)",
+        sealed.len(),
+        find_rst + register + align + apply + 3.0
+    );
+}
