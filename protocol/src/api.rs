@@ -92,6 +92,24 @@ pub struct SubmitRequest {
     pub partial: bool,
 }
 
+/// `POST /v1/stacks/abandon`: a stack still being written (only partial versions at the
+/// collector) whose folder was removed at the beamline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbandonRequest {
+    /// The beamline it came from.
+    pub beamline: String,
+    /// Stack path relative to the beamline's folder.
+    pub stack: String,
+}
+
+/// Answer to an abandonment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbandonResponse {
+    /// Open jobs cancelled; none when the stack has a sealed version (it was not abandoned:
+    /// what the beamline does with a submitted stack's folder is its own business).
+    pub cancelled: Option<u64>,
+}
+
 /// Answer to a submission.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitResponse {
@@ -639,6 +657,16 @@ impl Client {
         let res = self
             .agent
             .post(format!("{}/v1/stacks", self.info.url))
+            .header("Authorization", self.auth())
+            .send_json(req);
+        self.finish(res)
+    }
+
+    /// Cancels the open jobs of a stack abandoned while it streamed.
+    pub fn abandon(&self, req: &AbandonRequest) -> Result<AbandonResponse, ClientError> {
+        let res = self
+            .agent
+            .post(format!("{}/v1/stacks/abandon", self.info.url))
             .header("Authorization", self.auth())
             .send_json(req);
         self.finish(res)

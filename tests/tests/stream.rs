@@ -315,3 +315,55 @@ fn a_streamed_stack_survives_kill_9_of_both_sides_and_runs_nothing_twice() {
         "the marker moved bytes again: {submitted}"
     );
 }
+
+/// A stack whose folder is removed at the beamline while it streams (never finished, only
+/// partial versions at the collector) is abandoned: every job of it still open is cancelled,
+/// each saying why, none is left waiting or running, and what arrived of it is removed.
+#[test]
+fn a_stack_abandoned_while_it_streams_has_its_open_jobs_cancelled_saying_why() {
+    let site = streaming_site();
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    // 512² sections: find_rst of eight pairs takes long enough to be caught under way
+    for i in 0..9 {
+        site.write_section("left", i, 512, i as u64 + 7);
+    }
+    site.wait_jobs("left", LONG, "the partial version's jobs", |j| {
+        j.iter().any(|j| j["name"] == "register[0-7]")
+    });
+    std::fs::remove_dir_all(site.incoming().join("left")).unwrap();
+    let s = site.wait_state("left", "gone", LONG);
+    assert!(s["reason"].as_str().unwrap().contains("removed"), "{s}");
+    let jobs = site.wait_jobs("left", LONG, "no job left open", |j| {
+        j.iter()
+            .all(|j| j["state"] == "JOB_FINISHED" || j["state"] == "USER_KILLED")
+    });
+    let cancelled: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["state"] == "USER_KILLED")
+        .collect();
+    assert!(!cancelled.is_empty(), "nothing was cancelled: {jobs:#?}");
+    for j in cancelled {
+        let h = history(&site, j);
+        assert!(
+            h.contains("abandoned"),
+            "{} ended without saying why:\n{h}",
+            j["name"]
+        );
+    }
+    assert!(
+        !site.remote().join("left").join("S_0000.tif").exists(),
+        "the partial copy stays at the collector"
+    );
+    // the service still answers, and no launcher runs a job of it
+    holds_for(
+        Duration::from_secs(2),
+        "no job of the abandoned stack runs again",
+        || {
+            site.jobs()
+                .iter()
+                .find(|j| j["stack"] == "left" && j["state"] == "RUNNING")
+                .map(|j| format!("{j}"))
+        },
+    );
+}

@@ -23,15 +23,34 @@ impl Receiver {
             Err(e) => return refused(e.to_string()),
         };
         let known = self.service(|c| c.stacks());
+        let mut abandoned = false;
         match known {
             Ok(rows)
                 if rows
                     .iter()
                     .any(|r| r.beamline == self.beamline && r.name == stack) =>
             {
-                return refused(format!(
-                    "stack {stack} has a DAG at the collector; its files stay where they are"
-                ))
+                // only partial versions (it streamed, never sealed): abandoned; their open
+                // jobs are cancelled and what arrived goes, as for any unfinished stack.
+                // Each version's snapshot stays with its version.
+                let req = crate::api::AbandonRequest {
+                    beamline: self.beamline.clone(),
+                    stack: stack.clone(),
+                };
+                match self.service(|c| c.abandon(&req)) {
+                    Ok(crate::api::AbandonResponse { cancelled: Some(_) }) => abandoned = true,
+                    Ok(_) => return refused(format!(
+                        "stack {stack} has a DAG at the collector; its files stay where they are"
+                    )),
+                    Err(e) => {
+                        return Frame::Error {
+                            code: ErrorCode::ServiceUnavailable,
+                            message: format!(
+                                "cannot tell the service that {stack} was abandoned: {e}"
+                            ),
+                        }
+                    }
+                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -68,8 +87,10 @@ impl Receiver {
             }
             self.known().remove(&format!("{stack}/{name}"));
         }
-        // snapshots of attempts that were never registered (the service knows no version)
-        snapshot::remove_all(&folder);
+        if !abandoned {
+            // snapshots of attempts that were never registered (the service knows no version)
+            snapshot::remove_all(&folder);
+        }
         let _ = folder.sync_all();
         self.folders.remove(&stack);
         // the folder itself goes if nothing else is in it

@@ -52,19 +52,22 @@ impl Part {
     }
 }
 
-/// The jobs of a step for a stack of `sections`: one for the whole stack, or one per chunk.
-pub fn parts(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
-    let n = match each {
-        Each::Stack => return vec![None],
-        Each::Pair => sections.saturating_sub(1),
-        Each::Section => sections,
-    };
-    let chunk = chunk.max(1) as usize;
-    if n <= chunk {
-        return vec![None]; // a stack that fits in one chunk is one job
+/// How many pairs or sections a fanned-out step covers in a stack of `sections` (none for a
+/// whole-stack step).
+fn units(each: Each, sections: usize) -> Option<usize> {
+    match each {
+        Each::Stack => None,
+        Each::Pair => Some(sections.saturating_sub(1)),
+        Each::Section => Some(sections),
     }
+}
+
+/// The chunks of `n` units, `chunk` at a time; the last one shorter unless `whole_only`.
+fn chunks(each: Each, chunk: u32, n: usize, whole_only: bool) -> Vec<Option<Part>> {
+    let chunk = chunk.max(1) as usize;
     (0..n)
         .step_by(chunk)
+        .filter(|first| !whole_only || first + chunk <= n)
         .map(|first| {
             Some(Part {
                 each,
@@ -73,6 +76,15 @@ pub fn parts(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
             })
         })
         .collect()
+}
+
+/// The jobs of a step for a stack of `sections`: one for the whole stack, or one per chunk.
+pub fn parts(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
+    match units(each, sections) {
+        // a stack that fits in one chunk is one job
+        Some(n) if n > chunk.max(1) as usize => chunks(each, chunk, n, false),
+        _ => vec![None],
+    }
 }
 
 /// A job's name: its step's, with the range of a fanned-out one (`find_rst[8-15]`).
@@ -156,23 +168,7 @@ pub fn plan(wf: &Workflow, sections: usize) -> Vec<PlannedJob> {
 /// The whole chunks of a fanned-out step among `sections` received so far: always named by
 /// their range, as the sealed stack's plan names them, so that its jobs find these by name.
 pub(crate) fn whole_chunks(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
-    let n = match each {
-        Each::Stack => return Vec::new(),
-        Each::Pair => sections.saturating_sub(1),
-        Each::Section => sections,
-    };
-    let chunk = chunk.max(1) as usize;
-    (0..n)
-        .step_by(chunk)
-        .filter(|first| first + chunk <= n)
-        .map(|first| {
-            Some(Part {
-                each,
-                first,
-                last: first + chunk - 1,
-            })
-        })
-        .collect()
+    units(each, sections).map_or_else(Vec::new, |n| chunks(each, chunk, n, true))
 }
 
 /// The steps a streamed stack runs before it is sealed: fanned-out steps whose every

@@ -318,17 +318,8 @@ impl Engine {
         // a chunk whose twin of an earlier version (a streamed stack's sections so far) is
         // under way waits for it, and is reused when it read the same bytes; its end rings
         // the bell again
-        {
-            let db = self.db()?;
-            let mut keep = Vec::with_capacity(ready.len());
-            for j in ready {
-                let fanned = crate::science::dag::step_of(&j.name).1.is_some();
-                if !(fanned && db.twin_under_way(j.id)?) {
-                    keep.push(j);
-                }
-            }
-            ready = keep;
-        }
+        let waiting = self.db()?.waiting_for_twins()?;
+        ready.retain(|j| !waiting.contains(&j.id));
         // a stack of thousands of steps is made runnable a slice at a time, so the first
         // ones run while the rest are filled in; the bell brings the engine back for more
         if ready.len() > PREPARE_SLICE {

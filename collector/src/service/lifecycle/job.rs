@@ -42,6 +42,9 @@ pub enum Trigger {
     PersonKill,
     /// A newer version of its stack was accepted before it started.
     Superseded,
+    /// Its stack was abandoned while it streamed: the folder removed at the beamline before
+    /// the stack was finished.
+    Abandoned,
     /// A finished job of an earlier version read the very same bytes with the same command:
     /// its outputs are this job's.
     Reused,
@@ -107,6 +110,17 @@ pub const MOVES: &[(JobState, JobState, Trigger)] = &[
     (S::RunTimeout, S::UserKilled, T::PersonKill),
     (S::RestartReady, S::UserKilled, T::PersonKill),
     (S::Failed, S::UserKilled, T::PersonKill),
+    // a streamed stack whose folder went before it was finished: its open jobs end as if a
+    // person killed them, saying why
+    (S::Created, S::UserKilled, T::Abandoned),
+    (S::AwaitingParents, S::UserKilled, T::Abandoned),
+    (S::Ready, S::UserKilled, T::Abandoned),
+    (S::Preprocessed, S::UserKilled, T::Abandoned),
+    (S::Running, S::UserKilled, T::Abandoned),
+    (S::RunDone, S::UserKilled, T::Abandoned),
+    (S::RunError, S::UserKilled, T::Abandoned),
+    (S::RunTimeout, S::UserKilled, T::Abandoned),
+    (S::RestartReady, S::UserKilled, T::Abandoned),
     // a newer version takes over whatever of the older one has not started; what runs
     // finishes, and its results are kept
     (S::Created, S::Superseded, T::Superseded),

@@ -99,10 +99,11 @@ impl Db {
             .collect())
     }
 
-    /// Whether a job of the same name of an earlier version of job `id`'s stack is under
-    /// way (prepared, running, being checked or about to be retried): this one waits for it
-    /// rather than doing the same work twice, and reuses it if it read the same bytes.
-    pub fn twin_under_way(&self, id: u64) -> Result<bool, DbError> {
+    /// The READY fanned-out jobs (`STEP[FIRST-LAST]`) whose twin (a job of the same name of
+    /// an earlier version of their stack) is under way: prepared, running, being checked or
+    /// about to be retried. Each waits for its twin rather than doing the same work twice, and
+    /// reuses it if it read the same bytes. One statement for the whole round.
+    pub fn waiting_for_twins(&self) -> Result<std::collections::HashSet<u64>, DbError> {
         let live = [
             JobState::Preprocessed,
             JobState::Running,
@@ -117,12 +118,16 @@ impl Db {
         .collect::<Vec<_>>()
         .join(", ");
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT COUNT(*) FROM jobs j JOIN stacks s ON s.id = j.stack_id
+            "SELECT DISTINCT j.id FROM jobs j JOIN stacks s ON s.id = j.stack_id
              JOIN stacks os ON os.beamline = s.beamline AND os.name = s.name AND os.version < s.version
              JOIN jobs o ON o.stack_id = os.id AND o.name = j.name AND o.state IN ({live})
-             WHERE j.id = ?1"
+             WHERE j.state = '{}' AND j.name LIKE '%[%'",
+            JobState::Ready.as_str()
         ))?;
-        Ok(st.query_row([id as i64], |r| r.get::<_, i64>(0))? > 0)
+        let ids = st
+            .query_map([], |r| r.get::<_, i64>(0).map(|i| i as u64))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
     }
 
     /// Jobs in `state` with what the service needs to act on them.
@@ -450,6 +455,52 @@ impl Db {
                 reason: "killed by a person".into(),
             }],
         )
+    }
+
+    /// Cancels the open jobs of a stack abandoned while it streamed (its folder removed at
+    /// the beamline before it was finished), in one transaction, each saying why: the count.
+    /// None when the stack has a sealed version: then it was not abandoned.
+    pub fn abandon(&mut self, beamline: &str, stack: &str) -> Result<Option<usize>, DbError> {
+        let at = stamp(self.now());
+        let tx = self.tx()?;
+        let sealed: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM stacks WHERE beamline = ?1 AND name = ?2 AND partial = 0",
+            params![beamline, stack],
+            |r| r.get(0),
+        )?;
+        if sealed > 0 {
+            return Ok(None);
+        }
+        let open: Vec<String> = job::sources(JobState::UserKilled, Trigger::Abandoned)
+            .into_iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let ids: Vec<i64> = {
+            let mut st = tx.prepare(&format!(
+                "SELECT j.id FROM jobs j JOIN stacks s ON s.id = j.stack_id
+                 WHERE s.beamline = ?1 AND s.name = ?2 AND j.state IN ({})",
+                open.join(", ")
+            ))?;
+            let rows = st
+                .query_map(params![beamline, stack], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            rows
+        };
+        let reason =
+            "abandoned: the stack's folder was removed at the beamline before it was finished";
+        let mut n = 0;
+        for id in ids {
+            n += job::change(
+                &tx,
+                id as u64,
+                JobState::UserKilled,
+                Trigger::Abandoned,
+                reason,
+                &at,
+            )? as usize;
+        }
+        tx.commit()?;
+        Ok(Some(n))
     }
 
     /// A job's events, oldest first.

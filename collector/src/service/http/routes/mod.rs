@@ -51,7 +51,7 @@ mod ui;
 
 use jobs::{job_events, job_kill, job_report, job_retry, list_jobs};
 use launchers::{launcher_acquire, launcher_end, launcher_start, probe_arrived, probe_seen};
-use stacks::{list_stacks, outcomes, submit};
+use stacks::{abandon, list_stacks, outcomes, submit};
 use ui::{ui, ui_job, ui_login, ui_preview};
 
 /// Every route of the service, each behind the token it needs.
@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/stacks", post(submit).get(list_stacks))
+        .route("/v1/stacks/abandon", post(abandon))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/jobs/{id}/retry", post(job_retry))

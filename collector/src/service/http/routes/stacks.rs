@@ -191,6 +191,33 @@ pub(super) async fn outcomes(
     Ok(Json(out))
 }
 
+/// A stack abandoned while it streamed: its partial versions' open jobs are cancelled, each
+/// saying why, and the launchers end the running ones.
+pub(super) async fn abandon(
+    State(st): State<AppState>,
+    _: Token,
+    Json(req): Json<crate::api::AbandonRequest>,
+) -> ApiResult<crate::api::AbandonResponse> {
+    let stack = normalize_rel_path(&req.stack)
+        .map_err(|e| fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let cancelled = {
+        let mut db = st
+            .db
+            .lock()
+            .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned"))?;
+        db.abandon(&req.beamline, &stack)
+            .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    };
+    if let Some(n) = cancelled {
+        tracing::warn!(beamline = %req.beamline, stack = %stack, cancelled = n, "stack abandoned while it streamed: its folder was removed at the beamline");
+        st.wake.engine();
+        st.wake.work();
+    }
+    Ok(Json(crate::api::AbandonResponse {
+        cancelled: cancelled.map(|n| n as u64),
+    }))
+}
+
 pub(super) async fn list_stacks(
     State(st): State<AppState>,
     _: Token,
