@@ -35,6 +35,11 @@ pub struct Workflow {
     /// version's work folder (`["aligned/*.tif", "qa.json"]`); empty: none.
     #[serde(default, rename = "return")]
     pub returns: Vec<String>,
+    /// Pairs or sections per job of every fanned-out step, over each step's own `chunk` (for
+    /// a built-in workflow, whose steps a config does not write): `1` makes a streamed stack's
+    /// work after its last section one pair, at the cost of a job per pair.
+    #[serde(default)]
+    pub chunk: Option<u32>,
 }
 
 /// The window that maps a stack's deeper sections to 0..255.
@@ -458,6 +463,7 @@ pub(crate) fn builtin() -> Vec<(String, Workflow)> {
         to_8bit: default_to_8bit(),
         window: To8Bit::default(),
         returns: Vec::new(),
+        chunk: None,
     };
     vec![
         ("qa".into(), wf(vec![qa.clone()])),
@@ -488,6 +494,20 @@ pub(crate) fn validate(
     path: &std::path::Path,
 ) -> Result<(), crate::ConfigError> {
     for (name, wf) in cfg.workflows.iter_mut() {
+        if let Some(c) = wf.chunk {
+            if c == 0 {
+                return Err(crate::ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: crate::locate::find_key_line(text, &format!("workflows.{name}.chunk"))
+                        .unwrap_or(1),
+                    key: format!("key `workflows.{name}.chunk`: "),
+                    message: "must be at least 1 (pairs or sections per job)".into(),
+                });
+            }
+            for s in wf.steps.iter_mut().filter(|s| s.each != Each::Stack) {
+                s.chunk = c;
+            }
+        }
         wf.validate(name)
             .map_err(|(key, message)| crate::ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -535,6 +555,26 @@ mod tests {
     }
 
     #[test]
+    fn a_workflow_s_chunk_sets_every_fanned_out_step_s_and_zero_names_its_key() {
+        let p = std::path::Path::new("c.toml");
+        let cfg = crate::Config::parse("[workflows.aligntk]\nchunk = 1\n", p).unwrap();
+        let chunks: Vec<(&str, u32)> = cfg.workflows["aligntk"]
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.chunk))
+            .collect();
+        assert_eq!(
+            chunks,
+            [("qa", 8), ("find_rst", 1), ("register", 1), ("align", 8)]
+        );
+        assert_eq!(cfg.workflows["aligntk-apply"].steps[1].chunk, 8);
+        let e = crate::Config::parse("\n[workflows.aligntk]\nchunk = 0\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml:3") && e.contains("workflows.aligntk.chunk"), "{e}");
+    }
+
+    #[test]
     fn cycles_and_unknown_parents_are_refused() {
         let mut wf = Workflow {
             bin: None,
@@ -543,6 +583,7 @@ mod tests {
             to_8bit: default_to_8bit(),
             window: To8Bit::default(),
             returns: Vec::new(),
+            chunk: None,
         };
         assert!(wf.validate("w").unwrap_err().1.contains("cycle"));
         wf.steps[0].after = vec!["zzz".into()];

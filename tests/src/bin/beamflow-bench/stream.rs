@@ -2,7 +2,8 @@
 //! default) through the running daemon, the local transport and the local scheduler with the
 //! real AlignTK; the time from the last section written (its marker right after) to the
 //! last job JOB_FINISHED, streamed (`[[watch]] stream = true`) beside whole-stack, in the
-//! same run. It also prints what the streamed tail is made of: the last chunk's pair work,
+//! same run, and streamed again with `--chunk` pairs per job. It also prints what the streamed
+//! tail is made of: the pair work after the last section,
 //! align and apply_map, as the jobs' own histories time them.
 
 use beamflow_e2e::{write_tiff, Section, Site};
@@ -25,13 +26,14 @@ fn span(site: &Site, job: &Value, from: &str, to: &str) -> f64 {
 }
 
 /// One mode: the seconds from the last section to the last job finished, and the site.
-fn one(stream: bool, sections: u32, side: u32, interval: Duration) -> (f64, Site) {
+fn one(stream: bool, chunk: u32, sections: u32, side: u32, interval: Duration) -> (f64, Site) {
     let extra = match stream {
         true => "marker = \"DONE\"\nstream = true\nfile_settle = \"1s\"",
         false => "marker = \"DONE\"",
     };
     let site = Site::new("1h", extra);
     site.use_aligntk();
+    site.append_config(&format!("chunk = {chunk}\n"));
     site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
     let mut service = site.start_service();
     let mut agent = site.start_agent();
@@ -82,13 +84,9 @@ fn one(stream: bool, sections: u32, side: u32, interval: Duration) -> (f64, Site
     (t, site)
 }
 
-/// Runs both modes and prints the table.
-pub fn run(sections: u32, side: u32, interval: Duration) {
-    eprintln!(
-        "{sections} sections of {side}×{side} 16-bit, one every {:.1} s; streamed first ...",
-        interval.as_secs_f64()
-    );
-    let (streamed, site) = one(true, sections, side, interval);
+/// What ran after the last section in a streamed run: (reused, of jobs, find_rst, register,
+/// align, apply_map seconds of the longest job of each that ran).
+fn tail(site: &Site) -> (usize, usize, [f64; 4]) {
     let jobs = site.jobs();
     let newest = jobs.iter().filter_map(|j| j["version"].as_u64()).max();
     let sealed: Vec<&Value> = jobs
@@ -100,32 +98,50 @@ pub fn run(sections: u32, side: u32, interval: Duration) {
             .iter()
             .filter(|j| j["name"].as_str().unwrap_or("").starts_with(prefix))
             .filter(|j| j["attempts"].as_u64() > Some(0))
-            .map(|j| span(&site, j, "RUNNING", "RUN_DONE"))
+            .map(|j| span(site, j, "RUNNING", "RUN_DONE"))
             .fold(0.0, f64::max)
     };
-    let (find_rst, register, align, apply) = (
-        ran("find_rst"),
-        ran("register"),
-        ran("align"),
-        ran("apply_map"),
-    );
     let reused = sealed.iter().filter(|j| j["attempts"] == 0).count();
-    eprintln!("whole-stack ...");
-    let (whole, _) = one(false, sections, side, interval);
+    (
+        reused,
+        sealed.len(),
+        [ran("find_rst"), ran("register"), ran("align"), ran("apply_map")],
+    )
+}
+
+/// Runs the modes and prints the table: whole-stack and streamed with the built-in chunks,
+/// and streamed with `chunk` pairs per job (`[workflows.aligntk-apply] chunk`).
+pub fn run(sections: u32, side: u32, interval: Duration, chunk: u32) {
+    eprintln!(
+        "{sections} sections of {side}×{side} 16-bit, one every {:.1} s; whole-stack first ...",
+        interval.as_secs_f64()
+    );
+    let (whole, _) = one(false, 8, sections, side, interval);
+    eprintln!("streamed, chunks of 8 pairs ...");
+    let (streamed, site) = one(true, 8, sections, side, interval);
+    let (reused, of, t) = tail(&site);
+    eprintln!("streamed, chunks of {chunk} pair(s) ...");
+    let (fine, site) = one(true, chunk, sections, side, interval);
+    let (fine_reused, fine_of, f) = tail(&site);
     println!(
         "\n{sections} sections {side}×{side} 16-bit written one every {:.1} s; from the last section (and its marker) to the last job JOB_FINISHED:\n",
         interval.as_secs_f64()
     );
-    println!("| mode | seconds | × whole-stack |");
-    println!("|---|---:|---:|");
-    println!("| whole-stack (the DAG after the marker) | {whole:.1} | 1.00× |");
-    println!(
-        "| streamed (`stream = true`) | {streamed:.1} | {:.2}× |",
-        streamed / whole
-    );
-    println!(
-        "\nthe streamed seal: {reused} of {} jobs reused; what ran: the last chunk's find_rst {find_rst:.1} s + register {register:.1} s, align {align:.1} s, apply_map {apply:.1} s (sum + 3 s = {:.1} s)",
-        sealed.len(),
-        find_rst + register + align + apply + 3.0
-    );
+    println!("| mode | seconds | × whole-stack | the sealed version's jobs reused | what ran after the last section (longest job of each step) |");
+    println!("|---|---:|---:|---:|---|");
+    println!("| whole-stack, chunks of 8 pairs | {whole:.1} | 1.00× | – | every pair |");
+    for (name, secs, r, n, x) in [
+        ("streamed, chunks of 8 pairs".to_string(), streamed, reused, of, t),
+        (format!("streamed, chunks of {chunk} pair(s)"), fine, fine_reused, fine_of, f),
+    ] {
+        println!(
+            "| {name} | {secs:.1} | {:.2}× | {r} of {n} | find_rst {:.1} s, register {:.1} s, align {:.1} s, apply_map {:.1} s (sum + 3 s = {:.1} s) |",
+            secs / whole,
+            x[0],
+            x[1],
+            x[2],
+            x[3],
+            x.iter().sum::<f64>() + 3.0
+        );
+    }
 }
