@@ -100,6 +100,15 @@ impl Config {
             }
         }
         crate::workflow::validate(&mut cfg, text, path)?;
+        for w in cfg.watch.iter_mut() {
+            // unset: a workflow with work to run before the seal streams
+            let fans = cfg.workflows.get(&w.workflow).is_some_and(|wf| {
+                wf.steps
+                    .iter()
+                    .any(|s| s.each != crate::workflow::Each::Stack)
+            });
+            w.stream.get_or_insert(fans);
+        }
         crate::notify::validate(&mut cfg, text, path)?;
         crate::watch::validate(&cfg, text, path)?;
         crate::queue::validate(&cfg, text, path)?;

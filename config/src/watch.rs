@@ -39,9 +39,10 @@ pub struct WatchSection {
     /// The collector runs a stack's pairwise work while the detector still writes it: each
     /// time the sections sent ahead complete a chunk of pairs, they are submitted as a partial
     /// version, and the version that seals the stack reuses that work. Sends sections ahead
-    /// (`file_settle`, 2 s unless set). Needs a workflow with fanned-out steps (`each`).
+    /// (`file_settle`, 2 s unless set). Unset: on where the workflow has fanned-out steps
+    /// (`each`), as the built-in AlignTK workflows do, off elsewhere.
     #[serde(default)]
-    pub stream: bool,
+    pub stream: Option<bool>,
     /// A stack still changing after this long raises a visible warning.
     #[serde(default = "default_max_wait")]
     pub max_wait: Dur,
@@ -89,7 +90,12 @@ impl WatchSection {
     /// finished.
     pub fn section_settle(&self) -> Option<Dur> {
         self.file_settle
-            .or_else(|| self.stream.then(|| Dur::secs(2)))
+            .or_else(|| self.streams().then(|| Dur::secs(2)))
+    }
+
+    /// Whether this root's stacks stream (`stream`, as the config loaded it).
+    pub fn streams(&self) -> bool {
+        self.stream == Some(true)
     }
 }
 

@@ -571,7 +571,10 @@ mod tests {
         let e = crate::Config::parse("\n[workflows.aligntk]\nchunk = 0\n", p)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("c.toml:3") && e.contains("workflows.aligntk.chunk"), "{e}");
+        assert!(
+            e.contains("c.toml:3") && e.contains("workflows.aligntk.chunk"),
+            "{e}"
+        );
     }
 
     #[test]

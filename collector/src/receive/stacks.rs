@@ -39,9 +39,11 @@ impl Receiver {
                 };
                 match self.service(|c| c.abandon(&req)) {
                     Ok(crate::api::AbandonResponse { cancelled: Some(_) }) => abandoned = true,
-                    Ok(_) => return refused(format!(
+                    Ok(_) => {
+                        return refused(format!(
                         "stack {stack} has a DAG at the collector; its files stay where they are"
-                    )),
+                    ))
+                    }
                     Err(e) => {
                         return Frame::Error {
                             code: ErrorCode::ServiceUnavailable,

@@ -279,7 +279,11 @@ fn write_part_lists(
         // a streamed stack's partial versions name their chunks even where the whole stack
         // fits in one
         let mut all = parts(s.each, s.chunk, images.len());
-        all.extend(whole_chunks(s.each, s.chunk, images.len()));
+        for c in whole_chunks(s.each, s.chunk, images.len()) {
+            if !all.contains(&c) {
+                all.push(c);
+            }
+        }
         for p in all.into_iter().flatten() {
             let path = work_dir.join(p.list_file());
             write_atomic(&path, &lines(&p)).map_err(io("write", &path))?;

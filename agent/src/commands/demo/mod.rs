@@ -66,6 +66,8 @@ pub struct DemoReport {
     pub run_time: Duration,
     /// The workflow that ran.
     pub workflow: String,
+    /// The version that sealed the stack (the ones before it were its sections streamed).
+    pub version: u32,
     /// Each step's own run and beamflow's time before it, from the jobs' event rows.
     pub steps: Vec<StepTime>,
     /// What AlignTK found against what the sections were written with (AlignTK runs only);
@@ -297,7 +299,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let latency = last_written.elapsed();
     let client = Client::from_state_dir(&cfg.collector.state_dir)?;
     let accepted = Instant::now();
-    let jobs = wait_done(&client, &rec.name, &dir).await?;
+    let jobs = wait_done(&client, &rec.name, rec.version, &dir).await?;
     let run_time = accepted.elapsed();
     // the agent hears how the DAG ended (what its status shows), then stops
     let _ = wait_for(Duration::from_secs(10), || {
@@ -311,8 +313,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let _ = stop_tx.send(());
     agent.await??;
     let steps = step_times(&client, &jobs)?;
-    let science = (aligntk.is_some())
-        .then(|| science::measure(&dir.join("work/demo/stack_0001/@v1"), opts.side));
+    let science =
+        (aligntk.is_some()).then(|| science::measure(&dir.join(work_rel(rec.version)), opts.side));
     let jobs = jobs
         .into_iter()
         .map(|j| (j.name, j.state, j.parents))
@@ -327,6 +329,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         jobs,
         run_time,
         workflow: rec.workflow,
+        version: rec.version,
         steps,
         science,
     })
@@ -351,16 +354,25 @@ async fn submitted(
     Ok(None)
 }
 
-/// Waits until every job of the stack is JOB_FINISHED; a FAILED one is held for a person
-/// (exit 3), five minutes without an end is an error naming each job's state.
+/// The demo stack's work folder for `version`, under the demo folder: the sections streamed
+/// ahead of it were earlier versions.
+fn work_rel(version: u32) -> String {
+    format!("work/demo/stack_0001/@v{version}")
+}
+
+/// Waits until every job of the stack's `version` (the one that sealed it) is JOB_FINISHED;
+/// a FAILED one is held for a person (exit 3), five minutes without an end is an error naming
+/// each job's state.
 async fn wait_done(
     client: &Client,
     stack: &str,
+    version: u32,
     dir: &Path,
 ) -> Result<Vec<beamflow_protocol::api::JobRow>> {
     let accepted = Instant::now();
     loop {
-        let jobs = client.jobs(Some(stack), None)?;
+        let mut jobs = client.jobs(Some(stack), None)?;
+        jobs.retain(|j| j.version == version);
         let failed: Vec<String> = jobs
             .iter()
             .filter(|j| j.state == JobState::Failed)
@@ -443,7 +455,7 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
         out.push_str("  AlignTK workflow). Put find_rst, register and align on PATH or set ALIGNTK_BIN to run\n");
         out.push_str("  qa -> find_rst -> register -> align -> apply_map instead.\n\n");
     } else {
-        let work = r.dir.join("work/demo/stack_0001/@v1");
+        let work = r.dir.join(work_rel(r.version));
         out.push_str(&format!(
             "  aligned sections: {}\n  preview:          {} (the stack resliced before and after)\n\n",
             work.join("aligned").display(),

@@ -195,7 +195,7 @@ impl Daemon {
         t: &Tracked,
         rec: &crate::journal::StackRecord,
     ) -> Option<super::stream::Streaming> {
-        if !self.roots[t.root].section.stream {
+        if !self.roots[t.root].section.streams() {
             return None;
         }
         let chunk = super::stream::chunk_of(self.cfg.workflows.get(&rec.workflow))?;

@@ -25,11 +25,18 @@ fn span(site: &Site, job: &Value, from: &str, to: &str) -> f64 {
     }
 }
 
-/// One mode: the seconds from the last section to the last job finished, and the site.
-fn one(stream: bool, chunk: u32, sections: u32, side: u32, interval: Duration) -> (f64, Site) {
+/// One mode: the seconds from the last section to the last job finished, and what ran after
+/// the last section ([`tail`], read before the service stops).
+fn one(
+    stream: bool,
+    chunk: u32,
+    sections: u32,
+    side: u32,
+    interval: Duration,
+) -> (f64, (usize, usize, [f64; 4])) {
     let extra = match stream {
         true => "marker = \"DONE\"\nstream = true\nfile_settle = \"1s\"",
-        false => "marker = \"DONE\"",
+        false => "marker = \"DONE\"\nstream = false",
     };
     let site = Site::new("1h", extra);
     site.use_aligntk();
@@ -79,9 +86,11 @@ fn one(stream: bool, chunk: u32, sections: u32, side: u32, interval: Duration) -
         std::thread::sleep(Duration::from_millis(100));
     }
     let t = start.elapsed().as_secs_f64();
+    let after = tail(&site);
     agent.term();
     service.term();
-    (t, site)
+    eprintln!("  {t:.1} s");
+    (t, after)
 }
 
 /// What ran after the last section in a streamed run: (reused, of jobs, find_rst, register,
@@ -105,7 +114,12 @@ fn tail(site: &Site) -> (usize, usize, [f64; 4]) {
     (
         reused,
         sealed.len(),
-        [ran("find_rst"), ran("register"), ran("align"), ran("apply_map")],
+        [
+            ran("find_rst"),
+            ran("register"),
+            ran("align"),
+            ran("apply_map"),
+        ],
     )
 }
 
@@ -118,11 +132,9 @@ pub fn run(sections: u32, side: u32, interval: Duration, chunk: u32) {
     );
     let (whole, _) = one(false, 8, sections, side, interval);
     eprintln!("streamed, chunks of 8 pairs ...");
-    let (streamed, site) = one(true, 8, sections, side, interval);
-    let (reused, of, t) = tail(&site);
+    let (streamed, (reused, of, t)) = one(true, 8, sections, side, interval);
     eprintln!("streamed, chunks of {chunk} pair(s) ...");
-    let (fine, site) = one(true, chunk, sections, side, interval);
-    let (fine_reused, fine_of, f) = tail(&site);
+    let (fine, (fine_reused, fine_of, f)) = one(true, chunk, sections, side, interval);
     println!(
         "\n{sections} sections {side}×{side} 16-bit written one every {:.1} s; from the last section (and its marker) to the last job JOB_FINISHED:\n",
         interval.as_secs_f64()
@@ -131,8 +143,20 @@ pub fn run(sections: u32, side: u32, interval: Duration, chunk: u32) {
     println!("|---|---:|---:|---:|---|");
     println!("| whole-stack, chunks of 8 pairs | {whole:.1} | 1.00× | – | every pair |");
     for (name, secs, r, n, x) in [
-        ("streamed, chunks of 8 pairs".to_string(), streamed, reused, of, t),
-        (format!("streamed, chunks of {chunk} pair(s)"), fine, fine_reused, fine_of, f),
+        (
+            "streamed, chunks of 8 pairs".to_string(),
+            streamed,
+            reused,
+            of,
+            t,
+        ),
+        (
+            format!("streamed, chunks of {chunk} pair(s)"),
+            fine,
+            fine_reused,
+            fine_of,
+            f,
+        ),
     ] {
         println!(
             "| {name} | {secs:.1} | {:.2}× | {r} of {n} | find_rst {:.1} s, register {:.1} s, align {:.1} s, apply_map {:.1} s (sum + 3 s = {:.1} s) |",
