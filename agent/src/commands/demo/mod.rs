@@ -83,8 +83,11 @@ pub struct StepTime {
     /// The tool's own run: RUNNING → RUN_DONE.
     pub tool: Duration,
     /// beamflow's time before it: from its parent's JOB_FINISHED (or its own READY, for the
-    /// first) to its RUNNING, plus its RUN_DONE → JOB_FINISHED (the output check).
+    /// first) to its RUNNING, plus its RUN_DONE → JOB_FINISHED (the output check); for a
+    /// reused job, from then to its JOB_FINISHED.
     pub beamflow: Duration,
+    /// It did not run: a job of a version streamed before had done the same work.
+    pub reused: bool,
 }
 
 /// Reads each job's times from its history: the tool's run and beamflow's part around it.
@@ -99,12 +102,12 @@ fn step_times(client: &Client, jobs: &[beamflow_protocol::api::JobRow]) -> Resul
                 .and_then(|e| humantime::parse_rfc3339(&e.at).ok())
                 .with_context(|| format!("job {} never passed through {state}", j.id))
         };
-        let (ready, running, done, end) = (
-            at(JobState::Ready)?,
-            at(JobState::Running)?,
-            at(JobState::RunDone)?,
-            at(JobState::JobFinished)?,
-        );
+        let (ready, end) = (at(JobState::Ready)?, at(JobState::JobFinished)?);
+        // a job reused from a streamed version goes READY → JOB_FINISHED without running
+        let ran = match at(JobState::Running) {
+            Ok(running) => Some((running, at(JobState::RunDone)?)),
+            Err(_) => None,
+        };
         let since = j
             .parents
             .iter()
@@ -115,10 +118,19 @@ fn step_times(client: &Client, jobs: &[beamflow_protocol::api::JobRow]) -> Resul
         let gap = |a: std::time::SystemTime, b: std::time::SystemTime| {
             b.duration_since(a).unwrap_or_default()
         };
-        out.push(StepTime {
-            name: j.name.clone(),
-            tool: gap(running, done),
-            beamflow: gap(since, running) + gap(done, end),
+        out.push(match ran {
+            Some((running, done)) => StepTime {
+                name: j.name.clone(),
+                tool: gap(running, done),
+                beamflow: gap(since, running) + gap(done, end),
+                reused: false,
+            },
+            None => StepTime {
+                name: j.name.clone(),
+                tool: Duration::ZERO,
+                beamflow: gap(since, end),
+                reused: true,
+            },
         });
         finished.insert(j.id, end);
     }
@@ -501,10 +513,13 @@ fn step_table(steps: &[StepTime]) -> String {
         out.push_str("  job              tool's own run   beamflow around it (ready -> running, done -> checked)\n");
         let (mut tool, mut ours) = (Duration::ZERO, Duration::ZERO);
         for s in steps {
+            let run = match s.reused {
+                true => format!("{:>14}", "reused"),
+                false => format!("{:>12.3} s", s.tool.as_secs_f64()),
+            };
             out.push_str(&format!(
-                "  {:<16} {:>12.3} s {:>14.3} s\n",
+                "  {:<16} {run} {:>14.3} s\n",
                 s.name,
-                s.tool.as_secs_f64(),
                 s.beamflow.as_secs_f64()
             ));
             tool += s.tool;

@@ -268,6 +268,7 @@ impl Daemon {
         } = done;
         self.ahead.remove(dir);
         self.in_use.remove(dir);
+        let went = r.is_ok();
         if let Some(l) = link {
             self.pool.push((l, Instant::now()));
         }
@@ -295,9 +296,10 @@ impl Daemon {
         if let Some((version, sections, answer)) = streamed {
             self.streamed(dir, version, sections, answer)?;
         }
-        if let Some(t) = self.stacks.get_mut(dir) {
+        if let (true, Some(t)) = (went, self.stacks.get_mut(dir)) {
             // sections that became ready while this batch was away go now, not at the
-            // stack's next deadline (its settle)
+            // stack's next deadline (its settle); after a failure they wait for it, so that
+            // an unreachable collector is not asked again at once, and again
             t.quiet = false;
         }
         if !dir.exists() {
