@@ -404,6 +404,19 @@ impl Site {
     }
 }
 
+/// An 8-bit section as (width, height, pixels): what AlignTK wrote, read whole (test images
+/// are small).
+pub fn read8(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
+    let mut d =
+        tiff::decoder::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
+            .unwrap();
+    let (w, h) = d.dimensions().unwrap();
+    match d.read_image().unwrap() {
+        tiff::decoder::DecodingResult::U8(v) => (w, h, v),
+        other => panic!("{}: not 8-bit: {other:?}", path.display()),
+    }
+}
+
 /// The folder of the real AlignTK binaries: `ALIGNTK_BIN`, else built now by
 /// `tests/aligntk.sh` (from a tarball, `../shared/aligntk` or the upstream repository). Never
 /// skipped: without AlignTK this test fails.

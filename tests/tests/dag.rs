@@ -435,18 +435,6 @@ fn a_person_can_kill_a_running_job() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no job 99999"));
 }
 
-/// An 8-bit section as (width, height, pixels).
-fn read8(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
-    let mut d =
-        tiff::decoder::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
-            .unwrap();
-    let (w, h) = d.dimensions().unwrap();
-    match d.read_image().unwrap() {
-        tiff::decoder::DecodingResult::U8(v) => (w, h, v),
-        other => panic!("{}: not 8-bit: {other:?}", path.display()),
-    }
-}
-
 /// Pearson correlation of two same-sized images over the pixels both cover (apply_map pads
 /// its canvas with 0).
 fn correlation(a: &[u8], b: &[u8]) -> f64 {

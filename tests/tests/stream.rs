@@ -34,18 +34,6 @@ fn finished(jobs: &[Value], name: &str) -> Option<u64> {
         .and_then(|j| j["version"].as_u64())
 }
 
-/// An 8-bit section as (width, height, pixels).
-fn read8(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
-    let mut d =
-        tiff::decoder::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
-            .unwrap();
-    let (w, h) = d.dimensions().unwrap();
-    match d.read_image().unwrap() {
-        tiff::decoder::DecodingResult::U8(v) => (w as usize, h as usize, v),
-        other => panic!("{}: not 8-bit: {other:?}", path.display()),
-    }
-}
-
 /// RMS difference in gray levels of two aligned sections over the canvas both cover, with
 /// the canvases' origins matched. apply_map sizes and places its canvas from the maps'
 /// extent, so maps a thousandth of a pixel apart may round to canvases a pixel apart
@@ -53,6 +41,7 @@ fn read8(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
 /// over the pixels both cover.
 fn overlap_rms(a: &std::path::Path, b: &std::path::Path) -> f64 {
     let ((wa, ha, pa), (wb, hb, pb)) = (read8(a), read8(b));
+    let (wa, ha, wb, hb) = (wa as usize, ha as usize, wb as usize, hb as usize);
     assert!(
         wa.abs_diff(wb) <= 1 && ha.abs_diff(hb) <= 1,
         "{}: {wa}x{ha} against {wb}x{hb}",
