@@ -92,12 +92,58 @@ impl Daemon {
     /// for `[[watch]] file_settle` and whole TIFFs, not sent yet, on one far end kept open
     /// (or a new one while `channels` allow), off the loop. The stack stays waiting.
     pub(super) fn send_ahead(&mut self, dir: &Path) {
+        let Some((seen, files, rec)) = self.ahead_batch(dir) else {
+            return;
+        };
         let Some(t) = self.stacks.get(dir) else {
             return;
         };
-        let Some(settle) = self.roots[t.root].section.section_settle() else {
-            return;
+        // the checks done so far travel with the batch and come back with what it checked, so
+        // that the finish does not read those headers again
+        let checks = t.checks.clone();
+        let streaming = self.streaming(t, &rec);
+        self.ahead.insert(dir.to_path_buf());
+        self.in_use.insert(dir.to_path_buf(), 1);
+        let batch = Ahead {
+            cfg: self.cfg.clone(),
+            ctl: self.pool_ctl.clone(),
+            link: self.pool.pop().map(|(l, _)| l),
+            job: Job {
+                dir: dir.to_path_buf(),
+                name: rec.name.clone(),
+                version: rec.version,
+                workflow: rec.workflow.clone(),
+                files: Vec::new(),
+                progress: None,
+                keep_older: false,
+                partial: false,
+            },
+            seen,
+            files,
+            checks,
+            streaming,
         };
+        tracing::debug!(stack = %rec.name, files = batch.files.len(), "sending sections ahead of the finish");
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = batch.job.dir.clone();
+            let _ = tx.send(Msg::SentAhead(dir, Box::new(batch.send())));
+        });
+    }
+
+    /// The sections of a waiting stack that may go ahead now, with what was seen of its
+    /// folder and its journal row; none while its finish or another batch is under way, no
+    /// channel is free, the shared connection is not up, or nothing is ready.
+    fn ahead_batch(
+        &self,
+        dir: &Path,
+    ) -> Option<(
+        Vec<crate::stack::scan::FileSeen>,
+        Vec<FileRecord>,
+        crate::journal::StackRecord,
+    )> {
+        let t = self.stacks.get(dir)?;
+        let settle = self.roots[t.root].section.section_settle()?;
         let busy: usize = self.in_use.values().sum();
         if self.ahead.contains(dir)
             || self.active.contains(dir)
@@ -105,87 +151,14 @@ impl Daemon {
             || busy >= self.cfg.link.channels as usize
             || (self.master.is_some() && self.pool_ctl.is_none())
         {
-            return; // the finish, or the next batch, sends them
+            return None; // the finish, or the next batch, sends them
         }
         let (seen, files) = t.ready_to_send_ahead(settle.0);
         if files.is_empty() {
-            return; // every round of a waiting stack asks: no journal read for nothing
+            return None; // every round of a waiting stack asks: no journal read for nothing
         }
-        let Ok(Some(rec)) = self.journal.stack(&dir.display().to_string()) else {
-            return;
-        };
-        if rec.state != StackState::Waiting {
-            return;
-        }
-        // the checks done so far travel with the batch and come back with what it checked, so
-        // that the finish does not read those headers again
-        let mut checks = t.checks.clone();
-        self.ahead.insert(dir.to_path_buf());
-        self.in_use.insert(dir.to_path_buf(), 1);
-        let link = self.pool.pop().map(|(l, _)| l);
-        let (cfg, tx, d, ctl) = (
-            self.cfg.clone(),
-            self.tx.clone(),
-            dir.to_path_buf(),
-            self.pool_ctl.clone(),
-        );
-        let job = Job {
-            dir: d.clone(),
-            name: rec.name.clone(),
-            version: rec.version,
-            workflow: rec.workflow.clone(),
-            files: Vec::new(),
-            progress: None,
-            keep_older: false,
-            partial: false,
-        };
-        let streaming = self.streaming(t, &rec);
-        tracing::debug!(stack = %rec.name, files = files.len(), "sending sections ahead of the finish");
-        tokio::task::spawn_blocking(move || {
-            // only whole TIFFs go ahead; the finish checks every file again
-            let scan = crate::stack::scan::DirScan {
-                images: seen,
-                ..Default::default()
-            };
-            let faults = crate::stack::images::check_images(&d, &scan, &mut checks);
-            let whole: Vec<FileRecord> = files
-                .into_iter()
-                .filter(|f| !faults.iter().any(|(n, _)| *n == f.name))
-                .collect();
-            let job = Job {
-                files: whole.clone(),
-                ..job
-            };
-            let (acked, mut link) = transfer::send_ahead(&cfg, &job, ctl.as_deref(), link);
-            let mut streamed = None;
-            if let (Ok(names), Some(s)) = (&acked, streaming) {
-                let arrived: Vec<FileRecord> = whole
-                    .iter()
-                    .filter(|f| names.contains(&f.name))
-                    .cloned()
-                    .collect();
-                if let Some(files) = s.due(&arrived) {
-                    let n = files.len();
-                    let job = Job {
-                        files,
-                        partial: true,
-                        ..job
-                    };
-                    let (answer, l) =
-                        transfer::submit_partial(&cfg, &job, ctl.as_deref(), link.take());
-                    link = l;
-                    streamed = Some((job.version, n, answer));
-                }
-            }
-            let done = AheadDone {
-                files: whole,
-                checks,
-                acked,
-                link,
-                streamed,
-            };
-            let _ = tx.send(Msg::SentAhead(d, Box::new(done)));
-        });
+        let rec = self.journal.stack(&dir.display().to_string()).ok()??;
+        (rec.state == StackState::Waiting).then_some((seen, files, rec))
     }
 
     /// What a streamed stack's next partial version is decided from; none when the stack
@@ -675,5 +648,65 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+}
+
+/// One batch of sections going ahead of their stack's finish, with all it needs off the loop.
+struct Ahead {
+    cfg: Arc<Config>,
+    ctl: Option<PathBuf>,
+    link: Option<crate::link::Link>,
+    job: Job,
+    seen: Vec<crate::stack::scan::FileSeen>,
+    files: Vec<FileRecord>,
+    checks: HashMap<String, (u64, i64, Option<String>)>,
+    streaming: Option<super::stream::Streaming>,
+}
+
+impl Ahead {
+    /// Checks the sections (only whole TIFFs go ahead; the finish checks every file again),
+    /// sends them, and submits a streamed stack's partial version when one is due.
+    fn send(mut self) -> AheadDone {
+        let scan = crate::stack::scan::DirScan {
+            images: std::mem::take(&mut self.seen),
+            ..Default::default()
+        };
+        let faults = crate::stack::images::check_images(&self.job.dir, &scan, &mut self.checks);
+        let whole: Vec<FileRecord> = std::mem::take(&mut self.files)
+            .into_iter()
+            .filter(|f| !faults.iter().any(|(n, _)| *n == f.name))
+            .collect();
+        let job = Job {
+            files: whole.clone(),
+            ..self.job
+        };
+        let ctl = self.ctl.as_deref();
+        let (acked, mut link) = transfer::send_ahead(&self.cfg, &job, ctl, self.link);
+        let mut streamed = None;
+        if let (Ok(names), Some(s)) = (&acked, self.streaming) {
+            let arrived: Vec<FileRecord> = whole
+                .iter()
+                .filter(|f| names.contains(&f.name))
+                .cloned()
+                .collect();
+            if let Some(files) = s.due(&arrived) {
+                let n = files.len();
+                let job = Job {
+                    files,
+                    partial: true,
+                    ..job
+                };
+                let (answer, l) = transfer::submit_partial(&self.cfg, &job, ctl, link.take());
+                link = l;
+                streamed = Some((job.version, n, answer));
+            }
+        }
+        AheadDone {
+            files: whole,
+            checks: self.checks,
+            acked,
+            link,
+            streamed,
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::stack::root::Root;
 use crate::stack::scan::{stack_dirs, DirScan};
 use crate::stack::watch;
 use crate::stack::{decide, Observed, Verdict};
-use anyhow::{Context, Result};
+use anyhow::Context;
 use beamflow_config::notify::NotifyEvent;
 use beamflow_config::{Config, OnChange, WatchMode};
 use std::collections::{HashMap, HashSet};
@@ -88,8 +88,29 @@ pub fn main(args: Args) -> anyhow::Result<beamflow_program::Exit> {
     // a transfer thread still running is abandoned: its link dies with us and the journal
     // resumes it at the next start
     rt.shutdown_timeout(Duration::from_secs(2));
-    result.map(|()| beamflow_program::Exit::Done)
+    result?;
+    Ok(beamflow_program::Exit::Done)
 }
+
+/// Why the daemon stopped before it was told to: each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon holds the journal, or its lock could not be taken.
+    #[error(transparent)]
+    Instance(#[from] crate::instance::InstanceError),
+    /// The journal could not be opened, read or written.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// A watch root cannot be watched.
+    #[error(transparent)]
+    Root(#[from] crate::stack::root::RootError),
+    /// Nothing to watch.
+    #[error("no [[watch]] section in the config: nothing to watch; add one with a path")]
+    NoWatch,
+}
+
+/// The daemon's decisions end early only for what a person must mend.
+type Result<T, E = DaemonError> = std::result::Result<T, E>;
 
 /// The metrics file is written at most this often for accepted stacks (the slow timer
 /// writes it too).
@@ -186,10 +207,9 @@ pub async fn run(
     // held until the daemon returns: one daemon per journal
     let _instance = crate::instance::claim(&cfg.agent.state_dir)?;
     let journal = Journal::open(&cfg.agent.state_dir)?;
-    anyhow::ensure!(
-        !cfg.watch.is_empty(),
-        "no [[watch]] section in the config: nothing to watch; add one with a path"
-    );
+    if cfg.watch.is_empty() {
+        return Err(DaemonError::NoWatch);
+    }
     let roots = cfg
         .watch
         .iter()
