@@ -165,7 +165,9 @@ pub struct Step {
     /// in a file name: `_0008-0015`, empty for a whole-stack job).
     #[serde(default)]
     pub each: Each,
-    /// Pairs or sections per job of a fanned-out step.
+    /// Pairs or sections per job of a fanned-out step (the built-in AlignTK workflows' find_rst
+    /// and register: 1). A step spreads over jobs from 8 pairs or sections on, or from
+    /// `chunk` where that is larger; a smaller stack is one job.
     #[serde(default = "default_chunk")]
     pub chunk: u32,
 }
@@ -187,6 +189,19 @@ pub enum Each {
 
 fn default_chunk() -> u32 {
     8
+}
+
+/// A fanned-out step spreads over jobs only from this many pairs (or sections) on, or from
+/// its `chunk` where that is larger: fewer are one job, as cheap to run as to spread. A
+/// streamed stack's partial versions start there too, so that the version that seals it
+/// fans out as they did and finds their jobs by name.
+pub const SPREAD_FROM: usize = 8;
+
+impl Step {
+    /// How many pairs or sections this step needs before it runs as more than one job.
+    pub fn spreads_from(&self) -> usize {
+        (self.chunk.max(1) as usize).max(SPREAD_FROM)
+    }
 }
 
 /// The placeholders a step's command may use: `{bin}` from the config, the rest filled in
@@ -403,12 +418,17 @@ fn step(name: &str, after: &[&str], command: &str) -> Step {
     }
 }
 
-/// A pairwise AlignTK step (most of AlignTK's time) as a job per chunk of pairs, so that a
-/// stack's work spreads over idle nodes: its summary and maps in `dir`. apply_map stays one
+/// A pairwise AlignTK step (most of AlignTK's time) as a job per pair, so that a stack's
+/// work spreads over idle nodes and a streamed stack's seal is left with its last pair
+/// only (in chunks of 8 the seal ran up to 8 pairs one after the other: 0.52× the
+/// whole-stack time against 0.09×, docs/benchmarks.md): its summary and maps in `dir`.
+/// `[workflows.NAME] chunk` makes the jobs bigger where a job costs more to start than a
+/// pair to align. apply_map stays one
 /// job: it sizes its canvas from the maps it is given, so chunks would each get a canvas of
 /// their own (its `-region` could share one, once something computes the stack's extent).
 fn pairwise(mut s: Step, dir: &str) -> Step {
     s.each = Each::Pair;
+    s.chunk = 1;
     s.check_summary = Some(format!("{dir}/summary{{part}}.out"));
     s.outputs = vec![format!("{dir}/{{pair}}.map")];
     s
@@ -557,7 +577,17 @@ mod tests {
     #[test]
     fn a_workflow_s_chunk_sets_every_fanned_out_step_s_and_zero_names_its_key() {
         let p = std::path::Path::new("c.toml");
-        let cfg = crate::Config::parse("[workflows.aligntk]\nchunk = 1\n", p).unwrap();
+        let defaults = crate::Config::parse("", p).unwrap();
+        let pairwise: Vec<u32> = defaults.workflows["aligntk"].steps[1..3]
+            .iter()
+            .map(|s| s.chunk)
+            .collect();
+        assert_eq!(
+            pairwise,
+            [1, 1],
+            "the built-in pairwise steps: a job per pair"
+        );
+        let cfg = crate::Config::parse("[workflows.aligntk]\nchunk = 4\n", p).unwrap();
         let chunks: Vec<(&str, u32)> = cfg.workflows["aligntk"]
             .steps
             .iter()
@@ -565,9 +595,9 @@ mod tests {
             .collect();
         assert_eq!(
             chunks,
-            [("qa", 8), ("find_rst", 1), ("register", 1), ("align", 8)]
+            [("qa", 8), ("find_rst", 4), ("register", 4), ("align", 8)]
         );
-        assert_eq!(cfg.workflows["aligntk-apply"].steps[1].chunk, 8);
+        assert_eq!(cfg.workflows["aligntk-apply"].steps[1].chunk, 1);
         let e = crate::Config::parse("\n[workflows.aligntk]\nchunk = 0\n", p)
             .unwrap_err()
             .to_string();

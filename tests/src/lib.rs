@@ -184,10 +184,20 @@ impl Site {
 
     /// Points the built-in AlignTK workflows at the real AlignTK ([`aligntk_bin`]).
     pub fn use_aligntk(&self) {
+        self.use_aligntk_with("");
+    }
+
+    /// As [`Site::use_aligntk`], the pairwise steps in chunks of `chunk` pairs instead of a
+    /// job per pair: for a test that names its chunks (`find_rst[0-7]`) and wants few jobs.
+    pub fn use_aligntk_in_chunks(&self, chunk: u32) {
+        self.use_aligntk_with(&format!("chunk = {chunk}\n"));
+    }
+
+    fn use_aligntk_with(&self, more: &str) {
+        let bin = aligntk_bin();
         self.append_config(&format!(
-            "[workflows.aligntk]\nbin = \"{}\"\n[workflows.aligntk-apply]\nbin = \"{}\"\n",
-            aligntk_bin().display(),
-            aligntk_bin().display()
+            "[workflows.aligntk]\nbin = \"{b}\"\n{more}[workflows.aligntk-apply]\nbin = \"{b}\"\n{more}",
+            b = bin.display(),
         ));
     }
 

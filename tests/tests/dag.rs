@@ -558,7 +558,7 @@ fn an_align_that_leaves_no_maps_is_failed_naming_them() {
 #[test]
 fn a_fanned_out_dag_computes_what_the_whole_stack_does() {
     let site = Site::new("1s", "");
-    site.use_aligntk();
+    site.use_aligntk_in_chunks(8);
     site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
     let _service = site.start_service();
     // 12 sections: pairs 0-7 and 8-10 (chunks of 8)
@@ -733,7 +733,7 @@ fn a_fanned_out_dag_computes_what_the_whole_stack_does() {
 #[test]
 fn a_grown_stack_reuses_the_pair_work_it_already_did() {
     let site = Site::new("1s", "");
-    site.use_aligntk();
+    site.use_aligntk_in_chunks(8);
     site.append_config("to_8bit = \"fixed:0-65535\"\n");
     site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
     let _service = site.start_service();

@@ -385,10 +385,10 @@ fn the_demo_s_default_runs_the_real_aligntk_to_aligned_sections() {
     for want in [
         "files                 16",
         "workflow `aligntk-apply`",
-        // 16 sections: the pairwise steps fan out in chunks of 8 pairs
-        "find_rst[0-7]    JOB_FINISHED",
-        "register[8-14]   JOB_FINISHED",
-        "apply_map        JOB_FINISHED",
+        // 16 sections: the pairwise steps fan out, a job per pair
+        "find_rst ×15     JOB_FINISHED ×15 (after qa)",
+        "register ×15     JOB_FINISHED ×15 (after find_rst)",
+        "apply_map        JOB_FINISHED (after align)",
         "aligned sections: ",
         "preview:          ",
         "find_rst: 15 of 15 pairs at the shift they were written with\n",

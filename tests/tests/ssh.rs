@@ -156,8 +156,8 @@ fn the_master_killed_mid_transfer_makes_the_agent_wait_then_finish_when_it_is_ba
     sshd.open_master(&ctl);
     site.wait_state("m", "submitted", LONG);
     assert_same_tree(&src, &site.remote().join("m"));
-    // one DAG: qa, find_rst and register over two chunks of pairs each, align
-    assert_eq!(site.jobs().len(), 6, "one DAG");
+    // one DAG: qa, find_rst and register a job per pair (11 each), align
+    assert_eq!(site.jobs().len(), 2 + 2 * 11, "one DAG");
     sshd.master(&ctl, "exit");
 }
 
@@ -210,8 +210,8 @@ fn a_black_holed_link_is_noticed_within_the_keepalive_bound_and_the_transfer_com
     // the agent opens a new master by itself and finishes
     site.wait_state("bh", "submitted", LONG);
     assert_same_tree(&src, &site.remote().join("bh"));
-    // one DAG: qa, find_rst and register over two chunks of pairs each, align
-    assert_eq!(site.jobs().len(), 6);
+    // one DAG: qa, find_rst and register a job per pair (11 each), align
+    assert_eq!(site.jobs().len(), 2 + 2 * 11);
     eprintln!("black hole noticed after {noticed:?}");
 }
 

@@ -6,7 +6,7 @@
 //! read, are filled in one pass when the work folder is prepared ([`fill`]), each inside the
 //! one argument it sits in. No shell ever sees the result.
 
-use beamflow_config::{argv, Each, Workflow};
+use beamflow_config::{argv, Each, Step, Workflow};
 use std::collections::{BTreeMap, HashMap};
 
 /// What a fanned-out job covers: consecutive pairs (`pairs.lst` lines) or sections
@@ -78,18 +78,20 @@ fn chunks(each: Each, chunk: u32, n: usize, whole_only: bool) -> Vec<Option<Part
         .collect()
 }
 
-/// The jobs of a step for a stack of `sections`: one for the whole stack, or one per chunk.
-pub fn parts(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
-    match units(each, sections) {
-        // a stack that fits in one chunk is one job
-        Some(n) if n > chunk.max(1) as usize => chunks(each, chunk, n, false),
+/// The jobs of a step for a stack of `sections`: one for the whole stack, or one per chunk
+/// once the stack has enough pairs or sections to spread ([`Step::spreads_from`]).
+pub fn parts(s: &Step, sections: usize) -> Vec<Option<Part>> {
+    match units(s.each, sections) {
+        Some(n) if n >= s.spreads_from() => chunks(s.each, s.chunk, n, false),
         _ => vec![None],
     }
 }
 
-/// A job's name: its step's, with the range of a fanned-out one (`find_rst[8-15]`).
+/// A job's name: its step's, with the range of a fanned-out one (`find_rst[8-15]`, or
+/// `find_rst[8]` for one pair).
 pub fn job_name(step: &str, part: Option<Part>) -> String {
     match part {
+        Some(p) if p.first == p.last => format!("{step}[{}]", p.first),
         Some(p) => format!("{step}[{}-{}]", p.first, p.last),
         None => step.to_string(),
     }
@@ -100,10 +102,10 @@ pub fn step_of(name: &str) -> (&str, Option<(usize, usize)>) {
     let Some((step, rest)) = name.split_once('[') else {
         return (name, None);
     };
-    let range = rest
-        .strip_suffix(']')
-        .and_then(|r| r.split_once('-'))
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    let range = rest.strip_suffix(']').and_then(|r| {
+        let (a, b) = r.split_once('-').unwrap_or((r, r));
+        Some((a.parse().ok()?, b.parse().ok()?))
+    });
     (step, range)
 }
 
@@ -162,13 +164,17 @@ pub struct StackFacts<'a> {
 /// Plans the jobs of `wf` for a stack of `sections`: a fanned-out step becomes a job per
 /// chunk, and each job's parents are the jobs whose output it reads.
 pub fn plan(wf: &Workflow, sections: usize) -> Vec<PlannedJob> {
-    plan_with(wf, |s| parts(s.each, s.chunk, sections))
+    plan_with(wf, |s| parts(s, sections))
 }
 
 /// The whole chunks of a fanned-out step among `sections` received so far: always named by
 /// their range, as the sealed stack's plan names them, so that its jobs find these by name.
-pub(crate) fn whole_chunks(each: Each, chunk: u32, sections: usize) -> Vec<Option<Part>> {
-    units(each, sections).map_or_else(Vec::new, |n| chunks(each, chunk, n, true))
+/// None before the stack has enough to spread: the sealed stack might not fan out then.
+pub(crate) fn whole_chunks(s: &Step, sections: usize) -> Vec<Option<Part>> {
+    match units(s.each, sections) {
+        Some(n) if n >= s.spreads_from() => chunks(s.each, s.chunk, n, true),
+        _ => Vec::new(),
+    }
 }
 
 /// The steps a streamed stack runs before it is sealed: fanned-out steps whose every
@@ -197,7 +203,7 @@ pub fn before_seal(wf: &Workflow) -> std::collections::HashSet<&str> {
 pub fn plan_partial(wf: &Workflow, sections: usize) -> Vec<PlannedJob> {
     let kept = before_seal(wf);
     plan_with(wf, |s| match kept.contains(s.name.as_str()) {
-        true => whole_chunks(s.each, s.chunk, sections),
+        true => whole_chunks(s, sections),
         false => Vec::new(),
     })
 }
@@ -391,10 +397,10 @@ chunk = 5
                 "qa",
                 "find[0-3]",
                 "find[4-7]",
-                "find[8-8]",
+                "find[8]",
                 "reg[0-3]",
                 "reg[4-7]",
-                "reg[8-8]",
+                "reg[8]",
                 "align",
                 "apply[0-4]",
                 "apply[5-9]"
@@ -403,7 +409,7 @@ chunk = 5
         let job = |n: &str| jobs.iter().find(|j| j.name == n).unwrap();
         assert_eq!(job("find[4-7]").parents, ["qa"]);
         assert_eq!(job("reg[4-7]").parents, ["find[4-7]"]);
-        assert_eq!(job("align").parents, ["reg[0-3]", "reg[4-7]", "reg[8-8]"]);
+        assert_eq!(job("align").parents, ["reg[0-3]", "reg[4-7]", "reg[8]"]);
         assert_eq!(job("apply[5-9]").parents, ["align"]);
         let find = job("find[4-7]");
         assert_eq!(
@@ -418,10 +424,22 @@ chunk = 5
         );
         assert_eq!(find.check_summary.as_deref(), Some("s_0004-0007.out"));
         // the rest waits for the work folder, escapes too
-        assert_eq!(job("reg[8-8]").argv[4], "{{literal}}");
+        assert_eq!(job("reg[8]").argv[4], "{{literal}}");
         assert_eq!(job("align").argv[2], "images.lst");
         assert_eq!(job("apply[0-4]").argv[2], "images_0000-0004.lst");
         assert_eq!(step_of("reg[4-7]"), ("reg", Some((4, 7))));
+        assert_eq!(step_of("reg[4]"), ("reg", Some((4, 4))));
+        assert_eq!(
+            job_name(
+                "reg",
+                step_of("reg[4]").1.map(|(a, b)| Part {
+                    each: Each::Pair,
+                    first: a,
+                    last: b
+                })
+            ),
+            "reg[4]"
+        );
         assert_eq!(step_of("align"), ("align", None));
         // a stack that fits in one chunk is one job per step, as before
         let small: Vec<String> = plan(&cfg.workflows["w"], 4)

@@ -278,8 +278,8 @@ fn write_part_lists(
     for s in &wf.steps {
         // a streamed stack's partial versions name their chunks even where the whole stack
         // fits in one
-        let mut all = parts(s.each, s.chunk, images.len());
-        for c in whole_chunks(s.each, s.chunk, images.len()) {
+        let mut all = parts(s, images.len());
+        for c in whole_chunks(s, images.len()) {
             if !all.contains(&c) {
                 all.push(c);
             }

@@ -86,7 +86,10 @@ fn tier() -> Tier {
         + "\n[workflows.chain]\n\
            [[workflows.chain.steps]]\nname = \"a\"\ncommand = \"true\"\n\
            [[workflows.chain.steps]]\nname = \"b\"\ncommand = \"true\"\nafter = [\"a\"]\n\
-           [[workflows.chain.steps]]\nname = \"c\"\ncommand = \"true\"\nafter = [\"b\"]\n";
+           [[workflows.chain.steps]]\nname = \"c\"\ncommand = \"true\"\nafter = [\"b\"]\n\
+           [workflows.pairs]\n\
+           [[workflows.pairs.steps]]\nname = \"p\"\ncommand = \"true\"\neach = \"pair\"\nchunk = 1\n\
+           [[workflows.pairs.steps]]\nname = \"w\"\ncommand = \"true\"\nafter = [\"p\"]\n";
     let cfg = Arc::new(Config::parse(&text, &dir.path().join("beamflow.toml")).unwrap());
     let clock = Arc::new(ManualClock::at(
         UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -131,10 +134,23 @@ impl Tier {
         version: u32,
         supersede: bool,
     ) -> Vec<u64> {
+        self.submit_sections(name, workflow, (version, 2), supersede, false)
+    }
+
+    /// Registers version `version` of a stack of `sections`; `partial` as a streamed
+    /// stack's sections so far.
+    fn submit_sections(
+        &self,
+        name: &str,
+        workflow: &str,
+        (version, sections): (u32, usize),
+        supersede: bool,
+        partial: bool,
+    ) -> Vec<u64> {
         let root = self.cfg.collector.data_root.join("bl").join(name);
         let snap = root.join(format!(".beamflow-v{version}"));
         std::fs::create_dir_all(&snap).unwrap();
-        for i in 0..2u8 {
+        for i in 0..sections as u8 {
             write_section(&snap.join(format!("S_{i}.tif")), i + 3);
         }
         let work = self
@@ -144,7 +160,7 @@ impl Tier {
             .join("bl")
             .join(name)
             .join(format!("@v{version}"));
-        let jobs = crate::science::dag::plan(&self.cfg.workflows[workflow], 2);
+        let jobs = crate::science::dag::plan(&self.cfg.workflows[workflow], sections);
         let (dir, work) = (snap.display().to_string(), work.display().to_string());
         let digest = format!("{name}{version}");
         let s = NewStack {
@@ -157,7 +173,7 @@ impl Tier {
             digest: &digest,
             files_json: "[]",
             supersede,
-            partial: false,
+            partial,
         };
         let mut db = self.db.lock().unwrap();
         db.submit(&s, &jobs).unwrap();
@@ -527,4 +543,41 @@ fn a_new_version_supersedes_only_what_has_not_started_and_the_running_job_finish
     t.engine.round(false);
     let _v4 = t.submit_version("run1", "chain", 4, false);
     assert!(v3.iter().all(|id| t.state(*id) != "SUPERSEDED"));
+}
+
+#[test]
+fn a_streamed_stack_s_next_version_keeps_the_pairs_it_shares_and_its_twins_wait_for_them() {
+    let t = tier();
+    let name_of = |id: u64| t.db.lock().unwrap().job(id).unwrap().unwrap().name;
+    // a partial version of 10 sections (as many as spread): p[0] … p[8] ready, w after them
+    let v1 = t.submit_sections("s", "pairs", (1, 10), true, true);
+    let pairs: Vec<String> = (0..9).map(|i| format!("p[{i}]")).collect();
+    let v1_names: Vec<String> = v1.iter().map(|id| name_of(*id)).collect();
+    assert_eq!(v1_names[..9], pairs[..]);
+    assert_eq!(v1_names[9], "w");
+    assert_eq!(t.state(v1[0]), "READY");
+    // the sealed version of 11 sections arrives before any of them started
+    let v2 = t.submit_sections("s", "pairs", (2, 11), true, false);
+    for id in &v1 {
+        assert_ne!(
+            t.state(*id),
+            "SUPERSEDED",
+            "{} of the partial version",
+            name_of(*id)
+        );
+    }
+    // v2's p[0] … p[8] wait for their twins; p[9] has none and goes
+    let waiting = t.db.lock().unwrap().waiting_for_twins().unwrap();
+    let mut names: Vec<String> = waiting.iter().map(|id| name_of(*id)).collect();
+    names.sort();
+    assert_eq!(names, pairs);
+    assert!(waiting.iter().all(|id| v2.contains(id)));
+    // a sealed version is superseded as before: a third version takes v2's unstarted jobs
+    let _v3 = t.submit_sections("s", "pairs", (3, 11), true, false);
+    assert!(v2.iter().all(|id| t.state(*id) == "SUPERSEDED"));
+    assert_eq!(
+        t.state(v1[0]),
+        "READY",
+        "the partial version's job is still kept"
+    );
 }

@@ -60,8 +60,8 @@ pub struct DemoReport {
     pub send_secs: f64,
     /// From the last section written to the DAG accepted.
     pub latency: Duration,
-    /// Jobs the collector lists for the stack: (name, state, parents).
-    pub jobs: Vec<(String, JobState, Vec<u64>)>,
+    /// Jobs the collector lists for the stack: (id, name, state, parents).
+    pub jobs: Vec<(u64, String, JobState, Vec<u64>)>,
     /// From the DAG accepted to every job finished.
     pub run_time: Duration,
     /// The workflow that ran.
@@ -329,7 +329,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         (aligntk.is_some()).then(|| science::measure(&dir.join(work_rel(rec.version)), opts.side));
     let jobs = jobs
         .into_iter()
-        .map(|j| (j.name, j.state, j.parents))
+        .map(|j| (j.id, j.name, j.state, j.parents))
         .collect();
     drop(service);
     Ok(DemoReport {
@@ -509,50 +509,102 @@ pub fn render(r: &DemoReport, settle: Duration) -> String {
 /// Each step's own run beside the time beamflow spent around it.
 fn step_table(steps: &[StepTime]) -> String {
     let mut out = String::new();
-    if !steps.is_empty() {
-        out.push_str("  job              tool's own run   beamflow around it (ready -> running, done -> checked)\n");
-        let (mut tool, mut ours) = (Duration::ZERO, Duration::ZERO);
-        for s in steps {
-            let run = match s.reused {
-                true => format!("{:>14}", "reused"),
-                false => format!("{:>12.3} s", s.tool.as_secs_f64()),
-            };
-            out.push_str(&format!(
-                "  {:<16} {run} {:>14.3} s\n",
-                s.name,
-                s.beamflow.as_secs_f64()
-            ));
-            tool += s.tool;
-            ours += s.beamflow;
-        }
+    if steps.is_empty() {
+        return out;
+    }
+    out.push_str("  step             tool's own runs   beamflow around them (ready -> running, done -> checked)\n");
+    let (mut tool, mut ours) = (Duration::ZERO, Duration::ZERO);
+    for (name, group) in by_step(steps, |s| s.name.as_str()) {
+        let ran: Vec<&&StepTime> = group.iter().filter(|s| !s.reused).collect();
+        let t: Duration = ran.iter().map(|s| s.tool).sum();
+        let b: Duration = group.iter().map(|s| s.beamflow).sum();
+        let reused = group.len() - ran.len();
+        let run = match (ran.is_empty(), reused) {
+            (true, _) => format!("{:>15}", "reused"),
+            (false, 0) => format!("{:>13.3} s", t.as_secs_f64()),
+            (false, n) => format!("{:>13.3} s ({n} reused)", t.as_secs_f64()),
+        };
         out.push_str(&format!(
-            "  {:<16} {:>12.3} s {:>14.3} s   (the DAG's total minus the tools' runs)\n\n",
-            "all",
-            tool.as_secs_f64(),
-            ours.as_secs_f64()
+            "  {:<16} {run} {:>14.3} s\n",
+            counted(name, group.len()),
+            b.as_secs_f64()
         ));
+        tool += t;
+        ours += b;
+    }
+    out.push_str(&format!(
+        "  {:<16} {:>13.3} s {:>14.3} s   (the DAG's total minus the tools' runs)\n\n",
+        "all",
+        tool.as_secs_f64(),
+        ours.as_secs_f64()
+    ));
+    out
+}
+
+/// The step a job belongs to: `find_rst` for `find_rst[3]` or `find_rst[0-7]`.
+fn step_of(job: &str) -> &str {
+    &job[..job.find('[').unwrap_or(job.len())]
+}
+
+/// A fanned-out step's jobs together under its name, in the order the steps first appear.
+fn by_step<'a, T>(items: &'a [T], name: impl Fn(&'a T) -> &'a str) -> Vec<(&'a str, Vec<&'a T>)> {
+    let mut out: Vec<(&str, Vec<&T>)> = Vec::new();
+    for item in items {
+        let step = step_of(name(item));
+        match out.iter_mut().find(|(s, _)| *s == step) {
+            Some((_, g)) => g.push(item),
+            None => out.push((step, vec![item])),
+        }
     }
     out
 }
 
-/// The DAG's jobs with their states and parents.
-fn job_list(jobs: &[(String, beamflow_protocol::states::JobState, Vec<u64>)]) -> String {
-    let mut out = String::new();
-    out.push_str("  jobs:\n");
-    for (name, state, parents) in jobs {
-        let p = if parents.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (after job {})",
-                parents
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+/// A step's name with how many jobs it was, when more than one.
+fn counted(step: &str, n: usize) -> String {
+    match n {
+        1 => step.to_string(),
+        n => format!("{step} ×{n}"),
+    }
+}
+
+/// The DAG's steps with their jobs' states and the steps they ran after.
+fn job_list(jobs: &[(u64, String, JobState, Vec<u64>)]) -> String {
+    let step_of_id: std::collections::HashMap<u64, &str> = jobs
+        .iter()
+        .map(|(id, name, _, _)| (*id, step_of(name)))
+        .collect();
+    let mut out = String::from("  jobs:\n");
+    for (step, group) in by_step(jobs, |j| j.1.as_str()) {
+        let mut states: Vec<(JobState, usize)> = Vec::new();
+        let mut after: Vec<&str> = Vec::new();
+        for (_, _, state, parents) in &group {
+            match states.iter_mut().find(|(s, _)| s == state) {
+                Some((_, n)) => *n += 1,
+                None => states.push((*state, 1)),
+            }
+            for p in parents {
+                let p = step_of_id.get(p).copied().unwrap_or("an earlier job");
+                if !after.contains(&p) {
+                    after.push(p);
+                }
+            }
+        }
+        let states: Vec<String> = states
+            .iter()
+            .map(|(s, n)| match (group.len(), n) {
+                (1, _) => s.to_string(),
+                (_, n) => format!("{s} ×{n}"),
+            })
+            .collect();
+        let after = match after.is_empty() {
+            true => String::new(),
+            false => format!(" (after {})", after.join(", ")),
         };
-        out.push_str(&format!("    {name:<16} {state}{p}\n"));
+        out.push_str(&format!(
+            "    {:<16} {}{after}\n",
+            counted(step, group.len()),
+            states.join(", ")
+        ));
     }
     out
 }

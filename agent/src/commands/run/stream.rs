@@ -12,8 +12,9 @@ use std::collections::HashMap;
 /// What a streamed stack needs to decide whether a partial version is due.
 #[derive(Debug, Clone)]
 pub(super) struct Streaming {
-    /// Pairs per chunk of the workflow's fanned-out steps.
-    pub chunk: usize,
+    /// Pairs per chunk of the workflow's fanned-out steps, and the pairs a stack needs
+    /// before they spread (none streams before).
+    pub chunk: (usize, usize),
     /// Sections the last partial version held (0: none yet).
     pub streamed: usize,
     /// The stack's sections as scanned, in the collector's order.
@@ -50,27 +51,30 @@ impl Streaming {
 
 /// How many sections (a prefix of `order`) a partial version should hold now: the longest
 /// prefix at the collector, cut to whole chunks of pairs, when it holds a chunk more than the
-/// last one did or a section the last one held was rewritten.
+/// last one did or a section the last one held was rewritten; none before the prefix has
+/// the pairs a stack needs to spread (`from`), where the sealed stack would not fan out.
 pub(super) fn sections_due(
     order: &[String],
     at_collector: impl Fn(&str) -> bool,
-    chunk: usize,
+    (chunk, from): (usize, usize),
     streamed: usize,
     rewritten: bool,
 ) -> Option<usize> {
     let there = order.iter().take_while(|n| at_collector(n)).count();
     let chunks = there.saturating_sub(1) / chunk.max(1);
-    let n = chunks * chunk.max(1) + 1;
-    (chunks > 0 && (n > streamed || rewritten && n >= streamed)).then_some(n)
+    let pairs = chunks * chunk.max(1);
+    let n = pairs + 1;
+    (chunks > 0 && pairs >= from && (n > streamed || rewritten && n >= streamed)).then_some(n)
 }
 
-/// The pairs per chunk that streaming waits for: the smallest of the workflow's fanned-out
-/// steps (none: the workflow has nothing to run before the seal).
-pub(super) fn chunk_of(wf: Option<&beamflow_config::Workflow>) -> Option<usize> {
+/// The pairs per chunk that streaming waits for and the pairs a stack needs before they
+/// spread: the workflow's fanned-out step with the smallest chunk (none: the workflow has
+/// nothing to run before the seal).
+pub(super) fn chunk_of(wf: Option<&beamflow_config::Workflow>) -> Option<(usize, usize)> {
     wf?.steps
         .iter()
         .filter(|s| s.each != beamflow_config::Each::Stack)
-        .map(|s| s.chunk.max(1) as usize)
+        .map(|s| (s.chunk.max(1) as usize, s.spreads_from()))
         .min()
 }
 
@@ -87,26 +91,31 @@ mod tests {
         let order = names(32);
         let upto = |k: usize| move |n: &str| order_index(n) < k;
         // 8 sections: 7 pairs, no whole chunk of 8 yet
-        assert_eq!(sections_due(&order, upto(8), 8, 0, false), None);
+        assert_eq!(sections_due(&order, upto(8), (8, 8), 0, false), None);
         // 9 sections: pairs 0–7
-        assert_eq!(sections_due(&order, upto(9), 8, 0, false), Some(9));
+        assert_eq!(sections_due(&order, upto(9), (8, 8), 0, false), Some(9));
         // 12 sections: still pairs 0–7, already streamed
-        assert_eq!(sections_due(&order, upto(12), 8, 9, false), None);
+        assert_eq!(sections_due(&order, upto(12), (8, 8), 9, false), None);
         // 17: pairs 0–15
-        assert_eq!(sections_due(&order, upto(17), 8, 9, false), Some(17));
+        assert_eq!(sections_due(&order, upto(17), (8, 8), 9, false), Some(17));
         // a gap stops the prefix: section 3 not there yet
         assert_eq!(
             sections_due(
                 &order,
                 |n: &str| order_index(n) != 3 && order_index(n) < 20,
-                8,
+                (8, 8),
                 0,
                 false
             ),
             None
         );
         // a section of the last partial rewritten: the same prefix again, on its new bytes
-        assert_eq!(sections_due(&order, upto(12), 8, 9, true), Some(9));
+        assert_eq!(sections_due(&order, upto(12), (8, 8), 9, true), Some(9));
+        // a pair at a time (the built-in default): not before 8 pairs, then each section
+        assert_eq!(sections_due(&order, upto(8), (1, 8), 0, false), None);
+        assert_eq!(sections_due(&order, upto(9), (1, 8), 0, false), Some(9));
+        assert_eq!(sections_due(&order, upto(10), (1, 8), 9, false), Some(10));
+        assert_eq!(sections_due(&order, upto(10), (1, 8), 10, false), None);
     }
 
     fn order_index(n: &str) -> usize {
@@ -124,7 +133,7 @@ mod tests {
             sent: true,
         };
         let s = Streaming {
-            chunk: 8,
+            chunk: (8, 8),
             streamed: 0,
             sent: order[..5].iter().map(|n| (n.clone(), rec(n, 1))).collect(),
             order: order.clone(),
@@ -150,7 +159,7 @@ mod tests {
     #[test]
     fn the_built_in_workflow_streams_in_its_chunks_and_a_whole_stack_one_does_not() {
         let cfg = beamflow_config::Config::parse("", std::path::Path::new("(defaults)")).unwrap();
-        assert_eq!(chunk_of(cfg.workflows.get("aligntk")), Some(8));
+        assert_eq!(chunk_of(cfg.workflows.get("aligntk")), Some((1, 8)));
         assert_eq!(chunk_of(cfg.workflows.get("qa")), None);
     }
 }

@@ -100,11 +100,14 @@ impl Db {
     }
 
     /// The READY fanned-out jobs (`STEP[FIRST-LAST]`) whose twin (a job of the same name of
-    /// an earlier version of their stack) is under way: prepared, running, being checked or
+    /// an earlier version of their stack) is ready or under way: ready to run (a partial
+    /// version's job the new version did not supersede), prepared, running, being checked or
     /// about to be retried. Each waits for its twin rather than doing the same work twice, and
-    /// reuses it if it read the same bytes. One statement for the whole round.
+    /// reuses it if it read the same bytes. A twin still waiting for its parents is not waited
+    /// for: a parent held for a person would hold this job too. One statement for the round.
     pub fn waiting_for_twins(&self) -> Result<std::collections::HashSet<u64>, DbError> {
         let live = [
+            JobState::Ready,
             JobState::Preprocessed,
             JobState::Running,
             JobState::RunDone,

@@ -282,10 +282,14 @@ fn insert_job(
 }
 
 /// Moves the older versions' jobs that have not started to SUPERSEDED, in the submission's
-/// own transaction: one stack, one DAG that runs to the end.
+/// own transaction: one stack, one DAG that runs to the end. A streamed stack's partial
+/// versions keep the jobs the new version (`stack_id`) has too: the new one's twin waits for
+/// them and takes their outputs, so a stack streamed one section at a time still runs each
+/// pair once instead of starting it again with every section that arrives.
 fn superseded_by(
     tx: &rusqlite::Transaction<'_>,
     s: &NewStack<'_>,
+    stack_id: i64,
     at: &str,
 ) -> Result<usize, DbError> {
     use crate::service::lifecycle::job::{change, Trigger};
@@ -297,14 +301,18 @@ fn superseded_by(
     let ids: Vec<i64> = {
         let mut st = tx.prepare(&format!(
             "SELECT j.id FROM jobs j JOIN stacks k ON k.id = j.stack_id
-             WHERE k.beamline = ?1 AND k.name = ?2 AND k.version < ?3 AND j.state IN ({})",
+             WHERE k.beamline = ?1 AND k.name = ?2 AND k.version < ?3 AND j.state IN ({})
+               AND NOT (k.partial = 1 AND EXISTS
+                 (SELECT 1 FROM jobs n WHERE n.stack_id = ?4 AND n.name = j.name))",
             from.iter()
                 .map(|f| format!("'{f}'"))
                 .collect::<Vec<_>>()
                 .join(", ")
         ))?;
         let rows = st
-            .query_map(params![s.beamline, s.name, s.version], |r| r.get(0))?
+            .query_map(params![s.beamline, s.name, s.version, stack_id], |r| {
+                r.get(0)
+            })?
             .collect::<Result<_, _>>()?;
         rows
     };
@@ -483,7 +491,7 @@ impl Db {
             }
         }
         if s.supersede {
-            superseded_by(&tx, s, &at)?;
+            superseded_by(&tx, s, stack_id, &at)?;
         }
         tx.commit()?;
         Ok((stack_id as u64, true, jobs.len() as u32))

@@ -111,14 +111,14 @@ fn opts() -> Opts {
             std::process::exit(0)
         }
         Some("stream") => {
-            let (mut sections, mut side, mut interval, mut chunk) = (32u32, 512u32, 5.0f64, 1u32);
+            let (mut sections, mut side, mut interval, mut chunk) = (32u32, 512u32, 5.0f64, 8u32);
             while let Some(a) = it.next() {
                 let v = it.next().map(String::as_str).unwrap_or("");
                 match a.as_str() {
                     "--sections" => sections = v.parse().unwrap_or(32),
                     "--side" => side = v.parse().unwrap_or(512),
                     "--interval" => interval = v.parse().unwrap_or(5.0),
-                    "--chunk" => chunk = v.parse().unwrap_or(1).max(1),
+                    "--chunk" => chunk = v.parse().unwrap_or(8).max(1),
                     other => {
                         eprintln!("beamflow-bench: unknown option {other}");
                         std::process::exit(2)
@@ -151,7 +151,7 @@ fn opts() -> Opts {
         _ => {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
-            eprintln!("       beamflow-bench stream [--sections 32] [--side 512] [--interval 5] [--chunk 1]");
+            eprintln!("       beamflow-bench stream [--sections 32] [--side 512] [--interval 5] [--chunk 8]");
             eprintln!(
                 "       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60] [--channels 4] [--max-stacks 4]"
             );

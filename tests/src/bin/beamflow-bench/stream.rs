@@ -2,7 +2,8 @@
 //! default) through the running daemon, the local transport and the local scheduler with the
 //! real AlignTK; the time from the last section written (its marker right after) to the
 //! last job JOB_FINISHED, streamed (`[[watch]] stream = true`) beside whole-stack, in the
-//! same run, and streamed again with `--chunk` pairs per job. It also prints what the streamed
+//! same run, both with the built-in workflow as it comes (a job per pair), and streamed again
+//! with `--chunk` pairs per job (8 unless given). It also prints what the streamed
 //! tail is made of: the pair work after the last section,
 //! align and apply_map, as the jobs' own histories time them.
 
@@ -29,7 +30,7 @@ fn span(site: &Site, job: &Value, from: &str, to: &str) -> f64 {
 /// the last section ([`tail`], read before the service stops).
 fn one(
     stream: bool,
-    chunk: u32,
+    chunk: Option<u32>,
     sections: u32,
     side: u32,
     interval: Duration,
@@ -39,8 +40,10 @@ fn one(
         false => "marker = \"DONE\"\nstream = false",
     };
     let site = Site::new("1h", extra);
-    site.use_aligntk();
-    site.append_config(&format!("chunk = {chunk}\n"));
+    match chunk {
+        Some(c) => site.use_aligntk_in_chunks(c),
+        None => site.use_aligntk(),
+    }
     site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
     let mut service = site.start_service();
     let mut agent = site.start_agent();
@@ -123,39 +126,40 @@ fn tail(site: &Site) -> (usize, usize, [f64; 4]) {
     )
 }
 
-/// Runs the modes and prints the table: whole-stack and streamed with the built-in chunks,
-/// and streamed with `chunk` pairs per job (`[workflows.aligntk-apply] chunk`).
+/// Runs the modes and prints the table: whole-stack and streamed as the built-in workflow
+/// comes (a job per pair), and streamed with `chunk` pairs per job
+/// (`[workflows.aligntk-apply] chunk`).
 pub fn run(sections: u32, side: u32, interval: Duration, chunk: u32) {
     eprintln!(
         "{sections} sections of {side}×{side} 16-bit, one every {:.1} s; whole-stack first ...",
         interval.as_secs_f64()
     );
-    let (whole, _) = one(false, 8, sections, side, interval);
-    eprintln!("streamed, chunks of 8 pairs ...");
-    let (streamed, (reused, of, t)) = one(true, 8, sections, side, interval);
-    eprintln!("streamed, chunks of {chunk} pair(s) ...");
-    let (fine, (fine_reused, fine_of, f)) = one(true, chunk, sections, side, interval);
+    let (whole, _) = one(false, None, sections, side, interval);
+    eprintln!("streamed, a job per pair ...");
+    let (streamed, (reused, of, t)) = one(true, None, sections, side, interval);
+    eprintln!("streamed, chunks of {chunk} pairs ...");
+    let (coarse, (c_reused, c_of, c)) = one(true, Some(chunk), sections, side, interval);
     println!(
         "\n{sections} sections {side}×{side} 16-bit written one every {:.1} s; from the last section (and its marker) to the last job JOB_FINISHED:\n",
         interval.as_secs_f64()
     );
     println!("| mode | seconds | × whole-stack | the sealed version's jobs reused | what ran after the last section (longest job of each step) |");
     println!("|---|---:|---:|---:|---|");
-    println!("| whole-stack, chunks of 8 pairs | {whole:.1} | 1.00× | – | every pair |");
+    println!("| whole-stack, a job per pair (the default) | {whole:.1} | 1.00× | – | every pair |");
     for (name, secs, r, n, x) in [
         (
-            "streamed, chunks of 8 pairs".to_string(),
+            "streamed, a job per pair (the default)".to_string(),
             streamed,
             reused,
             of,
             t,
         ),
         (
-            format!("streamed, chunks of {chunk} pair(s)"),
-            fine,
-            fine_reused,
-            fine_of,
-            f,
+            format!("streamed, chunks of {chunk} pairs"),
+            coarse,
+            c_reused,
+            c_of,
+            c,
         ),
     ] {
         println!(
