@@ -52,7 +52,7 @@ fn move_to(
 fn submitted(conn: &Connection, id: i64, remote_id: i64, reason: &str) -> Result<(), JournalError> {
     check_move(conn, id, StackState::Submitted)?;
     conn.prepare_cached(
-        "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0, results = '', results_done = 0 WHERE id = ?1",
+        "UPDATE stacks SET state = 'submitted', remote_id = ?2, reason = ?3, updated_at = ?4, outcome = '', outcome_final = 0, abandoned = 0, results = '', results_done = 0 WHERE id = ?1",
     )?
     .execute(params![id, remote_id, reason, now()])?;
     Ok(())
@@ -213,6 +213,9 @@ const LATER_COLUMNS: &[(&str, &str)] = &[
     ("grew", "INTEGER NOT NULL DEFAULT 0"),
     // sections of the last version streamed while the stack was written (0: none)
     ("streamed", "INTEGER NOT NULL DEFAULT 0"),
+    // a streamed stack past max_wait whose work at the collector was cancelled: it streams
+    // no more (it is sent whole if it is finished later)
+    ("abandoned", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// The later columns an older journal lacks.
@@ -687,6 +690,40 @@ impl Journal {
         Ok(n as usize)
     }
 
+    /// Whether a streamed stack's work at the collector was abandoned after `max_wait`.
+    pub fn abandoned(&self, id: i64) -> Result<bool, JournalError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT abandoned FROM stacks WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))?;
+        Ok(n != 0)
+    }
+
+    /// Stacks still being written that streamed versions to the collector and were not
+    /// abandoned: (id, folder, remote name).
+    pub fn streaming(&self) -> Result<Vec<(i64, String, String)>, JournalError> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT id, dir, name FROM stacks
+                 WHERE state = 'waiting' AND streamed > 0 AND abandoned = 0",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// A streamed stack's work at the collector was abandoned after `max_wait`: `line` is
+    /// what its status shows; it streams no more.
+    pub fn set_abandoned(&mut self, id: i64, line: &str) -> Result<(), JournalError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE stacks SET abandoned = 1, outcome = ?2, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, line, now()])?;
+        Ok(())
+    }
+
     /// The collector accepted version `version` of a stack still being written, holding its
     /// first `sections`: the stack stays waiting, and its next submission is the next version.
     /// A version already counted changes nothing (the answer came twice).
@@ -713,7 +750,7 @@ impl Journal {
         check_move(&tx, id, StackState::Waiting)?;
         tx.prepare_cached(
             "UPDATE stacks SET version = version + 1, state = 'waiting', reason = 'files changed after submission',
-             remote_id = NULL, bytes_sent = 0, send_secs = 0, updated_at = ?2 WHERE id = ?1")?.execute(
+             remote_id = NULL, outcome = '', bytes_sent = 0, send_secs = 0, updated_at = ?2 WHERE id = ?1")?.execute(
             params![id, now()],
         )?;
         let v: u32 = tx

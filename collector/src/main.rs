@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Cmd::Doctor(a) => doctor::main(a),
         Cmd::Outcome(a) => beamline::outcome_main(a),
         Cmd::Results(a) => beamline::results_main(a),
+        Cmd::Abandon(a) => beamline::abandon_main(a),
         Cmd::Probe(a) => doctor::probe_main(a),
     };
     beamflow_program::finish("beamflow-collector", result)

@@ -43,7 +43,9 @@ pub struct WatchSection {
     /// (`each`), as the built-in AlignTK workflows do, off elsewhere.
     #[serde(default)]
     pub stream: Option<bool>,
-    /// A stack still changing after this long raises a visible warning.
+    /// A stack not finished after this long raises a visible warning; a streamed one is
+    /// abandoned at the collector too (the open jobs of its partial versions cancelled, each
+    /// saying why; what ran is kept, and it is sent whole if it is finished later).
     #[serde(default = "default_max_wait")]
     pub max_wait: Dur,
     /// What files arriving after submission do.

@@ -93,13 +93,42 @@ pub struct SubmitRequest {
 }
 
 /// `POST /v1/stacks/abandon`: a stack still being written (only partial versions at the
-/// collector) whose folder was removed at the beamline.
+/// collector) whose folder was removed at the beamline, or that `max_wait` passed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AbandonRequest {
     /// The beamline it came from.
     pub beamline: String,
     /// Stack path relative to the beamline's folder.
     pub stack: String,
+    /// Why: each cancelled job's event says it.
+    #[serde(default)]
+    pub why: AbandonWhy,
+}
+
+/// Why a stack still being written was abandoned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbandonWhy {
+    /// Its folder was removed at the beamline.
+    #[default]
+    FolderRemoved,
+    /// It was not finished after its watch root's `max_wait` (as written in the config).
+    NotFinished(String),
+}
+
+impl AbandonWhy {
+    /// The reason each cancelled job's event gives.
+    pub fn reason(&self) -> String {
+        match self {
+            AbandonWhy::FolderRemoved => {
+                "abandoned: the stack's folder was removed at the beamline before it was finished"
+                    .into()
+            }
+            AbandonWhy::NotFinished(after) => format!(
+                "abandoned: the stack was not finished after {after} (max_wait); what ran of it is kept, and it runs whole if it is finished later"
+            ),
+        }
+    }
 }
 
 /// Answer to an abandonment.

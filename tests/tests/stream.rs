@@ -352,3 +352,84 @@ fn a_stack_abandoned_while_it_streams_has_its_open_jobs_cancelled_saying_why() {
         },
     );
 }
+
+/// A streamed stack not finished after its root's `max_wait` is abandoned at the collector:
+/// its partial version's open jobs are cancelled, each saying max_wait passed, the agent's
+/// status says so, and no further partial version goes. What ran is kept; finished later,
+/// the stack is sent whole and its sealed version runs to the end.
+#[test]
+fn a_streamed_stack_past_max_wait_has_its_open_jobs_cancelled_and_runs_whole_when_finished() {
+    let site = Site::new(
+        "30s",
+        "marker = \"DONE\"\nstream = true\nfile_settle = \"1s\"",
+    );
+    site.edit_config("max_wait = \"2h\"", "max_wait = \"10s\"");
+    site.use_aligntk_in_chunks(8);
+    site.edit_config("workflow = \"aligntk\"", "workflow = \"aligntk-apply\"");
+    site.edit_config("outcome_every = \"30s\"", "outcome_every = \"1s\"");
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    // 512² sections: find_rst of eight pairs outlasts max_wait
+    for i in 0..9 {
+        site.write_section("late", i, 512, i as u64 + 7);
+    }
+    let s = wait_for(
+        LONG,
+        "the agent to abandon the stack's streamed work",
+        || {
+            site.stack("late")
+                .filter(|s| s["outcome"].as_str().unwrap_or("").contains("abandoned"))
+        },
+        || format!("{:?}", site.stack("late")),
+    );
+    assert_eq!(s["state"], "waiting", "{s}");
+    assert!(
+        s["outcome"].as_str().unwrap().contains("10s (max_wait)"),
+        "{s}"
+    );
+    let jobs = site.wait_jobs(
+        "late",
+        LONG,
+        "no job of the partial version left open",
+        |j| {
+            j.iter()
+                .all(|j| j["state"] == "JOB_FINISHED" || j["state"] == "USER_KILLED")
+        },
+    );
+    let cancelled: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["state"] == "USER_KILLED")
+        .collect();
+    assert!(!cancelled.is_empty(), "nothing was cancelled: {jobs:#?}");
+    for j in &cancelled {
+        let h = history(&site, j);
+        assert!(
+            h.contains("not finished after 10s (max_wait)"),
+            "{} ended without saying why:\n{h}",
+            j["name"]
+        );
+    }
+    // it streams no more: a section more is no new partial version
+    site.write_section("late", 9, 512, 16);
+    holds_for(
+        Duration::from_secs(4),
+        "no partial version after abandonment",
+        || {
+            let v = versions(&site, "late");
+            (v.len() != 1).then(|| format!("{v:?}"))
+        },
+    );
+    // finished after all: sent whole, its sealed version runs to the end
+    std::fs::write(site.incoming().join("late").join("DONE"), b"").unwrap();
+    site.wait_state("late", "submitted", LONG);
+    let sealed = versions(&site, "late")
+        .into_iter()
+        .find(|(_, partial)| !partial)
+        .map(|(v, _)| v)
+        .expect("the sealed version");
+    let jobs = site.wait_jobs("late", LONG * 2, "the sealed version finished", |j| {
+        let mine: Vec<_> = j.iter().filter(|j| j["version"] == sealed).collect();
+        !mine.is_empty() && mine.iter().all(|j| j["state"] == "JOB_FINISHED")
+    });
+    assert!(of(&jobs, sealed, "preview").is_some());
+}

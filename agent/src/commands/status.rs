@@ -38,8 +38,13 @@ pub fn table(stacks: &[StackRecord]) -> String {
             s.remote_id
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "-".into()),
-            // where the collector's DAG is, once the daemon asked over the link
-            if s.state == crate::journal::StackState::Submitted && !s.outcome.is_empty() {
+            // where the collector's DAG is, once the daemon asked over the link (or what
+            // became of a streamed stack's work when it passed max_wait)
+            if matches!(
+                s.state,
+                crate::journal::StackState::Submitted | crate::journal::StackState::Waiting
+            ) && !s.outcome.is_empty()
+            {
                 if s.results.is_empty() {
                     s.outcome.clone()
                 } else {

@@ -79,11 +79,40 @@ pub fn ask<T: serde::de::DeserializeOwned>(
     ctl: Option<&Path>,
     sub: &[&str],
 ) -> Result<T, FarError> {
+    ask_with(cfg, ctl, sub, None)
+}
+
+/// [`ask`], with `input` on the far side's stdin: where a question carries a stack's name,
+/// it travels there, never as an argument a remote shell would read.
+pub fn ask_with<T: serde::de::DeserializeOwned>(
+    cfg: &Config,
+    ctl: Option<&Path>,
+    sub: &[&str],
+    input: Option<&[u8]>,
+) -> Result<T, FarError> {
+    use std::io::Write;
     let mut c = command(cfg, ctl, sub);
-    let out = c.output().map_err(|source| FarError::Spawn {
-        program: c.get_program().to_string_lossy().into_owned(),
+    let program = c.get_program().to_string_lossy().into_owned();
+    let spawn = |source| FarError::Spawn {
+        program: program.clone(),
         source,
-    })?;
+    };
+    let out = match input {
+        None => c.output().map_err(spawn)?,
+        Some(bytes) => {
+            let mut child = c
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(spawn)?;
+            if let Some(mut stdin) = child.stdin.take() {
+                // a far side that ends without reading says why on stderr, read below
+                let _ = stdin.write_all(bytes);
+            }
+            child.wait_with_output().map_err(spawn)?
+        }
+    };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| serde_json::from_str(l).ok())

@@ -1,5 +1,5 @@
-//! What the agent asks over its link: `outcome` (where its stacks' DAGs are) and `results`
-//! (the files a workflow returns, listed or streamed).
+//! What the agent asks over its link: `outcome` (where its stacks' DAGs are), `results`
+//! (the files a workflow returns, listed or streamed) and `abandon` (a stack it gave up on).
 
 use crate::api::Client;
 use beamflow_config::Config;
@@ -74,5 +74,39 @@ pub fn results_main(a: ResultsArgs) -> anyhow::Result<Exit> {
             }
         }
     }
+    Ok(Exit::Done)
+}
+
+/// `abandon`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct AbandonArgs {
+    /// The config file.
+    #[arg(long, env = "BEAMFLOW_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// The most an abandonment's request may be: a beamline, a stack's path and a reason.
+const ABANDON_LIMIT: u64 = 64 << 10;
+
+/// `abandon`: the request (`AbandonRequest` as one JSON document) from stdin, the answer
+/// (`AbandonResponse`) as one JSON line.
+pub fn abandon_main(a: AbandonArgs) -> anyhow::Result<Exit> {
+    use anyhow::Context;
+    use std::io::Read;
+    let cfg = Config::load(&a.config)?;
+    let mut text = Vec::new();
+    std::io::stdin()
+        .take(ABANDON_LIMIT + 1)
+        .read_to_end(&mut text)
+        .context("cannot read the request from stdin")?;
+    anyhow::ensure!(
+        text.len() as u64 <= ABANDON_LIMIT,
+        "the request on stdin is over {ABANDON_LIMIT} bytes: send one AbandonRequest as JSON"
+    );
+    let req: crate::api::AbandonRequest = serde_json::from_slice(&text).context(
+        "stdin is not an AbandonRequest: send {\"beamline\": …, \"stack\": …, \"why\": …} as JSON",
+    )?;
+    let answer = Client::from_state_dir(&cfg.collector.state_dir)?.abandon(&req)?;
+    sayln!("{}", serde_json::to_string(&answer)?);
     Ok(Exit::Done)
 }

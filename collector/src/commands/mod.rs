@@ -51,6 +51,9 @@ pub enum Cmd {
     Outcome(beamline::OutcomeArgs),
     /// The files a stack version's workflow returns, listed or streamed (for the agent).
     Results(beamline::ResultsArgs),
+    /// End the open jobs of a stack still being written that its agent gave up on (its
+    /// `max_wait` passed): the request as JSON on stdin, so that no name is an argument.
+    Abandon(beamline::AbandonArgs),
     /// Run by `doctor --probe` on a compute node: does the service answer from here?
     #[command(hide = true)]
     Probe(doctor::ProbeArgs),

@@ -36,6 +36,7 @@ impl Receiver {
                 let req = crate::api::AbandonRequest {
                     beamline: self.beamline.clone(),
                     stack: stack.clone(),
+                    why: crate::api::AbandonWhy::FolderRemoved,
                 };
                 match self.service(|c| c.abandon(&req)) {
                     Ok(crate::api::AbandonResponse { cancelled: Some(_) }) => abandoned = true,

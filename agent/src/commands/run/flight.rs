@@ -172,6 +172,9 @@ impl Daemon {
             return None;
         }
         let chunk = super::stream::chunk_of(self.cfg.workflows.get(&rec.workflow))?;
+        if self.journal.abandoned(rec.id).ok()? {
+            return None; // past max_wait: it goes whole if it is finished
+        }
         let streamed = self.journal.streamed(rec.id).ok()?;
         let mut order: Vec<String> = t.scan.images.iter().map(|f| f.name.clone()).collect();
         order.sort();

@@ -64,6 +64,14 @@ pub enum Msg {
     Outcomes(
         Result<Vec<(i64, i64, beamflow_protocol::api::DagOutcome)>, crate::link::far::FarError>,
     ),
+    /// The collector answered for a streamed stack abandoned after `max_wait`: (journal id,
+    /// remote name, the `max_wait` it was given, how many jobs it cancelled or why not).
+    Abandoned(
+        i64,
+        String,
+        String,
+        Result<beamflow_protocol::api::AbandonResponse, crate::link::far::FarError>,
+    ),
     /// Fetching a stack's results ended: (journal id, remote id, files and bytes, or why not).
     Results(
         i64,
@@ -177,6 +185,8 @@ pub struct Daemon {
     discards_pending: bool,
     /// A question about DAG outcomes is out: no second one until it is answered.
     asking: bool,
+    /// A streamed stack past `max_wait` is being abandoned at the collector: one at a time.
+    abandoning: bool,
     /// What `[agent] metrics_file` gets.
     metrics: crate::metrics::Metrics,
     /// When the metrics file was last written, and whether a write was put off since.
@@ -279,6 +289,9 @@ impl Daemon {
                     if !self.asking {
                         self.ask_outcomes().await?;
                     }
+                    if !self.abandoning {
+                        self.abandon_overdue(Instant::now()).await?;
+                    }
                 }
                 _ = t.systemd.tick(), if t.systemd_on => {
                     crate::systemd::notify("WATCHDOG=1");
@@ -319,6 +332,7 @@ impl Daemon {
                 self.free_done()?;
             }
             Msg::Results(id, remote, r) => self.results_fetched(id, remote, r)?,
+            Msg::Abandoned(id, name, after, r) => self.abandoned(id, &name, &after, r)?,
         }
         Ok(())
     }

@@ -86,6 +86,72 @@ impl Daemon {
         Ok(())
     }
 
+    /// A streamed stack not finished after its root's `max_wait` is abandoned at the
+    /// collector: the open jobs of its partial versions are cancelled, each saying why, and
+    /// it streams no more (what ran is kept; it is sent whole if it is finished later). One
+    /// at a time, off the loop, asked again at the next tick if the collector cannot answer.
+    pub(super) async fn abandon_overdue(&mut self, now: Instant) -> Result<()> {
+        let due = self
+            .journal
+            .streaming()?
+            .into_iter()
+            .find_map(|(id, dir, name)| {
+                let t = self.stacks.get(Path::new(&dir))?;
+                let max_wait = self.roots[t.root].rules.max_wait;
+                (now.saturating_duration_since(t.first_seen) >= max_wait)
+                    .then(|| (id, name, humantime::format_duration(max_wait).to_string()))
+            });
+        let Some((id, name, after)) = due else {
+            return Ok(());
+        };
+        let Some(ctl) = self.side_link().await else {
+            return Ok(());
+        };
+        self.abandoning = true;
+        let req = beamflow_protocol::api::AbandonRequest {
+            beamline: self.cfg.agent.beamline(),
+            stack: name.clone(),
+            why: beamflow_protocol::api::AbandonWhy::NotFinished(after.clone()),
+        };
+        let (cfg, tx) = (self.cfg.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let body = serde_json::to_vec(&req).unwrap_or_default();
+            let r = crate::link::far::ask_with(&cfg, ctl.as_deref(), &["abandon"], Some(&body));
+            let _ = tx.send(Msg::Abandoned(id, name, after, r));
+        });
+        Ok(())
+    }
+
+    /// The collector's answer to an abandonment: the stack's status says what became of its
+    /// streamed work; a failure is asked again at the next tick.
+    pub(super) fn abandoned(
+        &mut self,
+        id: i64,
+        name: &str,
+        after: &str,
+        r: std::result::Result<beamflow_protocol::api::AbandonResponse, crate::link::far::FarError>,
+    ) -> Result<()> {
+        self.abandoning = false;
+        match r {
+            Ok(answer) => {
+                let line = match answer.cancelled {
+                    Some(n) => format!(
+                        "abandoned after {after} (max_wait): {n} open job(s) of its streamed versions cancelled; it is sent whole if it is finished"
+                    ),
+                    None => format!("not finished after {after} (max_wait); it has a sealed version"),
+                };
+                tracing::warn!(stack = %name, "{line}");
+                self.journal.set_abandoned(id, &line)?;
+            }
+            Err(e) => tracing::warn!(
+                stack = %name,
+                "cannot abandon the streamed work of a stack past max_wait (asked again later): {}",
+                beamflow_program::chain(&e)
+            ),
+        }
+        Ok(())
+    }
+
     /// `delete_after = "verified+done"`: removes the images of stacks the collector verified
     /// and whose DAG is done (results home first, when they are fetched). Only the journaled
     /// files, each still the size and time it had when it was hashed and verified, are

@@ -40,6 +40,7 @@ impl Daemon {
             discard_retry: HashMap::new(),
             discards_pending: true,
             asking: false,
+            abandoning: false,
             metrics: crate::metrics::Metrics::new(),
             metrics_written: None,
             metrics_owed: false,

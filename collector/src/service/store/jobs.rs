@@ -461,9 +461,15 @@ impl Db {
     }
 
     /// Cancels the open jobs of a stack abandoned while it streamed (its folder removed at
-    /// the beamline before it was finished), in one transaction, each saying why: the count.
+    /// the beamline, or not finished after `max_wait`), in one transaction, each saying
+    /// `reason`: the count.
     /// None when the stack has a sealed version: then it was not abandoned.
-    pub fn abandon(&mut self, beamline: &str, stack: &str) -> Result<Option<usize>, DbError> {
+    pub fn abandon(
+        &mut self,
+        beamline: &str,
+        stack: &str,
+        reason: &str,
+    ) -> Result<Option<usize>, DbError> {
         let at = stamp(self.now());
         let tx = self.tx()?;
         let sealed: i64 = tx.query_row(
@@ -489,8 +495,6 @@ impl Db {
                 .collect::<Result<_, _>>()?;
             rows
         };
-        let reason =
-            "abandoned: the stack's folder was removed at the beamline before it was finished";
         let mut n = 0;
         for id in ids {
             n += job::change(

@@ -205,11 +205,11 @@ pub(super) async fn abandon(
             .db
             .lock()
             .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "database lock poisoned"))?;
-        db.abandon(&req.beamline, &stack)
+        db.abandon(&req.beamline, &stack, &req.why.reason())
             .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     };
     if let Some(n) = cancelled {
-        tracing::warn!(beamline = %req.beamline, stack = %stack, cancelled = n, "stack abandoned while it streamed: its folder was removed at the beamline");
+        tracing::warn!(beamline = %req.beamline, stack = %stack, cancelled = n, "stack abandoned while it streamed: {}", req.why.reason());
         st.wake.engine();
         st.wake.work();
     }
