@@ -27,6 +27,10 @@ pub struct ServiceSection {
     pub heartbeat_timeout: Dur,
     /// Runs a job gets before a run error holds it as FAILED.
     pub max_attempts: u32,
+    /// Times a job may run out of its launcher's wall time before it is held as FAILED with
+    /// its measured run times: a job that always outlives its allocation would otherwise be
+    /// retried without end.
+    pub max_timeouts: u32,
     /// A new connection must finish its TLS handshake and its first request's headers
     /// within this, and every request its headers: anyone who reaches the port can connect
     /// without a token, so nothing they hold is unbounded.
@@ -53,6 +57,7 @@ impl Default for ServiceSection {
             poll_interval: Dur::secs(2),
             heartbeat_timeout: Dur::secs(60),
             max_attempts: 3,
+            max_timeouts: 3,
             header_timeout: Dur::secs(10),
             idle_timeout: Dur::secs(60),
             max_connections: 512,
@@ -118,14 +123,19 @@ pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), Conf
                 cfg.service.advertise
             )));
     }
-    if cfg.service.max_attempts == 0 {
-        return Err(invalid(
-            path,
-            text,
-            "max_attempts",
-            "service.max_attempts",
-            "must be at least 1",
-        ));
+    for (key, value) in [
+        ("max_attempts", cfg.service.max_attempts),
+        ("max_timeouts", cfg.service.max_timeouts),
+    ] {
+        if value == 0 {
+            return Err(invalid(
+                path,
+                text,
+                key,
+                &format!("service.{key}"),
+                "must be at least 1",
+            ));
+        }
     }
     let limits = [
         ("max_connections", cfg.service.max_connections == 0, "must be at least 1"),

@@ -279,7 +279,14 @@ impl Engine {
                 }
                 retries.push((j.id, vec![m]));
             }
-            retries.extend(timed_out.iter().map(|j| (j.id, vec![job::after_timeout()])));
+            for j in &timed_out {
+                let runs = self.db()?.timed_out_runs(j.id)?;
+                let m = job::after_timeout(&runs, self.cfg.service.max_timeouts);
+                if m.to == JobState::Failed {
+                    tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "held: {}", m.reason);
+                }
+                retries.push((j.id, vec![m]));
+            }
             let again = retries
                 .iter()
                 .filter(|(_, m)| m[0].to == JobState::RestartReady)

@@ -581,3 +581,37 @@ fn a_streamed_stack_s_next_version_keeps_the_pairs_it_shares_and_its_twins_wait_
         "the partial version's job is still kept"
     );
 }
+
+#[test]
+fn a_job_that_runs_out_of_wall_time_max_timeouts_times_is_held_with_its_run_times() {
+    let t = tier();
+    let ids = t.submit("long", "chain");
+    t.engine.round(false);
+    t.engine.round(false);
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(launcher, 1);
+    for minutes in [10u64, 11, 12] {
+        assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
+        t.clock.advance(Duration::from_secs(minutes * 60));
+        t.acquire(launcher, &[(ids[0], Outcome::Timeout)]);
+        t.engine.react().unwrap();
+    }
+    assert_eq!(t.state(ids[0]), "FAILED");
+    let reason = t.reason(ids[0]);
+    assert!(
+        reason.contains("ran out of wall time 3 times (it ran 10m, 11m, 12m)")
+            && reason.contains("raise the queue's walltime"),
+        "{reason}"
+    );
+    assert!(
+        t.acquire(launcher, &[]).is_empty(),
+        "a held job is not handed out"
+    );
+    // a person's retry starts the count again: one more timeout runs it again
+    t.db.lock().unwrap().retry(ids[0]).unwrap();
+    t.engine.react().unwrap();
+    assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
+    t.acquire(launcher, &[(ids[0], Outcome::Timeout)]);
+    t.engine.react().unwrap();
+    assert_eq!(t.state(ids[0]), "RESTART_READY");
+}

@@ -96,6 +96,7 @@ pub const MOVES: &[(JobState, JobState, Trigger)] = &[
     (S::RunError, S::Failed, T::Policy),
     (S::RunError, S::Failed, T::Hold),
     (S::RunTimeout, S::RestartReady, T::Policy),
+    (S::RunTimeout, S::Failed, T::Hold),
     (S::Failed, S::RestartReady, T::PersonRetry),
     (S::UserKilled, S::RestartReady, T::PersonRetry),
     (S::RunError, S::RestartReady, T::PersonRetry),
@@ -326,9 +327,28 @@ pub fn after_error(attempts: u32, max: u32, last: &str) -> Move {
     }
 }
 
-/// A run that timed out runs again: its allocation, not the job, ran out.
-pub fn after_timeout() -> Move {
-    mv(S::RestartReady, T::Policy, "timed out; will run again")
+/// A run that timed out runs again (its allocation, not the job, ran out) until it has run
+/// out of wall time `max` times (`runs`: how long each of those runs lasted); then it is held
+/// for a person, since the next allocation of that size would end it the same way.
+pub fn after_timeout(runs: &[std::time::Duration], max: u32) -> Move {
+    if (runs.len() as u32) < max {
+        return mv(S::RestartReady, T::Policy, "timed out; will run again");
+    }
+    let took: Vec<String> = runs
+        .iter()
+        .map(|d| {
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+        })
+        .collect();
+    mv(
+        S::Failed,
+        T::Hold,
+        format!(
+            "ran out of wall time {} times (it ran {}): raise the queue's walltime or make its jobs smaller (the workflow's chunk), then retry it",
+            runs.len(),
+            took.join(", ")
+        ),
+    )
 }
 
 #[cfg(test)]

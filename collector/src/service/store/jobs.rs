@@ -510,6 +510,32 @@ impl Db {
         Ok(Some(n))
     }
 
+    /// How long each run of `job` that ran out of wall time lasted, since a person last
+    /// retried it (a retry starts the count again).
+    pub fn timed_out_runs(&self, job: u64) -> Result<Vec<std::time::Duration>, DbError> {
+        let mut runs = Vec::new();
+        let mut started: Option<String> = None;
+        for e in self.events(job)? {
+            match e.to {
+                JobState::Running => started = Some(e.at.clone()),
+                JobState::RunTimeout => {
+                    let secs = started
+                        .take()
+                        .and_then(|s| crate::service::clock::between(&s, &e.at))
+                        .unwrap_or(0.0);
+                    runs.push(std::time::Duration::from_secs_f64(secs.max(0.0)));
+                }
+                JobState::RestartReady
+                    if matches!(e.from, Some(JobState::Failed | JobState::UserKilled)) =>
+                {
+                    runs.clear();
+                }
+                _ => {}
+            }
+        }
+        Ok(runs)
+    }
+
     /// A job's events, oldest first.
     pub fn events(&self, job: u64) -> Result<Vec<EventRow>, DbError> {
         let mut st = self.conn.prepare(
