@@ -43,6 +43,11 @@ pub struct QueueSection {
     /// Extra arguments for the submit command (`sbatch`, `qsub`); for `local`, which has
     /// none, the command the launcher runs under (`["ssh", "node7"]`, `["nice"]`).
     pub extra_args: Vec<String>,
+    /// The batch system is asked (a status poll, a submission) at most once per this long;
+    /// a slow answer stretches it (four times the answer's time) and failures back off
+    /// (doubling, up to 32 times it). Some sites demand 120 s. Cancellations are never
+    /// delayed; the `local` scheduler, which is no batch system, is not paced.
+    pub scheduler_min_interval: Dur,
 }
 
 /// The placeholders a launch template may use.
@@ -122,6 +127,7 @@ impl Default for QueueSection {
             poll: Dur::secs(1),
             walltime_margin: Dur::secs(60),
             extra_args: Vec::new(),
+            scheduler_min_interval: Dur::secs(30),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The DAG on a real one-node Slurm (munge, slurmctld, slurmd started by tests/slurm/start.sh):
 //! launchers are real batch jobs, jobs run through `srun`, and `scancel` is the real one.
 //! The DAG runs the real AlignTK 1.0.2; the cancellation test needs a step that is slow on
-//! demand and uses the stand-ins in tests/aligntk for that.
+//! demand and uses the stand-ins in tests/aligntk for that. The pace test counts the calls the
+//! service makes to the real `squeue` and `sbatch` through wrappers first on its `PATH`.
 
 use beamflow_e2e::*;
 use std::path::Path;
@@ -40,9 +41,10 @@ fn slurm_site(real_aligntk: bool) -> (Site, String) {
     } else {
         site.use_standins();
     }
+    // the suite's other tests want launchers seen ending at once; the pace has its own test
     site.edit_config(
         "scheduler = \"local\"",
-        "scheduler = \"slurm\"\nqueue = \"debug\"",
+        "scheduler = \"slurm\"\nqueue = \"debug\"\nscheduler_min_interval = \"1s\"",
     );
     site.edit_config("idle_exit = \"2s\"", "idle_exit = \"5s\"");
     site.edit_config("walltime = \"1h\"", "walltime = \"10m\"");
@@ -145,5 +147,91 @@ fn a_launcher_cancelled_mid_job_times_out_and_the_job_finishes_in_a_new_allocati
         jobs[2]["launcher"].as_u64().unwrap(),
         first,
         "finished in a new allocation"
+    );
+}
+
+/// The service asks Slurm at its queue's pace and about its own jobs only: wrappers first on
+/// the service's `PATH` log every `squeue` and `sbatch` before running the real one; two
+/// stacks run to the end, and meanwhile no two calls came closer than
+/// `scheduler_min_interval`, and every `squeue` asked with `--me`.
+#[test]
+fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
+    let (site, conf) = slurm_site(false);
+    site.edit_config(
+        "scheduler_min_interval = \"1s\"",
+        "scheduler_min_interval = \"3s\"",
+    );
+    let bin = site.dir.join("wrappers");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = site.dir.join("calls.log");
+    for tool in ["squeue", "sbatch"] {
+        let real = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let w = bin.join(tool);
+        std::fs::write(
+            &w,
+            format!(
+                "#!/bin/sh\necho \"$(date +%s.%N) {tool} $*\" >> '{}'\nexec {} \"$@\"\n",
+                log.display(),
+                real.trim()
+            ),
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&w).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&w, perm).unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let _service = site.start_service_env(&[("SLURM_CONF", &conf), ("PATH", &path)]);
+    for name in ["paced1", "paced2"] {
+        let dir = site.write_stack(name, 3, 32);
+        site.push(&dir);
+    }
+    site.wait_finished("paced1", LONG);
+    site.wait_finished("paced2", LONG);
+    // a while longer: the launcher idles out and the service polls its end
+    wait_until(LONG, "the launchers to end", || {
+        site.collector_status()["launchers"]
+            .as_array()
+            .is_some_and(|ls| ls.iter().all(|l| l["state"] == "FINISHED"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<(f64, &str)> = text
+        .lines()
+        .map(|l| {
+            let (at, rest) = l.split_once(' ').unwrap();
+            (at.parse().unwrap(), rest)
+        })
+        .collect();
+    let polls = calls
+        .iter()
+        .filter(|(_, c)| c.starts_with("squeue"))
+        .count();
+    assert!(polls >= 2, "Slurm was hardly asked:\n{text}");
+    assert!(calls.iter().any(|(_, c)| c.starts_with("sbatch")), "{text}");
+    for (_, c) in &calls {
+        if c.starts_with("squeue") {
+            assert!(c.contains("--me"), "the whole cluster was asked: {c}");
+        }
+    }
+    for w in calls.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        // the wrapper's clock and the service's differ by the wrapper's start: a few ms
+        assert!(
+            gap > 2.9,
+            "{gap:.2} s between `{}` and `{}`:\n{text}",
+            w[0].1,
+            w[1].1
+        );
+    }
+    eprintln!(
+        "{} calls to Slurm ({polls} polls), none closer than 3 s",
+        calls.len()
     );
 }

@@ -3,6 +3,7 @@
 
 mod cobalt;
 mod local;
+pub mod pace;
 mod pbs;
 mod slurm;
 
@@ -95,6 +96,14 @@ pub trait Scheduler: Send + Sync {
     /// Collects batch jobs that ended on their own; only a scheduler whose jobs are this
     /// service's children has any (they would otherwise stay zombies).
     fn reap(&self) {}
+    /// How long before the batch system may be asked again (none: now); see [`pace`].
+    fn ready_in(&self) -> Option<Duration> {
+        None
+    }
+    /// What a person should know about how the batch system is asked, when it is slowed.
+    fn note(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The text of a batch script: a comment saying what it is, `KEY=value` exports, then the
@@ -119,6 +128,23 @@ pub fn for_kind(kind: SchedulerKind) -> Box<dyn Scheduler> {
         SchedulerKind::Pbs => Box::new(Pbs),
         SchedulerKind::Cobalt => Box::new(Cobalt),
     }
+}
+
+/// The scheduler of queue `name`, a batch system asked at the queue's pace
+/// (`scheduler_min_interval`).
+pub fn for_queue(name: &str, q: &beamflow_config::QueueSection) -> Box<dyn Scheduler> {
+    let what = match q.scheduler {
+        SchedulerKind::Local => return for_kind(q.scheduler),
+        SchedulerKind::Slurm => "Slurm",
+        SchedulerKind::Pbs => "PBS",
+        SchedulerKind::Cobalt => "Cobalt",
+    };
+    Box::new(pace::Paced::new(
+        for_kind(q.scheduler),
+        name,
+        what,
+        q.scheduler_min_interval.0,
+    ))
 }
 
 /// The usual launch template of a scheduler kind (for launchers, which have no scheduler object).

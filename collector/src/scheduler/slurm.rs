@@ -1,4 +1,4 @@
-//! Slurm: `sbatch --parsable`, `squeue`, `scancel`. Tested against a real one-node Slurm.
+//! Slurm: `sbatch --parsable`, `squeue --me`, `scancel`. Tested against a real one-node Slurm.
 
 use super::{hms, run, BatchSpec, BatchState, SchedError, Scheduler};
 use std::collections::HashMap;
@@ -72,9 +72,15 @@ impl Scheduler for Slurm {
     }
 
     fn status(&self, ids: &[String]) -> Result<HashMap<String, BatchState>, SchedError> {
-        // all jobs, not -j: squeue fails outright on ids it has already forgotten
-        let all = parse_squeue(&run(Command::new("squeue").args(["-h", "-o", "%i %T"]))?);
-        Ok(all.into_iter().filter(|(k, _)| ids.contains(k)).collect())
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // this user's jobs only (--me), never the whole cluster's; not -j: squeue fails
+        // outright on ids it has already forgotten
+        let mine = parse_squeue(&run(
+            Command::new("squeue").args(["--me", "-h", "-o", "%i %T"])
+        )?);
+        Ok(mine.into_iter().filter(|(k, _)| ids.contains(k)).collect())
     }
 
     fn delete(&self, id: &str) -> Result<(), SchedError> {

@@ -106,7 +106,7 @@ impl Engine {
         let schedulers = cfg
             .queues
             .iter()
-            .map(|(n, q)| (n.clone(), scheduler::for_kind(q.scheduler)))
+            .map(|(n, q)| (n.clone(), scheduler::for_queue(n, q)))
             .collect();
         let clock: Arc<dyn Clock> = Arc::new(crate::service::clock::SystemClock);
         Engine::with_parts(cfg, db, wake, schedulers, clock)
@@ -222,6 +222,9 @@ impl Engine {
             tracing::error!("{what}: {e}");
             notes.push(format!("error while {what}: {e}"));
         }
+        // a batch system asked less often than its minimum (slow, or failing) says so
+        notes.retain(|n| !n.contains("; asking every "));
+        notes.extend(self.schedulers.values().filter_map(|s| s.note()));
         if let Ok(mut n) = self.notes.lock() {
             *n = notes;
         }
@@ -529,12 +532,16 @@ impl Engine {
                 .filter(|l| !l.2.batch_id.is_empty())
                 .map(|l| l.2.batch_id.clone())
                 .collect();
-            let states = s.status(&ids).map_err(|cause| EngineError::Scheduler {
-                queue: queue.to_string(),
-                cause,
-            })?;
+            // not yet the batch system's time: judge heartbeats only
+            let states = match s.ready_in() {
+                Some(_) => None,
+                None => Some(s.status(&ids).map_err(|cause| EngineError::Scheduler {
+                    queue: queue.to_string(),
+                    cause,
+                })?),
+            };
             for (id, _, facts) in ls {
-                let batch = Some(states.get(&facts.batch_id).copied());
+                let batch = states.as_ref().map(|st| st.get(&facts.batch_id).copied());
                 let Some((to, trigger, reason)) = launchers::judge(facts, batch, now, timeout)
                 else {
                     continue;
@@ -602,6 +609,14 @@ impl Engine {
                 notes.push(format!(
                     "queue {name}: {mine} launcher(s) queued or running, max_queued = {}",
                     q.max_queued
+                ));
+                continue;
+            }
+            if let Some(wait) = self.schedulers.get(name).and_then(|s| s.ready_in()) {
+                notes.push(format!(
+                    "queue {name}: the next launcher goes in {} (the batch system is asked at most every {})",
+                    humantime::format_duration(std::time::Duration::from_secs(wait.as_secs() + 1)),
+                    q.scheduler_min_interval
                 ));
                 continue;
             }

@@ -25,6 +25,8 @@ pub struct Metrics {
     verify_failures: IntCounter,
     resumes: IntCounter,
     stacks: IntCounter,
+    scheduler_calls: IntCounterVec,
+    scheduler_seconds: prometheus::CounterVec,
 }
 
 /// The service's metrics: one set per process, as Prometheus scrapes one process.
@@ -64,7 +66,29 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(transitions.clone()))
             .expect("registered once");
+        let scheduler_calls = IntCounterVec::new(
+            Opts::new(
+                "scheduler_calls_total",
+                "Calls to the batch systems (status polls, submissions), by queue, call and outcome",
+            ),
+            &["queue", "call", "outcome"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(scheduler_calls.clone()))
+            .expect("registered once");
+        let scheduler_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "scheduler_call_seconds_total",
+                "Time spent waiting for the batch systems' answers, by queue and call",
+            ),
+            &["queue", "call"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(scheduler_seconds.clone()))
+            .expect("registered once");
         Metrics {
+            scheduler_calls,
+            scheduler_seconds,
             jobs: gauge("jobs", "Jobs by state"),
             launchers: gauge("launchers", "Launchers by state"),
             transitions,
@@ -141,6 +165,19 @@ impl Metrics {
                 let n = now.iter().find(|(s, _)| s == name).map_or(0, |x| x.1);
                 family.with_label_values(&[name]).set(n);
             }
+        }
+        // the batch systems' calls are counted where they are paced: brought up to date here
+        for (queue, call, ok, failed, secs) in crate::scheduler::pace::calls() {
+            for (outcome, n) in [("ok", ok), ("failed", failed)] {
+                let c = self
+                    .scheduler_calls
+                    .with_label_values(&[queue.as_str(), call, outcome]);
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+            let c = self
+                .scheduler_seconds
+                .with_label_values(&[queue.as_str(), call]);
+            c.inc_by((secs - c.get()).max(0.0));
         }
         let mut out = Vec::new();
         // writing to a Vec cannot fail
