@@ -1,7 +1,7 @@
 //! `beamflow-collector`: parses arguments and calls the library, one function per subcommand.
 
 use beamflow_collector::commands::{
-    beamline, doctor, launcher, operator, preview, qa, serve, service, version, Cmd,
+    backfill, beamline, doctor, launcher, operator, preview, qa, serve, service, version, Cmd,
 };
 use beamflow_config::reference::COLLECTOR_SECTIONS;
 use beamflow_program::{config, manual, EXIT_CODES};
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Cmd::Config(a) => config::main(a, "beamflow-collector", COLLECTOR_SECTIONS),
         Cmd::Version(a) => version::main(a),
         Cmd::Doctor(a) => doctor::main(a),
+        Cmd::Backfill(a) => backfill::main(a),
         Cmd::Outcome(a) => beamline::outcome_main(a),
         Cmd::Results(a) => beamline::results_main(a),
         Cmd::Abandon(a) => beamline::abandon_main(a),

@@ -48,6 +48,17 @@ pub struct QueueSection {
     /// (doubling, up to 32 times it). Some sites demand 120 s. Cancellations are never
     /// delayed; the `local` scheduler, which is no batch system, is not paced.
     pub scheduler_min_interval: Dur,
+    /// Shape each launcher to the batch system's free nodes now (a backfill window: idle
+    /// nodes until the next job's expected start), so that it starts at once; the fixed size
+    /// (`max_nodes`, `walltime`) where no window fits. Slurm only, so far.
+    pub backfill: bool,
+    /// How often the windows are asked for (each query also waits for the queue's pace).
+    pub backfill_every: Dur,
+    /// A window shorter than this (after `walltime_pad`) is not used.
+    pub min_walltime: Dur,
+    /// Taken off a window's length for the launcher's wall time, so that it ends before the
+    /// job it made room for starts.
+    pub walltime_pad: Dur,
 }
 
 /// The placeholders a launch template may use.
@@ -128,6 +139,10 @@ impl Default for QueueSection {
             walltime_margin: Dur::secs(60),
             extra_args: Vec::new(),
             scheduler_min_interval: Dur::secs(30),
+            backfill: false,
+            backfill_every: Dur::secs(60),
+            min_walltime: Dur::secs(600),
+            walltime_pad: Dur::secs(120),
         }
     }
 }
@@ -175,6 +190,24 @@ pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), Conf
                 format!(
                     "walltime ({}) must be longer than walltime_margin ({})",
                     q.walltime, q.walltime_margin
+                ),
+            ));
+        }
+        if q.backfill && q.scheduler != SchedulerKind::Slurm {
+            return Err(bad(
+                "backfill",
+                format!(
+                    "backfill windows are read from Slurm only so far, not {}; remove the key or set it to false",
+                    format!("{:?}", q.scheduler).to_lowercase()
+                ),
+            ));
+        }
+        if q.backfill && q.min_walltime <= q.walltime_margin {
+            return Err(bad(
+                "min_walltime",
+                format!(
+                    "min_walltime ({}) must be longer than walltime_margin ({}): a launcher stops that long before its end",
+                    q.min_walltime, q.walltime_margin
                 ),
             ));
         }

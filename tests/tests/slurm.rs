@@ -235,3 +235,95 @@ fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
         calls.len()
     );
 }
+
+/// Backfill windows from the real Slurm: with the node idle, `beamflow-collector backfill`
+/// sees one free node and fits a launcher to it, and the service submits its launcher as one
+/// that fits a window; with the node taken by another job (a 1-CPU job leaves it `mixed`, no
+/// whole node free), there is no window and the fixed size goes.
+#[test]
+fn backfill_reads_the_real_slurm_s_free_nodes_and_fits_the_launcher_to_them() {
+    let (site, conf) = slurm_site(false);
+    site.edit_config(
+        "scheduler_min_interval = \"1s\"",
+        "scheduler_min_interval = \"1s\"\nbackfill = true\nbackfill_every = \"2s\"\nmin_walltime = \"5m\"\nwalltime_pad = \"1m\"",
+    );
+    let backfill = || -> serde_json::Value {
+        let out = Command::new(bin("beamflow-collector"))
+            .args(["backfill", "--json", "--config"])
+            .arg(&site.config)
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+    };
+    wait_until(LONG, "the test node to be idle", || {
+        backfill()["windows"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+    });
+    let b = backfill();
+    assert_eq!(b["windows"][0]["nodes"], 1, "{b}");
+    assert_eq!(b["shape"]["from_window"], true, "{b}");
+    assert_eq!(b["shape"]["walltime_secs"], 600, "{b}");
+    // the service shapes its launcher to the window
+    let service = site.start_service_env(&[("SLURM_CONF", &conf)]);
+    let dir = site.write_stack("window", 3, 32);
+    site.push(&dir);
+    site.wait_finished("window", LONG);
+    let notes = site.collector_status()["notes"].to_string();
+    let log = std::fs::read_to_string(site.dir.join("service.log")).unwrap();
+    assert!(
+        log.contains("launcher submitted") && log.contains("window=true"),
+        "{notes}\n{log}"
+    );
+    drop(service);
+    wait_until(LONG, "our launcher to leave the node", || {
+        !squeue(&conf).contains("beamflow-")
+    });
+    // another user's job takes a CPU: the node is no longer whole and free
+    let out = Command::new("sbatch")
+        .args([
+            "--parsable",
+            "-J",
+            "other-user",
+            "-N",
+            "1",
+            "-n",
+            "1",
+            "-t",
+            "3",
+            "--wrap",
+            "sleep 170",
+        ])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    let other = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(LONG, "the other job to run", || {
+        squeue(&conf).contains(&format!("{other} RUNNING"))
+    });
+    let b = backfill();
+    let _ = Command::new("scancel")
+        .arg(&other)
+        .env("SLURM_CONF", &conf)
+        .output();
+    assert_eq!(b["windows"], serde_json::json!([]), "{b}");
+    assert_eq!(b["shape"]["from_window"], false, "{b}");
+    assert!(
+        b["shape"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("no free nodes"),
+        "{b}"
+    );
+}

@@ -4,6 +4,7 @@
 //! `retry`, `kill`), [`beamline`] (`outcome` and `results`, asked over the link), [`doctor`]
 //! (and its `probe`) and [`version`].
 
+pub mod backfill;
 pub mod beamline;
 pub mod doctor;
 pub mod launcher;
@@ -47,6 +48,8 @@ pub enum Cmd {
     Version(version::Args),
     /// Check this host: folders, free space, the service, the batch commands.
     Doctor(doctor::Args),
+    /// The free nodes each batch queue reports now, for how long, and the launcher that fits.
+    Backfill(backfill::Args),
     /// Where the DAGs of stack versions are, by id (the agent asks this over its link).
     Outcome(beamline::OutcomeArgs),
     /// The files a stack version's workflow returns, listed or streamed (for the agent).

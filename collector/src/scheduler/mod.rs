@@ -6,6 +6,7 @@ mod local;
 pub mod pace;
 mod pbs;
 mod slurm;
+pub mod window;
 
 pub use cobalt::Cobalt;
 pub use local::Local;
@@ -73,6 +74,14 @@ pub enum SchedError {
         /// What it printed.
         stderr: String,
     },
+    /// What was asked is not built for this batch system.
+    #[error("{what} is not built for {scheduler}")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+        /// The batch system.
+        scheduler: &'static str,
+    },
     /// Its output was not understood.
     #[error("cannot understand the output of `{command}`: {message}")]
     Parse {
@@ -96,6 +105,13 @@ pub trait Scheduler: Send + Sync {
     /// Collects batch jobs that ended on their own; only a scheduler whose jobs are this
     /// service's children has any (they would otherwise stay zombies).
     fn reap(&self) {}
+    /// The nodes free now in the queue's partition, and for how long ([`window`]).
+    fn windows(&self, _queue: &str) -> Result<Vec<window::Window>, SchedError> {
+        Err(SchedError::Unsupported {
+            what: "reading backfill windows",
+            scheduler: "this batch system",
+        })
+    }
     /// How long before the batch system may be asked again (none: now); see [`pace`].
     fn ready_in(&self) -> Option<Duration> {
         None

@@ -155,6 +155,10 @@ impl Scheduler for Paced {
         self.inner.delete(id)
     }
 
+    fn windows(&self, queue: &str) -> Result<Vec<super::window::Window>, SchedError> {
+        self.call("windows", || self.inner.windows(queue))
+    }
+
     fn default_launch(&self) -> &'static str {
         self.inner.default_launch()
     }

@@ -87,6 +87,24 @@ impl Scheduler for Slurm {
         run(Command::new("scancel").arg(id)).map(|_| ())
     }
 
+    fn windows(&self, queue: &str) -> Result<Vec<super::window::Window>, SchedError> {
+        let partition = |c: &mut Command| {
+            if !queue.is_empty() {
+                c.arg("-p").arg(queue);
+            }
+        };
+        let mut sinfo = Command::new("sinfo");
+        sinfo.args(["-h", "-t", "idle", "-o", "%D %l"]);
+        partition(&mut sinfo);
+        let idle = run(&mut sinfo)?;
+        // pending jobs' expected starts: when the idle nodes may be taken
+        let mut squeue = Command::new("squeue");
+        squeue.args(["-h", "-t", "PD", "--start", "-o", "%S %D"]);
+        partition(&mut squeue);
+        let starts = run(&mut squeue)?;
+        super::window::slurm_windows(&idle, &starts, std::time::SystemTime::now())
+    }
+
     fn default_launch(&self) -> &'static str {
         LAUNCH
     }

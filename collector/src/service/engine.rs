@@ -98,6 +98,9 @@ pub struct Engine {
     prepared: Mutex<HashMap<u64, std::result::Result<Prepared, PrepareError>>>,
     /// When retention last looked (on the engine's clock).
     last_sweep: Mutex<Option<std::time::SystemTime>>,
+    /// Each backfill queue's windows as last read, with when, and whether a launcher was
+    /// shaped from them yet.
+    windows: Mutex<HashMap<String, (Instant, Vec<crate::scheduler::window::Window>, bool)>>,
 }
 
 impl Engine {
@@ -144,6 +147,7 @@ impl Engine {
             collector: collector_exe(),
             prepared: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(None),
+            windows: Mutex::new(HashMap::new()),
         }
     }
 
@@ -621,10 +625,29 @@ impl Engine {
                 continue;
             }
             let biggest = runnable.biggest.max(1);
-            let nodes = (needed as u32).max(biggest).clamp(q.min_nodes, q.max_nodes);
-            match self.submit(name, q, nodes) {
+            let want = (needed as u32).max(biggest);
+            let shape = match q.backfill {
+                true => match self.backfill_shape(name, q, want) {
+                    Some(shape) => shape,
+                    None => {
+                        notes.push(format!(
+                            "queue {name}: free nodes read; the launcher fitted to them goes at the batch system's next call"
+                        ));
+                        continue;
+                    }
+                },
+                false => crate::scheduler::window::shape(&[], want, q),
+            };
+            let nodes = shape.nodes;
+            match self.submit(name, q, nodes, shape.walltime) {
                 Ok((id, batch)) => {
-                    tracing::info!(queue = %name, launcher = id, batch = %batch, nodes, "launcher submitted");
+                    if shape.from_window {
+                        notes.push(format!(
+                            "queue {name}: launcher {id} fits a window: {}",
+                            shape.why
+                        ));
+                    }
+                    tracing::info!(queue = %name, launcher = id, batch = %batch, nodes, walltime = %humantime::format_duration(shape.walltime), window = shape.from_window, "launcher submitted");
                     needed -= capacity(q, nodes) as i64;
                     submitted_any = true;
                 }
@@ -643,7 +666,59 @@ impl Engine {
         Ok(())
     }
 
-    fn submit(&self, name: &str, q: &QueueSection, nodes: u32) -> Result<(u64, String)> {
+    /// The shape of a backfill queue's next launcher from the windows read at most
+    /// `backfill_every` ago (each shortened by its age); none when they had to be read now:
+    /// the submission then waits for the batch system's next call. A failed read falls back
+    /// to the fixed size, saying why.
+    fn backfill_shape(
+        &self,
+        name: &str,
+        q: &QueueSection,
+        want: u32,
+    ) -> Option<crate::scheduler::window::Shape> {
+        use crate::scheduler::window::{shape, Window};
+        let now = Instant::now();
+        let mut cache = self.windows.lock().ok()?;
+        if let Some((at, windows, used)) = cache.get_mut(name) {
+            let age = now.saturating_duration_since(*at);
+            // a read no launcher used yet is used however long the pace made it wait
+            if age < q.backfill_every.0 || !*used {
+                *used = true;
+                let aged: Vec<Window> = windows
+                    .iter()
+                    .map(|w| Window {
+                        nodes: w.nodes,
+                        lasts: w.lasts.map(|d| d.saturating_sub(age)),
+                    })
+                    .collect();
+                return Some(shape(&aged, want, q));
+            }
+        }
+        let scheduler = self.schedulers.get(name)?;
+        match scheduler.ready_in() {
+            Some(_) => None,
+            None => match scheduler.windows(&q.queue) {
+                Ok(windows) => {
+                    cache.insert(name.to_string(), (now, windows, false));
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %name, "cannot read backfill windows, the fixed size goes: {e}");
+                    let mut s = shape(&[], want, q);
+                    s.why = format!("cannot read the free nodes ({e}): the queue's fixed size");
+                    Some(s)
+                }
+            },
+        }
+    }
+
+    fn submit(
+        &self,
+        name: &str,
+        q: &QueueSection,
+        nodes: u32,
+        walltime: std::time::Duration,
+    ) -> Result<(u64, String)> {
         let scheduler = self
             .schedulers
             .get(name)
@@ -651,11 +726,11 @@ impl Engine {
         let kind = format!("{:?}", q.scheduler).to_lowercase();
         let id = self.db()?.add_launcher(name, &kind, nodes)?;
         let dir = self.cfg.collector.state_dir.join("launchers");
-        let script = self.script(&dir, id, name, q)?;
+        let script = self.script(&dir, id, name, walltime)?;
         let spec = BatchSpec {
             name: format!("beamflow-{id}"),
             nodes,
-            walltime: q.walltime.0,
+            walltime,
             project: q.project.clone(),
             queue: q.queue.clone(),
             extra_args: q.extra_args.clone(),
@@ -681,7 +756,13 @@ impl Engine {
         }
     }
 
-    fn script(&self, dir: &Path, id: u64, queue: &str, q: &QueueSection) -> Result<PathBuf> {
+    fn script(
+        &self,
+        dir: &Path,
+        id: u64,
+        queue: &str,
+        walltime: std::time::Duration,
+    ) -> Result<PathBuf> {
         let path = dir.join(format!("launcher-{id}.sh"));
         let cfg = self
             .cfg
@@ -691,7 +772,7 @@ impl Engine {
             .unwrap_or_default();
         let text = crate::scheduler::batch_script(
             &format!("beamflow launcher {id} for queue {queue}, written by the collector service"),
-            &[("BEAMFLOW_WALLTIME_SECS", q.walltime.0.as_secs().to_string())],
+            &[("BEAMFLOW_WALLTIME_SECS", walltime.as_secs().to_string())],
             &[
                 self.collector.clone(),
                 "launcher".into(),
