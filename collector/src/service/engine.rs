@@ -79,6 +79,9 @@ pub struct Reaction {
     pub runnable: usize,
 }
 
+/// A backfill queue's windows as read: when, what, and whether a launcher used them yet.
+type WindowsRead = (Instant, Vec<crate::scheduler::window::Window>, bool);
+
 /// The service's background work.
 pub struct Engine {
     launchers_changed: AtomicBool,
@@ -100,7 +103,7 @@ pub struct Engine {
     last_sweep: Mutex<Option<std::time::SystemTime>>,
     /// Each backfill queue's windows as last read, with when, and whether a launcher was
     /// shaped from them yet.
-    windows: Mutex<HashMap<String, (Instant, Vec<crate::scheduler::window::Window>, bool)>>,
+    windows: Mutex<HashMap<String, WindowsRead>>,
 }
 
 impl Engine {
