@@ -50,7 +50,8 @@ pub struct QueueSection {
     pub scheduler_min_interval: Dur,
     /// Shape each launcher to the batch system's free nodes now (a backfill window: idle
     /// nodes until the next job's expected start), so that it starts at once; the fixed size
-    /// (`max_nodes`, `walltime`) where no window fits. Slurm only, so far.
+    /// (`max_nodes`, `walltime`) where no window fits. Slurm (`sinfo`, `squeue --start`), PBS
+    /// Pro (`pbsnodes -F json`, `qstat -f -F json -i`) and Cobalt (`nodelist`).
     pub backfill: bool,
     /// How often the windows are asked for (each query also waits for the queue's pace).
     pub backfill_every: Dur,
@@ -193,13 +194,10 @@ pub(crate) fn validate(cfg: &Config, text: &str, path: &Path) -> Result<(), Conf
                 ),
             ));
         }
-        if q.backfill && q.scheduler != SchedulerKind::Slurm {
+        if q.backfill && q.scheduler == SchedulerKind::Local {
             return Err(bad(
                 "backfill",
-                format!(
-                    "backfill windows are read from Slurm only so far, not {}; remove the key or set it to false",
-                    format!("{:?}", q.scheduler).to_lowercase()
-                ),
+                "the local scheduler has no backfill windows (it is no batch system); remove the key or set it to false".into(),
             ));
         }
         if q.backfill && q.min_walltime <= q.walltime_margin {

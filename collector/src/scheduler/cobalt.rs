@@ -100,6 +100,10 @@ impl Scheduler for Cobalt {
         run(Command::new("qdel").arg(id)).map(|_| ())
     }
 
+    fn windows(&self, queue: &str) -> Result<Vec<super::window::Window>, SchedError> {
+        super::window::cobalt_windows(&run(&mut Command::new("nodelist"))?, queue)
+    }
+
     fn default_launch(&self) -> &'static str {
         LAUNCH
     }

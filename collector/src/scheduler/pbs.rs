@@ -100,6 +100,18 @@ impl Scheduler for Pbs {
         }
     }
 
+    fn windows(&self, queue: &str) -> Result<Vec<super::window::Window>, SchedError> {
+        let nodes = run(Command::new("pbsnodes").args(["-a", "-F", "json"]))?;
+        // the queue's waiting jobs: their estimated starts bound the free nodes' window
+        let mut qstat = Command::new("qstat");
+        qstat.args(["-f", "-F", "json", "-i"]);
+        if !queue.is_empty() {
+            qstat.arg(queue);
+        }
+        let jobs = run(&mut qstat)?;
+        super::window::pbs_windows(&nodes, &jobs, std::time::SystemTime::now())
+    }
+
     fn default_launch(&self) -> &'static str {
         LAUNCH
     }

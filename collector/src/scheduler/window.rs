@@ -159,6 +159,128 @@ pub fn slurm_windows(
     Ok(out)
 }
 
+/// Cobalt's windows from `nodelist` (two header lines, then `Node_id Name Queues Status
+/// MCDRAM NUMA Backfill` per node, queues joined by `:`, backfill `HH:MM:SS` or `-`): the idle
+/// nodes of `queue` (every queue when empty), a window per backfill length holding every idle
+/// node free at least that long.
+pub fn cobalt_windows(nodelist: &str, queue: &str) -> Result<Vec<Window>, SchedError> {
+    let mut lengths = Vec::new();
+    for line in nodelist.lines().skip(2).filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, _, queues, status, _, _, backfill] = f[..] else {
+            return Err(SchedError::Parse {
+                command: "nodelist".into(),
+                message: format!(
+                    "{line:?}: want 7 columns (Node_id Name Queues Status MCDRAM NUMA Backfill)"
+                ),
+            });
+        };
+        if status != "idle" || !(queue.is_empty() || queues.split(':').any(|q| q == queue)) {
+            continue;
+        }
+        let lasts = match backfill {
+            "-" => None,
+            t => Some(
+                slurm_duration(t)
+                    .ok()
+                    .flatten()
+                    .filter(|_| t.matches(':').count() == 2)
+                    .ok_or_else(|| SchedError::Parse {
+                        command: "nodelist".into(),
+                        message: format!("{line:?}: backfill {t:?} is not HH:MM:SS"),
+                    })?,
+            ),
+        };
+        lengths.push(lasts);
+    }
+    // longest first: a window of n nodes lasts as long as the n-th longest idle node
+    lengths.sort_by(|a, b| b.unwrap_or(Duration::MAX).cmp(&a.unwrap_or(Duration::MAX)));
+    let mut out: Vec<Window> = Vec::new();
+    for (i, lasts) in lengths.iter().enumerate() {
+        let nodes = i as u32 + 1;
+        match out.last_mut() {
+            Some(w) if w.lasts == *lasts => w.nodes = nodes,
+            _ => out.push(Window {
+                nodes,
+                lasts: *lasts,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// PBS Pro's windows from `pbsnodes -a -F json` (each node's `state`; `free` nodes count) and
+/// the queued jobs of `qstat -f -F json` (their `estimated.start_time`, which PBS prints as
+/// epoch seconds or as a `ctime` date): the free nodes stay free until the earliest estimated
+/// start after `now`.
+pub fn pbs_windows(
+    pbsnodes: &str,
+    qstat: &str,
+    now: SystemTime,
+) -> Result<Vec<Window>, SchedError> {
+    let json = |command: &str, text: &str| -> Result<serde_json::Value, SchedError> {
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(text).map_err(|e| SchedError::Parse {
+            command: command.into(),
+            message: e.to_string(),
+        })
+    };
+    let nodes = json("pbsnodes -a -F json", pbsnodes)?;
+    let free = nodes["nodes"]
+        .as_object()
+        .map(|m| m.values().filter(|n| n["state"] == "free").count())
+        .unwrap_or(0) as u32;
+    let jobs = json("qstat -f -F json", qstat)?;
+    let epoch = |t: &serde_json::Value| -> Option<SystemTime> {
+        let secs = match t {
+            serde_json::Value::Number(n) => n.as_u64()?,
+            serde_json::Value::String(s) => match s.parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => ctime_utc(s)?,
+            },
+            _ => return None,
+        };
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    };
+    let next = jobs["Jobs"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter(|j| j["job_state"] == "Q")
+        .filter_map(|j| epoch(&j["estimated"]["start_time"]))
+        .filter(|t| *t > now)
+        .min();
+    Ok(match free {
+        0 => Vec::new(),
+        n => vec![Window {
+            nodes: n,
+            lasts: next.map(|t| t.duration_since(now).unwrap_or_default()),
+        }],
+    })
+}
+
+/// A `ctime` date (`Thu Nov 10 12:00:00 2023`) as seconds since the epoch, read as UTC (the
+/// service's host and the PBS server share a clock; run the service with `TZ=UTC` where they
+/// share no time zone).
+fn ctime_utc(s: &str) -> Option<u64> {
+    let f: Vec<&str> = s.split_whitespace().collect();
+    let [_, month, day, hms, year] = f[..] else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|x| *x == month)? + 1;
+    let stamp = format!("{year}-{m:02}-{:02}T{hms}Z", day.parse::<u32>().ok()?);
+    humantime::parse_rfc3339(&stamp)
+        .ok()?
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +412,94 @@ mod tests {
             "{}",
             s.why
         );
+    }
+
+    /// `nodelist` in the columns Cobalt prints on Theta (two header lines; Balsam reads the
+    /// same): idle nodes with their backfill, a busy one, one idle without a limit, one of
+    /// another queue.
+    #[test]
+    fn cobalt_windows_hold_every_idle_node_free_at_least_that_long() {
+        let text = "Node_id  Name         Queues            Status  MCDRAM  NUMA  Backfill\n\
+                    =====================================================================\n\
+                    10       c0-0c0s2n2   default:debug     idle    flat    quad  00:45:00\n\
+                    11       c0-0c0s2n3   default           idle    flat    quad  00:45:00\n\
+                    12       c0-0c0s3n0   default           idle    flat    quad  02:00:00\n\
+                    13       c0-0c0s3n1   default           busy    flat    quad  -\n\
+                    14       c0-0c0s3n2   debug             idle    flat    quad  -\n";
+        let m = |s: u64| Some(Duration::from_secs(s * 60));
+        assert_eq!(
+            cobalt_windows(text, "default").unwrap(),
+            [
+                Window {
+                    nodes: 1,
+                    lasts: m(120)
+                },
+                Window {
+                    nodes: 3,
+                    lasts: m(45)
+                }
+            ]
+        );
+        assert_eq!(
+            cobalt_windows(text, "debug").unwrap(),
+            [
+                Window {
+                    nodes: 1,
+                    lasts: None
+                },
+                Window {
+                    nodes: 2,
+                    lasts: m(45)
+                }
+            ]
+        );
+        // a full machine, and malformed output
+        assert!(cobalt_windows(&text.replace("idle", "busy"), "")
+            .unwrap()
+            .is_empty());
+        let e = cobalt_windows("h\n=\n10 n1 default idle\n", "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nodelist") && e.contains("7 columns"), "{e}");
+        let e = cobalt_windows("h\n=\n1 n default idle flat quad soon\n", "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HH:MM:SS"), "{e}");
+    }
+
+    /// `pbsnodes -a -F json` and `qstat -f -F json` in the shape PBS Pro 2022.1 prints on
+    /// Polaris (nodes by name with their `state`; jobs by id with `job_state` and
+    /// `estimated.start_time`), trimmed to the fields read here.
+    #[test]
+    fn pbs_windows_last_until_the_earliest_estimated_start() {
+        let now = humantime::parse_rfc3339("2023-11-10T12:00:00Z").unwrap();
+        let nodes = r#"{"timestamp":1699617600,"pbs_version":"2022.1.1","nodes":{
+            "x3006c0s13b1n0":{"state":"free","pcpus":64},
+            "x3006c0s19b0n0":{"state":"free","pcpus":64},
+            "x3008c0s37b1n0":{"state":"job-exclusive","pcpus":64,"jobs":["1147579.polaris-pbs-01"]},
+            "x3009c0s19b0n0":{"state":"down","pcpus":64,"comment":"node down: communication closed"}}}"#;
+        let jobs = r#"{"timestamp":1699617600,"Jobs":{
+            "1147580.polaris-pbs-01":{"job_state":"Q","estimated":{"start_time":"Fri Nov 10 12:30:00 2023"}},
+            "1147581.polaris-pbs-01":{"job_state":"Q","estimated":{"start_time":1699624800}},
+            "1147579.polaris-pbs-01":{"job_state":"R"}}}"#;
+        assert_eq!(
+            pbs_windows(nodes, jobs, now).unwrap(),
+            [Window {
+                nodes: 2,
+                lasts: Some(Duration::from_secs(1800))
+            }]
+        );
+        // no queued job: free as long as the queue allows; a full machine: nothing
+        assert_eq!(
+            pbs_windows(nodes, "", now).unwrap(),
+            [Window {
+                nodes: 2,
+                lasts: None
+            }]
+        );
+        let full = nodes.replace("\"free\"", "\"job-exclusive\"");
+        assert!(pbs_windows(&full, jobs, now).unwrap().is_empty());
+        let e = pbs_windows("{nodes", "", now).unwrap_err().to_string();
+        assert!(e.contains("pbsnodes"), "{e}");
     }
 }
