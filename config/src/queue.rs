@@ -60,6 +60,9 @@ pub struct QueueSection {
     /// Taken off a window's length for the launcher's wall time, so that it ends before the
     /// job it made room for starts.
     pub walltime_pad: Dur,
+    /// A backfill queue's launcher still waiting in the batch queue after this long is
+    /// withdrawn (cancelled) when a window would start one at once; the next one fits it.
+    pub max_queue_wait: Dur,
 }
 
 /// The placeholders a launch template may use.
@@ -144,6 +147,7 @@ impl Default for QueueSection {
             backfill_every: Dur::secs(60),
             min_walltime: Dur::secs(600),
             walltime_pad: Dur::secs(120),
+            max_queue_wait: Dur::secs(600),
         }
     }
 }

@@ -539,20 +539,45 @@ impl Engine {
                 .filter(|l| !l.2.batch_id.is_empty())
                 .map(|l| l.2.batch_id.clone())
                 .collect();
-            // not yet the batch system's time: judge heartbeats only
+            let overdue = ls.iter().any(|(_, _, f)| {
+                f.state == LauncherState::Queued
+                    && self.cfg.queues.get(queue).is_some_and(|q| {
+                        q.backfill
+                            && now.duration_since(f.submitted_at).unwrap_or_default()
+                                >= q.max_queue_wait.0
+                    })
+            });
+            // not yet the batch system's time: judge heartbeats only; a launcher waiting past
+            // max_queue_wait first has the windows read (is there one it could have had?),
+            // then its state asked at the next call
             let states = match s.ready_in() {
                 Some(_) => None,
+                None if overdue && !self.window_fresh(queue) => {
+                    self.refresh_windows(queue, s.as_ref());
+                    None
+                }
                 None => Some(s.status(&ids).map_err(|cause| EngineError::Scheduler {
                     queue: queue.to_string(),
                     cause,
                 })?),
             };
+            let fits = self.window_fits(queue);
             for (id, _, facts) in ls {
                 let batch = states.as_ref().map(|st| st.get(&facts.batch_id).copied());
-                let Some((to, trigger, reason)) = launchers::judge(facts, batch, now, timeout)
-                else {
+                let judged = launchers::judge(facts, batch, now, timeout).or_else(|| {
+                    let q = self.cfg.queues.get(queue)?;
+                    launchers::withdraw(facts, batch, now, q.max_queue_wait.0, fits)
+                });
+                let Some((to, trigger, reason)) = judged else {
                     continue;
                 };
+                if trigger == LauncherTrigger::Withdrawn {
+                    tracing::info!(launcher = id, batch = %facts.batch_id, "{reason}");
+                    if let Err(e) = s.delete(&facts.batch_id) {
+                        tracing::warn!(launcher = id, "cannot withdraw it: {e}");
+                        continue;
+                    }
+                }
                 let n = self.db()?.move_launcher(*id, to, trigger, &reason)?;
                 ended = true;
                 if n.is_some_and(|n| n > 0) {
@@ -667,6 +692,47 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// Whether a backfill queue's windows were read within `backfill_every`.
+    fn window_fresh(&self, queue: &str) -> bool {
+        let every = self.cfg.queues.get(queue).map(|q| q.backfill_every.0);
+        self.windows.lock().is_ok_and(|cache| {
+            cache
+                .get(queue)
+                .zip(every)
+                .is_some_and(|((at, _, _), every)| at.elapsed() < every)
+        })
+    }
+
+    /// Reads a backfill queue's windows into the cache (a launcher is shaped from them next).
+    fn refresh_windows(&self, queue: &str, s: &dyn Scheduler) {
+        let Some(q) = self.cfg.queues.get(queue) else {
+            return;
+        };
+        match s.windows(&q.queue) {
+            Ok(w) => {
+                if let Ok(mut cache) = self.windows.lock() {
+                    cache.insert(queue.to_string(), (Instant::now(), w, false));
+                }
+            }
+            Err(e) => tracing::warn!(queue = %queue, "cannot read backfill windows: {e}"),
+        }
+    }
+
+    /// Whether a backfill queue's windows, as last read within `backfill_every`, would start
+    /// a launcher at once.
+    fn window_fits(&self, queue: &str) -> bool {
+        let Some(q) = self.cfg.queues.get(queue).filter(|q| q.backfill) else {
+            return false;
+        };
+        let Ok(cache) = self.windows.lock() else {
+            return false;
+        };
+        cache.get(queue).is_some_and(|(at, windows, _)| {
+            at.elapsed() < q.backfill_every.0
+                && crate::scheduler::window::shape(windows, q.max_nodes, q).from_window
+        })
     }
 
     /// The shape of a backfill queue's next launcher from the windows read at most

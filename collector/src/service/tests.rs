@@ -25,6 +25,7 @@ struct Double {
     submitted: Arc<Mutex<Vec<String>>>,
     states: Arc<Mutex<HashMap<String, BatchState>>>,
     deleted: Arc<Mutex<Vec<String>>>,
+    windows: Arc<Mutex<Vec<crate::scheduler::window::Window>>>,
 }
 
 impl Scheduler for Double {
@@ -53,6 +54,9 @@ impl Scheduler for Double {
     fn default_launch(&self) -> &'static str {
         "{command}"
     }
+    fn windows(&self, _queue: &str) -> Result<Vec<crate::scheduler::window::Window>, SchedError> {
+        Ok(self.windows.lock().unwrap().clone())
+    }
 }
 
 struct Tier {
@@ -76,6 +80,11 @@ fn write_section(path: &Path, seed: u8) {
 }
 
 fn tier() -> Tier {
+    tier_with("")
+}
+
+/// A tier whose config has `extra` appended.
+fn tier_with(extra: &str) -> Tier {
     let dir = tempfile::tempdir().unwrap();
     let at = |p: &str| format!("\"{}\"", dir.path().join(p).display());
     let text = beamflow_config::EMBEDDED_LOCAL
@@ -89,7 +98,8 @@ fn tier() -> Tier {
            [[workflows.chain.steps]]\nname = \"c\"\ncommand = \"true\"\nafter = [\"b\"]\n\
            [workflows.pairs]\n\
            [[workflows.pairs.steps]]\nname = \"p\"\ncommand = \"true\"\neach = \"pair\"\nchunk = 1\n\
-           [[workflows.pairs.steps]]\nname = \"w\"\ncommand = \"true\"\nafter = [\"p\"]\n";
+           [[workflows.pairs.steps]]\nname = \"w\"\ncommand = \"true\"\nafter = [\"p\"]\n"
+        + extra;
     let cfg = Arc::new(Config::parse(&text, &dir.path().join("beamflow.toml")).unwrap());
     let clock = Arc::new(ManualClock::at(
         UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -614,4 +624,78 @@ fn a_job_that_runs_out_of_wall_time_max_timeouts_times_is_held_with_its_run_time
     t.acquire(launcher, &[(ids[0], Outcome::Timeout)]);
     t.engine.react().unwrap();
     assert_eq!(t.state(ids[0]), "RESTART_READY");
+}
+
+#[test]
+fn a_launcher_queued_past_max_queue_wait_is_withdrawn_when_a_window_would_start_one() {
+    let t = tier_with(
+        "[queues.hpc]\nscheduler = \"slurm\"\nsubmit = false\nbackfill = true\nmax_nodes = 4\nmax_queue_wait = \"10m\"\n",
+    );
+    let id = {
+        let mut db = t.db.lock().unwrap();
+        let id = db.add_launcher("hpc", "slurm", 4).unwrap();
+        db.set_batch_id(id, "batch-77").unwrap();
+        id
+    };
+    t.sched
+        .states
+        .lock()
+        .unwrap()
+        .insert("batch-77".into(), BatchState::Queued);
+    let state = |id: u64| {
+        let db = t.db.lock().unwrap();
+        let l = db.launchers(&[], None).unwrap();
+        let l = l.iter().find(|l| l.id == id).unwrap();
+        (l.state.as_str().to_string(), l.reason.clone())
+    };
+    // two nodes free for an hour, but it has waited only 9 minutes
+    *t.sched.windows.lock().unwrap() = vec![crate::scheduler::window::Window {
+        nodes: 2,
+        lasts: Some(Duration::from_secs(3600)),
+    }];
+    t.clock.advance(Duration::from_secs(9 * 60));
+    t.engine.round(true);
+    t.engine.round(true);
+    assert_eq!(state(id).0, "QUEUED");
+    // past max_queue_wait: the windows are read, then it is withdrawn at the next look
+    t.clock.advance(Duration::from_secs(2 * 60));
+    t.engine.round(true);
+    t.engine.round(true);
+    let (s, why) = state(id);
+    assert_eq!(s, "FINISHED", "{why}");
+    assert!(
+        why.contains("withdrawn after 11m") && why.contains("max_queue_wait"),
+        "{why}"
+    );
+    assert_eq!(*t.sched.deleted.lock().unwrap(), ["batch-77"]);
+}
+
+#[test]
+fn a_queued_launcher_is_kept_when_no_window_would_start_one_sooner() {
+    let t = tier_with(
+        "[queues.hpc]\nscheduler = \"slurm\"\nsubmit = false\nbackfill = true\nmax_queue_wait = \"10m\"\n",
+    );
+    let id = {
+        let mut db = t.db.lock().unwrap();
+        let id = db.add_launcher("hpc", "slurm", 1).unwrap();
+        db.set_batch_id(id, "batch-78").unwrap();
+        id
+    };
+    t.sched
+        .states
+        .lock()
+        .unwrap()
+        .insert("batch-78".into(), BatchState::Queued);
+    // the machine is full: no window
+    t.clock.advance(Duration::from_secs(3600));
+    for _ in 0..3 {
+        t.engine.round(true);
+    }
+    let db = t.db.lock().unwrap();
+    let l = db.launchers(&[], None).unwrap();
+    assert_eq!(
+        l.iter().find(|l| l.id == id).unwrap().state.as_str(),
+        "QUEUED"
+    );
+    assert!(t.sched.deleted.lock().unwrap().is_empty());
 }

@@ -25,6 +25,9 @@ pub enum LauncherTrigger {
     Silent,
     /// Its queue is no longer configured.
     Unconfigured,
+    /// It waited in the batch queue past `max_queue_wait` while a backfill window would take
+    /// a launcher at once: withdrawn, for one that fits.
+    Withdrawn,
 }
 
 use LauncherState as L;
@@ -43,6 +46,8 @@ pub const MOVES: &[(LauncherState, LauncherState, LauncherTrigger)] = &[
     (L::Running, L::Finished, LT::BatchEnded),
     (L::Ending, L::Finished, LT::BatchEnded),
     (L::Queued, L::Finished, LT::SubmitFailed),
+    // only a queued launcher is withdrawn: it holds no job
+    (L::Queued, L::Finished, LT::Withdrawn),
     (L::Running, L::Lost, LT::Silent),
     (L::Ending, L::Lost, LT::Silent),
     (L::Queued, L::Lost, LT::Unconfigured),
@@ -64,6 +69,8 @@ pub struct Facts {
     pub batch_id: String,
     /// When it last spoke (seconds since the epoch).
     pub heartbeat_at: f64,
+    /// When it was submitted.
+    pub submitted_at: SystemTime,
 }
 
 /// Whether a live launcher has ended, and how: its batch job is no longer queued or running
@@ -94,6 +101,31 @@ pub fn judge(
     None
 }
 
+/// Whether a launcher still waiting in the batch queue (`batch`: what the scheduler said of
+/// it) should be withdrawn at `now`: it has waited `max_queue_wait` and a backfill window
+/// would start one at once (`window_fits`). A launcher that announced itself holds jobs, or
+/// may, and is never withdrawn.
+pub fn withdraw(
+    f: &Facts,
+    batch: Option<Option<BatchState>>,
+    now: SystemTime,
+    max_queue_wait: Duration,
+    window_fits: bool,
+) -> Option<(LauncherState, LauncherTrigger, String)> {
+    let waiting = matches!(batch, Some(Some(BatchState::Queued | BatchState::Held)));
+    let waited = now.duration_since(f.submitted_at).unwrap_or_default();
+    (f.state == L::Queued && waiting && waited >= max_queue_wait && window_fits).then(|| {
+        (
+            L::Finished,
+            LT::Withdrawn,
+            format!(
+                "withdrawn after {} in the batch queue (max_queue_wait): a backfill window takes a launcher now",
+                humantime::format_duration(Duration::from_secs(waited.as_secs()))
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +145,7 @@ mod tests {
             state: L::Running,
             batch_id: "42".into(),
             heartbeat_at: epoch(t0),
+            submitted_at: t0,
         };
         let timeout = Duration::from_secs(3);
         assert_eq!(
@@ -136,5 +169,42 @@ mod tests {
             ..f
         };
         assert_eq!(judge(&q, None, late, timeout), None);
+    }
+
+    #[test]
+    fn a_queued_launcher_is_withdrawn_only_past_max_queue_wait_while_a_window_fits() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let f = Facts {
+            state: L::Queued,
+            batch_id: "42".into(),
+            heartbeat_at: 0.0,
+            submitted_at: t0,
+        };
+        let wait = Duration::from_secs(600);
+        let queued = Some(Some(BatchState::Queued));
+        let later = t0 + Duration::from_secs(601);
+        let (to, trigger, why) = withdraw(&f, queued, later, wait, true).unwrap();
+        assert_eq!((to, trigger), (L::Finished, LT::Withdrawn));
+        assert!(
+            why.contains("10m 1s") && why.contains("max_queue_wait"),
+            "{why}"
+        );
+        assert!(legal(L::Queued, to, trigger));
+        // not yet, no window, not asked, or already running: kept
+        assert_eq!(
+            withdraw(&f, queued, t0 + Duration::from_secs(599), wait, true),
+            None
+        );
+        assert_eq!(withdraw(&f, queued, later, wait, false), None);
+        assert_eq!(withdraw(&f, None, later, wait, true), None);
+        let running = Facts {
+            state: L::Running,
+            ..f.clone()
+        };
+        assert_eq!(withdraw(&running, queued, later, wait, true), None);
+        assert_eq!(
+            withdraw(&f, Some(Some(BatchState::Running)), later, wait, true),
+            None
+        );
     }
 }

@@ -88,7 +88,7 @@ impl Db {
     /// What [`crate::service::lifecycle::launcher::judge`] needs of every live launcher: (id, queue, facts).
     pub fn live_launchers(&self) -> Result<Vec<(u64, String, Facts)>, DbError> {
         let mut st = self.conn.prepare_cached(
-            &format!("SELECT id, queue, state, batch_id, COALESCE(heartbeat_at, 0) FROM launchers WHERE state IN ('{}', '{}', '{}') ORDER BY id", LauncherState::Queued.as_str(), LauncherState::Running.as_str(), LauncherState::Ending.as_str()),
+            &format!("SELECT id, queue, state, batch_id, COALESCE(heartbeat_at, 0), submitted_at FROM launchers WHERE state IN ('{}', '{}', '{}') ORDER BY id", LauncherState::Queued.as_str(), LauncherState::Running.as_str(), LauncherState::Ending.as_str()),
         )?;
         let v = st
             .query_map([], |r| {
@@ -98,11 +98,12 @@ impl Db {
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, f64>(4)?,
+                    r.get::<_, String>(5)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         v.into_iter()
-            .map(|(id, q, s, batch_id, hb)| {
+            .map(|(id, q, s, batch_id, hb, at)| {
                 Ok((
                     id,
                     q,
@@ -110,6 +111,9 @@ impl Db {
                         state: LauncherState::parse(&s)?,
                         batch_id,
                         heartbeat_at: hb,
+                        // a stamp this store wrote; unreadable only if the file was edited
+                        submitted_at: humantime::parse_rfc3339_weak(&at)
+                            .unwrap_or(std::time::UNIX_EPOCH),
                     },
                 ))
             })
