@@ -346,6 +346,30 @@ pub struct LauncherRow {
     pub submitted_at: String,
     /// Why it is in its state.
     pub reason: String,
+    /// The wall time asked for, in seconds (0: not recorded).
+    #[serde(default)]
+    pub walltime_secs: u64,
+    /// Whether it was shaped to a backfill window (else the queue's fixed size).
+    #[serde(default)]
+    pub window: bool,
+}
+
+impl LauncherRow {
+    /// Its allocation for people: `2 × 38m (backfill window)`, `1 × 1h`, or the nodes alone
+    /// where the wall time was not recorded.
+    pub fn shape(&self) -> String {
+        let mut s = self.nodes.to_string();
+        if self.walltime_secs > 0 {
+            s.push_str(&format!(
+                " × {}",
+                humantime::format_duration(std::time::Duration::from_secs(self.walltime_secs))
+            ));
+        }
+        if self.window {
+            s.push_str(" (backfill window)");
+        }
+        s
+    }
 }
 
 /// One stack's jobs, counted by state.

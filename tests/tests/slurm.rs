@@ -275,7 +275,10 @@ fn backfill_reads_the_real_slurm_s_free_nodes_and_fits_the_launcher_to_them() {
     let dir = site.write_stack("window", 3, 32);
     site.push(&dir);
     site.wait_finished("window", LONG);
-    let notes = site.collector_status()["notes"].to_string();
+    let st = site.collector_status();
+    let notes = st["notes"].to_string();
+    assert_eq!(st["launchers"][0]["window"], true, "{st}");
+    assert_eq!(st["launchers"][0]["walltime_secs"], 600, "{st}");
     let log = std::fs::read_to_string(site.dir.join("service.log")).unwrap();
     assert!(
         log.contains("launcher submitted") && log.contains("window=true"),

@@ -74,7 +74,7 @@ pub fn status_text(s: &beamflow_protocol::api::StatusResponse) -> String {
             "QUEUE".into(),
             "SCHEDULER".into(),
             "BATCH".into(),
-            "NODES".into(),
+            "NODES × WALLTIME".into(),
             "STATE".into(),
             "JOBS".into(),
             "REASON".into(),
@@ -89,7 +89,7 @@ pub fn status_text(s: &beamflow_protocol::api::StatusResponse) -> String {
                 } else {
                     l.batch_id.clone()
                 },
-                l.nodes.to_string(),
+                l.shape(),
                 l.state.to_string(),
                 l.running_jobs.to_string(),
                 if l.reason.is_empty() {

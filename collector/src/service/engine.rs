@@ -667,7 +667,7 @@ impl Engine {
                 false => crate::scheduler::window::shape(&[], want, q),
             };
             let nodes = shape.nodes;
-            match self.submit(name, q, nodes, shape.walltime) {
+            match self.submit(name, q, (nodes, shape.walltime), shape.from_window) {
                 Ok((id, batch)) => {
                     if shape.from_window {
                         notes.push(format!(
@@ -785,15 +785,17 @@ impl Engine {
         &self,
         name: &str,
         q: &QueueSection,
-        nodes: u32,
-        walltime: std::time::Duration,
+        (nodes, walltime): (u32, std::time::Duration),
+        window: bool,
     ) -> Result<(u64, String)> {
         let scheduler = self
             .schedulers
             .get(name)
             .ok_or_else(|| EngineError::NoScheduler(name.into()))?;
         let kind = format!("{:?}", q.scheduler).to_lowercase();
-        let id = self.db()?.add_launcher(name, &kind, nodes)?;
+        let id =
+            self.db()?
+                .add_shaped_launcher(name, &kind, (nodes, walltime.as_secs()), window)?;
         let dir = self.cfg.collector.state_dir.join("launchers");
         let script = self.script(&dir, id, name, walltime)?;
         let spec = BatchSpec {

@@ -19,6 +19,7 @@ pub struct Metrics {
     launchers: IntGaugeVec,
     transitions: IntCounterVec,
     queue_wait: Histogram,
+    launcher_wait: Histogram,
     dag_seconds: Histogram,
     files: IntCounter,
     bytes: IntCounter,
@@ -98,6 +99,12 @@ impl Metrics {
                 "Time a runnable job waited for a launcher's slot",
                 exponential_buckets(0.001, 4.0, 15).expect("valid buckets"),
             ),
+            // 1 s to about 12 days
+            launcher_wait: histogram(
+                "launcher_queue_wait_seconds",
+                "Time a launcher waited in its batch queue before it started",
+                exponential_buckets(1.0, 3.0, 14).expect("valid buckets"),
+            ),
             dag_seconds: histogram(
                 "dag_accepted_to_done_seconds",
                 "Time from a stack version's DAG accepted to its last job JOB_FINISHED",
@@ -132,6 +139,11 @@ impl Metrics {
     /// A runnable job waited this long for a slot.
     pub fn queue_wait(&self, secs: f64) {
         self.queue_wait.observe(secs.max(0.0));
+    }
+
+    /// A launcher started this long after it was submitted.
+    pub fn launcher_waited(&self, secs: f64) {
+        self.launcher_wait.observe(secs.max(0.0));
     }
 
     /// A DAG finished this long after it was accepted.

@@ -304,7 +304,7 @@ fn thumbnail(s: &StackRow) -> String {
 
 /// Launchers, live and the last few ended.
 fn launchers(o: &mut String, v: &View) {
-    o.push_str("<h2>Launchers</h2><table><tr><th>id</th><th>queue</th><th>scheduler</th><th>batch job</th><th>nodes</th><th>state</th><th>running jobs</th><th>why</th></tr>");
+    o.push_str("<h2>Launchers</h2><table><tr><th>id</th><th>queue</th><th>scheduler</th><th>batch job</th><th>nodes × wall time</th><th>state</th><th>running jobs</th><th>why</th></tr>");
     for l in &v.launchers {
         let _ = write!(
             o,
@@ -313,7 +313,7 @@ fn launchers(o: &mut String, v: &View) {
             esc(&l.queue),
             esc(&l.scheduler),
             esc(&l.batch_id),
-            l.nodes,
+            esc(&l.shape()),
             l.state,
             l.running_jobs,
             esc(&l.reason)

@@ -20,10 +20,31 @@ impl Db {
         scheduler: &str,
         nodes: u32,
     ) -> Result<u64, DbError> {
+        self.add_shaped_launcher(queue, scheduler, (nodes, 0), false)
+    }
+
+    /// A launcher of `nodes` for `walltime_secs`, shaped to a backfill window or not.
+    pub fn add_shaped_launcher(
+        &mut self,
+        queue: &str,
+        scheduler: &str,
+        (nodes, walltime_secs): (u32, u64),
+        window: bool,
+    ) -> Result<u64, DbError> {
         let now = self.now();
         self.conn.execute(
-            "INSERT INTO launchers (queue, scheduler, nodes, state, submitted_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![queue, scheduler, nodes, L::Queued.as_str(), stamp(now), epoch(now)],
+            "INSERT INTO launchers (queue, scheduler, nodes, state, submitted_at, heartbeat_at, walltime_secs, window)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                queue,
+                scheduler,
+                nodes,
+                L::Queued.as_str(),
+                stamp(now),
+                epoch(now),
+                walltime_secs as i64,
+                window
+            ],
         )?;
         Ok(self.conn.last_insert_rowid() as u64)
     }
@@ -53,7 +74,8 @@ impl Db {
         };
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT l.id, l.queue, l.scheduler, l.batch_id, l.nodes, l.state, l.submitted_at, l.reason,
-                    (SELECT COUNT(*) FROM jobs j WHERE j.launcher_id = l.id AND j.state = '{running}')
+                    (SELECT COUNT(*) FROM jobs j WHERE j.launcher_id = l.id AND j.state = '{running}'),
+                    l.walltime_secs, l.window
              FROM launchers l WHERE (?1 IS NULL OR l.queue = ?1) {within} ORDER BY l.id",
             running = JobState::Running.as_str()
         ))?;
@@ -69,6 +91,8 @@ impl Db {
                     submitted_at: r.get(6)?,
                     reason: r.get(7)?,
                     running_jobs: r.get(8)?,
+                    walltime_secs: r.get::<_, i64>(9)? as u64,
+                    window: r.get(10)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -148,6 +172,15 @@ impl Db {
                 "UPDATE launchers SET slots = ?2 WHERE id = ?1",
                 params![id as i64, nodes as i64],
             )?;
+            // how long it waited in the batch queue, for /metrics
+            let submitted: String = self.conn.query_row(
+                "SELECT submitted_at FROM launchers WHERE id = ?1",
+                [id as i64],
+                |r| r.get(0),
+            )?;
+            if let Some(waited) = crate::service::clock::between(&submitted, &stamp(self.now())) {
+                crate::service::http::metrics::global().launcher_waited(waited);
+            }
         }
         Ok(moved)
     }

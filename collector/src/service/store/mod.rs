@@ -128,7 +128,9 @@ CREATE TABLE IF NOT EXISTS launchers (
     submitted_at TEXT NOT NULL,
     heartbeat_at REAL,
     ended_at TEXT,
-    slots INTEGER NOT NULL DEFAULT 0
+    slots INTEGER NOT NULL DEFAULT 0,
+    walltime_secs INTEGER NOT NULL DEFAULT 0,
+    window INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS removals (
     id INTEGER PRIMARY KEY,
@@ -360,6 +362,20 @@ fn add_columns(conn: &Connection) -> Result<(), DbError> {
     )?;
     if !has {
         conn.execute_batch("ALTER TABLE launchers ADD COLUMN slots INTEGER NOT NULL DEFAULT 0")?;
+    }
+    // a launcher's wall time and whether it was shaped to a backfill window
+    for (column, decl) in [
+        ("walltime_secs", "INTEGER NOT NULL DEFAULT 0"),
+        ("window", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        let has: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('launchers') WHERE name = ?1",
+            [column],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE launchers ADD COLUMN {column} {decl}"))?;
+        }
     }
     let has: bool = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = 'partial'",
