@@ -18,7 +18,7 @@ need_pkgs=()
 command -v cc >/dev/null || need_pkgs+=(gcc)
 command -v python3 >/dev/null || need_pkgs+=(python3)          # the AlignTK stand-ins
 command -v pgrep >/dev/null || need_pkgs+=(procps)
-command -v slurmctld >/dev/null || need_pkgs+=(slurm-wlm)      # a real one-node Slurm
+command -v slurmctld >/dev/null || need_pkgs+=(slurm-wlm)      # a real three-node Slurm
 command -v munged >/dev/null || need_pkgs+=(munge)
 [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)             # a real sshd on 127.0.0.1
 command -v ssh >/dev/null || need_pkgs+=(openssh-client)
@@ -46,13 +46,13 @@ ALIGNTK_BIN=$(bash tests/aligntk.sh 2>>"$setup_log") ||
 export ALIGNTK_BIN
 phase "AlignTK: $ALIGNTK_BIN"
 
-# the private one-node Slurm the Slurm tests use (they start it themselves too; this fails early
+# the private three-node Slurm the Slurm tests use (they start it themselves too; this fails early
 # and clearly). What this script starts, it stops when it ends; a cluster of ours that was
 # already running (a developer's) is reused and left running.
 if ! bash tests/slurm/start.sh --status; then
   trap 'bash tests/slurm/stop.sh' EXIT
 fi
-phase "starting a private one-node Slurm"
+phase "starting a private three-node Slurm"
 bash tests/slurm/start.sh >/dev/null 2>>"$setup_log" ||
   { tail -20 "$setup_log" >&2; echo "tests/run.sh: Slurm did not start; see $setup_log" >&2; exit 1; }
 phase "building and running the tests"

@@ -4,7 +4,9 @@
 set -uo pipefail
 D=${BEAMFLOW_SLURM_DIR:-/tmp/beamflow-slurm}
 pids=()
-for pair in "$D/slurmd.pid:slurmd" "$D/slurmctld.pid:slurmctld" "$D/munge/munged.pid:munged"; do
+pairs=()
+for f in "$D"/slurmd.pid "$D"/slurmd.*.pid; do pairs+=("$f:slurmd"); done
+for pair in "${pairs[@]}" "$D/slurmctld.pid:slurmctld" "$D/munge/munged.pid:munged"; do
   f=${pair%%:*}; name=${pair##*:}
   [ -f "$f" ] || continue
   pid=$(cat "$f" 2>/dev/null)

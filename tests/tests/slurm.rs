@@ -1,4 +1,4 @@
-//! The DAG on a real one-node Slurm (munge, slurmctld, slurmd started by tests/slurm/start.sh):
+//! The DAG on a real three-node Slurm (munge, slurmctld, slurmd started by tests/slurm/start.sh):
 //! launchers are real batch jobs, jobs run through `srun`, and `scancel` is the real one.
 //! The DAG runs the real AlignTK 1.0.2; the cancellation test needs a step that is slow on
 //! demand and uses the stand-ins in tests/aligntk for that. The pace test counts the calls the
@@ -21,7 +21,7 @@ fn slurm() -> String {
         .expect("run tests/slurm/start.sh");
     assert!(
         out.status.success(),
-        "a one-node Slurm could not be started (tests/run.sh installs slurm-wlm and munge):\n{}",
+        "a three-node Slurm could not be started (tests/run.sh installs slurm-wlm and munge):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -236,21 +236,23 @@ fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
     );
 }
 
-/// Backfill windows from the real Slurm: with the node idle, `beamflow-collector backfill`
-/// sees one free node and fits a launcher to it, and the service submits its launcher as one
-/// that fits a window; with the node taken by another job (a 1-CPU job leaves it `mixed`, no
-/// whole node free), there is no window and the fixed size goes.
+/// Backfill windows on the real Slurm, three nodes: another user's job holds two of them for
+/// four minutes, and a job of all three waits for them (Reason `Resources`: what a launcher of
+/// the old fixed size would do). `beamflow-collector backfill` sees one node free until that
+/// job's expected start; the service's launcher takes that shape (one node, the window less
+/// `walltime_pad`), starts at once beside the waiting job, and the stack finishes in it.
 #[test]
-fn backfill_reads_the_real_slurm_s_free_nodes_and_fits_the_launcher_to_them() {
+fn backfill_fits_a_launcher_to_the_free_node_and_it_starts_while_a_bigger_job_waits() {
     let (site, conf) = slurm_site(false);
     site.edit_config(
         "scheduler_min_interval = \"1s\"",
-        "scheduler_min_interval = \"1s\"\nbackfill = true\nbackfill_every = \"2s\"\nmin_walltime = \"5m\"\nwalltime_pad = \"1m\"",
+        "scheduler_min_interval = \"1s\"\nbackfill = true\nbackfill_every = \"2s\"\nmin_walltime = \"1m\"\nwalltime_pad = \"30s\"\nwalltime_margin = \"20s\"",
     );
-    let backfill = || -> serde_json::Value {
-        let out = Command::new(bin("beamflow-collector"))
-            .args(["backfill", "--json", "--config"])
-            .arg(&site.config)
+    site.edit_config("max_nodes = 1", "max_nodes = 3");
+    let sbatch = |args: &[&str]| -> String {
+        let out = Command::new("sbatch")
+            .arg("--parsable")
+            .args(args)
             .env("SLURM_CONF", &conf)
             .output()
             .unwrap();
@@ -259,74 +261,87 @@ fn backfill_reads_the_real_slurm_s_free_nodes_and_fits_the_launcher_to_them() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    wait_until(LONG, "the test node to be idle", || {
-        backfill()["windows"]
-            .as_array()
-            .is_some_and(|w| !w.is_empty())
+    wait_until(LONG, "the three nodes to be idle", || {
+        squeue(&conf).trim().is_empty()
     });
-    let b = backfill();
+    let holder = sbatch(&[
+        "-J",
+        "other-two",
+        "-N",
+        "2",
+        "-t",
+        "4",
+        "--wrap",
+        "sleep 230",
+    ]);
+    let big = sbatch(&[
+        "--exclusive",
+        "-J",
+        "other-all",
+        "-N",
+        "3",
+        "-t",
+        "2",
+        "--wrap",
+        "sleep 1",
+    ]);
+    let cleanup = Cancel(vec![holder.clone(), big.clone()], conf.clone());
+    wait_until(LONG, "the big job to wait with an expected start", || {
+        let out = Command::new("squeue")
+            .args(["-h", "-j", &big, "--start", "-o", "%S %r"])
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&out.stdout);
+        t.contains("Resources") && !t.starts_with("N/A")
+    });
+    let out = Command::new(bin("beamflow-collector"))
+        .args(["backfill", "--json", "--want", "3", "--config"])
+        .arg(&site.config)
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    let b: serde_json::Value =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone();
     assert_eq!(b["windows"][0]["nodes"], 1, "{b}");
+    let lasts = b["windows"][0]["lasts_secs"]
+        .as_u64()
+        .expect("a window that ends");
+    assert!(lasts <= 240, "{b}");
+    assert_eq!(b["shape"]["nodes"], 1, "{b}");
     assert_eq!(b["shape"]["from_window"], true, "{b}");
-    assert_eq!(b["shape"]["walltime_secs"], 600, "{b}");
-    // the service shapes its launcher to the window
-    let service = site.start_service_env(&[("SLURM_CONF", &conf)]);
+    assert!(b["shape"]["walltime_secs"].as_u64().unwrap() < 240, "{b}");
+    // the service's launcher takes that shape and starts while the big job still waits
+    let _service = site.start_service_env(&[("SLURM_CONF", &conf)]);
     let dir = site.write_stack("window", 3, 32);
     site.push(&dir);
     site.wait_finished("window", LONG);
     let st = site.collector_status();
-    let notes = st["notes"].to_string();
-    assert_eq!(st["launchers"][0]["window"], true, "{st}");
-    assert_eq!(st["launchers"][0]["walltime_secs"], 600, "{st}");
-    let log = std::fs::read_to_string(site.dir.join("service.log")).unwrap();
-    assert!(
-        log.contains("launcher submitted") && log.contains("window=true"),
-        "{notes}\n{log}"
+    let l = &st["launchers"][0];
+    assert_eq!(
+        (l["window"].clone(), l["nodes"].clone()),
+        (serde_json::json!(true), serde_json::json!(1)),
+        "{st}"
     );
-    drop(service);
-    wait_until(LONG, "our launcher to leave the node", || {
-        !squeue(&conf).contains("beamflow-")
-    });
-    // another user's job takes a CPU: the node is no longer whole and free
-    let out = Command::new("sbatch")
-        .args([
-            "--parsable",
-            "-J",
-            "other-user",
-            "-N",
-            "1",
-            "-n",
-            "1",
-            "-t",
-            "3",
-            "--wrap",
-            "sleep 170",
-        ])
-        .env("SLURM_CONF", &conf)
-        .output()
-        .unwrap();
-    let other = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(l["walltime_secs"].as_u64().unwrap() < 240, "{st}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        squeue(&conf).contains(&format!("{big} PENDING")),
+        "the big job should still wait: {}",
+        squeue(&conf)
     );
-    wait_until(LONG, "the other job to run", || {
-        squeue(&conf).contains(&format!("{other} RUNNING"))
-    });
-    let b = backfill();
-    let _ = Command::new("scancel")
-        .arg(&other)
-        .env("SLURM_CONF", &conf)
-        .output();
-    assert_eq!(b["windows"], serde_json::json!([]), "{b}");
-    assert_eq!(b["shape"]["from_window"], false, "{b}");
-    assert!(
-        b["shape"]["why"]
-            .as_str()
-            .unwrap()
-            .contains("no free nodes"),
-        "{b}"
-    );
+    drop(cleanup);
+}
+
+/// Cancels the other users' jobs a test submitted, however it ends.
+struct Cancel(Vec<String>, String);
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel")
+            .args(&self.0)
+            .env("SLURM_CONF", &self.1)
+            .output();
+    }
 }

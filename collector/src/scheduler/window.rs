@@ -45,11 +45,16 @@ pub fn shape(windows: &[Window], want: u32, q: &QueueSection) -> Shape {
         .iter()
         .filter_map(|w| {
             let nodes = w.nodes.min(q.max_nodes).min(want.max(q.min_nodes));
-            // a window that ends when another job starts leaves walltime_pad to spare
-            let walltime = w
-                .lasts
-                .map_or(q.walltime.0, |d| d.saturating_sub(q.walltime_pad.0))
-                .min(q.walltime.0);
+            // a window that ends when another job starts leaves walltime_pad to spare, in
+            // whole minutes down (batch systems count minutes, and one rounded up would
+            // outlast the window: the scheduler would not start it)
+            let walltime = match w.lasts {
+                None => q.walltime.0,
+                Some(d) => {
+                    let secs = d.saturating_sub(q.walltime_pad.0).as_secs() / 60 * 60;
+                    Duration::from_secs(secs).min(q.walltime.0)
+                }
+            };
             (nodes >= q.min_nodes && nodes > 0 && walltime >= q.min_walltime.0)
                 .then_some((w, nodes, walltime))
         })
@@ -372,6 +377,16 @@ mod tests {
             (s.nodes, s.walltime, s.from_window),
             (3, Duration::from_secs(38 * 60), true)
         );
+        // whole minutes, rounded down: 3m20s less a 2m pad is 1m, not 2m that would outlast it
+        let q1 = QueueSection {
+            min_walltime: beamflow_config::Dur::secs(60),
+            ..q.clone()
+        };
+        let w = Window {
+            nodes: 1,
+            lasts: Some(Duration::from_secs(200)),
+        };
+        assert_eq!(shape(&[w], 1, &q1).walltime, Duration::from_secs(60));
         // never wider than the work
         let s = shape(
             &[Window {
