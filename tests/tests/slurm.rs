@@ -51,6 +51,21 @@ fn slurm_site(real_aligntk: bool) -> (Site, String) {
     (site, conf)
 }
 
+/// Runs a Slurm client command against the test cluster; its output, once it succeeded.
+fn slurm_cmd(conf: &str, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .env("SLURM_CONF", conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn squeue(conf: &str) -> String {
     let out = Command::new("squeue")
         .args(["-h", "-o", "%i %T %j"])
@@ -116,16 +131,7 @@ fn a_launcher_cancelled_mid_job_times_out_and_the_job_finishes_in_a_new_allocati
         "{}",
         squeue(&conf)
     );
-    let out = Command::new("scancel")
-        .arg(&batch)
-        .env("SLURM_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    slurm_cmd(&conf, "scancel", &[&batch]);
     let jobs = site.wait_finished("slurm2", LONG);
     let h = site.history(&jobs[2]);
     let path: Vec<&str> = h.iter().map(|e| e["to"].as_str().unwrap()).collect();
@@ -249,20 +255,8 @@ fn backfill_fits_a_launcher_to_the_free_node_and_it_starts_while_a_bigger_job_wa
         "scheduler_min_interval = \"1s\"\nbackfill = true\nbackfill_every = \"2s\"\nmin_walltime = \"1m\"\nwalltime_pad = \"30s\"\nwalltime_margin = \"20s\"",
     );
     site.edit_config("max_nodes = 1", "max_nodes = 3");
-    let sbatch = |args: &[&str]| -> String {
-        let out = Command::new("sbatch")
-            .arg("--parsable")
-            .args(args)
-            .env("SLURM_CONF", &conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let sbatch =
+        |args: &[&str]| -> String { slurm_cmd(&conf, "sbatch", &[&["--parsable"], args].concat()) };
     wait_until(LONG, "the three nodes to be idle", || {
         squeue(&conf).trim().is_empty()
     });

@@ -95,6 +95,28 @@ fn versions(site: &Site, stack: &str) -> Vec<(u64, bool)> {
         .collect()
 }
 
+/// Waits until no job of `stack` is open, then checks that some were cancelled and that each
+/// cancelled one's history says `why`.
+fn cancelled_saying(site: &Site, stack: &str, why: &str) {
+    let jobs = site.wait_jobs(stack, LONG, "no job left open", |j| {
+        j.iter()
+            .all(|j| j["state"] == "JOB_FINISHED" || j["state"] == "USER_KILLED")
+    });
+    let cancelled: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["state"] == "USER_KILLED")
+        .collect();
+    assert!(!cancelled.is_empty(), "nothing was cancelled: {jobs:#?}");
+    for j in cancelled {
+        let h = history(site, j);
+        assert!(
+            h.contains(why),
+            "{} ended without saying why:\n{h}",
+            j["name"]
+        );
+    }
+}
+
 /// The stack is written one section at a time: its first chunks of pairs run (and finish)
 /// before the last section exists, a section rewritten after its pair ran makes that pair
 /// run again on its new bytes, and the marker's version runs only what was left: its first
@@ -319,23 +341,7 @@ fn a_stack_abandoned_while_it_streams_has_its_open_jobs_cancelled_saying_why() {
     std::fs::remove_dir_all(site.incoming().join("left")).unwrap();
     let s = site.wait_state("left", "gone", LONG);
     assert!(s["reason"].as_str().unwrap().contains("removed"), "{s}");
-    let jobs = site.wait_jobs("left", LONG, "no job left open", |j| {
-        j.iter()
-            .all(|j| j["state"] == "JOB_FINISHED" || j["state"] == "USER_KILLED")
-    });
-    let cancelled: Vec<&Value> = jobs
-        .iter()
-        .filter(|j| j["state"] == "USER_KILLED")
-        .collect();
-    assert!(!cancelled.is_empty(), "nothing was cancelled: {jobs:#?}");
-    for j in cancelled {
-        let h = history(&site, j);
-        assert!(
-            h.contains("abandoned"),
-            "{} ended without saying why:\n{h}",
-            j["name"]
-        );
-    }
+    cancelled_saying(&site, "left", "abandoned");
     assert!(
         !site.remote().join("left").join("S_0000.tif").exists(),
         "the partial copy stays at the collector"
@@ -387,28 +393,7 @@ fn a_streamed_stack_past_max_wait_has_its_open_jobs_cancelled_and_runs_whole_whe
         s["outcome"].as_str().unwrap().contains("10s (max_wait)"),
         "{s}"
     );
-    let jobs = site.wait_jobs(
-        "late",
-        LONG,
-        "no job of the partial version left open",
-        |j| {
-            j.iter()
-                .all(|j| j["state"] == "JOB_FINISHED" || j["state"] == "USER_KILLED")
-        },
-    );
-    let cancelled: Vec<&Value> = jobs
-        .iter()
-        .filter(|j| j["state"] == "USER_KILLED")
-        .collect();
-    assert!(!cancelled.is_empty(), "nothing was cancelled: {jobs:#?}");
-    for j in &cancelled {
-        let h = history(&site, j);
-        assert!(
-            h.contains("not finished after 10s (max_wait)"),
-            "{} ended without saying why:\n{h}",
-            j["name"]
-        );
-    }
+    cancelled_saying(&site, "late", "not finished after 10s (max_wait)");
     // it streams no more: a section more is no new partial version
     site.write_section("late", 9, 512, 16);
     holds_for(

@@ -219,6 +219,22 @@ impl Tier {
             .count()
     }
 
+    /// A launcher of `nodes` in `queue` whose batch job `batch` waits in the batch queue.
+    fn queued_launcher(&self, queue: &str, nodes: u32, batch: &str) -> u64 {
+        let id = {
+            let mut db = self.db.lock().unwrap();
+            let id = db.add_launcher(queue, "slurm", nodes).unwrap();
+            db.set_batch_id(id, batch).unwrap();
+            id
+        };
+        self.sched
+            .states
+            .lock()
+            .unwrap()
+            .insert(batch.into(), BatchState::Queued);
+        id
+    }
+
     /// Plays a launcher announcing itself in its allocation.
     fn start_launcher(&self, id: u64, slots: usize) {
         let mut db = self.db.lock().unwrap();
@@ -631,17 +647,7 @@ fn a_launcher_queued_past_max_queue_wait_is_withdrawn_when_a_window_would_start_
     let t = tier_with(
         "[queues.hpc]\nscheduler = \"slurm\"\nsubmit = false\nbackfill = true\nmax_nodes = 4\nmax_queue_wait = \"10m\"\n",
     );
-    let id = {
-        let mut db = t.db.lock().unwrap();
-        let id = db.add_launcher("hpc", "slurm", 4).unwrap();
-        db.set_batch_id(id, "batch-77").unwrap();
-        id
-    };
-    t.sched
-        .states
-        .lock()
-        .unwrap()
-        .insert("batch-77".into(), BatchState::Queued);
+    let id = t.queued_launcher("hpc", 4, "batch-77");
     let state = |id: u64| {
         let db = t.db.lock().unwrap();
         let l = db.launchers(&[], None).unwrap();
@@ -675,17 +681,7 @@ fn a_queued_launcher_is_kept_when_no_window_would_start_one_sooner() {
     let t = tier_with(
         "[queues.hpc]\nscheduler = \"slurm\"\nsubmit = false\nbackfill = true\nmax_queue_wait = \"10m\"\n",
     );
-    let id = {
-        let mut db = t.db.lock().unwrap();
-        let id = db.add_launcher("hpc", "slurm", 1).unwrap();
-        db.set_batch_id(id, "batch-78").unwrap();
-        id
-    };
-    t.sched
-        .states
-        .lock()
-        .unwrap()
-        .insert("batch-78".into(), BatchState::Queued);
+    let id = t.queued_launcher("hpc", 1, "batch-78");
     // the machine is full: no window
     t.clock.advance(Duration::from_secs(3600));
     for _ in 0..3 {
