@@ -15,7 +15,7 @@ import sys
 
 ROOTS = ["agent/src", "collector/src", "config/src", "protocol/src", "protocol/program/src"]
 FN = re.compile(r"\s*(pub(\([a-z]+\))?\s+)?(async\s+)?(const\s+)?fn\s+(\w+)")
-STRING_RESULT = re.compile(r"->\s*Result<[^;{]*?,\s*String>")
+STRING_RESULT = re.compile(r"->\s*(?:std::result::)?Result<[^;{]*?,\s*String>")
 
 
 def code_of(path):

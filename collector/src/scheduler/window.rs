@@ -87,14 +87,19 @@ pub fn shape(windows: &[Window], want: u32, q: &QueueSection) -> Shape {
     }
 }
 
+/// A time a batch system printed that is not one.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a Slurm time")]
+pub struct NotATime(pub String);
+
 /// A Slurm duration as `sinfo %l` and `squeue %l` print it: `infinite`, `MM`, `MM:SS`,
 /// `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`; none for `infinite`/`UNLIMITED`.
-pub fn slurm_duration(s: &str) -> Result<Option<Duration>, String> {
+pub fn slurm_duration(s: &str) -> Result<Option<Duration>, NotATime> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("infinite") || s.eq_ignore_ascii_case("unlimited") {
         return Ok(None);
     }
-    let bad = || format!("{s:?} is not a Slurm time");
+    let bad = || NotATime(s.to_string());
     let (days, rest) = match s.split_once('-') {
         Some((d, r)) => (d.parse::<u64>().map_err(|_| bad())?, r),
         None => (0, s),
@@ -152,7 +157,7 @@ pub fn slurm_windows(
         let nodes: u32 = n
             .parse()
             .map_err(|_| parse("sinfo", format!("{line:?}: {n:?} is not a node count")))?;
-        let limit = slurm_duration(limit).map_err(|e| parse("sinfo", e))?;
+        let limit = slurm_duration(limit).map_err(|e| parse("sinfo", e.to_string()))?;
         let lasts = match (limit, until_next) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

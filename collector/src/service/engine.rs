@@ -534,33 +534,7 @@ impl Engine {
                 }
                 continue;
             };
-            let ids: Vec<String> = ls
-                .iter()
-                .filter(|l| !l.2.batch_id.is_empty())
-                .map(|l| l.2.batch_id.clone())
-                .collect();
-            let overdue = ls.iter().any(|(_, _, f)| {
-                f.state == LauncherState::Queued
-                    && self.cfg.queues.get(queue).is_some_and(|q| {
-                        q.backfill
-                            && now.duration_since(f.submitted_at).unwrap_or_default()
-                                >= q.max_queue_wait.0
-                    })
-            });
-            // not yet the batch system's time: judge heartbeats only; a launcher waiting past
-            // max_queue_wait first has the windows read (is there one it could have had?),
-            // then its state asked at the next call
-            let states = match s.ready_in() {
-                Some(_) => None,
-                None if overdue && !self.window_fresh(queue) => {
-                    self.refresh_windows(queue, s.as_ref());
-                    None
-                }
-                None => Some(s.status(&ids).map_err(|cause| EngineError::Scheduler {
-                    queue: queue.to_string(),
-                    cause,
-                })?),
-            };
+            let states = self.batch_states(queue, s.as_ref(), &ls, now)?;
             let fits = self.window_fits(queue);
             for (id, _, facts) in ls {
                 let batch = states.as_ref().map(|st| st.get(&facts.batch_id).copied());
@@ -597,6 +571,43 @@ impl Engine {
         Ok(())
     }
 
+    /// What the batch system says of a queue's launchers' batch jobs; none when it is not its
+    /// time yet (judge heartbeats only), or when a launcher waiting past `max_queue_wait` first
+    /// has the windows read (is there one it could have had?), its state asked at the next call.
+    fn batch_states(
+        &self,
+        queue: &str,
+        s: &dyn Scheduler,
+        ls: &[&(u64, String, launchers::Facts)],
+        now: std::time::SystemTime,
+    ) -> Result<Option<HashMap<String, crate::scheduler::BatchState>>> {
+        let overdue = ls.iter().any(|(_, _, f)| {
+            f.state == LauncherState::Queued
+                && self.cfg.queues.get(queue).is_some_and(|q| {
+                    q.backfill
+                        && now.duration_since(f.submitted_at).unwrap_or_default()
+                            >= q.max_queue_wait.0
+                })
+        });
+        if s.ready_in().is_some() {
+            return Ok(None);
+        }
+        if overdue && !self.window_fresh(queue) {
+            self.refresh_windows(queue, s);
+            return Ok(None);
+        }
+        let ids: Vec<String> = ls
+            .iter()
+            .filter(|l| !l.2.batch_id.is_empty())
+            .map(|l| l.2.batch_id.clone())
+            .collect();
+        let states = s.status(&ids).map_err(|cause| EngineError::Scheduler {
+            queue: queue.to_string(),
+            cause,
+        })?;
+        Ok(Some(states))
+    }
+
     /// Submits launchers while runnable jobs want more nodes than the live launchers have
     /// idle, within each queue's limits.
     pub fn policy(&self, notes: &mut Vec<String>) -> Result<()> {
@@ -629,42 +640,10 @@ impl Engine {
             if needed <= 0 {
                 break;
             }
-            if !q.submit {
-                notes.push(format!(
-                    "queue {name}: submit = false; set it to true to run the {} waiting job(s)",
-                    runnable.jobs
-                ));
-                continue;
-            }
             let mine = active.iter().filter(|l| &l.queue == name).count() as u32;
-            if mine >= q.max_queued {
-                notes.push(format!(
-                    "queue {name}: {mine} launcher(s) queued or running, max_queued = {}",
-                    q.max_queued
-                ));
+            let want = (needed as u32).max(runnable.biggest.max(1));
+            let Some(shape) = self.next_shape(name, q, (mine, want, runnable.jobs), notes) else {
                 continue;
-            }
-            if let Some(wait) = self.schedulers.get(name).and_then(|s| s.ready_in()) {
-                notes.push(format!(
-                    "queue {name}: the next launcher goes in {} (the batch system is asked at most every {})",
-                    humantime::format_duration(std::time::Duration::from_secs(wait.as_secs() + 1)),
-                    q.scheduler_min_interval
-                ));
-                continue;
-            }
-            let biggest = runnable.biggest.max(1);
-            let want = (needed as u32).max(biggest);
-            let shape = match q.backfill {
-                true => match self.backfill_shape(name, q, want) {
-                    Some(shape) => shape,
-                    None => {
-                        notes.push(format!(
-                            "queue {name}: free nodes read; the launcher fitted to them goes at the batch system's next call"
-                        ));
-                        continue;
-                    }
-                },
-                false => crate::scheduler::window::shape(&[], want, q),
             };
             let nodes = shape.nodes;
             match self.submit(name, q, (nodes, shape.walltime), shape.from_window) {
@@ -692,6 +671,48 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// The shape of queue `name`'s next launcher for work wanting `want` nodes while `mine`
+    /// of its launchers are queued or running; none, with the reason in `notes`, when none
+    /// goes now.
+    fn next_shape(
+        &self,
+        name: &str,
+        q: &QueueSection,
+        (mine, want, jobs): (u32, u32, u32),
+        notes: &mut Vec<String>,
+    ) -> Option<crate::scheduler::window::Shape> {
+        let mut wait = |note: String| {
+            notes.push(note);
+            None
+        };
+        if !q.submit {
+            return wait(format!(
+                "queue {name}: submit = false; set it to true to run the {jobs} waiting job(s)"
+            ));
+        }
+        if mine >= q.max_queued {
+            return wait(format!(
+                "queue {name}: {mine} launcher(s) queued or running, max_queued = {}",
+                q.max_queued
+            ));
+        }
+        if let Some(after) = self.schedulers.get(name).and_then(|s| s.ready_in()) {
+            return wait(format!(
+                "queue {name}: the next launcher goes in {} (the batch system is asked at most every {})",
+                humantime::format_duration(std::time::Duration::from_secs(after.as_secs() + 1)),
+                q.scheduler_min_interval
+            ));
+        }
+        if !q.backfill {
+            return Some(crate::scheduler::window::shape(&[], want, q));
+        }
+        self.backfill_shape(name, q, want).or_else(|| {
+            wait(format!(
+                "queue {name}: free nodes read; the launcher fitted to them goes at the batch system's next call"
+            ))
+        })
     }
 
     /// Whether a backfill queue's windows were read within `backfill_every`.

@@ -67,26 +67,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(transitions.clone()))
             .expect("registered once");
-        let scheduler_calls = IntCounterVec::new(
-            Opts::new(
-                "scheduler_calls_total",
-                "Calls to the batch systems (status polls, submissions), by queue, call and outcome",
-            ),
-            &["queue", "call", "outcome"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(scheduler_calls.clone()))
-            .expect("registered once");
-        let scheduler_seconds = prometheus::CounterVec::new(
-            Opts::new(
-                "scheduler_call_seconds_total",
-                "Time spent waiting for the batch systems' answers, by queue and call",
-            ),
-            &["queue", "call"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(scheduler_seconds.clone()))
-            .expect("registered once");
+        let (scheduler_calls, scheduler_seconds) = scheduler_counters(&r);
         Metrics {
             scheduler_calls,
             scheduler_seconds,
@@ -196,6 +177,33 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// The counters of calls to the batch systems and of the time spent on them, registered.
+// the names are literals: building them cannot fail
+#[allow(clippy::expect_used)]
+fn scheduler_counters(r: &Registry) -> (IntCounterVec, prometheus::CounterVec) {
+    let scheduler_calls = IntCounterVec::new(
+        Opts::new(
+            "scheduler_calls_total",
+            "Calls to the batch systems (status polls, submissions), by queue, call and outcome",
+        ),
+        &["queue", "call", "outcome"],
+    )
+    .expect("valid metric");
+    r.register(Box::new(scheduler_calls.clone()))
+        .expect("registered once");
+    let scheduler_seconds = prometheus::CounterVec::new(
+        Opts::new(
+            "scheduler_call_seconds_total",
+            "Time spent waiting for the batch systems' answers, by queue and call",
+        ),
+        &["queue", "call"],
+    )
+    .expect("valid metric");
+    r.register(Box::new(scheduler_seconds.clone()))
+        .expect("registered once");
+    (scheduler_calls, scheduler_seconds)
 }
 
 /// The content type of [`Metrics::render`]'s text.
