@@ -198,13 +198,43 @@ pub fn before_seal(wf: &Workflow) -> std::collections::HashSet<&str> {
 }
 
 /// Plans the jobs a streamed stack's first `sections` allow ([`before_seal`]'s steps, whole
-/// chunks only). The version that seals the stack plans everything; its jobs of these names
-/// reuse these jobs' outputs by content.
-pub fn plan_partial(wf: &Workflow, sections: usize) -> Vec<PlannedJob> {
-    let kept = before_seal(wf);
-    plan_with(wf, |s| match kept.contains(s.name.as_str()) {
-        true => whole_chunks(s, sections),
-        false => Vec::new(),
+/// chunks only), leaving out the parts an earlier partial version already planned on the same
+/// bytes: `changed(i)` says whether section `i` is new or other than it was there. A part kept
+/// keeps every part it reads from. The version that seals the stack plans everything; its
+/// jobs of these names find their twins in whichever version ran them and reuse their
+/// outputs by content, so a stack streamed a section at a time is O(sections) jobs, not
+/// O(sections²).
+pub fn plan_partial(
+    wf: &Workflow,
+    sections: usize,
+    changed: impl Fn(usize) -> bool,
+) -> Vec<PlannedJob> {
+    let steps = before_seal(wf);
+    let mut keep: HashMap<&str, Vec<Part>> = HashMap::new();
+    for s in wf.topo_order().into_iter().rev() {
+        if !steps.contains(s.name.as_str()) {
+            continue;
+        }
+        let wanted: Vec<Part> = whole_chunks(s, sections)
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p.sections().any(&changed)
+                    || wf
+                        .steps
+                        .iter()
+                        .filter(|c| c.after.contains(&s.name))
+                        .filter_map(|c| keep.get(c.name.as_str()))
+                        .flatten()
+                        .any(|c| needs(Some(*c), Some(*p)))
+            })
+            .collect();
+        keep.insert(s.name.as_str(), wanted);
+    }
+    plan_with(wf, |s| {
+        keep.get(s.name.as_str())
+            .map(|v| v.iter().copied().map(Some).collect())
+            .unwrap_or_default()
     })
 }
 
@@ -463,5 +493,36 @@ chunk = 5
         .unwrap();
         let jobs = plan(&cfg.workflows["aligntk"], 2);
         assert_eq!(jobs[1].argv[0], "/opt/align tk/bin/find_rst");
+    }
+
+    #[test]
+    fn a_partial_version_plans_only_what_changed_and_what_that_reads() {
+        let cfg = Config::parse("", Path::new("x")).unwrap();
+        let wf = &cfg.workflows["aligntk-apply"];
+        let names =
+            |jobs: Vec<PlannedJob>| -> Vec<String> { jobs.into_iter().map(|j| j.name).collect() };
+        // the first partial version: every pair of its 10 sections
+        assert_eq!(plan_partial(wf, 10, |_| true).len(), 18);
+        // fewer than the 8 pairs a stack spreads from: nothing yet
+        assert!(plan_partial(wf, 8, |_| true).is_empty());
+        // one section more: its one pair
+        assert_eq!(
+            names(plan_partial(wf, 11, |i| i == 10)),
+            ["find_rst[9]", "register[9]"]
+        );
+        // section 3 written again: the two pairs that read it
+        assert_eq!(
+            names(plan_partial(wf, 11, |i| i == 3)),
+            ["find_rst[2]", "find_rst[3]", "register[2]", "register[3]"]
+        );
+        // a kept part keeps what it reads: b's chunk of pairs 8-11 needs a's pairs 8-11
+        let cfg = Config::parse(
+            "[workflows.w]\n[[workflows.w.steps]]\nname = \"a\"\ncommand = \"a {pairs_file}\"\neach = \"pair\"\nchunk = 1\n\
+             [[workflows.w.steps]]\nname = \"b\"\ncommand = \"b {pairs_file}\"\neach = \"pair\"\nchunk = 4\nafter = [\"a\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let got = names(plan_partial(&cfg.workflows["w"], 13, |i| i == 12));
+        assert_eq!(got, ["a[8]", "a[9]", "a[10]", "a[11]", "b[8-11]"]);
     }
 }

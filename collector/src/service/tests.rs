@@ -61,6 +61,8 @@ impl Scheduler for Double {
 
 struct Tier {
     _dir: tempfile::TempDir,
+    /// The next submission is a partial version planned from its sections from this one on.
+    new_from: std::cell::Cell<Option<usize>>,
     cfg: Arc<Config>,
     db: Arc<Mutex<Db>>,
     wake: Arc<Wake>,
@@ -121,6 +123,7 @@ fn tier_with(extra: &str) -> Tier {
     );
     Tier {
         _dir: dir,
+        new_from: std::cell::Cell::new(None),
         cfg,
         db,
         wake,
@@ -170,7 +173,12 @@ impl Tier {
             .join("bl")
             .join(name)
             .join(format!("@v{version}"));
-        let jobs = crate::science::dag::plan(&self.cfg.workflows[workflow], sections);
+        let wf = &self.cfg.workflows[workflow];
+        let jobs = match self.new_from.take() {
+            // a partial version planned as the service plans it: what changed since
+            Some(from) => crate::science::dag::plan_partial(wf, sections, |i| i >= from),
+            None => crate::science::dag::plan(wf, sections),
+        };
         let (dir, work) = (snap.display().to_string(), work.display().to_string());
         let digest = format!("{name}{version}");
         let s = NewStack {
@@ -694,4 +702,31 @@ fn a_queued_launcher_is_kept_when_no_window_would_start_one_sooner() {
         "QUEUED"
     );
     assert!(t.sched.deleted.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_partial_version_after_a_partial_one_plans_the_new_pair_and_supersedes_nothing() {
+    let t = tier();
+    let name_of = |id: u64| t.db.lock().unwrap().job(id).unwrap().unwrap().name;
+    t.new_from.set(Some(0));
+    let v1 = t.submit_sections("s", "pairs", (1, 10), true, true);
+    assert_eq!(v1.len(), 9, "p[0] … p[8]");
+    // one section more: the new partial version holds its one new pair only
+    t.new_from.set(Some(10));
+    let v2 = t.submit_sections("s", "pairs", (2, 11), true, true);
+    let v2_names: Vec<String> = v2.iter().map(|id| name_of(*id)).collect();
+    assert_eq!(v2_names, ["p[9]"]);
+    assert!(
+        v1.iter().all(|id| t.state(*id) == "READY"),
+        "nothing of v1 superseded"
+    );
+    // the seal plans every pair; each one's twin is in whichever version planned it
+    let v3 = t.submit_sections("s", "pairs", (3, 11), true, false);
+    let waiting = t.db.lock().unwrap().waiting_for_twins().unwrap();
+    let mut names: Vec<String> = waiting.iter().map(|id| name_of(*id)).collect();
+    names.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("p[{i}]")).collect();
+    want.sort();
+    assert_eq!(names, want);
+    assert!(waiting.iter().all(|id| v3.contains(id)));
 }

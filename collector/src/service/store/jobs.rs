@@ -13,7 +13,7 @@ use beamflow_protocol::api::{
     AcquireResponse, EventRow, JobReport, LaunchedJob, ReportRequest, StackStatus,
 };
 use rusqlite::{params, OptionalExtension, Transaction};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What the runnable jobs want, for the queue policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,6 +78,31 @@ impl Db {
                 })
             })
             .optional()?)
+    }
+
+    /// The files (path → BLAKE3) of the latest version of a stack before `version`, when it is
+    /// a partial one: a new partial version plans only what changed since.
+    pub fn partial_before(
+        &self,
+        beamline: &str,
+        stack: &str,
+        version: u32,
+    ) -> Result<Option<HashMap<String, String>>, DbError> {
+        let row: Option<(bool, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT partial, files FROM stacks WHERE beamline = ?1 AND name = ?2 AND version < ?3
+                 ORDER BY version DESC LIMIT 1",
+            )?
+            .query_row(params![beamline, stack, version], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(row.filter(|(partial, _)| *partial).map(|(_, files)| {
+            serde_json::from_str::<Vec<crate::api::SubmitFile>>(&files)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| (f.path, f.blake3))
+                .collect()
+        }))
     }
 
     /// The work folders of the streamed versions just before stack version `stack_id`

@@ -285,9 +285,10 @@ fn insert_job(
 
 /// Moves the older versions' jobs that have not started to SUPERSEDED, in the submission's
 /// own transaction: one stack, one DAG that runs to the end. A streamed stack's partial
-/// versions keep the jobs the new version (`stack_id`) has too: the new one's twin waits for
-/// them and takes their outputs, so a stack streamed one section at a time still runs each
-/// pair once instead of starting it again with every section that arrives.
+/// versions keep the jobs the new version (`stack_id`) has too, and all of them when the new
+/// one is partial as well (it plans only what changed): the new one's twin waits for them and
+/// takes their outputs, so a stack streamed one section at a time runs each pair once instead
+/// of starting it again with every section that arrives.
 fn superseded_by(
     tx: &rusqlite::Transaction<'_>,
     s: &NewStack<'_>,
@@ -304,17 +305,18 @@ fn superseded_by(
         let mut st = tx.prepare(&format!(
             "SELECT j.id FROM jobs j JOIN stacks k ON k.id = j.stack_id
              WHERE k.beamline = ?1 AND k.name = ?2 AND k.version < ?3 AND j.state IN ({})
-               AND NOT (k.partial = 1 AND EXISTS
-                 (SELECT 1 FROM jobs n WHERE n.stack_id = ?4 AND n.name = j.name))",
+               AND NOT (k.partial = 1 AND (?5 OR EXISTS
+                 (SELECT 1 FROM jobs n WHERE n.stack_id = ?4 AND n.name = j.name)))",
             from.iter()
                 .map(|f| format!("'{f}'"))
                 .collect::<Vec<_>>()
                 .join(", ")
         ))?;
         let rows = st
-            .query_map(params![s.beamline, s.name, s.version, stack_id], |r| {
-                r.get(0)
-            })?
+            .query_map(
+                params![s.beamline, s.name, s.version, stack_id, s.partial],
+                |r| r.get(0),
+            )?
             .collect::<Result<_, _>>()?;
         rows
     };

@@ -69,7 +69,24 @@ pub(super) fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<Su
             .join(beamflow_protocol::work_rel(&beamline, &stack, req.version));
     let (dir_s, work_s) = (dir.display().to_string(), work_dir.display().to_string());
     let jobs = match req.partial {
-        true => crate::science::dag::plan_partial(wf, req.files.len()),
+        true => {
+            let before = st
+                .db
+                .lock()
+                .ok()
+                .and_then(|db| db.partial_before(&beamline, &stack, req.version).ok())
+                .flatten()
+                .unwrap_or_default();
+            // the sections in the collector's order (bytewise, as its work folder lists them)
+            let mut files: Vec<&crate::api::SubmitFile> = req.files.iter().collect();
+            files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+            let changed = |i: usize| {
+                files
+                    .get(i)
+                    .is_none_or(|f| before.get(&f.path) != Some(&f.blake3))
+            };
+            crate::science::dag::plan_partial(wf, req.files.len(), changed)
+        }
         false => plan(wf, req.files.len()),
     };
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());
