@@ -15,7 +15,31 @@ import sys
 
 ROOTS = ["agent/src", "collector/src", "config/src", "protocol/src", "protocol/program/src"]
 FN = re.compile(r"\s*(pub(\([a-z]+\))?\s+)?(async\s+)?(const\s+)?fn\s+(\w+)")
-STRING_RESULT = re.compile(r"->\s*(?:std::result::)?Result<[^;{]*?,\s*String>")
+RESULT = re.compile(r"->\s*(?:std::result::)?Result<")
+
+
+def count_string_results(code):
+    """How many functions return a `Result` whose error type (its last argument, at the top
+    level of its angle brackets) is `String`."""
+    n = 0
+    for m in RESULT.finditer(code):
+        depth, args, start = 1, [], m.end()
+        i = start
+        while i < len(code) and depth > 0:
+            c = code[i]
+            if c == "<":
+                depth += 1
+            elif c == ">":
+                depth -= 1
+                if depth == 0:
+                    args.append(code[start:i])
+            elif c == "," and depth == 1:
+                args.append(code[start:i])
+                start = i + 1
+            i += 1
+        if len(args) == 2 and args[1].strip() == "String":
+            n += 1
+    return n
 
 
 def code_of(path):
@@ -52,7 +76,7 @@ def main():
                 code = code_of(path)
                 lines = code.split("\n")
                 lengths[os.path.relpath(path, repo)] = len(lines)
-                string_results += len(STRING_RESULT.findall(code))
+                string_results += count_string_results(code)
                 funcs.extend(functions(lines, os.path.relpath(path, repo)))
     sizes = sorted(lengths.values())
     print(f"files: {len(sizes)}, median {statistics.median(sizes):.0f} lines, "

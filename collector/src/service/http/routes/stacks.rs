@@ -32,6 +32,35 @@ pub(super) async fn submit(
         })?
 }
 
+/// The jobs of a submitted version: every step's for a sealed one; for a partial one, the
+/// pairs whose sections are new or changed since the partial version before it.
+fn plan_for(
+    st: &AppState,
+    req: &SubmitRequest,
+    wf: &beamflow_config::Workflow,
+    (beamline, stack): (&str, &str),
+) -> Vec<crate::science::dag::PlannedJob> {
+    if !req.partial {
+        return plan(wf, req.files.len());
+    }
+    let before = st
+        .db
+        .lock()
+        .ok()
+        .and_then(|db| db.partial_before(beamline, stack, req.version).ok())
+        .flatten()
+        .unwrap_or_default();
+    // the sections in the collector's order (bytewise, as its work folder lists them)
+    let mut files: Vec<&crate::api::SubmitFile> = req.files.iter().collect();
+    files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let changed = |i: usize| {
+        files
+            .get(i)
+            .is_none_or(|f| before.get(&f.path) != Some(&f.blake3))
+    };
+    crate::science::dag::plan_partial(wf, req.files.len(), changed)
+}
+
 pub(super) fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<SubmitResponse> {
     let bad = |m: String| fail(StatusCode::UNPROCESSABLE_ENTITY, m);
     let stack = normalize_rel_path(&req.stack).map_err(|e| bad(e.to_string()))?;
@@ -68,27 +97,7 @@ pub(super) fn submit_blocking(st: &AppState, req: SubmitRequest) -> ApiResult<Su
             .work_root
             .join(beamflow_protocol::work_rel(&beamline, &stack, req.version));
     let (dir_s, work_s) = (dir.display().to_string(), work_dir.display().to_string());
-    let jobs = match req.partial {
-        true => {
-            let before = st
-                .db
-                .lock()
-                .ok()
-                .and_then(|db| db.partial_before(&beamline, &stack, req.version).ok())
-                .flatten()
-                .unwrap_or_default();
-            // the sections in the collector's order (bytewise, as its work folder lists them)
-            let mut files: Vec<&crate::api::SubmitFile> = req.files.iter().collect();
-            files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-            let changed = |i: usize| {
-                files
-                    .get(i)
-                    .is_none_or(|f| before.get(&f.path) != Some(&f.blake3))
-            };
-            crate::science::dag::plan_partial(wf, req.files.len(), changed)
-        }
-        false => plan(wf, req.files.len()),
-    };
+    let jobs = plan_for(st, &req, wf, (&beamline, &stack));
     let files_json = serde_json::to_string(&req.files).unwrap_or_else(|_| "[]".into());
     let dg = digest(&req.files);
     let new = NewStack {
