@@ -27,7 +27,13 @@ fn slurm() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn slurm_site(real_aligntk: bool) -> (Site, String) {
+/// One test at a time on the cluster: the backfill test fills it with other jobs on purpose,
+/// and the others' launchers would wait behind them.
+static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The cluster to oneself for the test's length (the guard), its config and a site using it.
+fn slurm_site(real_aligntk: bool) -> (Site, String, std::sync::MutexGuard<'static, ()>) {
+    let held = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let conf = slurm();
     let site = Site::new("1s", "");
     if real_aligntk {
@@ -48,7 +54,7 @@ fn slurm_site(real_aligntk: bool) -> (Site, String) {
     );
     site.edit_config("idle_exit = \"2s\"", "idle_exit = \"5s\"");
     site.edit_config("walltime = \"1h\"", "walltime = \"10m\"");
-    (site, conf)
+    (site, conf, held)
 }
 
 /// Runs a Slurm client command against the test cluster; its output, once it succeeded.
@@ -77,7 +83,7 @@ fn squeue(conf: &str) -> String {
 
 #[test]
 fn a_full_dag_runs_to_job_finished_in_slurm_allocations() {
-    let (site, conf) = slurm_site(true);
+    let (site, conf, _cluster) = slurm_site(true);
     let _service = site.start_service_env(&[("SLURM_CONF", &conf)]);
     let dir = site.write_stack("slurm1", 3, 256);
     site.push(&dir);
@@ -107,7 +113,7 @@ fn a_full_dag_runs_to_job_finished_in_slurm_allocations() {
 #[test]
 fn a_launcher_cancelled_mid_job_times_out_and_the_job_finishes_in_a_new_allocation() {
     // a register that is slow on demand: the stand-in's
-    let (site, conf) = slurm_site(false);
+    let (site, conf, _cluster) = slurm_site(false);
     let _service =
         site.start_service_env(&[("SLURM_CONF", &conf), ("STANDIN_SLEEP", "register:8")]);
     let dir = site.write_stack("slurm2", 3, 32);
@@ -162,7 +168,7 @@ fn a_launcher_cancelled_mid_job_times_out_and_the_job_finishes_in_a_new_allocati
 /// `scheduler_min_interval`, and every `squeue` asked with `--me`.
 #[test]
 fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
-    let (site, conf) = slurm_site(false);
+    let (site, conf, _cluster) = slurm_site(false);
     site.edit_config(
         "scheduler_min_interval = \"1s\"",
         "scheduler_min_interval = \"3s\"",
@@ -249,7 +255,7 @@ fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
 /// `walltime_pad`), starts at once beside the waiting job, and the stack finishes in it.
 #[test]
 fn backfill_fits_a_launcher_to_the_free_node_and_it_starts_while_a_bigger_job_waits() {
-    let (site, conf) = slurm_site(false);
+    let (site, conf, _cluster) = slurm_site(false);
     site.edit_config(
         "scheduler_min_interval = \"1s\"",
         "scheduler_min_interval = \"1s\"\nbackfill = true\nbackfill_every = \"2s\"\nmin_walltime = \"1m\"\nwalltime_pad = \"30s\"\nwalltime_margin = \"20s\"",
