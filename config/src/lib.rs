@@ -177,6 +177,20 @@ mod tests {
         assert!(e.contains("\"30s\""), "{e}");
         let e = err("[[watch]]\npath = \"a\"\n[[watch]]\npath = \"b\"\nmax_wait = 5\n");
         assert!(e.starts_with("t.toml:5: key `watch[1].max_wait`"), "{e}");
+        // the keys of this stop: a local queue has no backfill windows, and a job held after
+        // no timeout at all would never run
+        let e = err("[queues.q]\nscheduler = \"local\"\nbackfill = true\n");
+        assert!(
+            e.contains("key `queues.q.backfill`") && e.contains("no backfill windows"),
+            "{e}"
+        );
+        let e = err("[service]\nmax_timeouts = 0\n");
+        assert!(
+            e.contains("key `service.max_timeouts`") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = err("[queues.q]\nscheduler = \"slurm\"\nbackfill = true\nmin_walltime = \"30s\"\n");
+        assert!(e.contains("key `queues.q.min_walltime`"), "{e}");
         let e = err("[link]\nchannels = \"x\"\n");
         assert!(e.starts_with("t.toml:2: key `link.channels`"), "{e}");
         let e = err("[link]\nchannels = 2\nmax_stacks = 0\n");

@@ -593,7 +593,9 @@ impl Engine {
             return Ok(None);
         }
         if overdue && !self.window_fresh(queue) {
-            self.refresh_windows(queue, s);
+            if let Err(e) = self.refresh_windows(queue, s) {
+                tracing::warn!(queue = %queue, "cannot read backfill windows: {e}");
+            }
             return Ok(None);
         }
         let ids: Vec<String> = ls
@@ -727,18 +729,19 @@ impl Engine {
     }
 
     /// Reads a backfill queue's windows into the cache (a launcher is shaped from them next).
-    fn refresh_windows(&self, queue: &str, s: &dyn Scheduler) {
+    fn refresh_windows(
+        &self,
+        queue: &str,
+        s: &dyn Scheduler,
+    ) -> std::result::Result<(), crate::scheduler::SchedError> {
         let Some(q) = self.cfg.queues.get(queue) else {
-            return;
+            return Ok(());
         };
-        match s.windows(&q.queue) {
-            Ok(w) => {
-                if let Ok(mut cache) = self.windows.lock() {
-                    cache.insert(queue.to_string(), (Instant::now(), w, false));
-                }
-            }
-            Err(e) => tracing::warn!(queue = %queue, "cannot read backfill windows: {e}"),
+        let w = s.windows(&q.queue)?;
+        if let Ok(mut cache) = self.windows.lock() {
+            cache.insert(queue.to_string(), (Instant::now(), w, false));
         }
+        Ok(())
     }
 
     /// Whether a backfill queue's windows, as last read within `backfill_every`, would start
@@ -768,37 +771,36 @@ impl Engine {
     ) -> Option<crate::scheduler::window::Shape> {
         use crate::scheduler::window::{shape, Window};
         let now = Instant::now();
-        let mut cache = self.windows.lock().ok()?;
-        if let Some((at, windows, used)) = cache.get_mut(name) {
-            let age = now.saturating_duration_since(*at);
-            // a read no launcher used yet is used however long the pace made it wait
-            if age < q.backfill_every.0 || !*used {
-                *used = true;
-                let aged: Vec<Window> = windows
-                    .iter()
-                    .map(|w| Window {
-                        nodes: w.nodes,
-                        lasts: w.lasts.map(|d| d.saturating_sub(age)),
-                    })
-                    .collect();
-                return Some(shape(&aged, want, q));
+        {
+            let mut cache = self.windows.lock().ok()?;
+            if let Some((at, windows, used)) = cache.get_mut(name) {
+                let age = now.saturating_duration_since(*at);
+                // a read no launcher used yet is used however long the pace made it wait
+                if age < q.backfill_every.0 || !*used {
+                    *used = true;
+                    let aged: Vec<Window> = windows
+                        .iter()
+                        .map(|w| Window {
+                            nodes: w.nodes,
+                            lasts: w.lasts.map(|d| d.saturating_sub(age)),
+                        })
+                        .collect();
+                    return Some(shape(&aged, want, q));
+                }
             }
         }
         let scheduler = self.schedulers.get(name)?;
-        match scheduler.ready_in() {
-            Some(_) => None,
-            None => match scheduler.windows(&q.queue) {
-                Ok(windows) => {
-                    cache.insert(name.to_string(), (now, windows, false));
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(queue = %name, "cannot read backfill windows, the fixed size goes: {e}");
-                    let mut s = shape(&[], want, q);
-                    s.why = format!("cannot read the free nodes ({e}): the queue's fixed size");
-                    Some(s)
-                }
-            },
+        if scheduler.ready_in().is_some() {
+            return None;
+        }
+        match self.refresh_windows(name, scheduler.as_ref()) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(queue = %name, "cannot read backfill windows, the fixed size goes: {e}");
+                let mut s = shape(&[], want, q);
+                s.why = format!("cannot read the free nodes ({e}): the queue's fixed size");
+                Some(s)
+            }
         }
     }
 
