@@ -352,6 +352,10 @@ pub struct LauncherRow {
     /// Whether it was shaped to a backfill window (else the queue's fixed size).
     #[serde(default)]
     pub window: bool,
+    /// When the jobs it runs must be done (seconds since the epoch): its start, plus its wall
+    /// time, less the queue's margin; none before it runs or where its wall time is unknown.
+    #[serde(default)]
+    pub deadline: Option<f64>,
 }
 
 impl LauncherRow {

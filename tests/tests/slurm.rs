@@ -261,8 +261,14 @@ fn backfill_fits_a_launcher_to_the_free_node_and_it_starts_while_a_bigger_job_wa
         "scheduler_min_interval = \"1s\"\nbackfill = true\nbackfill_every = \"2s\"\nmin_walltime = \"1m\"\nwalltime_pad = \"30s\"\nwalltime_margin = \"20s\"",
     );
     site.edit_config("max_nodes = 1", "max_nodes = 3");
-    let sbatch =
-        |args: &[&str]| -> String { slurm_cmd(&conf, "sbatch", &[&["--parsable"], args].concat()) };
+    // other users' jobs write nowhere (slurm-N.out would land in the test's working folder)
+    let sbatch = |args: &[&str]| -> String {
+        slurm_cmd(
+            &conf,
+            "sbatch",
+            &[&["--parsable", "-o", "/dev/null"], args].concat(),
+        )
+    };
     wait_until(LONG, "the three nodes to be idle", || {
         squeue(&conf).trim().is_empty()
     });

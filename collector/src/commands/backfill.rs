@@ -1,7 +1,7 @@
 //! `beamflow-collector backfill`: the free nodes each backfill queue's batch system reports
 //! now, for how long, and the launcher the service would submit for them, with why.
 
-use crate::scheduler::window::{shape, Window};
+use crate::scheduler::window::{shape, Window, Work};
 use beamflow_config::{Config, SchedulerKind};
 use beamflow_program::{sayln, Exit};
 use std::path::PathBuf;
@@ -18,6 +18,9 @@ pub struct Args {
     /// Nodes the work wants (default: each queue's max_nodes).
     #[arg(long)]
     pub want: Option<u32>,
+    /// The shortest run time expected of a job (`10m`): windows shorter are not used.
+    #[arg(long)]
+    pub runs_for: Option<humantime::Duration>,
     /// Machine-readable output (one JSON list).
     #[arg(long)]
     pub json: bool,
@@ -40,7 +43,10 @@ pub fn main(a: Args) -> anyhow::Result<Exit> {
         if a.queue.as_ref().is_some_and(|n| n != name) || q.scheduler == SchedulerKind::Local {
             continue;
         }
-        let want = a.want.unwrap_or(q.max_nodes);
+        let want = Work {
+            nodes: a.want.unwrap_or(q.max_nodes),
+            shortest: a.runs_for.map(Into::into),
+        };
         let read = crate::scheduler::for_kind(q.scheduler).windows(&q.queue);
         let (windows, s) = match &read {
             Ok(w) => (w.clone(), shape(w, want, q)),

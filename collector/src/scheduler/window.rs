@@ -30,11 +30,38 @@ pub struct Shape {
     pub why: String,
 }
 
-/// The shape of the next launcher for work wanting `want` nodes: the window with the largest
-/// nodes × time the work can use (never wider than `max_nodes` or the work, never narrower
-/// than `min_nodes`, never shorter than `min_walltime`, wall time = window − `walltime_pad`,
-/// at most the queue's `walltime`); the queue's fixed size where no window fits.
-pub fn shape(windows: &[Window], want: u32, q: &QueueSection) -> Shape {
+/// What the runnable work asks of a launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Work {
+    /// Nodes it wants.
+    pub nodes: u32,
+    /// The shortest run time expected of one of its jobs (none: one was never measured).
+    pub shortest: Option<Duration>,
+}
+
+impl Work {
+    /// Work wanting `nodes`, its run times unknown.
+    pub fn nodes(nodes: u32) -> Work {
+        Work {
+            nodes,
+            shortest: None,
+        }
+    }
+}
+
+/// The shape of the next launcher for `work`: the window with the largest nodes × time the
+/// work can use (never wider than `max_nodes` or the work, never narrower than `min_nodes`,
+/// never shorter than `min_walltime` nor than the shortest job's expected run time with the
+/// queue's `walltime_margin`, wall time = window − `walltime_pad`, at most the queue's
+/// `walltime`); the queue's fixed size where no window fits.
+pub fn shape(windows: &[Window], work: Work, q: &QueueSection) -> Shape {
+    let want = work.nodes;
+    // a launcher no job can finish in is a wasted window
+    let shortest = work
+        .shortest
+        .map(|d| d + q.walltime_margin.0)
+        .unwrap_or_default();
+    let at_least = q.min_walltime.0.max(shortest);
     let fixed = Shape {
         nodes: want.clamp(q.min_nodes, q.max_nodes),
         walltime: q.walltime.0,
@@ -55,7 +82,7 @@ pub fn shape(windows: &[Window], want: u32, q: &QueueSection) -> Shape {
                     Duration::from_secs(secs).min(q.walltime.0)
                 }
             };
-            (nodes >= q.min_nodes && nodes > 0 && walltime >= q.min_walltime.0)
+            (nodes >= q.min_nodes && nodes > 0 && walltime >= at_least)
                 .then_some((w, nodes, walltime))
         })
         .max_by_key(|(_, nodes, wall)| *nodes as u128 * wall.as_secs() as u128);
@@ -75,11 +102,17 @@ pub fn shape(windows: &[Window], want: u32, q: &QueueSection) -> Shape {
             ),
         },
         None => Shape {
-            why: match windows.is_empty() {
-                true => "no free nodes: the queue's fixed size".into(),
-                false => format!(
+            why: match (windows.is_empty(), at_least > q.min_walltime.0) {
+                (true, _) => "no free nodes: the queue's fixed size".into(),
+                (false, false) => format!(
                     "no window of at least {} node(s) for min_walltime {}: the queue's fixed size",
                     q.min_nodes, q.min_walltime
+                ),
+                (false, true) => format!(
+                    "no window of at least {} node(s) for {} (the shortest runnable job's expected run time with walltime_margin {}): the queue's fixed size",
+                    q.min_nodes,
+                    fmt(at_least),
+                    q.walltime_margin
                 ),
             },
             ..fixed
@@ -375,7 +408,7 @@ mod tests {
                     lasts: min(11),
                 },
             ],
-            8,
+            Work::nodes(8),
             &q,
         );
         assert_eq!(
@@ -391,14 +424,17 @@ mod tests {
             nodes: 1,
             lasts: Some(Duration::from_secs(200)),
         };
-        assert_eq!(shape(&[w], 1, &q1).walltime, Duration::from_secs(60));
+        assert_eq!(
+            shape(&[w], Work::nodes(1), &q1).walltime,
+            Duration::from_secs(60)
+        );
         // never wider than the work
         let s = shape(
             &[Window {
                 nodes: 6,
                 lasts: min(30),
             }],
-            2,
+            Work::nodes(2),
             &q,
         );
         assert_eq!((s.nodes, s.from_window), (2, true));
@@ -408,7 +444,7 @@ mod tests {
                 nodes: 20,
                 lasts: None,
             }],
-            20,
+            Work::nodes(20),
             &q,
         );
         assert_eq!((s.nodes, s.walltime), (8, Duration::from_secs(3600)));
@@ -418,7 +454,7 @@ mod tests {
                 nodes: 4,
                 lasts: min(5),
             }],
-            4,
+            Work::nodes(4),
             &q,
         );
         assert_eq!(
@@ -426,12 +462,50 @@ mod tests {
             (4, Duration::from_secs(3600), false)
         );
         assert!(s.why.contains("min_walltime"), "{}", s.why);
-        let s = shape(&[], 1, &q);
+        let s = shape(&[], Work::nodes(1), &q);
         assert!(
             !s.from_window && s.why.contains("no free nodes"),
             "{}",
             s.why
         );
+    }
+
+    #[test]
+    fn a_window_shorter_than_every_runnable_job_is_not_used() {
+        let q = queue();
+        let min = |m: u64| Some(Duration::from_secs(m * 60));
+        let windows = [
+            Window {
+                nodes: 8,
+                lasts: min(22),
+            },
+            Window {
+                nodes: 2,
+                lasts: min(50),
+            },
+        ];
+        // jobs of 5 minutes: the wide 20-minute window holds them
+        let short = Work {
+            nodes: 8,
+            shortest: Some(Duration::from_secs(300)),
+        };
+        let s = shape(&windows, short, &q);
+        assert_eq!((s.nodes, s.walltime), (8, Duration::from_secs(20 * 60)));
+        // jobs of 25 minutes finish only in the long one
+        let long = Work {
+            shortest: Some(Duration::from_secs(25 * 60)),
+            ..short
+        };
+        let s = shape(&windows, long, &q);
+        assert_eq!((s.nodes, s.walltime), (2, Duration::from_secs(48 * 60)));
+        // jobs of 50 minutes in none: the fixed size, saying why
+        let longer = Work {
+            shortest: Some(Duration::from_secs(50 * 60)),
+            ..short
+        };
+        let s = shape(&windows, longer, &q);
+        assert!(!s.from_window, "{s:?}");
+        assert!(s.why.contains("expected run time"), "{}", s.why);
     }
 
     /// `nodelist` in the columns Cobalt prints on Theta (two header lines; Balsam reads the

@@ -9,13 +9,15 @@
 //! without it. The decisions themselves are the pure functions of [`crate::service::lifecycle::job`] and
 //! [`crate::service::lifecycle::launcher`]; this loop only gathers their inputs and applies their moves.
 
+use crate::scheduler::window::Work;
 use crate::scheduler::{self, capacity, BatchSpec, SchedError, Scheduler};
 use crate::science::check::CheckError;
 use crate::science::prepare::{name_back, name_back_sections, prepare, PrepareError, Prepared};
 use crate::service::clock::Clock;
 use crate::service::lifecycle::job::{self, JobState, Move, Trigger};
 use crate::service::lifecycle::launcher::{self as launchers, LauncherState, LauncherTrigger};
-use crate::service::store::jobs::Pending;
+use crate::service::lifecycle::runtime;
+use crate::service::store::jobs::{Filled, Pending};
 use crate::service::store::{Db, DbError};
 use crate::service::wake::Wake;
 use beamflow_config::{Config, QueueSection};
@@ -289,11 +291,25 @@ impl Engine {
                 }
                 retries.push((j.id, vec![m]));
             }
+            // the longest a launcher of any queue may run its jobs
+            let limit = self
+                .cfg
+                .queues
+                .values()
+                .map(|q| q.walltime.0)
+                .max()
+                .unwrap_or_default();
+            let offer = self.longest_offer();
             for j in &timed_out {
                 let runs = self.db()?.timed_out_runs(j.id)?;
-                let m = job::after_timeout(&runs, self.cfg.service.max_timeouts);
+                let step = crate::science::dag::step_of(&j.name).0;
+                let m = job::after_timeout(step, &runs, self.cfg.service.max_timeouts, limit);
                 if m.to == JobState::Failed {
                     tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "held: {}", m.reason);
+                } else {
+                    // its next run goes only to a launcher with room for what it ran
+                    let need = runtime::need_after_timeouts(j.expected, &runs, offer);
+                    self.db()?.set_expected(j.id, need)?;
                 }
                 retries.push((j.id, vec![m]));
             }
@@ -347,6 +363,8 @@ impl Engine {
         let mut failed = Vec::new();
         let mut reused = Vec::new();
         let mut newly_prepared = Vec::new();
+        // each step's expected run time, read once per slice
+        let mut learned = HashMap::new();
         for j in ready {
             match self.prepared_for(&j) {
                 Ok(p) => {
@@ -366,7 +384,33 @@ impl Engine {
                     );
                     match self.reusable(&j, &argv, &p) {
                         Some(why) => reused.push((j.id, argv, why)),
-                        None => filled.push((j.id, argv, env)),
+                        None => {
+                            let size_class = runtime::pixels(&p.grid_size)
+                                .map(runtime::size_class)
+                                .unwrap_or(0);
+                            let step = crate::science::dag::step_of(&j.name).0.to_string();
+                            let key = (j.workflow.clone(), step, size_class);
+                            let expected = match learned.get(&key) {
+                                Some(e) => *e,
+                                None => {
+                                    let (same, any) =
+                                        self.db()?.recent_runtimes(&key.0, &key.1, size_class)?;
+                                    let e = runtime::within(
+                                        runtime::estimate(&same, &any),
+                                        self.longest_offer(),
+                                    );
+                                    learned.insert(key, e);
+                                    e
+                                }
+                            };
+                            filled.push(Filled {
+                                id: j.id,
+                                argv,
+                                env,
+                                expected,
+                                size_class,
+                            })
+                        }
                     }
                 }
                 Err(e) => {
@@ -621,8 +665,11 @@ impl Engine {
         let active = self
             .db()?
             .launchers(&[LauncherState::Queued, LauncherState::Running], None)?;
+        let now = crate::service::clock::epoch(self.clock.now());
+        // idle slots of a launcher too near its end for any runnable job serve none of them
         let idle: i64 = active
             .iter()
+            .filter(|l| runtime::fits(runnable.shortest, self.time_left(l, now)))
             .map(|l| {
                 let cap = self
                     .cfg
@@ -643,8 +690,11 @@ impl Engine {
                 break;
             }
             let mine = active.iter().filter(|l| &l.queue == name).count() as u32;
-            let want = (needed as u32).max(runnable.biggest.max(1));
-            let Some(shape) = self.next_shape(name, q, (mine, want, runnable.jobs), notes) else {
+            let work = Work {
+                nodes: (needed as u32).max(runnable.biggest.max(1)),
+                shortest: runnable.shortest,
+            };
+            let Some(shape) = self.next_shape(name, q, (mine, work, runnable.jobs), notes) else {
                 continue;
             };
             let nodes = shape.nodes;
@@ -675,14 +725,43 @@ impl Engine {
         Ok(())
     }
 
-    /// The shape of queue `name`'s next launcher for work wanting `want` nodes while `mine`
+    /// The longest time a launcher of any queue gives its jobs: its wall time less the margin.
+    fn longest_offer(&self) -> std::time::Duration {
+        self.cfg
+            .queues
+            .values()
+            .map(|q| q.walltime.0.saturating_sub(q.walltime_margin.0))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The time a launcher has left for jobs at `now` (seconds since the epoch): to its
+    /// deadline once it runs, its whole wall time less the queue's margin while it waits; none
+    /// where its wall time is unknown.
+    fn time_left(
+        &self,
+        l: &beamflow_protocol::api::LauncherRow,
+        now: f64,
+    ) -> Option<std::time::Duration> {
+        let secs = match l.deadline {
+            Some(d) => d - now,
+            None if l.walltime_secs > 0 => {
+                let margin = self.cfg.queues.get(&l.queue)?.walltime_margin.0;
+                l.walltime_secs as f64 - margin.as_secs_f64()
+            }
+            None => return None,
+        };
+        Some(std::time::Duration::from_secs_f64(secs.max(0.0)))
+    }
+
+    /// The shape of queue `name`'s next launcher for `work` while `mine`
     /// of its launchers are queued or running; none, with the reason in `notes`, when none
     /// goes now.
     fn next_shape(
         &self,
         name: &str,
         q: &QueueSection,
-        (mine, want, jobs): (u32, u32, u32),
+        (mine, work, jobs): (u32, Work, u32),
         notes: &mut Vec<String>,
     ) -> Option<crate::scheduler::window::Shape> {
         let mut wait = |note: String| {
@@ -708,9 +787,9 @@ impl Engine {
             ));
         }
         if !q.backfill {
-            return Some(crate::scheduler::window::shape(&[], want, q));
+            return Some(crate::scheduler::window::shape(&[], work, q));
         }
-        self.backfill_shape(name, q, want).or_else(|| {
+        self.backfill_shape(name, q, work).or_else(|| {
             wait(format!(
                 "queue {name}: free nodes read; the launcher fitted to them goes at the batch system's next call"
             ))
@@ -755,7 +834,7 @@ impl Engine {
         };
         cache.get(queue).is_some_and(|(at, windows, _)| {
             at.elapsed() < q.backfill_every.0
-                && crate::scheduler::window::shape(windows, q.max_nodes, q).from_window
+                && crate::scheduler::window::shape(windows, Work::nodes(q.max_nodes), q).from_window
         })
     }
 
@@ -767,7 +846,7 @@ impl Engine {
         &self,
         name: &str,
         q: &QueueSection,
-        want: u32,
+        work: Work,
     ) -> Option<crate::scheduler::window::Shape> {
         use crate::scheduler::window::{shape, Window};
         let now = Instant::now();
@@ -785,7 +864,7 @@ impl Engine {
                             lasts: w.lasts.map(|d| d.saturating_sub(age)),
                         })
                         .collect();
-                    return Some(shape(&aged, want, q));
+                    return Some(shape(&aged, work, q));
                 }
             }
         }
@@ -797,7 +876,7 @@ impl Engine {
             Ok(()) => None,
             Err(e) => {
                 tracing::warn!(queue = %name, "cannot read backfill windows, the fixed size goes: {e}");
-                let mut s = shape(&[], want, q);
+                let mut s = shape(&[], work, q);
                 s.why = format!("cannot read the free nodes ({e}): the queue's fixed size");
                 Some(s)
             }

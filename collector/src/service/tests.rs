@@ -246,7 +246,9 @@ impl Tier {
     /// Plays a launcher announcing itself in its allocation.
     fn start_launcher(&self, id: u64, slots: usize) {
         let mut db = self.db.lock().unwrap();
-        assert!(db.launcher_started(id, slots, "node-1").unwrap());
+        assert!(db
+            .launcher_started(id, slots, "node-1", &|_| Duration::ZERO)
+            .unwrap());
     }
 
     fn acquire(&self, launcher: u64, reports: &[(u64, Outcome)]) -> Vec<u64> {
@@ -434,8 +436,10 @@ fn two_launchers_asking_at_once_never_get_the_same_job() {
     let mut db = t.db.lock().unwrap();
     let a = db.add_launcher("default", "local", 1).unwrap();
     let b = db.add_launcher("default", "local", 1).unwrap();
-    db.launcher_started(a, 3, "n1").unwrap();
-    db.launcher_started(b, 3, "n2").unwrap();
+    db.launcher_started(a, 3, "n1", &|_| Duration::ZERO)
+        .unwrap();
+    db.launcher_started(b, 3, "n2", &|_| Duration::ZERO)
+        .unwrap();
     drop(db);
     let got_a = t.acquire(a, &[]);
     let got_b = t.acquire(b, &[]);
@@ -633,7 +637,7 @@ fn a_job_that_runs_out_of_wall_time_max_timeouts_times_is_held_with_its_run_time
     assert_eq!(t.state(ids[0]), "FAILED");
     let reason = t.reason(ids[0]);
     assert!(
-        reason.contains("ran out of wall time 3 times (it ran 10m, 11m, 12m)")
+        reason.contains("a ran out of wall time 3 times (limit 1h; it ran 10m, 11m, 12m)")
             && reason.contains("raise the queue's walltime"),
         "{reason}"
     );
@@ -648,6 +652,69 @@ fn a_job_that_runs_out_of_wall_time_max_timeouts_times_is_held_with_its_run_time
     t.acquire(launcher, &[(ids[0], Outcome::Timeout)]);
     t.engine.react().unwrap();
     assert_eq!(t.state(ids[0]), "RESTART_READY");
+}
+
+#[test]
+fn a_job_that_ran_out_of_wall_time_goes_only_to_a_launcher_with_room_for_how_long_it_ran() {
+    let t = tier();
+    let ids = t.submit("slow", "chain");
+    t.engine.round(false);
+    let first = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(first, 1);
+    assert_eq!(t.acquire(first, &[]), [ids[0]]);
+    // it ran 30 minutes of the launcher's hour and did not finish
+    t.clock.advance(Duration::from_secs(30 * 60));
+    t.acquire(first, &[(ids[0], Outcome::Timeout)]);
+    t.engine.react().unwrap();
+    assert_eq!(t.state(ids[0]), "RESTART_READY");
+    assert!(
+        t.reason(ids[0]).contains("timed out after 30m"),
+        "{}",
+        t.reason(ids[0])
+    );
+    // the launcher has 29 minutes left: not room for it
+    t.clock.advance(Duration::from_secs(60));
+    assert!(t.acquire(first, &[]).is_empty());
+    assert_eq!(t.state(ids[0]), "RESTART_READY");
+    // a fresh one of an hour has
+    let second =
+        t.db.lock()
+            .unwrap()
+            .add_shaped_launcher("default", "local", (1, 3600), false)
+            .unwrap();
+    t.start_launcher(second, 1);
+    assert_eq!(t.acquire(second, &[]), [ids[0]]);
+}
+
+#[test]
+fn a_steps_learned_run_time_keeps_its_jobs_from_a_launcher_near_its_end() {
+    let t = tier_with("[queues.more]\nscheduler = \"local\"\nslots = 1\n");
+    let first = t.submit("one", "chain");
+    t.engine.round(false);
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(launcher, 2);
+    assert_eq!(t.acquire(launcher, &[]), [first[0]]);
+    // step a takes 20 minutes
+    t.clock.advance(Duration::from_secs(20 * 60));
+    assert!(t.acquire(launcher, &[(first[0], Outcome::Done)]).is_empty());
+    t.engine.react().unwrap();
+    let second = t.submit("two", "chain");
+    t.engine.react().unwrap();
+    assert_eq!(t.state(second[0]), "PREPROCESSED");
+    // 25 minutes on, the launcher has 15 left: it takes the unmeasured step b, not a 20-minute a
+    t.clock.advance(Duration::from_secs(25 * 60));
+    assert_eq!(t.acquire(launcher, &[]), [first[1]]);
+    assert_eq!(t.state(second[0]), "PREPROCESSED");
+    // its idle slot does not count for the waiting job: the policy asks for a launcher
+    let before = t.sched.submitted.lock().unwrap().len();
+    let mut notes = Vec::new();
+    t.engine.policy(&mut notes).unwrap();
+    let launchers = t.db.lock().unwrap().launchers(&[], None).unwrap();
+    assert_eq!(launchers.len(), 2, "{notes:?}");
+    let fresh = launchers[1].id;
+    assert_eq!(t.sched.submitted.lock().unwrap().len(), before + 1);
+    t.start_launcher(fresh, 1);
+    assert_eq!(t.acquire(fresh, &[]), [second[0]]);
 }
 
 #[test]

@@ -28,6 +28,20 @@ pub struct Metrics {
     stacks: IntCounter,
     scheduler_calls: IntCounterVec,
     scheduler_seconds: prometheus::CounterVec,
+    launcher_nodes: IntGaugeVec,
+    step_seconds: prometheus::GaugeVec,
+}
+
+/// What a scrape reads from the database: the gauges of what is, not of what happened.
+pub struct Scrape<'a> {
+    /// Jobs by state, and every state's name (states with none are written as 0).
+    pub jobs: (&'a [(String, i64)], &'a [&'a str]),
+    /// Launchers by state, and every state's name.
+    pub launchers: (&'a [(String, i64)], &'a [&'a str]),
+    /// The launchers queued or running, for their shapes.
+    pub live: &'a [beamflow_protocol::api::LauncherRow],
+    /// Each workflow step's expected run time as learned: (workflow, step, seconds).
+    pub learned: &'a [(String, String, f64)],
 }
 
 /// The service's metrics: one set per process, as Prometheus scrapes one process.
@@ -68,7 +82,29 @@ impl Metrics {
         r.register(Box::new(transitions.clone()))
             .expect("registered once");
         let (scheduler_calls, scheduler_seconds) = scheduler_counters(&r);
+        let launcher_nodes = IntGaugeVec::new(
+            Opts::new(
+                "launcher_nodes",
+                "Nodes of the launchers queued or running, by queue, state and shape (a backfill window or the queue's fixed size)",
+            ),
+            &["queue", "state", "shape"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(launcher_nodes.clone()))
+            .expect("registered once");
+        let step_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "step_expected_seconds",
+                "Each workflow step's expected run time, learned from its recent runs (90th percentile)",
+            ),
+            &["workflow", "step"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(step_seconds.clone()))
+            .expect("registered once");
         Metrics {
+            launcher_nodes,
+            step_seconds,
             scheduler_calls,
             scheduler_seconds,
             jobs: gauge("jobs", "Jobs by state"),
@@ -145,19 +181,27 @@ impl Metrics {
         self.resumes.inc_by(r.resumes);
     }
 
-    /// The text a scrape gets (Prometheus' text format 0.0.4), with the state gauges set from
-    /// `jobs` and `launchers`: (state, count) and every state's name, so that states with
-    /// none are written as 0 and a series never just vanishes.
-    pub fn render(
-        &self,
-        jobs: (&[(String, i64)], &[&str]),
-        launchers: (&[(String, i64)], &[&str]),
-    ) -> String {
-        for (family, (now, all)) in [(&self.jobs, jobs), (&self.launchers, launchers)] {
+    /// The text a scrape gets (Prometheus' text format 0.0.4), with the gauges set from what
+    /// the database holds now.
+    pub fn render(&self, now: &Scrape) -> String {
+        for (family, (counts, all)) in [(&self.jobs, now.jobs), (&self.launchers, now.launchers)] {
             for name in all {
-                let n = now.iter().find(|(s, _)| s == name).map_or(0, |x| x.1);
+                let n = counts.iter().find(|(s, _)| s == name).map_or(0, |x| x.1);
                 family.with_label_values(&[name]).set(n);
             }
+        }
+        // launchers that ended leave the gauge with them
+        self.launcher_nodes.reset();
+        for l in now.live {
+            let shape = if l.window { "window" } else { "fixed" };
+            self.launcher_nodes
+                .with_label_values(&[l.queue.as_str(), l.state.as_str(), shape])
+                .add(l.nodes as i64);
+        }
+        for (workflow, step, secs) in now.learned {
+            self.step_seconds
+                .with_label_values(&[workflow.as_str(), step.as_str()])
+                .set(*secs);
         }
         // the batch systems' calls are counted where they are paced: brought up to date here
         for (queue, call, ok, failed, secs) in crate::scheduler::pace::calls() {

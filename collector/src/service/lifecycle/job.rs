@@ -329,10 +329,24 @@ pub fn after_error(attempts: u32, max: u32, last: &str) -> Move {
 
 /// A run that timed out runs again (its allocation, not the job, ran out) until it has run
 /// out of wall time `max` times (`runs`: how long each of those runs lasted); then it is held
-/// for a person, since the next allocation of that size would end it the same way.
-pub fn after_timeout(runs: &[std::time::Duration], max: u32) -> Move {
+/// for a person, since the next allocation of that size would end it the same way. `limit`
+/// is the longest wall time the queues give a launcher, for the message.
+pub fn after_timeout(
+    step: &str,
+    runs: &[std::time::Duration],
+    max: u32,
+    limit: std::time::Duration,
+) -> Move {
     if (runs.len() as u32) < max {
-        return mv(S::RestartReady, T::Policy, "timed out; will run again");
+        let longest = runs.iter().max().copied().unwrap_or_default();
+        return mv(
+            S::RestartReady,
+            T::Policy,
+            format!(
+                "timed out after {}; will run again in a launcher with room for that long",
+                humantime::format_duration(std::time::Duration::from_secs(longest.as_secs()))
+            ),
+        );
     }
     let took: Vec<String> = runs
         .iter()
@@ -344,8 +358,9 @@ pub fn after_timeout(runs: &[std::time::Duration], max: u32) -> Move {
         S::Failed,
         T::Hold,
         format!(
-            "ran out of wall time {} times (it ran {}): raise the queue's walltime or make its jobs smaller (the workflow's chunk), then retry it",
+            "{step} ran out of wall time {} times (limit {}; it ran {}): raise the queue's walltime or make its jobs smaller (the workflow's chunk), then retry it",
             runs.len(),
+            humantime::format_duration(std::time::Duration::from_secs(limit.as_secs())),
             took.join(", ")
         ),
     )

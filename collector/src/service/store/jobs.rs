@@ -8,6 +8,7 @@
 use crate::service::clock::{epoch, stamp};
 use crate::service::lifecycle::job::{self, JobState, Move, Trigger};
 use crate::service::lifecycle::launcher::{LauncherState, LauncherTrigger};
+use crate::service::lifecycle::runtime;
 use crate::service::store::{Db, DbError};
 use beamflow_protocol::api::{
     AcquireResponse, EventRow, JobReport, LaunchedJob, ReportRequest, StackStatus,
@@ -24,6 +25,25 @@ pub struct Runnable {
     pub nodes: u32,
     /// The most nodes one of them wants.
     pub biggest: u32,
+    /// The shortest run time expected of one of them (none when one was never measured: it
+    /// fits any launcher).
+    pub shortest: Option<std::time::Duration>,
+}
+
+/// A READY job's final command, and what it is expected to need of a launcher.
+#[derive(Debug, Clone, Default)]
+pub struct Filled {
+    /// The job.
+    pub id: u64,
+    /// Its argument vector, placeholders filled.
+    pub argv: Vec<String>,
+    /// Variables the stack's names give it.
+    pub env: BTreeMap<String, String>,
+    /// Its expected run time (none: its step never finished yet).
+    pub expected: Option<std::time::Duration>,
+    /// The size class its run time is learned by
+    /// ([`crate::service::lifecycle::runtime::size_class`]).
+    pub size_class: u32,
 }
 
 /// A job the service must act on (prepare, check, retry).
@@ -55,6 +75,8 @@ pub struct Pending {
     pub reason: String,
     /// Its state when read.
     pub state: JobState,
+    /// What it is expected to need of a launcher (none: never measured).
+    pub expected: Option<std::time::Duration>,
 }
 
 impl Db {
@@ -170,7 +192,7 @@ impl Db {
         // bound against an indexed column, and a new value would mean a new compile
         let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT j.id, j.name, s.id, s.name, j.work_dir, s.dir, s.workflow, s.prepared, j.command, j.check_summary, j.attempts, j.reason, j.state
+            "SELECT j.id, j.name, s.id, s.name, j.work_dir, s.dir, s.workflow, s.prepared, j.command, j.check_summary, j.attempts, j.reason, j.state, j.expected_secs
              FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.state IN ({}) ORDER BY j.id",
             list.join(", ")
         ))?;
@@ -190,6 +212,7 @@ impl Db {
                     attempts: r.get(10)?,
                     reason: r.get(11)?,
                     state: super::state(r, 12)?,
+                    expected: runtime::from_secs(r.get(13)?),
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -318,30 +341,30 @@ impl Db {
         Ok(n)
     }
 
-    /// READY → PREPROCESSED with each job's final argument vector, all in one transaction.
-    pub fn preprocessed(
-        &mut self,
-        jobs: &[(u64, Vec<String>, std::collections::BTreeMap<String, String>)],
-    ) -> Result<usize, DbError> {
+    /// READY → PREPROCESSED with each job's final argument vector and expected run time, all
+    /// in one transaction.
+    pub fn preprocessed(&mut self, jobs: &[Filled]) -> Result<usize, DbError> {
         if jobs.is_empty() {
             return Ok(0);
         }
         let at = stamp(self.now());
         let tx = self.tx()?;
         let mut n = 0;
-        for (id, argv, env) in jobs {
+        for j in jobs {
             // the names' variables win over a step's own `env` of the same name
             tx.prepare_cached(
-                &format!("UPDATE jobs SET command = ?2, env = json_patch(env, ?3) WHERE id = ?1 AND state = '{}'", JobState::Ready.as_str()),
+                &format!("UPDATE jobs SET command = ?2, env = json_patch(env, ?3), expected_secs = ?4, size_class = ?5 WHERE id = ?1 AND state = '{}'", JobState::Ready.as_str()),
             )?
             .execute(params![
-                *id as i64,
-                crate::science::dag::encode(argv),
-                serde_json::to_string(env).unwrap_or_else(|_| "{}".into())
+                j.id as i64,
+                crate::science::dag::encode(&j.argv),
+                serde_json::to_string(&j.env).unwrap_or_else(|_| "{}".into()),
+                runtime::to_secs(j.expected),
+                j.size_class
             ])?;
             n += job::change(
                 &tx,
-                *id,
+                j.id,
                 JobState::Preprocessed,
                 Trigger::Prepared,
                 "work folder prepared",
@@ -352,16 +375,76 @@ impl Db {
         Ok(n)
     }
 
+    /// The recent run times (seconds, newest first) of a workflow's step: those of the size
+    /// class, and those of every size.
+    pub fn recent_runtimes(
+        &self,
+        workflow: &str,
+        step: &str,
+        size_class: u32,
+    ) -> Result<(Vec<f64>, Vec<f64>), DbError> {
+        let mut same = self.conn.prepare_cached(
+            "SELECT secs FROM runtimes WHERE workflow = ?1 AND step = ?2 AND size_class = ?3 ORDER BY id DESC LIMIT ?4",
+        )?;
+        let same: Vec<f64> = same
+            .query_map(
+                params![workflow, step, size_class, runtime::RECENT as i64],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        let mut any = self.conn.prepare_cached(
+            "SELECT secs FROM runtimes WHERE workflow = ?1 AND step = ?2 ORDER BY id DESC LIMIT ?3",
+        )?;
+        let any: Vec<f64> = any
+            .query_map(params![workflow, step, runtime::RECENT as i64], |r| {
+                r.get(0)
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok((same, any))
+    }
+
+    /// Each workflow step's expected run time from its recent runs of every size: (workflow,
+    /// step, seconds), for `/metrics`. The table keeps [`runtime::RECENT`] runs per step and
+    /// size class, so this reads little.
+    pub fn learned_runtimes(&self) -> Result<Vec<(String, String, f64)>, DbError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT workflow, step, secs FROM runtimes ORDER BY id DESC")?;
+        let mut runs: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+        for row in st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+            let (workflow, step, secs): (String, String, f64) = row?;
+            runs.entry((workflow, step)).or_default().push(secs);
+        }
+        Ok(runs
+            .into_iter()
+            .filter_map(|((w, s), v)| runtime::estimate(&[], &v).map(|e| (w, s, e.as_secs_f64())))
+            .collect())
+    }
+
+    /// Sets what a job is expected to need of its next launcher (a job that ran out of wall
+    /// time needs at least as long as it ran).
+    pub fn set_expected(
+        &mut self,
+        job: u64,
+        expected: Option<std::time::Duration>,
+    ) -> Result<(), DbError> {
+        self.conn
+            .prepare_cached("UPDATE jobs SET expected_secs = ?2 WHERE id = ?1")?
+            .execute(params![job as i64, runtime::to_secs(expected)])?;
+        Ok(())
+    }
+
     /// What the runnable jobs want, in sum: (jobs, nodes, the most one job needs).
     pub fn runnable(&self) -> Result<Runnable, DbError> {
         let mut st = self.conn.prepare_cached(
-            &format!("SELECT COUNT(*), COALESCE(SUM(nodes), 0), COALESCE(MAX(nodes), 0) FROM jobs WHERE state IN ('{}', '{}')", JobState::Preprocessed.as_str(), JobState::RestartReady.as_str()),
+            &format!("SELECT COUNT(*), COALESCE(SUM(nodes), 0), COALESCE(MAX(nodes), 0), COALESCE(MIN(expected_secs), 0) FROM jobs WHERE state IN ('{}', '{}')", JobState::Preprocessed.as_str(), JobState::RestartReady.as_str()),
         )?;
         Ok(st.query_row([], |r| {
             Ok(Runnable {
                 jobs: r.get(0)?,
                 nodes: r.get(1)?,
                 biggest: r.get(2)?,
+                shortest: runtime::from_secs(r.get(3)?),
             })
         })?)
     }
@@ -390,7 +473,7 @@ impl Db {
         for r in reports {
             applied.push(report_in(&tx, r.job, &r.report, &at)?);
         }
-        let mut state = row.as_ref().map(|r| r.0);
+        let mut state = row.as_ref().map(|r| r.state);
         if closing && state == Some(LauncherState::Running) {
             let why = "it takes no more work: ending";
             let (to, by) = (LauncherState::Ending, LauncherTrigger::Closing);
@@ -408,8 +491,7 @@ impl Db {
                 ..Default::default()
             });
         }
-        let Some((_, slots, heartbeat_at)) = row.filter(|_| state == Some(LauncherState::Running))
-        else {
+        let Some(me) = row.filter(|_| state == Some(LauncherState::Running)) else {
             tx.commit()?;
             return Ok(AcquireResponse {
                 stop: true,
@@ -419,19 +501,22 @@ impl Db {
             });
         };
         let kill = not_mine(&tx, launcher, running)?;
-        let free = if slots > 0 {
-            free_slots(&tx, launcher, slots)?
+        let free = if me.slots > 0 {
+            free_slots(&tx, launcher, me.slots)?
         } else {
             free_nodes
         };
+        let left = me
+            .deadline
+            .map(|d| std::time::Duration::from_secs_f64((d - epoch(now)).max(0.0)));
         let jobs = if free > 0 && max_jobs > 0 {
-            start_jobs(&tx, launcher, free, max_jobs, &at)?
+            start_jobs(&tx, launcher, (free, left), max_jobs, &at)?
         } else {
             Vec::new()
         };
         // a held request looks again at every ring: only a look that changed something, or
         // a heartbeat gone stale, is worth a write (and its disk sync)
-        if !jobs.is_empty() || !reports.is_empty() || epoch(now) - heartbeat_at >= 1.0 {
+        if !jobs.is_empty() || !reports.is_empty() || epoch(now) - me.heartbeat_at >= 1.0 {
             tx.prepare_cached("UPDATE launchers SET heartbeat_at = ?2 WHERE id = ?1")?
                 .execute(params![launcher as i64, epoch(now)])?;
         }
@@ -652,22 +737,71 @@ fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Res
         &r.message,
         &crate::science::dag::decode(&argv),
     );
+    let ran = moves.last().is_some_and(|m| m.to == JobState::RunDone);
+    if ran {
+        learn_runtime(tx, job, at)?;
+    }
     Ok(job::apply(tx, job, &moves, at)?)
 }
 
-/// A launcher's state, slots and last heartbeat (seconds since the epoch), if it exists.
-fn launcher_row(
-    tx: &rusqlite::Transaction,
-    launcher: u64,
-) -> Result<Option<(LauncherState, i64, f64)>, DbError> {
-    let row: Option<(String, i64, f64)> = tx
+/// Records how long a run that ended well took, under its workflow, step and size class, and
+/// keeps only the newest [`runtime::RECENT`] of them: what the next jobs of the step are
+/// expected to need.
+fn learn_runtime(tx: &Transaction<'_>, job: u64, at: &str) -> Result<(), DbError> {
+    let row: Option<(String, String, i64, Option<String>)> = tx
+        .prepare_cached(&format!(
+            "SELECT s.workflow, j.name, j.size_class,
+                    (SELECT e.at FROM events e WHERE e.job_id = j.id AND e.to_state = '{}' ORDER BY e.id DESC LIMIT 1)
+             FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1",
+            JobState::Running.as_str()
+        ))?
+        .query_row([job as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((workflow, name, class, Some(started))) = row else {
+        return Ok(());
+    };
+    let Some(secs) = crate::service::clock::between(&started, at) else {
+        return Ok(());
+    };
+    let step = crate::science::dag::step_of(&name).0;
+    tx.prepare_cached(
+        "INSERT INTO runtimes (workflow, step, size_class, secs) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![workflow, step, class, secs.max(0.0)])?;
+    tx.prepare_cached(
+        "DELETE FROM runtimes WHERE workflow = ?1 AND step = ?2 AND size_class = ?3 AND id <=
+            (SELECT id FROM runtimes WHERE workflow = ?1 AND step = ?2 AND size_class = ?3 ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+    )?
+    .execute(params![workflow, step, class, runtime::RECENT as i64])?;
+    Ok(())
+}
+
+/// What a request needs of its launcher, as the database has it.
+struct LauncherNow {
+    state: LauncherState,
+    slots: i64,
+    /// Its last heartbeat (seconds since the epoch).
+    heartbeat_at: f64,
+    /// When its jobs must be done (seconds since the epoch), if known.
+    deadline: Option<f64>,
+}
+
+fn launcher_row(tx: &rusqlite::Transaction, launcher: u64) -> Result<Option<LauncherNow>, DbError> {
+    let row: Option<(String, i64, f64, Option<f64>)> = tx
         .prepare_cached(
-            "SELECT state, slots, COALESCE(heartbeat_at, 0) FROM launchers WHERE id = ?1",
+            "SELECT state, slots, COALESCE(heartbeat_at, 0), deadline FROM launchers WHERE id = ?1",
         )?
-        .query_row([launcher as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([launcher as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
     Ok(match row {
-        Some((state, slots, heartbeat)) => Some((LauncherState::parse(&state)?, slots, heartbeat)),
+        Some((state, slots, heartbeat_at, deadline)) => Some(LauncherNow {
+            state: LauncherState::parse(&state)?,
+            slots,
+            heartbeat_at,
+            deadline,
+        }),
         None => None,
     })
 }
@@ -721,37 +855,43 @@ fn free_slots(tx: &rusqlite::Transaction, launcher: u64, slots: i64) -> Result<u
     Ok((slots - used).max(0) as u32)
 }
 
-/// Moves runnable jobs that fit in `free` nodes to RUNNING on this launcher, oldest first,
-/// at most `max_jobs`; each state is read in its index's order (no sort of every runnable
-/// job per request), and no more than a request can take is read.
+/// Moves runnable jobs that fit in `free` nodes and the launcher's time `left` to RUNNING on
+/// this launcher, oldest first, at most `max_jobs`; each state is read in its index's order
+/// (no sort of every runnable job per request), and no more than a request can take is read.
+/// A job expected to outlive the launcher is left for one with room for it.
 fn start_jobs(
     tx: &rusqlite::Transaction,
     launcher: u64,
-    mut free: u32,
+    (mut free, left): (u32, Option<std::time::Duration>),
     max_jobs: u32,
     at: &str,
 ) -> Result<Vec<LaunchedJob>, DbError> {
-    let mut candidates: Vec<(i64, u32)> = Vec::new();
+    let mut candidates: Vec<(i64, u32, f64)> = Vec::new();
     let limit = (max_jobs.min(free) as i64).max(1) * 4;
+    // a launcher near its end reads only what is short enough, not the long jobs it must pass
+    let within = left.map(|d| d.as_secs_f64()).unwrap_or(f64::MAX);
     for state in [JobState::Preprocessed, JobState::RestartReady] {
         // the state written in, not bound (see `pending`)
         let mut st = tx.prepare_cached(&format!(
-            "SELECT id, nodes FROM jobs WHERE state = '{}' ORDER BY id LIMIT ?1",
+            "SELECT id, nodes, expected_secs FROM jobs WHERE state = '{}' AND expected_secs <= ?2 ORDER BY id LIMIT ?1",
             state.as_str()
         ))?;
-        let v: Vec<(i64, u32)> = st
-            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let v: Vec<(i64, u32, f64)> = st
+            .query_map(params![limit, within], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
             .collect::<Result<_, _>>()?;
         candidates.extend(v);
     }
-    candidates.sort_unstable();
+    candidates.sort_unstable_by_key(|c| c.0);
     let why = format!("started by launcher {launcher}");
     let mut jobs = Vec::new();
-    for (id, nodes) in candidates {
+    for (id, nodes, expected) in candidates {
         if jobs.len() as u32 >= max_jobs || free == 0 {
             break;
         }
         if nodes > free
+            || !runtime::fits(runtime::from_secs(expected), left)
             || !job::change(
                 tx,
                 id as u64,

@@ -75,7 +75,7 @@ impl Db {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT l.id, l.queue, l.scheduler, l.batch_id, l.nodes, l.state, l.submitted_at, l.reason,
                     (SELECT COUNT(*) FROM jobs j WHERE j.launcher_id = l.id AND j.state = '{running}'),
-                    l.walltime_secs, l.window
+                    l.walltime_secs, l.window, l.deadline
              FROM launchers l WHERE (?1 IS NULL OR l.queue = ?1) {within} ORDER BY l.id",
             running = JobState::Running.as_str()
         ))?;
@@ -93,6 +93,7 @@ impl Db {
                     running_jobs: r.get(8)?,
                     walltime_secs: r.get::<_, i64>(9)? as u64,
                     window: r.get(10)?,
+                    deadline: r.get(11)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -161,16 +162,35 @@ impl Db {
         Ok(moved)
     }
 
-    /// A launcher came up in its allocation with `nodes` job slots.
-    pub fn launcher_started(&mut self, id: u64, nodes: usize, host: &str) -> Result<bool, DbError> {
+    /// A launcher came up in its allocation with `nodes` job slots; its jobs must be done
+    /// its queue's `margin` before its wall time ends.
+    pub fn launcher_started(
+        &mut self,
+        id: u64,
+        nodes: usize,
+        host: &str,
+        margin: &dyn Fn(&str) -> std::time::Duration,
+    ) -> Result<bool, DbError> {
         let why = format!("running on {host} with {nodes} node(s)");
         let moved = self
             .move_launcher(id, L::Running, LT::Started, &why)?
             .is_some();
         if moved {
+            let queue: String = self.conn.query_row(
+                "SELECT queue FROM launchers WHERE id = ?1",
+                [id as i64],
+                |r| r.get(0),
+            )?;
             self.conn.execute(
-                "UPDATE launchers SET slots = ?2 WHERE id = ?1",
-                params![id as i64, nodes as i64],
+                "UPDATE launchers SET slots = ?2,
+                    deadline = CASE WHEN walltime_secs > 0 THEN ?3 + walltime_secs - ?4 END
+                 WHERE id = ?1",
+                params![
+                    id as i64,
+                    nodes as i64,
+                    epoch(self.now()),
+                    margin(&queue).as_secs_f64()
+                ],
             )?;
             // how long it waited in the batch queue, for /metrics
             let submitted: String = self.conn.query_row(

@@ -98,6 +98,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     launcher_id INTEGER,
     reason TEXT NOT NULL DEFAULT '',
+    expected_secs REAL NOT NULL DEFAULT 0,
+    size_class INTEGER NOT NULL DEFAULT 0,
     UNIQUE (stack_id, name)
 );
 CREATE TABLE IF NOT EXISTS job_parents (
@@ -130,8 +132,17 @@ CREATE TABLE IF NOT EXISTS launchers (
     ended_at TEXT,
     slots INTEGER NOT NULL DEFAULT 0,
     walltime_secs INTEGER NOT NULL DEFAULT 0,
-    window INTEGER NOT NULL DEFAULT 0
+    window INTEGER NOT NULL DEFAULT 0,
+    deadline REAL
 );
+CREATE TABLE IF NOT EXISTS runtimes (
+    id INTEGER PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    size_class INTEGER NOT NULL,
+    secs REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runtimes_by_step ON runtimes(workflow, step, size_class);
 CREATE TABLE IF NOT EXISTS removals (
     id INTEGER PRIMARY KEY,
     stack_id INTEGER NOT NULL REFERENCES stacks(id),
@@ -355,37 +366,32 @@ pub struct Db {
     clock: Arc<dyn Clock>,
 }
 
+/// The columns later versions brought to tables an earlier version made: (table, column,
+/// declaration).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("launchers", "slots", "INTEGER NOT NULL DEFAULT 0"),
+    // a launcher's wall time and whether it was shaped to a backfill window
+    ("launchers", "walltime_secs", "INTEGER NOT NULL DEFAULT 0"),
+    ("launchers", "window", "INTEGER NOT NULL DEFAULT 0"),
+    // when a running launcher's jobs must be done (seconds since the epoch)
+    ("launchers", "deadline", "REAL"),
+    ("stacks", "partial", "INTEGER NOT NULL DEFAULT 0"),
+    // what a job is expected to need of a launcher, and the size class it is learned by
+    ("jobs", "expected_secs", "REAL NOT NULL DEFAULT 0"),
+    ("jobs", "size_class", "INTEGER NOT NULL DEFAULT 0"),
+];
+
 /// Adds the columns later versions brought to a table an earlier version made.
 fn add_columns(conn: &Connection) -> Result<(), DbError> {
-    let has: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('launchers') WHERE name = 'slots'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has {
-        conn.execute_batch("ALTER TABLE launchers ADD COLUMN slots INTEGER NOT NULL DEFAULT 0")?;
-    }
-    // a launcher's wall time and whether it was shaped to a backfill window
-    for (column, decl) in [
-        ("walltime_secs", "INTEGER NOT NULL DEFAULT 0"),
-        ("window", "INTEGER NOT NULL DEFAULT 0"),
-    ] {
+    for (table, column, decl) in ADDED_COLUMNS {
         let has: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('launchers') WHERE name = ?1",
-            [column],
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
             |r| r.get::<_, i64>(0).map(|n| n > 0),
         )?;
         if !has {
-            conn.execute_batch(&format!("ALTER TABLE launchers ADD COLUMN {column} {decl}"))?;
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
         }
-    }
-    let has: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('stacks') WHERE name = 'partial'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has {
-        conn.execute_batch("ALTER TABLE stacks ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")?;
     }
     Ok(())
 }

@@ -10,7 +10,13 @@ pub(super) async fn launcher_start(
     Json(r): Json<LauncherStart>,
 ) -> ApiResult<serde_json::Value> {
     if !locked(&st)?
-        .launcher_started(id, r.nodes.len(), &r.host)
+        .launcher_started(id, r.nodes.len(), &r.host, &|queue| {
+            st.cfg
+                .queues
+                .get(queue)
+                .map(|q| q.walltime_margin.0)
+                .unwrap_or_default()
+        })
         .map_err(internal)?
     {
         return Err(fail(

@@ -211,11 +211,14 @@ async fn metrics(
     ([(axum::http::header::HeaderName, &'static str); 1], String),
     (StatusCode, Json<ErrorBody>),
 > {
-    let (jobs, launchers) = {
+    let (jobs, launchers, live, learned) = {
         let db = locked(&st)?;
         (
             db.count_by_state("jobs").map_err(internal)?,
             db.count_by_state("launchers").map_err(internal)?,
+            db.launchers(&[LauncherState::Queued, LauncherState::Running], None)
+                .map_err(internal)?,
+            db.learned_runtimes().map_err(internal)?,
         )
     };
     let job_names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
@@ -225,8 +228,12 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             crate::service::http::metrics::CONTENT_TYPE,
         )],
-        crate::service::http::metrics::global()
-            .render((&jobs, &job_names), (&launchers, &launcher_names)),
+        crate::service::http::metrics::global().render(&crate::service::http::metrics::Scrape {
+            jobs: (&jobs, &job_names),
+            launchers: (&launchers, &launcher_names),
+            live: &live,
+            learned: &learned,
+        }),
     ))
 }
 
