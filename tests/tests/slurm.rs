@@ -249,18 +249,22 @@ fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
 }
 
 /// Backfill windows on the real Slurm, three nodes: another user's job holds two of them for
-/// four minutes, and a job of all three waits for them (Reason `Resources`: what a launcher of
-/// the old fixed size would do). `beamflow-collector backfill` sees one node free until that
-/// job's expected start; the service's launcher takes that shape (one node, the window less
-/// `walltime_pad`), starts at once beside the waiting job, and the stack finishes in it.
+/// six minutes, and a job of all three waits for them (Reason `Resources`).
+/// `beamflow-collector backfill` sees one node free until that job's expected start. First
+/// the service runs with `backfill = false`: its launcher of the fixed size (all three nodes)
+/// waits too, and `scontrol` says why. Then the same service, restarted with
+/// `backfill = true`, withdraws that launcher once it has waited past `max_queue_wait` while
+/// a window exists, and submits one of the window's shape (one node, the window less
+/// `walltime_pad`), which starts at once beside the waiting job; the stack finishes in it.
 #[test]
 fn backfill_fits_a_launcher_to_the_free_node_and_it_starts_while_a_bigger_job_waits() {
     let (site, conf, _cluster) = slurm_site(false);
     site.edit_config(
         "scheduler_min_interval = \"1s\"",
-        "scheduler_min_interval = \"1s\"\nbackfill = true\nbackfill_every = \"2s\"\nmin_walltime = \"1m\"\nwalltime_pad = \"30s\"\nwalltime_margin = \"20s\"",
+        "scheduler_min_interval = \"1s\"\nbackfill = false\nbackfill_every = \"2s\"\nmin_walltime = \"1m\"\nwalltime_pad = \"30s\"\nwalltime_margin = \"20s\"\nmax_queue_wait = \"20s\"",
     );
     site.edit_config("max_nodes = 1", "max_nodes = 3");
+    site.edit_config("min_nodes = 1", "min_nodes = 3");
     // other users' jobs write nowhere (slurm-N.out would land in the test's working folder)
     let sbatch = |args: &[&str]| -> String {
         slurm_cmd(
@@ -278,9 +282,9 @@ fn backfill_fits_a_launcher_to_the_free_node_and_it_starts_while_a_bigger_job_wa
         "-N",
         "2",
         "-t",
-        "4",
+        "6",
         "--wrap",
-        "sleep 230",
+        "sleep 350",
     ]);
     let big = sbatch(&[
         "--exclusive",
@@ -294,6 +298,7 @@ fn backfill_fits_a_launcher_to_the_free_node_and_it_starts_while_a_bigger_job_wa
         "sleep 1",
     ]);
     let cleanup = Cancel(vec![holder.clone(), big.clone()], conf.clone());
+    let left = std::time::Instant::now() + Duration::from_secs(360);
     wait_until(LONG, "the big job to wait with an expected start", || {
         let out = Command::new("squeue")
             .args(["-h", "-j", &big, "--start", "-o", "%S %r"])
@@ -315,27 +320,87 @@ fn backfill_fits_a_launcher_to_the_free_node_and_it_starts_while_a_bigger_job_wa
     let lasts = b["windows"][0]["lasts_secs"]
         .as_u64()
         .expect("a window that ends");
-    assert!(lasts <= 240, "{b}");
-    assert_eq!(b["shape"]["nodes"], 1, "{b}");
-    assert_eq!(b["shape"]["from_window"], true, "{b}");
-    assert!(b["shape"]["walltime_secs"].as_u64().unwrap() < 240, "{b}");
-    // the service's launcher takes that shape and starts while the big job still waits
-    let _service = site.start_service_env(&[("SLURM_CONF", &conf)]);
+    assert!(lasts <= 360, "{b}");
+    // min_nodes = 3 for now: the one free node is too few, the fixed size goes
+    assert_eq!(b["shape"]["from_window"], false, "{b}");
+    assert_eq!(b["shape"]["nodes"], 3, "{b}");
+
+    // the fixed size: a launcher of three nodes that waits, and Slurm says why
+    let service = site.start_service_env(&[("SLURM_CONF", &conf)]);
     let dir = site.write_stack("window", 3, 32);
     site.push(&dir);
+    let fixed = wait_for(
+        LONG,
+        "the fixed launcher's batch job",
+        || {
+            let st = site.collector_status();
+            let l = st["launchers"].get(0)?.clone();
+            (l["batch_id"].as_str().is_some_and(|b| !b.is_empty())).then_some(l)
+        },
+        String::new,
+    );
+    assert_eq!(
+        (fixed["nodes"].clone(), fixed["window"].clone()),
+        (3.into(), false.into())
+    );
+    let batch = fixed["batch_id"].as_str().unwrap().to_string();
+    let why = wait_for(
+        LONG,
+        "Slurm's reason for the fixed launcher",
+        || {
+            let job = slurm_cmd(&conf, "scontrol", &["show", "job", &batch]);
+            let reason = job
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("Reason="))?
+                .to_string();
+            (job.contains("JobState=PENDING") && reason != "None").then_some(reason)
+        },
+        String::new,
+    );
+    assert!(
+        ["Resources", "Priority"].contains(&why.as_str()),
+        "the fixed launcher waits for {why}"
+    );
+    drop(service);
+
+    // the same service with backfill on: the waiting launcher is withdrawn, a window's goes
+    site.edit_config("backfill = false", "backfill = true");
+    site.edit_config("min_nodes = 3", "min_nodes = 1");
+    let _service = site.start_service_env(&[("SLURM_CONF", &conf)]);
     site.wait_finished("window", LONG);
     let st = site.collector_status();
-    let l = &st["launchers"][0];
-    assert_eq!(
-        (l["window"].clone(), l["nodes"].clone()),
-        (serde_json::json!(true), serde_json::json!(1)),
-        "{st}"
+    let ls = st["launchers"].as_array().unwrap();
+    let first = ls.iter().find(|l| l["batch_id"] == batch.as_str()).unwrap();
+    assert_eq!(first["state"], "FINISHED", "{st}");
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("withdrawn") && reason.contains("max_queue_wait"),
+        "{reason}"
     );
-    assert!(l["walltime_secs"].as_u64().unwrap() < 240, "{st}");
+    assert!(
+        !squeue(&conf).contains(&format!("{batch} ")),
+        "the withdrawn batch job is gone: {}",
+        squeue(&conf)
+    );
+    let l = ls
+        .iter()
+        .find(|l| l["window"] == true)
+        .unwrap_or_else(|| panic!("no launcher of a window: {st}"));
+    assert_eq!(l["nodes"], 1, "{st}");
+    let time_left = left.saturating_duration_since(std::time::Instant::now());
+    assert!(
+        l["walltime_secs"].as_u64().unwrap() < 360,
+        "{st} (the holder has {time_left:?} left)"
+    );
     assert!(
         squeue(&conf).contains(&format!("{big} PENDING")),
         "the big job should still wait: {}",
         squeue(&conf)
+    );
+    assert!(
+        ls.iter()
+            .all(|l| l["window"] == true || l["batch_id"] == batch.as_str()),
+        "only the withdrawn launcher was of the fixed size: {st}"
     );
     drop(cleanup);
 }
