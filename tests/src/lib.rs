@@ -6,6 +6,7 @@
 //! command in the README builds them first.
 
 pub mod hosts;
+pub mod slurm;
 pub mod sshd;
 
 use serde_json::Value;

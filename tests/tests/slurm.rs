@@ -5,26 +5,13 @@
 //! service makes to the real `squeue` and `sbatch` through wrappers first on its `PATH`.
 
 use beamflow_e2e::*;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// Starts (or reuses) the test cluster and returns SLURM_CONF. Fails, never skips: the test
-/// command installs Slurm, so a missing one is a broken setup.
 fn slurm() -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("slurm/start.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("run tests/slurm/start.sh");
-    assert!(
-        out.status.success(),
-        "a three-node Slurm could not be started (tests/run.sh installs slurm-wlm and munge):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    beamflow_e2e::slurm::cluster()
 }
 
 /// One test at a time on the cluster: the backfill test fills it with other jobs on purpose,
@@ -173,33 +160,8 @@ fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
         "scheduler_min_interval = \"1s\"",
         "scheduler_min_interval = \"3s\"",
     );
-    let bin = site.dir.join("wrappers");
-    std::fs::create_dir_all(&bin).unwrap();
-    let log = site.dir.join("calls.log");
-    for tool in ["squeue", "sbatch"] {
-        let real = String::from_utf8(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        let w = bin.join(tool);
-        std::fs::write(
-            &w,
-            format!(
-                "#!/bin/sh\necho \"$(date +%s.%N) {tool} $*\" >> '{}'\nexec {} \"$@\"\n",
-                log.display(),
-                real.trim()
-            ),
-        )
-        .unwrap();
-        let mut perm = std::fs::metadata(&w).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-        std::fs::set_permissions(&w, perm).unwrap();
-    }
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let (bin, log) = beamflow_e2e::slurm::wrapper_paths(&site.dir);
+    let path = beamflow_e2e::slurm::counting_wrappers(&bin, &["squeue", "sbatch"], &log);
     let _service = site.start_service_env(&[("SLURM_CONF", &conf), ("PATH", &path)]);
     for name in ["paced1", "paced2"] {
         let dir = site.write_stack(name, 3, 32);
@@ -214,13 +176,7 @@ fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
             .is_some_and(|ls| ls.iter().all(|l| l["state"] == "FINISHED"))
     });
     let text = std::fs::read_to_string(&log).unwrap();
-    let calls: Vec<(f64, &str)> = text
-        .lines()
-        .map(|l| {
-            let (at, rest) = l.split_once(' ').unwrap();
-            (at.parse().unwrap(), rest)
-        })
-        .collect();
+    let calls = beamflow_e2e::slurm::calls(&log);
     let polls = calls
         .iter()
         .filter(|(_, c)| c.starts_with("squeue"))

@@ -578,7 +578,7 @@ impl Engine {
                 }
                 continue;
             };
-            let states = self.batch_states(queue, s.as_ref(), &ls, now)?;
+            let states = self.batch_states(queue, s.as_ref(), &ls)?;
             let fits = self.window_fits(queue);
             for (id, _, facts) in ls {
                 let batch = states.as_ref().map(|st| st.get(&facts.batch_id).copied());
@@ -616,27 +616,25 @@ impl Engine {
     }
 
     /// What the batch system says of a queue's launchers' batch jobs; none when it is not its
-    /// time yet (judge heartbeats only), or when a launcher waiting past `max_queue_wait` first
-    /// has the windows read (is there one it could have had?), its state asked at the next call.
+    /// time yet (judge heartbeats only), or when the windows of a backfill queue with a
+    /// launcher waiting in line are read first (at most every `backfill_every`), its state
+    /// asked at the next call.
     fn batch_states(
         &self,
         queue: &str,
         s: &dyn Scheduler,
         ls: &[&(u64, String, launchers::Facts)],
-        now: std::time::SystemTime,
     ) -> Result<Option<HashMap<String, crate::scheduler::BatchState>>> {
-        let overdue = ls.iter().any(|(_, _, f)| {
+        // a launcher waiting in a backfill queue's line: a window that opens meanwhile takes
+        // a launcher beside it, and one past max_queue_wait may be withdrawn for it
+        let waiting = ls.iter().any(|(_, _, f)| {
             f.state == LauncherState::Queued
-                && self.cfg.queues.get(queue).is_some_and(|q| {
-                    q.backfill
-                        && now.duration_since(f.submitted_at).unwrap_or_default()
-                            >= q.max_queue_wait.0
-                })
+                && self.cfg.queues.get(queue).is_some_and(|q| q.backfill)
         });
         if s.ready_in().is_some() {
             return Ok(None);
         }
-        if overdue && !self.window_fresh(queue) {
+        if waiting && !self.window_fresh(queue) {
             if let Err(e) = self.refresh_windows(queue, s) {
                 tracing::warn!(queue = %queue, "cannot read backfill windows: {e}");
             }
@@ -666,10 +664,13 @@ impl Engine {
             .db()?
             .launchers(&[LauncherState::Queued, LauncherState::Running], None)?;
         let now = crate::service::clock::epoch(self.clock.now());
-        // idle slots of a launcher too near its end for any runnable job serve none of them
+        // idle slots of a launcher too near its end for any runnable job serve none of them;
+        // nor do those of a fixed-size launcher waiting in the batch queue while a backfill
+        // window would start one now (it keeps its place in line, the window is used beside it)
         let idle: i64 = active
             .iter()
             .filter(|l| runtime::fits(runnable.shortest, self.time_left(l, now)))
+            .filter(|l| l.state != LauncherState::Queued || l.window || !self.window_fits(&l.queue))
             .map(|l| {
                 let cap = self
                     .cfg
@@ -854,9 +855,9 @@ impl Engine {
             let mut cache = self.windows.lock().ok()?;
             if let Some((at, windows, used)) = cache.get_mut(name) {
                 let age = now.saturating_duration_since(*at);
+                let fresh = age < q.backfill_every.0;
                 // a read no launcher used yet is used however long the pace made it wait
-                if age < q.backfill_every.0 || !*used {
-                    *used = true;
+                if fresh || !*used {
                     let aged: Vec<Window> = windows
                         .iter()
                         .map(|w| Window {
@@ -864,7 +865,14 @@ impl Engine {
                             lasts: w.lasts.map(|d| d.saturating_sub(age)),
                         })
                         .collect();
-                    return Some(shape(&aged, work, q));
+                    let s = shape(&aged, work, q);
+                    // a window one launcher took is not offered to the next: it waits for
+                    // the next read; the fixed size (no window fitted) may go again
+                    if *used && s.from_window {
+                        return None;
+                    }
+                    *used = true;
+                    return Some(s);
                 }
             }
         }

@@ -87,9 +87,19 @@ fn tier() -> Tier {
 
 /// A tier whose config has `extra` appended.
 fn tier_with(extra: &str) -> Tier {
+    tier_edited(&[], extra)
+}
+
+/// A tier whose config has each (from, to) replaced, and `extra` appended.
+fn tier_edited(edits: &[(&str, &str)], extra: &str) -> Tier {
     let dir = tempfile::tempdir().unwrap();
     let at = |p: &str| format!("\"{}\"", dir.path().join(p).display());
-    let text = beamflow_config::EMBEDDED_LOCAL
+    let mut text = beamflow_config::EMBEDDED_LOCAL.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from}");
+        text = text.replacen(from, to, 1);
+    }
+    let text = text
         .replace("heartbeat_timeout = \"60s\"", "heartbeat_timeout = \"3s\"")
         .replace("\"./remote\"", &at("remote"))
         .replace("\"./work\"", &at("work"))
@@ -749,6 +759,42 @@ fn a_launcher_queued_past_max_queue_wait_is_withdrawn_when_a_window_would_start_
         "{why}"
     );
     assert_eq!(*t.sched.deleted.lock().unwrap(), ["batch-77"]);
+}
+
+#[test]
+fn a_window_that_opens_while_a_fixed_launcher_waits_in_line_takes_a_launcher_beside_it() {
+    let t = tier_edited(
+        &[("submit = true ", "submit = false ")],
+        "[queues.hpc]\nscheduler = \"slurm\"\nbackfill = true\nbackfill_every = \"1s\"\nmax_queued = 2\nmax_nodes = 4\nscheduler_min_interval = \"1s\"\n",
+    );
+    let launchers = || t.db.lock().unwrap().launchers(&[], None).unwrap();
+    t.submit("s", "chain");
+    // the machine is full: the windows are read, none fits, the fixed size goes
+    for _ in 0..3 {
+        t.engine.round(true);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let ls = launchers();
+    assert_eq!(ls.len(), 1, "{ls:?}");
+    assert!(!ls[0].window && ls[0].state == LauncherState::Queued);
+    // two nodes free for an hour: read at the next look, a launcher fitted to them goes
+    // beside the waiting one, which keeps its place in line
+    *t.sched.windows.lock().unwrap() = vec![crate::scheduler::window::Window {
+        nodes: 2,
+        lasts: Some(Duration::from_secs(3600)),
+    }];
+    for _ in 0..3 {
+        t.engine.round(true);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let ls = launchers();
+    assert_eq!(ls.len(), 2, "{ls:?}");
+    assert!(ls[1].window, "{ls:?}");
+    assert_eq!(ls[0].state, LauncherState::Queued);
+    assert!(t.sched.deleted.lock().unwrap().is_empty());
+    // and no third launcher follows: the window launcher covers the one runnable job
+    t.engine.round(true);
+    assert_eq!(launchers().len(), 2);
 }
 
 #[test]

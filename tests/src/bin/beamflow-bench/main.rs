@@ -10,6 +10,9 @@
 //! with the real AlignTK (stream.rs).
 //! `beamflow-bench daemon`: the running agent over a warm SSH link: marker → DAG accepted beside
 //! `cat | ssh` over the same master, and 5,000 small files beside `rsync -a -e ssh` (daemon.rs).
+//! `beamflow-bench backfill`: on the real three-node Slurm of the tests, with a seeded stream
+//! of other users' jobs, 200 short jobs through launchers of the fixed size beside launchers
+//! shaped to backfill windows (backfill.rs).
 //! `beamflow-bench sshd`: starts the same loopback sshd and a site whose agent pushes over it,
 //! prints the paths and waits for Ctrl-C, for profiling one push by hand.
 //!
@@ -17,6 +20,7 @@
 //! hashes every file (BLAKE3), checks every TIFF's structure, fsyncs before acknowledging and
 //! registers the DAG; rsync and cp do none of that, so a row with fsync off is shown as well.
 
+mod backfill;
 mod daemon;
 mod ssh;
 mod stream;
@@ -128,6 +132,31 @@ fn opts() -> Opts {
             stream::run(sections, side, Duration::from_secs_f64(interval), chunk);
             std::process::exit(0)
         }
+        Some("backfill") => {
+            let mut r = backfill::Replay {
+                jobs: 200,
+                job_secs: 5,
+                every: 75,
+                backlog: 6,
+                seed: 7,
+            };
+            while let Some(a) = it.next() {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                match a.as_str() {
+                    "--jobs" => r.jobs = v.parse().unwrap_or(200).max(1),
+                    "--job-secs" => r.job_secs = v.parse().unwrap_or(5),
+                    "--every" => r.every = v.parse().unwrap_or(75).max(1),
+                    "--backlog" => r.backlog = v.parse().unwrap_or(6),
+                    "--seed" => r.seed = v.parse().unwrap_or(7),
+                    other => {
+                        eprintln!("beamflow-bench: unknown option {other}");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            backfill::run(r);
+            std::process::exit(0)
+        }
         Some("sshd") => {
             ssh::hold();
             std::process::exit(0)
@@ -152,6 +181,7 @@ fn opts() -> Opts {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
             eprintln!("       beamflow-bench stream [--sections 32] [--side 512] [--interval 5] [--chunk 8]");
+            eprintln!("       beamflow-bench backfill [--jobs 200] [--job-secs 5] [--every 75] [--backlog 6] [--seed 7]");
             eprintln!(
                 "       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60] [--channels 4] [--max-stacks 4]"
             );
