@@ -8,9 +8,10 @@
 //! ties them together), `push` (its path, once), `setup`, `doctor`, `demo`, `status`. Around
 //! them: [`outcome`] (where the DAGs are), [`results`] (fetched home), [`notify`] (news for
 //! people), [`metrics`], [`systemd`] (readiness and the watchdog), [`instance`] (one daemon
-//! per journal) and [`synth`] (synthetic sections).
+//! per journal), [`handoff`] (`push` handing a folder to the running daemon) and [`synth`] (synthetic sections).
 
 pub mod commands;
+pub mod handoff;
 pub mod instance;
 pub mod journal;
 pub mod link;

@@ -8,6 +8,7 @@
 pub mod hosts;
 pub mod slurm;
 pub mod sshd;
+pub mod wrappers;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,9 @@
 //! 2 usage or config error, 3 held (needs a person), 4 the far side unreachable. Scripts and
 //! systemd read them; each is produced here by the real binaries.
 
-use beamflow_e2e::{bin, Site};
+use beamflow_e2e::{bin, wait_until, Site};
 use std::process::Command;
+use std::time::Duration;
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
@@ -69,6 +70,23 @@ fn a_stack_held_for_a_person_exits_3() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 3, "{err}");
     assert!(err.contains("S_0001.tif"), "{err}");
+    // the same through a running daemon (push hands it over): held, the file named, exit 3
+    let _agent = site.start_agent();
+    wait_until(Duration::from_secs(30), "the daemon's door", || {
+        site.dir.join("state/agent.sock").exists()
+    });
+    let out = Command::new(bin("beamflow-agent"))
+        .args(["push", "--config"])
+        .arg(&site.config)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 3, "{err}");
+    assert!(
+        err.contains("handed to the running daemon") && err.contains("S_0001.tif"),
+        "{err}"
+    );
     // the qa step on a section that is one value everywhere
     let blank = site.dir.join("blank");
     std::fs::create_dir_all(&blank).unwrap();

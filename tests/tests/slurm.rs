@@ -160,8 +160,8 @@ fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
         "scheduler_min_interval = \"1s\"",
         "scheduler_min_interval = \"3s\"",
     );
-    let (bin, log) = beamflow_e2e::slurm::wrapper_paths(&site.dir);
-    let path = beamflow_e2e::slurm::counting_wrappers(&bin, &["squeue", "sbatch"], &log);
+    let (bin, log) = beamflow_e2e::wrappers::wrapper_paths(&site.dir);
+    let path = beamflow_e2e::wrappers::counting_wrappers(&bin, &["squeue", "sbatch"], &log);
     let _service = site.start_service_env(&[("SLURM_CONF", &conf), ("PATH", &path)]);
     for name in ["paced1", "paced2"] {
         let dir = site.write_stack(name, 3, 32);
@@ -176,7 +176,7 @@ fn slurm_is_asked_at_the_queue_s_pace_and_only_about_this_user_s_jobs() {
             .is_some_and(|ls| ls.iter().all(|l| l["state"] == "FINISHED"))
     });
     let text = std::fs::read_to_string(&log).unwrap();
-    let calls = beamflow_e2e::slurm::calls(&log);
+    let calls = beamflow_e2e::wrappers::calls(&log);
     let polls = calls
         .iter()
         .filter(|(_, c)| c.starts_with("squeue"))

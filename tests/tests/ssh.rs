@@ -371,3 +371,73 @@ fn an_own_master_lives_at_control_path_and_is_taken_back_after_a_restart() {
         !sshd.master(&ctl, "check")
     });
 }
+
+/// `push` beside a running daemon hands the folder over a Unix socket and follows it: the
+/// daemon sends it at once over the master and far ends it already has (its `settle` of an
+/// hour would never finish it alone), and the push itself starts no `ssh` at all (a wrapper
+/// first on its `PATH` would log one). A folder outside the daemon's watch roots is sent by
+/// the push itself, over its own `ssh`.
+#[test]
+fn push_hands_a_folder_to_the_running_daemon_and_rides_its_warm_link() {
+    let sshd = Sshd::start();
+    let site = Site::new("1h", "");
+    let link = sshd.link_toml(&site.config, "own", None, "1s");
+    site.edit_config("transport = \"local\"", &link);
+    let _service = site.start_service();
+    let _agent = site.start_agent();
+    let (wrappers, log) = beamflow_e2e::wrappers::wrapper_paths(&site.dir);
+    let path = beamflow_e2e::wrappers::counting_wrappers(&wrappers, &["ssh"], &log);
+    let push = |dir: &std::path::Path| {
+        let out = Command::new(bin("beamflow-agent"))
+            .args(["push", "--attempts", "1", "--config"])
+            .arg(&site.config)
+            .arg(dir)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "push failed: {text}");
+        text
+    };
+    // the daemon is up and watching (its door open) before the push
+    wait_until(LONG, "the daemon's door", || {
+        site.dir.join("state/agent.sock").exists()
+    });
+    for name in ["first", "second"] {
+        let dir = site.write_stack(name, 3, 32);
+        let text = push(&dir);
+        assert!(
+            text.contains("handed to the running daemon") && text.contains(" v1: 3 files"),
+            "{text}"
+        );
+        site.wait_state(name, "submitted", LONG);
+    }
+    assert!(
+        beamflow_e2e::wrappers::calls(&log).is_empty(),
+        "the push started ssh itself: {:?}",
+        beamflow_e2e::wrappers::calls(&log)
+    );
+    // pushed again unchanged: the collector's answer at once, no new version
+    let again = push(&site.incoming().join("first"));
+    assert!(again.contains("first v1"), "{again}");
+    // outside the watch roots: the push's own way, its own ssh
+    let outside = site.dir.join("elsewhere").join("third");
+    std::fs::create_dir_all(&outside).unwrap();
+    for i in 0..3 {
+        std::fs::copy(
+            site.incoming().join("first").join(format!("S_{i:04}.tif")),
+            outside.join(format!("S_{i:04}.tif")),
+        )
+        .unwrap();
+    }
+    let text = push(&outside);
+    assert!(!text.contains("handed to the running daemon"), "{text}");
+    assert!(
+        !beamflow_e2e::wrappers::calls(&log).is_empty(),
+        "the push sent it itself, over its own ssh"
+    );
+}

@@ -59,6 +59,57 @@ impl Pushed {
     }
 }
 
+/// Hands `dir` to the daemon running for this journal, if one listens and watches it, and
+/// follows it to its end: the daemon's warm link sends it at once, with no login. None when
+/// `push` must send it itself (no daemon, or a folder outside its watch roots).
+async fn through_daemon(cfg: &Config, dir: &Path, attempts: u32) -> Result<Option<Pushed>> {
+    use crate::handoff::Answer;
+    let Some(mut follow) = crate::handoff::offer(&cfg.agent.state_dir, dir).await else {
+        return Ok(None);
+    };
+    let mut failed = 0;
+    while let Some(answer) = follow.next().await {
+        match answer {
+            Answer::Accepted { stack } => {
+                tracing::info!(%stack, "handed to the running daemon");
+                beamflow_program::complain!(
+                    "push: {stack} handed to the running daemon (its warm link); following it"
+                );
+            }
+            Answer::Retrying { reason } => {
+                failed += 1;
+                if failed >= attempts.max(1) {
+                    bail!("{reason}; gave up after {failed} attempt(s); the running daemon keeps trying (`beamflow-agent status` shows it)");
+                }
+                beamflow_program::complain!("push: {reason}");
+            }
+            Answer::Submitted(s) => {
+                return Ok(Some(Pushed {
+                    stack: s.stack,
+                    version: s.version,
+                    files: s.files as usize,
+                    bytes: s.bytes,
+                    wire_bytes: s.wire_bytes,
+                    same: s.same as usize,
+                    remote_id: s.remote_id,
+                    jobs: s.jobs,
+                    created: s.created,
+                    secs: s.secs,
+                }))
+            }
+            Answer::Held { reason } => return Err(held(format!("held: {reason}"))),
+            Answer::Refused { reason } => {
+                tracing::info!("the running daemon does not take it ({reason}): sending it here");
+                return Ok(None);
+            }
+        }
+    }
+    bail!(
+        "the running daemon stopped before {} was sent; push it again (or let the daemon send it when it is back)",
+        dir.display()
+    )
+}
+
 /// Sends `dir` and submits it, retrying transient failures `attempts` times.
 pub async fn push(
     cfg: &Config,
@@ -74,6 +125,9 @@ pub async fn push(
         "{} is not a folder; push takes the folder that holds the images",
         dir.display()
     );
+    if let Some(p) = through_daemon(cfg, &dir, attempts).await? {
+        return Ok(p);
+    }
     let root = root_for(cfg, &dir)?;
     let t0 = std::time::Instant::now();
     let scan = scan_stack(&root, &dir)?;

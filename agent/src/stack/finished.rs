@@ -49,6 +49,8 @@ pub struct Observed {
     pub seen_for: Duration,
     /// Images failing the structural check: (file name, fault).
     pub invalid: Vec<(String, String)>,
+    /// `beamflow-agent push` named the folder: it is finished by being named.
+    pub named: bool,
 }
 
 /// What fired.
@@ -63,6 +65,8 @@ pub enum Trigger {
     /// A counted or marked stack that was quiet for `finish_after` without its count or
     /// marker.
     QuietTooLong,
+    /// `beamflow-agent push` named it.
+    Named,
 }
 
 /// The decision for one folder now.
@@ -97,7 +101,9 @@ fn list_faults(invalid: &[(String, String)]) -> String {
 /// it empty (and skip the check) until then.
 pub fn decide(r: &Rules, o: &Observed) -> Verdict {
     let settled = o.quiet_for >= r.settle;
-    let trigger = if r.marker.is_some() && o.marker {
+    let trigger = if o.named {
+        Some(Trigger::Named)
+    } else if r.marker.is_some() && o.marker {
         Some(Trigger::Marker)
     } else if r.expect.is_some_and(|n| o.images >= n) {
         Some(Trigger::Expected)
@@ -158,7 +164,8 @@ pub fn decide(r: &Rules, o: &Observed) -> Verdict {
     if o.invalid.is_empty() {
         return Verdict::Finished(t);
     }
-    if settled {
+    // a folder named by push is finished by being named: what is not whole is said now
+    if settled || o.named {
         Verdict::Held(list_faults(&o.invalid))
     } else {
         Verdict::Waiting {
@@ -182,6 +189,24 @@ mod tests {
             max_wait: Duration::from_secs(3600),
             finish_after: None,
         }
+    }
+
+    #[test]
+    fn a_named_folder_is_finished_at_once_unless_its_images_are_not_whole() {
+        let r = Rules {
+            expect: Some(10),
+            ..rules()
+        };
+        let named = Observed {
+            named: true,
+            ..obs(3, 0)
+        };
+        assert_eq!(decide(&r, &named), Verdict::Finished(Trigger::Named));
+        let broken = Observed {
+            invalid: vec![("S_2.tif".into(), "truncated".into())],
+            ..named
+        };
+        assert!(matches!(decide(&r, &broken), Verdict::Held(_)));
     }
 
     fn obs(images: u32, quiet: u64) -> Observed {

@@ -76,7 +76,7 @@ impl Daemon {
     /// Scans a folder events named: a new stack is tracked, a changed one is looked at
     /// afresh, one that no longer holds images is forgotten (and, gone, has its copy
     /// removed).
-    fn rescan(&mut self, dir: &Path, now: Instant) -> Result<()> {
+    pub(super) fn rescan(&mut self, dir: &Path, now: Instant) -> Result<()> {
         let Some(ri) = self.root_of(dir) else {
             return Ok(());
         };
@@ -143,18 +143,33 @@ impl Daemon {
         let t = self.stacks.get_mut(dir).expect("tracked");
         match rec.state {
             StackState::Freed => self.images_where_freed(dir, &rec, now),
-            StackState::Submitted => self.after_submission(dir, &rec, now).await,
+            StackState::Submitted => {
+                self.after_submission(dir, &rec, now).await?;
+                // pushed, and nothing new since: what the collector holds is the answer
+                if self.stacks.get(dir).is_some_and(|t| t.pushed) {
+                    if let Some(rec) = self.journal.stack(&rec.dir)? {
+                        if rec.state == StackState::Submitted {
+                            self.already_sent(&rec);
+                        }
+                    }
+                }
+                Ok(())
+            }
             StackState::Queued | StackState::Sending | StackState::Sent => {
                 // waits for a slot, or for its transfer to end: looked at again when one frees,
                 // when the transfer ends or when its files change
                 t.quiet = true;
                 if !self.active.contains(dir) {
-                    self.ready.insert(dir.to_path_buf(), t.scan.changed_ns);
+                    self.ready.insert(dir.to_path_buf(), t.order());
                 }
                 Ok(())
             }
             StackState::Held if t.refused => {
                 t.quiet = true;
+                if t.pushed {
+                    let (name, reason) = (rec.name.clone(), rec.reason.clone());
+                    self.tell_pushed(&name, crate::handoff::Answer::Held { reason });
+                }
                 Ok(())
             }
             // a folder back under a name that had vanished starts over
@@ -335,6 +350,9 @@ impl Daemon {
                 self.journal.set_state(rec.id, StackState::Held, &reason)?;
                 if rec.state != StackState::Held {
                     self.held(rec.id, &name, rec.version, &reason)?;
+                } else {
+                    // held before: no news again, but a push waiting for it hears why
+                    self.tell_pushed(&name, crate::handoff::Answer::Held { reason });
                 }
             }
             Verdict::Finished(_) => {
@@ -439,7 +457,7 @@ impl Daemon {
                 t.finished_at = Some(std::time::SystemTime::now());
                 t.quiet = true;
                 self.journal.queue(rec.id, &files)?;
-                self.ready.insert(dir.to_path_buf(), t.scan.changed_ns);
+                self.ready.insert(dir.to_path_buf(), t.order());
             }
             Some(Err(e)) => {
                 // a file vanished or became unreadable between scan and hash

@@ -12,6 +12,7 @@
 mod decide;
 mod flight;
 mod folders;
+mod pushed;
 mod side;
 mod start;
 mod stream;
@@ -72,6 +73,8 @@ pub enum Msg {
         String,
         Result<beamflow_protocol::api::AbandonResponse, crate::link::far::FarError>,
     ),
+    /// `beamflow-agent push` named a folder; its answers go back through the sender.
+    Push(PathBuf, mpsc::UnboundedSender<crate::handoff::Answer>),
     /// Fetching a stack's results ended: (journal id, remote id, files and bytes, or why not).
     Results(
         i64,
@@ -205,6 +208,8 @@ pub struct Daemon {
     unsendable_held: HashMap<PathBuf, i64>,
     /// Stacks whose sections are being sent ahead of their finish (one transfer each).
     ahead: HashSet<PathBuf>,
+    /// Those waiting for a pushed stack's end, by its remote name.
+    waiting_push: HashMap<String, Vec<mpsc::UnboundedSender<crate::handoff::Answer>>>,
 }
 
 /// Runs the daemon until `shutdown` completes. `ready` is called once the first reconcile is
@@ -229,6 +234,14 @@ pub async fn run(
     let mut d = Daemon::new(cfg, journal, roots, tx.clone());
     // watchers first, so nothing written during the reconcile scan is missed
     let (_watcher, polled) = d.start_watching(&tx);
+    // the door for `push`: a folder it names rides this daemon's warm link
+    let door = crate::handoff::socket_path(&d.cfg.agent.state_dir);
+    let to_loop = tx.clone();
+    if let Err(e) = crate::handoff::listen(&door, move |dir, reply| {
+        let _ = to_loop.send(Msg::Push(dir, reply));
+    }) {
+        tracing::warn!("{e}; `beamflow-agent push` sends folders itself");
+    }
     d.reconcile().await?;
     tracing::info!(roots = d.roots.len(), stacks = d.stacks.len(), "watching");
     ready();
@@ -333,6 +346,7 @@ impl Daemon {
             }
             Msg::Results(id, remote, r) => self.results_fetched(id, remote, r)?,
             Msg::Abandoned(id, name, after, r) => self.abandoned(id, &name, &after, r)?,
+            Msg::Push(dir, reply) => self.handed(dir, reply)?,
         }
         Ok(())
     }

@@ -449,6 +449,12 @@ impl Daemon {
 
     /// A stack became held: one message for its version.
     pub(super) fn held(&mut self, id: i64, name: &str, version: u32, reason: &str) -> Result<()> {
+        self.tell_pushed(
+            name,
+            crate::handoff::Answer::Held {
+                reason: reason.to_string(),
+            },
+        );
         let b = self.cfg.agent.beamline();
         self.tell(
             &format!("held:{id}:v{version}"),

@@ -50,6 +50,7 @@ impl Daemon {
             activity,
             unsendable_held: HashMap::new(),
             ahead: HashSet::new(),
+            waiting_push: HashMap::new(),
         }
     }
 

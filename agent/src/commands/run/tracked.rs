@@ -38,6 +38,9 @@ pub(super) struct Tracked {
     pub(super) sent_ahead: HashMap<String, (u64, i64)>,
     /// How many of its images had been hashed ahead when its final check started (for the log).
     pub(super) ahead: usize,
+    /// `beamflow-agent push` named it: finished by being named, sent ahead of the queue, and
+    /// its end told to whoever waits for it.
+    pub(super) pushed: bool,
 }
 
 impl Tracked {
@@ -69,6 +72,7 @@ impl Tracked {
             hashing: false,
             ahead: 0,
             sent_ahead: HashMap::new(),
+            pushed: false,
         }
     }
 
@@ -90,6 +94,17 @@ impl Tracked {
             quiet_for: now - self.last_change,
             seen_for: now - self.first_seen,
             invalid,
+            named: self.pushed,
+        }
+    }
+
+    /// Where it goes in the line of finished stacks: by when its images last changed, a
+    /// pushed one first.
+    pub(super) fn order(&self) -> i64 {
+        if self.pushed {
+            i64::MIN
+        } else {
+            self.scan.changed_ns
         }
     }
 

@@ -10,7 +10,8 @@
 //! every second) and of them idle (held less the jobs' own run times), and the calls the
 //! service made to Slurm (counted by wrappers first on its `PATH`).
 
-use beamflow_e2e::slurm::{calls, cluster, counting_wrappers, wrapper_paths};
+use beamflow_e2e::slurm::cluster;
+use beamflow_e2e::wrappers::{calls, counting_wrappers, wrapper_paths};
 use beamflow_e2e::{wait_until, Site};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
