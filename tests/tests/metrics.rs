@@ -107,6 +107,18 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
         1.0
     );
     assert!(value(&text, "beamflow_launchers{state=\"RUNNING\"}") <= 1.0);
+    // each step's run time as learned from the runs that ended well
+    let learned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("beamflow_step_expected_seconds{"))
+        .collect();
+    assert!(
+        learned
+            .iter()
+            .any(|l| l.contains("step=\"register\"") && l.contains("workflow=\"aligntk\"")),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE beamflow_launcher_nodes gauge"), "{text}");
     promtool_accepts(&text);
 
     // the agent's textfile

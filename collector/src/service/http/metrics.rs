@@ -71,37 +71,37 @@ impl Metrics {
             r.register(Box::new(h.clone())).expect("registered once");
             h
         };
-        let transitions = IntCounterVec::new(
-            Opts::new(
-                "job_transitions_total",
-                "Job state changes, by the state entered",
+        let transitions = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "job_transitions_total",
+                    "Job state changes, by the state entered",
+                ),
+                &["state"],
             ),
-            &["state"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(transitions.clone()))
-            .expect("registered once");
+        );
         let (scheduler_calls, scheduler_seconds) = scheduler_counters(&r);
-        let launcher_nodes = IntGaugeVec::new(
+        let launcher_nodes = registered(
+        &r,
+        IntGaugeVec::new(
             Opts::new(
                 "launcher_nodes",
                 "Nodes of the launchers queued or running, by queue, state and shape (a backfill window or the queue's fixed size)",
             ),
             &["queue", "state", "shape"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(launcher_nodes.clone()))
-            .expect("registered once");
-        let step_seconds = prometheus::GaugeVec::new(
+        ),
+    );
+        let step_seconds = registered(
+        &r,
+        prometheus::GaugeVec::new(
             Opts::new(
                 "step_expected_seconds",
                 "Each workflow step's expected run time, learned from its recent runs (90th percentile)",
             ),
             &["workflow", "step"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(step_seconds.clone()))
-            .expect("registered once");
+        ),
+    );
         Metrics {
             launcher_nodes,
             step_seconds,
@@ -223,30 +223,42 @@ impl Metrics {
     }
 }
 
+/// A metric built and registered in one step.
+// the names and labels are literals: building and registering once cannot fail
+#[allow(clippy::expect_used)]
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: prometheus::Result<M>,
+) -> M {
+    let m = m.expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registered once");
+    m
+}
+
 /// The counters of calls to the batch systems and of the time spent on them, registered.
 // the names are literals: building them cannot fail
 #[allow(clippy::expect_used)]
 fn scheduler_counters(r: &Registry) -> (IntCounterVec, prometheus::CounterVec) {
-    let scheduler_calls = IntCounterVec::new(
+    let scheduler_calls = registered(
+        r,
+        IntCounterVec::new(
         Opts::new(
             "scheduler_calls_total",
             "Calls to the batch systems (status polls, submissions), by queue, call and outcome",
         ),
         &["queue", "call", "outcome"],
-    )
-    .expect("valid metric");
-    r.register(Box::new(scheduler_calls.clone()))
-        .expect("registered once");
-    let scheduler_seconds = prometheus::CounterVec::new(
-        Opts::new(
-            "scheduler_call_seconds_total",
-            "Time spent waiting for the batch systems' answers, by queue and call",
+    ),
+    );
+    let scheduler_seconds = registered(
+        r,
+        prometheus::CounterVec::new(
+            Opts::new(
+                "scheduler_call_seconds_total",
+                "Time spent waiting for the batch systems' answers, by queue and call",
+            ),
+            &["queue", "call"],
         ),
-        &["queue", "call"],
-    )
-    .expect("valid metric");
-    r.register(Box::new(scheduler_seconds.clone()))
-        .expect("registered once");
+    );
     (scheduler_calls, scheduler_seconds)
 }
 

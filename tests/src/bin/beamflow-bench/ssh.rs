@@ -175,6 +175,67 @@ fn beamflow(
     r
 }
 
+/// `push` beside a running daemon (the beamline's case): the daemon watches the folder as it
+/// is written (hard links of `src`, made while it watches, with a `settle` it never reaches),
+/// and the push hands it over to ride the daemon's warm link. The time is the push's, from its
+/// start to its exit.
+fn beamflow_beside_daemon(
+    keep: &mut Vec<Site>,
+    sshd: &Sshd,
+    src: &Path,
+    channels: u32,
+) -> (Duration, u64) {
+    let site = Site::new("1h", "");
+    let link = sshd.link_toml(&site.config, "own", None, "5s");
+    site.edit_config("transport = \"local\"", &link);
+    site.edit_config("channels = 4", &format!("channels = {channels}"));
+    let mut service = site.start_service();
+    let mut agent = site.start_agent();
+    beamflow_e2e::wait_until(Duration::from_secs(30), "the daemon's door", || {
+        site.dir.join("state/agent.sock").exists()
+    });
+    let dir = site.incoming().join("stack");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = 0;
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::hard_link(&p, dir.join(p.file_name().unwrap())).unwrap();
+        files += 1;
+    }
+    // the daemon has seen every file (it tracks the stack with all of them)
+    beamflow_e2e::wait_until(
+        Duration::from_secs(120),
+        "the daemon to track the stack",
+        || {
+            site.stack("stack").is_some_and(|s| {
+                s["files"].as_u64() == Some(files)
+                    || s["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with(&format!("{files} images")))
+            })
+        },
+    );
+    let start = Instant::now();
+    let out = Command::new(bin("beamflow-agent"))
+        .args(["push", "--config"])
+        .arg(&site.config)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let t = start.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("handed to the running daemon"),
+        "push beside the daemon failed: {text}{err}"
+    );
+    agent.term();
+    service.term();
+    drop((agent, service));
+    keep.push(site);
+    (t, parse_sent(&text))
+}
+
 fn median(r: &Row) -> f64 {
     let mut t = r.times.clone();
     t.sort();
@@ -387,6 +448,11 @@ pub fn run(runs: usize, big_files: u64, small_files: u32, channels: u32) {
                 times: vec![],
                 wire: 0,
             },
+            Row {
+                tool: "beamflow push beside its daemon".into(),
+                times: vec![],
+                wire: 0,
+            },
         ];
         for run in 0..runs {
             eprintln!("{title}: run {} of {runs} ...", run + 1);
@@ -445,6 +511,14 @@ pub fn run(runs: usize, big_files: u64, small_files: u32, channels: u32) {
             ));
             rows[4].times.push(t);
             rows[4].wire = bytes;
+            if !is_delta {
+                let (t, wire) = beamflow_beside_daemon(&mut keep, &sshd, src, channels);
+                rows[5].times.push(t);
+                rows[5].wire = wire;
+            }
+        }
+        if is_delta {
+            rows.pop();
         }
         table(title, bytes, &rows);
         verdict(n, &rows);
