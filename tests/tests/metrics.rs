@@ -118,7 +118,10 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
             .any(|l| l.contains("step=\"register\"") && l.contains("workflow=\"aligntk\"")),
         "{text}"
     );
-    assert!(text.contains("# TYPE beamflow_launcher_nodes gauge"), "{text}");
+    assert!(
+        text.contains("# TYPE beamflow_launcher_nodes gauge"),
+        "{text}"
+    );
     promtool_accepts(&text);
 
     // the agent's textfile

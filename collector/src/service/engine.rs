@@ -291,28 +291,7 @@ impl Engine {
                 }
                 retries.push((j.id, vec![m]));
             }
-            // the longest a launcher of any queue may run its jobs
-            let limit = self
-                .cfg
-                .queues
-                .values()
-                .map(|q| q.walltime.0)
-                .max()
-                .unwrap_or_default();
-            let offer = self.longest_offer();
-            for j in &timed_out {
-                let runs = self.db()?.timed_out_runs(j.id)?;
-                let step = crate::science::dag::step_of(&j.name).0;
-                let m = job::after_timeout(step, &runs, self.cfg.service.max_timeouts, limit);
-                if m.to == JobState::Failed {
-                    tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "held: {}", m.reason);
-                } else {
-                    // its next run goes only to a launcher with room for what it ran
-                    let need = runtime::need_after_timeouts(j.expected, &runs, offer);
-                    self.db()?.set_expected(j.id, need)?;
-                }
-                retries.push((j.id, vec![m]));
-            }
+            retries.extend(self.after_timeouts(&timed_out)?);
             let again = retries
                 .iter()
                 .filter(|(_, m)| m[0].to == JobState::RestartReady)
@@ -340,6 +319,35 @@ impl Engine {
             self.wake.work();
         }
         Ok(r)
+    }
+
+    /// The decisions for jobs whose run ran out of wall time: run again, in a launcher with room
+    /// for how long they ran, or held after `max_timeouts` with their run times.
+    fn after_timeouts(&self, timed_out: &[&Pending]) -> Result<Vec<(u64, Vec<Move>)>> {
+        // the longest a launcher of any queue may run its jobs
+        let limit = self
+            .cfg
+            .queues
+            .values()
+            .map(|q| q.walltime.0)
+            .max()
+            .unwrap_or_default();
+        let offer = self.longest_offer();
+        let mut out = Vec::new();
+        for j in timed_out {
+            let runs = self.db()?.timed_out_runs(j.id)?;
+            let step = crate::science::dag::step_of(&j.name).0;
+            let m = job::after_timeout(step, &runs, self.cfg.service.max_timeouts, limit);
+            if m.to == JobState::Failed {
+                tracing::warn!(job = j.id, stack = %j.stack, step = %j.name, "held: {}", m.reason);
+            } else {
+                // its next run goes only to a launcher with room for what it ran
+                let need = runtime::need_after_timeouts(j.expected, &runs, offer);
+                self.db()?.set_expected(j.id, need)?;
+            }
+            out.push((j.id, vec![m]));
+        }
+        Ok(out)
     }
 
     /// READY → PREPROCESSED (or FAILED when the work folder cannot be made), all in one
@@ -385,24 +393,7 @@ impl Engine {
                     match self.reusable(&j, &argv, &p) {
                         Some(why) => reused.push((j.id, argv, why)),
                         None => {
-                            let size_class = runtime::pixels(&p.grid_size)
-                                .map(runtime::size_class)
-                                .unwrap_or(0);
-                            let step = crate::science::dag::step_of(&j.name).0.to_string();
-                            let key = (j.workflow.clone(), step, size_class);
-                            let expected = match learned.get(&key) {
-                                Some(e) => *e,
-                                None => {
-                                    let (same, any) =
-                                        self.db()?.recent_runtimes(&key.0, &key.1, size_class)?;
-                                    let e = runtime::within(
-                                        runtime::estimate(&same, &any),
-                                        self.longest_offer(),
-                                    );
-                                    learned.insert(key, e);
-                                    e
-                                }
-                            };
+                            let (expected, size_class) = self.expected_for(&j, &p, &mut learned)?;
                             filled.push(Filled {
                                 id: j.id,
                                 argv,
@@ -439,6 +430,28 @@ impl Engine {
             self.wake.engine();
         }
         Ok((n + done + db.apply_all(&failed)?, n))
+    }
+
+    /// What job `j` is expected to need of a launcher, learned from its step's recent runs of
+    /// its size class, and that class; `learned` keeps each step's answer for the round.
+    fn expected_for(
+        &self,
+        j: &Pending,
+        p: &Prepared,
+        learned: &mut HashMap<(String, String, u32), Option<std::time::Duration>>,
+    ) -> Result<(Option<std::time::Duration>, u32)> {
+        let size_class = runtime::pixels(&p.grid_size)
+            .map(runtime::size_class)
+            .unwrap_or(0);
+        let step = crate::science::dag::step_of(&j.name).0.to_string();
+        let key = (j.workflow.clone(), step, size_class);
+        if let Some(e) = learned.get(&key) {
+            return Ok((*e, size_class));
+        }
+        let (same, any) = self.db()?.recent_runtimes(&key.0, &key.1, size_class)?;
+        let e = runtime::within(runtime::estimate(&same, &any), self.longest_offer());
+        learned.insert(key, e);
+        Ok((e, size_class))
     }
 
     /// Why job `j` (its command filled to `argv`) need not run: a finished job of an earlier

@@ -510,30 +510,7 @@ impl Daemon {
                 report.wire_bytes,
             );
         }
-        match (&report.result, decision.next) {
-            (Ok(acc), _) => self.tell_pushed(
-                &rec.name,
-                crate::handoff::Answer::Submitted(crate::handoff::Sent {
-                    stack: rec.name.clone(),
-                    version: rec.version,
-                    files: rec.files,
-                    bytes: rec.bytes,
-                    wire_bytes: report.wire_bytes,
-                    same: report.same as u64,
-                    remote_id: acc.remote_id,
-                    jobs: acc.jobs,
-                    created: acc.created,
-                    secs: report.elapsed.as_secs_f64(),
-                }),
-            ),
-            (Err(_), Next::RetryIn(_)) => self.tell_pushed(
-                &rec.name,
-                crate::handoff::Answer::Retrying {
-                    reason: decision.reason.clone(),
-                },
-            ),
-            _ => {}
-        }
+        self.pushed_sent(&rec, &report, &decision);
         let t = self.stacks.get_mut(&dir);
         match (&report.result, decision.next) {
             (Ok(acc), _) => tracing::info!(

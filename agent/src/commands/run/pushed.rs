@@ -69,6 +69,36 @@ impl Daemon {
         }
     }
 
+    /// An attempt at a stack ended: a push waiting for it hears that the collector accepted
+    /// it, or that it is tried again.
+    pub(super) fn pushed_sent(
+        &mut self,
+        rec: &crate::journal::StackRecord,
+        report: &Report,
+        decision: &lifecycle::Decision,
+    ) {
+        let answer = match (&report.result, decision.next) {
+            (Ok(acc), _) => Answer::Submitted(Sent {
+                stack: rec.name.clone(),
+                version: rec.version,
+                files: rec.files,
+                bytes: rec.bytes,
+                wire_bytes: report.wire_bytes,
+                same: report.same as u64,
+                remote_id: acc.remote_id,
+                jobs: acc.jobs,
+                created: acc.created,
+                secs: report.elapsed.as_secs_f64(),
+            }),
+            (Err(_), Next::RetryIn(_)) => Answer::Retrying {
+                reason: decision.reason.clone(),
+            },
+            // held: said where it is held
+            _ => return,
+        };
+        self.tell_pushed(&rec.name, answer);
+    }
+
     /// A pushed stack's version the collector already holds: said at once.
     pub(super) fn already_sent(&mut self, rec: &crate::journal::StackRecord) {
         if !self.waiting_push.contains_key(&rec.name) {
