@@ -1,6 +1,7 @@
 //! `beamflow-bench backfill`: a replay on the real three-node Slurm of the tests. The benchmark
 //! plays the other users: a backlog of their jobs at the start, then one every `--every`
-//! seconds, each of a random size (1 to 3 nodes, whole nodes), time limit (1 to 4 minutes) and
+//! seconds, each of a random size (1 to 3 nodes, whole nodes), time limit (1 to `--max-limit`
+//! minutes) and
 //! length (half to nine tenths of its limit), the same seeded stream in each mode. A minute in,
 //! beamflow gets a stack of `--jobs` + 1 sections whose workflow runs one job per pair, each
 //! `sleep --job-secs` on one node (5 s: what the real AlignTK's find_rst or register took per
@@ -30,6 +31,8 @@ pub struct Replay {
     pub backlog: u32,
     /// The stream's seed.
     pub seed: u64,
+    /// The longest time limit of another user's job, in minutes (the shortest is 1).
+    pub max_limit: u32,
 }
 
 /// SplitMix64: the same stream of other users' jobs in every mode, without a crate for it.
@@ -48,8 +51,8 @@ impl Rng {
     }
 }
 
-/// Another user's job: nodes, time limit in minutes, seconds it runs.
-fn other_job(rng: &mut Rng) -> (u32, u32, u32) {
+/// Another user's job: nodes, time limit in minutes (1 to `max_limit`), seconds it runs.
+fn other_job(rng: &mut Rng, max_limit: u32) -> (u32, u32, u32) {
     let u = rng.unit();
     let nodes = if u < 0.45 {
         1
@@ -58,7 +61,7 @@ fn other_job(rng: &mut Rng) -> (u32, u32, u32) {
     } else {
         3
     };
-    let limit = 1 + (rng.next() % 4) as u32;
+    let limit = 1 + (rng.next() % max_limit.max(1) as u64) as u32;
     let runs = (limit as f64 * 60.0 * (0.5 + 0.4 * rng.unit())) as u32;
     (nodes, limit, runs)
 }
@@ -79,7 +82,7 @@ fn other_users(
     stop: Arc<AtomicBool>,
     ids: Arc<Mutex<Vec<String>>>,
 ) -> std::thread::JoinHandle<()> {
-    let (seed, backlog, every) = (r.seed, r.backlog, r.every);
+    let (seed, backlog, every, max_limit) = (r.seed, r.backlog, r.every, r.max_limit);
     std::thread::spawn(move || {
         let mut rng = Rng(seed);
         let start = Instant::now();
@@ -91,7 +94,7 @@ fn other_users(
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            let (nodes, limit, runs) = other_job(&mut rng);
+            let (nodes, limit, runs) = other_job(&mut rng, max_limit);
             let id = slurm(
                 &conf,
                 "sbatch",
@@ -148,7 +151,7 @@ fn one(conf: &str, r: &Replay, backfill: bool) -> Row {
     site.edit_config(
         "scheduler = \"local\"",
         &format!(
-            "scheduler = \"slurm\"\nqueue = \"debug\"\nextra_args = [\"--exclusive\"]\nscheduler_min_interval = \"5s\"\nbackfill = {backfill}\nbackfill_every = \"10s\"\nmin_walltime = \"1m\"\nwalltime_pad = \"30s\"\nwalltime_margin = \"15s\"\nmax_queue_wait = \"5m\""
+            "scheduler = \"slurm\"\nqueue = \"debug\"\nextra_args = [\"--exclusive\"]\nscheduler_min_interval = \"5s\"\nbackfill = {backfill}\nbackfill_every = \"10s\"\nmin_walltime = \"1m\"\nwalltime_pad = \"10s\"\nwalltime_margin = \"15s\"\nmax_queue_wait = \"5m\""
         ),
     );
     site.edit_config("max_nodes = 1", "max_nodes = 3");
@@ -263,9 +266,16 @@ fn one(conf: &str, r: &Replay, backfill: bool) -> Row {
         })
         .collect();
     let c = calls(&log);
-    let closest = c
+    // a window read is two commands back to back (sinfo, then squeue --start): the pace is
+    // between the service's questions, so the gap is measured between its squeue calls
+    let polls: Vec<f64> = c
+        .iter()
+        .filter(|(_, l)| l.starts_with("squeue"))
+        .map(|(t, _)| *t)
+        .collect();
+    let closest = polls
         .windows(2)
-        .map(|w| w[1].0 - w[0].0)
+        .map(|w| w[1] - w[0])
         .fold(f64::INFINITY, f64::min);
     let span = match (c.first(), c.last()) {
         (Some(a), Some(b)) => b.0 - a.0,
@@ -306,10 +316,10 @@ pub fn run(r: Replay) {
     let rows = [one(&conf, &r, false), one(&conf, &r, true)];
     slurm(&conf, "scancel", &["--me"]);
     println!(
-        "\n{} jobs of {} s; other users: a backlog of {}, then one every {} s (seed {})\n",
-        r.jobs, r.job_secs, r.backlog, r.every, r.seed
+        "\n{} jobs of {} s; other users: a backlog of {}, then one every {} s, limits 1 to {} min (seed {})\n",
+        r.jobs, r.job_secs, r.backlog, r.every, r.max_limit, r.seed
     );
-    println!("| mode | first runnable → last finished | × fixed | launchers (nodes×wall, w: window) | node-min held | of them idle | calls to Slurm (squeue) | closest two calls | calls per 10 min |");
+    println!("| mode | first runnable → last finished | × fixed | launchers (nodes×wall, w: window) | node-min held | of them idle | calls to Slurm (squeue) | closest two squeue | squeue per 10 min |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let fixed = rows[0].finish;
     for row in &rows {
@@ -324,7 +334,7 @@ pub fn run(r: Replay) {
             row.calls,
             row.squeue,
             row.closest,
-            row.calls as f64 * 600.0 / row.span.max(1.0)
+            row.squeue as f64 * 600.0 / row.span.max(1.0)
         );
     }
 }
@@ -336,8 +346,8 @@ mod tests {
     #[test]
     fn the_stream_of_other_users_is_the_same_for_a_seed() {
         let (mut a, mut b) = (Rng(7), Rng(7));
-        let x: Vec<_> = (0..50).map(|_| other_job(&mut a)).collect();
-        let y: Vec<_> = (0..50).map(|_| other_job(&mut b)).collect();
+        let x: Vec<_> = (0..50).map(|_| other_job(&mut a, 4)).collect();
+        let y: Vec<_> = (0..50).map(|_| other_job(&mut b, 4)).collect();
         assert_eq!(x, y);
         assert!(x.iter().all(|(n, l, s)| (1..=3).contains(n)
             && (1..=4).contains(l)

@@ -139,6 +139,7 @@ fn opts() -> Opts {
                 every: 75,
                 backlog: 6,
                 seed: 7,
+                max_limit: 4,
             };
             while let Some(a) = it.next() {
                 let v = it.next().map(String::as_str).unwrap_or("");
@@ -148,6 +149,7 @@ fn opts() -> Opts {
                     "--every" => r.every = v.parse().unwrap_or(75).max(1),
                     "--backlog" => r.backlog = v.parse().unwrap_or(6),
                     "--seed" => r.seed = v.parse().unwrap_or(7),
+                    "--max-limit" => r.max_limit = v.parse().unwrap_or(4).max(1),
                     other => {
                         eprintln!("beamflow-bench: unknown option {other}");
                         std::process::exit(2)
@@ -181,7 +183,7 @@ fn opts() -> Opts {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
             eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
             eprintln!("       beamflow-bench stream [--sections 32] [--side 512] [--interval 5] [--chunk 8]");
-            eprintln!("       beamflow-bench backfill [--jobs 200] [--job-secs 5] [--every 75] [--backlog 6] [--seed 7]");
+            eprintln!("       beamflow-bench backfill [--jobs 200] [--job-secs 5] [--every 75] [--backlog 6] [--seed 7] [--max-limit 4]");
             eprintln!(
                 "       beamflow-bench watch [--files 20000] [--folders 200,2000] [--idle 60] [--channels 4] [--max-stacks 4]"
             );

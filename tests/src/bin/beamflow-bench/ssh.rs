@@ -175,10 +175,10 @@ fn beamflow(
     r
 }
 
-/// `push` beside a running daemon (the beamline's case): the daemon watches the folder as it
-/// is written (hard links of `src`, made while it watches, with a `settle` it never reaches),
-/// and the push hands it over to ride the daemon's warm link. The time is the push's, from its
-/// start to its exit.
+/// `push` beside a running daemon (the beamline's case): the daemon has sent a small stack
+/// before (its master and far ends are open), it watches the folder as it is written (hard
+/// links of `src`, made while it watches, with a `settle` it never reaches), and the push hands
+/// it over to ride the daemon's warm link. The time is the push's, from its start to its exit.
 fn beamflow_beside_daemon(
     keep: &mut Vec<Site>,
     sshd: &Sshd,
@@ -194,6 +194,15 @@ fn beamflow_beside_daemon(
     beamflow_e2e::wait_until(Duration::from_secs(30), "the daemon's door", || {
         site.dir.join("state/agent.sock").exists()
     });
+    // a daemon that has sent before: its master and far ends are open (kept `[link] idle`)
+    let warm = site.write_stack("warm", channels.max(1), 32);
+    let out = Command::new(bin("beamflow-agent"))
+        .args(["push", "--config"])
+        .arg(&site.config)
+        .arg(&warm)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the warm-up push failed");
     let dir = site.incoming().join("stack");
     std::fs::create_dir_all(&dir).unwrap();
     let mut files = 0;
