@@ -592,7 +592,17 @@ impl Engine {
                 continue;
             };
             let states = self.batch_states(queue, s.as_ref(), &ls)?;
-            let fits = self.window_fits(queue);
+            // a window's launcher goes beside a waiting one while max_queued allows (the
+            // waiting one keeps its place in line); only a full queue withdraws one for it
+            let full = self.cfg.queues.get(queue).is_some_and(|q| {
+                ls.iter()
+                    .filter(|(_, _, f)| {
+                        matches!(f.state, LauncherState::Queued | LauncherState::Running)
+                    })
+                    .count() as u32
+                    >= q.max_queued
+            });
+            let fits = full && self.window_fits(queue);
             for (id, _, facts) in ls {
                 let batch = states.as_ref().map(|st| st.get(&facts.batch_id).copied());
                 let judged = launchers::judge(facts, batch, now, timeout).or_else(|| {

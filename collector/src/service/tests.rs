@@ -765,7 +765,7 @@ fn a_launcher_queued_past_max_queue_wait_is_withdrawn_when_a_window_would_start_
 fn a_window_that_opens_while_a_fixed_launcher_waits_in_line_takes_a_launcher_beside_it() {
     let t = tier_edited(
         &[("submit = true ", "submit = false ")],
-        "[queues.hpc]\nscheduler = \"slurm\"\nbackfill = true\nbackfill_every = \"1s\"\nmax_queued = 2\nmax_nodes = 4\nscheduler_min_interval = \"1s\"\n",
+        "[queues.hpc]\nscheduler = \"slurm\"\nbackfill = true\nbackfill_every = \"1s\"\nmax_queued = 3\nmax_nodes = 4\nscheduler_min_interval = \"1s\"\n",
     );
     let launchers = || t.db.lock().unwrap().launchers(&[], None).unwrap();
     t.submit("s", "chain");
@@ -795,6 +795,19 @@ fn a_window_that_opens_while_a_fixed_launcher_waits_in_line_takes_a_launcher_bes
     // and no third launcher follows: the window launcher covers the one runnable job
     t.engine.round(true);
     assert_eq!(launchers().len(), 2);
+    // the window's launcher starts; past max_queue_wait the waiting one is not withdrawn:
+    // another window's launcher could still go beside it (max_queued = 3), so it keeps its
+    // place in line
+    t.start_launcher(launchers()[1].id, 2);
+    let waiting = launchers()[0].batch_id.clone();
+    t.clock.advance(Duration::from_secs(11 * 60));
+    for _ in 0..2 {
+        t.engine.round(true);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // (the started one, silent on this clock for 11 minutes, is lost and cancelled)
+    assert!(!t.sched.deleted.lock().unwrap().contains(&waiting));
+    assert_eq!(launchers()[0].state, LauncherState::Queued);
 }
 
 #[test]
