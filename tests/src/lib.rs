@@ -299,6 +299,15 @@ impl Site {
         self.spawn_env("beamflow-agent", &["run"], "agent.log", env)
     }
 
+    /// Waits until the running agent daemon's door for `push` is open
+    /// (`beamflow_agent::handoff`): a push from then on is handed to it.
+    pub fn wait_agent_door(&self) {
+        let door = beamflow_agent::handoff::socket_path(&self.dir.join("state"));
+        wait_until(Duration::from_secs(30), "the agent daemon's door", || {
+            door.exists()
+        });
+    }
+
     /// Runs a command to completion.
     pub fn run(&self, exe: &str, args: &[&str]) -> Output {
         Command::new(bin(exe))

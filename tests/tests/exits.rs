@@ -2,9 +2,8 @@
 //! 2 usage or config error, 3 held (needs a person), 4 the far side unreachable. Scripts and
 //! systemd read them; each is produced here by the real binaries.
 
-use beamflow_e2e::{bin, wait_until, Site};
+use beamflow_e2e::{bin, Site};
 use std::process::Command;
-use std::time::Duration;
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
@@ -61,26 +60,14 @@ fn a_stack_held_for_a_person_exits_3() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let out = Command::new(bin("beamflow-agent"))
-        .args(["push", "--config"])
-        .arg(&site.config)
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = site.run("beamflow-agent", &["push", dir.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 3, "{err}");
     assert!(err.contains("S_0001.tif"), "{err}");
     // the same through a running daemon (push hands it over): held, the file named, exit 3
     let _agent = site.start_agent();
-    wait_until(Duration::from_secs(30), "the daemon's door", || {
-        site.dir.join("state/agent.sock").exists()
-    });
-    let out = Command::new(bin("beamflow-agent"))
-        .args(["push", "--config"])
-        .arg(&site.config)
-        .arg(&dir)
-        .output()
-        .unwrap();
+    site.wait_agent_door();
+    let out = site.run("beamflow-agent", &["push", dir.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 3, "{err}");
     assert!(
@@ -137,6 +124,20 @@ fn a_far_side_that_is_not_there_exits_4() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 4, "{err}");
+    // the same handed to a running daemon: its attempt fails, push gives up with 4 and says
+    // the daemon keeps trying
+    let _agent = site.start_agent();
+    site.wait_agent_door();
+    let out = site.run(
+        "beamflow-agent",
+        &["push", "--attempts", "1", dir.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 4, "{err}");
+    assert!(
+        err.contains("handed to the running daemon") && err.contains("keeps trying"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -404,9 +404,7 @@ fn push_hands_a_folder_to_the_running_daemon_and_rides_its_warm_link() {
         text
     };
     // the daemon is up and watching (its door open) before the push
-    wait_until(LONG, "the daemon's door", || {
-        site.dir.join("state/agent.sock").exists()
-    });
+    site.wait_agent_door();
     for name in ["first", "second"] {
         let dir = site.write_stack(name, 3, 32);
         let text = push(&dir);

@@ -17,45 +17,22 @@ use beamflow_program::{Exit, Verdict};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// What a successful push did.
-#[derive(Debug, Clone)]
-pub struct Pushed {
-    /// Path under the collector's data root.
-    pub stack: String,
-    /// Version submitted.
-    pub version: u32,
-    /// Files in the stack.
-    pub files: usize,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Bytes that crossed the link.
-    pub wire_bytes: u64,
-    /// Files the collector already had.
-    pub same: usize,
-    /// The collector's id.
-    pub remote_id: u64,
-    /// Jobs in the DAG.
-    pub jobs: u32,
-    /// False when this version had been registered before.
-    pub created: bool,
-    /// Seconds spent on the link.
-    pub secs: f64,
-}
+/// What a successful push did: the same account whether `push` sent the folder itself or
+/// the daemon it was handed to did.
+pub type Pushed = crate::handoff::Sent;
 
-impl Pushed {
-    fn new(job: &Job, version: u32, report: &transfer::Report, acc: &transfer::Accepted) -> Pushed {
-        Pushed {
-            stack: job.name.clone(),
-            version,
-            files: job.files.len(),
-            bytes: job.files.iter().map(|f| f.size).sum(),
-            wire_bytes: report.wire_bytes,
-            same: report.same,
-            remote_id: acc.remote_id,
-            jobs: acc.jobs,
-            created: acc.created,
-            secs: report.elapsed.as_secs_f64(),
-        }
+fn pushed(job: &Job, version: u32, report: &transfer::Report, acc: &transfer::Accepted) -> Pushed {
+    Pushed {
+        stack: job.name.clone(),
+        version,
+        files: job.files.len() as u64,
+        bytes: job.files.iter().map(|f| f.size).sum(),
+        wire_bytes: report.wire_bytes,
+        same: report.same as u64,
+        remote_id: acc.remote_id,
+        jobs: acc.jobs,
+        created: acc.created,
+        secs: report.elapsed.as_secs_f64(),
     }
 }
 
@@ -79,24 +56,16 @@ async fn through_daemon(cfg: &Config, dir: &Path, attempts: u32) -> Result<Optio
             Answer::Retrying { reason } => {
                 failed += 1;
                 if failed >= attempts.max(1) {
-                    bail!("{reason}; gave up after {failed} attempt(s); the running daemon keeps trying (`beamflow-agent status` shows it)");
+                    // the far side unreachable (exit 4), as when push sends the folder itself
+                    return Err(Verdict::new(
+                        Exit::Unreachable,
+                        format!("{reason}; gave up after {failed} attempt(s); the running daemon keeps trying (`beamflow-agent status` shows it)"),
+                    )
+                    .into());
                 }
                 beamflow_program::complain!("push: {reason}");
             }
-            Answer::Submitted(s) => {
-                return Ok(Some(Pushed {
-                    stack: s.stack,
-                    version: s.version,
-                    files: s.files as usize,
-                    bytes: s.bytes,
-                    wire_bytes: s.wire_bytes,
-                    same: s.same as usize,
-                    remote_id: s.remote_id,
-                    jobs: s.jobs,
-                    created: s.created,
-                    secs: s.secs,
-                }))
-            }
+            Answer::Submitted(s) => return Ok(Some(s)),
             Answer::Held { reason } => return Err(held(format!("held: {reason}"))),
             Answer::Refused { reason } => {
                 tracing::info!("the running daemon does not take it ({reason}): sending it here");
@@ -361,7 +330,7 @@ async fn send_with_retries(
                 .await?;
         let decision = report.record(journal, rec.id, wait)?;
         let err = match report.result {
-            Ok(ref acc) => return Ok(Pushed::new(&job, rec.version, &report, acc)),
+            Ok(ref acc) => return Ok(pushed(&job, rec.version, &report, acc)),
             Err(e) => e,
         };
         let last = attempt == attempts;

@@ -56,20 +56,14 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new_custom(Some("beamflow".into()), None).expect("a valid prefix");
         let gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["state"]).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("registered once");
-            g
+            registered(&r, IntGaugeVec::new(Opts::new(name, help), &["state"]))
         };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("registered once");
-            c
-        };
+        let counter = |name: &str, help: &str| registered(&r, IntCounter::new(name, help));
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid metric");
-            r.register(Box::new(h.clone())).expect("registered once");
-            h
+            registered(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+            )
         };
         let transitions = registered(
             &r,
@@ -82,26 +76,7 @@ impl Metrics {
             ),
         );
         let (scheduler_calls, scheduler_seconds) = scheduler_counters(&r);
-        let launcher_nodes = registered(
-        &r,
-        IntGaugeVec::new(
-            Opts::new(
-                "launcher_nodes",
-                "Nodes of the launchers queued or running, by queue, state and shape (a backfill window or the queue's fixed size)",
-            ),
-            &["queue", "state", "shape"],
-        ),
-    );
-        let step_seconds = registered(
-        &r,
-        prometheus::GaugeVec::new(
-            Opts::new(
-                "step_expected_seconds",
-                "Each workflow step's expected run time, learned from its recent runs (90th percentile)",
-            ),
-            &["workflow", "step"],
-        ),
-    );
+        let (launcher_nodes, step_seconds) = shape_gauges(&r);
         Metrics {
             launcher_nodes,
             step_seconds,
@@ -235,31 +210,37 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(
     m
 }
 
+/// The gauges of the launchers' shapes and the steps' learned run times, registered.
+fn shape_gauges(r: &Registry) -> (IntGaugeVec, prometheus::GaugeVec) {
+    let nodes = Opts::new(
+        "launcher_nodes",
+        "Nodes of the launchers queued or running, by queue, state and shape \
+         (a backfill window or the queue's fixed size)",
+    );
+    let learned = Opts::new(
+        "step_expected_seconds",
+        "Each workflow step's expected run time, learned from its recent runs (90th percentile)",
+    );
+    (
+        registered(r, IntGaugeVec::new(nodes, &["queue", "state", "shape"])),
+        registered(r, prometheus::GaugeVec::new(learned, &["workflow", "step"])),
+    )
+}
+
 /// The counters of calls to the batch systems and of the time spent on them, registered.
-// the names are literals: building them cannot fail
-#[allow(clippy::expect_used)]
 fn scheduler_counters(r: &Registry) -> (IntCounterVec, prometheus::CounterVec) {
-    let scheduler_calls = registered(
-        r,
-        IntCounterVec::new(
-        Opts::new(
-            "scheduler_calls_total",
-            "Calls to the batch systems (status polls, submissions), by queue, call and outcome",
-        ),
-        &["queue", "call", "outcome"],
-    ),
+    let calls = Opts::new(
+        "scheduler_calls_total",
+        "Calls to the batch systems (status polls, submissions), by queue, call and outcome",
     );
-    let scheduler_seconds = registered(
-        r,
-        prometheus::CounterVec::new(
-            Opts::new(
-                "scheduler_call_seconds_total",
-                "Time spent waiting for the batch systems' answers, by queue and call",
-            ),
-            &["queue", "call"],
-        ),
+    let seconds = Opts::new(
+        "scheduler_call_seconds_total",
+        "Time spent waiting for the batch systems' answers, by queue and call",
     );
-    (scheduler_calls, scheduler_seconds)
+    (
+        registered(r, IntCounterVec::new(calls, &["queue", "call", "outcome"])),
+        registered(r, prometheus::CounterVec::new(seconds, &["queue", "call"])),
+    )
 }
 
 /// The content type of [`Metrics::render`]'s text.

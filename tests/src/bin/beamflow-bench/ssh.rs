@@ -131,6 +131,15 @@ pub fn hold() {
 
 /// A site that pushes to the collector over this sshd; `prime` is pushed first, untimed.
 /// The site is kept in `keep`, received files and all, until the benchmark ends: see `run`.
+/// A site whose agent reaches the collector over `sshd` with its own master, on `channels`.
+fn ssh_site(sshd: &Sshd, settle: &str, channels: u32) -> Site {
+    let site = Site::new(settle, "");
+    let link = sshd.link_toml(&site.config, "own", None, "5s");
+    site.edit_config("transport = \"local\"", &link);
+    site.edit_config("channels = 4", &format!("channels = {channels}"));
+    site
+}
+
 fn beamflow(
     keep: &mut Vec<Site>,
     sshd: &Sshd,
@@ -139,22 +148,14 @@ fn beamflow(
     fsync: bool,
     channels: u32,
 ) -> (Duration, u64) {
-    let site = Site::new("30s", "");
-    let link = sshd.link_toml(&site.config, "own", None, "5s");
-    site.edit_config("transport = \"local\"", &link);
-    site.edit_config("channels = 4", &format!("channels = {channels}"));
+    let site = ssh_site(sshd, "30s", channels);
     if !fsync {
         site.edit_config("[collector]\n", "[collector]\nfsync = false\n");
     }
     let mut service = site.start_service();
     let push = || {
         let start = Instant::now();
-        let out = Command::new(bin("beamflow-agent"))
-            .args(["push", "--config"])
-            .arg(&site.config)
-            .arg(src)
-            .output()
-            .unwrap();
+        let out = site.run("beamflow-agent", &["push", src.to_str().unwrap()]);
         let t = start.elapsed();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
@@ -185,23 +186,13 @@ fn beamflow_beside_daemon(
     src: &Path,
     channels: u32,
 ) -> (Duration, u64) {
-    let site = Site::new("1h", "");
-    let link = sshd.link_toml(&site.config, "own", None, "5s");
-    site.edit_config("transport = \"local\"", &link);
-    site.edit_config("channels = 4", &format!("channels = {channels}"));
+    let site = ssh_site(sshd, "1h", channels);
     let mut service = site.start_service();
     let mut agent = site.start_agent();
-    beamflow_e2e::wait_until(Duration::from_secs(30), "the daemon's door", || {
-        site.dir.join("state/agent.sock").exists()
-    });
+    site.wait_agent_door();
     // a daemon that has sent before: its master and far ends are open (kept `[link] idle`)
     let warm = site.write_stack("warm", channels.max(1), 32);
-    let out = Command::new(bin("beamflow-agent"))
-        .args(["push", "--config"])
-        .arg(&site.config)
-        .arg(&warm)
-        .output()
-        .unwrap();
+    let out = site.run("beamflow-agent", &["push", warm.to_str().unwrap()]);
     assert!(out.status.success(), "the warm-up push failed");
     let dir = site.incoming().join("stack");
     std::fs::create_dir_all(&dir).unwrap();
@@ -225,12 +216,7 @@ fn beamflow_beside_daemon(
         },
     );
     let start = Instant::now();
-    let out = Command::new(bin("beamflow-agent"))
-        .args(["push", "--config"])
-        .arg(&site.config)
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = site.run("beamflow-agent", &["push", dir.to_str().unwrap()]);
     let t = start.elapsed();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let err = String::from_utf8_lossy(&out.stderr);
