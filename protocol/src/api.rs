@@ -249,6 +249,17 @@ pub struct LauncherStart {
     pub batch_id: Option<String>,
 }
 
+/// The longest a job may be expected to run and still be held by a launcher ahead of a free
+/// node ([`AcquireRequest::ahead`]): below it, the service's round trip between one job's end
+/// and the next one's start is a large part of a slot's time; above it, a held job would keep
+/// work from another launcher's idle node for longer than the trip saves.
+pub const SHORT_JOB: Duration = Duration::from_secs(1);
+
+/// The most jobs a launcher holds ahead of its idle nodes, per node: enough to cover the
+/// round trip in which the service records endings and hands out the next jobs, while each
+/// of them lasts far less than it (held jobs are short ones, see [`SHORT_JOB`]).
+pub const AHEAD_PER_SLOT: u32 = 4;
+
 /// `POST /v1/launchers/{id}/acquire`: a heartbeat that may ask for work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AcquireRequest {
@@ -272,6 +283,13 @@ pub struct AcquireRequest {
     /// job those endings make runnable again is never handed back to it.
     #[serde(default)]
     pub closing: bool,
+    /// Jobs the launcher will hold beyond its idle nodes, each started the moment a node
+    /// frees, with no round trip between one job's end and the next one's start: asked only
+    /// while its jobs end within moments (a held job is no use to another launcher, but a
+    /// slot that waits for the service costs more than a job of a millisecond). The service
+    /// hands no more than the launcher's slots this way, and only jobs expected to be short.
+    #[serde(default)]
+    pub ahead: u32,
 }
 
 /// One ending inside an acquire.
@@ -310,6 +328,9 @@ pub enum Outcome {
     Timeout,
     /// Could not be started: missing or not executable. Not worth retrying.
     Missing,
+    /// Never started: the launcher held it (ahead of a free node) and is ending. It goes
+    /// back in line as it was; no attempt is counted.
+    Unstarted,
 }
 
 /// `POST /v1/jobs/{id}/report`.
@@ -323,6 +344,10 @@ pub struct ReportRequest {
     pub exit_code: Option<i32>,
     /// For people: signal, stderr tail, the missing path …
     pub message: String,
+    /// How long the run took, from its start to its exit, as the launcher timed it: a job
+    /// held ahead of a free node waits before it starts, and that wait is not its run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_ms: Option<u64>,
 }
 
 /// A launcher as the service tracks it.

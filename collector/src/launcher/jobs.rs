@@ -14,6 +14,8 @@ pub(super) struct Running {
     pub(super) ending: Option<Instant>,
     /// How to report it once it exits, when the launcher ended it.
     pub(super) ended_why: Option<String>,
+    /// When it started: its run time, not counting a wait ahead of a free node.
+    pub(super) started: Instant,
 }
 
 /// One thread that collects every job's exit as it happens (`waitpid` on any child), rather
@@ -166,6 +168,7 @@ impl Launcher {
                         err_path,
                         ending: None,
                         ended_why: None,
+                        started: Instant::now(),
                     },
                 );
             }
@@ -189,12 +192,12 @@ impl Launcher {
         } else if r.ending.is_some() {
             // the service asked for it to end (a kill): it no longer listens for its report
         } else if status.success() {
-            self.report(
-                id,
-                Outcome::Done,
-                Some(0),
-                format!("{} finished", r.job.name),
-            );
+            let ran = r.started.elapsed();
+            self.recent.ran(ran);
+            let ahead = self.recent.ahead(self.slots);
+            self.ahead.store(ahead, Ordering::SeqCst);
+            let done = format!("{} finished", r.job.name);
+            self.report_run(id, Outcome::Done, Some(0), done, Some(ran));
         } else if stop.load(Ordering::SeqCst) {
             self.report(
                 id,
@@ -273,8 +276,14 @@ impl Launcher {
                 r.ending = Some(Instant::now());
             }
         }
+        // held ahead of a node and never started: back in line, no attempt spent
         for j in std::mem::take(&mut self.waiting) {
-            self.report(j.id, Outcome::Timeout, None, why.to_string());
+            self.report(
+                j.id,
+                Outcome::Unstarted,
+                None,
+                format!("not started: {why}"),
+            );
         }
     }
 

@@ -12,6 +12,7 @@
 //! allocation (SIGTERM), running jobs are ended (they time out and run again elsewhere); the
 //! launcher exits after `idle_exit` with nothing to do.
 
+mod ahead;
 mod explain;
 mod jobs;
 mod nodes;
@@ -35,7 +36,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,6 +103,10 @@ struct Launcher {
     mine: Arc<Mutex<Vec<u64>>>,
     /// Set once the launcher is ending: every request then says it takes no more work.
     closing: Arc<AtomicBool>,
+    /// Jobs every request asks to hold beyond the idle nodes (see [`ahead`]).
+    ahead: Arc<AtomicU32>,
+    /// How long its recent jobs ran: whether holding jobs ahead pays.
+    recent: ahead::Recent,
     /// The service has not yet been told that it is ending.
     unannounced: bool,
     reporter: Sender<ToReporter>,
@@ -117,6 +122,18 @@ impl Launcher {
     }
 
     fn report(&mut self, job: u64, outcome: Outcome, exit_code: Option<i32>, message: String) {
+        self.report_run(job, outcome, exit_code, message, None);
+    }
+
+    /// An ending with the run's own time, as this launcher measured it.
+    fn report_run(
+        &mut self,
+        job: u64,
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        message: String,
+        ran: Option<Duration>,
+    ) {
         tracing::info!(job, ?outcome, exit_code, "{message}");
         self.outbox.push(JobReport {
             job,
@@ -125,6 +142,7 @@ impl Launcher {
                 outcome,
                 exit_code,
                 message,
+                ran_ms: ran.map(|d| d.as_millis() as u64),
             },
         });
     }
@@ -133,16 +151,19 @@ impl Launcher {
     /// from here, in the request whose answer brings the next jobs, with no thread between
     /// an ending and the job that takes its nodes; on any trouble, and while the reporter
     /// still holds earlier ones (their order matters to nobody, but a slow service should
-    /// hold up one thread, not this loop), the reporter delivers them.
+    /// hold up one thread, not this loop), the reporter delivers them. So does it while jobs
+    /// are held ahead: the next job is already here, and the loop must be free to start it
+    /// the moment a node frees rather than wait for the service's answer.
     fn flush(&mut self) -> Option<AcquireResponse> {
         if self.outbox.is_empty() && !self.unannounced {
             return None;
         }
         let reports = std::mem::take(&mut self.outbox);
-        if self.in_reporter.load(Ordering::SeqCst) == 0 {
+        let holding = self.ahead.load(Ordering::SeqCst) > 0;
+        if self.in_reporter.load(Ordering::SeqCst) == 0 && !holding {
             if let Some(c) = &self.direct {
                 let req = ask(
-                    self.slots,
+                    (self.slots, &self.ahead),
                     &self.mine,
                     &self.closing,
                     reports.clone(),
@@ -190,7 +211,7 @@ impl Launcher {
                 "not started: launcher {} was ending when it was handed the job",
                 self.id
             );
-            self.report(j.id, Outcome::Timeout, None, why);
+            self.report(j.id, Outcome::Unstarted, None, why);
         }
     }
 
@@ -310,6 +331,7 @@ impl Launcher {
             state_dir: state_dir.to_path_buf(),
             mine: Arc::new(Mutex::new(Vec::new())),
             closing: Arc::new(AtomicBool::new(false)),
+            ahead: Arc::new(AtomicU32::new(0)),
             events: events.clone(),
         };
         let done = Arc::new(AtomicBool::new(false));
@@ -339,6 +361,8 @@ impl Launcher {
             held: Vec::new(),
             mine: shared.mine,
             closing: shared.closing,
+            ahead: shared.ahead,
+            recent: Default::default(),
             unannounced: false,
             reporter: to_reporter,
         };

@@ -5,7 +5,7 @@
 use super::{Event, ToReporter};
 use beamflow_protocol::api::{AcquireRequest, Client, ClientError, JobReport};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,33 +23,48 @@ pub(super) struct Shared {
     pub(super) mine: Arc<Mutex<Vec<u64>>>,
     /// Set once the launcher is ending: every request then says it takes no more work.
     pub(super) closing: Arc<AtomicBool>,
+    /// Jobs to hold beyond the idle nodes, as the loop last decided.
+    pub(super) ahead: Arc<AtomicU32>,
     /// The loop's inbox.
     pub(super) events: Sender<Event>,
 }
 
 impl Shared {
     fn ask(&self, reports: Vec<JobReport>, wait: Duration) -> AcquireRequest {
-        ask(self.slots, &self.mine, &self.closing, reports, wait)
+        ask(
+            (self.slots, &self.ahead),
+            &self.mine,
+            &self.closing,
+            reports,
+            wait,
+        )
     }
 }
 
-/// A request for as much work as the launcher's slots hold (the service counts what is
-/// free), with the jobs it runs, the endings to record, and how long it may be held.
+/// A request for as much work as the launcher's slots hold, and as many jobs ahead of them as
+/// it decided to hold (the service counts what is free), with the jobs it runs, the endings
+/// to record, and how long it may be held.
 pub(super) fn ask(
-    slots: u32,
+    (slots, ahead): (u32, &AtomicU32),
     mine: &Mutex<Vec<u64>>,
     closing: &AtomicBool,
     reports: Vec<JobReport>,
     wait: Duration,
 ) -> AcquireRequest {
     let closing = closing.load(Ordering::SeqCst);
+    let ahead = if closing {
+        0
+    } else {
+        ahead.load(Ordering::SeqCst)
+    };
     AcquireRequest {
         free_nodes: slots,
-        max_jobs: if closing { 0 } else { slots },
+        max_jobs: if closing { 0 } else { slots + ahead },
         running: mine.lock().map(|m| m.clone()).unwrap_or_default(),
         reports,
         wait_ms: wait.as_millis() as u64,
         closing,
+        ahead,
     }
 }
 

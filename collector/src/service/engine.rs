@@ -103,6 +103,8 @@ pub struct Engine {
     prepared: Mutex<HashMap<u64, std::result::Result<Prepared, PrepareError>>>,
     /// When retention last looked (on the engine's clock).
     last_sweep: Mutex<Option<std::time::SystemTime>>,
+    /// When old run times were last forgotten (on the engine's clock).
+    last_prune: Mutex<Option<std::time::SystemTime>>,
     /// Each backfill queue's windows as last read, with when, and whether a launcher was
     /// shaped from them yet.
     windows: Mutex<HashMap<String, WindowsRead>>,
@@ -152,6 +154,7 @@ impl Engine {
             collector: collector_exe(),
             prepared: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(None),
+            last_prune: Mutex::new(None),
             windows: Mutex::new(HashMap::new()),
         }
     }
@@ -172,6 +175,22 @@ impl Engine {
             *last = Some(now);
         }
         Ok(crate::service::retention::sweep(&self.db, &self.cfg, now)?)
+    }
+
+    /// Keeps the newest run times of each step and size, at most once a minute (on the
+    /// engine's clock): the pass reads the whole table, and until it runs the rows past the
+    /// newest are only never read.
+    fn forget_old_runtimes(&self) -> Result<usize> {
+        let now = self.clock.now();
+        {
+            let mut last = self.last_prune.lock().map_err(|_| EngineError::Poisoned)?;
+            let every = std::time::Duration::from_secs(60);
+            if last.is_some_and(|t| now.duration_since(t).unwrap_or_default() < every) {
+                return Ok(0);
+            }
+            *last = Some(now);
+        }
+        Ok(self.db()?.prune_runtimes()?)
     }
 
     fn db(&self) -> Result<MutexGuard<'_, Db>> {
@@ -213,6 +232,9 @@ impl Engine {
             }
             if let Err(e) = self.retention() {
                 errors.push(("applying retention", e));
+            }
+            if let Err(e) = self.forget_old_runtimes() {
+                errors.push(("forgetting old run times", e));
             }
         }
         let mut notes = Vec::new();

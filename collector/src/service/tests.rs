@@ -7,10 +7,11 @@ use crate::service::clock::{Clock, ManualClock};
 use crate::service::engine::Engine;
 use crate::service::lifecycle::job::{self, JobState, MoveError, Trigger};
 use crate::service::lifecycle::launcher::{LauncherState, LauncherTrigger};
+use crate::service::lifecycle::runtime;
 use crate::service::store::{Db, DbError, NewStack};
 use crate::service::wake::Wake;
 use beamflow_config::Config;
-use beamflow_protocol::api::{JobReport, Outcome, ReportRequest};
+use beamflow_protocol::api::{AcquireRequest, JobReport, Outcome, ReportRequest};
 use beamflow_protocol::states::DagState;
 use std::collections::HashMap;
 use std::path::Path;
@@ -262,6 +263,11 @@ impl Tier {
     }
 
     fn acquire(&self, launcher: u64, reports: &[(u64, Outcome)]) -> Vec<u64> {
+        self.acquire_ahead(launcher, reports, 0)
+    }
+
+    /// A launcher's request with its endings, asking for `ahead` jobs beyond its idle slots.
+    fn acquire_ahead(&self, launcher: u64, reports: &[(u64, Outcome)], ahead: u32) -> Vec<u64> {
         let reports: Vec<JobReport> = reports
             .iter()
             .map(|(job, outcome)| JobReport {
@@ -271,6 +277,7 @@ impl Tier {
                     outcome: *outcome,
                     exit_code: Some(if *outcome == Outcome::Done { 0 } else { 1 }),
                     message: "played by the test".into(),
+                    ran_ms: None,
                 },
             })
             .collect();
@@ -278,10 +285,24 @@ impl Tier {
             .db
             .lock()
             .unwrap()
-            .acquire(launcher, 8, 8, &[], &reports, false)
+            .acquire(launcher, &ask(8, ahead, false), &reports)
             .unwrap();
         assert!(!resp.stop);
         resp.jobs.iter().map(|j| j.id).collect()
+    }
+}
+
+/// A launcher's request as its threads make it: `max_jobs` wanted, `ahead` held beyond its
+/// idle slots.
+fn ask(max_jobs: u32, ahead: u32, closing: bool) -> AcquireRequest {
+    AcquireRequest {
+        free_nodes: max_jobs,
+        max_jobs,
+        running: Vec::new(),
+        reports: Vec::new(),
+        wait_ms: 0,
+        closing,
+        ahead,
     }
 }
 
@@ -372,6 +393,7 @@ fn a_silent_launcher_is_lost_exactly_when_its_heartbeat_expires_on_the_clock() {
             outcome: Outcome::Done,
             exit_code: Some(0),
             message: "late".into(),
+            ran_ms: None,
         },
     );
     assert!(!late.unwrap());
@@ -474,7 +496,14 @@ fn a_killed_job_is_ended_by_its_launcher_and_its_late_report_ignored() {
     let resp =
         t.db.lock()
             .unwrap()
-            .acquire(launcher, 1, 1, &[ids[0]], &[], false)
+            .acquire(
+                launcher,
+                &AcquireRequest {
+                    running: vec![ids[0]],
+                    ..ask(1, 0, false)
+                },
+                &[],
+            )
             .unwrap();
     assert_eq!(resp.kill, [ids[0]]);
     t.acquire(launcher, &[(ids[0], Outcome::Done)]);
@@ -500,12 +529,13 @@ fn a_closing_launcher_is_never_handed_back_the_job_its_ending_made_runnable() {
             outcome: Outcome::Timeout,
             exit_code: None,
             message: "the allocation was cancelled while it ran".into(),
+            ran_ms: None,
         },
     };
     let resp =
         t.db.lock()
             .unwrap()
-            .acquire(first, 1, 0, &[], &[ending], true)
+            .acquire(first, &ask(0, 0, true), &[ending])
             .unwrap();
     assert!(resp.stop && resp.jobs.is_empty() && resp.applied == [true]);
     t.engine.react().unwrap();
@@ -514,7 +544,7 @@ fn a_closing_launcher_is_never_handed_back_the_job_its_ending_made_runnable() {
     let late =
         t.db.lock()
             .unwrap()
-            .acquire(first, 1, 1, &[], &[], false)
+            .acquire(first, &ask(1, 0, false), &[])
             .unwrap();
     assert!(late.stop && late.jobs.is_empty() && late.kill.is_empty());
     let l = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].clone();
@@ -855,4 +885,149 @@ fn a_partial_version_after_a_partial_one_plans_the_new_pair_and_supersedes_nothi
     want.sort();
     assert_eq!(names, want);
     assert!(waiting.iter().all(|id| v3.contains(id)));
+}
+
+#[test]
+fn a_launcher_holds_short_jobs_ahead_of_its_slots_and_gives_back_unstarted_ones_for_free() {
+    let mut wide = String::from("[workflows.wide]\n");
+    for step in ["a", "b", "c", "d", "e"] {
+        wide += &format!("[[workflows.wide.steps]]\nname = \"{step}\"\ncommand = \"true\"\n");
+    }
+    let t = tier_with(&wide);
+    let jobs = t.submit("many", "wide");
+    t.engine.round(false);
+    assert_eq!(jobs.len(), 5, "five independent jobs");
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(launcher, 1);
+    // one slot: one job for it and, asked for, one held ahead of it
+    assert_eq!(t.acquire_ahead(launcher, &[], 1), jobs[..2]);
+    assert!(
+        t.acquire_ahead(launcher, &[], 1).is_empty(),
+        "its slot and its one ahead are full"
+    );
+    // a job known to run 10 minutes is never held ahead: the next short one is
+    t.db.lock()
+        .unwrap()
+        .set_expected(jobs[2], Some(Duration::from_secs(600)))
+        .unwrap();
+    assert_eq!(
+        t.acquire_ahead(launcher, &[(jobs[0], Outcome::Done)], 1),
+        [jobs[3]]
+    );
+    assert_eq!(t.state(jobs[2]), "PREPROCESSED");
+    // ending, it gives the held one back: in line again, its attempt not spent
+    let back = JobReport {
+        job: jobs[3],
+        report: ReportRequest {
+            launcher,
+            outcome: Outcome::Unstarted,
+            exit_code: None,
+            message: "not started: launcher ending".into(),
+            ran_ms: None,
+        },
+    };
+    let resp =
+        t.db.lock()
+            .unwrap()
+            .acquire(launcher, &ask(0, 0, true), &[back])
+            .unwrap();
+    assert_eq!(resp.applied, [true]);
+    assert_eq!(t.state(jobs[3]), "RESTART_READY");
+    let job = t.db.lock().unwrap().job(jobs[3]).unwrap().unwrap();
+    assert_eq!(job.attempts, 0, "an unstarted job spent no attempt");
+    // the long job still goes to an idle slot
+    let fresh = {
+        let mut db = t.db.lock().unwrap();
+        db.add_launcher("default", "local", 1).unwrap()
+    };
+    t.start_launcher(fresh, 1);
+    assert_eq!(t.acquire(fresh, &[]), [jobs[2]]);
+}
+
+#[test]
+fn a_launcher_s_own_timing_is_the_learned_run_time_not_its_wait_ahead_of_a_slot() {
+    let t = tier();
+    let ids = t.submit("timed", "chain");
+    t.engine.round(false);
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(launcher, 1);
+    assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
+    // handed over ten minutes ago, it ran for 3 s of them
+    t.clock.advance(Duration::from_secs(600));
+    let done = JobReport {
+        job: ids[0],
+        report: ReportRequest {
+            launcher,
+            outcome: Outcome::Done,
+            exit_code: Some(0),
+            message: "a finished".into(),
+            ran_ms: Some(3_000),
+        },
+    };
+    t.db.lock()
+        .unwrap()
+        .acquire(launcher, &ask(1, 0, false), &[done])
+        .unwrap();
+    let (_, runs) =
+        t.db.lock()
+            .unwrap()
+            .recent_runtimes("chain", "a", 0)
+            .unwrap();
+    assert_eq!(
+        runs,
+        [3.0],
+        "the launcher's 3 s, not the 600 s since it was handed over"
+    );
+}
+
+#[test]
+fn the_engine_s_watch_keeps_only_the_newest_run_times_of_a_step() {
+    let t = tier();
+    t.engine.round(false);
+    let mut firsts = Vec::new();
+    for i in 0..runtime::RECENT + 5 {
+        firsts.push(t.submit(&format!("s{i}"), "chain")[0]);
+    }
+    t.engine.round(false);
+    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+    t.start_launcher(launcher, 1);
+    for (n, job) in firsts.iter().enumerate() {
+        assert_eq!(t.acquire(launcher, &[]), [*job]);
+        let done = JobReport {
+            job: *job,
+            report: ReportRequest {
+                launcher,
+                outcome: Outcome::Done,
+                exit_code: Some(0),
+                message: "a finished".into(),
+                ran_ms: Some(1_000 * n as u64),
+            },
+        };
+        t.db.lock()
+            .unwrap()
+            .acquire(launcher, &ask(0, 0, false), &[done])
+            .unwrap();
+    }
+    let all = |t: &Tier| {
+        t.db.lock()
+            .unwrap()
+            .recent_runtimes("chain", "a", 0)
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        all(&t).len(),
+        runtime::RECENT,
+        "an estimate reads only the newest"
+    );
+    // the engine's watch removes the five oldest; nothing is left for a second pass
+    t.engine.round(true);
+    assert_eq!(t.db.lock().unwrap().prune_runtimes().unwrap(), 0);
+    let kept = all(&t);
+    assert_eq!(
+        kept.first(),
+        Some(&((runtime::RECENT + 4) as f64)),
+        "the newest stayed"
+    );
+    assert_eq!(kept.last(), Some(&5.0), "the oldest went");
 }

@@ -30,6 +30,8 @@ pub enum Trigger {
     Reported,
     /// Its launcher ended or fell silent while it ran.
     LauncherEnded,
+    /// Its launcher held it ahead of a free node and gave it back unstarted.
+    Returned,
     /// Its outputs were checked after a zero exit.
     Checked,
     /// The service's retry policy decided (attempts left, a timeout, or none left).
@@ -89,6 +91,8 @@ pub const MOVES: &[(JobState, JobState, Trigger)] = &[
     (S::Running, S::RunError, T::Reported),
     (S::Running, S::RunTimeout, T::Reported),
     (S::Running, S::RunTimeout, T::LauncherEnded),
+    // held by a launcher that ended before a node freed for it: it never ran
+    (S::Running, S::RestartReady, T::Returned),
     (S::RunDone, S::Postprocessed, T::Checked),
     (S::RunDone, S::RunError, T::Checked),
     (S::Postprocessed, S::JobFinished, T::Checked),
@@ -212,15 +216,20 @@ pub(crate) fn change(
     let metrics = crate::service::http::metrics::global();
     metrics.transition(to.as_str());
     if to == JobState::JobFinished {
-        // the stack version's last job: its DAG is done (one look in the (stack, state)
-        // index, so a finish in a wide DAG does not walk its finished jobs)
+        // the stack version's last job: its DAG is done. Two looks in the (stack, state)
+        // index, one on each side of JOB_FINISHED, each a range that stops at its first
+        // row: one look with `<> OR >` walks the stack's finished jobs (they sort between
+        // the open ones), a cost per finish that grew with the DAG.
+        let finished = JobState::JobFinished.as_str();
         let (open, created): (bool, String) = tx
-            .prepare_cached(
-                &format!("SELECT EXISTS (SELECT 1 FROM jobs o INDEXED BY jobs_by_stack_state
-                                WHERE o.stack_id = j.stack_id AND (o.state < '{}' OR o.state > '{}')),
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM jobs o INDEXED BY jobs_by_stack_state
+                                WHERE o.stack_id = j.stack_id AND o.state < '{finished}')
+                     OR EXISTS (SELECT 1 FROM jobs o INDEXED BY jobs_by_stack_state
+                                WHERE o.stack_id = j.stack_id AND o.state > '{finished}'),
                         s.created_at
-                 FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1", JobState::JobFinished.as_str(), JobState::JobFinished.as_str()),
-            )?
+                 FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1"
+            ))?
             .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if !open {
             if let Some(secs) = crate::service::clock::between(&created, at) {
@@ -286,6 +295,7 @@ pub fn on_report(
             mv(S::RunError, T::Reported, message),
             mv(S::Failed, T::Hold, format!("not retried: {message}")),
         ],
+        Outcome::Unstarted => vec![mv(S::RestartReady, T::Returned, message)],
     }
 }
 
@@ -433,7 +443,14 @@ mod tests {
             missing.iter().map(|m| m.to).collect::<Vec<_>>(),
             [S::RunError, S::Failed]
         );
-        for plan in [run_fault, missing, after_check(Some("blank"))] {
+        let unstarted = on_report(Outcome::Unstarted, None, "launcher ending", &argv);
+        assert_eq!(
+            unstarted.len(),
+            1,
+            "back in line in one move: {unstarted:?}"
+        );
+        assert_eq!(unstarted[0].to, S::RestartReady);
+        for plan in [run_fault, missing, unstarted, after_check(Some("blank"))] {
             let mut at = S::Running;
             if plan[0].trigger == T::Checked {
                 at = S::RunDone;

@@ -11,7 +11,8 @@ use crate::service::lifecycle::launcher::{LauncherState, LauncherTrigger};
 use crate::service::lifecycle::runtime;
 use crate::service::store::{Db, DbError};
 use beamflow_protocol::api::{
-    AcquireResponse, EventRow, JobReport, LaunchedJob, ReportRequest, StackStatus,
+    AcquireRequest, AcquireResponse, EventRow, JobReport, LaunchedJob, Outcome, ReportRequest,
+    StackStatus, AHEAD_PER_SLOT, SHORT_JOB,
 };
 use rusqlite::{params, OptionalExtension, Transaction};
 use std::collections::{BTreeMap, HashMap};
@@ -421,6 +422,18 @@ impl Db {
             .collect())
     }
 
+    /// Keeps only the newest [`runtime::RECENT`] run times of each workflow, step and size
+    /// class (all an estimate reads): the table stays small however many jobs end. Run on the
+    /// engine's watch, not per ending.
+    pub fn prune_runtimes(&mut self) -> Result<usize, DbError> {
+        Ok(self.conn.execute(
+            "DELETE FROM runtimes WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER
+                (PARTITION BY workflow, step, size_class ORDER BY id DESC) AS n FROM runtimes)
+             WHERE n > ?1)",
+            [runtime::RECENT as i64],
+        )?)
+    }
+
     /// Sets what a job is expected to need of its next launcher (a job that ran out of wall
     /// time needs at least as long as it ran).
     pub fn set_expected(
@@ -456,15 +469,17 @@ impl Db {
     /// one launcher in flight at once never over-fill it. A `closing` launcher becomes
     /// ENDING in the same transaction as its endings, so no job they make runnable again
     /// can be handed back to it; an ending one is told to stop and given nothing.
+    ///
+    /// Up to `ahead` (no more than [`AHEAD_PER_SLOT`] per slot) nodes' worth of jobs more than it has free may be
+    /// handed to a launcher that asks: held by it, each starts the moment a node frees. Only a
+    /// job not known to run longer than [`SHORT_JOB`] is handed that way.
     pub fn acquire(
         &mut self,
         launcher: u64,
-        free_nodes: u32,
-        max_jobs: u32,
-        running: &[u64],
+        ask: &AcquireRequest,
         reports: &[JobReport],
-        closing: bool,
     ) -> Result<AcquireResponse, DbError> {
+        let (running, closing) = (&ask.running[..], ask.closing);
         let now = self.now();
         let at = stamp(now);
         let tx = self.tx()?;
@@ -501,16 +516,24 @@ impl Db {
             });
         };
         let kill = not_mine(&tx, launcher, running)?;
-        let free = if me.slots > 0 {
-            free_slots(&tx, launcher, me.slots)?
+        let room = if me.slots > 0 {
+            let used = used_slots(&tx, launcher)?;
+            let ahead = i64::from(ask.ahead).min(me.slots * i64::from(AHEAD_PER_SLOT));
+            Room {
+                free: (me.slots - used).max(0) as u32,
+                ahead: (me.slots + ahead - used.max(me.slots)).max(0) as u32,
+            }
         } else {
-            free_nodes
+            Room {
+                free: ask.free_nodes,
+                ahead: 0,
+            }
         };
         let left = me
             .deadline
             .map(|d| std::time::Duration::from_secs_f64((d - epoch(now)).max(0.0)));
-        let jobs = if free > 0 && max_jobs > 0 {
-            start_jobs(&tx, launcher, (free, left), max_jobs, &at)?
+        let jobs = if room.free + room.ahead > 0 && ask.max_jobs > 0 {
+            start_jobs(&tx, launcher, (room, left), ask.max_jobs, &at)?
         } else {
             Vec::new()
         };
@@ -718,14 +741,22 @@ impl Db {
 /// One report inside a transaction: the moves [`job::on_report`] decides, if the job is
 /// still RUNNING for the reporting launcher.
 fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Result<bool, DbError> {
-    let owner: Option<(Option<i64>, String)> = tx
+    let owner: Option<(Option<i64>, String, Step)> = tx
         .prepare_cached(&format!(
-            "SELECT launcher_id, command FROM jobs WHERE id = ?1 AND state = '{}'",
+            "SELECT j.launcher_id, j.command, s.workflow, j.name, j.size_class
+             FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1 AND j.state = '{}'",
             JobState::Running.as_str()
         ))?
-        .query_row([job as i64], |row| Ok((row.get(0)?, row.get(1)?)))
+        .query_row([job as i64], |row| {
+            let step = Step {
+                workflow: row.get(2)?,
+                name: row.get(3)?,
+                size_class: row.get(4)?,
+            };
+            Ok((row.get(0)?, row.get(1)?, step))
+        })
         .optional()?;
-    let Some((Some(owner), argv)) = owner else {
+    let Some((Some(owner), argv, step)) = owner else {
         return Ok(false);
     };
     if owner != r.launcher as i64 {
@@ -739,40 +770,60 @@ fn report_in(tx: &Transaction<'_>, job: u64, r: &ReportRequest, at: &str) -> Res
     );
     let ran = moves.last().is_some_and(|m| m.to == JobState::RunDone);
     if ran {
-        learn_runtime(tx, job, at)?;
+        learn_runtime(tx, job, &step, r.ran_ms, at)?;
     }
-    Ok(job::apply(tx, job, &moves, at)?)
+    let applied = job::apply(tx, job, &moves, at)?;
+    if applied && r.outcome == Outcome::Unstarted {
+        // handed out but never run: the attempt counted when it was handed over is undone
+        tx.prepare_cached("UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE id = ?1")?
+            .execute([job as i64])?;
+    }
+    Ok(applied)
 }
 
-/// Records how long a run that ended well took, under its workflow, step and size class, and
-/// keeps only the newest [`runtime::RECENT`] of them: what the next jobs of the step are
-/// expected to need.
-fn learn_runtime(tx: &Transaction<'_>, job: u64, at: &str) -> Result<(), DbError> {
-    let row: Option<(String, String, i64, Option<String>)> = tx
-        .prepare_cached(&format!(
-            "SELECT s.workflow, j.name, j.size_class,
-                    (SELECT e.at FROM events e WHERE e.job_id = j.id AND e.to_state = '{}' ORDER BY e.id DESC LIMIT 1)
-             FROM jobs j JOIN stacks s ON s.id = j.stack_id WHERE j.id = ?1",
-            JobState::Running.as_str()
-        ))?
-        .query_row([job as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    let Some((workflow, name, class, Some(started))) = row else {
-        return Ok(());
+/// Where a job's run time is learned: its workflow, its name (the step's, with the range of
+/// a fanned-out one) and its size class.
+struct Step {
+    workflow: String,
+    name: String,
+    size_class: i64,
+}
+
+/// Records how long a run that ended well took, under its workflow, step and size class: what
+/// the next jobs of the step are expected to need. Only the newest [`runtime::RECENT`] per
+/// class are read; older ones are removed by [`Db::prune_runtimes`], not here (a delete per
+/// ending cost a tenth of the rate of trivial jobs).
+///
+/// The launcher's own timing (`ran_ms`) is the run time when it sent one; else the time since
+/// the job was handed over (a launcher that holds jobs ahead always sends its timing).
+fn learn_runtime(
+    tx: &Transaction<'_>,
+    job: u64,
+    of: &Step,
+    ran_ms: Option<u64>,
+    at: &str,
+) -> Result<(), DbError> {
+    let secs = match ran_ms {
+        Some(ms) => ms as f64 / 1e3,
+        None => {
+            let started: Option<String> = tx
+                .prepare_cached(&format!(
+                    "SELECT at FROM events WHERE job_id = ?1 AND to_state = '{}' ORDER BY id DESC LIMIT 1",
+                    JobState::Running.as_str()
+                ))?
+                .query_row([job as i64], |r| r.get(0))
+                .optional()?;
+            match started.and_then(|s| crate::service::clock::between(&s, at)) {
+                Some(secs) => secs,
+                None => return Ok(()),
+            }
+        }
     };
-    let Some(secs) = crate::service::clock::between(&started, at) else {
-        return Ok(());
-    };
-    let step = crate::science::dag::step_of(&name).0;
+    let step = crate::science::dag::step_of(&of.name).0;
     tx.prepare_cached(
         "INSERT INTO runtimes (workflow, step, size_class, secs) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![workflow, step, class, secs.max(0.0)])?;
-    tx.prepare_cached(
-        "DELETE FROM runtimes WHERE workflow = ?1 AND step = ?2 AND size_class = ?3 AND id <=
-            (SELECT id FROM runtimes WHERE workflow = ?1 AND step = ?2 AND size_class = ?3 ORDER BY id DESC LIMIT 1 OFFSET ?4)",
-    )?
-    .execute(params![workflow, step, class, runtime::RECENT as i64])?;
+    .execute(params![of.workflow, step, of.size_class, secs.max(0.0)])?;
     Ok(())
 }
 
@@ -844,30 +895,38 @@ fn not_mine(
     Ok(kill)
 }
 
-/// A launcher's slots less the nodes its running jobs hold.
-fn free_slots(tx: &rusqlite::Transaction, launcher: u64, slots: i64) -> Result<u32, DbError> {
-    let used: i64 = tx
+/// The nodes a launcher's jobs hold: those it runs and those it holds ahead of a free node.
+fn used_slots(tx: &rusqlite::Transaction, launcher: u64) -> Result<i64, DbError> {
+    Ok(tx
         .prepare_cached(&format!(
             "SELECT COALESCE(SUM(nodes), 0) FROM jobs WHERE launcher_id = ?1 AND state = '{}'",
             JobState::Running.as_str()
         ))?
-        .query_row([launcher as i64], |r| r.get(0))?;
-    Ok((slots - used).max(0) as u32)
+        .query_row([launcher as i64], |r| r.get(0))?)
 }
 
-/// Moves runnable jobs that fit in `free` nodes and the launcher's time `left` to RUNNING on
+/// What a launcher can take now: nodes that are idle, and nodes' worth of short jobs it
+/// holds ahead of them.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    free: u32,
+    ahead: u32,
+}
+
+/// Moves runnable jobs that fit in the launcher's room and its time `left` to RUNNING on
 /// this launcher, oldest first, at most `max_jobs`; each state is read in its index's order
 /// (no sort of every runnable job per request), and no more than a request can take is read.
-/// A job expected to outlive the launcher is left for one with room for it.
+/// A job expected to outlive the launcher is left for one with room for it; one expected to
+/// run longer than [`SHORT_JOB`] only goes to idle nodes, never ahead of them.
 fn start_jobs(
     tx: &rusqlite::Transaction,
     launcher: u64,
-    (mut free, left): (u32, Option<std::time::Duration>),
+    (mut room, left): (Room, Option<std::time::Duration>),
     max_jobs: u32,
     at: &str,
 ) -> Result<Vec<LaunchedJob>, DbError> {
     let mut candidates: Vec<(i64, u32, f64)> = Vec::new();
-    let limit = (max_jobs.min(free) as i64).max(1) * 4;
+    let limit = (max_jobs.min(room.free + room.ahead) as i64).max(1) * 4;
     // a launcher near its end reads only what is short enough, not the long jobs it must pass
     let within = left.map(|d| d.as_secs_f64()).unwrap_or(f64::MAX);
     for state in [JobState::Preprocessed, JobState::RestartReady] {
@@ -887,11 +946,19 @@ fn start_jobs(
     let why = format!("started by launcher {launcher}");
     let mut jobs = Vec::new();
     for (id, nodes, expected) in candidates {
-        if jobs.len() as u32 >= max_jobs || free == 0 {
+        if jobs.len() as u32 >= max_jobs || room.free + room.ahead == 0 {
             break;
         }
-        if nodes > free
-            || !runtime::fits(runtime::from_secs(expected), left)
+        let expected = runtime::from_secs(expected);
+        let short = expected.is_none_or(|e| e <= SHORT_JOB);
+        let (now, later) = if nodes <= room.free {
+            (nodes, 0)
+        } else if short && nodes <= room.free + room.ahead {
+            (room.free, nodes - room.free)
+        } else {
+            continue;
+        };
+        if !runtime::fits(expected, left)
             || !job::change(
                 tx,
                 id as u64,
@@ -907,7 +974,8 @@ fn start_jobs(
             "UPDATE jobs SET launcher_id = ?2, attempts = attempts + 1 WHERE id = ?1",
         )?
         .execute(params![id, launcher as i64])?;
-        free -= nodes;
+        room.free -= now;
+        room.ahead -= later;
         jobs.push(launched(tx, id)?);
     }
     Ok(jobs)

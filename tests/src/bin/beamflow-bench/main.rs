@@ -164,24 +164,25 @@ fn opts() -> Opts {
             std::process::exit(0)
         }
         Some("jobs") => {
-            let (mut count, mut slots) = (1000, 2);
+            let (mut count, mut slots, mut on) = (1000, 2, String::from("disk,tmpfs"));
             while let Some(a) = it.next() {
                 let v = it.next().map(String::as_str).unwrap_or("");
                 match a.as_str() {
                     "--count" => count = v.parse().unwrap_or(1000),
                     "--slots" => slots = v.parse().unwrap_or(2),
+                    "--on" => on = v.to_string(),
                     other => {
                         eprintln!("beamflow-bench: unknown option {other}");
                         std::process::exit(2)
                     }
                 }
             }
-            jobs_bench(count, slots);
+            jobs_bench(count, slots, &on);
             std::process::exit(0)
         }
         _ => {
             eprintln!("usage: beamflow-bench local [--size 1GiB] [--file-size 100MiB] [--runs 3]");
-            eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2]");
+            eprintln!("       beamflow-bench jobs [--count 1000] [--slots 2] [--on disk,tmpfs]");
             eprintln!("       beamflow-bench stream [--sections 32] [--side 512] [--interval 5] [--chunk 8]");
             eprintln!("       beamflow-bench backfill [--jobs 200] [--job-secs 5] [--every 75] [--backlog 6] [--seed 7] [--max-limit 4]");
             eprintln!(
@@ -468,16 +469,20 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
     eprintln!("{count} independent steps of one stack ...");
     submit("wide", "wide");
     let wide = wait_done("wide", count as usize);
-    let (mut first_ready, mut last_done) = (None, None);
+    let (mut first_ready, mut first_running, mut last_done) = (None, None, None);
     let mut queued = Vec::new();
+    let earliest = |a: Option<std::time::SystemTime>, b| Some(a.map_or(b, |a| a.min(b)));
     for j in &wide {
         let h = client.history(j.id).unwrap();
-        let (ready, done) = (at(&h, "READY"), at(&h, "JOB_FINISHED"));
-        queued.push(gap(ready, at(&h, "RUNNING")));
-        first_ready = Some(first_ready.map_or(ready, |f: std::time::SystemTime| f.min(ready)));
+        let (ready, running) = (at(&h, "READY"), at(&h, "RUNNING"));
+        let done = at(&h, "JOB_FINISHED");
+        queued.push(gap(ready, running));
+        first_ready = earliest(first_ready, ready);
+        first_running = earliest(first_running, running);
         last_done = Some(last_done.map_or(done, |l: std::time::SystemTime| l.max(done)));
     }
     let span = gap(first_ready.unwrap(), last_done.unwrap());
+    let to_first = gap(first_ready.unwrap(), first_running.unwrap());
     let launchers = client.status().unwrap().launchers.len();
     let running_twice = wide
         .iter()
@@ -495,6 +500,7 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
     service.term();
     JobsRun {
         throughput: count as f64 / span.as_secs_f64(),
+        to_first,
         lone: med(lone),
         lone_prep: med(lone_prep),
         link: med(links.clone()),
@@ -513,6 +519,8 @@ fn med(mut v: Vec<Duration>) -> Duration {
 /// One pass of the jobs bench on one filesystem.
 struct JobsRun {
     throughput: f64,
+    /// From the first READY to the first RUNNING: the stack's jobs prepared.
+    to_first: Duration,
     lone: Duration,
     lone_prep: Duration,
     link: Duration,
@@ -546,12 +554,20 @@ fn spawn_ceiling(count: u32, slots: u32, dir: &Path) -> f64 {
 
 /// The jobs bench on the disk's temporary folder and, where there is one, on tmpfs
 /// (`/dev/shm`): on a disk where creating a file costs a millisecond, that cost (two output
-/// files per job, a work folder per stack) is most of what is measured.
-fn jobs_bench(count: u32, slots: u32) {
+/// files per job, a work folder per stack) is most of what is measured. `on` names the
+/// columns wanted (`disk`, `tmpfs`).
+fn jobs_bench(count: u32, slots: u32, on: &str) {
     let disk = std::env::temp_dir();
-    let mut places = vec![("disk", disk.clone())];
-    if Path::new("/dev/shm").is_dir() {
+    let mut places = Vec::new();
+    if on.split(',').any(|c| c == "disk") {
+        places.push(("disk", disk.clone()));
+    }
+    if on.split(',').any(|c| c == "tmpfs") && Path::new("/dev/shm").is_dir() {
         places.push(("tmpfs", PathBuf::from("/dev/shm")));
+    }
+    if places.is_empty() {
+        eprintln!("beamflow-bench jobs: --on names disk, tmpfs or both (tmpfs needs /dev/shm)");
+        std::process::exit(2)
     }
     let mut runs = Vec::new();
     let mut ceilings = Vec::new();
@@ -585,6 +601,13 @@ fn jobs_bench(count: u32, slots: u32) {
             .map(|r| format!("{:.0}", r.throughput))
             .collect(),
         ">= 1000",
+    );
+    row(
+        "  of which first READY -> first RUNNING (the jobs prepared), s",
+        runs.iter()
+            .map(|r| format!("{:.3}", r.to_first.as_secs_f64()))
+            .collect(),
+        "",
     );
     row(
         &format!("  ceiling: `true` started {slots} at a time, nothing else, /s"),

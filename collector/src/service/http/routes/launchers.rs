@@ -36,27 +36,18 @@ pub(super) async fn launcher_acquire(
     State(st): State<AppState>,
     _: Token,
     UrlPath(id): UrlPath<u64>,
-    Json(r): Json<AcquireRequest>,
+    Json(mut r): Json<AcquireRequest>,
 ) -> ApiResult<AcquireResponse> {
     // a closing launcher waits for nothing
     let wait = if r.closing { 0 } else { r.wait_ms };
     let hold = std::time::Duration::from_millis(wait).min(st.cfg.service.heartbeat_timeout.0 / 3);
     let until = tokio::time::Instant::now() + hold;
     let mut bell = st.wake.watch_work();
-    let mut reports = r.reports;
+    let mut reports = std::mem::take(&mut r.reports);
     let mut applied = Vec::new();
     loop {
         bell.borrow_and_update();
-        let mut resp = locked(&st)?
-            .acquire(
-                id,
-                r.free_nodes,
-                r.max_jobs,
-                &r.running,
-                &reports,
-                r.closing,
-            )
-            .map_err(internal)?;
+        let mut resp = locked(&st)?.acquire(id, &r, &reports).map_err(internal)?;
         if !reports.is_empty() {
             applied = std::mem::take(&mut resp.applied);
             reports.clear();
