@@ -638,6 +638,37 @@ impl Site {
         )
     }
 
+    /// A stack version's snapshot under the data root, as `serve` leaves it (two tiny
+    /// sections), with the files a submission names: for tests and benchmarks that drive
+    /// the service's API straight, with a workflow of their own.
+    pub fn snapshot(&self, beamline: &str, name: &str) -> Vec<beamflow_protocol::api::SubmitFile> {
+        let snap = self
+            .data_root()
+            .join(beamline)
+            .join(name)
+            .join(".beamflow-v1");
+        std::fs::create_dir_all(&snap).unwrap();
+        (0..2)
+            .map(|i| {
+                let p = snap.join(format!("S_{i:04}.tif"));
+                let section = Section {
+                    width: 16,
+                    height: 16,
+                    seed: i,
+                    big: false,
+                    rows_per_strip: 16,
+                };
+                write_tiff(&p, &section).unwrap();
+                let bytes = std::fs::read(&p).unwrap();
+                beamflow_protocol::api::SubmitFile {
+                    path: format!("{name}/S_{i:04}.tif"),
+                    size: bytes.len() as u64,
+                    blake3: blake3::hash(&bytes).to_hex().to_string(),
+                }
+            })
+            .collect()
+    }
+
     /// Waits until every job of `stack` is JOB_FINISHED.
     pub fn wait_finished(&self, stack: &str, limit: Duration) -> Vec<Value> {
         self.wait_jobs(stack, limit, "JOB_FINISHED", |jobs| {

@@ -775,3 +775,67 @@ fn a_grown_stack_reuses_the_pair_work_it_already_did() {
         assert!(work.join(f).is_file(), "{f} missing in v2's work folder");
     }
 }
+
+/// A launcher whose jobs end within moments holds some ahead of its one slot. Cancelled as a
+/// batch system cancels an allocation (SIGTERM to the launcher) while it holds them, it gives
+/// them back: every job still runs to the end, the one it was running counts its attempt,
+/// and each one given back unstarted spends none.
+#[test]
+fn a_launcher_cancelled_while_holding_jobs_ahead_gives_them_back_with_no_attempt_spent() {
+    use beamflow_protocol::api::{Client, SubmitRequest};
+    let site = Site::new("1s", "");
+    site.edit_config("slots = 0", "slots = 1");
+    let mut wf = String::from("[workflows.many]\n");
+    for i in 0..150 {
+        wf += &format!("[[workflows.many.steps]]\nname = \"s{i:03}\"\ncommand = \"sleep 0.04\"\n");
+    }
+    site.append_config(&wf);
+    let service = site.start_service();
+    let client = Client::from_state_dir(&site.dir.join("state")).unwrap();
+    client
+        .submit(&SubmitRequest {
+            beamline: "bl".into(),
+            stack: "many".into(),
+            version: 1,
+            workflow: "many".into(),
+            files: site.snapshot("bl", "many"),
+            keep_older: false,
+            partial: false,
+        })
+        .unwrap();
+    // a dozen short runs: the launcher has seen its jobs are short, and holds some ahead
+    site.wait_jobs("many", LONG, "a dozen finished", |j| {
+        j.iter().filter(|j| j["state"] == "JOB_FINISHED").count() >= 12
+    });
+    let launcher = children_matching(service.pid(), "launcher")
+        .into_iter()
+        .next()
+        .expect("the launcher process");
+    // SAFETY: a signal to a process this test's service started
+    unsafe { libc::kill(launcher, libc::SIGTERM) };
+    let jobs = site.wait_finished("many", LONG);
+    assert_eq!(jobs.len(), 150);
+    let mut given_back = 0;
+    for j in &jobs {
+        let h = site.history(j);
+        let returned = h.iter().any(|e| {
+            e["to"] == "RESTART_READY" && e["reason"].as_str().unwrap().starts_with("not started")
+        });
+        let timed_out = h.iter().any(|e| e["to"] == "RUN_TIMEOUT");
+        if returned && !timed_out {
+            given_back += 1;
+            assert_eq!(
+                j["attempts"], 1,
+                "given back unstarted, then run once: {h:#?}"
+            );
+        } else if !timed_out {
+            assert_eq!(j["attempts"], 1, "{h:#?}");
+        }
+    }
+    assert!(
+        given_back >= 1,
+        "the cancelled launcher held no job ahead of its slot; its log:\n{}",
+        std::fs::read_to_string(site.dir.join("state/launchers/launcher-1.log"))
+            .unwrap_or_default()
+    );
+}

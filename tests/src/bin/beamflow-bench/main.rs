@@ -330,38 +330,6 @@ fn main() {
     );
 }
 
-/// A stack version's snapshot under the data root, as `serve` leaves it: two tiny sections.
-fn bench_stack(site: &Site, name: &str) -> Vec<beamflow_protocol::api::SubmitFile> {
-    let snap = site
-        .data_root()
-        .join("bench-bl")
-        .join(name)
-        .join(".beamflow-v1");
-    std::fs::create_dir_all(&snap).unwrap();
-    (0..2)
-        .map(|i| {
-            let p = snap.join(format!("S_{i:04}.tif"));
-            write_tiff(
-                &p,
-                &Section {
-                    width: 16,
-                    height: 16,
-                    seed: i,
-                    big: false,
-                    rows_per_strip: 16,
-                },
-            )
-            .unwrap();
-            let bytes = std::fs::read(&p).unwrap();
-            beamflow_protocol::api::SubmitFile {
-                path: format!("{name}/S_{i:04}.tif"),
-                size: bytes.len() as u64,
-                blake3: blake3::hash(&bytes).to_hex().to_string(),
-            }
-        })
-        .collect()
-}
-
 /// Trivial jobs (`true`) through one local launcher with `slots` slots, straight to the
 /// service API as `serve` would forward them. Four measures, each from the jobs' event rows:
 /// a lone job handed to an idle launcher (READY → RUNNING, median of 10), a chain of 20 steps
@@ -397,7 +365,7 @@ fn jobs_run(count: u32, slots: u32, tmp: &Path) -> JobsRun {
     let mut service = site.start_service_with(&[("BEAMFLOW_LOG", "info")]);
     let client = Client::from_state_dir(&site.dir.join("state")).unwrap();
     let submit = |name: &str, workflow: &str| {
-        let files = bench_stack(&site, name);
+        let files = site.snapshot("bench-bl", name);
         client
             .submit(&SubmitRequest {
                 beamline: "bench-bl".into(),
