@@ -638,6 +638,17 @@ impl Site {
         )
     }
 
+    /// Registers every DAG and runs none of it: the workflow is one step (no 8-bit
+    /// preparation) in a queue that submits nothing. For benchmarks of the transfer, where a
+    /// stack's jobs running beside the next measurement would be measured with it.
+    pub fn hold_jobs(&self) {
+        self.edit_config("workflow = \"aligntk\"", "workflow = \"hold\"");
+        self.edit_config("submit = true ", "submit = false ");
+        self.append_config(
+            "[workflows.hold]\nto_8bit = \"off\"\n[[workflows.hold.steps]]\nname = \"wait\"\ncommand = \"true\"\n",
+        );
+    }
+
     /// A stack version's snapshot under the data root, as `serve` leaves it (two tiny
     /// sections), with the files a submission names: for tests and benchmarks that drive
     /// the service's API straight, with a workflow of their own.

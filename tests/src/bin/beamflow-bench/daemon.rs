@@ -59,12 +59,9 @@ pub fn run(runs: usize, small_files: u32) {
     let ctl = site.dir.join("master.sock");
     let link = sshd.link_toml(&site.config, "own", Some(&ctl), "5s");
     site.edit_config("transport = \"local\"", &link);
-    // DAGs are registered and wait: nothing runs beside the agent
-    site.edit_config("workflow = \"aligntk\"", "workflow = \"hold\"");
-    site.edit_config("submit = true ", "submit = false ");
-    site.append_config(
-        "[workflows.hold]\nto_8bit = \"off\"\n[[workflows.hold.steps]]\nname = \"wait\"\ncommand = \"true\"\n",
-    );
+    // one job per stack that waits: the collector registers each DAG and runs nothing
+    // beside the agent
+    site.hold_jobs();
     let env = [("BEAMFLOW_LOG", "info")];
     let mut service = site.start_service_with(&env);
     let mut agent = site.start_agent_with(&env);

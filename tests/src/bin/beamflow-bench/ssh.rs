@@ -102,6 +102,7 @@ pub fn hold() {
     let site = Site::new("30s", "");
     let link = sshd.link_toml(&site.config, "own", None, "5s");
     site.edit_config("transport = \"local\"", &link);
+    site.hold_jobs();
     let _service = site.start_service();
     let data = site.dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -137,6 +138,9 @@ fn ssh_site(sshd: &Sshd, settle: &str, channels: u32) -> Site {
     let link = sshd.link_toml(&site.config, "own", None, "5s");
     site.edit_config("transport = \"local\"", &link);
     site.edit_config("channels = 4", &format!("channels = {channels}"));
+    // a primed stack's DAG (a 512 MiB section made 8-bit, its jobs started) would otherwise
+    // run beside the push that is measured after it
+    site.hold_jobs();
     site
 }
 

@@ -119,13 +119,9 @@ fn layout(
     let site = Site::new(&humantime::format_duration(settle).to_string(), "");
     site.edit_config("channels = 4", &format!("channels = {}", link.0));
     site.edit_config("max_stacks = 4", &format!("max_stacks = {}", link.1));
-    // one job per stack that waits in a queue that submits nothing: the collector registers
-    // each DAG and runs nothing beside the agent (no 8-bit preparation either)
-    site.edit_config("workflow = \"aligntk\"", "workflow = \"hold\"");
-    site.edit_config("submit = true ", "submit = false ");
-    site.append_config(
-        "[workflows.hold]\nto_8bit = \"off\"\n[[workflows.hold.steps]]\nname = \"wait\"\ncommand = \"true\"\n",
-    );
+    // one job per stack that waits: the collector registers each DAG and runs nothing
+    // beside the agent
+    site.hold_jobs();
     let incoming = site.incoming();
     eprintln!("{folders} folders: writing {files} files ...");
     let bytes = write_tree(&incoming, folders, files);
