@@ -254,6 +254,13 @@ impl Tier {
         id
     }
 
+    /// The first launcher the engine submitted, started with `slots`.
+    fn first_launcher(&self, slots: usize) -> u64 {
+        let id = self.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
+        self.start_launcher(id, slots);
+        id
+    }
+
     /// Plays a launcher announcing itself in its allocation.
     fn start_launcher(&self, id: u64, slots: usize) {
         let mut db = self.db.lock().unwrap();
@@ -270,15 +277,15 @@ impl Tier {
     fn acquire_ahead(&self, launcher: u64, reports: &[(u64, Outcome)], ahead: u32) -> Vec<u64> {
         let reports: Vec<JobReport> = reports
             .iter()
-            .map(|(job, outcome)| JobReport {
-                job: *job,
-                report: ReportRequest {
+            .map(|(job, outcome)| {
+                ending(
+                    *job,
                     launcher,
-                    outcome: *outcome,
-                    exit_code: Some(if *outcome == Outcome::Done { 0 } else { 1 }),
-                    message: "played by the test".into(),
-                    ran_ms: None,
-                },
+                    *outcome,
+                    Some(if *outcome == Outcome::Done { 0 } else { 1 }),
+                    "played by the test",
+                    None,
+                )
             })
             .collect();
         let resp = self
@@ -289,6 +296,27 @@ impl Tier {
             .unwrap();
         assert!(!resp.stop);
         resp.jobs.iter().map(|j| j.id).collect()
+    }
+}
+
+/// A launcher's account of one job's end, as its loop makes it.
+fn ending(
+    job: u64,
+    launcher: u64,
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    message: &str,
+    ran_ms: Option<u64>,
+) -> JobReport {
+    JobReport {
+        job,
+        report: ReportRequest {
+            launcher,
+            outcome,
+            exit_code,
+            message: message.into(),
+            ran_ms,
+        },
     }
 }
 
@@ -323,8 +351,7 @@ fn a_chain_moves_on_the_moment_its_parent_reports_with_no_timer_at_all() {
     // the policy asked the scheduler for one launcher, and only one, however often it runs
     t.engine.round(false);
     assert_eq!(t.sched.submitted.lock().unwrap().len(), 1);
-    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(launcher, 2);
+    let launcher = t.first_launcher(2);
     assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
     for (parent, child) in [(ids[0], ids[1]), (ids[1], ids[2])] {
         // the report comes in the same request that asks for more: nothing is runnable yet
@@ -489,8 +516,7 @@ fn a_killed_job_is_ended_by_its_launcher_and_its_late_report_ignored() {
     let t = tier();
     let ids = t.submit("run1", "chain");
     t.engine.round(false);
-    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(launcher, 1);
+    let launcher = t.first_launcher(1);
     assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
     assert!(t.db.lock().unwrap().kill(ids[0]).unwrap());
     let resp =
@@ -518,20 +544,17 @@ fn a_closing_launcher_is_never_handed_back_the_job_its_ending_made_runnable() {
     let t = tier();
     let ids = t.submit("run1", "chain");
     t.engine.round(true);
-    let first = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(first, 1);
+    let first = t.first_launcher(1);
     assert_eq!(t.acquire(first, &[]), [ids[0]]);
     // its allocation is cancelled: the ending comes with `closing`, in one transaction
-    let ending = JobReport {
-        job: ids[0],
-        report: ReportRequest {
-            launcher: first,
-            outcome: Outcome::Timeout,
-            exit_code: None,
-            message: "the allocation was cancelled while it ran".into(),
-            ran_ms: None,
-        },
-    };
+    let ending = ending(
+        ids[0],
+        first,
+        Outcome::Timeout,
+        None,
+        "the allocation was cancelled while it ran",
+        None,
+    );
     let resp =
         t.db.lock()
             .unwrap()
@@ -579,8 +602,7 @@ fn a_new_version_supersedes_only_what_has_not_started_and_the_running_job_finish
     let v1 = t.submit("run1", "chain");
     t.engine.round(false);
     t.engine.round(false);
-    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(launcher, 2);
+    let launcher = t.first_launcher(2);
     assert_eq!(t.acquire(launcher, &[]), [v1[0]]);
     assert_eq!(t.state(v1[0]), "RUNNING");
     // version 2 arrives while v1's first step runs
@@ -666,8 +688,7 @@ fn a_job_that_runs_out_of_wall_time_max_timeouts_times_is_held_with_its_run_time
     let ids = t.submit("long", "chain");
     t.engine.round(false);
     t.engine.round(false);
-    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(launcher, 1);
+    let launcher = t.first_launcher(1);
     for minutes in [10u64, 11, 12] {
         assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
         t.clock.advance(Duration::from_secs(minutes * 60));
@@ -699,8 +720,7 @@ fn a_job_that_ran_out_of_wall_time_goes_only_to_a_launcher_with_room_for_how_lon
     let t = tier();
     let ids = t.submit("slow", "chain");
     t.engine.round(false);
-    let first = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(first, 1);
+    let first = t.first_launcher(1);
     assert_eq!(t.acquire(first, &[]), [ids[0]]);
     // it ran 30 minutes of the launcher's hour and did not finish
     t.clock.advance(Duration::from_secs(30 * 60));
@@ -731,8 +751,7 @@ fn a_steps_learned_run_time_keeps_its_jobs_from_a_launcher_near_its_end() {
     let t = tier_with("[queues.more]\nscheduler = \"local\"\nslots = 1\n");
     let first = t.submit("one", "chain");
     t.engine.round(false);
-    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(launcher, 2);
+    let launcher = t.first_launcher(2);
     assert_eq!(t.acquire(launcher, &[]), [first[0]]);
     // step a takes 20 minutes
     t.clock.advance(Duration::from_secs(20 * 60));
@@ -897,8 +916,7 @@ fn a_launcher_holds_short_jobs_ahead_of_its_slots_and_gives_back_unstarted_ones_
     let jobs = t.submit("many", "wide");
     t.engine.round(false);
     assert_eq!(jobs.len(), 5, "five independent jobs");
-    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(launcher, 1);
+    let launcher = t.first_launcher(1);
     // one slot: one job for it and, asked for, one held ahead of it
     assert_eq!(t.acquire_ahead(launcher, &[], 1), jobs[..2]);
     assert!(
@@ -916,16 +934,14 @@ fn a_launcher_holds_short_jobs_ahead_of_its_slots_and_gives_back_unstarted_ones_
     );
     assert_eq!(t.state(jobs[2]), "PREPROCESSED");
     // ending, it gives the held one back: in line again, its attempt not spent
-    let back = JobReport {
-        job: jobs[3],
-        report: ReportRequest {
-            launcher,
-            outcome: Outcome::Unstarted,
-            exit_code: None,
-            message: "not started: launcher ending".into(),
-            ran_ms: None,
-        },
-    };
+    let back = ending(
+        jobs[3],
+        launcher,
+        Outcome::Unstarted,
+        None,
+        "not started: launcher ending",
+        None,
+    );
     let resp =
         t.db.lock()
             .unwrap()
@@ -949,21 +965,18 @@ fn a_launcher_s_own_timing_is_the_learned_run_time_not_its_wait_ahead_of_a_slot(
     let t = tier();
     let ids = t.submit("timed", "chain");
     t.engine.round(false);
-    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(launcher, 1);
+    let launcher = t.first_launcher(1);
     assert_eq!(t.acquire(launcher, &[]), [ids[0]]);
     // handed over ten minutes ago, it ran for 3 s of them
     t.clock.advance(Duration::from_secs(600));
-    let done = JobReport {
-        job: ids[0],
-        report: ReportRequest {
-            launcher,
-            outcome: Outcome::Done,
-            exit_code: Some(0),
-            message: "a finished".into(),
-            ran_ms: Some(3_000),
-        },
-    };
+    let done = ending(
+        ids[0],
+        launcher,
+        Outcome::Done,
+        Some(0),
+        "a finished",
+        Some(3_000),
+    );
     t.db.lock()
         .unwrap()
         .acquire(launcher, &ask(1, 0, false), &[done])
@@ -989,20 +1002,17 @@ fn the_engine_s_watch_keeps_only_the_newest_run_times_of_a_step() {
         firsts.push(t.submit(&format!("s{i}"), "chain")[0]);
     }
     t.engine.round(false);
-    let launcher = t.db.lock().unwrap().launchers(&[], None).unwrap()[0].id;
-    t.start_launcher(launcher, 1);
+    let launcher = t.first_launcher(1);
     for (n, job) in firsts.iter().enumerate() {
         assert_eq!(t.acquire(launcher, &[]), [*job]);
-        let done = JobReport {
-            job: *job,
-            report: ReportRequest {
-                launcher,
-                outcome: Outcome::Done,
-                exit_code: Some(0),
-                message: "a finished".into(),
-                ran_ms: Some(1_000 * n as u64),
-            },
-        };
+        let done = ending(
+            *job,
+            launcher,
+            Outcome::Done,
+            Some(0),
+            "a finished",
+            Some(1_000 * n as u64),
+        );
         t.db.lock()
             .unwrap()
             .acquire(launcher, &ask(0, 0, false), &[done])
