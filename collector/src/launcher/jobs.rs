@@ -187,15 +187,19 @@ impl Launcher {
             return;
         };
         self.free.append(&mut r.nodes);
+        let ran = r.started.elapsed();
+        if r.ended_why.is_none() && r.ending.is_none() {
+            // every run that ended by itself says how long this launcher's jobs take: a long
+            // one that failed stops the holding as surely as one that finished
+            self.recent.ran(ran);
+            let ahead = self.recent.ahead(self.slots);
+            self.ahead.store(ahead, Ordering::SeqCst);
+        }
         if let Some(why) = r.ended_why {
             self.report(id, Outcome::Timeout, status.code(), why);
         } else if r.ending.is_some() {
             // the service asked for it to end (a kill): it no longer listens for its report
         } else if status.success() {
-            let ran = r.started.elapsed();
-            self.recent.ran(ran);
-            let ahead = self.recent.ahead(self.slots);
-            self.ahead.store(ahead, Ordering::SeqCst);
             let done = format!("{} finished", r.job.name);
             self.report_run(id, Outcome::Done, Some(0), done, Some(ran));
         } else if stop.load(Ordering::SeqCst) {
