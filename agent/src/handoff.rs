@@ -65,6 +65,29 @@ pub struct Sent {
     pub secs: f64,
 }
 
+impl Sent {
+    /// The account of a send the collector accepted: `push` and the daemon make it alike.
+    pub fn of(
+        (stack, version): (&str, u32),
+        (files, bytes): (u64, u64),
+        report: &crate::link::transfer::Report,
+        acc: &crate::link::transfer::Accepted,
+    ) -> Sent {
+        Sent {
+            stack: stack.to_string(),
+            version,
+            files,
+            bytes,
+            wire_bytes: report.wire_bytes,
+            same: report.same as u64,
+            remote_id: acc.remote_id,
+            jobs: acc.jobs,
+            created: acc.created,
+            secs: report.elapsed.as_secs_f64(),
+        }
+    }
+}
+
 /// What the daemon says, one line each, until the last.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]

@@ -21,21 +21,6 @@ use std::path::Path;
 /// the daemon it was handed to did.
 pub type Pushed = crate::handoff::Sent;
 
-fn pushed(job: &Job, version: u32, report: &transfer::Report, acc: &transfer::Accepted) -> Pushed {
-    Pushed {
-        stack: job.name.clone(),
-        version,
-        files: job.files.len() as u64,
-        bytes: job.files.iter().map(|f| f.size).sum(),
-        wire_bytes: report.wire_bytes,
-        same: report.same as u64,
-        remote_id: acc.remote_id,
-        jobs: acc.jobs,
-        created: acc.created,
-        secs: report.elapsed.as_secs_f64(),
-    }
-}
-
 /// Hands `dir` to the daemon running for this journal, if one listens and watches it, and
 /// follows it to its end: the daemon's warm link sends it at once, with no login. None when
 /// `push` must send it itself (no daemon, or a folder outside its watch roots).
@@ -330,7 +315,13 @@ async fn send_with_retries(
                 .await?;
         let decision = report.record(journal, rec.id, wait)?;
         let err = match report.result {
-            Ok(ref acc) => return Ok(pushed(&job, rec.version, &report, acc)),
+            Ok(ref acc) => {
+                let sizes = (
+                    job.files.len() as u64,
+                    job.files.iter().map(|f| f.size).sum(),
+                );
+                return Ok(Pushed::of((&job.name, rec.version), sizes, &report, acc));
+            }
             Err(e) => e,
         };
         let last = attempt == attempts;

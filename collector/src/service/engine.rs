@@ -164,16 +164,10 @@ impl Engine {
         if self.cfg.collector.keep.is_none() {
             return Ok(0);
         }
-        let now = self.clock.now();
-        {
-            let mut last = self.last_sweep.lock().map_err(|_| EngineError::Poisoned)?;
-            let every =
-                std::time::Duration::from_secs(60).min(self.cfg.service.poll_interval.0 * 5);
-            if last.is_some_and(|t| now.duration_since(t).unwrap_or_default() < every) {
-                return Ok(0);
-            }
-            *last = Some(now);
-        }
+        let every = std::time::Duration::from_secs(60).min(self.cfg.service.poll_interval.0 * 5);
+        let Some(now) = self.due(&self.last_sweep, every)? else {
+            return Ok(0);
+        };
         Ok(crate::service::retention::sweep(&self.db, &self.cfg, now)?)
     }
 
@@ -181,16 +175,29 @@ impl Engine {
     /// engine's clock): the pass reads the whole table, and until it runs the rows past the
     /// newest are only never read.
     fn forget_old_runtimes(&self) -> Result<usize> {
-        let now = self.clock.now();
+        if self
+            .due(&self.last_prune, std::time::Duration::from_secs(60))?
+            .is_none()
         {
-            let mut last = self.last_prune.lock().map_err(|_| EngineError::Poisoned)?;
-            let every = std::time::Duration::from_secs(60);
-            if last.is_some_and(|t| now.duration_since(t).unwrap_or_default() < every) {
-                return Ok(0);
-            }
-            *last = Some(now);
+            return Ok(0);
         }
         Ok(self.db()?.prune_runtimes()?)
+    }
+
+    /// Now, if `every` has passed (on the engine's clock) since `last`, which it then
+    /// becomes; none when it is too soon.
+    fn due(
+        &self,
+        last: &Mutex<Option<std::time::SystemTime>>,
+        every: std::time::Duration,
+    ) -> Result<Option<std::time::SystemTime>> {
+        let now = self.clock.now();
+        let mut last = last.lock().map_err(|_| EngineError::Poisoned)?;
+        if last.is_some_and(|t| now.duration_since(t).unwrap_or_default() < every) {
+            return Ok(None);
+        }
+        *last = Some(now);
+        Ok(Some(now))
     }
 
     fn db(&self) -> Result<MutexGuard<'_, Db>> {

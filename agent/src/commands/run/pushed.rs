@@ -78,18 +78,12 @@ impl Daemon {
         decision: &lifecycle::Decision,
     ) {
         let answer = match (&report.result, decision.next) {
-            (Ok(acc), _) => Answer::Submitted(Sent {
-                stack: rec.name.clone(),
-                version: rec.version,
-                files: rec.files,
-                bytes: rec.bytes,
-                wire_bytes: report.wire_bytes,
-                same: report.same as u64,
-                remote_id: acc.remote_id,
-                jobs: acc.jobs,
-                created: acc.created,
-                secs: report.elapsed.as_secs_f64(),
-            }),
+            (Ok(acc), _) => Answer::Submitted(Sent::of(
+                (&rec.name, rec.version),
+                (rec.files, rec.bytes),
+                report,
+                acc,
+            )),
             (Err(_), Next::RetryIn(_)) => Answer::Retrying {
                 reason: decision.reason.clone(),
             },

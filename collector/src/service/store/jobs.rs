@@ -470,9 +470,9 @@ impl Db {
     /// ENDING in the same transaction as its endings, so no job they make runnable again
     /// can be handed back to it; an ending one is told to stop and given nothing.
     ///
-    /// Up to `ahead` (no more than [`AHEAD_PER_SLOT`] per slot) nodes' worth of jobs more than it has free may be
-    /// handed to a launcher that asks: held by it, each starts the moment a node frees. Only a
-    /// job not known to run longer than [`SHORT_JOB`] is handed that way.
+    /// Up to `ahead` (no more than [`AHEAD_PER_SLOT`] per slot) nodes' worth of jobs more than
+    /// it has free may be handed to a launcher that asks: held by it, each starts the moment a
+    /// node frees. Only a job not known to run longer than [`SHORT_JOB`] is handed that way.
     pub fn acquire(
         &mut self,
         launcher: u64,
